@@ -1,0 +1,92 @@
+"""Weights files: safetensors with the metadata needed to rebuild the model, written atomically."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .errors import UserError
+from .models import arch_of, scaled, widen_name
+
+__all__ = ["save_weights", "load_weights", "load_model", "sha256", "atomic_write_bytes"]
+
+
+def sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike, **meta) -> Path:
+    """Write ``model``'s weights (and buffers) as safetensors, with how to rebuild it in the metadata.
+
+    Metadata: ``model`` (registered timm name when one exists), ``arch`` (json: base name, width factor, timm
+    kwargs), ``num_classes`` and any ``meta`` given (stringified).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arch = arch_of(model)
+    name = widen_name(arch["name"], arch["factor"]) or arch["name"]
+    info = {"model": name, "num_classes": str(model.num_classes),
+            "arch": json.dumps({"name": arch["name"], "factor": str(arch["factor"]), "kwargs": arch["kwargs"]},
+                               sort_keys=True)}
+    info.update({k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in meta.items()})
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=info)
+    os.replace(tmp, path)
+    return path
+
+
+def load_weights(path: str | os.PathLike) -> tuple[dict, dict]:
+    """Read a safetensors weights file: (state_dict, metadata)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint file (expected a .safetensors file written by rbdc)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception as e:  # safetensors raises its own error types for corrupt/foreign files
+        raise UserError(f"{path}: not a readable safetensors file ({e}); pass a checkpoint written by rbdc") from e
+
+
+def load_model(path: str | os.PathLike, model: str | None = None, **timm_kwargs) -> nn.Module:
+    """Rebuild the model stored in ``path`` (its metadata says which, or pass ``model``) and load its weights."""
+    sd, meta = load_weights(path)
+    if model is None and "arch" in meta:
+        arch = json.loads(meta["arch"])
+        net = scaled(arch["name"], Fraction(arch["factor"]), **{**arch["kwargs"], **timm_kwargs})
+    else:
+        name = model or meta.get("model")
+        if not name:
+            raise UserError(f"{path}: the file does not say which model it holds; pass --model NAME")
+        if "num_classes" in meta and "num_classes" not in timm_kwargs:
+            timm_kwargs["num_classes"] = int(meta["num_classes"])
+        try:
+            net = scaled(name, 1, **timm_kwargs)
+        except ValueError as e:
+            raise UserError(str(e)) from e
+    try:
+        missing, unexpected = net.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # shape mismatches raise even with strict=False
+        raise UserError(f"{path}: weights do not fit {meta.get('model', model)}: {str(e).splitlines()[-1].strip()}; "
+                        f"pass the --model the checkpoint was trained as") from e
+    if missing or unexpected:
+        raise UserError(f"{path}: weights do not fit {meta.get('model', model)} (missing {missing[:3]}, unexpected "
+                        f"{unexpected[:3]}); pass the --model the checkpoint was trained as")
+    return net

@@ -1,0 +1,135 @@
+"""The ``rbdc`` command line: ``rbdc SUBCOMMAND --help`` for each."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+# Subcommands defined in other modules: each exposes add_cli(subparsers). Imported lazily so that, e.g., a broken
+# detection stack never breaks `rbdc flops`.
+_PLUGINS = ("rbdc.train", "rbdc.report", "rbdc.detection.cli")
+
+
+def _fmt_table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
+    head = [c[1] for c in cols]
+    body = [[format(r[c[0]], c[2]) if c[2] else str(r[c[0]]) for c in cols] for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    line = lambda xs: "  ".join(x.rjust(w) for x, w in zip(xs, widths))  # noqa: E731
+    return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, body)])
+
+
+def cmd_flops(args) -> int:
+    from .flops import forward_macs, train_flops_per_image
+    from .models import scaled
+
+    try:
+        import torch
+        with torch.device("meta"):
+            model = scaled(args.model, 1, **({"img_size": args.img_size} if args.img_size and _is_vit(args.model)
+                                            else {}))
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    macs = forward_macs(model, args.img_size)
+    size = args.img_size or model.pretrained_cfg["input_size"][-1]
+    params = sum(p.numel() for p in model.parameters())
+    print(f"{args.model} @ {size}px: params {params / 1e6:.2f} M | forward {macs / 1e9:.3f} GMACs "
+          f"= {2 * macs / 1e9:.3f} GFLOPs | training {train_flops_per_image(model, args.img_size) / 1e9:.3f} "
+          f"GFLOPs per image (3 x forward)")
+    return 0
+
+
+def _is_vit(name: str) -> bool:
+    import torch
+    import timm
+    from timm.models import VisionTransformer
+    with torch.device("meta"):
+        return isinstance(timm.create_model(name), VisionTransformer)
+
+
+def cmd_plan(args) -> int:
+    from .coupling import plan
+    try:
+        rows = plan(args.target, args.depth, k=args.k, img_size=args.img_size, dataset_size=args.dataset_size)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    print(f"RBDC plan: {args.target}, depth {args.depth}, k={args.k}, FLOPs per epoch of {args.dataset_size:,} images")
+    print(_fmt_table(rows, [("level", "level", ""), ("count", "models", ""), ("width", "width", ""),
+                            ("model", "model", ""), ("params", "params", ",d"), ("gmacs", "GMACs/img", ".3f"),
+                            ("train_gflops_per_image", "train GFLOPs/img", ".2f"),
+                            ("level_train_pflops_per_epoch", "level PFLOPs/epoch", ".1f")]))
+    return 0
+
+
+def cmd_couple(args) -> int:
+    from .checkpoint import load_model, save_weights, sha256
+    from .coupling import couple
+
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise UserError(f"{out} exists; pass --force to overwrite it")
+    if len(args.checkpoints) < 2:
+        raise UserError(f"couple needs at least 2 checkpoints, got {len(args.checkpoints)}")
+    models = [load_model(p, args.model) for p in args.checkpoints]
+    try:
+        wide = couple(models, head=args.head, norm="plain")
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    save_weights(wide, out, coupled_from=[{"path": str(p), "sha256": sha256(p)} for p in args.checkpoints],
+                 coupling={"k": len(models), "head": args.head, "norm": "plain"})
+    print(f"coupled {len(models)} x {args.model or 'checkpoint'} -> {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rbdc", description="Recursive Block-Diagonal Coupling: train, couple, compare.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    f = sub.add_parser("flops", help="params, GMACs, GFLOPs and training FLOPs per image of a model")
+    f.add_argument("model", help="timm model name, e.g. deit_base_patch16_224 or rbdc_resnet50_w2")
+    f.add_argument("--img-size", type=int, default=None, help="input size in pixels (default: the model's)")
+    f.set_defaults(func=cmd_flops)
+
+    pl = sub.add_parser("plan", help="the levels of an RBDC recursion towards a target model")
+    pl.add_argument("target", help="target timm model, e.g. deit_base_patch16_224")
+    pl.add_argument("--depth", type=int, default=1, help="recursion depth r: k**r narrow models at level 0")
+    pl.add_argument("-k", type=int, default=2, help="models coupled per step (default 2)")
+    pl.add_argument("--img-size", type=int, default=None)
+    pl.add_argument("--dataset-size", type=int, default=1_281_167, help="images per epoch (default: ImageNet-1k)")
+    pl.set_defaults(func=cmd_plan)
+
+    c = sub.add_parser("couple", help="couple k narrow checkpoints (safetensors) into one k x wider checkpoint")
+    c.add_argument("checkpoints", nargs="+", help="narrow .safetensors files (from rbdc runs or rbdc.save_weights)")
+    c.add_argument("--model", default=None, help="timm name of the narrow models (default: from the files)")
+    c.add_argument("--head", choices=("mean", "sum"), default="mean", help="classifier: mean (default) or sum")
+    c.add_argument("-o", "--output", required=True, help="output .safetensors file")
+    c.add_argument("--force", action="store_true", help="overwrite the output")
+    c.set_defaults(func=cmd_couple)
+
+    for mod in _PLUGINS:
+        try:
+            module = importlib.import_module(mod)
+        except ImportError as e:
+            if e.name and (e.name == mod or mod.startswith(e.name + ".") or e.name.startswith("mm")):
+                continue
+            raise
+        module.add_cli(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"rbdc {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rbdc {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

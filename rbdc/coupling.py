@@ -1,0 +1,186 @@
+"""Block-diagonal coupling of k narrow models into one model of k x width (RBDC, arXiv 2605.23656).
+
+Per-layer rules (reconstructed; see ``../shared/reference/methods.md`` section 2 and the README):
+
+* hidden Linear/Conv: block-diagonal, off-diagonal blocks zero (or ``offdiag_std`` noise) and trainable;
+* layers that read the shared image (patch embedding, ResNet stem) : stacked along output channels;
+* cls token, register tokens, position embedding: concatenated along channels;
+* attention qkv: block-diagonal separately for q, k and v, so the heads of model i form the i-th contiguous head
+  group and each head reads only its own model's channels; proj block-diagonal;
+* BatchNorm: weight, bias, running mean/var concatenated (exact in train and eval mode);
+* LayerNorm: weight, bias concatenated. With ``norm="plain"`` (default, parameter-free, a standard timm model) the
+  statistics are taken over the full width, so they mix the parts and the coupled ViT is *not* exactly the ensemble;
+  ``norm="grouped"`` swaps in :class:`~rbdc.layers.PartLayerNorm`, which is exact but no longer a stock timm model;
+* classifier: weights concatenated along inputs, biases summed; both scaled by 1/k for ``head="mean"`` (logits =
+  mean of the parts' logits) or 1 for ``head="sum"``.
+
+The layer rules are derived from tensor shapes (which dimension grew k-fold), so any timm ViT/ResNet whose layers
+are all of the kinds above couples; anything else is refused with the key that has no rule.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from .layers import PartLayerNorm
+from .models import arch_of, describe, scaled, widen_name
+
+__all__ = ["couple", "couple_tree", "plan", "classifier_keys"]
+
+HEADS = ("mean", "sum")
+NORMS = ("plain", "grouped")
+
+
+def classifier_keys(model: nn.Module) -> tuple[str, ...]:
+    """Module names of the classifier(s), from timm's pretrained_cfg (``head``/``head_dist`` or ``fc``)."""
+    cls = model.pretrained_cfg.get("classifier", "head")
+    return tuple(cls) if isinstance(cls, (tuple, list)) else (cls,)
+
+
+def _check_compatible(models: Sequence[nn.Module]) -> None:
+    ref = describe(models[0])
+    for i, m in enumerate(models[1:], start=1):
+        d = describe(m)
+        for key in ref:
+            if d.get(key) != ref[key]:
+                raise ValueError(f"cannot couple: model 0 and model {i} differ in {key} ({ref[key]} vs {d.get(key)}); "
+                                 f"couple only models of the same family and structure")
+    archs = [arch_of(m) for m in models]
+    if any(a["factor"] != archs[0]["factor"] or a["name"] != archs[0]["name"] for a in archs):
+        raise ValueError("cannot couple: models were built from different timm names/widths "
+                         f"({sorted({(a['name'], str(a['factor'])) for a in archs})})")
+
+
+def _block_diag(parts: list[torch.Tensor], shape: torch.Size, offdiag_std: float, gen) -> torch.Tensor:
+    out = torch.zeros(shape, dtype=parts[0].dtype)
+    if offdiag_std > 0:
+        out.normal_(0.0, offdiag_std, generator=gen)
+    o, c = parts[0].shape[:2]
+    for i, p in enumerate(parts):
+        out[i * o:(i + 1) * o, i * c:(i + 1) * c] = p
+    return out
+
+
+def _couple_tensor(key: str, parts: list[torch.Tensor], shape: torch.Size, *, head_scale: float | None,
+                   offdiag_std: float, gen) -> torch.Tensor:
+    k, p = len(parts), parts[0]
+    if head_scale is not None:  # classifier: logits = scale * sum_i (W_i x_i + b_i)
+        return (torch.cat(parts, dim=1) if p.ndim == 2 else torch.stack(parts).sum(0)) * head_scale
+    if key.endswith("num_batches_tracked"):
+        return torch.stack(parts).max()
+    if key.endswith("attn.qkv.weight") or key.endswith("attn.qkv.bias"):
+        qkv = [p_.chunk(3, dim=0) for p_ in parts]  # timm layout [q | k | v] along outputs
+        sub = torch.Size((shape[0] // 3, *shape[1:]))
+        if p.ndim == 1:
+            return torch.cat([torch.cat([q[j] for q in qkv]) for j in range(3)])
+        return torch.cat([_block_diag([q[j] for q in qkv], sub, offdiag_std, gen) for j in range(3)])
+    grown = [d for d in range(p.ndim) if shape[d] != p.shape[d]]
+    if not grown or any(shape[d] != k * p.shape[d] for d in grown):
+        raise ValueError(f"no coupling rule for {key}: part shape {tuple(p.shape)}, coupled shape {tuple(shape)}")
+    if grown == [0, 1]:
+        return _block_diag(parts, shape, offdiag_std, gen)
+    if len(grown) == 1:
+        return torch.cat(parts, dim=grown[0])
+    raise ValueError(f"no coupling rule for {key}: dims {grown} grew")
+
+
+def _part_count(module: nn.Module) -> int:
+    return getattr(module, "parts", 1)
+
+
+def couple(models: Sequence[nn.Module], head: str = "mean", norm: str = "plain", offdiag_std: float = 0.0,
+           seed: int = 0) -> nn.Module:
+    """Couple k >= 2 narrow models of identical structure into one standard timm model of k x width.
+
+    Args:
+        models: the narrow models (same family, depth, patch/image size, classes, width).
+        head: ``"mean"`` (coupled logits = mean of the parts' logits) or ``"sum"``.
+        norm: ``"plain"`` (LayerNorm over the full width; not exact for ViTs) or ``"grouped"`` (exact).
+        offdiag_std: std of the noise put in the off-diagonal blocks (0 = exact RBDC init).
+        seed: seeds that noise.
+
+    Returns:
+        The coupled model, in the train/eval mode of ``models[0]``, with ``rbdc_arch`` recording its width.
+    """
+    if len(models) < 2:
+        raise ValueError(f"couple needs k >= 2 models, got {len(models)}")
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    _check_compatible(models)
+    k = len(models)
+    arch = arch_of(models[0])
+    wide = scaled(arch["name"], arch["factor"] * k, **arch["kwargs"])
+    heads = classifier_keys(wide)
+    gen = torch.Generator().manual_seed(seed)
+    part_sds = [m.state_dict() for m in models]
+    wide_sd = wide.state_dict()
+    if set(wide_sd) != set(part_sds[0]):
+        raise ValueError(f"cannot couple: parameter names differ from the k x wider model "
+                         f"({sorted(set(wide_sd) ^ set(part_sds[0]))[:5]})")
+    new = {}
+    for key, ref in wide_sd.items():
+        is_head = key.rpartition(".")[0] in heads
+        new[key] = _couple_tensor(key, [sd[key].detach().cpu() for sd in part_sds], ref.shape,
+                                  head_scale=(1.0 / k if head == "mean" else 1.0) if is_head else None,
+                                  offdiag_std=offdiag_std, gen=gen).to(ref.dtype)
+    wide.load_state_dict(new)
+    if norm == "grouped":
+        parts = dict(models[0].named_modules())
+        for name, mod in list(wide.named_modules()):
+            if isinstance(mod, nn.LayerNorm):
+                ln = PartLayerNorm(mod.normalized_shape[0], parts=k * _part_count(parts[name]), eps=mod.eps)
+                ln.load_state_dict(mod.state_dict())
+                wide.set_submodule(name, ln)
+    wide.rbdc_arch = {**arch, "factor": arch["factor"] * k}
+    wide.rbdc_coupling = {"k": k, "head": head, "norm": norm, "offdiag_std": offdiag_std}
+    return wide.train(models[0].training)
+
+
+def couple_tree(models: Sequence[nn.Module], k: int = 2, **couple_kwargs) -> nn.Module:
+    """Couple k**r leaves level by level (groups of k consecutive models) into one model of k**r x width."""
+    level = list(models)
+    if k < 2 or len(level) < k:
+        raise ValueError(f"couple_tree needs k >= 2 and at least k models, got k={k}, {len(level)} models")
+    while len(level) > 1:
+        if len(level) % k:
+            raise ValueError(f"couple_tree: {len(models)} leaves is not a power of k={k}")
+        level = [couple(level[i:i + k], **couple_kwargs) for i in range(0, len(level), k)]
+    return level[0]
+
+
+def plan(target: str, depth: int, k: int = 2, img_size: int | None = None, num_classes: int | None = None,
+         dataset_size: int = 1_281_167) -> list[dict]:
+    """The levels of an RBDC recursion towards ``target``: level 0 holds k**depth models of 1/k**depth width.
+
+    Each row: level, count, width factor, model name (registered timm name where one exists), params, forward GMACs
+    per image, training FLOPs per image (3 x forward, 2 FLOPs per MAC) and per epoch of ``dataset_size`` images,
+    for one model and for all models of the level.
+    """
+    from .flops import forward_macs, train_flops_per_image
+
+    if depth < 0:
+        raise ValueError(f"depth must be >= 0, got {depth}")
+    kwargs = {k_: v for k_, v in dict(img_size=img_size, num_classes=num_classes).items() if v is not None}
+    rows = []
+    for level in range(depth + 1):
+        count = k ** (depth - level)
+        factor = Fraction(1, count)
+        with torch.device("meta"):
+            model = scaled(target, factor, **kwargs)
+        size = img_size or model.pretrained_cfg["input_size"][-1]
+        macs = forward_macs(model, size)
+        train = train_flops_per_image(model, size)
+        rows.append({
+            "level": level, "count": count, "width": str(factor),
+            "model": widen_name(target, factor) or f"{target} x{factor}",
+            "params": sum(p.numel() for p in model.parameters()),
+            "gmacs": macs / 1e9, "train_gflops_per_image": train / 1e9,
+            "train_pflops_per_epoch": train * dataset_size / 1e15,
+            "level_train_pflops_per_epoch": count * train * dataset_size / 1e15,
+        })
+    return rows

@@ -1,0 +1,156 @@
+"""FLOPs accounting: forward MACs per image, training FLOPs per image, and the training ledger.
+
+Conventions (the same everywhere in the suite, see README "FLOPs"):
+
+* **MACs** count the multiply-accumulates of convolutions, linear layers and the two attention matmuls
+  (q @ k^T and attn @ v), which is what the DeiT/timm tables call "GFLOPs"/"GMACs". Norms, activations, softmax and
+  additions are not counted. They are computed analytically from the layer shapes (a shape-only forward pass on the
+  ``meta`` device, so no real compute and no fused-attention blind spot).
+* **FLOPs** = 2 x MACs.
+* **Training FLOPs per image** = 3 x forward FLOPs (backward ~ 2 x forward). A test checks this against
+  ``torch.utils.flop_counter.FlopCounterMode`` over a real forward + backward (fused attention switched off, because
+  in torch 2.14 the CPU SDPA kernel counts zero).
+* Coupled models are dense: their zero off-diagonal blocks are trained, so they cost the full wide model's FLOPs.
+* Evaluation passes are not training FLOPs and are not in the ledger.
+"""
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .models import arch_of, scaled
+
+__all__ = ["forward_macs", "forward_flops", "train_flops_per_image", "measured_train_flops_per_image",
+           "Ledger", "LedgerEntry", "TRAIN_FLOPS_PER_FORWARD"]
+
+TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (2x) per image
+
+
+def _meta_twin(model: nn.Module | str, img_size: int | None, **kwargs) -> tuple[nn.Module, int]:
+    """A weightless copy of ``model`` on the meta device (so counting costs no compute) and its input size."""
+    arch = {"name": model, "factor": 1, "kwargs": {}} if isinstance(model, str) else arch_of(model)
+    kwargs = {**arch["kwargs"], **kwargs}
+    with torch.device("meta"):
+        twin = scaled(arch["name"], arch["factor"], **kwargs)
+        if img_size and hasattr(twin, "patch_embed") and twin.patch_embed.img_size[0] != img_size:
+            twin = scaled(arch["name"], arch["factor"], **{**kwargs, "img_size": img_size})
+    return twin, img_size or twin.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+
+
+def forward_macs(model: nn.Module | str, img_size: int | None = None, **kwargs) -> int:
+    """Multiply-accumulates of one forward pass of one image (conv, linear, attention matmuls)."""
+    twin, size = _meta_twin(model, img_size, **kwargs)
+    total = 0
+
+    def hook(mod, inputs, out):
+        nonlocal total
+        if isinstance(mod, nn.Conv2d):
+            total += out.numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
+        elif isinstance(mod, nn.Linear):
+            total += out.numel() * mod.in_features
+        else:  # timm attention: q @ k^T and attn @ v, each N * N * C per image
+            _, n, c = inputs[0].shape
+            total += 2 * n * n * c
+
+    handles = [m.register_forward_hook(hook) for m in twin.modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear)) or (hasattr(m, "qkv") and hasattr(m, "num_heads"))]
+    with torch.no_grad():
+        twin.eval()(torch.empty(1, 3, size, size, device="meta"))
+    for h in handles:
+        h.remove()
+    return int(total)
+
+
+def forward_flops(model: nn.Module | str, img_size: int | None = None, **kwargs) -> int:
+    return 2 * forward_macs(model, img_size, **kwargs)
+
+
+def train_flops_per_image(model: nn.Module | str, img_size: int | None = None, **kwargs) -> int:
+    """Analytic training FLOPs per image: 3 x forward FLOPs."""
+    return TRAIN_FLOPS_PER_FORWARD * forward_flops(model, img_size, **kwargs)
+
+
+@contextmanager
+def _unfused_attention(model: nn.Module):
+    mods = [m for m in model.modules() if hasattr(m, "fused_attn")]
+    saved = [m.fused_attn for m in mods]
+    for m in mods:
+        m.fused_attn = False
+    try:
+        yield
+    finally:
+        for m, s in zip(mods, saved):
+            m.fused_attn = s
+
+
+def measured_train_flops_per_image(model: nn.Module | str, img_size: int | None = None, batch: int = 2,
+                                   **kwargs) -> int:
+    """Training FLOPs per image measured by ``FlopCounterMode`` over forward + backward (meta device)."""
+    twin, size = _meta_twin(model, img_size, **kwargs)
+    twin.train()
+    x = torch.empty(batch, 3, size, size, device="meta")
+    counter = FlopCounterMode(display=False)
+    with _unfused_attention(twin), counter:
+        twin(x).sum().backward()
+    return counter.get_total_flops() // batch
+
+
+@dataclass
+class LedgerEntry:
+    stage: str
+    model: str
+    images: int
+    flops_per_image: int
+
+    @property
+    def train_flops(self) -> int:
+        return self.images * self.flops_per_image
+
+
+@dataclass
+class Ledger:
+    """Training FLOPs, stage by stage: every model trained (every narrow model too) adds its own entries."""
+
+    entries: list[LedgerEntry] = field(default_factory=list)
+
+    def add(self, stage: str, model: str, images: int, flops_per_image: int) -> LedgerEntry:
+        entry = LedgerEntry(stage, model, int(images), int(flops_per_image))
+        self.entries.append(entry)
+        return entry
+
+    @property
+    def total(self) -> int:
+        return sum(e.train_flops for e in self.entries)
+
+    def by_stage(self) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        for e in self.entries:
+            s = out.setdefault(e.stage, {"model": e.model, "images": 0, "train_flops": 0})
+            s["images"] += e.images
+            s["train_flops"] += e.train_flops
+        return out
+
+    def to_dict(self) -> dict:
+        return {"total_train_flops": self.total, "stages": self.by_stage(),
+                "entries": [asdict(e) for e in self.entries]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Ledger":
+        return cls([LedgerEntry(**e) for e in d.get("entries", [])])
+
+    def save(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Ledger":
+        return cls.from_dict(json.loads(Path(path).read_text()))

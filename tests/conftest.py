@@ -1,0 +1,29 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import rbdc  # noqa: F401  (registers the test_rbdc_* variants)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path | None:
+    """Real datasets: $RBDC_DATA, else ../shared/data beside the checkout."""
+    root = Path(os.environ.get("RBDC_DATA", REPO.parent / "shared" / "data"))
+    return root if root.is_dir() else None
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

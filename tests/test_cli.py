@@ -1,0 +1,50 @@
+import subprocess
+import sys
+
+import timm
+
+from rbdc.checkpoint import load_model, save_weights
+from rbdc.cli import main
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "rbdc.cli", *args], capture_output=True, text=True)
+
+
+def test_every_subcommand_has_help():
+    out = run("--help")
+    assert out.returncode == 0
+    for cmd in ("flops", "plan", "couple"):
+        r = run(cmd, "--help")
+        assert r.returncode == 0 and "usage" in r.stdout, cmd
+
+
+def test_flops_and_plan_print_tables(capsys):
+    assert main(["flops", "deit_base_patch16_224"]) == 0
+    assert "17.564 GMACs" in capsys.readouterr().out
+    assert main(["plan", "deit_base_patch16_224", "--depth", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "rbdc_deit_base_patch16_224_w4" in out and "deit_base_patch16_224" in out
+
+
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    a = save_weights(timm.create_model("test_rbdc_vit_w2"), tmp_path / "a.safetensors")
+    b = save_weights(timm.create_model("test_rbdc_vit_w4"), tmp_path / "b.safetensors")
+    out = tmp_path / "out.safetensors"
+    cases = [("flops", "no_such_model"), ("couple", str(a), str(tmp_path / "missing.safetensors"), "-o", str(out)),
+             ("couple", str(a), str(b), "-o", str(out)), ("plan", "resnet50x", "--depth", "1")]
+    for args in cases:
+        r = run(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not out.exists()
+
+
+def test_couple_cli_writes_the_coupled_checkpoint(tmp_path):
+    parts = [timm.create_model("test_rbdc_resnet_w4") for _ in range(2)]
+    paths = [save_weights(m, tmp_path / f"p{i}.safetensors") for i, m in enumerate(parts)]
+    out = tmp_path / "wide.safetensors"
+    assert main(["couple", *map(str, paths), "-o", str(out)]) == 0
+    wide = load_model(out)
+    assert type(wide) is type(timm.create_model("test_rbdc_resnet_w2"))
+    assert main(["couple", *map(str, paths), "-o", str(out)]) == 2  # refuses to overwrite without --force

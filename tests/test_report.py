@@ -1,0 +1,361 @@
+"""Specification of `rbdc report`: tables and figure regenerated from run directories alone.
+
+Run directories are small fakes written by :func:`make_run` following the engine's contract (recipe.yaml,
+summary.csv, results.json); no training runs here.
+"""
+import argparse
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rbdc import report
+from rbdc.errors import UserError
+
+SUMMARY_COLUMNS = ['stage', 'model', 'epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr', 'images_seen',
+                   'train_flops', 'cum_train_flops', 'wall_s', 'img_per_s', 'peak_mem_mb', 'mfu']
+TINY, HALF = 'deit_tiny_patch16_224', 'rbdc_deit_tiny_half'
+IMAGES = 9469  # Imagenette train split
+
+
+def make_run(root, group, protocol, seed, top1, flops, *, top5=None, model=TINY, dataset='imagenette', epochs=4,
+             wall_s=600.0, peak_mem_mb=2048.0, device='NVIDIA H100 80GB HBM3'):
+    """Writes a realistic fake run directory ``root/group/seed<seed>`` and returns it.
+
+    rbdc runs train two narrow models (L0.0, L0.1, a quarter of the FLOPs each) and then the coupled model (L1);
+    other protocols train one stage. Top-1 rises over epochs and ends exactly at ``top1``; the last row's
+    cum_train_flops equals ``flops``.
+    """
+    run_dir = Path(root, *group.split('/'), f'seed{seed}')
+    run_dir.mkdir(parents=True)
+    if protocol == 'rbdc':
+        stages = [('L0.0', HALF, 0.25, top1 - 15), ('L0.1', HALF, 0.25, top1 - 14), ('L1', model, 0.5, top1)]
+    else:
+        stages = [(protocol, model, 1.0, top1)]
+    rows, cum, epoch = [], 0.0, 0
+    for stage, stage_model, share, final in stages:
+        per_epoch = flops * share / epochs
+        for e in range(epochs):
+            cum += per_epoch
+            epoch += 1
+            acc = final - 12.0 * (epochs - 1 - e) / epochs
+            rows.append({
+                'stage': stage, 'model': stage_model, 'epoch': epoch, 'train_loss': f'{2.5 - 0.1 * e:.4f}',
+                'eval_loss': f'{2.4 - 0.1 * e:.4f}', 'eval_top1': f'{acc:.4f}',
+                'eval_top5': f'{min(acc + 20, 100):.4f}',
+                'lr': '0.0005', 'images_seen': IMAGES * epoch, 'train_flops': f'{per_epoch:.6e}',
+                'cum_train_flops': repr(cum), 'wall_s': f'{wall_s * epoch / (epochs * len(stages)):.2f}',
+                'img_per_s': '1500.0', 'peak_mem_mb': f'{peak_mem_mb:.1f}', 'mfu': '0.31',
+            })
+    rows[-1]['cum_train_flops'] = repr(float(flops))
+    with (run_dir / 'summary.csv').open('w', newline='') as f:
+        writer = csv.DictWriter(f, SUMMARY_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    name = f'{group.replace("/", "-")}-s{seed}'
+    (run_dir / 'recipe.yaml').write_text(yaml.safe_dump({
+        'name': name, 'protocol': protocol, 'model': model, 'dataset': dataset, 'seed': seed, 'epochs': epochs}))
+    results = {
+        'name': name, 'protocol': protocol, 'group': group, 'seed': seed, 'model': model, 'dataset': dataset,
+        'eval_top1': top1, 'eval_top5': top5 if top5 is not None else min(top1 + 20, 100.0),
+        'total_train_flops': float(flops), 'total_train_gmac_epochs': float(flops) / 6e9 / IMAGES, 'wall_s': wall_s,
+        'peak_mem_mb': peak_mem_mb, 'device': device,
+        'stages': [{'stage': s, 'model': m, 'epochs': epochs, 'train_flops': flops * sh} for s, m, sh, _ in stages],
+    }
+    (run_dir / 'results.json').write_text(json.dumps(results, indent=2))
+    return run_dir
+
+
+def make_study(root):
+    """Two scratch budgets, a 3-seed RBDC group and a one-seed Net2Net group on Imagenette/DeiT-Ti."""
+    root = Path(root)
+    for seed, acc in enumerate((60.0, 60.5, 59.5)):
+        make_run(root, 'imagenette-deit-tiny/scratch-e2', 'scratch', seed, acc, 1e15)
+    for seed, acc in enumerate((70.0, 70.4, 69.6)):
+        make_run(root, 'imagenette-deit-tiny/scratch-e20', 'scratch', seed, acc, 1e16)
+    for seed, acc in enumerate((65.0, 65.2, 64.8)):
+        make_run(root, 'imagenette-deit-tiny/rbdc-d1', 'rbdc', seed, acc, 2e15)
+    make_run(root, 'imagenette-deit-tiny/net2net', 'net2net', 0, 66.0, 3e15)
+    return root
+
+
+def read(paths, ext):
+    return Path(paths[ext]).read_bytes()
+
+
+@pytest.fixture(scope='module')
+def study(tmp_path_factory):
+    return make_study(tmp_path_factory.mktemp('study') / 'runs')
+
+
+@pytest.fixture(scope='module')
+def study_report(study):
+    paths = report.generate_report([study], study.parent / 'reports' / 'study', title='Imagenette, DeiT-Ti')
+    return paths, Path(paths['md']).read_text(encoding='utf-8')
+
+
+def table_row(md, group):
+    lines = [line for line in md.splitlines() if line.startswith(f'| {group} |')]
+    assert len(lines) == 1, f'expected one table row for {group}, got {lines}'
+    return [c.strip() for c in lines[0].strip('|').split('|')]
+
+
+def header(md):
+    line = next(line for line in md.splitlines() if line.startswith('| Group |'))
+    return [c.strip() for c in line.strip('|').split('|')]
+
+
+def test_writes_all_outputs(study_report):
+    paths, _ = study_report
+    assert set(paths) == {'md', 'tex', 'csv', 'png'}
+    for path in paths.values():
+        assert Path(path).stat().st_size > 0, path
+    assert Path(paths['png']).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_regenerates_byte_for_byte(study, tmp_path):
+    a = report.generate_report([study], tmp_path / 'a' / 'rep')
+    b = report.generate_report([study], tmp_path / 'b' / 'rep')
+    for ext in ('md', 'tex', 'csv'):
+        assert read(a, ext) == read(b, ext), ext
+
+
+def test_png_is_stable(study, tmp_path):
+    a = report.generate_report([study], tmp_path / 'a' / 'rep')
+    b = report.generate_report([study], tmp_path / 'b' / 'rep')
+    assert read(a, 'png') == read(b, 'png')
+
+
+def test_copied_run_dirs_give_identical_report(tmp_path):
+    first = make_study(tmp_path / 'one' / 'runs')
+    second = tmp_path / 'elsewhere' / 'deeper' / 'runs'
+    shutil.copytree(first, second)
+    a = report.generate_report([first], tmp_path / 'one' / 'reports' / 'study')
+    b = report.generate_report([second], second.parent / 'reports' / 'study')
+    for ext in ('md', 'tex', 'csv'):
+        assert read(a, ext) == read(b, ext), ext
+        assert str(tmp_path).encode() not in read(a, ext), f'absolute path leaked into the .{ext}'
+    assert b'../runs/imagenette-deit-tiny/rbdc-d1/seed0' in read(a, 'md')
+
+
+def test_input_order_does_not_matter(study, tmp_path):
+    # the same runs passed one by one in reverse order, not as a parent folder
+    run_dirs = sorted(p.parent for p in study.rglob('results.json'))
+    a = report.generate_report(run_dirs, tmp_path / 'rep')
+    b = report.generate_report(run_dirs[::-1] + [study], tmp_path / 'again' / '..' / 'rep2')
+    assert read(a, 'csv') == read(b, 'csv')
+
+
+def test_mean_and_sample_std_over_seeds(study_report):
+    _, md = study_report
+    cols = header(md)
+    rbdc = dict(zip(cols, table_row(md, 'imagenette-deit-tiny/rbdc-d1')))
+    assert rbdc['Seeds'] == '3'
+    # 65.0, 65.2, 64.8: mean 65.00, sample std 0.20 (population std would be 0.16)
+    assert rbdc['Top-1 (%)'] == '65.00 ± 0.20'
+    assert rbdc['Top-5 (%)'] == '85.00 ± 0.20'
+    net2net = dict(zip(cols, table_row(md, 'imagenette-deit-tiny/net2net')))
+    assert net2net['Seeds'] == '1'
+    assert net2net['Top-1 (%)'] == '66.00 ± –'
+
+
+def test_flops_column_has_one_unit_and_ratio_to_largest_scratch(study_report):
+    _, md = study_report
+    cols = header(md)
+    assert 'Train PFLOPs' in cols
+    expect = {'scratch-e2': ('1.00', '0.10x'), 'scratch-e20': ('10.00', '1.00x'), 'rbdc-d1': ('2.00', '0.20x'),
+              'net2net': ('3.00', '0.30x')}
+    for name, (flops, rel) in expect.items():
+        row = dict(zip(cols, table_row(md, f'imagenette-deit-tiny/{name}')))
+        assert (row['Train PFLOPs'], row['FLOPs vs scratch']) == (flops, rel), name
+
+
+def test_rows_name_their_run_dirs(study_report):
+    _, md = study_report
+    runs = dict(zip(header(md), table_row(md, 'imagenette-deit-tiny/rbdc-d1')))['Runs'].split('<br>')
+    assert runs == [f'../runs/imagenette-deit-tiny/rbdc-d1/seed{s}' for s in range(3)]
+
+
+def test_csv_holds_the_table_as_numbers(study_report):
+    paths, _ = study_report
+    with open(paths['csv'], newline='', encoding='utf-8') as f:
+        rows = {(r['source'], r['group'], r['model']): r for r in csv.DictReader(f)}
+    rbdc = rows[('measured', 'imagenette-deit-tiny/rbdc-d1', TINY)]
+    assert float(rbdc['top1_mean']) == pytest.approx(65.0)
+    assert float(rbdc['top1_std']) == pytest.approx(0.2)
+    assert float(rbdc['total_train_flops_mean']) == pytest.approx(2e15)
+    assert float(rbdc['flops_rel_baseline']) == pytest.approx(0.2)
+    assert rbdc['baseline_group'] == 'imagenette-deit-tiny/scratch-e20'
+    assert rbdc['n_seeds'] == '3' and rbdc['seeds'] == '0;1;2'
+    assert rbdc['run_dirs'].split(';')[0] == '../runs/imagenette-deit-tiny/rbdc-d1/seed0'
+    assert rows[('measured', 'imagenette-deit-tiny/net2net', TINY)]['top1_std'] == ''
+
+
+def test_quoted_rows_present_and_marked(study_report):
+    paths, md = study_report
+    quoted = [line for line in md.splitlines() if line.startswith('| – | quoted')]
+    assert len(quoted) == len(report.QUOTED) == 4
+    assert sum('| quoted (paper) |' in line for line in quoted) == 1
+    deit = {line.split('|')[5].strip(): line.split('|')[7].strip() for line in quoted if 'quoted (DeiT)' in line}
+    assert deit == {'deit_tiny_patch16_224': '72.2', 'deit_small_patch16_224': '79.9', 'deit_base_patch16_224': '81.8'}
+    paper = next(line for line in quoted if 'quoted (paper)' in line)
+    assert 'deit_base_patch16_224' in paper and '0.70x' in paper and 'arXiv 2605.23656' in paper
+    assert 'facebookresearch/deit' in md
+    tex = Path(paths['tex']).read_text(encoding='utf-8')
+    assert tex.count('quoted (paper)') == 1 and tex.count('quoted (DeiT)') == 3
+    with open(paths['csv'], newline='', encoding='utf-8') as f:
+        sources = [r['source'] for r in csv.DictReader(f)]
+    assert sources.count('quoted (DeiT)') == 3 and sources.count('quoted (paper)') == 1
+    # quoted numbers never reach the measured statistics
+    assert sources.count('measured') == 4
+
+
+def test_quoted_data_names_sources():
+    for q in report.QUOTED:
+        assert q.label in ('quoted (paper)', 'quoted (DeiT)')
+        assert ('2605.23656' in q.source) if q.label == 'quoted (paper)' else ('facebookresearch/deit' in q.source)
+
+
+@pytest.mark.parametrize('points, top1, status, flops', [
+    # linear in log10 FLOPs: 65 lies halfway between 60 @ 1e15 and 70 @ 1e16 -> 10**15.5
+    ([(1e15, 60.0), (1e16, 70.0)], 65.0, 'matched', 10 ** 15.5),
+    # order of points does not matter
+    ([(1e16, 70.0), (1e15, 60.0)], 62.5, 'matched', 10 ** 15.25),
+    # a noisy middle budget below its predecessor is lifted to 60 (running max): halfway 3e15 .. 1e16
+    ([(1e15, 60.0), (3e15, 58.0), (1e16, 70.0)], 65.0, 'matched', math.sqrt(3e15 * 1e16)),
+    ([(1e15, 60.0), (1e16, 70.0)], 60.0, 'matched', 1e15),
+    ([(1e15, 60.0), (1e16, 70.0)], 70.0, 'matched', 1e16),
+    ([(1e15, 60.0), (1e16, 70.0)], 71.0, 'above_range', 1e16),
+    ([(1e15, 60.0), (1e16, 70.0)], 59.0, 'below_range', 1e15),
+    ([(1e16, 70.0)], 65.0, 'one_budget', 1e16),
+])
+def test_matched_flops(points, top1, status, flops):
+    match = report.matched_flops(points, top1)
+    assert match.status == status
+    assert match.flops == pytest.approx(flops, rel=1e-12)
+
+
+def test_top1_at_flops_interpolates_in_log_flops_without_extrapolating():
+    points = [(1e15, 60.0), (1e16, 70.0)]
+    assert report.top1_at_flops(points, 10 ** 15.5) == pytest.approx(65.0)
+    assert report.top1_at_flops(points, 1e16) == pytest.approx(70.0)
+    assert report.top1_at_flops(points, 2e16) is None
+    assert report.top1_at_flops(points, 5e14) is None
+    assert report.top1_at_flops(points[:1], 1e16) is None
+
+
+def savings_block(md, group):
+    section = md.split('## FLOPs saving at matched accuracy')[1].split('\n## ')[0]
+    start = section.index(f'**{group}**')
+    end = section.find('\n- ', start)
+    return section[start:end if end >= 0 else None]
+
+
+def test_saving_at_matched_accuracy_known_answer(study_report):
+    _, md = study_report
+    block = savings_block(md, 'imagenette-deit-tiny/rbdc-d1')
+    # scratch needs 10**15.5 = 3.162e15 FLOPs for 65.0; rbdc used 2e15: saving = 1 - 2/3.162 = 36.8%
+    assert 'with 3.16 PFLOPs (interpolated over 2 budgets): saving at matched accuracy 36.8%' in block
+    # at equal FLOPs (2e15) scratch reaches 60 + 10 * log10(2) = 63.01
+    assert 'At equal FLOPs scratch reaches 63.01 top-1 (interpolated): +1.99 top-1' in block
+    # vs the reference (scratch-e20, 70.0 +- 0.4): -5.00, pooled std 0.32, |diff| > 0.63
+    assert '-5.00 top-1 at 0.20x its FLOPs; larger than seed noise (s_pooled 0.32)' in block
+    assert 'Seed-noise rule: a difference in mean top-1 counts as larger than seed noise when |diff| > 2 x' in md
+
+
+def test_saving_from_one_scratch_budget_says_what_can_be_said(tmp_path):
+    runs = tmp_path / 'runs'
+    for seed, acc in enumerate((70.0, 70.4, 69.6)):
+        make_run(runs, 'imagenette-deit-tiny/scratch', 'scratch', seed, acc, 1e16)
+    for seed, acc in enumerate((70.1, 70.5, 69.7)):
+        make_run(runs, 'imagenette-deit-tiny/rbdc-d1', 'rbdc', seed, acc, 1e16)
+    paths = report.generate_report([runs], tmp_path / 'rep')
+    block = savings_block(Path(paths['md']).read_text(encoding='utf-8'), 'imagenette-deit-tiny/rbdc-d1')
+    assert 'Saving not measurable from one scratch budget: at 1.00x the FLOPs rbdc is +0.10 top-1.' in block
+    assert 'within seed noise (s_pooled 0.40)' in block
+    assert 'saving at matched accuracy' not in block
+
+
+def test_saving_outside_scratch_range_gives_a_bound(tmp_path):
+    runs = tmp_path / 'runs'
+    make_run(runs, 'imagenette-deit-tiny/scratch-e2', 'scratch', 0, 60.0, 1e15)
+    make_run(runs, 'imagenette-deit-tiny/scratch-e20', 'scratch', 0, 70.0, 1e16)
+    make_run(runs, 'imagenette-deit-tiny/rbdc-d1', 'rbdc', 0, 72.0, 5e15)
+    paths = report.generate_report([runs], tmp_path / 'rep')
+    block = savings_block(Path(paths['md']).read_text(encoding='utf-8'), 'imagenette-deit-tiny/rbdc-d1')
+    assert 'Above every scratch budget' in block and 'at least 50.0%' in block
+    assert 'seed noise unknown (one seed each)' in block
+
+
+def test_baseline_protocol_option_changes_the_reference(study, tmp_path):
+    paths = report.generate_report([study], tmp_path / 'rep', baseline_protocol='net2net')
+    md = Path(paths['md']).read_text(encoding='utf-8')
+    assert 'FLOPs vs net2net' in header(md)
+    rbdc = dict(zip(header(md), table_row(md, 'imagenette-deit-tiny/rbdc-d1')))
+    assert rbdc['FLOPs vs net2net'] == '0.67x'
+
+
+def test_discovers_run_dirs_recursively_and_sorted(study):
+    found = report.discover_run_dirs([study / 'imagenette-deit-tiny', study / 'imagenette-deit-tiny/net2net/seed0'])
+    assert len(found) == 10
+    assert found == sorted(found)
+    assert all((p / 'results.json').is_file() for p in found)
+
+
+def test_missing_run_dir_names_the_path(tmp_path):
+    missing = tmp_path / 'no-such-run'
+    with pytest.raises(UserError, match='no-such-run'):
+        report.generate_report([missing], tmp_path / 'rep')
+
+
+def test_folder_without_runs_names_the_path(tmp_path):
+    (tmp_path / 'empty' / 'sub').mkdir(parents=True)
+    with pytest.raises(UserError, match=r'empty.*results\.json'):
+        report.generate_report([tmp_path / 'empty'], tmp_path / 'rep')
+
+
+@pytest.mark.parametrize('breakage, names', [
+    (lambda d: (d / 'results.json').write_text('{"name": '), 'results.json'),
+    (lambda d: (d / 'results.json').write_text(json.dumps({'name': 'x'})), 'results.json'),
+    (lambda d: (d / 'summary.csv').unlink(), 'summary.csv'),
+    (lambda d: (d / 'summary.csv').write_text('stage,epoch\nscratch,1\n'), 'summary.csv'),
+    (lambda d: (d / 'summary.csv').write_text(','.join(SUMMARY_COLUMNS) + '\n'), 'summary.csv'),
+])
+def test_invalid_run_dir_names_the_file(tmp_path, breakage, names):
+    run = make_run(tmp_path / 'runs', 'imagenette-deit-tiny/scratch', 'scratch', 0, 70.0, 1e16)
+    breakage(run)
+    with pytest.raises(UserError) as info:
+        report.generate_report([tmp_path / 'runs'], tmp_path / 'rep')
+    assert str(run / names) in str(info.value)
+
+
+def test_invalid_number_names_the_key_and_file(tmp_path):
+    run = make_run(tmp_path / 'runs', 'imagenette-deit-tiny/scratch', 'scratch', 0, 70.0, 1e16)
+    results = json.loads((run / 'results.json').read_text())
+    results['eval_top1'] = 'n/a'
+    (run / 'results.json').write_text(json.dumps(results))
+    with pytest.raises(UserError, match='eval_top1') as info:
+        report.load_run(run)
+    assert str(run / 'results.json') in str(info.value)
+
+
+def test_duplicate_seed_in_a_group_is_refused(tmp_path):
+    make_run(tmp_path / 'a', 'imagenette-deit-tiny/scratch', 'scratch', 0, 70.0, 1e16)
+    make_run(tmp_path / 'b', 'imagenette-deit-tiny/scratch', 'scratch', 0, 70.2, 1e16)
+    with pytest.raises(UserError, match='seed 0 twice'):
+        report.generate_report([tmp_path / 'a', tmp_path / 'b'], tmp_path / 'rep')
+
+
+def test_cli_subcommand(study, tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog='rbdc')
+    report.add_cli(parser.add_subparsers(dest='command', required=True))
+    args = parser.parse_args(['report', str(study), '-o', str(tmp_path / 'reports' / 'study'), '--title', 'T'])
+    assert args.func(args) == 0
+    for ext in ('md', 'tex', 'csv', 'png'):
+        assert (tmp_path / 'reports' / f'study.{ext}').is_file()
+    assert (tmp_path / 'reports' / 'study.md').read_text(encoding='utf-8').startswith('# T\n')
+    assert str(tmp_path / 'reports' / 'study.md') in capsys.readouterr().out
