@@ -184,3 +184,32 @@ def plan(target: str, depth: int, k: int = 2, img_size: int | None = None, num_c
             "level_train_pflops_per_epoch": count * train * dataset_size / 1e15,
         })
     return rows
+
+
+def couple_state(parts: Sequence[nn.Module], states: Sequence[dict], wide: nn.Module, head: str = "mean") -> dict:
+    """Carry AdamW moments through coupling: ``{param name: {exp_avg, exp_avg_sq, step}}`` per part -> wide.
+
+    Moments are block-diagonalised like the weights (off-diagonal slots zero, as for a fresh parameter); the head's
+    first moment scales like its weights (1/k for ``mean``) and the second moment by the square of that.
+    """
+    k = len(parts)
+    heads = classifier_keys(wide)
+    shapes = dict(wide.named_parameters())
+    out = {}
+    for name, param in shapes.items():
+        if not all(name in s for s in states):
+            continue
+        is_head = name.rpartition(".")[0] in heads
+        entry = {"step": torch.stack([torch.as_tensor(s[name]["step"], dtype=torch.float32) for s in states]).max()}
+        for key, power in (("exp_avg", 1), ("exp_avg_sq", 2)):
+            scale = ((1.0 / k if head == "mean" else 1.0) ** power) if is_head else None
+            entry[key] = _couple_tensor(name, [s[name][key].float().cpu() for s in states], param.shape,
+                                        head_scale=scale, offdiag_std=0.0, gen=None)
+        out[name] = entry
+    return out
+
+
+def named_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer's per-parameter state keyed by parameter name (portable across models of equal names)."""
+    names = {p: n for n, p in model.named_parameters()}
+    return {names[p]: {k: v.detach().cpu() for k, v in st.items()} for p, st in optimizer.state.items() if p in names}

@@ -178,6 +178,7 @@ def _test_cfg(size: int, first_conv: str, classifier: str) -> dict:
 # timm's register_model reads this module-level name for the entrypoints defined here.
 default_cfgs = generate_default_cfgs({
     "test_rbdc_vit": _test_cfg(32, "patch_embed.proj", "head"),
+    "rbdc_vit_mini_patch8_64": _test_cfg(64, "patch_embed.proj", "head"),
     "test_rbdc_resnet": _test_cfg(64, "conv1", "fc"),
     "test_rbdc_resnet_basic": _test_cfg(64, "conv1", "fc"),
 })
@@ -189,6 +190,14 @@ def test_rbdc_vit(pretrained=False, **kwargs) -> VisionTransformer:
     args = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2.0, num_classes=10)
     return timm.models.vision_transformer._create_vision_transformer(
         "test_rbdc_vit", pretrained=False, **dict(args, **kwargs))
+
+
+@register_model
+def rbdc_vit_mini_patch8_64(pretrained=False, **kwargs) -> VisionTransformer:
+    """DeiT-style ViT sized for CPU studies on 64-px Imagenette: width 192, 6 heads (head_dim 32), depth 6."""
+    args = dict(img_size=64, patch_size=8, embed_dim=192, depth=6, num_heads=6, num_classes=10)
+    return timm.models.vision_transformer._create_vision_transformer(
+        "rbdc_vit_mini_patch8_64", pretrained=False, **dict(args, **kwargs))
 
 
 @register_model
@@ -211,7 +220,7 @@ VARIANTS: dict[str, tuple[str, int]] = {}  # registered narrow name -> (base mod
 
 
 def _register_narrow(base: str, divisor: int) -> None:
-    variant = f"{base}_w{divisor}" if base.startswith("test_") else f"rbdc_{base}_w{divisor}"
+    variant = f"{base}_w{divisor}" if base.startswith(("test_", "rbdc_")) else f"rbdc_{base}_w{divisor}"
     VARIANTS[variant] = (base, divisor)
 
     def entrypoint(pretrained=False, **kwargs):
@@ -234,6 +243,7 @@ NARROW_VARIANTS = {
     "resnet26": (2, 4),
     "resnet50": (2, 4),
     "test_rbdc_vit": (2, 4),
+    "rbdc_vit_mini_patch8_64": (2,),
     "test_rbdc_resnet": (2, 4),
     "test_rbdc_resnet_basic": (2, 4),
 }

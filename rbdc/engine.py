@@ -1,0 +1,265 @@
+"""The training engine: one model, one stage, a fixed number of optimizer steps, resumable at epoch boundaries.
+
+Built on timm's pieces (optimizer factory, cosine scheduler, Mixup/CutMix, soft-target / label-smoothing losses,
+EMA); DeiT recipe defaults live in :mod:`rbdc.recipe`. Stages are step-based so that a FLOPs budget is met to
+within one optimizer step; an epoch is one pass of the (drop-last) loader, and the last epoch of a stage may be
+partial. The global batch is fixed: gradient accumulation makes up what does not fit one process.
+"""
+from __future__ import annotations
+
+import os
+import random
+import resource
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3, accuracy
+from tqdm import tqdm
+
+from .flops import Ledger, train_flops_per_image
+from .models import family_of
+
+__all__ = ["Dist", "StageSpec", "train_stage", "evaluate", "autocast_for", "peak_mem_mb", "lr_for"]
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def init(cls) -> "Dist":
+        """Join the process group that torchrun describes (RANK/WORLD_SIZE/LOCAL_RANK); single process otherwise."""
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        if world == 1:
+            return cls()
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local)
+        return cls(dist.get_rank(), dist.get_world_size(), local)
+
+
+@dataclass
+class StageSpec:
+    """One stage of a protocol: train ``model`` for ``steps`` optimizer steps of the global batch."""
+
+    id: str
+    model_name: str
+    steps: int
+    warmup_steps: int
+    lr: float
+    seed: int
+    sched_total: int | None = None   # cosine length (default: steps); > steps when the schedule continues
+    sched_offset: int = 0            # where on that cosine this stage starts
+
+
+def lr_for(recipe: dict) -> float:
+    return recipe["lr_base"] * recipe["batch_size"] / 512
+
+
+def autocast_for(recipe: dict, device: torch.device):
+    amp = recipe["amp"]
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" else "fp32"
+    if amp == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def peak_mem_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, recipe: dict, device: torch.device, d: Dist = Dist()) -> dict:
+    model.eval()
+    tot = torch.zeros(4, device=device)  # loss sum, top1 count, top5 count, n
+    crit = nn.CrossEntropyLoss(reduction="sum")
+    with autocast_for(recipe, device):
+        for x, y in loader:
+            if recipe.get("_channels_last"):
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = model(x).float()
+            top1, top5 = accuracy(out, y, topk=(1, min(5, out.shape[-1])))
+            n = y.numel()
+            tot += torch.stack([crit(out, y), top1 * n / 100, top5 * n / 100, torch.tensor(float(n), device=device)])
+    if d.world > 1:
+        dist.all_reduce(tot)
+    loss, c1, c5, n = tot.tolist()
+    return {"eval_loss": loss / max(n, 1), "eval_top1": 100 * c1 / max(n, 1), "eval_top5": 100 * c5 / max(n, 1)}
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, disable=not (enabled and sys.stderr.isatty()))
+
+
+def build_optimizer(model: nn.Module, recipe: dict, lr: float, device: torch.device):
+    # timm's factory already excludes norms, biases and no_weight_decay() tokens (pos_embed, cls_token) from decay.
+    fused = recipe["fused"] if recipe["fused"] is not None else device.type == "cuda"
+    kwargs = {"fused": True} if fused and recipe["opt"] == "adamw" else {}
+    return create_optimizer_v2(model, opt=recipe["opt"], lr=lr, weight_decay=recipe["weight_decay"],
+                               eps=recipe["opt_eps"], **kwargs)
+
+
+def train_stage(model: nn.Module, spec: StageSpec, recipe: dict, train_loader, val_loader, device: torch.device,
+                ledger: Ledger, on_epoch, state: dict | None = None, optimizer_state: dict | None = None,
+                d: Dist = Dist(), log=print) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """Train ``model`` for ``spec.steps`` optimizer steps.
+
+    Args:
+        on_epoch: called after every epoch with ``(row, checkpoint)``: the summary row (dict) and a dict holding
+            everything needed to resume (model/optimizer/EMA state, step, epoch, RNG states, ledger); the caller
+            writes them (atomically) before training goes on.
+        state: a checkpoint dict from ``on_epoch`` to resume from.
+        optimizer_state: initial optimizer state (RBDC's carried AdamW moments after coupling).
+    """
+    world_batch = recipe["batch_size"]
+    micro = recipe["micro_batch"] or world_batch // d.world
+    accum = world_batch // (micro * d.world)
+    if accum * micro * d.world != world_batch:
+        raise ValueError(f"global batch {world_batch} is not micro_batch {micro} x world {d.world} x an integer "
+                         f"number of accumulation steps; pick a micro_batch that divides it")
+    # A model with its own training objective (DiffusionBlocks) brings its own loss and per-image training FLOPs.
+    custom_fpi = getattr(model, "train_flops_per_image", None)
+    fpi = custom_fpi(recipe["img_size"]) if custom_fpi else train_flops_per_image(model, recipe["img_size"])
+    custom_loss = getattr(model, "training_loss", None)
+    model.to(device)
+    channels_last = recipe["channels_last"] if recipe["channels_last"] != "auto" else (
+        device.type == "cuda" and family_of(model) == "resnet")
+    recipe["_channels_last"] = channels_last
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    opt = build_optimizer(model, recipe, spec.lr, device)
+    if optimizer_state is not None:  # name-keyed per-parameter state (RBDC's carried AdamW moments)
+        for name, p in model.named_parameters():
+            if name in optimizer_state:
+                opt.state[p] = {k: v.to(device) for k, v in optimizer_state[name].items()}
+    sched = CosineLRScheduler(opt, t_initial=spec.sched_total or spec.steps, lr_min=recipe["min_lr"],
+                              warmup_t=spec.warmup_steps, warmup_lr_init=recipe["warmup_lr"], warmup_prefix=True,
+                              t_in_epochs=False)
+    ema = ModelEmaV3(model, decay=recipe["ema_decay"]) if recipe["ema"] else None
+    mix = None
+    if recipe["mixup"] > 0 or recipe["cutmix"] > 0:
+        mix = Mixup(mixup_alpha=recipe["mixup"], cutmix_alpha=recipe["cutmix"], prob=recipe["mixup_prob"],
+                    switch_prob=recipe["mixup_switch_prob"], label_smoothing=recipe["smoothing"],
+                    num_classes=model.num_classes)
+        crit = SoftTargetCrossEntropy()
+    elif recipe["smoothing"] > 0:
+        crit = LabelSmoothingCrossEntropy(recipe["smoothing"])
+    else:
+        crit = nn.CrossEntropyLoss()
+    step, epoch, wall = 0, 0, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        step, epoch, wall = state["step"], state["epoch"], state["wall_s"]
+        _set_rng_state(state["rng"])
+    else:
+        seed_everything(spec.seed + d.rank)
+    net = model
+    if d.world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if device.type == "cuda" else None)
+    step_fn = torch.compile(net) if recipe["compile"] else net
+    steps_per_epoch = len(train_loader) // accum
+    if steps_per_epoch < 1:
+        raise ValueError(f"the training set gives {len(train_loader)} micro-batches per epoch, fewer than one "
+                         f"optimizer step of {world_batch} images; lower batch_size")
+    log(f"[{spec.id}] {spec.model_name}: {spec.steps} steps ({spec.steps / steps_per_epoch:.2f} epochs) of global "
+        f"batch {world_batch} = {micro} x {d.world} proc x {accum} accum | lr {spec.lr:.3g} | "
+        f"{fpi / 1e9:.3f} train GFLOPs/img" + (f" | resumed at step {step}" if step else ""))
+    images_per_step = world_batch
+    while step < spec.steps:
+        train_loader.set_epoch(epoch)
+        net.train()
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        n_steps = 0
+        bar = _progress(min(steps_per_epoch, spec.steps - step), f"{spec.id} ep{epoch}", d.main)
+        it = iter(train_loader)
+        for _ in range(min(steps_per_epoch, spec.steps - step)):
+            sched.step_update(spec.sched_offset + step)
+            for a in range(accum):
+                x, y = next(it)
+                if mix is not None:
+                    x, y = mix(x, y)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                sync = nullcontext() if (a == accum - 1 or d.world == 1) else net.no_sync()
+                with sync, autocast_for(recipe, device):
+                    loss = (custom_loss(x, y) if custom_loss else crit(step_fn(x), y)) / accum
+                loss.backward()
+                loss_sum += loss.detach()
+            if recipe["clip_grad"]:
+                nn.utils.clip_grad_norm_(model.parameters(), recipe["clip_grad"])
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(model, step=step)
+            step += 1
+            n_steps += 1
+            bar.update(1)
+        bar.close()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        dt = time.perf_counter() - t0
+        wall += dt
+        images = n_steps * images_per_step
+        ledger.add(spec.id, spec.model_name, images, fpi)
+        row = {"stage": spec.id, "model": spec.model_name, "epoch": epoch,
+               "train_loss": (loss_sum / max(n_steps, 1)).item(), "lr": opt.param_groups[0]["lr"],
+               "images_seen": sum(e.images for e in ledger.entries if e.stage == spec.id),
+               "train_flops": images * fpi, "cum_train_flops": ledger.total, "wall_s": round(wall, 3),
+               "img_per_s": images / dt, "model_tflops_per_s": images * fpi / dt / 1e12}
+        last = step >= spec.steps
+        if val_loader is not None and ((epoch + 1) % recipe["eval_every"] == 0 or last):
+            row.update(evaluate(model, val_loader, recipe, device, d))
+            if ema is not None:
+                row["ema_top1"] = evaluate(ema.module, val_loader, recipe, device, d)["eval_top1"]
+        row["peak_mem_mb"] = round(peak_mem_mb(device), 1)
+        epoch += 1
+        log(f"[{spec.id}] epoch {epoch - 1} step {step}/{spec.steps} loss {row['train_loss']:.4f} "
+            f"top1 {row.get('eval_top1', float('nan')):.2f} lr {row['lr']:.2e} {row['img_per_s']:.0f} img/s")
+        on_epoch(row, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                       "ema": ema.state_dict() if ema is not None else None, "step": step, "epoch": epoch,
+                       "wall_s": wall, "rng": _rng_state(), "done": last})
+    return model, opt

@@ -1,0 +1,164 @@
+"""Training protocols as stage plans: what to train, from what, for how many steps, at which FLOPs.
+
+* ``scratch``: the target for ``epochs``, or for a FLOPs ``budget`` (``match``: another run's total).
+* ``rbdc``: recursion depth r and k: level 0 holds k**r models of 1/k**r width trained independently (own seeds);
+  each level couples groups of k models of the level below (``rbdc.couple``) and trains on; level r is the target.
+  Epochs per level are given (``rbdc.epochs: [E0, ..., Er]``) or derived from a total ``budget`` and the
+  **training ratio** ``rbdc.ratio`` (the paper's definition is unknown, methods.md section 3), read as:
+
+  - ``ratio_type: epochs`` (default): E_l = ratio * E_{l+1} (narrow models train ratio x longer than their parent);
+  - ``ratio_type: flops``: FLOPs spent on level l = ratio * FLOPs spent on level l+1.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+from .errors import UserError
+from .flops import train_flops_per_image
+from .models import scaled, widen_name
+
+
+@dataclass
+class Stage:
+    id: str
+    level: int
+    factor: Fraction
+    model_name: str
+    steps: int
+    seed: int
+    parents: list[str] = field(default_factory=list)
+    flops_per_image: int = 0
+    sched_total: int | None = None
+    sched_offset: int = 0
+    warmup_steps: int = 0
+
+    @property
+    def train_flops(self) -> int:
+        return self.steps * self._batch * self.flops_per_image
+
+    _batch: int = 0
+
+
+def _fpi(recipe: dict, factor: Fraction, num_classes: int) -> int:
+    import torch
+    with torch.device("meta"):
+        m = scaled(recipe["model"], factor, num_classes=num_classes, **recipe["model_kwargs"])
+    return train_flops_per_image(m, recipe["img_size"])
+
+
+def _name(target: str, factor: Fraction) -> str:
+    return widen_name(target, factor) or (target if factor == 1 else f"{target}@{factor}")
+
+
+def matched_budget(run_dir: str | Path) -> float:
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise UserError(f"--match {run_dir}: no results.json there; point it at a finished rbdc run directory")
+    return float(json.loads(path.read_text())["total_train_flops"])
+
+
+def plan_stages(recipe: dict, train_size: int, num_classes: int) -> list[Stage]:
+    """The stages of the recipe's protocol, with steps derived from epochs or the FLOPs budget."""
+    batch = recipe["batch_size"]
+    steps_per_epoch = train_size // batch
+    if steps_per_epoch < 1:
+        raise UserError(f"batch_size {batch} exceeds the {train_size} training images; lower batch_size")
+    warm = round(recipe["warmup_epochs"] * steps_per_epoch)
+    seed = recipe["seed"]
+    budget = recipe["budget"] if recipe["match"] is None else matched_budget(recipe["match"])
+    if recipe["budget_epochs"] is not None and budget is None:
+        budget = recipe["budget_epochs"] * steps_per_epoch * batch * _fpi(recipe, Fraction(1), num_classes)
+
+    def steps_for(epochs: float) -> int:
+        return max(1, round(epochs * steps_per_epoch))
+
+    if recipe["protocol"] == "scratch":
+        fpi = _fpi(recipe, Fraction(1), num_classes)
+        if budget is not None:
+            steps = max(1, round(budget / (batch * fpi)))
+        elif recipe["epochs"]:
+            steps = steps_for(recipe["epochs"])
+        else:
+            raise UserError("scratch needs `epochs`, `budget` (training FLOPs) or `match` (a run dir)")
+        stages = [Stage("scratch", 0, Fraction(1), recipe["model"], steps, seed, flops_per_image=fpi,
+                        warmup_steps=min(warm, steps // 2))]
+    elif recipe["protocol"] == "diffusionblocks":
+        # One step trains one of B blocks (~1/B of a full pass); the method's "epochs" are B x ours: equal
+        # iterations per block. A FLOPs budget is met directly with the model's own per-image training FLOPs.
+        from .diffusionblocks import build_model
+        import torch
+        with torch.device("meta"):
+            dbm = build_model(recipe, num_classes)
+        fpi = dbm.train_flops_per_image(recipe["img_size"])
+        if budget is not None:
+            steps = max(1, round(budget / (batch * fpi)))
+        elif recipe["epochs"]:
+            steps = steps_for(recipe["epochs"] * dbm.num_blocks)
+        else:
+            raise UserError("diffusionblocks needs `epochs` (x blocks, equal iterations per block), `budget` or `match`")
+        stages = [Stage("dblock", 0, Fraction(1), recipe["model"], steps, seed, flops_per_image=fpi,
+                        warmup_steps=min(warm * dbm.num_blocks, steps // 2))]
+    else:
+        r, k = recipe["rbdc"]["depth"], recipe["rbdc"]["k"]
+        if r < 1 or k < 2:
+            raise UserError(f"rbdc needs depth >= 1 and k >= 2 (got depth={r}, k={k})")
+        counts = [k ** (r - lvl) for lvl in range(r + 1)]
+        fpis = [_fpi(recipe, Fraction(1, c), num_classes) for c in counts]
+        epochs = recipe["rbdc"]["epochs"]
+        if epochs is not None:
+            if len(epochs) != r + 1:
+                raise UserError(f"rbdc.epochs needs {r + 1} entries (one per level 0..{r}), got {epochs}")
+            level_steps = [steps_for(e) for e in epochs]
+        elif budget is not None:
+            ratio = recipe["rbdc"]["ratio"]
+            weights = [ratio ** (r - lvl) for lvl in range(r + 1)]
+            if recipe["rbdc"]["ratio_type"] == "epochs":
+                unit = budget / sum(w * c * f * batch for w, c, f in zip(weights, counts, fpis))
+                level_steps = [max(1, round(w * unit)) for w in weights]
+            elif recipe["rbdc"]["ratio_type"] == "flops":
+                per_level = [budget * w / sum(weights) for w in weights]
+                level_steps = [max(1, round(b / (c * f * batch))) for b, c, f in zip(per_level, counts, fpis)]
+            else:
+                raise UserError(f"rbdc.ratio_type must be epochs or flops, got {recipe['rbdc']['ratio_type']!r}")
+        else:
+            raise UserError("rbdc needs rbdc.epochs (one per level) or a `budget`/`match`")
+        cont = recipe["rbdc"]["schedule"] == "continue"
+        if recipe["rbdc"]["schedule"] not in ("restart", "continue"):
+            raise UserError(f"rbdc.schedule must be restart or continue, got {recipe['rbdc']['schedule']!r}")
+        lineage = sum(level_steps)
+        stages = []
+        for lvl, (c, f, st) in enumerate(zip(counts, fpis, level_steps)):
+            factor = Fraction(1, c)
+            offset = sum(level_steps[:lvl])
+            for i in range(c):
+                sid = f"L{lvl}" if c == 1 else f"L{lvl}.{i}"
+                parents = [] if lvl == 0 else [f"L{lvl - 1}.{j}" for j in range(i * k, (i + 1) * k)]
+                stages.append(Stage(
+                    sid, lvl, factor, _name(recipe["model"], factor), st, seed + 1000 * lvl + i, parents, f,
+                    sched_total=lineage if cont else None, sched_offset=offset if cont else 0,
+                    warmup_steps=min(warm, st // 2) if (lvl == 0 or not cont) else min(warm, level_steps[0] // 2)))
+    for s in stages:
+        s._batch = batch
+    return stages
+
+
+def describe_plan(recipe: dict, stages: list[Stage], train_size: int, num_classes: int) -> str:
+    batch = recipe["batch_size"]
+    spe = train_size // batch
+    total = sum(s.train_flops for s in stages)
+    lines = [f"{'stage':>8} {'model':>38} {'parents':>14} {'steps':>7} {'epochs':>7} {'GFLOPs/img':>10} "
+             f"{'train FLOPs':>11}"]
+    for s in stages:
+        lines.append(f"{s.id:>8} {s.model_name:>38} {','.join(s.parents) or '-':>14} {s.steps:>7} "
+                     f"{s.steps / spe:>7.2f} {s.flops_per_image / 1e9:>10.3f} {s.train_flops:>11.3e}")
+    lines.append(f"total training FLOPs: {total:.4e} ({total / 1e15:.4f} PFLOPs) over {train_size:,} images/epoch, "
+                 f"global batch {batch}")
+    if recipe["epochs"] or recipe["budget_epochs"]:
+        epochs = recipe["epochs"] or recipe["budget_epochs"]
+        ref = _fpi(recipe, Fraction(1), num_classes) * round(epochs * spe) * batch
+        lines.append(f"scratch {recipe['model']} for {epochs} epochs: {ref:.4e} FLOPs -> this plan is "
+                     f"{total / ref:.3f}x of it")
+    return "\n".join(lines)

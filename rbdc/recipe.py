@@ -1,0 +1,133 @@
+"""Recipes are data: YAML files under ``benchmarks/recipes/`` with an optional ``base:`` parent, resolved into one
+flat-ish dict that the run directory stores (``recipe.yaml``) and that replays the run."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+PROTOCOLS = ("scratch", "rbdc", "diffusionblocks")
+
+# Every key a recipe may set, with its default. Nested dicts (data, rbdc, aug) merge key by key.
+DEFAULTS: dict[str, Any] = {
+    "name": None,               # experiment name without the seed, e.g. imagenette-vit/rbdc-d1 (the report's group)
+    "protocol": "scratch",      # scratch | rbdc (growth baselines and diffusionblocks: see their issues)
+    "model": None,              # target timm model (the final model of every protocol)
+    "model_kwargs": {},         # extra timm kwargs (img_size, patch_size, ...)
+    "num_classes": None,        # default: the dataset's
+    "img_size": 224,
+    "seed": 0,
+    "data": {"source": "imagenette", "root": None, "subset": None, "in_memory": False, "download": False,
+             "val_subset": None},
+    # optimisation (DeiT v1 defaults, scaled to the global batch: lr = lr_base * batch_size / 512)
+    "epochs": None,             # scratch: epochs; or give `budget` (training FLOPs) or `match` (a run dir)
+    "budget": None,             # training FLOPs; or budget_epochs: that many epochs of the target (its FLOPs)
+    "budget_epochs": None,
+    "match": None,
+    "batch_size": 1024,         # GLOBAL batch (all processes, all accumulation steps)
+    "micro_batch": None,        # per process per forward; default: batch_size / world size
+    "opt": "adamw",
+    "lr_base": 5e-4,
+    "weight_decay": 0.05,
+    "opt_eps": 1e-8,
+    "fused": None,              # fused AdamW (default: on CUDA)
+    "min_lr": 1e-5,
+    "warmup_epochs": 5,
+    "warmup_lr": 1e-6,
+    "clip_grad": None,
+    "drop_path": 0.1,
+    "smoothing": 0.1,
+    "mixup": 0.8,
+    "cutmix": 1.0,
+    "mixup_prob": 1.0,
+    "mixup_switch_prob": 0.5,
+    "aug": {"auto_augment": "rand-m9-mstd0.5-inc1", "re_prob": 0.25, "interpolation": "bicubic",
+            "color_jitter": 0.4},
+    "repeated_aug": False,
+    "ema": False,
+    "ema_decay": 0.99996,
+    "amp": "auto",              # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    "compile": False,
+    "channels_last": "auto",    # auto: on for CNNs on CUDA
+    "workers": None,
+    "eval_every": 1,            # epochs
+    "device": "auto",
+    "diffusionblocks": {},      # options of the diffusionblocks protocol (rbdc.diffusionblocks)
+    # RBDC protocol
+    "rbdc": {"depth": 1, "k": 2, "epochs": None, "ratio": 1.5, "ratio_type": "epochs", "head": "mean",
+             "norm": "plain", "offdiag_std": 0.0, "optimizer": "fresh", "schedule": "restart", "jobs": 1},
+}
+
+
+FREE_FORM = ("model_kwargs", "aug", "diffusionblocks")  # dicts whose keys are not checked here
+
+
+def _merge(base: dict, over: dict, where: str) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if key not in base and where != "":
+            raise UserError(f"unknown recipe key {where}{key!r}; known keys: {', '.join(sorted(base))}")
+        if isinstance(out.get(key), dict) and isinstance(value, dict) and key not in FREE_FORM:
+            out[key] = _merge(out[key], value, f"{where}{key}.")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read(path: Path, seen: tuple = ()) -> dict:
+    if not path.is_file():
+        raise UserError(f"recipe {path} not found; recipes live under benchmarks/recipes/")
+    if path in seen:
+        raise UserError(f"recipe {path} inherits from itself through {' -> '.join(map(str, seen))}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"recipe {path} is not valid YAML: {e}") from e
+    parent = data.pop("base", None)
+    if parent is None:
+        return data
+    return _deep_update(_read((path.parent / parent).resolve(), seen + (path,)), data)
+
+
+def _deep_update(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _deep_update(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else v
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise UserError(f"override {text!r} must look like key=value (e.g. rbdc.depth=2 or epochs=10)")
+    key, value = text.split("=", 1)
+    return key.split("."), yaml.safe_load(value)
+
+
+def resolve(path: str | Path | None = None, overrides: list[str] = (), **fields) -> dict:
+    """Recipe file (with parents) + ``key=value`` overrides + explicit fields, over :data:`DEFAULTS`, validated."""
+    raw = _read(Path(path).resolve()) if path else {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    raw = _deep_update(raw, {k: v for k, v in fields.items() if v is not None})
+    recipe = _merge(DEFAULTS, raw, "")
+    unknown = sorted(set(raw) - set(DEFAULTS))
+    if unknown:
+        raise UserError(f"unknown recipe key(s) {unknown}; known keys: {', '.join(sorted(DEFAULTS))}")
+    if not recipe["model"]:
+        raise UserError("the recipe names no model: set `model:` (a timm name, e.g. deit_base_patch16_224)")
+    if recipe["protocol"] not in PROTOCOLS:
+        raise UserError(f"unknown protocol {recipe['protocol']!r}; choose one of {', '.join(PROTOCOLS)}")
+    recipe["name"] = recipe["name"] or f"{recipe['model']}/{recipe['protocol']}"
+    return recipe
+
+
+def dump(recipe: dict) -> str:
+    return yaml.safe_dump(recipe, sort_keys=True)

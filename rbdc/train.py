@@ -1,0 +1,283 @@
+"""``rbdc train``: run a recipe's protocol into a run directory, resuming automatically.
+
+Run directory (``<output>/<name>/seed<seed>/``)::
+
+    recipe.yaml        resolved recipe: `rbdc train --recipe recipe.yaml` replays the run
+    command.txt        the command line that started it, and the environment (versions, device)
+    summary.csv        one row per epoch of every stage (stage, model, epoch, ..., cum_train_flops, ...)
+    ledger.json        training FLOPs per stage (every narrow model counts)
+    manifest.json      stages done, their final weights and sha256, and which parents each coupled stage used
+    stages/<id>/last.pt          resumable training state of the stage in progress (atomic writes)
+    stages/<id>/final.safetensors  the stage's final weights
+    final.safetensors  the final model;  results.json  the final numbers
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import recipe as recipes
+from .checkpoint import atomic_write_bytes, load_model, save_weights, sha256
+from .coupling import couple, couple_state, named_optimizer_state
+from .data import build_dataset, build_loader, default_data_root
+from .engine import Dist, StageSpec, evaluate, lr_for, train_stage
+from .errors import UserError
+from .flops import Ledger
+from .models import scaled
+from .protocols import describe_plan, plan_stages
+
+KNOWN_TRAIN_SIZES = {"imagenet": 1_281_167, "imagenette": 9_469}
+
+
+def _device(recipe: dict, d: Dist) -> torch.device:
+    if recipe["device"] != "auto":
+        return torch.device(recipe["device"])
+    return torch.device(f"cuda:{d.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _data_root(recipe: dict) -> str | None:
+    root = recipe["data"]["root"]
+    if root is None and recipe["data"]["source"] == "imagenette":
+        found = default_data_root()
+        root = str(found) if found else None
+    if root is None and recipe["data"]["source"] == "imagenet":
+        root = os.environ.get("IMAGENET_ROOT")
+    return root
+
+
+def _datasets(recipe: dict):
+    dc = recipe["data"]
+    common = dict(img_size=recipe["img_size"], num_classes=recipe["num_classes"], seed=0)
+    root = _data_root(recipe)
+    train = build_dataset(dc["source"], root, "train", subset=dc["subset"], download=dc["download"], **common)
+    val = build_dataset(dc["source"], root, "val", subset=dc["val_subset"], download=dc["download"], **common)
+    return train, val
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _write_summary(path: Path, rows: list[dict]) -> None:
+    cols = ["stage", "model", "epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr", "images_seen",
+            "train_flops", "cum_train_flops", "wall_s", "img_per_s", "model_tflops_per_s", "peak_mem_mb"]
+    cols += sorted({k for r in rows for k in r} - set(cols))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def _env_info(device: torch.device) -> dict:
+    import timm
+    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+            "host": platform.node()}
+
+
+class Run:
+    """One run directory: resolves where a run stands and moves it forward stage by stage."""
+
+    def __init__(self, recipe: dict, output: str | Path, d: Dist, log=print):
+        self.recipe, self.d, self.log = recipe, d, log
+        self.dir = Path(output) / recipe["name"] / f"seed{recipe['seed']}"
+        self.device = _device(recipe, d)
+
+    def prepare(self) -> None:
+        text = recipes.dump(self.recipe)
+        existing = self.dir / "recipe.yaml"
+        if existing.is_file() and existing.read_text() != text:
+            raise UserError(f"{self.dir} holds a run of a different recipe (see its recipe.yaml); resume it with "
+                            f"`rbdc train --recipe {existing}`, or pick another --output or name")
+        if self.d.main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(existing, text.encode())
+            cmd = " ".join(shlex.quote(a) for a in sys.argv)
+            (self.dir / "command.txt").write_text(cmd + "\n" + json.dumps(_env_info(self.device), indent=1) + "\n")
+
+    def _manifest(self) -> dict:
+        path = self.dir / "manifest.json"
+        return json.loads(path.read_text()) if path.is_file() else {"stages": {}, "rows": [], "ledger": {}}
+
+    def execute(self) -> dict:
+        rec = self.recipe
+        train_ds, val_ds = _datasets(rec)
+        num_classes = rec["num_classes"] or train_ds.num_classes
+        stages = plan_stages(rec, len(train_ds), num_classes)
+        self.steps_per_epoch = len(train_ds) // rec["batch_size"]
+        self.log(f"run {self.dir}  ({rec['protocol']}, target {rec['model']}, {len(train_ds):,} train / "
+                 f"{len(val_ds):,} val images, device {self.device})")
+        self.log(describe_plan(rec, stages, len(train_ds), num_classes))
+        micro = rec["micro_batch"] or rec["batch_size"] // self.d.world
+        self.log(f"effective global batch {rec['batch_size']} (micro-batch {micro} x {self.d.world} process(es)), "
+                 f"lr {lr_for(rec):.3g} = {rec['lr_base']:g} x {rec['batch_size']}/512")
+        man = self._manifest()
+        loader_kw = dict(img_size=rec["img_size"], in_memory=rec["data"]["in_memory"], num_workers=rec["workers"],
+                         distributed=self.d.world > 1, device=self.device)
+        val_loader = build_loader(val_ds, batch_size=max(micro, 64), train=False, **loader_kw)
+        for st in stages:
+            if st.id in man["stages"]:
+                continue
+            sdir = self.dir / "stages" / st.id
+            sdir.mkdir(parents=True, exist_ok=True)
+            model, opt_state, parents = self._build(st, num_classes, man)
+            state = torch.load(sdir / "last.pt", weights_only=False) if (sdir / "last.pt").is_file() else None
+            rows = state["rows"] if state else list(man["rows"])
+            ledger = Ledger.from_dict(state["ledger"] if state else man["ledger"])
+            if parents and state is None:  # the coupled model before any training: how exact was the coupling?
+                ev = evaluate(model.to(self.device), val_loader, rec, self.device, self.d)
+                rows.append({"stage": st.id, "model": st.model_name, "epoch": -1, **ev,
+                             "cum_train_flops": ledger.total, "images_seen": 0, "train_flops": 0})
+                self.log(f"[{st.id}] coupled model before training: top-1 {ev['eval_top1']:.2f}")
+
+            def on_epoch(row, ckpt, sdir=sdir, rows=rows, ledger=ledger):
+                rows.append(row)
+                if self.d.main:
+                    _atomic_torch_save({**ckpt, "rows": rows, "ledger": ledger.to_dict()}, sdir / "last.pt")
+                    _write_summary(self.dir / "summary.csv", rows)
+                    ledger.save(self.dir / "ledger.json")
+
+            train_loader = build_loader(train_ds, batch_size=micro, train=True, aug=rec["aug"], seed=st.seed,
+                                        repeated_aug=rec["repeated_aug"], **loader_kw)
+            spec = StageSpec(st.id, st.model_name, st.steps, st.warmup_steps, lr_for(rec), st.seed,
+                             st.sched_total, st.sched_offset)
+            model, opt = train_stage(model, spec, rec, train_loader, val_loader, self.device, ledger, on_epoch,
+                                state=state, optimizer_state=opt_state if state is None else None, d=self.d,
+                                log=self.log)
+            if self.d.main:
+                final = save_weights(model, sdir / "final.safetensors", stage=st.id, recipe=rec["name"])
+                if rec["rbdc"]["optimizer"] == "carried" and rec["protocol"] == "rbdc":
+                    _atomic_torch_save(named_optimizer_state(model, opt), sdir / "optimizer.pt")
+                man["stages"][st.id] = {"model": st.model_name, "final": str(final.relative_to(self.dir)),
+                                        "sha256": sha256(final), "parents": parents, "steps": st.steps}
+                man["rows"], man["ledger"] = rows, ledger.to_dict()
+                atomic_write_bytes(self.dir / "manifest.json", json.dumps(man, indent=1).encode())
+                (sdir / "last.pt").unlink(missing_ok=True)
+        return self._finish(stages, man)
+
+    def _build(self, st, num_classes: int, man: dict):
+        rec = self.recipe
+        kw = dict(num_classes=num_classes, drop_path_rate=rec["drop_path"], **rec["model_kwargs"])
+        if rec["protocol"] == "diffusionblocks":
+            from .diffusionblocks import build_model
+            torch.manual_seed(st.seed)
+            return build_model(rec, num_classes), None, []
+        if not st.parents:
+            torch.manual_seed(st.seed)
+            return scaled(rec["model"], st.factor, **kw), None, []
+        paths = [self.dir / man["stages"][p]["final"] for p in st.parents]
+        parts = [load_model(p) for p in paths]
+        c = rec["rbdc"]
+        model = couple(parts, head=c["head"], norm=c["norm"], offdiag_std=c["offdiag_std"], seed=st.seed)
+        parents = [{"stage": p, "path": str(path.relative_to(self.dir)), "sha256": sha256(path)}
+                   for p, path in zip(st.parents, paths)]
+        for p in parents:
+            if p["sha256"] != man["stages"][p["stage"]]["sha256"]:
+                raise UserError(f"{self.dir / p['path']} changed since stage {p['stage']} wrote it (sha256 "
+                                f"mismatch); restore it or start a new run")
+        opt_state = None
+        if c["optimizer"] == "carried":
+            states = [torch.load(self.dir / "stages" / p / "optimizer.pt", weights_only=False) for p in st.parents]
+            opt_state = couple_state(parts, states, model, head=c["head"])
+        self.log(f"[{st.id}] coupled {', '.join(st.parents)} -> {st.model_name} (head={c['head']}, norm={c['norm']}, "
+                 f"optimizer={c['optimizer']})")
+        return model, opt_state, parents
+
+    def _finish(self, stages, man: dict) -> dict:
+        rec = self.recipe
+        last = stages[-1].id
+        rows = man["rows"]
+        final_row = [r for r in rows if r["stage"] == last and "eval_top1" in r][-1]
+        if self.d.main:
+            src = self.dir / man["stages"][last]["final"]
+            atomic_write_bytes(self.dir / "final.safetensors", src.read_bytes())
+        ledger = Ledger.from_dict(man["ledger"])
+        results = {
+            "name": f"{rec['name']}/seed{rec['seed']}", "group": rec["name"], "protocol": rec["protocol"],
+            "seed": rec["seed"], "model": rec["model"], "dataset": rec["data"]["source"],
+            "img_size": rec["img_size"], "eval_top1": final_row["eval_top1"], "eval_top5": final_row["eval_top5"],
+            "total_train_flops": ledger.total,
+            "wall_s": sum(max(r["wall_s"] for r in rows if r["stage"] == s.id and "wall_s" in r) for s in stages),
+            "peak_mem_mb": max(r["peak_mem_mb"] for r in rows if "peak_mem_mb" in r),
+            "device": _env_info(self.device)["device"],
+            "stages": [{"stage": s.id, "model": s.model_name, "steps": s.steps,
+                        "epochs": round(s.steps / self.steps_per_epoch, 4),
+                        "train_flops": ledger.by_stage()[s.id]["train_flops"]} for s in stages],
+            "coupled_top1_before_training": {r["stage"]: r["eval_top1"] for r in rows if r.get("epoch") == -1},
+        }
+        if self.d.main:
+            atomic_write_bytes(self.dir / "results.json", json.dumps(results, indent=1, sort_keys=True).encode())
+        self.log(f"done: {rec['name']} seed {rec['seed']}: top-1 {results['eval_top1']:.2f} at "
+                 f"{ledger.total:.4e} training FLOPs -> {self.dir}")
+        return results
+
+
+def run_recipe(path: str | None, output: str = "runs", overrides: list[str] = (), dry_run: bool = False,
+               log=print, **fields) -> dict | None:
+    rec = recipes.resolve(path, overrides, **fields)
+    d = Dist.init()
+    if not d.main:
+        log = lambda *a, **k: None  # noqa: E731
+    if dry_run:
+        source = rec["data"]["source"]
+        try:
+            train_ds, _ = _datasets(rec)
+            size, ncls = len(train_ds), rec["num_classes"] or train_ds.num_classes
+        except UserError as e:
+            if source not in KNOWN_TRAIN_SIZES:
+                raise
+            size, ncls = KNOWN_TRAIN_SIZES[source], rec["num_classes"] or (1000 if source == "imagenet" else 10)
+            log(f"(data not found: {e}; planning with the known size of {source})")
+        log(f"plan for {rec['name']} (seed {rec['seed']}, protocol {rec['protocol']}):")
+        log(describe_plan(rec, plan_stages(rec, size, ncls), size, ncls))
+        return None
+    run = Run(rec, output, d, log)
+    run.prepare()
+    return run.execute()
+
+
+def cmd_train(args) -> int:
+    t0 = time.time()
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "recipe.yaml").is_file():
+            raise UserError(f"--resume {run_dir}: no recipe.yaml there; pass a run directory written by rbdc train")
+        rec = recipes.resolve(run_dir / "recipe.yaml")
+        args.recipe, args.output = str(run_dir / "recipe.yaml"), str(run_dir.parents[len(Path(rec["name"]).parts)])
+    run_recipe(args.recipe, args.output, args.set or [], dry_run=args.dry_run, seed=args.seed, model=args.model,
+               protocol=args.protocol, name=args.name, epochs=args.epochs, budget=args.budget, match=args.match)
+    if not args.dry_run:
+        print(f"wall time {time.time() - t0:.0f} s")
+    return 0
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("train", help="train a recipe (scratch or rbdc) into a run directory; reruns resume")
+    p.add_argument("--recipe", "-c", default=None, help="recipe YAML (benchmarks/recipes/...)")
+    p.add_argument("--output", "-o", default=os.environ.get("RBDC_OUT", "runs"), help="root of run directories")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key (repeatable), "
+                   "e.g. --set rbdc.depth=2 --set data.subset=50")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--model", default=None, help="target timm model")
+    p.add_argument("--protocol", choices=("scratch", "rbdc"), default=None)
+    p.add_argument("--name", default=None, help="experiment name (run dir: OUTPUT/NAME/seedS)")
+    p.add_argument("--epochs", type=float, default=None)
+    p.add_argument("--budget", type=float, default=None, help="training FLOPs budget")
+    p.add_argument("--match", default=None, help="give this run the total training FLOPs of RUN_DIR")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue this run directory (reruns of the "
+                   "same command resume automatically anyway)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (stages, steps, FLOPs) and exit")
+    p.set_defaults(func=cmd_train)

@@ -1,0 +1,108 @@
+"""Engine and protocols: resume, FLOPs ledger, budget matching, recipes."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import rbdc.train as train
+from rbdc import recipe as recipes
+from rbdc.errors import UserError
+
+RECIPES = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes"
+CI = RECIPES / "ci"
+QUIET = dict(log=lambda *a, **k: None)
+
+
+def run(recipe, out, **kw):
+    return train.run_recipe(str(recipe), str(out), **QUIET, **kw)
+
+
+@pytest.fixture(scope="module")
+def rbdc_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    results = run(CI / "rbdc.yaml", out)
+    return out / "ci" / "rbdc-d1" / "seed0", results
+
+
+def test_rbdc_run_writes_the_run_directory_contract(rbdc_run):
+    run_dir, results = rbdc_run
+    for name in ("recipe.yaml", "command.txt", "summary.csv", "ledger.json", "manifest.json", "results.json",
+                 "final.safetensors", "stages/L0.0/final.safetensors", "stages/L1/final.safetensors"):
+        assert (run_dir / name).is_file(), name
+    header = (run_dir / "summary.csv").read_text().splitlines()[0].split(",")
+    for col in ("stage", "model", "epoch", "train_loss", "eval_top1", "eval_top5", "lr", "images_seen",
+                "train_flops", "cum_train_flops", "wall_s", "img_per_s", "peak_mem_mb"):
+        assert col in header
+    man = json.loads((run_dir / "manifest.json").read_text())
+    assert [p["stage"] for p in man["stages"]["L1"]["parents"]] == ["L0.0", "L0.1"]
+    assert man["stages"]["L1"]["parents"][0]["sha256"] == man["stages"]["L0.0"]["sha256"]
+    assert "L1" in results["coupled_top1_before_training"]
+
+
+def test_ledger_total_is_the_sum_of_the_stages(rbdc_run):
+    run_dir, results = rbdc_run
+    ledger = json.loads((run_dir / "ledger.json").read_text())
+    stage_sum = sum(s["train_flops"] for s in results["stages"])
+    assert results["total_train_flops"] == ledger["total_train_flops"] == stage_sum
+    # every narrow model counts: two level-0 stages of equal cost
+    by = {s["stage"]: s["train_flops"] for s in results["stages"]}
+    assert by["L0.0"] == by["L0.1"] > 0 and by["L1"] > 0
+
+
+def test_scratch_matched_to_an_rbdc_run_lands_within_one_percent(rbdc_run, tmp_path):
+    run_dir, results = rbdc_run
+    scratch = run(CI / "scratch.yaml", tmp_path, match=str(run_dir))
+    assert abs(scratch["total_train_flops"] / results["total_train_flops"] - 1) < 0.01
+
+
+def _interrupt_after(monkeypatch, n):
+    calls = {"n": 0}
+    real = train._write_summary
+
+    def flaky(path, rows):
+        real(path, rows)
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt("simulated preemption")
+
+    monkeypatch.setattr(train, "_write_summary", flaky)
+
+
+@pytest.mark.parametrize("stop_at", [1, 3, 5])  # inside L0.0, inside L0.1, inside L1 (after its pre-train eval)
+def test_resume_after_interruption_gives_the_same_final_weights(rbdc_run, tmp_path, monkeypatch, stop_at):
+    reference, _ = rbdc_run
+    _interrupt_after(monkeypatch, stop_at)
+    with pytest.raises(KeyboardInterrupt):
+        run(CI / "rbdc.yaml", tmp_path)
+    monkeypatch.undo()
+    run(CI / "rbdc.yaml", tmp_path)  # the same command again: resumes
+    a = load_file(str(reference / "final.safetensors"))
+    b = load_file(str(tmp_path / "ci" / "rbdc-d1" / "seed0" / "final.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ref_rows = (reference / "summary.csv").read_text().splitlines()
+    rows = (tmp_path / "ci" / "rbdc-d1" / "seed0" / "summary.csv").read_text().splitlines()
+    assert len(rows) == len(ref_rows)
+
+
+def test_a_run_dir_of_another_recipe_is_refused(rbdc_run, tmp_path):
+    run_dir, _ = rbdc_run
+    with pytest.raises(UserError, match="different recipe"):
+        train.run_recipe(str(CI / "rbdc.yaml"), str(run_dir.parents[2]), ["rbdc.head=sum"], **QUIET)
+
+
+@pytest.mark.parametrize("path", sorted(p for p in RECIPES.rglob("*.yaml") if "base" not in p.name),
+                         ids=lambda p: str(p.relative_to(RECIPES)))
+def test_every_recipe_parses_and_dry_runs(path, capsys):
+    train.run_recipe(str(path), "unused", dry_run=True)
+    out = capsys.readouterr().out
+    assert "total training FLOPs" in out
+
+
+@pytest.mark.parametrize("override, message", [("nope=1", "unknown recipe key"), ("rbdc.nope=1", "unknown recipe key"),
+                                               ("protocol=magic", "unknown protocol"), ("rbdc.epochs=[1]", "2 entries"),
+                                               ("batch_size=100000", "exceeds")])
+def test_bad_recipes_fail_with_a_clear_error(override, message):
+    with pytest.raises(UserError, match=message):
+        train.run_recipe(str(CI / "rbdc.yaml"), "unused", [override], dry_run=True, **QUIET)
