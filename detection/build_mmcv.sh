@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # Build mmcv 2.1.0 *with its compiled ops* (RoIAlign, NMS, ...) against the torch of the current Python, once per
-# machine. PyPI has no mmcv wheels for torch 2.14, so it compiles from the sdist (~25 min on 2 cores).
-# The wheel lands in a wheelhouse keyed by the torch version and is reused by every later install (tox, CI).
+# machine. PyPI has no mmcv wheels for torch 2.14, so it compiles from the sdist (~25-40 min on 2 cores).
+# The wheel lands in a wheelhouse keyed by the torch version (and the CUDA version when CUDA ops are built) and is
+# reused by every later install (detection/install.sh, tox, CI).
+#
+#   bash detection/build_mmcv.sh                     # build unless the wheelhouse already has the wheel
+#   bash detection/build_mmcv.sh --print-wheelhouse  # only print the wheelhouse folder for this torch
+#
+# Environment: PYTHON (default python), MMCV_VERSION (2.1.0), MAX_JOBS (2 compile jobs), RBDC_WHEELHOUSE (override
+# the folder), FORCE_CUDA=1 (build CUDA ops without a visible GPU; needs nvcc).
 #
 # Patches to mmcv 2.1.0's setup.py, and why:
 #   * -std=c++17 -> -std=c++20: torch 2.14's headers `#error` on anything older than C++20.
@@ -10,13 +17,27 @@
 set -euo pipefail
 PY=${PYTHON:-python}
 MMCV_VERSION=${MMCV_VERSION:-2.1.0}
-TORCH_VERSION=$($PY -c 'import torch; print(torch.__version__.split("+")[0])')
-WHEELHOUSE=${RBDC_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/rbdc/wheelhouse/torch-$TORCH_VERSION}
-mkdir -p "$WHEELHOUSE"
-if ls "$WHEELHOUSE"/mmcv-"$MMCV_VERSION"-*.whl >/dev/null 2>&1; then
-  echo "mmcv $MMCV_VERSION wheel already built for torch $TORCH_VERSION: $WHEELHOUSE"
+# mmcv's setup.py compiles CUDA ops when torch sees a GPU or FORCE_CUDA=1: such a wheel gets its own folder, so a
+# CPU-only wheel is never picked up on a GPU machine (rbdc doctor would report the missing CUDA ops).
+KEY=$($PY -c 'import os, shutil, torch
+v = torch.__version__.split("+")[0]
+cuda = torch.version.cuda and (torch.cuda.is_available() or os.environ.get("FORCE_CUDA") == "1") \
+    and (shutil.which("nvcc") or os.environ.get("CUDA_HOME"))
+print(f"torch-{v}" + ("-cu" + torch.version.cuda.replace(".", "") if cuda else ""))')
+WHEELHOUSE=${RBDC_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/rbdc/wheelhouse/$KEY}
+if [[ "${1:-}" == "--print-wheelhouse" ]]; then
+  echo "$WHEELHOUSE"
   exit 0
 fi
+mkdir -p "$WHEELHOUSE"
+# One build per machine even when several tox envs or CI jobs start at once: the others wait here, then reuse it.
+exec 9>"$WHEELHOUSE/.build.lock"
+flock 9
+if ls "$WHEELHOUSE"/mmcv-"$MMCV_VERSION"-*.whl >/dev/null 2>&1; then
+  echo "mmcv $MMCV_VERSION wheel already built ($KEY): $(ls "$WHEELHOUSE"/mmcv-"$MMCV_VERSION"-*.whl)"
+  exit 0
+fi
+start=$SECONDS
 $PY -m pip install -q "setuptools>=77.0.3,<81" wheel ninja
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -25,6 +46,6 @@ tar -xzf "$work"/mmcv-"$MMCV_VERSION".tar.gz -C "$work"
 src="$work/mmcv-$MMCV_VERSION"
 sed -i 's/-std=c++17/-std=c++20/g; s/std=c++14/std=c++20/g' "$src/setup.py"
 grep -q 'c++20' "$src/setup.py" || { echo "patch of setup.py failed: no c++20 flag" >&2; exit 1; }
-echo "building mmcv $MMCV_VERSION with ops for torch $TORCH_VERSION (about 25 min on 2 cores) ..."
+echo "$(date -u +%FT%TZ) building mmcv $MMCV_VERSION with ops ($KEY), MAX_JOBS=${MAX_JOBS:-2} (25-40 min on 2 cores)"
 MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} $PY -m pip wheel --no-build-isolation --no-deps -w "$WHEELHOUSE" "$src"
-ls "$WHEELHOUSE"
+echo "$(date -u +%FT%TZ) built in $((SECONDS - start)) s: $(ls "$WHEELHOUSE"/mmcv-"$MMCV_VERSION"-*.whl)"

@@ -56,8 +56,8 @@ def forward_macs(model: nn.Module | str, img_size: int | None = None, **kwargs) 
         elif isinstance(mod, nn.Linear):
             total += out.numel() * mod.in_features
         else:  # timm attention: q @ k^T and attn @ v, each N * N * C per image
-            _, n, c = inputs[0].shape
-            total += 2 * n * n * c
+            n = inputs[0].shape[1]
+            total += 2 * n * n * getattr(mod, "attn_dim", inputs[0].shape[2])  # attention width may differ
 
     handles = [m.register_forward_hook(hook) for m in twin.modules()
                if isinstance(m, (nn.Conv2d, nn.Linear)) or (hasattr(m, "qkv") and hasattr(m, "num_heads"))]

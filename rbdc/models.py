@@ -110,8 +110,8 @@ def scaled(name: str, factor: Fraction | int | float = 1, **kwargs) -> nn.Module
         chs = tuple(_divide(c, factor, "stage width", name) for c in channels)
         stem_chs = _divide(stem, factor, "stem width", name)
         extra = {"channels": chs}
-        if deep_stem:  # timm honours stem_width for deep stems: their output is 2 x stem_width
-            extra["stem_width"] = stem_chs // 2
+        if deep_stem:  # timm honours stem_width for deep stems (the width read above; the stem outputs twice it)
+            extra["stem_width"] = stem_chs
         model = timm.create_model(name, pretrained=False, **{**kwargs, **extra})
         if not deep_stem and model.conv1.out_channels != stem_chs:
             _rebuild_stem(model, stem_chs)
@@ -179,6 +179,7 @@ def _test_cfg(size: int, first_conv: str, classifier: str) -> dict:
 default_cfgs = generate_default_cfgs({
     "test_rbdc_vit": _test_cfg(32, "patch_embed.proj", "head"),
     "rbdc_vit_mini_patch8_64": _test_cfg(64, "patch_embed.proj", "head"),
+    "rbdc_vit_nano_patch4_32": _test_cfg(32, "patch_embed.proj", "head"),
     "test_rbdc_resnet": _test_cfg(64, "conv1", "fc"),
     "test_rbdc_resnet_basic": _test_cfg(64, "conv1", "fc"),
 })
@@ -198,6 +199,14 @@ def rbdc_vit_mini_patch8_64(pretrained=False, **kwargs) -> VisionTransformer:
     args = dict(img_size=64, patch_size=8, embed_dim=192, depth=6, num_heads=6, num_classes=10)
     return timm.models.vision_transformer._create_vision_transformer(
         "rbdc_vit_mini_patch8_64", pretrained=False, **dict(args, **kwargs))
+
+
+@register_model
+def rbdc_vit_nano_patch4_32(pretrained=False, **kwargs) -> VisionTransformer:
+    """DeiT-style ViT for the quickstart at 32 px: width 64, 4 heads (head_dim 16), depth 4."""
+    args = dict(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=4, num_classes=10)
+    return timm.models.vision_transformer._create_vision_transformer(
+        "rbdc_vit_nano_patch4_32", pretrained=False, **dict(args, **kwargs))
 
 
 @register_model
@@ -244,6 +253,7 @@ NARROW_VARIANTS = {
     "resnet50": (2, 4),
     "test_rbdc_vit": (2, 4),
     "rbdc_vit_mini_patch8_64": (2,),
+    "rbdc_vit_nano_patch4_32": (2, 4),
     "test_rbdc_resnet": (2, 4),
     "test_rbdc_resnet_basic": (2, 4),
 }

@@ -103,10 +103,13 @@ def plan_stages(recipe: dict, train_size: int, num_classes: int) -> list[Stage]:
                         warmup_steps=min(warm * dbm.num_blocks, steps // 2))]
     else:
         r, k = recipe["rbdc"]["depth"], recipe["rbdc"]["k"]
+        if recipe["protocol"] != "rbdc":  # growth baselines: half width -> target, from 1 or 2 models
+            r, k = 1, 2
         if r < 1 or k < 2:
             raise UserError(f"rbdc needs depth >= 1 and k >= 2 (got depth={r}, k={k})")
-        counts = [k ** (r - lvl) for lvl in range(r + 1)]
-        fpis = [_fpi(recipe, Fraction(1, c), num_classes) for c in counts]
+        widths = [k ** (r - lvl) for lvl in range(r + 1)]  # width divisor per level
+        counts = [1, 1] if recipe["protocol"] == "net2net" else widths
+        fpis = [_fpi(recipe, Fraction(1, w), num_classes) for w in widths]
         epochs = recipe["rbdc"]["epochs"]
         if epochs is not None:
             if len(epochs) != r + 1:
@@ -130,12 +133,15 @@ def plan_stages(recipe: dict, train_size: int, num_classes: int) -> list[Stage]:
             raise UserError(f"rbdc.schedule must be restart or continue, got {recipe['rbdc']['schedule']!r}")
         lineage = sum(level_steps)
         stages = []
+        ids: list[list[str]] = []
         for lvl, (c, f, st) in enumerate(zip(counts, fpis, level_steps)):
-            factor = Fraction(1, c)
+            factor = Fraction(1, widths[lvl])
             offset = sum(level_steps[:lvl])
+            ids.append([f"L{lvl}" if c == 1 else f"L{lvl}.{i}" for i in range(c)])
             for i in range(c):
-                sid = f"L{lvl}" if c == 1 else f"L{lvl}.{i}"
-                parents = [] if lvl == 0 else [f"L{lvl - 1}.{j}" for j in range(i * k, (i + 1) * k)]
+                sid = ids[lvl][i]
+                per = len(ids[lvl - 1]) // c if lvl else 0
+                parents = ids[lvl - 1][i * per:(i + 1) * per] if lvl else []
                 stages.append(Stage(
                     sid, lvl, factor, _name(recipe["model"], factor), st, seed + 1000 * lvl + i, parents, f,
                     sched_total=lineage if cont else None, sched_offset=offset if cont else 0,

@@ -10,7 +10,7 @@ import yaml
 
 from .errors import UserError
 
-PROTOCOLS = ("scratch", "rbdc", "diffusionblocks")
+PROTOCOLS = ("scratch", "rbdc", "net2net", "mixturegrowth", "diffusionblocks")
 
 # Every key a recipe may set, with its default. Nested dicts (data, rbdc, aug) merge key by key.
 DEFAULTS: dict[str, Any] = {
@@ -57,6 +57,9 @@ DEFAULTS: dict[str, Any] = {
     "eval_every": 1,            # epochs
     "device": "auto",
     "diffusionblocks": {},      # options of the diffusionblocks protocol (rbdc.diffusionblocks)
+    # Growth baselines (net2net, mixturegrowth) reuse rbdc's level settings (epochs, ratio, ratio_type, schedule,
+    # optimizer: fresh only) with depth 1: one (net2net) or two (mixturegrowth) half-width models, then grow.
+    "growth": {"mode": "uniform", "noise_std": 0.01, "coefs": "orthogonal", "noise": 1.0, "num_templates": 2},
     # RBDC protocol
     "rbdc": {"depth": 1, "k": 2, "epochs": None, "ratio": 1.5, "ratio_type": "epochs", "head": "mean",
              "norm": "plain", "offdiag_std": 0.0, "optimizer": "fresh", "schedule": "restart", "jobs": 1},

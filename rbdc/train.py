@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from . import recipe as recipes
-from .checkpoint import atomic_write_bytes, load_model, save_weights, sha256
+from .checkpoint import atomic_write_bytes, load_model, load_weights, save_weights, sha256
 from .coupling import couple, couple_state, named_optimizer_state
 from .data import build_dataset, build_loader, default_data_root
 from .engine import Dist, StageSpec, evaluate, lr_for, train_stage
@@ -116,7 +116,7 @@ class Run:
         rec = self.recipe
         train_ds, val_ds = _datasets(rec)
         num_classes = rec["num_classes"] or train_ds.num_classes
-        stages = plan_stages(rec, len(train_ds), num_classes)
+        stages = self.stages = plan_stages(rec, len(train_ds), num_classes)
         self.steps_per_epoch = len(train_ds) // rec["batch_size"]
         self.log(f"run {self.dir}  ({rec['protocol']}, target {rec['model']}, {len(train_ds):,} train / "
                  f"{len(val_ds):,} val images, device {self.device})")
@@ -157,16 +157,24 @@ class Run:
             model, opt = train_stage(model, spec, rec, train_loader, val_loader, self.device, ledger, on_epoch,
                                 state=state, optimizer_state=opt_state if state is None else None, d=self.d,
                                 log=self.log)
+            final = sdir / "final.safetensors"
             if self.d.main:
-                final = save_weights(model, sdir / "final.safetensors", stage=st.id, recipe=rec["name"])
+                save_weights(model, final, stage=st.id, recipe=rec["name"])
                 if rec["rbdc"]["optimizer"] == "carried" and rec["protocol"] == "rbdc":
                     _atomic_torch_save(named_optimizer_state(model, opt), sdir / "optimizer.pt")
-                man["stages"][st.id] = {"model": st.model_name, "final": str(final.relative_to(self.dir)),
-                                        "sha256": sha256(final), "parents": parents, "steps": st.steps}
-                man["rows"], man["ledger"] = rows, ledger.to_dict()
+            self._barrier()  # every rank reads the stage's final weights from here on
+            man["stages"][st.id] = {"model": st.model_name, "final": str(final.relative_to(self.dir)),
+                                    "sha256": sha256(final), "parents": parents, "steps": st.steps}
+            man["rows"], man["ledger"] = rows, ledger.to_dict()
+            if self.d.main:
                 atomic_write_bytes(self.dir / "manifest.json", json.dumps(man, indent=1).encode())
                 (sdir / "last.pt").unlink(missing_ok=True)
+            self._barrier()
         return self._finish(stages, man)
+
+    def _barrier(self) -> None:
+        if self.d.world > 1:
+            torch.distributed.barrier()
 
     def _build(self, st, num_classes: int, man: dict):
         rec = self.recipe
@@ -175,13 +183,31 @@ class Run:
             from .diffusionblocks import build_model
             torch.manual_seed(st.seed)
             return build_model(rec, num_classes), None, []
+        g = rec["growth"]
+        if rec["protocol"] == "mixturegrowth":
+            from .growth import mixture_grow, mixture_member
+            member = lambda seed: mixture_member(rec["model"], 1, g["num_templates"], seed=seed, **kw)  # noqa: E731
         if not st.parents:
             torch.manual_seed(st.seed)
+            if rec["protocol"] == "mixturegrowth":
+                return member(st.seed), None, []
             return scaled(rec["model"], st.factor, **kw), None, []
         paths = [self.dir / man["stages"][p]["final"] for p in st.parents]
-        parts = [load_model(p) for p in paths]
         c = rec["rbdc"]
-        model = couple(parts, head=c["head"], norm=c["norm"], offdiag_std=c["offdiag_std"], seed=st.seed)
+        if rec["protocol"] == "mixturegrowth":
+            parts = []
+            for p, path in zip(st.parents, paths):
+                m = member(next(s.seed for s in self.stages if s.id == p))
+                m.load_state_dict(load_weights(path)[0])
+                parts.append(m)
+            model = mixture_grow(parts[0], parts[1], coefs=g["coefs"], noise=g["noise"], norm=c["norm"], seed=st.seed)
+        elif rec["protocol"] == "net2net":
+            from .growth import net2wider
+            parts = [load_model(paths[0])]
+            model = net2wider(parts[0], 2, mode=g["mode"], noise_std=g["noise_std"], seed=st.seed)
+        else:
+            parts = [load_model(p) for p in paths]
+            model = couple(parts, head=c["head"], norm=c["norm"], offdiag_std=c["offdiag_std"], seed=st.seed)
         parents = [{"stage": p, "path": str(path.relative_to(self.dir)), "sha256": sha256(path)}
                    for p, path in zip(st.parents, paths)]
         for p in parents:
@@ -189,11 +215,13 @@ class Run:
                 raise UserError(f"{self.dir / p['path']} changed since stage {p['stage']} wrote it (sha256 "
                                 f"mismatch); restore it or start a new run")
         opt_state = None
-        if c["optimizer"] == "carried":
+        if c["optimizer"] == "carried" and rec["protocol"] == "rbdc":
             states = [torch.load(self.dir / "stages" / p / "optimizer.pt", weights_only=False) for p in st.parents]
             opt_state = couple_state(parts, states, model, head=c["head"])
-        self.log(f"[{st.id}] coupled {', '.join(st.parents)} -> {st.model_name} (head={c['head']}, norm={c['norm']}, "
-                 f"optimizer={c['optimizer']})")
+        how = {"rbdc": f"coupled (head={c['head']}, norm={c['norm']}, optimizer={c['optimizer']})",
+               "net2net": f"net2wider (mode={g['mode']}, noise_std={g['noise_std']})",
+               "mixturegrowth": f"mixture_grow (coefs={g['coefs']}, noise={g['noise']})"}[rec["protocol"]]
+        self.log(f"[{st.id}] {', '.join(st.parents)} -> {st.model_name}: {how}")
         return model, opt_state, parents
 
     def _finish(self, stages, man: dict) -> dict:

@@ -160,3 +160,13 @@ def test_plain_ln_deviation_is_measured(capsys):
     dev = ln_deviation("test_rbdc_vit_w2", k=2, batch=4)
     print(f"plain-LN coupling, test_rbdc_vit_w2 k=2: {dev}")
     assert dev["grouped_max_abs"] < 1e-5 < dev["plain_max_abs"]
+
+
+def test_deep_stem_resnet_couples_exactly():
+    """resnet26d: 3-conv stem with avg-down projections; the narrow stem width must halve with the rest."""
+    models = [randomize_bn(rbdc.narrow("resnet26d", 4, num_classes=10)).eval() for _ in range(2)]
+    wide = rbdc.couple(models)
+    assert wide.conv1[0].out_channels == 2 * models[0].conv1[0].out_channels == 16
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert (wide(x) - torch.stack([m(x) for m in models]).mean(0)).abs().max() < 1e-5

@@ -1,0 +1,59 @@
+"""Regenerate the committed reports under ``reports/`` from the committed run summaries in ``reports/runs/``.
+
+    python -m benchmarks.make_reports                 # regenerate every report (byte-for-byte, a test checks it)
+    python -m benchmarks.make_reports --sync runs     # first copy the light files of finished runs from runs/
+
+Only the light files of a run directory are committed (recipe, summary, results, ledger, manifest, command); the
+weights stay in the run directory they came from (its path is in command.txt / manifest.json).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS = REPO / "reports" / "runs"
+LIGHT = ("recipe.yaml", "summary.csv", "results.json", "ledger.json", "manifest.json", "command.txt")
+# report name -> (experiment folders under reports/runs, title)
+REPORTS = {
+    "imagenette-vit-mini": (["imagenette-vit-mini"], "Imagenette 64 px, ViT-mini (width 192, depth 6): "
+                                                     "RBDC vs scratch at equal training FLOPs"),
+}
+
+
+def sync(src_root: Path) -> list[Path]:
+    copied = []
+    for results in sorted(src_root.rglob("results.json")):
+        run_dir = results.parent
+        rel = run_dir.relative_to(src_root)
+        if rel.parts[0] not in {f for folders, _ in REPORTS.values() for f in folders}:
+            continue
+        dest = RUNS / rel
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in LIGHT:
+            if (run_dir / name).is_file():
+                shutil.copyfile(run_dir / name, dest / name)
+        copied.append(dest)
+    return copied
+
+
+def make(out_dir: Path = REPO / "reports", runs: Path = RUNS) -> dict[str, dict]:
+    from rbdc.report import generate_report
+    written = {}
+    for name, (folders, title) in REPORTS.items():
+        dirs = [runs / f for f in folders if (runs / f).is_dir()]
+        if dirs:
+            written[name] = generate_report(dirs, out_dir / name, title=title)
+    return written
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sync", type=Path, default=None, help="copy finished runs' light files from this runs root")
+    a = p.parse_args()
+    if a.sync:
+        for d in sync(a.sync):
+            print("synced", d.relative_to(REPO))
+    for name, files in make().items():
+        print(name, "->", ", ".join(str(f.relative_to(REPO)) for f in files.values()))

@@ -1,0 +1,277 @@
+"""Train/test launchers mirroring MMDetection's ``tools/train.py`` and ``tools/test.py``, with the checks it lacks.
+
+Same flags (``--work-dir``, ``--amp``, ``--auto-scale-lr``, ``--resume [PATH]``, ``--cfg-options``, ``--launcher
+none|pytorch|slurm|mpi``), plus ``--backbone`` to point the backbone at an rbdc run, checkpoint or export. Before
+building anything they fail with the fix named when: the detection stack does not import; the config uses an ``RBDC*``
+type without ``custom_imports`` of ``rbdc.detection`` (MMDetection's own tools would stop at a bare registry
+``KeyError``); the backbone checkpoint or a data root is missing. The balloon set is extracted on first use.
+
+Single process: ``python -m rbdc.detection.train CONFIG``; one node with N GPUs:
+``torchrun --nproc_per_node=N -m rbdc.detection.train CONFIG --launcher pytorch``; SLURM:
+``srun python -m rbdc.detection.train CONFIG --launcher slurm``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from rbdc.errors import UserError
+
+__all__ = ['add_train_arguments', 'add_test_arguments', 'load_config', 'train', 'test', 'train_main', 'test_main']
+
+BACKBONE_ENV = 'BACKBONE_CKPT'
+LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument('--work-dir', metavar='DIR', help='logs and checkpoints (default: ./work_dirs/<config name>)')
+    p.add_argument('--cfg-options', nargs='+', default=None, metavar='KEY=VALUE',
+                   help='override config keys, e.g. train_cfg.max_epochs=24 (MMEngine DictAction syntax)')
+    p.add_argument('--launcher', choices=LAUNCHERS, default='none', help='job launcher (default: none)')
+    p.add_argument('--local-rank', '--local_rank', type=int, default=0, help=argparse.SUPPRESS)
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of ``rbdc det-train`` / ``python -m rbdc.detection.train``."""
+    p.add_argument('config', help='MMDetection config file, e.g. detection/configs/mask-rcnn_rbdc-r50_fpn_1x_coco.py')
+    _add_common(p)
+    p.add_argument('--backbone', metavar='PATH',
+                   help='backbone weights: an rbdc run folder, its final.safetensors, or a .pth from `rbdc '
+                        'export-mmdet`; "none" trains from scratch (default: the config\'s, $BACKBONE_CKPT)')
+    p.add_argument('--amp', action='store_true', help='mixed precision (needs CUDA)')
+    p.add_argument('--amp-dtype', choices=('bfloat16', 'float16'), default=None,
+                   help='autocast dtype with --amp (default: bfloat16 where the GPU supports it, else float16)')
+    p.add_argument('--auto-scale-lr', action='store_true', help='scale the lr by total batch / auto_scale_lr base')
+    p.add_argument('--resume', nargs='?', const='auto', default=None, metavar='CKPT',
+                   help='resume from CKPT, or from the latest checkpoint in the work dir when given no value')
+    return p
+
+
+def add_test_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of ``rbdc det-test`` / ``python -m rbdc.detection.test``."""
+    p.add_argument('config', help='MMDetection config file the checkpoint was trained with')
+    p.add_argument('checkpoint', help='detector checkpoint (.pth from training)')
+    _add_common(p)
+    p.add_argument('--out', metavar='PKL', help='also dump raw predictions to this .pkl')
+    return p
+
+
+def _cfg_options(values: list[str] | None) -> dict:
+    if not values:
+        return {}
+    from mmengine.config import DictAction
+
+    ns = argparse.Namespace()
+    DictAction(option_strings=['--cfg-options'], dest='cfg_options')(None, ns, values)
+    return ns.cfg_options
+
+
+def _types(node: Any) -> set[str]:
+    """Every ``type`` string in a nested config."""
+    found = set()
+    if isinstance(node, dict):
+        if isinstance(node.get('type'), str):
+            found.add(node['type'])
+        for v in node.values():
+            found |= _types(v)
+    elif isinstance(node, (list, tuple)):
+        for v in node:
+            found |= _types(v)
+    return found
+
+
+def check_custom_imports(cfg) -> None:
+    """Refuse a config that uses ``RBDC*`` types without importing ``rbdc.detection`` (a silent registry miss)."""
+    used = sorted(t for t in _types(cfg.get('model', {})) | _types(cfg.get('custom_hooks', [])) if 'RBDC' in t)
+    imports = (cfg.get('custom_imports') or {}).get('imports', [])
+    imports = [imports] if isinstance(imports, str) else list(imports)
+    if used and not any(m == 'rbdc.detection' or m.startswith('rbdc.detection.') for m in imports):
+        raise UserError(f'{cfg.filename}: uses {used} but does not import rbdc.detection, so MMDetection would not '
+                        f'find them; add custom_imports = dict(imports=[\'rbdc.detection\'], '
+                        f'allow_failed_imports=False) to the config')
+
+
+def _set_backbone(cfg, backbone: str | None) -> None:
+    bb = cfg.model.get('backbone', {})
+    if backbone == '':
+        raise UserError('--backbone got an empty path (an unset variable such as RBDC_BACKBONE or STD_BACKBONE?); '
+                        'give an rbdc run folder, a .safetensors or an exported .pth, or "none"')
+    if backbone is not None:
+        bb['init_cfg'] = None if backbone.lower() == 'none' else dict(type='Pretrained', checkpoint=backbone)
+    init = bb.get('init_cfg')
+    if isinstance(init, dict) and init.get('type') == 'Pretrained' and str(bb.get('type', '')).startswith('RBDC'):
+        from rbdc.detection.weights import resolve_checkpoint
+
+        try:
+            resolve_checkpoint(init['checkpoint'])
+        except UserError as e:
+            raise UserError(f'backbone checkpoint: {e}. Point the config at one with {BACKBONE_ENV}=PATH or '
+                            f'--backbone PATH (--backbone none trains from scratch)') from None
+
+
+def load_config(args: argparse.Namespace, for_test: bool = False):
+    """Load ``args.config`` with the launcher's overrides and checks; returns the MMEngine ``Config``."""
+    from rbdc.detection import DetectionStackError, require_stack
+    from rbdc.detection.data import check_data_roots, ensure_data_env
+
+    try:
+        require_stack()
+    except DetectionStackError as e:
+        raise UserError(str(e)) from None
+    from mmengine.config import Config
+
+    if not Path(args.config).is_file():
+        raise UserError(f'{args.config}: no such config file (the configs are in detection/configs/)')
+    cfg = Config.fromfile(args.config)
+    if ensure_data_env(cfg.text):  # variables are substituted at load time: load again with the data root set
+        cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.launcher in ('pytorch', 'slurm'):
+        import torch
+
+        if not torch.cuda.is_available():  # MMEngine's launchers call torch.cuda.set_device(local_rank) first
+            raise UserError(f'--launcher {args.launcher} needs CUDA devices (MMEngine binds each process to a GPU); '
+                            f'on a CPU run with --launcher none')
+    cfg.merge_from_dict(_cfg_options(args.cfg_options))
+    check_custom_imports(cfg)
+    if for_test:
+        # The detector checkpoint holds the backbone: nothing to initialise, nothing to check.
+        if cfg.model.get('backbone', {}).get('init_cfg') is not None:
+            cfg.model.backbone.init_cfg = None
+    else:
+        _set_backbone(cfg, getattr(args, 'backbone', None))
+    check_data_roots(cfg, cfg.text)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    hooks = list(cfg.get('custom_hooks') or [])
+    if not any(h.get('type') == 'RBDCMetricsHook' for h in hooks):
+        cfg.custom_hooks = hooks + [dict(type='RBDCMetricsHook')]
+    return cfg
+
+
+def _build_runner(cfg):
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+
+    return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+
+
+def train(args: argparse.Namespace) -> int:
+    """Train as MMDetection's tools/train.py does (see the module docstring for the added checks)."""
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    cfg = load_config(args)
+    if args.amp:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError('--amp needs a CUDA device (MMEngine\'s AmpOptimWrapper); drop --amp on CPU')
+        dtype = args.amp_dtype or ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16')
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.dtype = dtype
+        cfg.optim_wrapper.loss_scale = 'dynamic'
+    if args.auto_scale_lr:
+        if not cfg.get('auto_scale_lr', {}).get('base_batch_size'):
+            raise UserError(f'{args.config}: --auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
+        cfg.auto_scale_lr.enable = True
+    if args.resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume is not None:
+        if not Path(args.resume).is_file():
+            raise UserError(f'--resume {args.resume}: no such checkpoint (give none to resume the latest in the '
+                            f'work dir)')
+        cfg.resume, cfg.load_from = True, args.resume
+    runner = _build_runner(cfg)
+    record = _launch_record(cfg, args)
+    previous = Path(runner.work_dir) / 'launch.json'
+    before = json.loads(previous.read_text()).get('wall_s') or 0 if cfg.resume and previous.is_file() else 0
+    _write_launch(runner, record)
+    start = time.time()
+    runner.train()
+    record['wall_s'] = round(before + time.time() - start, 1)  # summed over resumed segments
+    _write_launch(runner, record)
+    return 0
+
+
+def _launch_record(cfg, args) -> dict:
+    """What a report needs to say about a run besides its metrics: config, backbone file and hash, versions."""
+    import mmcv
+    import mmdet
+    import mmengine
+    import timm
+    import torch
+
+    init = cfg.model.get('backbone', {}).get('init_cfg') or {}
+    backbone = init.get('checkpoint') if isinstance(init, dict) else None
+    digest = None
+    if backbone:
+        from rbdc.checkpoint import sha256
+        from rbdc.detection.weights import resolve_checkpoint
+
+        backbone = str(resolve_checkpoint(backbone))
+        digest = sha256(backbone)
+    ds = cfg.get('train_dataloader', {}).get('dataset', {})
+    while 'dataset' in ds:
+        ds = ds['dataset']
+    scale = next((t.get('scale') for t in ds.get('pipeline', []) if t.get('type') == 'Resize'), None)
+    return {'config': Path(args.config).name, 'config_path': str(args.config), 'argv': sys.argv,
+            'img_scale': list(scale) if scale else None,
+            'backbone': backbone, 'backbone_sha256': digest, 'launcher': args.launcher,
+            'device': torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu',
+            'world_size': int(os.environ.get('WORLD_SIZE', 1)), 'amp': bool(args.amp),
+            'versions': {'torch': torch.__version__, 'timm': timm.__version__, 'mmengine': mmengine.__version__,
+                         'mmcv': mmcv.__version__, 'mmdet': mmdet.__version__},
+            'wall_s': None}
+
+
+def _write_launch(runner, record: dict) -> None:
+    from mmengine.dist import is_main_process
+
+    if is_main_process():
+        path = Path(runner.work_dir) / 'launch.json'
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1) + '\n')
+
+
+def test(args: argparse.Namespace) -> int:
+    """Evaluate a trained detector; prints the metrics and writes ``<work_dir>/metrics.json`` (``test`` entries)."""
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    if not Path(args.checkpoint).is_file():
+        raise UserError(f'{args.checkpoint}: no such detector checkpoint')
+    if args.out and not args.out.endswith(('.pkl', '.pickle')):
+        raise UserError(f'--out {args.out}: the predictions dump must be a .pkl file')
+    cfg = load_config(args, for_test=True)
+    cfg.load_from = args.checkpoint
+    runner = _build_runner(cfg)
+    if args.out:
+        from mmdet.evaluation import DumpDetResults
+
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+    metrics = runner.test()
+    print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, indent=1))
+    return 0
+
+
+def _main(add: Callable, run: Callable, prog: str, argv: list[str] | None) -> int:
+    parser = add(argparse.ArgumentParser(prog=prog, description=__doc__.split('\n\n')[0]))
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except UserError as e:
+        print(f'{prog}: error: {e}', file=sys.stderr)
+        return 2
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    return _main(add_train_arguments, train, 'python -m rbdc.detection.train', argv)
+
+
+def test_main(argv: list[str] | None = None) -> int:
+    return _main(add_test_arguments, test, 'python -m rbdc.detection.test', argv)
