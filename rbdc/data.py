@@ -648,7 +648,7 @@ def _build_cifar100(root: str | None, split: str, download: bool) -> ArrayDatase
     folder = Path(root).expanduser() if root is not None else cache_dir() / "cifar100"
     try:
         ds = CIFAR100(str(folder), train=split == "train", download=download)
-    except RuntimeError as e:
+    except (RuntimeError, OSError) as e:  # OSError: no network (urllib URLError)
         if download:
             raise DataError(f"could not download CIFAR-100 into {folder}: {e}") from e
         raise DataError(f"CIFAR-100 not found in {folder} (expected {folder}/cifar-100-python/); pass download=True "

@@ -27,9 +27,10 @@ from timm.utils import ModelEmaV3, accuracy
 from tqdm import tqdm
 
 from .flops import Ledger, train_flops_per_image
-from .models import family_of
+from timm.models import ResNet
+from .perf import mfu_fields
 
-__all__ = ["Dist", "StageSpec", "train_stage", "evaluate", "autocast_for", "peak_mem_mb", "lr_for"]
+__all__ = ["Dist", "StageSpec", "train_stage", "train_step", "evaluate", "autocast_for", "peak_mem_mb", "lr_for"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,18 @@ def peak_mem_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def reset_peak_mem(device: torch.device) -> None:
+    """Start a new high-water mark, so peak memory is per stage and not the whole process's history."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: writing 5 to clear_refs resets the peak RSS that getrusage reports
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def _rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
@@ -139,6 +152,57 @@ def build_optimizer(model: nn.Module, recipe: dict, lr: float, device: torch.dev
                                eps=recipe["opt_eps"], **kwargs)
 
 
+def train_step(net: nn.Module, batches, opt: torch.optim.Optimizer, crit, recipe: dict, device: torch.device, *,
+               loss_sum: torch.Tensor, step: int = 0, accum: int = 1, step_fn=None, model: nn.Module | None = None,
+               mix=None, channels_last: bool = False, ema=None, custom_loss=None) -> torch.Tensor:
+    """One optimizer step of the engine: ``accum`` micro-batches forward and backward, clipping, update, EMA.
+
+    The hot loop of :func:`train_stage`, and what the ``train-step`` benchmark times. Nothing here waits for the
+    device: the loss is accumulated into ``loss_sum`` on the device.
+
+    Args:
+        net: the module that syncs gradients in backward (the DDP wrapper when distributed, else the model).
+        batches: iterator of ``(images, targets)`` micro-batches on ``device``; ``accum`` of them are drawn.
+        opt: the optimizer (see :func:`build_optimizer`).
+        crit: the loss, ``crit(logits, targets)``.
+        recipe: reads ``amp`` (see :func:`autocast_for`) and ``clip_grad``.
+        device: where the step runs.
+        loss_sum: scalar tensor on ``device``; every micro-batch adds its ``loss / accum`` in place.
+        step: index of this optimizer step (EMA warm-up).
+        accum: micro-batches per optimizer step (gradient accumulation).
+        step_fn: computes the logits (``torch.compile(net)`` when compiling); default ``net``.
+        model: the unwrapped model (clipping, EMA); default ``net``.
+        mix: timm ``Mixup`` applied to each micro-batch, or None.
+        channels_last: convert the images to channels-last memory format.
+        ema: timm ``ModelEmaV3`` updated after the step, or None.
+        custom_loss: ``custom_loss(x, y)`` used instead of ``crit(step_fn(x), y)`` (models with their own objective).
+
+    Returns:
+        ``loss_sum``.
+    """
+    step_fn = net if step_fn is None else step_fn
+    model = net if model is None else model
+    ddp = isinstance(net, nn.parallel.DistributedDataParallel)
+    for a in range(accum):
+        x, y = next(batches)
+        if mix is not None:
+            x, y = mix(x, y)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        sync = net.no_sync() if ddp and a < accum - 1 else nullcontext()  # all-reduce once, on the last micro-batch
+        with sync, autocast_for(recipe, device):
+            loss = (custom_loss(x, y) if custom_loss else crit(step_fn(x), y)) / accum
+        loss.backward()
+        loss_sum += loss.detach()
+    if recipe["clip_grad"]:
+        nn.utils.clip_grad_norm_(model.parameters(), recipe["clip_grad"])
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if ema is not None:
+        ema.update(model, step=step)
+    return loss_sum
+
+
 def train_stage(model: nn.Module, spec: StageSpec, recipe: dict, train_loader, val_loader, device: torch.device,
                 ledger: Ledger, on_epoch, state: dict | None = None, optimizer_state: dict | None = None,
                 d: Dist = Dist(), log=print) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -163,7 +227,7 @@ def train_stage(model: nn.Module, spec: StageSpec, recipe: dict, train_loader, v
     custom_loss = getattr(model, "training_loss", None)
     model.to(device)
     channels_last = recipe["channels_last"] if recipe["channels_last"] != "auto" else (
-        device.type == "cuda" and family_of(model) == "resnet")
+        device.type == "cuda" and isinstance(getattr(model, "trunk", model), ResNet))
     recipe["_channels_last"] = channels_last
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -195,10 +259,13 @@ def train_stage(model: nn.Module, spec: StageSpec, recipe: dict, train_loader, v
         step, epoch, wall = state["step"], state["epoch"], state["wall_s"]
         _set_rng_state(state["rng"])
     else:
-        seed_everything(spec.seed + d.rank)
+        # a custom objective draws its randomness (DiffusionBlocks: which block) from the global RNG: same on all ranks
+        seed_everything(spec.seed + (0 if custom_loss else d.rank))
+    reset_peak_mem(device)
     net = model
     if d.world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if device.type == "cuda" else None)
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if device.type == "cuda" else None,
+                                                  find_unused_parameters=custom_loss is not None)
     step_fn = torch.compile(net) if recipe["compile"] else net
     steps_per_epoch = len(train_loader) // accum
     if steps_per_epoch < 1:
@@ -218,23 +285,9 @@ def train_stage(model: nn.Module, spec: StageSpec, recipe: dict, train_loader, v
         it = iter(train_loader)
         for _ in range(min(steps_per_epoch, spec.steps - step)):
             sched.step_update(spec.sched_offset + step)
-            for a in range(accum):
-                x, y = next(it)
-                if mix is not None:
-                    x, y = mix(x, y)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                sync = nullcontext() if (a == accum - 1 or d.world == 1) else net.no_sync()
-                with sync, autocast_for(recipe, device):
-                    loss = (custom_loss(x, y) if custom_loss else crit(step_fn(x), y)) / accum
-                loss.backward()
-                loss_sum += loss.detach()
-            if recipe["clip_grad"]:
-                nn.utils.clip_grad_norm_(model.parameters(), recipe["clip_grad"])
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.update(model, step=step)
+            train_step(net, it, opt, crit, recipe, device, loss_sum=loss_sum, step=step, accum=accum,
+                       step_fn=step_fn, model=model, mix=mix, channels_last=channels_last, ema=ema,
+                       custom_loss=custom_loss)
             step += 1
             n_steps += 1
             bar.update(1)
@@ -250,6 +303,7 @@ def train_stage(model: nn.Module, spec: StageSpec, recipe: dict, train_loader, v
                "images_seen": sum(e.images for e in ledger.entries if e.stage == spec.id),
                "train_flops": images * fpi, "cum_train_flops": ledger.total, "wall_s": round(wall, 3),
                "img_per_s": images / dt, "model_tflops_per_s": images * fpi / dt / 1e12}
+        row.update(mfu_fields(row["model_tflops_per_s"], device))  # GPU only: {"mfu": ...} against the bf16 peak
         last = step >= spec.steps
         if val_loader is not None and ((epoch + 1) % recipe["eval_every"] == 0 or last):
             row.update(evaluate(model, val_loader, recipe, device, d))

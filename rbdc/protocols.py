@@ -126,6 +126,9 @@ def plan_stages(recipe: dict, train_size: int, num_classes: int) -> list[Stage]:
                 level_steps = [max(1, round(b / (c * f * batch))) for b, c, f in zip(per_level, counts, fpis)]
             else:
                 raise UserError(f"rbdc.ratio_type must be epochs or flops, got {recipe['rbdc']['ratio_type']!r}")
+            # the last level absorbs the rounding of the others, so the total lands within half a final step
+            spent = sum(st * c * f * batch for st, c, f in zip(level_steps[:-1], counts, fpis))
+            level_steps[-1] = max(1, round((budget - spent) / (counts[-1] * fpis[-1] * batch)))
         else:
             raise UserError("rbdc needs rbdc.epochs (one per level) or a `budget`/`match`")
         cont = recipe["rbdc"]["schedule"] == "continue"

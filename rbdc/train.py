@@ -35,7 +35,8 @@ from .flops import Ledger
 from .models import scaled
 from .protocols import describe_plan, plan_stages
 
-KNOWN_TRAIN_SIZES = {"imagenet": 1_281_167, "imagenette": 9_469}
+KNOWN_TRAIN_SIZES = {"imagenet": 1_281_167, "imagenette": 9_469, "cifar100": 50_000}
+KNOWN_CLASSES = {"imagenet": 1000, "cifar100": 100}
 
 
 def _device(recipe: dict, d: Dist) -> torch.device:
@@ -267,7 +268,7 @@ def run_recipe(path: str | None, output: str = "runs", overrides: list[str] = ()
         except UserError as e:
             if source not in KNOWN_TRAIN_SIZES:
                 raise
-            size, ncls = KNOWN_TRAIN_SIZES[source], rec["num_classes"] or (1000 if source == "imagenet" else 10)
+            size, ncls = KNOWN_TRAIN_SIZES[source], rec["num_classes"] or KNOWN_CLASSES.get(source, 10)
             log(f"(data not found: {e}; planning with the known size of {source})")
         log(f"plan for {rec['name']} (seed {rec['seed']}, protocol {rec['protocol']}):")
         log(describe_plan(rec, plan_stages(rec, size, ncls), size, ncls))
@@ -300,7 +301,7 @@ def add_cli(sub) -> None:
                    "e.g. --set rbdc.depth=2 --set data.subset=50")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--model", default=None, help="target timm model")
-    p.add_argument("--protocol", choices=("scratch", "rbdc"), default=None)
+    p.add_argument("--protocol", choices=recipes.PROTOCOLS, default=None)
     p.add_argument("--name", default=None, help="experiment name (run dir: OUTPUT/NAME/seedS)")
     p.add_argument("--epochs", type=float, default=None)
     p.add_argument("--budget", type=float, default=None, help="training FLOPs budget")

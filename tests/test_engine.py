@@ -106,3 +106,20 @@ def test_every_recipe_parses_and_dry_runs(path, capsys):
 def test_bad_recipes_fail_with_a_clear_error(override, message):
     with pytest.raises(UserError, match=message):
         train.run_recipe(str(CI / "rbdc.yaml"), "unused", [override], dry_run=True, **QUIET)
+
+
+@pytest.mark.parametrize("protocol", ["net2net", "mixturegrowth"])
+def test_growth_protocol_runs_resumes_and_matches_the_rbdc_budget(protocol, rbdc_run, tmp_path, monkeypatch):
+    rbdc_dir, rbdc_results = rbdc_run
+    over = ["rbdc.epochs=null", f"match={rbdc_dir}"]
+    reference = run(CI / f"{protocol}.yaml", tmp_path / "a", overrides=over)
+    assert abs(reference["total_train_flops"] / rbdc_results["total_train_flops"] - 1) < 0.01
+    _interrupt_after(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run(CI / f"{protocol}.yaml", tmp_path / "b", overrides=over)
+    monkeypatch.undo()
+    resumed = run(CI / f"{protocol}.yaml", tmp_path / "b", overrides=over)
+    assert resumed["eval_top1"] == reference["eval_top1"]
+    a = load_file(str(tmp_path / "a" / "ci" / protocol / "seed0" / "final.safetensors"))
+    b = load_file(str(tmp_path / "b" / "ci" / protocol / "seed0" / "final.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
