@@ -175,7 +175,7 @@ def train_step(net: nn.Module, batches, opt: torch.optim.Optimizer, crit, recipe
         mix: timm ``Mixup`` applied to each micro-batch, or None.
         channels_last: convert the images to channels-last memory format.
         ema: timm ``ModelEmaV3`` updated after the step, or None.
-        custom_loss: ``custom_loss(x, y)`` used instead of ``crit(step_fn(x), y)`` (models with their own objective).
+        custom_loss: set for models with their own objective (DiffusionBlocks): ``step_fn(x, y)`` is then the loss.
 
     Returns:
         ``loss_sum``.
@@ -191,7 +191,9 @@ def train_step(net: nn.Module, batches, opt: torch.optim.Optimizer, crit, recipe
             x = x.contiguous(memory_format=torch.channels_last)
         sync = net.no_sync() if ddp and a < accum - 1 else nullcontext()  # all-reduce once, on the last micro-batch
         with sync, autocast_for(recipe, device):
-            loss = (custom_loss(x, y) if custom_loss else crit(step_fn(x), y)) / accum
+            # a model with its own objective returns its loss from forward(x, y), called through the (DDP) wrapper
+            # so that gradients are synchronised
+            loss = (step_fn(x, y) if custom_loss else crit(step_fn(x), y)) / accum
         loss.backward()
         loss_sum += loss.detach()
     if recipe["clip_grad"]:
