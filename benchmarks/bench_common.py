@@ -54,17 +54,18 @@ def run_info(device: torch.device, **fields) -> dict:
     return info
 
 
-def timed(benchmark, fn, device: torch.device, *, rounds: int, warmup_rounds: int = 1, **extra) -> None:
+def timed(benchmark, fn, device: torch.device, *, rounds: int, warmup_rounds: int = 1, setup=None, **extra) -> None:
     """Time ``fn`` (one round of work), synchronising CUDA at the end of every round; ``extra`` goes to extra_info.
 
-    ``extra`` should hold ``images_per_round`` so the report can turn seconds into images per second.
+    ``extra`` should hold ``images_per_round`` so the report can turn seconds into images per second. ``setup`` runs
+    untimed before every round (warm-up rounds included).
     """
     def round_():
         fn()
         sync(device)
 
     benchmark.extra_info.update(run_info(device, **extra))
-    benchmark.pedantic(round_, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
+    benchmark.pedantic(round_, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1, setup=setup)
 
 
 def require_device(name: str) -> torch.device:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -17,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.scheduler import CosineLRScheduler
 
-from benchmarks.bench_common import require_device, timed
+from benchmarks.bench_common import require_device, sync, timed
 from rbdc.engine import autocast_for, build_optimizer, train_step
 from rbdc.flops import train_flops_per_image
 from rbdc.models import family_of, scaled
@@ -64,66 +65,93 @@ def _reference_model(case: Case) -> nn.Module:
     return _MODELS[case]
 
 
-def _setup(case: Case):
+def _sides(case: Case) -> tuple[torch.device, dict]:
+    """Both sides of a case, each with its own copy of the same weights: ``{"bare": step, "harness": step}`` and the
+    settings they share (what extra_info records)."""
     device = require_device(case.device)
-    model = copy.deepcopy(_reference_model(case)).to(device).train()
+    reference = _reference_model(case)
     recipe = {**DEFAULTS, "model": case.model, "batch_size": case.batch, "compile": case.compile,
               "mixup": 0.0, "cutmix": 0.0, "smoothing": 0.0, "clip_grad": None, "ema": False}
     # The engine's own choices: bf16 on CUDA, fused AdamW on CUDA, channels_last for CNNs on CUDA.
-    bf16 = device.type == "cuda"
-    channels_last = device.type == "cuda" and family_of(model) == "resnet"
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    bf16 = isinstance(autocast_for(recipe, device), torch.autocast)
+    fused = device.type == "cuda"
+    channels_last = device.type == "cuda" and family_of(reference) == "resnet"
+    lr = 5e-4 * case.batch / 512
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(case.batch, 3, case.img_size, case.img_size, generator=gen).to(device)
     y = torch.randint(0, case.num_classes, (case.batch,), generator=gen).to(device)
-    return device, model, recipe, bf16, channels_last, x, y
+
+    def copy_model() -> tuple[nn.Module, nn.Module]:
+        model = copy.deepcopy(reference).to(device).train()
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model, (torch.compile(model) if case.compile else model)
+
+    # The harness: the engine's optimizer factory, scheduler update and train_step.
+    h_model, h_fwd = copy_model()
+    h_opt = build_optimizer(h_model, recipe, lr, device)
+    sched = CosineLRScheduler(h_opt, t_initial=10_000, lr_min=recipe["min_lr"], warmup_t=100,
+                              warmup_lr_init=recipe["warmup_lr"], warmup_prefix=True, t_in_epochs=False)
+    crit = nn.CrossEntropyLoss()
+    loss_sum = torch.zeros((), device=device)
+    batches = itertools.repeat((x, y))
+    counter = itertools.count()
+
+    def harness():
+        i = next(counter)
+        sched.step_update(i)
+        train_step(h_model, batches, h_opt, crit, recipe, device, loss_sum=loss_sum, step=i, step_fn=h_fwd,
+                   channels_last=channels_last)
+
+    # The bare loop, as one would write it by hand.
+    b_model, b_fwd = copy_model()
+    b_opt = torch.optim.AdamW(b_model.parameters(), lr=lr, weight_decay=recipe["weight_decay"], eps=recipe["opt_eps"],
+                              fused=fused or None)
+
+    def bare():
+        xb = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(b_fwd(xb), y)
+        loss.backward()
+        b_opt.step()
+        b_opt.zero_grad(set_to_none=True)
+
+    def rounds(step):
+        def round_():
+            for _ in range(case.steps):
+                step()
+        return round_
+
+    info = dict(case=str(case), model=case.model, img_size=case.img_size, batch=case.batch,
+                dtype="bf16" if bf16 else "fp32", channels_last=channels_last, compile=case.compile,
+                fused_adamw=fused, steps_per_round=case.steps, images_per_round=case.steps * case.batch,
+                train_flops_per_image=train_flops_per_image(case.model, case.img_size, num_classes=case.num_classes))
+    return device, {"bare": rounds(bare), "harness": rounds(harness), "info": info}
 
 
 @pytest.mark.benchmark(group="train-step")
 @pytest.mark.parametrize("impl", ["bare", "harness"])
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_train_step(benchmark, case: Case, impl: str):
-    device, model, recipe, bf16, channels_last, x, y = _setup(case)
-    lr = 5e-4 * case.batch / 512
-    fused = device.type == "cuda"
-    fwd = torch.compile(model) if case.compile else model
+    """Each side timed on its own; the harness's rounds are interleaved with bare rounds (``paired_bare_s``).
 
+    Interleaving makes the ratio immune to slow drifts of the machine's load: the report's main figure is the
+    median over rounds of harness_i / bare_i, where bare_i ran just before harness_i.
+    """
+    device, sides = _sides(case)
+    paired: list[float] = []
+
+    def bare_round():
+        t0 = time.perf_counter()
+        sides["bare"]()
+        sync(device)
+        paired.append(time.perf_counter() - t0)
+
+    warmup = 3 if case.compile else 2
+    for _ in range(warmup):  # the bare side's warm-up (compilation, allocator), untimed
+        bare_round()
+    paired.clear()
+    timed(benchmark, sides[impl], device, rounds=case.rounds, warmup_rounds=warmup,
+          setup=bare_round if impl == "harness" else None, impl=impl, **sides["info"])
     if impl == "harness":
-        opt = build_optimizer(model, recipe, lr, device)
-        sched = CosineLRScheduler(opt, t_initial=10_000, lr_min=recipe["min_lr"], warmup_t=100,
-                                  warmup_lr_init=recipe["warmup_lr"], warmup_prefix=True, t_in_epochs=False)
-        crit = nn.CrossEntropyLoss()
-        loss_sum = torch.zeros((), device=device)
-        batches = itertools.repeat((x, y))
-        counter = itertools.count()
-
-        def step():
-            i = next(counter)
-            sched.step_update(i)
-            train_step(model, batches, opt, crit, recipe, device, loss_sum=loss_sum, step=i, step_fn=fwd,
-                       channels_last=channels_last)
-        amp_ctx = autocast_for(recipe, device)
-        dtype = "bf16" if isinstance(amp_ctx, torch.autocast) else "fp32"
-    else:
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=recipe["weight_decay"],
-                                eps=recipe["opt_eps"], fused=fused or None)
-
-        def step():
-            xb = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = F.cross_entropy(fwd(xb), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        dtype = "bf16" if bf16 else "fp32"
-
-    def round_():
-        for _ in range(case.steps):
-            step()
-
-    timed(benchmark, round_, device, rounds=case.rounds, warmup_rounds=3 if case.compile else 2,
-          impl=impl, case=str(case), model=case.model, img_size=case.img_size, batch=case.batch, dtype=dtype,
-          channels_last=channels_last, compile=case.compile, fused_adamw=fused, steps_per_round=case.steps,
-          images_per_round=case.steps * case.batch,
-          train_flops_per_image=train_flops_per_image(case.model, case.img_size, num_classes=case.num_classes))
+        benchmark.extra_info["paired_bare_s"] = paired[-case.rounds:]
