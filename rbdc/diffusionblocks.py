@@ -40,7 +40,6 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 from statistics import NormalDist
-from typing import Callable
 
 import timm
 import torch
@@ -49,6 +48,7 @@ import torch.nn.functional as F
 from timm.models import VisionTransformer
 
 from .errors import UserError
+from .flops import count_macs
 
 __all__ = ["OPTIONS", "DiffusionBlocksError", "DiffusionBlocksViT", "build_model", "band_edges", "inference_sigmas",
            "count_macs"]
@@ -89,35 +89,6 @@ def inference_sigmas(num_steps: int, p_mean: float = -1.2, p_std: float = 1.2, s
     lo, hi = nd.cdf(math.log(sigma_min)), nd.cdf(math.log(sigma_max))
     inner = [math.exp(nd.inv_cdf(hi - (hi - lo) * i / (num_steps - 1))) for i in range(1, num_steps - 1)]
     return [sigma_max, *inner, sigma_min]
-
-
-def count_macs(model: nn.Module, fn: Callable[[], object]) -> int:
-    """Multiply-accumulates of ``fn()`` in ``model``'s layers, by the rules of :func:`rbdc.flops.forward_macs`.
-
-    Convolutions, linear layers and the two attention matmuls (q @ k^T, attn @ v) count; embedding lookups, norms,
-    activations and element-wise arithmetic do not.
-    """
-    total = 0
-
-    def hook(mod, inputs, out):
-        nonlocal total
-        if isinstance(mod, nn.Conv2d):
-            total += out.numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
-        elif isinstance(mod, nn.Linear):
-            total += out.numel() * mod.in_features
-        else:
-            b, n, c = inputs[0].shape
-            total += 2 * b * n * n * c
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear)) or (hasattr(m, "qkv") and hasattr(m, "num_heads"))]
-    try:
-        with torch.no_grad():
-            fn()
-    finally:
-        for h in handles:
-            h.remove()
-    return int(total)
 
 
 class _TimeEmbed(nn.Module):

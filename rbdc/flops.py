@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .models import arch_of, scaled
 
-__all__ = ["forward_macs", "forward_flops", "train_flops_per_image", "measured_train_flops_per_image",
+__all__ = ["count_macs", "forward_macs", "forward_flops", "train_flops_per_image", "measured_train_flops_per_image",
            "Ledger", "LedgerEntry", "TRAIN_FLOPS_PER_FORWARD"]
 
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (2x) per image
@@ -44,28 +44,41 @@ def _meta_twin(model: nn.Module | str, img_size: int | None, **kwargs) -> tuple[
     return twin, img_size or twin.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
 
 
-def forward_macs(model: nn.Module | str, img_size: int | None = None, **kwargs) -> int:
-    """Multiply-accumulates of one forward pass of one image (conv, linear, attention matmuls)."""
-    twin, size = _meta_twin(model, img_size, **kwargs)
+def count_macs(model: nn.Module, fn, conv_types: tuple = (), linear_types: tuple = ()) -> int:
+    """Multiply-accumulates that ``fn()`` spends in ``model``'s convolutions, linear layers and attention matmuls.
+
+    The one counter of the suite (hooks on the layers, so any layer shapes and any batch size): the two attention
+    matmuls cost N * N * attn_dim each per image. ``conv_types``/``linear_types`` add layer classes that behave like
+    ``nn.Conv2d``/``nn.Linear`` (e.g. MixtureGrowth's template layers).
+    """
+    convs, linears = (nn.Conv2d, *conv_types), (nn.Linear, *linear_types)
     total = 0
 
     def hook(mod, inputs, out):
         nonlocal total
-        if isinstance(mod, nn.Conv2d):
+        if isinstance(mod, convs):
             total += out.numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
-        elif isinstance(mod, nn.Linear):
+        elif isinstance(mod, linears):
             total += out.numel() * mod.in_features
-        else:  # timm attention: q @ k^T and attn @ v, each N * N * C per image
-            n = inputs[0].shape[1]
-            total += 2 * n * n * getattr(mod, "attn_dim", inputs[0].shape[2])  # attention width may differ
+        else:  # timm attention: q @ k^T and attn @ v
+            b, n = inputs[0].shape[:2]
+            total += 2 * b * n * n * getattr(mod, "attn_dim", inputs[0].shape[2])
 
-    handles = [m.register_forward_hook(hook) for m in twin.modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear)) or (hasattr(m, "qkv") and hasattr(m, "num_heads"))]
-    with torch.no_grad():
-        twin.eval()(torch.empty(1, 3, size, size, device="meta"))
-    for h in handles:
-        h.remove()
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (*convs, *linears)) or (hasattr(m, "qkv") and hasattr(m, "num_heads"))]
+    try:
+        with torch.no_grad():
+            fn()
+    finally:
+        for h in handles:
+            h.remove()
     return int(total)
+
+
+def forward_macs(model: nn.Module | str, img_size: int | None = None, **kwargs) -> int:
+    """Multiply-accumulates of one forward pass of one image (conv, linear, attention matmuls)."""
+    twin, size = _meta_twin(model, img_size, **kwargs)
+    return count_macs(twin, lambda: twin.eval()(torch.empty(1, 3, size, size, device="meta")))
 
 
 def forward_flops(model: nn.Module | str, img_size: int | None = None, **kwargs) -> int:

@@ -275,8 +275,9 @@ def test_the_ci_recipe_runs_end_to_end_and_accounts_one_block_per_step(ci_run):
     assert results["protocol"] == "diffusionblocks" and results["peak_mem_mb"] > 0
     stage = results["stages"][0]
     assert stage["epochs"] == 3.0  # `epochs: 1` per block x 3 blocks: the method's equal-iteration accounting
-    m = build_model(train.recipes.resolve(CI_RECIPE), 10)
-    assert results["total_train_flops"] == stage["steps"] * 32 * m.train_flops_per_image(32)
+    rec = train.recipes.resolve(CI_RECIPE)
+    m = build_model(rec, 10)
+    assert results["total_train_flops"] == stage["steps"] * rec["batch_size"] * m.train_flops_per_image(32)
     assert results["eval_top1"] > 30  # 10 synthetic classes: well above chance
     m.load_state_dict(load_file(str(run_dir / "final.safetensors")))  # the weights file rebuilds the model
 
@@ -314,4 +315,6 @@ def test_the_cli_trains_the_protocol(tmp_path):
                         "--set", "epochs=0.25"], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr[-2000:]
     results = json.loads((tmp_path / "ci" / "diffusionblocks" / "seed0" / "results.json").read_text())
-    assert results["protocol"] == "diffusionblocks" and results["stages"][0]["steps"] == 15
+    batch = train.recipes.resolve(CI_RECIPE)["batch_size"]
+    # 0.25 epochs per block x 3 blocks of 640 synthetic images
+    assert results["protocol"] == "diffusionblocks" and results["stages"][0]["steps"] == round(0.75 * (640 // batch))

@@ -288,33 +288,17 @@ def count_macs(model: nn.Module, img_size: int | None = None) -> int:
     counted at the attention width ``attn_dim`` (= the embedding width for a stock ViT).
     """
     from .mixturegrowth import TemplateConv2d, TemplateLinear
+    from ..flops import count_macs as flops_count_macs
 
     size = img_size or model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
-    total = 0
-
-    def hook(mod, inputs, out):
-        nonlocal total
-        if isinstance(mod, (nn.Conv2d, TemplateConv2d)):
-            total += out.numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
-        elif isinstance(mod, (nn.Linear, TemplateLinear)):
-            total += out.numel() * mod.in_features
-        else:
-            _, n, c = inputs[0].shape
-            total += 2 * n * n * getattr(mod, "attn_dim", c)
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear, TemplateConv2d, TemplateLinear))
-               or (hasattr(m, "qkv") and hasattr(m, "num_heads"))]
     p = next(model.parameters())
     was = model.training
     try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, size, size, device=p.device, dtype=p.dtype))
+        return flops_count_macs(model, lambda: model.eval()(torch.zeros(1, 3, size, size, device=p.device,
+                                                                          dtype=p.dtype)),
+                                conv_types=(TemplateConv2d,), linear_types=(TemplateLinear,))
     finally:
         model.train(was)
-        for h in handles:
-            h.remove()
-    return int(total)
 
 
 def _train_flops_per_image(self: nn.Module, img_size: int | None = None) -> int:
