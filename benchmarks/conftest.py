@@ -30,7 +30,7 @@ def _apply_threads() -> None:
     if not text:
         return
     if not text.isdigit() or int(text) < 1:
-        raise pytest.UsageError(f"RBDC_BENCH_THREADS={text!r} is not a positive integer; set a thread count or unset it")
+        raise pytest.UsageError(f"RBDC_BENCH_THREADS={text!r} is not a positive integer; set a thread count or unset")
     torch.set_num_threads(int(text))
 
 

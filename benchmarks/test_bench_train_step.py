@@ -66,8 +66,11 @@ def _reference_model(case: Case) -> nn.Module:
 
 
 def _sides(case: Case) -> tuple[torch.device, dict]:
-    """Both sides of a case, each with its own copy of the same weights: ``{"bare": step, "harness": step}`` and the
-    settings they share (what extra_info records)."""
+    """Both sides of a case, each training its own copy of the same weights.
+
+    Returns:
+        The device and ``{"bare": round, "harness": round, "info": the shared settings for extra_info}``.
+    """
     device = require_device(case.device)
     reference = _reference_model(case)
     recipe = {**DEFAULTS, "model": case.model, "batch_size": case.batch, "compile": case.compile,

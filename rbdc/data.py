@@ -1085,3 +1085,29 @@ def build_loader(dataset, *, batch_size: int, train: bool, img_size: int, aug: d
 def _default_crop_pct() -> float:
     from timm.data import DEFAULT_CROP_PCT
     return DEFAULT_CROP_PCT
+
+
+def patch_timm_posterize() -> bool:
+    """Let timm's RandAugment posterize to 0 bits again (a black image, as Pillow < 13 gave); True if it was needed.
+
+    timm 1.0.31's ``PosterizeIncreasing`` asks for 0 bits at magnitude 10, which DeiT's ``rand-m9-mstd0.5-inc1``
+    reaches in ~2% of its draws; Pillow 13 raises there, which would kill about one streaming batch in 20.
+    """
+    from PIL import ImageOps
+    from timm.data import auto_augment as aa
+    try:
+        ImageOps.posterize(Image.new("RGB", (1, 1)), 0)
+        return False
+    except ValueError:
+        pass
+    original = aa.posterize
+
+    def posterize(img, bits_to_keep, **kwargs):
+        return Image.new(img.mode, img.size) if bits_to_keep < 1 else original(img, bits_to_keep, **kwargs)
+
+    for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+        aa.NAME_TO_OP[name] = posterize
+    return True
+
+
+POSTERIZE_PATCHED = patch_timm_posterize()

@@ -124,7 +124,8 @@ def seed_everything(seed: int) -> None:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, recipe: dict, device: torch.device, d: Dist = Dist()) -> dict:
     model.eval()
-    tot = torch.zeros(4, device=device)  # loss sum, top1 count, top5 count, n
+    tot = torch.zeros(3, device=device)  # loss sum, top1 count, top5 count: stay on the device until the end
+    n = 0
     crit = nn.CrossEntropyLoss(reduction="sum")
     with autocast_for(recipe, device):
         for x, y in loader:
@@ -132,8 +133,9 @@ def evaluate(model: nn.Module, loader, recipe: dict, device: torch.device, d: Di
                 x = x.contiguous(memory_format=torch.channels_last)
             out = model(x).float()
             top1, top5 = accuracy(out, y, topk=(1, min(5, out.shape[-1])))
-            n = y.numel()
-            tot += torch.stack([crit(out, y), top1 * n / 100, top5 * n / 100, torch.tensor(float(n), device=device)])
+            tot += torch.stack([crit(out, y), top1 * y.numel() / 100, top5 * y.numel() / 100])
+            n += y.numel()
+    tot = torch.cat([tot, torch.tensor([float(n)], device=device)])
     if d.world > 1:
         dist.all_reduce(tot)
     loss, c1, c5, n = tot.tolist()

@@ -70,11 +70,16 @@ def _atomic_torch_save(obj, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+REQUIRED_COLS = ("stage", "model", "epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr", "images_seen",
+                 "train_flops", "cum_train_flops", "wall_s", "img_per_s", "peak_mem_mb")
+
+
 def _write_summary(path: Path, rows: list[dict]) -> None:
     cols = ["stage", "model", "epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr", "images_seen",
-            "train_flops", "cum_train_flops", "wall_s", "img_per_s", "model_tflops_per_s", "peak_mem_mb"]
+            "train_flops", "cum_train_flops", "wall_s", "img_per_s", "model_tflops_per_s", "mfu", "peak_mem_mb"]
     cols += sorted({k for r in rows for k in r} - set(cols))
     buf = io.StringIO()
+    cols = [c for c in cols if any(c in r for r in rows) or c in REQUIRED_COLS]
     w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     w.writeheader()
     for r in rows:

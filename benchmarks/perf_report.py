@@ -1,0 +1,272 @@
+"""Run the benchmark suite per device and write ``reports/perf.md`` from its pytest-benchmark JSON.
+
+    python -m benchmarks.perf_report run [pytest args]   # reports/bench/<device>.json: the CPU, then the GPU if any
+    python -m benchmarks.perf_report                     # reports/perf.md from every reports/bench/*.json
+
+Each JSON holds one device's figures; the report keeps devices apart and never compares numbers across them. Within
+a device it turns round times into images per second (``extra_info["images_per_round"]``), the harness/bare ratio
+of the training step (median of interleaved per-round ratios with a bootstrap interval, and the ratio of fastest
+rounds),
+model TFLOP/s and, on a GPU, MFU against the peak of :mod:`rbdc.perf`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH_DIR = REPO / "reports" / "bench"
+REPORT = REPO / "reports" / "perf.md"
+OVERHEAD_TARGET = 0.03          # the engine may add at most 3% to a bare step
+DEIT_B_TARGET_TFLOPS = 360.0    # 45% of the ~798 TFLOP/s measured for dense bf16 matmuls on an H100
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Running
+
+def device_slug(device: str) -> str:
+    """File name for a device's JSON: ``cpu`` or the GPU's name in lower case (``nvidia-h100-80gb-hbm3``)."""
+    if device == "cpu":
+        return "cpu"
+    import torch
+    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower()).strip("-")
+
+
+def run(pytest_args: list[str], bench_dir: Path = BENCH_DIR) -> int:
+    """Run ``pytest benchmarks`` once per available device, each into ``bench_dir/<device>.json``."""
+    import torch
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if "cuda" not in devices:
+        print("perf_report: no CUDA device here; running the CPU cases only (GPU figures not measured)")
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    rc = 0
+    for dev in devices:
+        out = bench_dir / f"{device_slug(dev)}.json"
+        cmd = [sys.executable, "-m", "pytest", str(REPO / "benchmarks"), f"--bench-device={dev}",
+               f"--benchmark-json={out}", "--benchmark-columns=min,median,iqr,rounds", "-p", "no:cacheprovider",
+               *pytest_args]
+        print("perf_report:", " ".join(cmd), flush=True)
+        rc = subprocess.call(cmd, cwd=REPO) or rc
+    return rc
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading
+
+def load(bench_dir: Path = BENCH_DIR) -> list[dict]:
+    """Every ``*.json`` in ``bench_dir`` (pytest-benchmark output), sorted by name."""
+    runs = []
+    for path in sorted(bench_dir.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); delete it and run `python -m benchmarks.perf_report "
+                             f"run` again") from e
+        if "benchmarks" not in data:
+            raise ValueError(f"{path} is not a pytest-benchmark JSON (no 'benchmarks' key); remove it from "
+                             f"{bench_dir}")
+        data["_path"] = path
+        runs.append(data)
+    return runs
+
+
+def _ips(bench: dict, stat: str = "median") -> float:
+    """Images per second of a round time statistic."""
+    return bench["extra_info"]["images_per_round"] / bench["stats"][stat]
+
+
+def _noise(bench: dict) -> float:
+    """Spread of the round times: interquartile range over the median."""
+    return bench["stats"]["iqr"] / bench["stats"]["median"]
+
+
+def median_interval(values: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of the median of ``values``."""
+    v = np.asarray(values, dtype=float)
+    meds = np.median(np.random.default_rng(seed).choice(v, size=(n, len(v))), axis=1)
+    lo, hi = np.percentile(meds, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def paired_ratios(harness: dict) -> list[float]:
+    """harness_i / bare_i over the interleaved rounds of a harness benchmark (bare_i ran just before harness_i)."""
+    times = harness["stats"].get("data") or []
+    bare = harness["extra_info"].get("paired_bare_s") or []
+    return [h / b for h, b in zip(times, bare)] if len(times) == len(bare) else []
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:+.1f}%"
+
+
+def _peak(device: str) -> float | None:
+    from rbdc.perf import lookup_peak, peak_tflops
+    env = os.environ.get("RBDC_PEAK_TFLOPS")
+    return peak_tflops("cpu") if env else lookup_peak(device)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Rendering
+
+def _train_step(benches: list[dict], gpu: bool, peak: float | None) -> list[str]:
+    pairs: dict[str, dict] = {}
+    for b in benches:
+        pairs.setdefault(b["extra_info"]["case"], {})[b["extra_info"]["impl"]] = b
+    cols = ["model", "px", "batch", "dtype", "channels_last", "compile", "bare img/s", "harness img/s",
+            "harness/bare, interleaved rounds: median [95% interval]", "harness/bare, fastest rounds",
+            "round noise bare / harness", f"within {100 * OVERHEAD_TARGET:.0f}%"]
+    cols += ["harness model TFLOP/s", "MFU"] if gpu else []
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for pair in pairs.values():
+        if set(pair) != {"bare", "harness"}:
+            continue
+        bare, har = pair["bare"], pair["harness"]
+        e = har["extra_info"]
+        r_min = har["stats"]["min"] / bare["stats"]["min"]
+        ratios = paired_ratios(har)
+        if len(ratios) > 2:
+            r = float(np.median(ratios))
+            lo, hi = median_interval(ratios)
+            paired = f"{r:.3f} ({_pct(r - 1)}) [{_pct(lo - 1)}, {_pct(hi - 1)}], {len(ratios)} pairs"
+        else:
+            r, paired = r_min, "n/a"
+        cells = [e["model"], e["img_size"], e["batch"], e["dtype"], e["channels_last"], e["compile"],
+                 f"{_ips(bare):,.0f}", f"{_ips(har):,.0f}", paired, f"{r_min:.3f} ({_pct(r_min - 1)})",
+                 f"{100 * _noise(bare):.1f}% / {100 * _noise(har):.1f}%",
+                 "yes" if r <= 1 + OVERHEAD_TARGET else "no"]
+        if gpu:
+            tflops = _ips(har) * e["train_flops_per_image"] / 1e12
+            cells += [f"{tflops:.1f}", f"{100 * tflops / peak:.1f}%" if peak else "n/a (device not in rbdc/perf.py)"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return lines
+
+
+def _forward(benches: list[dict]) -> list[str]:
+    lines = ["| model | px | batch | dtype | channels_last | img/s (median) | img/s (fastest round) | round noise | "
+             "model TFLOP/s |", "|---|---|---|---|---|---|---|---|---|"]
+    for b in benches:
+        e = b["extra_info"]
+        tflops = _ips(b) * e["forward_flops_per_image"] / 1e12
+        lines.append(f"| {e['model']} | {e['img_size']} | {e['batch']} | {e['dtype']} | {e['channels_last']} | "
+                     f"{_ips(b):,.1f} | {_ips(b, 'min'):,.1f} | {100 * _noise(b):.1f}% | {tflops:.3f} |")
+    return lines
+
+
+def _coupling(benches: list[dict]) -> list[str]:
+    lines = ["| target (k=2 parts of half width) | params per part | seconds (median) | fastest round | rounds |",
+             "|---|---|---|---|---|"]
+    for b in benches:
+        e, s = b["extra_info"], b["stats"]
+        lines.append(f"| {e['target']} | {e['part_params'] / 1e6:.1f} M | {s['median']:.3f} | {s['min']:.3f} | "
+                     f"{s['rounds']} |")
+    return lines
+
+
+def _data(benches: list[dict]) -> list[str]:
+    lines = ["| path | source | px | batch | augmentation | workers | img/s (median) | round noise |",
+             "|---|---|---|---|---|---|---|---|"]
+    for b in benches:
+        e = b["extra_info"]
+        if e["path"] == "stream":
+            aug = f"timm DeiT transform {e['aug']}" + (" (posterize shim)" if e.get("posterize_shim") else "")
+            workers = f"{e['workers']} (persistent: {e['persistent_workers']}, pinned: {e['pin_memory']})"
+        else:
+            aug = f"crop + flip, re_prob {e['re_prob']}, on the device"
+            workers = "none (in memory)"
+        lines.append(f"| {e['path']} | {e['source']} | {e['img_size']} | {e['batch']} | {aug} | {workers} | "
+                     f"{_ips(b):,.0f} | {100 * _noise(b):.1f}% |")
+    return lines
+
+
+def render(runs: list[dict]) -> str:
+    """The Markdown report of every device's run."""
+    out = ["# Performance", "",
+           "Generated by `python -m benchmarks.perf_report` from `reports/bench/*.json` (pytest-benchmark; "
+           "regenerate with `tox -e bench`). Each section is one device; figures are never compared across devices. "
+           "Images per second are computed from round times (median unless stated); *round noise* is the "
+           "interquartile range of the round times over their median.", ""]
+    gpu_seen = False
+    for data in runs:
+        benches = data["benchmarks"]
+        if not benches:
+            continue
+        by_group: dict[str, list] = {}
+        for b in benches:
+            by_group.setdefault(b["group"], []).append(b)
+        e0 = benches[0]["extra_info"]
+        gpu = e0["device_type"] == "cuda"
+        gpu_seen |= gpu
+        peak = _peak(e0["device"]) if gpu else None
+        out += [f"## {e0['device']}", "",
+                f"`{data['_path'].relative_to(REPO) if data['_path'].is_relative_to(REPO) else data['_path']}` | "
+                f"run {data['datetime'][:16].replace('T', ' ')} UTC | torch {e0['torch']} | timm {e0['timm']}"
+                + (f" | CUDA {e0['cuda']}" if gpu else f" | {e0['threads']} CPU thread(s)")
+                + (f" | bf16 peak {peak:g} TFLOP/s" if peak else ""), ""]
+        if "train-step" in by_group:
+            out += ["### Training step: the engine (`rbdc.engine.train_step`) vs a bare PyTorch loop", "",
+                    "Same model weights, batch, dtype, optimizer (AdamW) and flags on both sides. Ratio = harness "
+                    "time / bare time (above 1: the engine is slower). Main figure: every harness round ran right "
+                    "after a bare round, and the median of those per-pair ratios (with a 95% bootstrap interval) "
+                    "cancels slow changes of the machine's load; the ratio of the two separate runs' fastest rounds "
+                    f"is a second estimate. Target: overhead within {100 * OVERHEAD_TARGET:.0f}% (on the main "
+                    "figure).", ""]
+            out += _train_step(by_group["train-step"], gpu, peak) + [""]
+            if gpu:
+                deit_b = [b for b in by_group["train-step"] if b["extra_info"]["impl"] == "harness"
+                          and b["extra_info"]["model"].startswith("deit_base")]
+                for b in deit_b:
+                    tf = _ips(b) * b["extra_info"]["train_flops_per_image"] / 1e12
+                    out.append(f"- DeiT-B train step (compile={b['extra_info']['compile']}): {tf:.0f} model TFLOP/s; "
+                               f"target >= {DEIT_B_TARGET_TFLOPS:.0f} "
+                               f"({'met' if tf >= DEIT_B_TARGET_TFLOPS else 'not met'}).")
+                out.append("")
+        if "forward" in by_group:
+            out += ["### Forward throughput (eval, no autograd)", ""] + _forward(by_group["forward"]) + [""]
+        if "coupling" in by_group:
+            out += ["### Coupling (`rbdc.couple`, CPU, includes building the wide model)", ""]
+            out += _coupling(by_group["coupling"]) + [""]
+        if "data" in by_group:
+            out += ["### Data pipeline (training batches out of `rbdc.data.build_loader`)", ""]
+            out += _data(by_group["data"]) + [""]
+            if any(b["extra_info"].get("posterize_shim") for b in by_group["data"]):
+                out += ["*Posterize shim*: with this Pillow, timm's RandAugment (`rand-m9-mstd0.5-inc1`) asks "
+                        "`ImageOps.posterize` for 0 bits at magnitude 10 and Pillow >= 13 raises: about 1 image in 650 "
+                        "(measured: 31 of 20,000) crashes the streaming DeiT transform, so no ImageNet epoch ends. The "
+                        "benchmark maps 0 bits to a black image, as older Pillow did; rbdc.data needs the same fix.",
+                        ""]
+    if not gpu_seen:
+        out += ["## GPU", "",
+                "GPU figures (DeiT-S, DeiT-B and ResNet-50 train-step img/s and MFU, the Imagenette study's wall "
+                "time) were not measured: no GPU was available to this session. `tox -e bench` on a CUDA machine "
+                "adds them (reports/bench/<gpu>.json).", ""]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:
+        return run(argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.perf_report", description=__doc__.split("\n")[0])
+    parser.add_argument("--bench-dir", type=Path, default=BENCH_DIR, help="folder of pytest-benchmark JSON files")
+    parser.add_argument("-o", "--output", type=Path, default=REPORT, help="the Markdown report to write")
+    args = parser.parse_args(argv)
+    runs = load(args.bench_dir)
+    if not runs:
+        print(f"perf_report: no benchmark JSON in {args.bench_dir}; run `python -m benchmarks.perf_report run` "
+              f"first", file=sys.stderr)
+        return 2
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(render(runs))
+    print(f"perf_report: wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
