@@ -23,6 +23,7 @@ import json
 import math
 import os
 import re
+import textwrap
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -734,6 +735,7 @@ def _plot(rows: Sequence[GroupRow], path: Path, title: str, baseline_protocol: s
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import NullFormatter
 
     colors = _protocol_colors(g.protocol for g in rows)
     models = sorted({g.model for g in rows})
@@ -761,9 +763,10 @@ def _plot(rows: Sequence[GroupRow], path: Path, title: str, baseline_protocol: s
             ax.errorbar([g.flops_mean], [g.top1_mean], yerr=[g.top1_std or 0.0], color=color, marker='s',
                         markersize=6, markeredgecolor='black', capsize=3, linestyle='none', zorder=3)
     ax.set_xscale('log')
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on short ranges
     ax.set_xlabel('cumulative training FLOPs')
     ax.set_ylabel('eval top-1 (%)')
-    ax.set_title(title)
+    ax.set_title(textwrap.fill(title, 70), fontsize=10)
     ax.grid(True, which='both', alpha=0.3)
     present = [p for p in sorted(colors, key=lambda p: _protocol_rank(p, baseline_protocol))
                if any(g.protocol == p for g in rows)]
