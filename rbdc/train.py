@@ -13,6 +13,7 @@ Run directory (``<output>/<name>/seed<seed>/``)::
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -97,8 +98,8 @@ def _env_info(device: torch.device) -> dict:
 class Run:
     """One run directory: resolves where a run stands and moves it forward stage by stage."""
 
-    def __init__(self, recipe: dict, output: str | Path, d: Dist, log=print):
-        self.recipe, self.d, self.log = recipe, d, log
+    def __init__(self, recipe: dict, output: str | Path, d: Dist, log=print, only_stage: str | None = None):
+        self.recipe, self.d, self.log, self.only_stage = recipe, d, log, only_stage
         self.dir = Path(output) / recipe["name"] / f"seed{recipe['seed']}"
         self.device = _device(recipe, d)
 
@@ -108,7 +109,7 @@ class Run:
         if existing.is_file() and existing.read_text() != text:
             raise UserError(f"{self.dir} holds a run of a different recipe (see its recipe.yaml); resume it with "
                             f"`rbdc train --recipe {existing}`, or pick another --output or name")
-        if self.d.main:
+        if self.d.main and not self.only_stage:
             self.dir.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(existing, text.encode())
             cmd = " ".join(shlex.quote(a) for a in sys.argv)
@@ -134,10 +135,18 @@ class Run:
         loader_kw = dict(img_size=rec["img_size"], in_memory=rec["data"]["in_memory"], num_workers=rec["workers"],
                          distributed=self.d.world > 1, device=self.device)
         val_loader = build_loader(val_ds, batch_size=max(micro, 64), train=False, **loader_kw)
+        if self.only_stage:  # a child of --jobs: this stage alone, with its own rows and ledger
+            stages = [s for s in stages if s.id == self.only_stage]
+            man = {**man, "rows": [], "ledger": {}}
+        elif rec["rbdc"]["jobs"] > 1 and self.d.world == 1:
+            self._run_parallel(stages, man)
         for st in stages:
             if st.id in man["stages"]:
                 continue
             sdir = self.dir / "stages" / st.id
+            if not self.only_stage and (sdir / "stage.json").is_file():
+                self._merge(st, man)
+                continue
             sdir.mkdir(parents=True, exist_ok=True)
             model, opt_state, parents = self._build(st, num_classes, man)
             state = torch.load(sdir / "last.pt", weights_only=False) if (sdir / "last.pt").is_file() else None
@@ -153,8 +162,9 @@ class Run:
                 rows.append(row)
                 if self.d.main:
                     _atomic_torch_save({**ckpt, "rows": rows, "ledger": ledger.to_dict()}, sdir / "last.pt")
-                    _write_summary(self.dir / "summary.csv", rows)
-                    ledger.save(self.dir / "ledger.json")
+                    if not self.only_stage:
+                        _write_summary(self.dir / "summary.csv", rows)
+                        ledger.save(self.dir / "ledger.json")
 
             train_loader = build_loader(train_ds, batch_size=micro, train=True, aug=rec["aug"], seed=st.seed,
                                         repeated_aug=rec["repeated_aug"], **loader_kw)
@@ -169,14 +179,71 @@ class Run:
                 if rec["rbdc"]["optimizer"] == "carried" and rec["protocol"] == "rbdc":
                     _atomic_torch_save(named_optimizer_state(model, opt), sdir / "optimizer.pt")
             self._barrier()  # every rank reads the stage's final weights from here on
-            man["stages"][st.id] = {"model": st.model_name, "final": str(final.relative_to(self.dir)),
-                                    "sha256": sha256(final), "parents": parents, "steps": st.steps}
+            entry = {"model": st.model_name, "final": str(final.relative_to(self.dir)), "sha256": sha256(final),
+                     "parents": parents, "steps": st.steps}
+            if self.only_stage:
+                payload = {"entry": entry, "rows": rows, "ledger": ledger.to_dict()}
+                atomic_write_bytes(sdir / "stage.json", json.dumps(payload, indent=1).encode())
+                (sdir / "last.pt").unlink(missing_ok=True)
+                return {}
+            man["stages"][st.id] = entry
             man["rows"], man["ledger"] = rows, ledger.to_dict()
             if self.d.main:
                 atomic_write_bytes(self.dir / "manifest.json", json.dumps(man, indent=1).encode())
                 (sdir / "last.pt").unlink(missing_ok=True)
             self._barrier()
         return self._finish(stages, man)
+
+    def _run_parallel(self, stages, man: dict) -> None:
+        """``rbdc.jobs`` > 1: train the pending independent stages of each level in parallel processes (one per
+        GPU when there are GPUs), then merge them in stage order; later levels wait for their parents."""
+        import subprocess
+        jobs = self.recipe["rbdc"]["jobs"]
+        ngpu = torch.cuda.device_count()
+        for level in sorted({s.level for s in stages}):
+            pending = [s for s in stages if s.level == level and s.id not in man["stages"]
+                       and not (self.dir / "stages" / s.id / "stage.json").is_file()]
+            if len(pending) < 2:
+                continue
+            self.log(f"level {level}: training {', '.join(s.id for s in pending)} in {min(jobs, len(pending))} "
+                     f"parallel processes")
+            running: list = []
+            for i, st in enumerate(pending):
+                while len(running) >= jobs:
+                    self._wait(running.pop(0))
+                env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs)))
+                if ngpu:
+                    env["CUDA_VISIBLE_DEVICES"] = str(i % ngpu)
+                cmd = [sys.executable, "-m", "rbdc.cli", "train", "--resume", str(self.dir), "--only-stage", st.id]
+                (self.dir / "stages").mkdir(parents=True, exist_ok=True)
+                log = open(self.dir / "stages" / f"{st.id}.log", "a")
+                running.append((st.id, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)))
+            for job in running:
+                self._wait(job)
+            for st in pending:
+                self._merge(st, man)
+
+    def _wait(self, job) -> None:
+        sid, proc = job
+        if proc.wait():
+            raise UserError(f"stage {sid} failed (exit {proc.returncode}); see {self.dir / 'stages' / (sid + '.log')}; "
+                            f"rerun the same command to resume")
+
+    def _merge(self, st, man: dict) -> None:
+        """Append a stage trained by a child process to the run: its rows and ledger continue the running totals."""
+        sdir = self.dir / "stages" / st.id
+        payload = json.loads((sdir / "stage.json").read_text())
+        ledger = Ledger.from_dict(man["ledger"])
+        offset = ledger.total
+        for e in Ledger.from_dict(payload["ledger"]).entries:
+            ledger.add(e.stage, e.model, e.images, e.flops_per_image)
+        rows = list(man["rows"]) + [{**r, "cum_train_flops": r["cum_train_flops"] + offset} for r in payload["rows"]]
+        man["stages"][st.id] = payload["entry"]
+        man["rows"], man["ledger"] = rows, ledger.to_dict()
+        if self.d.main:
+            atomic_write_bytes(self.dir / "manifest.json", json.dumps(man, indent=1).encode())
+            _write_summary(self.dir / "summary.csv", rows)
+            ledger.save(self.dir / "ledger.json")
 
     def _barrier(self) -> None:
         if self.d.world > 1:
@@ -260,7 +327,7 @@ class Run:
 
 
 def run_recipe(path: str | None, output: str = "runs", overrides: list[str] = (), dry_run: bool = False,
-               log=print, **fields) -> dict | None:
+               log=print, only_stage: str | None = None, **fields) -> dict | None:
     rec = recipes.resolve(path, overrides, **fields)
     d = Dist.init()
     if not d.main:
@@ -278,7 +345,7 @@ def run_recipe(path: str | None, output: str = "runs", overrides: list[str] = ()
         log(f"plan for {rec['name']} (seed {rec['seed']}, protocol {rec['protocol']}):")
         log(describe_plan(rec, plan_stages(rec, size, ncls), size, ncls))
         return None
-    run = Run(rec, output, d, log)
+    run = Run(rec, output, d, log, only_stage)
     run.prepare()
     return run.execute()
 
@@ -291,7 +358,8 @@ def cmd_train(args) -> int:
             raise UserError(f"--resume {run_dir}: no recipe.yaml there; pass a run directory written by rbdc train")
         rec = recipes.resolve(run_dir / "recipe.yaml")
         args.recipe, args.output = str(run_dir / "recipe.yaml"), str(run_dir.parents[len(Path(rec["name"]).parts)])
-    run_recipe(args.recipe, args.output, args.set or [], dry_run=args.dry_run, seed=args.seed, model=args.model,
+    run_recipe(args.recipe, args.output, args.set or [], dry_run=args.dry_run, only_stage=args.only_stage,
+               seed=args.seed, model=args.model,
                protocol=args.protocol, name=args.name, epochs=args.epochs, budget=args.budget, match=args.match)
     if not args.dry_run:
         print(f"wall time {time.time() - t0:.0f} s")
@@ -313,5 +381,6 @@ def add_cli(sub) -> None:
     p.add_argument("--match", default=None, help="give this run the total training FLOPs of RUN_DIR")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue this run directory (reruns of the "
                    "same command resume automatically anyway)")
+    p.add_argument("--only-stage", default=None, help=argparse.SUPPRESS)  # a child process of rbdc.jobs
     p.add_argument("--dry-run", action="store_true", help="print the plan (stages, steps, FLOPs) and exit")
     p.set_defaults(func=cmd_train)

@@ -123,3 +123,15 @@ def test_growth_protocol_runs_resumes_and_matches_the_rbdc_budget(protocol, rbdc
     a = load_file(str(tmp_path / "a" / "ci" / protocol / "seed0" / "final.safetensors"))
     b = load_file(str(tmp_path / "b" / "ci" / protocol / "seed0" / "final.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_parallel_jobs_train_the_narrow_models_in_processes_with_the_same_result(rbdc_run, tmp_path):
+    reference, ref_results = rbdc_run
+    results = run(CI / "rbdc.yaml", tmp_path, overrides=["rbdc.jobs=2"])
+    run_dir = tmp_path / "ci" / "rbdc-d1" / "seed0"
+    assert (run_dir / "stages" / "L0.0.log").is_file() and (run_dir / "stages" / "L0.1.log").is_file()
+    assert results["total_train_flops"] == ref_results["total_train_flops"]
+    a, b = load_file(str(reference / "final.safetensors")), load_file(str(run_dir / "final.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    cum = [float(line.split(",")[10]) for line in (run_dir / "summary.csv").read_text().splitlines()[1:]]
+    assert cum == sorted(cum)  # the merged rows continue the running FLOPs total
