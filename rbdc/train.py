@@ -29,7 +29,7 @@ import torch
 from . import recipe as recipes
 from .checkpoint import atomic_write_bytes, load_model, load_weights, save_weights, sha256
 from .coupling import couple, couple_state, named_optimizer_state
-from .data import build_dataset, build_loader, default_data_root
+from .data import build_dataset, build_loader
 from .engine import Dist, StageSpec, evaluate, lr_for, train_stage
 from .errors import UserError
 from .flops import Ledger
@@ -47,10 +47,7 @@ def _device(recipe: dict, d: Dist) -> torch.device:
 
 
 def _data_root(recipe: dict) -> str | None:
-    root = recipe["data"]["root"]
-    if root is None and recipe["data"]["source"] == "imagenette":
-        found = default_data_root()
-        root = str(found) if found else None
+    root = recipe["data"]["root"]  # imagenette without a root: rbdc.data.find_imagenette searches RBDC_DATA etc.
     if root is None and recipe["data"]["source"] == "imagenet":
         root = os.environ.get("IMAGENET_ROOT")
     return root
@@ -361,7 +358,7 @@ def cmd_train(args) -> int:
     run_recipe(args.recipe, args.output, args.set or [], dry_run=args.dry_run, only_stage=args.only_stage,
                seed=args.seed, model=args.model,
                protocol=args.protocol, name=args.name, epochs=args.epochs, budget=args.budget, match=args.match)
-    if not args.dry_run:
+    if not args.dry_run and int(os.environ.get("RANK", 0)) == 0:
         print(f"wall time {time.time() - t0:.0f} s")
     return 0
 
