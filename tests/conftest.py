@@ -27,3 +27,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def interrupt_after(monkeypatch, n: int) -> None:
+    """Simulate a preemption: raise KeyboardInterrupt right after the n-th epoch's checkpoint and summary write."""
+    import rbdc.train as train
+    calls = {"n": 0}
+    real = train._write_summary
+
+    def flaky(path, rows):
+        real(path, rows)
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt("simulated preemption")
+
+    monkeypatch.setattr(train, "_write_summary", flaky)

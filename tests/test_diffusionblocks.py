@@ -15,6 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import rbdc.train as train
 from rbdc.diffusionblocks import DiffusionBlocksError, band_edges, build_model, inference_sigmas
 from rbdc.flops import train_flops_per_image
+from conftest import interrupt_after  # tests/conftest.py
 
 REPO = Path(__file__).resolve().parents[1]
 CI_RECIPE = REPO / "benchmarks" / "recipes" / "ci" / "diffusionblocks.yaml"
@@ -282,22 +283,9 @@ def test_the_ci_recipe_runs_end_to_end_and_accounts_one_block_per_step(ci_run):
     m.load_state_dict(load_file(str(run_dir / "final.safetensors")))  # the weights file rebuilds the model
 
 
-def _interrupt_after(monkeypatch, n):
-    calls = {"n": 0}
-    real = train._write_summary
-
-    def flaky(path, rows):
-        real(path, rows)
-        calls["n"] += 1
-        if calls["n"] == n:
-            raise KeyboardInterrupt("simulated preemption")
-
-    monkeypatch.setattr(train, "_write_summary", flaky)
-
-
 def test_resume_after_interruption_gives_the_same_final_weights(ci_run, tmp_path, monkeypatch):
     reference, _ = ci_run
-    _interrupt_after(monkeypatch, 1)  # right after the first epoch's checkpoint
+    interrupt_after(monkeypatch, 1)  # right after the first epoch's checkpoint
     with pytest.raises(KeyboardInterrupt):
         train.run_recipe(str(CI_RECIPE), str(tmp_path), **QUIET)
     run_dir = tmp_path / "ci" / "diffusionblocks" / "seed0"

@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 import rbdc.train as train
-from rbdc import recipe as recipes
 from rbdc.errors import UserError
+from conftest import interrupt_after  # tests/conftest.py
 
 RECIPES = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes"
 CI = RECIPES / "ci"
@@ -57,23 +57,10 @@ def test_scratch_matched_to_an_rbdc_run_lands_within_one_percent(rbdc_run, tmp_p
     assert abs(scratch["total_train_flops"] / results["total_train_flops"] - 1) < 0.01
 
 
-def _interrupt_after(monkeypatch, n):
-    calls = {"n": 0}
-    real = train._write_summary
-
-    def flaky(path, rows):
-        real(path, rows)
-        calls["n"] += 1
-        if calls["n"] == n:
-            raise KeyboardInterrupt("simulated preemption")
-
-    monkeypatch.setattr(train, "_write_summary", flaky)
-
-
 @pytest.mark.parametrize("stop_at", [1, 3, 5])  # inside L0.0, inside L0.1, inside L1 (after its pre-train eval)
 def test_resume_after_interruption_gives_the_same_final_weights(rbdc_run, tmp_path, monkeypatch, stop_at):
     reference, _ = rbdc_run
-    _interrupt_after(monkeypatch, stop_at)
+    interrupt_after(monkeypatch, stop_at)
     with pytest.raises(KeyboardInterrupt):
         run(CI / "rbdc.yaml", tmp_path)
     monkeypatch.undo()
@@ -114,7 +101,7 @@ def test_growth_protocol_runs_resumes_and_matches_the_rbdc_budget(protocol, rbdc
     over = ["rbdc.epochs=null", f"match={rbdc_dir}"]
     reference = run(CI / f"{protocol}.yaml", tmp_path / "a", overrides=over)
     assert abs(reference["total_train_flops"] / rbdc_results["total_train_flops"] - 1) < 0.01
-    _interrupt_after(monkeypatch, 2)
+    interrupt_after(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         run(CI / f"{protocol}.yaml", tmp_path / "b", overrides=over)
     monkeypatch.undo()
