@@ -907,6 +907,14 @@ class StreamLoader(Loader):
             yield x.to(self.device, non_blocking=non_blocking), y.to(self.device, non_blocking=non_blocking)
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host -> device without making the host wait: through pinned memory, asynchronously, on CUDA."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 class MemoryLoader(Loader):
     """Batches gathered from a decoded uint8 tensor and augmented on ``device``, vectorised over the batch.
 
@@ -936,10 +944,11 @@ class MemoryLoader(Loader):
                                         max_count=aug.get("re_count", 1), device=str(device))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = torch.tensor(list(self.sampler), dtype=torch.int64)
+        # the epoch's order goes to the device once, so slicing a batch's indices never waits on the GPU
+        order = _to_device(torch.tensor(list(self.sampler), dtype=torch.int64), self.device)
         gen = torch.Generator().manual_seed(_mix(self.seed, self.epoch, self.rank, 0xA06))
         for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size].to(self.device)
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             x = self.images[idx].float()
             if self.train:
                 x = self._crop_flip(x, gen)
@@ -968,7 +977,7 @@ class MemoryLoader(Loader):
         base = (torch.arange(s, dtype=torch.float32) * 2 + 1) / s - 1
         gx = (w * flip)[:, None] * base[None, :] + (2 * cx - 1)[:, None]
         gy = h[:, None] * base[None, :] + (2 * cy - 1)[:, None]
-        gx, gy = gx.to(x.device), gy.to(x.device)
+        gx, gy = _to_device(gx, x.device), _to_device(gy, x.device)
         grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
