@@ -208,7 +208,7 @@ class Run:
             for i, st in enumerate(pending):
                 while len(running) >= jobs:
                     self._wait(running.pop(0))
-                env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs)))
+                env = dict(os.environ, OMP_NUM_THREADS=str(max(1, torch.get_num_threads() // jobs)))
                 if ngpu:
                     env["CUDA_VISIBLE_DEVICES"] = str(i % ngpu)
                 cmd = [sys.executable, "-m", "rbdc.cli", "train", "--resume", str(self.dir), "--only-stage", st.id]
