@@ -22,31 +22,25 @@ def _fmt_table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
 
 
 def cmd_flops(args) -> int:
-    from .flops import forward_macs, train_flops_per_image
-    from .models import scaled
+    import torch
+
+    from .flops import TRAIN_FLOPS_PER_FORWARD, forward_macs
+    from .models import family_of, scaled
 
     try:
-        import torch
         with torch.device("meta"):
-            model = scaled(args.model, 1, **({"img_size": args.img_size} if args.img_size and _is_vit(args.model)
-                                            else {}))
+            model = scaled(args.model, 1)
+            if args.img_size and family_of(model) == "vit":  # the position embedding follows the input size
+                model = scaled(args.model, 1, img_size=args.img_size)
     except ValueError as e:
         raise UserError(str(e)) from e
     macs = forward_macs(model, args.img_size)
     size = args.img_size or model.pretrained_cfg["input_size"][-1]
     params = sum(p.numel() for p in model.parameters())
     print(f"{args.model} @ {size}px: params {params / 1e6:.2f} M | forward {macs / 1e9:.3f} GMACs "
-          f"= {2 * macs / 1e9:.3f} GFLOPs | training {train_flops_per_image(model, args.img_size) / 1e9:.3f} "
+          f"= {2 * macs / 1e9:.3f} GFLOPs | training {TRAIN_FLOPS_PER_FORWARD * 2 * macs / 1e9:.3f} "
           f"GFLOPs per image (3 x forward)")
     return 0
-
-
-def _is_vit(name: str) -> bool:
-    import torch
-    import timm
-    from timm.models import VisionTransformer
-    with torch.device("meta"):
-        return isinstance(timm.create_model(name), VisionTransformer)
 
 
 def cmd_plan(args) -> int:

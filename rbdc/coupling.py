@@ -161,7 +161,7 @@ def plan(target: str, depth: int, k: int = 2, img_size: int | None = None, num_c
     per image, training FLOPs per image (3 x forward, 2 FLOPs per MAC) and per epoch of ``dataset_size`` images,
     for one model and for all models of the level.
     """
-    from .flops import forward_macs, train_flops_per_image
+    from .flops import TRAIN_FLOPS_PER_FORWARD, forward_macs
 
     if depth < 0:
         raise ValueError(f"depth must be >= 0, got {depth}")
@@ -174,7 +174,7 @@ def plan(target: str, depth: int, k: int = 2, img_size: int | None = None, num_c
             model = scaled(target, factor, **kwargs)
         size = img_size or model.pretrained_cfg["input_size"][-1]
         macs = forward_macs(model, size)
-        train = train_flops_per_image(model, size)
+        train = TRAIN_FLOPS_PER_FORWARD * 2 * macs
         rows.append({
             "level": level, "count": count, "width": str(factor),
             "model": widen_name(target, factor) or f"{target} x{factor}",

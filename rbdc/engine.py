@@ -122,14 +122,15 @@ def seed_everything(seed: int) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, recipe: dict, device: torch.device, d: Dist = Dist()) -> dict:
+def evaluate(model: nn.Module, loader, recipe: dict, device: torch.device, d: Dist = Dist(),
+             channels_last: bool = False) -> dict:
     model.eval()
     tot = torch.zeros(3, device=device)  # loss sum, top1 count, top5 count: stay on the device until the end
     n = 0
     crit = nn.CrossEntropyLoss(reduction="sum")
     with autocast_for(recipe, device):
         for x, y in loader:
-            if recipe.get("_channels_last"):
+            if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             out = model(x).float()
             top1, top5 = accuracy(out, y, topk=(1, min(5, out.shape[-1])))
@@ -232,7 +233,6 @@ def train_stage(model: nn.Module, spec: StageSpec, recipe: dict, train_loader, v
     model.to(device)
     channels_last = recipe["channels_last"] if recipe["channels_last"] != "auto" else (
         device.type == "cuda" and isinstance(getattr(model, "trunk", model), ResNet))
-    recipe["_channels_last"] = channels_last
     if channels_last:
         model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, recipe, spec.lr, device)
@@ -310,9 +310,9 @@ def train_stage(model: nn.Module, spec: StageSpec, recipe: dict, train_loader, v
         row.update(mfu_fields(row["model_tflops_per_s"], device))  # GPU only: {"mfu": ...} against the bf16 peak
         last = step >= spec.steps
         if val_loader is not None and ((epoch + 1) % recipe["eval_every"] == 0 or last):
-            row.update(evaluate(model, val_loader, recipe, device, d))
+            row.update(evaluate(model, val_loader, recipe, device, d, channels_last))
             if ema is not None:
-                row["ema_top1"] = evaluate(ema.module, val_loader, recipe, device, d)["eval_top1"]
+                row["ema_top1"] = evaluate(ema.module, val_loader, recipe, device, d, channels_last)["eval_top1"]
         row["peak_mem_mb"] = round(peak_mem_mb(device), 1)
         epoch += 1
         log(f"[{spec.id}] epoch {epoch - 1} step {step}/{spec.steps} loss {row['train_loss']:.4f} "

@@ -35,12 +35,6 @@ class Stage:
     sched_offset: int = 0
     warmup_steps: int = 0
 
-    @property
-    def train_flops(self) -> int:
-        return self.steps * self._batch * self.flops_per_image
-
-    _batch: int = 0
-
 
 def _fpi(recipe: dict, factor: Fraction, num_classes: int) -> int:
     import torch
@@ -149,20 +143,19 @@ def plan_stages(recipe: dict, train_size: int, num_classes: int) -> list[Stage]:
                     sid, lvl, factor, _name(recipe["model"], factor), st, seed + 1000 * lvl + i, parents, f,
                     sched_total=lineage if cont else None, sched_offset=offset if cont else 0,
                     warmup_steps=min(warm, st // 2) if (lvl == 0 or not cont) else min(warm, level_steps[0] // 2)))
-    for s in stages:
-        s._batch = batch
     return stages
 
 
 def describe_plan(recipe: dict, stages: list[Stage], train_size: int, num_classes: int) -> str:
     batch = recipe["batch_size"]
     spe = train_size // batch
-    total = sum(s.train_flops for s in stages)
+    flops = [s.steps * batch * s.flops_per_image for s in stages]
+    total = sum(flops)
     lines = [f"{'stage':>8} {'model':>38} {'parents':>14} {'steps':>7} {'epochs':>7} {'GFLOPs/img':>10} "
              f"{'train FLOPs':>11}"]
-    for s in stages:
+    for s, f in zip(stages, flops):
         lines.append(f"{s.id:>8} {s.model_name:>38} {','.join(s.parents) or '-':>14} {s.steps:>7} "
-                     f"{s.steps / spe:>7.2f} {s.flops_per_image / 1e9:>10.3f} {s.train_flops:>11.3e}")
+                     f"{s.steps / spe:>7.2f} {s.flops_per_image / 1e9:>10.3f} {f:>11.3e}")
     lines.append(f"total training FLOPs: {total:.4e} ({total / 1e15:.4f} PFLOPs) over {train_size:,} images/epoch, "
                  f"global batch {batch}")
     if recipe["epochs"] or recipe["budget_epochs"]:

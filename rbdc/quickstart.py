@@ -16,16 +16,17 @@ RECIPES = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes" / "quic
 IMAGENETTE = ["data.source=imagenette", "budget_epochs=6", "batch_size=128"]
 
 
-def pick_data(choice: str) -> list[str]:
+def pick_data(choice: str) -> tuple[str, list[str]]:
+    """The dataset the quickstart uses and the recipe overrides that select it."""
     if choice == "digits":
-        return []
+        return "digits", []
     try:
         find_imagenette()
-        return IMAGENETTE
+        return "imagenette", IMAGENETTE
     except DataError:
         if choice == "imagenette":
             raise
-        return []
+        return "digits", []
 
 
 def cmd_quickstart(args) -> int:
@@ -33,8 +34,8 @@ def cmd_quickstart(args) -> int:
     from .train import run_recipe
 
     t0 = time.time()
-    over = pick_data(args.data) + (args.set or [])
-    source = "imagenette" if over[:1] == IMAGENETTE[:1] else "digits"
+    source, over = pick_data(args.data)
+    over = over + (args.set or [])
     print(f"rbdc quickstart on {source}: rbdc (2 narrow ViTs -> couple -> train on), then scratch at equal FLOPs")
     out = Path(args.output)
     rbdc_res = run_recipe(str(RECIPES / "rbdc.yaml"), str(out), over, seed=args.seed)

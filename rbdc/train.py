@@ -303,6 +303,7 @@ class Run:
             src = self.dir / man["stages"][last]["final"]
             atomic_write_bytes(self.dir / "final.safetensors", src.read_bytes())
         ledger = Ledger.from_dict(man["ledger"])
+        by_stage = ledger.by_stage()
         results = {
             "name": f"{rec['name']}/seed{rec['seed']}", "group": rec["name"], "protocol": rec["protocol"],
             "seed": rec["seed"], "model": rec["model"], "dataset": rec["data"]["source"],
@@ -313,7 +314,7 @@ class Run:
             "device": _env_info(self.device)["device"],
             "stages": [{"stage": s.id, "model": s.model_name, "steps": s.steps,
                         "epochs": round(s.steps / self.steps_per_epoch, 4),
-                        "train_flops": ledger.by_stage()[s.id]["train_flops"]} for s in stages],
+                        "train_flops": by_stage[s.id]["train_flops"]} for s in stages],
             "coupled_top1_before_training": {r["stage"]: r["eval_top1"] for r in rows if r.get("epoch") == -1},
         }
         if self.d.main:
