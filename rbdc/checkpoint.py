@@ -36,15 +36,16 @@ def save_weights(model: nn.Module, path: str | os.PathLike, **meta) -> Path:
     """Write ``model``'s weights (and buffers) as safetensors, with how to rebuild it in the metadata.
 
     Metadata: ``model`` (registered timm name when one exists), ``arch`` (json: base name, width factor, timm
-    kwargs), ``num_classes`` and any ``meta`` given (stringified).
+    kwargs, and GradMax's ``inner_widths`` when grown), ``num_classes`` and any ``meta`` given (stringified).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arch = arch_of(model)
     name = widen_name(arch["name"], arch["factor"]) or arch["name"]
-    info = {"model": name, "num_classes": str(model.num_classes),
-            "arch": json.dumps({"name": arch["name"], "factor": str(arch["factor"]), "kwargs": arch["kwargs"]},
-                               sort_keys=True)}
+    desc = {"name": arch["name"], "factor": str(arch["factor"]), "kwargs": arch["kwargs"]}
+    if "inner_widths" in arch:  # GradMax's intermediate widths: no registered name describes them
+        desc["inner_widths"] = arch["inner_widths"]
+    info = {"model": name, "num_classes": str(model.num_classes), "arch": json.dumps(desc, sort_keys=True)}
     info.update({k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in meta.items()})
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = path.with_name(f".{path.name}.tmp")
@@ -70,7 +71,12 @@ def load_model(path: str | os.PathLike, model: str | None = None, **timm_kwargs)
     sd, meta = load_weights(path)
     if model is None and "arch" in meta:
         arch = json.loads(meta["arch"])
-        net = scaled(arch["name"], Fraction(arch["factor"]), **{**arch["kwargs"], **timm_kwargs})
+        kwargs = {**arch["kwargs"], **timm_kwargs}
+        if "inner_widths" in arch:
+            from .growth import gradmax_model
+            net = gradmax_model(arch["name"], arch["inner_widths"], **kwargs)
+        else:
+            net = scaled(arch["name"], Fraction(arch["factor"]), **kwargs)
     else:
         name = model or meta.get("model")
         if not name:

@@ -144,8 +144,9 @@ class Ledger:
 
     def by_stage(self) -> dict[str, dict]:
         out: dict[str, dict] = {}
-        for e in self.entries:
+        for e in self.entries:  # a stage's model is its last entry's: a growth's own passes come before it
             s = out.setdefault(e.stage, {"model": e.model, "images": 0, "train_flops": 0})
+            s["model"] = e.model
             s["images"] += e.images
             s["train_flops"] += e.train_flops
         return out

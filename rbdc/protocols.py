@@ -1,6 +1,8 @@
 """Training protocols as stage plans: what to train, from what, for how many steps, at which FLOPs.
 
 * ``scratch``: the target for ``epochs``, or for a FLOPs ``budget`` (``match``: another run's total).
+* ``net2net`` / ``mixturegrowth``: ``rbdc``'s plan at depth 1 (one / two half-width models, then grow).
+* ``gradmax``: one lineage growing its inner widths during training (see :func:`_gradmax_stages`).
 * ``rbdc``: recursion depth r and k: level 0 holds k**r models of 1/k**r width trained independently (own seeds);
   each level couples groups of k models of the level below (``rbdc.couple``) and trains on; level r is the target.
   Epochs per level are given (``rbdc.epochs: [E0, ..., Er]``) or derived from a total ``budget`` and the
@@ -34,6 +36,7 @@ class Stage:
     sched_total: int | None = None
     sched_offset: int = 0
     warmup_steps: int = 0
+    extra_flops: int = 0   # spent building the stage's model (GradMax's gradient pass), not in its steps
 
 
 def _fpi(recipe: dict, factor: Fraction, num_classes: int) -> int:
@@ -95,6 +98,9 @@ def plan_stages(recipe: dict, train_size: int, num_classes: int) -> list[Stage]:
             raise UserError("diffusionblocks needs `epochs` (x blocks, equal iterations per block), `budget` or `match`")
         stages = [Stage("dblock", 0, Fraction(1), recipe["model"], steps, seed, flops_per_image=fpi,
                         warmup_steps=min(warm * dbm.num_blocks, steps // 2))]
+    elif recipe["protocol"] == "gradmax":
+        stages = _gradmax_stages(recipe, num_classes, budget, steps_for(recipe["epochs"]) if recipe["epochs"] else None,
+                                 warm)
     else:
         r, k = recipe["rbdc"]["depth"], recipe["rbdc"]["k"]
         if recipe["protocol"] != "rbdc":  # growth baselines: half width -> target, from 1 or 2 models
@@ -146,10 +152,72 @@ def plan_stages(recipe: dict, train_size: int, num_classes: int) -> list[Stage]:
     return stages
 
 
+def _gradmax_stages(recipe: dict, num_classes: int, budget: float | None, total: int | None,
+                    warm: int) -> list[Stage]:
+    """GradMax: one lineage that starts at ``start_factor`` x every inner width and grows ``grow_steps`` times, at
+    evenly spaced points of ``grow_span`` (fractions of the training steps), to the target; one stage per width.
+
+    One cosine schedule spans all stages (growneuron never restarts it). A FLOPs budget fixes the total steps:
+    the narrower stages are cheaper, so GradMax gets more steps than scratch (growneuron's ``adjust_epochs``), and
+    each growth's gradient pass (one forward and backward of a batch on the pre-growth model) is charged too.
+    """
+    from .growth import gradmax_model, gradmax_schedule, gradmax_widths
+    import torch
+    g = recipe["growth"]
+    n, (first, last) = g["grow_steps"], g["grow_span"]
+    if not (n >= 1 and 0 < first <= last < 1):
+        raise UserError(f"gradmax needs growth.grow_steps >= 1 and 0 < grow_span[0] <= grow_span[1] < 1, got "
+                        f"{n} and {g['grow_span']}")
+    factors = [Fraction(g["start_factor"]).limit_denominator(4096)]
+    try:
+        factors += gradmax_schedule(factors[0], 1, n)
+    except ValueError as e:
+        raise UserError(f"growth.start_factor: {e}") from e
+    kw = dict(num_classes=num_classes, **recipe["model_kwargs"])
+    with torch.device("meta"):
+        fpis = [gradmax_model(recipe["model"], gradmax_widths(recipe["model"], f, **kw), **kw)
+                .train_flops_per_image(recipe["img_size"]) for f in factors]
+    batch = recipe["batch_size"]
+    grow_flops = [batch * f for f in fpis[:-1]]  # growth i runs on the model of stage i
+
+    def lengths(t: int) -> list[int]:
+        marks = [round(t * (first + (last - first) * i / max(n - 1, 1))) for i in range(n)]
+        return [b - a for a, b in zip([0] + marks, marks + [t])]
+
+    def cost(t: int) -> float:
+        return sum(st * batch * f for st, f in zip(lengths(t), fpis)) + sum(grow_flops)
+
+    if budget is not None:
+        lo, hi = 1, max(2, round(budget / (batch * fpis[-1])))
+        while cost(hi) < budget:
+            hi *= 2
+        while hi - lo > 1:  # the largest total whose plan stays within the budget
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if cost(mid) <= budget else (lo, mid)
+        steps = lengths(lo)
+        spent = cost(lo) - steps[-1] * batch * fpis[-1]
+        steps[-1] = max(1, round((budget - spent) / (batch * fpis[-1])))  # the last stage absorbs the rounding
+    elif total is not None:
+        steps = lengths(total)
+    else:
+        raise UserError("gradmax needs `epochs` (total, all widths), `budget` or `match`")
+    if min(steps) < 1:
+        raise UserError(f"gradmax: {sum(steps)} steps cannot hold {n} growth steps spread over {g['grow_span']} of "
+                        f"training with at least one step between them; lower growth.grow_steps or train longer")
+    stages, offset = [], 0
+    for i, (f, st, fpi) in enumerate(zip(factors, steps, fpis)):
+        name = recipe["model"] if f == 1 else f"{recipe['model']}@inner{float(f):g}"
+        stages.append(Stage(f"G{i}", i, f, name, st, recipe["seed"] + 1000 * i, [f"G{i - 1}"] if i else [], fpi,
+                            sched_total=sum(steps), sched_offset=offset, warmup_steps=min(warm, sum(steps) // 2),
+                            extra_flops=grow_flops[i - 1] if i else 0))
+        offset += st
+    return stages
+
+
 def describe_plan(recipe: dict, stages: list[Stage], train_size: int, num_classes: int) -> str:
     batch = recipe["batch_size"]
     spe = train_size // batch
-    flops = [s.steps * batch * s.flops_per_image for s in stages]
+    flops = [s.steps * batch * s.flops_per_image + s.extra_flops for s in stages]
     total = sum(flops)
     lines = [f"{'stage':>8} {'model':>38} {'parents':>14} {'steps':>7} {'epochs':>7} {'GFLOPs/img':>10} "
              f"{'train FLOPs':>11}"]

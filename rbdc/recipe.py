@@ -10,12 +10,12 @@ import yaml
 
 from .errors import UserError
 
-PROTOCOLS = ("scratch", "rbdc", "net2net", "mixturegrowth", "diffusionblocks")
+PROTOCOLS = ("scratch", "rbdc", "net2net", "gradmax", "mixturegrowth", "diffusionblocks")
 
 # Every key a recipe may set, with its default. Nested dicts (data, rbdc, aug) merge key by key.
 DEFAULTS: dict[str, Any] = {
     "name": None,               # experiment name without the seed, e.g. imagenette-vit/rbdc-d1 (the report's group)
-    "protocol": "scratch",      # scratch | rbdc (growth baselines and diffusionblocks: see their issues)
+    "protocol": "scratch",      # scratch | rbdc | net2net | gradmax | mixturegrowth | diffusionblocks
     "model": None,              # target timm model (the final model of every protocol)
     "model_kwargs": {},         # extra timm kwargs (img_size, patch_size, ...)
     "num_classes": None,        # default: the dataset's
@@ -59,7 +59,10 @@ DEFAULTS: dict[str, Any] = {
     "diffusionblocks": {},      # options of the diffusionblocks protocol (rbdc.diffusionblocks)
     # Growth baselines (net2net, mixturegrowth) reuse rbdc's level settings (epochs, ratio, ratio_type, schedule,
     # optimizer: fresh only) with depth 1: one (net2net) or two (mixturegrowth) half-width models, then grow.
-    "growth": {"mode": "uniform", "noise_std": 0.01, "coefs": "orthogonal", "noise": 1.0, "num_templates": 2},
+    # gradmax: inner widths x start_factor, grown grow_steps times at even points of grow_span (fractions of the
+    # steps), fan-out norm `scale` x the existing units' (growneuron's CIFAR config: 0.25, 12, 10k..37.5k of 78k, 0.5).
+    "growth": {"mode": "uniform", "noise_std": 0.01, "coefs": "orthogonal", "noise": 1.0, "num_templates": 2,
+               "start_factor": 0.25, "grow_steps": 12, "grow_span": [0.125, 0.5], "scale": 0.5},
     # RBDC protocol
     "rbdc": {"depth": 1, "k": 2, "epochs": None, "ratio": 1.5, "ratio_type": "epochs", "head": "mean",
              "norm": "plain", "offdiag_std": 0.0, "optimizer": "fresh", "schedule": "restart", "jobs": 1},

@@ -103,7 +103,8 @@ class Run:
     def prepare(self) -> None:
         text = recipes.dump(self.recipe)
         existing = self.dir / "recipe.yaml"
-        if existing.is_file() and existing.read_text() != text:
+        # resolved, so that a run written before a new recipe key existed (with its default) still resumes
+        if existing.is_file() and existing.read_text() != text and recipes.resolve(existing) != self.recipe:
             raise UserError(f"{self.dir} holds a run of a different recipe (see its recipe.yaml); resume it with "
                             f"`rbdc train --recipe {existing}`, or pick another --output or name")
         if self.d.main and not self.only_stage:
@@ -145,11 +146,17 @@ class Run:
                 self._merge(st, man)
                 continue
             sdir.mkdir(parents=True, exist_ok=True)
-            model, opt_state, parents = self._build(st, num_classes, man)
+            train_loader = build_loader(train_ds, batch_size=micro, train=True, aug=rec["aug"], seed=st.seed,
+                                        repeated_aug=rec["repeated_aug"], **loader_kw)
+            model, opt_state, parents, growth_cost = self._build(st, num_classes, man, train_loader)
             state = torch.load(sdir / "last.pt", weights_only=False) if (sdir / "last.pt").is_file() else None
             rows = state["rows"] if state else list(man["rows"])
             ledger = Ledger.from_dict(state["ledger"] if state else man["ledger"])
-            if parents and state is None:  # the coupled model before any training: how exact was the coupling?
+            if growth_cost and state is None:
+                ledger.add(st.id, *growth_cost)
+            # the coupled model before any training: how exact was the coupling? (GradMax's growth is exact by
+            # construction, and it grows too often for an evaluation each time)
+            if parents and state is None and rec["protocol"] != "gradmax":
                 ev = evaluate(model.to(self.device), val_loader, rec, self.device, self.d)
                 rows.append({"stage": st.id, "model": st.model_name, "epoch": -1, **ev,
                              "cum_train_flops": ledger.total, "images_seen": 0, "train_flops": 0})
@@ -163,8 +170,6 @@ class Run:
                         _write_summary(self.dir / "summary.csv", rows)
                         ledger.save(self.dir / "ledger.json")
 
-            train_loader = build_loader(train_ds, batch_size=micro, train=True, aug=rec["aug"], seed=st.seed,
-                                        repeated_aug=rec["repeated_aug"], **loader_kw)
             spec = StageSpec(st.id, st.model_name, st.steps, st.warmup_steps, lr_for(rec), st.seed,
                              st.sched_total, st.sched_offset)
             model, opt = train_stage(model, spec, rec, train_loader, val_loader, self.device, ledger, on_epoch,
@@ -173,7 +178,7 @@ class Run:
             final = sdir / "final.safetensors"
             if self.d.main:
                 save_weights(model, final, stage=st.id, recipe=rec["name"])
-                if rec["rbdc"]["optimizer"] == "carried" and rec["protocol"] == "rbdc":
+                if self._carries_optimizer():
                     _atomic_torch_save(named_optimizer_state(model, opt), sdir / "optimizer.pt")
             self._barrier()  # every rank reads the stage's final weights from here on
             entry = {"model": st.model_name, "final": str(final.relative_to(self.dir)), "sha256": sha256(final),
@@ -246,13 +251,19 @@ class Run:
         if self.d.world > 1:
             torch.distributed.barrier()
 
-    def _build(self, st, num_classes: int, man: dict):
+    def _carries_optimizer(self) -> bool:
+        rec = self.recipe
+        return rec["protocol"] == "gradmax" or (rec["protocol"] == "rbdc" and rec["rbdc"]["optimizer"] == "carried")
+
+    def _build(self, st, num_classes: int, man: dict, train_loader):
+        """The stage's starting model, its carried optimizer state (or None), its parents' provenance, and the
+        ``(model, images, flops_per_image)`` the growth itself spent (or None) for the ledger."""
         rec = self.recipe
         kw = dict(num_classes=num_classes, drop_path_rate=rec["drop_path"], **rec["model_kwargs"])
         if rec["protocol"] == "diffusionblocks":
             from .diffusionblocks import build_model
             torch.manual_seed(st.seed)
-            return build_model(rec, num_classes), None, []
+            return build_model(rec, num_classes), None, [], None
         g = rec["growth"]
         if rec["protocol"] == "mixturegrowth":
             from .growth import mixture_grow, mixture_member
@@ -260,9 +271,21 @@ class Run:
         if not st.parents:
             torch.manual_seed(st.seed)
             if rec["protocol"] == "mixturegrowth":
-                return member(st.seed), None, []
-            return scaled(rec["model"], st.factor, **kw), None, []
+                return member(st.seed), None, [], None
+            if rec["protocol"] == "gradmax":
+                from .growth import gradmax_start
+                return gradmax_start(rec["model"], st.factor, **kw), None, [], None
+            return scaled(rec["model"], st.factor, **kw), None, [], None
         paths = [self.dir / man["stages"][p]["final"] for p in st.parents]
+        parents = [{"stage": p, "path": str(path.relative_to(self.dir)), "sha256": sha256(path)}
+                   for p, path in zip(st.parents, paths)]
+        for p in parents:
+            if p["sha256"] != man["stages"][p["stage"]]["sha256"]:
+                raise UserError(f"{self.dir / p['path']} changed since stage {p['stage']} wrote it (sha256 "
+                                f"mismatch); restore it or start a new run")
+        if rec["protocol"] == "gradmax":
+            model, opt_state, cost = self._gradmax_grow(st, paths[0], train_loader, kw)
+            return model, opt_state, parents, cost
         c = rec["rbdc"]
         if rec["protocol"] == "mixturegrowth":
             parts = []
@@ -278,21 +301,39 @@ class Run:
         else:
             parts = [load_model(p) for p in paths]
             model = couple(parts, head=c["head"], norm=c["norm"], offdiag_std=c["offdiag_std"], seed=st.seed)
-        parents = [{"stage": p, "path": str(path.relative_to(self.dir)), "sha256": sha256(path)}
-                   for p, path in zip(st.parents, paths)]
-        for p in parents:
-            if p["sha256"] != man["stages"][p["stage"]]["sha256"]:
-                raise UserError(f"{self.dir / p['path']} changed since stage {p['stage']} wrote it (sha256 "
-                                f"mismatch); restore it or start a new run")
         opt_state = None
-        if c["optimizer"] == "carried" and rec["protocol"] == "rbdc":
+        if self._carries_optimizer():
             states = [torch.load(self.dir / "stages" / p / "optimizer.pt", weights_only=False) for p in st.parents]
             opt_state = couple_state(parts, states, model, head=c["head"])
         how = {"rbdc": f"coupled (head={c['head']}, norm={c['norm']}, optimizer={c['optimizer']})",
                "net2net": f"net2wider (mode={g['mode']}, noise_std={g['noise_std']})",
                "mixturegrowth": f"mixture_grow (coefs={g['coefs']}, noise={g['noise']})"}[rec["protocol"]]
         self.log(f"[{st.id}] {', '.join(st.parents)} -> {st.model_name}: {how}")
-        return model, opt_state, parents
+        return model, opt_state, parents, None
+
+    def _gradmax_grow(self, st, parent_path: Path, train_loader, kw: dict):
+        """Grow the parent stage's model to this stage's widths with GradMax on one training batch per process."""
+        from .growth import gradmax_grow, gradmax_model, gradmax_widths, grow_named_state
+        g, name = self.recipe["growth"], self.recipe["model"]
+        parent = next(s for s in self.stages if s.id == st.parents[0])
+        old = gradmax_model(name, gradmax_widths(name, parent.factor, **kw), **kw)
+        old.load_state_dict(load_weights(parent_path)[0])
+        old.to(self.device).train()
+        train_loader.set_epoch(0)
+        batch = next(iter(train_loader))
+        # under DDP every rank grows the same units from the global batch's matrix
+        reduce = (lambda m: (torch.distributed.all_reduce(m), m)[1]) if self.d.world > 1 else None
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(st.seed)  # the gradient pass's drop-path masks: the same again on a resume
+            model, info = gradmax_grow(old, batch, widths=gradmax_widths(name, st.factor, **kw), scale=g["scale"],
+                                       seed=st.seed, reduce=reduce)
+        named = torch.load(self.dir / "stages" / parent.id / "optimizer.pt", weights_only=False)
+        self.log(f"[{st.id}] {parent.id} -> {st.model_name}: GradMax, +{sum(info['n_new'].values())} units in "
+                 f"{len(info['n_new'])} spaces (scale {g['scale']}, {info['random_units']} random directions), "
+                 f"optimizer state carried")
+        cost = (f"{parent.model_name} (GradMax gradient pass)", info["images"] * self.d.world, parent.flops_per_image)
+        return model, grow_named_state(named, old, info["mapping"]), cost
 
     def _finish(self, stages, man: dict) -> dict:
         rec = self.recipe

@@ -3,11 +3,14 @@ import json
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from safetensors.torch import load_file
 
+import rbdc
 import rbdc.train as train
 from rbdc.errors import UserError
+from rbdc.growth import inner_widths
 from conftest import interrupt_after  # tests/conftest.py
 
 RECIPES = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes"
@@ -95,7 +98,7 @@ def test_bad_recipes_fail_with_a_clear_error(override, message):
         train.run_recipe(str(CI / "rbdc.yaml"), "unused", [override], dry_run=True, **QUIET)
 
 
-@pytest.mark.parametrize("protocol", ["net2net", "mixturegrowth"])
+@pytest.mark.parametrize("protocol", ["net2net", "mixturegrowth", "gradmax"])
 def test_growth_protocol_runs_resumes_and_matches_the_rbdc_budget(protocol, rbdc_run, tmp_path, monkeypatch):
     rbdc_dir, rbdc_results = rbdc_run
     over = ["rbdc.epochs=null", f"match={rbdc_dir}"]
@@ -128,3 +131,22 @@ def test_parallel_jobs_train_the_narrow_models_in_processes_with_the_same_result
     assert all(torch.equal(a[k], b[k]) for k in a)
     cum = [float(line.split(",")[10]) for line in (run_dir / "summary.csv").read_text().splitlines()[1:]]
     assert cum == sorted(cum)  # the merged rows continue the running FLOPs total
+
+
+def test_gradmax_grows_through_its_widths_charging_each_gradient_pass(tmp_path):
+    results = run(CI / "gradmax.yaml", tmp_path)
+    run_dir = tmp_path / "ci" / "gradmax" / "seed0"
+    ledger = json.loads((run_dir / "ledger.json").read_text())
+    passes = [e for e in ledger["entries"] if "GradMax gradient pass" in e["model"]]
+    assert [e["stage"] for e in passes] == ["G1", "G2"] and all(e["images"] == 16 for e in passes)
+    assert results["total_train_flops"] == ledger["total_train_flops"] == sum(s["train_flops"] for s in results["stages"])
+    widths = [inner_widths(rbdc.load_model(run_dir / "stages" / s / "final.safetensors")) for s in ("G0", "G1", "G2")]
+    assert [w["blocks.0.mlp"] for w in widths] == [64, 96, 128]  # test_rbdc_vit: MLP 128, start 0.5, 2 growths
+    target = rbdc.load_model(run_dir / "final.safetensors")
+    assert inner_widths(target) == inner_widths(timm.create_model("test_rbdc_vit"))
+    # one cosine across the widths: the lr keeps falling from stage to stage, with no second warm-up
+    rows = [r.split(",") for r in (run_dir / "summary.csv").read_text().splitlines()]
+    lr = [float(r[rows[0].index("lr")]) for r in rows[1:]]
+    assert lr == sorted(lr, reverse=True)
+    opt = torch.load(run_dir / "stages" / "G1" / "optimizer.pt", weights_only=False)
+    assert int(opt["blocks.0.mlp.fc1.weight"]["step"]) == 72  # G0's 36 steps carried on through G1's 36

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 import rbdc
 from rbdc.growth import (count_macs, gradmax_grow, gradmax_model, gradmax_schedule, gradmax_start, gradmax_widths,
-                         grow_optimizer_state, inner_widths, materialize, mixture_grow, mixture_member, net2wider)
+                         grow_named_state, grow_optimizer_state, inner_widths, materialize, mixture_grow,
+                         mixture_member, net2wider)
 from rbdc.growth._common import ReLU1, inner_spaces
 
 RESNETS = ["test_rbdc_resnet", "test_rbdc_resnet_basic"]
@@ -276,6 +277,30 @@ def test_optimizer_state_is_carried_with_zero_new_slots(opt_cls):
     grown.zero_grad()
     F.cross_entropy(grown(xb[0]), xb[1]).backward()
     opt.step()  # runs on the grown shapes
+
+
+def test_name_keyed_optimizer_state_grows_like_the_live_optimizer():
+    from rbdc.coupling import named_optimizer_state
+    model = trained_like(gradmax_start("test_rbdc_resnet", Fraction(1, 2))).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    xb = batch("test_rbdc_resnet")
+    F.cross_entropy(model(xb[0]), xb[1]).backward()
+    opt.step()
+    grown, info = gradmax_grow(model, xb, n_new=2)
+    named = grow_named_state(named_optimizer_state(model, opt), model, info["mapping"])  # what checkpoints carry
+    live = named_optimizer_state(grown, grow_optimizer_state(opt, model, grown, info["mapping"]))
+    assert named.keys() == live.keys() == dict(grown.named_parameters()).keys()
+    assert all(torch.equal(named[n][k], live[n][k]) for n in named for k in named[n])
+    assert named["layer1.0.conv1.weight"]["exp_avg"].shape == grown.layer1[0].conv1.weight.shape
+
+
+def test_a_grown_checkpoint_reloads_with_its_intermediate_widths(tmp_path):
+    model, grown, _, info, xb = grown_pair("test_rbdc_vit", False, 1)
+    rbdc.save_weights(grown, tmp_path / "g.safetensors")
+    again = rbdc.load_model(tmp_path / "g.safetensors")
+    assert inner_widths(again) == inner_widths(grown) != inner_widths(timm.create_model("test_rbdc_vit"))
+    with torch.no_grad():
+        assert torch.equal(again.eval()(xb[0]), grown.eval()(xb[0]))
 
 
 def test_count_macs_agrees_with_forward_macs_on_stock_models():

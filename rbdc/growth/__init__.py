@@ -3,11 +3,11 @@
 Each operator is a pure function from a trained narrower model (and, where the method needs it, a batch and a loss)
 to the grown model; protocols call them during training and add the FLOPs they report to the ledger.
 """
-from ._common import ReLU1, count_macs, grow_optimizer_state, inner_widths
+from ._common import ReLU1, count_macs, grow_named_state, grow_optimizer_state, inner_widths
 from .gradmax import gradmax_grow, gradmax_model, gradmax_schedule, gradmax_start, gradmax_widths
 from .mixturegrowth import TemplateConv2d, TemplateLinear, materialize, mixture_grow, mixture_member, templatize
 from .net2net import net2wider
 
 __all__ = ["net2wider", "gradmax_grow", "gradmax_schedule", "gradmax_start", "gradmax_model", "gradmax_widths",
-           "grow_optimizer_state", "mixture_member", "templatize", "materialize", "mixture_grow", "TemplateConv2d",
+           "grow_optimizer_state", "grow_named_state", "mixture_member", "templatize", "materialize", "mixture_grow", "TemplateConv2d",
            "TemplateLinear", "count_macs", "inner_widths", "ReLU1"]

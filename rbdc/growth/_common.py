@@ -198,12 +198,13 @@ def unit_to_channel(idx: torch.Tensor, unit: int) -> torch.Tensor:
 def remap(t: torch.Tensor, ops: list, fill: float = 0.0) -> torch.Tensor:
     """Apply ``(dim, index, split, divisor)`` ops: select old slices (``fill`` where the index is -1), divide."""
     for dim, idx, split, div in ops:
-        idx = idx.to(t.device)
+        new = (idx < 0).nonzero().flatten()  # before moving: `idx` may be bound for the meta device
+        idx, new = idx.to(t.device), new.to(t.device)
         parts = []
         for chunk in (t.chunk(split, dim) if split > 1 else (t,)):
             o = chunk.index_select(dim, idx.clamp(min=0))
-            if (idx < 0).any():
-                o = o.index_fill(dim, (idx < 0).nonzero().flatten(), fill)
+            if new.numel():
+                o = o.index_fill(dim, new, fill)
             if div is not None:
                 shape = [1] * o.ndim
                 shape[dim] = -1
@@ -382,12 +383,23 @@ def grow_optimizer_state(opt: torch.optim.Optimizer, old_model: nn.Module, new_m
             q = new_params[name]
             state = opt.state.pop(p, None)
             if state:
-                ops = [(d, i, s, None) for d, i, s, _ in mapping.get(name, [])]
-                opt.state[q] = {k: remap(v, ops, 0.0) if torch.is_tensor(v) and v.shape == p.shape else v
-                                for k, v in state.items()}
+                opt.state[q] = _grow_slots(state, p.shape, mapping.get(name, []))
             moved.append(q)
         group["params"] = moved
     return opt
+
+
+def grow_named_state(state: dict[str, dict], old_model: nn.Module, mapping: dict[str, list]) -> dict[str, dict]:
+    """:func:`grow_optimizer_state` for name-keyed state (``rbdc.coupling.named_optimizer_state``, as checkpoints
+    hold it): ``{parameter name: {slot: tensor}}`` of ``old_model`` -> the same for the grown model."""
+    shapes = {n: p.shape for n, p in old_model.named_parameters()}
+    return {n: _grow_slots(st, shapes[n], mapping.get(n, [])) for n, st in state.items()}
+
+
+def _grow_slots(state: dict, shape: torch.Size, ops: list) -> dict:
+    """Per-element slots (parameter-shaped tensors) remapped, new units 0 and never divided; scalars kept."""
+    ops = [(d, i, s, None) for d, i, s, _ in ops]
+    return {k: remap(v, ops, 0.0) if torch.is_tensor(v) and v.shape == shape else v for k, v in state.items()}
 
 
 def batch_images(batch) -> torch.Tensor:

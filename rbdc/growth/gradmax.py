@@ -114,12 +114,13 @@ def gradmax_model(name: str, widths: dict[str, int], seed: int | None = None, **
     if unknown:
         raise ValueError(f"no inner space {sorted(unknown)[:3]} in {name}; valid: {[s.name for s in inner][:6]}...")
     idx = {}
-    for s in inner:
-        w = widths.get(s.name, s.size(sd))
-        if not 1 <= w <= s.size(sd):
-            raise ValueError(f"{s.name}: width {w} outside 1..{s.size(sd)} (the width of {name})")
-        idx[s.name] = torch.arange(w)
-    ops = ops_for(inner, idx)
+    with torch.device("cpu"):  # index bookkeeping stays on the CPU when the model is built on meta (FLOPs plans)
+        for s in inner:
+            w = widths.get(s.name, s.size(sd))
+            if not 1 <= w <= s.size(sd):
+                raise ValueError(f"{s.name}: width {w} outside 1..{s.size(sd)} (the width of {name})")
+            idx[s.name] = torch.arange(w)
+        ops = ops_for(inner, idx)
     model = build_like(full, {k: remap(v, ops.get(k, [])) for k, v in sd.items()})
     with torch.no_grad():
         for s in inner:
