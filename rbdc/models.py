@@ -28,7 +28,8 @@ def family_of(model: nn.Module) -> str:
         return "vit"
     if isinstance(model, ResNet):
         return "resnet"
-    raise ValueError(f"{type(model).__name__} is not a supported family: RBDC handles timm VisionTransformer and ResNet")
+    raise ValueError(f"{type(model).__name__} is not a supported family: RBDC handles timm VisionTransformer and "
+                     f"ResNet")
 
 
 def _meta_model(name: str, **kwargs) -> nn.Module:

@@ -95,7 +95,8 @@ def plan_stages(recipe: dict, train_size: int, num_classes: int) -> list[Stage]:
         elif recipe["epochs"]:
             steps = steps_for(recipe["epochs"] * dbm.num_blocks)
         else:
-            raise UserError("diffusionblocks needs `epochs` (x blocks, equal iterations per block), `budget` or `match`")
+            raise UserError("diffusionblocks needs `epochs` (x blocks, equal iterations per block), `budget` or "
+                            "`match`")
         stages = [Stage("dblock", 0, Fraction(1), recipe["model"], steps, seed, flops_per_image=fpi,
                         warmup_steps=min(warm * dbm.num_blocks, steps // 2))]
     elif recipe["protocol"] == "gradmax":

@@ -406,7 +406,8 @@ def cmd_train(args) -> int:
 
 
 def add_cli(sub) -> None:
-    p = sub.add_parser("train", help="train a recipe (scratch or rbdc) into a run directory; reruns resume")
+    p = sub.add_parser("train", help="train a recipe (scratch, rbdc, a growth baseline, diffusionblocks) into a run "
+                       "directory; reruns resume")
     p.add_argument("--recipe", "-c", default=None, help="recipe YAML (benchmarks/recipes/...)")
     p.add_argument("--output", "-o", default=os.environ.get("RBDC_OUT", "runs"), help="root of run directories")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key (repeatable), "

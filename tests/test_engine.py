@@ -139,7 +139,8 @@ def test_gradmax_grows_through_its_widths_charging_each_gradient_pass(tmp_path):
     ledger = json.loads((run_dir / "ledger.json").read_text())
     passes = [e for e in ledger["entries"] if "GradMax gradient pass" in e["model"]]
     assert [e["stage"] for e in passes] == ["G1", "G2"] and all(e["images"] == 16 for e in passes)
-    assert results["total_train_flops"] == ledger["total_train_flops"] == sum(s["train_flops"] for s in results["stages"])
+    stage_sum = sum(s["train_flops"] for s in results["stages"])
+    assert results["total_train_flops"] == ledger["total_train_flops"] == stage_sum
     widths = [inner_widths(rbdc.load_model(run_dir / "stages" / s / "final.safetensors")) for s in ("G0", "G1", "G2")]
     assert [w["blocks.0.mlp"] for w in widths] == [64, 96, 128]  # test_rbdc_vit: MLP 128, start 0.5, 2 growths
     target = rbdc.load_model(run_dir / "final.safetensors")

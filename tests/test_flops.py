@@ -1,6 +1,6 @@
 import pytest
 
-import rbdc
+import rbdc  # noqa: F401  (registers the test_rbdc_* variants)
 from rbdc.flops import Ledger, forward_macs, measured_train_flops_per_image, train_flops_per_image
 
 # Published forward GMACs (timm model cards; torchvision for ResNet-50), with the precision they are quoted at.

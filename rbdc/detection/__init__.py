@@ -40,7 +40,7 @@ try:
     from rbdc.detection.hooks import RBDCMetricsHook  # noqa: F401  (registered for the launchers)
     from rbdc.detection.neck import RBDCSimpleFPN
 except ModuleNotFoundError as _err:
-    if not (_err.name or '').split('.')[0] in ('mmdet', 'mmcv', 'mmengine', 'pycocotools'):
+    if (_err.name or '').split('.')[0] not in ('mmdet', 'mmcv', 'mmengine', 'pycocotools'):
         raise
     _STACK_ERROR = _err
 except AssertionError as _err:  # mmdet's `mmcv < 2.2.0` version assert, raised at `import mmdet`

@@ -9,5 +9,5 @@ from .mixturegrowth import TemplateConv2d, TemplateLinear, materialize, mixture_
 from .net2net import net2wider
 
 __all__ = ["net2wider", "gradmax_grow", "gradmax_schedule", "gradmax_start", "gradmax_model", "gradmax_widths",
-           "grow_optimizer_state", "grow_named_state", "mixture_member", "templatize", "materialize", "mixture_grow", "TemplateConv2d",
-           "TemplateLinear", "count_macs", "inner_widths", "ReLU1"]
+           "grow_optimizer_state", "grow_named_state", "mixture_member", "templatize", "materialize", "mixture_grow",
+           "TemplateConv2d", "TemplateLinear", "count_macs", "inner_widths", "ReLU1"]

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.models import ResNet, VisionTransformer
 
 __all__ = ["Space", "spaces", "inner_spaces", "inner_widths", "unit_to_channel", "remap", "build_like",
