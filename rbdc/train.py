@@ -312,7 +312,8 @@ class Run:
         return model, opt_state, parents, None
 
     def _gradmax_grow(self, st, parent_path: Path, train_loader, kw: dict):
-        """Grow the parent stage's model to this stage's widths with GradMax on one training batch per process."""
+        """Grow the parent stage's model to this stage's widths with GradMax: the gradient of plain cross-entropy
+        (no mixup) on the first batch of this stage's loader, one per process, in training mode."""
         from .growth import gradmax_grow, gradmax_model, gradmax_widths, grow_named_state
         g, name = self.recipe["growth"], self.recipe["model"]
         parent = next(s for s in self.stages if s.id == st.parents[0])
