@@ -82,6 +82,18 @@ def test_a_run_dir_of_another_recipe_is_refused(rbdc_run, tmp_path):
         train.run_recipe(str(CI / "rbdc.yaml"), str(run_dir.parents[2]), ["rbdc.head=sum"], **QUIET)
 
 
+def test_a_run_written_before_a_recipe_key_existed_still_resumes(rbdc_run, tmp_path):
+    import shutil
+    import yaml
+    run_dir, results = rbdc_run
+    old = tmp_path / "ci" / "rbdc-d1" / "seed0"
+    shutil.copytree(run_dir, old)
+    rec = yaml.safe_load((old / "recipe.yaml").read_text())
+    del rec["growth"]["scale"]  # as an older version wrote it: the key did not exist, its default applies
+    (old / "recipe.yaml").write_text(yaml.safe_dump(rec))
+    assert run(CI / "rbdc.yaml", tmp_path)["eval_top1"] == results["eval_top1"]
+
+
 @pytest.mark.parametrize("path", sorted(p for p in RECIPES.rglob("*.yaml") if "base" not in p.name),
                          ids=lambda p: str(p.relative_to(RECIPES)))
 def test_every_recipe_parses_and_dry_runs(path, capsys):
