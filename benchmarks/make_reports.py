@@ -18,7 +18,7 @@ LIGHT = ("recipe.yaml", "summary.csv", "results.json", "ledger.json", "manifest.
 # report name -> (experiment folders under reports/runs, title)
 REPORTS = {
     "imagenette-vit-mini": (["imagenette-vit-mini"], "Imagenette 64 px, ViT-mini (width 192, depth 6): "
-                                                     "RBDC vs scratch at equal training FLOPs"),
+                                                     "RBDC vs scratch and the baselines at equal training FLOPs"),
 }
 
 

@@ -580,6 +580,7 @@ def _render_markdown(
         w(f'- {q.label}: {q.claim}; {q.dataset}; source: {q.source}. Not measured here.\n')
     w('\n')
     w(_render_savings(rows, baseline_protocol))
+    w(_render_vs_rbdc(rows, baseline_protocol))
     w('\n## Figure\n\n')
     w(f'![Eval top-1 vs cumulative training FLOPs]({png_name})\n\n')
     w('Eval top-1 per epoch vs cumulative training FLOPs (log scale), one line per run, coloured by protocol; '
@@ -651,6 +652,32 @@ def _render_savings(rows: Sequence[GroupRow], baseline_protocol: str) -> str:
     claims = [q for q in QUOTED if q.flops_rel is not None]
     for q in claims:
         w(f'- {q.label}: {q.claim} (saving {100 * (1 - q.flops_rel):.0f}%; {q.source}).\n')
+    return out.getvalue()
+
+
+EQUAL_FLOPS = 0.02  # two groups count as "at equal FLOPs" when their mean training FLOPs differ by less than this
+
+
+def _render_vs_rbdc(rows: Sequence[GroupRow], baseline_protocol: str) -> str:
+    """The paper's second claim, head to head: each other method's group vs each RBDC group at equal FLOPs."""
+    rbdc = [g for g in rows if g.protocol == 'rbdc']
+    others = [g for g in rows if g.protocol not in ('rbdc', baseline_protocol)]
+    pairs = [(r, g) for g in others for r in rbdc if (r.dataset, r.model) == (g.dataset, g.model)
+             and abs(r.flops_mean / g.flops_mean - 1) < EQUAL_FLOPS]
+    if not pairs:
+        return ''
+    out = io.StringIO()
+    w = out.write
+    w('\n## RBDC vs the other methods at equal FLOPs\n\n')
+    w(f'Pairs of an RBDC group and another method\'s group on the same dataset and model whose training FLOPs differ '
+      f'by less than {100 * EQUAL_FLOPS:g}%; the difference is RBDC minus the other method, same seed-noise rule.\n\n')
+    w('| RBDC group | vs group | Protocol | Top-1 difference | FLOPs ratio | Seed noise |\n|---|---|---|---|---|---|\n')
+    for r, g in pairs:
+        pooled, beyond = seed_noise(r, g)
+        noise = 'unknown (one seed each)' if beyond is None else \
+            f'{"larger than" if beyond else "within"} noise (s_pooled {pooled:.2f})'
+        w(f'| {r.group} ({r.n} seed(s)) | {g.group} ({g.n} seed(s)) | {g.protocol} | '
+          f'{r.top1_mean - g.top1_mean:+.2f} | {r.flops_mean / g.flops_mean:.3f} | {noise} |\n')
     return out.getvalue()
 
 

@@ -359,3 +359,20 @@ def test_cli_subcommand(study, tmp_path, capsys):
         assert (tmp_path / 'reports' / f'study.{ext}').is_file()
     assert (tmp_path / 'reports' / 'study.md').read_text(encoding='utf-8').startswith('# T\n')
     assert str(tmp_path / 'reports' / 'study.md') in capsys.readouterr().out
+
+
+def test_rbdc_meets_each_other_method_head_to_head_only_at_equal_flops(tmp_path):
+    root = tmp_path / 'runs'
+    make_run(root, 'imagenette-deit-tiny/scratch', 'scratch', 0, 60.0, 2e15)
+    for seed, acc in enumerate((65.0, 66.0)):
+        make_run(root, 'imagenette-deit-tiny/rbdc-d1', 'rbdc', seed, acc, 2e15)
+    for seed, acc in enumerate((64.5, 65.0)):
+        make_run(root, 'imagenette-deit-tiny/gradmax', 'gradmax', seed, acc, 2.01e15)  # within 2%: paired
+    make_run(root, 'imagenette-deit-tiny/net2net', 'net2net', 0, 66.0, 3e15)  # 1.5x the FLOPs: not paired
+    md = Path(report.generate_report([root], tmp_path / 'rep')['md']).read_text(encoding='utf-8')
+    section = md.split('## RBDC vs the other methods at equal FLOPs')[1].split('## Figure')[0]
+    rows = [line for line in section.splitlines() if line.startswith('| imagenette')]
+    assert len(rows) == 1 and 'imagenette-deit-tiny/gradmax (2 seed(s))' in rows[0]
+    cells = [c.strip() for c in rows[0].strip('|').split('|')]
+    assert cells[3] == '+0.75' and cells[4] == '0.995'  # 65.5 - 64.75; 2e15 / 2.01e15
+    assert cells[5] == 'within noise (s_pooled 0.56)'  # sqrt((0.5 + 0.125) / 2) = 0.56, and 0.75 < 2 x 0.56
