@@ -18,7 +18,11 @@ LIGHT = ("recipe.yaml", "summary.csv", "results.json", "ledger.json", "manifest.
 # report name -> (experiment folders under reports/runs, title)
 REPORTS = {
     "imagenette-vit-mini": (["imagenette-vit-mini"], "Imagenette 64 px, ViT-mini (width 192, depth 6): "
-                                                     "RBDC vs scratch and the baselines at equal training FLOPs"),
+                                                     "RBDC vs scratch and the baselines at equal training FLOPs "
+                                                     "(anneal_to_end: false, the cosine of each stage stopped "
+                                                     "warm-up steps short of min_lr)"),
+    "imagenette-vit-mini-annealed": (["imagenette-vit-mini-annealed"], "Imagenette 64 px, ViT-mini: RBDC vs scratch "
+                                     "at equal training FLOPs, every stage annealed to min_lr"),
 }
 
 

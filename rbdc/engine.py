@@ -240,9 +240,12 @@ def train_stage(model: nn.Module, spec: StageSpec, recipe: dict, train_loader, v
         for name, p in model.named_parameters():
             if name in optimizer_state:
                 opt.state[p] = {k: v.to(device) for k, v in optimizer_state[name].items()}
-    sched = CosineLRScheduler(opt, t_initial=spec.sched_total or spec.steps, lr_min=recipe["min_lr"],
-                              warmup_t=spec.warmup_steps, warmup_lr_init=recipe["warmup_lr"], warmup_prefix=True,
-                              t_in_epochs=False)
+    # timm's warmup_prefix puts the cosine after the warm-up, so it must be shorter by the warm-up to end at min_lr
+    # on the stage's last step (anneal_to_end: false keeps the old cosine, which ended warmup_steps short of it)
+    total = spec.sched_total or spec.steps
+    sched = CosineLRScheduler(opt, t_initial=max(1, total - spec.warmup_steps) if recipe["anneal_to_end"] else total,
+                              lr_min=recipe["min_lr"], warmup_t=spec.warmup_steps, warmup_lr_init=recipe["warmup_lr"],
+                              warmup_prefix=True, t_in_epochs=False)
     ema = ModelEmaV3(model, decay=recipe["ema_decay"]) if recipe["ema"] else None
     mix = None
     if recipe["mixup"] > 0 or recipe["cutmix"] > 0:

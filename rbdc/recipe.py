@@ -38,6 +38,10 @@ DEFAULTS: dict[str, Any] = {
     "min_lr": 1e-5,
     "warmup_epochs": 5,
     "warmup_lr": 1e-6,
+    # true: warm-up, then a cosine that reaches min_lr on the stage's (lineage's) last step. false: the cosine
+    # ended warm-up steps short of min_lr, worst for short stages; runs made before 2026-11-23 used it (their
+    # recipe.yaml says so)
+    "anneal_to_end": True,
     "clip_grad": None,
     "drop_path": 0.1,
     "smoothing": 0.1,

@@ -54,6 +54,15 @@ def test_ledger_total_is_the_sum_of_the_stages(rbdc_run):
     assert by["L0.0"] == by["L0.1"] > 0 and by["L1"] > 0
 
 
+def test_every_stage_anneals_to_min_lr_on_its_last_step(rbdc_run):
+    run_dir, _ = rbdc_run
+    rows = [r.split(",") for r in (run_dir / "summary.csv").read_text().splitlines()]
+    col = {c: i for i, c in enumerate(rows[0])}
+    last = {r[col["stage"]]: float(r[col["lr"]]) for r in rows[1:] if r[col["lr"]]}
+    assert set(last) == {"L0.0", "L0.1", "L1"}
+    assert all(lr == pytest.approx(1e-5, rel=0.1) for lr in last.values()), last  # recipe DEFAULTS min_lr
+
+
 def test_scratch_matched_to_an_rbdc_run_lands_within_one_percent(rbdc_run, tmp_path):
     run_dir, results = rbdc_run
     scratch = run(CI / "scratch.yaml", tmp_path, match=str(run_dir))
