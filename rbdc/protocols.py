@@ -46,6 +46,12 @@ def _fpi(recipe: dict, factor: Fraction, num_classes: int) -> int:
     return train_flops_per_image(m, recipe["img_size"])
 
 
+def _stage_seed(recipe: dict, level: int, index: int) -> int:
+    """Seed of stage ``index`` of ``level``: runs of different seeds share no stage (a stride of 1, the rule before
+    2026-11-23, made seed s's L0.1 the same model as seed s+1's L0.0)."""
+    return recipe["seed"] * recipe["seed_stride"] + 1000 * level + index
+
+
 def _name(target: str, factor: Fraction) -> str:
     return widen_name(target, factor) or (target if factor == 1 else f"{target}@{factor}")
 
@@ -147,7 +153,7 @@ def plan_stages(recipe: dict, train_size: int, num_classes: int) -> list[Stage]:
                 per = len(ids[lvl - 1]) // c if lvl else 0
                 parents = ids[lvl - 1][i * per:(i + 1) * per] if lvl else []
                 stages.append(Stage(
-                    sid, lvl, factor, _name(recipe["model"], factor), st, seed + 1000 * lvl + i, parents, f,
+                    sid, lvl, factor, _name(recipe["model"], factor), st, _stage_seed(recipe, lvl, i), parents, f,
                     sched_total=lineage if cont else None, sched_offset=offset if cont else 0,
                     warmup_steps=min(warm, st // 2) if (lvl == 0 or not cont) else min(warm, level_steps[0] // 2)))
     return stages
@@ -208,7 +214,7 @@ def _gradmax_stages(recipe: dict, num_classes: int, budget: float | None, total:
     stages, offset = [], 0
     for i, (f, st, fpi) in enumerate(zip(factors, steps, fpis)):
         name = recipe["model"] if f == 1 else f"{recipe['model']}@inner{float(f):g}"
-        stages.append(Stage(f"G{i}", i, f, name, st, recipe["seed"] + 1000 * i, [f"G{i - 1}"] if i else [], fpi,
+        stages.append(Stage(f"G{i}", i, f, name, st, _stage_seed(recipe, i, 0), [f"G{i - 1}"] if i else [], fpi,
                             sched_total=sum(steps), sched_offset=offset, warmup_steps=min(warm, sum(steps) // 2),
                             extra_flops=grow_flops[i - 1] if i else 0))
         offset += st

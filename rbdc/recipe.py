@@ -21,6 +21,7 @@ DEFAULTS: dict[str, Any] = {
     "num_classes": None,        # default: the dataset's
     "img_size": 224,
     "seed": 0,
+    "seed_stride": 100_000,     # stage seeds: seed x seed_stride + 1000 x level + index (1 in runs before 2026-11-23)
     "data": {"source": "imagenette", "root": None, "subset": None, "in_memory": False, "download": False,
              "val_subset": None},
     # optimisation (DeiT v1 defaults, scaled to the global batch: lr = lr_base * batch_size / 512)

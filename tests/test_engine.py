@@ -172,3 +172,13 @@ def test_gradmax_grows_through_its_widths_charging_each_gradient_pass(tmp_path):
     assert lr == sorted(lr, reverse=True)
     opt = torch.load(run_dir / "stages" / "G1" / "optimizer.pt", weights_only=False)
     assert int(opt["blocks.0.mlp.fc1.weight"]["step"]) == 72  # G0's 36 steps carried on through G1's 36
+
+
+@pytest.mark.parametrize("recipe", ["rbdc", "net2net", "mixturegrowth", "gradmax"])
+def test_runs_of_different_seeds_share_no_stage(recipe):
+    from rbdc import recipe as recipes
+    from rbdc.protocols import plan_stages
+    plans = [plan_stages(recipes.resolve(CI / f"{recipe}.yaml", seed=s), 640, 10) for s in range(3)]
+    seeds = [{st.seed for st in plan} for plan in plans]
+    assert all(len(s) == len(plans[0]) > 1 for s in seeds)
+    assert not (seeds[0] & seeds[1] or seeds[1] & seeds[2] or seeds[0] & seeds[2])
