@@ -314,11 +314,10 @@ class Run:
     def _gradmax_grow(self, st, parent_path: Path, train_loader, kw: dict):
         """Grow the parent stage's model to this stage's widths with GradMax: the gradient of plain cross-entropy
         (no mixup) on the first batch of this stage's loader, one per process, in training mode."""
-        from .growth import gradmax_grow, gradmax_model, gradmax_widths, grow_named_state
+        from .growth import gradmax_grow, gradmax_widths, grow_named_state
         g, name = self.recipe["growth"], self.recipe["model"]
         parent = next(s for s in self.stages if s.id == st.parents[0])
-        old = gradmax_model(name, gradmax_widths(name, parent.factor, **kw), **kw)
-        old.load_state_dict(load_weights(parent_path)[0])
+        old = load_model(parent_path)  # its metadata holds the inner widths
         old.to(self.device).train()
         train_loader.set_epoch(0)
         batch = next(iter(train_loader))
