@@ -10,7 +10,7 @@ from .errors import UserError
 
 # Subcommands defined in other modules: each exposes add_cli(subparsers). Imported lazily so that, e.g., a broken
 # detection stack never breaks `rbdc flops`.
-_PLUGINS = ("rbdc.train", "rbdc.quickstart", "rbdc.report", "rbdc.detection.cli")
+_PLUGINS = ("rbdc.train", "rbdc.study", "rbdc.quickstart", "rbdc.report", "rbdc.detection.cli")
 
 
 def _fmt_table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:

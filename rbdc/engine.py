@@ -84,6 +84,15 @@ def autocast_for(recipe: dict, device: torch.device):
     return nullcontext()
 
 
+def set_attention_path(model: nn.Module, recipe: dict) -> nn.Module:
+    """Pick the attention kernel of every timm attention module (``recipe["fused_attn"]``; None keeps timm's)."""
+    if recipe["fused_attn"] is not None:
+        for m in model.modules():
+            if hasattr(m, "fused_attn"):
+                m.fused_attn = bool(recipe["fused_attn"])
+    return model
+
+
 def peak_mem_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -124,7 +133,7 @@ def seed_everything(seed: int) -> None:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, recipe: dict, device: torch.device, d: Dist = Dist(),
              channels_last: bool = False) -> dict:
-    model.eval()
+    set_attention_path(model, recipe).eval()
     tot = torch.zeros(3, device=device)  # loss sum, top1 count, top5 count: stay on the device until the end
     n = 0
     crit = nn.CrossEntropyLoss(reduction="sum")
@@ -230,7 +239,7 @@ def train_stage(model: nn.Module, spec: StageSpec, recipe: dict, train_loader, v
     custom_fpi = getattr(model, "train_flops_per_image", None)
     fpi = custom_fpi(recipe["img_size"]) if custom_fpi else train_flops_per_image(model, recipe["img_size"])
     custom_loss = getattr(model, "training_loss", None)
-    model.to(device)
+    set_attention_path(model, recipe).to(device)
     channels_last = recipe["channels_last"] if recipe["channels_last"] != "auto" else (
         device.type == "cuda" and isinstance(getattr(model, "trunk", model), ResNet))
     if channels_last:

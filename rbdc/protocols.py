@@ -39,11 +39,18 @@ class Stage:
     extra_flops: int = 0   # spent building the stage's model (GradMax's gradient pass), not in its steps
 
 
+_FPI_CACHE: dict[str, int] = {}
+
+
 def _fpi(recipe: dict, factor: Fraction, num_classes: int) -> int:
     import torch
-    with torch.device("meta"):
-        m = scaled(recipe["model"], factor, num_classes=num_classes, **recipe["model_kwargs"])
-    return train_flops_per_image(m, recipe["img_size"])
+    key = json.dumps([recipe["model"], str(factor), num_classes, recipe["model_kwargs"], recipe["img_size"]],
+                     sort_keys=True, default=str)
+    if key not in _FPI_CACHE:  # a study plans hundreds of runs of a few models
+        with torch.device("meta"):
+            m = scaled(recipe["model"], factor, num_classes=num_classes, **recipe["model_kwargs"])
+        _FPI_CACHE[key] = train_flops_per_image(m, recipe["img_size"])
+    return _FPI_CACHE[key]
 
 
 def _stage_seed(recipe: dict, level: int, index: int) -> int:

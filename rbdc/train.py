@@ -85,11 +85,25 @@ def _write_summary(path: Path, rows: list[dict]) -> None:
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
+def code_version() -> dict:
+    """The git commit of the code that runs (the rbdc package's checkout) and whether tracked files differ from it."""
+    import subprocess
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit or None, "dirty": bool(dirty) if commit else None}
+
+
 def _env_info(device: torch.device) -> dict:
     import timm
     return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
-            "host": platform.node()}
+            "host": platform.node(), "threads": torch.get_num_threads(), "code": code_version()}
 
 
 class Run:

@@ -1,0 +1,352 @@
+"""``rbdc study STUDY.yaml``: a grid of runs (protocol variants x budgets x seeds x overrides) as data, run
+unattended and resumably on this machine (a local process pool) or on Slurm (submitit, one job per run).
+
+A study file (``benchmarks/studies/*.yaml``)::
+
+    name: imagenette32            # runs go to OUTPUT/<name>/<point>/b<budget>/seed<s>
+    seeds: [0, 1, 2]
+    jobs: 2                       # runs at once on this machine ...
+    threads: 1                    # ... with this many threads each
+    points:                       # run in this order: put the headline comparison first
+      - {id: vit-scratch, recipe: ../recipes/imagenette32/vit-nano-scratch.yaml, budgets: [4, 8, 16]}
+      - id: vit-rbdc-d1-r{rbdc.ratio}          # one point per value of every `grid` key
+        recipe: ../recipes/imagenette32/vit-nano-rbdc-d1.yaml
+        budgets: [16]
+        grid: {rbdc.ratio: [1.0, 3.0]}
+        set: {rbdc.schedule: restart}          # fixed overrides
+
+``budgets`` are ``budget_epochs`` (epochs of the target's training FLOPs). Recipe paths are relative to the study
+file. Re-running the same command skips finished runs (their ``results.json``) and resumes unfinished ones (run
+directories resume on their own); a run that fails is reported with its log and the others go on.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError
+from .units import human_flops, human_time
+
+REPO = Path(__file__).resolve().parents[1]
+STUDY_KEYS = {"name", "seeds", "jobs", "threads", "points", "output", "description"}
+POINT_KEYS = {"id", "recipe", "budgets", "grid", "set"}
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """One run of a study: a recipe, its overrides, a seed, and the run directory's name."""
+
+    name: str                 # <study>/<point>/b<budget>: the report's group
+    recipe: str               # absolute path of the recipe file
+    overrides: tuple[str, ...] = ()
+    seed: int = 0
+    budget_epochs: float | None = None
+    point: str = ""
+
+    def run_dir(self, output: str | Path) -> Path:
+        return Path(output) / self.name / f"seed{self.seed}"
+
+    def train_args(self, output: str | Path) -> list[str]:
+        args = ["train", "-c", self.recipe, "-o", str(output), "--name", self.name, "--seed", str(self.seed)]
+        for o in self.overrides:
+            args += ["--set", o]
+        return args
+
+    def status(self, output: str | Path) -> str:
+        d = self.run_dir(output)
+        if (d / "results.json").is_file():
+            return "done"
+        if (d / "failed.json").is_file():
+            return "failed"
+        return "started" if (d / "recipe.yaml").is_file() else "pending"
+
+
+@dataclass
+class Study:
+    name: str
+    path: Path
+    runs: list[StudyRun]
+    jobs: int = 2
+    threads: int = 1
+    description: str = ""
+    points: list[str] = field(default_factory=list)
+
+
+def _fmt_value(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _override(key: str, value) -> str:
+    return f"{key}={json.dumps(value) if isinstance(value, (list, dict)) else value}"
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and expand a study file into its runs, in execution order (points, then budgets, then seeds)."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise UserError(f"study {path} not found; studies live under benchmarks/studies/")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"study {path} is not valid YAML: {e}") from e
+    unknown = sorted(set(data) - STUDY_KEYS)
+    if unknown:
+        raise UserError(f"{path}: unknown study key(s) {unknown}; known: {', '.join(sorted(STUDY_KEYS))}")
+    for key in ("name", "points"):
+        if not data.get(key):
+            raise UserError(f"{path}: the study needs `{key}:`")
+    seeds = data.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise UserError(f"{path}: `seeds` must be a list of non-negative integers, got {seeds!r}")
+    jobs, threads = data.get("jobs", 2), data.get("threads", 1)
+    for key, v in (("jobs", jobs), ("threads", threads)):
+        if not isinstance(v, int) or v < 1:
+            raise UserError(f"{path}: `{key}` must be a positive integer, got {v!r}")
+    runs: list[StudyRun] = []
+    ids: list[str] = []
+    for i, pt in enumerate(data["points"]):
+        where = f"{path}: point {i + 1}"
+        if not isinstance(pt, dict):
+            raise UserError(f"{where} must be a mapping with id, recipe, budgets")
+        bad = sorted(set(pt) - POINT_KEYS)
+        if bad:
+            raise UserError(f"{where}: unknown key(s) {bad}; known: {', '.join(sorted(POINT_KEYS))}")
+        if not pt.get("id") or not pt.get("recipe"):
+            raise UserError(f"{where} needs `id` and `recipe`")
+        recipe = (path.parent / pt["recipe"]).resolve()
+        if not recipe.is_file():
+            raise UserError(f"{where} ({pt['id']}): recipe {recipe} not found")
+        budgets = pt.get("budgets", [None])
+        if not isinstance(budgets, list) or not budgets or not all(
+                b is None or (isinstance(b, (int, float)) and b > 0) for b in budgets):
+            raise UserError(f"{where} ({pt['id']}): `budgets` must be a list of positive numbers (epochs of the "
+                            f"target's training FLOPs), got {budgets!r}")
+        grid = pt.get("grid") or {}
+        fixed = pt.get("set") or {}
+        if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+            raise UserError(f"{where} ({pt['id']}): `grid` maps recipe keys to non-empty lists of values")
+        keys = list(grid)
+        for combo in itertools.product(*(grid[k] for k in keys)):
+            values = dict(zip(keys, combo))
+            pid = pt["id"]
+            for k, v in values.items():
+                pid = pid.replace("{" + k + "}", _fmt_value(v))
+            if "{" in pid:
+                raise UserError(f"{where}: id {pt['id']!r} names a key in braces that is not a grid key "
+                                f"(grid: {', '.join(keys) or 'none'})")
+            if keys and pid == pt["id"]:
+                pid += "-" + "-".join(f"{k.split('.')[-1]}{_fmt_value(v)}" for k, v in values.items())
+            if pid in ids:
+                raise UserError(f"{where}: point id {pid!r} is used twice; give each point its own id")
+            ids.append(pid)
+            over = tuple(_override(k, v) for k, v in {**fixed, **values}.items())
+            for b in budgets:
+                bname = "" if b is None else f"/b{_fmt_value(b)}"
+                extra = over + ((f"budget_epochs={_fmt_value(b)}",) if b is not None else ())
+                for s in seeds:
+                    runs.append(StudyRun(f"{data['name']}/{pid}{bname}", str(recipe), extra, s, b, pid))
+    return Study(data["name"], path, runs, jobs, threads, data.get("description", ""), ids)
+
+
+def planned_flops(run: StudyRun) -> float:
+    """The run's total training FLOPs from its plan (no data read where the dataset size is known)."""
+    from . import recipe as recipes
+    from .protocols import plan_stages
+    from .train import KNOWN_CLASSES, KNOWN_TRAIN_SIZES
+    rec = recipes.resolve(run.recipe, list(run.overrides), seed=run.seed, name=run.name)
+    source = rec["data"]["source"]
+    if source in KNOWN_TRAIN_SIZES and not rec["data"]["subset"]:
+        size, ncls = KNOWN_TRAIN_SIZES[source], rec["num_classes"] or KNOWN_CLASSES.get(source, 10)
+    else:
+        from .train import _datasets
+        train_ds, _ = _datasets(rec)
+        size, ncls = len(train_ds), rec["num_classes"] or train_ds.num_classes
+    stages = plan_stages(rec, size, ncls)
+    return float(sum(s.steps * rec["batch_size"] * s.flops_per_image + s.extra_flops for s in stages))
+
+
+def _child_env(threads: int) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
+
+
+def run_local(study: Study, output: Path, runs: list[StudyRun], jobs: int, threads: int, log=print) -> list:
+    """Run ``runs`` in a pool of ``jobs`` processes of ``threads`` threads; progress and ETA after each run."""
+    cost = {r: planned_flops(r) for r in runs}
+    todo = [r for r in runs if r.status(output) != "done"]
+    total, done_before = len(runs), len(runs) - len(todo)
+    log(f"study {study.name}: {total} runs, {done_before} done, {len(todo)} to run "
+        f"({human_flops(sum(cost[r] for r in todo))} training FLOPs) as {jobs} x {threads} thread(s) -> {output}")
+    finished, failed = [], []
+    rate: list[tuple[float, float]] = []  # (flops, seconds) of the runs finished here: the ETA's speed per slot
+
+    def one(r: StudyRun) -> tuple[StudyRun, int, float]:
+        d = r.run_dir(output)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "failed.json").unlink(missing_ok=True)
+        t0 = time.time()
+        with open(d / "train.log", "a") as f:
+            f.write(f"\n=== rbdc study {study.name}: {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
+            f.flush()
+            cmd = [sys.executable, "-m", "rbdc.cli", *r.train_args(output)]
+            rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=_child_env(threads), cwd=REPO)
+        return r, rc, time.time() - t0
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        pending = {pool.submit(one, r) for r in todo}
+        while pending:
+            complete, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in complete:
+                r, rc, dt = fut.result()
+                n_done = done_before + len(finished) + len(failed) + 1
+                left = [x for x in todo if x not in finished and x not in failed and x is not r]
+                if rc == 0 and r.status(output) == "done":
+                    finished.append(r)
+                    rate.append((cost[r], dt))
+                    res = json.loads((r.run_dir(output) / "results.json").read_text())
+                    what = f"top-1 {res['eval_top1']:.2f} at {human_flops(res['total_train_flops'])}"
+                else:
+                    failed.append(r)
+                    tail = (r.run_dir(output) / "train.log").read_text().strip().splitlines()[-1:]
+                    what = f"FAILED (exit {rc}): {tail[0] if tail else ''}; log {r.run_dir(output) / 'train.log'}"
+                eta = ""
+                if rate:
+                    speed = sum(f for f, _ in rate) / sum(t for _, t in rate)  # FLOP/s of one slot
+                    eta = f" | ETA {human_time(sum(cost[x] for x in left) / (speed * jobs))}"
+                log(f"[{n_done}/{total}] {r.name} seed {r.seed}: {what} in {human_time(dt)}{eta}", flush=True)
+    return failed
+
+
+def summary(study: Study, output: Path) -> str:
+    """A plain-text table: one row per point and budget, top-1 mean and spread over the finished seeds."""
+    groups: dict[str, list[dict]] = {}
+    for r in study.runs:
+        groups.setdefault(r.name, [])
+        p = r.run_dir(output) / "results.json"
+        if p.is_file():
+            groups[r.name].append(json.loads(p.read_text()))
+    lines = [f"{'run':48s} {'seeds':>5s} {'top-1':>14s} {'train FLOPs':>12s} {'wall':>8s}"]
+    for name, res in groups.items():
+        n = len(res)
+        if not n:
+            lines.append(f"{name:48s} {0:5d} {'-':>14s}")
+            continue
+        top = [x["eval_top1"] for x in res]
+        mean = sum(top) / n
+        sd = math.sqrt(sum((t - mean) ** 2 for t in top) / (n - 1)) if n > 1 else float("nan")
+        lines.append(f"{name:48s} {n:5d} {mean:8.2f} ± {sd:4.2f} {human_flops(res[0]['total_train_flops']):>12s} "
+                     f"{human_time(sum(x['wall_s'] for x in res) / n):>8s}")
+    return "\n".join(lines)
+
+
+class SlurmStudyRun:
+    """A submitit job for one study run; requeued on preemption or timeout (the run directory resumes)."""
+
+    def __init__(self, run: StudyRun, output: str):
+        self.run, self.output = run, output
+
+    def __call__(self) -> int:
+        from .cli import main
+        return main(self.run.train_args(self.output))
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+        return submitit.helpers.DelayedSubmission(SlurmStudyRun(self.run, self.output))
+
+
+def submit(runs: list[StudyRun], output: Path, cluster: str | None, args) -> list:
+    """One job per run through submitit (``cluster``: None = Slurm when present, or ``local`` / ``debug``)."""
+    try:
+        import submitit
+    except ImportError as e:
+        raise UserError("--slurm needs submitit: pip install 'rbdc[slurm]'") from e
+    if not runs:
+        return []
+    ex = submitit.AutoExecutor(folder=output / "submitit" / "%j", cluster=cluster)
+    params = dict(timeout_min=args.timeout_min, name="rbdc-study")
+    if cluster in (None, "slurm"):
+        params.update(slurm_partition=args.partition, slurm_signal_delay_s=120, gpus_per_node=args.gpus_per_run,
+                      cpus_per_task=args.cpus_per_run, slurm_array_parallelism=args.array_parallelism)
+    ex.update_parameters(**params)
+    with ex.batch():  # one array job on Slurm
+        jobs = [ex.submit(SlurmStudyRun(r, str(output))) for r in runs]
+    return jobs
+
+
+def cmd_study(args) -> int:
+    study = load_study(args.study)
+    output = Path(args.output or os.environ.get("RBDC_OUT", "runs")).resolve()
+    runs = study.runs
+    if args.only:
+        runs = [r for r in runs if any(part in r.name for part in args.only)]
+        if not runs:
+            raise UserError(f"--only {args.only} matches no run of {study.name}; points: {', '.join(study.points)}")
+    jobs, threads = args.jobs or study.jobs, args.threads or study.threads
+    if args.list or args.dry_run:
+        cost = 0.0
+        for r in runs:
+            c = planned_flops(r)
+            cost += c if r.status(output) != "done" else 0
+            print(f"{r.status(output):8s} {r.name} seed {r.seed}  {human_flops(c)}  "
+                  f"[{' '.join(r.overrides)}]")
+        print(f"{len(runs)} runs, {human_flops(cost)} training FLOPs left -> {output}")
+        return 0
+    if args.slurm or args.executor:
+        todo = [r for r in runs if r.status(output) != "done"]
+        jobs_ = submit(todo, output, args.executor, args)
+        print(f"submitted {len(jobs_)} runs of {study.name} ({', '.join(j.job_id for j in jobs_[:3])}"
+              f"{', ...' if len(jobs_) > 3 else ''}); rerun this command to submit what is left")
+        if args.wait:
+            rcs = [j.result() for j in jobs_]
+            print(summary(study, output))
+            return 1 if any(rcs) else 0
+        return 0
+    t0 = time.time()
+    failed = run_local(study, output, runs, jobs, threads)
+    print(f"\nstudy {study.name} after {human_time(time.time() - t0)}:")
+    print(summary(study, output))
+    if failed:
+        print(f"{len(failed)} run(s) failed: " + ", ".join(f"{r.name} seed {r.seed}" for r in failed) +
+              "; their train.log says why; rerun the same command to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser(
+        "study", help="run a study file (a grid of recipes x budgets x seeds) here or on Slurm; reruns resume",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  rbdc study benchmarks/studies/imagenette32.yaml            # 2 runs at once x 1 thread, resumable\n"
+               "  rbdc study benchmarks/studies/imagenette32.yaml --list     # every run, its status and FLOPs\n"
+               "  rbdc study benchmarks/studies/imagenette32.yaml --only vit-scratch --jobs 1 --threads 2\n"
+               "  rbdc study benchmarks/studies/imagenette64-gpu.yaml --slurm --partition gpu\n")
+    p.add_argument("study", help="study YAML (benchmarks/studies/...)")
+    p.add_argument("--output", "-o", default=None, help="runs root (default: $RBDC_OUT or runs)")
+    p.add_argument("--jobs", type=int, default=None, help="runs at once (default: the study's `jobs`)")
+    p.add_argument("--threads", type=int, default=None, help="threads per run (default: the study's `threads`)")
+    p.add_argument("--only", action="append", metavar="TEXT", help="only runs whose name contains TEXT (repeatable)")
+    p.add_argument("--list", action="store_true", help="list the runs with their status and planned FLOPs")
+    p.add_argument("--dry-run", action="store_true", help="same as --list")
+    p.add_argument("--slurm", action="store_true", help="submit one Slurm job per unfinished run (submitit)")
+    p.add_argument("--executor", choices=("local", "debug"), default=None,
+                   help="submit through submitit's local or debug executor (the Slurm path, run here)")
+    p.add_argument("--wait", action="store_true", help="with --slurm/--executor: wait for the jobs, print the summary")
+    p.add_argument("--partition", default=os.environ.get("SLURM_PARTITION"))
+    p.add_argument("--timeout-min", type=int, default=int(os.environ.get("RBDC_TIMEOUT_MIN", 1440)))
+    p.add_argument("--gpus-per-run", type=int, default=1)
+    p.add_argument("--cpus-per-run", type=int, default=8)
+    p.add_argument("--array-parallelism", type=int, default=64)
+    p.set_defaults(func=cmd_study)

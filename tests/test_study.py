@@ -1,0 +1,138 @@
+"""``rbdc study``: a study file expands to named runs, runs them in a local pool or through submitit, and resumes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rbdc.cli import main
+from rbdc.errors import UserError
+from rbdc.study import load_study, planned_flops
+from rbdc.train import code_version
+
+REPO = Path(__file__).resolve().parents[1]
+CI = REPO / "benchmarks" / "recipes" / "ci"
+
+
+def _study(tmp_path: Path, points: list, **extra) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"name": "tiny", "seeds": [0, 1], "jobs": 2, "threads": 1, "points": points,
+                                    **extra}))
+    return path
+
+
+TINY = [{"id": "scratch", "recipe": str(CI / "scratch.yaml"), "set": {"epochs": 1}},
+        {"id": "rbdc", "recipe": str(CI / "rbdc.yaml"), "set": {"rbdc.epochs": [1, 1]}}]
+
+
+def test_a_study_expands_points_grids_budgets_and_seeds_in_order(tmp_path):
+    path = _study(tmp_path, [
+        {"id": "s", "recipe": str(CI / "scratch.yaml"), "budgets": [1, 2.5]},
+        {"id": "r-ratio{rbdc.ratio}", "recipe": str(CI / "rbdc.yaml"), "budgets": [2],
+         "grid": {"rbdc.ratio": [1.0, 3]}, "set": {"rbdc.schedule": "continue"}}])
+    study = load_study(path)
+    names = [(r.name, r.seed) for r in study.runs]
+    assert names == [("tiny/s/b1", 0), ("tiny/s/b1", 1), ("tiny/s/b2.5", 0), ("tiny/s/b2.5", 1),
+                     ("tiny/r-ratio1/b2", 0), ("tiny/r-ratio1/b2", 1), ("tiny/r-ratio3/b2", 0),
+                     ("tiny/r-ratio3/b2", 1)]
+    assert study.runs[4].overrides == ("rbdc.schedule=continue", "rbdc.ratio=1.0", "budget_epochs=2")
+    assert study.points == ["s", "r-ratio1", "r-ratio3"]
+    # the planned FLOPs follow the budget: 2.5 target epochs cost 2.5x one epoch (to within a step)
+    assert planned_flops(study.runs[2]) / planned_flops(study.runs[0]) == pytest.approx(2.5, rel=0.05)
+
+
+@pytest.mark.parametrize("points, extra, message", [
+    ([{"id": "a", "recipe": "nope.yaml"}], {}, "not found"),
+    ([{"id": "a", "recipe": str(CI / "scratch.yaml"), "budgets": [0]}], {}, "positive numbers"),
+    ([{"id": "a", "recipe": str(CI / "scratch.yaml"), "budget": [1]}], {}, "unknown key"),
+    ([{"id": "a{x}", "recipe": str(CI / "scratch.yaml"), "grid": {"epochs": [1, 2]}}], {}, "not a grid key"),
+    ([{"id": "a", "recipe": str(CI / "scratch.yaml")}, {"id": "a", "recipe": str(CI / "rbdc.yaml")}], {},
+     "used twice"),
+    ([{"id": "a", "recipe": str(CI / "scratch.yaml")}], {"jobs": 0}, "positive integer"),
+    ([{"id": "a", "recipe": str(CI / "scratch.yaml")}], {"seed": [1]}, "unknown study key"),
+])
+def test_bad_study_files_are_refused_with_the_reason(tmp_path, points, extra, message):
+    with pytest.raises(UserError, match=message):
+        load_study(_study(tmp_path, points, **extra))
+
+
+def test_every_committed_study_expands_and_plans():
+    for path in sorted((REPO / "benchmarks" / "studies").glob("*.yaml")):
+        study = load_study(path)
+        assert study.runs, path
+        assert len({(r.name, r.seed) for r in study.runs}) == len(study.runs)
+        assert planned_flops(study.runs[0]) > 0
+
+
+def _final_digest(run_dir: Path) -> dict:
+    import hashlib
+    from safetensors.torch import load_file
+    return {k: hashlib.sha256(v.numpy().tobytes()).hexdigest()
+            for k, v in load_file(run_dir / "final.safetensors").items()}
+
+
+def test_a_study_runs_resumes_after_a_kill_and_skips_finished_runs(tmp_path):
+    """Kill the study (its whole process group) mid-way; the same command finishes it, with the weights of an
+    uninterrupted run; a third call trains nothing."""
+    path = _study(tmp_path, TINY)
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "rbdc.cli", "study", str(path), "-o", str(out), "--jobs", "1"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    # wait until the second run (scratch seed 1) has written a checkpoint, then kill everything
+    deadline = time.time() + 300
+    second = out / "tiny" / "scratch" / "seed1"
+    while time.time() < deadline and not (second / "stages").is_dir() and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (out / "tiny" / "scratch" / "seed0" / "results.json").is_file()
+    assert not (out / "tiny" / "rbdc" / "seed1" / "results.json").is_file()
+
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "4 runs, 1 done, 3 to run" in done.stdout
+    for name in ("scratch", "rbdc"):
+        for seed in (0, 1):
+            res = json.loads((out / "tiny" / name / f"seed{seed}" / "results.json").read_text())
+            assert res["group"] == f"tiny/{name}" and res["seed"] == seed
+    # the killed run resumed to the weights of the same run trained without interruption
+    ref = tmp_path / "ref"
+    subprocess.run(cmd[:-4] + ["-o", str(ref), "--only", "scratch"], env=env, cwd=REPO, check=True,
+                   capture_output=True, timeout=600)
+    assert _final_digest(ref / "tiny" / "scratch" / "seed1") == _final_digest(second)
+
+    again = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "4 runs, 4 done, 0 to run" in again.stdout
+    # every run records the commit of the code that produced it
+    info = (second / "command.txt").read_text()
+    assert json.dumps(code_version()["commit"]) in info
+
+
+def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path, capsys):
+    path = _study(tmp_path, [{"id": "bad", "recipe": str(CI / "scratch.yaml"), "set": {"batch_size": 100000}},
+                             {"id": "ok", "recipe": str(CI / "scratch.yaml"), "set": {"epochs": 1}}], seeds=[0])
+    assert main(["study", str(path), "-o", str(tmp_path / "runs")]) == 1
+    out = capsys.readouterr()
+    assert "tiny/bad seed 0: FAILED" in out.out and "1 run(s) failed: tiny/bad seed 0" in out.err
+    assert (tmp_path / "runs" / "tiny" / "ok" / "seed0" / "results.json").is_file()
+
+
+@pytest.mark.parametrize("executor", ["debug", "local"])
+def test_the_cluster_path_submits_one_job_per_run_through_submitit(tmp_path, executor, capsys):
+    pytest.importorskip("submitit")
+    path = _study(tmp_path, TINY[:1], seeds=[0, 1])
+    out = tmp_path / "runs"
+    assert main(["study", str(path), "-o", str(out), "--executor", executor, "--wait"]) == 0
+    assert "submitted 2 runs of tiny" in capsys.readouterr().out
+    for seed in (0, 1):
+        assert json.loads((out / "tiny" / "scratch" / f"seed{seed}" / "results.json").read_text())["seed"] == seed
+    # resubmitting submits nothing that is done
+    assert main(["study", str(path), "-o", str(out), "--executor", executor]) == 0
+    assert "submitted 0 runs" in capsys.readouterr().out
