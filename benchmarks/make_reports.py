@@ -24,6 +24,8 @@ REPORTS = {
     "imagenette-vit-mini-annealed": (["imagenette-vit-mini-annealed"], "Imagenette 64 px, ViT-mini: RBDC vs scratch "
                                      "at equal training FLOPs, every stage annealed to min_lr"),
 }
+# study reports: study name -> study file (its runs' light files under reports/runs/<name>/)
+STUDIES = {"imagenette32": REPO / "benchmarks" / "studies" / "imagenette32.yaml"}
 
 
 def sync(src_root: Path) -> list[Path]:
@@ -31,7 +33,7 @@ def sync(src_root: Path) -> list[Path]:
     for results in sorted(src_root.rglob("results.json")):
         run_dir = results.parent
         rel = run_dir.relative_to(src_root)
-        if rel.parts[0] not in {f for folders, _ in REPORTS.values() for f in folders}:
+        if rel.parts[0] not in {f for folders, _ in REPORTS.values() for f in folders} | set(STUDIES):
             continue
         dest = RUNS / rel
         dest.mkdir(parents=True, exist_ok=True)
@@ -49,6 +51,11 @@ def make(out_dir: Path = REPO / "reports", runs: Path = RUNS) -> dict[str, dict]
         dirs = [runs / f for f in folders if (runs / f).is_dir()]
         if dirs:
             written[name] = generate_report(dirs, out_dir / name, title=title)
+    from rbdc.study import load_study
+    from rbdc.study_report import build
+    for name, study_file in STUDIES.items():
+        if (runs / name).is_dir():
+            written[name] = build(load_study(study_file), runs / name, out_dir / name)
     return written
 
 

@@ -26,6 +26,7 @@ import itertools
 import json
 import math
 import os
+import queue
 import subprocess
 import sys
 import time
@@ -39,7 +40,7 @@ from .errors import UserError
 from .units import human_flops, human_time
 
 REPO = Path(__file__).resolve().parents[1]
-STUDY_KEYS = {"name", "seeds", "jobs", "threads", "points", "output", "description"}
+STUDY_KEYS = {"name", "seeds", "jobs", "threads", "points", "output", "description", "report"}
 POINT_KEYS = {"id", "recipe", "budgets", "grid", "set"}
 
 
@@ -57,11 +58,15 @@ class StudyRun:
     def run_dir(self, output: str | Path) -> Path:
         return Path(output) / self.name / f"seed{self.seed}"
 
-    def train_args(self, output: str | Path) -> list[str]:
-        args = ["train", "-c", self.recipe, "-o", str(output), "--name", self.name, "--seed", str(self.seed)]
+    def extra_args(self) -> list[str]:
+        """``rbdc train`` arguments after the recipe and output."""
+        args = ["--name", self.name, "--seed", str(self.seed)]
         for o in self.overrides:
             args += ["--set", o]
         return args
+
+    def train_args(self, output: str | Path) -> list[str]:
+        return ["train", "-c", self.recipe, "-o", str(output), *self.extra_args()]
 
     def status(self, output: str | Path) -> str:
         d = self.run_dir(output)
@@ -176,32 +181,69 @@ def planned_flops(run: StudyRun) -> float:
     return float(sum(s.steps * rec["batch_size"] * s.flops_per_image + s.extra_flops for s in stages))
 
 
-def _child_env(threads: int) -> dict:
+def _checked_plan(r: StudyRun) -> float:
+    """Plan every run before any starts, so that a broken point stops the study before it spends anything."""
+    try:
+        return planned_flops(r)
+    except UserError as e:
+        raise UserError(f"{r.name} seed {r.seed} ({r.recipe}, {' '.join(r.overrides)}): {e}") from e
+
+
+def _child_env(threads: int, slot: int, jobs: int) -> dict:
+    """The environment of the run in pool slot ``slot``: its threads, this checkout's code, and where there are
+    several GPUs, its own share of them (runs share one GPU when there are more runs than GPUs)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    import torch
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    gpus = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+    if len(gpus) > 1:
+        per = max(1, len(gpus) // jobs)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[(slot * per + i) % len(gpus)] for i in range(per))
     return env
 
 
-def run_local(study: Study, output: Path, runs: list[StudyRun], jobs: int, threads: int, log=print) -> list:
-    """Run ``runs`` in a pool of ``jobs`` processes of ``threads`` threads; progress and ETA after each run."""
-    cost = {r: planned_flops(r) for r in runs}
-    todo = [r for r in runs if r.status(output) != "done"]
+def run_local(study: Study, output: Path, runs: list[StudyRun], jobs: int, threads: int, log=print,
+              retry_failed: bool = False) -> list:
+    """Run ``runs`` in a pool of ``jobs`` processes of ``threads`` threads; progress and ETA after each run.
+
+    A run marked failed (its ``failed.json``: it diverged or broke) is not retried unless ``retry_failed``: the same
+    recipe fails the same way, and the report leaves it out, saying why."""
+    cost = {r: _checked_plan(r) for r in runs}
+    status = {r: r.status(output) for r in runs}
+    marked = [r for r in runs if status[r] == "failed"]
+    todo = [r for r in runs if status[r] in ("pending", "started") or (retry_failed and status[r] == "failed")]
     total, done_before = len(runs), len(runs) - len(todo)
+    for r in marked if not retry_failed else []:
+        reason = json.loads((r.run_dir(output) / "failed.json").read_text()).get("reason", "?")
+        log(f"skipping {r.name} seed {r.seed}: failed earlier ({reason}); --retry-failed runs it again")
     log(f"study {study.name}: {total} runs, {done_before} done, {len(todo)} to run "
-        f"({human_flops(sum(cost[r] for r in todo))} training FLOPs) as {jobs} x {threads} thread(s) -> {output}")
+        f"({human_flops(sum(cost[r] for r in todo))} of training) as {jobs} x {threads} thread(s) -> {output}")
     finished, failed = [], []
     rate: list[tuple[float, float]] = []  # (flops, seconds) of the runs finished here: the ETA's speed per slot
 
+    slots: queue.Queue = queue.Queue()
+    for i in range(jobs):
+        slots.put(i)
+
     def one(r: StudyRun) -> tuple[StudyRun, int, float]:
+        slot = slots.get()
+        try:
+            return _run_one(r, slot)
+        finally:
+            slots.put(slot)
+
+    def _run_one(r: StudyRun, slot: int) -> tuple[StudyRun, int, float]:
         d = r.run_dir(output)
         d.mkdir(parents=True, exist_ok=True)
-        (d / "failed.json").unlink(missing_ok=True)
+        (d / "failed.json").unlink(missing_ok=True)  # only reached for a retry
         t0 = time.time()
         with open(d / "train.log", "a") as f:
             f.write(f"\n=== rbdc study {study.name}: {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
             f.flush()
             cmd = [sys.executable, "-m", "rbdc.cli", *r.train_args(output)]
-            rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=_child_env(threads), cwd=REPO)
+            rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=_child_env(threads, slot, jobs),
+                                 cwd=REPO)
         return r, rc, time.time() - t0
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -251,27 +293,13 @@ def summary(study: Study, output: Path) -> str:
     return "\n".join(lines)
 
 
-class SlurmStudyRun:
-    """A submitit job for one study run; requeued on preemption or timeout (the run directory resumes)."""
-
-    def __init__(self, run: StudyRun, output: str):
-        self.run, self.output = run, output
-
-    def __call__(self) -> int:
-        from .cli import main
-        return main(self.run.train_args(self.output))
-
-    def checkpoint(self, *args, **kwargs):
-        import submitit
-        return submitit.helpers.DelayedSubmission(SlurmStudyRun(self.run, self.output))
-
-
 def submit(runs: list[StudyRun], output: Path, cluster: str | None, args) -> list:
     """One job per run through submitit (``cluster``: None = Slurm when present, or ``local`` / ``debug``)."""
     try:
         import submitit
     except ImportError as e:
         raise UserError("--slurm needs submitit: pip install 'rbdc[slurm]'") from e
+    from .launch import SlurmTrain
     if not runs:
         return []
     ex = submitit.AutoExecutor(folder=output / "submitit" / "%j", cluster=cluster)
@@ -281,7 +309,7 @@ def submit(runs: list[StudyRun], output: Path, cluster: str | None, args) -> lis
                       cpus_per_task=args.cpus_per_run, slurm_array_parallelism=args.array_parallelism)
     ex.update_parameters(**params)
     with ex.batch():  # one array job on Slurm
-        jobs = [ex.submit(SlurmStudyRun(r, str(output))) for r in runs]
+        jobs = [ex.submit(SlurmTrain(r.recipe, str(output), r.extra_args())) for r in runs]
     return jobs
 
 
@@ -294,17 +322,23 @@ def cmd_study(args) -> int:
         if not runs:
             raise UserError(f"--only {args.only} matches no run of {study.name}; points: {', '.join(study.points)}")
     jobs, threads = args.jobs or study.jobs, args.threads or study.threads
+    if args.report:
+        from .study_report import build
+        dest = Path(args.report_to or REPO / "reports" / study.name)
+        for path in build(study, output / study.name, dest).values():
+            print(path)
+        return 0
     if args.list or args.dry_run:
         cost = 0.0
         for r in runs:
-            c = planned_flops(r)
+            c = _checked_plan(r)
             cost += c if r.status(output) != "done" else 0
             print(f"{r.status(output):8s} {r.name} seed {r.seed}  {human_flops(c)}  "
                   f"[{' '.join(r.overrides)}]")
         print(f"{len(runs)} runs, {human_flops(cost)} training FLOPs left -> {output}")
         return 0
     if args.slurm or args.executor:
-        todo = [r for r in runs if r.status(output) != "done"]
+        todo = [r for r in runs if r.status(output) in ("pending", "started")]
         jobs_ = submit(todo, output, args.executor, args)
         print(f"submitted {len(jobs_)} runs of {study.name} ({', '.join(j.job_id for j in jobs_[:3])}"
               f"{', ...' if len(jobs_) > 3 else ''}); rerun this command to submit what is left")
@@ -314,7 +348,7 @@ def cmd_study(args) -> int:
             return 1 if any(rcs) else 0
         return 0
     t0 = time.time()
-    failed = run_local(study, output, runs, jobs, threads)
+    failed = run_local(study, output, runs, jobs, threads, retry_failed=args.retry_failed)
     print(f"\nstudy {study.name} after {human_time(time.time() - t0)}:")
     print(summary(study, output))
     if failed:
@@ -332,14 +366,20 @@ def add_cli(sub) -> None:
                "  rbdc study benchmarks/studies/imagenette32.yaml            # 2 runs at once x 1 thread, resumable\n"
                "  rbdc study benchmarks/studies/imagenette32.yaml --list     # every run, its status and FLOPs\n"
                "  rbdc study benchmarks/studies/imagenette32.yaml --only vit-scratch --jobs 1 --threads 2\n"
+               "  rbdc study benchmarks/studies/imagenette32.yaml --report     # reports/imagenette32.md + figures\n"
                "  rbdc study benchmarks/studies/imagenette64-gpu.yaml --slurm --partition gpu\n")
     p.add_argument("study", help="study YAML (benchmarks/studies/...)")
     p.add_argument("--output", "-o", default=None, help="runs root (default: $RBDC_OUT or runs)")
     p.add_argument("--jobs", type=int, default=None, help="runs at once (default: the study's `jobs`)")
     p.add_argument("--threads", type=int, default=None, help="threads per run (default: the study's `threads`)")
     p.add_argument("--only", action="append", metavar="TEXT", help="only runs whose name contains TEXT (repeatable)")
+    p.add_argument("--retry-failed", action="store_true", help="run again the runs marked failed (failed.json)")
     p.add_argument("--list", action="store_true", help="list the runs with their status and planned FLOPs")
     p.add_argument("--dry-run", action="store_true", help="same as --list")
+    p.add_argument("--report", action="store_true", help="write the study's report (Fig. 2, Fig. 3, savings with "
+                   "intervals, verdict) from the finished runs under OUTPUT, then exit")
+    p.add_argument("--report-to", default=None, metavar="PREFIX",
+                   help="report path without suffix (default: reports/<study name>)")
     p.add_argument("--slurm", action="store_true", help="submit one Slurm job per unfinished run (submitit)")
     p.add_argument("--executor", choices=("local", "debug"), default=None,
                    help="submit through submitit's local or debug executor (the Slurm path, run here)")

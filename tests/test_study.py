@@ -115,18 +115,31 @@ def test_a_study_runs_resumes_after_a_kill_and_skips_finished_runs(tmp_path):
     assert json.dumps(code_version()["commit"]) in info
 
 
-def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path, capsys):
-    path = _study(tmp_path, [{"id": "bad", "recipe": str(CI / "scratch.yaml"), "set": {"batch_size": 100000}},
+def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("IMAGENET_ROOT", raising=False)  # planned from ImageNet's known size, fails to load it
+    path = _study(tmp_path, [{"id": "bad", "recipe": str(CI / "scratch.yaml"), "set": {"data.source": "imagenet"}},
                              {"id": "ok", "recipe": str(CI / "scratch.yaml"), "set": {"epochs": 1}}], seeds=[0])
     assert main(["study", str(path), "-o", str(tmp_path / "runs")]) == 1
     out = capsys.readouterr()
-    assert "tiny/bad seed 0: FAILED" in out.out and "1 run(s) failed: tiny/bad seed 0" in out.err
+    assert "tiny/bad seed 0: FAILED (exit 2)" in out.out and "1 run(s) failed: tiny/bad seed 0" in out.err
     assert (tmp_path / "runs" / "tiny" / "ok" / "seed0" / "results.json").is_file()
 
 
+def test_a_point_that_cannot_be_planned_stops_the_study_before_any_run(tmp_path, capsys):
+    path = _study(tmp_path, [{"id": "ok", "recipe": str(CI / "scratch.yaml"), "set": {"epochs": 1}},
+                             {"id": "bad", "recipe": str(CI / "scratch.yaml"), "set": {"batch_size": 100000}}])
+    assert main(["study", str(path), "-o", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "tiny/bad seed 0" in err and "lower batch_size" in err
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("executor", ["debug", "local"])
-def test_the_cluster_path_submits_one_job_per_run_through_submitit(tmp_path, executor, capsys):
+def test_the_cluster_path_submits_one_job_per_run_through_submitit(tmp_path, executor, capsys, monkeypatch):
     pytest.importorskip("submitit")
+    for key, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                           MASTER_PORT="29500").items():
+        monkeypatch.setenv(key, value)  # the job sets the distributed environment (in-process for `debug`)
     path = _study(tmp_path, TINY[:1], seeds=[0, 1])
     out = tmp_path / "runs"
     assert main(["study", str(path), "-o", str(out), "--executor", executor, "--wait"]) == 0
@@ -136,3 +149,16 @@ def test_the_cluster_path_submits_one_job_per_run_through_submitit(tmp_path, exe
     # resubmitting submits nothing that is done
     assert main(["study", str(path), "-o", str(out), "--executor", executor]) == 0
     assert "submitted 0 runs" in capsys.readouterr().out
+
+
+def test_a_run_marked_failed_is_skipped_until_retried(tmp_path, capsys):
+    path = _study(tmp_path, TINY[:1], seeds=[0])
+    out = tmp_path / "runs"
+    run_dir = out / "tiny" / "scratch" / "seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "failed.json").write_text(json.dumps({"stage": "scratch", "step": 3, "reason": "loss is nan"}))
+    assert main(["study", str(path), "-o", str(out)]) == 0
+    assert "skipping tiny/scratch seed 0: failed earlier (loss is nan)" in capsys.readouterr().out
+    assert not (run_dir / "results.json").exists()
+    assert main(["study", str(path), "-o", str(out), "--retry-failed"]) == 0
+    assert (run_dir / "results.json").is_file() and not (run_dir / "failed.json").exists()

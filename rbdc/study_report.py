@@ -1,0 +1,451 @@
+"""The report of a study (``rbdc study STUDY.yaml --report``): the paper's Fig. 2 and Fig. 3 analogues, the FLOPs
+saving against scratch at every budget with a bootstrap interval over seeds, head-to-head comparisons at equal
+FLOPs, the coupled models before further training, and a verdict in plain words.
+
+What it shows is declared in the study file's ``report:`` section::
+
+    report:
+      title: ...
+      panels:        # Fig. 2, one panel per target: the scratch point (the curve to match) and the other series
+        - {title: ViT-nano, baseline: vit-scratch, series: [vit-rbdc-d1, vit-rbdc-d2, vit-net2net]}
+      ratio: {key: rbdc.ratio, budget: 16, points: [vit-rbdc-d1-ratio1, vit-rbdc-d1, vit-rbdc-d1-ratio3]}
+      compare:       # each point against a reference point at one budget
+        - {title: Ablations, reference: vit-rbdc-d1, budget: 16, points: [vit-rbdc-d1-continue]}
+
+Every number comes from the run directories' ``results.json`` / ``recipe.yaml``; the bootstrap uses a fixed seed,
+so the report regenerates byte for byte from the committed light files.
+"""
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .errors import UserError
+from .report import discover_run_dirs, load_run, matched_flops
+from .study import REPO, Study
+from .units import human_flops
+
+BOOTSTRAP = 4000
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+PAPER_SAVING = 0.30
+COLORS = ("#d62728", "#9e1b1b", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+
+
+def _t975(dof: float) -> float:
+    """Two-sided 95% Student t quantile, rounded down to a tabulated dof (wider, so conservative)."""
+    d = max(1, int(math.floor(dof)))
+    return T975[max(k for k in T975 if k <= d)]
+
+
+@dataclass
+class Point:
+    """The runs of one study point at one budget (one ``<study>/<point>/b<budget>`` group)."""
+
+    point: str
+    budget: float | None
+    protocol: str
+    top1: list[float]
+    flops: list[float]
+    seeds: list[int]
+    runs: list
+    expected_seeds: int
+
+    @property
+    def n(self) -> int:
+        return len(self.top1)
+
+    @property
+    def mean(self) -> float:
+        return statistics.mean(self.top1)
+
+    @property
+    def half_width(self) -> float | None:
+        """Half width of the 95% t-interval of the mean over seeds (None with one seed)."""
+        if self.n < 2:
+            return None
+        return _t975(self.n - 1) * statistics.stdev(self.top1) / math.sqrt(self.n)
+
+    @property
+    def flops_mean(self) -> float:
+        return statistics.mean(self.flops)
+
+    def label(self) -> str:
+        """Epochs per level, as the paper writes on its points (e.g. ``21.3+10.7`` for two levels)."""
+        stages = self.runs[0].results.get("stages") or []
+        levels: dict[str, float] = {}
+        for s in stages:
+            level = s["stage"].split(".")[0]
+            levels.setdefault(level, s["epochs"])
+        return "+".join(f"{e:.3g}" for e in levels.values())
+
+
+def collect(study: Study, root: Path) -> dict[tuple[str, float | None], Point]:
+    """The finished runs of ``study`` under ``root`` (its output folder, or a copy of the light files)."""
+    found = {}
+    if root.is_dir() and any(root.rglob("results.json")):
+        for d in discover_run_dirs([root]):
+            if (d / "failed.json").is_file():
+                continue
+            run = load_run(d)
+            found[(run.group, run.results["seed"])] = run
+    points: dict[tuple[str, float | None], Point] = {}
+    for r in study.runs:
+        key = (r.point, r.budget_epochs)
+        run = found.get((r.name, r.seed))
+        p = points.setdefault(key, Point(r.point, r.budget_epochs, "", [], [], [], [], 0))
+        p.expected_seeds += 1
+        if run is None:
+            continue
+        p.protocol = run.protocol
+        p.top1.append(float(run.results["eval_top1"]))
+        p.flops.append(float(run.results["total_train_flops"]))
+        p.seeds.append(int(run.results["seed"]))
+        p.runs.append(run)
+    return points
+
+
+def _series(points: dict, point: str) -> list[Point]:
+    return sorted((p for (name, _), p in points.items() if name == point and p.n), key=lambda p: p.flops_mean)
+
+
+def _saving(curve: list[tuple[float, float]], top1: float, flops: float) -> tuple[float, str]:
+    m = matched_flops(curve, top1)
+    return 1.0 - flops / m.flops, m.status
+
+
+def saving_with_interval(scratch: list[Point], p: Point, rng: np.random.Generator) -> dict:
+    """Saving 1 - F / F_matched of ``p`` on scratch's curve, and its bootstrap 95% interval over seeds.
+
+    Each bootstrap sample redraws the seeds of every scratch budget and of ``p`` with replacement, rebuilds scratch's
+    monotone log-FLOPs curve from the resampled means and matches the resampled mean of ``p`` on it. Where a sample
+    falls outside scratch's range the saving is bounded, not measured: the bound enters the interval and the share
+    of such samples is reported.
+    """
+    curve = [(s.flops_mean, s.mean) for s in scratch]
+    est, status = _saving(curve, p.mean, p.flops_mean)
+    samples, outside = [], 0
+    for _ in range(BOOTSTRAP):
+        c = [(s.flops_mean, float(np.mean(rng.choice(s.top1, s.n)))) for s in scratch]
+        v, st = _saving(c, float(np.mean(rng.choice(p.top1, p.n))), p.flops_mean)
+        samples.append(v)
+        outside += st != "matched"
+    lo, hi = np.percentile(samples, [2.5, 97.5])
+    return {"saving": est, "status": status, "lo": float(lo), "hi": float(hi), "outside": outside / BOOTSTRAP}
+
+
+def _diff(a: Point, b: Point) -> tuple[float, float | None]:
+    """Mean top-1 difference a - b and the half width of its Welch 95% interval (None without two seeds each)."""
+    d = a.mean - b.mean
+    if a.n < 2 or b.n < 2:
+        return d, None
+    va, vb = statistics.variance(a.top1) / a.n, statistics.variance(b.top1) / b.n
+    if va + vb == 0:
+        return d, 0.0
+    dof = (va + vb) ** 2 / (va ** 2 / (a.n - 1) + vb ** 2 / (b.n - 1))
+    return d, _t975(dof) * math.sqrt(va + vb)
+
+
+def _pm(mean: float, hw: float | None) -> str:
+    return f"{mean:.2f}" if hw is None else f"{mean:.2f} ± {hw:.2f}"
+
+
+def _seeds(p: Point) -> str:
+    return f"{p.n}" if p.n == p.expected_seeds else f"{p.n} of {p.expected_seeds}"
+
+
+def _verdict_word(lo: float, hi: float) -> str:
+    if lo > 0:
+        return "saves FLOPs"
+    if hi < 0:
+        return "needs more FLOPs than scratch"
+    return "no saving distinguishable from zero"
+
+
+def _budget(b) -> str:
+    return "-" if b is None else f"{b:g}"
+
+
+def build(study: Study, root: Path, out: Path) -> dict[str, Path]:
+    """Write ``<out>.md`` and the figures ``<out>-fig2.png``, ``-fig3.png``, ``-saving.png``."""
+    spec = _read_report_spec(study)
+    points = collect(study, root)
+    rng = np.random.default_rng(0)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = sum(p.n for p in points.values())
+    total = sum(p.expected_seeds for p in points.values())
+    md = [f"# {spec.get('title') or study.name}", ""]
+    if study.description:
+        md += [study.description, ""]
+    md += [f"Generated by `rbdc study {_rel(study.path, REPO)} --report` from {done} of {total} runs "
+           f"(`results.json` of each run directory under `{_rel(root, out.parent)}`, relative to this file). "
+           f"Intervals: 95% t-interval of the mean over "
+           f"seeds (points, differences: Welch); savings: percentile bootstrap over seeds ({BOOTSTRAP} resamples, "
+           f"seed 0). With 3 seeds the bootstrap interval is coarse and tends to be too narrow: read it with the "
+           f"t-intervals beside it.", ""]
+    if done < total:
+        missing = [f"{p.point} b{_budget(p.budget)} ({p.expected_seeds - p.n})" for p in points.values()
+                   if p.n < p.expected_seeds]
+        md += [f"**Incomplete**: {total - done} runs not finished yet: {', '.join(missing)}.", ""]
+
+    savings: dict[str, list[tuple[Point, dict]]] = {}
+    verdict: list[str] = []
+    if spec.get("panels"):
+        md += [f"![Fig. 2: top-1 vs training FLOPs]({out.name}-fig2.png)", ""]
+    for panel in spec.get("panels", []):
+        scratch = _series(points, panel["baseline"])
+        md += [f"## {panel['title']}: top-1 vs training FLOPs (Fig. 2)", "",
+               "| point | protocol | budget (target epochs) | seeds | train FLOPs | epochs per level "
+               "| top-1 (95% CI) |",
+               "|---|---|---|---|---|---|---|"]
+        for name in [panel["baseline"], *panel["series"]]:
+            for p in _series(points, name):
+                md.append(f"| {p.point} | {p.protocol} | {_budget(p.budget)} | {_seeds(p)} | "
+                          f"{human_flops(p.flops_mean)} | {p.label()} | {_pm(p.mean, p.half_width)} |")
+        md.append("")
+        if len(scratch) < 2:
+            md += ["Scratch has fewer than two finished budgets: no curve to match savings on yet.", ""]
+            continue
+        md += [f"### FLOPs saving against {panel['baseline']} (matched top-1 on scratch's curve)", "",
+               f"Saving = 1 − F / F_scratch(top-1): F_scratch is where scratch's monotone, log-linear curve of mean "
+               f"top-1 over its {len(scratch)} budgets ({', '.join(_budget(s.budget) for s in scratch)} target "
+               f"epochs) reaches the point's mean top-1. Positive: fewer FLOPs than scratch for the same accuracy. "
+               f"'above' / 'below': the point lies outside scratch's range, so the saving is a bound (≥ / ≤).", "",
+               "| point | budget | seeds | top-1 | matched scratch FLOPs | saving | bootstrap 95% | outside range |",
+               "|---|---|---|---|---|---|---|---|"]
+        for name in panel["series"]:
+            for p in _series(points, name):
+                s = saving_with_interval(scratch, p, rng)
+                savings.setdefault(name, []).append((p, s))
+                bound = {"matched": "", "above_range": "≥ ", "below_range": "≤ "}.get(s["status"], "")
+                md.append(f"| {p.point} | {_budget(p.budget)} | {_seeds(p)} | {_pm(p.mean, p.half_width)} | "
+                          f"{human_flops(p.flops_mean / (1 - s['saving']))} | {bound}{100 * s['saving']:.1f}% | "
+                          f"[{100 * s['lo']:.1f}%, {100 * s['hi']:.1f}%] | {100 * s['outside']:.0f}% |")
+        md.append("")
+        md += _head_to_head(points, panel)
+        for name in panel["series"]:
+            rows = savings.get(name, [])
+            if not rows:
+                continue
+            words = "; ".join(f"b{_budget(p.budget)}: {100 * s['saving']:+.1f}% [{100 * s['lo']:+.1f}, "
+                              f"{100 * s['hi']:+.1f}] ({_verdict_word(s['lo'], s['hi'])})" for p, s in rows)
+            pays = [p for p, s in rows if s["lo"] > 0]
+            paper = [p for p, s in rows if s["lo"] <= PAPER_SAVING <= s["hi"]]
+            verdict.append(f"- **{name}** ({panel['title']}): {words}. "
+                           + (f"It starts to pay from budget {_budget(pays[0].budget)} target epochs. " if pays else
+                              "At no budget is its saving distinguishable from zero or better. ")
+                           + (f"The paper's 30% lies inside the interval at budget(s) "
+                              f"{', '.join(_budget(p.budget) for p in paper)}." if paper else
+                              "The paper's 30% lies outside every interval."))
+    md += _coupled_table(points, spec)
+    if spec.get("ratio"):
+        md += _ratio_section(points, spec["ratio"], out)
+    for comp in spec.get("compare", []):
+        md += _compare_section(points, comp)
+    md += ["## Verdict", ""]
+    md += verdict or ["Not enough finished runs for a verdict yet."]
+    md += ["", "Each verdict line is computed from the table above it: 'saves FLOPs' where the whole bootstrap "
+           "interval of the saving is above zero. It says nothing about scales this study did not run (ImageNet, "
+           "224 px, 300 epochs).", ""]
+    paths = {"md": out.with_name(out.name + ".md")}
+    paths["md"].write_text("\n".join(md), encoding="utf-8", newline="\n")
+    paths.update(_figures(points, spec, savings, out))
+    return paths
+
+
+def _head_to_head(points: dict, panel: dict) -> list[str]:
+    """Every pair of series of the panel at the same budget (equal FLOPs within 2%), RBDC first."""
+    series = panel["series"]
+    lines = [f"### Head to head at equal FLOPs ({panel['title']})", "",
+             "| A | B | budget | FLOPs A / B | top-1 A − B (95% Welch CI) | beyond seed noise |",
+             "|---|---|---|---|---|---|"]
+    n = 0
+    for i, a_name in enumerate(series):
+        for b_name in series[i + 1:]:
+            for a in _series(points, a_name):
+                for b in _series(points, b_name):
+                    if a.budget != b.budget or abs(a.flops_mean / b.flops_mean - 1) > 0.02:
+                        continue
+                    d, hw = _diff(a, b)
+                    beyond = "?" if hw is None else ("yes" if abs(d) > hw else "no")
+                    lines.append(f"| {a.point} | {b.point} | {_budget(a.budget)} | {a.flops_mean / b.flops_mean:.3f} |"
+                                 f" {_pm(d, hw)} | {beyond} |")
+                    n += 1
+    return lines + [""] if n else []
+
+
+def _coupled_table(points: dict, spec: dict) -> list[str]:
+    """The coupled (grown) model's top-1 before further training, against its parts' final top-1."""
+    lines = ["## The coupled model before further training", "",
+             "Top-1 of the model right after coupling (or growing), before its first step, and the mean final top-1 "
+             "of the parts it was built from: how much plain-LayerNorm coupling loses (grouped LN is exact).", "",
+             "| point | budget | stage | seeds | parts' final top-1 | coupled top-1 before training |",
+             "|---|---|---|---|---|---|"]
+    n = 0
+    names = [n_ for panel in spec.get("panels", []) for n_ in panel["series"]]
+    names += [p for c in spec.get("compare", []) for p in c["points"]]
+    for name in dict.fromkeys(names):
+        for p in _series(points, name):
+            before: dict[str, list[float]] = {}
+            parts: dict[str, list[float]] = {}
+            for run in p.runs:
+                ran = run.results.get("coupled_top1_before_training") or {}
+                finals = {}
+                for stage, _, top1 in run.curve:
+                    if math.isfinite(top1):
+                        finals[stage] = top1
+                for stage, top1 in ran.items():
+                    before.setdefault(stage, []).append(float(top1))
+                    parents = [s for s in finals if _is_parent(s, stage)]
+                    if parents:
+                        parts.setdefault(stage, []).append(statistics.mean(finals[s] for s in parents))
+            for stage in sorted(before):
+                part = f"{statistics.mean(parts[stage]):.2f}" if parts.get(stage) else "–"
+                lines.append(f"| {p.point} | {_budget(p.budget)} | {stage} | {len(before[stage])} | {part} | "
+                             f"{statistics.mean(before[stage]):.2f} |")
+                n += 1
+    return lines + [""] if n else []
+
+
+def _is_parent(candidate: str, stage: str) -> bool:
+    """L0.x are the parents of L1.y when L1 is the next level (the level index precedes the dot)."""
+    try:
+        lc, ls = int(candidate.split(".")[0].lstrip("LG")), int(stage.split(".")[0].lstrip("LG"))
+    except ValueError:
+        return False
+    return lc == ls - 1
+
+
+def _ratio_value(p: Point, key: str):
+    rec = yaml.safe_load((p.runs[0].path / "recipe.yaml").read_text())
+    node = rec
+    for k in key.split("."):
+        node = node[k]
+    return node
+
+
+def _ratio_section(points: dict, spec: dict, out: Path) -> list[str]:
+    rows = [p for name in spec["points"] for p in _series(points, name) if p.budget == spec["budget"]]
+    lines = [f"## Top-1 vs training ratio at budget {spec['budget']:g} (Fig. 3)", "",
+             f"![Fig. 3]({out.name}-fig3.png)", "",
+             f"| point | {spec['key']} | seeds | epochs per level | train FLOPs | top-1 (95% CI) |",
+             "|---|---|---|---|---|---|"]
+    for p in sorted(rows, key=lambda p: _ratio_value(p, spec["key"])):
+        lines.append(f"| {p.point} | {_ratio_value(p, spec['key']):g} | {_seeds(p)} | {p.label()} | "
+                     f"{human_flops(p.flops_mean)} | {_pm(p.mean, p.half_width)} |")
+    return lines + [""]
+
+
+def _compare_section(points: dict, spec: dict) -> list[str]:
+    ref = [p for p in _series(points, spec["reference"]) if p.budget == spec["budget"]]
+    lines = [f"## {spec['title']}", "", f"Each point against {spec['reference']} at budget {spec['budget']:g}.", "",
+             "| point | seeds | top-1 (95% CI) | − reference (95% Welch CI) | beyond seed noise |",
+             "|---|---|---|---|---|"]
+    if not ref:
+        return lines + [f"| (reference {spec['reference']} not finished) | | | | |", ""]
+    lines.append(f"| {spec['reference']} (reference) | {_seeds(ref[0])} | {_pm(ref[0].mean, ref[0].half_width)} | | |")
+    for name in spec["points"]:
+        for p in _series(points, name):
+            if p.budget != spec["budget"]:
+                continue
+            d, hw = _diff(p, ref[0])
+            beyond = "?" if hw is None else ("yes" if abs(d) > hw else "no")
+            lines.append(f"| {p.point} | {_seeds(p)} | {_pm(p.mean, p.half_width)} | {_pm(d, hw)} | {beyond} |")
+    return lines + [""]
+
+
+def _figures(points: dict, spec: dict, savings: dict, out: Path) -> dict[str, Path]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    paths = {}
+    panels = spec.get("panels", [])
+    if panels:
+        fig = Figure(figsize=(6.0 * len(panels), 4.6), dpi=110)
+        FigureCanvasAgg(fig)
+        for i, panel in enumerate(panels):
+            ax = fig.add_subplot(1, len(panels), i + 1)
+            for j, name in enumerate([panel["baseline"], *panel["series"]]):
+                ps = _series(points, name)
+                if not ps:
+                    continue
+                color = "#4d4d4d" if j == 0 else COLORS[(j - 1) % len(COLORS)]
+                ax.errorbar([p.flops_mean for p in ps], [p.mean for p in ps], yerr=[p.half_width or 0 for p in ps],
+                            color=color, marker="o", markersize=4, capsize=3, label=name,
+                            linewidth=2.0 if j == 0 else 1.2)
+                if "rbdc" in name:
+                    for p in ps:
+                        ax.annotate(p.label(), (p.flops_mean, p.mean), textcoords="offset points", xytext=(4, -10),
+                                    fontsize=6, color=color)
+            ax.set_xscale("log")
+            ax.set_xlabel("total training FLOPs")
+            ax.set_ylabel("final top-1 (%), mean ± 95% CI over seeds")
+            ax.set_title(panel["title"], fontsize=10)
+            ax.grid(True, which="both", alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7, loc="lower right")
+        fig.tight_layout()
+        paths["fig2"] = out.with_name(out.name + "-fig2.png")
+        fig.savefig(paths["fig2"], format="png", metadata={"Software": None})
+    if spec.get("ratio"):
+        r = spec["ratio"]
+        rows = sorted((p for name in r["points"] for p in _series(points, name) if p.budget == r["budget"]),
+                      key=lambda p: _ratio_value(p, r["key"]))
+        fig = Figure(figsize=(5.5, 4.0), dpi=110)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        ax.errorbar([_ratio_value(p, r["key"]) for p in rows], [p.mean for p in rows],
+                    yerr=[p.half_width or 0 for p in rows], color=COLORS[0], marker="o", capsize=3)
+        ax.set_xlabel(f"training ratio ({r['key']})")
+        ax.set_ylabel("final top-1 (%), mean ± 95% CI")
+        ax.set_title(f"RBDC at budget {r['budget']:g} target epochs", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        paths["fig3"] = out.with_name(out.name + "-fig3.png")
+        fig.savefig(paths["fig3"], format="png", metadata={"Software": None})
+    if savings:
+        fig = Figure(figsize=(6.5, 4.2), dpi=110)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        for j, (name, rows) in enumerate(savings.items()):
+            xs = [p.flops_mean for p, _ in rows]
+            ys = [100 * s["saving"] for _, s in rows]
+            err = [[100 * (s["saving"] - s["lo"]) for _, s in rows], [100 * (s["hi"] - s["saving"]) for _, s in rows]]
+            ax.errorbar(xs, ys, yerr=np.clip(err, 0, None), color=COLORS[j % len(COLORS)], marker="o", capsize=3,
+                        label=name)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.axhline(100 * PAPER_SAVING, color="gray", linestyle="--", linewidth=0.8, label="paper: 30%")
+        ax.set_xscale("log")
+        ax.set_xlabel("total training FLOPs of the point")
+        ax.set_ylabel("FLOPs saving vs scratch (%), bootstrap 95%")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths["saving"] = out.with_name(out.name + "-saving.png")
+        fig.savefig(paths["saving"], format="png", metadata={"Software": None})
+    return paths
+
+
+def _read_report_spec(study: Study) -> dict:
+    data = yaml.safe_load(study.path.read_text()) or {}
+    spec = data.get("report") or {}
+    known = set(study.points)
+    names = [n for p in spec.get("panels", []) for n in (p["baseline"], *p["series"])]
+    names += list(spec.get("ratio", {}).get("points", []))
+    names += [n for c in spec.get("compare", []) for n in (c["reference"], *c["points"])]
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise UserError(f"{study.path}: report names point(s) {bad} that the study does not define "
+                        f"(points: {', '.join(study.points)})")
+    return spec
+
+
+def _rel(path: Path, base: Path) -> str:
+    """``path`` relative to ``base`` (the report's folder), so the report does not depend on where it was made."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(base).resolve())).as_posix()

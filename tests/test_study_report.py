@@ -1,0 +1,93 @@
+"""The study report: savings matched on scratch's curve with bootstrap intervals, Fig. 2/3, byte-exact output."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from rbdc.errors import UserError
+from rbdc.study import load_study
+from rbdc.study_report import Point, build, saving_with_interval
+from tests.test_report import make_run
+
+REPO = Path(__file__).resolve().parents[1]
+CI = REPO / "benchmarks" / "recipes" / "ci"
+SCRATCH = {1: (50.0, 1e12), 2: (60.0, 2e12), 4: (70.0, 4e12)}   # top-1 rises 10 points per doubling of FLOPs
+
+
+def _fake_study(tmp_path: Path, rbdc_top1=(64.0, 65.0, 66.0)) -> tuple:
+    study_file = tmp_path / "s.yaml"
+    study_file.write_text(yaml.safe_dump({
+        "name": "tiny", "seeds": [0, 1, 2],
+        "points": [{"id": "scratch", "recipe": str(CI / "scratch.yaml"), "budgets": [1, 2, 4]},
+                   {"id": "rbdc", "recipe": str(CI / "rbdc.yaml"), "budgets": [2]},
+                   {"id": "rbdc-r{rbdc.ratio}", "recipe": str(CI / "rbdc.yaml"), "budgets": [2],
+                    "grid": {"rbdc.ratio": [1.0, 3.0]}}],
+        "report": {"title": "tiny study",
+                   "panels": [{"title": "ViT", "baseline": "scratch", "series": ["rbdc"]}],
+                   "ratio": {"key": "rbdc.ratio", "budget": 2, "points": ["rbdc-r1", "rbdc", "rbdc-r3"]},
+                   "compare": [{"title": "Ablation", "reference": "rbdc", "budget": 2, "points": ["rbdc-r1"]}]}}))
+    root = tmp_path / "runs" / "tiny"
+    for b, (top1, flops) in SCRATCH.items():
+        for s in range(3):
+            make_run(root.parent, f"tiny/scratch/b{b}", "scratch", s, top1 + (s - 1) * 0.1, flops)
+    for point, ratio, tops in (("rbdc", 2.0, rbdc_top1), ("rbdc-r1", 1.0, (60.0, 61.0, 62.0)),
+                               ("rbdc-r3", 3.0, (63.0, 63.5, 64.0))):
+        for s, t in enumerate(tops):
+            d = make_run(root.parent, f"tiny/{point}/b2", "rbdc", s, t, 2e12)
+            rec = yaml.safe_load((d / "recipe.yaml").read_text())
+            (d / "recipe.yaml").write_text(yaml.safe_dump({**rec, "rbdc": {"ratio": ratio}}))
+    return load_study(study_file), root
+
+
+def test_the_saving_is_matched_on_scratchs_log_linear_curve():
+    scratch = [Point("s", b, "scratch", [t] * 3, [f] * 3, [0, 1, 2], [], 3) for b, (t, f) in SCRATCH.items()]
+    p = Point("r", 2, "rbdc", [65.0] * 3, [2e12] * 3, [0, 1, 2], [], 3)
+    s = saving_with_interval(scratch, p, np.random.default_rng(0))
+    # 65 lies half way (in log FLOPs) between 2e12 and 4e12: scratch needs 2e12 * sqrt(2)
+    assert s["saving"] == pytest.approx(1 - 1 / np.sqrt(2)) and s["status"] == "matched"
+    assert s["lo"] == pytest.approx(s["saving"]) and s["hi"] == pytest.approx(s["saving"])  # no seed spread
+    p_worse = Point("r", 2, "rbdc", [55.0] * 3, [2e12] * 3, [0, 1, 2], [], 3)
+    assert saving_with_interval(scratch, p_worse, np.random.default_rng(0))["saving"] < 0
+    beyond = Point("r", 2, "rbdc", [75.0] * 3, [2e12] * 3, [0, 1, 2], [], 3)
+    assert saving_with_interval(scratch, beyond, np.random.default_rng(0))["status"] == "above_range"
+
+
+def test_the_bootstrap_interval_widens_with_seed_spread():
+    scratch = [Point("s", b, "scratch", [t - 1, t, t + 1], [f] * 3, [0, 1, 2], [], 3) for b, (t, f) in SCRATCH.items()]
+    p = Point("r", 2, "rbdc", [63.0, 65.0, 67.0], [2e12] * 3, [0, 1, 2], [], 3)
+    s = saving_with_interval(scratch, p, np.random.default_rng(0))
+    assert s["lo"] < s["saving"] < s["hi"] and s["hi"] - s["lo"] > 0.1
+
+
+def test_the_report_has_both_figures_savings_and_a_verdict_and_regenerates_byte_for_byte(tmp_path):
+    study, root = _fake_study(tmp_path)
+    paths = build(study, root, tmp_path / "out" / "tiny")
+    md = paths["md"].read_text()
+    assert set(paths) == {"md", "fig2", "fig3", "saving"}
+    assert "| rbdc | 2 | 3 | 65.00 ± 2.48 |" in md            # t(2) * 1 / sqrt(3) = 2.48
+    assert "29.3%" in md and "saves FLOPs" in md
+    assert "The paper's 30% lies inside the interval at budget(s) 2" in md
+    assert "| rbdc-r1 | 1 | 3 |" in md and "| rbdc-r3 | 3 | 3 |" in md   # Fig. 3 rows sorted by ratio
+    assert "| rbdc-r1 | 3 | 61.00 ± 2.48 | -4.00 ± " in md
+    first = {k: p.read_bytes() for k, p in paths.items()}
+    again = build(study, root, tmp_path / "out" / "tiny")
+    assert {k: p.read_bytes() for k, p in again.items()} == first
+
+
+def test_an_unfinished_study_says_what_is_missing_and_skips_failed_runs(tmp_path):
+    study, root = _fake_study(tmp_path)
+    (root / "rbdc" / "b2" / "seed2" / "failed.json").write_text(json.dumps({"reason": "diverged"}))
+    md = build(study, root, tmp_path / "out" / "tiny")["md"].read_text()
+    assert "**Incomplete**: 1 runs not finished yet: rbdc b2 (1)" in md
+    assert "| rbdc | 2 | 2 of 3 |" in md
+
+
+def test_a_report_naming_an_unknown_point_is_refused(tmp_path):
+    study, root = _fake_study(tmp_path)
+    data = yaml.safe_load(study.path.read_text())
+    data["report"]["panels"][0]["series"].append("nope")
+    study.path.write_text(yaml.safe_dump(data))
+    with pytest.raises(UserError, match="report names point"):
+        build(load_study(study.path), root, tmp_path / "out" / "tiny")
