@@ -7,6 +7,8 @@ A study file (``benchmarks/studies/*.yaml``)::
     seeds: [0, 1, 2]
     jobs: 2                       # runs at once on this machine ...
     threads: 1                    # ... with this many threads each
+    nproc: 1                      # processes (GPUs) per run; > 1: torchrun
+    set: {amp: bf16}              # overrides of every point
     points:                       # run in this order: put the headline comparison first
       - {id: vit-scratch, recipe: ../recipes/imagenette32/vit-nano-scratch.yaml, budgets: [4, 8, 16]}
       - id: vit-rbdc-d1-r{rbdc.ratio}          # one point per value of every `grid` key
@@ -40,7 +42,7 @@ from .errors import UserError
 from .units import human_flops, human_time
 
 REPO = Path(__file__).resolve().parents[1]
-STUDY_KEYS = {"name", "seeds", "jobs", "threads", "points", "output", "description", "report"}
+STUDY_KEYS = {"name", "seeds", "jobs", "threads", "nproc", "set", "points", "output", "description", "report"}
 POINT_KEYS = {"id", "recipe", "budgets", "grid", "set"}
 
 
@@ -86,6 +88,7 @@ class Study:
     threads: int = 1
     description: str = ""
     points: list[str] = field(default_factory=list)
+    nproc: int = 1            # processes (GPUs) per run: > 1 runs each through torchrun
 
 
 def _fmt_value(v) -> str:
@@ -114,8 +117,11 @@ def load_study(path: str | Path) -> Study:
     seeds = data.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
         raise UserError(f"{path}: `seeds` must be a list of non-negative integers, got {seeds!r}")
-    jobs, threads = data.get("jobs", 2), data.get("threads", 1)
-    for key, v in (("jobs", jobs), ("threads", threads)):
+    jobs, threads, nproc = data.get("jobs", 2), data.get("threads", 1), data.get("nproc", 1)
+    common = data.get("set") or {}
+    if not isinstance(common, dict):
+        raise UserError(f"{path}: `set` maps recipe keys to values (overrides of every point)")
+    for key, v in (("jobs", jobs), ("threads", threads), ("nproc", nproc)):
         if not isinstance(v, int) or v < 1:
             raise UserError(f"{path}: `{key}` must be a positive integer, got {v!r}")
     runs: list[StudyRun] = []
@@ -155,13 +161,13 @@ def load_study(path: str | Path) -> Study:
             if pid in ids:
                 raise UserError(f"{where}: point id {pid!r} is used twice; give each point its own id")
             ids.append(pid)
-            over = tuple(_override(k, v) for k, v in {**fixed, **values}.items())
+            over = tuple(_override(k, v) for k, v in {**common, **fixed, **values}.items())
             for b in budgets:
                 bname = "" if b is None else f"/b{_fmt_value(b)}"
                 extra = over + ((f"budget_epochs={_fmt_value(b)}",) if b is not None else ())
                 for s in seeds:
                     runs.append(StudyRun(f"{data['name']}/{pid}{bname}", str(recipe), extra, s, b, pid))
-    return Study(data["name"], path, runs, jobs, threads, data.get("description", ""), ids)
+    return Study(data["name"], path, runs, jobs, threads, data.get("description", ""), ids, nproc)
 
 
 def planned_flops(run: StudyRun) -> float:
@@ -189,7 +195,7 @@ def _checked_plan(r: StudyRun) -> float:
         raise UserError(f"{r.name} seed {r.seed} ({r.recipe}, {' '.join(r.overrides)}): {e}") from e
 
 
-def _child_env(threads: int, slot: int, jobs: int) -> dict:
+def _child_env(threads: int, slot: int, jobs: int, nproc: int = 1) -> dict:
     """The environment of the run in pool slot ``slot``: its threads, this checkout's code, and where there are
     several GPUs, its own share of them (runs share one GPU when there are more runs than GPUs)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -198,7 +204,7 @@ def _child_env(threads: int, slot: int, jobs: int) -> dict:
     visible = env.get("CUDA_VISIBLE_DEVICES")
     gpus = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
     if len(gpus) > 1:
-        per = max(1, len(gpus) // jobs)
+        per = max(nproc, len(gpus) // jobs)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[(slot * per + i) % len(gpus)] for i in range(per))
     return env
 
@@ -241,9 +247,12 @@ def run_local(study: Study, output: Path, runs: list[StudyRun], jobs: int, threa
         with open(d / "train.log", "a") as f:
             f.write(f"\n=== rbdc study {study.name}: {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
             f.flush()
-            cmd = [sys.executable, "-m", "rbdc.cli", *r.train_args(output)]
-            rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=_child_env(threads, slot, jobs),
-                                 cwd=REPO)
+            launch = [sys.executable, "-m"] if study.nproc == 1 else [
+                sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={study.nproc}",
+                "-m"]
+            cmd = [*launch, "rbdc.cli", *r.train_args(output)]
+            env = _child_env(threads, slot, jobs, study.nproc)
+            rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
         return r, rc, time.time() - t0
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -335,7 +344,7 @@ def cmd_study(args) -> int:
             cost += c if r.status(output) != "done" else 0
             print(f"{r.status(output):8s} {r.name} seed {r.seed}  {human_flops(c)}  "
                   f"[{' '.join(r.overrides)}]")
-        print(f"{len(runs)} runs, {human_flops(cost)} training FLOPs left -> {output}")
+        print(f"{len(runs)} runs, {human_flops(cost)} of training left -> {output}")
         return 0
     if args.slurm or args.executor:
         todo = [r for r in runs if r.status(output) in ("pending", "started")]

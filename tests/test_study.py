@@ -162,3 +162,10 @@ def test_a_run_marked_failed_is_skipped_until_retried(tmp_path, capsys):
     assert not (run_dir / "results.json").exists()
     assert main(["study", str(path), "-o", str(out), "--retry-failed"]) == 0
     assert (run_dir / "results.json").is_file() and not (run_dir / "failed.json").exists()
+
+
+def test_study_wide_overrides_and_processes_per_run(tmp_path):
+    path = _study(tmp_path, TINY[:1], seeds=[0], nproc=2, set={"amp": "fp32", "model_kwargs": {"num_heads": 2}})
+    study = load_study(path)
+    assert study.nproc == 2
+    assert study.runs[0].overrides == ("amp=fp32", 'model_kwargs={"num_heads": 2}', "epochs=1")
