@@ -49,7 +49,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_train_path(benchmark, case: PathCase):
     """Rounds of ``case.steps`` steps (in every process at once); each round's GEMM probe runs just before it."""
-    case = case.for_run()
+    name, case = str(case), case.for_run()
     device = require_device(case.device)
     gemm: list[float] = []
     threads = torch.get_num_threads()
@@ -63,4 +63,4 @@ def test_train_path(benchmark, case: PathCase):
         timed(benchmark, lambda: train(case.steps), device, rounds=case.rounds, warmup_rounds=1, setup=lambda: gemm.append(runner.gemm()), **info)
     finally:
         close()
-    benchmark.extra_info["gemm_flops_per_s"] = gemm[-case.rounds:]
+    benchmark.extra_info.update(case=name, gemm_flops_per_s=gemm[-case.rounds:])

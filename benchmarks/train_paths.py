@@ -16,8 +16,8 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 import torch
-import torch.nn as nn
 from timm.loss import LabelSmoothingCrossEntropy
+from torch import nn
 
 from benchmarks.bench_common import REPO, TOY, compiled, require_device, sync, toy_sized
 from rbdc.engine import build_optimizer, lr_for, set_attention_path, train_step
@@ -55,9 +55,9 @@ class PathCase:
         return "-".join(parts)
 
     def for_run(self) -> PathCase:
-        """The case as it runs here: toy-sized with 1 thread under ``RBDC_BENCH_TOY=1`` (the device script's dry
-        run)."""
-        return replace(toy_sized(self), threads=1) if TOY else self
+        """The case as it runs here: toy-sized, 1 thread and at most 2 processes under ``RBDC_BENCH_TOY=1`` (the
+        device script's dry run)."""
+        return replace(toy_sized(self), threads=1, procs=min(self.procs, 2)) if TOY else self
 
 
 def gemm_size(device: torch.device) -> int:
@@ -149,7 +149,7 @@ def _serve(case: PathCase, conn) -> None:
             if cmd[0] == "stop":
                 break
             conn.send(("ok", trainer.train(cmd[1]) if cmd[0] == "train" else trainer.gemm()))
-    except Exception as e:  # the parent re-raises it with the member's message
+    except Exception as e:  # noqa: BLE001  (the parent re-raises it with the member's message)
         conn.send(("error", f"{type(e).__name__}: {e}"))
     finally:
         conn.close()
