@@ -11,7 +11,9 @@ Every case records in ``extra_info`` the device (name), torch/CUDA versions, dty
 images per second. CUDA rounds end with ``torch.cuda.synchronize`` so they time the work, not the kernel launches.
 
 Environment: ``RBDC_BENCH_THREADS`` sets torch's CPU threads (default: torch's choice; on a machine shared with other
-jobs, 1 thread gives far steadier numbers than threads fighting for cores); ``RBDC_DATA`` locates Imagenette.
+jobs, 1 thread gives far steadier numbers than threads fighting for cores; ``tox -e bench`` sets 1); ``RBDC_DATA``
+locates Imagenette; ``RBDC_BENCH_TOY=1`` runs every case, the GPU ones too, toy-sized on the CPU (the dry run of
+``benchmarks/device_check.sh``).
 """
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ def test_dry_run_runs_every_step_and_writes_the_committed_format(tmp_path):
         "bench/dry-run.json", "perf.md", "env.txt", "gpu-tests.xml", "device_check.log"}
     (run,) = perf_report.load(out / "bench")
     benches = run["benchmarks"]
-    cases = {(b["group"], b["extra_info"]["case"], b["extra_info"].get("impl")) for b in benches}
+    cases = {(b["group"], b["extra_info"].get("case"), b["extra_info"].get("impl")) for b in benches}
     for model in ("deit_small_patch16_224", "deit_base_patch16_224", "resnet50"):
         for impl in ("bare", "harness"):
             assert ("train-step", f"cuda-{model}-224px-b256", impl) in cases
