@@ -17,7 +17,7 @@ def _run(tmp_path, *args, **env):
     full = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=sys.executable, RBDC_WHEELS=str(tmp_path / "no-wheels"),
                 RBDC_DATA=str(tmp_path / "no-data"), OMP_NUM_THREADS="1", **env)
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=full, cwd=tmp_path,
-                          timeout=600)
+                          check=False, timeout=600)
 
 
 def test_unknown_argument_is_refused_with_the_options(tmp_path):
