@@ -1,6 +1,7 @@
 """Helpers of the benchmark modules: data location, device names, CUDA-synchronised timing, run metadata."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import os
 import platform
@@ -11,6 +12,23 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICES = ("cpu", "cuda")
+# RBDC_BENCH_TOY=1: every case (the GPU ones too) runs on the CPU at toy size, in seconds: the device script's dry run
+# (benchmarks/device_check.sh --dry-run) checks the whole chain on a machine without a GPU.
+TOY = os.environ.get("RBDC_BENCH_TOY", "") == "1"
+TOY_MODELS = {"vit": ("test_rbdc_vit", 32), "resnet": ("test_rbdc_resnet", 64)}
+
+
+def toy_sized(case):
+    """``case`` (a frozen dataclass with model, img_size, batch, steps, rounds) as it runs: toy-sized under TOY."""
+    if not TOY:
+        return case
+    model, px = TOY_MODELS["resnet" if "resnet" in case.model else "vit"]
+    return dataclasses.replace(case, model=model, img_size=px, batch=min(case.batch, 8), steps=1, rounds=2)
+
+
+def compiled(model: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile(model)``; under TOY with the eager backend (Dynamo's tracing without minutes of codegen)."""
+    return torch.compile(model, backend="eager") if TOY else torch.compile(model)
 
 
 def data_root() -> Path | None:
@@ -69,7 +87,9 @@ def timed(benchmark, fn, device: torch.device, *, rounds: int, warmup_rounds: in
 
 
 def require_device(name: str) -> torch.device:
-    """The torch device for a case, skipping the test when it is CUDA and none is present."""
+    """The torch device for a case, skipping the test when it is CUDA and none is present (the CPU when toy-sized)."""
+    if TOY:
+        return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs a CUDA device (none here); GPU figures not measured")
     return torch.device(name)

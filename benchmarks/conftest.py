@@ -11,7 +11,9 @@ Every case records in ``extra_info`` the device (name), torch/CUDA versions, dty
 images per second. CUDA rounds end with ``torch.cuda.synchronize`` so they time the work, not the kernel launches.
 
 Environment: ``RBDC_BENCH_THREADS`` sets torch's CPU threads (default: torch's choice; on a machine shared with other
-jobs, 1 thread gives far steadier numbers than threads fighting for cores); ``RBDC_DATA`` locates Imagenette.
+jobs, 1 thread gives far steadier numbers than threads fighting for cores; ``tox -e bench`` sets 1); ``RBDC_DATA``
+locates Imagenette; ``RBDC_BENCH_TOY=1`` runs every case, the GPU ones too, toy-sized on the CPU (the dry run of
+``benchmarks/device_check.sh``).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import torch
 
 import rbdc  # noqa: F401  (registers rbdc's timm models)
 
-from benchmarks.bench_common import DEVICES
+from benchmarks.bench_common import DEVICES, TOY
 
 
 def _apply_threads() -> None:
@@ -56,7 +58,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         dev = case_device(item)
         (drop if wanted != "all" and dev is not None and dev != wanted else keep).append(item)
-        if dev == "cuda" and not torch.cuda.is_available():
+        if dev == "cuda" and not TOY and not torch.cuda.is_available():
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device (none here); GPU figures not measured"))
     if drop:
         config.hook.pytest_deselected(items=drop)

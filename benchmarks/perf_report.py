@@ -2,6 +2,7 @@
 
     python -m benchmarks.perf_report run [pytest args]   # reports/bench/<device>.json: the CPU, then the GPU if any
     python -m benchmarks.perf_report                     # reports/perf.md from every reports/bench/*.json
+    python -m benchmarks.perf_report merge OUT.json A.json B.json   # one device's JSON from several runs' parts
 
 Each JSON holds one device's figures; the report keeps devices apart and never compares numbers across them. Within
 a device it turns round times into images per second (``extra_info["images_per_round"]``), the harness/bare ratio
@@ -25,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO / "reports" / "bench"
 REPORT = REPO / "reports" / "perf.md"
 OVERHEAD_TARGET = 0.03          # the engine may add at most 3% to a bare step
+GEMM_FRACTION_TARGET = 0.60     # the ViT proxy's CPU training step, as a fraction of the same-precision GEMM rate
 DEIT_B_TARGET_TFLOPS = 360.0    # 45% of the ~798 TFLOP/s measured for dense bf16 matmuls on an H100
 
 
@@ -102,6 +104,23 @@ def paired_ratios(harness: dict) -> list[float]:
     return [h / b for h, b in zip(times, bare)] if len(times) == len(bare) else []
 
 
+def gemm_fraction(bench: dict) -> float | None:
+    """Model FLOP/s over the same-precision GEMM FLOP/s measured in the same run (``gemm_flops_per_s``).
+
+    One probe per round (``train-paths``): the median over rounds of the per-round ratios; otherwise (a probe before
+    and after the rounds) the median round's rate over the probes' mean. None without probes.
+    """
+    e = bench["extra_info"]
+    gemm = e.get("gemm_flops_per_s") or []
+    if not gemm:
+        return None
+    flops = e["images_per_round"] * e["train_flops_per_image"]
+    times = bench["stats"].get("data") or []
+    if len(times) == len(gemm) > 2:
+        return float(np.median([flops / t / g for t, g in zip(times, gemm)]))
+    return flops / bench["stats"]["median"] / float(np.mean(gemm))
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:+.1f}%"
 
@@ -119,9 +138,9 @@ def _train_step(benches: list[dict], gpu: bool, peak: float | None) -> list[str]
     pairs: dict[str, dict] = {}
     for b in benches:
         pairs.setdefault(b["extra_info"]["case"], {})[b["extra_info"]["impl"]] = b
-    cols = ["model", "px", "batch", "dtype", "channels_last", "compile", "bare img/s", "harness img/s",
+    cols = ["model", "px", "batch", "dtype", "attention", "channels_last", "compile", "bare img/s", "harness img/s",
             "harness/bare, interleaved rounds: median [95% interval]", "harness/bare, fastest rounds",
-            "round noise bare / harness", f"within {100 * OVERHEAD_TARGET:.0f}%"]
+            "round noise bare / harness", f"within {100 * OVERHEAD_TARGET:.0f}%", "harness fraction of GEMM"]
     cols += ["harness model TFLOP/s", "MFU"] if gpu else []
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for pair in pairs.values():
@@ -137,13 +156,46 @@ def _train_step(benches: list[dict], gpu: bool, peak: float | None) -> list[str]
             paired = f"{r:.3f} ({_pct(r - 1)}) [{_pct(lo - 1)}, {_pct(hi - 1)}], {len(ratios)} pairs"
         else:
             r, paired = r_min, "n/a"
-        cells = [e["model"], e["img_size"], e["batch"], e["dtype"], e["channels_last"], e["compile"],
-                 f"{_ips(bare):,.0f}", f"{_ips(har):,.0f}", paired, f"{r_min:.3f} ({_pct(r_min - 1)})",
-                 f"{100 * _noise(bare):.1f}% / {100 * _noise(har):.1f}%",
-                 "yes" if r <= 1 + OVERHEAD_TARGET else "no"]
+        frac = gemm_fraction(har)
+        cells = [e["model"], e["img_size"], e["batch"], e["dtype"], _attention(e),
+                 e["channels_last"], e["compile"], f"{_ips(bare):,.0f}", f"{_ips(har):,.0f}", paired,
+                 f"{r_min:.3f} ({_pct(r_min - 1)})", f"{100 * _noise(bare):.1f}% / {100 * _noise(har):.1f}%",
+                 "yes" if r <= 1 + OVERHEAD_TARGET else "no", "n/a" if frac is None else f"{100 * frac:.0f}%"]
         if gpu:
             tflops = _ips(har) * e["train_flops_per_image"] / 1e12
             cells += [f"{tflops:.1f}", f"{100 * tflops / peak:.1f}%" if peak else "n/a (device not in rbdc/perf.py)"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return lines
+
+
+def _attention(e: dict) -> str:
+    if "resnet" in e["model"]:
+        return "-"
+    fused = e.get("fused_attn")
+    return "timm default (fused SDPA)" if fused is None else ("fused SDPA" if fused else "explicit")
+
+
+def _train_paths(benches: list[dict], gpu: bool, peak: float | None) -> list[str]:
+    """One row per path; *vs study path*: img/s over the study path's img/s of the same model."""
+    unit, scale = ("TFLOP/s", 1e12) if gpu else ("GFLOP/s", 1e9)
+    cols = ["model", "px", "batch", "precision", "attention", "channels_last", "compile", "threads x processes",
+            "img/s", f"model {unit}", f"GEMM {unit} (same precision, same rounds)", "fraction of GEMM",
+            "vs study path", "round noise"] + (["MFU (spec peak)"] if gpu else [])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    study = {b["extra_info"]["model"]: _ips(b) for b in benches if b["extra_info"].get("study")}
+    for b in benches:
+        e = b["extra_info"]
+        model_flops = _ips(b) * e["train_flops_per_image"]
+        frac = gemm_fraction(b)
+        gemm = np.median(e.get("gemm_flops_per_s") or [np.nan])
+        ref = study.get(e["model"])
+        cells = [e["model"] + (" **(study path)**" if e.get("study") else ""), e["img_size"], e["batch"],
+                 f"{e['amp']} ({e['gemm_dtype']} GEMM)", _attention(e), e["channels_last"],
+                 e["compile"], f"{e['threads']} x {e['procs']}", f"{_ips(b):,.0f}", f"{model_flops / scale:.1f}",
+                 f"{gemm / scale:.1f}", "n/a" if frac is None else f"{100 * frac:.0f}%",
+                 f"{_ips(b) / ref:.2f}x" if ref else "n/a", f"{100 * _noise(b):.1f}%"]
+        if gpu:
+            cells.append(f"{100 * model_flops / 1e12 / peak:.1f}%" if peak else "n/a")
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return lines
 
@@ -205,7 +257,7 @@ def render(runs: list[dict]) -> str:
         gpu_seen |= gpu
         peak = _peak(e0["device"]) if gpu else None
         out += [f"## {e0['device']}", "",
-                f"`{data['_path'].relative_to(REPO) if data['_path'].is_relative_to(REPO) else data['_path']}` | "
+                f"`reports/bench/{data['_path'].name}` | "
                 f"run {data['datetime'][:16].replace('T', ' ')} UTC | torch {e0['torch']} | timm {e0['timm']}"
                 + (f" | CUDA {e0['cuda']}" if gpu else f" | {e0['threads']} CPU thread(s)")
                 + (f" | bf16 peak {peak:g} TFLOP/s" if peak else ""), ""]
@@ -227,6 +279,24 @@ def render(runs: list[dict]) -> str:
                                f"target >= {DEIT_B_TARGET_TFLOPS:.0f} "
                                f"({'met' if tf >= DEIT_B_TARGET_TFLOPS else 'not met'}).")
                 out.append("")
+        if "train-paths" in by_group:
+            sizes = ", ".join(sorted({str(b["extra_info"]["gemm_n"]) for b in by_group["train-paths"]}))
+            out += ["### Training paths: the studies' step, as model FLOP/s and as a fraction of the GEMM rate", "",
+                    ("The engine's `train_step` with the study recipe's loss, clipping and drop-path on a fixed batch "
+                    "(data loading excluded: see the data pipeline). The first row of each model is the path its "
+                    "study runs; each other row changes one thing. Before every timed round every process measures "
+                    f"a same-precision square GEMM (n = {sizes}); *fraction of GEMM* is the median over rounds of model FLOP/s / GEMM FLOP/s (processes "
+                    "added up), so it holds on a machine whose load changes. Model FLOPs: 3 x the analytic forward "
+                    "(`rbdc.flops`)."), ""]
+            out += _train_paths(by_group["train-paths"], gpu, peak) + [""]
+            if not gpu:
+                vit = [b for b in by_group["train-paths"] if b["extra_info"].get("study")
+                       and b["extra_info"]["model"] == "rbdc_vit_nano_patch4_32"]
+                for b in vit:
+                    f = gemm_fraction(b)
+                    out += [(f"- ViT proxy (rbdc_vit_nano_patch4_32) on its study path: {100 * f:.0f}% of the "
+                             f"fp32 GEMM rate; target >= {100 * GEMM_FRACTION_TARGET:.0f}% "
+                             f"({'met' if f >= GEMM_FRACTION_TARGET else 'not met'})."), ""]
         if "forward" in by_group:
             out += ["### Forward throughput (eval, no autograd)", ""] + _forward(by_group["forward"]) + [""]
         if "coupling" in by_group:
@@ -249,10 +319,31 @@ def render(runs: list[dict]) -> str:
     return "\n".join(out)
 
 
+def merge(output: Path, parts: list[Path]) -> int:
+    """One device's JSON from the JSONs of several pytest runs on it (the device script's steps): their benchmarks
+    in order, the first one's run metadata. Missing parts (a step that ran out of time) are skipped."""
+    datas = [json.loads(p.read_text()) for p in parts if p.is_file()]
+    if not datas:
+        print(f"perf_report: none of {', '.join(map(str, parts))} exists; nothing to merge", file=sys.stderr)
+        return 2
+    merged = dict(datas[0], benchmarks=[b for d in datas for b in d["benchmarks"]])
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(merged, indent=1))
+    print(f"perf_report: wrote {output} ({len(merged['benchmarks'])} benchmarks from {len(datas)} of "
+          f"{len(parts)} parts)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["run"]:
         return run(argv[1:])
+    if argv[:1] == ["merge"]:
+        if len(argv) < 3:
+            print("usage: python -m benchmarks.perf_report merge OUTPUT.json PART.json [PART.json ...]",
+                  file=sys.stderr)
+            return 2
+        return merge(Path(argv[1]), [Path(a) for a in argv[2:]])
     parser = argparse.ArgumentParser(prog="python -m benchmarks.perf_report", description=__doc__.split("\n")[0])
     parser.add_argument("--bench-dir", type=Path, default=BENCH_DIR, help="folder of pytest-benchmark JSON files")
     parser.add_argument("-o", "--output", type=Path, default=REPORT, help="the Markdown report to write")

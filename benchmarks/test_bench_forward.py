@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from benchmarks.bench_common import require_device, timed
+from benchmarks.bench_common import require_device, timed, toy_sized
 from rbdc.flops import forward_flops
 from rbdc.models import family_of, scaled
 
@@ -40,6 +40,7 @@ CASES = [
 @pytest.mark.benchmark(group="forward")
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_forward(benchmark, case: Case):
+    case = toy_sized(case)
     device = require_device(case.device)
     torch.manual_seed(0)
     model = scaled(case.model, 1, num_classes=case.num_classes).to(device).eval()

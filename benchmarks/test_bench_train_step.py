@@ -18,8 +18,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.scheduler import CosineLRScheduler
 
-from benchmarks.bench_common import require_device, sync, timed
-from rbdc.engine import autocast_for, build_optimizer, train_step
+from benchmarks.bench_common import compiled, require_device, sync, timed, toy_sized
+from benchmarks.train_paths import gemm_rate
+from rbdc.engine import autocast_for, build_optimizer, set_attention_path, train_step
 from rbdc.flops import train_flops_per_image
 from rbdc.models import family_of, scaled
 from rbdc.recipe import DEFAULTS
@@ -35,15 +36,20 @@ class Case:
     compile: bool = False
     steps: int = 1        # optimizer steps per timed round (several on a GPU, so one sync covers many launches)
     rounds: int = 20
+    fused_attn: bool | None = None   # ViTs: the attention kernel (None: timm's choice, fused SDPA)
 
     def __str__(self) -> str:
-        return f"{self.device}-{self.model}-{self.img_size}px-b{self.batch}" + ("-compile" if self.compile else "")
+        attn = "" if self.fused_attn is None else ("-fusedattn" if self.fused_attn else "-explicitattn")
+        return f"{self.device}-{self.model}-{self.img_size}px-b{self.batch}" + ("-compile" if self.compile else "") \
+            + attn
 
 
 CASES = [
     # CPU: the Imagenette study's ViT and a tiny bottleneck ResNet, batches small enough for seconds per case.
     Case("cpu", "rbdc_vit_mini_patch8_64", 64, 16, rounds=20),
     Case("cpu", "test_rbdc_resnet", 64, 16, rounds=40),
+    # The 32-px study's ViT on the path it runs (batch 128, explicit attention).
+    Case("cpu", "rbdc_vit_nano_patch4_32", 32, 128, rounds=20, fused_attn=False),
     # GPU (bf16): the issue's targets, and the Imagenette study model at its batch.
     Case("cuda", "deit_small_patch16_224", 224, 256, 1000, steps=10, rounds=10),
     Case("cuda", "deit_base_patch16_224", 224, 256, 1000, steps=10, rounds=10),
@@ -74,7 +80,7 @@ def _sides(case: Case) -> tuple[torch.device, dict]:
     device = require_device(case.device)
     reference = _reference_model(case)
     recipe = {**DEFAULTS, "model": case.model, "batch_size": case.batch, "compile": case.compile,
-              "mixup": 0.0, "cutmix": 0.0, "smoothing": 0.0, "clip_grad": None, "ema": False}
+              "fused_attn": case.fused_attn, "mixup": 0.0, "cutmix": 0.0, "smoothing": 0.0, "clip_grad": None, "ema": False}
     # The engine's own choices: bf16 on CUDA, fused AdamW on CUDA, channels_last for CNNs on CUDA.
     bf16 = isinstance(autocast_for(recipe, device), torch.autocast)
     fused = device.type == "cuda"
@@ -85,10 +91,10 @@ def _sides(case: Case) -> tuple[torch.device, dict]:
     y = torch.randint(0, case.num_classes, (case.batch,), generator=gen).to(device)
 
     def copy_model() -> tuple[nn.Module, nn.Module]:
-        model = copy.deepcopy(reference).to(device).train()
+        model = set_attention_path(copy.deepcopy(reference), recipe).to(device).train()
         if channels_last:
             model.to(memory_format=torch.channels_last)
-        return model, (torch.compile(model) if case.compile else model)
+        return model, (compiled(model) if case.compile else model)
 
     # The harness: the engine's optimizer factory, scheduler update and train_step.
     h_model, h_fwd = copy_model()
@@ -127,6 +133,7 @@ def _sides(case: Case) -> tuple[torch.device, dict]:
 
     info = dict(case=str(case), model=case.model, img_size=case.img_size, batch=case.batch,
                 dtype="bf16" if bf16 else "fp32", channels_last=channels_last, compile=case.compile,
+                fused_attn=case.fused_attn,
                 fused_adamw=fused, steps_per_round=case.steps, images_per_round=case.steps * case.batch,
                 train_flops_per_image=train_flops_per_image(case.model, case.img_size, num_classes=case.num_classes))
     return device, {"bare": rounds(bare), "harness": rounds(harness), "info": info}
@@ -141,8 +148,11 @@ def test_train_step(benchmark, case: Case, impl: str):
     Interleaving makes the ratio immune to slow drifts of the machine's load: the report's main figure is the
     median over rounds of harness_i / bare_i, where bare_i ran just before harness_i.
     """
+    name, case = str(case), toy_sized(case)
     device, sides = _sides(case)
+    sides["info"]["case"] = name  # toy-sized cases keep their own names (several share one toy model)
     paired: list[float] = []
+    gemm_dtype = torch.bfloat16 if sides["info"]["dtype"] == "bf16" else torch.float32
 
     def bare_round():
         t0 = time.perf_counter()
@@ -154,7 +164,9 @@ def test_train_step(benchmark, case: Case, impl: str):
     for _ in range(warmup):  # the bare side's warm-up (compilation, allocator), untimed
         bare_round()
     paired.clear()
+    gemm = [gemm_rate(gemm_dtype, device)]  # the same-precision GEMM rate just before and after the timed rounds
     timed(benchmark, sides[impl], device, rounds=case.rounds, warmup_rounds=warmup,
           setup=bare_round if impl == "harness" else None, impl=impl, **sides["info"])
+    benchmark.extra_info["gemm_flops_per_s"] = gemm + [gemm_rate(gemm_dtype, device)]
     if impl == "harness":
         benchmark.extra_info["paired_bare_s"] = paired[-case.rounds:]
