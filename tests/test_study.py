@@ -76,6 +76,7 @@ def _final_digest(run_dir: Path) -> dict:
             for k, v in load_file(run_dir / "final.safetensors").items()}
 
 
+@pytest.mark.slow
 def test_a_study_runs_resumes_after_a_kill_and_skips_finished_runs(tmp_path):
     """Kill the study (its whole process group) mid-way; the same command finishes it, with the weights of an
     uninterrupted run; a third call trains nothing."""
@@ -134,7 +135,7 @@ def test_a_point_that_cannot_be_planned_stops_the_study_before_any_run(tmp_path,
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("executor", ["debug", "local"])
+@pytest.mark.parametrize("executor", ["debug", pytest.param("local", marks=pytest.mark.slow)])
 def test_the_cluster_path_submits_one_job_per_run_through_submitit(tmp_path, executor, capsys, monkeypatch):
     pytest.importorskip("submitit")
     for key, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
