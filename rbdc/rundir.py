@@ -161,7 +161,7 @@ def relative_argv(argv: list[str], root: Path) -> str:
     out = []
     for arg in argv:
         key, eq, value = arg.partition("=") if arg.startswith("--") and "=" in arg else ("", "", arg)
-        if value and os.path.exists(value):
+        if value and (os.path.isabs(value) or os.path.exists(value)):
             value = os.path.relpath(Path(value).resolve(), root)
         out.append(key + eq + value)
     return " ".join(shlex.quote(a) for a in out)

@@ -167,12 +167,17 @@ class Run:
             _write_summary(self.dir / "summary.csv", rows)
             ledger.save(self.dir / "ledger.json")
 
+    def plan(self) -> None:
+        """The data and the stages: an impossible plan is refused before the run directory exists."""
+        rec = self.recipe
+        self.train_ds, self.val_ds = _datasets(rec)
+        self.num_classes = rec["num_classes"] or self.train_ds.num_classes
+        self.stages = plan_stages(rec, len(self.train_ds), self.num_classes)
+        self.steps_per_epoch = len(self.train_ds) // rec["batch_size"]
+
     def execute(self) -> dict:
         rec = self.recipe
-        train_ds, val_ds = _datasets(rec)
-        num_classes = rec["num_classes"] or train_ds.num_classes
-        stages = self.stages = plan_stages(rec, len(train_ds), num_classes)
-        self.steps_per_epoch = len(train_ds) // rec["batch_size"]
+        train_ds, val_ds, num_classes, stages = self.train_ds, self.val_ds, self.num_classes, self.stages
         self.log(f"run {self.dir}  ({rec['protocol']}, target {rec['model']}, {len(train_ds):,} train / "
                  f"{len(val_ds):,} val images, device {self.device})")
         self.log(describe_plan(rec, stages, len(train_ds), num_classes))
@@ -460,6 +465,7 @@ def run_recipe(path: str | None, output: str = "runs", overrides: list[str] = ()
         log(describe_plan(rec, plan_stages(rec, size, ncls), size, ncls))
         return None
     run = Run(rec, output, d, log, only_stage)
+    run.plan()
     run.prepare()
     try:
         return run.execute()
