@@ -18,9 +18,9 @@ from pathlib import Path
 
 from .errors import UserError
 
-__all__ = ["RunFailed", "append_command", "atomic_write", "atomic_write_bytes", "clear_failed", "load_state",
-           "read_failed", "read_json", "relative_argv", "remove_orphans", "save_state", "sha256", "user_errors",
-           "write_failed"]
+__all__ = ["RunFailed", "append_command", "atomic_write", "atomic_write_bytes", "clear_failed", "load_checkpoint",
+           "load_state", "read_failed", "read_json", "read_manifest", "refuse_diverged", "relative_argv",
+           "remove_orphans", "save_state", "sha256", "user_errors", "verified", "write_failed"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -176,13 +176,61 @@ def append_command(run_dir: Path, command: str, env: dict) -> None:
     atomic_write_bytes(path, (old + ("\n" if old else "") + block).encode())
 
 
-def remove_orphans(folder: Path, stale: tuple[str, ...] = ()) -> list[Path]:
-    """Delete the temporary files a killed write left in ``folder`` (they can hold gigabytes on a full disk) and
-    the ``stale`` names (e.g. the ``last.pt`` of a stage the manifest already holds)."""
-    removed = []
+def _remove_orphans_in(folder: Path, stale: tuple[str, ...] = ()) -> None:
     if folder.is_dir():
         for p in folder.iterdir():
             if p.is_file() and (p.name in stale or (p.name.startswith(".") and TMP_SUFFIX in p.name)):
                 p.unlink(missing_ok=True)
-                removed.append(p)
-    return removed
+
+
+def remove_orphans(run_dir: Path, stage_ids: list[str], done: dict, top: bool = True) -> None:
+    """Delete what a kill left behind: the temporary files of interrupted writes (of rbdc and of safetensors; on a
+    full disk they hold the space), in the run directory (``top``) and in the folders of ``stage_ids``, and the
+    ``last.pt`` of stages already done (in ``done``, the manifest's stages, or holding ``stage.json``)."""
+    if top:
+        _remove_orphans_in(run_dir)
+    for sid in stage_ids:
+        sdir = run_dir / "stages" / sid
+        finished = sid in done or (sdir / "stage.json").is_file()
+        _remove_orphans_in(sdir, ("last.pt",) if finished else ())
+
+
+NEW_RUN = "start a new run (another --name or --output)"
+
+
+def read_manifest(run_dir: Path) -> dict:
+    path = run_dir / "manifest.json"
+    if not path.is_file():
+        return {"stages": {}, "rows": [], "ledger": {}}
+    return read_json(path, f"restore it from a copy, or {NEW_RUN}")
+
+
+def verified(run_dir: Path, entry: dict, stage: str, key: str = "final") -> Path:
+    """The path of a file a manifest entry lists (``final`` weights, or ``optimizer`` state), after checking that
+    it is there with the sha256 recorded when its stage finished."""
+    rel, digest = (entry["final"], entry["sha256"]) if key == "final" else (entry[key]["path"], entry[key]["sha256"])
+    path = run_dir / rel
+    if not path.is_file():
+        raise UserError(f"{path} is missing, but manifest.json says stage {stage} wrote it; restore it, or {NEW_RUN}")
+    if sha256(path) != digest:
+        raise UserError(f"{path} changed since stage {stage} wrote it (sha256 mismatch); restore it, or {NEW_RUN}")
+    return path
+
+
+def load_checkpoint(stage_dir: Path) -> dict | None:
+    """The resumable state of a stage in progress (``last.pt``), checked; None when the stage has not started."""
+    path = stage_dir / "last.pt"
+    if not path.is_file():
+        return None
+    return load_state(path, f"delete it to restart stage {stage_dir.name} from its beginning (the run stays "
+                            f"exact), or {NEW_RUN}")
+
+
+def refuse_diverged(run_dir: Path) -> None:
+    """Resuming a diverged run replays the same steps bit for bit, so it would diverge again; and a run that only
+    survives a retry must not enter a report either."""
+    failed = read_failed(run_dir)
+    if failed and failed.get("diverged"):
+        raise UserError(f"{run_dir} diverged in stage {failed['stage']} at step {failed['step']}: rerunning the same "
+                        f"recipe diverges again; lower lr_base or set clip_grad and train it under another --name or "
+                        f"--output (or delete {run_dir} to retrain it as it is)")

@@ -122,13 +122,8 @@ class Run:
         if existing.is_file() and existing.read_text() != text and recipes.resolve(existing) != self.recipe:
             raise UserError(f"{self.dir} holds a run of a different recipe (see its recipe.yaml); resume it with "
                             f"`rbdc train --recipe {existing}`, or pick another --output or name")
-        failed = rundir.read_failed(self.dir)
-        if failed and failed.get("diverged") and not self.only_stage:
-            # resuming replays the same steps bit for bit, so it would diverge again; a run that only survives on
-            # a retry must not enter a report either
-            raise UserError(f"{self.dir} diverged in stage {failed['stage']} at step {failed['step']}: rerunning "
-                            f"the same recipe diverges again; lower lr_base or set clip_grad and train it under "
-                            f"another --name or --output (or delete {self.dir} to retrain it as it is)")
+        if not self.only_stage:
+            rundir.refuse_diverged(self.dir)
         if self.d.main and not self.only_stage:
             with rundir.user_errors(self.dir):
                 self.dir.mkdir(parents=True, exist_ok=True)
@@ -136,31 +131,7 @@ class Run:
             rundir.append_command(self.dir, self.command, _env_info(self.device))
 
     def _manifest(self) -> dict:
-        path = self.dir / "manifest.json"
-        if not path.is_file():
-            return {"stages": {}, "rows": [], "ledger": {}}
-        return read_json(path, "restore it from a copy, or start a new run (another --name or --output)")
-
-    def _remove_orphans(self, stages, man: dict) -> None:
-        """What a kill left behind: temporary files of interrupted writes, and the ``last.pt`` of stages already
-        done (killed between their manifest entry and the checkpoint's removal)."""
-        if not self.d.main:
-            return
-        if self.only_stage:
-            rundir.clear_failed(self.dir / "stages" / self.only_stage)
-        else:
-            rundir.remove_orphans(self.dir)
-        for st in stages:
-            sdir = self.dir / "stages" / st.id
-            done = st.id in man["stages"] or (sdir / "stage.json").is_file()
-            rundir.remove_orphans(sdir, ("last.pt",) if done else ())
-
-    def _load_checkpoint(self, sdir: Path) -> dict | None:
-        path = sdir / "last.pt"
-        if not path.is_file():
-            return None
-        return load_state(path, f"delete it to restart stage {sdir.name} from its beginning (the run stays exact), "
-                                f"or start a new run")
+        return rundir.read_manifest(self.dir)
 
     def _write_progress(self, rows: list[dict], ledger: Ledger) -> None:
         if self.d.main and not self.only_stage:
@@ -185,7 +156,10 @@ class Run:
         self.log(f"effective global batch {rec['batch_size']} (micro-batch {micro} x {self.d.world} process(es)), "
                  f"lr {lr_for(rec):.3g} = {rec['lr_base']:g} x {rec['batch_size']}/512")
         man = self._manifest()
-        self._remove_orphans(stages, man)
+        if self.d.main:
+            if self.only_stage:
+                rundir.clear_failed(self.dir / "stages" / self.only_stage)
+            rundir.remove_orphans(self.dir, [s.id for s in stages], man["stages"], top=not self.only_stage)
         loader_kw = dict(img_size=rec["img_size"], in_memory=rec["data"]["in_memory"], num_workers=rec["workers"],
                          distributed=self.d.world > 1, device=self.device)
         val_loader = build_loader(val_ds, batch_size=max(micro, 64), train=False, **loader_kw)
@@ -206,7 +180,7 @@ class Run:
             train_loader = build_loader(train_ds, batch_size=micro, train=True, aug=rec["aug"], seed=st.seed,
                                         repeated_aug=rec["repeated_aug"], **loader_kw)
             model, opt_state, parents, growth_cost = self._build(st, num_classes, man, train_loader)
-            state = self._load_checkpoint(sdir)
+            state = rundir.load_checkpoint(sdir)
             rows = state["rows"] if state else list(man["rows"])
             ledger = Ledger.from_dict(state["ledger"] if state else man["ledger"])
             if state:  # a kill after the checkpoint's write left these behind it
@@ -338,7 +312,7 @@ class Run:
                 from .growth import gradmax_start
                 return gradmax_start(rec["model"], st.factor, **kw), None, [], None
             return scaled(rec["model"], st.factor, **kw), None, [], None
-        paths = [self._verified(man["stages"][p], p) for p in st.parents]
+        paths = [rundir.verified(self.dir, man["stages"][p], p) for p in st.parents]
         parents = [{"stage": p, "path": str(path.relative_to(self.dir)), "sha256": man["stages"][p]["sha256"]}
                    for p, path in zip(st.parents, paths)]
         if rec["protocol"] == "gradmax":
@@ -393,26 +367,12 @@ class Run:
         cost = (f"{parent.model_name} (GradMax gradient pass)", info["images"] * self.d.world, parent.flops_per_image)
         return model, grow_named_state(named, old, info["mapping"]), cost
 
-    def _verified(self, entry: dict, stage: str, key: str = "final") -> Path:
-        """The path of a file a manifest entry lists (``final`` weights, or ``optimizer`` state), after checking
-        that it is there with the sha256 recorded when its stage finished."""
-        rec = entry[key] if key == "final" else entry[key]["path"]
-        digest = entry["sha256"] if key == "final" else entry[key]["sha256"]
-        path = self.dir / rec
-        if not path.is_file():
-            raise UserError(f"{path} is missing, but manifest.json says stage {stage} wrote it; restore it, or start "
-                            f"a new run (another --name or --output)")
-        if sha256(path) != digest:
-            raise UserError(f"{path} changed since stage {stage} wrote it (sha256 mismatch); restore it, or start a "
-                            f"new run (another --name or --output)")
-        return path
-
     def _optimizer_state(self, man: dict, stage: str) -> dict:
         """A finished stage's carried optimizer state (AdamW moments by parameter name)."""
         entry = man["stages"][stage]
-        path = self._verified(entry, stage, "optimizer") if "optimizer" in entry else \
+        path = rundir.verified(self.dir, entry, stage, "optimizer") if "optimizer" in entry else \
             self.dir / "stages" / stage / "optimizer.pt"  # runs made before the manifest listed it
-        return load_state(path, "restore it, or start a new run (another --name or --output)")
+        return load_state(path, rundir.NEW_RUN)
 
     def _finish(self, stages, man: dict) -> dict:
         rec = self.recipe
@@ -420,7 +380,7 @@ class Run:
         rows = man["rows"]
         final_row = [r for r in rows if r["stage"] == last and "eval_top1" in r][-1]
         if self.d.main:
-            src = self._verified(man["stages"][last], last)
+            src = rundir.verified(self.dir, man["stages"][last], last)
             atomic_write_bytes(self.dir / "final.safetensors", src.read_bytes())
         ledger = Ledger.from_dict(man["ledger"])
         by_stage = ledger.by_stage()
