@@ -31,7 +31,8 @@ from timm.models import ResNet
 from .perf import mfu_fields
 from .rundir import RunFailed
 
-__all__ = ["Dist", "StageSpec", "Diverged", "train_stage", "train_step", "evaluate", "autocast_for", "peak_mem_mb", "lr_for"]
+__all__ = ["Dist", "StageSpec", "Diverged", "train_stage", "train_step", "evaluate", "autocast_for", "peak_mem_mb",
+           "lr_for"]
 
 
 @dataclass(frozen=True)

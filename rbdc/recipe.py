@@ -88,8 +88,8 @@ class Loader(yaml.SafeLoader):
     """YAML 1.1 with YAML 1.2's floats: ``1e-3``, ``5e-4`` and ``1e9`` are numbers (PyYAML reads them as strings)."""
 
 
-Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-                             list("-+0123456789"))
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
 
 
 def load_yaml(text: str):
@@ -125,7 +125,8 @@ SPEC: dict[str, tuple] = {
     "mixup": (_NUM, _NONNEG), "cutmix": (_NUM, _NONNEG), "mixup_prob": (_NUM, _UNIT),
     "mixup_switch_prob": (_NUM, _UNIT), "aug": ((dict,), None), "repeated_aug": ((bool,), None),
     "ema": ((bool,), None), "ema_decay": (_NUM, _UNIT), "amp": ((str,), ("auto", "bf16", "fp32")),
-    "compile": ((bool,), None), "fused_attn": ((bool, None), None), "channels_last": ((str, bool), ("auto", True, False)),
+    "compile": ((bool,), None), "fused_attn": ((bool, None), None),
+    "channels_last": ((str, bool), ("auto", True, False)),
     "workers": ((int, None), _NONNEG), "eval_every": ((int,), _ONE), "device": ((str,), None),
     "diffusionblocks": ((dict,), None),
     "growth.mode": ((str,), None), "growth.noise_std": (_NUM, _NONNEG), "growth.coefs": ((str,), None),
