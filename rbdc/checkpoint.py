@@ -1,7 +1,6 @@
 """Weights files: safetensors with the metadata needed to rebuild the model, written atomically."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from fractions import Fraction
@@ -9,27 +8,26 @@ from pathlib import Path
 
 import torch.nn as nn
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from .errors import UserError
 from .models import arch_of, scaled, widen_name
+from .rundir import atomic_write_bytes, sha256
 
 __all__ = ["save_weights", "load_weights", "load_model", "sha256", "atomic_write_bytes"]
 
 
-def sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def _sorted_metadata(data: bytes) -> bytes:
+    """The safetensors file ``data`` with its metadata keys sorted: safetensors writes them in hash-map order, which
+    changes from process to process, so the same weights would get a different sha256 each time."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    if "__metadata__" in header:
+        meta = dict(sorted(header.pop("__metadata__").items()))
+        header = {"__metadata__": meta, **header}
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # the tensor data stays 8-byte aligned, as safetensors pads it
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike, **meta) -> Path:
@@ -38,8 +36,6 @@ def save_weights(model: nn.Module, path: str | os.PathLike, **meta) -> Path:
     Metadata: ``model`` (registered timm name when one exists), ``arch`` (json: base name, width factor, timm
     kwargs, and GradMax's ``inner_widths`` when grown), ``num_classes`` and any ``meta`` given (stringified).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arch = arch_of(model)
     name = widen_name(arch["name"], arch["factor"]) or arch["name"]
     desc = {"name": arch["name"], "factor": str(arch["factor"]), "kwargs": arch["kwargs"]}
@@ -48,10 +44,7 @@ def save_weights(model: nn.Module, path: str | os.PathLike, **meta) -> Path:
     info = {"model": name, "num_classes": str(model.num_classes), "arch": json.dumps(desc, sort_keys=True)}
     info.update({k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in meta.items()})
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=info)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(path, _sorted_metadata(save(tensors, metadata=info)))
 
 
 def load_weights(path: str | os.PathLike) -> tuple[dict, dict]:

@@ -30,6 +30,7 @@ import tarfile
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -39,6 +40,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from rbdc.errors import UserError
+from rbdc.rundir import atomic_write
 
 __all__ = [
     "DataError", "ImageDataset", "FolderDataset", "ArrayDataset", "SyntheticDataset", "Loader", "StreamLoader",
@@ -718,7 +720,8 @@ def _decode_all(dataset: ImageDataset, size: int, crop_pct: float, num_workers: 
     loader = torch.utils.data.DataLoader(_DecodeDataset(dataset, size, crop_pct), batch_size=64,
                                          num_workers=num_workers)
     pos = 0
-    with _progress(total=n, desc=f"decode {dataset.source} {dataset.split} @{size}px", unit="img") as bar:
+    with _progress(total=n, desc=f"decode {dataset.source} {dataset.split} @{size}px", unit="img") as bar, \
+            _worker_errors():
         for batch in loader:
             out[pos:pos + len(batch)] = batch
             pos += len(batch)
@@ -756,16 +759,8 @@ def build_memory_cache(dataset: ImageDataset, size: int, crop_pct: float = 1.0, 
         if blob.get("key") == json.dumps(key, sort_keys=True) and len(blob["images"]) == len(dataset):
             return blob["images"], targets, path
     images = _decode_all(dataset, size, crop_pct, num_workers)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save({"images": images, "targets": targets, "key": json.dumps(key, sort_keys=True)}, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is meant to be shared like the extraction
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    blob = {"images": images, "targets": targets, "key": json.dumps(key, sort_keys=True)}
+    atomic_write(path, lambda f: torch.save(blob, f))
     return images, targets, path
 
 
@@ -882,6 +877,19 @@ class Loader:
         raise NotImplementedError
 
 
+@contextmanager
+def _worker_errors() -> Iterator[None]:
+    """A :class:`DataError` raised in a DataLoader worker reaches the main process as the same type whose message
+    is the worker's whole traceback; keep its own one line, as with ``workers: 0``."""
+    try:
+        yield
+    except DataError as e:
+        lines = str(e).strip().splitlines()
+        if len(lines) < 2 or "DataLoader worker" not in lines[0]:
+            raise
+        raise DataError(lines[-1].partition("DataError: ")[2] or lines[-1]) from None
+
+
 class StreamLoader(Loader):
     """Decodes and transforms each image (timm transforms) in DataLoader workers."""
 
@@ -903,8 +911,9 @@ class StreamLoader(Loader):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         non_blocking = self.device.type == "cuda"
-        for x, y in self._dl:
-            yield x.to(self.device, non_blocking=non_blocking), y.to(self.device, non_blocking=non_blocking)
+        with _worker_errors():
+            for x, y in self._dl:
+                yield x.to(self.device, non_blocking=non_blocking), y.to(self.device, non_blocking=non_blocking)
 
 
 def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

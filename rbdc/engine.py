@@ -29,8 +29,10 @@ from tqdm import tqdm
 from .flops import Ledger, train_flops_per_image
 from timm.models import ResNet
 from .perf import mfu_fields
+from .rundir import RunFailed
 
-__all__ = ["Dist", "StageSpec", "train_stage", "train_step", "evaluate", "autocast_for", "peak_mem_mb", "lr_for"]
+__all__ = ["Dist", "StageSpec", "Diverged", "train_stage", "train_step", "evaluate", "autocast_for", "peak_mem_mb",
+           "lr_for"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,15 @@ class StageSpec:
     seed: int
     sched_total: int | None = None   # cosine length (default: steps); > steps when the schedule continues
     sched_offset: int = 0            # where on that cosine this stage starts
+
+
+class Diverged(RunFailed):
+    """The training loss went non-finite: AdamW then writes NaN into every weight, so no later step recovers."""
+
+    def __init__(self, stage: str, step: int, loss: float):
+        super().__init__(f"stage {stage} diverged: training loss {loss} at step {step}; lower lr_base or set "
+                         f"clip_grad (e.g. --set clip_grad=1.0), as a new run (another --name or --output)",
+                         stage=stage, step=step, diverged=True)
 
 
 def lr_for(recipe: dict) -> float:
@@ -305,6 +316,11 @@ def train_stage(model: nn.Module, spec: StageSpec, recipe: dict, train_loader, v
                        step_fn=step_fn, model=model, mix=mix, channels_last=channels_last, ema=ema,
                        custom_loss=custom_loss)
             step += 1
+            # a non-finite loss keeps the epoch's sum non-finite: this finds the first such step (one host sync per
+            # step, as timm's own loop does to log the loss)
+            if not torch.isfinite(loss_sum):
+                bar.close()
+                raise Diverged(spec.id, step, loss_sum.item())
             n_steps += 1
             bar.update(1)
         bar.close()

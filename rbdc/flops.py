@@ -160,10 +160,8 @@ class Ledger:
         return cls([LedgerEntry(**e) for e in d.get("entries", [])])
 
     def save(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        os.replace(tmp, path)
+        from .rundir import atomic_write_bytes
+        atomic_write_bytes(path, json.dumps(self.to_dict(), indent=1).encode())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Ledger":

@@ -63,6 +63,13 @@ def _name(target: str, factor: Fraction) -> str:
     return widen_name(target, factor) or (target if factor == 1 else f"{target}@{factor}")
 
 
+def _whole_steps(steps: float, what: str) -> int:
+    """``steps`` rounded; a plan of less than one optimizer step is refused (it would train one step silently)."""
+    if round(steps) < 1:
+        raise UserError(f"{what} buys {steps:.3g} optimizer steps, less than one; raise it or lower batch_size")
+    return round(steps)
+
+
 def matched_budget(run_dir: str | Path) -> float:
     path = Path(run_dir) / "results.json"
     if not path.is_file():
@@ -83,12 +90,14 @@ def plan_stages(recipe: dict, train_size: int, num_classes: int) -> list[Stage]:
         budget = recipe["budget_epochs"] * steps_per_epoch * batch * _fpi(recipe, Fraction(1), num_classes)
 
     def steps_for(epochs: float) -> int:
-        return max(1, round(epochs * steps_per_epoch))
+        return _whole_steps(epochs * steps_per_epoch, f"{epochs:g} epochs of {steps_per_epoch} steps")
+
+    what = f"the budget of {budget:.4g} FLOPs" if budget is not None else ""
 
     if recipe["protocol"] == "scratch":
         fpi = _fpi(recipe, Fraction(1), num_classes)
         if budget is not None:
-            steps = max(1, round(budget / (batch * fpi)))
+            steps = _whole_steps(budget / (batch * fpi), what)
         elif recipe["epochs"]:
             steps = steps_for(recipe["epochs"])
         else:
@@ -104,7 +113,7 @@ def plan_stages(recipe: dict, train_size: int, num_classes: int) -> list[Stage]:
             dbm = build_model(recipe, num_classes)
         fpi = dbm.train_flops_per_image(recipe["img_size"])
         if budget is not None:
-            steps = max(1, round(budget / (batch * fpi)))
+            steps = _whole_steps(budget / (batch * fpi), what)
         elif recipe["epochs"]:
             steps = steps_for(recipe["epochs"] * dbm.num_blocks)
         else:
@@ -134,15 +143,16 @@ def plan_stages(recipe: dict, train_size: int, num_classes: int) -> list[Stage]:
             weights = [ratio ** (r - lvl) for lvl in range(r + 1)]
             if recipe["rbdc"]["ratio_type"] == "epochs":
                 unit = budget / sum(w * c * f * batch for w, c, f in zip(weights, counts, fpis))
-                level_steps = [max(1, round(w * unit)) for w in weights]
+                level_steps = [_whole_steps(w * unit, f"{what} (level {lvl})") for lvl, w in enumerate(weights)]
             elif recipe["rbdc"]["ratio_type"] == "flops":
                 per_level = [budget * w / sum(weights) for w in weights]
-                level_steps = [max(1, round(b / (c * f * batch))) for b, c, f in zip(per_level, counts, fpis)]
+                level_steps = [_whole_steps(b / (c * f * batch), f"{what} (level {lvl})")
+                               for lvl, (b, c, f) in enumerate(zip(per_level, counts, fpis))]
             else:
                 raise UserError(f"rbdc.ratio_type must be epochs or flops, got {recipe['rbdc']['ratio_type']!r}")
             # the last level absorbs the rounding of the others, so the total lands within half a final step
             spent = sum(st * c * f * batch for st, c, f in zip(level_steps[:-1], counts, fpis))
-            level_steps[-1] = max(1, round((budget - spent) / (counts[-1] * fpis[-1] * batch)))
+            level_steps[-1] = _whole_steps((budget - spent) / (counts[-1] * fpis[-1] * batch), f"{what} (level {r})")
         else:
             raise UserError("rbdc needs rbdc.epochs (one per level) or a `budget`/`match`")
         cont = recipe["rbdc"]["schedule"] == "continue"
@@ -210,7 +220,8 @@ def _gradmax_stages(recipe: dict, num_classes: int, budget: float | None, total:
             lo, hi = (mid, hi) if cost(mid) <= budget else (lo, mid)
         steps = lengths(lo)
         spent = cost(lo) - steps[-1] * batch * fpis[-1]
-        steps[-1] = max(1, round((budget - spent) / (batch * fpis[-1])))  # the last stage absorbs the rounding
+        # the last stage absorbs the rounding
+        steps[-1] = _whole_steps((budget - spent) / (batch * fpis[-1]), f"the budget of {budget:.4g} FLOPs")
     elif total is not None:
         steps = lengths(total)
     else:

@@ -3,8 +3,12 @@ flat-ish dict that the run directory stores (``recipe.yaml``) and that replays t
 from __future__ import annotations
 
 import copy
+import functools
+import json
+import math
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -80,6 +84,134 @@ DEFAULTS: dict[str, Any] = {
 FREE_FORM = ("model_kwargs", "aug", "diffusionblocks")  # dicts whose keys are not checked here
 
 
+class Loader(yaml.SafeLoader):
+    """YAML 1.1 with YAML 1.2's floats: ``1e-3``, ``5e-4`` and ``1e9`` are numbers (PyYAML reads them as strings)."""
+
+
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
+
+
+def load_yaml(text: str):
+    return yaml.load(text, Loader=Loader)
+
+
+class Range(NamedTuple):
+    lo: float
+    hi: float = math.inf
+    lo_inclusive: bool = True
+
+
+# Types and ranges (or allowed values) of the keys, dotted for nested ones. A type is a tuple of accepted Python
+# types (None: null allowed).
+_NUM = (int, float)
+_POS = Range(0, lo_inclusive=False)
+_NONNEG = Range(0)
+_UNIT = Range(0, 1)
+_ONE = Range(1)
+SPEC: dict[str, tuple] = {
+    "name": ((str,), None), "protocol": ((str,), PROTOCOLS), "model": ((str,), None), "model_kwargs": ((dict,), None),
+    "num_classes": ((int, None), _ONE), "img_size": ((int,), _ONE),
+    "seed": ((int,), _NONNEG), "seed_stride": ((int,), _ONE),
+    "data.source": ((str,), None), "data.root": ((str, None), None), "data.subset": ((int, None), _ONE),
+    "data.in_memory": ((bool,), None), "data.download": ((bool,), None),
+    "data.val_subset": ((int, None), _ONE),
+    "epochs": ((*_NUM, None), _POS), "budget": ((*_NUM, None), _POS), "budget_epochs": ((*_NUM, None), _POS),
+    "match": ((str, None), None), "batch_size": ((int,), _ONE),
+    "micro_batch": ((int, None), _ONE), "opt": ((str,), None), "lr_base": (_NUM, _POS),
+    "weight_decay": (_NUM, _NONNEG), "opt_eps": (_NUM, _POS), "fused": ((bool, None), None), "min_lr": (_NUM, _NONNEG),
+    "warmup_epochs": (_NUM, _NONNEG), "warmup_lr": (_NUM, _NONNEG), "anneal_to_end": ((bool,), None),
+    "clip_grad": ((*_NUM, None), _POS), "drop_path": (_NUM, _UNIT), "smoothing": (_NUM, _UNIT),
+    "mixup": (_NUM, _NONNEG), "cutmix": (_NUM, _NONNEG), "mixup_prob": (_NUM, _UNIT),
+    "mixup_switch_prob": (_NUM, _UNIT), "aug": ((dict,), None), "repeated_aug": ((bool,), None),
+    "ema": ((bool,), None), "ema_decay": (_NUM, _UNIT), "amp": ((str,), ("auto", "bf16", "fp32")),
+    "compile": ((bool,), None), "fused_attn": ((bool, None), None),
+    "channels_last": ((str, bool), ("auto", True, False)),
+    "workers": ((int, None), _NONNEG), "eval_every": ((int,), _ONE), "device": ((str,), None),
+    "diffusionblocks": ((dict,), None),
+    "growth.mode": ((str,), None), "growth.noise_std": (_NUM, _NONNEG), "growth.coefs": ((str,), None),
+    "growth.noise": (_NUM, _NONNEG), "growth.num_templates": ((int,), _ONE),
+    "growth.start_factor": (_NUM, Range(0, 1, False)), "growth.grow_steps": ((int,), _ONE),
+    "growth.grow_span": ((list,), None), "growth.scale": (_NUM, _POS),
+    "rbdc.depth": ((int,), _ONE), "rbdc.k": ((int,), Range(2)),
+    "rbdc.epochs": ((list, None), None), "rbdc.ratio": (_NUM, _POS), "rbdc.ratio_type": ((str,), ("epochs", "flops")),
+    "rbdc.head": ((str,), ("mean", "sum")), "rbdc.norm": ((str,), ("plain", "grouped")),
+    "rbdc.offdiag_std": (_NUM, _NONNEG), "rbdc.optimizer": ((str,), ("fresh", "carried")),
+    "rbdc.schedule": ((str,), ("restart", "continue")), "rbdc.jobs": ((int,), _ONE),
+}
+_LISTS = {"rbdc.epochs": _POS, "growth.grow_span": _UNIT}  # lists of numbers in these ranges
+
+
+def _type_name(types: tuple) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true/false", list: "a list",
+             dict: "a mapping", None: "null"}
+    return " or ".join(dict.fromkeys(names[t] for t in types if not (t is int and float in types)))
+
+
+def _check_value(key: str, value, types: tuple, allowed) -> None:
+    def bad(what: str) -> UserError:
+        return UserError(f"recipe key {key}: {what}, got {value!r}; fix it in the recipe or with --set {key}=...")
+    if value is None:
+        if None not in types:
+            raise bad(f"must be {_type_name(types)}")
+        return
+    ok = isinstance(value, tuple(t for t in types if t is not None))
+    if isinstance(value, bool) and bool not in types:
+        ok = False  # YAML's true/false are ints to Python
+    if not ok:
+        raise bad(f"must be {_type_name(types)}")
+    if isinstance(allowed, Range):
+        lo, hi, lo_incl = allowed
+        if not (math.isfinite(value) and (value >= lo if lo_incl else value > lo) and value <= hi):
+            raise bad(f"must be {'>=' if lo_incl else '>'} {lo:g}" + (f" and <= {hi:g}" if hi != math.inf else ""))
+    elif allowed is not None and value not in allowed:
+        raise bad(f"must be one of {', '.join(map(str, allowed))}")
+
+
+def validate(recipe: dict) -> None:
+    """Every key's type and range (:data:`SPEC`), the options of ``aug`` and ``diffusionblocks``, and that
+    ``model`` with ``model_kwargs`` builds; one line naming the key on the first problem."""
+    for key, (types, allowed) in SPEC.items():
+        node = recipe
+        for part in key.split("."):
+            node = node[part]
+        _check_value(key, node, types, allowed)
+        if key in _LISTS and node is not None:
+            for v in node:
+                _check_value(f"{key} entries", v, _NUM, _LISTS[key])
+    from .data import _check_aug
+    try:
+        _check_aug(recipe["aug"])
+    except ValueError as e:
+        raise UserError(f"recipe key aug: {e}") from None
+    _check_model(json.dumps({k: recipe[k] for k in ("model", "model_kwargs", "protocol", "diffusionblocks",
+                                                      "drop_path", "smoothing", "num_classes")}, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=256)
+def _check_model(key: str) -> None:
+    """Build the recipe's target on the meta device (no memory, no time): an unknown model name or timm kwarg is
+    found before anything is written."""
+    import torch
+
+    from .models import scaled
+    rec = json.loads(key)
+    try:
+        with torch.device("meta"):
+            if rec["protocol"] == "diffusionblocks":
+                from .diffusionblocks import build_model
+                build_model(rec, rec["num_classes"] or 10)
+            else:
+                scaled(rec["model"], 1, num_classes=rec["num_classes"] or 10, drop_path_rate=rec["drop_path"],
+                       **rec["model_kwargs"])
+    except UserError:
+        raise
+    except (TypeError, ValueError, KeyError, RuntimeError, AssertionError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"model {rec['model']!r} with model_kwargs {rec['model_kwargs']} cannot be built ({msg}); "
+                        f"fix `model` or `model_kwargs`") from None
+
+
 def _merge(base: dict, over: dict, where: str) -> dict:
     out = copy.deepcopy(base)
     for key, value in over.items():
@@ -98,7 +230,7 @@ def _read(path: Path, seen: tuple = ()) -> dict:
     if path in seen:
         raise UserError(f"recipe {path} inherits from itself through {' -> '.join(map(str, seen))}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise UserError(f"recipe {path} is not valid YAML: {e}") from e
     parent = data.pop("base", None)
@@ -118,7 +250,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise UserError(f"override {text!r} must look like key=value (e.g. rbdc.depth=2 or epochs=10)")
     key, value = text.split("=", 1)
-    return key.split("."), yaml.safe_load(value)
+    try:
+        return key.split("."), load_yaml(value)
+    except yaml.YAMLError as e:
+        raise UserError(f"override {text!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
 
 
 def resolve(path: str | Path | None = None, overrides: list[str] = (), **fields) -> dict:
@@ -140,6 +275,7 @@ def resolve(path: str | Path | None = None, overrides: list[str] = (), **fields)
     if recipe["protocol"] not in PROTOCOLS:
         raise UserError(f"unknown protocol {recipe['protocol']!r}; choose one of {', '.join(PROTOCOLS)}")
     recipe["name"] = recipe["name"] or f"{recipe['model']}/{recipe['protocol']}"
+    validate(recipe)
     return recipe
 
 

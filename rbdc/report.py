@@ -23,6 +23,7 @@ import json
 import math
 import os
 import re
+import sys
 import textwrap
 import statistics
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from rbdc.errors import UserError
+from rbdc.rundir import atomic_write, atomic_write_bytes
 
 __all__ = [
     'QUOTED', 'Quoted', 'Run', 'GroupRow', 'Match', 'discover_run_dirs', 'load_run', 'summarize_groups',
@@ -38,6 +40,8 @@ __all__ = [
 
 RESULTS_FILE = 'results.json'
 SUMMARY_FILE = 'summary.csv'
+RECIPE_FILE = 'recipe.yaml'
+FAILED_FILE = 'failed.json'
 # Order of rows and colours: the baseline first, then RBDC, then the growth baselines.
 PROTOCOL_ORDER = ('scratch', 'rbdc', 'net2net', 'gradmax', 'mixturegrowth', 'diffusionblocks')
 PROTOCOL_COLORS = {
@@ -170,21 +174,46 @@ class Match:
 
 
 def discover_run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Expands run directories and parent folders into the sorted list of run directories they hold.
+    """Expands run directories and parent folders into the sorted list of finished run directories they hold
+    (see :func:`scan_run_dirs`)."""
+    return scan_run_dirs(paths)[0]
 
-    A run directory is a folder holding ``results.json``; the search does not descend into a run directory, so
-    anything a run keeps below itself is not counted as a separate run.
+
+def _why_skipped(run_dir: Path, files: list[str]) -> str | None:
+    """Why a run directory cannot enter a report (None: it can): it failed, or it has not finished."""
+    if FAILED_FILE in files:
+        try:
+            info = json.loads((run_dir / FAILED_FILE).read_text(encoding='utf-8'))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            info = {}
+        info = info if isinstance(info, dict) else {}
+        where = ' '.join(f'{k} {info[k]}' for k in ('stage', 'step') if info.get(k) is not None)
+        return f'failed{" at " + where if where else ""}: {info.get("reason") or "see its failed.json"}'
+    if RESULTS_FILE not in files:
+        return 'unfinished (no results.json): resume it with the same rbdc train command'
+    return None
+
+
+def scan_run_dirs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The run directories under run directories and parent folders: those a report may use, and those it must
+    skip with the reason.
+
+    A run directory is a folder holding ``results.json``, ``recipe.yaml`` or ``failed.json``; one without
+    ``results.json`` has not finished, one with ``failed.json`` failed (diverged, or stopped on an error). The
+    search does not descend into a run directory, so anything a run keeps below itself is not counted as a run.
 
     Args:
         paths: Run directories or folders above them.
 
     Returns:
-        Unique run directories, sorted by path.
+        ``(finished, skipped)``: unique finished run directories sorted by path, and ``(run_dir, reason)`` of the
+        skipped ones.
 
     Raises:
-        UserError: A path does not exist, is not a folder, or holds no run directory.
+        UserError: A path does not exist, is not a folder, or holds no finished run directory.
     """
     found: set[Path] = set()
+    skipped: dict[Path, str] = {}
     for p in paths:
         path = Path(p)
         if not path.exists():
@@ -195,14 +224,20 @@ def discover_run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
                             'or a folder above run directories')
         here = []
         for dirpath, dirnames, filenames in os.walk(path):
-            if RESULTS_FILE in filenames:
+            if not {RESULTS_FILE, RECIPE_FILE, FAILED_FILE} & set(filenames):
+                continue
+            dirnames.clear()
+            why = _why_skipped(Path(dirpath), filenames)
+            if why:
+                skipped[Path(dirpath).resolve()] = why
+            else:
                 here.append(Path(dirpath).resolve())
-                dirnames.clear()
         if not here:
-            raise UserError(f'no run directory under {path}: no folder there holds {RESULTS_FILE}; '
-                            'did the run finish, or is the path wrong?')
+            listed = ''.join(f'; {d}: {why}' for d, why in sorted(skipped.items()) if d.is_relative_to(path.resolve()))
+            raise UserError(f'no finished run directory under {path}: no folder there holds {RESULTS_FILE} without '
+                            f'{FAILED_FILE}{listed}')
         found.update(here)
-    return sorted(found)
+    return sorted(found), sorted(skipped.items())
 
 
 def _number(value, key: str, where: Path, allow_none: bool = False) -> float | None:
@@ -255,12 +290,15 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     if not summary_path.is_file():
         raise UserError(f'{summary_path} is missing: {run_dir} is not a complete run directory')
     try:
-        with summary_path.open(newline='', encoding='utf-8') as f:
-            reader = csv.DictReader(f)
-            columns = [c.strip() for c in reader.fieldnames or ()]
-            rows = list(reader)
+        text = summary_path.read_text(encoding='utf-8')
+        reader = csv.DictReader(io.StringIO(text, newline=''))
+        columns = [c.strip() for c in reader.fieldnames or ()]
+        rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UserError(f'{summary_path} is not a readable CSV ({e})') from None
+    if text and not text.endswith('\n'):
+        raise UserError(f'{summary_path} is truncated (its last row has no line end); resume the run with the same '
+                        f'rbdc train command, which rewrites it')
     missing = [c for c in REQUIRED_SUMMARY_COLUMNS if c not in columns]
     if missing:
         raise UserError(f'{summary_path} lacks column(s) {", ".join(missing)} (header: {",".join(columns)})')
@@ -268,7 +306,10 @@ def load_run(run_dir: str | os.PathLike) -> Run:
         raise UserError(f'{summary_path} has a header but no epoch rows')
     curve = []
     for i, row in enumerate(rows, start=2):
-        row = {k.strip(): (v or '').strip() for k, v in row.items() if k is not None}
+        if None in row or None in row.values():  # more or fewer fields than the header
+            raise UserError(f'{summary_path} line {i} does not have the header\'s {len(columns)} fields; the file is '
+                            f'damaged: resume the run with the same rbdc train command, which rewrites it')
+        row = {k.strip(): v.strip() for k, v in row.items()}
         try:
             flops = float(row['cum_train_flops']) if row['cum_train_flops'] else math.nan
             top1 = float(row['eval_top1']) if row['eval_top1'] else math.nan  # epochs without eval stay blank
@@ -551,6 +592,7 @@ def _render_markdown(
         title: str,
         baseline_protocol: str,
         n_runs: int,
+        skipped: Sequence[tuple[Path, str]] = (),
 ) -> str:
     _, funit = _flops_unit(rows)
     _, wunit = _wall_unit(rows)
@@ -579,6 +621,11 @@ def _render_markdown(
     for q in QUOTED:
         w(f'- {q.label}: {q.claim}; {q.dataset}; source: {q.source}. Not measured here.\n')
     w('\n')
+    if skipped:
+        w('## Skipped run directories\n\nNot in any table or figure:\n\n')
+        for d, why in skipped:
+            w(f'- `{os.path.relpath(d, out_dir.resolve())}`: {why}\n')
+        w('\n')
     w(_render_savings(rows, baseline_protocol))
     w(_render_vs_rbdc(rows, baseline_protocol))
     w('\n## Figure\n\n')
@@ -807,7 +854,7 @@ def _plot(rows: Sequence[GroupRow], path: Path, title: str, baseline_protocol: s
     ax.legend(handles=handles, fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     # no Software/date chunks, so the PNG bytes depend only on the data and the matplotlib version
-    fig.savefig(path, format='png', metadata={'Software': None})
+    atomic_write(path, lambda f: fig.savefig(f, format='png', metadata={'Software': None}))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -846,18 +893,21 @@ def generate_report(
     if not name:
         raise UserError(f'output prefix {out_prefix} has no file name: use e.g. -o reports/NAME')
     title = title or name
-    runs = [load_run(d) for d in discover_run_dirs(run_dirs)]
+    finished, skipped = scan_run_dirs(run_dirs)
+    for d, why in skipped:
+        print(f'rbdc report: skipped {d}: {why}', file=sys.stderr)
+    runs = [load_run(d) for d in finished]
     rows = summarize_groups(runs, baseline_protocol)
     out_dir = out_prefix.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {ext: out_prefix.with_name(f'{name}.{ext}') for ext in ('md', 'tex', 'csv', 'png')}
     texts = {
-        'md': _render_markdown(rows, out_dir, paths['png'].name, title, baseline_protocol, len(runs)),
+        'md': _render_markdown(rows, out_dir, paths['png'].name, title, baseline_protocol, len(runs), skipped),
         'tex': _render_tex(rows, out_dir, name, title, baseline_protocol),
         'csv': _render_csv(rows, out_dir),
     }
     for ext, text in texts.items():
-        paths[ext].write_text(text, encoding='utf-8', newline='\n')
+        atomic_write_bytes(paths[ext], text.encode('utf-8'))
     _plot(rows, paths['png'], title, baseline_protocol)
     return paths
 

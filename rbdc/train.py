@@ -3,11 +3,12 @@
 Run directory (``<output>/<name>/seed<seed>/``)::
 
     recipe.yaml        resolved recipe: `rbdc train --recipe recipe.yaml` replays the run
-    command.txt        the command line that started it, and the environment (versions, device)
+    command.txt        every command line that ran it (paths relative to the runs root) and its environment
     summary.csv        one row per epoch of every stage (stage, model, epoch, ..., cum_train_flops, ...)
     ledger.json        training FLOPs per stage (every narrow model counts)
-    manifest.json      stages done, their final weights and sha256, and which parents each coupled stage used
-    stages/<id>/last.pt          resumable training state of the stage in progress (atomic writes)
+    manifest.json      stages done, their final weights (and carried optimizer state) with sha256, their parents
+    failed.json        only after a failure (divergence, an error): stage, step, reason, command
+    stages/<id>/last.pt          resumable training state of the stage in progress (sha256-checked)
     stages/<id>/final.safetensors  the stage's final weights
     final.safetensors  the final model;  results.json  the final numbers
 """
@@ -19,7 +20,6 @@ import io
 import json
 import os
 import platform
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 from . import recipe as recipes
-from .checkpoint import atomic_write_bytes, load_model, load_weights, save_weights, sha256
+from . import rundir
+from .checkpoint import load_model, load_weights, save_weights
 from .coupling import couple, couple_state, named_optimizer_state
 from .data import build_dataset, build_loader
 from .engine import Dist, StageSpec, evaluate, lr_for, train_stage
@@ -35,6 +36,7 @@ from .errors import UserError
 from .flops import Ledger
 from .models import scaled
 from .protocols import describe_plan, plan_stages
+from .rundir import atomic_write_bytes, load_state, read_json, save_state, sha256
 
 KNOWN_TRAIN_SIZES = {"imagenet": 1_281_167, "imagenette": 9_469, "cifar100": 50_000}
 KNOWN_CLASSES = {"imagenet": 1000, "cifar100": 100}
@@ -60,12 +62,6 @@ def _datasets(recipe: dict):
     train = build_dataset(dc["source"], root, "train", subset=dc["subset"], download=dc["download"], **common)
     val = build_dataset(dc["source"], root, "val", subset=dc["val_subset"], download=dc["download"], **common)
     return train, val
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 REQUIRED_COLS = ("stage", "model", "epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr", "images_seen",
@@ -111,32 +107,48 @@ class Run:
 
     def __init__(self, recipe: dict, output: str | Path, d: Dist, log=print, only_stage: str | None = None):
         self.recipe, self.d, self.log, self.only_stage = recipe, d, log, only_stage
-        self.dir = Path(output) / recipe["name"] / f"seed{recipe['seed']}"
+        self.root = Path(output)
+        self.dir = self.root / recipe["name"] / f"seed{recipe['seed']}"
         self.device = _device(recipe, d)
+        self.stage: str | None = None  # the stage in progress (for failed.json)
+        self.command = rundir.relative_argv(["rbdc", *sys.argv[1:]], self.root)
 
     def prepare(self) -> None:
         text = recipes.dump(self.recipe)
         existing = self.dir / "recipe.yaml"
+        if self.dir.exists() and not self.dir.is_dir():
+            raise UserError(f"{self.dir} is a file, not a run directory; move it away or pick another --output")
         # resolved, so that a run written before a new recipe key existed (with its default) still resumes
         if existing.is_file() and existing.read_text() != text and recipes.resolve(existing) != self.recipe:
             raise UserError(f"{self.dir} holds a run of a different recipe (see its recipe.yaml); resume it with "
                             f"`rbdc train --recipe {existing}`, or pick another --output or name")
+        if not self.only_stage:
+            rundir.refuse_diverged(self.dir)
         if self.d.main and not self.only_stage:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            with rundir.user_errors(self.dir):
+                self.dir.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(existing, text.encode())
-            cmd = " ".join(shlex.quote(a) for a in sys.argv)
-            (self.dir / "command.txt").write_text(cmd + "\n" + json.dumps(_env_info(self.device), indent=1) + "\n")
+            rundir.append_command(self.dir, self.command, _env_info(self.device))
 
     def _manifest(self) -> dict:
-        path = self.dir / "manifest.json"
-        return json.loads(path.read_text()) if path.is_file() else {"stages": {}, "rows": [], "ledger": {}}
+        return rundir.read_manifest(self.dir)
+
+    def _write_progress(self, rows: list[dict], ledger: Ledger) -> None:
+        if self.d.main and not self.only_stage:
+            _write_summary(self.dir / "summary.csv", rows)
+            ledger.save(self.dir / "ledger.json")
+
+    def plan(self) -> None:
+        """The data and the stages: an impossible plan is refused before the run directory exists."""
+        rec = self.recipe
+        self.train_ds, self.val_ds = _datasets(rec)
+        self.num_classes = rec["num_classes"] or self.train_ds.num_classes
+        self.stages = plan_stages(rec, len(self.train_ds), self.num_classes)
+        self.steps_per_epoch = len(self.train_ds) // rec["batch_size"]
 
     def execute(self) -> dict:
         rec = self.recipe
-        train_ds, val_ds = _datasets(rec)
-        num_classes = rec["num_classes"] or train_ds.num_classes
-        stages = self.stages = plan_stages(rec, len(train_ds), num_classes)
-        self.steps_per_epoch = len(train_ds) // rec["batch_size"]
+        train_ds, val_ds, num_classes, stages = self.train_ds, self.val_ds, self.num_classes, self.stages
         self.log(f"run {self.dir}  ({rec['protocol']}, target {rec['model']}, {len(train_ds):,} train / "
                  f"{len(val_ds):,} val images, device {self.device})")
         self.log(describe_plan(rec, stages, len(train_ds), num_classes))
@@ -144,6 +156,10 @@ class Run:
         self.log(f"effective global batch {rec['batch_size']} (micro-batch {micro} x {self.d.world} process(es)), "
                  f"lr {lr_for(rec):.3g} = {rec['lr_base']:g} x {rec['batch_size']}/512")
         man = self._manifest()
+        if self.d.main:
+            if self.only_stage:
+                rundir.clear_failed(self.dir / "stages" / self.only_stage)
+            rundir.remove_orphans(self.dir, [s.id for s in stages], man["stages"], top=not self.only_stage)
         loader_kw = dict(img_size=rec["img_size"], in_memory=rec["data"]["in_memory"], num_workers=rec["workers"],
                          distributed=self.d.world > 1, device=self.device)
         val_loader = build_loader(val_ds, batch_size=max(micro, 64), train=False, **loader_kw)
@@ -159,13 +175,16 @@ class Run:
             if not self.only_stage and (sdir / "stage.json").is_file():
                 self._merge(st, man)
                 continue
+            self.stage = st.id
             sdir.mkdir(parents=True, exist_ok=True)
             train_loader = build_loader(train_ds, batch_size=micro, train=True, aug=rec["aug"], seed=st.seed,
                                         repeated_aug=rec["repeated_aug"], **loader_kw)
             model, opt_state, parents, growth_cost = self._build(st, num_classes, man, train_loader)
-            state = torch.load(sdir / "last.pt", weights_only=False) if (sdir / "last.pt").is_file() else None
+            state = rundir.load_checkpoint(sdir)
             rows = state["rows"] if state else list(man["rows"])
             ledger = Ledger.from_dict(state["ledger"] if state else man["ledger"])
+            if state:  # a kill after the checkpoint's write left these behind it
+                self._write_progress(rows, ledger)
             if growth_cost and state is None:
                 ledger.add(st.id, *growth_cost)
             # the coupled model before any training: how exact was the coupling? (GradMax's growth is exact by
@@ -179,24 +198,24 @@ class Run:
             def on_epoch(row, ckpt, sdir=sdir, rows=rows, ledger=ledger):
                 rows.append(row)
                 if self.d.main:
-                    _atomic_torch_save({**ckpt, "rows": rows, "ledger": ledger.to_dict()}, sdir / "last.pt")
-                    if not self.only_stage:
-                        _write_summary(self.dir / "summary.csv", rows)
-                        ledger.save(self.dir / "ledger.json")
+                    save_state({**ckpt, "rows": rows, "ledger": ledger.to_dict()}, sdir / "last.pt")
+                    self._write_progress(rows, ledger)
 
             spec = StageSpec(st.id, st.model_name, st.steps, st.warmup_steps, lr_for(rec), st.seed,
                              st.sched_total, st.sched_offset)
             model, opt = train_stage(model, spec, rec, train_loader, val_loader, self.device, ledger, on_epoch,
                                 state=state, optimizer_state=opt_state if state is None else None, d=self.d,
                                 log=self.log)
-            final = sdir / "final.safetensors"
+            final, opt_path = sdir / "final.safetensors", sdir / "optimizer.pt"
             if self.d.main:
                 save_weights(model, final, stage=st.id, recipe=rec["name"])
                 if self._carries_optimizer():
-                    _atomic_torch_save(named_optimizer_state(model, opt), sdir / "optimizer.pt")
+                    save_state(named_optimizer_state(model, opt), opt_path)
             self._barrier()  # every rank reads the stage's final weights from here on
             entry = {"model": st.model_name, "final": str(final.relative_to(self.dir)), "sha256": sha256(final),
                      "parents": parents, "steps": st.steps}
+            if self._carries_optimizer():
+                entry["optimizer"] = {"path": str(opt_path.relative_to(self.dir)), "sha256": sha256(opt_path)}
             if self.only_stage:
                 payload = {"entry": entry, "rows": rows, "ledger": ledger.to_dict()}
                 atomic_write_bytes(sdir / "stage.json", json.dumps(payload, indent=1).encode())
@@ -242,13 +261,16 @@ class Run:
     def _wait(self, job) -> None:
         sid, proc = job
         if proc.wait():
+            child = rundir.read_failed(self.dir / "stages" / sid)
+            if child:
+                raise rundir.RunFailed(child["reason"], stage=sid, step=child["step"], diverged=child["diverged"])
             raise UserError(f"stage {sid} failed (exit {proc.returncode}); see {self.dir / 'stages' / (sid + '.log')}; "
                             f"rerun the same command to resume")
 
     def _merge(self, st, man: dict) -> None:
         """Append a stage trained by a child process to the run: its rows and ledger continue the running totals."""
         sdir = self.dir / "stages" / st.id
-        payload = json.loads((sdir / "stage.json").read_text())
+        payload = read_json(sdir / "stage.json", f"delete it to retrain stage {st.id}")
         ledger = Ledger.from_dict(man["ledger"])
         offset = ledger.total
         for e in Ledger.from_dict(payload["ledger"]).entries:
@@ -290,15 +312,11 @@ class Run:
                 from .growth import gradmax_start
                 return gradmax_start(rec["model"], st.factor, **kw), None, [], None
             return scaled(rec["model"], st.factor, **kw), None, [], None
-        paths = [self.dir / man["stages"][p]["final"] for p in st.parents]
-        parents = [{"stage": p, "path": str(path.relative_to(self.dir)), "sha256": sha256(path)}
+        paths = [rundir.verified(self.dir, man["stages"][p], p) for p in st.parents]
+        parents = [{"stage": p, "path": str(path.relative_to(self.dir)), "sha256": man["stages"][p]["sha256"]}
                    for p, path in zip(st.parents, paths)]
-        for p in parents:
-            if p["sha256"] != man["stages"][p["stage"]]["sha256"]:
-                raise UserError(f"{self.dir / p['path']} changed since stage {p['stage']} wrote it (sha256 "
-                                f"mismatch); restore it or start a new run")
         if rec["protocol"] == "gradmax":
-            model, opt_state, cost = self._gradmax_grow(st, paths[0], train_loader, kw)
+            model, opt_state, cost = self._gradmax_grow(st, paths[0], train_loader, kw, man)
             return model, opt_state, parents, cost
         c = rec["rbdc"]
         if rec["protocol"] == "mixturegrowth":
@@ -317,7 +335,7 @@ class Run:
             model = couple(parts, head=c["head"], norm=c["norm"], offdiag_std=c["offdiag_std"], seed=st.seed)
         opt_state = None
         if self._carries_optimizer():
-            states = [torch.load(self.dir / "stages" / p / "optimizer.pt", weights_only=False) for p in st.parents]
+            states = [self._optimizer_state(man, p) for p in st.parents]
             opt_state = couple_state(parts, states, model, head=c["head"])
         how = {"rbdc": f"coupled (head={c['head']}, norm={c['norm']}, optimizer={c['optimizer']})",
                "net2net": f"net2wider (mode={g['mode']}, noise_std={g['noise_std']})",
@@ -325,7 +343,7 @@ class Run:
         self.log(f"[{st.id}] {', '.join(st.parents)} -> {st.model_name}: {how}")
         return model, opt_state, parents, None
 
-    def _gradmax_grow(self, st, parent_path: Path, train_loader, kw: dict):
+    def _gradmax_grow(self, st, parent_path: Path, train_loader, kw: dict, man: dict):
         """Grow the parent stage's model to this stage's widths with GradMax: the gradient of plain cross-entropy
         (no mixup) on the first batch of this stage's loader, one per process, in training mode."""
         from .growth import gradmax_grow, gradmax_widths, grow_named_state
@@ -342,12 +360,19 @@ class Run:
             torch.manual_seed(st.seed)  # the gradient pass's drop-path masks: the same again on a resume
             model, info = gradmax_grow(old, batch, widths=gradmax_widths(name, st.factor, **kw), scale=g["scale"],
                                        seed=st.seed, reduce=reduce)
-        named = torch.load(self.dir / "stages" / parent.id / "optimizer.pt", weights_only=False)
+        named = self._optimizer_state(man, parent.id)
         self.log(f"[{st.id}] {parent.id} -> {st.model_name}: GradMax, +{sum(info['n_new'].values())} units in "
                  f"{len(info['n_new'])} spaces (scale {g['scale']}, {info['random_units']} random directions), "
                  f"optimizer state carried")
         cost = (f"{parent.model_name} (GradMax gradient pass)", info["images"] * self.d.world, parent.flops_per_image)
         return model, grow_named_state(named, old, info["mapping"]), cost
+
+    def _optimizer_state(self, man: dict, stage: str) -> dict:
+        """A finished stage's carried optimizer state (AdamW moments by parameter name)."""
+        entry = man["stages"][stage]
+        path = rundir.verified(self.dir, entry, stage, "optimizer") if "optimizer" in entry else \
+            self.dir / "stages" / stage / "optimizer.pt"  # runs made before the manifest listed it
+        return load_state(path, rundir.NEW_RUN)
 
     def _finish(self, stages, man: dict) -> dict:
         rec = self.recipe
@@ -355,7 +380,7 @@ class Run:
         rows = man["rows"]
         final_row = [r for r in rows if r["stage"] == last and "eval_top1" in r][-1]
         if self.d.main:
-            src = self.dir / man["stages"][last]["final"]
+            src = rundir.verified(self.dir, man["stages"][last], last)
             atomic_write_bytes(self.dir / "final.safetensors", src.read_bytes())
         ledger = Ledger.from_dict(man["ledger"])
         by_stage = ledger.by_stage()
@@ -373,6 +398,7 @@ class Run:
             "coupled_top1_before_training": {r["stage"]: r["eval_top1"] for r in rows if r.get("epoch") == -1},
         }
         if self.d.main:
+            rundir.clear_failed(self.dir)  # a run that failed before and now finished (never a diverged one)
             atomic_write_bytes(self.dir / "results.json", json.dumps(results, indent=1, sort_keys=True).encode())
         self.log(f"done: {rec['name']} seed {rec['seed']}: top-1 {results['eval_top1']:.2f} at "
                  f"{ledger.total:.4e} training FLOPs -> {self.dir}")
@@ -399,8 +425,20 @@ def run_recipe(path: str | None, output: str = "runs", overrides: list[str] = ()
         log(describe_plan(rec, plan_stages(rec, size, ncls), size, ncls))
         return None
     run = Run(rec, output, d, log, only_stage)
+    run.plan()
     run.prepare()
-    return run.execute()
+    try:
+        return run.execute()
+    except Exception as e:  # not KeyboardInterrupt: an interrupted run is resumable, not failed
+        if d.main:
+            where = run.dir / "stages" / only_stage if only_stage else run.dir
+            try:
+                rundir.write_failed(where, stage=getattr(e, "stage", run.stage), step=getattr(e, "step", None),
+                                    reason=str(e) or type(e).__name__, command=run.command,
+                                    diverged=getattr(e, "diverged", False))
+            except UserError:  # e.g. the disk is full: the original error says so
+                pass
+        raise
 
 
 def cmd_train(args) -> int:

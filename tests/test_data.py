@@ -480,3 +480,17 @@ def test_real_greyscale_jpeg_becomes_rgb(imagenette_tar):
     arr = np.asarray(img)
     assert img.mode == "RGB" and arr.shape[-1] == 3
     assert np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2])
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_a_broken_image_in_a_worker_is_one_line_naming_the_file(tmp_path, in_memory):
+    root = _folder(tmp_path / "ds")
+    bad = root / "train" / "a" / "001.jpg"
+    bad.write_bytes(b"not a jpeg")
+    ds = build_dataset("imagefolder", str(root))
+    with pytest.raises(DataError) as info:
+        if in_memory:
+            D.build_memory_cache(ds, 8, num_workers=1)
+        else:
+            next(iter(build_loader(ds, batch_size=4, train=False, img_size=8, num_workers=1)))
+    assert "\n" not in str(info.value) and str(bad) in str(info.value) and "delete or replace" in str(info.value)

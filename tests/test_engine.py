@@ -11,6 +11,7 @@ import rbdc
 import rbdc.train as train
 from rbdc.errors import UserError
 from rbdc.growth import inner_widths
+from rbdc.rundir import load_state
 from conftest import interrupt_after  # tests/conftest.py
 
 RECIPES = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes"
@@ -170,7 +171,7 @@ def test_gradmax_grows_through_its_widths_charging_each_gradient_pass(tmp_path):
     rows = [r.split(",") for r in (run_dir / "summary.csv").read_text().splitlines()]
     lr = [float(r[rows[0].index("lr")]) for r in rows[1:]]
     assert lr == sorted(lr, reverse=True)
-    opt = torch.load(run_dir / "stages" / "G1" / "optimizer.pt", weights_only=False)
+    opt = load_state(run_dir / "stages" / "G1" / "optimizer.pt", "")
     assert int(opt["blocks.0.mlp.fc1.weight"]["step"]) == 72  # G0's 36 steps carried on through G1's 36
 
 

@@ -376,3 +376,37 @@ def test_rbdc_meets_each_other_method_head_to_head_only_at_equal_flops(tmp_path)
     cells = [c.strip() for c in rows[0].strip('|').split('|')]
     assert cells[3] == '+0.75' and cells[4] == '0.995'  # 65.5 - 64.75; 2e15 / 2.01e15
     assert cells[5] == 'within noise (s_pooled 0.56)'  # sqrt((0.5 + 0.125) / 2) = 0.56, and 0.75 < 2 x 0.56
+
+
+def test_failed_and_unfinished_runs_are_listed_and_left_out(tmp_path, capsys):
+    root = tmp_path / 'runs'
+    make_run(root, 'imagenette-deit-tiny/scratch', 'scratch', 0, 70.0, 1e16)
+    diverged = make_run(root, 'imagenette-deit-tiny/scratch', 'scratch', 1, 10.0, 1e16)
+    (diverged / 'failed.json').write_text(json.dumps({'stage': 'scratch', 'step': 7, 'reason': 'loss nan',
+                                                      'command': 'rbdc train', 'diverged': True}))
+    unfinished = root / 'imagenette-deit-tiny' / 'scratch' / 'seed2'
+    unfinished.mkdir()
+    (unfinished / 'recipe.yaml').write_text('name: x\n')
+    md = Path(report.generate_report([root], tmp_path / 'rep')['md']).read_text(encoding='utf-8')
+    err = capsys.readouterr().err
+    assert f'skipped {diverged}: failed at stage scratch step 7: loss nan' in err
+    assert f'skipped {unfinished}: unfinished' in err
+    assert '## Skipped run directories' in md and 'seed1`: failed at stage scratch step 7: loss nan' in md
+    assert 'from 1 run(s)' in md  # the diverged seed is not averaged in
+    with pytest.raises(UserError, match='failed at stage scratch step 7: loss nan'):
+        report.generate_report([diverged], tmp_path / 'rep2')
+
+
+@pytest.mark.parametrize('cut', ['mid-row', 'short row'])
+def test_a_truncated_summary_row_is_refused(tmp_path, cut):
+    run = make_run(tmp_path / 'runs', 'imagenette-deit-tiny/scratch', 'scratch', 0, 70.0, 1e16)
+    text = (run / 'summary.csv').read_text()
+    if cut == 'mid-row':
+        text = text[:-7]
+    else:
+        lines = text.splitlines()
+        text = '\n'.join(lines[:-1] + [','.join(lines[-1].split(',')[:5])]) + '\n'
+    (run / 'summary.csv').write_text(text)
+    with pytest.raises(UserError, match='truncated' if cut == 'mid-row' else 'line .* fields') as info:
+        report.generate_report([tmp_path / 'runs'], tmp_path / 'rep')
+    assert str(run / 'summary.csv') in str(info.value)

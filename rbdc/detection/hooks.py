@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -45,6 +44,5 @@ class RBDCMetricsHook(Hook):
             'config': Path(runner.cfg.filename).name if runner.cfg.filename else None,
             'metrics': {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
         })
-        tmp = path.with_name(f'.{path.name}.tmp')
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
+        from rbdc.rundir import atomic_write_bytes
+        atomic_write_bytes(path, json.dumps(data, indent=1).encode())

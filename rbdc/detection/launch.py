@@ -235,9 +235,8 @@ def _write_launch(runner, record: dict) -> None:
     from mmengine.dist import is_main_process
 
     if is_main_process():
-        path = Path(runner.work_dir) / 'launch.json'
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=1) + '\n')
+        from rbdc.rundir import atomic_write_bytes
+        atomic_write_bytes(Path(runner.work_dir) / 'launch.json', (json.dumps(record, indent=1) + '\n').encode())
 
 
 def test(args: argparse.Namespace) -> int:

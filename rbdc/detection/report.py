@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from rbdc.errors import UserError
+from rbdc.rundir import atomic_write_bytes
 
 __all__ = ['collect', 'write_report', 'main']
 
@@ -47,7 +48,7 @@ def write_report(rows: list[dict], out: str | Path, title: str | None = None) ->
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     jpath, mpath = out.with_suffix('.json'), out.with_suffix('.md')
-    jpath.write_text(json.dumps(rows, indent=1) + '\n')
+    atomic_write_bytes(jpath, (json.dumps(rows, indent=1) + '\n').encode())
     fmt = lambda v: '-' if v is None else f'{v:.1f}'  # noqa: E731
     lines = [f'# {title or out.stem}', '',
              'Mask R-CNN fine-tuned with `python -m rbdc.detection.train`; AP in % on the split named (COCO metrics, '
@@ -62,7 +63,7 @@ def write_report(rows: list[dict], out: str | Path, title: str | None = None) ->
                      + f' | {r["epoch"]} | {scale} | {wall} | {r["device"] or "-"} |')
     lines += ['', 'Backbones:', ''] + [f'- {r["run"]}: `{r["backbone"]}` (sha256 {str(r["backbone_sha256"])[:12]})'
                                         for r in rows]
-    mpath.write_text('\n'.join(lines) + '\n')
+    atomic_write_bytes(mpath, ('\n'.join(lines) + '\n').encode())
     return jpath, mpath
 
 

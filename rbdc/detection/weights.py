@@ -101,11 +101,8 @@ def export_backbone(path: str | os.PathLike, out: str | os.PathLike) -> dict[str
             ref = timm.create_model(meta['model'], pretrained=False, num_classes=0, **kwargs)
         _check_keys({k: v for k, v in state.items()}, {TRUNK + k: v for k, v in ref.state_dict().items()},
                     f'export of {meta["source"]} as {meta["model"]}', strict=True)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f'.{out.name}.tmp')
-    torch.save({'state_dict': state, 'meta': meta}, tmp)
-    os.replace(tmp, out)
+    from rbdc.rundir import atomic_write
+    atomic_write(out, lambda f: torch.save({'state_dict': state, 'meta': meta}, f))
     return meta
 
 

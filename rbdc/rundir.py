@@ -1,0 +1,236 @@
+"""The files of a run directory: atomic writes, checksummed training state, the failed marker, command.txt, orphans.
+
+Every file the suite writes goes through :func:`atomic_write`: a temporary file in the same folder, fsync, then
+``os.replace``, so a reader (or a resume after kill -9) sees the old file or the new one, never a part.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+import shlex
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import UserError
+
+__all__ = ["RunFailed", "append_command", "atomic_write", "atomic_write_bytes", "clear_failed", "load_checkpoint",
+           "load_state", "read_failed", "read_json", "read_manifest", "refuse_diverged", "relative_argv",
+           "remove_orphans", "save_state", "sha256", "user_errors", "verified", "write_failed"]
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+TMP_SUFFIX = ".tmp"  # temporary files are hidden: .<name>.<random>.tmp (safetensors' and older ones: .<name>.tmp)
+FAILED = "failed.json"
+_STATE_MAGIC = b"rbdc-state sha256="
+
+
+def sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextmanager
+def user_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn the OS errors of writing ``path`` (full disk, no permission, a file where a folder should be) into one
+    line naming the path and the fix."""
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, (FileExistsError, NotADirectoryError)) or e.errno in (errno.ENOTDIR, errno.EEXIST):
+            fix = "a file stands where a folder is needed; move it away or pick another --output"
+        elif e.errno == errno.ENOSPC:
+            fix = "the disk is full; free space, then rerun the same command to resume"
+        elif isinstance(e, PermissionError) or e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            fix = "no permission to write there; pick another --output or fix the folder's permissions"
+        else:
+            fix = "check the disk and the path, then rerun the same command to resume"
+        raise UserError(f"cannot write {path}: {e.strerror or e}; {fix}") from e
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
+    """Write ``path`` atomically: ``write(f)`` fills a temporary file in the same folder, which is fsynced and then
+    renamed over ``path``. Creates missing parent folders."""
+    path = Path(path)
+    with user_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; keep the permissions a plain open() gives
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def read_json(path: Path, fix: str) -> dict:
+    """A JSON object from ``path``, or a one-line error naming the file and ``fix``."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is damaged ({e}); {fix}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is damaged (not a JSON object); {fix}")
+    return data
+
+
+def save_state(obj, path: str | os.PathLike) -> Path:
+    """``torch.save`` ``obj`` behind a header holding the sha256 of the payload, so that a damaged file is found
+    before it is unpickled (torch's own format checks nothing)."""
+    import torch
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getvalue()
+    return atomic_write_bytes(path, _STATE_MAGIC + hashlib.sha256(data).hexdigest().encode() + b"\n" + data)
+
+
+def load_state(path: str | os.PathLike, fix: str):
+    """What :func:`save_state` wrote to ``path``, after checking its sha256; a damaged file is never loaded: the
+    error names it and ``fix`` (how to recover)."""
+    import torch
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}; {fix}") from e
+    if data.startswith(_STATE_MAGIC):
+        head, _, body = data.partition(b"\n")
+        if head[len(_STATE_MAGIC):].decode(errors="replace") != hashlib.sha256(body).hexdigest():
+            raise UserError(f"{path} is damaged (sha256 mismatch: truncated or changed on disk); {fix}")
+    elif data.startswith(b"PK"):  # a zip from torch.save, written before the checksum header existed
+        body = data
+    else:
+        raise UserError(f"{path} is damaged (not a checkpoint written by rbdc); {fix}")
+    try:
+        return torch.load(io.BytesIO(body), weights_only=False)
+    except Exception as e:  # torch raises many types for a damaged zip or pickle
+        raise UserError(f"{path} is damaged ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                        f"{fix}") from e
+
+
+class RunFailed(UserError):
+    """A run stopped for good at ``stage`` (and ``step``); ``diverged``: its loss went non-finite."""
+
+    def __init__(self, message: str, *, stage: str | None = None, step: int | None = None, diverged: bool = False):
+        super().__init__(message)
+        self.stage, self.step, self.diverged = stage, step, diverged
+
+
+def write_failed(run_dir: Path, *, stage: str | None, step: int | None, reason: str, command: str,
+                 diverged: bool = False) -> None:
+    """Mark the run failed: the study runner and ``rbdc report`` refuse a run directory holding ``failed.json``."""
+    info = {"stage": stage, "step": step, "reason": " ".join(reason.split()), "command": command,
+            "diverged": diverged}
+    atomic_write_bytes(run_dir / FAILED, (json.dumps(info, indent=1) + "\n").encode())
+
+
+def read_failed(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / FAILED
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        info = None
+    return info if isinstance(info, dict) else {"stage": None, "step": None, "reason": f"{path} is unreadable"}
+
+
+def clear_failed(run_dir: Path) -> None:
+    (Path(run_dir) / FAILED).unlink(missing_ok=True)
+
+
+def relative_argv(argv: list[str], root: Path) -> str:
+    """The command line with every argument that names an existing path written relative to ``root``."""
+    root = Path(root).resolve()
+    out = []
+    for arg in argv:
+        key, eq, value = arg.partition("=") if arg.startswith("--") and "=" in arg else ("", "", arg)
+        if value and (os.path.isabs(value) or os.path.exists(value)):
+            value = os.path.relpath(Path(value).resolve(), root)
+        out.append(key + eq + value)
+    return " ".join(shlex.quote(a) for a in out)
+
+
+def append_command(run_dir: Path, command: str, env: dict) -> None:
+    """Add this invocation (see :func:`relative_argv`) and its environment to ``command.txt``: every rerun that
+    resumed the run is there."""
+    path = run_dir / "command.txt"
+    old = path.read_text() if path.is_file() else ""
+    block = command + "\n" + json.dumps(env, indent=1) + "\n"
+    atomic_write_bytes(path, (old + ("\n" if old else "") + block).encode())
+
+
+def _remove_orphans_in(folder: Path, stale: tuple[str, ...] = ()) -> None:
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.is_file() and (p.name in stale or (p.name.startswith(".") and TMP_SUFFIX in p.name)):
+                p.unlink(missing_ok=True)
+
+
+def remove_orphans(run_dir: Path, stage_ids: list[str], done: dict, top: bool = True) -> None:
+    """Delete what a kill left behind: the temporary files of interrupted writes (of rbdc and of safetensors; on a
+    full disk they hold the space), in the run directory (``top``) and in the folders of ``stage_ids``, and the
+    ``last.pt`` of stages already done (in ``done``, the manifest's stages, or holding ``stage.json``)."""
+    if top:
+        _remove_orphans_in(run_dir)
+    for sid in stage_ids:
+        sdir = run_dir / "stages" / sid
+        finished = sid in done or (sdir / "stage.json").is_file()
+        _remove_orphans_in(sdir, ("last.pt",) if finished else ())
+
+
+NEW_RUN = "start a new run (another --name or --output)"
+
+
+def read_manifest(run_dir: Path) -> dict:
+    path = run_dir / "manifest.json"
+    if not path.is_file():
+        return {"stages": {}, "rows": [], "ledger": {}}
+    return read_json(path, f"restore it from a copy, or {NEW_RUN}")
+
+
+def verified(run_dir: Path, entry: dict, stage: str, key: str = "final") -> Path:
+    """The path of a file a manifest entry lists (``final`` weights, or ``optimizer`` state), after checking that
+    it is there with the sha256 recorded when its stage finished."""
+    rel, digest = (entry["final"], entry["sha256"]) if key == "final" else (entry[key]["path"], entry[key]["sha256"])
+    path = run_dir / rel
+    if not path.is_file():
+        raise UserError(f"{path} is missing, but manifest.json says stage {stage} wrote it; restore it, or {NEW_RUN}")
+    if sha256(path) != digest:
+        raise UserError(f"{path} changed since stage {stage} wrote it (sha256 mismatch); restore it, or {NEW_RUN}")
+    return path
+
+
+def load_checkpoint(stage_dir: Path) -> dict | None:
+    """The resumable state of a stage in progress (``last.pt``), checked; None when the stage has not started."""
+    path = stage_dir / "last.pt"
+    if not path.is_file():
+        return None
+    return load_state(path, f"delete it to restart stage {stage_dir.name} from its beginning (the run stays "
+                            f"exact), or {NEW_RUN}")
+
+
+def refuse_diverged(run_dir: Path) -> None:
+    """Resuming a diverged run replays the same steps bit for bit, so it would diverge again; and a run that only
+    survives a retry must not enter a report either."""
+    failed = read_failed(run_dir)
+    if failed and failed.get("diverged"):
+        raise UserError(f"{run_dir} diverged in stage {failed['stage']} at step {failed['step']}: rerunning the same "
+                        f"recipe diverges again; lower lr_base or set clip_grad and train it under another --name or "
+                        f"--output (or delete {run_dir} to retrain it as it is)")
