@@ -285,7 +285,8 @@ def render(runs: list[dict]) -> str:
                     ("The engine's `train_step` with the study recipe's loss, clipping and drop-path on a fixed batch "
                     "(data loading excluded: see the data pipeline). The first row of each model is the path its "
                     "study runs; each other row changes one thing. Before every timed round every process measures "
-                    f"a same-precision square GEMM (n = {sizes}); *fraction of GEMM* is the median over rounds of model FLOP/s / GEMM FLOP/s (processes "
+                    f"a same-precision square GEMM (n = {sizes}); *fraction of GEMM* is the median over rounds of "
+                    f"model FLOP/s / GEMM FLOP/s (processes "
                     "added up), so it holds on a machine whose load changes. Model FLOPs: 3 x the analytic forward "
                     "(`rbdc.flops`)."), ""]
             out += _train_paths(by_group["train-paths"], gpu, peak) + [""]

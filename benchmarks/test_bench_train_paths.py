@@ -60,7 +60,8 @@ def test_train_path(benchmark, case: PathCase):
         runner = Pack(case)
         train, info, close = runner.train, runner.info, runner.close
     try:
-        timed(benchmark, lambda: train(case.steps), device, rounds=case.rounds, warmup_rounds=1, setup=lambda: gemm.append(runner.gemm()), **info)
+        timed(benchmark, lambda: train(case.steps), device, rounds=case.rounds, warmup_rounds=1,
+              setup=lambda: gemm.append(runner.gemm()), **info)
     finally:
         close()
     benchmark.extra_info.update(case=name, gemm_flops_per_s=gemm[-case.rounds:])

@@ -39,6 +39,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError
+from .recipe import load_yaml
 from .units import human_flops, human_time
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,7 +106,7 @@ def load_study(path: str | Path) -> Study:
     if not path.is_file():
         raise UserError(f"study {path} not found; studies live under benchmarks/studies/")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise UserError(f"study {path} is not valid YAML: {e}") from e
     unknown = sorted(set(data) - STUDY_KEYS)
@@ -241,8 +242,8 @@ def run_local(study: Study, output: Path, runs: list[StudyRun], jobs: int, threa
 
     def _run_one(r: StudyRun, slot: int) -> tuple[StudyRun, int, float]:
         d = r.run_dir(output)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "failed.json").unlink(missing_ok=True)  # only reached for a retry
+        d.mkdir(parents=True, exist_ok=True)  # a retried run's failed.json stays: train clears it on success and
+        # refuses to resume a diverged run (it would replay the same steps)
         t0 = time.time()
         with open(d / "train.log", "a") as f:
             f.write(f"\n=== rbdc study {study.name}: {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")

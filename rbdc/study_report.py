@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from .errors import UserError
+from .recipe import load_yaml
 from .report import discover_run_dirs, load_run, matched_flops
 from .study import REPO, Study
 from .units import human_flops
@@ -323,7 +323,7 @@ def _is_parent(candidate: str, stage: str) -> bool:
 
 
 def _ratio_value(p: Point, key: str):
-    rec = yaml.safe_load((p.runs[0].path / "recipe.yaml").read_text())
+    rec = load_yaml((p.runs[0].path / "recipe.yaml").read_text())
     node = rec
     for k in key.split("."):
         node = node[k]
@@ -433,7 +433,7 @@ def _figures(points: dict, spec: dict, savings: dict, out: Path) -> dict[str, Pa
 
 
 def _read_report_spec(study: Study) -> dict:
-    data = yaml.safe_load(study.path.read_text()) or {}
+    data = load_yaml(study.path.read_text()) or {}
     spec = data.get("report") or {}
     known = set(study.points)
     names = [n for p in spec.get("panels", []) for n in (p["baseline"], *p["series"])]
