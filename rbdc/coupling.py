@@ -217,6 +217,8 @@ def plan(target: str, depth: int, k: int = 2, img_size: int | None = None, num_c
 
     if depth < 0:
         raise ValueError(f"depth must be >= 0, got {depth}")
+    if k < 2:
+        raise ValueError(f"k (models coupled per step) must be >= 2, got {k}")
     kwargs = {k_: v for k_, v in dict(img_size=img_size, num_classes=num_classes).items() if v is not None}
     rows = []
     for level in range(depth + 1):
