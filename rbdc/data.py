@@ -791,7 +791,7 @@ class _ShuffleSampler(torch.utils.data.Sampler):
         return self.n
 
 
-def _seeded_sampler(cls, seed: int, *args, **kwargs):
+def _seeded_sampler(cls, seed: int, /, *args, **kwargs):
     """A ``cls`` sampler (timm's ``RepeatAugSampler``, torch's ``DistributedSampler``) whose shuffle of epoch e
     is seeded by ``_mix(seed, e)``: timm's seeds it with the epoch alone, torch's with ``seed + e``, which makes the
     order of seed s + 1 in epoch e that of seed s in epoch e + 1 (sibling stages have consecutive seeds)."""
