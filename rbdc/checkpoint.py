@@ -116,7 +116,7 @@ def load_model(path: str | os.PathLike, model: str | None = None, **timm_kwargs)
     tried = model or meta.get("model") or arch.get("name")
     try:
         group_norms(net, arch.get("grouped_norms", {}))
-    except (ValueError, AttributeError) as e:
+    except (ValueError, TypeError, AttributeError) as e:
         raise UserError(f"{path}: its grouped LayerNorms do not fit {tried}: {e}; pass the --model the checkpoint "
                         f"was trained as") from e
     try:

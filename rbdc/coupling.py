@@ -24,6 +24,7 @@ refused, never silently different.
 """
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 from typing import Sequence
 
@@ -89,6 +90,8 @@ def _widened(a, b, k: int) -> bool:
     """Whether setting ``b`` of the k x wider model matches ``a`` of a part: equal, or a width grown k-fold."""
     if isinstance(a, tuple) and isinstance(b, tuple):
         return len(a) == len(b) and all(_widened(x, y, k) for x, y in zip(a, b))
+    if type(a) is float and type(b) is float:  # e.g. drop-path rates rebuilt from a float32 linspace
+        return math.isclose(a, b, rel_tol=1e-6)
     return a == b or (type(a) is int and type(b) is int and b == k * a)
 
 

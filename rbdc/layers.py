@@ -40,7 +40,7 @@ def group_norms(model: nn.Module, parts: dict[str, int]) -> nn.Module:
     for name, n in parts.items():
         mod = model.get_submodule(name)
         if not isinstance(mod, nn.LayerNorm):
-            raise ValueError(f"{name} is a {type(mod).__name__}, not a LayerNorm: cannot group it into {n} parts")
+            raise TypeError(f"{name} is a {type(mod).__name__}, not a LayerNorm: cannot group it into {n} parts")
         ln = PartLayerNorm(mod.normalized_shape[0], parts=n, eps=mod.eps, elementwise_affine=mod.elementwise_affine,
                            bias=mod.bias is not None, device=mod.weight.device if mod.weight is not None else None,
                            dtype=mod.weight.dtype if mod.weight is not None else None)

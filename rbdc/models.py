@@ -19,7 +19,6 @@ import torch
 import torch.nn as nn
 import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath
 from timm.models import ResNet, VisionTransformer, generate_default_cfgs, register_model
 
 __all__ = ["narrow", "scaled", "widen_name", "arch_of", "describe", "family_of", "settings", "check_supported",
@@ -39,15 +38,30 @@ def family_of(model: nn.Module) -> str:
 
 def _layer_types() -> tuple[type, ...]:
     """Module types with a coupling rule (see rbdc.coupling): every tensor they own is per-channel or a dense map
-    between channel spaces that block-diagonalises (packed projections: see ``rbdc.coupling.packed_chunks``)."""
-    from timm.layers import (Attention, AttentionPoolLatent, DropPath, GluMlp, LayerNorm, LayerScale, Mlp,
-                             PatchEmbed, SelectAdaptivePool2d, SwiGLU)
+    between channel spaces that block-diagonalises (packed projections: see ``rbdc.coupling.packed_chunks``), and
+    they mix no channels (squeeze-excitation pools each channel on its own)."""
+    from timm.layers import (
+        Attention,
+        AttentionPoolLatent,
+        DropBlock2d,
+        DropPath,
+        GluMlp,
+        LayerNorm,
+        LayerScale,
+        Mlp,
+        PatchDropout,
+        PatchEmbed,
+        SelectAdaptivePool2d,
+        SEModule,
+        SwiGLU,
+    )
     from timm.models.resnet import BasicBlock, Bottleneck
     from timm.models.vision_transformer import Block, ResPostBlock
     return (VisionTransformer, ResNet, PatchEmbed, Block, ResPostBlock, Attention, AttentionPoolLatent, Mlp, GluMlp,
-            SwiGLU, LayerScale, DropPath, BasicBlock, Bottleneck, SelectAdaptivePool2d, nn.Linear, nn.Conv2d,
-            nn.BatchNorm2d, nn.LayerNorm, LayerNorm, nn.Dropout, nn.Identity, nn.Sequential, nn.ModuleList, nn.Flatten,
-            nn.AdaptiveAvgPool2d, nn.MaxPool2d, nn.AvgPool2d)
+            SwiGLU, LayerScale, BasicBlock, Bottleneck, SEModule, SelectAdaptivePool2d, nn.Linear, nn.Conv2d,
+            nn.BatchNorm2d, nn.LayerNorm, LayerNorm, nn.Identity, nn.Sequential, nn.ModuleList, nn.Flatten,
+            nn.AdaptiveAvgPool2d, nn.MaxPool2d, nn.AvgPool2d,
+            nn.Dropout, DropPath, DropBlock2d, PatchDropout)  # training-time noise, identity in eval mode
 
 
 _ACTIVATION_MODULES = ("torch.nn.modules.activation", "timm.layers.activations", "timm.layers.activations_me")
@@ -69,8 +83,8 @@ def check_supported(model: nn.Module) -> None:
         if not _has_rule(module):
             what = "grouped convolution" if isinstance(module, nn.Conv2d) else type(module).__name__
             raise ValueError(f"{name}: {what} has no RBDC coupling rule (supported: timm ViT blocks with Attention, "
-                             f"Mlp/GluMlp/SwiGLU, LayerScale, attention pooling; ResNet Basic/Bottleneck blocks); "
-                             f"build the model without it")
+                             f"Mlp/GluMlp/SwiGLU, LayerScale, attention pooling; ResNet Basic/Bottleneck blocks, "
+                             f"squeeze-excitation); build the model without it")
 
 
 # --- settings: what must agree between parts, and between the parts and the coupled model --------------------------
@@ -253,6 +267,9 @@ def stock_kwargs(model: nn.Module) -> dict:
     kw: dict = {"num_classes": model.num_classes}
     if isinstance(model, ResNet):
         kw.update(act_layer=type(model.act1), global_pool=model.global_pool.pool_type, drop_rate=model.drop_rate)
+        last = model.layer4[-1].drop_path
+        if isinstance(last, timm.layers.DropPath):  # timm's rates rise linearly to drop_path_rate at the last block
+            kw["drop_path_rate"] = last.drop_prob
         return kw
     blk, pe = model.blocks[0], model.patch_embed
     kw.update(img_size=tuple(pe.img_size), patch_size=tuple(pe.patch_size), in_chans=pe.proj.in_channels,
@@ -264,7 +281,7 @@ def stock_kwargs(model: nn.Module) -> dict:
               act_layer=type(blk.mlp.act), mlp_ratio=_mlp_hidden(blk.mlp, packed=True) / model.embed_dim)
     if not isinstance(getattr(blk, "ls1", nn.Identity()), nn.Identity):
         kw["init_values"] = 1.0  # any value builds LayerScale; its gamma is a weight
-    if isinstance(blk.drop_path1, DropPath):
+    if isinstance(blk.drop_path1, timm.layers.DropPath):
         kw["drop_path_rate"] = model.blocks[-1].drop_path1.drop_prob
     return kw
 

@@ -7,7 +7,7 @@ import torch
 from timm.models.vision_transformer import ResPostBlock
 
 import rbdc
-import rbdc.train as train
+from rbdc import train
 from rbdc.checkpoint import load_model, load_weights, save_weights
 from rbdc.layers import PartLayerNorm
 

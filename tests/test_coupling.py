@@ -190,12 +190,10 @@ def relative_error(wide, models, size=32):
 
 
 @pytest.mark.parametrize("setting, field", [
-    (dict(act_layer=nn.SiLU), r"blocks.0.mlp.act.type \(torch.nn.modules.activation.GELU vs "
-                              r"torch.nn.modules.activation.SiLU\)"),
-    (dict(qkv_bias=False), r"blocks.0.attn.qkv.bias \(torch.float32 vs None\)"),
-    (dict(init_values=1e-2), r"blocks.0.ls1.type \(torch.nn.modules.linear.Identity vs "
-                             r"timm.layers.layer_scale.LayerScale\)"),
-    (dict(norm_layer=nn.LayerNorm), r"blocks.0.norm1.eps \(1e-06 vs 1e-05\)"),
+    ({"act_layer": nn.SiLU}, r"blocks.0.mlp.act.type \(torch.nn.modules.activation.GELU vs .*SiLU\)"),
+    ({"qkv_bias": False}, r"blocks.0.attn.qkv.bias \(torch.float32 vs None\)"),
+    ({"init_values": 1e-2}, r"blocks.0.ls1.type \(torch.nn.modules.linear.Identity vs .*LayerScale\)"),
+    ({"norm_layer": nn.LayerNorm}, r"blocks.0.norm1.eps \(1e-06 vs 1e-05\)"),
 ])
 def test_parts_built_with_different_settings_are_refused_naming_the_field_and_both_values(setting, field):
     a, b = rbdc.narrow("test_rbdc_vit", 2), rbdc.narrow("test_rbdc_vit", 2, **setting)

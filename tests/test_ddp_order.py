@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-import rbdc.train as train
+from rbdc import train
 from rbdc.data import _mix, build_dataset, build_loader
 
 CI = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes" / "ci"
