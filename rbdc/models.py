@@ -81,7 +81,7 @@ def check_supported(model: nn.Module) -> None:
     family_of(model)
     for name, module in model.named_modules():
         if not _has_rule(module):
-            what = "grouped convolution" if isinstance(module, nn.Conv2d) else type(module).__name__
+            what = "grouped convolution (ResNeXt-style)" if isinstance(module, nn.Conv2d) else type(module).__name__
             raise ValueError(f"{name}: {what} has no RBDC coupling rule (supported: timm ViT blocks with Attention, "
                              f"Mlp/GluMlp/SwiGLU, LayerScale, attention pooling; ResNet Basic/Bottleneck blocks, "
                              f"squeeze-excitation); build the model without it")
@@ -212,8 +212,9 @@ def scaled(name: str, factor: Fraction | int | float = 1, **kwargs) -> nn.Module
         raise ValueError(f"unknown model {name!r}: pick a name from timm.list_models() or rbdc's registered variants")
     kwargs.pop("pretrained", None)
     meta = _meta_model(name, **kwargs)
-    check_supported(meta)
     family = family_of(meta)
+    if factor != 1:  # at factor 1 it is timm's own model, whatever its layers
+        check_supported(meta)
     if factor == 1:
         model = timm.create_model(name, pretrained=False, **kwargs)
     elif family == "vit":
@@ -222,8 +223,6 @@ def scaled(name: str, factor: Fraction | int | float = 1, **kwargs) -> nn.Module
             **kwargs, "embed_dim": _divide(meta.embed_dim, factor, "embed_dim", name),
             "num_heads": _divide(heads, factor, "num_heads", name)})
     else:
-        if any(getattr(m, "groups", 1) != 1 for m in meta.modules() if isinstance(m, nn.Conv2d)):
-            raise ValueError(f"{name}: grouped convolutions (ResNeXt-style) cannot be width-scaled block-diagonally")
         channels, stem, deep_stem = _resnet_widths(meta)
         chs = tuple(_divide(c, factor, "stage width", name) for c in channels)
         stem_chs = _divide(stem, factor, "stem width", name)
@@ -262,9 +261,11 @@ def arch_of(model: nn.Module) -> dict:
 
 def stock_kwargs(model: nn.Module) -> dict:
     """The ``timm.create_model`` keyword arguments that rebuild a plain timm ViT/ResNet's structure, as far as its
-    layers tell; :func:`rbdc.couple` checks the rebuilt model's :func:`settings` and refuses what this misses."""
-    check_supported(model)
+    layers tell; :func:`rbdc.couple` checks the rebuilt model's :func:`settings` and refuses what this misses.
+    Only ``num_classes`` for a model with layers RBDC has no rule for (``couple`` refuses it anyway)."""
     kw: dict = {"num_classes": model.num_classes}
+    if not isinstance(model, (ResNet, VisionTransformer)) or not all(_has_rule(m) for m in model.modules()):
+        return kw
     if isinstance(model, ResNet):
         kw.update(act_layer=type(model.act1), global_pool=model.global_pool.pool_type, drop_rate=model.drop_rate)
         last = model.layer4[-1].drop_path

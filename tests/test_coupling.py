@@ -272,3 +272,9 @@ def test_coupling_keeps_the_parts_device():
     x = torch.randn(2, 3, 32, 32, device="cuda")
     with torch.no_grad():
         assert (wide.eval()(x) - (models[0](x) + models[1](x)) / 2).abs().max() < 1e-4
+
+
+def test_grouped_convolutions_are_refused_by_narrow_and_a_full_width_resnext_still_builds():
+    with pytest.raises(ValueError, match=r"layer1.0.conv2: grouped convolution \(ResNeXt-style\) has no RBDC"):
+        rbdc.narrow("resnext50_32x4d", 2)
+    assert rbdc.scaled("resnext50_32x4d", 1, num_classes=10).num_classes == 10  # e.g. for rbdc flops
