@@ -205,6 +205,7 @@ def test_parts_built_with_different_settings_are_refused_naming_the_field_and_bo
     ("test_rbdc_resnet_basic", dict(act_layer=nn.SiLU), 64),
     ("test_rbdc_vit", dict(act_layer=nn.SiLU, qkv_bias=False, init_values=1e-2, reg_tokens=2), 32),
     ("test_rbdc_vit", dict(class_token=False, global_pool="avg", fc_norm=True, pre_norm=True), 32),
+    ("test_rbdc_vit", {"dynamic_img_size": True, "no_embed_class": True, "drop_path_rate": 0.1}, 32),
 ])
 def test_stock_timm_models_keep_their_settings_when_coupled(name, settings, size):
     models = [perturbed(randomize_bn(timm.create_model(name, **settings))) for _ in range(2)]
