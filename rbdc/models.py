@@ -277,7 +277,8 @@ def stock_kwargs(model: nn.Module) -> dict:
               embed_dim=model.embed_dim, depth=len(model.blocks), num_heads=blk.attn.num_heads,
               qkv_bias=blk.attn.qkv.bias is not None, qk_norm=not isinstance(blk.attn.q_norm, nn.Identity),
               class_token=model.has_class_token, reg_tokens=model.num_reg_tokens, no_embed_class=model.no_embed_class,
-              global_pool=model.global_pool, dynamic_img_size=model.dynamic_img_size, pre_norm=not isinstance(model.norm_pre, nn.Identity),
+              global_pool=model.global_pool, dynamic_img_size=model.dynamic_img_size,
+              pre_norm=not isinstance(model.norm_pre, nn.Identity),
               fc_norm=not isinstance(model.fc_norm, nn.Identity), block_fn=type(blk), mlp_layer=type(blk.mlp),
               act_layer=type(blk.mlp.act), mlp_ratio=_mlp_hidden(blk.mlp, packed=True) / model.embed_dim)
     if not isinstance(getattr(blk, "ls1", nn.Identity()), nn.Identity):
