@@ -11,7 +11,8 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from .errors import UserError
-from .models import arch_of, scaled, widen_name
+from .layers import group_norms, grouped_norms
+from .models import arch_of, from_import_path, import_path, rebuild_name, scaled
 from .rundir import atomic_write_bytes, sha256
 
 __all__ = ["save_weights", "load_weights", "load_model", "sha256", "atomic_write_bytes"]
@@ -33,18 +34,35 @@ def _sorted_metadata(data: bytes) -> bytes:
 def save_weights(model: nn.Module, path: str | os.PathLike, **meta) -> Path:
     """Write ``model``'s weights (and buffers) as safetensors, with how to rebuild it in the metadata.
 
-    Metadata: ``model`` (registered timm name when one exists), ``arch`` (json: base name, width factor, timm
-    kwargs, and GradMax's ``inner_widths`` when grown), ``num_classes`` and any ``meta`` given (stringified).
+    Metadata: ``model`` (a timm name that builds this width: registered now for an unregistered 1/d width, see
+    :func:`rbdc.models.rebuild_name`; absent when none does), ``arch`` (json: base name, width factor, timm kwargs
+    with classes as ``{"import": "module.Name"}``, the parts of grouped LayerNorms, GradMax's ``inner_widths`` when
+    grown), ``num_classes`` and any ``meta`` given (stringified).
     """
     arch = arch_of(model)
-    name = widen_name(arch["name"], arch["factor"]) or arch["name"]
     desc = {"name": arch["name"], "factor": str(arch["factor"]), "kwargs": arch["kwargs"]}
     if "inner_widths" in arch:  # GradMax's intermediate widths: no registered name describes them
         desc["inner_widths"] = arch["inner_widths"]
-    info = {"model": name, "num_classes": str(model.num_classes), "arch": json.dumps(desc, sort_keys=True)}
+    if grouped_norms(model):
+        desc["grouped_norms"] = grouped_norms(model)
+    name = rebuild_name(arch["name"], arch["factor"])
+    info = {"model": name, "num_classes": str(model.num_classes), "arch": _dump_arch(desc)}
+    if name is None:
+        del info["model"]
     info.update({k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in meta.items()})
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     return atomic_write_bytes(path, _sorted_metadata(save(tensors, metadata=info)))
+
+
+def _dump_arch(desc: dict) -> str:
+    try:
+        return json.dumps(desc, sort_keys=True, default=lambda obj: {"import": import_path(obj)})
+    except ValueError as e:
+        raise ValueError(f"cannot record how to rebuild this model: {e}") from e
+
+
+def _load_arch(text: str) -> dict:
+    return json.loads(text, object_hook=lambda d: from_import_path(d["import"]) if set(d) == {"import"} else d)
 
 
 def load_weights(path: str | os.PathLike) -> tuple[dict, dict]:
@@ -62,14 +80,21 @@ def load_weights(path: str | os.PathLike) -> tuple[dict, dict]:
 def load_model(path: str | os.PathLike, model: str | None = None, **timm_kwargs) -> nn.Module:
     """Rebuild the model stored in ``path`` (its metadata says which, or pass ``model``) and load its weights."""
     sd, meta = load_weights(path)
-    if model is None and "arch" in meta:
-        arch = json.loads(meta["arch"])
+    try:
+        arch = _load_arch(meta["arch"]) if "arch" in meta else {}
+    except (ValueError, ImportError, AttributeError) as e:
+        raise UserError(f"{path}: its metadata names a setting this environment cannot import ({e}); pass --model "
+                        f"NAME") from e
+    if model is None and arch:
         kwargs = {**arch["kwargs"], **timm_kwargs}
-        if "inner_widths" in arch:
-            from .growth import gradmax_model
-            net = gradmax_model(arch["name"], arch["inner_widths"], **kwargs)
-        else:
-            net = scaled(arch["name"], Fraction(arch["factor"]), **kwargs)
+        try:
+            if "inner_widths" in arch:
+                from .growth import gradmax_model
+                net = gradmax_model(arch["name"], arch["inner_widths"], **kwargs)
+            else:
+                net = scaled(arch["name"], Fraction(arch["factor"]), **kwargs)
+        except ValueError as e:
+            raise UserError(f"{path}: cannot rebuild the model its metadata names: {e}; pass --model NAME") from e
     else:
         name = model or meta.get("model")
         if not name:
@@ -79,13 +104,20 @@ def load_model(path: str | os.PathLike, model: str | None = None, **timm_kwargs)
         try:
             net = scaled(name, 1, **timm_kwargs)
         except ValueError as e:
-            raise UserError(str(e)) from e
+            raise UserError(f"{path}: cannot build {'--model ' if model else 'the model its metadata names, '}"
+                            f"{name}: {e}") from e
+    tried = model or meta.get("model") or arch.get("name")
+    try:
+        group_norms(net, arch.get("grouped_norms", {}))
+    except (ValueError, TypeError, AttributeError) as e:
+        raise UserError(f"{path}: its grouped LayerNorms do not fit {tried}: {e}; pass the --model the checkpoint "
+                        f"was trained as") from e
     try:
         missing, unexpected = net.load_state_dict(sd, strict=False)
     except RuntimeError as e:  # shape mismatches raise even with strict=False
-        raise UserError(f"{path}: weights do not fit {meta.get('model', model)}: {str(e).splitlines()[-1].strip()}; "
+        raise UserError(f"{path}: weights do not fit {tried}: {str(e).splitlines()[-1].strip()}; "
                         f"pass the --model the checkpoint was trained as") from e
     if missing or unexpected:
-        raise UserError(f"{path}: weights do not fit {meta.get('model', model)} (missing {missing[:3]}, unexpected "
+        raise UserError(f"{path}: weights do not fit {tried} (missing {missing[:3]}, unexpected "
                         f"{unexpected[:3]}); pass the --model the checkpoint was trained as")
     return net

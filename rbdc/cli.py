@@ -21,12 +21,32 @@ def _fmt_table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
     return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, body)])
 
 
+def check_output(path: str | Path, flag: str, *, directory: bool = False) -> Path:
+    """Refuse an output path that cannot be written: a directory where a file is due (or the reverse), or a path
+    under an existing file."""
+    path = Path(path)
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UserError(f"{flag} {path}: {parent} is a file, not a directory; pick a path in a directory")
+    if path.exists() and path.is_dir() != directory:
+        want, got = ("a directory", "a file") if directory else ("a file", "a directory")
+        raise UserError(f"{flag} {path} is {got}; pass {want}" + ("" if directory else
+                                                                   f", e.g. {path / 'coupled.safetensors'}"))
+    return path
+
+
+def check_img_size(img_size: int | None) -> None:
+    if img_size is not None and img_size < 1:
+        raise UserError(f"--img-size must be a positive number of pixels, got {img_size}; omit it for the model's")
+
+
 def cmd_flops(args) -> int:
     import torch
 
     from .flops import TRAIN_FLOPS_PER_FORWARD, forward_macs
     from .models import family_of, scaled
 
+    check_img_size(args.img_size)
     try:
         with torch.device("meta"):
             model = scaled(args.model, 1)
@@ -45,6 +65,7 @@ def cmd_flops(args) -> int:
 
 def cmd_plan(args) -> int:
     from .coupling import plan
+    check_img_size(args.img_size)
     try:
         rows = plan(args.target, args.depth, k=args.k, img_size=args.img_size, dataset_size=args.dataset_size)
     except ValueError as e:
@@ -61,7 +82,7 @@ def cmd_couple(args) -> int:
     from .checkpoint import load_model, save_weights, sha256
     from .coupling import couple
 
-    out = Path(args.output)
+    out = check_output(args.output, "-o")
     if out.exists() and not args.force:
         raise UserError(f"{out} exists; pass --force to overwrite it")
     if len(args.checkpoints) < 2:

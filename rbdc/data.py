@@ -786,16 +786,16 @@ class _ShuffleSampler(torch.utils.data.Sampler):
         return self.n
 
 
-def _repeat_aug_sampler(dataset, seed: int, num_replicas: int, rank: int):
-    from timm.data.distributed_sampler import RepeatAugSampler
+def _seeded_sampler(cls, seed: int, /, *args, **kwargs):
+    """A ``cls`` sampler (timm's ``RepeatAugSampler``, torch's ``DistributedSampler``) whose shuffle of epoch e
+    is seeded by ``_mix(seed, e)``: timm's seeds it with the epoch alone, torch's with ``seed + e``, which makes the
+    order of seed s + 1 in epoch e that of seed s in epoch e + 1 (sibling stages have consecutive seeds)."""
 
-    class _SeededRepeatAugSampler(RepeatAugSampler):
-        """timm's sampler seeds its shuffle with the epoch alone; fold in the run seed too."""
-
+    class _Seeded(cls):
         def set_epoch(self, epoch: int) -> None:
             self.epoch = _mix(seed, epoch)
 
-    sampler = _SeededRepeatAugSampler(dataset, num_replicas=num_replicas, rank=rank)
+    sampler = _Seeded(*args, **kwargs)
     sampler.set_epoch(0)
     return sampler
 
@@ -1063,9 +1063,11 @@ def build_loader(dataset, *, batch_size: int, train: bool, img_size: int, aug: d
         world, rank = 1, 0
 
     if train and repeated_aug:
-        sampler = _repeat_aug_sampler(dataset, seed, world, rank)
+        from timm.data.distributed_sampler import RepeatAugSampler
+        sampler = _seeded_sampler(RepeatAugSampler, seed, dataset, num_replicas=world, rank=rank)
     elif distributed and train:
-        sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        sampler = _seeded_sampler(torch.utils.data.DistributedSampler, seed, dataset, num_replicas=world, rank=rank,
+                                  shuffle=True, seed=0)
     elif distributed:
         from timm.data.distributed_sampler import OrderedDistributedSampler
         sampler = OrderedDistributedSampler(dataset, num_replicas=world, rank=rank)

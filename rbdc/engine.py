@@ -332,7 +332,9 @@ def train_stage(model: nn.Module, spec: StageSpec, recipe: dict, train_loader, v
         ledger.add(spec.id, spec.model_name, images, fpi)
         row = {"stage": spec.id, "model": spec.model_name, "epoch": epoch,
                "train_loss": (loss_sum / max(n_steps, 1)).item(), "lr": opt.param_groups[0]["lr"],
-               "images_seen": sum(e.images for e in ledger.entries if e.stage == spec.id),
+               # the stage's training images (not a growth step's, e.g. GradMax's gradient pass, booked to it too)
+               "images_seen": sum(e.images for e in ledger.entries if e.stage == spec.id
+                                  and e.model == spec.model_name),
                "train_flops": images * fpi, "cum_train_flops": ledger.total, "wall_s": round(wall, 3),
                "img_per_s": images / dt, "model_tflops_per_s": images * fpi / dt / 1e12}
         row.update(mfu_fields(row["model_tflops_per_s"], device))  # GPU only: {"mfu": ...} against the bf16 peak

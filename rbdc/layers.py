@@ -28,3 +28,23 @@ class PartLayerNorm(nn.LayerNorm):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", parts={self.parts}"
+
+
+def grouped_norms(model: nn.Module) -> dict[str, int]:
+    """``{module name: parts}`` of the model's :class:`PartLayerNorm` layers (what a checkpoint must record)."""
+    return {name: m.parts for name, m in model.named_modules() if isinstance(m, PartLayerNorm)}
+
+
+def group_norms(model: nn.Module, parts: dict[str, int]) -> nn.Module:
+    """Swap the LayerNorms named in ``parts`` for :class:`PartLayerNorm` of that many parts, keeping their weights."""
+    for name, n in parts.items():
+        mod = model.get_submodule(name)
+        if not isinstance(mod, nn.LayerNorm):
+            raise TypeError(f"{name} is a {type(mod).__name__}, not a LayerNorm: cannot group it into {n} parts")
+        ln = PartLayerNorm(mod.normalized_shape[0], parts=n, eps=mod.eps, elementwise_affine=mod.elementwise_affine,
+                           bias=mod.bias is not None, device=mod.weight.device if mod.weight is not None else None,
+                           dtype=mod.weight.dtype if mod.weight is not None else None)
+        ln.load_state_dict(mod.state_dict())
+        ln.train(mod.training)
+        model.set_submodule(name, ln)
+    return model

@@ -12,6 +12,7 @@ The model remembers how it was built (``model.rbdc_arch``) so that :func:`rbdc.c
 """
 from __future__ import annotations
 
+import importlib
 from fractions import Fraction
 
 import torch
@@ -20,7 +21,8 @@ import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import ResNet, VisionTransformer, generate_default_cfgs, register_model
 
-__all__ = ["narrow", "scaled", "widen_name", "arch_of", "describe", "family_of"]
+__all__ = ["narrow", "scaled", "widen_name", "arch_of", "describe", "family_of", "settings", "check_supported",
+           "import_path", "from_import_path"]
 
 
 def family_of(model: nn.Module) -> str:
@@ -30,6 +32,120 @@ def family_of(model: nn.Module) -> str:
         return "resnet"
     raise ValueError(f"{type(model).__name__} is not a supported family: RBDC handles timm VisionTransformer and "
                      f"ResNet")
+
+
+# --- which layers RBDC can scale and couple ------------------------------------------------------------------------
+
+def _layer_types() -> tuple[type, ...]:
+    """Module types with a coupling rule (see rbdc.coupling): every tensor they own is per-channel or a dense map
+    between channel spaces that block-diagonalises (packed projections: see ``rbdc.coupling.packed_chunks``), and
+    they mix no channels (squeeze-excitation pools each channel on its own)."""
+    from timm.layers import (
+        Attention,
+        AttentionPoolLatent,
+        DropBlock2d,
+        DropPath,
+        GluMlp,
+        LayerNorm,
+        LayerScale,
+        Mlp,
+        PatchDropout,
+        PatchEmbed,
+        SelectAdaptivePool2d,
+        SEModule,
+        SwiGLU,
+    )
+    from timm.models.resnet import BasicBlock, Bottleneck
+    from timm.models.vision_transformer import Block, ResPostBlock
+    return (VisionTransformer, ResNet, PatchEmbed, Block, ResPostBlock, Attention, AttentionPoolLatent, Mlp, GluMlp,
+            SwiGLU, LayerScale, BasicBlock, Bottleneck, SEModule, SelectAdaptivePool2d, nn.Linear, nn.Conv2d,
+            nn.BatchNorm2d, nn.LayerNorm, LayerNorm, nn.Identity, nn.Sequential, nn.ModuleList, nn.Flatten,
+            nn.AdaptiveAvgPool2d, nn.MaxPool2d, nn.AvgPool2d,
+            nn.Dropout, DropPath, DropBlock2d, PatchDropout)  # training-time noise, identity in eval mode
+
+
+_ACTIVATION_MODULES = ("torch.nn.modules.activation", "timm.layers.activations", "timm.layers.activations_me")
+_NOT_ELEMENTWISE = ("Softmax", "Softmin", "LogSoftmax", "Softmax2d", "GLU", "MultiheadAttention")
+
+
+def _has_rule(module: nn.Module) -> bool:
+    if type(module).__module__ in _ACTIVATION_MODULES:  # elementwise and parameter-free: acts per channel
+        return type(module).__name__ not in _NOT_ELEMENTWISE and not any(True for _ in module.parameters(False))
+    if isinstance(module, nn.Conv2d) and module.groups != 1:
+        return False
+    return type(module) in _layer_types() or type(module).__name__ == "PartLayerNorm"
+
+
+def check_supported(model: nn.Module) -> None:
+    """Refuse (``ValueError``) a model with a layer RBDC has no width-scaling/coupling rule for, naming it."""
+    family_of(model)
+    for name, module in model.named_modules():
+        if not _has_rule(module):
+            what = "grouped convolution (ResNeXt-style)" if isinstance(module, nn.Conv2d) else type(module).__name__
+            raise ValueError(f"{name}: {what} has no RBDC coupling rule (supported: timm ViT blocks with Attention, "
+                             f"Mlp/GluMlp/SwiGLU, LayerScale, attention pooling; ResNet Basic/Bottleneck blocks, "
+                             f"squeeze-excitation); build the model without it")
+
+
+# --- settings: what must agree between parts, and between the parts and the coupled model --------------------------
+
+# runtime switches and init-only options (LayerScale's init_values: its gamma is a weight): they do not change
+# what the model computes
+_NOT_SETTINGS = {"training", "fused_attn", "grad_checkpointing", "weight_init_mode", "fix_init", "init_values"}
+_SKIP = object()
+
+
+def import_path(obj) -> str:
+    """``module.QualName`` of a class or function, for storing class-valued settings as text."""
+    path = f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"
+    try:
+        if from_import_path(path) is obj:
+            return path
+    except (ImportError, AttributeError, ValueError):
+        pass
+    raise ValueError(f"setting {obj!r} is not an importable class or function: pass it by name or as a class "
+                     f"defined at module level")
+
+
+def from_import_path(path: str):
+    module, _, qualname = path.rpartition(".")
+    if not module:
+        raise ValueError(f"{path!r} is not an import path (module.Name)")
+    obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _plain(value):
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (tuple, list)):
+        items = tuple(_plain(v) for v in value)
+        return _SKIP if any(v is _SKIP for v in items) else items
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}"
+    return _SKIP
+
+
+def settings(model: nn.Module) -> dict[str, object]:
+    """Every module's type, plain attributes (eps, kernel size, pooling, heads...) and tensors (dtype, or None where
+    the layer has none, e.g. ``qkv_bias=False``), keyed ``"<module>.<attr>"``: equal for models built alike."""
+    out: dict[str, object] = {}
+    for name, module in model.named_modules():
+        prefix = name or "model"
+        # timm's LayerNorm computes nn.LayerNorm; PartLayerNorm's grouping is a coupling choice, not a setting
+        is_ln = isinstance(module, nn.LayerNorm)
+        out[f"{prefix}.type"] = _plain(nn.LayerNorm if is_ln else type(module))
+        for attr, value in vars(module).items():
+            if attr.startswith("_") or attr in _NOT_SETTINGS or (is_ln and attr == "parts"):
+                continue
+            value = _plain(value)
+            if value is not _SKIP:
+                out[f"{prefix}.{attr}"] = value
+        for attr, t in [*module._parameters.items(), *module._buffers.items()]:
+            out[f"{prefix}.{attr}"] = None if t is None else str(t.dtype)
+    return out
 
 
 def _meta_model(name: str, **kwargs) -> nn.Module:
@@ -92,11 +208,13 @@ def scaled(name: str, factor: Fraction | int | float = 1, **kwargs) -> nn.Module
         **kwargs: passed to ``timm.create_model`` (num_classes, img_size, drop_path_rate, ...).
     """
     factor = Fraction(factor).limit_denominator(1024)
-    if not timm.is_model(name):
+    if not timm.is_model(name) and not register_width_name(name):
         raise ValueError(f"unknown model {name!r}: pick a name from timm.list_models() or rbdc's registered variants")
     kwargs.pop("pretrained", None)
     meta = _meta_model(name, **kwargs)
     family = family_of(meta)
+    if factor != 1:  # at factor 1 it is timm's own model, whatever its layers
+        check_supported(meta)
     if factor == 1:
         model = timm.create_model(name, pretrained=False, **kwargs)
     elif family == "vit":
@@ -105,8 +223,6 @@ def scaled(name: str, factor: Fraction | int | float = 1, **kwargs) -> nn.Module
             **kwargs, "embed_dim": _divide(meta.embed_dim, factor, "embed_dim", name),
             "num_heads": _divide(heads, factor, "num_heads", name)})
     else:
-        if any(getattr(m, "groups", 1) != 1 for m in meta.modules() if isinstance(m, nn.Conv2d)):
-            raise ValueError(f"{name}: grouped convolutions (ResNeXt-style) cannot be width-scaled block-diagonally")
         channels, stem, deep_stem = _resnet_widths(meta)
         chs = tuple(_divide(c, factor, "stage width", name) for c in channels)
         stem_chs = _divide(stem, factor, "stem width", name)
@@ -128,7 +244,11 @@ def narrow(model_name: str, divisor: int, **timm_kwargs) -> nn.Module:
 
 
 def arch_of(model: nn.Module) -> dict:
-    """How ``model`` was built: ``{"name", "factor", "kwargs"}`` (a plain timm model counts as factor 1)."""
+    """How ``model`` was built: ``{"name", "factor", "kwargs"}``.
+
+    A plain timm model counts as factor 1, with the settings read back from its layers (:func:`stock_kwargs`):
+    timm does not record the keyword arguments a model was created with.
+    """
     arch = getattr(model, "rbdc_arch", None)
     if arch is not None:
         return arch
@@ -136,7 +256,43 @@ def arch_of(model: nn.Module) -> dict:
     if not name:
         raise ValueError(f"cannot tell which timm model this {type(model).__name__} is: build it with "
                          f"timm.create_model or rbdc.narrow")
-    return {"name": name, "factor": Fraction(1), "kwargs": {"num_classes": model.num_classes}}
+    return {"name": name, "factor": Fraction(1), "kwargs": stock_kwargs(model)}
+
+
+def stock_kwargs(model: nn.Module) -> dict:
+    """The ``timm.create_model`` keyword arguments that rebuild a plain timm ViT/ResNet's structure, as far as its
+    layers tell; :func:`rbdc.couple` checks the rebuilt model's :func:`settings` and refuses what this misses.
+    Only ``num_classes`` for a model with layers RBDC has no rule for (``couple`` refuses it anyway)."""
+    kw: dict = {"num_classes": model.num_classes}
+    if not isinstance(model, (ResNet, VisionTransformer)) or not all(_has_rule(m) for m in model.modules()):
+        return kw
+    if isinstance(model, ResNet):
+        kw.update(act_layer=type(model.act1), global_pool=model.global_pool.pool_type, drop_rate=model.drop_rate)
+        last = model.layer4[-1].drop_path
+        if isinstance(last, timm.layers.DropPath):  # timm's rates rise linearly to drop_path_rate at the last block
+            kw["drop_path_rate"] = last.drop_prob
+        return kw
+    blk, pe = model.blocks[0], model.patch_embed
+    kw.update(img_size=tuple(pe.img_size), patch_size=tuple(pe.patch_size), in_chans=pe.proj.in_channels,
+              embed_dim=model.embed_dim, depth=len(model.blocks), num_heads=blk.attn.num_heads,
+              qkv_bias=blk.attn.qkv.bias is not None, qk_norm=not isinstance(blk.attn.q_norm, nn.Identity),
+              class_token=model.has_class_token, reg_tokens=model.num_reg_tokens, no_embed_class=model.no_embed_class,
+              global_pool=model.global_pool, dynamic_img_size=model.dynamic_img_size,
+              pre_norm=not isinstance(model.norm_pre, nn.Identity),
+              fc_norm=not isinstance(model.fc_norm, nn.Identity), block_fn=type(blk), mlp_layer=type(blk.mlp),
+              act_layer=type(blk.mlp.act), mlp_ratio=_mlp_hidden(blk.mlp, packed=True) / model.embed_dim)
+    if not isinstance(getattr(blk, "ls1", nn.Identity()), nn.Identity):
+        kw["init_values"] = 1.0  # any value builds LayerScale; its gamma is a weight
+    last = getattr(model.blocks[-1], "drop_path1", None)
+    if isinstance(last, timm.layers.DropPath):  # timm's rates rise linearly to drop_path_rate at the last block
+        kw["drop_path_rate"] = last.drop_prob
+    return kw
+
+
+def _mlp_hidden(mlp: nn.Module, packed: bool = False) -> int:
+    """The MLP's hidden width (``packed``: as ViT's ``mlp_ratio`` counts it, both halves of a GluMlp's fc1)."""
+    from timm.layers import GluMlp
+    return mlp.fc2.in_features * (2 if packed and isinstance(mlp, GluMlp) else 1)
 
 
 def widen_name(name: str, factor: Fraction) -> str | None:
@@ -150,6 +306,28 @@ def widen_name(name: str, factor: Fraction) -> str | None:
     return None
 
 
+def rebuild_name(name: str, factor: Fraction) -> str | None:
+    """A timm name that builds ``name`` at ``factor`` x its width: :func:`widen_name`'s, or for any 1/d width a
+    variant registered now (``rbdc_resnet34_w2``; :func:`scaled` registers such names on demand). None if none."""
+    base, div = VARIANTS.get(name, (name, 1))
+    f = Fraction(1, div) * factor
+    if widen_name(name, factor) is None and f.numerator == 1:
+        _register_narrow(base, f.denominator)
+    return widen_name(name, factor)
+
+
+def register_width_name(name: str) -> bool:
+    """Register ``<base>_w<d>`` / ``rbdc_<base>_w<d>`` (``base`` a timm ViT/ResNet) if it is not yet: True if done."""
+    stem, sep, div = name.rpartition("_w")
+    if not sep or not div.isdigit() or int(div) < 2:
+        return False
+    for base in (stem, stem.removeprefix("rbdc_")):
+        if timm.is_model(base) and base not in VARIANTS and _variant_name(base, int(div)) == name:
+            _register_narrow(base, int(div))
+            return True
+    return False
+
+
 def describe(model: nn.Module) -> dict:
     """The structural facts that must agree for models to be coupled (family, depth, widths, input, classes)."""
     fam = family_of(model)
@@ -158,7 +336,7 @@ def describe(model: nn.Module) -> dict:
         pe = model.patch_embed
         d.update(depth=len(model.blocks), patch_size=tuple(pe.patch_size), img_size=tuple(pe.img_size),
                  width=model.embed_dim, heads=model.blocks[0].attn.num_heads,
-                 mlp_hidden=model.blocks[0].mlp.fc1.out_features, class_token=model.cls_token is not None,
+                 mlp_hidden=_mlp_hidden(model.blocks[0].mlp), class_token=model.cls_token is not None,
                  reg_tokens=model.num_reg_tokens, global_pool=model.global_pool)
     else:
         d.update(depth=tuple(len(getattr(model, f"layer{i}")) for i in range(1, 5)),
@@ -229,8 +407,12 @@ def test_rbdc_resnet_basic(pretrained=False, **kwargs) -> ResNet:
 VARIANTS: dict[str, tuple[str, int]] = {}  # registered narrow name -> (base model, divisor)
 
 
+def _variant_name(base: str, divisor: int) -> str:
+    return f"{base}_w{divisor}" if base.startswith(("test_", "rbdc_")) else f"rbdc_{base}_w{divisor}"
+
+
 def _register_narrow(base: str, divisor: int) -> None:
-    variant = f"{base}_w{divisor}" if base.startswith(("test_", "rbdc_")) else f"rbdc_{base}_w{divisor}"
+    variant = _variant_name(base, divisor)
     VARIANTS[variant] = (base, divisor)
 
     def entrypoint(pretrained=False, **kwargs):

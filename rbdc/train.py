@@ -442,6 +442,7 @@ def run_recipe(path: str | None, output: str = "runs", overrides: list[str] = ()
 
 
 def cmd_train(args) -> int:
+    from .cli import check_output
     t0 = time.time()
     if args.resume:
         run_dir = Path(args.resume)
@@ -449,6 +450,7 @@ def cmd_train(args) -> int:
             raise UserError(f"--resume {run_dir}: no recipe.yaml there; pass a run directory written by rbdc train")
         rec = recipes.resolve(run_dir / "recipe.yaml")
         args.recipe, args.output = str(run_dir / "recipe.yaml"), str(run_dir.parents[len(Path(rec["name"]).parts)])
+    check_output(args.output, "--output", directory=True)
     run_recipe(args.recipe, args.output, args.set or [], dry_run=args.dry_run, only_stage=args.only_stage,
                seed=args.seed, model=args.model,
                protocol=args.protocol, name=args.name, epochs=args.epochs, budget=args.budget, match=args.match)

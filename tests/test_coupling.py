@@ -170,3 +170,112 @@ def test_deep_stem_resnet_couples_exactly():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert (wide(x) - torch.stack([m(x) for m in models]).mean(0)).abs().max() < 1e-5
+
+
+# --- settings, packed projections, refused layers, dtype/device -------------------------------------------------
+
+def perturbed(model):
+    """Non-trivial LN/LayerScale/bias values too, so that exactness is not an accident of timm's init."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model.eval()
+
+
+def relative_error(wide, models, size=32):
+    x = torch.randn(2, 3, size, size, dtype=next(wide.parameters()).dtype)
+    with torch.no_grad():
+        ref = torch.stack([m(x) for m in models]).mean(0)
+        return ((wide.eval()(x) - ref).norm() / ref.norm()).item()
+
+
+@pytest.mark.parametrize("setting, field", [
+    ({"act_layer": nn.SiLU}, r"blocks.0.mlp.act.type \(torch.nn.modules.activation.GELU vs .*SiLU\)"),
+    ({"qkv_bias": False}, r"blocks.0.attn.qkv.bias \(torch.float32 vs None\)"),
+    ({"init_values": 1e-2}, r"blocks.0.ls1.type \(torch.nn.modules.linear.Identity vs .*LayerScale\)"),
+    ({"norm_layer": nn.LayerNorm}, r"blocks.0.norm1.eps \(1e-06 vs 1e-05\)"),
+])
+def test_parts_built_with_different_settings_are_refused_naming_the_field_and_both_values(setting, field):
+    a, b = rbdc.narrow("test_rbdc_vit", 2), rbdc.narrow("test_rbdc_vit", 2, **setting)
+    with pytest.raises(ValueError, match=field):
+        rbdc.couple([a, b])
+
+
+@pytest.mark.parametrize("name, settings, size", [
+    ("test_rbdc_resnet_basic", dict(act_layer=nn.SiLU), 64),
+    ("test_rbdc_vit", dict(act_layer=nn.SiLU, qkv_bias=False, init_values=1e-2, reg_tokens=2), 32),
+    ("test_rbdc_vit", dict(class_token=False, global_pool="avg", fc_norm=True, pre_norm=True), 32),
+    ("test_rbdc_vit", {"dynamic_img_size": True, "no_embed_class": True, "drop_path_rate": 0.1}, 32),
+])
+def test_stock_timm_models_keep_their_settings_when_coupled(name, settings, size):
+    models = [perturbed(randomize_bn(timm.create_model(name, **settings))) for _ in range(2)]
+    assert relative_error(rbdc.couple(models, norm="grouped"), models, size) < 1e-5
+
+
+def test_a_stock_resnet_keeps_its_activation():
+    wide = rbdc.couple([timm.create_model("resnet18", act_layer=nn.SiLU, num_classes=10) for _ in range(2)])
+    assert {type(m) for m in wide.modules() if isinstance(m, (nn.ReLU, nn.SiLU))} == {nn.SiLU}
+
+
+def test_a_stock_setting_that_cannot_be_read_back_is_refused_not_dropped():
+    from timm.layers import SwiGLUPacked  # GluMlp with gate_last=False: timm records neither
+    models = [timm.create_model("test_rbdc_vit", mlp_layer=SwiGLUPacked) for _ in range(2)]
+    with pytest.raises(ValueError, match=r"blocks.0.mlp.gate_last \(parts False, rebuilt True\).*rbdc.scaled"):
+        rbdc.couple(models)
+
+
+@pytest.mark.parametrize("settings", [dict(global_pool="map"), dict(mlp_layer="swiglupacked"),
+                                      dict(mlp_layer="swiglu"), dict(block_fn="respost")])
+def test_packed_projections_and_other_vit_layers_couple_exactly(settings):
+    from timm.layers import SwiGLU, SwiGLUPacked
+    from timm.models.vision_transformer import ResPostBlock
+    named = {"swiglupacked": SwiGLUPacked, "swiglu": SwiGLU, "respost": ResPostBlock}
+    settings = {k: named.get(v, v) for k, v in settings.items()}
+    models = [perturbed(rbdc.narrow("test_rbdc_vit", 2, **settings)) for _ in range(2)]
+    assert relative_error(rbdc.couple(models, norm="grouped"), models) < 1e-5
+
+
+def test_every_packed_projection_is_split_per_projection():
+    from timm.layers import SwiGLUPacked
+    model = rbdc.narrow("test_rbdc_vit", 2, global_pool="map", mlp_layer=SwiGLUPacked)
+    packed = rbdc.coupling.packed_chunks(model)
+    assert packed["blocks.0.attn.qkv"] == 3 and packed["attn_pool.kv"] == 2 and packed["blocks.1.mlp.fc1"] == 2
+    assert "attn_pool.mlp.fc1" not in packed  # attention pooling's own MLP is a plain Mlp
+
+
+def test_layers_without_a_rule_are_refused_by_narrow_and_couple():
+    from timm.models.vision_transformer import ParallelScalingBlock
+    with pytest.raises(ValueError, match="blocks.0: ParallelScalingBlock has no RBDC coupling rule"):
+        rbdc.narrow("test_rbdc_vit", 2, block_fn=ParallelScalingBlock)
+    models = [timm.create_model("test_rbdc_vit", block_fn=ParallelScalingBlock) for _ in range(2)]
+    with pytest.raises(ValueError, match="ParallelScalingBlock has no RBDC coupling rule"):
+        rbdc.couple(models)
+
+
+def test_a_tensor_shared_by_the_parts_has_no_rule_and_is_refused_naming_its_key():
+    models = [rbdc.narrow("test_rbdc_vit", 2, qk_norm=True) for _ in range(2)]  # one q_norm for all heads
+    with pytest.raises(ValueError, match=r"no coupling rule for blocks.0.attn.q_norm.weight"):
+        rbdc.couple(models)
+
+
+def test_coupling_keeps_the_parts_dtype():
+    models = [perturbed(rbdc.narrow("test_rbdc_vit", 2)).double() for _ in range(2)]
+    wide = rbdc.couple(models, norm="grouped")
+    assert {p.dtype for p in wide.state_dict().values() if p.is_floating_point()} == {torch.float64}
+    assert relative_error(wide, models) < 1e-12
+
+
+@pytest.mark.gpu
+def test_coupling_keeps_the_parts_device():
+    models = [perturbed(rbdc.narrow("test_rbdc_vit", 2)).cuda() for _ in range(2)]
+    wide = rbdc.couple(models, norm="grouped")
+    assert {t.device.type for t in wide.state_dict().values()} == {"cuda"}
+    x = torch.randn(2, 3, 32, 32, device="cuda")
+    with torch.no_grad():
+        assert (wide.eval()(x) - (models[0](x) + models[1](x)) / 2).abs().max() < 1e-4
+
+
+def test_grouped_convolutions_are_refused_by_narrow_and_a_full_width_resnext_still_builds():
+    with pytest.raises(ValueError, match=r"layer1.0.conv2: grouped convolution \(ResNeXt-style\) has no RBDC"):
+        rbdc.narrow("resnext50_32x4d", 2)
+    assert rbdc.scaled("resnext50_32x4d", 1, num_classes=10).num_classes == 10  # e.g. for rbdc flops
