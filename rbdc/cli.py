@@ -121,9 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="the levels of an RBDC recursion towards a target model",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         epilog="examples:\n"
-                               "  rbdc plan deit_base_patch16_224 --depth 2            # 4 x DeiT-Ti -> 2 x DeiT-S -> DeiT-B\n"
-                               "  rbdc plan resnet50 --depth 2 --estimate              # + time per epoch measured here\n"
-                               "  rbdc plan deit_base_patch16_224 --gpu H100           # + time from reports/bench/*.json\n"
+                               "  rbdc plan deit_base_patch16_224 --depth 2        # 4 DeiT-Ti -> 2 DeiT-S -> DeiT-B\n"
+                               "  rbdc plan resnet50 --depth 2 --estimate          # + time per epoch measured here\n"
+                               "  rbdc plan deit_base_patch16_224 --gpu H100       # + time from reports/bench/*.json\n"
                                "  rbdc plan rbdc_vit_nano_patch4_32 --dataset-size 9469 --estimate\n")
     pl.add_argument("target", help="target timm model, e.g. deit_base_patch16_224")
     pl.add_argument("--depth", type=int, default=1, help="recursion depth r: k**r narrow models at level 0")
@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n"
                               "  rbdc couple a.safetensors b.safetensors -o wide.safetensors\n"
-                              "  rbdc couple runs/x/seed0/stages/L0.{0,1}/final.safetensors -o wide.safetensors --head sum\n")
+                              "  rbdc couple runs/x/seed0/stages/L0.{0,1}/final.safetensors -o wide.safetensors \\\n"
+                              "       --head sum\n")
     c.add_argument("checkpoints", nargs="+", help="narrow .safetensors files (from rbdc runs or rbdc.save_weights)")
     c.add_argument("--model", default=None, help="timm name of the narrow models (default: from the files)")
     c.add_argument("--head", choices=("mean", "sum"), default="mean", help="classifier: mean (default) or sum")

@@ -112,8 +112,8 @@ def cmd_quickstart(args) -> int:
     out = Path(args.output).resolve()
     print(f"rbdc quickstart on {source}: rbdc (2 narrow ViTs -> couple -> train on) vs scratch at equal FLOPs -> "
           f"{out / 'quickstart'}", flush=True)
-    print(f"1/3 decoding the images once (cached for later runs): {warm_cache(str(RECIPES / 'rbdc.yaml'), over, args.seed):.0f} s",
-          flush=True)
+    print("1/3 decoding the images once (cached for later runs) ...", flush=True)
+    print(f"    {warm_cache(str(RECIPES / 'rbdc.yaml'), over, args.seed):.0f} s", flush=True)
     how = "side by side, 1 thread each" if args.jobs == 2 else "one after the other"
     print(f"2/3 training rbdc and scratch {how}; progress every {args.progress:g} s", flush=True)
     if args.jobs == 2:

@@ -3,7 +3,6 @@ import configparser
 import sys
 
 import pytest
-
 from conftest import REPO
 
 
