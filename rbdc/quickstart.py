@@ -85,7 +85,9 @@ def _run_side_by_side(out: Path, over: list[str], seed: int, every: float) -> No
                                args=({r.point: r.run_dir(out) for r in runs}, planned, stop, every))
     watcher.start()
     try:
-        failed = run_local(Study(name="quickstart", path=RECIPES, runs=runs), out, runs, jobs=2, threads=1)
+        # the pool's ETA counts whole runs only; the progress lines above give the time left
+        failed = run_local(Study(name="quickstart", path=RECIPES, runs=runs), out, runs, jobs=2, threads=1,
+                           log=lambda msg, **kw: print(msg.split(" | ETA")[0], **kw))
     finally:
         stop.set()
     if failed:

@@ -118,3 +118,15 @@ def test_pretrained_cfg_overlay_file_loads_a_checkpoint_rbdc_wrote(name, tmp_pat
 def test_pretrained_without_a_file_is_a_clear_error(name):
     with pytest.raises(UserError, match="pretrained_cfg_overlay=dict\\(file="):
         timm.create_model(name, pretrained=True)
+
+
+@pytest.mark.parametrize("name, base", [("test_rbdc_vit_w2", "test_rbdc_vit"),
+                                        ("test_rbdc_resnet_w2", "test_rbdc_resnet")])
+def test_coupled_variants_are_the_registered_base_with_its_contract(name, base):
+    wide = rbdc.couple([timm.create_model(name), timm.create_model(name)]).eval()
+    assert wide.pretrained_cfg["architecture"] == base  # so the tests above cover the coupled model too
+    size = wide.pretrained_cfg["input_size"]
+    with torch.no_grad():
+        inter = wide.forward_intermediates(torch.randn(1, *size), intermediates_only=True)
+    info = timm.models.FeatureInfo(wide.feature_info, range(len(wide.feature_info)))
+    assert [o.shape[1] for o in inter] == info.channels()
