@@ -116,8 +116,9 @@ def cmd_quickstart(args) -> int:
           f"{out / 'quickstart'}", flush=True)
     print("1/3 decoding the images once (cached for later runs) ...", flush=True)
     print(f"    {warm_cache(str(RECIPES / 'rbdc.yaml'), over, args.seed):.0f} s", flush=True)
-    how = "side by side, 1 thread each" if args.jobs == 2 else "one after the other"
-    print(f"2/3 training rbdc and scratch {how}; progress every {args.progress:g} s", flush=True)
+    how = f"side by side, 1 thread each; progress every {args.progress:g} s" if args.jobs == 2 else \
+        "one after the other, scratch matched to the FLOPs rbdc spent"
+    print(f"2/3 training rbdc and scratch {how}", flush=True)
     if args.jobs == 2:
         _run_side_by_side(out, over, args.seed, args.progress)
     else:
