@@ -104,27 +104,29 @@ def cmd_couple(args) -> int:
     return 0
 
 
+def add_command(sub, name: str, help: str, examples: list[str]) -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with ``examples`` (lines kept as written)."""
+    return sub.add_parser(name, help=help, formatter_class=argparse.RawDescriptionHelpFormatter,
+                          epilog="examples:\n" + "".join(f"  {e}\n" for e in examples))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rbdc", description="Recursive Block-Diagonal Coupling: train, couple, compare.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    f = sub.add_parser("flops", help="params, GMACs, GFLOPs and training FLOPs per image of a model",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="examples:\n"
-                              "  rbdc flops deit_base_patch16_224            # 17.6 GMACs = 35.1 GFLOPs, x3 to train\n"
-                              "  rbdc flops rbdc_resnet50_w2                 # a registered narrow variant\n"
-                              "  rbdc flops rbdc_vit_nano_patch4_32 --img-size 32\n")
+    f = add_command(sub, "flops", "params, GMACs, GFLOPs and training FLOPs per image of a model", [
+        "rbdc flops deit_base_patch16_224            # 17.6 GMACs = 35.1 GFLOPs, x3 to train",
+        "rbdc flops rbdc_resnet50_w2                 # a registered narrow variant",
+        "rbdc flops rbdc_vit_nano_patch4_32 --img-size 32"])
     f.add_argument("model", help="timm model name, e.g. deit_base_patch16_224 or rbdc_resnet50_w2")
     f.add_argument("--img-size", type=int, default=None, help="input size in pixels (default: the model's)")
     f.set_defaults(func=cmd_flops)
 
-    pl = sub.add_parser("plan", help="the levels of an RBDC recursion towards a target model",
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog="examples:\n"
-                               "  rbdc plan deit_base_patch16_224 --depth 2        # 4 DeiT-Ti -> 2 DeiT-S -> DeiT-B\n"
-                               "  rbdc plan resnet50 --depth 2 --estimate          # + time per epoch measured here\n"
-                               "  rbdc plan deit_base_patch16_224 --gpu H100       # + time from reports/bench/*.json\n"
-                               "  rbdc plan rbdc_vit_nano_patch4_32 --dataset-size 9469 --estimate\n")
+    pl = add_command(sub, "plan", "the levels of an RBDC recursion towards a target model", [
+        "rbdc plan deit_base_patch16_224 --depth 2        # 4 DeiT-Ti -> 2 DeiT-S -> DeiT-B",
+        "rbdc plan resnet50 --depth 2 --estimate          # + time per epoch measured here",
+        "rbdc plan deit_base_patch16_224 --gpu H100       # + time from reports/bench/*.json",
+        "rbdc plan rbdc_vit_nano_patch4_32 --dataset-size 9469 --estimate"])
     pl.add_argument("target", help="target timm model, e.g. deit_base_patch16_224")
     pl.add_argument("--depth", type=int, default=1, help="recursion depth r: k**r narrow models at level 0")
     pl.add_argument("-k", type=int, default=2, help="models coupled per step (default 2)")
@@ -136,12 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="time per epoch on the device NAME from the committed benchmarks (reports/bench/*.json)")
     pl.set_defaults(func=cmd_plan)
 
-    c = sub.add_parser("couple", help="couple k narrow checkpoints (safetensors) into one k x wider checkpoint",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="examples:\n"
-                              "  rbdc couple a.safetensors b.safetensors -o wide.safetensors\n"
-                              "  rbdc couple runs/x/seed0/stages/L0.{0,1}/final.safetensors -o wide.safetensors \\\n"
-                              "       --head sum\n")
+    c = add_command(sub, "couple", "couple k narrow checkpoints (safetensors) into one k x wider checkpoint", [
+        "rbdc couple a.safetensors b.safetensors -o wide.safetensors",
+        "rbdc couple runs/x/seed0/stages/L0.{0,1}/final.safetensors -o wide.safetensors --head sum"])
     c.add_argument("checkpoints", nargs="+", help="narrow .safetensors files (from rbdc runs or rbdc.save_weights)")
     c.add_argument("--model", default=None, help="timm name of the narrow models (default: from the files)")
     c.add_argument("--head", choices=("mean", "sum"), default="mean", help="classifier: mean (default) or sum")

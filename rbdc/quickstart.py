@@ -12,7 +12,6 @@ by less than one optimizer step.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import threading
 import time
@@ -136,14 +135,12 @@ def cmd_quickstart(args) -> int:
 
 
 def add_cli(sub) -> None:
-    p = sub.add_parser(
-        "quickstart", help="rbdc vs budget-matched scratch on a small real dataset, in minutes",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n"
-               "  rbdc quickstart                                 # Imagenette 32 px if RBDC_DATA has it, else digits\n"
-               "  RBDC_DATA=/data rbdc quickstart -o /tmp/runs    # rerun: resumes, or reports what is done\n"
-               "  rbdc quickstart --data digits --set budget_epochs=10\n"
-               "  rbdc quickstart --jobs 1                        # one run after the other, scratch match:ed\n")
+    from .cli import add_command
+    p = add_command(sub, "quickstart", "rbdc vs budget-matched scratch on a small real dataset, in minutes", [
+        "rbdc quickstart                                 # Imagenette 32 px if RBDC_DATA has it, else digits",
+        "RBDC_DATA=/data rbdc quickstart -o /tmp/runs    # rerun: resumes, or reports what is done",
+        "rbdc quickstart --data digits --set budget_epochs=10",
+        "rbdc quickstart --jobs 1                        # one run after the other, scratch matched"])
     p.add_argument("--data", choices=("auto", "imagenette", "digits"), default="auto",
                    help="auto: Imagenette if RBDC_DATA (or ../shared/data) has it, else digits")
     p.add_argument("--output", "-o", default="runs", help="root of the run directories")
