@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .units import human_flops, human_time
 
 # Subcommands defined in other modules: each exposes add_cli(subparsers). Imported lazily so that, e.g., a broken
 # detection stack never breaks `rbdc flops`.
@@ -58,9 +59,23 @@ def cmd_flops(args) -> int:
     size = args.img_size or model.pretrained_cfg["input_size"][-1]
     params = sum(p.numel() for p in model.parameters())
     print(f"{args.model} @ {size}px: params {params / 1e6:.2f} M | forward {macs / 1e9:.3f} GMACs "
-          f"= {2 * macs / 1e9:.3f} GFLOPs | training {TRAIN_FLOPS_PER_FORWARD * 2 * macs / 1e9:.3f} "
-          f"GFLOPs per image (3 x forward)")
+          f"= {human_flops(2 * macs)} | training {human_flops(TRAIN_FLOPS_PER_FORWARD * 2 * macs)} per image "
+          f"(3 x forward)")
     return 0
+
+
+def _plan_speed(args, rows: list[dict]) -> dict[int, float] | None:
+    """Training FLOP/s per level: measured here (--estimate) or from the committed benchmarks (--gpu)."""
+    from fractions import Fraction
+
+    from .estimate import bench_train_flops_per_s, measure_train_flops_per_s
+    if args.gpu:
+        return {r["level"]: bench_train_flops_per_s(args.gpu, r["model"]) for r in rows}
+    if args.estimate:
+        print(f"measuring {len(rows)} model(s): 1 + 2 training steps of batch 8 each on this device ...", flush=True)
+        return {r["level"]: measure_train_flops_per_s(args.target, Fraction(r["width"]), args.img_size)
+                for r in rows}
+    return None
 
 
 def cmd_plan(args) -> int:
@@ -70,11 +85,23 @@ def cmd_plan(args) -> int:
         rows = plan(args.target, args.depth, k=args.k, img_size=args.img_size, dataset_size=args.dataset_size)
     except ValueError as e:
         raise UserError(str(e)) from e
+    speed = _plan_speed(args, rows)
+    for r in rows:
+        r["train_per_image"] = human_flops(r["train_gflops_per_image"] * 1e9)
+        r["level_per_epoch"] = human_flops(r["level_train_pflops_per_epoch"] * 1e15)
+        if speed:
+            r["time_per_epoch"] = human_time(r["level_train_pflops_per_epoch"] * 1e15 / speed[r["level"]])
     print(f"RBDC plan: {args.target}, depth {args.depth}, k={args.k}, FLOPs per epoch of {args.dataset_size:,} images")
-    print(_fmt_table(rows, [("level", "level", ""), ("count", "models", ""), ("width", "width", ""),
-                            ("model", "model", ""), ("params", "params", ",d"), ("gmacs", "GMACs/img", ".3f"),
-                            ("train_gflops_per_image", "train GFLOPs/img", ".2f"),
-                            ("level_train_pflops_per_epoch", "level PFLOPs/epoch", ".1f")]))
+    cols = [("level", "level", ""), ("count", "models", ""), ("width", "width", ""), ("model", "model", ""),
+            ("params", "params", ",d"), ("gmacs", "GMACs/img", ".3f"), ("train_per_image", "train FLOPs/img", ""),
+            ("level_per_epoch", "level FLOPs/epoch", "")]
+    if speed:
+        where = f"at the benchmarked speed of {args.gpu}" if args.gpu else "at the speed measured here"
+        cols.append(("time_per_epoch", "time/epoch", ""))
+    print(_fmt_table(rows, cols))
+    if speed:
+        total = sum(r["level_train_pflops_per_epoch"] * 1e15 / speed[r["level"]] for r in rows)
+        print(f"one epoch of every level: {human_time(total)} {where} (1 device; training steps only)")
     return 0
 
 
@@ -98,24 +125,43 @@ def cmd_couple(args) -> int:
     return 0
 
 
+def add_command(sub, name: str, help: str, examples: list[str]) -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with ``examples`` (lines kept as written)."""
+    return sub.add_parser(name, help=help, formatter_class=argparse.RawDescriptionHelpFormatter,
+                          epilog="examples:\n" + "".join(f"  {e}\n" for e in examples))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rbdc", description="Recursive Block-Diagonal Coupling: train, couple, compare.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    f = sub.add_parser("flops", help="params, GMACs, GFLOPs and training FLOPs per image of a model")
+    f = add_command(sub, "flops", "params, GMACs, GFLOPs and training FLOPs per image of a model", [
+        "rbdc flops deit_base_patch16_224            # 17.6 GMACs = 35.1 GFLOPs, x3 to train",
+        "rbdc flops rbdc_resnet50_w2                 # a registered narrow variant",
+        "rbdc flops rbdc_vit_nano_patch4_32 --img-size 32"])
     f.add_argument("model", help="timm model name, e.g. deit_base_patch16_224 or rbdc_resnet50_w2")
     f.add_argument("--img-size", type=int, default=None, help="input size in pixels (default: the model's)")
     f.set_defaults(func=cmd_flops)
 
-    pl = sub.add_parser("plan", help="the levels of an RBDC recursion towards a target model")
+    pl = add_command(sub, "plan", "the levels of an RBDC recursion towards a target model", [
+        "rbdc plan deit_base_patch16_224 --depth 2        # 4 DeiT-Ti -> 2 DeiT-S -> DeiT-B",
+        "rbdc plan resnet50 --depth 2 --estimate          # + time per epoch measured here",
+        "rbdc plan deit_base_patch16_224 --gpu H100       # + time from reports/bench/*.json",
+        "rbdc plan rbdc_vit_nano_patch4_32 --dataset-size 9469 --estimate"])
     pl.add_argument("target", help="target timm model, e.g. deit_base_patch16_224")
     pl.add_argument("--depth", type=int, default=1, help="recursion depth r: k**r narrow models at level 0")
     pl.add_argument("-k", type=int, default=2, help="models coupled per step (default 2)")
     pl.add_argument("--img-size", type=int, default=None)
     pl.add_argument("--dataset-size", type=int, default=1_281_167, help="images per epoch (default: ImageNet-1k)")
+    pl.add_argument("--estimate", action="store_true",
+                    help="measure a few training steps of each level's model here and print the time per epoch")
+    pl.add_argument("--gpu", metavar="NAME", default=None,
+                    help="time per epoch on the device NAME from the committed benchmarks (reports/bench/*.json)")
     pl.set_defaults(func=cmd_plan)
 
-    c = sub.add_parser("couple", help="couple k narrow checkpoints (safetensors) into one k x wider checkpoint")
+    c = add_command(sub, "couple", "couple k narrow checkpoints (safetensors) into one k x wider checkpoint", [
+        "rbdc couple a.safetensors b.safetensors -o wide.safetensors",
+        "rbdc couple runs/x/seed0/stages/L0.{0,1}/final.safetensors -o wide.safetensors --head sum"])
     c.add_argument("checkpoints", nargs="+", help="narrow .safetensors files (from rbdc runs or rbdc.save_weights)")
     c.add_argument("--model", default=None, help="timm name of the narrow models (default: from the files)")
     c.add_argument("--head", choices=("mean", "sum"), default="mean", help="classifier: mean (default) or sum")

@@ -21,6 +21,7 @@ from pathlib import Path
 from .errors import UserError
 from .flops import train_flops_per_image
 from .models import scaled, widen_name
+from .units import human_flops
 
 
 @dataclass
@@ -248,12 +249,12 @@ def describe_plan(recipe: dict, stages: list[Stage], train_size: int, num_classe
              f"{'train FLOPs':>11}"]
     for s, f in zip(stages, flops):
         lines.append(f"{s.id:>8} {s.model_name:>38} {','.join(s.parents) or '-':>14} {s.steps:>7} "
-                     f"{s.steps / spe:>7.2f} {s.flops_per_image / 1e9:>10.3f} {f:>11.3e}")
-    lines.append(f"total training FLOPs: {total:.4e} ({total / 1e15:.4f} PFLOPs) over {train_size:,} images/epoch, "
+                     f"{s.steps / spe:>7.2f} {s.flops_per_image / 1e9:>10.3f} {human_flops(f):>11}")
+    lines.append(f"total training FLOPs: {human_flops(total)} ({total:.4e}) over {train_size:,} images/epoch, "
                  f"global batch {batch}")
     if recipe["epochs"] or recipe["budget_epochs"]:
         epochs = recipe["epochs"] or recipe["budget_epochs"]
         ref = _fpi(recipe, Fraction(1), num_classes) * round(epochs * spe) * batch
-        lines.append(f"scratch {recipe['model']} for {epochs} epochs: {ref:.4e} FLOPs -> this plan is "
+        lines.append(f"scratch {recipe['model']} for {epochs} epochs: {human_flops(ref)} -> this plan is "
                      f"{total / ref:.3f}x of it")
     return "\n".join(lines)

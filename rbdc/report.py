@@ -932,6 +932,10 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
         'report', help='regenerate result tables and the top-1 vs FLOPs figure from run directories',
         description='Write OUT.md, OUT.tex, OUT.csv and OUT.png from run directories (folders holding results.json '
                     'and summary.csv); folders above run directories are searched recursively.',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog='examples:\n'
+               '  rbdc report runs/imagenette-vit-mini -o reports/imagenette-vit-mini\n'
+               '  rbdc report runs/quickstart -o runs/quickstart-report --title "my quickstart"\n',
     )
     p.add_argument('run_dirs', nargs='+', metavar='RUN_DIR', help='run directories or folders above them')
     p.add_argument('-o', '--output', required=True, metavar='OUT',

@@ -406,7 +406,7 @@ class Run:
 
 
 def run_recipe(path: str | None, output: str = "runs", overrides: list[str] = (), dry_run: bool = False,
-               log=print, only_stage: str | None = None, **fields) -> dict | None:
+               log=print, only_stage: str | None = None, estimate: bool | str = False, **fields) -> dict | None:
     rec = recipes.resolve(path, overrides, **fields)
     d = Dist.init()
     if not d.main:
@@ -422,7 +422,11 @@ def run_recipe(path: str | None, output: str = "runs", overrides: list[str] = ()
             size, ncls = KNOWN_TRAIN_SIZES[source], rec["num_classes"] or KNOWN_CLASSES.get(source, 10)
             log(f"(data not found: {e}; planning with the known size of {source})")
         log(f"plan for {rec['name']} (seed {rec['seed']}, protocol {rec['protocol']}):")
-        log(describe_plan(rec, plan_stages(rec, size, ncls), size, ncls))
+        stages = plan_stages(rec, size, ncls)
+        log(describe_plan(rec, stages, size, ncls))
+        if estimate:  # True: measure here; a string: a device of the committed benchmarks
+            from .estimate import estimate_stages
+            log(estimate_stages(rec, stages, ncls, gpu=estimate if isinstance(estimate, str) else None))
         return None
     run = Run(rec, output, d, log, only_stage)
     run.plan()
@@ -452,7 +456,7 @@ def cmd_train(args) -> int:
         args.recipe, args.output = str(run_dir / "recipe.yaml"), str(run_dir.parents[len(Path(rec["name"]).parts)])
     check_output(args.output, "--output", directory=True)
     run_recipe(args.recipe, args.output, args.set or [], dry_run=args.dry_run, only_stage=args.only_stage,
-               seed=args.seed, model=args.model,
+               estimate=args.gpu or args.estimate, seed=args.seed, model=args.model,
                protocol=args.protocol, name=args.name, epochs=args.epochs, budget=args.budget, match=args.match)
     if not args.dry_run and int(os.environ.get("RANK", 0)) == 0:
         print(f"wall time {time.time() - t0:.0f} s")
@@ -461,7 +465,13 @@ def cmd_train(args) -> int:
 
 def add_cli(sub) -> None:
     p = sub.add_parser("train", help="train a recipe (scratch, rbdc, a growth baseline, diffusionblocks) into a run "
-                       "directory; reruns resume")
+                       "directory; reruns resume", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n"
+                       "  rbdc train -c benchmarks/recipes/imagenette/vit-mini-rbdc-d1.yaml   # rerun to resume\n"
+                       "  rbdc train -c benchmarks/recipes/imagenet/deit-base-rbdc-d2.yaml --dry-run --gpu H100\n"
+                       "  rbdc train -c benchmarks/recipes/quickstart/rbdc.yaml --dry-run --estimate\n"
+                       "  rbdc train -c RECIPE --match runs/quickstart/rbdc-d1/seed0   # the FLOPs that run spent\n"
+                       "  rbdc train -c RECIPE --set rbdc.depth=2 --set data.subset=50 --seed 1\n")
     p.add_argument("--recipe", "-c", default=None, help="recipe YAML (benchmarks/recipes/...)")
     p.add_argument("--output", "-o", default=os.environ.get("RBDC_OUT", "runs"), help="root of run directories")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key (repeatable), "
@@ -477,4 +487,7 @@ def add_cli(sub) -> None:
                    "same command resume automatically anyway)")
     p.add_argument("--only-stage", default=None, help=argparse.SUPPRESS)  # a child process of rbdc.jobs
     p.add_argument("--dry-run", action="store_true", help="print the plan (stages, steps, FLOPs) and exit")
+    p.add_argument("--estimate", action="store_true", help="with --dry-run: the wall time, from a few steps here")
+    p.add_argument("--gpu", metavar="NAME", default=None,
+                   help="with --dry-run: the wall time on device NAME, from the committed reports/bench/*.json")
     p.set_defaults(func=cmd_train)

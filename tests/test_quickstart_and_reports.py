@@ -4,6 +4,7 @@ import filecmp
 import pytest
 
 from benchmarks import make_reports
+from rbdc import train_flops_per_image
 from rbdc.cli import main
 
 
@@ -14,6 +15,42 @@ def test_quickstart_runs_end_to_end_on_digits(tmp_path, capsys):
     for suffix in ("md", "tex", "csv", "png"):
         assert (tmp_path / f"quickstart-report.{suffix}").is_file()
     assert (tmp_path / "quickstart" / "scratch" / "seed0" / "results.json").is_file()
+
+
+def _results(root, protocol):
+    import json
+    return json.loads((root / "quickstart" / protocol / "seed0" / "results.json").read_text())
+
+
+def test_quickstart_trains_both_runs_side_by_side_on_equal_flops(tmp_path, capsys):
+    assert main(["quickstart", "--data", "digits", "-o", str(tmp_path), "--set", "budget_epochs=1",
+                 "--progress", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "side by side, 1 thread each" in out and "| ~" in out  # progress lines with the time left
+    r, s = _results(tmp_path, "rbdc-d1"), _results(tmp_path, "scratch")
+    step = 64 * train_flops_per_image("rbdc_vit_nano_patch4_32", 32, num_classes=10)  # one optimizer step of scratch
+    assert abs(r["total_train_flops"] - s["total_train_flops"]) <= step
+    for p in ("rbdc-d1", "scratch"):  # each run trained in its own one-thread process
+        assert '"threads": 1' in (tmp_path / "quickstart" / p / "seed0" / "command.txt").read_text()
+
+
+def test_warm_cache_decodes_once_then_reads_the_cache(tmp_path, monkeypatch):
+    import torch
+
+    from rbdc import data
+    from rbdc.quickstart import RECIPES, warm_cache
+    monkeypatch.setenv("RBDC_CACHE", str(tmp_path))
+    decoded = []
+    real = data._decode_all
+    monkeypatch.setattr(data, "_decode_all", lambda ds, *a, **k: decoded.append(ds.split) or real(ds, *a, **k))
+    images = torch.randint(0, 255, (80, 8, 8, 3), dtype=torch.uint8).numpy()
+    ds = data.ArrayDataset(images, [i % 4 for i in range(80)], ["a", "b", "c", "d"], source="toy", root=None,
+                           split="train", out_size=32)
+    monkeypatch.setattr("rbdc.train._datasets", lambda rec: (ds, ds))
+    warm_cache(str(RECIPES / "rbdc.yaml"), [], seed=0)
+    assert len(decoded) == 1 and list((tmp_path / "memory").glob("toy-train-32px-*.pt"))  # val = same images
+    warm_cache(str(RECIPES / "rbdc.yaml"), [], seed=0)
+    assert len(decoded) == 1  # the second quickstart starts training at once
 
 
 @pytest.mark.parametrize("name", sorted(make_reports.REPORTS))

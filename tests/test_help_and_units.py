@@ -1,0 +1,52 @@
+"""What a first-time user reads: examples in every README command's --help, FLOPs and times in human units."""
+import re
+
+import pytest
+
+from rbdc.cli import build_parser, main
+from rbdc.errors import UserError
+
+README_COMMANDS = ["flops", "plan", "couple", "train", "report", "study", "quickstart"]
+
+
+@pytest.mark.parametrize("command", README_COMMANDS)
+def test_readme_commands_show_examples_in_help(command, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    out = capsys.readouterr().out
+    assert "examples:" in out and f"rbdc {command} " in out
+
+
+def test_plan_prints_flops_in_human_units(capsys):
+    assert main(["plan", "deit_base_patch16_224", "--depth", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "135 PFLOPs" in out and "105 GFLOPs" in out and "PFLOPs/epoch" not in out
+
+
+def test_flops_prints_human_units(capsys):
+    assert main(["flops", "deit_base_patch16_224"]) == 0
+    assert "35.1 GFLOPs | training 105 GFLOPs per image" in capsys.readouterr().out
+
+
+def test_plan_estimate_measures_each_level_here(capsys):
+    assert main(["plan", "test_rbdc_vit", "--dataset-size", "1000", "--estimate"]) == 0
+    out = capsys.readouterr().out
+    assert "time/epoch" in out and "at the speed measured here" in out
+
+
+def test_plan_for_a_gpu_without_benchmarks_is_a_clear_error(tmp_path):
+    from rbdc.estimate import bench_train_flops_per_s
+    with pytest.raises(UserError, match="no committed benchmark results for 'H100'.*tox -e bench"):
+        bench_train_flops_per_s("H100", bench_dir=tmp_path)
+
+
+def test_plan_for_a_benchmarked_device_uses_its_results(capsys):
+    assert main(["plan", "rbdc_vit_mini_patch8_64", "--dataset-size", "9469", "--gpu", "AMD EPYC"]) == 0
+    assert "at the benchmarked speed of AMD EPYC" in capsys.readouterr().out
+
+
+def test_train_dry_run_estimates_the_wall_time(capsys):
+    assert main(["train", "-c", "benchmarks/recipes/quickstart/rbdc.yaml", "--dry-run", "--estimate",
+                 "--set", "budget_epochs=1"]) == 0
+    out = capsys.readouterr().out
+    assert "estimated wall time:" in out and re.search(r"total training FLOPs: [\d.]+ [GTPE]FLOPs", out)
