@@ -44,6 +44,7 @@ Recipe options (``diffusionblocks: {...}``): see :data:`OPTIONS`.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from fractions import Fraction
 from statistics import NormalDist
@@ -346,7 +347,7 @@ class DiffusionBlocksViT(nn.Module):
         gen = torch.Generator().manual_seed(int(self.config["options"]["eval_seed"]))
         z = torch.randn(n, self.trunk.embed_dim, generator=gen).to(x.device) * math.sqrt(1 + sigmas[0] ** 2)
         embeds = self.label_embeddings(self.config["options"]["euler_embeds"] == "normalized").float()
-        for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+        for s, s_next in itertools.pairwise(sigmas):
             logits = self.denoise(patches, z, torch.full((n,), s, device=x.device), self.block_for_sigma(s))
             denoised = logits.float().softmax(dim=-1) @ embeds
             z = z + (s_next - s) * (z - denoised) / s

@@ -223,7 +223,7 @@ def test_the_time_conditioning_reaches_every_layer_of_every_block():
     expected = F.silu(m.time_embed(0.25 * sigma.log()))
     for b in range(3):
         seen = {}
-        hooks = [mod.register_forward_hook(lambda mod, i, o, k=k: seen.__setitem__(k, i[0])) for k, mod in
+        hooks = [mod.register_forward_hook(lambda mod, i, o, k=k, seen=seen: seen.__setitem__(k, i[0])) for k, mod in
                  enumerate([*m.layer_mods, m.final_mod])]
         m.denoise(m.trunk.patch_embed(x), z, sigma, b)
         for h in hooks:
