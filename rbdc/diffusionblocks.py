@@ -12,17 +12,24 @@ Z30G0D/DiffusionBlocks@ade0b08 and sethnabarro-imi/DiffusionBlocks; methods.md s
   (the first layers) owns the highest band. A step draws its block uniformly and sigma inside the block's band
   widened by gamma=0.05 of its log-width on each side (clipped to the global range), distributed as the truncated
   log-normal.
-* Loss: cross-entropy of the head's logits on the denoised output, weighted by (sigma^2 + sd^2) / (sigma sd)^2.
+* Loss: cross-entropy of the head's logits on the denoised output, weighted by (sigma^2 + sd^2) / (sigma sd)^2:
+  per sample by default (the paper's formula, ``loss_weighting: per_sample``); the official code multiplies the
+  [n] losses by the [n, 1] weights, an [n, n] broadcast whose mean is mean(w) x mean(ce), so every sample of the
+  batch counts equally (``loss_weighting: batch_mean``).
 * Time conditioning: adaLN-Zero as in DiT (the official choice): c = SiLU(MLP(sinusoid(c_noise))) of width
   ``cond_dim`` (official default: ViT width // 6), and per layer a zero-initialised Linear(c) gives shift/scale/gate
   for attention and MLP (so every layer starts as the identity); a final zero-initialised Linear(c) modulates the
   denoised embedding before the zero-initialised head. The official ViT applies one more SiLU after each modulation
   Linear, which bounds every shift/scale/gate below by -0.28; DiT's form is the default here (``adaln_silu: true``
   gives the official one).
-* Inference: z ~ N(0, 1 + sigma_max^2), B-1 Euler steps over B sigmas equally spaced in the CDF (from sigma_max
-  down to sigma_min; the block for each sigma is the one whose band holds it, i.e. block i at step i), each step's
-  denoised estimate being softmax(logits) @ label embeddings; then a final denoise at sigma_min whose head logits
-  classify. B block evaluations in all: one full-depth pass, plus B times the shared parts. The starting noise comes
+* Inference: z ~ N(0, 1 + sigma_max^2), ``inference_steps - 1`` Euler steps (default B-1, the official default)
+  over that many sigmas equally spaced in the CDF (from sigma_max down to sigma_min; the block for each sigma is the
+  one whose band holds it, i.e. block i at step i when there are B), each step's denoised estimate being
+  softmax(logits) @ label embeddings; then a final denoise at sigma_min whose head logits classify. With the
+  default, B block evaluations in all: one full-depth pass, plus B times the shared parts. Training almost never
+  draws sigma near sigma_max (at B=2, ~5e-4 of block 0's draws lie above 20), so the first evaluation extrapolates
+  the time conditioning: the official SiLU on the modulations keeps every 1 + scale above 0.72 there, while DiT's
+  unbounded form can flip features' signs (reports/diffusionblocks-diagnosis.md). The starting noise comes
   from a fixed-seed CPU generator, so evaluation is deterministic and never draws from the training RNG streams.
 
 Deliberate differences from the official code (options allow the official behaviour where it is cheap):
@@ -37,6 +44,7 @@ Recipe options (``diffusionblocks: {...}``): see :data:`OPTIONS`.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from fractions import Fraction
 from statistics import NormalDist
@@ -66,6 +74,8 @@ OPTIONS = {
     "freq_dim": 256,            # sinusoidal features of c_noise (DiT's TimestepEmbedder)
     "euler_embeds": "normalized",  # normalized | raw: embeddings of the Euler step's denoised estimate
     "eval_seed": 0,             # seed of the starting noise at inference
+    "loss_weighting": "per_sample",  # per_sample: mean(w_i ce_i) | batch_mean: mean(w) mean(ce), the official code
+    "inference_steps": None,    # sigmas of the inference ODE (None: B, one block evaluation each; official default)
 }
 
 
@@ -153,6 +163,12 @@ class DiffusionBlocksViT(nn.Module):
             raise DiffusionBlocksError(f"diffusionblocks needs 0 < sigma_min < sigma_max, gamma >= 0, p_std > 0 "
                                        f"(got sigma_min={opts['sigma_min']}, sigma_max={opts['sigma_max']}, "
                                        f"gamma={opts['gamma']}, p_std={opts['p_std']})")
+        if opts["inference_steps"] is not None and int(opts["inference_steps"]) < 2:
+            raise DiffusionBlocksError(f"diffusionblocks.inference_steps must be >= 2 (or null for one per block), "
+                                       f"got {opts['inference_steps']!r}")
+        if opts["loss_weighting"] not in ("per_sample", "batch_mean"):
+            raise DiffusionBlocksError(f"diffusionblocks.loss_weighting must be per_sample or batch_mean, "
+                                       f"got {opts['loss_weighting']!r}")
         if opts["euler_embeds"] not in ("normalized", "raw"):
             raise DiffusionBlocksError(f"diffusionblocks.euler_embeds must be normalized or raw, "
                                        f"got {opts['euler_embeds']!r}")
@@ -176,6 +192,8 @@ class DiffusionBlocksViT(nn.Module):
         self.label_smoothing = float(config.get("label_smoothing", 0.0))
         self.edges = band_edges(blocks, self.p_mean, self.p_std, self.sigma_min, self.sigma_max)
         self.sigmas = inference_sigmas(blocks, self.p_mean, self.p_std, self.sigma_min, self.sigma_max)
+        self.inference_steps = int(opts["inference_steps"] or blocks)
+        self.loss_weighting = opts["loss_weighting"]
         width = trunk.embed_dim
         cond = int(opts["cond_dim"] or max(1, width // 6))
         self.label_embed = nn.Embedding(num_classes, width)
@@ -305,22 +323,35 @@ class DiffusionBlocksViT(nn.Module):
         logits = self.denoise(self.trunk.patch_embed(x), zt, sigma, block)
         ce = F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=self.label_smoothing)
         weight = (sigma ** 2 + self.sigma_data ** 2) / (sigma * self.sigma_data) ** 2
+        if self.loss_weighting == "batch_mean":
+            return ce.mean() * weight.mean()
         return (ce * weight).mean()
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Class logits by B block evaluations (Euler steps, then a final denoise); with ``y``: the training loss."""
+        """Class logits by :meth:`predict` (``inference_steps`` block evaluations); with ``y``: the training loss."""
         if y is not None:
             return self.training_loss(x, y)
+        return self.predict(x)
+
+    def predict(self, x: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+        """Class logits: ``steps - 1`` Euler steps over ``steps`` sigmas, then a final denoise at sigma_min.
+
+        Each evaluation runs the block whose band holds its sigma; ``steps`` defaults to ``inference_steps``
+        (None: B, one evaluation per block, a single full-depth pass).
+        """
+        steps = steps or self.inference_steps
+        sigmas = self.sigmas if steps == self.num_blocks else inference_sigmas(
+            steps, self.p_mean, self.p_std, self.sigma_min, self.sigma_max)
         n = x.shape[0]
         patches = self.trunk.patch_embed(x)
         gen = torch.Generator().manual_seed(int(self.config["options"]["eval_seed"]))
-        z = torch.randn(n, self.trunk.embed_dim, generator=gen).to(x.device) * math.sqrt(1 + self.sigmas[0] ** 2)
+        z = torch.randn(n, self.trunk.embed_dim, generator=gen).to(x.device) * math.sqrt(1 + sigmas[0] ** 2)
         embeds = self.label_embeddings(self.config["options"]["euler_embeds"] == "normalized").float()
-        for s, s_next in zip(self.sigmas[:-1], self.sigmas[1:]):
+        for s, s_next in itertools.pairwise(sigmas):
             logits = self.denoise(patches, z, torch.full((n,), s, device=x.device), self.block_for_sigma(s))
             denoised = logits.float().softmax(dim=-1) @ embeds
             z = z + (s_next - s) * (z - denoised) / s
-        s = self.sigmas[-1]
+        s = sigmas[-1]
         return self.denoise(patches, z, torch.full((n,), s, device=x.device), self.block_for_sigma(s))
 
     def no_weight_decay(self) -> set[str]:

@@ -9,6 +9,7 @@ from statistics import NormalDist
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -148,6 +149,24 @@ def test_the_loss_is_the_sigma_weighted_cross_entropy():
     assert loss.item() == pytest.approx((w * ce).mean().item(), rel=1e-5)
 
 
+def test_batch_mean_weighting_is_the_official_codes_broadcast():
+    # the official loss is `(ce[n] * w[n, 1]).mean()`: an [n, n] outer product whose mean is mean(w) x mean(ce),
+    # so every sample counts equally and the batch's mean weight only scales the step
+    m = perturbed(tiny(diffusionblocks={"blocks": 3, "loss_weighting": "batch_mean"}))
+    x, y = torch.randn(6, 3, 32, 32), torch.tensor([1, 2, 3, 4, 5, 6])
+    torch.manual_seed(3)
+    loss = m.training_loss(x, y)
+    torch.manual_seed(3)
+    b = int(torch.randint(3, ()).item())
+    sigma = m.sample_sigma(b, 6).float()
+    z = torch.nn.functional.normalize(m.label_embed(y), dim=-1)
+    logits = m.denoise(m.trunk.patch_embed(x), z + sigma[:, None] * torch.randn_like(z), sigma, b)
+    ce = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    official = (ce * ((sigma ** 2 + 0.25) / (sigma * 0.5) ** 2)[:, None]).mean()
+    assert loss.item() == pytest.approx(official.item(), rel=1e-5)
+    assert loss.item() != pytest.approx((ce * (sigma ** 2 + 0.25) / (sigma * 0.5) ** 2).mean().item(), rel=1e-3)
+
+
 def test_soft_targets_are_refused_with_the_fix():
     with pytest.raises(DiffusionBlocksError, match="mixup: 0"):
         tiny().training_loss(torch.randn(2, 3, 32, 32), torch.rand(2, 10))
@@ -169,6 +188,65 @@ def test_inference_runs_every_block_exactly_once_from_high_to_low_noise():
     assert layer_calls == [2] * len(m.trunk.blocks)  # attention and MLP of every layer, once
     assert [b for b, _ in evals] == [0, 1, 2]
     assert [s for _, s in evals] == pytest.approx(inference_sigmas(3))
+
+
+@pytest.mark.parametrize("steps", [2, 5, 8])
+def test_more_inference_steps_walk_down_every_band_in_order(steps):
+    m = perturbed(tiny(diffusionblocks={"blocks": 3, "inference_steps": steps})).eval()
+    evals = []
+    real = m.denoise
+    m.denoise = lambda p, z, s, b: (evals.append((b, s[0].item())), real(p, z, s, b))[1]
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    sig = inference_sigmas(steps)
+    assert [s for _, s in evals] == pytest.approx(sig) and sig == sorted(sig, reverse=True)
+    # each sigma goes to the block whose band holds it: block indices never decrease, first 0, last B-1
+    assert [b for b, _ in evals] == [m.block_for_sigma(s) for s in sig]
+    assert evals[0][0] == 0 and evals[-1][0] == 2 and [b for b, _ in evals] == sorted(b for b, _ in evals)
+    for b, s in evals:
+        lo, hi = m.band(b)
+        assert lo <= s <= hi
+
+
+def test_block_for_sigma_is_the_official_estimate_target_layer():
+    m = tiny(model_kwargs={"depth": 4}, diffusionblocks={"blocks": 4})
+    edges = torch.tensor(m.edges, dtype=torch.float64)
+    sig = torch.cat([edges, torch.exp(torch.linspace(math.log(0.002), math.log(80.0), 101, dtype=torch.float64))])
+    # official: bucketize(sigma, block_sigmas, right=True) - 1, flipped, clamped to 0..B-1
+    official = (3 - (torch.bucketize(sig, edges, right=True) - 1)).clamp(0, 3)
+    assert [m.block_for_sigma(s) for s in sig.tolist()] == official.tolist()
+
+
+def test_the_time_conditioning_reaches_every_layer_of_every_block():
+    m = perturbed(tiny())
+    x, z = torch.randn(2, 3, 32, 32), torch.randn(2, m.trunk.embed_dim)
+    sigma = torch.tensor([0.7, 0.7])
+    expected = F.silu(m.time_embed(0.25 * sigma.log()))
+    for b in range(3):
+        seen = {}
+        hooks = [mod.register_forward_hook(lambda mod, i, o, k=k, seen=seen: seen.__setitem__(k, i[0])) for k, mod in
+                 enumerate([*m.layer_mods, m.final_mod])]
+        m.denoise(m.trunk.patch_embed(x), z, sigma, b)
+        for h in hooks:
+            h.remove()
+        assert sorted(seen) == [*m.block_layers(b), len(m.layer_mods)]  # its layers and the output modulation
+        assert all(torch.allclose(c, expected) for c in seen.values())
+        # and sigma changes the block's output through them, with z_t and the EDM scalings held fixed
+        with torch.no_grad():
+            a = m._layer(m.block_layers(b)[0], torch.ones(2, 3, m.trunk.embed_dim), expected)
+            c = m._layer(m.block_layers(b)[0], torch.ones(2, 3, m.trunk.embed_dim),
+                         F.silu(m.time_embed(0.25 * torch.tensor([3.0, 3.0]).log())))
+        assert not torch.allclose(a, c)
+
+
+def test_the_official_silu_keeps_modulations_from_flipping_signs_at_any_noise_level():
+    # inference starts at sigma_max, where training almost never draws: the time conditioning extrapolates there
+    m = perturbed(tiny(diffusionblocks={"blocks": 3, "adaln_silu": True}))
+    c = 50 * torch.randn(64, m.time_embed.mlp[2].out_features)  # far outside anything training produces
+    for lin in (*m.layer_mods, m.final_mod):
+        mods = m._modulation(lin, c)
+        assert mods.min() >= -0.2785  # SiLU's minimum: every 1 + scale >= 0.72, every gate >= -0.28
+    dit = perturbed(tiny())
+    assert any(dit._modulation(lin, c).min() < -1 for lin in dit.layer_mods)  # DiT's form can flip a feature
 
 
 def test_inference_is_deterministic_and_leaves_the_training_rng_alone():
@@ -258,6 +336,10 @@ def test_bad_recipes_fail_with_the_key_and_the_fix():
         tiny(diffusionblocks={"nope": 1})
     with pytest.raises(DiffusionBlocksError, match="divide the depth 3"):
         tiny(diffusionblocks={"blocks": 2})
+    with pytest.raises(DiffusionBlocksError, match="loss_weighting must be per_sample or batch_mean"):
+        tiny(diffusionblocks={"blocks": 3, "loss_weighting": "mean"})
+    with pytest.raises(DiffusionBlocksError, match="inference_steps must be >= 2"):
+        tiny(diffusionblocks={"blocks": 3, "inference_steps": 1})
     with pytest.raises(DiffusionBlocksError, match="VisionTransformer"):
         build_model({**TINY, "model": "test_rbdc_resnet", "model_kwargs": {}}, 10)
 
