@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Run a long, chatty command (the mmcv compile: ~30 min, ~650 lines of setuptools warnings) with its whole output in a
-# log file and only progress on the terminal: one line per compiled source ("[mm:ss] 12/95 nms.cpp", from ninja's
-# "[n/m]" lines), pip's wheel lines, and on failure the log's last lines. Exits with the command's status.
+# Run a chatty command (the mmcv compile) with its whole output in a log file and only progress on the terminal:
+# a line per compiled source ("[mm:ss] 12/95 nms.cpp", from ninja's "[n/m]" lines), pip's wheel lines, and on
+# failure the log's tail. Exits with the command's status.
 #
 #   bash detection/run_logged.sh LOG CMD [ARG...]
 set -uo pipefail
@@ -12,10 +12,11 @@ echo "full log: $log"
 start=$SECONDS
 "$@" 2>&1 | tee "$log" | while IFS= read -r line; do
   el=$((SECONDS - start))
-  if [[ $line =~ ^\[([0-9]+)/([0-9]+)\] ]]; then
+  if [[ $line =~ ^[[:space:]]*\[([0-9]+)/([0-9]+)\] ]]; then
     step="${BASH_REMATCH[1]}/${BASH_REMATCH[2]}"
     src=""
-    [[ $line =~ [[:space:]]-c[[:space:]]+([^[:space:]]+) ]] && src=$(basename "${BASH_REMATCH[1]}")
+    # the last -c argument...
+    [[ $line =~ [[:space:]]-c[[:space:]]+([^-[:space:]][^[:space:]]*) ]] && src=$(basename -- "${BASH_REMATCH[1]}")
     printf '[%02d:%02d] %s %s\n' $((el / 60)) $((el % 60)) "$step" "$src"
   elif [[ $line =~ (Created\ wheel|Successfully\ built|Building\ wheel) ]]; then
     printf '[%02d:%02d] %s\n' $((el / 60)) $((el % 60)) "${line#"${line%%[![:space:]]*}"}"
