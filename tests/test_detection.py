@@ -438,7 +438,7 @@ def _tox() -> configparser.ConfigParser:
 
 
 def test_readme_says_where_tox_puts_the_stack():
-    """detection/README.md names the env folder tox.ini really uses, and the tox env that runs rbdc commands there."""
+    """The READMEs name the env folder tox.ini really uses, and the tox env that runs rbdc commands there."""
     tox = _tox()
     env_dir = tox['testenv']['env_dir'].strip()
     assert env_dir.startswith('{work_dir}/'), env_dir
@@ -447,6 +447,7 @@ def test_readme_says_where_tox_puts_the_stack():
     assert f'`{folder}/bin/rbdc doctor`' in text and f'{folder}/bin/python -m rbdc.detection' in text
     assert tox['testenv:detection-cli']['commands'].strip() == 'rbdc {posargs:doctor}'
     assert 'tox -e detection-cli -- det-train' in text
+    assert f'`{folder}/`' in (REPO / 'README.md').read_text()
 
 
 def test_readme_quotes_no_test_counts():
@@ -500,11 +501,11 @@ def test_export_prints_a_config_that_builds_when_pasted(det, tmp_path, name, cap
     out = tmp_path / 'backbone.pth'
     assert main(['export-mmdet', str(_coupled(tmp_path, name)), '-o', str(out)]) == 0
     printed = capsys.readouterr().out
-    head, _, snippet = printed.partition('config (paste below ')
+    _, _, snippet = printed.partition('config (paste below ')
     base, _, snippet = snippet.partition('):\n')
+    assert base == "_base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'" and '_delete_=True' in snippet
     cfg_file = tmp_path / 'pasted.py'
-    cfg_file.write_text(f'_base_ = {base}\n{snippet}')
-    assert base == "_base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'".split(' = ')[1]
+    cfg_file.write_text(f'{base}\n{snippet}')
     model = MODELS.build(Config.fromfile(cfg_file).model)
     model.init_weights()
     assert model.backbone.is_init
@@ -529,7 +530,7 @@ def test_vit_on_default_fpn_refused_before_building(det, tmp_path):
 
 
 @mmdet
-def test_unknown_names_fail_in_one_line_with_the_closest(det, tmp_path, capsys):
+def test_unknown_names_fail_in_one_line_with_the_closest(det, tmp_path, capsys, small_balloon):
     """An unregistered backbone type and a wrong timm model_name end in one line (exit 2) with the registered RBDC
     names / the closest match, from the launcher and from MODELS.build alike."""
     from mmdet.registry import MODELS
