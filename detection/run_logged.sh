@@ -15,7 +15,7 @@ start=$SECONDS
   if [[ $line =~ ^[[:space:]]*\[([0-9]+)/([0-9]+)\] ]]; then
     step="${BASH_REMATCH[1]}/${BASH_REMATCH[2]}"
     src=""
-    # the last -c argument...
+    # the source is the last -c argument (torch's ninja rules pass "-c -c FILE")
     [[ $line =~ [[:space:]]-c[[:space:]]+([^-[:space:]][^[:space:]]*) ]] && src=$(basename -- "${BASH_REMATCH[1]}")
     printf '[%02d:%02d] %s %s\n' $((el / 60)) $((el % 60)) "$step" "$src"
   elif [[ $line =~ (Created\ wheel|Successfully\ built|Building\ wheel) ]]; then
