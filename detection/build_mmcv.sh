@@ -15,8 +15,16 @@
 #   * build without isolation, with setuptools<81 already installed: setup.py imports pkg_resources (gone in 81).
 # mmdet 3.3.0 asserts mmcv < 2.2.0, which is why 2.1.0 is the version and not 2.2.x.
 set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PY=${PYTHON:-python}
 MMCV_VERSION=${MMCV_VERSION:-2.1.0}
+# mmcv compiles against the torch of $PY: without one, say where a Python with torch comes from (not a traceback).
+if ! torch_error=$("$PY" -c 'import torch' 2>&1); then
+  echo "detection: $PY ($(command -v "$PY" || echo 'not found')) cannot import torch (${torch_error##*$'\n'}); run" \
+    "\`tox -e detection\` (it installs torch into .tox/rbdc, then this stack), or set PYTHON to a Python that has" \
+    "torch, e.g. PYTHON=.tox/rbdc/bin/python bash detection/install.sh" >&2
+  exit 2
+fi
 # mmcv's setup.py compiles CUDA ops when torch sees a GPU or FORCE_CUDA=1: such a wheel gets its own folder, so a
 # CPU-only wheel is never picked up on a GPU machine (rbdc doctor would report the missing CUDA ops).
 KEY=$($PY -c 'import os, shutil, torch
@@ -47,5 +55,7 @@ src="$work/mmcv-$MMCV_VERSION"
 sed -i 's/-std=c++17/-std=c++20/g; s/std=c++14/std=c++20/g' "$src/setup.py"
 grep -q 'c++20' "$src/setup.py" || { echo "patch of setup.py failed: no c++20 flag" >&2; exit 1; }
 echo "$(date -u +%FT%TZ) building mmcv $MMCV_VERSION with ops ($KEY), MAX_JOBS=${MAX_JOBS:-2} (25-40 min on 2 cores)"
-MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} $PY -m pip wheel --no-build-isolation --no-deps -w "$WHEELHOUSE" "$src"
+# -v streams the compiler's output into the log, where run_logged.sh finds ninja's progress lines.
+MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} bash "$here/run_logged.sh" "$WHEELHOUSE/mmcv-$MMCV_VERSION-build.log" \
+  "$PY" -m pip wheel -v --no-build-isolation --no-deps -w "$WHEELHOUSE" "$src"
 echo "$(date -u +%FT%TZ) built in $((SECONDS - start)) s: $(ls "$WHEELHOUSE"/mmcv-"$MMCV_VERSION"-*.whl)"

@@ -4,6 +4,7 @@
 #
 #   bash detection/install.sh            # build mmcv once per machine if needed, then install the extra
 #   PYTHON=.venv/bin/python bash detection/install.sh
+#   tox -e detection                     # the same into tox's env, .tox/rbdc (torch included), then the tests
 #
 # mmcv has no wheel for torch 2.14 on PyPI: build_mmcv.sh compiles one into a wheelhouse keyed by the torch version
 # (~25-40 min on 2 cores, once); this script then installs from that wheelhouse and refuses to fall back to building
@@ -27,3 +28,6 @@ PIP_FIND_LINKS="$WHEELHOUSE${PIP_FIND_LINKS:+ $PIP_FIND_LINKS}" \
   "$PY" -m pip install --only-binary mmcv "setuptools>=77.0.3,<81" "${reqs[@]}"
 echo "detection stack installed in $((SECONDS - start)) s; checking it:"
 cd "$repo" && "$PY" -m rbdc.cli doctor
+# The stack lives in this Python only (under tox: .tox/rbdc/bin/python): say so, or `rbdc` on PATH misses it.
+echo "installed into $(command -v "$PY"): run the detection commands with it, e.g. $PY -m rbdc.cli det-train CONFIG" \
+  "(or $(dirname "$(command -v "$PY")")/rbdc det-train CONFIG, or tox -e detection-cli -- det-train CONFIG)"

@@ -7,7 +7,10 @@ Marked ``mmdet``: skipped (with the reason) when mmdet/mmcv with compiled ops do
 from __future__ import annotations
 
 import argparse
+import configparser
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +27,8 @@ def test_rbdc_imports_without_mmdet():
     code = ("import sys; sys.modules['mmdet'] = None\n"
             "import rbdc, rbdc.detection as d\n"
             "assert d.stack_error() is not None\n"
-            "try:\n    d.require_stack()\nexcept ImportError as e:\n    assert 'install.sh' in str(e), e\n"
+            "try:\n    d.require_stack()\nexcept ImportError as e:\n"
+            "    assert 'install.sh' in str(e) and 'tox -e detection-cli' in str(e), e\n"
             "else:\n    raise SystemExit('require_stack did not raise')\n")
     subprocess.run([sys.executable, '-c', code], check=True, cwd=REPO, timeout=120)
 
@@ -187,7 +191,7 @@ def test_wrong_checkpoint_keys_fail_loudly(det, tmp_path):
     export_backbone(_coupled(tmp_path, 'test_rbdc_resnet'), tmp_path / 'resnet.pth')
     vit = MODELS.build(dict(type='RBDCViT', model_name='test_rbdc_vit', img_size=32,
                             init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'resnet.pth'))))
-    with pytest.raises(CheckpointKeyError, match='export-mmdet'):
+    with pytest.raises(CheckpointKeyError, match="records model 'test_rbdc_resnet'.*set model_name='test_rbdc_resnet'"):
         vit.init_weights()
     ckpt = torch.load(tmp_path / 'resnet.pth', weights_only=True)
     resnet = MODELS.build(dict(type='RBDCResNet', model_name='test_rbdc_resnet'))
@@ -201,7 +205,7 @@ def test_wrong_checkpoint_keys_fail_loudly(det, tmp_path):
     with pytest.raises(CheckpointKeyError, match='trunk.extra.weight'):
         load_backbone(resnet, tmp_path / 'extra.pth')
     wrong = MODELS.build(dict(type='RBDCResNet', model_name='test_rbdc_resnet_basic'))
-    with pytest.raises(CheckpointKeyError, match='wrong shape'):
+    with pytest.raises(CheckpointKeyError, match="wrong shape.*set model_name='test_rbdc_resnet'"):
         load_backbone(wrong, tmp_path / 'resnet.pth')
 
 
@@ -238,7 +242,8 @@ def test_simple_fpn_levels(det):
 
 def _args(config, work_dir, *options, **kw) -> argparse.Namespace:
     base = dict(config=str(config), work_dir=str(work_dir), cfg_options=list(options) or None, launcher='none',
-                local_rank=0, backbone=None, amp=False, amp_dtype=None, auto_scale_lr=False, resume=None)
+                local_rank=0, backbone=None, amp=False, amp_dtype=None, auto_scale_lr=False, resume=None, iters=None,
+                epochs=None)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -372,3 +377,215 @@ def test_doctor_reports_working_stack(det):
     checks = {c.name: c for c in run_checks()}
     assert all(c.ok for c in checks.values()), [c for c in checks.values() if not c.ok]
     assert 'match torchvision' in checks['mmcv.ops (cpu)'].detail
+
+
+# --------------------------------------------------------------------------- install path and documentation
+
+DET_README = REPO / 'detection' / 'README.md'
+
+
+def test_install_without_torch_names_tox_and_python(tmp_path):
+    """install.sh with a Python that has no torch stops in one line naming `tox -e detection` and PYTHON=, not with
+    a traceback from the wheelhouse key."""
+    python = tmp_path / 'python'
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')  # -S: no site-packages, so no torch
+    python.chmod(0o755)
+    env = {'PATH': '/usr/bin:/bin', 'HOME': str(tmp_path), 'PYTHON': str(python)}
+    res = subprocess.run(['bash', str(REPO / 'detection' / 'install.sh')], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert res.returncode == 2, res
+    assert 'tox -e detection' in res.stderr and 'PYTHON=' in res.stderr and 'Traceback' not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_build_progress_on_terminal_and_full_log_in_file(tmp_path):
+    """run_logged.sh (the mmcv compile's wrapper) prints one line per compiled file, not the build's chatter; the log
+    keeps everything; a failure prints the log's tail and keeps the command's exit status."""
+    script = ("for i in 1 2 3; do echo \"SetuptoolsDeprecationWarning $i\" >&2; done\n"
+              "echo '  [1/2] c++ -MMD -MF a.o.d -c -c /src/mmcv/ops/csrc/pytorch/nms.cpp -o a.o -O3'\n"
+              "echo '  [2/2] c++ -c /src/mmcv/ops/csrc/pytorch/roi_align.cpp -o b.o'\n"
+              "echo '  Created wheel for mmcv: filename=mmcv-2.1.0.whl'\n"
+              "exit ${FAIL:-0}\n")
+    logged = ['bash', str(REPO / 'detection' / 'run_logged.sh'), str(tmp_path / 'logs' / 'build.log'), 'bash', '-c',
+              script]
+    ok = subprocess.run(logged, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok
+    shown = ok.stdout.splitlines()
+    assert [line.split(' ', 1)[1] for line in shown if re.match(r'\[\d\d:\d\d\] \d', line)] == \
+        ['1/2 nms.cpp', '2/2 roi_align.cpp']
+    assert 'Warning' not in ok.stdout + ok.stderr and str(tmp_path / 'logs' / 'build.log') in ok.stdout
+    log = (tmp_path / 'logs' / 'build.log').read_text()
+    assert log.count('SetuptoolsDeprecationWarning') == 3 and 'roi_align.cpp -o b.o' in log
+    bad = subprocess.run(logged, capture_output=True, text=True, timeout=60, env={'PATH': '/usr/bin:/bin',
+                                                                                  'FAIL': '3'})
+    assert bad.returncode == 3 and 'SetuptoolsDeprecationWarning 3' in bad.stderr
+
+
+def test_gitignore_covers_the_venv_file_tox_writes():
+    """tox writes a `.venv` *file* (naming its env folder); `.venv/` would only ignore a folder."""
+    if shutil.which('git') is None or not (REPO / '.git').exists():
+        pytest.skip('not a git checkout')
+    ignored = subprocess.run(['git', 'check-ignore', '--no-index', '-q', '.venv'], cwd=REPO, timeout=30)
+    assert ignored.returncode == 0, '.gitignore does not ignore a .venv file'
+    tracked = subprocess.run(['git', 'ls-files', '.venv'], cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert tracked.stdout.strip() == ''
+
+
+def _tox() -> configparser.ConfigParser:
+    tox = configparser.ConfigParser(interpolation=None)
+    tox.read(REPO / 'tox.ini')
+    return tox
+
+
+def test_readme_says_where_tox_puts_the_stack():
+    """The READMEs name the env folder tox.ini really uses, and the tox env that runs rbdc commands there."""
+    tox = _tox()
+    env_dir = tox['testenv']['env_dir'].strip()
+    assert env_dir.startswith('{work_dir}/'), env_dir
+    folder = '.tox/' + env_dir[len('{work_dir}/'):]
+    text = DET_README.read_text()
+    assert f'`{folder}/bin/rbdc doctor`' in text and f'{folder}/bin/python -m rbdc.detection' in text
+    assert tox['testenv:detection-cli']['commands'].strip() == 'rbdc {posargs:doctor}'
+    assert 'tox -e detection-cli -- det-train' in text
+    assert f'`{folder}/`' in (REPO / 'README.md').read_text()
+
+
+def test_readme_quotes_no_test_counts():
+    """Counts of tests go stale with every added test: the README does not quote them."""
+    assert not re.findall(r'\b\d+ (?:tests|passed)\b', DET_README.read_text())
+
+
+def _readme_config(tag: str) -> str:
+    """The ```python block below `<!-- tested: TAG -->` in detection/README.md."""
+    m = re.search(rf'<!-- tested: {tag} -->\n```python\n(.*?)```', DET_README.read_text(), re.S)
+    assert m, f'no tested block {tag!r} in {DET_README}'
+    return m.group(1)
+
+
+@mmdet
+def test_readme_own_dataset_form_builds_balloon(det, tmp_path, monkeypatch, balloon):
+    """The README's short form for a custom dataset (MMDetection's Mask R-CNN + the dataset's keys) loads through
+    the launcher's checks and builds balloon's train/val sets and a one-class detector; the two-bases form it warns
+    about is refused in one line pointing at it."""
+    from mmdet.registry import DATASETS, MODELS
+    from rbdc.detection.launch import load_config
+    from rbdc.errors import UserError
+
+    monkeypatch.setenv('BALLOON_ROOT', str(balloon))
+    cfg_file = tmp_path / 'mine.py'
+    cfg_file.write_text(_readme_config('own-dataset'))
+    cfg = load_config(_args(cfg_file, tmp_path / 'w', backbone='none'))
+    train = DATASETS.build(cfg.train_dataloader.dataset)
+    val = DATASETS.build(cfg.val_dataloader.dataset)
+    assert train.metainfo['classes'] == ('balloon',) and (len(train), len(val)) == (61, 13)
+    assert cfg.val_evaluator.ann_file == f'{balloon}/val.json' and cfg.test_dataloader == cfg.val_dataloader
+    model = MODELS.build(cfg.model)
+    assert model.roi_head.bbox_head.num_classes == 1
+
+    both = tmp_path / 'both.py'
+    both.write_text(f"_base_ = ['mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', "
+                    f"'{REPO}/detection/configs/_base_/balloon-instance.py']\n")
+    with pytest.raises(UserError, match='Your own dataset'):
+        load_config(_args(both, tmp_path / 'w', backbone='none'))
+
+
+@mmdet
+@pytest.mark.parametrize('name', ['test_rbdc_vit', 'test_rbdc_resnet'])
+def test_export_prints_a_config_that_builds_when_pasted(det, tmp_path, name, capsys):
+    """What `rbdc export-mmdet` prints, pasted below `_base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'`,
+    builds the detector, loads the exported backbone strictly and runs backbone + neck."""
+    from mmengine.config import Config
+    from mmdet.registry import MODELS
+    from rbdc.cli import main
+
+    out = tmp_path / 'backbone.pth'
+    assert main(['export-mmdet', str(_coupled(tmp_path, name)), '-o', str(out)]) == 0
+    printed = capsys.readouterr().out
+    _, _, snippet = printed.partition('config (paste below ')
+    base, _, snippet = snippet.partition('):\n')
+    assert base == "_base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'" and '_delete_=True' in snippet
+    cfg_file = tmp_path / 'pasted.py'
+    cfg_file.write_text(f'{base}\n{snippet}')
+    model = MODELS.build(Config.fromfile(cfg_file).model)
+    model.init_weights()
+    assert model.backbone.is_init
+    with torch.no_grad():
+        feats = model.neck(model.backbone(torch.zeros(1, 3, 64, 96)))
+    assert [tuple(f.shape[-2:]) for f in feats] == [(16, 24), (8, 12), (4, 6), (2, 3), (1, 2)]
+
+
+@mmdet
+def test_vit_on_default_fpn_refused_before_building(det, tmp_path):
+    """A ViT backbone left on MMDetection's FPN (which would build, then assert at the first forward) is refused by
+    the launcher, naming RBDCSimpleFPN."""
+    from rbdc.detection.launch import load_config
+    from rbdc.errors import UserError
+
+    cfg = tmp_path / 'vit-fpn.py'
+    cfg.write_text("_base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'\n"
+                   "custom_imports = dict(imports=['rbdc.detection'], allow_failed_imports=False)\n"
+                   "model = dict(backbone=dict(_delete_=True, type='RBDCViT', model_name='test_rbdc_vit'))\n")
+    with pytest.raises(UserError, match=r"model.neck is 'FPN'.*type='RBDCSimpleFPN'"):
+        load_config(_args(cfg, tmp_path / 'w', backbone='none'))
+
+
+@mmdet
+def test_unknown_names_fail_in_one_line_with_the_closest(det, tmp_path, capsys, small_balloon):
+    """An unregistered backbone type and a wrong timm model_name end in one line (exit 2) with the registered RBDC
+    names / the closest match, from the launcher and from MODELS.build alike."""
+    from mmdet.registry import MODELS
+    from rbdc.cli import main
+    from rbdc.detection.checks import UnknownNameError
+
+    def config(backbone: str) -> Path:
+        path = tmp_path / 'bad.py'
+        path.write_text(f"_base_ = '{BALLOON_VIT}'\nmodel = dict(backbone=dict({backbone}))\n")
+        return path
+
+    cases = [("type='RBDCVit'", "'RBDCVit' is not registered (did you mean 'RBDCViT'?); rbdc registers "
+                                "RBDCResNet, RBDCSimpleFPN, RBDCViT"),
+             ("model_name='deit_smal_patch16_224'",
+              "'deit_smal_patch16_224' is not a timm model (did you mean 'deit_small_patch16_224'?)")]
+    for backbone, expected in cases:
+        assert main(['det-train', str(config(backbone)), '--backbone', 'none', '--work-dir', str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and len(err.strip().splitlines()) == 1, err
+    with pytest.raises(UnknownNameError, match="did you mean 'test_rbdc_vit'"):
+        MODELS.build(dict(type='RBDCViT', model_name='test_rbdc_vt'))
+
+
+@mmdet
+def test_schedule_shortened_by_iters_and_epochs(det, tmp_path, small_balloon):
+    """--epochs 12 moves the 24-epoch schedule's lr steps [16, 22] to [8, 11]; --iters 8 makes an iteration loop
+    with the steps at the same fractions, the warm-up cut at 8, and validation/checkpoint at the end."""
+    from rbdc.detection.launch import load_config
+
+    cfg = load_config(_args(BALLOON_VIT, tmp_path / 'w', backbone='none', epochs=12))
+    assert cfg.train_cfg.max_epochs == 12 and cfg.train_cfg.type == 'EpochBasedTrainLoop'
+    warmup, steps = cfg.param_scheduler
+    assert (steps.milestones, steps.end, steps.by_epoch, warmup.end) == ([8, 11], 12, True, 100)
+    cfg = load_config(_args(BALLOON_VIT, tmp_path / 'w', backbone='none', iters=8))
+    assert cfg.train_cfg == dict(type='IterBasedTrainLoop', max_iters=8, val_interval=8)
+    warmup, steps = cfg.param_scheduler
+    assert (steps.milestones, steps.end, steps.by_epoch, warmup.end) == ([5, 7], 8, False, 8)
+    assert not cfg.default_hooks.checkpoint.by_epoch and cfg.default_hooks.checkpoint.interval == 8
+    assert cfg.log_processor.by_epoch is False
+    from rbdc.errors import UserError
+    with pytest.raises(UserError, match='positive'):
+        load_config(_args(BALLOON_VIT, tmp_path / 'w', backbone='none', iters=0))
+
+
+@mmdet
+@pytest.mark.slow
+def test_det_train_iters_runs_a_short_balloon_training(det, tmp_path, small_balloon):
+    """`rbdc det-train --iters 2` trains two iterations, validates (CocoMetric) and checkpoints at the end."""
+    from rbdc.cli import main
+
+    run = _coupled(tmp_path, 'test_rbdc_vit')
+    work = tmp_path / 'work'
+    options = [o for o in TINY if not o.startswith(('train_cfg.', 'default_hooks.checkpoint'))]
+    assert main(['det-train', str(BALLOON_VIT), '--iters', '2', '--backbone', str(run), '--work-dir', str(work),
+                 '--cfg-options', *options]) == 0
+    assert (work / 'iter_2.pth').is_file()
+    val = json.loads((work / 'metrics.json').read_text())['val']
+    assert len(val) == 1 and val[0]['iter'] == 2 and 'coco/segm_mAP' in val[0]['metrics']

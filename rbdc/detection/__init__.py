@@ -17,12 +17,15 @@ When the detection stack is not installed (or does not import), the package stil
 """
 from __future__ import annotations
 
+import sys
 import warnings
 
 __all__ = ['RBDCViT', 'RBDCResNet', 'RBDCSimpleFPN', 'require_stack', 'stack_error', 'DetectionStackError']
 
-INSTALL_HINT = ('install the detection stack with `bash detection/install.sh` (builds mmcv 2.1.0 with ops once per '
-                'machine, then installs the `detection` extra); `rbdc doctor` shows what is missing')
+INSTALL_HINT = ('if `tox -e detection` installed the stack, it is in tox\'s env only: run `tox -e detection-cli -- '
+                '<rbdc arguments>` (or that env\'s bin/rbdc); else install it into this Python with '
+                f'`PYTHON={sys.executable} bash detection/install.sh` (builds mmcv 2.1.0 with ops once per machine); '
+                '`rbdc doctor` shows what is missing')
 
 
 class DetectionStackError(ImportError):

@@ -26,6 +26,7 @@ from mmdet.registry import MODELS
 from timm.models import ResNet, VisionTransformer
 
 import rbdc  # noqa: F401  (registers the rbdc_* and test_rbdc_* names with timm)
+from rbdc.detection.checks import check_timm_model
 from rbdc.detection.weights import load_backbone
 
 __all__ = ['RBDCViT', 'RBDCResNet']
@@ -82,6 +83,7 @@ class RBDCViT(_TimmBackbone):
         kwargs = dict(timm_kwargs or {})
         if img_size is not None:
             kwargs['img_size'] = img_size
+        check_timm_model(model_name, 'RBDCViT')
         self.trunk = timm.create_model(model_name, pretrained=False, num_classes=0, dynamic_img_size=True,
                                        drop_path_rate=drop_path_rate, **kwargs)
         if not isinstance(self.trunk, VisionTransformer):
@@ -134,6 +136,7 @@ class RBDCResNet(_TimmBackbone):
                  norm_eval: bool = True, drop_path_rate: float = 0.0, with_cp: bool = False,
                  timm_kwargs: dict | None = None, init_cfg: dict | None = None):
         super().__init__(init_cfg=init_cfg)
+        check_timm_model(model_name, 'RBDCResNet')
         self.trunk = timm.create_model(model_name, pretrained=False, num_classes=0, drop_path_rate=drop_path_rate,
                                        **(timm_kwargs or {}))
         if not isinstance(self.trunk, ResNet):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rbdc.errors import UserError
 
-__all__ = ['add_cli', 'cmd_export']
+__all__ = ['add_cli', 'cmd_export', 'config_snippet']
 
 
 def cmd_export(args) -> int:
@@ -23,9 +23,42 @@ def cmd_export(args) -> int:
     kind = 'RBDCViT' if meta['family'] == 'vit' else 'RBDCResNet'
     print(f'wrote {out}: backbone of {meta["model"] or "?"} from {meta["source"]} ({meta["num_params"] / 1e6:.2f}M '
           f'params; dropped {meta["dropped_keys"] or "nothing"}); keys match {kind}(model_name={meta["model"]!r})')
-    print(f"config: backbone=dict(type='{kind}', model_name='{meta['model']}', "
-          f"init_cfg=dict(type='Pretrained', checkpoint='{out}'))")
+    print(f"config (paste below _base_ = '{MMDET_BASE}'):")
+    print(config_snippet(meta, out))
     return 0
+
+
+MMDET_BASE = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
+
+
+def config_snippet(meta: dict, checkpoint: str | Path) -> str:
+    """Config lines that put an exported backbone into an MMDetection Mask R-CNN config (``MMDET_BASE``).
+
+    ``_delete_=True`` drops the base's ResNet arguments (``depth``, ``num_stages``...) that the RBDC backbones do not
+    take; the neck is sized from the model: ``RBDCSimpleFPN`` for a ViT, the FPN's ``in_channels`` for a ResNet.
+    """
+    import timm
+    import torch
+
+    name = meta['model']
+    vit = meta['family'] == 'vit'
+    img = {'img_size': tuple(meta['img_size'])} if vit and meta.get('img_size') else {}
+    extra = f", img_size={img['img_size']}" if img else ''
+    kind = 'RBDCViT' if vit else 'RBDCResNet'
+    lines = ["custom_imports = dict(imports=['rbdc.detection'], allow_failed_imports=False)",
+             'model = dict(',
+             f"    backbone=dict(_delete_=True, type='{kind}', model_name='{name}'{extra},",
+             f"                  init_cfg=dict(type='Pretrained', checkpoint='{checkpoint}')),"]
+    if not (name and timm.is_model(name)):
+        return '\n'.join(lines + ["    # set the neck to the backbone's widths (the model is not a timm name)", ')'])
+    with torch.device('meta'):
+        trunk = timm.create_model(name, pretrained=False, num_classes=0, **img)
+    if vit:
+        neck = (f"neck=dict(_delete_=True, type='RBDCSimpleFPN', in_channels={trunk.embed_dim}, "
+                f"in_stride={trunk.patch_embed.patch_size[0]}))")
+    else:
+        neck = f"neck=dict(in_channels={[trunk.feature_info[i]['num_chs'] for i in (1, 2, 3, 4)]}))"
+    return '\n'.join(lines + ['    ' + neck])
 
 
 def _cmd_doctor(args) -> int:

@@ -9,13 +9,15 @@ import importlib
 import importlib.metadata
 import json
 import platform
+import sys
 import traceback
 from dataclasses import asdict, dataclass
 from typing import Callable
 
 __all__ = ['Check', 'run_checks', 'format_checks']
 
-FIX_BUILD = 'run `bash detection/install.sh` (builds mmcv 2.1.0 with ops for this torch, then installs the extra)'
+FIX_BUILD = (f'run `PYTHON={sys.executable} bash detection/install.sh` (builds mmcv 2.1.0 with ops for this torch, '
+             'then installs the extra), or use tox\'s env: `tox -e detection-cli` runs this doctor there')
 EXPECTED = {'mmengine': '0.10.7', 'mmcv': '2.1.0', 'mmdet': '3.3.0'}
 
 

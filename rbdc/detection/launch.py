@@ -4,7 +4,10 @@ Same flags (``--work-dir``, ``--amp``, ``--auto-scale-lr``, ``--resume [PATH]``,
 none|pytorch|slurm|mpi``), plus ``--backbone`` to point the backbone at an rbdc run, checkpoint or export. Before
 building anything they fail with the fix named when: the detection stack does not import; the config uses an ``RBDC*``
 type without ``custom_imports`` of ``rbdc.detection`` (MMDetection's own tools would stop at a bare registry
-``KeyError``); the backbone checkpoint or a data root is missing. The balloon set is extracted on first use.
+``KeyError``); a backbone/neck type or timm model name is unknown, or a ViT has no ``RBDCSimpleFPN``
+(:mod:`rbdc.detection.checks`); two bases set the same keys; the backbone checkpoint or a data root is missing. The
+balloon set is extracted on first use. ``--iters N`` / ``--epochs N`` shorten the schedule
+(:mod:`rbdc.detection.schedule`).
 
 Single process: ``python -m rbdc.detection.train CONFIG``; one node with N GPUs:
 ``torchrun --nproc_per_node=N -m rbdc.detection.train CONFIG --launcher pytorch``; SLURM:
@@ -48,6 +51,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('--amp-dtype', choices=('bfloat16', 'float16'), default=None,
                    help='autocast dtype with --amp (default: bfloat16 where the GPU supports it, else float16)')
     p.add_argument('--auto-scale-lr', action='store_true', help='scale the lr by total batch / auto_scale_lr base')
+    short = p.add_mutually_exclusive_group()
+    short.add_argument('--iters', type=int, metavar='N',
+                       help='train N iterations (the lr schedule rescaled to them), validate and checkpoint at the end')
+    short.add_argument('--epochs', type=int, metavar='N', help='train N epochs, the lr schedule rescaled to them')
     p.add_argument('--resume', nargs='?', const='auto', default=None, metavar='CKPT',
                    help='resume from CKPT, or from the latest checkpoint in the work dir when given no value')
     return p
@@ -115,22 +122,36 @@ def _set_backbone(cfg, backbone: str | None) -> None:
                             f'--backbone PATH (--backbone none trains from scratch)') from None
 
 
+def _fromfile(path: str):
+    from mmengine.config import Config
+
+    try:
+        return Config.fromfile(path)
+    except KeyError as e:  # MMEngine refuses two bases that set the same top-level key
+        if 'Duplicate key is not allowed among bases' not in str(e):
+            raise
+        raise UserError(f'{path}: {e.args[0]}: two of its _base_ files set the same keys (a '
+                        f'dataset base beside mmdet\'s mask-rcnn_r50_fpn_1x_coco.py, which has its own); keep one '
+                        f'base and set the dataset keys in the config, as in detection/README.md "Your own '
+                        f'dataset"') from None
+
+
 def load_config(args: argparse.Namespace, for_test: bool = False):
     """Load ``args.config`` with the launcher's overrides and checks; returns the MMEngine ``Config``."""
     from rbdc.detection import DetectionStackError, require_stack
+    from rbdc.detection.checks import check_model
     from rbdc.detection.data import check_data_roots, ensure_data_env
+    from rbdc.detection.schedule import shorten
 
     try:
         require_stack()
     except DetectionStackError as e:
         raise UserError(str(e)) from None
-    from mmengine.config import Config
-
     if not Path(args.config).is_file():
         raise UserError(f'{args.config}: no such config file (the configs are in detection/configs/)')
-    cfg = Config.fromfile(args.config)
+    cfg = _fromfile(args.config)
     if ensure_data_env(cfg.text):  # variables are substituted at load time: load again with the data root set
-        cfg = Config.fromfile(args.config)
+        cfg = _fromfile(args.config)
     cfg.launcher = args.launcher
     if args.launcher in ('pytorch', 'slurm'):
         import torch
@@ -139,7 +160,10 @@ def load_config(args: argparse.Namespace, for_test: bool = False):
             raise UserError(f'--launcher {args.launcher} needs CUDA devices (MMEngine binds each process to a GPU); '
                             f'on a CPU run with --launcher none')
     cfg.merge_from_dict(_cfg_options(args.cfg_options))
+    if getattr(args, 'iters', None) is not None or getattr(args, 'epochs', None) is not None:
+        shorten(cfg, epochs=args.epochs, iters=args.iters)
     check_custom_imports(cfg)
+    check_model(cfg.model)
     if for_test:
         # The detector checkpoint holds the backbone: nothing to initialise, nothing to check.
         if cfg.model.get('backbone', {}).get('init_cfg') is not None:

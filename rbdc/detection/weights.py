@@ -175,7 +175,8 @@ def load_backbone(backbone: nn.Module, path: str | os.PathLike, prefix: str | No
         dropped = []
     dropped += list(meta.get('dropped_keys', []))
     resampled = _resample_pos_embed(state, expected, trunk)
-    report = _check_keys(state, expected, f'{type(backbone).__name__} <- {src}', strict=strict)
+    report = _check_keys(state, expected, f'{type(backbone).__name__} <- {src}', strict=strict,
+                         hint=_model_hint(meta.get('model'), trunk))
     backbone.load_state_dict(state, strict=False)
     n_loaded = sum(state[k].numel() for k in report['loaded'])
     n_total = sum(v.numel() for v in expected.values())
@@ -212,7 +213,15 @@ def _grid(n: int) -> tuple[int, int]:
     return side, side
 
 
-def _check_keys(state: dict, expected: dict, what: str, strict: bool) -> dict[str, list[str]]:
+def _model_hint(recorded: str | None, trunk: nn.Module) -> str:
+    """What the checkpoint's metadata says it holds, when that is not the model the backbone was built as."""
+    built = (getattr(trunk, 'pretrained_cfg', None) or {}).get('architecture')
+    if not recorded or recorded == built:
+        return ''
+    return f"; its metadata records model {recorded!r} (the backbone is {built!r}): set model_name='{recorded}'"
+
+
+def _check_keys(state: dict, expected: dict, what: str, strict: bool, hint: str = '') -> dict[str, list[str]]:
     missing = sorted(k for k in expected if k not in state)
     unexpected = sorted(k for k in state if k not in expected)
     shapes = sorted(f'{k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)}'
@@ -220,10 +229,10 @@ def _check_keys(state: dict, expected: dict, what: str, strict: bool) -> dict[st
     if shapes:
         raise CheckpointKeyError(f'{what}: {len(shapes)} tensors have the wrong shape ({shapes[:3]}); the checkpoint '
                                  f'holds another architecture: set the backbone\'s model_name to the model the '
-                                 f'checkpoint was trained as')
+                                 f'checkpoint was trained as{hint}')
     if strict and (missing or unexpected):
         raise CheckpointKeyError(
             f'{what}: {len(missing)} missing keys {missing[:4]}, {len(unexpected)} unexpected keys {unexpected[:4]}; '
             f'export the checkpoint with `rbdc export-mmdet RUN_DIR -o backbone.pth` for this backbone (keys '
-            f'"{TRUNK}<timm key>"), set init_cfg.prefix if it is a whole detector, or check model_name')
+            f'"{TRUNK}<timm key>"), set init_cfg.prefix if it is a whole detector, or check model_name{hint}')
     return {'loaded': sorted(k for k in state if k in expected), 'missing': missing, 'unexpected': unexpected}
