@@ -26,12 +26,14 @@ from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3, accuracy
 from tqdm import tqdm
 
-from .flops import Ledger, train_flops_per_image
 from timm.models import ResNet
+
+from .flops import Ledger
 from .perf import mfu_fields
+from .protocols import Stage, get as get_protocol, lr_for
 from .rundir import RunFailed
 
-__all__ = ["Dist", "StageSpec", "Diverged", "train_stage", "train_step", "evaluate", "autocast_for", "peak_mem_mb",
+__all__ = ["Dist", "Stage", "Diverged", "train_stage", "train_step", "evaluate", "autocast_for", "peak_mem_mb",
            "lr_for"]
 
 
@@ -59,20 +61,6 @@ class Dist:
         return cls(dist.get_rank(), dist.get_world_size(), local)
 
 
-@dataclass
-class StageSpec:
-    """One stage of a protocol: train ``model`` for ``steps`` optimizer steps of the global batch."""
-
-    id: str
-    model_name: str
-    steps: int
-    warmup_steps: int
-    lr: float
-    seed: int
-    sched_total: int | None = None   # cosine length (default: steps); > steps when the schedule continues
-    sched_offset: int = 0            # where on that cosine this stage starts
-
-
 class Diverged(RunFailed):
     """The training loss went non-finite: AdamW then writes NaN into every weight, so no later step recovers."""
 
@@ -80,10 +68,6 @@ class Diverged(RunFailed):
         super().__init__(f"stage {stage} diverged: training loss {loss} at step {step}; lower lr_base or set "
                          f"clip_grad (e.g. --set clip_grad=1.0), as a new run (another --name or --output)",
                          stage=stage, step=step, diverged=True)
-
-
-def lr_for(recipe: dict) -> float:
-    return recipe["lr_base"] * recipe["batch_size"] / 512
 
 
 def autocast_for(recipe: dict, device: torch.device):
@@ -228,7 +212,7 @@ def train_step(net: nn.Module, batches, opt: torch.optim.Optimizer, crit, recipe
     return loss_sum
 
 
-def train_stage(model: nn.Module, spec: StageSpec, recipe: dict, train_loader, val_loader, device: torch.device,
+def train_stage(model: nn.Module, spec: Stage, recipe: dict, train_loader, val_loader, device: torch.device,
                 ledger: Ledger, on_epoch, state: dict | None = None, optimizer_state: dict | None = None,
                 d: Dist = Dist(), log=print) -> tuple[nn.Module, torch.optim.Optimizer]:
     """Train ``model`` for ``spec.steps`` optimizer steps.
@@ -246,13 +230,12 @@ def train_stage(model: nn.Module, spec: StageSpec, recipe: dict, train_loader, v
     if accum * micro * d.world != world_batch:
         raise ValueError(f"global batch {world_batch} is not micro_batch {micro} x world {d.world} x an integer "
                          f"number of accumulation steps; pick a micro_batch that divides it")
-    # A model with its own training objective (DiffusionBlocks) brings its own loss and per-image training FLOPs.
-    custom_fpi = getattr(model, "train_flops_per_image", None)
-    fpi = custom_fpi(recipe["img_size"]) if custom_fpi else train_flops_per_image(model, recipe["img_size"])
-    custom_loss = getattr(model, "training_loss", None)
+    protocol = get_protocol(recipe["protocol"])
+    fpi = protocol.train_flops_per_image(model, recipe["img_size"])
+    own_objective = protocol.own_objective  # DiffusionBlocks: forward(x, y) is the loss
     set_attention_path(model, recipe).to(device)
     channels_last = recipe["channels_last"] if recipe["channels_last"] != "auto" else (
-        device.type == "cuda" and isinstance(getattr(model, "trunk", model), ResNet))
+        device.type == "cuda" and isinstance(protocol.backbone(model), ResNet))
     if channels_last:
         model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, recipe, spec.lr, device)
@@ -287,12 +270,12 @@ def train_stage(model: nn.Module, spec: StageSpec, recipe: dict, train_loader, v
         _set_rng_state(state["rng"])
     else:
         # a custom objective draws its randomness (DiffusionBlocks: which block) from the global RNG: same on all ranks
-        seed_everything(spec.seed + (0 if custom_loss else d.rank))
+        seed_everything(spec.seed + (0 if own_objective else d.rank))
     reset_peak_mem(device)
     net = model
     if d.world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if device.type == "cuda" else None,
-                                                  find_unused_parameters=custom_loss is not None)
+                                                  find_unused_parameters=own_objective)
     step_fn = torch.compile(net) if recipe["compile"] else net
     steps_per_epoch = len(train_loader) // accum
     if steps_per_epoch < 1:
@@ -314,7 +297,7 @@ def train_stage(model: nn.Module, spec: StageSpec, recipe: dict, train_loader, v
             sched.step_update(spec.sched_offset + step)
             train_step(net, it, opt, crit, recipe, device, loss_sum=loss_sum, step=step, accum=accum,
                        step_fn=step_fn, model=model, mix=mix, channels_last=channels_last, ema=ema,
-                       custom_loss=custom_loss)
+                       custom_loss=own_objective)
             step += 1
             # a non-finite loss keeps the epoch's sum non-finite: this finds the first such step (one host sync per
             # step, as timm's own loop does to log the loss)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from rbdc import protocols
 from rbdc.errors import UserError
 from rbdc.rundir import atomic_write, atomic_write_bytes
 
@@ -42,12 +43,8 @@ RESULTS_FILE = 'results.json'
 SUMMARY_FILE = 'summary.csv'
 RECIPE_FILE = 'recipe.yaml'
 FAILED_FILE = 'failed.json'
-# Order of rows and colours: the baseline first, then RBDC, then the growth baselines.
-PROTOCOL_ORDER = ('scratch', 'rbdc', 'net2net', 'gradmax', 'mixturegrowth', 'diffusionblocks')
-PROTOCOL_COLORS = {
-    'scratch': '#4d4d4d', 'rbdc': '#d62728', 'net2net': '#1f77b4', 'gradmax': '#2ca02c',
-    'mixturegrowth': '#9467bd', 'diffusionblocks': '#ff7f0e',
-}
+# Order of rows and colours: the protocol registry's (the baseline first, then RBDC, then the growth baselines);
+# protocols that are not registered (runs of other code) come after them.
 EXTRA_COLORS = ('#8c564b', '#e377c2', '#17becf', '#bcbd22', '#7f7f7f')
 REQUIRED_RESULT_KEYS = ('name', 'protocol', 'group', 'seed', 'model', 'dataset', 'eval_top1', 'total_train_flops')
 REQUIRED_SUMMARY_COLUMNS = ('stage', 'epoch', 'eval_top1', 'cum_train_flops')
@@ -338,8 +335,9 @@ def _optional_mean(runs: Sequence[Run], key: str) -> float | None:
 def _protocol_rank(protocol: str, baseline_protocol: str) -> tuple:
     if protocol == baseline_protocol:
         return (0, 0, '')
-    if protocol in PROTOCOL_ORDER:
-        return (1, PROTOCOL_ORDER.index(protocol), '')
+    order = protocols.names()
+    if protocol in order:
+        return (1, order.index(protocol), '')
     return (2, 0, protocol)
 
 
@@ -707,8 +705,9 @@ EQUAL_FLOPS = 0.02  # two groups count as "at equal FLOPs" when their mean train
 
 def _render_vs_rbdc(rows: Sequence[GroupRow], baseline_protocol: str) -> str:
     """The paper's second claim, head to head: each other method's group vs each RBDC group at equal FLOPs."""
-    rbdc = [g for g in rows if g.protocol == 'rbdc']
-    others = [g for g in rows if g.protocol not in ('rbdc', baseline_protocol)]
+    subjects = [name for name, p in protocols.registry().items() if p.subject]  # the methods under study
+    rbdc = [g for g in rows if g.protocol in subjects]
+    others = [g for g in rows if g.protocol not in (*subjects, baseline_protocol)]
     pairs = [(r, g) for g in others for r in rbdc if (r.dataset, r.model) == (g.dataset, g.model)
              and abs(r.flops_mean / g.flops_mean - 1) < EQUAL_FLOPS]
     if not pairs:
@@ -796,9 +795,9 @@ def _render_csv(rows: Sequence[GroupRow], out_dir: Path) -> str:
 # Figure
 
 
-def _protocol_colors(protocols: Iterable[str]) -> dict[str, str]:
-    colors = dict(PROTOCOL_COLORS)
-    extra = sorted(p for p in set(protocols) if p not in colors)
+def _protocol_colors(names: Iterable[str]) -> dict[str, str]:
+    colors = {name: p.color for name, p in protocols.registry().items()}
+    extra = sorted(p for p in set(names) if p not in colors)
     for i, p in enumerate(extra):
         colors[p] = EXTRA_COLORS[i % len(EXTRA_COLORS)]
     return colors
