@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CI = ROOT / "benchmarks" / "recipes" / "ci"
 DIGESTS = ROOT / "tests" / "data" / "ci_digests.json"
 RECIPES = sorted(p.stem for p in CI.glob("*.yaml") if p.stem != "base")
+# the engine paths the CI recipes leave off (they train without mixup, smoothing or EMA): a variant of one
+VARIANTS = {"scratch+mixup-smoothing-ema": ("scratch", ["mixup=0.8", "cutmix=1.0", "smoothing=0.1", "ema=true"])}
 RESUMED = ("rbdc", "gradmax")  # run again, interrupted after their first epoch and resumed
 INTERRUPT_AFTER = 1
 
@@ -49,6 +51,12 @@ def machine() -> dict:
             "machine": platform.machine(), **_cpu(), "threads": 1}
 
 
+def machine_differences(recorded: dict) -> dict:
+    """What differs between the machine the digests were recorded on and this one: ``{key: (recorded, here)}``."""
+    here = machine()
+    return {k: (v, here.get(k)) for k, v in recorded.items() if here.get(k) != v}
+
+
 def tensor_digests(path: Path) -> dict[str, str]:
     return {name: hashlib.sha256(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
             for name, t in sorted(load_file(str(path)).items())}
@@ -70,27 +78,29 @@ def _interrupted_once(n: int):
     return mock.patch.object(train, "_write_summary", flaky)
 
 
-def run_digests(name: str, out: Path, interrupt_after: int | None = None) -> dict[str, str]:
-    """Train CI recipe ``name`` into ``out`` (interrupted after ``interrupt_after`` epochs, then resumed) and return
-    the digests of its final weights."""
+def run_digests(name: str, out: Path, interrupt_after: int | None = None, overrides: list[str] = ()) -> dict[str, str]:
+    """Train CI recipe ``name`` (with ``overrides``) into ``out`` (interrupted after ``interrupt_after`` epochs, then
+    resumed) and return the digests of its final weights."""
     from rbdc.train import run_recipe
     quiet = lambda *a, **k: None  # noqa: E731
     path = str(CI / f"{name}.yaml")
     if interrupt_after:
         with _interrupted_once(interrupt_after):
             try:
-                run_recipe(path, str(out), log=quiet)
+                run_recipe(path, str(out), overrides, log=quiet)
             except KeyboardInterrupt:
                 pass
             else:
                 raise AssertionError(f"{name}: the run finished before epoch {interrupt_after}'s interruption")
-    res = run_recipe(path, str(out), log=quiet)
+    res = run_recipe(path, str(out), overrides, log=quiet)
     return tensor_digests(out / res["name"] / "final.safetensors")
 
 
 def compute(tmp: Path) -> dict:
     torch.set_num_threads(1)
     runs = {name: run_digests(name, tmp / name) for name in RECIPES}
+    for name, (recipe, overrides) in VARIANTS.items():
+        runs[name] = run_digests(recipe, tmp / name, overrides=overrides)
     for name in RESUMED:
         runs[f"{name}+resumed"] = run_digests(name, tmp / f"{name}+resumed", INTERRUPT_AFTER)
     return runs

@@ -5,16 +5,15 @@ import json
 import pytest
 import torch
 
-from benchmarks.record_digests import DIGESTS, RECIPES, RESUMED, compute, machine
+from benchmarks.record_digests import DIGESTS, RECIPES, RESUMED, VARIANTS, compute, machine, machine_differences
 
 
 @pytest.mark.slow
 def test_every_ci_recipe_and_a_resumed_run_end_with_the_recorded_weights(tmp_path):
     recorded = json.loads(DIGESTS.read_text())
-    assert sorted(recorded["runs"]) == sorted([*RECIPES, *(f"{n}+resumed" for n in RESUMED)]), \
+    assert sorted(recorded["runs"]) == sorted([*RECIPES, *VARIANTS, *(f"{n}+resumed" for n in RESUMED)]), \
         "a CI recipe was added or removed: record the digests again (python -m benchmarks.record_digests)"
-    here = machine()
-    differs = {k: (v, here.get(k)) for k, v in recorded["machine"].items() if here.get(k) != v}
+    differs = machine_differences(recorded["machine"])
     if differs:
         pytest.skip(f"digests were recorded on another machine (recorded vs here: {differs}); float results differ "
                     f"across CPUs and torch builds")
@@ -28,3 +27,10 @@ def test_every_ci_recipe_and_a_resumed_run_end_with_the_recorded_weights(tmp_pat
     for name, digests in recorded["runs"].items():
         changed = sorted(k for k in digests.keys() | runs[name].keys() if digests.get(k) != runs[name].get(k))
         assert not changed, f"{name}: {len(changed)} tensor(s) differ from the recording, e.g. {changed[:3]}"
+
+
+def test_the_digest_check_names_what_differs_on_another_machine():
+    here = machine()
+    assert machine_differences(here) == {}
+    assert machine_differences({**here, "torch": "0.1", "cpu": "other"}) == {"torch": ("0.1", here["torch"]),
+                                                                           "cpu": ("other", here["cpu"])}
