@@ -57,4 +57,4 @@ def test_a_new_protocol_trains_and_reports_with_no_change_elsewhere(twostep, tmp
     last_a = [r for r in rows if r["stage"] == "A"][-1]
     grown = next(r for r in rows if r["stage"] == "B" and r["epoch"] == "-1")
     assert grown["eval_top1"] == last_a["eval_top1"] and grown["eval_loss"] == last_a["eval_loss"]  # B starts at A
-    assert names()[-1] == "twostep" and report._protocol_colors(["twostep", "other"])["twostep"] == "#123456"
+    assert names()[-1] == "twostep" and report.protocol_colors(["twostep", "other"])["twostep"] == "#123456"
