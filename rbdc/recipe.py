@@ -179,7 +179,7 @@ def validate(recipe: dict) -> None:
         if key in _LISTS and node is not None:
             for v in node:
                 _check_value(f"{key} entries", v, _NUM, _LISTS[key])
-    from .data import _check_aug
+    from .data.loaders import _check_aug
     try:
         _check_aug(recipe["aug"])
     except ValueError as e:
