@@ -16,11 +16,9 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 import torch
-from timm.loss import LabelSmoothingCrossEntropy
-from torch import nn
 
 from benchmarks.bench_common import REPO, TOY, compiled, require_device, sync, toy_sized
-from rbdc.engine import build_optimizer, lr_for, set_attention_path, train_step
+from rbdc.engine import build_criterion, build_optimizer, lr_for, set_attention_path, train_step
 from rbdc.flops import train_flops_per_image
 from rbdc.models import scaled
 from rbdc.recipe import resolve
@@ -101,7 +99,7 @@ class Trainer:
         self.model = model
         self.step_fn = compiled(model) if case.compile else model
         self.opt = build_optimizer(model, recipe, lr_for(recipe), self.device)
-        self.crit = LabelSmoothingCrossEntropy(recipe["smoothing"]) if recipe["smoothing"] else nn.CrossEntropyLoss()
+        self.crit = build_criterion(recipe, mixup=False)  # the batch's integer labels are never mixed
         gen = torch.Generator().manual_seed(1)
         x = torch.randn(case.batch, 3, case.img_size, case.img_size, generator=gen).to(self.device)
         y = torch.randint(0, 10, (case.batch,), generator=gen).to(self.device)

@@ -1,7 +1,8 @@
 """The training engine: one model, one stage, a fixed number of optimizer steps, resumable at epoch boundaries.
 
-Built on timm's pieces (optimizer factory, cosine scheduler, Mixup/CutMix, soft-target / label-smoothing losses,
-EMA); DeiT recipe defaults live in :mod:`rbdc.recipe`. Stages are step-based so that a FLOPs budget is met to
+Built on timm's pieces (optimizer factory, Mixup/CutMix, soft-target / label-smoothing losses, EMA), put together by
+:func:`build_training`; the learning rate of each step is :mod:`rbdc.lr`'s; DeiT recipe defaults live in
+:mod:`rbdc.recipe`. Stages are step-based so that a FLOPs budget is met to
 within one optimizer step; an epoch is one pass of the (drop-last) loader, and the last epoch of a stage may be
 partial. The global batch is fixed: gradient accumulation makes up what does not fit one process.
 """
@@ -22,17 +23,19 @@ import torch.nn as nn
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
-from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3, accuracy
 from tqdm import tqdm
 
-from .flops import Ledger, train_flops_per_image
 from timm.models import ResNet
+
+from .flops import Ledger
+from .lr import LRSchedule
 from .perf import mfu_fields
+from .protocols import Stage, get as get_protocol, lr_for
 from .rundir import RunFailed
 
-__all__ = ["Dist", "StageSpec", "Diverged", "train_stage", "train_step", "evaluate", "autocast_for", "peak_mem_mb",
-           "lr_for"]
+__all__ = ["Dist", "Stage", "TrainState", "build_training", "build_criterion", "build_mixup", "build_optimizer",
+           "Diverged", "train_stage", "train_step", "evaluate", "autocast_for", "peak_mem_mb", "lr_for"]
 
 
 @dataclass(frozen=True)
@@ -59,20 +62,6 @@ class Dist:
         return cls(dist.get_rank(), dist.get_world_size(), local)
 
 
-@dataclass
-class StageSpec:
-    """One stage of a protocol: train ``model`` for ``steps`` optimizer steps of the global batch."""
-
-    id: str
-    model_name: str
-    steps: int
-    warmup_steps: int
-    lr: float
-    seed: int
-    sched_total: int | None = None   # cosine length (default: steps); > steps when the schedule continues
-    sched_offset: int = 0            # where on that cosine this stage starts
-
-
 class Diverged(RunFailed):
     """The training loss went non-finite: AdamW then writes NaN into every weight, so no later step recovers."""
 
@@ -80,10 +69,6 @@ class Diverged(RunFailed):
         super().__init__(f"stage {stage} diverged: training loss {loss} at step {step}; lower lr_base or set "
                          f"clip_grad (e.g. --set clip_grad=1.0), as a new run (another --name or --output)",
                          stage=stage, step=step, diverged=True)
-
-
-def lr_for(recipe: dict) -> float:
-    return recipe["lr_base"] * recipe["batch_size"] / 512
 
 
 def autocast_for(recipe: dict, device: torch.device):
@@ -175,6 +160,49 @@ def build_optimizer(model: nn.Module, recipe: dict, lr: float, device: torch.dev
                                eps=recipe["opt_eps"], **kwargs)
 
 
+def build_mixup(recipe: dict, num_classes: int) -> Mixup | None:
+    if recipe["mixup"] > 0 or recipe["cutmix"] > 0:
+        return Mixup(mixup_alpha=recipe["mixup"], cutmix_alpha=recipe["cutmix"], prob=recipe["mixup_prob"],
+                     switch_prob=recipe["mixup_switch_prob"], label_smoothing=recipe["smoothing"],
+                     num_classes=num_classes)
+    return None
+
+
+def build_criterion(recipe: dict, mixup: bool) -> nn.Module:
+    """The training loss: soft-target cross-entropy on mixed targets (which carry the label smoothing), else
+    label-smoothing or plain cross-entropy."""
+    if mixup:
+        return SoftTargetCrossEntropy()
+    if recipe["smoothing"] > 0:
+        return LabelSmoothingCrossEntropy(recipe["smoothing"])
+    return nn.CrossEntropyLoss()
+
+
+@dataclass
+class TrainState:
+    """What trains a stage's model besides the model: built by :func:`build_training`."""
+
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    ema: ModelEmaV3 | None
+    mixup: Mixup | None
+    criterion: nn.Module
+
+
+def build_training(model: nn.Module, recipe: dict, stage: Stage, device: torch.device,
+                   optimizer_state: dict | None = None) -> TrainState:
+    """The optimizer (with ``optimizer_state``: name-keyed per-parameter state, RBDC's carried AdamW moments), the
+    learning-rate schedule, EMA, Mixup/CutMix and the loss of training ``model`` (on ``device``) for ``stage``."""
+    opt = build_optimizer(model, recipe, stage.lr, device)
+    if optimizer_state is not None:
+        for name, p in model.named_parameters():
+            if name in optimizer_state:
+                opt.state[p] = {k: v.to(device) for k, v in optimizer_state[name].items()}
+    ema = ModelEmaV3(model, decay=recipe["ema_decay"]) if recipe["ema"] else None
+    mix = build_mixup(recipe, model.num_classes)
+    return TrainState(opt, LRSchedule.for_stage(stage, recipe), ema, mix, build_criterion(recipe, mix is not None))
+
+
 def train_step(net: nn.Module, batches, opt: torch.optim.Optimizer, crit, recipe: dict, device: torch.device, *,
                loss_sum: torch.Tensor, step: int = 0, accum: int = 1, step_fn=None, model: nn.Module | None = None,
                mix=None, channels_last: bool = False, ema=None, custom_loss=None) -> torch.Tensor:
@@ -228,7 +256,7 @@ def train_step(net: nn.Module, batches, opt: torch.optim.Optimizer, crit, recipe
     return loss_sum
 
 
-def train_stage(model: nn.Module, spec: StageSpec, recipe: dict, train_loader, val_loader, device: torch.device,
+def train_stage(model: nn.Module, spec: Stage, recipe: dict, train_loader, val_loader, device: torch.device,
                 ledger: Ledger, on_epoch, state: dict | None = None, optimizer_state: dict | None = None,
                 d: Dist = Dist(), log=print) -> tuple[nn.Module, torch.optim.Optimizer]:
     """Train ``model`` for ``spec.steps`` optimizer steps.
@@ -246,37 +274,16 @@ def train_stage(model: nn.Module, spec: StageSpec, recipe: dict, train_loader, v
     if accum * micro * d.world != world_batch:
         raise ValueError(f"global batch {world_batch} is not micro_batch {micro} x world {d.world} x an integer "
                          f"number of accumulation steps; pick a micro_batch that divides it")
-    # A model with its own training objective (DiffusionBlocks) brings its own loss and per-image training FLOPs.
-    custom_fpi = getattr(model, "train_flops_per_image", None)
-    fpi = custom_fpi(recipe["img_size"]) if custom_fpi else train_flops_per_image(model, recipe["img_size"])
-    custom_loss = getattr(model, "training_loss", None)
+    protocol = get_protocol(recipe["protocol"])
+    fpi = protocol.train_flops_per_image(model, recipe["img_size"])
+    own_objective = protocol.own_objective  # DiffusionBlocks: forward(x, y) is the loss
     set_attention_path(model, recipe).to(device)
     channels_last = recipe["channels_last"] if recipe["channels_last"] != "auto" else (
-        device.type == "cuda" and isinstance(getattr(model, "trunk", model), ResNet))
+        device.type == "cuda" and isinstance(protocol.backbone(model), ResNet))
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    opt = build_optimizer(model, recipe, spec.lr, device)
-    if optimizer_state is not None:  # name-keyed per-parameter state (RBDC's carried AdamW moments)
-        for name, p in model.named_parameters():
-            if name in optimizer_state:
-                opt.state[p] = {k: v.to(device) for k, v in optimizer_state[name].items()}
-    # timm's warmup_prefix puts the cosine after the warm-up, so it must be shorter by the warm-up to end at min_lr
-    # on the stage's last step (anneal_to_end: false keeps the old cosine, which ended warmup_steps short of it)
-    total = spec.sched_total or spec.steps
-    sched = CosineLRScheduler(opt, t_initial=max(1, total - spec.warmup_steps) if recipe["anneal_to_end"] else total,
-                              lr_min=recipe["min_lr"], warmup_t=spec.warmup_steps, warmup_lr_init=recipe["warmup_lr"],
-                              warmup_prefix=True, t_in_epochs=False)
-    ema = ModelEmaV3(model, decay=recipe["ema_decay"]) if recipe["ema"] else None
-    mix = None
-    if recipe["mixup"] > 0 or recipe["cutmix"] > 0:
-        mix = Mixup(mixup_alpha=recipe["mixup"], cutmix_alpha=recipe["cutmix"], prob=recipe["mixup_prob"],
-                    switch_prob=recipe["mixup_switch_prob"], label_smoothing=recipe["smoothing"],
-                    num_classes=model.num_classes)
-        crit = SoftTargetCrossEntropy()
-    elif recipe["smoothing"] > 0:
-        crit = LabelSmoothingCrossEntropy(recipe["smoothing"])
-    else:
-        crit = nn.CrossEntropyLoss()
+    ts = build_training(model, recipe, spec, device, optimizer_state)
+    opt, ema, mix, crit = ts.optimizer, ts.ema, ts.mixup, ts.criterion
     step, epoch, wall = 0, 0, 0.0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -287,12 +294,12 @@ def train_stage(model: nn.Module, spec: StageSpec, recipe: dict, train_loader, v
         _set_rng_state(state["rng"])
     else:
         # a custom objective draws its randomness (DiffusionBlocks: which block) from the global RNG: same on all ranks
-        seed_everything(spec.seed + (0 if custom_loss else d.rank))
+        seed_everything(spec.seed + (0 if own_objective else d.rank))
     reset_peak_mem(device)
     net = model
     if d.world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if device.type == "cuda" else None,
-                                                  find_unused_parameters=custom_loss is not None)
+                                                  find_unused_parameters=own_objective)
     step_fn = torch.compile(net) if recipe["compile"] else net
     steps_per_epoch = len(train_loader) // accum
     if steps_per_epoch < 1:
@@ -311,10 +318,12 @@ def train_stage(model: nn.Module, spec: StageSpec, recipe: dict, train_loader, v
         bar = _progress(min(steps_per_epoch, spec.steps - step), f"{spec.id} ep{epoch}", d.main)
         it = iter(train_loader)
         for _ in range(min(steps_per_epoch, spec.steps - step)):
-            sched.step_update(spec.sched_offset + step)
+            lr = ts.schedule.lr_at(spec.sched_offset + step)
+            for group in opt.param_groups:
+                group["lr"] = lr
             train_step(net, it, opt, crit, recipe, device, loss_sum=loss_sum, step=step, accum=accum,
                        step_fn=step_fn, model=model, mix=mix, channels_last=channels_last, ema=ema,
-                       custom_loss=custom_loss)
+                       custom_loss=own_objective)
             step += 1
             # a non-finite loss keeps the epoch's sum non-finite: this finds the first such step (one host sync per
             # step, as timm's own loop does to log the loss)

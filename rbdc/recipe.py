@@ -12,14 +12,14 @@ from typing import Any, NamedTuple
 
 import yaml
 
+from . import protocols
 from .errors import UserError
 
-PROTOCOLS = ("scratch", "rbdc", "net2net", "gradmax", "mixturegrowth", "diffusionblocks")
 
 # Every key a recipe may set, with its default. Nested dicts (data, rbdc, aug) merge key by key.
 DEFAULTS: dict[str, Any] = {
     "name": None,               # experiment name without the seed, e.g. imagenette-vit/rbdc-d1 (the report's group)
-    "protocol": "scratch",      # scratch | rbdc | net2net | gradmax | mixturegrowth | diffusionblocks
+    "protocol": "scratch",      # one of rbdc.protocols (scratch | rbdc | net2net | gradmax | mixturegrowth | ...)
     "model": None,              # target timm model (the final model of every protocol)
     "model_kwargs": {},         # extra timm kwargs (img_size, patch_size, ...)
     "num_classes": None,        # default: the dataset's
@@ -110,7 +110,7 @@ _NONNEG = Range(0)
 _UNIT = Range(0, 1)
 _ONE = Range(1)
 SPEC: dict[str, tuple] = {
-    "name": ((str,), None), "protocol": ((str,), PROTOCOLS), "model": ((str,), None), "model_kwargs": ((dict,), None),
+    "name": ((str,), None), "protocol": ((str,), None), "model": ((str,), None), "model_kwargs": ((dict,), None),
     "num_classes": ((int, None), _ONE), "img_size": ((int,), _ONE),
     "seed": ((int,), _NONNEG), "seed_stride": ((int,), _ONE),
     "data.source": ((str,), None), "data.root": ((str, None), None), "data.subset": ((int, None), _ONE),
@@ -179,7 +179,7 @@ def validate(recipe: dict) -> None:
         if key in _LISTS and node is not None:
             for v in node:
                 _check_value(f"{key} entries", v, _NUM, _LISTS[key])
-    from .data import _check_aug
+    from .data.loaders import _check_aug
     try:
         _check_aug(recipe["aug"])
     except ValueError as e:
@@ -193,17 +193,10 @@ def _check_model(key: str) -> None:
     """Build the recipe's target on the meta device (no memory, no time): an unknown model name or timm kwarg is
     found before anything is written."""
     import torch
-
-    from .models import scaled
     rec = json.loads(key)
     try:
         with torch.device("meta"):
-            if rec["protocol"] == "diffusionblocks":
-                from .diffusionblocks import build_model
-                build_model(rec, rec["num_classes"] or 10)
-            else:
-                scaled(rec["model"], 1, num_classes=rec["num_classes"] or 10, drop_path_rate=rec["drop_path"],
-                       **rec["model_kwargs"])
+            protocols.get(rec["protocol"]).target(rec, rec["num_classes"] or 10)
     except UserError:
         raise
     except (TypeError, ValueError, KeyError, RuntimeError, AssertionError) as e:
@@ -272,8 +265,7 @@ def resolve(path: str | Path | None = None, overrides: list[str] = (), **fields)
         raise UserError(f"unknown recipe key(s) {unknown}; known keys: {', '.join(sorted(DEFAULTS))}")
     if not recipe["model"]:
         raise UserError("the recipe names no model: set `model:` (a timm name, e.g. deit_base_patch16_224)")
-    if recipe["protocol"] not in PROTOCOLS:
-        raise UserError(f"unknown protocol {recipe['protocol']!r}; choose one of {', '.join(PROTOCOLS)}")
+    protocols.get(recipe["protocol"])  # an unknown one: the error names the registered ones
     recipe["name"] = recipe["name"] or f"{recipe['model']}/{recipe['protocol']}"
     validate(recipe)
     return recipe

@@ -28,14 +28,14 @@ import torch
 
 from . import recipe as recipes
 from . import rundir
-from .checkpoint import load_model, load_weights, save_weights
-from .coupling import couple, couple_state, named_optimizer_state
+from .checkpoint import save_weights
+from .coupling import named_optimizer_state
 from .data import build_dataset, build_loader
-from .engine import Dist, StageSpec, evaluate, lr_for, train_stage
+from . import protocols
+from .engine import Dist, evaluate, train_stage
 from .errors import UserError
 from .flops import Ledger
-from .models import scaled
-from .protocols import describe_plan, plan_stages
+from .protocols import BuildContext, describe_plan, lr_for, plan_stages
 from .rundir import atomic_write_bytes, load_state, read_json, save_state, sha256
 
 KNOWN_TRAIN_SIZES = {"imagenet": 1_281_167, "imagenette": 9_469, "cifar100": 50_000}
@@ -110,6 +110,7 @@ class Run:
         self.root = Path(output)
         self.dir = self.root / recipe["name"] / f"seed{recipe['seed']}"
         self.device = _device(recipe, d)
+        self.protocol = protocols.get(recipe["protocol"])
         self.stage: str | None = None  # the stage in progress (for failed.json)
         self.command = rundir.relative_argv(["rbdc", *sys.argv[1:]], self.root)
 
@@ -179,7 +180,8 @@ class Run:
             sdir.mkdir(parents=True, exist_ok=True)
             train_loader = build_loader(train_ds, batch_size=micro, train=True, aug=rec["aug"], seed=st.seed,
                                         repeated_aug=rec["repeated_aug"], **loader_kw)
-            model, opt_state, parents, growth_cost = self._build(st, num_classes, man, train_loader)
+            built, parents = self._build(st, num_classes, man, train_loader)
+            model, growth_cost = built.model, built.cost
             state = rundir.load_checkpoint(sdir)
             rows = state["rows"] if state else list(man["rows"])
             ledger = Ledger.from_dict(state["ledger"] if state else man["ledger"])
@@ -187,9 +189,8 @@ class Run:
                 self._write_progress(rows, ledger)
             if growth_cost and state is None:
                 ledger.add(st.id, *growth_cost)
-            # the coupled model before any training: how exact was the coupling? (GradMax's growth is exact by
-            # construction, and it grows too often for an evaluation each time)
-            if parents and state is None and rec["protocol"] != "gradmax":
+            # the coupled model before any training: how exact was the coupling?
+            if parents and state is None and self.protocol.evaluates_growth:
                 ev = evaluate(model.to(self.device), val_loader, rec, self.device, self.d)
                 rows.append({"stage": st.id, "model": st.model_name, "epoch": -1, **ev,
                              "cum_train_flops": ledger.total, "images_seen": 0, "train_flops": 0})
@@ -201,20 +202,18 @@ class Run:
                     save_state({**ckpt, "rows": rows, "ledger": ledger.to_dict()}, sdir / "last.pt")
                     self._write_progress(rows, ledger)
 
-            spec = StageSpec(st.id, st.model_name, st.steps, st.warmup_steps, lr_for(rec), st.seed,
-                             st.sched_total, st.sched_offset)
-            model, opt = train_stage(model, spec, rec, train_loader, val_loader, self.device, ledger, on_epoch,
-                                state=state, optimizer_state=opt_state if state is None else None, d=self.d,
+            model, opt = train_stage(model, st, rec, train_loader, val_loader, self.device, ledger, on_epoch,
+                                state=state, optimizer_state=built.optimizer_state if state is None else None, d=self.d,
                                 log=self.log)
             final, opt_path = sdir / "final.safetensors", sdir / "optimizer.pt"
             if self.d.main:
                 save_weights(model, final, stage=st.id, recipe=rec["name"])
-                if self._carries_optimizer():
+                if self.protocol.carries_optimizer(rec):
                     save_state(named_optimizer_state(model, opt), opt_path)
             self._barrier()  # every rank reads the stage's final weights from here on
             entry = {"model": st.model_name, "final": str(final.relative_to(self.dir)), "sha256": sha256(final),
                      "parents": parents, "steps": st.steps}
-            if self._carries_optimizer():
+            if self.protocol.carries_optimizer(rec):
                 entry["optimizer"] = {"path": str(opt_path.relative_to(self.dir)), "sha256": sha256(opt_path)}
             if self.only_stage:
                 payload = {"entry": entry, "rows": rows, "ledger": ledger.to_dict()}
@@ -287,85 +286,14 @@ class Run:
         if self.d.world > 1:
             torch.distributed.barrier()
 
-    def _carries_optimizer(self) -> bool:
-        rec = self.recipe
-        return rec["protocol"] == "gradmax" or (rec["protocol"] == "rbdc" and rec["rbdc"]["optimizer"] == "carried")
-
     def _build(self, st, num_classes: int, man: dict, train_loader):
-        """The stage's starting model, its carried optimizer state (or None), its parents' provenance, and the
-        ``(model, images, flops_per_image)`` the growth itself spent (or None) for the ledger."""
-        rec = self.recipe
-        kw = dict(num_classes=num_classes, drop_path_rate=rec["drop_path"], **rec["model_kwargs"])
-        if rec["protocol"] == "diffusionblocks":
-            from .diffusionblocks import build_model
-            torch.manual_seed(st.seed)
-            return build_model(rec, num_classes), None, [], None
-        g = rec["growth"]
-        if rec["protocol"] == "mixturegrowth":
-            from .growth import mixture_grow, mixture_member
-            member = lambda seed: mixture_member(rec["model"], 1, g["num_templates"], seed=seed, **kw)  # noqa: E731
-        if not st.parents:
-            torch.manual_seed(st.seed)
-            if rec["protocol"] == "mixturegrowth":
-                return member(st.seed), None, [], None
-            if rec["protocol"] == "gradmax":
-                from .growth import gradmax_start
-                return gradmax_start(rec["model"], st.factor, **kw), None, [], None
-            return scaled(rec["model"], st.factor, **kw), None, [], None
+        """The stage's starting model (:class:`rbdc.protocols.Built`) and its parents' provenance."""
         paths = [rundir.verified(self.dir, man["stages"][p], p) for p in st.parents]
         parents = [{"stage": p, "path": str(path.relative_to(self.dir)), "sha256": man["stages"][p]["sha256"]}
                    for p, path in zip(st.parents, paths)]
-        if rec["protocol"] == "gradmax":
-            model, opt_state, cost = self._gradmax_grow(st, paths[0], train_loader, kw, man)
-            return model, opt_state, parents, cost
-        c = rec["rbdc"]
-        if rec["protocol"] == "mixturegrowth":
-            parts = []
-            for p, path in zip(st.parents, paths):
-                m = member(next(s.seed for s in self.stages if s.id == p))
-                m.load_state_dict(load_weights(path)[0])
-                parts.append(m)
-            model = mixture_grow(parts[0], parts[1], coefs=g["coefs"], noise=g["noise"], norm=c["norm"], seed=st.seed)
-        elif rec["protocol"] == "net2net":
-            from .growth import net2wider
-            parts = [load_model(paths[0])]
-            model = net2wider(parts[0], 2, mode=g["mode"], noise_std=g["noise_std"], seed=st.seed)
-        else:
-            parts = [load_model(p) for p in paths]
-            model = couple(parts, head=c["head"], norm=c["norm"], offdiag_std=c["offdiag_std"], seed=st.seed)
-        opt_state = None
-        if self._carries_optimizer():
-            states = [self._optimizer_state(man, p) for p in st.parents]
-            opt_state = couple_state(parts, states, model, head=c["head"])
-        how = {"rbdc": f"coupled (head={c['head']}, norm={c['norm']}, optimizer={c['optimizer']})",
-               "net2net": f"net2wider (mode={g['mode']}, noise_std={g['noise_std']})",
-               "mixturegrowth": f"mixture_grow (coefs={g['coefs']}, noise={g['noise']})"}[rec["protocol"]]
-        self.log(f"[{st.id}] {', '.join(st.parents)} -> {st.model_name}: {how}")
-        return model, opt_state, parents, None
-
-    def _gradmax_grow(self, st, parent_path: Path, train_loader, kw: dict, man: dict):
-        """Grow the parent stage's model to this stage's widths with GradMax: the gradient of plain cross-entropy
-        (no mixup) on the first batch of this stage's loader, one per process, in training mode."""
-        from .growth import gradmax_grow, gradmax_widths, grow_named_state
-        g, name = self.recipe["growth"], self.recipe["model"]
-        parent = next(s for s in self.stages if s.id == st.parents[0])
-        old = load_model(parent_path)  # its metadata holds the inner widths
-        old.to(self.device).train()
-        train_loader.set_epoch(0)
-        batch = next(iter(train_loader))
-        # under DDP every rank grows the same units from the global batch's matrix
-        reduce = (lambda m: (torch.distributed.all_reduce(m), m)[1]) if self.d.world > 1 else None
-        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(st.seed)  # the gradient pass's drop-path masks: the same again on a resume
-            model, info = gradmax_grow(old, batch, widths=gradmax_widths(name, st.factor, **kw), scale=g["scale"],
-                                       seed=st.seed, reduce=reduce)
-        named = self._optimizer_state(man, parent.id)
-        self.log(f"[{st.id}] {parent.id} -> {st.model_name}: GradMax, +{sum(info['n_new'].values())} units in "
-                 f"{len(info['n_new'])} spaces (scale {g['scale']}, {info['random_units']} random directions), "
-                 f"optimizer state carried")
-        cost = (f"{parent.model_name} (GradMax gradient pass)", info["images"] * self.d.world, parent.flops_per_image)
-        return model, grow_named_state(named, old, info["mapping"]), cost
+        ctx = BuildContext(self.recipe, num_classes, self.stages, lambda stage: self._optimizer_state(man, stage),
+                           train_loader, self.device, self.d.world, self.log)
+        return self.protocol.build(st, paths, ctx), parents
 
     def _optimizer_state(self, man: dict, stage: str) -> dict:
         """A finished stage's carried optimizer state (AdamW moments by parameter name)."""
@@ -478,7 +406,7 @@ def add_cli(sub) -> None:
                    "e.g. --set rbdc.depth=2 --set data.subset=50")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--model", default=None, help="target timm model")
-    p.add_argument("--protocol", choices=recipes.PROTOCOLS, default=None)
+    p.add_argument("--protocol", choices=protocols.names(), default=None)
     p.add_argument("--name", default=None, help="experiment name (run dir: OUTPUT/NAME/seedS)")
     p.add_argument("--epochs", type=float, default=None)
     p.add_argument("--budget", type=float, default=None, help="training FLOPs budget")

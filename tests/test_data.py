@@ -165,9 +165,9 @@ def test_greyscale_and_cmyk_become_rgb(tmp_path, mode):
 def test_resize_center_crop_keeps_centre():
     img = Image.new("RGB", (40, 20), (0, 0, 0))
     img.paste((255, 255, 255), (10, 0, 30, 20))  # white centre 20x20
-    assert np.asarray(D._resize_center_crop(img, 20)).min() == 255
-    assert D._resize_center_crop(img, 10).size == (10, 10)
-    assert D._resize_center_crop(img, 8, crop_pct=0.8).size == (8, 8)
+    assert np.asarray(D.datasets._resize_center_crop(img, 20)).min() == 255
+    assert D.datasets._resize_center_crop(img, 10).size == (10, 10)
+    assert D.datasets._resize_center_crop(img, 8, crop_pct=0.8).size == (8, 8)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -277,7 +277,7 @@ def test_memory_cache_is_reused(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("decoded again although the cache exists")
 
-    monkeypatch.setattr(D, "_decode_all", fail)
+    monkeypatch.setattr(D.cache, "_decode_all", fail)
     again = build_loader(build_dataset("imagefolder", str(root)), batch_size=4, train=True, img_size=8,
                          in_memory=True)
     assert again.cache_path == first.cache_path and torch.equal(again.images, first.images)
@@ -433,7 +433,7 @@ def test_default_data_root(monkeypatch, tmp_path):
     monkeypatch.setenv("RBDC_DATA", str(tmp_path))
     assert D.default_data_root() == tmp_path
     monkeypatch.delenv("RBDC_DATA")
-    shared = Path(D.__file__).resolve().parents[2] / "shared" / "data"
+    shared = Path(D.__file__).resolve().parents[3] / "shared" / "data"
     assert D.default_data_root() == (shared if shared.is_dir() else None)
 
 

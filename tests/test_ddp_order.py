@@ -8,7 +8,8 @@ import torch
 import torch.distributed as dist
 
 from rbdc import train
-from rbdc.data import _mix, build_dataset, build_loader
+from rbdc.data import build_dataset, build_loader
+from rbdc.data.seeds import _mix
 
 CI = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes" / "ci"
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rbdc import perf
-from rbdc.engine import StageSpec, train_stage, train_step
+from rbdc.engine import Stage, train_stage, train_step
 from rbdc.flops import Ledger
 from rbdc.models import scaled
 from rbdc.recipe import DEFAULTS
@@ -45,7 +45,7 @@ def train(model_name: str, steps: int = 4, **flags):
     recipe = copy.deepcopy({**DEFAULTS, "model": model_name, "batch_size": 8, "amp": "fp32", "fused": False,
                             "channels_last": False, "clip_grad": 1.0, "ema": True, "ema_decay": 0.9, **flags})
     rows = []
-    spec = StageSpec("s", model_name, steps, 1, 1e-3, 0)
+    spec = Stage("s", model_name, steps, seed=0, lr=1e-3, warmup_steps=1)
     model, _ = train_stage(model, spec, recipe, ListLoader(batches), None, torch.device("cpu"), Ledger(),
                            lambda row, ckpt: rows.append(row), log=lambda *a, **k: None)
     return model, rows

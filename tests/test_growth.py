@@ -12,7 +12,8 @@ import rbdc
 from rbdc.growth import (count_macs, gradmax_grow, gradmax_model, gradmax_schedule, gradmax_start, gradmax_widths,
                          grow_named_state, grow_optimizer_state, inner_widths, materialize, mixture_grow,
                          mixture_member, net2wider)
-from rbdc.growth._common import ReLU1, inner_spaces
+from rbdc.growth.relu1 import ReLU1
+from rbdc.growth.spaces import inner_spaces
 
 RESNETS = ["test_rbdc_resnet", "test_rbdc_resnet_basic"]
 SIZE = {"test_rbdc_resnet": 64, "test_rbdc_resnet_basic": 64, "test_rbdc_vit": 32}

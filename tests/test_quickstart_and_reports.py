@@ -41,8 +41,8 @@ def test_warm_cache_decodes_once_then_reads_the_cache(tmp_path, monkeypatch):
     from rbdc.quickstart import RECIPES, warm_cache
     monkeypatch.setenv("RBDC_CACHE", str(tmp_path))
     decoded = []
-    real = data._decode_all
-    monkeypatch.setattr(data, "_decode_all", lambda ds, *a, **k: decoded.append(ds.split) or real(ds, *a, **k))
+    real = data.cache._decode_all
+    monkeypatch.setattr(data.cache, "_decode_all", lambda ds, *a, **k: decoded.append(ds.split) or real(ds, *a, **k))
     images = torch.randint(0, 255, (80, 8, 8, 3), dtype=torch.uint8).numpy()
     ds = data.ArrayDataset(images, [i % 4 for i in range(80)], ["a", "b", "c", "d"], source="toy", root=None,
                            split="train", out_size=32)

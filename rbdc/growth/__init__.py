@@ -3,7 +3,10 @@
 Each operator is a pure function from a trained narrower model (and, where the method needs it, a batch and a loss)
 to the grown model; protocols call them during training and add the FLOPs they report to the ledger.
 """
-from ._common import ReLU1, count_macs, grow_named_state, grow_optimizer_state, inner_widths
+from .macs import count_macs
+from .optimizer_state import grow_named_state, grow_optimizer_state
+from .relu1 import ReLU1
+from .spaces import inner_widths
 from .gradmax import gradmax_grow, gradmax_model, gradmax_schedule, gradmax_start, gradmax_widths
 from .mixturegrowth import TemplateConv2d, TemplateLinear, materialize, mixture_grow, mixture_member, templatize
 from .net2net import net2wider

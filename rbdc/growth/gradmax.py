@@ -29,7 +29,7 @@ layer l+1's kernel, stride, padding and dilation, giving M of shape (C_in k1^2) 
 Adaptations, and why:
 
 * ResNet activations: torch's ReLU has derivative 0 at 0, so a zero-fan-in unit would never learn; the grown
-  blocks' inner activations are :class:`~rbdc.growth._common.ReLU1` (derivative 1 at 0, growneuron's ``relu1``;
+  blocks' inner activations are :class:`~rbdc.growth.relu1.ReLU1` (derivative 1 at 0, growneuron's ``relu1``;
   same forward, same state dict).
 * Train-mode BatchNorm: a new channel has zero batch variance, so BN's backward mean-centres its gradient (and
   scales it by 1/sqrt(eps)). When the BN after layer l is in training mode, M uses mean-centred input patches,
@@ -62,9 +62,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models import arch_of, scaled
-from ._common import (Space, batch_images, build_like, count_flops_by_hooks, count_macs, fill_value, inner_spaces,
-                      inner_widths, ops_for, remap, use_relu1)
-from ._common import grow_optimizer_state  # noqa: F401  (re-exported: part of the GradMax protocol)
+from .macs import count_flops_by_hooks, count_macs
+from .optimizer_state import grow_optimizer_state  # noqa: F401  (re-exported: part of the GradMax protocol)
+from .relu1 import use_relu1
+from .remap import build_like, fill_value, ops_for, remap
+from .spaces import Space, inner_spaces, inner_widths
 
 __all__ = ["gradmax_grow", "gradmax_schedule", "gradmax_widths", "gradmax_model", "gradmax_start",
            "grow_optimizer_state"]
@@ -214,6 +216,18 @@ def _directions(m: torch.Tensor, k: int, gen: torch.Generator) -> tuple[torch.Te
         r = torch.randn(extra, dim, generator=gen, dtype=m.dtype).to(m.device)
         dirs = torch.cat([dirs, r / r.norm(dim=1, keepdim=True)])
     return dirs, max(0, k - min(m.shape)), s[:k]
+
+
+def batch_images(batch) -> torch.Tensor:
+    """The image tensor of a batch: the batch itself, or the first element of a (images, targets, ...) tuple."""
+    if torch.is_tensor(batch):
+        return batch
+    if isinstance(batch, (list, tuple)) and batch and torch.is_tensor(batch[0]):
+        return batch[0]
+    if isinstance(batch, dict) and torch.is_tensor(batch.get("image")):
+        return batch["image"]
+    raise ValueError(f"cannot find the images in a batch of type {type(batch).__name__}: pass a tensor or an "
+                     f"(images, targets) tuple")
 
 
 def gradmax_grow(model: nn.Module, batch, loss_fn: LossFn | None = None, n_new: int | float | dict | None = None,

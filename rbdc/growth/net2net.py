@@ -6,7 +6,7 @@ count) and the PyTorch BatchNorm handling of chaudatascience/mixturegrowth@model
 copied; without its ``weight_norm`` quirk, see ``../shared/reference/methods.md`` section 6.1). For ViTs, heads are
 replicated whole with ``head_dim`` fixed, as in Staged Training / LEMON (methods.md 6.1).
 
-Every channel space (see :mod:`rbdc.growth._common`) of the model gets a mapping g from new units to old units:
+Every channel space (see :mod:`rbdc.growth.spaces`) of the model gets a mapping g from new units to old units:
 
 * ``mode="uniform"``: new unit j copies old unit ``j mod n``, so every unit is copied exactly ``factor`` times
   (the factor must be an integer). The residual stream of a ViT then holds every channel equally often, so each
@@ -33,7 +33,8 @@ import torch
 import torch.nn as nn
 
 from ..models import arch_of, scaled
-from ._common import ops_for, remap, spaces
+from .remap import ops_for, remap
+from .spaces import spaces
 
 __all__ = ["net2wider", "MODES"]
 

@@ -1,0 +1,96 @@
+"""``rbdc``: recursion depth r and k. Level 0 holds k**r models of 1/k**r width trained independently (own seeds);
+each level couples groups of k models of the level below (``rbdc.couple``) and trains on; level r is the target.
+
+Epochs per level are given (``rbdc.epochs: [E0, ..., Er]``) or derived from a total ``budget`` and the **training
+ratio** ``rbdc.ratio`` (the paper's definition is unknown, methods.md section 3), read as:
+
+- ``ratio_type: epochs`` (default): E_l = ratio * E_{l+1} (narrow models train ratio x longer than their parent);
+- ``ratio_type: flops``: FLOPs spent on level l = ratio * FLOPs spent on level l+1.
+
+:func:`level_plan` is also the plan of the growth baselines that grow once from half width (net2net, mixturegrowth).
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+from ..errors import UserError
+from .base import (BuildContext, Built, PlanData, Protocol, Stage, register, stage_name, stage_seed, target_fpi,
+                   whole_steps)
+
+
+def level_plan(recipe: dict, data: PlanData, r: int, k: int, counts: list[int] | None = None) -> list[Stage]:
+    """Levels 0..r of width 1/k**(r-l), ``counts[l]`` models each (default k**(r-l)); the models of level l grow from
+    equal consecutive groups of level l-1."""
+    if r < 1 or k < 2:
+        raise UserError(f"rbdc needs depth >= 1 and k >= 2 (got depth={r}, k={k})")
+    c = recipe["rbdc"]
+    batch, budget, what = recipe["batch_size"], data.budget, data.budget_text
+    widths = [k ** (r - lvl) for lvl in range(r + 1)]  # width divisor per level
+    counts = counts or widths
+    fpis = [target_fpi(recipe, Fraction(1, w), data.num_classes) for w in widths]
+    if c["epochs"] is not None:
+        if len(c["epochs"]) != r + 1:
+            raise UserError(f"rbdc.epochs needs {r + 1} entries (one per level 0..{r}), got {c['epochs']}")
+        level_steps = [data.steps_for(e) for e in c["epochs"]]
+    elif budget is not None:
+        weights = [c["ratio"] ** (r - lvl) for lvl in range(r + 1)]
+        if c["ratio_type"] == "epochs":
+            unit = budget / sum(w * n * f * batch for w, n, f in zip(weights, counts, fpis))
+            level_steps = [whole_steps(w * unit, f"{what} (level {lvl})") for lvl, w in enumerate(weights)]
+        elif c["ratio_type"] == "flops":
+            per_level = [budget * w / sum(weights) for w in weights]
+            level_steps = [whole_steps(b / (n * f * batch), f"{what} (level {lvl})")
+                           for lvl, (b, n, f) in enumerate(zip(per_level, counts, fpis))]
+        else:
+            raise UserError(f"rbdc.ratio_type must be epochs or flops, got {c['ratio_type']!r}")
+        # the last level absorbs the rounding of the others, so the total lands within half a final step
+        spent = sum(st * n * f * batch for st, n, f in zip(level_steps[:-1], counts, fpis))
+        level_steps[-1] = whole_steps((budget - spent) / (counts[-1] * fpis[-1] * batch), f"{what} (level {r})")
+    else:
+        raise UserError("rbdc needs rbdc.epochs (one per level) or a `budget`/`match`")
+    cont = c["schedule"] == "continue"
+    if c["schedule"] not in ("restart", "continue"):
+        raise UserError(f"rbdc.schedule must be restart or continue, got {c['schedule']!r}")
+    warm = data.warmup_steps
+    lineage = sum(level_steps)
+    stages: list[Stage] = []
+    ids: list[list[str]] = []
+    for lvl, (n, f, st) in enumerate(zip(counts, fpis, level_steps)):
+        factor = Fraction(1, widths[lvl])
+        ids.append([f"L{lvl}" if n == 1 else f"L{lvl}.{i}" for i in range(n)])
+        per = len(ids[lvl - 1]) // n if lvl else 0
+        for i in range(n):
+            stages.append(Stage(
+                ids[lvl][i], stage_name(recipe["model"], factor), st, stage_seed(recipe, lvl, i), data.lr,
+                level=lvl, factor=factor, parents=ids[lvl - 1][i * per:(i + 1) * per] if lvl else [],
+                flops_per_image=f, sched_total=lineage if cont else None,
+                sched_offset=sum(level_steps[:lvl]) if cont else 0,
+                warmup_steps=min(warm, st // 2) if (lvl == 0 or not cont) else min(warm, level_steps[0] // 2)))
+    return stages
+
+
+@register
+class RBDC(Protocol):
+    name = "rbdc"
+    color = "#d62728"
+    subject = True
+
+    def plan(self, recipe: dict, data: PlanData) -> list[Stage]:
+        return level_plan(recipe, data, recipe["rbdc"]["depth"], recipe["rbdc"]["k"])
+
+    def carries_optimizer(self, recipe: dict) -> bool:
+        return recipe["rbdc"]["optimizer"] == "carried"
+
+    def grow(self, stage: Stage, parents: list[Path], ctx: BuildContext) -> Built:
+        from ..checkpoint import load_model
+        from ..coupling import couple, couple_state
+        c = ctx.recipe["rbdc"]
+        parts = [load_model(p) for p in parents]
+        model = couple(parts, head=c["head"], norm=c["norm"], offdiag_std=c["offdiag_std"], seed=stage.seed)
+        opt_state = None
+        if self.carries_optimizer(ctx.recipe):
+            opt_state = couple_state(parts, [ctx.optimizer_state(p) for p in stage.parents], model, head=c["head"])
+        ctx.log(f"[{stage.id}] {', '.join(stage.parents)} -> {stage.model_name}: coupled (head={c['head']}, "
+                f"norm={c['norm']}, optimizer={c['optimizer']})")
+        return Built(model, opt_state)

@@ -1,0 +1,190 @@
+"""Reading run directories: which folders are finished runs, and their results and accuracy curves."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from rbdc.errors import UserError
+
+
+RESULTS_FILE = 'results.json'
+SUMMARY_FILE = 'summary.csv'
+RECIPE_FILE = 'recipe.yaml'
+FAILED_FILE = 'failed.json'
+REQUIRED_RESULT_KEYS = ('name', 'protocol', 'group', 'seed', 'model', 'dataset', 'eval_top1', 'total_train_flops')
+REQUIRED_SUMMARY_COLUMNS = ('stage', 'epoch', 'eval_top1', 'cum_train_flops')
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run directory as read from disk.
+
+    Attributes:
+        path: The run directory.
+        results: Parsed ``results.json``.
+        curve: ``(stage, cum_train_flops, eval_top1)`` per ``summary.csv`` row, in file order.
+    """
+    path: Path
+    results: dict
+    curve: tuple[tuple[str, float, float], ...]
+
+    @property
+    def group(self) -> str:
+        return str(self.results['group'])
+
+    @property
+    def protocol(self) -> str:
+        return str(self.results['protocol'])
+
+
+def discover_run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expands run directories and parent folders into the sorted list of finished run directories they hold
+    (see :func:`scan_run_dirs`)."""
+    return scan_run_dirs(paths)[0]
+
+
+def _why_skipped(run_dir: Path, files: list[str]) -> str | None:
+    """Why a run directory cannot enter a report (None: it can): it failed, or it has not finished."""
+    if FAILED_FILE in files:
+        try:
+            info = json.loads((run_dir / FAILED_FILE).read_text(encoding='utf-8'))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            info = {}
+        info = info if isinstance(info, dict) else {}
+        where = ' '.join(f'{k} {info[k]}' for k in ('stage', 'step') if info.get(k) is not None)
+        return f'failed{" at " + where if where else ""}: {info.get("reason") or "see its failed.json"}'
+    if RESULTS_FILE not in files:
+        return 'unfinished (no results.json): resume it with the same rbdc train command'
+    return None
+
+
+def scan_run_dirs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The run directories under run directories and parent folders: those a report may use, and those it must
+    skip with the reason.
+
+    A run directory is a folder holding ``results.json``, ``recipe.yaml`` or ``failed.json``; one without
+    ``results.json`` has not finished, one with ``failed.json`` failed (diverged, or stopped on an error). The
+    search does not descend into a run directory, so anything a run keeps below itself is not counted as a run.
+
+    Args:
+        paths: Run directories or folders above them.
+
+    Returns:
+        ``(finished, skipped)``: unique finished run directories sorted by path, and ``(run_dir, reason)`` of the
+        skipped ones.
+
+    Raises:
+        UserError: A path does not exist, is not a folder, or holds no finished run directory.
+    """
+    found: set[Path] = set()
+    skipped: dict[Path, str] = {}
+    for p in paths:
+        path = Path(p)
+        if not path.exists():
+            raise UserError(f'run directory {path} does not exist: pass a run directory (holding {RESULTS_FILE}) '
+                            'or a folder above run directories')
+        if not path.is_dir():
+            raise UserError(f'{path} is not a directory: pass a run directory (holding {RESULTS_FILE}) '
+                            'or a folder above run directories')
+        here = []
+        for dirpath, dirnames, filenames in os.walk(path):
+            if not {RESULTS_FILE, RECIPE_FILE, FAILED_FILE} & set(filenames):
+                continue
+            dirnames.clear()
+            why = _why_skipped(Path(dirpath), filenames)
+            if why:
+                skipped[Path(dirpath).resolve()] = why
+            else:
+                here.append(Path(dirpath).resolve())
+        if not here:
+            listed = ''.join(f'; {d}: {why}' for d, why in sorted(skipped.items()) if d.is_relative_to(path.resolve()))
+            raise UserError(f'no finished run directory under {path}: no folder there holds {RESULTS_FILE} without '
+                            f'{FAILED_FILE}{listed}')
+        found.update(here)
+    return sorted(found), sorted(skipped.items())
+
+
+def _number(value, key: str, where: Path, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f'{where}: "{key}" must be a finite number, got {value!r}; fix or re-run the run that wrote it')
+    return float(value)
+
+
+def load_run(run_dir: str | os.PathLike) -> Run:
+    """Reads and checks one run directory.
+
+    Args:
+        run_dir: Folder holding ``results.json`` and ``summary.csv``.
+
+    Returns:
+        The run.
+
+    Raises:
+        UserError: A file is missing or unreadable, or a required key or column is missing or invalid; the message
+            names the file.
+    """
+    run_dir = Path(run_dir)
+    results_path = run_dir / RESULTS_FILE
+    summary_path = run_dir / SUMMARY_FILE
+    if not results_path.is_file():
+        raise UserError(f'{results_path} is missing: {run_dir} is not a finished run directory')
+    try:
+        results = json.loads(results_path.read_text(encoding='utf-8'))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f'{results_path} is not valid JSON ({e}); re-run or restore the run') from None
+    if not isinstance(results, dict):
+        raise UserError(f'{results_path} must hold a JSON object, got {type(results).__name__}')
+    missing = [k for k in REQUIRED_RESULT_KEYS if k not in results]
+    if missing:
+        raise UserError(f'{results_path} lacks {", ".join(missing)}; it was not written by the rbdc training engine '
+                        'or is from an older version')
+    for key in ('name', 'protocol', 'group', 'model', 'dataset'):
+        if not isinstance(results[key], str) or not results[key]:
+            raise UserError(f'{results_path}: "{key}" must be a non-empty string, got {results[key]!r}')
+    if isinstance(results['seed'], bool) or not isinstance(results['seed'], int):
+        raise UserError(f'{results_path}: "seed" must be an integer, got {results["seed"]!r}')
+    _number(results['eval_top1'], 'eval_top1', results_path)
+    if _number(results['total_train_flops'], 'total_train_flops', results_path) <= 0:
+        raise UserError(f'{results_path}: "total_train_flops" must be positive, got {results["total_train_flops"]!r}')
+    for key in ('eval_top5', 'total_train_gmac_epochs', 'wall_s', 'peak_mem_mb'):
+        _number(results.get(key), key, results_path, allow_none=True)
+
+    if not summary_path.is_file():
+        raise UserError(f'{summary_path} is missing: {run_dir} is not a complete run directory')
+    try:
+        text = summary_path.read_text(encoding='utf-8')
+        reader = csv.DictReader(io.StringIO(text, newline=''))
+        columns = [c.strip() for c in reader.fieldnames or ()]
+        rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f'{summary_path} is not a readable CSV ({e})') from None
+    if text and not text.endswith('\n'):
+        raise UserError(f'{summary_path} is truncated (its last row has no line end); resume the run with the same '
+                        f'rbdc train command, which rewrites it')
+    missing = [c for c in REQUIRED_SUMMARY_COLUMNS if c not in columns]
+    if missing:
+        raise UserError(f'{summary_path} lacks column(s) {", ".join(missing)} (header: {",".join(columns)})')
+    if not rows:
+        raise UserError(f'{summary_path} has a header but no epoch rows')
+    curve = []
+    for i, row in enumerate(rows, start=2):
+        if None in row or None in row.values():  # more or fewer fields than the header
+            raise UserError(f'{summary_path} line {i} does not have the header\'s {len(columns)} fields; the file is '
+                            f'damaged: resume the run with the same rbdc train command, which rewrites it')
+        row = {k.strip(): v.strip() for k, v in row.items()}
+        try:
+            flops = float(row['cum_train_flops']) if row['cum_train_flops'] else math.nan
+            top1 = float(row['eval_top1']) if row['eval_top1'] else math.nan  # epochs without eval stay blank
+        except ValueError:
+            raise UserError(f'{summary_path} line {i}: cum_train_flops/eval_top1 must be numbers, '
+                            f'got {row["cum_train_flops"]!r}/{row["eval_top1"]!r}') from None
+        curve.append((row['stage'], flops, top1))
+    return Run(path=run_dir, results=results, curve=tuple(curve))

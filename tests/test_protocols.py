@@ -1,0 +1,60 @@
+"""The protocol registry: a protocol is one class registered from one file; recipes, runs and reports take it."""
+import csv
+from pathlib import Path
+
+import pytest
+
+from rbdc import recipe as recipes
+from rbdc import report, train
+from rbdc.checkpoint import load_model
+from rbdc.errors import UserError
+from rbdc.protocols import Built, Protocol, Stage, base, names, register
+
+CI = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes" / "ci"
+
+
+@pytest.fixture
+def twostep(monkeypatch):
+    """A new protocol, as a new file would add it: the target trained in two stages, the second from the first."""
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+
+    @register
+    class TwoStep(Protocol):
+        name = "twostep"
+        color = "#123456"
+
+        def plan(self, recipe, data):
+            half = data.steps_for(recipe["epochs"] / 2)
+            return [Stage(sid, recipe["model"], half, recipe["seed"] + i, data.lr, parents=["A"] if i else [],
+                          flops_per_image=base.target_fpi(recipe, 1, data.num_classes))
+                    for i, sid in enumerate("AB")]
+
+        def grow(self, stage, parents, ctx):
+            return Built(load_model(parents[0]))
+
+    return TwoStep
+
+
+def test_the_registry_holds_every_protocol_in_the_report_order():
+    assert names() == ("scratch", "rbdc", "net2net", "gradmax", "mixturegrowth", "diffusionblocks")
+
+
+def test_a_protocol_registered_twice_is_refused(twostep):
+    with pytest.raises(ValueError, match="registered twice"):
+        register(twostep)
+
+
+def test_an_unknown_protocol_is_refused_naming_the_registered_ones(twostep):
+    with pytest.raises(UserError, match="unknown protocol 'nope'; choose one of scratch, rbdc, .*twostep"):
+        recipes.resolve(CI / "scratch.yaml", protocol="nope")
+
+
+def test_a_new_protocol_trains_and_reports_with_no_change_elsewhere(twostep, tmp_path):
+    res = train.run_recipe(str(CI / "scratch.yaml"), str(tmp_path), log=lambda *a, **k: None, protocol="twostep",
+                           epochs=2, name="ci/twostep")
+    assert res["protocol"] == "twostep" and [s["stage"] for s in res["stages"]] == ["A", "B"]
+    rows = list(csv.DictReader((tmp_path / "ci" / "twostep" / "seed0" / "summary.csv").open()))
+    last_a = [r for r in rows if r["stage"] == "A"][-1]
+    grown = next(r for r in rows if r["stage"] == "B" and r["epoch"] == "-1")
+    assert grown["eval_top1"] == last_a["eval_top1"] and grown["eval_loss"] == last_a["eval_loss"]  # B starts at A
+    assert names()[-1] == "twostep" and report.protocol_colors(["twostep", "other"])["twostep"] == "#123456"
