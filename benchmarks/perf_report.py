@@ -296,7 +296,8 @@ def render(runs: list[dict]) -> str:
                 for b in vit:
                     f = gemm_fraction(b)
                     out += [(f"- ViT proxy (rbdc_vit_nano_patch4_32) on its study path: {100 * f:.0f}% of the "
-                             f"fp32 GEMM rate; target >= {100 * GEMM_FRACTION_TARGET:.0f}% "
+                             f"{b['extra_info'].get('amp', 'fp32')} GEMM rate (its precision); target >= "
+                             f"{100 * GEMM_FRACTION_TARGET:.0f}% "
                              f"({'met' if f >= GEMM_FRACTION_TARGET else 'not met'})."), ""]
         if "forward" in by_group:
             out += ["### Forward throughput (eval, no autograd)", ""] + _forward(by_group["forward"]) + [""]

@@ -28,9 +28,10 @@ VIT_64 = "benchmarks/recipes/imagenette/base-vit-mini.yaml"
 def _cpu_cases(model: str, recipe: str, steps: int, vit: bool, compile_: bool) -> list[PathCase]:
     """The study path of ``model`` and its one-change variants."""
     base = PathCase("cpu", model, 32, recipe, steps=steps, study=True,
-                    **({"fused_attn": False} if vit else {"channels_last": True}))
-    changes = [{"fused_attn": True} if vit else {"channels_last": False}, {"amp": "bf16"}, {"threads": 2},
-               {"procs": 2}] + ([{"compile": True}] if compile_ else [])
+                    **({"fused_attn": False, "amp": "bf16"} if vit else {"channels_last": True}))
+    first = ([{"amp": "fp32"}, {"amp": "fp32", "fused_attn": True}, {"fused_attn": True}] if vit else
+             [{"channels_last": False}, {"amp": "bf16"}])
+    changes = first + [{"threads": 2}, {"procs": 2}] + ([{"compile": True}] if compile_ else [])
     return [base] + [replace(base, study=False, **change) for change in changes]
 
 
