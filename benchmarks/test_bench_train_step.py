@@ -37,11 +37,12 @@ class Case:
     steps: int = 1        # optimizer steps per timed round (several on a GPU, so one sync covers many launches)
     rounds: int = 20
     fused_attn: bool | None = None   # ViTs: the attention kernel (None: timm's choice, fused SDPA)
+    amp: str = "auto"                # the recipe's amp: auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
 
     def __str__(self) -> str:
         attn = "" if self.fused_attn is None else ("-fusedattn" if self.fused_attn else "-explicitattn")
         return f"{self.device}-{self.model}-{self.img_size}px-b{self.batch}" + ("-compile" if self.compile else "") \
-            + attn
+            + attn + ("" if self.amp == "auto" else f"-{self.amp}")
 
 
 CASES = [
@@ -50,6 +51,7 @@ CASES = [
     Case("cpu", "test_rbdc_resnet", 64, 16, rounds=40),
     # The 32-px study's ViT on the path it runs (batch 128, explicit attention).
     Case("cpu", "rbdc_vit_nano_patch4_32", 32, 128, rounds=20, fused_attn=False),
+    Case("cpu", "rbdc_vit_nano_patch4_32", 32, 128, rounds=20, fused_attn=False, amp="bf16"),  # the study path
     # GPU (bf16): the targets, and the Imagenette study model at its batch.
     Case("cuda", "deit_small_patch16_224", 224, 256, 1000, steps=10, rounds=10),
     Case("cuda", "deit_base_patch16_224", 224, 256, 1000, steps=10, rounds=10),
@@ -80,7 +82,7 @@ def _sides(case: Case) -> tuple[torch.device, dict]:
     device = require_device(case.device)
     reference = _reference_model(case)
     recipe = {**DEFAULTS, "model": case.model, "batch_size": case.batch, "compile": case.compile,
-              "fused_attn": case.fused_attn, "mixup": 0.0, "cutmix": 0.0, "smoothing": 0.0, "clip_grad": None,
+              "fused_attn": case.fused_attn, "amp": case.amp, "mixup": 0.0, "cutmix": 0.0, "smoothing": 0.0, "clip_grad": None,
               "ema": False}
     # The engine's own choices: bf16 on CUDA, fused AdamW on CUDA, channels_last for CNNs on CUDA.
     bf16 = isinstance(autocast_for(recipe, device), torch.autocast)
