@@ -82,7 +82,8 @@ def _sides(case: Case) -> tuple[torch.device, dict]:
     device = require_device(case.device)
     reference = _reference_model(case)
     recipe = {**DEFAULTS, "model": case.model, "batch_size": case.batch, "compile": case.compile,
-              "fused_attn": case.fused_attn, "amp": case.amp, "mixup": 0.0, "cutmix": 0.0, "smoothing": 0.0, "clip_grad": None,
+              "fused_attn": case.fused_attn, "amp": case.amp, "mixup": 0.0, "cutmix": 0.0, "smoothing": 0.0,
+              "clip_grad": None,
               "ema": False}
     # The engine's own choices: bf16 on CUDA, fused AdamW on CUDA, channels_last for CNNs on CUDA.
     bf16 = isinstance(autocast_for(recipe, device), torch.autocast)
