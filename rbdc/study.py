@@ -174,7 +174,7 @@ def load_study(path: str | Path) -> Study:
 def planned_flops(run: StudyRun) -> float:
     """The run's total training FLOPs from its plan (no data read where the dataset size is known)."""
     from . import recipe as recipes
-    from .protocols import plan_stages
+    from .protocols.planning import plan_stages, stage_flops
     from .train import KNOWN_CLASSES, KNOWN_TRAIN_SIZES
     rec = recipes.resolve(run.recipe, list(run.overrides), seed=run.seed, name=run.name)
     source = rec["data"]["source"]
@@ -184,8 +184,7 @@ def planned_flops(run: StudyRun) -> float:
         from .train import _datasets
         train_ds, _ = _datasets(rec)
         size, ncls = len(train_ds), rec["num_classes"] or train_ds.num_classes
-    stages = plan_stages(rec, size, ncls)
-    return float(sum(s.steps * rec["batch_size"] * s.flops_per_image + s.extra_flops for s in stages))
+    return float(sum(stage_flops(plan_stages(rec, size, ncls), rec["batch_size"])))
 
 
 def _checked_plan(r: StudyRun) -> float:

@@ -38,10 +38,15 @@ def plan_stages(recipe: dict, train_size: int, num_classes: int) -> list[Stage]:
     return get(recipe["protocol"]).plan(recipe, data)
 
 
+def stage_flops(stages: list[Stage], batch: int) -> list[int]:
+    """Training FLOPs each stage spends: its steps of ``batch`` images, plus what building it cost."""
+    return [s.steps * batch * s.flops_per_image + s.extra_flops for s in stages]
+
+
 def describe_plan(recipe: dict, stages: list[Stage], train_size: int, num_classes: int) -> str:
     batch = recipe["batch_size"]
     spe = train_size // batch
-    flops = [s.steps * batch * s.flops_per_image + s.extra_flops for s in stages]
+    flops = stage_flops(stages, batch)
     total = sum(flops)
     lines = [f"{'stage':>8} {'model':>38} {'parents':>14} {'steps':>7} {'epochs':>7} {'GFLOPs/img':>10} "
              f"{'train FLOPs':>11}"]
