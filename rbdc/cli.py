@@ -169,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="overwrite the output")
     c.set_defaults(func=cmd_couple)
 
+    k = add_command(sub, "keys", "the recipe keys: default, accepted values, meaning", [
+        "rbdc keys            # every key", "rbdc keys rbdc.       # the RBDC protocol's keys"])
+    k.add_argument("pattern", nargs="?", default="", help="only keys containing this text")
+    k.set_defaults(func=lambda args: print(__import__("rbdc.recipe").recipe.describe(args.pattern)))
+
     for mod in _PLUGINS:
         try:
             module = importlib.import_module(mod)

@@ -1,7 +1,7 @@
 """The learning rate of every optimizer step: linear warm-up, then one cosine to ``min_lr``, then ``min_lr``.
 
 The cosine's period is the stage's steps after its warm-up (``anneal_to_end: true``; ``false``: the stage's steps,
-the cosine of runs made before 2026-11-23, which ended warm-up steps short of its end). A schedule that continues
+which ends warm-up steps short of ``min_lr``; older runs, see CHANGELOG.md). A schedule that continues
 along a lineage (``rbdc.schedule: continue``, GradMax) is one schedule over the lineage's steps, each stage reading
 it from its offset. The arithmetic is timm's ``CosineLRScheduler`` (``warmup_prefix=True``, one cycle) operation for
 operation, so that runs keep their exact learning rates.

@@ -7,8 +7,8 @@ digits. The images are decoded once into the disk cache (``RBDC_CACHE``), so lat
 
 By default the two runs train side by side, one thread each (``--jobs 2``), both on ``budget_epochs`` of the target:
 tiny models use a second thread poorly, so this halves the wall time on 2 cores. ``--jobs 1`` runs them one after
-the other with scratch matched to the FLOPs rbdc spent (``match:``), as before 2026-12-01; the two budgets differ
-by less than one optimizer step.
+the other with scratch matched to the FLOPs rbdc spent (``match:``); the two budgets differ by less than one
+optimizer step.
 """
 from __future__ import annotations
 

@@ -16,72 +16,134 @@ from . import protocols
 from .errors import UserError
 
 
-# Every key a recipe may set, with its default. Nested dicts (data, rbdc, aug) merge key by key.
-DEFAULTS: dict[str, Any] = {
-    "name": None,               # experiment name without the seed, e.g. imagenette-vit/rbdc-d1 (the report's group)
-    "protocol": "scratch",      # one of rbdc.protocols (scratch | rbdc | net2net | gradmax | mixturegrowth | ...)
-    "model": None,              # target timm model (the final model of every protocol)
-    "model_kwargs": {},         # extra timm kwargs (img_size, patch_size, ...)
-    "num_classes": None,        # default: the dataset's
-    "img_size": 224,
-    "seed": 0,
-    "seed_stride": 100_000,     # stage seeds: seed x seed_stride + 1000 x level + index (1 in runs before 2026-11-23)
-    "data": {"source": "imagenette", "root": None, "subset": None, "in_memory": False, "download": False,
-             "val_subset": None},
-    # optimisation (DeiT v1 defaults, scaled to the global batch: lr = lr_base * batch_size / 512)
-    "epochs": None,             # scratch: epochs; or give `budget` (training FLOPs) or `match` (a run dir)
-    "budget": None,             # training FLOPs; or budget_epochs: that many epochs of the target (its FLOPs)
-    "budget_epochs": None,
-    "match": None,
-    "batch_size": 1024,         # GLOBAL batch (all processes, all accumulation steps)
-    "micro_batch": None,        # per process per forward; default: batch_size / world size
-    "opt": "adamw",
-    "lr_base": 5e-4,
-    "weight_decay": 0.05,
-    "opt_eps": 1e-8,
-    "fused": None,              # fused AdamW (default: on CUDA)
-    "min_lr": 1e-5,
-    "warmup_epochs": 5,
-    "warmup_lr": 1e-6,
-    # true: warm-up, then a cosine that reaches min_lr on the stage's (lineage's) last step. false: the cosine
-    # ended warm-up steps short of min_lr, worst for short stages; runs made before 2026-11-23 used it (their
-    # recipe.yaml says so)
-    "anneal_to_end": True,
-    "clip_grad": None,
-    "drop_path": 0.1,
-    "smoothing": 0.1,
-    "mixup": 0.8,
-    "cutmix": 1.0,
-    "mixup_prob": 1.0,
-    "mixup_switch_prob": 0.5,
-    "aug": {"auto_augment": "rand-m9-mstd0.5-inc1", "re_prob": 0.25, "interpolation": "bicubic",
-            "color_jitter": 0.4},
-    "repeated_aug": False,
-    "ema": False,
-    "ema_decay": 0.99996,
-    "amp": "auto",              # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
-    "compile": False,
-    # attention kernel of timm ViTs: null keeps timm's choice (fused SDPA); false runs the explicit matmul-softmax
-    # path, ~6% faster per training step on this CPU for the 32-px study's ViT (head_dim 16, 65 tokens)
-    "fused_attn": None,
-    "channels_last": "auto",    # auto: on for CNNs on CUDA
-    "workers": None,
-    "eval_every": 1,            # epochs
-    "device": "auto",
-    "diffusionblocks": {},      # options of the diffusionblocks protocol (rbdc.diffusionblocks)
+class Range(NamedTuple):
+    lo: float
+    hi: float = math.inf
+    lo_inclusive: bool = True
+
+
+class Key(NamedTuple):
+    """One recipe key: its default, the Python types it accepts (``None``: null allowed), its range or allowed
+    values, and what it means."""
+    default: Any
+    types: tuple
+    allowed: Range | tuple | None = None
+    doc: str = ""
+
+
+_NUM = (int, float)
+_POS = Range(0, lo_inclusive=False)
+_NONNEG = Range(0)
+_UNIT = Range(0, 1)
+_ONE = Range(1)
+
+# The recipe schema: every key a recipe may set, dotted for the keys of nested mappings (data, growth, rbdc).
+# model_kwargs, aug and diffusionblocks are mappings whose own keys are checked by timm, the transforms and the
+# diffusionblocks model when validate() builds them.
+SCHEMA: dict[str, Key] = {
+    "name": Key(None, (str,), None, "experiment name without the seed, e.g. imagenette-vit/rbdc-d1 (the "
+                "report's group); default: MODEL/PROTOCOL"),
+    "protocol": Key("scratch", (str,), None, "one of rbdc.protocols (scratch | rbdc | net2net | gradmax | "
+                    "mixturegrowth | diffusionblocks)"),
+    "model": Key(None, (str,), None, "target timm model (the final model of every protocol)"),
+    "model_kwargs": Key({}, (dict,), None, "extra timm kwargs (img_size, patch_size, ...)"),
+    "num_classes": Key(None, (int, None), _ONE, "default: the dataset's"),
+    "img_size": Key(224, (int,), _ONE),
+    "seed": Key(0, (int,), _NONNEG),
+    "seed_stride": Key(100_000, (int,), _ONE, "stage seeds: seed x seed_stride + 1000 x level + index "
+                       "(see CHANGELOG for the value of older runs)"),
+    "data.source": Key("imagenette", (str,), None, "one of rbdc.data.SOURCES (imagenette, imagenet, imagefolder, "
+                        "cifar100, digits, synthetic)"),
+    "data.root": Key(None, (str, None), None, "dataset folder; default: RBDC_DATA or the source's default"),
+    "data.subset": Key(None, (int, None), _ONE, "train on this many images (class-balanced)"),
+    "data.in_memory": Key(False, (bool,), None, "decode once into a memory cache"),
+    "data.download": Key(False, (bool,), None),
+    "data.val_subset": Key(None, (int, None), _ONE),
+    # optimisation: DeiT v1 defaults, scaled to the global batch (lr = lr_base * batch_size / 512)
+    "epochs": Key(None, (*_NUM, None), _POS, "scratch: epochs; or give `budget` (training FLOPs) or `match` "
+                  "(a run dir)"),
+    "budget": Key(None, (*_NUM, None), _POS, "training FLOPs"),
+    "budget_epochs": Key(None, (*_NUM, None), _POS, "the budget as that many epochs of the target (its FLOPs)"),
+    "match": Key(None, (str, None), None, "a run directory whose training FLOPs this run spends"),
+    "batch_size": Key(1024, (int,), _ONE, "GLOBAL batch (all processes, all accumulation steps)"),
+    "micro_batch": Key(None, (int, None), _ONE, "per process per forward; default: batch_size / world size"),
+    "opt": Key("adamw", (str,), None, "a timm optimizer name"),
+    "lr_base": Key(5e-4, _NUM, _POS),
+    "weight_decay": Key(0.05, _NUM, _NONNEG),
+    "opt_eps": Key(1e-8, _NUM, _POS),
+    "fused": Key(None, (bool, None), None, "fused AdamW (default: on CUDA)"),
+    "min_lr": Key(1e-5, _NUM, _NONNEG),
+    "warmup_epochs": Key(5, _NUM, _NONNEG),
+    "warmup_lr": Key(1e-6, _NUM, _NONNEG),
+    "anneal_to_end": Key(True, (bool,), None, "true: warm-up, then a cosine that reaches min_lr on the stage's "
+                         "(lineage's) last step; false: the cosine ends warm-up steps short of min_lr (older "
+                         "runs, see CHANGELOG)"),
+    "clip_grad": Key(None, (*_NUM, None), _POS),
+    "drop_path": Key(0.1, _NUM, _UNIT),
+    "smoothing": Key(0.1, _NUM, _UNIT),
+    "mixup": Key(0.8, _NUM, _NONNEG),
+    "cutmix": Key(1.0, _NUM, _NONNEG),
+    "mixup_prob": Key(1.0, _NUM, _UNIT),
+    "mixup_switch_prob": Key(0.5, _NUM, _UNIT),
+    "aug": Key({"auto_augment": "rand-m9-mstd0.5-inc1", "re_prob": 0.25, "interpolation": "bicubic",
+                "color_jitter": 0.4}, (dict,), None, "timm create_transform options"),
+    "repeated_aug": Key(False, (bool,), None),
+    "ema": Key(False, (bool,), None),
+    "ema_decay": Key(0.99996, _NUM, _UNIT),
+    "amp": Key("auto", (str,), ("auto", "bf16", "fp32"), "auto: bf16 on CUDA, fp32 on CPU"),
+    "compile": Key(False, (bool,), None),
+    "fused_attn": Key(None, (bool, None), None, "attention kernel of timm ViTs: null keeps timm's choice (fused "
+                      "SDPA); false runs the explicit matmul-softmax path (faster under bf16 on CPU)"),
+    "channels_last": Key("auto", (str, bool), ("auto", True, False), "auto: on for CNNs on CUDA"),
+    "workers": Key(None, (int, None), _NONNEG),
+    "eval_every": Key(1, (int,), _ONE, "epochs"),
+    "device": Key("auto", (str,), None),
+    "diffusionblocks": Key({}, (dict,), None, "options of the diffusionblocks protocol (rbdc.diffusionblocks)"),
     # Growth baselines (net2net, mixturegrowth) reuse rbdc's level settings (epochs, ratio, ratio_type, schedule,
     # optimizer: fresh only) with depth 1: one (net2net) or two (mixturegrowth) half-width models, then grow.
     # gradmax: inner widths x start_factor, grown grow_steps times at even points of grow_span (fractions of the
     # steps), fan-out norm `scale` x the existing units' (growneuron's CIFAR config: 0.25, 12, 10k..37.5k of 78k, 0.5).
-    "growth": {"mode": "uniform", "noise_std": 0.01, "coefs": "orthogonal", "noise": 1.0, "num_templates": 2,
-               "start_factor": 0.25, "grow_steps": 12, "grow_span": [0.125, 0.5], "scale": 0.5},
-    # RBDC protocol
-    "rbdc": {"depth": 1, "k": 2, "epochs": None, "ratio": 1.5, "ratio_type": "epochs", "head": "mean",
-             "norm": "plain", "offdiag_std": 0.0, "optimizer": "fresh", "schedule": "restart", "jobs": 1},
+    "growth.mode": Key("uniform", (str,), None, "net2net: how new units copy old ones"),
+    "growth.noise_std": Key(0.01, _NUM, _NONNEG, "net2net: symmetry-breaking noise"),
+    "growth.coefs": Key("orthogonal", (str,), None, "mixturegrowth: template coefficients"),
+    "growth.noise": Key(1.0, _NUM, _NONNEG, "mixturegrowth"),
+    "growth.num_templates": Key(2, (int,), _ONE, "mixturegrowth"),
+    "growth.start_factor": Key(0.25, _NUM, Range(0, 1, False), "gradmax: starting fraction of the inner widths"),
+    "growth.grow_steps": Key(12, (int,), _ONE, "gradmax"),
+    "growth.grow_span": Key([0.125, 0.5], (list,), None, "gradmax: [first, last] growth as fractions of the steps"),
+    "growth.scale": Key(0.5, _NUM, _POS, "gradmax: fan-out norm of new units relative to the existing ones"),
+    # the RBDC protocol
+    "rbdc.depth": Key(1, (int,), _ONE, "recursive coupling steps"),
+    "rbdc.k": Key(2, (int,), Range(2), "parts coupled per step"),
+    "rbdc.epochs": Key(None, (list, None), None, "epochs per level [E0, ..., Er], level 0 the narrowest; default: "
+                       "from the budget and ratio"),
+    "rbdc.ratio": Key(1.5, _NUM, _POS, "training ratio: E_l = ratio x E_(l+1) (ratio_type epochs) or FLOPs "
+                      "of level l = ratio x those of level l+1 (ratio_type flops)"),
+    "rbdc.ratio_type": Key("epochs", (str,), ("epochs", "flops")),
+    "rbdc.head": Key("mean", (str,), ("mean", "sum"), "how the coupled head combines the parts' logits"),
+    "rbdc.norm": Key("plain", (str,), ("plain", "grouped"), "LayerNorm of the coupled model"),
+    "rbdc.offdiag_std": Key(0.0, _NUM, _NONNEG, "init std of the off-diagonal blocks"),
+    "rbdc.optimizer": Key("fresh", (str,), ("fresh", "carried"), "AdamW state after coupling"),
+    "rbdc.schedule": Key("restart", (str,), ("restart", "continue"), "lr schedule after coupling"),
+    "rbdc.jobs": Key(1, (int,), _ONE, "train a level's independent parts in this many processes"),
 }
+_LISTS = {"rbdc.epochs": _POS, "growth.grow_span": _UNIT}  # lists of numbers in these ranges
+FREE_FORM = tuple(k for k, key in SCHEMA.items() if key.types == (dict,))  # mappings whose keys are not checked here
 
 
-FREE_FORM = ("model_kwargs", "aug", "diffusionblocks")  # dicts whose keys are not checked here
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        *parents, leaf = dotted.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+# Every key a recipe may set, with its default, as the nested mapping a resolved recipe is.
+DEFAULTS: dict[str, Any] = _nest({k: key.default for k, key in SCHEMA.items()})
 
 
 class Loader(yaml.SafeLoader):
@@ -94,52 +156,6 @@ Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-
 
 def load_yaml(text: str):
     return yaml.load(text, Loader=Loader)
-
-
-class Range(NamedTuple):
-    lo: float
-    hi: float = math.inf
-    lo_inclusive: bool = True
-
-
-# Types and ranges (or allowed values) of the keys, dotted for nested ones. A type is a tuple of accepted Python
-# types (None: null allowed).
-_NUM = (int, float)
-_POS = Range(0, lo_inclusive=False)
-_NONNEG = Range(0)
-_UNIT = Range(0, 1)
-_ONE = Range(1)
-SPEC: dict[str, tuple] = {
-    "name": ((str,), None), "protocol": ((str,), None), "model": ((str,), None), "model_kwargs": ((dict,), None),
-    "num_classes": ((int, None), _ONE), "img_size": ((int,), _ONE),
-    "seed": ((int,), _NONNEG), "seed_stride": ((int,), _ONE),
-    "data.source": ((str,), None), "data.root": ((str, None), None), "data.subset": ((int, None), _ONE),
-    "data.in_memory": ((bool,), None), "data.download": ((bool,), None),
-    "data.val_subset": ((int, None), _ONE),
-    "epochs": ((*_NUM, None), _POS), "budget": ((*_NUM, None), _POS), "budget_epochs": ((*_NUM, None), _POS),
-    "match": ((str, None), None), "batch_size": ((int,), _ONE),
-    "micro_batch": ((int, None), _ONE), "opt": ((str,), None), "lr_base": (_NUM, _POS),
-    "weight_decay": (_NUM, _NONNEG), "opt_eps": (_NUM, _POS), "fused": ((bool, None), None), "min_lr": (_NUM, _NONNEG),
-    "warmup_epochs": (_NUM, _NONNEG), "warmup_lr": (_NUM, _NONNEG), "anneal_to_end": ((bool,), None),
-    "clip_grad": ((*_NUM, None), _POS), "drop_path": (_NUM, _UNIT), "smoothing": (_NUM, _UNIT),
-    "mixup": (_NUM, _NONNEG), "cutmix": (_NUM, _NONNEG), "mixup_prob": (_NUM, _UNIT),
-    "mixup_switch_prob": (_NUM, _UNIT), "aug": ((dict,), None), "repeated_aug": ((bool,), None),
-    "ema": ((bool,), None), "ema_decay": (_NUM, _UNIT), "amp": ((str,), ("auto", "bf16", "fp32")),
-    "compile": ((bool,), None), "fused_attn": ((bool, None), None),
-    "channels_last": ((str, bool), ("auto", True, False)),
-    "workers": ((int, None), _NONNEG), "eval_every": ((int,), _ONE), "device": ((str,), None),
-    "diffusionblocks": ((dict,), None),
-    "growth.mode": ((str,), None), "growth.noise_std": (_NUM, _NONNEG), "growth.coefs": ((str,), None),
-    "growth.noise": (_NUM, _NONNEG), "growth.num_templates": ((int,), _ONE),
-    "growth.start_factor": (_NUM, Range(0, 1, False)), "growth.grow_steps": ((int,), _ONE),
-    "growth.grow_span": ((list,), None), "growth.scale": (_NUM, _POS),
-    "rbdc.depth": ((int,), _ONE), "rbdc.k": ((int,), Range(2)),
-    "rbdc.epochs": ((list, None), None), "rbdc.ratio": (_NUM, _POS), "rbdc.ratio_type": ((str,), ("epochs", "flops")),
-    "rbdc.head": ((str,), ("mean", "sum")), "rbdc.norm": ((str,), ("plain", "grouped")),
-    "rbdc.offdiag_std": (_NUM, _NONNEG), "rbdc.optimizer": ((str,), ("fresh", "carried")),
-    "rbdc.schedule": ((str,), ("restart", "continue")), "rbdc.jobs": ((int,), _ONE),
-}
-_LISTS = {"rbdc.epochs": _POS, "growth.grow_span": _UNIT}  # lists of numbers in these ranges
 
 
 def _type_name(types: tuple) -> str:
@@ -169,9 +185,9 @@ def _check_value(key: str, value, types: tuple, allowed) -> None:
 
 
 def validate(recipe: dict) -> None:
-    """Every key's type and range (:data:`SPEC`), the options of ``aug`` and ``diffusionblocks``, and that
+    """Every key's type and range (:data:`SCHEMA`), the options of ``aug`` and ``diffusionblocks``, and that
     ``model`` with ``model_kwargs`` builds; one line naming the key on the first problem."""
-    for key, (types, allowed) in SPEC.items():
+    for key, (_, types, allowed, _) in SCHEMA.items():
         node = recipe
         for part in key.split("."):
             node = node[part]
@@ -179,7 +195,9 @@ def validate(recipe: dict) -> None:
         if key in _LISTS and node is not None:
             for v in node:
                 _check_value(f"{key} entries", v, _NUM, _LISTS[key])
+    from .data.datasets import SOURCES
     from .data.loaders import _check_aug
+    _check_value("data.source", recipe["data"]["source"], (str,), SOURCES)
     try:
         _check_aug(recipe["aug"])
     except ValueError as e:
@@ -269,6 +287,22 @@ def resolve(path: str | Path | None = None, overrides: list[str] = (), **fields)
     recipe["name"] = recipe["name"] or f"{recipe['model']}/{recipe['protocol']}"
     validate(recipe)
     return recipe
+
+
+def describe(pattern: str = "") -> str:
+    """The schema as text, one key per line (default, accepted values, meaning), for ``rbdc keys``."""
+    def allowed(key: Key) -> str:
+        if isinstance(key.allowed, Range):
+            lo = (">= " if key.allowed.lo_inclusive else "> ") + format(key.allowed.lo, "g")
+            return lo + ("" if key.allowed.hi == math.inf else f", <= {key.allowed.hi:g}")
+        if key.allowed:
+            return " | ".join(map(str, key.allowed))
+        return _type_name(key.types)
+    rows = [(k, json.dumps(key.default), allowed(key), key.doc) for k, key in SCHEMA.items() if pattern in k]
+    if not rows:
+        raise UserError(f"no recipe key contains {pattern!r}; `rbdc keys` lists them all")
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(f"{k:<{widths[0]}}  {d:<{widths[1]}}  {a:<{widths[2]}}  {doc}".rstrip() for k, d, a, doc in rows)
 
 
 def dump(recipe: dict) -> str:
