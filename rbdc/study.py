@@ -28,16 +28,14 @@ import itertools
 import json
 import math
 import os
-import queue
-import subprocess
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from . import pool
 from .errors import UserError
 from .recipe import load_yaml
 from .units import human_flops, human_time
@@ -195,18 +193,13 @@ def _checked_plan(r: StudyRun) -> float:
         raise UserError(f"{r.name} seed {r.seed} ({r.recipe}, {' '.join(r.overrides)}): {e}") from e
 
 
-def _child_env(threads: int, slot: int, jobs: int, nproc: int = 1) -> dict:
-    """The environment of the run in pool slot ``slot``: its threads, this checkout's code, and where there are
-    several GPUs, its own share of them (runs share one GPU when there are more runs than GPUs)."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    import torch
-    visible = env.get("CUDA_VISIBLE_DEVICES")
-    gpus = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
-    if len(gpus) > 1:
-        per = max(nproc, len(gpus) // jobs)
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[(slot * per + i) % len(gpus)] for i in range(per))
-    return env
+def _outcome(r: StudyRun, output: Path):
+    def read() -> tuple[bool, str]:
+        if r.status(output) != "done":
+            return False, ""
+        res = json.loads((r.run_dir(output) / "results.json").read_text())
+        return True, f"top-1 {res['eval_top1']:.2f} at {human_flops(res['total_train_flops'])}"
+    return read
 
 
 def run_local(study: Study, output: Path, runs: list[StudyRun], jobs: int, threads: int, log=print,
@@ -225,59 +218,15 @@ def run_local(study: Study, output: Path, runs: list[StudyRun], jobs: int, threa
         log(f"skipping {r.name} seed {r.seed}: failed earlier ({reason}); --retry-failed runs it again")
     log(f"study {study.name}: {total} runs, {done_before} done, {len(todo)} to run "
         f"({human_flops(sum(cost[r] for r in todo))} of training) as {jobs} x {threads} thread(s) -> {output}")
-    finished, failed = [], []
-    rate: list[tuple[float, float]] = []  # (flops, seconds) of the runs finished here: the ETA's speed per slot
-
-    slots: queue.Queue = queue.Queue()
-    for i in range(jobs):
-        slots.put(i)
-
-    def one(r: StudyRun) -> tuple[StudyRun, int, float]:
-        slot = slots.get()
-        try:
-            return _run_one(r, slot)
-        finally:
-            slots.put(slot)
-
-    def _run_one(r: StudyRun, slot: int) -> tuple[StudyRun, int, float]:
-        d = r.run_dir(output)
-        d.mkdir(parents=True, exist_ok=True)  # a retried run's failed.json stays: train clears it on success and
-        # refuses to resume a diverged run (it would replay the same steps)
-        t0 = time.time()
-        with open(d / "train.log", "a") as f:
-            f.write(f"\n=== rbdc study {study.name}: {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
-            f.flush()
-            launch = [sys.executable, "-m"] if study.nproc == 1 else [
-                sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={study.nproc}",
-                "-m"]
-            cmd = [*launch, "rbdc.cli", *r.train_args(output)]
-            env = _child_env(threads, slot, jobs, study.nproc)
-            rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        return r, rc, time.time() - t0
-
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        pending = {pool.submit(one, r) for r in todo}
-        while pending:
-            complete, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in complete:
-                r, rc, dt = fut.result()
-                n_done = done_before + len(finished) + len(failed) + 1
-                left = [x for x in todo if x not in finished and x not in failed and x is not r]
-                if rc == 0 and r.status(output) == "done":
-                    finished.append(r)
-                    rate.append((cost[r], dt))
-                    res = json.loads((r.run_dir(output) / "results.json").read_text())
-                    what = f"top-1 {res['eval_top1']:.2f} at {human_flops(res['total_train_flops'])}"
-                else:
-                    failed.append(r)
-                    tail = (r.run_dir(output) / "train.log").read_text().strip().splitlines()[-1:]
-                    what = f"FAILED (exit {rc}): {tail[0] if tail else ''}; log {r.run_dir(output) / 'train.log'}"
-                eta = ""
-                if rate:
-                    speed = sum(f for f, _ in rate) / sum(t for _, t in rate)  # FLOP/s of one slot
-                    eta = f" | ETA {human_time(sum(cost[x] for x in left) / (speed * jobs))}"
-                log(f"[{n_done}/{total}] {r.name} seed {r.seed}: {what} in {human_time(dt)}{eta}", flush=True)
-    return failed
+    # a retried run's failed.json stays: train clears it on success and refuses to resume a diverged run (it would
+    # replay the same steps)
+    pending = [pool.Job(key=r, label=f"{r.name} seed {r.seed}", argv=("rbdc.cli", *r.train_args(output)),
+                        log=r.run_dir(output) / "train.log", cost=cost[r], outcome=_outcome(r, output),
+                        header=f"\n=== rbdc study {study.name}: {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
+               for r in todo]
+    failed = pool.run(pending, jobs=jobs, threads=threads, total=total, done_before=done_before, nproc=study.nproc,
+                      log=log)
+    return [job.key for job in failed]
 
 
 def summary(study: Study, output: Path) -> str:
