@@ -10,6 +10,8 @@ from PIL import Image
 
 from rbdc import data as D
 from rbdc.data import DataError, build_dataset, build_loader
+from rbdc.data.datasets import _subset_positions
+from rbdc.data.seeds import numpy_rng
 from rbdc.errors import UserError
 
 _USER_CACHE = os.environ.get("RBDC_CACHE")  # read before the autouse fixture replaces it
@@ -239,6 +241,14 @@ def test_subset_is_deterministic_per_class(tmp_path):
     assert len(build_dataset("imagefolder", str(root), subset=100)) == 18
     syn = build_dataset("synthetic", img_size=8, num_images=40, num_classes=4, subset=3, seed=1)
     assert np.bincount(syn.targets).tolist() == [3, 3, 3, 3]
+
+
+def test_subset_is_the_permutation_of_numpy_rng_per_class():
+    """Which images a subset keeps is a recorded stream: numpy_rng(seed, class)'s permutation, a prefix per class."""
+    targets = [i % 3 for i in range(30)]  # class c holds positions c, c + 3, ..., c + 27
+    expected = sorted(c + 3 * int(j) for c in range(3) for j in numpy_rng(5, c).permutation(10)[:4])
+    assert _subset_positions(targets, 4, seed=5) == expected
+    assert _subset_positions(targets, 4, seed=6) != expected
 
 
 def test_repeated_aug_repeats_each_image_three_times():

@@ -19,7 +19,7 @@ from PIL import Image
 from .cache import build_memory_cache
 from .datasets import MEMORY_DEFAULT_SCALE, DataError
 from .samplers import _ShuffleSampler, _TaggedSampler, _Transformed, _seeded_sampler
-from .seeds import _mix
+from .seeds import mix_seed
 from .workers import _cpu_count, _worker_errors
 
 
@@ -115,7 +115,7 @@ class MemoryLoader(Loader):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # the epoch's order goes to the device once, so slicing a batch's indices never waits on the GPU
         order = _to_device(torch.tensor(list(self.sampler), dtype=torch.int64), self.device)
-        gen = torch.Generator().manual_seed(_mix(self.seed, self.epoch, self.rank, 0xA06))
+        gen = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, self.rank, 0xA06))
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             x = self.images[idx].float()
