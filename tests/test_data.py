@@ -1,5 +1,7 @@
 """Specification of rbdc.data: layouts and their errors, determinism, in-memory cache, generated and real datasets."""
 import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -241,6 +243,27 @@ def test_subset_is_deterministic_per_class(tmp_path):
     assert len(build_dataset("imagefolder", str(root), subset=100)) == 18
     syn = build_dataset("synthetic", img_size=8, num_images=40, num_classes=4, subset=3, seed=1)
     assert np.bincount(syn.targets).tolist() == [3, 3, 3, 3]
+
+
+def test_posterize_patch_comes_with_the_train_transform_not_the_import():
+    """Importing rbdc.data leaves timm alone; building a streaming train transform patches it (on a Pillow that needs
+    it), and RandAugment's posterize to 0 bits then gives a black image instead of raising."""
+    script = """
+import pickle
+from PIL import Image
+import timm.data.auto_augment as aa
+import rbdc.data
+print(all(aa.NAME_TO_OP[n] is aa.posterize for n in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal")))
+ds = rbdc.data.build_dataset("synthetic", img_size=8, num_images=8)
+loader = rbdc.data.build_loader(ds, batch_size=4, train=True, img_size=8, num_workers=0,
+                                aug={"auto_augment": "rand-m9-mstd0.5-inc1"})
+op = aa.AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10)  # 4 - 4 = 0 bits kept
+print(op(Image.new("RGB", (4, 4), (200, 100, 50))).getextrema() == ((0, 0),) * 3)
+print(rbdc.data.patch_timm_posterize() == (aa.NAME_TO_OP["Posterize"] is not aa.posterize))
+pickle.dumps(loader.transform)  # spawned workers get it pickled
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True", "True"]
 
 
 def test_subset_is_the_permutation_of_numpy_rng_per_class():
