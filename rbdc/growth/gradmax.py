@@ -61,6 +61,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checkpoint import register_rebuild
 from ..models import arch_of, scaled
 from .macs import count_flops_by_hooks, count_macs
 from .optimizer_state import grow_optimizer_state  # noqa: F401  (re-exported: part of the GradMax protocol)
@@ -132,6 +133,9 @@ def gradmax_model(name: str, widths: dict[str, int], seed: int | None = None, **
     use_relu1(model, [s.act for s in inner if s.norm is not None])
     model.rbdc_arch = {**full.rbdc_arch, "inner_widths": inner_widths(model)}
     return count_flops_by_hooks(model)
+
+
+register_rebuild("inner_widths", gradmax_model)  # checkpoints of grown models name their inner widths
 
 
 def gradmax_start(name: str, factor: Fraction | float, seed: int | None = None, **timm_kwargs) -> nn.Module:
