@@ -9,7 +9,6 @@ weights stay in the run directory they came from (its path is in command.txt / m
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,6 +28,7 @@ STUDIES = {"imagenette32": REPO / "benchmarks" / "studies" / "imagenette32.yaml"
 
 
 def sync(src_root: Path) -> list[Path]:
+    from rbdc.rundir import atomic_write_bytes
     copied = []
     for results in sorted(src_root.rglob("results.json")):
         run_dir = results.parent
@@ -36,10 +36,9 @@ def sync(src_root: Path) -> list[Path]:
         if rel.parts[0] not in {f for folders, _ in REPORTS.values() for f in folders} | set(STUDIES):
             continue
         dest = RUNS / rel
-        dest.mkdir(parents=True, exist_ok=True)
         for name in LIGHT:
             if (run_dir / name).is_file():
-                shutil.copyfile(run_dir / name, dest / name)
+                atomic_write_bytes(dest / name, (run_dir / name).read_bytes())
         copied.append(dest)
     return copied
 

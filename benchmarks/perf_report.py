@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rbdc.rundir import atomic_write_bytes
+
 REPO = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO / "reports" / "bench"
 REPORT = REPO / "reports" / "perf.md"
@@ -329,8 +331,7 @@ def merge(output: Path, parts: list[Path]) -> int:
         print(f"perf_report: none of {', '.join(map(str, parts))} exists; nothing to merge", file=sys.stderr)
         return 2
     merged = dict(datas[0], benchmarks=[b for d in datas for b in d["benchmarks"]])
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(merged, indent=1))
+    atomic_write_bytes(output, json.dumps(merged, indent=1).encode())
     print(f"perf_report: wrote {output} ({len(merged['benchmarks'])} benchmarks from {len(datas)} of "
           f"{len(parts)} parts)")
     return 0
@@ -355,8 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"perf_report: no benchmark JSON in {args.bench_dir}; run `python -m benchmarks.perf_report run` "
               f"first", file=sys.stderr)
         return 2
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(render(runs))
+    atomic_write_bytes(args.output, render(runs).encode("utf-8"))
     print(f"perf_report: wrote {args.output}")
     return 0
 

@@ -24,9 +24,9 @@ def _drain(loader, epoch: int, batches: int | None = None) -> None:
 
 
 def _posterize_shim() -> bool:
-    """Whether rbdc.data had to patch timm's RandAugment posterize for this Pillow (recorded in extra_info)."""
-    from rbdc.data import POSTERIZE_PATCHED
-    return POSTERIZE_PATCHED
+    """Whether rbdc.data has to patch timm's RandAugment posterize for this Pillow (recorded in extra_info)."""
+    from rbdc.data import patch_timm_posterize
+    return patch_timm_posterize()
 
 
 def _imagenette_root() -> str:

@@ -1,11 +1,14 @@
 """rbdc: Recursive Block-Diagonal Coupling (arXiv 2605.23656) on timm — reproduction and stress-test suite.
 
-Importing the package registers the narrow variants (``rbdc_<model>_w<divisor>``, ``test_rbdc_*``) in timm's registry.
+Importing the package registers the narrow variants (``rbdc_<model>_w<divisor>``, ``test_rbdc_*``) in timm's registry
+and, through :mod:`rbdc.growth`, how :func:`load_model` rebuilds grown models (see
+:func:`rbdc.checkpoint.register_rebuild`).
 """
 from .checkpoint import load_model, load_weights, save_weights
 from .coupling import couple, couple_tree, plan
 from .flops import Ledger, forward_flops, forward_macs, measured_train_flops_per_image, train_flops_per_image
 from .models import narrow, scaled
+from . import growth  # noqa: F401  (registers the growth baselines' checkpoint rebuilds)
 
 __version__ = "0.1.0"
 __all__ = ["narrow", "scaled", "couple", "couple_tree", "plan", "Ledger", "forward_macs", "forward_flops",

@@ -5,6 +5,7 @@ import json
 import os
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable
 
 import torch.nn as nn
 from safetensors import safe_open
@@ -15,7 +16,18 @@ from .layers import group_norms, grouped_norms
 from .models import arch_of, from_import_path, import_path, rebuild_name, scaled
 from .rundir import atomic_write_bytes, sha256
 
-__all__ = ["save_weights", "load_weights", "load_model", "sha256", "atomic_write_bytes"]
+__all__ = ["save_weights", "load_weights", "load_model", "register_rebuild", "sha256", "atomic_write_bytes"]
+
+_REBUILD: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_rebuild(key: str, build: Callable[..., nn.Module]) -> None:
+    """Models whose ``rbdc_arch`` holds ``key`` (widths no registered timm name describes, e.g. GradMax's
+    ``inner_widths``) are saved with ``arch[key]`` and rebuilt on load by ``build(name, arch[key], **timm_kwargs)``.
+
+    The module that makes such models registers its builder when it is imported (``import rbdc`` imports them all).
+    """
+    _REBUILD[key] = build
 
 
 def _sorted_metadata(data: bytes) -> bytes:
@@ -36,13 +48,12 @@ def save_weights(model: nn.Module, path: str | os.PathLike, **meta) -> Path:
 
     Metadata: ``model`` (a timm name that builds this width: registered now for an unregistered 1/d width, see
     :func:`rbdc.models.rebuild_name`; absent when none does), ``arch`` (json: base name, width factor, timm kwargs
-    with classes as ``{"import": "module.Name"}``, the parts of grouped LayerNorms, GradMax's ``inner_widths`` when
-    grown), ``num_classes`` and any ``meta`` given (stringified).
+    with classes as ``{"import": "module.Name"}``, the parts of grouped LayerNorms, the keys of
+    :func:`register_rebuild`, e.g. GradMax's ``inner_widths``), ``num_classes`` and any ``meta`` given (stringified).
     """
     arch = arch_of(model)
     desc = {"name": arch["name"], "factor": str(arch["factor"]), "kwargs": arch["kwargs"]}
-    if "inner_widths" in arch:  # GradMax's intermediate widths: no registered name describes them
-        desc["inner_widths"] = arch["inner_widths"]
+    desc.update({key: arch[key] for key in _REBUILD if key in arch})
     if grouped_norms(model):
         desc["grouped_norms"] = grouped_norms(model)
     name = rebuild_name(arch["name"], arch["factor"])
@@ -87,10 +98,10 @@ def load_model(path: str | os.PathLike, model: str | None = None, **timm_kwargs)
                         f"NAME") from e
     if model is None and arch:
         kwargs = {**arch["kwargs"], **timm_kwargs}
+        key = next((k for k in _REBUILD if k in arch), None)
         try:
-            if "inner_widths" in arch:
-                from .growth import gradmax_model
-                net = gradmax_model(arch["name"], arch["inner_widths"], **kwargs)
+            if key is not None:
+                net = _REBUILD[key](arch["name"], arch[key], **kwargs)
             else:
                 net = scaled(arch["name"], Fraction(arch["factor"]), **kwargs)
         except ValueError as e:

@@ -27,10 +27,21 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .models import arch_of, scaled
 
-__all__ = ["count_macs", "forward_macs", "forward_flops", "train_flops_per_image", "measured_train_flops_per_image",
-           "Ledger", "LedgerEntry", "TRAIN_FLOPS_PER_FORWARD"]
+__all__ = ["count_macs", "register_layer", "forward_macs", "model_forward_macs", "forward_flops",
+           "train_flops_per_image", "measured_train_flops_per_image", "Ledger", "LedgerEntry",
+           "TRAIN_FLOPS_PER_FORWARD"]
 
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (2x) per image
+_LAYERS: dict[type, tuple[type, ...]] = {nn.Conv2d: (nn.Conv2d,), nn.Linear: (nn.Linear,)}
+
+
+def register_layer(cls: type, like: type) -> None:
+    """Count layers of class ``cls`` as ``like`` ones (``nn.Conv2d`` or ``nn.Linear``), from the same attributes
+    (``in_channels``, ``groups``, ``kernel_size`` / ``in_features``): e.g. MixtureGrowth's template layers."""
+    if like not in _LAYERS:
+        raise ValueError(f"register_layer counts layers like one of {[t.__name__ for t in _LAYERS]}, got {like!r}")
+    if cls not in _LAYERS[like]:
+        _LAYERS[like] += (cls,)
 
 
 def _meta_twin(model: nn.Module | str, img_size: int | None, **kwargs) -> tuple[nn.Module, int]:
@@ -44,14 +55,13 @@ def _meta_twin(model: nn.Module | str, img_size: int | None, **kwargs) -> tuple[
     return twin, img_size or twin.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
 
 
-def count_macs(model: nn.Module, fn, conv_types: tuple = (), linear_types: tuple = ()) -> int:
+def count_macs(model: nn.Module, fn) -> int:
     """Multiply-accumulates that ``fn()`` spends in ``model``'s convolutions, linear layers and attention matmuls.
 
     The one counter of the suite (hooks on the layers, so any layer shapes and any batch size): the two attention
-    matmuls cost N * N * attn_dim each per image. ``conv_types``/``linear_types`` add layer classes that behave like
-    ``nn.Conv2d``/``nn.Linear`` (e.g. MixtureGrowth's template layers).
+    matmuls cost N * N * attn_dim each per image. Layer classes added by :func:`register_layer` count too.
     """
-    convs, linears = (nn.Conv2d, *conv_types), (nn.Linear, *linear_types)
+    convs, linears = _LAYERS[nn.Conv2d], _LAYERS[nn.Linear]
     total = 0
 
     def hook(mod, inputs, out):
@@ -79,6 +89,22 @@ def forward_macs(model: nn.Module | str, img_size: int | None = None, **kwargs) 
     """Multiply-accumulates of one forward pass of one image (conv, linear, attention matmuls)."""
     twin, size = _meta_twin(model, img_size, **kwargs)
     return count_macs(twin, lambda: twin.eval()(torch.empty(1, 3, size, size, device="meta")))
+
+
+def model_forward_macs(model: nn.Module, img_size: int | None = None) -> int:
+    """Forward MACs of one image counted on ``model`` itself (batch 1, eval mode, its device and dtype).
+
+    Same rules as :func:`forward_macs`, but it needs no ``rbdc_arch``: use it for grown models whose widths no
+    registered timm name describes. Attention matmuls are counted at the attention width ``attn_dim`` (= the
+    embedding width for a stock ViT).
+    """
+    size = img_size or model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+    p = next(model.parameters())
+    was = model.training
+    try:
+        return count_macs(model, lambda: model.eval()(torch.zeros(1, 3, size, size, device=p.device, dtype=p.dtype)))
+    finally:
+        model.train(was)
 
 
 def forward_flops(model: nn.Module | str, img_size: int | None = None, **kwargs) -> int:

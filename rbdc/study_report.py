@@ -28,6 +28,8 @@ import numpy as np
 from .errors import UserError
 from .recipe import load_yaml
 from .report import discover_run_dirs, load_run, matched_flops
+from .report.figure import save_png
+from .rundir import atomic_write_bytes
 from .study import REPO, Study
 from .units import human_flops
 
@@ -254,7 +256,7 @@ def build(study: Study, root: Path, out: Path) -> dict[str, Path]:
            "interval of the saving is above zero. It says nothing about scales this study did not run (ImageNet, "
            "224 px, 300 epochs).", ""]
     paths = {"md": out.with_name(out.name + ".md")}
-    paths["md"].write_text("\n".join(md), encoding="utf-8", newline="\n")
+    atomic_write_bytes(paths["md"], "\n".join(md).encode("utf-8"))
     paths.update(_figures(points, spec, savings, out))
     return paths
 
@@ -392,7 +394,7 @@ def _figures(points: dict, spec: dict, savings: dict, out: Path) -> dict[str, Pa
                 ax.legend(fontsize=7, loc="lower right")
         fig.tight_layout()
         paths["fig2"] = out.with_name(out.name + "-fig2.png")
-        fig.savefig(paths["fig2"], format="png", metadata={"Software": None})
+        save_png(fig, paths["fig2"])
     if spec.get("ratio"):
         r = spec["ratio"]
         rows = sorted((p for name in r["points"] for p in _series(points, name) if p.budget == r["budget"]),
@@ -408,7 +410,7 @@ def _figures(points: dict, spec: dict, savings: dict, out: Path) -> dict[str, Pa
         ax.grid(True, alpha=0.3)
         fig.tight_layout()
         paths["fig3"] = out.with_name(out.name + "-fig3.png")
-        fig.savefig(paths["fig3"], format="png", metadata={"Software": None})
+        save_png(fig, paths["fig3"])
     if savings:
         fig = Figure(figsize=(6.5, 4.2), dpi=110)
         FigureCanvasAgg(fig)
@@ -428,7 +430,7 @@ def _figures(points: dict, spec: dict, savings: dict, out: Path) -> dict[str, Pa
         ax.legend(fontsize=7)
         fig.tight_layout()
         paths["saving"] = out.with_name(out.name + "-saving.png")
-        fig.savefig(paths["saving"], format="png", metadata={"Software": None})
+        save_png(fig, paths["saving"])
     return paths
 
 

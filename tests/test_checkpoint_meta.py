@@ -1,4 +1,8 @@
 """Checkpoint metadata rebuilds the model that was saved: grouped LayerNorms, unregistered widths, class settings."""
+import json
+import subprocess
+import sys
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -8,7 +12,9 @@ from timm.models.vision_transformer import ResPostBlock
 
 import rbdc
 from rbdc import train
+from rbdc import checkpoint
 from rbdc.checkpoint import load_model, load_weights, save_weights
+from rbdc.growth import gradmax_start, inner_widths
 from rbdc.layers import PartLayerNorm
 
 CI = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes" / "ci"
@@ -75,3 +81,28 @@ def test_class_valued_settings_are_stored_by_import_path(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(back(x), model(x))
+
+
+def test_a_registered_rebuild_key_is_saved_and_rebuilds_the_model(tmp_path, monkeypatch):
+    """A model whose arch holds a registered key is rebuilt on load by that key's builder, given the saved value."""
+    calls = []
+
+    def build(name, value, **kwargs):
+        calls.append((name, value))
+        return rbdc.scaled(name, Fraction(1, 2), **kwargs)
+
+    monkeypatch.setitem(checkpoint._REBUILD, "test_widths", build)
+    model = rbdc.narrow("test_rbdc_vit", 2)
+    model.rbdc_arch = {**model.rbdc_arch, "test_widths": {"embed": 8}}
+    back = load_model(save_weights(model, tmp_path / "w.safetensors"))
+    assert calls == [("test_rbdc_vit", {"embed": 8})]
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), model.state_dict().values()))
+
+
+def test_a_gradmax_checkpoint_loads_in_a_process_that_imports_only_the_checkpoint_module(tmp_path):
+    model = gradmax_start("test_rbdc_vit", Fraction(1, 2))
+    path = save_weights(model, tmp_path / "g.safetensors")
+    code = ("import json; from rbdc.checkpoint import load_model; "
+            f"print(json.dumps(load_model({str(path)!r}).rbdc_arch['inner_widths']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == inner_widths(model) != inner_widths(timm.create_model("test_rbdc_vit"))

@@ -1,5 +1,7 @@
 """Specification of rbdc.data: layouts and their errors, determinism, in-memory cache, generated and real datasets."""
 import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -10,6 +12,8 @@ from PIL import Image
 
 from rbdc import data as D
 from rbdc.data import DataError, build_dataset, build_loader
+from rbdc.data.datasets import _subset_positions
+from rbdc.data.seeds import numpy_rng
 from rbdc.errors import UserError
 
 _USER_CACHE = os.environ.get("RBDC_CACHE")  # read before the autouse fixture replaces it
@@ -239,6 +243,35 @@ def test_subset_is_deterministic_per_class(tmp_path):
     assert len(build_dataset("imagefolder", str(root), subset=100)) == 18
     syn = build_dataset("synthetic", img_size=8, num_images=40, num_classes=4, subset=3, seed=1)
     assert np.bincount(syn.targets).tolist() == [3, 3, 3, 3]
+
+
+def test_posterize_patch_comes_with_the_train_transform_not_the_import():
+    """Importing rbdc.data leaves timm alone; building a streaming train transform patches it (on a Pillow that needs
+    it), and RandAugment's posterize to 0 bits then gives a black image instead of raising."""
+    script = """
+import pickle
+from PIL import Image
+import timm.data.auto_augment as aa
+import rbdc.data
+print(all(aa.NAME_TO_OP[n] is aa.posterize for n in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal")))
+ds = rbdc.data.build_dataset("synthetic", img_size=8, num_images=8)
+loader = rbdc.data.build_loader(ds, batch_size=4, train=True, img_size=8, num_workers=0,
+                                aug={"auto_augment": "rand-m9-mstd0.5-inc1"})
+op = aa.AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10)  # 4 - 4 = 0 bits kept
+print(op(Image.new("RGB", (4, 4), (200, 100, 50))).getextrema() == ((0, 0),) * 3)
+print(rbdc.data.patch_timm_posterize() == (aa.NAME_TO_OP["Posterize"] is not aa.posterize))
+pickle.dumps(loader.transform)  # spawned workers get it pickled
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True", "True"]
+
+
+def test_subset_is_the_permutation_of_numpy_rng_per_class():
+    """Which images a subset keeps is a recorded stream: numpy_rng(seed, class)'s permutation, a prefix per class."""
+    targets = [i % 3 for i in range(30)]  # class c holds positions c, c + 3, ..., c + 27
+    expected = sorted(c + 3 * int(j) for c in range(3) for j in numpy_rng(5, c).permutation(10)[:4])
+    assert _subset_positions(targets, 4, seed=5) == expected
+    assert _subset_positions(targets, 4, seed=6) != expected
 
 
 def test_repeated_aug_repeats_each_image_three_times():

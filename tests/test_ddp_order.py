@@ -9,7 +9,7 @@ import torch.distributed as dist
 
 from rbdc import train
 from rbdc.data import build_dataset, build_loader
-from rbdc.data.seeds import _mix
+from rbdc.data.seeds import mix_seed
 
 CI = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes" / "ci"
 
@@ -42,7 +42,7 @@ def test_sibling_stages_get_unrelated_orders_in_every_epoch_under_ddp(process_gr
 def test_single_process_order_does_not_depend_on_the_ddp_sampler():
     ds = build_dataset("synthetic", None, "train", img_size=16, num_classes=4, num_images=64)
     loader = build_loader(ds, batch_size=8, train=True, img_size=16, seed=1000, in_memory=True)
-    g = torch.Generator().manual_seed(_mix(1000, 3))
+    g = torch.Generator().manual_seed(mix_seed(1000, 3))
     assert order(loader, 3) == torch.randperm(len(ds), generator=g).tolist()
 
 

@@ -1,6 +1,10 @@
 import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 import rbdc  # noqa: F401  (registers the test_rbdc_* variants)
+from rbdc import flops
 from rbdc.flops import Ledger, forward_macs, measured_train_flops_per_image, train_flops_per_image
 
 # Published forward GMACs (timm model cards; torchvision for ResNet-50), with the precision they are quoted at.
@@ -42,3 +46,26 @@ def test_ledger_total_is_the_sum_of_its_stages(tmp_path):
     assert led.total == sum(s["train_flops"] for s in stages.values()) == 100 * 7 * 2 + 100 * 30
     led.save(tmp_path / "ledger.json")
     assert Ledger.load(tmp_path / "ledger.json").to_dict() == led.to_dict()
+
+
+class _Dense(nn.Module):
+    """A linear layer that is not an nn.Linear (as MixtureGrowth's template layers are not)."""
+
+    def __init__(self, i: int, o: int):
+        super().__init__()
+        self.in_features, self.weight = i, nn.Parameter(torch.ones(o, i))
+
+    def forward(self, x):
+        return F.linear(x, self.weight)
+
+
+def test_a_registered_layer_class_counts_like_the_layer_it_stands_for(monkeypatch):
+    monkeypatch.setattr(flops, "_LAYERS", dict(flops._LAYERS))
+    model = nn.Sequential(nn.Linear(8, 4), _Dense(4, 3))
+    x = torch.zeros(5, 8)
+    assert flops.count_macs(model, lambda: model(x)) == 5 * 8 * 4
+    flops.register_layer(_Dense, nn.Linear)
+    flops.register_layer(_Dense, nn.Linear)  # once is enough
+    assert flops.count_macs(model, lambda: model(x)) == 5 * (8 * 4 + 4 * 3)
+    with pytest.raises(ValueError, match="like one of"):
+        flops.register_layer(_Dense, nn.ReLU)

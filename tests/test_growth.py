@@ -9,7 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import rbdc
-from rbdc.growth import (count_macs, gradmax_grow, gradmax_model, gradmax_schedule, gradmax_start, gradmax_widths,
+from rbdc.flops import model_forward_macs
+from rbdc.growth import (gradmax_grow, gradmax_model, gradmax_schedule, gradmax_start, gradmax_widths,
                          grow_named_state, grow_optimizer_state, inner_widths, materialize, mixture_grow,
                          mixture_member, net2wider)
 from rbdc.growth.relu1 import ReLU1
@@ -222,7 +223,7 @@ def test_gradmax_reports_the_flops_of_its_gradient_batch():
     model = gradmax_start("test_rbdc_vit", Fraction(1, 2))
     _, info = gradmax_grow(model, batch("test_rbdc_vit", n=5), n_new=1)
     assert info["images"] == 5
-    assert info["extra_flops"] == 5 * 3 * 2 * count_macs(model, 32)
+    assert info["extra_flops"] == 5 * 3 * 2 * model_forward_macs(model, 32)
 
 
 @pytest.mark.parametrize("name", RESNETS + ["test_rbdc_vit"])
@@ -233,7 +234,7 @@ def test_gradmax_schedule_reaches_the_target_architecture_and_its_flops(name):
     target = timm.create_model(name)
     assert inner_widths(model) == inner_widths(target)
     assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in target.state_dict().items()}
-    assert count_macs(model, SIZE[name]) == rbdc.forward_macs(name)
+    assert model_forward_macs(model, SIZE[name]) == rbdc.forward_macs(name)
     assert model.train_flops_per_image(SIZE[name]) == rbdc.train_flops_per_image(name)
 
 
@@ -304,9 +305,9 @@ def test_a_grown_checkpoint_reloads_with_its_intermediate_widths(tmp_path):
         assert torch.equal(again.eval()(xb[0]), grown.eval()(xb[0]))
 
 
-def test_count_macs_agrees_with_forward_macs_on_stock_models():
+def test_model_forward_macs_agrees_with_forward_macs_on_stock_models():
     for name in ["test_rbdc_resnet_w2", "test_rbdc_resnet_basic", "test_rbdc_vit_w4"]:
-        assert count_macs(timm.create_model(name)) == rbdc.forward_macs(name)
+        assert model_forward_macs(timm.create_model(name)) == rbdc.forward_macs(name)
 
 
 def test_gradmax_refuses_unknown_spaces_naming_the_valid_ones():
@@ -356,7 +357,7 @@ def test_mixture_member_is_its_materialised_timm_model():
     x, _ = batch("test_rbdc_vit", 2)
     with torch.no_grad():
         assert (m(x) - materialize(m)(x)).abs().max() < 1e-6
-    assert rbdc.forward_macs(m) == count_macs(m) == rbdc.forward_macs("test_rbdc_vit_w2")
+    assert rbdc.forward_macs(m) == model_forward_macs(m) == rbdc.forward_macs("test_rbdc_vit_w2")
     assert {type(p) for p in (m.blocks[0].attn.qkv.templates, m.blocks[0].attn.qkv.coefs)} == {nn.Parameter}
 
 

@@ -239,6 +239,16 @@ def test_matched_flops(points, top1, status, flops):
     assert match.flops == pytest.approx(flops, rel=1e-12)
 
 
+def test_matched_flops_and_top1_at_flops_read_one_curve_across_steps_and_plateaus():
+    """Two budgets of equal FLOPs make a vertical step (62 -> 70 at 1e16), a later equal top-1 a plateau (70 up to
+    1e17): 70 is first reached at 1e16, the best top-1 at 1e16 is 70, and 75 lies halfway from the plateau's end."""
+    points = [(1e15, 60.0), (1e16, 62.0), (1e16, 70.0), (1e17, 70.0), (1e18, 80.0)]
+    assert report.matched_flops(points, 70.0).flops == pytest.approx(1e16, rel=1e-12)
+    assert report.top1_at_flops(points, 1e16) == 70.0
+    assert report.matched_flops(points, 75.0).flops == pytest.approx(10 ** 17.5, rel=1e-12)
+    assert report.top1_at_flops(points, 10 ** 17.5) == pytest.approx(75.0)
+
+
 def test_top1_at_flops_interpolates_in_log_flops_without_extrapolating():
     points = [(1e15, 60.0), (1e16, 70.0)]
     assert report.top1_at_flops(points, 10 ** 15.5) == pytest.approx(65.0)

@@ -1,4 +1,5 @@
 """The study report: savings matched on scratch's curve with bootstrap intervals, Fig. 2/3, byte-exact output."""
+import errno
 import json
 from pathlib import Path
 
@@ -74,6 +75,23 @@ def test_the_report_has_both_figures_savings_and_a_verdict_and_regenerates_byte_
     first = {k: p.read_bytes() for k, p in paths.items()}
     again = build(study, root, tmp_path / "out" / "tiny")
     assert {k: p.read_bytes() for k, p in again.items()} == first
+
+
+def test_a_rewrite_that_fails_midway_leaves_the_previous_report_whole(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+    study, root = _fake_study(tmp_path)
+    paths = build(study, root, tmp_path / "out" / "tiny")
+    before = {k: p.read_bytes() for k, p in paths.items()}
+
+    def full_disk(self, fname, **kwargs):
+        (fname if hasattr(fname, "write") else open(fname, "wb")).write(b"\x89PNG partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full_disk)
+    with pytest.raises((OSError, UserError), match="disk is full|No space"):
+        build(study, root, tmp_path / "out" / "tiny")
+    assert {k: p.read_bytes() for k, p in paths.items()} == before
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in paths.values())
 
 
 def test_an_unfinished_study_says_what_is_missing_and_skips_failed_runs(tmp_path):

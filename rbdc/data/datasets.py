@@ -12,6 +12,8 @@ from PIL import Image
 
 from rbdc.errors import UserError
 
+from .seeds import numpy_rng
+
 SOURCES = ("imagenet", "imagefolder", "imagenette", "cifar100", "digits", "synthetic")
 SPLITS = ("train", "val")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
@@ -185,14 +187,14 @@ class SyntheticDataset(ImageDataset):
         super().__init__([f"class_{c:03d}" for c in range(num_classes)], targets, source="synthetic", root=None,
                          split=split, seed=seed)
         self.size, self.noise = size, float(noise)
-        self.palette = np.random.default_rng([seed, 7]).uniform(40, 215, size=(num_classes, 3))
+        self.palette = numpy_rng(seed, 7).uniform(40, 215, size=(num_classes, 3))
         self._split_id = SPLITS.index(split)
         yy, xx = np.mgrid[0:size, 0:size] / size
         self._grid = (xx, yy)
 
     def load_image(self, index: int, min_size: int | None = None) -> Image.Image:
         c = self.targets[index]
-        rng = np.random.default_rng([self.seed, self._split_id, index])
+        rng = numpy_rng(self.seed, self._split_id, index)
         angle = math.pi * c / self.num_classes
         xx, yy = self._grid
         stripes = 30.0 * np.sin(2 * math.pi * 3 * (xx * math.cos(angle) + yy * math.sin(angle)) + rng.uniform(0, 6.3))
@@ -215,7 +217,7 @@ def _subset_positions(targets: Sequence[int], subset: int, seed: int) -> list[in
         by_class.setdefault(t, []).append(i)
     keep = []
     for c, positions in by_class.items():
-        order = np.random.default_rng([seed, c]).permutation(len(positions))[:subset]
+        order = numpy_rng(seed, c).permutation(len(positions))[:subset]
         keep.extend(positions[j] for j in order)
     return sorted(keep)
 

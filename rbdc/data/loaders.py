@@ -19,7 +19,7 @@ from PIL import Image
 from .cache import build_memory_cache
 from .datasets import MEMORY_DEFAULT_SCALE, DataError
 from .samplers import _ShuffleSampler, _TaggedSampler, _Transformed, _seeded_sampler
-from .seeds import _mix
+from .seeds import mix_seed
 from .workers import _cpu_count, _worker_errors
 
 
@@ -115,7 +115,7 @@ class MemoryLoader(Loader):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # the epoch's order goes to the device once, so slicing a batch's indices never waits on the GPU
         order = _to_device(torch.tensor(list(self.sampler), dtype=torch.int64), self.device)
-        gen = torch.Generator().manual_seed(_mix(self.seed, self.epoch, self.rank, 0xA06))
+        gen = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, self.rank, 0xA06))
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             x = self.images[idx].float()
@@ -253,6 +253,7 @@ def build_loader(dataset, *, batch_size: int, train: bool, img_size: int, aug: d
 
     from timm.data import create_transform
     if train:
+        patch_timm_posterize()
         transform = create_transform(img_size, is_training=True, **aug)
     else:
         transform = create_transform(img_size, is_training=False, **{k: aug[k] for k in _EVAL_AUG_KEYS if k in aug})
@@ -267,11 +268,20 @@ def _default_crop_pct() -> float:
     return DEFAULT_CROP_PCT
 
 
+def _posterize(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
+    """timm's posterize op, except that 0 bits give a black image (as with Pillow < 13)."""
+    from timm.data import auto_augment as aa
+    return Image.new(img.mode, img.size) if bits_to_keep < 1 else aa.posterize(img, bits_to_keep, **kwargs)
+
+
 def patch_timm_posterize() -> bool:
     """Let timm's RandAugment posterize to 0 bits again (a black image, as Pillow < 13 gave); True if it was needed.
 
     timm 1.0.31's ``PosterizeIncreasing`` asks for 0 bits at magnitude 10, which DeiT's ``rand-m9-mstd0.5-inc1``
     reaches in ~2% of its draws; Pillow 13 raises there, which would kill about one streaming batch in 20.
+    :func:`build_loader` calls it before building a training transform (timm's ops look the function up when they
+    are built); calling it again changes nothing. ``_posterize`` is module-level, so the transform still pickles for
+    spawned workers.
     """
     from PIL import ImageOps
     from timm.data import auto_augment as aa
@@ -280,14 +290,6 @@ def patch_timm_posterize() -> bool:
         return False
     except ValueError:
         pass
-    original = aa.posterize
-
-    def posterize(img, bits_to_keep, **kwargs):
-        return Image.new(img.mode, img.size) if bits_to_keep < 1 else original(img, bits_to_keep, **kwargs)
-
     for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
-        aa.NAME_TO_OP[name] = posterize
+        aa.NAME_TO_OP[name] = _posterize
     return True
-
-
-POSTERIZE_PATCHED = patch_timm_posterize()

@@ -6,7 +6,7 @@ from typing import Iterator
 import torch
 
 
-from .seeds import _mix, _seeded_rng
+from .seeds import _seeded_rng, mix_seed
 
 
 class _ShuffleSampler(torch.utils.data.Sampler):
@@ -21,7 +21,7 @@ class _ShuffleSampler(torch.utils.data.Sampler):
     def __iter__(self) -> Iterator[int]:
         if not self.shuffle:
             return iter(range(self.n))
-        g = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+        g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
         return iter(torch.randperm(self.n, generator=g).tolist())
 
     def __len__(self) -> int:
@@ -29,13 +29,13 @@ class _ShuffleSampler(torch.utils.data.Sampler):
 
 
 def _seeded_sampler(cls, seed: int, /, *args, **kwargs):
-    """A ``cls`` sampler (timm's ``RepeatAugSampler``, torch's ``DistributedSampler``) whose shuffle of epoch e
-    is seeded by ``_mix(seed, e)``: timm's seeds it with the epoch alone, torch's with ``seed + e``, which makes the
-    order of seed s + 1 in epoch e that of seed s in epoch e + 1 (sibling stages have consecutive seeds)."""
+    """A ``cls`` sampler (timm's ``RepeatAugSampler``, torch's ``DistributedSampler``) whose shuffle of epoch e is
+    seeded by ``mix_seed(seed, e)``: timm's seeds it with the epoch alone, torch's with ``seed + e``, which makes
+    the order of seed s + 1 in epoch e that of seed s in epoch e + 1 (sibling stages have consecutive seeds)."""
 
     class _Seeded(cls):
         def set_epoch(self, epoch: int) -> None:
-            self.epoch = _mix(seed, epoch)
+            self.epoch = mix_seed(seed, epoch)
 
     sampler = _Seeded(*args, **kwargs)
     sampler.set_epoch(0)
@@ -58,7 +58,7 @@ class _TaggedSampler(torch.utils.data.Sampler):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         for k, i in enumerate(self.base):
-            yield i, _mix(self.seed, self.epoch, self.rank, k)
+            yield i, mix_seed(self.seed, self.epoch, self.rank, k)
 
     def __len__(self) -> int:
         return len(self.base)

@@ -1,4 +1,12 @@
-"""Seeds of the data pipeline: one 64-bit mix of integers, and an RNG scope seeded from it."""
+"""Seeds of the data pipeline: how integers (seed, epoch, rank, position, class...) become random streams.
+
+Two mixes, each the one way of its kind, because both define recorded data:
+
+* :func:`mix_seed`, a splitmix64 hash to one integer, seeds the torch generators and global RNG scopes (epoch orders,
+  per-sample and per-batch augmentation);
+* :func:`numpy_rng`, numpy's ``SeedSequence`` of the integers, draws the numpy streams (which images a ``subset``
+  keeps, the synthetic images).
+"""
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +20,7 @@ import torch
 _MASK64 = (1 << 64) - 1
 
 
-def _mix(*values: int) -> int:
+def mix_seed(*values: int) -> int:
     """Hash integers into one 63-bit seed (splitmix64 steps), so nearby (seed, epoch) pairs give unrelated streams."""
     h = 0x9E3779B97F4A7C15
     for v in values:
@@ -22,6 +30,11 @@ def _mix(*values: int) -> int:
         h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
         h ^= h >> 31
     return h >> 1
+
+
+def numpy_rng(*values: int) -> np.random.Generator:
+    """A numpy generator seeded by the ``SeedSequence`` of ``values``: nearby tuples give unrelated streams."""
+    return np.random.default_rng(list(values))
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from rbdc.rundir import atomic_write_bytes
 
 from .datasets import (IMAGE_EXTENSIONS, IMAGENETTE_ARCHIVES, IMAGENETTE_COUNTS, IMAGENETTE_NAMES, SOURCES, SPLITS,
                        ArrayDataset, DataError, FolderDataset, ImageDataset, SyntheticDataset, _apply_subset)
@@ -150,7 +151,8 @@ def extract_archive(archive: str | Path, dest_root: str | Path | None = None) ->
         if root is None:
             raise DataError(f"{archive} does not hold train/ and val/ folders (at its root or in one top folder); "
                             f"it is not an ImageFolder-style dataset archive")
-        (root / ".rbdc-source.json").write_text(json.dumps({**stamp, "seconds": time.perf_counter() - start}))
+        atomic_write_bytes(root / ".rbdc-source.json",
+                           json.dumps({**stamp, "seconds": time.perf_counter() - start}).encode())
         try:
             os.rename(root, dest)
         except OSError:

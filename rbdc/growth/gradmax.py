@@ -47,13 +47,14 @@ FLOPs: ``info["extra_flops"]`` = one forward and backward of the gradient batch 
 forward MACs x images, the ledger's rule). The SVDs and M products are reported separately in
 ``info["linalg_flops"]`` (an estimate; not training FLOPs). Grown models have widths no registered timm name
 describes, so ``rbdc.forward_macs`` (which rebuilds the model from ``rbdc_arch``) cannot count them: they carry a
-``train_flops_per_image(img_size)`` method (used by the engine) backed by :func:`rbdc.growth.count_macs`, and
+``train_flops_per_image(img_size)`` method (used by the engine) backed by :func:`rbdc.flops.model_forward_macs`, and
 ``rbdc_arch["inner_widths"]`` marks them. Rebuild one for a checkpoint with :func:`gradmax_model`.
 """
 from __future__ import annotations
 
 import math
 import numbers
+import types
 from fractions import Fraction
 from typing import Callable
 
@@ -61,8 +62,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checkpoint import register_rebuild
+from ..flops import TRAIN_FLOPS_PER_FORWARD, model_forward_macs
 from ..models import arch_of, scaled
-from .macs import count_flops_by_hooks, count_macs
 from .optimizer_state import grow_optimizer_state  # noqa: F401  (re-exported: part of the GradMax protocol)
 from .relu1 import use_relu1
 from .remap import build_like, fill_value, ops_for, remap
@@ -96,6 +98,21 @@ def gradmax_widths(name: str, factor: Fraction | float = 1, **timm_kwargs) -> di
     with torch.device("meta"):
         full = scaled(name, 1, **timm_kwargs)
     return {k: max(1, round(v * Fraction(factor))) for k, v in inner_widths(full).items()}
+
+
+def _train_flops_per_image(self: nn.Module, img_size: int | None = None) -> int:
+    return TRAIN_FLOPS_PER_FORWARD * 2 * model_forward_macs(self, img_size)
+
+
+def count_flops_by_hooks(model: nn.Module) -> nn.Module:
+    """Give ``model`` a ``train_flops_per_image(img_size)`` method backed by :func:`rbdc.flops.model_forward_macs`
+    (in place).
+
+    The training engine uses that method when a model has it, so models whose widths ``rbdc_arch`` cannot describe
+    (GradMax's intermediate widths) are still counted right. It is a bound method, so ``copy.deepcopy`` rebinds it.
+    """
+    model.train_flops_per_image = types.MethodType(_train_flops_per_image, model)
+    return model
 
 
 def gradmax_model(name: str, widths: dict[str, int], seed: int | None = None, **timm_kwargs) -> nn.Module:
@@ -132,6 +149,9 @@ def gradmax_model(name: str, widths: dict[str, int], seed: int | None = None, **
     use_relu1(model, [s.act for s in inner if s.norm is not None])
     model.rbdc_arch = {**full.rbdc_arch, "inner_widths": inner_widths(model)}
     return count_flops_by_hooks(model)
+
+
+register_rebuild("inner_widths", gradmax_model)  # checkpoints of grown models name their inner widths
 
 
 def gradmax_start(name: str, factor: Fraction | float, seed: int | None = None, **timm_kwargs) -> nn.Module:
@@ -339,7 +359,7 @@ def gradmax_grow(model: nn.Module, batch, loss_fn: LossFn | None = None, n_new: 
     grown.rbdc_arch = {**arch_of(model), "inner_widths": inner_widths(grown)}
     grown.rbdc_growth = {"method": "gradmax", "scale": scale, "random_fanout": random_fanout}
     count_flops_by_hooks(grown)
-    macs = count_macs(model, img_size)
+    macs = model_forward_macs(model, img_size)
     info = {"mapping": ops, "extra_flops": 3 * 2 * macs * images, "linalg_flops": int(linalg), "images": images,
             "n_new": counts, "widths": inner_widths(grown), "singular_values": svals, "random_units": random_units}
     return grown.train(model.training), info

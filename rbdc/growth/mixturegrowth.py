@@ -51,6 +51,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..coupling import couple
+from ..flops import register_layer
 from ..models import scaled
 
 __all__ = ["TemplateConv2d", "TemplateLinear", "templatize", "mixture_member", "materialize", "mixture_grow",
@@ -135,6 +136,10 @@ class TemplateLinear(_Template):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, templates={self.templates.shape[0]}"
+
+
+register_layer(TemplateConv2d, nn.Conv2d)  # their MACs are those of the dense layer they stand for
+register_layer(TemplateLinear, nn.Linear)
 
 
 def templatize(model: nn.Module, num_templates: int = 2, seed: int = 0) -> nn.Module:

@@ -16,6 +16,12 @@ from .stats import GroupRow, _protocol_rank
 EXTRA_COLORS = ('#8c564b', '#e377c2', '#17becf', '#bcbd22', '#7f7f7f')
 
 
+def save_png(fig, path: Path) -> Path:
+    """Write a matplotlib figure as PNG, atomically; no Software/date chunks, so the bytes depend only on the data
+    and the matplotlib version."""
+    return atomic_write(path, lambda f: fig.savefig(f, format='png', metadata={'Software': None}))
+
+
 def protocol_colors(names: Iterable[str]) -> dict[str, str]:
     colors = {name: p.color for name, p in protocols.registry().items()}
     extra = sorted(p for p in set(names) if p not in colors)
@@ -73,5 +79,4 @@ def _plot(rows: Sequence[GroupRow], path: Path, title: str, baseline_protocol: s
     ]
     ax.legend(handles=handles, fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
-    # no Software/date chunks, so the PNG bytes depend only on the data and the matplotlib version
-    atomic_write(path, lambda f: fig.savefig(f, format='png', metadata={'Software': None}))
+    save_png(fig, path)

@@ -9,6 +9,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
 from rbdc import protocols
 from rbdc.errors import UserError
 
@@ -157,17 +159,12 @@ def _reference(rows: Sequence[GroupRow], row: GroupRow, baseline_protocol: str) 
     return max(candidates, key=lambda g: (g.flops_mean, g.group)) if candidates else None
 
 
-def _envelope(points: Sequence[tuple[float, float]]) -> tuple[list[float], list[float]]:
+def _envelope(points: Sequence[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
     """Log10 FLOPs and the running maximum of top-1: the monotone curve "best accuracy reached with F FLOPs"."""
-    pts = sorted((float(f), float(a)) for f, a in points)
-    if any(f <= 0 for f, _ in pts):
-        raise ValueError(f'FLOPs must be positive for a log-FLOPs curve, got {[f for f, _ in pts]}')
-    xs, ys, best = [], [], -math.inf
-    for f, a in pts:
-        best = max(best, a)
-        xs.append(math.log10(f))
-        ys.append(best)
-    return xs, ys
+    pts = np.array(sorted((float(f), float(a)) for f, a in points)).reshape(-1, 2)
+    if (pts[:, 0] <= 0).any():
+        raise ValueError(f'FLOPs must be positive for a log-FLOPs curve, got {pts[:, 0].tolist()}')
+    return np.log10(pts[:, 0]), np.maximum.accumulate(pts[:, 1])
 
 
 def matched_flops(points: Sequence[tuple[float, float]], top1: float) -> Match:
@@ -191,16 +188,14 @@ def matched_flops(points: Sequence[tuple[float, float]], top1: float) -> Match:
         raise ValueError('matched_flops needs at least one baseline point')
     xs, ys = _envelope(points)
     if len(xs) == 1:
-        return Match('one_budget', 10 ** xs[0])
+        return Match('one_budget', 10 ** float(xs[0]))
     if top1 < ys[0]:
-        return Match('below_range', 10 ** xs[0])
-    if top1 == ys[0]:
-        return Match('matched', 10 ** xs[0])
-    for i in range(1, len(xs)):
-        if ys[i] >= top1:
-            t = (top1 - ys[i - 1]) / (ys[i] - ys[i - 1])  # ys[i-1] < top1 <= ys[i], so no division by zero
-            return Match('matched', 10 ** (xs[i - 1] + t * (xs[i] - xs[i - 1])))
-    return Match('above_range', 10 ** xs[-1])
+        return Match('below_range', 10 ** float(xs[0]))
+    if top1 > ys[-1]:
+        return Match('above_range', 10 ** float(xs[-1]))
+    # The inverse of the curve, read from its far end: on a flat stretch np.interp takes the last point at or below
+    # the value, which, reversed, is the first FLOPs that reach it.
+    return Match('matched', 10 ** float(np.interp(-top1, -ys[::-1], xs[::-1])))
 
 
 def top1_at_flops(points: Sequence[tuple[float, float]], flops: float) -> float | None:
@@ -217,13 +212,7 @@ def top1_at_flops(points: Sequence[tuple[float, float]], flops: float) -> float 
     eps = 1e-9  # tolerate float noise at the ends, e.g. a group whose FLOPs equal a baseline budget
     if x < xs[0] - eps or x > xs[-1] + eps:
         return None
-    x = min(max(x, xs[0]), xs[-1])
-    for i in range(1, len(xs)):
-        if x <= xs[i]:
-            if xs[i] == xs[i - 1]:
-                return ys[i]
-            return ys[i - 1] + (x - xs[i - 1]) / (xs[i] - xs[i - 1]) * (ys[i] - ys[i - 1])
-    return ys[-1]
+    return float(np.interp(x, xs, ys))
 
 
 def seed_noise(a: GroupRow, b: GroupRow) -> tuple[float | None, bool | None]:
