@@ -31,9 +31,9 @@ def pytest_collection_modifyitems(config, items):
 
 def interrupt_after(monkeypatch, n: int) -> None:
     """Simulate a preemption: raise KeyboardInterrupt right after the n-th epoch's checkpoint and summary write."""
-    import rbdc.train as train
+    from rbdc import rundir
     calls = {"n": 0}
-    real = train._write_summary
+    real = rundir.write_summary
 
     def flaky(path, rows):
         real(path, rows)
@@ -41,4 +41,4 @@ def interrupt_after(monkeypatch, n: int) -> None:
         if calls["n"] == n:
             raise KeyboardInterrupt("simulated preemption")
 
-    monkeypatch.setattr(train, "_write_summary", flaky)
+    monkeypatch.setattr(rundir, "write_summary", flaky)
