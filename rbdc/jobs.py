@@ -35,7 +35,7 @@ def run_parallel(run_dir: Path, stages, man: dict, jobs: int, log=print) -> None
                 env["CUDA_VISIBLE_DEVICES"] = str(i % ngpu)
             cmd = [sys.executable, "-m", "rbdc.cli", "train", "--resume", str(run_dir), "--only-stage", st.id]
             (run_dir / rundir.STAGES).mkdir(parents=True, exist_ok=True)
-            with open(_log_path(run_dir, st.id), "a") as out:  # the child holds its own copy of the descriptor
+            with open(rundir.stage_log(run_dir, st.id), "a") as out:  # the child holds its own copy of the descriptor
                 running.append((st.id, subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)))
         for job in running:
             _wait(run_dir, *job)
@@ -43,16 +43,12 @@ def run_parallel(run_dir: Path, stages, man: dict, jobs: int, log=print) -> None
             merge(run_dir, st.id, man)
 
 
-def _log_path(run_dir: Path, stage: str) -> Path:
-    return run_dir / rundir.STAGES / f"{stage}.log"
-
-
 def _wait(run_dir: Path, stage: str, proc: subprocess.Popen) -> None:
     if proc.wait():
         child = rundir.read_failed(rundir.stage_dir(run_dir, stage))
         if child:
             raise rundir.RunFailed(child["reason"], stage=stage, step=child["step"], diverged=child["diverged"])
-        raise UserError(f"stage {stage} failed (exit {proc.returncode}); see {_log_path(run_dir, stage)}; "
+        raise UserError(f"stage {stage} failed (exit {proc.returncode}); see {rundir.stage_log(run_dir, stage)}; "
                         f"rerun the same command to resume")
 
 

@@ -37,8 +37,9 @@ from .errors import UserError
 
 __all__ = ["RunFailed", "append_command", "atomic_write", "atomic_write_bytes", "clear_failed", "load_checkpoint",
            "load_state", "read_failed", "read_json", "read_manifest", "read_summary", "refuse_diverged",
-           "relative_argv", "remove_orphans", "run_dir", "save_state", "sha256", "stage_dir", "user_errors", "verified",
-           "write_failed", "write_json", "write_manifest", "write_progress", "write_results", "write_summary"]
+           "relative_argv", "remove_orphans", "run_dir", "save_state", "sha256", "stage_dir", "stage_log",
+           "user_errors", "verified", "write_failed", "write_json", "write_manifest", "write_progress",
+           "write_results", "write_summary"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -233,6 +234,11 @@ def run_dir(output: str | os.PathLike, name: str, seed: int) -> Path:
 
 def stage_dir(run_dir: Path, stage: str) -> Path:
     return Path(run_dir) / STAGES / stage
+
+
+def stage_log(run_dir: Path, stage: str) -> Path:
+    """The output of the child process of ``rbdc.jobs`` that trains ``stage``."""
+    return Path(run_dir) / STAGES / f"{stage}.log"
 
 
 def write_json(path: Path, obj: dict, sort_keys: bool = False) -> Path:

@@ -124,7 +124,7 @@ def test_parallel_jobs_train_the_narrow_models_in_processes_with_the_same_result
         torch.set_num_threads(threads)
     run_dir = tmp_path / "par" / "ci" / "rbdc-d1" / "seed0"
     for sid in ("L0.0", "L0.1"):  # each trained by its own child process, which logged its epochs there
-        assert f"[{sid}] epoch" in (run_dir / rundir.STAGES / f"{sid}.log").read_text()
+        assert f"[{sid}] epoch" in rundir.stage_log(run_dir, sid).read_text()
     assert results["total_train_flops"] == reference["total_train_flops"]
     a = load_file(str(tmp_path / "seq" / "ci" / "rbdc-d1" / "seed0" / "final.safetensors"))
     b = load_file(str(run_dir / "final.safetensors"))
