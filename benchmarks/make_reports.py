@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rbdc import rundir
+
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "reports" / "runs"
-LIGHT = ("recipe.yaml", "summary.csv", "results.json", "ledger.json", "manifest.json", "command.txt")
 # report name -> (experiment folders under reports/runs, title)
 REPORTS = {
     "imagenette-vit-mini": (["imagenette-vit-mini"], "Imagenette 64 px, ViT-mini (width 192, depth 6): "
@@ -28,17 +29,17 @@ STUDIES = {"imagenette32": REPO / "benchmarks" / "studies" / "imagenette32.yaml"
 
 
 def sync(src_root: Path) -> list[Path]:
-    from rbdc.rundir import atomic_write_bytes
     copied = []
-    for results in sorted(src_root.rglob("results.json")):
+    for results in sorted(src_root.rglob(rundir.RESULTS)):
         run_dir = results.parent
         rel = run_dir.relative_to(src_root)
         if rel.parts[0] not in {f for folders, _ in REPORTS.values() for f in folders} | set(STUDIES):
             continue
         dest = RUNS / rel
-        for name in LIGHT:
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in rundir.LIGHT:
             if (run_dir / name).is_file():
-                atomic_write_bytes(dest / name, (run_dir / name).read_bytes())
+                rundir.atomic_write_bytes(dest / name, (run_dir / name).read_bytes())
         copied.append(dest)
     return copied
 

@@ -18,6 +18,7 @@ import timm
 import torch
 from safetensors.torch import load_file
 
+from rbdc import rundir
 from rbdc.rundir import atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,8 +67,7 @@ def _interrupted_once(n: int):
     """A preemption (KeyboardInterrupt) right after the n-th write of summary.csv: after an epoch's checkpoint."""
     from unittest import mock
 
-    import rbdc.train as train
-    real, calls = train._write_summary, {"n": 0}
+    real, calls = rundir.write_summary, {"n": 0}
 
     def flaky(path, rows):
         real(path, rows)
@@ -75,7 +75,7 @@ def _interrupted_once(n: int):
         if calls["n"] == n:
             raise KeyboardInterrupt("simulated preemption")
 
-    return mock.patch.object(train, "_write_summary", flaky)
+    return mock.patch.object(rundir, "write_summary", flaky)
 
 
 def run_digests(name: str, out: Path, interrupt_after: int | None = None, overrides: list[str] = ()) -> dict[str, str]:
@@ -93,7 +93,7 @@ def run_digests(name: str, out: Path, interrupt_after: int | None = None, overri
             else:
                 raise AssertionError(f"{name}: the run finished before epoch {interrupt_after}'s interruption")
     res = run_recipe(path, str(out), overrides, log=quiet)
-    return tensor_digests(out / res["name"] / "final.safetensors")
+    return tensor_digests(out / res["name"] / rundir.FINAL)
 
 
 def compute(tmp: Path) -> dict:

@@ -12,11 +12,11 @@ optimizer step.
 """
 from __future__ import annotations
 
-import csv
 import threading
 import time
 from pathlib import Path
 
+from . import rundir
 from .data import DataError, find_imagenette
 from .units import human_flops, human_time
 
@@ -54,11 +54,10 @@ def warm_cache(recipe: str, overrides: list[str], seed: int) -> float:
 
 
 def _done_flops(run_dir: Path) -> float:
-    path = run_dir / "summary.csv"
-    try:
-        rows = list(csv.DictReader(path.open()))
-    except OSError:
+    path = run_dir / rundir.SUMMARY
+    if not path.is_file():  # the run has not finished an epoch yet
         return 0.0
+    rows = rundir.read_summary(path)[1]
     return max((float(r["cum_train_flops"] or 0) for r in rows), default=0.0)
 
 
@@ -98,7 +97,7 @@ def _run_side_by_side(out: Path, over: list[str], seed: int, every: float) -> No
 def _run_one_after_another(out: Path, over: list[str], seed: int) -> None:
     from .train import run_recipe
     run_recipe(str(RECIPES / "rbdc.yaml"), str(out), over, seed=seed)
-    rbdc_dir = out / "quickstart" / "rbdc-d1" / f"seed{seed}"
+    rbdc_dir = rundir.run_dir(out, "quickstart/rbdc-d1", seed)
     run_recipe(str(RECIPES / "scratch.yaml"), str(out), over + [f"match={rbdc_dir}"], seed=seed)
 
 
@@ -126,7 +125,8 @@ def cmd_quickstart(args) -> int:
     written = generate_report([out / "quickstart"], out / "quickstart-report", title=f"rbdc quickstart ({source})")
     print()
     print(written["md"].read_text())
-    res = {p: json.loads((out / "quickstart" / p / f"seed{args.seed}" / "results.json").read_text()) for p in PROTOCOLS}
+    res = {p: json.loads((rundir.run_dir(out / "quickstart", p, args.seed) / rundir.RESULTS).read_text())
+           for p in PROTOCOLS}
     r, s = res["rbdc-d1"], res["scratch"]
     print(f"rbdc top-1 {r['eval_top1']:.2f} vs scratch {s['eval_top1']:.2f} at {human_flops(r['total_train_flops'])} / "
           f"{human_flops(s['total_train_flops'])} training FLOPs")

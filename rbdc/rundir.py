@@ -1,10 +1,27 @@
-"""The files of a run directory: atomic writes, checksummed training state, the failed marker, command.txt, orphans.
+"""The run directory: its layout and schema (every file name, the summary.csv columns), atomic writes, checksummed
+training state, the failed marker, command.txt, orphans. Writers (``rbdc.train``, ``rbdc.jobs``) and readers
+(``rbdc.report``, ``rbdc.study``) name its files through this module only.
+
+Run directory (``<output>/<name>/seed<seed>/``)::
+
+    recipe.yaml        resolved recipe: `rbdc train --recipe recipe.yaml` replays the run
+    command.txt        every command line that ran it (paths relative to the runs root) and its environment
+    summary.csv        one row per epoch of every stage (:data:`SUMMARY_COLUMNS`, then any extra ones, sorted)
+    ledger.json        training FLOPs per stage (every narrow model counts)
+    manifest.json      stages done, their final weights (and carried optimizer state) with sha256, their parents
+    failed.json        only after a failure (divergence, an error): stage, step, reason, command
+    stages/<id>/last.pt            resumable training state of the stage in progress (sha256-checked)
+    stages/<id>/final.safetensors  the stage's final weights;  stages/<id>/optimizer.pt  its carried AdamW state
+    stages/<id>/stage.json         a stage trained by a child process of ``rbdc.jobs``, before it is merged
+    stages/<id>.log                that child's output
+    final.safetensors  the final model;  results.json  the final numbers
 
 Every file the suite writes goes through :func:`atomic_write`: a temporary file in the same folder, fsync, then
 ``os.replace``, so a reader (or a resume after kill -9) sees the old file or the new one, never a part.
 """
 from __future__ import annotations
 
+import csv
 import errno
 import hashlib
 import io
@@ -19,13 +36,28 @@ from pathlib import Path
 from .errors import UserError
 
 __all__ = ["RunFailed", "append_command", "atomic_write", "atomic_write_bytes", "clear_failed", "load_checkpoint",
-           "load_state", "read_failed", "read_json", "read_manifest", "refuse_diverged", "relative_argv",
-           "remove_orphans", "save_state", "sha256", "user_errors", "verified", "write_failed"]
+           "load_state", "read_failed", "read_json", "read_manifest", "read_summary", "refuse_diverged",
+           "relative_argv", "remove_orphans", "run_dir", "save_state", "sha256", "stage_dir", "stage_log",
+           "user_errors", "verified", "write_failed", "write_json", "write_manifest", "write_progress",
+           "write_results", "write_summary"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 TMP_SUFFIX = ".tmp"  # temporary files are hidden: .<name>.<random>.tmp (safetensors' and older ones: .<name>.tmp)
-FAILED = "failed.json"
+
+RECIPE, COMMAND, SUMMARY, LEDGER = "recipe.yaml", "command.txt", "summary.csv", "ledger.json"
+MANIFEST, RESULTS, FINAL, FAILED = "manifest.json", "results.json", "final.safetensors", "failed.json"
+STAGES, CHECKPOINT, OPTIMIZER, STAGE_DONE = "stages", "last.pt", "optimizer.pt", "stage.json"
+LIGHT = (RECIPE, SUMMARY, RESULTS, LEDGER, MANIFEST, COMMAND)  # what a committed copy of a run keeps (no weights)
+
+# summary.csv: these columns first, in this order, then any other a row has, sorted
+SUMMARY_COLUMNS = ("stage", "model", "epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr",
+                   "images_seen", "train_flops", "cum_train_flops", "wall_s", "img_per_s", "model_tflops_per_s", "mfu",
+                   "peak_mem_mb")
+SUMMARY_OPTIONAL = ("model_tflops_per_s", "mfu")  # only when a row has them (mfu: on a GPU); the rest always
+_SUMMARY_ALWAYS = tuple(c for c in SUMMARY_COLUMNS if c not in SUMMARY_OPTIONAL)
+# measured by the clock or the allocator: they differ between two runs of the same recipe (e.g. a resumed one)
+TIMING_COLUMNS = ("wall_s", "img_per_s", "model_tflops_per_s", "mfu", "peak_mem_mb")
 _STATE_MAGIC = b"rbdc-state sha256="
 
 
@@ -170,7 +202,7 @@ def relative_argv(argv: list[str], root: Path) -> str:
 def append_command(run_dir: Path, command: str, env: dict) -> None:
     """Add this invocation (see :func:`relative_argv`) and its environment to ``command.txt``: every rerun that
     resumed the run is there."""
-    path = run_dir / "command.txt"
+    path = run_dir / COMMAND
     old = path.read_text() if path.is_file() else ""
     block = command + "\n" + json.dumps(env, indent=1) + "\n"
     atomic_write_bytes(path, (old + ("\n" if old else "") + block).encode())
@@ -190,16 +222,83 @@ def remove_orphans(run_dir: Path, stage_ids: list[str], done: dict, top: bool = 
     if top:
         _remove_orphans_in(run_dir)
     for sid in stage_ids:
-        sdir = run_dir / "stages" / sid
-        finished = sid in done or (sdir / "stage.json").is_file()
-        _remove_orphans_in(sdir, ("last.pt",) if finished else ())
+        sdir = stage_dir(run_dir, sid)
+        finished = sid in done or (sdir / STAGE_DONE).is_file()
+        _remove_orphans_in(sdir, (CHECKPOINT,) if finished else ())
+
+
+def run_dir(output: str | os.PathLike, name: str, seed: int) -> Path:
+    """The run directory of recipe ``name`` at ``seed`` under the runs root ``output``."""
+    return Path(output) / name / f"seed{seed}"
+
+
+def stage_dir(run_dir: Path, stage: str) -> Path:
+    return Path(run_dir) / STAGES / stage
+
+
+def stage_log(run_dir: Path, stage: str) -> Path:
+    """The output of the child process of ``rbdc.jobs`` that trains ``stage``."""
+    return Path(run_dir) / STAGES / f"{stage}.log"
+
+
+def write_json(path: Path, obj: dict, sort_keys: bool = False) -> Path:
+    return atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=sort_keys).encode())
+
+
+def write_manifest(run_dir: Path, manifest: dict) -> Path:
+    return write_json(Path(run_dir) / MANIFEST, manifest)
+
+
+def write_results(run_dir: Path, results: dict) -> Path:
+    return write_json(Path(run_dir) / RESULTS, results, sort_keys=True)
+
+
+def write_summary(path: Path, rows: list[dict]) -> None:
+    """``summary.csv``: :data:`SUMMARY_COLUMNS` (the optional ones only when a row has them), then the other keys
+    of the rows, sorted; floats as ``%.6g``, a key a row lacks left blank."""
+    cols = list(SUMMARY_COLUMNS) + sorted({k for r in rows for k in r} - set(SUMMARY_COLUMNS))
+    cols = [c for c in cols if any(c in r for r in rows) or c in _SUMMARY_ALWAYS]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def write_progress(run_dir: Path, rows: list[dict], ledger) -> None:
+    """The rows and the FLOPs ledger (:class:`rbdc.flops.Ledger`) so far: ``summary.csv`` and ``ledger.json``."""
+    write_summary(Path(run_dir) / SUMMARY, rows)
+    ledger.save(Path(run_dir) / LEDGER)
+
+
+def read_summary(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and the rows (values as written, blank where a row had no value) of a ``summary.csv``, or a
+    one-line error naming the file: unreadable, truncated, or a row with more or fewer fields than the header."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        columns = [c.strip() for c in reader.fieldnames or ()]
+        raw = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path} is not a readable CSV ({e})") from None
+    if text and not text.endswith("\n"):
+        raise UserError(f"{path} is truncated (its last row has no line end); resume the run with the same "
+                        f"rbdc train command, which rewrites it")
+    rows = []
+    for i, row in enumerate(raw, start=2):
+        if None in row or None in row.values():  # more or fewer fields than the header
+            raise UserError(f"{path} line {i} does not have the header's {len(columns)} fields; the file is "
+                            f"damaged: resume the run with the same rbdc train command, which rewrites it")
+        rows.append({k.strip(): v.strip() for k, v in row.items()})
+    return columns, rows
 
 
 NEW_RUN = "start a new run (another --name or --output)"
 
 
 def read_manifest(run_dir: Path) -> dict:
-    path = run_dir / "manifest.json"
+    path = run_dir / MANIFEST
     if not path.is_file():
         return {"stages": {}, "rows": [], "ledger": {}}
     return read_json(path, f"restore it from a copy, or {NEW_RUN}")
@@ -211,18 +310,18 @@ def verified(run_dir: Path, entry: dict, stage: str, key: str = "final") -> Path
     rel, digest = (entry["final"], entry["sha256"]) if key == "final" else (entry[key]["path"], entry[key]["sha256"])
     path = run_dir / rel
     if not path.is_file():
-        raise UserError(f"{path} is missing, but manifest.json says stage {stage} wrote it; restore it, or {NEW_RUN}")
+        raise UserError(f"{path} is missing, but {MANIFEST} says stage {stage} wrote it; restore it, or {NEW_RUN}")
     if sha256(path) != digest:
         raise UserError(f"{path} changed since stage {stage} wrote it (sha256 mismatch); restore it, or {NEW_RUN}")
     return path
 
 
-def load_checkpoint(stage_dir: Path) -> dict | None:
+def load_checkpoint(sdir: Path) -> dict | None:
     """The resumable state of a stage in progress (``last.pt``), checked; None when the stage has not started."""
-    path = stage_dir / "last.pt"
+    path = sdir / CHECKPOINT
     if not path.is_file():
         return None
-    return load_state(path, f"delete it to restart stage {stage_dir.name} from its beginning (the run stays "
+    return load_state(path, f"delete it to restart stage {sdir.name} from its beginning (the run stays "
                             f"exact), or {NEW_RUN}")
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from . import pool
+from . import pool, rundir
 from .errors import UserError
 from .recipe import load_yaml
 from .units import human_flops, human_time
@@ -57,7 +57,7 @@ class StudyRun:
     point: str = ""
 
     def run_dir(self, output: str | Path) -> Path:
-        return Path(output) / self.name / f"seed{self.seed}"
+        return rundir.run_dir(output, self.name, self.seed)
 
     def extra_args(self) -> list[str]:
         """``rbdc train`` arguments after the recipe and output."""
@@ -71,11 +71,11 @@ class StudyRun:
 
     def status(self, output: str | Path) -> str:
         d = self.run_dir(output)
-        if (d / "results.json").is_file():
+        if (d / rundir.RESULTS).is_file():
             return "done"
-        if (d / "failed.json").is_file():
+        if (d / rundir.FAILED).is_file():
             return "failed"
-        return "started" if (d / "recipe.yaml").is_file() else "pending"
+        return "started" if (d / rundir.RECIPE).is_file() else "pending"
 
 
 @dataclass
@@ -197,7 +197,7 @@ def _outcome(r: StudyRun, output: Path):
     def read() -> tuple[bool, str]:
         if r.status(output) != "done":
             return False, ""
-        res = json.loads((r.run_dir(output) / "results.json").read_text())
+        res = json.loads((r.run_dir(output) / rundir.RESULTS).read_text())
         return True, f"top-1 {res['eval_top1']:.2f} at {human_flops(res['total_train_flops'])}"
     return read
 
@@ -214,7 +214,7 @@ def run_local(study: Study, output: Path, runs: list[StudyRun], jobs: int, threa
     todo = [r for r in runs if status[r] in ("pending", "started") or (retry_failed and status[r] == "failed")]
     total, done_before = len(runs), len(runs) - len(todo)
     for r in marked if not retry_failed else []:
-        reason = json.loads((r.run_dir(output) / "failed.json").read_text()).get("reason", "?")
+        reason = json.loads((r.run_dir(output) / rundir.FAILED).read_text()).get("reason", "?")
         log(f"skipping {r.name} seed {r.seed}: failed earlier ({reason}); --retry-failed runs it again")
     log(f"study {study.name}: {total} runs, {done_before} done, {len(todo)} to run "
         f"({human_flops(sum(cost[r] for r in todo))} of training) as {jobs} x {threads} thread(s) -> {output}")
@@ -234,7 +234,7 @@ def summary(study: Study, output: Path) -> str:
     groups: dict[str, list[dict]] = {}
     for r in study.runs:
         groups.setdefault(r.name, [])
-        p = r.run_dir(output) / "results.json"
+        p = r.run_dir(output) / rundir.RESULTS
         if p.is_file():
             groups[r.name].append(json.loads(p.read_text()))
     lines = [f"{'run':48s} {'seeds':>5s} {'top-1':>14s} {'train FLOPs':>12s} {'wall':>8s}"]

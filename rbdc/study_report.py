@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import rundir
 from .errors import UserError
 from .recipe import load_yaml
 from .report import discover_run_dirs, load_run, matched_flops
@@ -91,9 +92,9 @@ class Point:
 def collect(study: Study, root: Path) -> dict[tuple[str, float | None], Point]:
     """The finished runs of ``study`` under ``root`` (its output folder, or a copy of the light files)."""
     found = {}
-    if root.is_dir() and any(root.rglob("results.json")):
+    if root.is_dir() and any(root.rglob(rundir.RESULTS)):
         for d in discover_run_dirs([root]):
-            if (d / "failed.json").is_file():
+            if (d / rundir.FAILED).is_file():
                 continue
             run = load_run(d)
             found[(run.group, run.results["seed"])] = run
@@ -325,7 +326,7 @@ def _is_parent(candidate: str, stage: str) -> bool:
 
 
 def _ratio_value(p: Point, key: str):
-    rec = load_yaml((p.runs[0].path / "recipe.yaml").read_text())
+    rec = load_yaml((p.runs[0].path / rundir.RECIPE).read_text())
     node = rec
     for k in key.split("."):
         node = node[k]

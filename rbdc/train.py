@@ -1,23 +1,8 @@
-"""``rbdc train``: run a recipe's protocol into a run directory, resuming automatically.
-
-Run directory (``<output>/<name>/seed<seed>/``)::
-
-    recipe.yaml        resolved recipe: `rbdc train --recipe recipe.yaml` replays the run
-    command.txt        every command line that ran it (paths relative to the runs root) and its environment
-    summary.csv        one row per epoch of every stage (stage, model, epoch, ..., cum_train_flops, ...)
-    ledger.json        training FLOPs per stage (every narrow model counts)
-    manifest.json      stages done, their final weights (and carried optimizer state) with sha256, their parents
-    failed.json        only after a failure (divergence, an error): stage, step, reason, command
-    stages/<id>/last.pt          resumable training state of the stage in progress (sha256-checked)
-    stages/<id>/final.safetensors  the stage's final weights
-    final.safetensors  the final model;  results.json  the final numbers
-"""
+"""``rbdc train``: run a recipe's protocol into a run directory (its layout: :mod:`rbdc.rundir`), stage by stage,
+resuming automatically; ``rbdc.jobs`` > 1 trains independent stages in parallel processes (:mod:`rbdc.jobs`)."""
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import os
 import platform
 import sys
@@ -26,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from . import jobs
 from . import recipe as recipes
 from . import rundir
 from .checkpoint import save_weights
@@ -36,7 +22,7 @@ from .engine import Dist, evaluate, train_stage
 from .errors import UserError
 from .flops import Ledger
 from .protocols import BuildContext, describe_plan, lr_for, plan_stages
-from .rundir import atomic_write_bytes, load_state, read_json, save_state, sha256
+from .rundir import atomic_write_bytes, load_state, save_state, sha256
 
 KNOWN_TRAIN_SIZES = {"imagenet": 1_281_167, "imagenette": 9_469, "cifar100": 50_000}
 KNOWN_CLASSES = {"imagenet": 1000, "cifar100": 100}
@@ -62,23 +48,6 @@ def _datasets(recipe: dict):
     train = build_dataset(dc["source"], root, "train", subset=dc["subset"], download=dc["download"], **common)
     val = build_dataset(dc["source"], root, "val", subset=dc["val_subset"], download=dc["download"], **common)
     return train, val
-
-
-REQUIRED_COLS = ("stage", "model", "epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr", "images_seen",
-                 "train_flops", "cum_train_flops", "wall_s", "img_per_s", "peak_mem_mb")
-
-
-def _write_summary(path: Path, rows: list[dict]) -> None:
-    cols = ["stage", "model", "epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr", "images_seen",
-            "train_flops", "cum_train_flops", "wall_s", "img_per_s", "model_tflops_per_s", "mfu", "peak_mem_mb"]
-    cols += sorted({k for r in rows for k in r} - set(cols))
-    buf = io.StringIO()
-    cols = [c for c in cols if any(c in r for r in rows) or c in REQUIRED_COLS]
-    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def code_version() -> dict:
@@ -108,7 +77,7 @@ class Run:
     def __init__(self, recipe: dict, output: str | Path, d: Dist, log=print, only_stage: str | None = None):
         self.recipe, self.d, self.log, self.only_stage = recipe, d, log, only_stage
         self.root = Path(output)
-        self.dir = self.root / recipe["name"] / f"seed{recipe['seed']}"
+        self.dir = rundir.run_dir(self.root, recipe["name"], recipe["seed"])
         self.device = _device(recipe, d)
         self.protocol = protocols.get(recipe["protocol"])
         self.stage: str | None = None  # the stage in progress (for failed.json)
@@ -116,12 +85,12 @@ class Run:
 
     def prepare(self) -> None:
         text = recipes.dump(self.recipe)
-        existing = self.dir / "recipe.yaml"
+        existing = self.dir / rundir.RECIPE
         if self.dir.exists() and not self.dir.is_dir():
             raise UserError(f"{self.dir} is a file, not a run directory; move it away or pick another --output")
         # resolved, so that a run written before a new recipe key existed (with its default) still resumes
         if existing.is_file() and existing.read_text() != text and recipes.resolve(existing) != self.recipe:
-            raise UserError(f"{self.dir} holds a run of a different recipe (see its recipe.yaml); resume it with "
+            raise UserError(f"{self.dir} holds a run of a different recipe (see its {rundir.RECIPE}); resume it with "
                             f"`rbdc train --recipe {existing}`, or pick another --output or name")
         if not self.only_stage:
             rundir.refuse_diverged(self.dir)
@@ -136,8 +105,7 @@ class Run:
 
     def _write_progress(self, rows: list[dict], ledger: Ledger) -> None:
         if self.d.main and not self.only_stage:
-            _write_summary(self.dir / "summary.csv", rows)
-            ledger.save(self.dir / "ledger.json")
+            rundir.write_progress(self.dir, rows, ledger)
 
     def plan(self) -> None:
         """The data and the stages: an impossible plan is refused before the run directory exists."""
@@ -159,7 +127,7 @@ class Run:
         man = self._manifest()
         if self.d.main:
             if self.only_stage:
-                rundir.clear_failed(self.dir / "stages" / self.only_stage)
+                rundir.clear_failed(rundir.stage_dir(self.dir, self.only_stage))
             rundir.remove_orphans(self.dir, [s.id for s in stages], man["stages"], top=not self.only_stage)
         loader_kw = dict(img_size=rec["img_size"], in_memory=rec["data"]["in_memory"], num_workers=rec["workers"],
                          distributed=self.d.world > 1, device=self.device)
@@ -168,13 +136,13 @@ class Run:
             stages = [s for s in stages if s.id == self.only_stage]
             man = {**man, "rows": [], "ledger": {}}
         elif rec["rbdc"]["jobs"] > 1 and self.d.world == 1:
-            self._run_parallel(stages, man)
+            jobs.run_parallel(self.dir, stages, man, rec["rbdc"]["jobs"], self.log)
         for st in stages:
             if st.id in man["stages"]:
                 continue
-            sdir = self.dir / "stages" / st.id
-            if not self.only_stage and (sdir / "stage.json").is_file():
-                self._merge(st, man)
+            sdir = rundir.stage_dir(self.dir, st.id)
+            if not self.only_stage and (sdir / rundir.STAGE_DONE).is_file():  # a child of rbdc.jobs trained it
+                jobs.merge(self.dir, st.id, man, self.d.main)
                 continue
             self.stage = st.id
             sdir.mkdir(parents=True, exist_ok=True)
@@ -199,13 +167,13 @@ class Run:
             def on_epoch(row, ckpt, sdir=sdir, rows=rows, ledger=ledger):
                 rows.append(row)
                 if self.d.main:
-                    save_state({**ckpt, "rows": rows, "ledger": ledger.to_dict()}, sdir / "last.pt")
+                    save_state({**ckpt, "rows": rows, "ledger": ledger.to_dict()}, sdir / rundir.CHECKPOINT)
                     self._write_progress(rows, ledger)
 
             model, opt = train_stage(model, st, rec, train_loader, val_loader, self.device, ledger, on_epoch,
                                 state=state, optimizer_state=built.optimizer_state if state is None else None, d=self.d,
                                 log=self.log)
-            final, opt_path = sdir / "final.safetensors", sdir / "optimizer.pt"
+            final, opt_path = sdir / rundir.FINAL, sdir / rundir.OPTIMIZER
             if self.d.main:
                 save_weights(model, final, stage=st.id, recipe=rec["name"])
                 if self.protocol.carries_optimizer(rec):
@@ -217,70 +185,16 @@ class Run:
                 entry["optimizer"] = {"path": str(opt_path.relative_to(self.dir)), "sha256": sha256(opt_path)}
             if self.only_stage:
                 payload = {"entry": entry, "rows": rows, "ledger": ledger.to_dict()}
-                atomic_write_bytes(sdir / "stage.json", json.dumps(payload, indent=1).encode())
-                (sdir / "last.pt").unlink(missing_ok=True)
+                rundir.write_json(sdir / rundir.STAGE_DONE, payload)
+                (sdir / rundir.CHECKPOINT).unlink(missing_ok=True)
                 return {}
             man["stages"][st.id] = entry
             man["rows"], man["ledger"] = rows, ledger.to_dict()
             if self.d.main:
-                atomic_write_bytes(self.dir / "manifest.json", json.dumps(man, indent=1).encode())
-                (sdir / "last.pt").unlink(missing_ok=True)
+                rundir.write_manifest(self.dir, man)
+                (sdir / rundir.CHECKPOINT).unlink(missing_ok=True)
             self._barrier()
         return self._finish(stages, man)
-
-    def _run_parallel(self, stages, man: dict) -> None:
-        """``rbdc.jobs`` > 1: train the pending independent stages of each level in parallel processes (one per
-        GPU when there are GPUs), then merge them in stage order; later levels wait for their parents."""
-        import subprocess
-        jobs = self.recipe["rbdc"]["jobs"]
-        ngpu = torch.cuda.device_count()
-        for level in sorted({s.level for s in stages}):
-            pending = [s for s in stages if s.level == level and s.id not in man["stages"]
-                       and not (self.dir / "stages" / s.id / "stage.json").is_file()]
-            if len(pending) < 2:
-                continue
-            self.log(f"level {level}: training {', '.join(s.id for s in pending)} in {min(jobs, len(pending))} "
-                     f"parallel processes")
-            running: list = []
-            for i, st in enumerate(pending):
-                while len(running) >= jobs:
-                    self._wait(running.pop(0))
-                env = dict(os.environ, OMP_NUM_THREADS=str(max(1, torch.get_num_threads() // jobs)))
-                if ngpu:
-                    env["CUDA_VISIBLE_DEVICES"] = str(i % ngpu)
-                cmd = [sys.executable, "-m", "rbdc.cli", "train", "--resume", str(self.dir), "--only-stage", st.id]
-                (self.dir / "stages").mkdir(parents=True, exist_ok=True)
-                log = open(self.dir / "stages" / f"{st.id}.log", "a")
-                running.append((st.id, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)))
-            for job in running:
-                self._wait(job)
-            for st in pending:
-                self._merge(st, man)
-
-    def _wait(self, job) -> None:
-        sid, proc = job
-        if proc.wait():
-            child = rundir.read_failed(self.dir / "stages" / sid)
-            if child:
-                raise rundir.RunFailed(child["reason"], stage=sid, step=child["step"], diverged=child["diverged"])
-            raise UserError(f"stage {sid} failed (exit {proc.returncode}); see {self.dir / 'stages' / (sid + '.log')}; "
-                            f"rerun the same command to resume")
-
-    def _merge(self, st, man: dict) -> None:
-        """Append a stage trained by a child process to the run: its rows and ledger continue the running totals."""
-        sdir = self.dir / "stages" / st.id
-        payload = read_json(sdir / "stage.json", f"delete it to retrain stage {st.id}")
-        ledger = Ledger.from_dict(man["ledger"])
-        offset = ledger.total
-        for e in Ledger.from_dict(payload["ledger"]).entries:
-            ledger.add(e.stage, e.model, e.images, e.flops_per_image)
-        rows = list(man["rows"]) + [{**r, "cum_train_flops": r["cum_train_flops"] + offset} for r in payload["rows"]]
-        man["stages"][st.id] = payload["entry"]
-        man["rows"], man["ledger"] = rows, ledger.to_dict()
-        if self.d.main:
-            atomic_write_bytes(self.dir / "manifest.json", json.dumps(man, indent=1).encode())
-            _write_summary(self.dir / "summary.csv", rows)
-            ledger.save(self.dir / "ledger.json")
 
     def _barrier(self) -> None:
         if self.d.world > 1:
@@ -299,7 +213,7 @@ class Run:
         """A finished stage's carried optimizer state (AdamW moments by parameter name)."""
         entry = man["stages"][stage]
         path = rundir.verified(self.dir, entry, stage, "optimizer") if "optimizer" in entry else \
-            self.dir / "stages" / stage / "optimizer.pt"  # runs made before the manifest listed it
+            rundir.stage_dir(self.dir, stage) / rundir.OPTIMIZER  # runs made before the manifest listed it
         return load_state(path, rundir.NEW_RUN)
 
     def _finish(self, stages, man: dict) -> dict:
@@ -309,7 +223,7 @@ class Run:
         final_row = [r for r in rows if r["stage"] == last and "eval_top1" in r][-1]
         if self.d.main:
             src = rundir.verified(self.dir, man["stages"][last], last)
-            atomic_write_bytes(self.dir / "final.safetensors", src.read_bytes())
+            atomic_write_bytes(self.dir / rundir.FINAL, src.read_bytes())
         ledger = Ledger.from_dict(man["ledger"])
         by_stage = ledger.by_stage()
         results = {
@@ -327,7 +241,7 @@ class Run:
         }
         if self.d.main:
             rundir.clear_failed(self.dir)  # a run that failed before and now finished (never a diverged one)
-            atomic_write_bytes(self.dir / "results.json", json.dumps(results, indent=1, sort_keys=True).encode())
+            rundir.write_results(self.dir, results)
         self.log(f"done: {rec['name']} seed {rec['seed']}: top-1 {results['eval_top1']:.2f} at "
                  f"{ledger.total:.4e} training FLOPs -> {self.dir}")
         return results
@@ -363,7 +277,7 @@ def run_recipe(path: str | None, output: str = "runs", overrides: list[str] = ()
         return run.execute()
     except Exception as e:  # not KeyboardInterrupt: an interrupted run is resumable, not failed
         if d.main:
-            where = run.dir / "stages" / only_stage if only_stage else run.dir
+            where = rundir.stage_dir(run.dir, only_stage) if only_stage else run.dir
             try:
                 rundir.write_failed(where, stage=getattr(e, "stage", run.stage), step=getattr(e, "step", None),
                                     reason=str(e) or type(e).__name__, command=run.command,
@@ -378,10 +292,11 @@ def cmd_train(args) -> int:
     t0 = time.time()
     if args.resume:
         run_dir = Path(args.resume)
-        if not (run_dir / "recipe.yaml").is_file():
-            raise UserError(f"--resume {run_dir}: no recipe.yaml there; pass a run directory written by rbdc train")
-        rec = recipes.resolve(run_dir / "recipe.yaml")
-        args.recipe, args.output = str(run_dir / "recipe.yaml"), str(run_dir.parents[len(Path(rec["name"]).parts)])
+        recipe = run_dir / rundir.RECIPE
+        if not recipe.is_file():
+            raise UserError(f"--resume {run_dir}: no {rundir.RECIPE} there; pass a run directory written by rbdc train")
+        rec = recipes.resolve(recipe)
+        args.recipe, args.output = str(recipe), str(run_dir.parents[len(Path(rec["name"]).parts)])
     check_output(args.output, "--output", directory=True)
     run_recipe(args.recipe, args.output, args.set or [], dry_run=args.dry_run, only_stage=args.only_stage,
                estimate=args.gpu or args.estimate, seed=args.seed, model=args.model,

@@ -7,6 +7,8 @@ import torch
 import rbdc  # noqa: F401  (registers the test_rbdc_* variants)
 
 REPO = Path(__file__).resolve().parents[1]
+CI = REPO / "benchmarks" / "recipes" / "ci"
+QUIET = {"log": lambda *a, **k: None}
 
 
 def data_root() -> Path | None:
@@ -20,6 +22,24 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="session")
+def ci_reference(tmp_path_factory):
+    """``ci_reference(name, overrides=())``: the run directory and results of CI recipe ``name`` trained without
+    interruption, once per session for every module that needs it. Tests copy it before changing anything in it."""
+    import rbdc.train as train
+    cache = {}
+
+    def get(name: str, overrides=()) -> tuple[Path, dict]:
+        key = (name, tuple(overrides))
+        if key not in cache:
+            out = tmp_path_factory.mktemp(f"ref-{name}")
+            results = train.run_recipe(str(CI / f"{name}.yaml"), str(out), list(overrides), **QUIET)
+            cache[key] = out / results["name"], results
+        return cache[key]
+
+    return get
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
@@ -31,9 +51,9 @@ def pytest_collection_modifyitems(config, items):
 
 def interrupt_after(monkeypatch, n: int) -> None:
     """Simulate a preemption: raise KeyboardInterrupt right after the n-th epoch's checkpoint and summary write."""
-    import rbdc.train as train
+    from rbdc import rundir
     calls = {"n": 0}
-    real = train._write_summary
+    real = rundir.write_summary
 
     def flaky(path, rows):
         real(path, rows)
@@ -41,4 +61,4 @@ def interrupt_after(monkeypatch, n: int) -> None:
         if calls["n"] == n:
             raise KeyboardInterrupt("simulated preemption")
 
-    monkeypatch.setattr(train, "_write_summary", flaky)
+    monkeypatch.setattr(rundir, "write_summary", flaky)

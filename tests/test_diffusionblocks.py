@@ -1,8 +1,6 @@
 """DiffusionBlocks protocol: band partition, block-local training steps, B-block inference, FLOPs/memory, resume."""
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 from statistics import NormalDist
 
@@ -14,13 +12,12 @@ from safetensors.torch import load_file
 from torch.utils.flop_counter import FlopCounterMode
 
 import rbdc.train as train
+from rbdc import cli, rundir
 from rbdc.diffusionblocks import DiffusionBlocksError, band_edges, build_model, inference_sigmas
 from rbdc.flops import train_flops_per_image
-from conftest import interrupt_after  # tests/conftest.py
 
 REPO = Path(__file__).resolve().parents[1]
 CI_RECIPE = REPO / "benchmarks" / "recipes" / "ci" / "diffusionblocks.yaml"
-QUIET = dict(log=lambda *a, **k: None)
 TINY = dict(model="test_rbdc_vit", drop_path=0.0, model_kwargs={"depth": 3}, diffusionblocks={"blocks": 3})
 
 
@@ -344,17 +341,10 @@ def test_bad_recipes_fail_with_the_key_and_the_fix():
         build_model({**TINY, "model": "test_rbdc_resnet", "model_kwargs": {}}, 10)
 
 
-@pytest.fixture(scope="module")
-def ci_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    results = train.run_recipe(str(CI_RECIPE), str(out), **QUIET)
-    return out / "ci" / "diffusionblocks" / "seed0", results
-
-
-def test_the_ci_recipe_runs_end_to_end_and_accounts_one_block_per_step(ci_run):
-    run_dir, results = ci_run
-    for name in ("recipe.yaml", "summary.csv", "ledger.json", "manifest.json", "results.json", "final.safetensors"):
-        assert (run_dir / name).is_file(), name
+def test_the_ci_recipe_runs_end_to_end_and_accounts_one_block_per_step(ci_reference):
+    run_dir, results = ci_reference("diffusionblocks")
+    assert json.loads((run_dir / rundir.RESULTS).read_text()) == results
+    assert json.loads((run_dir / rundir.LEDGER).read_text())["total_train_flops"] == results["total_train_flops"]
     assert results["protocol"] == "diffusionblocks" and results["peak_mem_mb"] > 0
     stage = results["stages"][0]
     assert stage["epochs"] == 3.0  # `epochs: 1` per block x 3 blocks: the method's equal-iteration accounting
@@ -365,25 +355,8 @@ def test_the_ci_recipe_runs_end_to_end_and_accounts_one_block_per_step(ci_run):
     m.load_state_dict(load_file(str(run_dir / "final.safetensors")))  # the weights file rebuilds the model
 
 
-def test_resume_after_interruption_gives_the_same_final_weights(ci_run, tmp_path, monkeypatch):
-    reference, _ = ci_run
-    interrupt_after(monkeypatch, 1)  # right after the first epoch's checkpoint
-    with pytest.raises(KeyboardInterrupt):
-        train.run_recipe(str(CI_RECIPE), str(tmp_path), **QUIET)
-    run_dir = tmp_path / "ci" / "diffusionblocks" / "seed0"
-    assert (run_dir / "stages" / "dblock" / "last.pt").is_file() and not (run_dir / "results.json").exists()
-    monkeypatch.undo()
-    train.run_recipe(str(CI_RECIPE), str(tmp_path), **QUIET)
-    a, b = load_file(str(reference / "final.safetensors")), load_file(str(run_dir / "final.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert len((run_dir / "summary.csv").read_text().splitlines()) == len(
-        (reference / "summary.csv").read_text().splitlines())
-
-
 def test_the_cli_trains_the_protocol(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "rbdc.cli", "train", "-c", str(CI_RECIPE), "-o", str(tmp_path),
-                        "--set", "epochs=0.25"], capture_output=True, text=True, cwd=REPO)
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert cli.main(["train", "-c", str(CI_RECIPE), "-o", str(tmp_path), "--set", "epochs=0.25"]) == 0
     results = json.loads((tmp_path / "ci" / "diffusionblocks" / "seed0" / "results.json").read_text())
     batch = train.recipes.resolve(CI_RECIPE)["batch_size"]
     # 0.25 epochs per block x 3 blocks of 640 synthetic images

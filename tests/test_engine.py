@@ -9,10 +9,11 @@ from safetensors.torch import load_file
 
 import rbdc
 import rbdc.train as train
+from rbdc import recipe as recipes
+from rbdc import rundir
 from rbdc.errors import UserError
 from rbdc.growth import inner_widths
 from rbdc.rundir import load_state
-from conftest import interrupt_after  # tests/conftest.py
 
 RECIPES = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes"
 CI = RECIPES / "ci"
@@ -23,23 +24,25 @@ def run(recipe, out, **kw):
     return train.run_recipe(str(recipe), str(out), **QUIET, **kw)
 
 
-@pytest.fixture(scope="module")
-def rbdc_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    results = run(CI / "rbdc.yaml", out)
-    return out / "ci" / "rbdc-d1" / "seed0", results
+@pytest.fixture
+def rbdc_run(ci_reference):
+    return ci_reference("rbdc")
 
 
 def test_rbdc_run_writes_the_run_directory_contract(rbdc_run):
     run_dir, results = rbdc_run
-    for name in ("recipe.yaml", "command.txt", "summary.csv", "ledger.json", "manifest.json", "results.json",
-                 "final.safetensors", "stages/L0.0/final.safetensors", "stages/L1/final.safetensors"):
-        assert (run_dir / name).is_file(), name
-    header = (run_dir / "summary.csv").read_text().splitlines()[0].split(",")
-    for col in ("stage", "model", "epoch", "train_loss", "eval_top1", "eval_top5", "lr", "images_seen",
-                "train_flops", "cum_train_flops", "wall_s", "img_per_s", "peak_mem_mb"):
-        assert col in header
-    man = json.loads((run_dir / "manifest.json").read_text())
+    assert recipes.resolve(run_dir / rundir.RECIPE) == recipes.resolve(CI / "rbdc.yaml")
+    assert '"code"' in (run_dir / rundir.COMMAND).read_text()  # the environment of the invocation
+    assert json.loads((run_dir / rundir.RESULTS).read_text()) == results
+    header, rows = rundir.read_summary(run_dir / rundir.SUMMARY)
+    always = [c for c in rundir.SUMMARY_COLUMNS if c not in rundir.SUMMARY_OPTIONAL]
+    assert [c for c in header if c in always] == always  # in rundir's order; the optional ones only when written
+    assert float(rows[-1]["cum_train_flops"]) == pytest.approx(results["total_train_flops"], rel=1e-5)
+    man = json.loads((run_dir / rundir.MANIFEST).read_text())
+    assert sorted(man["stages"]) == ["L0.0", "L0.1", "L1"]
+    for sid, entry in man["stages"].items():
+        assert rundir.sha256(run_dir / entry["final"]) == entry["sha256"], sid
+    assert (run_dir / rundir.FINAL).read_bytes() == (run_dir / man["stages"]["L1"]["final"]).read_bytes()
     assert [p["stage"] for p in man["stages"]["L1"]["parents"]] == ["L0.0", "L0.1"]
     assert man["stages"]["L1"]["parents"][0]["sha256"] == man["stages"]["L0.0"]["sha256"]
     assert "L1" in results["coupled_top1_before_training"]
@@ -68,22 +71,6 @@ def test_scratch_matched_to_an_rbdc_run_lands_within_one_percent(rbdc_run, tmp_p
     run_dir, results = rbdc_run
     scratch = run(CI / "scratch.yaml", tmp_path, match=str(run_dir))
     assert abs(scratch["total_train_flops"] / results["total_train_flops"] - 1) < 0.01
-
-
-@pytest.mark.parametrize("stop_at", [1, 3, 5])  # inside L0.0, inside L0.1, inside L1 (after its pre-train eval)
-def test_resume_after_interruption_gives_the_same_final_weights(rbdc_run, tmp_path, monkeypatch, stop_at):
-    reference, _ = rbdc_run
-    interrupt_after(monkeypatch, stop_at)
-    with pytest.raises(KeyboardInterrupt):
-        run(CI / "rbdc.yaml", tmp_path)
-    monkeypatch.undo()
-    run(CI / "rbdc.yaml", tmp_path)  # the same command again: resumes
-    a = load_file(str(reference / "final.safetensors"))
-    b = load_file(str(tmp_path / "ci" / "rbdc-d1" / "seed0" / "final.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    ref_rows = (reference / "summary.csv").read_text().splitlines()
-    rows = (tmp_path / "ci" / "rbdc-d1" / "seed0" / "summary.csv").read_text().splitlines()
-    assert len(rows) == len(ref_rows)
 
 
 def test_a_run_dir_of_another_recipe_is_refused(rbdc_run, tmp_path):
@@ -121,20 +108,10 @@ def test_bad_recipes_fail_with_a_clear_error(override, message):
 
 
 @pytest.mark.parametrize("protocol", ["net2net", "mixturegrowth", "gradmax"])
-def test_growth_protocol_runs_resumes_and_matches_the_rbdc_budget(protocol, rbdc_run, tmp_path, monkeypatch):
+def test_growth_protocol_matched_to_an_rbdc_run_lands_within_one_percent(protocol, rbdc_run, ci_reference):
     rbdc_dir, rbdc_results = rbdc_run
-    over = ["rbdc.epochs=null", f"match={rbdc_dir}"]
-    reference = run(CI / f"{protocol}.yaml", tmp_path / "a", overrides=over)
-    assert abs(reference["total_train_flops"] / rbdc_results["total_train_flops"] - 1) < 0.01
-    interrupt_after(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
-        run(CI / f"{protocol}.yaml", tmp_path / "b", overrides=over)
-    monkeypatch.undo()
-    resumed = run(CI / f"{protocol}.yaml", tmp_path / "b", overrides=over)
-    assert resumed["eval_top1"] == reference["eval_top1"]
-    a = load_file(str(tmp_path / "a" / "ci" / protocol / "seed0" / "final.safetensors"))
-    b = load_file(str(tmp_path / "b" / "ci" / protocol / "seed0" / "final.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    _, results = ci_reference(protocol, ["rbdc.epochs=null", f"match={rbdc_dir}"])  # as tests/test_resume.py trains it
+    assert abs(results["total_train_flops"] / rbdc_results["total_train_flops"] - 1) < 0.01
 
 
 def test_parallel_jobs_train_the_narrow_models_in_processes_with_the_same_result(tmp_path):
@@ -146,12 +123,14 @@ def test_parallel_jobs_train_the_narrow_models_in_processes_with_the_same_result
     finally:
         torch.set_num_threads(threads)
     run_dir = tmp_path / "par" / "ci" / "rbdc-d1" / "seed0"
-    assert (run_dir / "stages" / "L0.0.log").is_file() and (run_dir / "stages" / "L0.1.log").is_file()
+    for sid in ("L0.0", "L0.1"):  # each trained by its own child process, which logged its epochs there
+        assert f"[{sid}] epoch" in rundir.stage_log(run_dir, sid).read_text()
     assert results["total_train_flops"] == reference["total_train_flops"]
     a = load_file(str(tmp_path / "seq" / "ci" / "rbdc-d1" / "seed0" / "final.safetensors"))
     b = load_file(str(run_dir / "final.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    cum = [float(line.split(",")[10]) for line in (run_dir / "summary.csv").read_text().splitlines()[1:]]
+    _, rows = rundir.read_summary(run_dir / rundir.SUMMARY)
+    cum = [float(r["cum_train_flops"]) for r in rows]
     assert cum == sorted(cum)  # the merged rows continue the running FLOPs total
 
 

@@ -1,4 +1,5 @@
 """The README's main command and the committed reports."""
+import csv
 import filecmp
 
 import pytest
@@ -12,9 +13,16 @@ def test_quickstart_runs_end_to_end_on_digits(tmp_path, capsys):
     assert main(["quickstart", "--data", "digits", "-o", str(tmp_path), "--set", "budget_epochs=2"]) == 0
     out = capsys.readouterr().out
     assert "rbdc top-1" in out
-    for suffix in ("md", "tex", "csv", "png"):
-        assert (tmp_path / f"quickstart-report.{suffix}").is_file()
-    assert (tmp_path / "quickstart" / "scratch" / "seed0" / "results.json").is_file()
+    r, s = _results(tmp_path, "rbdc-d1"), _results(tmp_path, "scratch")
+    assert abs(s["total_train_flops"] / r["total_train_flops"] - 1) < 0.01  # scratch matched to the rbdc run
+    with open(tmp_path / "quickstart-report.csv", newline="") as f:
+        rows = {row["group"]: row for row in csv.DictReader(f) if row["group"]}  # measured: quoted rows have none
+    assert sorted(rows) == ["quickstart/rbdc-d1", "quickstart/scratch"]
+    for group, res in (("quickstart/rbdc-d1", r), ("quickstart/scratch", s)):
+        assert float(rows[group]["top1_mean"]) == pytest.approx(res["eval_top1"], abs=1e-4)
+        assert f"| {group} |" in (tmp_path / "quickstart-report.md").read_text()
+    assert "quickstart/rbdc-d1" in (tmp_path / "quickstart-report.tex").read_text()
+    assert (tmp_path / "quickstart-report.png").read_bytes().startswith(b"\x89PNG")
 
 
 def _results(root, protocol):

@@ -37,11 +37,9 @@ def flip_byte(path: Path, at: int = -100) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.fixture(scope="module")
-def scratch(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ref")
-    run("scratch", out)
-    return run_dir(out, "scratch")
+@pytest.fixture
+def scratch(ci_reference):
+    return ci_reference("scratch")[0]
 
 
 def same_final(a: Path, b: Path) -> bool:
@@ -149,7 +147,7 @@ def test_yaml_1_2_floats_are_numbers_in_recipes_and_overrides(tmp_path):
 # 5. Stale files and orphans
 
 def test_a_kill_after_the_last_checkpoint_leaves_no_stale_summary_or_ledger(scratch, tmp_path, monkeypatch):
-    real = train._write_summary
+    real = rundir.write_summary
     rows_at_end = len((scratch / "summary.csv").read_text().splitlines()) - 1
 
     def killed_before_writing(path, rows):
@@ -157,7 +155,7 @@ def test_a_kill_after_the_last_checkpoint_leaves_no_stale_summary_or_ledger(scra
             raise KeyboardInterrupt("kill -9")
         real(path, rows)
 
-    monkeypatch.setattr(train, "_write_summary", killed_before_writing)
+    monkeypatch.setattr(rundir, "write_summary", killed_before_writing)
     with pytest.raises(KeyboardInterrupt):
         run("scratch", tmp_path)
     monkeypatch.undo()
@@ -253,3 +251,30 @@ def test_command_txt_keeps_every_invocation_with_relative_paths(tmp_path, monkey
     rel = os.path.relpath(CI / "scratch.yaml", tmp_path)
     assert text.count(f"rbdc train -c {rel} -o . --set epochs=1\n") == 2
     assert str(tmp_path) not in text and '"code"' in text
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 10. The summary.csv schema (rbdc.rundir) is the one the committed runs were written with
+
+def _as_written(value: str):
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def test_write_summary_rewrites_every_committed_summary_byte_for_byte(tmp_path):
+    committed = sorted((Path(__file__).resolve().parents[1] / "reports" / "runs").rglob(rundir.SUMMARY))
+    assert len(committed) > 10
+    for path in committed:
+        _, rows = rundir.read_summary(path)
+        out = tmp_path / rundir.SUMMARY
+        rundir.write_summary(out, [{k: _as_written(v) for k, v in r.items() if v} for r in rows])
+        assert out.read_bytes() == path.read_bytes(), path
+
+
+def test_the_report_reads_only_columns_the_run_writes():
+    from rbdc.report.load import REQUIRED_SUMMARY_COLUMNS
+    assert set(REQUIRED_SUMMARY_COLUMNS) <= set(rundir.SUMMARY_COLUMNS) - set(rundir.SUMMARY_OPTIONAL)

@@ -93,7 +93,7 @@ def test_a_study_runs_resumes_after_a_kill_and_skips_finished_runs(tmp_path):
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert (out / "tiny" / "scratch" / "seed0" / "results.json").is_file()
+    assert json.loads((out / "tiny" / "scratch" / "seed0" / "results.json").read_text())["seed"] == 0  # finished
     assert not (out / "tiny" / "rbdc" / "seed1" / "results.json").is_file()
 
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -123,7 +123,7 @@ def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path, capsys, monkey
     assert main(["study", str(path), "-o", str(tmp_path / "runs")]) == 1
     out = capsys.readouterr()
     assert "tiny/bad seed 0: FAILED (exit 2)" in out.out and "1 run(s) failed: tiny/bad seed 0" in out.err
-    assert (tmp_path / "runs" / "tiny" / "ok" / "seed0" / "results.json").is_file()
+    assert json.loads((tmp_path / "runs" / "tiny" / "ok" / "seed0" / "results.json").read_text())["group"] == "tiny/ok"
 
 
 def test_a_point_that_cannot_be_planned_stops_the_study_before_any_run(tmp_path, capsys):

@@ -19,12 +19,13 @@ import torch
 import torch.nn as nn
 
 from rbdc.errors import UserError
+from rbdc.rundir import FINAL
 
 __all__ = ['TRUNK', 'CheckpointKeyError', 'resolve_checkpoint', 'export_state_dict', 'export_backbone',
            'read_state_dict', 'load_backbone', 'classifier_prefixes']
 
 TRUNK = 'trunk.'  # attribute of the backbones that holds the timm model
-RUN_FILE = 'final.safetensors'  # what an rbdc training run leaves in its folder
+RUN_FILE = FINAL  # what an rbdc training run leaves in its folder
 logger = logging.getLogger(__name__)
 
 

@@ -5,6 +5,7 @@ import json
 from fractions import Fraction
 from pathlib import Path
 
+from .. import rundir
 from ..errors import UserError
 from ..units import human_flops
 from .base import PlanData, Stage, get, target_fpi
@@ -18,9 +19,9 @@ def lr_for(recipe: dict) -> float:
 
 
 def matched_budget(run_dir: str | Path) -> float:
-    path = Path(run_dir) / "results.json"
+    path = Path(run_dir) / rundir.RESULTS
     if not path.is_file():
-        raise UserError(f"--match {run_dir}: no results.json there; point it at a finished rbdc run directory")
+        raise UserError(f"--match {run_dir}: no {rundir.RESULTS} there; point it at a finished rbdc run directory")
     return float(json.loads(path.read_text())["total_train_flops"])
 
 

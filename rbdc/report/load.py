@@ -1,8 +1,7 @@
-"""Reading run directories: which folders are finished runs, and their results and accuracy curves."""
+"""Reading run directories (their layout: :mod:`rbdc.rundir`): which folders are finished runs, and their results
+and accuracy curves."""
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -10,14 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from rbdc import rundir
 from rbdc.errors import UserError
 
-
-RESULTS_FILE = 'results.json'
-SUMMARY_FILE = 'summary.csv'
-RECIPE_FILE = 'recipe.yaml'
-FAILED_FILE = 'failed.json'
 REQUIRED_RESULT_KEYS = ('name', 'protocol', 'group', 'seed', 'model', 'dataset', 'eval_top1', 'total_train_flops')
+# the summary.csv columns a report reads (of rundir.SUMMARY_COLUMNS)
 REQUIRED_SUMMARY_COLUMNS = ('stage', 'epoch', 'eval_top1', 'cum_train_flops')
 
 
@@ -51,15 +47,15 @@ def discover_run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 def _why_skipped(run_dir: Path, files: list[str]) -> str | None:
     """Why a run directory cannot enter a report (None: it can): it failed, or it has not finished."""
-    if FAILED_FILE in files:
+    if rundir.FAILED in files:
         try:
-            info = json.loads((run_dir / FAILED_FILE).read_text(encoding='utf-8'))
+            info = json.loads((run_dir / rundir.FAILED).read_text(encoding='utf-8'))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             info = {}
         info = info if isinstance(info, dict) else {}
         where = ' '.join(f'{k} {info[k]}' for k in ('stage', 'step') if info.get(k) is not None)
         return f'failed{" at " + where if where else ""}: {info.get("reason") or "see its failed.json"}'
-    if RESULTS_FILE not in files:
+    if rundir.RESULTS not in files:
         return 'unfinished (no results.json): resume it with the same rbdc train command'
     return None
 
@@ -87,14 +83,14 @@ def scan_run_dirs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[
     for p in paths:
         path = Path(p)
         if not path.exists():
-            raise UserError(f'run directory {path} does not exist: pass a run directory (holding {RESULTS_FILE}) '
+            raise UserError(f'run directory {path} does not exist: pass a run directory (holding {rundir.RESULTS}) '
                             'or a folder above run directories')
         if not path.is_dir():
-            raise UserError(f'{path} is not a directory: pass a run directory (holding {RESULTS_FILE}) '
+            raise UserError(f'{path} is not a directory: pass a run directory (holding {rundir.RESULTS}) '
                             'or a folder above run directories')
         here = []
         for dirpath, dirnames, filenames in os.walk(path):
-            if not {RESULTS_FILE, RECIPE_FILE, FAILED_FILE} & set(filenames):
+            if not {rundir.RESULTS, rundir.RECIPE, rundir.FAILED} & set(filenames):
                 continue
             dirnames.clear()
             why = _why_skipped(Path(dirpath), filenames)
@@ -104,8 +100,8 @@ def scan_run_dirs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[
                 here.append(Path(dirpath).resolve())
         if not here:
             listed = ''.join(f'; {d}: {why}' for d, why in sorted(skipped.items()) if d.is_relative_to(path.resolve()))
-            raise UserError(f'no finished run directory under {path}: no folder there holds {RESULTS_FILE} without '
-                            f'{FAILED_FILE}{listed}')
+            raise UserError(f'no finished run directory under {path}: no folder there holds {rundir.RESULTS} without '
+                            f'{rundir.FAILED}{listed}')
         found.update(here)
     return sorted(found), sorted(skipped.items())
 
@@ -132,8 +128,8 @@ def load_run(run_dir: str | os.PathLike) -> Run:
             names the file.
     """
     run_dir = Path(run_dir)
-    results_path = run_dir / RESULTS_FILE
-    summary_path = run_dir / SUMMARY_FILE
+    results_path = run_dir / rundir.RESULTS
+    summary_path = run_dir / rundir.SUMMARY
     if not results_path.is_file():
         raise UserError(f'{results_path} is missing: {run_dir} is not a finished run directory')
     try:
@@ -154,21 +150,12 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     _number(results['eval_top1'], 'eval_top1', results_path)
     if _number(results['total_train_flops'], 'total_train_flops', results_path) <= 0:
         raise UserError(f'{results_path}: "total_train_flops" must be positive, got {results["total_train_flops"]!r}')
-    for key in ('eval_top5', 'total_train_gmac_epochs', 'wall_s', 'peak_mem_mb'):
+    for key in ('eval_top5', 'wall_s', 'peak_mem_mb'):
         _number(results.get(key), key, results_path, allow_none=True)
 
     if not summary_path.is_file():
         raise UserError(f'{summary_path} is missing: {run_dir} is not a complete run directory')
-    try:
-        text = summary_path.read_text(encoding='utf-8')
-        reader = csv.DictReader(io.StringIO(text, newline=''))
-        columns = [c.strip() for c in reader.fieldnames or ()]
-        rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise UserError(f'{summary_path} is not a readable CSV ({e})') from None
-    if text and not text.endswith('\n'):
-        raise UserError(f'{summary_path} is truncated (its last row has no line end); resume the run with the same '
-                        f'rbdc train command, which rewrites it')
+    columns, rows = rundir.read_summary(summary_path)
     missing = [c for c in REQUIRED_SUMMARY_COLUMNS if c not in columns]
     if missing:
         raise UserError(f'{summary_path} lacks column(s) {", ".join(missing)} (header: {",".join(columns)})')
@@ -176,10 +163,6 @@ def load_run(run_dir: str | os.PathLike) -> Run:
         raise UserError(f'{summary_path} has a header but no epoch rows')
     curve = []
     for i, row in enumerate(rows, start=2):
-        if None in row or None in row.values():  # more or fewer fields than the header
-            raise UserError(f'{summary_path} line {i} does not have the header\'s {len(columns)} fields; the file is '
-                            f'damaged: resume the run with the same rbdc train command, which rewrites it')
-        row = {k.strip(): v.strip() for k, v in row.items()}
         try:
             flops = float(row['cum_train_flops']) if row['cum_train_flops'] else math.nan
             top1 = float(row['eval_top1']) if row['eval_top1'] else math.nan  # epochs without eval stay blank
