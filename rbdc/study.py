@@ -107,6 +107,8 @@ def load_study(path: str | Path) -> Study:
         data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise UserError(f"study {path} is not valid YAML: {e}") from e
+    if data.get("kind") == "detection":
+        raise UserError(f"{path} is a detection study: run it with rbdc det-study {path}")
     unknown = sorted(set(data) - STUDY_KEYS)
     if unknown:
         raise UserError(f"{path}: unknown study key(s) {unknown}; known: {', '.join(sorted(STUDY_KEYS))}")

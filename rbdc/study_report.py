@@ -25,26 +25,19 @@ from pathlib import Path
 
 import numpy as np
 
-from . import rundir
+from . import protocols, rundir
 from .errors import UserError
 from .recipe import load_yaml
 from .report import discover_run_dirs, load_run, matched_flops
 from .report.figure import save_png
+from .report.stats import t_half_width, welch
 from .rundir import atomic_write_bytes
 from .study import REPO, Study
 from .units import human_flops
 
 BOOTSTRAP = 4000
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-        12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
 PAPER_SAVING = 0.30
 COLORS = ("#d62728", "#9e1b1b", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
-
-
-def _t975(dof: float) -> float:
-    """Two-sided 95% Student t quantile, rounded down to a tabulated dof (wider, so conservative)."""
-    d = max(1, int(math.floor(dof)))
-    return T975[max(k for k in T975 if k <= d)]
 
 
 @dataclass
@@ -71,9 +64,7 @@ class Point:
     @property
     def half_width(self) -> float | None:
         """Half width of the 95% t-interval of the mean over seeds (None with one seed)."""
-        if self.n < 2:
-            return None
-        return _t975(self.n - 1) * statistics.stdev(self.top1) / math.sqrt(self.n)
+        return t_half_width(self.top1)
 
     @property
     def flops_mean(self) -> float:
@@ -145,14 +136,7 @@ def saving_with_interval(scratch: list[Point], p: Point, rng: np.random.Generato
 
 def _diff(a: Point, b: Point) -> tuple[float, float | None]:
     """Mean top-1 difference a - b and the half width of its Welch 95% interval (None without two seeds each)."""
-    d = a.mean - b.mean
-    if a.n < 2 or b.n < 2:
-        return d, None
-    va, vb = statistics.variance(a.top1) / a.n, statistics.variance(b.top1) / b.n
-    if va + vb == 0:
-        return d, 0.0
-    dof = (va + vb) ** 2 / (va ** 2 / (a.n - 1) + vb ** 2 / (b.n - 1))
-    return d, _t975(dof) * math.sqrt(va + vb)
+    return welch(a.top1, b.top1)
 
 
 def _pm(mean: float, hw: float | None) -> str:
@@ -382,7 +366,7 @@ def _figures(points: dict, spec: dict, savings: dict, out: Path) -> dict[str, Pa
                 ax.errorbar([p.flops_mean for p in ps], [p.mean for p in ps], yerr=[p.half_width or 0 for p in ps],
                             color=color, marker="o", markersize=4, capsize=3, label=name,
                             linewidth=2.0 if j == 0 else 1.2)
-                if "rbdc" in name:
+                if protocols.get(ps[0].protocol).subject:  # the method's points carry epochs per level (paper)
                     for p in ps:
                         ax.annotate(p.label(), (p.flops_mean, p.mean), textcoords="offset points", xytext=(4, -10),
                                     fontsize=6, color=color)

@@ -589,3 +589,78 @@ def test_det_train_iters_runs_a_short_balloon_training(det, tmp_path, small_ball
     assert (work / 'iter_2.pth').is_file()
     val = json.loads((work / 'metrics.json').read_text())['val']
     assert len(val) == 1 and val[0]['iter'] == 2 and 'coco/segm_mAP' in val[0]['metrics']
+
+
+# ------------------------------------------------------------------------------------------ detection study
+
+def _det_study(tmp: Path, **over) -> Path:
+    """A detection study over a fake classification study (2 points x 2 seeds of coupled test ViTs), 1 iteration."""
+    import yaml
+
+    import rbdc
+
+    for point in ('vit-scratch', 'vit-rbdc-d1'):
+        for seed in (0, 1):
+            torch.manual_seed(seed + (10 if point == 'vit-rbdc-d1' else 0))
+            wide = rbdc.couple([rbdc.narrow('test_rbdc_vit', 2) for _ in range(2)])
+            rbdc.save_weights(wide, tmp / 'cls' / 'tiny' / point / 'b32' / f'seed{seed}' / 'final.safetensors')
+    options = [o for o in TINY if not o.startswith(('train_cfg.', 'default_hooks.checkpoint'))]
+    study = {'name': 'det-tiny', 'kind': 'detection', 'description': 'a smoke test',
+             'backbones': {'study': 'tiny', 'budget': 32, 'seeds': [0, 1],
+                           'points': {'scratch': 'vit-scratch', 'rbdc': 'vit-rbdc-d1'}},
+             'config': str(BALLOON_VIT), 'scale': [128, 96], 'iters': 1, 'jobs': 2, 'cfg_options': options, **over}
+    path = tmp / 'det-tiny.yaml'
+    path.write_text(yaml.safe_dump(study, sort_keys=False))  # the first label is the reference
+    return path
+
+
+@mmdet
+def test_detection_study_runs_resumes_and_reports_with_intervals(det, tmp_path, small_balloon, capsys):
+    """`rbdc det-study` fine-tunes every (backbone, seed) through the pool, a rerun trains nothing, and the report
+    gives AP per backbone with t-intervals, the difference with a Welch interval, sha256-traced rows and curves."""
+    from rbdc.cli import main
+    from rbdc.detection.study import load_study, sync
+    from rbdc.detection.study_report import build
+    from rbdc.rundir import sha256
+
+    path = _det_study(tmp_path)
+    out, cls = tmp_path / 'det', tmp_path / 'cls'
+    assert main(['det-study', str(path), '-o', str(out), '--backbones', str(cls)]) == 0
+    assert '[4/4]' in capsys.readouterr().out
+    assert main(['det-study', str(path), '-o', str(out), '--backbones', str(cls)]) == 0
+    assert '4 done, 0 to run' in capsys.readouterr().out
+
+    study = load_study(path)
+    committed = tmp_path / 'committed'
+    assert len(sync(study, out, committed)) == 4
+    paths = build(study, committed, tmp_path / 'rep' / 'det-tiny')
+    first = {k: p.read_bytes() for k, p in paths.items()}
+    assert {k: p.read_bytes() for k, p in build(study, committed, tmp_path / 'rep' / 'det-tiny').items()} == first
+    rows = json.loads(paths['json'].read_text())
+    assert sorted((r['label'], r['seed']) for r in rows) == [('rbdc', 0), ('rbdc', 1), ('scratch', 0),
+                                                             ('scratch', 1)]
+    for r in rows:
+        assert r['backbone_sha256'] == sha256(r['backbone']) and 0 <= r['bbox_mAP'] <= 100
+    md = paths['md'].read_text()
+    assert '| rbdc − scratch |' in md and ' ± ' in md and '## Verdict' in md
+    assert first['png'][:8] == b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.mark.parametrize('over, message', [
+    ({'epochs': 2}, 'exactly one of epochs'), ({'scale': [128]}, 'scale must be'),
+    ({'cfg_options': ['nokey']}, 'cfg_options must be'), ({'typo': 1}, "unknown key(s) ['typo']"),
+    ({'kind': None}, 'says `kind: detection`')])
+def test_a_bad_detection_study_names_the_key(tmp_path, over, message):
+    from rbdc.detection.study import load_study
+    from rbdc.errors import UserError
+
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_study(_det_study(tmp_path, **over))
+
+
+def test_a_detection_study_without_its_backbones_says_which_study_to_run(tmp_path, capsys):
+    from rbdc.cli import main
+
+    path = _det_study(tmp_path)
+    assert main(['det-study', str(path), '-o', str(tmp_path / 'det'), '--backbones', str(tmp_path / 'none')]) == 2
+    assert 'run the tiny study first' in capsys.readouterr().err

@@ -62,7 +62,7 @@ def make_run(root, group, protocol, seed, top1, flops, *, top5=None, model=TINY,
     results = {
         'name': name, 'protocol': protocol, 'group': group, 'seed': seed, 'model': model, 'dataset': dataset,
         'eval_top1': top1, 'eval_top5': top5 if top5 is not None else min(top1 + 20, 100.0),
-        'total_train_flops': float(flops), 'total_train_gmac_epochs': float(flops) / 6e9 / IMAGES, 'wall_s': wall_s,
+        'total_train_flops': float(flops), 'wall_s': wall_s,
         'peak_mem_mb': peak_mem_mb, 'device': device,
         'stages': [{'stage': s, 'model': m, 'epochs': epochs, 'train_flops': flops * sh} for s, m, sh, _ in stages],
     }

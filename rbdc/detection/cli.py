@@ -1,4 +1,4 @@
-"""Detection subcommands of ``rbdc``: ``export-mmdet``, ``doctor``, ``det-train``, ``det-test``.
+"""Detection subcommands of ``rbdc``: ``export-mmdet``, ``doctor``, ``det-train``, ``det-test``, ``det-study``.
 
 Kept light: importing it costs only the package import (MMDetection's registry, ~0.3 s beside rbdc's torch/timm);
 runners, datasets and ops are imported when a subcommand runs.
@@ -96,3 +96,6 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     add_train_arguments(t).set_defaults(func=_cmd_train)
     s = subparsers.add_parser('det-test', help='evaluate a trained detector (as mmdet tools/test.py)')
     add_test_arguments(s).set_defaults(func=_cmd_test)
+
+    from rbdc.detection.study import add_cli as add_study
+    add_study(subparsers)

@@ -325,7 +325,7 @@ def _render_tex(rows: Sequence[GroupRow], out_dir: Path, name: str, title: str, 
 def _render_csv(rows: Sequence[GroupRow], out_dir: Path) -> str:
     fields = ['group', 'source', 'protocol', 'dataset', 'model', 'n_seeds', 'seeds', 'top1_mean', 'top1_std',
               'top5_mean', 'top5_std', 'total_train_flops_mean', 'flops_rel_baseline', 'baseline_group',
-              'total_train_gmac_epochs_mean', 'peak_mem_mb_mean', 'wall_s_mean', 'devices', 'stages', 'run_dirs',
+              'peak_mem_mb_mean', 'wall_s_mean', 'devices', 'stages', 'run_dirs',
               'note']
 
     def f(value: float | None, fmt: str) -> str:
@@ -338,14 +338,14 @@ def _render_csv(rows: Sequence[GroupRow], out_dir: Path) -> str:
         writer.writerow([
             g.group, 'measured', g.protocol, g.dataset, g.model, g.n, ';'.join(map(str, g.seeds)),
             f(g.top1_mean, '.4f'), f(g.top1_std, '.4f'), f(g.top5_mean, '.4f'), f(g.top5_std, '.4f'),
-            f(g.flops_mean, '.6e'), f(g.flops_rel, '.4f'), g.baseline or '', f(g.gmac_epochs_mean, '.6e'),
+            f(g.flops_mean, '.6e'), f(g.flops_rel, '.4f'), g.baseline or '',
             f(g.peak_mem_mb_mean, '.1f'), f(g.wall_s_mean, '.1f'), ';'.join(g.devices), g.stages,
             ';'.join(_rel_paths(g, out_dir)), '',
         ])
     for q in QUOTED:
         writer.writerow([
             '', q.label, q.protocol, q.dataset, q.model, '', '', f(q.top1, '.1f'), '', '', '', '',
-            f(q.flops_rel, '.4f'), '', '', '', '', '', f'{q.protocol}:{q.model}:{q.epochs}ep' if q.epochs else '',
+            f(q.flops_rel, '.4f'), '', '', '', '', f'{q.protocol}:{q.model}:{q.epochs}ep' if q.epochs else '',
             q.source, q.claim,
         ])
     return out.getvalue()

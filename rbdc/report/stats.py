@@ -37,7 +37,6 @@ class GroupRow:
     top5_mean: float | None
     top5_std: float | None
     flops_mean: float
-    gmac_epochs_mean: float | None
     peak_mem_mb_mean: float | None
     wall_s_mean: float | None
     devices: tuple[str, ...]
@@ -135,7 +134,6 @@ def summarize_groups(runs: Sequence[Run], baseline_protocol: str = 'scratch') ->
             seeds=tuple(r.results['seed'] for r in members), runs=tuple(members),
             top1_mean=top1_mean, top1_std=top1_std, top5_mean=top5_mean, top5_std=top5_std,
             flops_mean=float(statistics.mean([float(r.results['total_train_flops']) for r in members])),
-            gmac_epochs_mean=_optional_mean(members, 'total_train_gmac_epochs'),
             peak_mem_mb_mean=_optional_mean(members, 'peak_mem_mb'), wall_s_mean=_optional_mean(members, 'wall_s'),
             devices=tuple(sorted({str(r.results['device']) for r in members if r.results.get('device')})),
             stages=_stages_text(first.results),
@@ -230,3 +228,34 @@ def seed_noise(a: GroupRow, b: GroupRow) -> tuple[float | None, bool | None]:
     ss = (a.n - 1) * (a.top1_std or 0.0) ** 2 + (b.n - 1) * (b.top1_std or 0.0) ** 2
     pooled = math.sqrt(ss / dof)
     return pooled, abs(a.top1_mean - b.top1_mean) > NOISE_FACTOR * pooled
+
+
+# Two-sided 95% Student t quantiles by degrees of freedom; other dofs round down to a tabulated one (a wider,
+# conservative interval).
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def t975(dof: float) -> float:
+    d = max(1, int(math.floor(dof)))
+    return T975[max(k for k in T975 if k <= d)]
+
+
+def t_half_width(values: Sequence[float]) -> float | None:
+    """Half width of the 95% t-interval of the mean of ``values`` (None with fewer than two)."""
+    n = len(values)
+    if n < 2:
+        return None
+    return t975(n - 1) * statistics.stdev(values) / math.sqrt(n)
+
+
+def welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float | None]:
+    """Mean difference a - b and the half width of its Welch 95% interval (None without two values each)."""
+    d = statistics.mean(a) - statistics.mean(b)
+    if len(a) < 2 or len(b) < 2:
+        return d, None
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    if va + vb == 0:
+        return d, 0.0
+    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return d, t975(dof) * math.sqrt(va + vb)

@@ -1,0 +1,243 @@
+"""``rbdc det-study STUDY.yaml``: fine-tune one detection config on the backbones of a classification study.
+
+A detection study file (``benchmarks/studies/balloon32.yaml``) names the classification study whose runs provide the
+backbones (points, one budget, seeds), one MMDetection config, the image scale, the epochs and the fine-tuning
+seeds. Each (backbone point, pretraining seed, fine-tuning seed) is one ``rbdc det-train`` in
+``OUTPUT/<name>/<label>/seed<s>/ft<f>``, run through the same local pool as ``rbdc study`` and resumable (MMEngine's
+auto-resume from the latest epoch checkpoint); ``--report`` copies the light files of the finished runs to
+``reports/runs/<name>/`` and writes the report (:mod:`rbdc.detection.study_report`) from those copies.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from rbdc import pool, rundir
+from rbdc.errors import UserError
+from rbdc.recipe import load_yaml
+from rbdc.units import human_time
+
+__all__ = ['DetRun', 'DetStudy', 'load_study', 'add_cli']
+
+KEYS = {'name', 'description', 'backbones', 'config', 'scale', 'epochs', 'iters', 'finetune_seeds', 'jobs', 'threads',
+        'report', 'cfg_options', 'kind'}
+BACKBONE_KEYS = {'study', 'budget', 'seeds', 'points'}
+LIGHT = ('launch.json', 'metrics.json', 'curve.json')  # what reports/runs keeps of a fine-tuning run
+
+
+@dataclass(frozen=True)
+class DetRun:
+    label: str          # the report's name for the backbone, e.g. rbdc
+    point: str          # the classification study's point, e.g. vit-rbdc-d1
+    seed: int           # pretraining seed
+    ft_seed: int        # fine-tuning seed
+
+    def work_dir(self, output: Path, study: 'DetStudy') -> Path:
+        return Path(output) / study.name / self.label / f'seed{self.seed}' / f'ft{self.ft_seed}'
+
+    def backbone(self, backbones: Path, study: 'DetStudy') -> Path:
+        d = rundir.run_dir(backbones, f'{study.source}/{self.point}/b{study.budget:g}', self.seed)
+        return d / rundir.FINAL
+
+
+@dataclass
+class DetStudy:
+    name: str
+    path: Path
+    source: str                # the classification study
+    budget: float
+    config: Path
+    scale: tuple[int, int]
+    epochs: int | None
+    iters: int | None
+    runs: list[DetRun]
+    labels: list[str]
+    jobs: int = 2
+    threads: int = 1
+    description: str = ''
+    report: str | None = None
+    cfg_options: tuple[str, ...] = ()   # extra --cfg-options of every run (KEY=VALUE)
+
+    def length_args(self) -> list[str]:
+        return ['--epochs', str(self.epochs)] if self.epochs else ['--iters', str(self.iters)]
+
+    def argv(self, run: DetRun, output: Path, backbones: Path) -> tuple[str, ...]:
+        """The ``python -m`` command of one run: validation every epoch, a checkpoint every epoch (the resume point,
+        one kept), the fine-tuning seed."""
+        every = [] if self.iters else ['train_cfg.val_interval=1', 'default_hooks.checkpoint.interval=1']
+        return ('rbdc.cli', 'det-train', str(self.config), '--backbone', str(run.backbone(backbones, self)),
+                '--work-dir', str(run.work_dir(output, self)), *self.length_args(), '--resume', '--cfg-options',
+                f'randomness.seed={run.ft_seed}', *every, *self.cfg_options)
+
+
+def _fail(path: Path, what: str) -> UserError:
+    return UserError(f'detection study {path}: {what}')
+
+
+def load_study(path: str | Path) -> DetStudy:
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise UserError(f'detection study {path} not found; studies live under benchmarks/studies/')
+    try:
+        data = load_yaml(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise _fail(path, f'not valid YAML ({str(e).splitlines()[0]})') from None
+    if data.get('kind') != 'detection':
+        raise _fail(path, 'a detection study says `kind: detection` (a classification study runs with rbdc study)')
+    unknown = sorted(set(data) - KEYS)
+    if unknown:
+        raise _fail(path, f'unknown key(s) {unknown}; known: {", ".join(sorted(KEYS))}')
+    missing = [k for k in ('name', 'backbones', 'config', 'scale') if k not in data]
+    if missing:
+        raise _fail(path, f'missing key(s) {missing}')
+    if bool(data.get('epochs')) == bool(data.get('iters')):
+        raise _fail(path, 'give exactly one of epochs (the real runs) or iters (a smoke test)')
+    bb = data['backbones']
+    if not isinstance(bb, dict) or set(bb) != BACKBONE_KEYS:
+        raise _fail(path, f'backbones needs exactly the keys {sorted(BACKBONE_KEYS)}, got {sorted(bb or {})}')
+    if not isinstance(bb['points'], dict) or not bb['points']:
+        raise _fail(path, 'backbones.points maps report labels to the classification study\'s points')
+    scale = data['scale']
+    if not (isinstance(scale, list) and len(scale) == 2 and all(isinstance(v, int) and v > 0 for v in scale)):
+        raise _fail(path, f'scale must be [width, height] in pixels, got {scale!r}')
+    config = (path.parent / data['config']).resolve()
+    if not config.is_file():
+        raise _fail(path, f'config {config} not found (paths are relative to the study file)')
+    options = data.get('cfg_options') or []
+    if not (isinstance(options, list) and all(isinstance(o, str) and '=' in o for o in options)):
+        raise _fail(path, f'cfg_options must be a list of KEY=VALUE strings, got {options!r}')
+    seeds, ft_seeds = list(bb['seeds']), list(data.get('finetune_seeds') or [0])
+    runs = [DetRun(label, point, s, f) for (label, point), s, f in
+            itertools.product(bb['points'].items(), seeds, ft_seeds)]
+    return DetStudy(name=data['name'], path=path, source=bb['study'], budget=float(bb['budget']), config=config,
+                    scale=(scale[0], scale[1]), epochs=data.get('epochs'), iters=data.get('iters'), runs=runs,
+                    labels=list(bb['points']), jobs=int(data.get('jobs', 2)), threads=int(data.get('threads', 1)),
+                    description=data.get('description', ''), report=data.get('report'), cfg_options=tuple(options))
+
+
+def status(work_dir: Path) -> str:
+    """done (trained to the end: launch.json has its wall time, and a validation was recorded), started, pending."""
+    launch, metrics = work_dir / 'launch.json', work_dir / 'metrics.json'
+    if launch.is_file() and json.loads(launch.read_text()).get('wall_s') is not None and metrics.is_file() \
+            and json.loads(metrics.read_text()).get('val'):
+        return 'done'
+    return 'started' if launch.is_file() else 'pending'
+
+
+def training_curve(work_dir: Path) -> list[dict]:
+    """The logged training losses and lr by iteration, from MMEngine's ``*/vis_data/scalars.json`` (every resumed
+    segment; a step logged twice keeps its last value)."""
+    rows: dict[int, dict] = {}
+    for f in sorted(work_dir.glob('*/vis_data/scalars.json')):
+        for line in f.read_text().splitlines():
+            rec = json.loads(line)
+            if 'loss' in rec and 'step' in rec:
+                rows[int(rec['step'])] = {'iter': int(rec['step']), 'epoch': rec.get('epoch'), 'loss': rec['loss'],
+                                          'lr': rec.get('lr')}
+    return [rows[k] for k in sorted(rows)]
+
+
+def _outcome(work_dir: Path):
+    def read() -> tuple[bool, str]:
+        if status(work_dir) != 'done':
+            return False, ''
+        rundir.write_json(work_dir / 'curve.json', training_curve(work_dir))
+        last = json.loads((work_dir / 'metrics.json').read_text())['val'][-1]['metrics']
+        return True, (f"box AP {100 * last.get('coco/bbox_mAP', float('nan')):.1f}, "
+                      f"mask AP {100 * last.get('coco/segm_mAP', float('nan')):.1f}")
+    return read
+
+
+def run(study: DetStudy, output: Path, backbones: Path, jobs: int, threads: int, log=print) -> list:
+    missing = [r for r in study.runs if not r.backbone(backbones, study).is_file()]
+    if missing:
+        raise UserError(f'{len(missing)} backbone(s) missing, e.g. {missing[0].backbone(backbones, study)}: run the '
+                        f'{study.source} study first (rbdc study benchmarks/studies/{study.source}.yaml -o '
+                        f'{backbones}) or pass --backbones DIR')
+    state = {r: status(r.work_dir(output, study)) for r in study.runs}
+    todo = [r for r in study.runs if state[r] != 'done']
+    cost = float(study.epochs or study.iters)
+    log(f'detection study {study.name}: {len(study.runs)} runs, {len(study.runs) - len(todo)} done, {len(todo)} to '
+        f'run ({study.length_args()[1]} {study.length_args()[0][2:]} each at {study.scale[0]}x{study.scale[1]}) '
+        f'as {jobs} x {threads} thread(s) -> {output / study.name}')
+    os.environ['BALLOON_SCALE'] = f'{study.scale[0]},{study.scale[1]}'
+    header = f"\n=== rbdc det-study {study.name}: {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n"
+    jobs_ = [pool.Job(key=r, label=f'{study.name}/{r.label} seed {r.seed} ft {r.ft_seed}',
+                      argv=study.argv(r, output, backbones), log=r.work_dir(output, study) / 'train.log', cost=cost,
+                      outcome=_outcome(r.work_dir(output, study)), header=header) for r in todo]
+    return [j.key for j in pool.run(jobs_, jobs=jobs, threads=threads, total=len(study.runs),
+                                     done_before=len(study.runs) - len(todo), log=log)]
+
+
+def sync(study: DetStudy, output: Path, dest_root: Path) -> list[Path]:
+    """Copy the light files of the finished runs to ``dest_root/<name>/...`` (reports/runs); returns the copies."""
+    copied = []
+    for r in study.runs:
+        wd = r.work_dir(output, study)
+        if status(wd) != 'done':
+            continue
+        if not (wd / 'curve.json').is_file():
+            rundir.write_json(wd / 'curve.json', training_curve(wd))
+        dest = r.work_dir(dest_root, study)
+        for name in LIGHT:
+            rundir.atomic_write_bytes(dest / name, (wd / name).read_bytes())
+        copied.append(dest)
+    return copied
+
+
+def cmd_det_study(args) -> int:
+    study = load_study(args.study)
+    output = Path(args.output or os.environ.get('RBDC_OUT', 'runs')).resolve()
+    backbones = Path(args.backbones).resolve() if args.backbones else output
+    if args.report:
+        from rbdc.detection.study_report import build
+        runs_root = pool.REPO / 'reports' / 'runs'
+        if not args.from_committed:
+            sync(study, output, runs_root)
+        dest = Path(args.report_to or pool.REPO / (study.report or f'reports/detection/{study.name}'))
+        for path in build(study, runs_root, dest).values():
+            print(path)
+        return 0
+    if args.list:
+        for r in study.runs:
+            print(f'{status(r.work_dir(output, study)):8s} {study.name}/{r.label} seed {r.seed} ft {r.ft_seed}  '
+                  f'backbone {r.backbone(backbones, study)}')
+        return 0
+    t0 = time.time()
+    failed = run(study, output, backbones, args.jobs or study.jobs, args.threads or study.threads)
+    print(f'detection study {study.name} after {human_time(time.time() - t0)}; report: rbdc det-study {args.study} '
+          f'-o {output} --report')
+    if failed:
+        print(f'{len(failed)} run(s) failed: ' + ', '.join(f'{r.label} seed {r.seed} ft {r.ft_seed}' for r in failed)
+              + '; their train.log says why; rerun the same command to resume them', file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser('det-study', help='fine-tune a detection config on the backbones of a classification study',
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog='examples:\n'
+                              '  rbdc det-study benchmarks/studies/balloon32.yaml -o runs           # resumable\n'
+                              '  rbdc det-study benchmarks/studies/balloon32.yaml -o runs --list\n'
+                              '  rbdc det-study benchmarks/studies/balloon32.yaml -o runs --report  # md, json, png\n')
+    p.add_argument('study', help='detection study YAML (benchmarks/studies/...)')
+    p.add_argument('--output', '-o', default=None, help='runs root (default: $RBDC_OUT or runs)')
+    p.add_argument('--backbones', default=None, metavar='DIR',
+                   help='runs root of the classification study (default: the same as --output)')
+    p.add_argument('--jobs', type=int, default=None, help='runs at once (default: the study\'s `jobs`)')
+    p.add_argument('--threads', type=int, default=None, help='threads per run (default: the study\'s `threads`)')
+    p.add_argument('--list', action='store_true', help='list the runs, their status and backbones')
+    p.add_argument('--report', action='store_true', help='copy the finished runs\' light files to reports/runs and '
+                   'write the report from them, then exit')
+    p.add_argument('--from-committed', action='store_true', help='with --report: use reports/runs as it is')
+    p.add_argument('--report-to', default=None, metavar='PREFIX', help='report path without suffix')
+    p.set_defaults(func=cmd_det_study)

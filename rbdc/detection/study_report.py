@@ -1,0 +1,180 @@
+"""The report of a detection study (``rbdc det-study S.yaml --report``): box and mask AP per backbone with 95%
+intervals over pretraining seeds, the difference of every other backbone to the first one (Welch 95%), every row
+traced to its run and its backbone checkpoint (sha256), training-loss and validation-AP curves, and a verdict.
+
+Built from the light files under ``reports/runs/<name>/`` (``launch.json``, ``metrics.json``, ``curve.json``), so it
+regenerates byte for byte from a checkout. The statistical unit is the pretraining seed: with several fine-tuning
+seeds, a backbone seed's AP is their mean.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from rbdc.report.figure import save_png
+from rbdc.report.stats import t_half_width, welch
+from rbdc.rundir import atomic_write_bytes
+
+from .study import DetStudy, status
+
+__all__ = ['METRICS', 'collect', 'build']
+
+METRICS = [('bbox_mAP', 'box AP'), ('bbox_mAP_50', 'box AP50'), ('bbox_mAP_75', 'box AP75'),
+           ('segm_mAP', 'mask AP'), ('segm_mAP_50', 'mask AP50'), ('segm_mAP_75', 'mask AP75')]
+COLORS = {0: '#1f77b4', 1: '#d62728', 2: '#2ca02c', 3: '#9467bd'}
+
+
+def _ap(entry: dict, key: str) -> float | None:
+    v = entry['metrics'].get(f'coco/{key}')
+    return None if v is None or v < 0 else 100 * v
+
+
+def collect(study: DetStudy, root: Path) -> list[dict]:
+    """One row per finished run under ``root`` (a runs root holding ``<name>/<label>/seed<s>/ft<f>``)."""
+    rows = []
+    for r in study.runs:
+        wd = r.work_dir(root, study)
+        if status(wd) != 'done':
+            continue
+        launch = json.loads((wd / 'launch.json').read_text())
+        val = json.loads((wd / 'metrics.json').read_text())['val']
+        curve = json.loads((wd / 'curve.json').read_text()) if (wd / 'curve.json').is_file() else []
+        rows.append({'label': r.label, 'point': r.point, 'seed': r.seed, 'ft_seed': r.ft_seed,
+                     'run': str(wd.relative_to(root)), 'backbone': launch.get('backbone'),
+                     'backbone_sha256': launch.get('backbone_sha256'), 'wall_s': launch.get('wall_s'),
+                     'device': launch.get('device'), 'img_scale': launch.get('img_scale'),
+                     **{k: _ap(val[-1], k) for k, _ in METRICS},
+                     'val_curve': [{'epoch': e['epoch'], 'iter': e['iter'], **{k: _ap(e, k) for k, _ in METRICS}}
+                                   for e in val],
+                     'loss_curve': [(c['iter'], c['loss']) for c in curve]})
+    return rows
+
+
+def _per_seed(rows: list[dict], label: str, key: str) -> list[float]:
+    """AP of each pretraining seed of ``label`` (its fine-tuning seeds averaged)."""
+    by_seed: dict[int, list[float]] = {}
+    for r in rows:
+        if r['label'] == label and r[key] is not None:
+            by_seed.setdefault(r['seed'], []).append(r[key])
+    return [statistics.mean(v) for _, v in sorted(by_seed.items())]
+
+
+def _pm(values: list[float]) -> str:
+    if not values:
+        return '–'
+    hw = t_half_width(values)
+    return f'{statistics.mean(values):.1f}' + ('' if hw is None else f' ± {hw:.1f}')
+
+
+def _diff_text(a: list[float], b: list[float]) -> tuple[str, float | None, float | None]:
+    if not a or not b:
+        return '–', None, None
+    d, hw = welch(a, b)
+    if hw is None:
+        return f'{d:+.1f}', None, None
+    return f'{d:+.1f} [{d - hw:+.1f}, {d + hw:+.1f}]', d - hw, d + hw
+
+
+def _verdict(study: DetStudy, rows: list[dict]) -> list[str]:
+    ref, others = study.labels[0], study.labels[1:]
+    lines = []
+    for label in others:
+        for key, name in (('bbox_mAP', 'box AP'), ('segm_mAP', 'mask AP')):
+            text, lo, hi = _diff_text(_per_seed(rows, label, key), _per_seed(rows, ref, key))
+            if lo is None:
+                lines.append(f'- {label} vs {ref}, {name}: {text} (no interval: fewer than two seeds on a side).')
+            elif lo > 0:
+                lines.append(f'- {label} vs {ref}, {name}: {text}: **{label} backbones are better** at this scale.')
+            elif hi < 0:
+                lines.append(f'- {label} vs {ref}, {name}: {text}: **{label} backbones are worse** at this scale.')
+            else:
+                lines.append(f'- {label} vs {ref}, {name}: {text}: **no difference distinguishable from seed noise** '
+                             f'at this scale.')
+    return lines
+
+
+def build(study: DetStudy, root: Path, out: Path) -> dict[str, Path]:
+    """Write ``out.md``, ``out.json`` (the rows) and ``out.png`` (curves); returns the paths."""
+    rows = collect(study, root)
+    paths = {'md': out.with_suffix('.md'), 'json': out.with_suffix('.json'), 'png': out.with_suffix('.png')}
+    missing = [r for r in study.runs if status(r.work_dir(root, study)) != 'done']
+    ref = study.labels[0]
+    length = (f'{study.epochs} epochs, validated on the val split every epoch' if study.epochs else
+              f'{study.iters} iteration(s), validated on the val split at the end')
+    md = [f'# {study.name}: Mask R-CNN on balloon, backbones from the {study.source} study', '',
+          f'Generated by `rbdc det-study {_rel(study.path)} --report` from {len(rows)} run(s) under '
+          f'`reports/runs/{study.name}/`; regenerate it rather than editing it.', '',
+          study.description, '',
+          f'Fine-tuning: `{_rel(study.config)}` at {study.scale[0]}x{study.scale[1]}, {length} (COCO AP in %, '
+          f'pycocotools). Backbones: the {study.source} study\'s runs at budget '
+          f'{study.budget:g}, pretraining seeds {sorted({r.seed for r in study.runs})}, fine-tuning seeds '
+          f'{sorted({r.ft_seed for r in study.runs})}.', '',
+          '## AP per backbone', '',
+          'Mean ± 95% t-interval over pretraining seeds (final validation).', '',
+          '| backbone | point | seeds | ' + ' | '.join(n for _, n in METRICS) + ' | wall per run (min) |',
+          '|' + '---|' * (len(METRICS) + 4)]
+    for label in study.labels:
+        mine = [r for r in rows if r['label'] == label]
+        walls = [r['wall_s'] for r in mine if r['wall_s']]
+        wall = f'{statistics.mean(walls) / 60:.0f}' if walls else '–'
+        point = next((r.point for r in study.runs if r.label == label), '')
+        md.append(f'| {label} | {point} | {len({r["seed"] for r in mine})} | '
+                  + ' | '.join(_pm(_per_seed(rows, label, k)) for k, _ in METRICS) + f' | {wall} |')
+    md += ['', f'## Difference to {ref}', '', f'Mean difference (other − {ref}) with its Welch 95% interval.', '',
+           '| backbone | ' + ' | '.join(n for _, n in METRICS) + ' |', '|' + '---|' * (len(METRICS) + 1)]
+    for label in study.labels[1:]:
+        md.append(f'| {label} − {ref} | ' + ' | '.join(
+            _diff_text(_per_seed(rows, label, k), _per_seed(rows, ref, k))[0] for k, _ in METRICS) + ' |')
+    md += ['', '## Verdict', '', *_verdict(study, rows), '',
+           f'![training loss and validation AP]({paths["png"].name})', '', '## Runs', '',
+           '| run | ' + ' | '.join(n for _, n in METRICS) + ' | wall (min) | device | backbone | sha256 |',
+           '|' + '---|' * (len(METRICS) + 5)]
+    for r in rows:
+        fmt = lambda v: '–' if v is None else f'{v:.1f}'  # noqa: E731
+        wall = '–' if r['wall_s'] is None else f'{r["wall_s"] / 60:.0f}'
+        md.append(f'| `{r["run"]}` | ' + ' | '.join(fmt(r[k]) for k, _ in METRICS)
+                  + f' | {wall} | {r["device"]} | `{_rel(r["backbone"])}` | `{str(r["backbone_sha256"])[:16]}` |')
+    if missing:
+        md += ['', f'Not finished ({len(missing)}): ' + ', '.join(
+            f'{r.label} seed {r.seed} ft {r.ft_seed}' for r in missing) + '.']
+    atomic_write_bytes(paths['md'], ('\n'.join(md) + '\n').encode())
+    atomic_write_bytes(paths['json'], (json.dumps(rows, indent=1) + '\n').encode())
+    _figure(study, rows, paths['png'])
+    return paths
+
+
+def _figure(study: DetStudy, rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for i, label in enumerate(study.labels):
+        color = COLORS.get(i, None)
+        for n, r in enumerate(x for x in rows if x['label'] == label):
+            tag = label if n == 0 else None
+            if r['loss_curve']:
+                it, loss = zip(*r['loss_curve'])
+                axes[0].plot(it, loss, color=color, alpha=0.6, lw=1, label=tag)
+            ep = [c['epoch'] for c in r['val_curve']]
+            axes[1].plot(ep, [c['bbox_mAP'] for c in r['val_curve']], color=color, alpha=0.6, marker='.', label=tag)
+            axes[2].plot(ep, [c['segm_mAP'] for c in r['val_curve']], color=color, alpha=0.6, marker='.', label=tag)
+    for ax, title, xlabel in zip(axes, ('training loss', 'val box AP (%)', 'val mask AP (%)'),
+                                 ('iteration', 'epoch', 'epoch')):
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(f'{study.name}: one line per run', fontsize=10)
+    fig.tight_layout()
+    save_png(fig, path)
+    plt.close(fig)
+
+
+def _rel(path) -> str:
+    from rbdc.pool import REPO
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except (ValueError, TypeError):
+        return str(path)
