@@ -98,15 +98,20 @@ def _override(key: str, value) -> str:
     return f"{key}={json.dumps(value) if isinstance(value, (list, dict)) else value}"
 
 
-def load_study(path: str | Path) -> Study:
-    """Read and expand a study file into its runs, in execution order (points, then budgets, then seeds)."""
+def read_study_file(path: str | Path) -> tuple[Path, dict]:
+    """The resolved path and the mapping of a study file (classification or detection)."""
     path = Path(path).resolve()
     if not path.is_file():
         raise UserError(f"study {path} not found; studies live under benchmarks/studies/")
     try:
-        data = load_yaml(path.read_text()) or {}
+        return path, load_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise UserError(f"study {path} is not valid YAML: {e}") from e
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and expand a study file into its runs, in execution order (points, then budgets, then seeds)."""
+    path, data = read_study_file(path)
     if data.get("kind") == "detection":
         raise UserError(f"{path} is a detection study: run it with rbdc det-study {path}")
     unknown = sorted(set(data) - STUDY_KEYS)

@@ -18,11 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from rbdc import pool, rundir
 from rbdc.errors import UserError
-from rbdc.recipe import load_yaml
 from rbdc.units import human_time
 
 __all__ = ['DetRun', 'DetStudy', 'load_study', 'add_cli']
@@ -83,13 +80,8 @@ def _fail(path: Path, what: str) -> UserError:
 
 
 def load_study(path: str | Path) -> DetStudy:
-    path = Path(path).resolve()
-    if not path.is_file():
-        raise UserError(f'detection study {path} not found; studies live under benchmarks/studies/')
-    try:
-        data = load_yaml(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise _fail(path, f'not valid YAML ({str(e).splitlines()[0]})') from None
+    from rbdc.study import read_study_file
+    path, data = read_study_file(path)
     if data.get('kind') != 'detection':
         raise _fail(path, 'a detection study says `kind: detection` (a classification study runs with rbdc study)')
     unknown = sorted(set(data) - KEYS)
