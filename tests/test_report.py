@@ -365,9 +365,11 @@ def test_cli_subcommand(study, tmp_path, capsys):
     report.add_cli(parser.add_subparsers(dest='command', required=True))
     args = parser.parse_args(['report', str(study), '-o', str(tmp_path / 'reports' / 'study'), '--title', 'T'])
     assert args.func(args) == 0
-    for ext in ('md', 'tex', 'csv', 'png'):
-        assert (tmp_path / 'reports' / f'study.{ext}').is_file()
-    assert (tmp_path / 'reports' / 'study.md').read_text(encoding='utf-8').startswith('# T\n')
+    rep = tmp_path / 'reports'
+    assert (rep / 'study.md').read_text(encoding='utf-8').startswith('# T\n')
+    assert (rep / 'study.csv').read_text().startswith('group,source,protocol,')
+    assert '\\begin{tabular}' in (rep / 'study.tex').read_text()
+    assert (rep / 'study.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert str(tmp_path / 'reports' / 'study.md') in capsys.readouterr().out
 
 
