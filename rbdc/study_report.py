@@ -235,6 +235,7 @@ def build(study: Study, root: Path, out: Path) -> dict[str, Path]:
         md += _ratio_section(points, spec["ratio"], out)
     for comp in spec.get("compare", []):
         md += _compare_section(points, comp)
+    md += _cost_section(points, study)
     md += ["## Verdict", ""]
     md += verdict or ["Not enough finished runs for a verdict yet."]
     md += ["", "Each verdict line is computed from the table above it: 'saves FLOPs' where the whole bootstrap "
@@ -244,6 +245,27 @@ def build(study: Study, root: Path, out: Path) -> dict[str, Path]:
     atomic_write_bytes(paths["md"], "\n".join(md).encode("utf-8"))
     paths.update(_figures(points, spec, savings, out))
     return paths
+
+
+def _cost_section(points: dict, study: Study) -> list[str]:
+    """Measured wall time per point and in all, and CPU-hours (wall x the study's threads per run)."""
+    rows, total = [], 0.0
+    for p in points.values():
+        walls = [r.results["wall_s"] for r in p.runs if r.results.get("wall_s")]
+        if walls:
+            total += sum(walls)
+            rows.append(f"| {p.point} | {_budget(p.budget)} | {len(walls)} | {statistics.mean(walls) / 60:.1f} | "
+                        f"{sum(walls) / 3600:.2f} |")
+    if not rows:
+        return []
+    return ["## Cost (measured)", "",
+            f"Wall time of each finished run (`results.json`), on the machine its `command.txt` names. The runs "
+            f"ran {study.jobs} at a time with {study.threads} thread(s) each, often beside other work on the same "
+            f"cores, so a run's wall is an upper bound on its cost alone.", "",
+            "| point | budget | runs | wall per run (min) | run-hours |", "|---|---|---|---|---|", *rows, "",
+            f"In all: {total / 3600:.1f} run-hours = {total * study.threads / 3600:.1f} CPU-hours "
+            f"({study.threads} thread(s) per run); at {study.jobs} runs at a time about "
+            f"{total / study.jobs / 3600:.1f} hours of elapsed time.", ""]
 
 
 def _head_to_head(points: dict, panel: dict) -> list[str]:

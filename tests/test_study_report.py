@@ -109,3 +109,16 @@ def test_a_report_naming_an_unknown_point_is_refused(tmp_path):
     study.path.write_text(yaml.safe_dump(data))
     with pytest.raises(UserError, match="report names point"):
         build(load_study(study.path), root, tmp_path / "out" / "tiny")
+
+
+def test_the_cost_section_sums_the_measured_walls_into_cpu_hours(tmp_path):
+    study, root = _fake_study(tmp_path)
+    walls = {}
+    for results in sorted(root.rglob("results.json")):
+        res = json.loads(results.read_text())
+        walls[results] = res["wall_s"]
+    md = build(study, root, tmp_path / "out" / "tiny")["md"].read_text()
+    total = sum(walls.values())
+    assert f"In all: {total / 3600:.1f} run-hours = {total * study.threads / 3600:.1f} CPU-hours" in md
+    scratch_b1 = [w for p, w in walls.items() if "scratch/b1/" in p.as_posix()]
+    assert f"| scratch | 1 | 3 | {sum(scratch_b1) / 3 / 60:.1f} | {sum(scratch_b1) / 3600:.2f} |" in md
