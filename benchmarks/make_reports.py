@@ -26,6 +26,8 @@ REPORTS = {
 }
 # study reports: study name -> study file (its runs' light files under reports/runs/<name>/)
 STUDIES = {"imagenette32": REPO / "benchmarks" / "studies" / "imagenette32.yaml"}
+# detection studies: name -> study file (light files under reports/runs/<name>/, report under reports/detection/)
+DET_STUDIES = {"balloon32": REPO / "benchmarks" / "studies" / "balloon32.yaml"}
 
 
 def sync(src_root: Path) -> list[Path]:
@@ -56,6 +58,11 @@ def make(out_dir: Path = REPO / "reports", runs: Path = RUNS) -> dict[str, dict]
     for name, study_file in STUDIES.items():
         if (runs / name).is_dir():
             written[name] = build(load_study(study_file), runs / name, out_dir / name)
+    from rbdc.detection.study import load_study as load_detection_study
+    from rbdc.detection.study_report import build as build_detection
+    for name, study_file in DET_STUDIES.items():
+        if (runs / name).is_dir():
+            written[name] = build_detection(load_detection_study(study_file), runs, out_dir / "detection" / name)
     return written
 
 

@@ -27,18 +27,26 @@ def run_parallel(run_dir: Path, stages, man: dict, jobs: int, log=print) -> None
         log(f"level {level}: training {', '.join(s.id for s in pending)} in {min(jobs, len(pending))} "
             f"parallel processes")
         running: list = []
-        for i, st in enumerate(pending):
-            while len(running) >= jobs:
-                _wait(run_dir, *running.pop(0))
-            env = dict(os.environ, OMP_NUM_THREADS=str(max(1, torch.get_num_threads() // jobs)))
-            if ngpu:
-                env["CUDA_VISIBLE_DEVICES"] = str(i % ngpu)
-            cmd = [sys.executable, "-m", "rbdc.cli", "train", "--resume", str(run_dir), "--only-stage", st.id]
-            (run_dir / rundir.STAGES).mkdir(parents=True, exist_ok=True)
-            with open(rundir.stage_log(run_dir, st.id), "a") as out:  # the child holds its own copy of the descriptor
-                running.append((st.id, subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)))
-        for job in running:
-            _wait(run_dir, *job)
+        try:
+            for i, st in enumerate(pending):
+                while len(running) >= jobs:
+                    _wait(run_dir, *running[0])
+                    running.pop(0)
+                env = dict(os.environ, OMP_NUM_THREADS=str(max(1, torch.get_num_threads() // jobs)))
+                if ngpu:
+                    env["CUDA_VISIBLE_DEVICES"] = str(i % ngpu)
+                cmd = [sys.executable, "-m", "rbdc.cli", "train", "--resume", str(run_dir), "--only-stage", st.id]
+                (run_dir / rundir.STAGES).mkdir(parents=True, exist_ok=True)
+                with open(rundir.stage_log(run_dir, st.id), "a") as out:  # the child holds its own descriptor
+                    running.append((st.id, subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)))
+            while running:
+                _wait(run_dir, *running[0])
+                running.pop(0)
+        finally:  # a failed (or interrupted) stage stops its siblings: no trainer outlives the run that started it
+            for _, proc in running:
+                if proc.poll() is None:
+                    proc.terminate()
+                    proc.wait()
         for st in pending:
             merge(run_dir, st.id, man)
 

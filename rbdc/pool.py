@@ -32,13 +32,14 @@ class Job:
     log: Path
     cost: float
     outcome: Callable[[], tuple[bool, str]]
-    header: str = ""          # written to the log before the command's output
+    title: str = ""           # the log gets "=== TITLE <start time> ===" before the command's output
+    env: tuple[tuple[str, str], ...] = ()   # extra environment of the command
 
 
-def child_env(threads: int, slot: int, jobs: int, nproc: int = 1) -> dict:
+def child_env(threads: int, slot: int, jobs: int, nproc: int = 1, extra: dict | None = None) -> dict:
     """The environment of the job in pool slot ``slot``: its threads, this checkout's code, and where there are
     several GPUs, its own share of them (jobs share one GPU when there are more jobs than GPUs)."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env = dict(os.environ, **(extra or {}), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     import torch
     visible = env.get("CUDA_VISIBLE_DEVICES")
@@ -65,12 +66,12 @@ def run(todo: list[Job], *, jobs: int, threads: int, total: int, done_before: in
             job.log.parent.mkdir(parents=True, exist_ok=True)
             t0 = time.time()
             with open(job.log, "a") as f:
-                f.write(job.header)
+                f.write(f"\n=== {job.title} {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
                 f.flush()
                 launch = [sys.executable, "-m"] if nproc == 1 else [
                     sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m"]
                 rc = subprocess.call([*launch, *job.argv], stdout=f, stderr=subprocess.STDOUT,
-                                     env=child_env(threads, slot, jobs, nproc), cwd=REPO)
+                                     env=child_env(threads, slot, jobs, nproc, dict(job.env)), cwd=REPO)
             return job, rc, time.time() - t0
         finally:
             slots.put(slot)
@@ -83,14 +84,17 @@ def run(todo: list[Job], *, jobs: int, threads: int, total: int, done_before: in
                 job, rc, dt = fut.result()
                 n_done = done_before + len(finished) + len(failed) + 1
                 left = [x for x in todo if x not in finished and x not in failed and x is not job]
-                ok, what = job.outcome() if rc == 0 else (False, "")
+                try:
+                    ok, what = job.outcome() if rc == 0 else (False, "")
+                except Exception as e:  # a result that cannot be read fails this job, not the pool
+                    ok, what = False, f"{type(e).__name__}: {e}"
                 if ok:
                     finished.append(job)
                     rate.append((job.cost, dt))
                 else:
                     failed.append(job)
-                    tail = job.log.read_text().strip().splitlines()[-1:]
-                    what = f"FAILED (exit {rc}): {tail[0] if tail else ''}; log {job.log}"
+                    tail = what or (job.log.read_text(errors="replace").strip().splitlines() or [""])[-1]
+                    what = f"FAILED (exit {rc}): {tail}; log {job.log}"
                 eta = ""
                 if rate:
                     speed = sum(c for c, _ in rate) / sum(t for _, t in rate)  # cost per second of one slot

@@ -91,7 +91,7 @@ def _run_side_by_side(out: Path, over: list[str], seed: int, every: float) -> No
     if failed:
         from .errors import UserError
         raise UserError(f"quickstart run(s) failed: {', '.join(r.name for r in failed)}; see "
-                        f"{failed[0].run_dir(out) / 'train.log'}; rerun the same command to resume")
+                        f"{failed[0].run_dir(out) / rundir.LOG}; rerun the same command to resume")
 
 
 def _run_one_after_another(out: Path, over: list[str], seed: int) -> None:

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import yaml
 
 from . import protocols
+from .data.datasets import SOURCES
 from .errors import UserError
 
 
@@ -52,8 +53,7 @@ SCHEMA: dict[str, Key] = {
     "seed": Key(0, (int,), _NONNEG),
     "seed_stride": Key(100_000, (int,), _ONE, "stage seeds: seed x seed_stride + 1000 x level + index "
                        "(see CHANGELOG for the value of older runs)"),
-    "data.source": Key("imagenette", (str,), None, "one of rbdc.data.SOURCES (imagenette, imagenet, imagefolder, "
-                        "cifar100, digits, synthetic)"),
+    "data.source": Key("imagenette", (str,), SOURCES, "where the images come from (rbdc.data.build_dataset)"),
     "data.root": Key(None, (str, None), None, "dataset folder; default: RBDC_DATA or the source's default"),
     "data.subset": Key(None, (int, None), _ONE, "train on this many images (class-balanced)"),
     "data.in_memory": Key(False, (bool,), None, "decode once into a memory cache"),
@@ -195,9 +195,7 @@ def validate(recipe: dict) -> None:
         if key in _LISTS and node is not None:
             for v in node:
                 _check_value(f"{key} entries", v, _NUM, _LISTS[key])
-    from .data.datasets import SOURCES
     from .data.loaders import _check_aug
-    _check_value("data.source", recipe["data"]["source"], (str,), SOURCES)
     try:
         _check_aug(recipe["aug"])
     except ValueError as e:

@@ -10,6 +10,7 @@ Run directory (``<output>/<name>/seed<seed>/``)::
     ledger.json        training FLOPs per stage (every narrow model counts)
     manifest.json      stages done, their final weights (and carried optimizer state) with sha256, their parents
     failed.json        only after a failure (divergence, an error): stage, step, reason, command
+    train.log          output of the process, when a study's pool ran it (:data:`LOG`)
     stages/<id>/last.pt            resumable training state of the stage in progress (sha256-checked)
     stages/<id>/final.safetensors  the stage's final weights;  stages/<id>/optimizer.pt  its carried AdamW state
     stages/<id>/stage.json         a stage trained by a child process of ``rbdc.jobs``, before it is merged
@@ -48,6 +49,7 @@ TMP_SUFFIX = ".tmp"  # temporary files are hidden: .<name>.<random>.tmp (safeten
 RECIPE, COMMAND, SUMMARY, LEDGER = "recipe.yaml", "command.txt", "summary.csv", "ledger.json"
 MANIFEST, RESULTS, FINAL, FAILED = "manifest.json", "results.json", "final.safetensors", "failed.json"
 STAGES, CHECKPOINT, OPTIMIZER, STAGE_DONE = "stages", "last.pt", "optimizer.pt", "stage.json"
+LOG = "train.log"
 LIGHT = (RECIPE, SUMMARY, RESULTS, LEDGER, MANIFEST, COMMAND)  # what a committed copy of a run keeps (no weights)
 
 # summary.csv: these columns first, in this order, then any other a row has, sorted

@@ -94,6 +94,11 @@ def _fmt_value(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+def group_name(study: str, point: str, budget) -> str:
+    """The report group (and run folder) of a point at a budget: ``<study>/<point>/b<budget>``."""
+    return f"{study}/{point}" + ("" if budget is None else f"/b{_fmt_value(budget)}")
+
+
 def _override(key: str, value) -> str:
     return f"{key}={json.dumps(value) if isinstance(value, (list, dict)) else value}"
 
@@ -169,10 +174,9 @@ def load_study(path: str | Path) -> Study:
             ids.append(pid)
             over = tuple(_override(k, v) for k, v in {**common, **fixed, **values}.items())
             for b in budgets:
-                bname = "" if b is None else f"/b{_fmt_value(b)}"
                 extra = over + ((f"budget_epochs={_fmt_value(b)}",) if b is not None else ())
                 for s in seeds:
-                    runs.append(StudyRun(f"{data['name']}/{pid}{bname}", str(recipe), extra, s, b, pid))
+                    runs.append(StudyRun(group_name(data["name"], pid, b), str(recipe), extra, s, b, pid))
     return Study(data["name"], path, runs, jobs, threads, data.get("description", ""), ids, nproc)
 
 
@@ -228,8 +232,8 @@ def run_local(study: Study, output: Path, runs: list[StudyRun], jobs: int, threa
     # a retried run's failed.json stays: train clears it on success and refuses to resume a diverged run (it would
     # replay the same steps)
     pending = [pool.Job(key=r, label=f"{r.name} seed {r.seed}", argv=("rbdc.cli", *r.train_args(output)),
-                        log=r.run_dir(output) / "train.log", cost=cost[r], outcome=_outcome(r, output),
-                        header=f"\n=== rbdc study {study.name}: {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
+                        log=r.run_dir(output) / rundir.LOG, cost=cost[r], outcome=_outcome(r, output),
+                        title=f"rbdc study {study.name}:")
                for r in todo]
     failed = pool.run(pending, jobs=jobs, threads=threads, total=total, done_before=done_before, nproc=study.nproc,
                       log=log)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,25 +248,35 @@ def build(study: Study, root: Path, out: Path) -> dict[str, Path]:
     return paths
 
 
+def _threads(run) -> int | None:
+    """The threads a run trained with, as its ``command.txt`` records (the last invocation's)."""
+    path = Path(run.path) / rundir.COMMAND
+    found = re.findall(r'"threads": (\d+)', path.read_text()) if path.is_file() else []
+    return int(found[-1]) if found else None
+
+
 def _cost_section(points: dict, study: Study) -> list[str]:
-    """Measured wall time per point and in all, and CPU-hours (wall x the study's threads per run)."""
-    rows, total = [], 0.0
+    """Measured wall time per point and in all, and CPU-hours (each run's wall x the threads it recorded)."""
+    rows, total, cpu, unknown = [], 0.0, 0.0, 0
     for p in points.values():
-        walls = [r.results["wall_s"] for r in p.runs if r.results.get("wall_s")]
+        walls = [(r.results["wall_s"], _threads(r)) for r in p.runs if r.results.get("wall_s")]
         if walls:
-            total += sum(walls)
-            rows.append(f"| {p.point} | {_budget(p.budget)} | {len(walls)} | {statistics.mean(walls) / 60:.1f} | "
-                        f"{sum(walls) / 3600:.2f} |")
+            total += sum(w for w, _ in walls)
+            cpu += sum(w * t for w, t in walls if t)
+            unknown += sum(1 for _, t in walls if not t)
+            rows.append(f"| {p.point} | {_budget(p.budget)} | {len(walls)} | "
+                        f"{statistics.mean(w for w, _ in walls) / 60:.1f} | {sum(w for w, _ in walls) / 3600:.2f} |")
     if not rows:
         return []
     return ["## Cost (measured)", "",
-            f"Wall time of each finished run (`results.json`), on the machine its `command.txt` names. The runs "
-            f"ran {study.jobs} at a time with {study.threads} thread(s) each, often beside other work on the same "
-            f"cores, so a run's wall is an upper bound on its cost alone.", "",
+            "Wall time of each finished run (`results.json`) on the machine its `command.txt` names, with the threads "
+            "it recorded there. Runs often shared the cores with other work, so a run's wall is an upper bound on "
+            "its cost alone.", "",
             "| point | budget | runs | wall per run (min) | run-hours |", "|---|---|---|---|---|", *rows, "",
-            f"In all: {total / 3600:.1f} run-hours = {total * study.threads / 3600:.1f} CPU-hours "
-            f"({study.threads} thread(s) per run); at {study.jobs} runs at a time about "
-            f"{total / study.jobs / 3600:.1f} hours of elapsed time.", ""]
+            f"In all: {total / 3600:.1f} run-hours, {cpu / 3600:.1f} CPU-hours (wall x threads"
+            + (f"; {unknown} run(s) recorded no thread count and are left out" if unknown else "")
+            + f"); at the study's {study.jobs} runs at a time, about {total / study.jobs / 3600:.1f} hours elapsed.",
+            ""]
 
 
 def _head_to_head(points: dict, panel: dict) -> list[str]:

@@ -619,7 +619,7 @@ def test_detection_study_runs_resumes_and_reports_with_intervals(det, tmp_path, 
     """`rbdc det-study` fine-tunes every (backbone, seed) through the pool, a rerun trains nothing, and the report
     gives AP per backbone with t-intervals, the difference with a Welch interval, sha256-traced rows and curves."""
     from rbdc.cli import main
-    from rbdc.detection.study import load_study, sync
+    from rbdc.detection.study import load_study, status, sync
     from rbdc.detection.study_report import build
     from rbdc.rundir import sha256
 
@@ -630,7 +630,19 @@ def test_detection_study_runs_resumes_and_reports_with_intervals(det, tmp_path, 
     assert main(['det-study', str(path), '-o', str(out), '--backbones', str(cls)]) == 0
     assert '4 done, 0 to run' in capsys.readouterr().out
 
+    # Killed during its final validation: the checkpoint is written, metrics.json lacks the last entry. The rerun
+    # has nothing left to train, validates, and only then counts as done.
     study = load_study(path)
+    wd = study.runs[0].work_dir(out, study)
+    metrics, launch = json.loads((wd / 'metrics.json').read_text()), json.loads((wd / 'launch.json').read_text())
+    final = metrics['val'].pop()
+    (wd / 'metrics.json').write_text(json.dumps(metrics))
+    (wd / 'launch.json').write_text(json.dumps({**launch, 'wall_s': None}))
+    assert status(wd, study) == 'started'
+    assert main(['det-study', str(path), '-o', str(out), '--backbones', str(cls)]) == 0
+    assert '3 done, 1 to run' in capsys.readouterr().out and status(wd, study) == 'done'
+    assert json.loads((wd / 'metrics.json').read_text())['val'][-1]['iter'] == final['iter']
+
     committed = tmp_path / 'committed'
     assert len(sync(study, out, committed)) == 4
     paths = build(study, committed, tmp_path / 'rep' / 'det-tiny')
@@ -649,7 +661,8 @@ def test_detection_study_runs_resumes_and_reports_with_intervals(det, tmp_path, 
 @pytest.mark.parametrize('over, message', [
     ({'epochs': 2}, 'exactly one of epochs'), ({'scale': [128]}, 'scale must be'),
     ({'cfg_options': ['nokey']}, 'cfg_options must be'), ({'typo': 1}, "unknown key(s) ['typo']"),
-    ({'kind': None}, 'says `kind: detection`')])
+    ({'kind': None}, 'says `kind: detection`'), ({'jobs': 0}, 'jobs must be a positive integer'),
+    ({'finetune_seeds': [-1]}, 'finetune_seeds must be a list of non-negative integers')])
 def test_a_bad_detection_study_names_the_key(tmp_path, over, message):
     from rbdc.detection.study import load_study
     from rbdc.errors import UserError

@@ -162,3 +162,37 @@ def test_runs_of_different_seeds_share_no_stage(recipe):
     seeds = [{st.seed for st in plan} for plan in plans]
     assert all(len(s) == len(plans[0]) > 1 for s in seeds)
     assert not (seeds[0] & seeds[1] or seeds[1] & seeds[2] or seeds[0] & seeds[2])
+
+
+def test_a_failing_parallel_stage_stops_its_siblings(tmp_path, monkeypatch):
+    import subprocess
+    from types import SimpleNamespace
+
+    from rbdc import jobs
+    started = []
+
+    class FakeChild:
+        def __init__(self, cmd, **kw):
+            self.stage, self.returncode, self.terminated = cmd[-1], None, False
+            started.append(self)
+
+        def wait(self):
+            if self.stage == "L0.0":
+                self.returncode = 1
+            elif self.terminated:
+                self.returncode = -15
+            else:
+                raise AssertionError("the parent waited on a sibling it should have stopped")
+            return self.returncode
+
+        def poll(self):
+            return self.returncode
+
+        def terminate(self):
+            self.terminated = True
+
+    monkeypatch.setattr(subprocess, "Popen", FakeChild)
+    stages = [SimpleNamespace(id=f"L0.{i}", level=0) for i in range(2)]
+    with pytest.raises(UserError, match="stage L0.0 failed"):
+        jobs.run_parallel(tmp_path, stages, {"stages": {}}, jobs=2, log=lambda *a: None)
+    assert [c.stage for c in started] == ["L0.0", "L0.1"] and started[1].terminated

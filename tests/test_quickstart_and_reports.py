@@ -75,7 +75,7 @@ def test_committed_report_regenerates_byte_for_byte(name, tmp_path):
         assert filecmp.cmp(written[name][suffix], committed / f"{name}.{suffix}", shallow=False), suffix
 
 
-@pytest.mark.parametrize("name", sorted(make_reports.STUDIES))
+@pytest.mark.parametrize("name", sorted([*make_reports.STUDIES, *make_reports.DET_STUDIES]))
 def test_committed_study_report_regenerates_byte_for_byte(name, tmp_path):
     if not (make_reports.RUNS / name).is_dir():
         pytest.skip(f"no committed runs of study {name} under reports/runs")
@@ -83,4 +83,5 @@ def test_committed_study_report_regenerates_byte_for_byte(name, tmp_path):
     shutil.copytree(make_reports.RUNS, tmp_path / "reports" / "runs")
     written = make_reports.make(out_dir=tmp_path / "reports", runs=tmp_path / "reports" / "runs")
     for kind, path in written[name].items():
-        assert filecmp.cmp(path, make_reports.REPO / "reports" / path.name, shallow=False), kind
+        committed = make_reports.REPO / "reports" / path.relative_to(tmp_path / "reports")
+        assert filecmp.cmp(path, committed, shallow=False), kind

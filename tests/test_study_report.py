@@ -113,12 +113,14 @@ def test_a_report_naming_an_unknown_point_is_refused(tmp_path):
 
 def test_the_cost_section_sums_the_measured_walls_into_cpu_hours(tmp_path):
     study, root = _fake_study(tmp_path)
-    walls = {}
-    for results in sorted(root.rglob("results.json")):
-        res = json.loads(results.read_text())
-        walls[results] = res["wall_s"]
+    for i, results in enumerate(sorted(root.rglob("results.json"))):  # walls and recorded threads of our choosing
+        (results.parent / "command.txt").write_text(f'rbdc train ...\n{{\n "threads": {1 + i % 2}\n}}\n')
+        results.write_text(json.dumps({**json.loads(results.read_text()), "wall_s": 360.0 * (1 + i % 2)}))
+    n = len(list(root.rglob("results.json")))
+    run_h = sum(360.0 * (1 + i % 2) for i in range(n)) / 3600
+    cpu_h = sum(360.0 * (1 + i % 2) ** 2 for i in range(n)) / 3600
     md = build(study, root, tmp_path / "out" / "tiny")["md"].read_text()
-    total = sum(walls.values())
-    assert f"In all: {total / 3600:.1f} run-hours = {total * study.threads / 3600:.1f} CPU-hours" in md
-    scratch_b1 = [w for p, w in walls.items() if "scratch/b1/" in p.as_posix()]
-    assert f"| scratch | 1 | 3 | {sum(scratch_b1) / 3 / 60:.1f} | {sum(scratch_b1) / 3600:.2f} |" in md
+    assert f"In all: {run_h:.1f} run-hours, {cpu_h:.1f} CPU-hours (wall x threads)" in md
+    (next(root.rglob("command.txt"))).unlink()
+    md = build(study, root, tmp_path / "out" / "tiny")["md"].read_text()
+    assert "1 run(s) recorded no thread count and are left out" in md

@@ -219,9 +219,23 @@ def train(args: argparse.Namespace) -> int:
     _write_launch(runner, record)
     start = time.time()
     runner.train()
+    _validate_if_missing(runner)
     record['wall_s'] = round(before + time.time() - start, 1)  # summed over resumed segments
     _write_launch(runner, record)
     return 0
+
+
+def _validate_if_missing(runner) -> None:
+    """A run killed during its last validation resumes with nothing left to train, and MMEngine does not validate
+    again: do it here, so that its metrics.json ends at the last iteration as an uninterrupted run's does."""
+    loop, val = runner.train_loop, runner.val_loop
+    at = runner.epoch if hasattr(loop, 'max_epochs') else runner.iter
+    if val is None or runner.iter < loop.max_iters or at < getattr(loop, 'val_begin', 1):
+        return
+    path = Path(runner.work_dir) / 'metrics.json'
+    done = json.loads(path.read_text()).get('val', []) if path.is_file() else []
+    if not done or done[-1]['iter'] != runner.iter:
+        val.run()
 
 
 def _launch_record(cfg, args) -> dict:

@@ -41,8 +41,8 @@ class DetRun:
         return Path(output) / study.name / self.label / f'seed{self.seed}' / f'ft{self.ft_seed}'
 
     def backbone(self, backbones: Path, study: 'DetStudy') -> Path:
-        d = rundir.run_dir(backbones, f'{study.source}/{self.point}/b{study.budget:g}', self.seed)
-        return d / rundir.FINAL
+        from rbdc.study import group_name
+        return rundir.run_dir(backbones, group_name(study.source, self.point, study.budget), self.seed) / rundir.FINAL
 
 
 @dataclass
@@ -50,7 +50,7 @@ class DetStudy:
     name: str
     path: Path
     source: str                # the classification study
-    budget: float
+    budget: int | float
     config: Path
     scale: tuple[int, int]
     epochs: int | None
@@ -106,22 +106,37 @@ def load_study(path: str | Path) -> DetStudy:
     options = data.get('cfg_options') or []
     if not (isinstance(options, list) and all(isinstance(o, str) and '=' in o for o in options)):
         raise _fail(path, f'cfg_options must be a list of KEY=VALUE strings, got {options!r}')
-    seeds, ft_seeds = list(bb['seeds']), list(data.get('finetune_seeds') or [0])
+    seeds, ft_seeds = bb['seeds'], data.get('finetune_seeds') or [0]
+    for key, values in (('backbones.seeds', seeds), ('finetune_seeds', ft_seeds)):
+        if not (isinstance(values, list) and values and all(isinstance(v, int) and v >= 0 for v in values)):
+            raise _fail(path, f'{key} must be a list of non-negative integers, got {values!r}')
+    for key in ('jobs', 'threads', 'epochs', 'iters'):
+        v = data.get(key)
+        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            raise _fail(path, f'{key} must be a positive integer, got {v!r}')
+    if not (isinstance(bb['budget'], (int, float)) and bb['budget'] > 0):
+        raise _fail(path, f'backbones.budget must be the classification study\'s budget (target epochs), got '
+                          f'{bb["budget"]!r}')
     runs = [DetRun(label, point, s, f) for (label, point), s, f in
             itertools.product(bb['points'].items(), seeds, ft_seeds)]
-    return DetStudy(name=data['name'], path=path, source=bb['study'], budget=float(bb['budget']), config=config,
+    return DetStudy(name=data['name'], path=path, source=bb['study'], budget=bb['budget'], config=config,
                     scale=(scale[0], scale[1]), epochs=data.get('epochs'), iters=data.get('iters'), runs=runs,
                     labels=list(bb['points']), jobs=int(data.get('jobs', 2)), threads=int(data.get('threads', 1)),
                     description=data.get('description', ''), report=data.get('report'), cfg_options=tuple(options))
 
 
-def status(work_dir: Path) -> str:
-    """done (trained to the end: launch.json has its wall time, and a validation was recorded), started, pending."""
+def status(work_dir: Path, study: DetStudy) -> str:
+    """done (trained to the end, wall time recorded, and validated at the study's last epoch or iteration), started,
+    pending."""
     launch, metrics = work_dir / 'launch.json', work_dir / 'metrics.json'
-    if launch.is_file() and json.loads(launch.read_text()).get('wall_s') is not None and metrics.is_file() \
-            and json.loads(metrics.read_text()).get('val'):
-        return 'done'
-    return 'started' if launch.is_file() else 'pending'
+    if not launch.is_file():
+        return 'pending'
+    val = json.loads(metrics.read_text()).get('val') if metrics.is_file() else None
+    if json.loads(launch.read_text()).get('wall_s') is None or not val:
+        return 'started'
+    last = val[-1]
+    at_end = last['epoch'] == study.epochs if study.epochs else last['iter'] == study.iters
+    return 'done' if at_end else 'started'
 
 
 def training_curve(work_dir: Path) -> list[dict]:
@@ -129,17 +144,20 @@ def training_curve(work_dir: Path) -> list[dict]:
     segment; a step logged twice keeps its last value)."""
     rows: dict[int, dict] = {}
     for f in sorted(work_dir.glob('*/vis_data/scalars.json')):
-        for line in f.read_text().splitlines():
-            rec = json.loads(line)
+        for line in f.read_text(errors='replace').splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # the last line of a segment killed mid-write
+                continue
             if 'loss' in rec and 'step' in rec:
                 rows[int(rec['step'])] = {'iter': int(rec['step']), 'epoch': rec.get('epoch'), 'loss': rec['loss'],
                                           'lr': rec.get('lr')}
     return [rows[k] for k in sorted(rows)]
 
 
-def _outcome(work_dir: Path):
+def _outcome(work_dir: Path, study: DetStudy):
     def read() -> tuple[bool, str]:
-        if status(work_dir) != 'done':
+        if status(work_dir, study) != 'done':
             return False, ''
         rundir.write_json(work_dir / 'curve.json', training_curve(work_dir))
         last = json.loads((work_dir / 'metrics.json').read_text())['val'][-1]['metrics']
@@ -154,17 +172,17 @@ def run(study: DetStudy, output: Path, backbones: Path, jobs: int, threads: int,
         raise UserError(f'{len(missing)} backbone(s) missing, e.g. {missing[0].backbone(backbones, study)}: run the '
                         f'{study.source} study first (rbdc study benchmarks/studies/{study.source}.yaml -o '
                         f'{backbones}) or pass --backbones DIR')
-    state = {r: status(r.work_dir(output, study)) for r in study.runs}
+    state = {r: status(r.work_dir(output, study), study) for r in study.runs}
     todo = [r for r in study.runs if state[r] != 'done']
     cost = float(study.epochs or study.iters)
     log(f'detection study {study.name}: {len(study.runs)} runs, {len(study.runs) - len(todo)} done, {len(todo)} to '
         f'run ({study.length_args()[1]} {study.length_args()[0][2:]} each at {study.scale[0]}x{study.scale[1]}) '
         f'as {jobs} x {threads} thread(s) -> {output / study.name}')
-    os.environ['BALLOON_SCALE'] = f'{study.scale[0]},{study.scale[1]}'
-    header = f"\n=== rbdc det-study {study.name}: {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n"
+    scale = f'{study.scale[0]},{study.scale[1]}'
     jobs_ = [pool.Job(key=r, label=f'{study.name}/{r.label} seed {r.seed} ft {r.ft_seed}',
-                      argv=study.argv(r, output, backbones), log=r.work_dir(output, study) / 'train.log', cost=cost,
-                      outcome=_outcome(r.work_dir(output, study)), header=header) for r in todo]
+                      argv=study.argv(r, output, backbones), log=r.work_dir(output, study) / rundir.LOG, cost=cost,
+                      outcome=_outcome(r.work_dir(output, study), study),
+                      title=f'rbdc det-study {study.name}:', env=(('BALLOON_SCALE', scale),)) for r in todo]
     return [j.key for j in pool.run(jobs_, jobs=jobs, threads=threads, total=len(study.runs),
                                      done_before=len(study.runs) - len(todo), log=log)]
 
@@ -174,7 +192,7 @@ def sync(study: DetStudy, output: Path, dest_root: Path) -> list[Path]:
     copied = []
     for r in study.runs:
         wd = r.work_dir(output, study)
-        if status(wd) != 'done':
+        if status(wd, study) != 'done':
             continue
         if not (wd / 'curve.json').is_file():
             rundir.write_json(wd / 'curve.json', training_curve(wd))
@@ -200,7 +218,7 @@ def cmd_det_study(args) -> int:
         return 0
     if args.list:
         for r in study.runs:
-            print(f'{status(r.work_dir(output, study)):8s} {study.name}/{r.label} seed {r.seed} ft {r.ft_seed}  '
+            print(f'{status(r.work_dir(output, study), study):8s} {study.name}/{r.label} seed {r.seed} ft {r.ft_seed}  '
                   f'backbone {r.backbone(backbones, study)}')
         return 0
     t0 = time.time()

@@ -35,7 +35,7 @@ def collect(study: DetStudy, root: Path) -> list[dict]:
     rows = []
     for r in study.runs:
         wd = r.work_dir(root, study)
-        if status(wd) != 'done':
+        if status(wd, study) != 'done':
             continue
         launch = json.loads((wd / 'launch.json').read_text())
         val = json.loads((wd / 'metrics.json').read_text())['val']
@@ -97,8 +97,8 @@ def _verdict(study: DetStudy, rows: list[dict]) -> list[str]:
 def build(study: DetStudy, root: Path, out: Path) -> dict[str, Path]:
     """Write ``out.md``, ``out.json`` (the rows) and ``out.png`` (curves); returns the paths."""
     rows = collect(study, root)
-    paths = {'md': out.with_suffix('.md'), 'json': out.with_suffix('.json'), 'png': out.with_suffix('.png')}
-    missing = [r for r in study.runs if status(r.work_dir(root, study)) != 'done']
+    paths = {ext: out.with_name(f'{out.name}.{ext}') for ext in ('md', 'json', 'png')}
+    missing = [r for r in study.runs if status(r.work_dir(root, study), study) != 'done']
     ref = study.labels[0]
     length = (f'{study.epochs} epochs, validated on the val split every epoch' if study.epochs else
               f'{study.iters} iteration(s), validated on the val split at the end')
@@ -134,7 +134,7 @@ def build(study: DetStudy, root: Path, out: Path) -> dict[str, Path]:
         fmt = lambda v: '–' if v is None else f'{v:.1f}'  # noqa: E731
         wall = '–' if r['wall_s'] is None else f'{r["wall_s"] / 60:.0f}'
         md.append(f'| `{r["run"]}` | ' + ' | '.join(fmt(r[k]) for k, _ in METRICS)
-                  + f' | {wall} | {r["device"]} | `{_rel(r["backbone"])}` | `{str(r["backbone_sha256"])[:16]}` |')
+                  + f' | {wall} | {r["device"]} | `{r["backbone"]}` | `{str(r["backbone_sha256"])[:16]}` |')
     if missing:
         md += ['', f'Not finished ({len(missing)}): ' + ', '.join(
             f'{r.label} seed {r.seed} ft {r.ft_seed}' for r in missing) + '.']
