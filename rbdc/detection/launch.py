@@ -228,8 +228,10 @@ def train(args: argparse.Namespace) -> int:
 def _validate_if_missing(runner) -> None:
     """A run killed during its last validation resumes with nothing left to train, and MMEngine does not validate
     again: do it here, so that its metrics.json ends at the last iteration as an uninterrupted run's does."""
+    from mmengine.runner import EpochBasedTrainLoop
+
     loop, val = runner.train_loop, runner.val_loop
-    at = runner.epoch if hasattr(loop, 'max_epochs') else runner.iter
+    at = runner.epoch if isinstance(loop, EpochBasedTrainLoop) else runner.iter  # what val_begin counts
     if val is None or runner.iter < loop.max_iters or at < getattr(loop, 'val_begin', 1):
         return
     path = Path(runner.work_dir) / 'metrics.json'
