@@ -642,6 +642,9 @@ def test_detection_study_runs_resumes_and_reports_with_intervals(det, tmp_path, 
     assert main(['det-study', str(path), '-o', str(out), '--backbones', str(cls)]) == 0
     assert '3 done, 1 to run' in capsys.readouterr().out and status(wd, study) == 'done'
     assert json.loads((wd / 'metrics.json').read_text())['val'][-1]['iter'] == final['iter']
+    # the killed segment's time up to its checkpoint stays in the run's wall time
+    assert json.loads((wd / 'launch.json').read_text())['wall_s'] >= \
+        (wd / 'iter_1.pth').stat().st_mtime - launch['started_at']
 
     committed = tmp_path / 'committed'
     assert len(sync(study, out, committed)) == 4

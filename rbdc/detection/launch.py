@@ -214,15 +214,30 @@ def train(args: argparse.Namespace) -> int:
         cfg.resume, cfg.load_from = True, args.resume
     runner = _build_runner(cfg)
     record = _launch_record(cfg, args)
-    previous = Path(runner.work_dir) / 'launch.json'
-    before = json.loads(previous.read_text()).get('wall_s') or 0 if cfg.resume and previous.is_file() else 0
-    _write_launch(runner, record)
     start = time.time()
+    record['trained_s'] = _trained_before(Path(runner.work_dir)) if cfg.resume else 0.0
+    record['started_at'] = start
+    _write_launch(runner, record)
     runner.train()
     _validate_if_missing(runner)
-    record['wall_s'] = round(before + time.time() - start, 1)  # summed over resumed segments
+    record['wall_s'] = round(record['trained_s'] + time.time() - start, 1)  # summed over resumed segments
     _write_launch(runner, record)
     return 0
+
+
+def _trained_before(work_dir: Path) -> float:
+    """Seconds the earlier segments of a resumed run spent: each killed segment counts from its start to its last
+    checkpoint (what it trained after that is trained again now)."""
+    path = work_dir / 'launch.json'
+    if not path.is_file():
+        return 0.0
+    prev = json.loads(path.read_text())
+    if prev.get('wall_s') is not None:
+        return float(prev['wall_s'])
+    ckpts = [p.stat().st_mtime for p in work_dir.glob('*.pth')]
+    started = prev.get('started_at')
+    last = max(ckpts, default=None)
+    return float(prev.get('trained_s') or 0.0) + (max(0.0, last - started) if started and last else 0.0)
 
 
 def _validate_if_missing(runner) -> None:
