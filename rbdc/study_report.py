@@ -226,7 +226,8 @@ def build(study: Study, root: Path, out: Path) -> dict[str, Path]:
             pays = [p for p, s in rows if s["lo"] > 0]
             paper = [p for p, s in rows if s["lo"] <= PAPER_SAVING <= s["hi"]]
             verdict.append(f"- **{name}** ({panel['title']}): {words}. "
-                           + (f"It starts to pay from budget {_budget(pays[0].budget)} target epochs. " if pays else
+                           + (f"Its saving is above zero at budget(s) {', '.join(_budget(p.budget) for p in pays)} "
+                              f"of {', '.join(_budget(p.budget) for p, _ in rows)} target epochs. " if pays else
                               "At no budget is its saving distinguishable from zero or better. ")
                            + (f"The paper's 30% lies inside the interval at budget(s) "
                               f"{', '.join(_budget(p.budget) for p in paper)}." if paper else
