@@ -381,6 +381,19 @@ def _compare_section(points: dict, spec: dict) -> list[str]:
     return lines + [""]
 
 
+def _flops_ticks(ax) -> None:
+    """Log x axis ticked at the plotted FLOPs, labelled in human units (decade labels alone say little here)."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+    ax.set_xscale("log")
+    plotted = {float(x) for line in ax.get_lines() for x in line.get_xdata() if x > 1}  # not axhline's 0..1
+    by_label = {human_flops(x, ""): x for x in sorted(plotted)}
+    xs = sorted(by_label.values())  # points within rounding of each other share one tick
+    if xs:
+        ax.xaxis.set_major_locator(FixedLocator(xs))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([human_flops(x, "") for x in xs], fontsize=7, rotation=30)
+
+
 def _figures(points: dict, spec: dict, savings: dict, out: Path) -> dict[str, Path]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -402,9 +415,9 @@ def _figures(points: dict, spec: dict, savings: dict, out: Path) -> dict[str, Pa
                             linewidth=2.0 if j == 0 else 1.2)
                 if protocols.get(ps[0].protocol).subject:  # the method's points carry epochs per level (paper)
                     for p in ps:
-                        ax.annotate(p.label(), (p.flops_mean, p.mean), textcoords="offset points", xytext=(4, -10),
-                                    fontsize=6, color=color)
-            ax.set_xscale("log")
+                        ax.annotate(p.label(), (p.flops_mean, p.mean), textcoords="offset points",
+                                    xytext=(4, -10 - 9 * (j - 1)), fontsize=6, color=color)  # one row per series
+            _flops_ticks(ax)
             ax.set_xlabel("total training FLOPs")
             ax.set_ylabel("final top-1 (%), mean ± 95% CI over seeds")
             ax.set_title(panel["title"], fontsize=10)
@@ -442,7 +455,7 @@ def _figures(points: dict, spec: dict, savings: dict, out: Path) -> dict[str, Pa
                         label=name)
         ax.axhline(0, color="black", linewidth=0.8)
         ax.axhline(100 * PAPER_SAVING, color="gray", linestyle="--", linewidth=0.8, label="paper: 30%")
-        ax.set_xscale("log")
+        _flops_ticks(ax)
         ax.set_xlabel("total training FLOPs of the point")
         ax.set_ylabel("FLOPs saving vs scratch (%), bootstrap 95%")
         ax.grid(True, which="both", alpha=0.3)
