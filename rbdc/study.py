@@ -40,7 +40,7 @@ from .errors import UserError
 from .recipe import load_yaml
 from .units import human_flops, human_time
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = pool.REPO  # the checkout whose code the runs use
 STUDY_KEYS = {"name", "seeds", "jobs", "threads", "nproc", "set", "points", "output", "description", "report"}
 POINT_KEYS = {"id", "recipe", "budgets", "grid", "set"}
 
