@@ -28,6 +28,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shlex
 import tempfile
 from collections.abc import Callable, Iterator
@@ -37,9 +38,9 @@ from pathlib import Path
 from .errors import UserError
 
 __all__ = ["RunFailed", "append_command", "atomic_write", "atomic_write_bytes", "clear_failed", "load_checkpoint",
-           "load_state", "read_failed", "read_json", "read_manifest", "read_summary", "refuse_diverged",
-           "relative_argv", "remove_orphans", "run_dir", "save_state", "sha256", "stage_dir", "stage_log",
-           "user_errors", "verified", "write_failed", "write_json", "write_manifest", "write_progress",
+           "load_state", "read_failed", "read_json", "read_manifest", "read_summary", "recorded_threads",
+           "refuse_diverged", "relative_argv", "remove_orphans", "run_dir", "save_state", "sha256", "stage_dir",
+           "stage_log", "user_errors", "verified", "write_failed", "write_json", "write_manifest", "write_progress",
            "write_results", "write_summary"]
 
 _UMASK = os.umask(0)
@@ -208,6 +209,13 @@ def append_command(run_dir: Path, command: str, env: dict) -> None:
     old = path.read_text() if path.is_file() else ""
     block = command + "\n" + json.dumps(env, indent=1) + "\n"
     atomic_write_bytes(path, (old + ("\n" if old else "") + block).encode())
+
+
+def recorded_threads(run_dir: Path) -> int | None:
+    """The threads the last invocation in ``command.txt`` ran with (None without a record)."""
+    path = Path(run_dir) / COMMAND
+    found = re.findall(r'"threads": (\d+)', path.read_text()) if path.is_file() else []
+    return int(found[-1]) if found else None
 
 
 def _remove_orphans_in(folder: Path, stale: tuple[str, ...] = ()) -> None:

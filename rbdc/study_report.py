@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,18 +248,11 @@ def build(study: Study, root: Path, out: Path) -> dict[str, Path]:
     return paths
 
 
-def _threads(run) -> int | None:
-    """The threads a run trained with, as its ``command.txt`` records (the last invocation's)."""
-    path = Path(run.path) / rundir.COMMAND
-    found = re.findall(r'"threads": (\d+)', path.read_text()) if path.is_file() else []
-    return int(found[-1]) if found else None
-
-
 def _cost_section(points: dict, study: Study) -> list[str]:
     """Measured wall time per point and in all, and CPU-hours (each run's wall x the threads it recorded)."""
     rows, total, cpu, unknown = [], 0.0, 0.0, 0
     for p in points.values():
-        walls = [(r.results["wall_s"], _threads(r)) for r in p.runs if r.results.get("wall_s")]
+        walls = [(r.results["wall_s"], rundir.recorded_threads(r.path)) for r in p.runs if r.results.get("wall_s")]
         if walls:
             total += sum(w for w, _ in walls)
             cpu += sum(w * t for w, t in walls if t)
