@@ -680,3 +680,23 @@ def test_a_detection_study_without_its_backbones_says_which_study_to_run(tmp_pat
     path = _det_study(tmp_path)
     assert main(['det-study', str(path), '-o', str(tmp_path / 'det'), '--backbones', str(tmp_path / 'none')]) == 2
     assert 'run the tiny study first' in capsys.readouterr().err
+
+
+def test_a_detection_study_runs_seed_major_and_needs_only_the_backbones_it_still_trains(tmp_path, capsys):
+    """The pool starts runs in the study's order: seed by seed, every backbone at each seed, so a study stopped
+    part-way compares the backbones at the same seeds. Finished runs (e.g. light files copied from reports/runs) have
+    recorded their backbone and sha256: the study does not ask for their checkpoints again."""
+    from rbdc.cli import main
+    from rbdc.detection.study import load_study
+
+    path = _det_study(tmp_path)
+    study = load_study(path)
+    assert [(r.label, r.seed) for r in study.runs] == [('scratch', 0), ('rbdc', 0), ('scratch', 1), ('rbdc', 1)]
+    out = tmp_path / 'det'
+    for r in study.runs:
+        wd = r.work_dir(out, study)
+        wd.mkdir(parents=True)
+        (wd / 'launch.json').write_text(json.dumps({'wall_s': 1.0, 'backbone': 'elsewhere', 'backbone_sha256': '0'}))
+        (wd / 'metrics.json').write_text(json.dumps({'val': [{'iter': 1, 'epoch': 1, 'metrics': {}}]}))
+    assert main(['det-study', str(path), '-o', str(out), '--backbones', str(tmp_path / 'none')]) == 0
+    assert '4 done, 0 to run' in capsys.readouterr().out

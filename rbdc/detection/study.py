@@ -117,8 +117,9 @@ def load_study(path: str | Path) -> DetStudy:
     if not (isinstance(bb['budget'], (int, float)) and bb['budget'] > 0):
         raise _fail(path, f'backbones.budget must be the classification study\'s budget (target epochs), got '
                           f'{bb["budget"]!r}')
-    runs = [DetRun(label, point, s, f) for (label, point), s, f in
-            itertools.product(bb['points'].items(), seeds, ft_seeds)]
+    # seed-major: the pool starts runs in this order, so a study stopped part-way has every backbone at the same seeds
+    runs = [DetRun(label, point, s, f) for s, f, (label, point) in
+            itertools.product(seeds, ft_seeds, bb['points'].items())]
     return DetStudy(name=data['name'], path=path, source=bb['study'], budget=bb['budget'], config=config,
                     scale=(scale[0], scale[1]), epochs=data.get('epochs'), iters=data.get('iters'), runs=runs,
                     labels=list(bb['points']), jobs=int(data.get('jobs', 2)), threads=int(data.get('threads', 1)),
@@ -167,13 +168,13 @@ def _outcome(work_dir: Path, study: DetStudy):
 
 
 def run(study: DetStudy, output: Path, backbones: Path, jobs: int, threads: int, log=print) -> list:
-    missing = [r for r in study.runs if not r.backbone(backbones, study).is_file()]
+    state = {r: status(r.work_dir(output, study), study) for r in study.runs}
+    todo = [r for r in study.runs if state[r] != 'done']
+    missing = [r for r in todo if not r.backbone(backbones, study).is_file()]  # a finished run has recorded its own
     if missing:
         raise UserError(f'{len(missing)} backbone(s) missing, e.g. {missing[0].backbone(backbones, study)}: run the '
                         f'{study.source} study first (rbdc study benchmarks/studies/{study.source}.yaml -o '
                         f'{backbones}) or pass --backbones DIR')
-    state = {r: status(r.work_dir(output, study), study) for r in study.runs}
-    todo = [r for r in study.runs if state[r] != 'done']
     cost = float(study.epochs or study.iters)
     log(f'detection study {study.name}: {len(study.runs)} runs, {len(study.runs) - len(todo)} done, {len(todo)} to '
         f'run ({study.length_args()[1]} {study.length_args()[0][2:]} each at {study.scale[0]}x{study.scale[1]}) '
