@@ -5,14 +5,20 @@ peak. The peaks are vendor spec-sheet figures for dense bf16 tensor-core math (n
 rarely reaches them: large bf16 matmuls were measured at about 798 TFLOP/s on an H100 SXM (81% of its 989), which is
 why the project's target for a DeiT-B step is stated in TFLOP/s (>= 360, i.e. 45% of the measured 798). Set
 ``RBDC_PEAK_TFLOPS`` to use another peak (a measured one, or a device missing from the table).
+
+On a CPU, bf16 autocast is fast only where oneDNN has bf16 kernels (AVX-512 or AMX on x86): elsewhere (e.g. AVX2
+only) every bf16 matmul falls back to a slow loop, measured 25-85x slower than fp32 on a 2-core AMD EPYC (Zen 2).
+:func:`slow_cpu_bf16` says so before a run or a study spends hours on it.
 """
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 
-__all__ = ["PEAK_BF16_TFLOPS", "MEASURED_BF16_TFLOPS", "PEAK_ENV", "lookup_peak", "peak_tflops", "mfu", "mfu_fields"]
+__all__ = ["PEAK_BF16_TFLOPS", "MEASURED_BF16_TFLOPS", "PEAK_ENV", "lookup_peak", "peak_tflops", "mfu", "mfu_fields",
+           "cpu_bf16_fast", "cpu_info", "gemm_gflops", "slow_cpu_bf16"]
 
 PEAK_ENV = "RBDC_PEAK_TFLOPS"
 
@@ -97,3 +103,46 @@ def mfu_fields(model_tflops_per_s: float, device: torch.device | str | None = No
     """``{"mfu": fraction}`` for a summary row where the peak is known, else ``{}`` (a CPU, an unlisted GPU)."""
     value = mfu(model_tflops_per_s, device)
     return {} if value is None else {"mfu": round(value, 5)}
+
+
+def cpu_bf16_fast() -> bool:
+    """Whether this CPU has oneDNN bf16 matmul kernels (x86: AVX-512 or AMX; aarch64: BF16)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def cpu_info() -> dict:
+    """What a run records of its CPU: torch's vector capability (e.g. AVX2, AVX512) and whether bf16 is fast."""
+    return {"capability": torch.backends.cpu.get_cpu_capability(), "bf16_fast": cpu_bf16_fast()}
+
+
+def gemm_gflops(dtype: torch.dtype, n: int = 384, repeats: int = 3) -> float:
+    """GFLOP/s of an n x n matmul in ``dtype`` on one CPU thread (best of ``repeats``: the machine may be busy)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a @ b
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(threads)
+    return 2 * n**3 / best / 1e9
+
+
+def slow_cpu_bf16(amp: str, device: torch.device | str) -> str | None:
+    """Why ``amp`` (a recipe's setting) is slow on ``device``, with a GEMM measured now, or None where it is not:
+    bf16 on a CPU without oneDNN bf16 kernels (the fast case and every other setting measure nothing)."""
+    if amp != "bf16" or torch.device(device).type != "cpu" or cpu_bf16_fast():
+        return None
+    bf16, fp32 = gemm_gflops(torch.bfloat16), gemm_gflops(torch.float32)
+    return (f"amp=bf16 on a CPU without fast bf16 matmuls (torch's CPU capability "
+            f"{torch.backends.cpu.get_cpu_capability()}; oneDNN's bf16 kernels need AVX-512 or AMX): a bf16 GEMM runs "
+            f"at {bf16:.2g} GFLOP/s here against {fp32:.3g} in fp32 ({fp32 / bf16:.0f}x slower). Run it on a CPU "
+            f"with AVX-512 (best: AVX512_BF16 or AMX), or pass --set amp=fp32 (a different code path from runs "
+            f"recorded in bf16)")

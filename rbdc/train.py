@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import jobs
+from . import jobs, perf
 from . import recipe as recipes
 from . import rundir
 from .checkpoint import save_weights
@@ -68,6 +68,7 @@ def _env_info(device: torch.device) -> dict:
     import timm
     return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+            **({} if device.type == "cuda" else {"cpu": perf.cpu_info()}),
             "host": platform.node(), "threads": torch.get_num_threads(), "code": code_version()}
 
 
@@ -99,6 +100,9 @@ class Run:
                 self.dir.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(existing, text.encode())
             rundir.append_command(self.dir, self.command, _env_info(self.device))
+            slow = perf.slow_cpu_bf16(self.recipe["amp"], self.device)
+            if slow:
+                self.log(f"warning: {slow}")
 
     def _manifest(self) -> dict:
         return rundir.read_manifest(self.dir)

@@ -679,7 +679,9 @@ def test_a_detection_study_without_its_backbones_says_which_study_to_run(tmp_pat
 
     path = _det_study(tmp_path)
     assert main(['det-study', str(path), '-o', str(tmp_path / 'det'), '--backbones', str(tmp_path / 'none')]) == 2
-    assert 'run the tiny study first' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert 'with the tiny study first' in err  # the command that trains exactly these backbones, not the whole study
+    assert f'-o {tmp_path / "none"} --only tiny/vit-scratch/b32 --only tiny/vit-rbdc-d1/b32)' in err
 
 
 def test_a_detection_study_runs_seed_major_and_needs_only_the_backbones_it_still_trains(tmp_path, capsys):

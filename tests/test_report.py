@@ -399,10 +399,13 @@ def test_failed_and_unfinished_runs_are_listed_and_left_out(tmp_path, capsys):
     unfinished = root / 'imagenette-deit-tiny' / 'scratch' / 'seed2'
     unfinished.mkdir()
     (unfinished / 'recipe.yaml').write_text('name: x\n')
+    broken = make_run(root, 'imagenette-deit-tiny/scratch', 'scratch', 3, 10.0, 1e16)
+    (broken / 'failed.json').write_text('{"stage": "scr')  # cut mid-write: read as rundir.read_failed reads it
     md = Path(report.generate_report([root], tmp_path / 'rep')['md']).read_text(encoding='utf-8')
     err = capsys.readouterr().err
     assert f'skipped {diverged}: failed at stage scratch step 7: loss nan' in err
     assert f'skipped {unfinished}: unfinished' in err
+    assert f'skipped {broken}: failed: {broken / "failed.json"} is unreadable' in err
     assert '## Skipped run directories' in md and 'seed1`: failed at stage scratch step 7: loss nan' in md
     assert 'from 1 run(s)' in md  # the diverged seed is not averaged in
     with pytest.raises(UserError, match='failed at stage scratch step 7: loss nan'):

@@ -172,9 +172,12 @@ def run(study: DetStudy, output: Path, backbones: Path, jobs: int, threads: int,
     todo = [r for r in study.runs if state[r] != 'done']
     missing = [r for r in todo if not r.backbone(backbones, study).is_file()]  # a finished run has recorded its own
     if missing:
-        raise UserError(f'{len(missing)} backbone(s) missing, e.g. {missing[0].backbone(backbones, study)}: run the '
-                        f'{study.source} study first (rbdc study benchmarks/studies/{study.source}.yaml -o '
-                        f'{backbones}) or pass --backbones DIR')
+        from rbdc.study import group_name
+        only = ' '.join(f'--only {g}' for g in dict.fromkeys(group_name(study.source, r.point, study.budget)
+                                                             for r in missing))
+        raise UserError(f'{len(missing)} backbone(s) missing, e.g. {missing[0].backbone(backbones, study)}: train '
+                        f'them with the {study.source} study first (rbdc study benchmarks/studies/{study.source}.yaml '
+                        f'-o {backbones} {only}) or pass --backbones DIR')
     cost = float(study.epochs or study.iters)
     log(f'detection study {study.name}: {len(study.runs)} runs, {len(study.runs) - len(todo)} done, {len(todo)} to '
         f'run ({study.length_args()[1]} {study.length_args()[0][2:]} each at {study.scale[0]}x{study.scale[1]}) '

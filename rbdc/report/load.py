@@ -48,11 +48,7 @@ def discover_run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
 def _why_skipped(run_dir: Path, files: list[str]) -> str | None:
     """Why a run directory cannot enter a report (None: it can): it failed, or it has not finished."""
     if rundir.FAILED in files:
-        try:
-            info = json.loads((run_dir / rundir.FAILED).read_text(encoding='utf-8'))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            info = {}
-        info = info if isinstance(info, dict) else {}
+        info = rundir.read_failed(run_dir) or {}
         where = ' '.join(f'{k} {info[k]}' for k in ('stage', 'step') if info.get(k) is not None)
         return f'failed{" at " + where if where else ""}: {info.get("reason") or "see its failed.json"}'
     if rundir.RESULTS not in files:
