@@ -18,7 +18,7 @@ import time
 import torch
 
 __all__ = ["PEAK_BF16_TFLOPS", "MEASURED_BF16_TFLOPS", "PEAK_ENV", "lookup_peak", "peak_tflops", "mfu", "mfu_fields",
-           "cpu_bf16_fast", "cpu_info", "gemm_gflops", "slow_cpu_bf16"]
+           "cpu_bf16_fast", "cpu_info", "gemm_gflops", "slow_cpu_bf16", "FAST_BF16_HARDWARE"]
 
 PEAK_ENV = "RBDC_PEAK_TFLOPS"
 
@@ -143,6 +143,7 @@ def slow_cpu_bf16(amp: str, device: torch.device | str) -> str | None:
     bf16, fp32 = gemm_gflops(torch.bfloat16), gemm_gflops(torch.float32)
     return (f"amp=bf16 on a CPU without fast bf16 matmuls (torch's CPU capability "
             f"{torch.backends.cpu.get_cpu_capability()}; oneDNN's bf16 kernels need AVX-512 or AMX): a bf16 GEMM runs "
-            f"at {bf16:.2g} GFLOP/s here against {fp32:.3g} in fp32 ({fp32 / bf16:.0f}x slower). Run it on a CPU "
-            f"with AVX-512 (best: AVX512_BF16 or AMX), or pass --set amp=fp32 (a different code path from runs "
-            f"recorded in bf16)")
+            f"at {bf16:.2g} GFLOP/s here against {fp32:.3g} in fp32 ({fp32 / bf16:.0f}x slower)")
+
+
+FAST_BF16_HARDWARE = "a CPU with AVX-512 (best: AVX512_BF16 or AMX) or a GPU"

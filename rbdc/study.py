@@ -225,8 +225,9 @@ def refuse_slow_bf16(runs: list[StudyRun]) -> None:
     bf16 = [r for r in runs if recipes.resolve(r.recipe, list(r.overrides), seed=r.seed, name=r.name)["amp"] == "bf16"]
     slow = perf.slow_cpu_bf16("bf16", "cpu") if bf16 else None
     if slow:
-        raise UserError(f"{len(bf16)} of the {len(runs)} runs to do train with {slow}. The study's other runs share "
-                        f"their code path: to run these here anyway, at that cost, pass --allow-slow-bf16")
+        raise UserError(f"{len(bf16)} of the {len(runs)} runs to do train with {slow}. Run the study on "
+                        f"{perf.FAST_BF16_HARDWARE}: switching these runs to fp32 would mix code paths within the "
+                        f"study. To run them here anyway, at that cost, pass --allow-slow-bf16")
 
 
 def run_local(study: Study, output: Path, runs: list[StudyRun], jobs: int, threads: int, log=print,

@@ -102,7 +102,8 @@ class Run:
             rundir.append_command(self.dir, self.command, _env_info(self.device))
             slow = perf.slow_cpu_bf16(self.recipe["amp"], self.device)
             if slow:
-                self.log(f"warning: {slow}")
+                self.log(f"warning: {slow}. Run it on {perf.FAST_BF16_HARDWARE}, or pass --set amp=fp32 (a "
+                         f"different code path from runs recorded in bf16)")
 
     def _manifest(self) -> dict:
         return rundir.read_manifest(self.dir)
