@@ -181,7 +181,7 @@ def _check_value(key: str, value, types: tuple, allowed) -> None:
         if not (math.isfinite(value) and (value >= lo if lo_incl else value > lo) and value <= hi):
             raise bad(f"must be {'>=' if lo_incl else '>'} {lo:g}" + (f" and <= {hi:g}" if hi != math.inf else ""))
     elif allowed is not None and value not in allowed:
-        raise bad(f"must be one of {', '.join(map(str, allowed))}")
+        raise bad(f"must be one of {', '.join(map(_yaml_value, allowed))}")
 
 
 def validate(recipe: dict) -> None:
@@ -287,6 +287,11 @@ def resolve(path: str | Path | None = None, overrides: list[str] = (), **fields)
     return recipe
 
 
+def _yaml_value(value) -> str:
+    """An accepted value as a recipe or --set spells it (true, not True)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def describe(pattern: str = "") -> str:
     """The schema as text, one key per line (default, accepted values, meaning), for ``rbdc keys``."""
     def allowed(key: Key) -> str:
@@ -294,7 +299,7 @@ def describe(pattern: str = "") -> str:
             lo = (">= " if key.allowed.lo_inclusive else "> ") + format(key.allowed.lo, "g")
             return lo + ("" if key.allowed.hi == math.inf else f", <= {key.allowed.hi:g}")
         if key.allowed:
-            return " | ".join(map(str, key.allowed))
+            return " | ".join(map(_yaml_value, key.allowed))
         return _type_name(key.types)
     rows = [(k, json.dumps(key.default), allowed(key), key.doc) for k, key in SCHEMA.items() if pattern in k]
     if not rows:

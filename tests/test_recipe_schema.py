@@ -35,6 +35,7 @@ def test_a_resolved_recipe_has_exactly_the_schema_keys():
 
 @pytest.mark.parametrize("override, message", [
     ("amp=fp16", "recipe key amp: must be one of auto, bf16, fp32"),
+    ("channels_last=always", "recipe key channels_last: must be one of auto, true, false"),  # as YAML spells them
     ("rbdc.schedule=contine", "recipe key rbdc.schedule: must be one of restart, continue"),
     ("rbdc.ratio_type=flop", "recipe key rbdc.ratio_type: must be one of epochs, flops"),
     ("data.source=imagenett", "recipe key data.source: must be one of imagenet, imagefolder, imagenette"),
@@ -52,6 +53,8 @@ def test_rbdc_keys_lists_every_key_with_its_default(capsys):
     assert [line.split()[0] for line in lines] == list(recipes.SCHEMA)
     row = next(ln for ln in lines if ln.startswith("rbdc.norm "))
     assert row.split()[1:4] == ['"plain"', "plain", "|"]
+    row = next(ln for ln in lines if ln.startswith("channels_last "))
+    assert row.split()[1:6] == ['"auto"', "auto", "|", "true", "|"]
     assert cli.main(["keys", "rbdc."]) == 0
     assert {ln.split()[0] for ln in capsys.readouterr().out.splitlines()} == {
         k for k in recipes.SCHEMA if "rbdc." in k}
