@@ -290,6 +290,8 @@ def test_balloon_finetune_coupled_backbone(det, tmp_path, small_balloon):
         assert 0.0 <= metrics[key] <= 1.0, (key, metrics)
     launch = json.loads((work / 'launch.json').read_text())
     assert launch['backbone'] == str(run / 'final.safetensors') and launch['wall_s'] > 0
+    if not torch.cuda.is_available():
+        assert set(launch['cpu']) == {'capability', 'bf16_fast'}
     log = next(work.glob('*/*.log')).read_text()
     assert 'RBDCViT: loaded' in log and 'MISSING' not in log and 'UNEXPECTED' not in log
 

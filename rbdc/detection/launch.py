@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from rbdc import perf
 from rbdc.errors import UserError
 
 __all__ = ['add_train_arguments', 'add_test_arguments', 'load_config', 'train', 'test', 'train_main', 'test_main']
@@ -280,6 +281,7 @@ def _launch_record(cfg, args) -> dict:
             'img_scale': list(scale) if scale else None,
             'backbone': backbone, 'backbone_sha256': digest, 'launcher': args.launcher,
             'device': torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu',
+            **({} if torch.cuda.is_available() else {'cpu': perf.cpu_info()}),  # AVX2 vs AVX-512: wall times differ
             'world_size': int(os.environ.get('WORLD_SIZE', 1)), 'amp': bool(args.amp),
             'versions': {'torch': torch.__version__, 'timm': timm.__version__, 'mmengine': mmengine.__version__,
                          'mmcv': mmcv.__version__, 'mmdet': mmdet.__version__},
