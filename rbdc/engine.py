@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from timm.models import ResNet
 
+from . import bf16
 from .flops import Ledger
 from .lr import LRSchedule
 from .perf import mfu_fields
@@ -76,6 +77,8 @@ def autocast_for(recipe: dict, device: torch.device):
     if amp == "auto":
         amp = "bf16" if device.type == "cuda" else "fp32"
     if amp == "bf16":
+        if bf16.needed(device):
+            bf16.install()
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 

@@ -6,19 +6,17 @@ rarely reaches them: large bf16 matmuls were measured at about 798 TFLOP/s on an
 why the project's target for a DeiT-B step is stated in TFLOP/s (>= 360, i.e. 45% of the measured 798). Set
 ``RBDC_PEAK_TFLOPS`` to use another peak (a measured one, or a device missing from the table).
 
-On a CPU, bf16 autocast is fast only where oneDNN has bf16 kernels (AVX-512 or AMX on x86): elsewhere (e.g. AVX2
-only) every bf16 matmul falls back to a slow loop, measured 25-85x slower than fp32 on a 2-core AMD EPYC (Zen 2).
-:func:`slow_cpu_bf16` says so before a run or a study spends hours on it.
+On a CPU, bf16 autocast is fast only where oneDNN has bf16 kernels (:func:`cpu_bf16_fast`: AVX-512 or AMX on x86);
+elsewhere :mod:`rbdc.bf16` runs its matmuls in fp32 with bf16 rounding, and every run records which (:func:`cpu_info`).
 """
 from __future__ import annotations
 
 import os
-import time
 
 import torch
 
 __all__ = ["PEAK_BF16_TFLOPS", "MEASURED_BF16_TFLOPS", "PEAK_ENV", "lookup_peak", "peak_tflops", "mfu", "mfu_fields",
-           "cpu_bf16_fast", "cpu_info", "gemm_gflops", "slow_cpu_bf16", "FAST_BF16_HARDWARE"]
+           "cpu_bf16_fast", "cpu_info"]
 
 PEAK_ENV = "RBDC_PEAK_TFLOPS"
 
@@ -114,36 +112,8 @@ def cpu_bf16_fast() -> bool:
 
 
 def cpu_info() -> dict:
-    """What a run records of its CPU: torch's vector capability (e.g. AVX2, AVX512) and whether bf16 is fast."""
-    return {"capability": torch.backends.cpu.get_cpu_capability(), "bf16_fast": cpu_bf16_fast()}
-
-
-def gemm_gflops(dtype: torch.dtype, n: int = 384, repeats: int = 3) -> float:
-    """GFLOP/s of an n x n matmul in ``dtype`` on one CPU thread (best of ``repeats``: the machine may be busy)."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        a @ b
-        best = float("inf")
-        for _ in range(repeats):
-            t = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - t)
-    finally:
-        torch.set_num_threads(threads)
-    return 2 * n**3 / best / 1e9
-
-
-def slow_cpu_bf16(amp: str, device: torch.device | str) -> str | None:
-    """Why ``amp`` (a recipe's setting) is slow on ``device``, with a GEMM measured now, or None where it is not:
-    bf16 on a CPU without oneDNN bf16 kernels (the fast case and every other setting measure nothing)."""
-    if amp != "bf16" or torch.device(device).type != "cpu" or cpu_bf16_fast():
-        return None
-    bf16, fp32 = gemm_gflops(torch.bfloat16), gemm_gflops(torch.float32)
-    return (f"amp=bf16 on a CPU without fast bf16 matmuls (torch's CPU capability "
-            f"{torch.backends.cpu.get_cpu_capability()}; oneDNN's bf16 kernels need AVX-512 or AMX): a bf16 GEMM runs "
-            f"at {bf16:.2g} GFLOP/s here against {fp32:.3g} in fp32 ({fp32 / bf16:.0f}x slower)")
-
-
-FAST_BF16_HARDWARE = "a CPU with AVX-512 (best: AVX512_BF16 or AMX) or a GPU"
+    """What a run records of its CPU: torch's vector capability (e.g. AVX2, AVX512), whether bf16 is fast, and how a
+    bf16 autocast matmul runs there: ``onednn`` (bf16 kernels) or ``fp32-rounded`` (:mod:`rbdc.bf16`)."""
+    fast = cpu_bf16_fast()
+    return {"capability": torch.backends.cpu.get_cpu_capability(), "bf16_fast": fast,
+            "bf16_matmul": "onednn" if fast else "fp32-rounded"}

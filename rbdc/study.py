@@ -213,36 +213,16 @@ def _outcome(r: StudyRun, output: Path):
     return read
 
 
-def refuse_slow_bf16(runs: list[StudyRun]) -> None:
-    """Stop before runs in bf16 start on a CPU that emulates it (hours become days): a study's runs share one code
-    path, so the fix is another machine, not switching some runs to fp32."""
-    import torch
-
-    from . import perf
-    from . import recipe as recipes
-    if not runs or torch.cuda.is_available():
-        return
-    bf16 = [r for r in runs if recipes.resolve(r.recipe, list(r.overrides), seed=r.seed, name=r.name)["amp"] == "bf16"]
-    slow = perf.slow_cpu_bf16("bf16", "cpu") if bf16 else None
-    if slow:
-        raise UserError(f"{len(bf16)} of the {len(runs)} runs to do train with {slow}. Run the study on "
-                        f"{perf.FAST_BF16_HARDWARE}: switching these runs to fp32 would mix code paths within the "
-                        f"study. To run them here anyway, at that cost, pass --allow-slow-bf16")
-
-
 def run_local(study: Study, output: Path, runs: list[StudyRun], jobs: int, threads: int, log=print,
-              retry_failed: bool = False, allow_slow_bf16: bool = False) -> list:
+              retry_failed: bool = False) -> list:
     """Run ``runs`` in a pool of ``jobs`` processes of ``threads`` threads; progress and ETA after each run.
 
     A run marked failed (its ``failed.json``: it diverged or broke) is not retried unless ``retry_failed``: the same
-    recipe fails the same way, and the report leaves it out, saying why. Runs in bf16 on a CPU that emulates it are
-    refused (:func:`refuse_slow_bf16`) unless ``allow_slow_bf16``."""
+    recipe fails the same way, and the report leaves it out, saying why."""
     cost = {r: _checked_plan(r) for r in runs}
     status = {r: r.status(output) for r in runs}
     marked = [r for r in runs if status[r] == "failed"]
     todo = [r for r in runs if status[r] in ("pending", "started") or (retry_failed and status[r] == "failed")]
-    if not allow_slow_bf16:
-        refuse_slow_bf16(todo)
     total, done_before = len(runs), len(runs) - len(todo)
     for r in marked if not retry_failed else []:
         reason = json.loads((r.run_dir(output) / rundir.FAILED).read_text()).get("reason", "?")
@@ -337,8 +317,7 @@ def cmd_study(args) -> int:
             return 1 if any(rcs) else 0
         return 0
     t0 = time.time()
-    failed = run_local(study, output, runs, jobs, threads, retry_failed=args.retry_failed,
-                       allow_slow_bf16=args.allow_slow_bf16)
+    failed = run_local(study, output, runs, jobs, threads, retry_failed=args.retry_failed)
     print(f"\nstudy {study.name} after {human_time(time.time() - t0)}:")
     print(summary(study, output))
     if failed:
@@ -364,8 +343,6 @@ def add_cli(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="threads per run (default: the study's `threads`)")
     p.add_argument("--only", action="append", metavar="TEXT", help="only runs whose name contains TEXT (repeatable)")
     p.add_argument("--retry-failed", action="store_true", help="run again the runs marked failed (failed.json)")
-    p.add_argument("--allow-slow-bf16", action="store_true",
-                   help="run bf16 recipes even on a CPU without bf16 kernels (refused by default: 25-85x slower)")
     p.add_argument("--list", action="store_true", help="list the runs with their status and planned FLOPs")
     p.add_argument("--dry-run", action="store_true", help="same as --list")
     p.add_argument("--report", action="store_true", help="write the study's report (Fig. 2, Fig. 3, savings with "

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import jobs, perf
+from . import bf16, jobs, perf
 from . import recipe as recipes
 from . import rundir
 from .checkpoint import save_weights
@@ -100,10 +100,9 @@ class Run:
                 self.dir.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(existing, text.encode())
             rundir.append_command(self.dir, self.command, _env_info(self.device))
-            slow = perf.slow_cpu_bf16(self.recipe["amp"], self.device)
-            if slow:
-                self.log(f"warning: {slow}. Run it on {perf.FAST_BF16_HARDWARE}, or pass --set amp=fp32 (a "
-                         f"different code path from runs recorded in bf16)")
+            if self.recipe["amp"] == "bf16" and bf16.needed(self.device):
+                self.log("this CPU has no bf16 matmul kernels: bf16 autocast runs its matmuls as fp32 GEMMs of "
+                         "bf16-rounded operands, rounded to bf16 (oneDNN's result up to summation order; rbdc/bf16.py)")
 
     def _manifest(self) -> dict:
         return rundir.read_manifest(self.dir)

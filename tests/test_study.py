@@ -179,34 +179,18 @@ def test_study_wide_overrides_and_processes_per_run(tmp_path):
     assert study.runs[0].overrides == ("amp=fp32", 'model_kwargs={"num_heads": 2}', "epochs=1")
 
 
-def test_bf16_runs_on_a_cpu_that_emulates_bf16_are_refused_before_any_run(tmp_path, capsys, monkeypatch):
-    """On a CPU without oneDNN bf16 kernels a bf16 run takes 25-85x longer: the study stops before it starts any run,
-    with the measured slowdown and the way out; fp32 runs are not held back, and --allow-slow-bf16 runs them anyway."""
-    import torch
-
-    from rbdc import perf
-    from rbdc.study import refuse_slow_bf16
+def test_a_run_records_its_cpu_and_how_bf16_matmuls_ran_there(tmp_path, capsys, monkeypatch):
+    """On a CPU without bf16 kernels a bf16 run emulates them (rbdc.bf16), says so, and records it in command.txt."""
+    from rbdc import bf16, perf
     monkeypatch.setattr(perf, "cpu_bf16_fast", lambda: False)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    path = _study(tmp_path, [{"id": "bf", "recipe": str(CI / "scratch.yaml"), "set": {"epochs": 1, "amp": "bf16"}},
-                             {"id": "fp", "recipe": str(CI / "scratch.yaml"), "set": {"epochs": 1}}], seeds=[0])
-    out = tmp_path / "runs"
-    assert main(["study", str(path), "-o", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert "1 of the 2 runs to do train with amp=bf16 on a CPU without fast bf16 matmuls" in err
-    assert "x slower). Run the study on a CPU with AVX-512" in err and "--allow-slow-bf16" in err
-    assert not out.exists()
-    refuse_slow_bf16([r for r in load_study(path).runs if r.name == "tiny/fp"])  # fp32 only: nothing to refuse
-    assert main(["study", str(path), "-o", str(out), "--only", "bf", "--allow-slow-bf16"]) == 0
-    assert (out / "tiny" / "bf" / "seed0" / "results.json").is_file()
-
-
-def test_a_run_records_its_cpu_and_warns_when_bf16_is_emulated(tmp_path, capsys, monkeypatch):
-    from rbdc import perf
-    monkeypatch.setattr(perf, "cpu_bf16_fast", lambda: False)
-    assert main(["train", "-c", str(CI / "scratch.yaml"), "-o", str(tmp_path), "--set", "epochs=1",
-                 "--set", "amp=bf16"]) == 0
+    try:
+        assert main(["train", "-c", str(CI / "scratch.yaml"), "-o", str(tmp_path), "--set", "epochs=1",
+                     "--set", "amp=bf16"]) == 0
+        assert bf16.installed()
+    finally:
+        bf16.uninstall()
     out = capsys.readouterr().out
-    assert "warning: amp=bf16 on a CPU without fast bf16 matmuls" in out and "or pass --set amp=fp32" in out
+    assert "this CPU has no bf16 matmul kernels: bf16 autocast runs its matmuls as fp32 GEMMs" in out
     command = (tmp_path / "ci" / "scratch" / "seed0" / "command.txt").read_text()
     assert '"capability": ' in command and '"bf16_fast": false' in command
+    assert '"bf16_matmul": "fp32-rounded"' in command
