@@ -218,6 +218,14 @@ def recorded_threads(run_dir: Path) -> int | None:
     return int(found[-1]) if found else None
 
 
+def recorded_cpus(run_dir: Path) -> list[tuple[str, str]]:
+    """``(capability, bf16_matmul)`` of every invocation in ``command.txt`` that recorded its CPU (see
+    :func:`rbdc.perf.cpu_info`), in order; empty for runs made before runs recorded it."""
+    path = Path(run_dir) / COMMAND
+    text = path.read_text() if path.is_file() else ""
+    return re.findall(r'"capability": "([^"]*)",\s*"bf16_fast": \w+,\s*"bf16_matmul": "([^"]*)"', text)
+
+
 def _remove_orphans_in(folder: Path, stale: tuple[str, ...] = ()) -> None:
     if folder.is_dir():
         for p in folder.iterdir():

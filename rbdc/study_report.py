@@ -237,6 +237,7 @@ def build(study: Study, root: Path, out: Path) -> dict[str, Path]:
     for comp in spec.get("compare", []):
         md += _compare_section(points, comp)
     md += _cost_section(points, study)
+    md += _hardware_section(points)
     md += ["## Verdict", ""]
     md += verdict or ["Not enough finished runs for a verdict yet."]
     md += ["", "Each verdict line is computed from the table above it: 'saves FLOPs' where the whole bootstrap "
@@ -270,6 +271,33 @@ def _cost_section(points: dict, study: Study) -> list[str]:
             + (f"; {unknown} run(s) recorded no thread count and are left out" if unknown else "")
             + f"); at the study's {study.jobs} runs at a time, about {total / study.jobs / 3600:.1f} hours elapsed.",
             ""]
+
+
+def _hardware_section(points: dict) -> list[str]:
+    """Which CPU and bf16 matmul path each finished run recorded, with the throughput its bf16 epochs logged."""
+    groups: dict[str, list] = {}
+    for p in points.values():
+        for r in p.runs:
+            cpus = sorted(set(rundir.recorded_cpus(r.path)))
+            key = " + ".join(f"{cap}, {path}" for cap, path in cpus) or "not recorded"
+            groups.setdefault(key, []).append(r)
+    if list(groups) == ["not recorded"]:
+        return []
+    lines = ["## Where the runs ran", "",
+             "The CPU each run's `command.txt` records (torch's capability, and how bf16 autocast's matmuls ran: "
+             "`onednn` kernels, or `fp32-rounded`, rbdc/bf16.py's fp32 GEMMs of bf16-rounded operands rounded to "
+             "bf16, which equal oneDNN's up to the fp32 summation order; CPUs without bf16 kernels run that). "
+             "img/s: median over the bf16 runs' epochs of their final model (summary.csv), one thread per run, "
+             "two runs at a time.", "",
+             "| CPU, bf16 matmuls | runs | bf16 runs | median img/s (final model, bf16) |", "|---|---|---|---|"]
+    for key, runs in sorted(groups.items()):
+        bf16 = [r for r in runs if load_yaml((r.path / rundir.RECIPE).read_text()).get("amp") == "bf16"]
+        speeds = [float(row["img_per_s"]) for r in bf16
+                  for row in rundir.read_summary(r.path / rundir.SUMMARY)[1]
+                  if row.get("img_per_s") and row.get("model") == r.results.get("model")]
+        lines.append(f"| {key} | {len(runs)} | {len(bf16)} | "
+                     f"{f'{statistics.median(speeds):,.0f}' if speeds else '-'} |")
+    return lines + [""]
 
 
 def _head_to_head(points: dict, panel: dict) -> list[str]:

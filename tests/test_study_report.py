@@ -124,3 +124,21 @@ def test_the_cost_section_sums_the_measured_walls_into_cpu_hours(tmp_path):
     (next(root.rglob("command.txt"))).unlink()
     md = build(study, root, tmp_path / "out" / "tiny")["md"].read_text()
     assert "1 run(s) recorded no thread count and are left out" in md
+
+
+def test_the_report_says_which_cpu_and_bf16_matmul_path_each_run_recorded(tmp_path):
+    """Runs of one study may come from CPUs with and without bf16 kernels: the report counts them per recorded path,
+    and leaves the section out while no run recorded its CPU."""
+    from rbdc import rundir
+    study, root = _fake_study(tmp_path)
+    assert "## Where the runs ran" not in build(study, root, tmp_path / "out" / "a")["md"].read_text()
+    for d in sorted((root / "rbdc" / "b2").iterdir()):
+        rec = yaml.safe_load((d / "recipe.yaml").read_text())
+        (d / "recipe.yaml").write_text(yaml.safe_dump({**rec, "amp": "bf16"}))
+        rundir.append_command(d, "rbdc train ...", {"cpu": {"capability": "AVX2", "bf16_fast": False,
+                                                            "bf16_matmul": "fp32-rounded"}, "threads": 1})
+    assert rundir.recorded_cpus(d) == [("AVX2", "fp32-rounded")]
+    md = build(study, root, tmp_path / "out" / "b")["md"].read_text()
+    assert "## Where the runs ran" in md
+    assert "| AVX2, fp32-rounded | 3 | 3 | 1,500 |" in md   # make_run logs 1500 img/s per epoch
+    assert "| not recorded | 15 | 0 | - |" in md
