@@ -6,8 +6,11 @@ import torch.nn.functional as F
 from rbdc import bf16, engine, perf
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def emulation():
+    """Each test starts and ends on torch's kernels (a bf16 run earlier in the process, on a CPU without bf16
+    kernels, leaves the emulation installed, as the engine does)."""
+    bf16.uninstall()
     yield bf16.install
     bf16.uninstall()
 
@@ -53,15 +56,12 @@ def test_uninstall_restores_torchs_kernels(emulation):
     assert all(torch.equal(again[k], native[k]) for k in native)
 
 
-def test_emulation_differs_from_plain_fp32():
+def test_emulation_differs_from_plain_fp32(emulation):
     """What makes it bf16: the result is rounded, so it is not the fp32 op (guards against a no-op emulation)."""
     x, w = torch.randn(64, 32), torch.randn(16, 32)
-    bf16.install()
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = F.linear(x, w)
-    finally:
-        bf16.uninstall()
+    emulation()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = F.linear(x, w)
     assert out.dtype == torch.bfloat16 and not torch.equal(out.float(), F.linear(x, w))
     assert torch.equal(out, F.linear(x.bfloat16().float(), w.bfloat16().float()).bfloat16())
 
@@ -73,13 +73,10 @@ def test_bf16_autocast_installs_the_emulation_only_where_the_cpu_lacks_bf16_kern
     assert not bf16.installed()
     assert perf.cpu_info()["bf16_matmul"] == "onednn"
     monkeypatch.setattr(perf, "cpu_bf16_fast", lambda: False)
-    try:
-        with engine.autocast_for({"amp": "fp32"}, torch.device("cpu")):
-            pass
-        assert not bf16.installed()
-        with engine.autocast_for({"amp": "bf16"}, torch.device("cpu")):
-            pass
-        assert bf16.installed()
-        assert perf.cpu_info()["bf16_matmul"] == "fp32-rounded"
-    finally:
-        bf16.uninstall()
+    with engine.autocast_for({"amp": "fp32"}, torch.device("cpu")):
+        pass
+    assert not bf16.installed()
+    with engine.autocast_for({"amp": "bf16"}, torch.device("cpu")):
+        pass
+    assert bf16.installed()
+    assert perf.cpu_info()["bf16_matmul"] == "fp32-rounded"
