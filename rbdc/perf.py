@@ -7,7 +7,7 @@ why the project's target for a DeiT-B step is stated in TFLOP/s (>= 360, i.e. 45
 ``RBDC_PEAK_TFLOPS`` to use another peak (a measured one, or a device missing from the table).
 
 On a CPU, bf16 autocast is fast only where oneDNN has bf16 kernels (:func:`cpu_bf16_fast`: AVX-512 or AMX on x86);
-elsewhere :mod:`rbdc.bf16` runs its matmuls in fp32 with bf16 rounding, and every run records which (:func:`cpu_info`).
+elsewhere :mod:`rbdc.bf16` runs its matmuls in fp32 with bf16 rounding (bf16 runs record which in ``command.txt``).
 """
 from __future__ import annotations
 
@@ -112,8 +112,5 @@ def cpu_bf16_fast() -> bool:
 
 
 def cpu_info() -> dict:
-    """What a run records of its CPU: torch's vector capability (e.g. AVX2, AVX512), whether bf16 is fast, and how a
-    bf16 autocast matmul runs there: ``onednn`` (bf16 kernels) or ``fp32-rounded`` (:mod:`rbdc.bf16`)."""
-    fast = cpu_bf16_fast()
-    return {"capability": torch.backends.cpu.get_cpu_capability(), "bf16_fast": fast,
-            "bf16_matmul": "onednn" if fast else "fp32-rounded"}
+    """What a run records of its CPU: torch's vector capability (e.g. AVX2, AVX512) and whether bf16 is fast."""
+    return {"capability": torch.backends.cpu.get_cpu_capability(), "bf16_fast": cpu_bf16_fast()}

@@ -218,12 +218,17 @@ def recorded_threads(run_dir: Path) -> int | None:
     return int(found[-1]) if found else None
 
 
-def recorded_cpus(run_dir: Path) -> list[tuple[str, str]]:
-    """``(capability, bf16_matmul)`` of every invocation in ``command.txt`` that recorded its CPU (see
-    :func:`rbdc.perf.cpu_info`), in order; empty for runs made before runs recorded it."""
+def recorded_envs(run_dir: Path) -> list[dict]:
+    """The environment (see ``rbdc.train``) of every invocation in ``command.txt``, in order."""
     path = Path(run_dir) / COMMAND
     text = path.read_text() if path.is_file() else ""
-    return re.findall(r'"capability": "([^"]*)",\s*"bf16_fast": \w+,\s*"bf16_matmul": "([^"]*)"', text)
+    envs, decoder = [], json.JSONDecoder()
+    for m in re.finditer(r"^\{", text, re.M):
+        try:
+            envs.append(decoder.raw_decode(text, m.start())[0])
+        except ValueError:
+            continue
+    return envs
 
 
 def _remove_orphans_in(folder: Path, stale: tuple[str, ...] = ()) -> None:

@@ -237,7 +237,7 @@ def build(study: Study, root: Path, out: Path) -> dict[str, Path]:
     for comp in spec.get("compare", []):
         md += _compare_section(points, comp)
     md += _cost_section(points, study)
-    md += _hardware_section(points)
+    md += _hardware_section(points, study)
     md += ["## Verdict", ""]
     md += verdict or ["Not enough finished runs for a verdict yet."]
     md += ["", "Each verdict line is computed from the table above it: 'saves FLOPs' where the whole bootstrap "
@@ -273,30 +273,39 @@ def _cost_section(points: dict, study: Study) -> list[str]:
             ""]
 
 
-def _hardware_section(points: dict) -> list[str]:
-    """Which CPU and bf16 matmul path each finished run recorded, with the throughput its bf16 epochs logged."""
-    groups: dict[str, list] = {}
+def _cpu_path(env: dict, amp: str) -> tuple[str, str] | None:
+    cpu = env.get("cpu")
+    if not cpu:
+        return None
+    if amp != "bf16":
+        return cpu["capability"], "- (fp32 run)"
+    return cpu["capability"], cpu.get("bf16_matmul") or ("onednn" if cpu.get("bf16_fast") else "torch fallback")
+
+
+def _hardware_section(points: dict, study: Study) -> list[str]:
+    """Which CPU (and, for bf16 runs, which matmul path) each finished run recorded, with the speed it logged."""
+    groups: dict[tuple[str, str], list] = {}
     for p in points.values():
         for r in p.runs:
-            cpus = sorted(set(rundir.recorded_cpus(r.path)))
-            key = " + ".join(f"{cap}, {path}" for cap, path in cpus) or "not recorded"
+            amp = load_yaml((r.path / rundir.RECIPE).read_text()).get("amp")
+            paths = sorted({c for c in (_cpu_path(e, amp) for e in rundir.recorded_envs(r.path)) if c})
+            key = (" + ".join(sorted({c for c, _ in paths})), " + ".join(sorted({m for _, m in paths}))) \
+                if paths else ("not recorded", "")
             groups.setdefault(key, []).append(r)
-    if list(groups) == ["not recorded"]:
+    if list(groups) == [("not recorded", "")]:
         return []
     lines = ["## Where the runs ran", "",
-             "The CPU each run's `command.txt` records (torch's capability, and how bf16 autocast's matmuls ran: "
-             "`onednn` kernels, or `fp32-rounded`, rbdc/bf16.py's fp32 GEMMs of bf16-rounded operands rounded to "
-             "bf16, which equal oneDNN's up to the fp32 summation order; CPUs without bf16 kernels run that). "
-             "img/s: median over the bf16 runs' epochs of their final model (summary.csv), one thread per run, "
-             "two runs at a time.", "",
-             "| CPU, bf16 matmuls | runs | bf16 runs | median img/s (final model, bf16) |", "|---|---|---|---|"]
-    for key, runs in sorted(groups.items()):
-        bf16 = [r for r in runs if load_yaml((r.path / rundir.RECIPE).read_text()).get("amp") == "bf16"]
-        speeds = [float(row["img_per_s"]) for r in bf16
+             "The CPU each run's `command.txt` records: torch's capability and, for bf16 runs, how autocast's "
+             "matmuls ran: `onednn` kernels, or `fp32-rounded` (rbdc/bf16.py: fp32 GEMMs of bf16-rounded operands, "
+             "rounded to bf16, equal to oneDNN's up to the fp32 summation order; what CPUs without bf16 kernels "
+             f"run). img/s: median over the epochs of each run's final model (summary.csv), at the threads it "
+             f"recorded, {study.jobs} run(s) at a time.", "",
+             "| CPU | bf16 matmuls | runs | median img/s (final model) |", "|---|---|---|---|"]
+    for (cpu, path), runs in sorted(groups.items()):
+        speeds = [float(row["img_per_s"]) for r in runs
                   for row in rundir.read_summary(r.path / rundir.SUMMARY)[1]
                   if row.get("img_per_s") and row.get("model") == r.results.get("model")]
-        lines.append(f"| {key} | {len(runs)} | {len(bf16)} | "
-                     f"{f'{statistics.median(speeds):,.0f}' if speeds else '-'} |")
+        lines.append(f"| {cpu} | {path} | {len(runs)} | {f'{statistics.median(speeds):,.0f}' if speeds else '-'} |")
     return lines + [""]
 
 

@@ -64,11 +64,12 @@ def code_version() -> dict:
     return {"commit": commit or None, "dirty": bool(dirty) if commit else None}
 
 
-def _env_info(device: torch.device) -> dict:
+def _env_info(device: torch.device, amp: str | None = None) -> dict:
     import timm
+    cpu = {**perf.cpu_info(), **({"bf16_matmul": bf16.matmul_path()} if amp == "bf16" else {})}
     return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
-            **({} if device.type == "cuda" else {"cpu": perf.cpu_info()}),
+            **({} if device.type == "cuda" else {"cpu": cpu}),
             "host": platform.node(), "threads": torch.get_num_threads(), "code": code_version()}
 
 
@@ -99,7 +100,7 @@ class Run:
             with rundir.user_errors(self.dir):
                 self.dir.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(existing, text.encode())
-            rundir.append_command(self.dir, self.command, _env_info(self.device))
+            rundir.append_command(self.dir, self.command, _env_info(self.device, self.recipe["amp"]))
             if self.recipe["amp"] == "bf16" and bf16.needed(self.device):
                 self.log("this CPU has no bf16 matmul kernels: bf16 autocast runs its matmuls as fp32 GEMMs of "
                          "bf16-rounded operands, rounded to bf16 (oneDNN's result up to summation order; rbdc/bf16.py)")

@@ -22,6 +22,14 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _torch_autocast_kernels():
+    """A bf16 run on a CPU without bf16 kernels installs rbdc.bf16 for the process: no test inherits it."""
+    yield
+    from rbdc import bf16
+    bf16.uninstall()
+
+
 @pytest.fixture(scope="session")
 def ci_reference(tmp_path_factory):
     """``ci_reference(name, overrides=())``: the run directory and results of CI recipe ``name`` trained without

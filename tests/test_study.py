@@ -181,16 +181,17 @@ def test_study_wide_overrides_and_processes_per_run(tmp_path):
 
 def test_a_run_records_its_cpu_and_how_bf16_matmuls_ran_there(tmp_path, capsys, monkeypatch):
     """On a CPU without bf16 kernels a bf16 run emulates them (rbdc.bf16), says so, and records it in command.txt."""
+    import torch
+
     from rbdc import bf16, perf
     monkeypatch.setattr(perf, "cpu_bf16_fast", lambda: False)
-    try:
-        assert main(["train", "-c", str(CI / "scratch.yaml"), "-o", str(tmp_path), "--set", "epochs=1",
-                     "--set", "amp=bf16"]) == 0
-        assert bf16.installed()
-    finally:
-        bf16.uninstall()
+    assert main(["train", "-c", str(CI / "scratch.yaml"), "-o", str(tmp_path), "--set", "epochs=1",
+                 "--set", "amp=bf16"]) == 0
+    assert bf16.installed()
     out = capsys.readouterr().out
     assert "this CPU has no bf16 matmul kernels: bf16 autocast runs its matmuls as fp32 GEMMs" in out
     command = (tmp_path / "ci" / "scratch" / "seed0" / "command.txt").read_text()
     assert '"capability": ' in command and '"bf16_fast": false' in command
     assert '"bf16_matmul": "fp32-rounded"' in command
+    from rbdc.train import _env_info
+    assert "bf16_matmul" not in _env_info(torch.device("cpu"), "fp32")["cpu"]  # only bf16 runs have a bf16 path

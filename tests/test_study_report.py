@@ -137,8 +137,12 @@ def test_the_report_says_which_cpu_and_bf16_matmul_path_each_run_recorded(tmp_pa
         (d / "recipe.yaml").write_text(yaml.safe_dump({**rec, "amp": "bf16"}))
         rundir.append_command(d, "rbdc train ...", {"cpu": {"capability": "AVX2", "bf16_fast": False,
                                                             "bf16_matmul": "fp32-rounded"}, "threads": 1})
-    assert rundir.recorded_cpus(d) == [("AVX2", "fp32-rounded")]
+    first = root / "scratch" / "b1" / "seed0"   # an fp32 run that ran on two CPUs (resumed elsewhere)
+    rundir.append_command(first, "rbdc train ...", {"cpu": {"capability": "AVX2", "bf16_fast": False}})
+    rundir.append_command(first, "rbdc train ...", {"cpu": {"capability": "AVX512", "bf16_fast": True}})
+    assert [e["cpu"]["capability"] for e in rundir.recorded_envs(first)] == ["AVX2", "AVX512"]
     md = build(study, root, tmp_path / "out" / "b")["md"].read_text()
-    assert "## Where the runs ran" in md
-    assert "| AVX2, fp32-rounded | 3 | 3 | 1,500 |" in md   # make_run logs 1500 img/s per epoch
-    assert "| not recorded | 15 | 0 | - |" in md
+    assert "## Where the runs ran" in md and "2 run(s) at a time" in md
+    assert "| AVX2 | fp32-rounded | 3 | 1,500 |" in md   # make_run logs 1500 img/s per epoch
+    assert "| AVX2 + AVX512 | - (fp32 run) | 1 | 1,500 |" in md
+    assert "| not recorded |  | 14 | 1,500 |" in md
