@@ -147,6 +147,25 @@ def _seeds(p: Point) -> str:
     return f"{p.n}" if p.n == p.expected_seeds else f"{p.n} of {p.expected_seeds}"
 
 
+_BOUND = {"above_range": "≥ ", "below_range": "≤ "}
+_OUTSIDE = {"above_range": ", above scratch's whole curve", "below_range": ", below scratch's whole curve"}
+
+
+def _in_short(savings: dict[str, list]) -> list[str]:
+    """One plain paragraph over every series: where the paper's 30% falls, and which points save FLOPs."""
+    rows = [(name, p, s) for name, pts in savings.items() for p, s in pts]
+    if not rows:
+        return []
+    inside = [f"{n} b{_budget(p.budget)}" for n, p, s in rows if s["lo"] <= PAPER_SAVING <= s["hi"]]
+    saves = [f"{n} b{_budget(p.budget)} ({100 * s['saving']:+.1f}%)" for n, p, s in rows if s["lo"] > 0]
+    worse = [f"{n} b{_budget(p.budget)}" for n, p, s in rows if s["hi"] < 0]
+    return ["**In short**: the paper's 30% saving lies inside "
+            + (f"the bootstrap interval of {', '.join(inside)}" if inside else f"none of the {len(rows)} intervals")
+            + ". Saving FLOPs beyond seed noise: " + (", ".join(saves) if saves else "no point")
+            + ". Needing more FLOPs than scratch: " + (", ".join(worse) if worse else "no point")
+            + ". Every other point's saving is not distinguishable from zero with 3 seeds.", ""]
+
+
 def _verdict_word(lo: float, hi: float) -> str:
     if lo > 0:
         return "saves FLOPs"
@@ -220,8 +239,9 @@ def build(study: Study, root: Path, out: Path) -> dict[str, Path]:
             rows = savings.get(name, [])
             if not rows:
                 continue
-            words = "; ".join(f"b{_budget(p.budget)}: {100 * s['saving']:+.1f}% [{100 * s['lo']:+.1f}, "
-                              f"{100 * s['hi']:+.1f}] ({_verdict_word(s['lo'], s['hi'])})" for p, s in rows)
+            words = "; ".join(f"b{_budget(p.budget)}: {_BOUND.get(s['status'], '')}{100 * s['saving']:+.1f}% "
+                              f"[{100 * s['lo']:+.1f}, {100 * s['hi']:+.1f}] ({_verdict_word(s['lo'], s['hi'])}"
+                              f"{_OUTSIDE.get(s['status'], '') if s['outside'] == 1 else ''})" for p, s in rows)
             pays = [p for p, s in rows if s["lo"] > 0]
             paper = [p for p, s in rows if s["lo"] <= PAPER_SAVING <= s["hi"]]
             verdict.append(f"- **{name}** ({panel['title']}): {words}. "
@@ -239,7 +259,7 @@ def build(study: Study, root: Path, out: Path) -> dict[str, Path]:
     md += _cost_section(points, study)
     md += _hardware_section(points, study)
     md += ["## Verdict", ""]
-    md += verdict or ["Not enough finished runs for a verdict yet."]
+    md += _in_short(savings) + (verdict or ["Not enough finished runs for a verdict yet."])
     md += ["", "Each verdict line is computed from the table above it: 'saves FLOPs' where the whole bootstrap "
            "interval of the saving is above zero. It says nothing about scales this study did not run (ImageNet, "
            "224 px, 300 epochs).", ""]

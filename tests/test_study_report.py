@@ -70,6 +70,8 @@ def test_the_report_has_both_figures_savings_and_a_verdict_and_regenerates_byte_
     assert "| rbdc | 2 | 3 | 65.00 ± 2.48 |" in md            # t(2) * 1 / sqrt(3) = 2.48
     assert "29.3%" in md and "saves FLOPs" in md
     assert "The paper's 30% lies inside the interval at budget(s) 2" in md
+    assert ("**In short**: the paper's 30% saving lies inside the bootstrap interval of rbdc b2. Saving FLOPs beyond "
+            "seed noise: rbdc b2 (+29.3%)") in md
     assert "| rbdc-r1 | 1 | 3 |" in md and "| rbdc-r3 | 3 | 3 |" in md   # Fig. 3 rows sorted by ratio
     assert "| rbdc-r1 | 3 | 61.00 ± 2.48 | -4.00 ± " in md
     first = {k: p.read_bytes() for k, p in paths.items()}
