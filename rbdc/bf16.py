@@ -90,7 +90,6 @@ def installed() -> bool:
     return _library is not None
 
 
-
 def matmul_path() -> str:
     """How a CPU bf16 autocast matmul runs here, as bf16 runs record it: ``onednn`` or ``fp32-rounded``."""
     return "fp32-rounded" if needed("cpu") else "onednn"

@@ -11,6 +11,7 @@ elsewhere :mod:`rbdc.bf16` runs its matmuls in fp32 with bf16 rounding (bf16 run
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -103,6 +104,7 @@ def mfu_fields(model_tflops_per_s: float, device: torch.device | str | None = No
     return {} if value is None else {"mfu": round(value, 5)}
 
 
+@functools.cache  # the hardware does not change, and autocast_for asks at every training step
 def cpu_bf16_fast() -> bool:
     """Whether this CPU has oneDNN bf16 matmul kernels (x86: AVX-512 or AMX; aarch64: BF16)."""
     try:

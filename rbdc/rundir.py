@@ -213,8 +213,7 @@ def append_command(run_dir: Path, command: str, env: dict) -> None:
 
 def recorded_threads(run_dir: Path) -> int | None:
     """The threads the last invocation in ``command.txt`` ran with (None without a record)."""
-    path = Path(run_dir) / COMMAND
-    found = re.findall(r'"threads": (\d+)', path.read_text()) if path.is_file() else []
+    found = [env["threads"] for env in recorded_envs(run_dir) if "threads" in env]
     return int(found[-1]) if found else None
 
 
