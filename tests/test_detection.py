@@ -281,6 +281,7 @@ def test_balloon_finetune_coupled_backbone(det, tmp_path, small_balloon):
     resumes under torch's weights_only loading, and the trained detector tests with the test launcher."""
     from rbdc.detection.launch import test, train
     from rbdc.detection.report import collect
+    from rbdc.train import code_version
 
     run = _coupled(tmp_path, 'test_rbdc_vit')
     work = tmp_path / 'work'
@@ -290,6 +291,7 @@ def test_balloon_finetune_coupled_backbone(det, tmp_path, small_balloon):
         assert 0.0 <= metrics[key] <= 1.0, (key, metrics)
     launch = json.loads((work / 'launch.json').read_text())
     assert launch['backbone'] == str(run / 'final.safetensors') and launch['wall_s'] > 0
+    assert launch['code'] == code_version() and len(launch['code']['commit']) == 40  # what replays the run
     if not torch.cuda.is_available():
         assert set(launch['cpu']) == {'capability', 'bf16_fast'}
     log = next(work.glob('*/*.log')).read_text()

@@ -257,12 +257,15 @@ def _validate_if_missing(runner) -> None:
 
 
 def _launch_record(cfg, args) -> dict:
-    """What a report needs to say about a run besides its metrics: config, backbone file and hash, versions."""
+    """What a report needs to say about a run besides its metrics: config, backbone file and hash, versions, and the
+    code's commit (what replays it)."""
     import mmcv
     import mmdet
     import mmengine
     import timm
     import torch
+
+    from rbdc.train import code_version
 
     init = cfg.model.get('backbone', {}).get('init_cfg') or {}
     backbone = init.get('checkpoint') if isinstance(init, dict) else None
@@ -282,7 +285,7 @@ def _launch_record(cfg, args) -> dict:
             'backbone': backbone, 'backbone_sha256': digest, 'launcher': args.launcher,
             'device': torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu',
             **({} if torch.cuda.is_available() else {'cpu': perf.cpu_info()}),  # AVX2 vs AVX-512: wall times differ
-            'world_size': int(os.environ.get('WORLD_SIZE', 1)), 'amp': bool(args.amp),
+            'world_size': int(os.environ.get('WORLD_SIZE', 1)), 'amp': bool(args.amp), 'code': code_version(),
             'versions': {'torch': torch.__version__, 'timm': timm.__version__, 'mmengine': mmengine.__version__,
                          'mmcv': mmcv.__version__, 'mmdet': mmdet.__version__},
             'wall_s': None}
