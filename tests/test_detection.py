@@ -607,7 +607,14 @@ def _det_study(tmp: Path, **over) -> Path:
         for seed in (0, 1):
             torch.manual_seed(seed + (10 if point == 'vit-rbdc-d1' else 0))
             wide = rbdc.couple([rbdc.narrow('test_rbdc_vit', 2) for _ in range(2)])
-            rbdc.save_weights(wide, tmp / 'cls' / 'tiny' / point / 'b32' / f'seed{seed}' / 'final.safetensors')
+            run = tmp / 'cls' / 'tiny' / point / 'b32' / f'seed{seed}'
+            rbdc.save_weights(wide, run / 'final.safetensors')
+            # what an rbdc run records of it: the final stage's sha256 (a parent stage's differs), top-1, FLOPs
+            digest = rbdc.rundir.sha256(run / 'final.safetensors')
+            (run / 'manifest.json').write_text(json.dumps({'stages': {
+                'L0.0': {'sha256': '0' * 64, 'parents': []},
+                'L1': {'sha256': digest, 'parents': [{'stage': 'L0.0', 'sha256': '0' * 64}]}}}))
+            (run / 'results.json').write_text(json.dumps({'eval_top1': 50.0 + seed, 'total_train_flops': 2e12}))
     options = [o for o in TINY if not o.startswith(('train_cfg.', 'default_hooks.checkpoint'))]
     study = {'name': 'det-tiny', 'kind': 'detection', 'description': 'a smoke test',
              'backbones': {'study': 'tiny', 'budget': 32, 'seeds': [0, 1],
@@ -651,7 +658,7 @@ def test_detection_study_runs_resumes_and_reports_with_intervals(det, tmp_path, 
         (wd / 'iter_1.pth').stat().st_mtime - launch['started_at']
 
     committed = tmp_path / 'committed'
-    assert len(sync(study, out, committed)) == 4
+    assert len(sync(study, out, committed, cls)) == 4
     paths = build(study, committed, tmp_path / 'rep' / 'det-tiny')
     first = {k: p.read_bytes() for k, p in paths.items()}
     assert {k: p.read_bytes() for k, p in build(study, committed, tmp_path / 'rep' / 'det-tiny').items()} == first
@@ -660,16 +667,30 @@ def test_detection_study_runs_resumes_and_reports_with_intervals(det, tmp_path, 
                                                              ('scratch', 1)]
     for r in rows:
         assert r['backbone_sha256'] == sha256(r['backbone']) and 0 <= r['bbox_mAP'] <= 100
+        assert r['backbone_run'] == f'det-tiny/backbones/tiny/{r["point"]}/b32/seed{r["seed"]}'
+        assert r['backbone_matches'] is True and r['backbone_top1'] == 50.0 + r['seed'] and len(r['commit']) == 40
     md = paths['md'].read_text()
     assert '| rbdc − scratch |' in md and ' ± ' in md and '## Verdict' in md
+    assert '| scratch | vit-scratch | 2 | 50.5 ± 6.4 |' in md and '(matches)' in md and 'run-hours in all' in md
+    assert 'differs' not in md and f'--cfg-options {" ".join(study.cfg_options)}' in md
     assert first['png'][:8] == b'\x89PNG\r\n\x1a\n'
+
+    # A backbone retrained after its fine-tuning (its final model is another file now) is flagged, row by row.
+    manifest = committed / 'det-tiny' / 'backbones' / 'tiny' / 'vit-rbdc-d1' / 'b32' / 'seed1' / 'manifest.json'
+    manifest.write_text(manifest.read_text().replace(rows[-1]['backbone_sha256'], '1' * 64))
+    md = build(study, committed, tmp_path / 'rep' / 'det-tiny')['md'].read_text()
+    assert md.count('**differs from its manifest**') == 1
+    assert "1 run(s) loaded a backbone that is not their backbone run's final model** (sha256 against its " \
+           "manifest): det-tiny/rbdc/seed1/ft0" in md
 
 
 @pytest.mark.parametrize('over, message', [
     ({'epochs': 2}, 'exactly one of epochs'), ({'scale': [128]}, 'scale must be'),
     ({'cfg_options': ['nokey']}, 'cfg_options must be'), ({'typo': 1}, "unknown key(s) ['typo']"),
     ({'kind': None}, 'says `kind: detection`'), ({'jobs': 0}, 'jobs must be a positive integer'),
-    ({'finetune_seeds': [-1]}, 'finetune_seeds must be a list of non-negative integers')])
+    ({'finetune_seeds': [-1]}, 'finetune_seeds must be a list of non-negative integers'),
+    ({'backbones': {'study': 'tiny', 'budget': 32, 'seeds': [0], 'points': {'backbones': 'vit-scratch'}}},
+     '`backbones` is the folder of the backbone runs\' copies')])
 def test_a_bad_detection_study_names_the_key(tmp_path, over, message):
     from rbdc.detection.study import load_study
     from rbdc.errors import UserError

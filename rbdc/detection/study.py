@@ -22,12 +22,13 @@ from rbdc import pool, rundir
 from rbdc.errors import UserError
 from rbdc.units import human_time
 
-__all__ = ['DetRun', 'DetStudy', 'load_study', 'add_cli']
+__all__ = ['DetRun', 'DetStudy', 'load_study', 'sync', 'backbone_copy', 'add_cli']
 
 KEYS = {'name', 'description', 'backbones', 'config', 'scale', 'epochs', 'iters', 'finetune_seeds', 'jobs', 'threads',
         'report', 'cfg_options', 'kind'}
 BACKBONE_KEYS = {'study', 'budget', 'seeds', 'points'}
 LIGHT = ('launch.json', 'metrics.json', 'curve.json')  # what reports/runs keeps of a fine-tuning run
+BACKBONES = 'backbones'  # the folder of reports/runs/<name>/ that keeps the backbone runs' light files
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,8 @@ def load_study(path: str | Path) -> DetStudy:
         raise _fail(path, f'backbones needs exactly the keys {sorted(BACKBONE_KEYS)}, got {sorted(bb or {})}')
     if not isinstance(bb['points'], dict) or not bb['points']:
         raise _fail(path, 'backbones.points maps report labels to the classification study\'s points')
+    if BACKBONES in bb['points']:
+        raise _fail(path, f'`{BACKBONES}` is the folder of the backbone runs\' copies: choose another label')
     scale = data['scale']
     if not (isinstance(scale, list) and len(scale) == 2 and all(isinstance(v, int) and v > 0 for v in scale)):
         raise _fail(path, f'scale must be [width, height] in pixels, got {scale!r}')
@@ -191,8 +194,15 @@ def run(study: DetStudy, output: Path, backbones: Path, jobs: int, threads: int,
                                      done_before=len(study.runs) - len(todo), log=log)]
 
 
-def sync(study: DetStudy, output: Path, dest_root: Path) -> list[Path]:
-    """Copy the light files of the finished runs to ``dest_root/<name>/...`` (reports/runs); returns the copies."""
+def backbone_copy(run: DetRun, root: Path, study: DetStudy) -> Path:
+    """Where ``reports/runs`` (``root``) keeps the light files of a run's backbone: ``<name>/backbones/<its run>``."""
+    return run.backbone(Path(root) / study.name / BACKBONES, study).parent
+
+
+def sync(study: DetStudy, output: Path, dest_root: Path, backbones: Path | None = None) -> list[Path]:
+    """Copy the light files of the finished runs to ``dest_root/<name>/...`` (reports/runs), and with ``backbones``
+    those of their backbone runs (recipe, command with its commit, summary, manifest with the sha256 the report checks
+    against) to ``dest_root/<name>/backbones/...``; returns the copies of the fine-tuning runs."""
     copied = []
     for r in study.runs:
         wd = r.work_dir(output, study)
@@ -204,6 +214,10 @@ def sync(study: DetStudy, output: Path, dest_root: Path) -> list[Path]:
         for name in LIGHT:
             rundir.atomic_write_bytes(dest / name, (wd / name).read_bytes())
         copied.append(dest)
+        source = r.backbone(backbones, study).parent if backbones is not None else None
+        for name in rundir.LIGHT if source is not None else ():
+            if (source / name).is_file():
+                rundir.atomic_write_bytes(backbone_copy(r, dest_root, study) / name, (source / name).read_bytes())
     return copied
 
 
@@ -215,7 +229,7 @@ def cmd_det_study(args) -> int:
         from rbdc.detection.study_report import build
         runs_root = pool.REPO / 'reports' / 'runs'
         if not args.from_committed:
-            sync(study, output, runs_root)
+            sync(study, output, runs_root, backbones)
         dest = Path(args.report_to or pool.REPO / (study.report or f'reports/detection/{study.name}'))
         for path in build(study, runs_root, dest).values():
             print(path)
