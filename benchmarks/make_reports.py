@@ -58,11 +58,13 @@ def make(out_dir: Path = REPO / "reports", runs: Path = RUNS) -> dict[str, dict]
     for name, study_file in STUDIES.items():
         if (runs / name).is_dir():
             written[name] = build(load_study(study_file), runs / name, out_dir / name)
-    from rbdc.detection.study import load_study as load_detection_study
+    from rbdc.detection.study import load_study as load_detection_study, status
     from rbdc.detection.study_report import build as build_detection
     for name, study_file in DET_STUDIES.items():
-        if (runs / name).is_dir():
-            written[name] = build_detection(load_detection_study(study_file), runs, out_dir / "detection" / name)
+        study = load_detection_study(study_file)
+        # a report once a fine-tuning has finished (reports/runs/<name>/ may hold only its backbones' light files)
+        if any(status(r.work_dir(runs, study), study) == "done" for r in study.runs):
+            written[name] = build_detection(study, runs, out_dir / "detection" / name)
     return written
 
 

@@ -82,6 +82,8 @@ def test_committed_study_report_regenerates_byte_for_byte(name, tmp_path):
     import shutil
     shutil.copytree(make_reports.RUNS, tmp_path / "reports" / "runs")
     written = make_reports.make(out_dir=tmp_path / "reports", runs=tmp_path / "reports" / "runs")
+    if name in make_reports.DET_STUDIES and name not in written:
+        pytest.skip(f"no finished fine-tuning of {name} under reports/runs (its backbones only)")
     for kind, path in written[name].items():
         committed = make_reports.REPO / "reports" / path.relative_to(tmp_path / "reports")
         assert filecmp.cmp(path, committed, shallow=False), kind
