@@ -37,11 +37,11 @@ from pathlib import Path
 
 from .errors import UserError
 
-__all__ = ["RunFailed", "append_command", "atomic_write", "atomic_write_bytes", "clear_failed", "load_checkpoint",
-           "load_state", "read_failed", "read_json", "read_manifest", "read_summary", "recorded_threads",
-           "refuse_diverged", "relative_argv", "remove_orphans", "run_dir", "save_state", "sha256", "stage_dir",
-           "stage_log", "user_errors", "verified", "write_failed", "write_json", "write_manifest", "write_progress",
-           "write_results", "write_summary"]
+__all__ = ["RunFailed", "append_command", "atomic_write", "atomic_write_bytes", "clear_failed", "code_version",
+           "load_checkpoint", "load_state", "read_failed", "read_json", "read_manifest", "read_summary",
+           "recorded_envs", "recorded_threads", "refuse_diverged", "relative_argv", "remove_orphans", "run_dir",
+           "save_state", "sha256", "stage_dir", "stage_log", "user_errors", "verified", "write_failed", "write_json",
+           "write_manifest", "write_progress", "write_results", "write_summary"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -200,6 +200,20 @@ def relative_argv(argv: list[str], root: Path) -> str:
             value = os.path.relpath(Path(value).resolve(), root)
         out.append(key + eq + value)
     return " ".join(shlex.quote(a) for a in out)
+
+
+def code_version() -> dict:
+    """The git commit of the code that runs (the rbdc package's checkout) and whether tracked files differ from it."""
+    import subprocess
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit or None, "dirty": bool(dirty) if commit else None}
 
 
 def append_command(run_dir: Path, command: str, env: dict) -> None:

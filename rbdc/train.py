@@ -22,7 +22,7 @@ from .engine import Dist, evaluate, train_stage
 from .errors import UserError
 from .flops import Ledger
 from .protocols import BuildContext, describe_plan, lr_for, plan_stages
-from .rundir import atomic_write_bytes, load_state, save_state, sha256
+from .rundir import atomic_write_bytes, code_version, load_state, save_state, sha256
 
 KNOWN_TRAIN_SIZES = {"imagenet": 1_281_167, "imagenette": 9_469, "cifar100": 50_000}
 KNOWN_CLASSES = {"imagenet": 1000, "cifar100": 100}
@@ -48,20 +48,6 @@ def _datasets(recipe: dict):
     train = build_dataset(dc["source"], root, "train", subset=dc["subset"], download=dc["download"], **common)
     val = build_dataset(dc["source"], root, "val", subset=dc["val_subset"], download=dc["download"], **common)
     return train, val
-
-
-def code_version() -> dict:
-    """The git commit of the code that runs (the rbdc package's checkout) and whether tracked files differ from it."""
-    import subprocess
-    root = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": commit or None, "dirty": bool(dirty) if commit else None}
 
 
 def _env_info(device: torch.device, amp: str | None = None) -> dict:

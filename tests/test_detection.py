@@ -281,7 +281,7 @@ def test_balloon_finetune_coupled_backbone(det, tmp_path, small_balloon):
     resumes under torch's weights_only loading, and the trained detector tests with the test launcher."""
     from rbdc.detection.launch import test, train
     from rbdc.detection.report import collect
-    from rbdc.train import code_version
+    from rbdc.rundir import code_version
 
     run = _coupled(tmp_path, 'test_rbdc_vit')
     work = tmp_path / 'work'

@@ -265,7 +265,7 @@ def _launch_record(cfg, args) -> dict:
     import timm
     import torch
 
-    from rbdc.train import code_version
+    from rbdc.rundir import code_version
 
     init = cfg.model.get('backbone', {}).get('init_cfg') or {}
     backbone = init.get('checkpoint') if isinstance(init, dict) else None
