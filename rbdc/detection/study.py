@@ -214,8 +214,10 @@ def sync(study: DetStudy, output: Path, dest_root: Path, backbones: Path | None 
         for name in LIGHT:
             rundir.atomic_write_bytes(dest / name, (wd / name).read_bytes())
         copied.append(dest)
-        source = r.backbone(backbones, study).parent if backbones is not None else None
-        for name in rundir.LIGHT if source is not None else ():
+        if backbones is None:
+            continue
+        source = r.backbone(backbones, study).parent
+        for name in rundir.LIGHT:
             if (source / name).is_file():
                 rundir.atomic_write_bytes(backbone_copy(r, dest_root, study) / name, (source / name).read_bytes())
     return copied

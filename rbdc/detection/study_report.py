@@ -54,20 +54,18 @@ def collect(study: DetStudy, root: Path) -> list[dict]:
 
 
 def _backbone_run(run, root: Path, study: DetStudy, launch: dict) -> dict:
-    """The committed copy of the run's backbone run: where it is, its Imagenette top-1 and pretraining FLOPs, and
-    whether the checkpoint the fine-tuning loaded (its sha256) is that run's final model (its manifest's last stage);
-    None where no copy is committed."""
+    """The committed copy of the run's backbone run: where it is, its Imagenette top-1, and whether the checkpoint
+    the fine-tuning loaded (its sha256) is that run's final model (its manifest's last stage); None where no copy is
+    committed."""
     where = backbone_copy(run, root, study)
     manifest, results = where / MANIFEST, where / RESULTS
     if not manifest.is_file():
-        return {'backbone_run': None, 'backbone_top1': None, 'backbone_tflops': None, 'backbone_matches': None}
+        return {'backbone_run': None, 'backbone_top1': None, 'backbone_matches': None}
     stages = json.loads(manifest.read_text())['stages']
     parents = {p['stage'] for s in stages.values() for p in s.get('parents', [])}
     finals = {s['sha256'] for name, s in stages.items() if name not in parents}
-    res = json.loads(results.read_text()) if results.is_file() else {}
-    flops = res.get('total_train_flops')
-    return {'backbone_run': str(where.relative_to(root)), 'backbone_top1': res.get('eval_top1'),
-            'backbone_tflops': None if flops is None else flops / 1e12,
+    top1 = json.loads(results.read_text()).get('eval_top1') if results.is_file() else None
+    return {'backbone_run': str(where.relative_to(root)), 'backbone_top1': top1,
             'backbone_matches': launch.get('backbone_sha256') in finals}
 
 
