@@ -37,12 +37,7 @@ def sync(src_root: Path) -> list[Path]:
         rel = run_dir.relative_to(src_root)
         if rel.parts[0] not in {f for folders, _ in REPORTS.values() for f in folders} | set(STUDIES):
             continue
-        dest = RUNS / rel
-        dest.mkdir(parents=True, exist_ok=True)
-        for name in rundir.LIGHT:
-            if (run_dir / name).is_file():
-                rundir.atomic_write_bytes(dest / name, (run_dir / name).read_bytes())
-        copied.append(dest)
+        copied.append(rundir.copy_light(run_dir, RUNS / rel))
     return copied
 
 

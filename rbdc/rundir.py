@@ -38,7 +38,7 @@ from pathlib import Path
 from .errors import UserError
 
 __all__ = ["RunFailed", "append_command", "atomic_write", "atomic_write_bytes", "clear_failed", "code_version",
-           "load_checkpoint", "load_state", "read_failed", "read_json", "read_manifest", "read_summary",
+           "copy_light", "load_checkpoint", "load_state", "read_failed", "read_json", "read_manifest", "read_summary",
            "recorded_envs", "recorded_threads", "refuse_diverged", "relative_argv", "remove_orphans", "run_dir",
            "save_state", "sha256", "stage_dir", "stage_log", "user_errors", "verified", "write_failed", "write_json",
            "write_manifest", "write_progress", "write_results", "write_summary"]
@@ -223,6 +223,14 @@ def append_command(run_dir: Path, command: str, env: dict) -> None:
     old = path.read_text() if path.is_file() else ""
     block = command + "\n" + json.dumps(env, indent=1) + "\n"
     atomic_write_bytes(path, (old + ("\n" if old else "") + block).encode())
+
+
+def copy_light(src: Path, dest: Path, names: tuple[str, ...] = LIGHT) -> Path:
+    """Copy the light files ``names`` that ``src`` holds (a run's, by default) to ``dest``, e.g. for reports/runs."""
+    for name in names:
+        if (Path(src) / name).is_file():
+            atomic_write_bytes(Path(dest) / name, (Path(src) / name).read_bytes())
+    return Path(dest)
 
 
 def recorded_threads(run_dir: Path) -> int | None:

@@ -278,3 +278,15 @@ def test_write_summary_rewrites_every_committed_summary_byte_for_byte(tmp_path):
 def test_the_report_reads_only_columns_the_run_writes():
     from rbdc.report.load import REQUIRED_SUMMARY_COLUMNS
     assert set(REQUIRED_SUMMARY_COLUMNS) <= set(rundir.SUMMARY_COLUMNS) - set(rundir.SUMMARY_OPTIONAL)
+
+
+def test_copy_light_copies_the_light_files_a_run_holds_and_never_its_weights(tmp_path):
+    src, dest = tmp_path / "run", tmp_path / "committed" / "run"
+    src.mkdir()
+    for name in (rundir.RECIPE, rundir.RESULTS, rundir.FINAL, "train.log"):
+        (src / name).write_text(name)
+    assert rundir.copy_light(src, dest) == dest
+    assert sorted(p.name for p in dest.iterdir()) == sorted([rundir.RECIPE, rundir.RESULTS])
+    assert (dest / rundir.RESULTS).read_text() == rundir.RESULTS
+    rundir.copy_light(src, dest, names=("train.log",))
+    assert (dest / "train.log").is_file()

@@ -216,10 +216,7 @@ def sync(study: DetStudy, output: Path, dest_root: Path, backbones: Path | None 
         copied.append(dest)
         if backbones is None:
             continue
-        source = r.backbone(backbones, study).parent
-        for name in rundir.LIGHT:
-            if (source / name).is_file():
-                rundir.atomic_write_bytes(backbone_copy(r, dest_root, study) / name, (source / name).read_bytes())
+        rundir.copy_light(r.backbone(backbones, study).parent, backbone_copy(r, dest_root, study))
     return copied
 
 
