@@ -139,8 +139,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-4, steps: int = 20
     return lambda z: (torch.from_numpy((z - mu) / sd).float() @ w + b).numpy()
 
 
-def probe(checkpoint: Path, train, val) -> dict:
-    model, meta = load_trunk(checkpoint)
+def probe(model, meta: dict, train, val) -> dict:
     score = fit_logistic(tokens(model, train), np.concatenate([m for _, m in train]))
     s, y = score(tokens(model, val)), np.concatenate([m for _, m in val])
     return {'model': meta['model'], 'sha256': meta['source_sha256'], 'auc': round(100 * roc_auc(s, y), 2),
@@ -203,14 +202,18 @@ def main(argv: list[str] | None = None) -> int:
     root = balloon_root()
     runs = list({(r.label, r.seed): r for r in study.runs}.values())  # fine-tuning seeds share a backbone
     backbones = Path(args.backbones)
-    patch = load_trunk(runs[0].backbone(backbones, study))[0].patch_embed.patch_size[0]
+    ckpts = [run.backbone(backbones, study) for run in runs]
+    trunks = [load_trunk(c) for c in ckpts]  # each checkpoint read once (ViT-nano: 0.2M parameters each)
+    patches = {tuple(m.patch_embed.patch_size) for m, _ in trunks}
+    if len(patches) != 1:  # the token labels are made on one patch grid
+        raise SystemExit(f'balloon_probe: the backbones have different patch sizes {sorted(patches)}')
+    patch = patches.pop()[0]
     train = load_split(root, 'train', study.scale, patch, args.limit)
     val = load_split(root, 'val', study.scale, patch, args.limit)
     rows = []
-    for run in runs:
-        ckpt = run.backbone(backbones, study)
+    for run, ckpt, (model, meta) in zip(runs, ckpts, trunks):
         row = {'label': run.label, 'point': run.point, 'seed': run.seed,
-               'backbone_run': str(ckpt.parent.relative_to(backbones)), **probe(ckpt, train, val)}
+               'backbone_run': str(ckpt.parent.relative_to(backbones)), **probe(model, meta, train, val)}
         print(f'{row["label"]:10s} seed {row["seed"]}: AUC {row["auc"]:.2f}  AP {row["ap"]:.2f}', flush=True)
         rows.append(row)
     write_report(rows, Path(args.out), study, command)
