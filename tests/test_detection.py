@@ -467,6 +467,42 @@ def _readme_config(tag: str) -> str:
 
 
 @mmdet
+def test_lsj_config_trains_on_jittered_crops_of_the_balloon_scale(det, monkeypatch, balloon):
+    """The large-scale-jitter balloon config resizes each training image by a factor in [0.5, 2] of the plain fit to
+    BALLOON_SCALE and crops it to at most that scale; boxes are recomputed from the cropped masks; validation and the
+    model are the plain config's."""
+    import random
+
+    import numpy as np
+    from mmengine.config import Config
+    from mmdet.registry import DATASETS
+    from mmdet.structures.bbox import HorizontalBoxes
+    from mmdet.utils import register_all_modules
+
+    monkeypatch.setenv('BALLOON_ROOT', str(balloon))
+    monkeypatch.setenv('BALLOON_SCALE', '128,96')
+    register_all_modules()
+    configs = REPO / 'detection' / 'configs'
+    lsj = Config.fromfile(configs / 'mask-rcnn_vit-nano_simplefpn_balloon-lsj.py')
+    plain = Config.fromfile(configs / 'mask-rcnn_vit-nano_simplefpn_balloon.py')
+    assert lsj.val_dataloader == plain.val_dataloader and lsj.model == plain.model
+    train = DATASETS.build(lsj.train_dataloader.dataset)
+    random.seed(0)
+    np.random.seed(0)
+    zooms = []
+    for i in range(12):
+        sample = train[i % 3]['data_samples']
+        h, w = sample.img_shape
+        assert h <= 96 and w <= 128
+        fit = min(128 / max(sample.ori_shape), 96 / min(sample.ori_shape))  # mmcv fits long and short edges
+        zooms.append(sample.scale_factor[0] / fit)
+        masks = sample.gt_instances.masks
+        assert masks.masks.shape[1:] == (h, w)
+        assert torch.equal(sample.gt_instances.bboxes.tensor, HorizontalBoxes.from_instance_masks(masks).tensor)
+    assert all(0.5 - 1e-6 <= z <= 2 + 1e-6 for z in zooms) and min(zooms) < 1 < max(zooms), zooms
+
+
+@mmdet
 def test_readme_own_dataset_form_builds_balloon(det, tmp_path, monkeypatch, balloon):
     """The README's short form for a custom dataset (MMDetection's Mask R-CNN + the dataset's keys) loads through
     the launcher's checks and builds balloon's train/val sets and a one-class detector; the two-bases form it warns
@@ -659,6 +695,7 @@ def test_detection_study_runs_resumes_and_reports_with_intervals(det, tmp_path, 
 
     committed = tmp_path / 'committed'
     assert len(sync(study, out, committed, cls)) == 4
+    assert not list((committed / 'det-tiny' / 'backbones').rglob('*.safetensors'))  # light files only by default
     paths = build(study, committed, tmp_path / 'rep' / 'det-tiny')
     first = {k: p.read_bytes() for k, p in paths.items()}
     assert {k: p.read_bytes() for k, p in build(study, committed, tmp_path / 'rep' / 'det-tiny').items()} == first
@@ -684,11 +721,31 @@ def test_detection_study_runs_resumes_and_reports_with_intervals(det, tmp_path, 
            "manifest): det-tiny/rbdc/seed1/ft0" in md
 
 
+@mmdet
+def test_a_study_keeping_backbone_weights_replays_from_the_committed_copy(det, tmp_path, small_balloon):
+    """With `keep_backbone_weights`, --report copies each backbone's final.safetensors beside its light files: a
+    det-study given that copy as --backbones finds every checkpoint, bit for bit the one each run loaded."""
+    from rbdc.cli import main
+    from rbdc.detection.study import load_study, sync
+    from rbdc.rundir import sha256
+
+    path = _det_study(tmp_path, keep_backbone_weights=True)
+    study = load_study(path)
+    out, cls, committed = tmp_path / 'det', tmp_path / 'cls', tmp_path / 'committed'
+    assert main(['det-study', str(path), '-o', str(out), '--backbones', str(cls)]) == 0
+    assert len(sync(study, out, committed, cls)) == 4
+    copies = committed / 'det-tiny' / 'backbones'
+    for r in study.runs:
+        launch = json.loads((r.work_dir(out, study) / 'launch.json').read_text())
+        assert sha256(r.backbone(copies, study)) == launch['backbone_sha256']
+
+
 @pytest.mark.parametrize('over, message', [
     ({'epochs': 2}, 'exactly one of epochs'), ({'scale': [128]}, 'scale must be'),
     ({'cfg_options': ['nokey']}, 'cfg_options must be'), ({'typo': 1}, "unknown key(s) ['typo']"),
     ({'kind': None}, 'says `kind: detection`'), ({'jobs': 0}, 'jobs must be a positive integer'),
     ({'finetune_seeds': [-1]}, 'finetune_seeds must be a list of non-negative integers'),
+    ({'keep_backbone_weights': 'yes'}, 'keep_backbone_weights must be true or false'),
     ({'backbones': {'study': 'tiny', 'budget': 32, 'seeds': [0], 'points': {'backbones': 'vit-scratch'}}},
      '`backbones` is the folder of the backbone runs\' copies')])
 def test_a_bad_detection_study_names_the_key(tmp_path, over, message):

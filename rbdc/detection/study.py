@@ -25,7 +25,7 @@ from rbdc.units import human_time
 __all__ = ['DetRun', 'DetStudy', 'load_study', 'sync', 'backbone_copy', 'add_cli']
 
 KEYS = {'name', 'description', 'backbones', 'config', 'scale', 'epochs', 'iters', 'finetune_seeds', 'jobs', 'threads',
-        'report', 'cfg_options', 'kind'}
+        'report', 'cfg_options', 'kind', 'keep_backbone_weights'}
 BACKBONE_KEYS = {'study', 'budget', 'seeds', 'points'}
 LIGHT = ('launch.json', 'metrics.json', 'curve.json')  # what reports/runs keeps of a fine-tuning run
 BACKBONES = 'backbones'  # the folder of reports/runs/<name>/ that keeps the backbone runs' light files
@@ -63,6 +63,10 @@ class DetStudy:
     description: str = ''
     report: str | None = None
     cfg_options: tuple[str, ...] = ()   # extra --cfg-options of every run (KEY=VALUE)
+    # --report also copies each backbone's final.safetensors to reports/runs (for small backbones): the fine-tunings
+    # then replay from the repository alone, and with the very weights they loaded (a backbone retrained on another
+    # CPU's kernels differs in its low bits, so its sha256 would not match the runs')
+    keep_backbone_weights: bool = False
 
     def length_args(self) -> list[str]:
         return ['--epochs', str(self.epochs)] if self.epochs else ['--iters', str(self.iters)]
@@ -113,6 +117,8 @@ def load_study(path: str | Path) -> DetStudy:
     for key, values in (('backbones.seeds', seeds), ('finetune_seeds', ft_seeds)):
         if not (isinstance(values, list) and values and all(isinstance(v, int) and v >= 0 for v in values)):
             raise _fail(path, f'{key} must be a list of non-negative integers, got {values!r}')
+    if not isinstance(data.get('keep_backbone_weights', False), bool):
+        raise _fail(path, f'keep_backbone_weights must be true or false, got {data["keep_backbone_weights"]!r}')
     for key in ('jobs', 'threads', 'epochs', 'iters'):
         v = data.get(key)
         if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
@@ -126,7 +132,8 @@ def load_study(path: str | Path) -> DetStudy:
     return DetStudy(name=data['name'], path=path, source=bb['study'], budget=bb['budget'], config=config,
                     scale=(scale[0], scale[1]), epochs=data.get('epochs'), iters=data.get('iters'), runs=runs,
                     labels=list(bb['points']), jobs=int(data.get('jobs', 2)), threads=int(data.get('threads', 1)),
-                    description=data.get('description', ''), report=data.get('report'), cfg_options=tuple(options))
+                    description=data.get('description', ''), report=data.get('report'), cfg_options=tuple(options),
+                    keep_backbone_weights=data.get('keep_backbone_weights', False))
 
 
 def status(work_dir: Path, study: DetStudy) -> str:
@@ -202,7 +209,8 @@ def backbone_copy(run: DetRun, root: Path, study: DetStudy) -> Path:
 def sync(study: DetStudy, output: Path, dest_root: Path, backbones: Path | None = None) -> list[Path]:
     """Copy the light files of the finished runs to ``dest_root/<name>/...`` (reports/runs), and with ``backbones``
     those of their backbone runs (recipe, command with its commit, summary, manifest with the sha256 the report checks
-    against) to ``dest_root/<name>/backbones/...``; returns the copies of the fine-tuning runs."""
+    against, and ``final.safetensors`` where the study keeps backbone weights) to ``dest_root/<name>/backbones/...``;
+    returns the copies of the fine-tuning runs."""
     copied = []
     for r in study.runs:
         wd = r.work_dir(output, study)
@@ -216,7 +224,8 @@ def sync(study: DetStudy, output: Path, dest_root: Path, backbones: Path | None 
         copied.append(dest)
         if backbones is None:
             continue
-        rundir.copy_light(r.backbone(backbones, study).parent, backbone_copy(r, dest_root, study))
+        names = rundir.LIGHT + ((rundir.FINAL,) if study.keep_backbone_weights else ())
+        rundir.copy_light(r.backbone(backbones, study).parent, backbone_copy(r, dest_root, study), names)
     return copied
 
 
