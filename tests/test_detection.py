@@ -711,6 +711,15 @@ def test_detection_study_runs_resumes_and_reports_with_intervals(det, tmp_path, 
     assert '| scratch | vit-scratch | 2 | 50.5 ± 6.4 |' in md and '(matches)' in md and 'run-hours in all' in md
     assert 'differs' not in md and f'--cfg-options {" ".join(study.cfg_options)}' in md
     assert first['png'][:8] == b'\x89PNG\r\n\x1a\n'
+    # one iteration of training: no run is past the floor, and the verdict says the AP gap is not about backbones
+    assert max(r['bbox_mAP_50'] for r in rows) < 10 and '**The detectors barely learned**' in md
+    learned = committed / 'det-tiny' / 'scratch' / 'seed0' / 'ft0' / 'metrics.json'
+    saved = learned.read_text()
+    m = json.loads(saved)
+    m['val'][-1]['metrics']['coco/bbox_mAP_50'] = 0.25
+    learned.write_text(json.dumps(m))
+    assert 'barely learned' not in build(study, committed, tmp_path / 'rep' / 'det-tiny')['md'].read_text()
+    learned.write_text(saved)
 
     # A backbone retrained after its fine-tuning (its final model is another file now) is flagged, row by row.
     manifest = committed / 'det-tiny' / 'backbones' / 'tiny' / 'vit-rbdc-d1' / 'b32' / 'seed1' / 'manifest.json'
