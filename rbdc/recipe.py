@@ -59,6 +59,10 @@ SCHEMA: dict[str, Key] = {
     "data.in_memory": Key(False, (bool,), None, "decode once into a memory cache"),
     "data.download": Key(False, (bool,), None),
     "data.val_subset": Key(None, (int, None), _ONE),
+    "data.holdout": Key(None, (float, None), Range(0, 1, lo_inclusive=False), "hold out this fraction of the train "
+                        "split (class-balanced, fixed by data.holdout_seed) and evaluate on it instead of val: the "
+                        "tuning split, so that chosen hyper-parameters never read the reported split"),
+    "data.holdout_seed": Key(0, (int,), _NONNEG, "which images data.holdout holds out (not the run's seed)"),
     # optimisation: DeiT v1 defaults, scaled to the global batch (lr = lr_base * batch_size / 512)
     "epochs": Key(None, (*_NUM, None), _POS, "scratch: epochs; or give `budget` (training FLOPs) or `match` "
                   "(a run dir)"),
@@ -126,6 +130,12 @@ SCHEMA: dict[str, Key] = {
     "rbdc.optimizer": Key("fresh", (str,), ("fresh", "carried"), "AdamW state after coupling"),
     "rbdc.schedule": Key("restart", (str,), ("restart", "continue"), "lr schedule after coupling"),
     "rbdc.jobs": Key(1, (int,), _ONE, "train a level's independent parts in this many processes"),
+    "rbdc.narrow_lr_scale": Key(1.0, _NUM, _POS, "peak lr of level 0 (the independently trained narrow parts) as a "
+                                "multiple of the recipe's"),
+    "rbdc.coupled_lr_scale": Key(1.0, _NUM, _POS, "peak lr of the coupled levels 1..depth as a multiple of the "
+                                 "recipe's"),
+    "rbdc.coupled_warmup_epochs": Key(None, (*_NUM, None), _NONNEG, "warm-up of the coupled levels; default: "
+                                      "warmup_epochs"),
 }
 _LISTS = {"rbdc.epochs": _POS, "growth.grow_span": _UNIT}  # lists of numbers in these ranges
 FREE_FORM = tuple(k for k, key in SCHEMA.items() if key.types == (dict,))  # mappings whose keys are not checked here

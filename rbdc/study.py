@@ -35,13 +35,14 @@ from pathlib import Path
 
 import yaml
 
-from . import pool, rundir
+from . import pool, rundir, tuning
 from .errors import UserError
 from .recipe import load_yaml
 from .units import human_flops, human_time
 
 REPO = pool.REPO  # the checkout whose code the runs use
-STUDY_KEYS = {"name", "seeds", "jobs", "threads", "nproc", "set", "points", "output", "description", "report"}
+STUDY_KEYS = {"name", "seeds", "jobs", "threads", "nproc", "set", "points", "output", "description", "report",
+              "tuning"}
 POINT_KEYS = {"id", "recipe", "budgets", "grid", "set"}
 
 
@@ -55,6 +56,7 @@ class StudyRun:
     seed: int = 0
     budget_epochs: float | None = None
     point: str = ""
+    waiting: str = ""         # why it cannot start yet (a tuned point before its trials finish)
 
     def run_dir(self, output: str | Path) -> Path:
         return rundir.run_dir(output, self.name, self.seed)
@@ -71,6 +73,8 @@ class StudyRun:
 
     def status(self, output: str | Path) -> str:
         d = self.run_dir(output)
+        if self.waiting:
+            return "waiting"
         if (d / rundir.RESULTS).is_file():
             return "done"
         if (d / rundir.FAILED).is_file():
@@ -88,6 +92,8 @@ class Study:
     description: str = ""
     points: list[str] = field(default_factory=list)
     nproc: int = 1            # processes (GPUs) per run: > 1 runs each through torchrun
+    tuning: tuning.Tuning | None = None
+    choices: dict[str, str] = field(default_factory=dict)   # tuned point -> its trial's account (rbdc.tuning)
 
 
 def _fmt_value(v) -> str:
@@ -114,8 +120,10 @@ def read_study_file(path: str | Path) -> tuple[Path, dict]:
         raise UserError(f"study {path} is not valid YAML: {e}") from e
 
 
-def load_study(path: str | Path) -> Study:
-    """Read and expand a study file into its runs, in execution order (points, then budgets, then seeds)."""
+def load_study(path: str | Path, output: str | Path | None = None) -> Study:
+    """Read and expand a study file into its runs, in execution order (tuning trials, then points, then budgets,
+    then seeds). A tuned point takes its best trial's overrides from the finished trial runs under ``output``; until
+    they are all finished (or without ``output``) its runs wait."""
     path, data = read_study_file(path)
     if data.get("kind") == "detection":
         raise UserError(f"{path} is a detection study: run it with rbdc det-study {path}")
@@ -135,7 +143,7 @@ def load_study(path: str | Path) -> Study:
     for key, v in (("jobs", jobs), ("threads", threads), ("nproc", nproc)):
         if not isinstance(v, int) or v < 1:
             raise UserError(f"{path}: `{key}` must be a positive integer, got {v!r}")
-    runs: list[StudyRun] = []
+    expanded: list[tuple[str, Path, dict, list]] = []  # (point id, recipe, overrides, budgets)
     ids: list[str] = []
     for i, pt in enumerate(data["points"]):
         where = f"{path}: point {i + 1}"
@@ -172,12 +180,52 @@ def load_study(path: str | Path) -> Study:
             if pid in ids:
                 raise UserError(f"{where}: point id {pid!r} is used twice; give each point its own id")
             ids.append(pid)
-            over = tuple(_override(k, v) for k, v in {**common, **fixed, **values}.items())
-            for b in budgets:
-                extra = over + ((f"budget_epochs={_fmt_value(b)}",) if b is not None else ())
-                for s in seeds:
-                    runs.append(StudyRun(group_name(data["name"], pid, b), str(recipe), extra, s, b, pid))
-    return Study(data["name"], path, runs, jobs, threads, data.get("description", ""), ids, nproc)
+            expanded.append((pid, recipe, {**common, **fixed, **values}, budgets))
+    tune = tuning.parse(data["tuning"], f"{path}", ids, _key_checker(expanded)) if "tuning" in data else None
+    runs: list[StudyRun] = []
+    choices: dict[str, str] = {}
+
+    def add(name_pid: str, pid: str, recipe: Path, over: dict, b, seed: int, waiting: str = "") -> None:
+        extra = tuple(_override(k, v) for k, v in over.items())
+        extra += (f"budget_epochs={_fmt_value(b)}",) if b is not None else ()
+        runs.append(StudyRun(group_name(data["name"], name_pid, b), str(recipe), extra, seed, b, pid, waiting))
+
+    if tune:  # trials first, the cheapest budget first for every point
+        for b in sorted(tune.budgets):
+            for pid, recipe, over, _ in expanded:
+                for t in tune.trials.get(pid, []):
+                    for s in tune.seeds:
+                        add(tuning.trial_point(pid, t.index), pid, recipe, {**over, **t.overrides, **tune.split}, b, s)
+    for pid, recipe, over, budgets in expanded:
+        waiting = ""
+        if tune and pid in tune.trials:
+            trial, choices[pid] = (tuning.choice(tune, pid, _trial_dir(data["name"], output)) if output is not None
+                                   else (None, "awaiting tuning"))
+            if trial is None:
+                waiting = choices[pid]
+            else:
+                over = {**over, **trial.overrides}
+        for b in budgets:
+            for s in seeds:
+                add(pid, pid, recipe, over, b, s, waiting)
+    return Study(data["name"], path, runs, jobs, threads, data.get("description", ""), ids, nproc, tune, choices)
+
+
+def _trial_dir(study: str, output: str | Path):
+    """Where a trial run of ``study`` lives under ``output``, as ``run_dir(trial point, budget, seed)``."""
+    return lambda point, b, seed: rundir.run_dir(output, group_name(study, point, b), seed)
+
+
+def _key_checker(expanded: list[tuple[str, Path, dict, list]]):
+    """``known(point, key)``: the key is in the recipe schema and read by the point's protocol."""
+    from . import protocols
+    from .recipe import SCHEMA, resolve
+    points = {pid: (recipe, over) for pid, recipe, over, _ in expanded}
+
+    def known(pid: str, key: str) -> bool:
+        recipe, over = points[pid]
+        return key in SCHEMA and protocols.get(over.get("protocol") or resolve(recipe)["protocol"]).owns_key(key)
+    return known
 
 
 def planned_flops(run: StudyRun) -> float:
@@ -187,7 +235,7 @@ def planned_flops(run: StudyRun) -> float:
     from .train import KNOWN_CLASSES, KNOWN_TRAIN_SIZES
     rec = recipes.resolve(run.recipe, list(run.overrides), seed=run.seed, name=run.name)
     source = rec["data"]["source"]
-    if source in KNOWN_TRAIN_SIZES and not rec["data"]["subset"]:
+    if source in KNOWN_TRAIN_SIZES and not rec["data"]["subset"] and rec["data"]["holdout"] is None:
         size, ncls = KNOWN_TRAIN_SIZES[source], rec["num_classes"] or KNOWN_CLASSES.get(source, 10)
     else:
         from .train import _datasets
@@ -282,14 +330,19 @@ def submit(runs: list[StudyRun], output: Path, cluster: str | None, args) -> lis
     return jobs
 
 
-def cmd_study(args) -> int:
-    study = load_study(args.study)
-    output = Path(args.output or os.environ.get("RBDC_OUT", "runs")).resolve()
+def _selected(study: Study, only) -> list[StudyRun]:
     runs = study.runs
-    if args.only:
-        runs = [r for r in runs if any(part in r.name for part in args.only)]
+    if only:
+        runs = [r for r in runs if any(part in r.name for part in only)]
         if not runs:
-            raise UserError(f"--only {args.only} matches no run of {study.name}; points: {', '.join(study.points)}")
+            raise UserError(f"--only {only} matches no run of {study.name}; points: {', '.join(study.points)}")
+    return runs
+
+
+def cmd_study(args) -> int:
+    output = Path(args.output or os.environ.get("RBDC_OUT", "runs")).resolve()
+    study = load_study(args.study, output)
+    runs = _selected(study, args.only)
     jobs, threads = args.jobs or study.jobs, args.threads or study.threads
     if args.report:
         from .study_report import build
@@ -303,11 +356,16 @@ def cmd_study(args) -> int:
             c = _checked_plan(r)
             cost += c if r.status(output) != "done" else 0
             print(f"{r.status(output):8s} {r.name} seed {r.seed}  {human_flops(c)}  "
-                  f"[{' '.join(r.overrides)}]")
+                  f"[{' '.join(r.overrides)}]" + (f"  ({r.waiting})" if r.waiting else ""))
+        for pid, why in study.choices.items():
+            print(f"{pid}: {why}")
         print(f"{len(runs)} runs, {human_flops(cost)} of training left -> {output}")
         return 0
     if args.slurm or args.executor:
         todo = [r for r in runs if r.status(output) in ("pending", "started")]
+        waiting = sum(r.status(output) == "waiting" for r in runs)
+        if waiting:
+            print(f"{waiting} run(s) wait for their tuning trials: rerun this command once those have finished")
         jobs_ = submit(todo, output, args.executor, args)
         print(f"submitted {len(jobs_)} runs of {study.name} ({', '.join(j.job_id for j in jobs_[:3])}"
               f"{', ...' if len(jobs_) > 3 else ''}); rerun this command to submit what is left")
@@ -317,7 +375,15 @@ def cmd_study(args) -> int:
             return 1 if any(rcs) else 0
         return 0
     t0 = time.time()
-    failed = run_local(study, output, runs, jobs, threads, retry_failed=args.retry_failed)
+    failed = run_local(study, output, [r for r in runs if not r.waiting], jobs, threads,
+                       retry_failed=args.retry_failed)
+    if any(r.waiting for r in runs):  # the trials have run: what they decided can run now
+        study = load_study(args.study, output)
+        for pid, why in study.choices.items():
+            print(f"{pid}: {why}")
+        runs = _selected(study, args.only)
+        failed += run_local(study, output, [r for r in runs if not r.waiting], jobs, threads,
+                            retry_failed=args.retry_failed)
     print(f"\nstudy {study.name} after {human_time(time.time() - t0)}:")
     print(summary(study, output))
     if failed:

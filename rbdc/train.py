@@ -16,7 +16,7 @@ from . import recipe as recipes
 from . import rundir
 from .checkpoint import save_weights
 from .coupling import named_optimizer_state
-from .data import build_dataset, build_loader
+from .data import build_dataset, build_loader, holdout_split
 from . import protocols
 from .engine import Dist, evaluate, train_stage
 from .errors import UserError
@@ -46,6 +46,8 @@ def _datasets(recipe: dict):
     common = dict(img_size=recipe["img_size"], num_classes=recipe["num_classes"], seed=0)
     root = _data_root(recipe)
     train = build_dataset(dc["source"], root, "train", subset=dc["subset"], download=dc["download"], **common)
+    if dc["holdout"] is not None:  # the tuning split: evaluate on held-out train images, never read val
+        return holdout_split(train, dc["holdout"], dc["holdout_seed"])
     val = build_dataset(dc["source"], root, "val", subset=dc["val_subset"], download=dc["download"], **common)
     return train, val
 
@@ -110,7 +112,7 @@ class Run:
         rec = self.recipe
         train_ds, val_ds, num_classes, stages = self.train_ds, self.val_ds, self.num_classes, self.stages
         self.log(f"run {self.dir}  ({rec['protocol']}, target {rec['model']}, {len(train_ds):,} train / "
-                 f"{len(val_ds):,} val images, device {self.device})")
+                 f"{len(val_ds):,} {val_ds.split} images, device {self.device})")
         self.log(describe_plan(rec, stages, len(train_ds), num_classes))
         micro = rec["micro_batch"] or rec["batch_size"] // self.d.world
         self.log(f"effective global batch {rec['batch_size']} (micro-batch {micro} x {self.d.world} process(es)), "

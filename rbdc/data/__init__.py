@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from .cache import build_memory_cache
 from .datasets import (IMAGENETTE_COUNTS, SOURCES, ArrayDataset, DataError, FolderDataset, ImageDataset,
-                       SyntheticDataset)
+                       SyntheticDataset, holdout_split)
 from .loaders import Loader, MemoryLoader, StreamLoader, build_loader, patch_timm_posterize
 from .sources import build_dataset, cache_dir, default_data_root, extract_archive, find_imagenette, verify_contents
 
 __all__ = [
     "DataError", "ImageDataset", "FolderDataset", "ArrayDataset", "SyntheticDataset", "Loader", "StreamLoader",
     "MemoryLoader", "SOURCES", "IMAGENETTE_COUNTS", "build_dataset", "build_loader", "default_data_root", "cache_dir",
-    "find_imagenette", "extract_archive", "verify_contents", "build_memory_cache", "patch_timm_posterize",
+    "holdout_split", "find_imagenette", "extract_archive", "verify_contents", "build_memory_cache", "patch_timm_posterize",
 ]

@@ -222,25 +222,64 @@ def _subset_positions(targets: Sequence[int], subset: int, seed: int) -> list[in
     return sorted(keep)
 
 
-def _apply_subset(ds: ImageDataset, subset: int, seed: int) -> ImageDataset:
-    keep = _subset_positions(ds.targets, subset, seed)
+def _select(ds: ImageDataset, keep: Sequence[int], split: str | None = None) -> ImageDataset:
+    """The items of ``ds`` at positions ``keep`` (in that order), as the same kind of dataset."""
+    split = split or ds.split
     if isinstance(ds, FolderDataset):
-        out: ImageDataset = FolderDataset([(ds.paths[i], ds.targets[i]) for i in keep], ds.classes, source=ds.source,
-                                          root=ds.root, split=ds.split)
-    elif isinstance(ds, ArrayDataset):
+        return FolderDataset([(ds.paths[i], ds.targets[i]) for i in keep], ds.classes, source=ds.source, root=ds.root,
+                             split=split)
+    if isinstance(ds, ArrayDataset):
         out = ds.select(keep)
-    else:
-        out = _SubsetDataset(ds, keep)
+        out.split = split
+        return out
+    return _SubsetDataset(ds, keep, split)
+
+
+def _apply_subset(ds: ImageDataset, subset: int, seed: int) -> ImageDataset:
+    out = _select(ds, _subset_positions(ds.targets, subset, seed))
     out.subset, out.seed = subset, seed
     return out
+
+
+HOLDOUT_STREAM = 0x401D  # numpy_rng(seed, HOLDOUT_STREAM, class): the holdout's draws, apart from subset's (seed, class)
+
+
+def holdout_positions(targets: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Split positions into (fit, held): per class, ``round(fraction * n_class)`` positions drawn from
+    ``(seed, class)`` are held out; both lists keep the original order and together are every position once."""
+    if not 0 < fraction < 1:
+        raise DataError(f"data.holdout must be a fraction in (0, 1) of the train split, got {fraction}")
+    by_class: dict[int, list[int]] = {}
+    for i, t in enumerate(targets):
+        by_class.setdefault(t, []).append(i)
+    held = []
+    for c, positions in sorted(by_class.items()):
+        n = round(fraction * len(positions))
+        if not 0 < n < len(positions):
+            raise DataError(f"data.holdout {fraction} holds out {n} of the {len(positions)} train images of class "
+                            f"{c}: it must leave at least one on each side; choose a fraction in "
+                            f"[{0.5 / len(positions):.3g}, {1 - 0.5 / len(positions):.3g}]")
+        held.extend(positions[j] for j in numpy_rng(seed, HOLDOUT_STREAM, c).permutation(len(positions))[:n])
+    held_set = set(held)
+    return [i for i in range(len(targets)) if i not in held_set], sorted(held)
+
+
+def holdout_split(ds: ImageDataset, fraction: float, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
+    """(fit, held): a train split cut into the images a run trains on and a held-out ``holdout`` split that tunes
+    hyper-parameters, so that a study's choices never read the reported (val) split. Class-balanced, fixed by
+    ``seed`` and independent of the run's seed: every run of a tuning grid sees the same cut."""
+    if ds.split != "train":
+        raise DataError(f"a holdout is cut from the train split, got the {ds.split!r} split")
+    fit, held = holdout_positions(ds.targets, fraction, seed)
+    return _select(ds, fit, "train-fit"), _select(ds, held, "holdout")
 
 
 class _SubsetDataset(ImageDataset):
     """Positions ``keep`` of a generated dataset (synthetic)."""
 
-    def __init__(self, base: ImageDataset, keep: Sequence[int]):
+    def __init__(self, base: ImageDataset, keep: Sequence[int], split: str | None = None):
         super().__init__(base.classes, [base.targets[i] for i in keep], source=base.source, root=base.root,
-                         split=base.split)
+                         split=split or base.split)
         self.base, self.keep = base, list(keep)
         self.cacheable = base.cacheable
 

@@ -104,6 +104,12 @@ class Protocol:
     subject: ClassVar[bool] = False       # the method under study: the report compares the others with it
     evaluates_growth: ClassVar[bool] = True   # evaluate a grown model before it trains (summary rows at epoch -1)
     own_objective: ClassVar[bool] = False     # the model's forward(x, y) returns its training loss
+    sections: ClassVar[tuple[str, ...]] = ()  # the recipe sections (rbdc, growth, diffusionblocks) its plan reads
+
+    def owns_key(self, key: str) -> bool:
+        """Whether recipe key ``key`` means anything to this protocol (common keys do to all)."""
+        section = key.split(".")[0] if "." in key else None
+        return section in (None, "data") or section in self.sections
 
     def plan(self, recipe: dict, data: PlanData) -> list[Stage]:
         raise NotImplementedError

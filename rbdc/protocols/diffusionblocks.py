@@ -15,6 +15,7 @@ from .base import BuildContext, PlanData, Protocol, Stage, register, whole_steps
 @register
 class DiffusionBlocks(Protocol):
     name = "diffusionblocks"
+    sections = ("diffusionblocks",)
     color = "#ff7f0e"
     own_objective = True
 

@@ -21,6 +21,7 @@ from .base import BuildContext, Built, PlanData, Protocol, Stage, register, stag
 @register
 class GradMax(Protocol):
     name = "gradmax"
+    sections = ("growth",)
     color = "#2ca02c"
     evaluates_growth = False  # its growth is exact by construction, and too frequent for an evaluation each time
 

@@ -18,6 +18,7 @@ def _member(ctx: BuildContext, seed: int) -> nn.Module:
 @register
 class MixtureGrowth(Protocol):
     name = "mixturegrowth"
+    sections = ("rbdc", "growth")
     color = "#9467bd"
 
     def plan(self, recipe: dict, data: PlanData) -> list[Stage]:

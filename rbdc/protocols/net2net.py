@@ -10,6 +10,7 @@ from .rbdc import level_plan
 @register
 class Net2Net(Protocol):
     name = "net2net"
+    sections = ("rbdc", "growth")
     color = "#1f77b4"
 
     def plan(self, recipe: dict, data: PlanData) -> list[Stage]:

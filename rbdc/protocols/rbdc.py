@@ -53,6 +53,9 @@ def level_plan(recipe: dict, data: PlanData, r: int, k: int, counts: list[int] |
     if c["schedule"] not in ("restart", "continue"):
         raise UserError(f"rbdc.schedule must be restart or continue, got {c['schedule']!r}")
     warm = data.warmup_steps
+    coupled_warm = warm if c["coupled_warmup_epochs"] is None else round(c["coupled_warmup_epochs"] *
+                                                                         data.steps_per_epoch)
+    lrs = [data.lr * (c["narrow_lr_scale"] if lvl == 0 else c["coupled_lr_scale"]) for lvl in range(r + 1)]
     lineage = sum(level_steps)
     stages: list[Stage] = []
     ids: list[list[str]] = []
@@ -62,17 +65,19 @@ def level_plan(recipe: dict, data: PlanData, r: int, k: int, counts: list[int] |
         per = len(ids[lvl - 1]) // n if lvl else 0
         for i in range(n):
             stages.append(Stage(
-                ids[lvl][i], stage_name(recipe["model"], factor), st, stage_seed(recipe, lvl, i), data.lr,
+                ids[lvl][i], stage_name(recipe["model"], factor), st, stage_seed(recipe, lvl, i), lrs[lvl],
                 level=lvl, factor=factor, parents=ids[lvl - 1][i * per:(i + 1) * per] if lvl else [],
                 flops_per_image=f, sched_total=lineage if cont else None,
                 sched_offset=sum(level_steps[:lvl]) if cont else 0,
-                warmup_steps=min(warm, st // 2) if (lvl == 0 or not cont) else min(warm, level_steps[0] // 2)))
+                warmup_steps=(min(warm, st // 2) if lvl == 0 else min(coupled_warm, st // 2) if not cont
+                              else min(warm, level_steps[0] // 2))))
     return stages
 
 
 @register
 class RBDC(Protocol):
     name = "rbdc"
+    sections = ("rbdc",)
     color = "#d62728"
     subject = True
 
