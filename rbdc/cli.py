@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"rbdc {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)  # 2; a run held by another launcher: runlock.HELD_EXIT
     except KeyboardInterrupt:
         print(f"rbdc {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Hashable
 
+from .runlock import HELD_EXIT
 from .units import human_time
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,6 +85,11 @@ def run(todo: list[Job], *, jobs: int, threads: int, total: int, done_before: in
                 job, rc, dt = fut.result()
                 n_done = done_before + len(finished) + len(failed) + 1
                 left = [x for x in todo if x not in finished and x not in failed and x is not job]
+                if rc == HELD_EXIT:  # another launcher holds the run: neither finished nor failed here
+                    tail = (job.log.read_text(errors="replace").strip().splitlines() or [""])[-1]
+                    log(f"[{n_done}/{total}] {job.label}: skipped: {tail}", flush=True)
+                    finished.append(job)
+                    continue
                 try:
                     ok, what = job.outcome() if rc == 0 else (False, "")
                 except Exception as e:  # a result that cannot be read fails this job, not the pool

@@ -38,10 +38,10 @@ from pathlib import Path
 from .errors import UserError
 
 __all__ = ["RunFailed", "append_command", "atomic_write", "atomic_write_bytes", "clear_failed", "code_version",
-           "copy_light", "load_checkpoint", "load_state", "read_failed", "read_json", "read_manifest", "read_summary",
-           "recorded_envs", "recorded_threads", "refuse_diverged", "relative_argv", "remove_orphans", "run_dir",
-           "save_state", "sha256", "stage_dir", "stage_log", "user_errors", "verified", "write_failed", "write_json",
-           "write_manifest", "write_progress", "write_results", "write_summary"]
+           "copy_light", "load_checkpoint", "load_state", "mixed_with", "read_failed", "read_json", "read_manifest",
+           "read_summary", "recorded_envs", "recorded_threads", "refuse_diverged", "relative_argv", "remove_orphans",
+           "run_dir", "save_state", "sha256", "stage_dir", "stage_log", "user_errors", "verified", "write_failed",
+           "write_json", "write_manifest", "write_progress", "write_results", "write_summary"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -223,6 +223,26 @@ def append_command(run_dir: Path, command: str, env: dict) -> None:
     old = path.read_text() if path.is_file() else ""
     block = command + "\n" + json.dumps(env, indent=1) + "\n"
     atomic_write_bytes(path, (old + ("\n" if old else "") + block).encode())
+
+
+def _mix_keys(env: dict) -> dict:
+    """What a resume must not change: the code's commit, torch, and the bf16 matmul path (bf16 runs only)."""
+    keys = {"code": (env.get("code") or {}).get("commit"), "torch": env.get("torch"),
+            "bf16 matmul": (env.get("cpu") or {}).get("bf16_matmul")}
+    return {k: v for k, v in keys.items() if v is not None}
+
+
+def mixed_with(run_dir: Path, env: dict) -> tuple[str, str] | None:
+    """(what the run started under, what ``env`` has) where a resume under ``env`` would mix them, else None.
+    Compares the first invocation in ``command.txt``, on the fields both record."""
+    envs = recorded_envs(run_dir)
+    if not envs:
+        return None
+    first, now = _mix_keys(envs[0]), _mix_keys(env)
+    diff = [k for k in first if k in now and first[k] != now[k]]
+    if not diff:
+        return None
+    return (", ".join(f"{k} {first[k]}" for k in diff), ", ".join(f"{k} {now[k]}" for k in diff))
 
 
 def copy_light(src: Path, dest: Path, names: tuple[str, ...] = LIGHT) -> Path:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from . import pool, rundir, tuning
+from . import pool, rundir, runlock, tuning
 from .errors import UserError
 from .recipe import load_yaml
 from .units import human_flops, human_time
@@ -71,6 +71,17 @@ class StudyRun:
     def train_args(self, output: str | Path) -> list[str]:
         return ["train", "-c", self.recipe, "-o", str(output), *self.extra_args()]
 
+    def changed(self, output: str | Path) -> list[str]:
+        """The recipe keys in which this run's stored ``recipe.yaml`` differs from what the study now asks (none
+        for a run not started)."""
+        from . import recipe as recipes
+        path = self.run_dir(output) / rundir.RECIPE
+        if not path.is_file():
+            return []
+        want = _flat(recipes.resolve(self.recipe, list(self.overrides), seed=self.seed, name=self.name))
+        have = _flat(recipes.resolve(path))
+        return sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+
     def status(self, output: str | Path) -> str:
         d = self.run_dir(output)
         if self.waiting:
@@ -94,6 +105,16 @@ class Study:
     nproc: int = 1            # processes (GPUs) per run: > 1 runs each through torchrun
     tuning: tuning.Tuning | None = None
     choices: dict[str, str] = field(default_factory=dict)   # tuned point -> its trial's account (rbdc.tuning)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v and k in ("data", "rbdc", "growth"):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
 
 
 def _fmt_value(v) -> str:
@@ -195,7 +216,8 @@ def load_study(path: str | Path, output: str | Path | None = None) -> Study:
             for pid, recipe, over, _ in expanded:
                 for t in tune.trials.get(pid, []):
                     for s in tune.seeds:
-                        add(tuning.trial_point(pid, t.index), pid, recipe, {**over, **t.overrides, **tune.split}, b, s)
+                        tp = tuning.trial_point(pid, t.index)
+                        add(tp, tp, recipe, {**over, **t.overrides, **tune.split}, b, s)
     for pid, recipe, over, budgets in expanded:
         waiting = ""
         if tune and pid in tune.trials:
@@ -262,7 +284,7 @@ def _outcome(r: StudyRun, output: Path):
 
 
 def run_local(study: Study, output: Path, runs: list[StudyRun], jobs: int, threads: int, log=print,
-              retry_failed: bool = False) -> list:
+              retry_failed: bool = False, wait: bool = False) -> list:
     """Run ``runs`` in a pool of ``jobs`` processes of ``threads`` threads; progress and ETA after each run.
 
     A run marked failed (its ``failed.json``: it diverged or broke) is not retried unless ``retry_failed``: the same
@@ -272,6 +294,11 @@ def run_local(study: Study, output: Path, runs: list[StudyRun], jobs: int, threa
     marked = [r for r in runs if status[r] == "failed"]
     todo = [r for r in runs if status[r] in ("pending", "started") or (retry_failed and status[r] == "failed")]
     total, done_before = len(runs), len(runs) - len(todo)
+    holders = {} if wait else {r: runlock.holder(r.run_dir(output)) for r in todo if status[r] == "started"}
+    for r, who in holders.items():
+        if who:  # another launcher trains it: skip it here, the others go on
+            log(f"skipping {r.name} seed {r.seed}: {runlock.RunHeld(r.run_dir(output), who)}")
+            todo.remove(r)
     for r in marked if not retry_failed else []:
         reason = json.loads((r.run_dir(output) / rundir.FAILED).read_text()).get("reason", "?")
         log(f"skipping {r.name} seed {r.seed}: failed earlier ({reason}); --retry-failed runs it again")
@@ -279,7 +306,8 @@ def run_local(study: Study, output: Path, runs: list[StudyRun], jobs: int, threa
         f"({human_flops(sum(cost[r] for r in todo))} of training) as {jobs} x {threads} thread(s) -> {output}")
     # a retried run's failed.json stays: train clears it on success and refuses to resume a diverged run (it would
     # replay the same steps)
-    pending = [pool.Job(key=r, label=f"{r.name} seed {r.seed}", argv=("rbdc.cli", *r.train_args(output)),
+    pending = [pool.Job(key=r, label=f"{r.name} seed {r.seed}",
+                        argv=("rbdc.cli", *r.train_args(output), *(["--wait"] if wait else [])),
                         log=r.run_dir(output) / rundir.LOG, cost=cost[r], outcome=_outcome(r, output),
                         title=f"rbdc study {study.name}:")
                for r in todo]
@@ -339,6 +367,32 @@ def _selected(study: Study, only) -> list[StudyRun]:
     return runs
 
 
+def changed_runs(runs: list[StudyRun], output: Path) -> dict[StudyRun, list[str]]:
+    """Runs under ``output`` whose recipe differs from what the study file now asks, with the keys that differ."""
+    found = {r: r.changed(output) for r in runs if not r.waiting}
+    return {r: keys for r, keys in found.items() if keys}
+
+
+def supersede(changed: dict[StudyRun, list[str]], output: Path, log=print) -> None:
+    """Move changed runs aside into ``OUTPUT/superseded/`` (kept, never counted) so the study reruns them."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for r in changed:
+        src = r.run_dir(output)
+        dest = output / "superseded" / r.name / f"seed{r.seed}-{stamp}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with runlock.hold(src):
+            src.rename(dest)
+        log(f"moved {src} -> {dest}")
+
+
+def _refuse_changed(changed: dict[StudyRun, list[str]], output: Path) -> None:
+    for r, keys in changed.items():
+        print(f"changed  {r.name} seed {r.seed}: {', '.join(keys)}", file=sys.stderr)
+    raise UserError(f"{len(changed)} run(s) under {output} were made with other settings than the study file now "
+                    "asks (listed above): --rerun-changed moves them into superseded/ and reruns them, or restore "
+                    "the study file")
+
+
 def cmd_study(args) -> int:
     output = Path(args.output or os.environ.get("RBDC_OUT", "runs")).resolve()
     study = load_study(args.study, output)
@@ -359,8 +413,14 @@ def cmd_study(args) -> int:
                   f"[{' '.join(r.overrides)}]" + (f"  ({r.waiting})" if r.waiting else ""))
         for pid, why in study.choices.items():
             print(f"{pid}: {why}")
+        for r, keys in changed_runs(runs, output).items():
+            print(f"changed  {r.name} seed {r.seed}: {', '.join(keys)} (--rerun-changed reruns it)")
         print(f"{len(runs)} runs, {human_flops(cost)} of training left -> {output}")
         return 0
+    changed = changed_runs(runs, output)
+    if changed and not args.rerun_changed:
+        _refuse_changed(changed, output)
+    supersede(changed, output)
     if args.slurm or args.executor:
         todo = [r for r in runs if r.status(output) in ("pending", "started")]
         waiting = sum(r.status(output) == "waiting" for r in runs)
@@ -376,14 +436,14 @@ def cmd_study(args) -> int:
         return 0
     t0 = time.time()
     failed = run_local(study, output, [r for r in runs if not r.waiting], jobs, threads,
-                       retry_failed=args.retry_failed)
+                       retry_failed=args.retry_failed, wait=args.wait)
     if any(r.waiting for r in runs):  # the trials have run: what they decided can run now
         study = load_study(args.study, output)
         for pid, why in study.choices.items():
             print(f"{pid}: {why}")
         runs = _selected(study, args.only)
         failed += run_local(study, output, [r for r in runs if not r.waiting], jobs, threads,
-                            retry_failed=args.retry_failed)
+                            retry_failed=args.retry_failed, wait=args.wait)
     print(f"\nstudy {study.name} after {human_time(time.time() - t0)}:")
     print(summary(study, output))
     if failed:
@@ -418,7 +478,10 @@ def add_cli(sub) -> None:
     p.add_argument("--slurm", action="store_true", help="submit one Slurm job per unfinished run (submitit)")
     p.add_argument("--executor", choices=("local", "debug"), default=None,
                    help="submit through submitit's local or debug executor (the Slurm path, run here)")
-    p.add_argument("--wait", action="store_true", help="with --slurm/--executor: wait for the jobs, print the summary")
+    p.add_argument("--wait", action="store_true", help="with --slurm/--executor: wait for the jobs, print the "
+                   "summary; here: wait for runs another launcher is training instead of skipping them")
+    p.add_argument("--rerun-changed", action="store_true", help="move runs made with other settings than the "
+                   "study file now asks into OUTPUT/superseded/ and rerun them")
     p.add_argument("--partition", default=os.environ.get("SLURM_PARTITION"))
     p.add_argument("--timeout-min", type=int, default=int(os.environ.get("RBDC_TIMEOUT_MIN", 1440)))
     p.add_argument("--gpus-per-run", type=int, default=1)

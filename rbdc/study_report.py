@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +97,10 @@ def collect(study: Study, root: Path) -> dict[tuple[str, float | None], Point]:
         p = points.setdefault(key, Point(r.point, r.budget_epochs, "", [], [], [], [], 0))
         p.expected_seeds += 1
         if run is None:
+            continue
+        if r.waiting or r.changed(root.parent):  # made with other settings than the study now asks: never counted
+            print(f"left out {r.name} seed {r.seed}: its recipe differs from the study file's (rbdc study --list)",
+                  file=sys.stderr)
             continue
         p.protocol = run.protocol
         p.top1.append(float(run.results["eval_top1"]))

@@ -3,6 +3,7 @@ resuming automatically; ``rbdc.jobs`` > 1 trains independent stages in parallel 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import sys
@@ -13,7 +14,7 @@ import torch
 
 from . import bf16, jobs, perf
 from . import recipe as recipes
-from . import rundir
+from . import rundir, runlock
 from .checkpoint import save_weights
 from .coupling import named_optimizer_state
 from .data import build_dataset, build_loader, holdout_split
@@ -64,8 +65,10 @@ def _env_info(device: torch.device, amp: str | None = None) -> dict:
 class Run:
     """One run directory: resolves where a run stands and moves it forward stage by stage."""
 
-    def __init__(self, recipe: dict, output: str | Path, d: Dist, log=print, only_stage: str | None = None):
+    def __init__(self, recipe: dict, output: str | Path, d: Dist, log=print, only_stage: str | None = None,
+                 allow_mixed: bool = False):
         self.recipe, self.d, self.log, self.only_stage = recipe, d, log, only_stage
+        self.allow_mixed = allow_mixed
         self.root = Path(output)
         self.dir = rundir.run_dir(self.root, recipe["name"], recipe["seed"])
         self.device = _device(recipe, d)
@@ -87,8 +90,13 @@ class Run:
         if self.d.main and not self.only_stage:
             with rundir.user_errors(self.dir):
                 self.dir.mkdir(parents=True, exist_ok=True)
+            env = _env_info(self.device, self.recipe["amp"])
+            mixed = rundir.mixed_with(self.dir, env)
+            if mixed and not self.allow_mixed:
+                raise UserError(f"{self.dir} started under {mixed[0]} and would resume under {mixed[1]}: a run "
+                                "mixes neither; resume it where it started, start a new run, or pass --allow-mixed")
             atomic_write_bytes(existing, text.encode())
-            rundir.append_command(self.dir, self.command, _env_info(self.device, self.recipe["amp"]))
+            rundir.append_command(self.dir, self.command, {**env, **({"mixed": list(mixed)} if mixed else {})})
             if self.recipe["amp"] == "bf16" and bf16.needed(self.device):
                 self.log("this CPU has no bf16 matmul kernels: bf16 autocast runs its matmuls as fp32 GEMMs of "
                          "bf16-rounded operands, rounded to bf16 (oneDNN's result up to summation order; rbdc/bf16.py)")
@@ -241,7 +249,8 @@ class Run:
 
 
 def run_recipe(path: str | None, output: str = "runs", overrides: list[str] = (), dry_run: bool = False,
-               log=print, only_stage: str | None = None, estimate: bool | str = False, **fields) -> dict | None:
+               log=print, only_stage: str | None = None, estimate: bool | str = False, wait: bool = False,
+               allow_mixed: bool = False, **fields) -> dict | None:
     rec = recipes.resolve(path, overrides, **fields)
     d = Dist.init()
     if not d.main:
@@ -263,8 +272,37 @@ def run_recipe(path: str | None, output: str = "runs", overrides: list[str] = ()
             from .estimate import estimate_stages
             log(estimate_stages(rec, stages, ncls, gpu=estimate if isinstance(estimate, str) else None))
         return None
-    run = Run(rec, output, d, log, only_stage)
+    run = Run(rec, output, d, log, only_stage, allow_mixed)
     run.plan()
+    with _one_writer(run, d, wait, log):
+        return _execute(run, d, only_stage)
+
+
+@contextlib.contextmanager
+def _one_writer(run: "Run", d: Dist, wait: bool, log):
+    """Hold the run directory (:mod:`rbdc.runlock`) for the run's life: rank 0 takes the lock and tells the other
+    ranks; a child of rbdc.jobs trains inside its parent's hold."""
+    if run.only_stage:
+        yield
+        return
+    if d.world == 1:
+        with runlock.hold(run.dir, wait=wait, log=log):
+            yield
+        return
+    stack, box = contextlib.ExitStack(), [None]
+    if d.main:
+        try:
+            stack.enter_context(runlock.hold(run.dir, wait=wait, log=log))
+        except runlock.RunHeld as e:
+            box[0] = e.holder
+    torch.distributed.broadcast_object_list(box, src=0)
+    if box[0] is not None:
+        raise runlock.RunHeld(run.dir, box[0])
+    with stack:
+        yield
+
+
+def _execute(run: "Run", d: Dist, only_stage: str | None) -> dict:
     run.prepare()
     try:
         return run.execute()
@@ -292,8 +330,9 @@ def cmd_train(args) -> int:
         args.recipe, args.output = str(recipe), str(run_dir.parents[len(Path(rec["name"]).parts)])
     check_output(args.output, "--output", directory=True)
     run_recipe(args.recipe, args.output, args.set or [], dry_run=args.dry_run, only_stage=args.only_stage,
-               estimate=args.gpu or args.estimate, seed=args.seed, model=args.model,
-               protocol=args.protocol, name=args.name, epochs=args.epochs, budget=args.budget, match=args.match)
+               estimate=args.gpu or args.estimate, wait=args.wait, allow_mixed=args.allow_mixed, seed=args.seed,
+               model=args.model, protocol=args.protocol, name=args.name, epochs=args.epochs, budget=args.budget,
+               match=args.match)
     if not args.dry_run and int(os.environ.get("RANK", 0)) == 0:
         print(f"wall time {time.time() - t0:.0f} s")
     return 0
@@ -322,6 +361,10 @@ def add_cli(sub) -> None:
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue this run directory (reruns of the "
                    "same command resume automatically anyway)")
     p.add_argument("--only-stage", default=None, help=argparse.SUPPRESS)  # a child process of rbdc.jobs
+    p.add_argument("--wait", action="store_true", help="if another process is training this run, wait for it "
+                   "(default: skip it, exit status 75)")
+    p.add_argument("--allow-mixed", action="store_true", help="resume under another code commit, torch version or "
+                   "bf16 matmul path than the run started with (recorded in command.txt; reports mark the run)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (stages, steps, FLOPs) and exit")
     p.add_argument("--estimate", action="store_true", help="with --dry-run: the wall time, from a few steps here")
     p.add_argument("--gpu", metavar="NAME", default=None,

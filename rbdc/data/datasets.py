@@ -241,7 +241,7 @@ def _apply_subset(ds: ImageDataset, subset: int, seed: int) -> ImageDataset:
     return out
 
 
-HOLDOUT_STREAM = 0x401D  # numpy_rng(seed, HOLDOUT_STREAM, class): the holdout's draws, apart from subset's (seed, class)
+HOLDOUT_STREAM = 0x401D  # numpy_rng(seed, HOLDOUT_STREAM, class): the holdout's draws, apart from subset's
 
 
 def holdout_positions(targets: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:

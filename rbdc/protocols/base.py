@@ -194,7 +194,12 @@ def target_fpi(recipe: dict, factor: Fraction, num_classes: int) -> int:
     key = json.dumps([recipe["model"], str(factor), num_classes, recipe["model_kwargs"], recipe["img_size"]],
                      sort_keys=True, default=str)
     if key not in _FPI_CACHE:  # a study plans hundreds of runs of a few models
-        with torch.device("meta"):
-            m = scaled(recipe["model"], factor, num_classes=num_classes, **recipe["model_kwargs"])
+        try:
+            with torch.device("meta"):
+                m = scaled(recipe["model"], factor, num_classes=num_classes, **recipe["model_kwargs"])
+        except ValueError as e:  # the plan asks for a width the model cannot have
+            raise UserError(f"the plan of protocol {recipe['protocol']} needs {recipe['model']} at {factor} of its "
+                            f"width, which it cannot have: {e} (e.g. a smaller rbdc.depth or k, or another model)"
+                            ) from e
         _FPI_CACHE[key] = train_flops_per_image(m, recipe["img_size"])
     return _FPI_CACHE[key]
