@@ -26,5 +26,6 @@ from .sources import build_dataset, cache_dir, default_data_root, extract_archiv
 __all__ = [
     "DataError", "ImageDataset", "FolderDataset", "ArrayDataset", "SyntheticDataset", "Loader", "StreamLoader",
     "MemoryLoader", "SOURCES", "IMAGENETTE_COUNTS", "build_dataset", "build_loader", "default_data_root", "cache_dir",
-    "holdout_split", "find_imagenette", "extract_archive", "verify_contents", "build_memory_cache", "patch_timm_posterize",
+    "holdout_split", "find_imagenette", "extract_archive", "verify_contents", "build_memory_cache",
+    "patch_timm_posterize",
 ]
