@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .preempt import PREEMPTED_EXIT, Preempted
 from .units import human_flops, human_time
 
 # Subcommands defined in other modules: each exposes add_cli(subparsers). Imported lazily so that, e.g., a broken
@@ -195,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rbdc {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Preempted as e:  # the checkpoint is written: a scheduler requeues on this code (submitit's)
+        print(f"rbdc {args.command}: {e}", file=sys.stderr)
+        return PREEMPTED_EXIT
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from timm.models import ResNet
 
-from . import bf16
+from . import bf16, preempt
 from .flops import Ledger
 from .lr import LRSchedule
 from .perf import mfu_fields
@@ -261,14 +261,17 @@ def train_step(net: nn.Module, batches, opt: torch.optim.Optimizer, crit, recipe
 
 def train_stage(model: nn.Module, spec: Stage, recipe: dict, train_loader, val_loader, device: torch.device,
                 ledger: Ledger, on_epoch, state: dict | None = None, optimizer_state: dict | None = None,
-                d: Dist = Dist(), log=print) -> tuple[nn.Module, torch.optim.Optimizer]:
+                d: Dist = Dist(), log=print, on_preempt=None) -> tuple[nn.Module, torch.optim.Optimizer]:
     """Train ``model`` for ``spec.steps`` optimizer steps.
 
     Args:
         on_epoch: called after every epoch with ``(row, checkpoint)``: the summary row (dict) and a dict holding
             everything needed to resume (model/optimizer/EMA state, step, epoch, RNG states, ledger); the caller
             writes them (atomically) before training goes on.
-        state: a checkpoint dict from ``on_epoch`` to resume from.
+        state: a checkpoint dict from ``on_epoch`` or ``on_preempt`` to resume from.
+        on_preempt: called with a checkpoint dict (``in_epoch``: the position inside the epoch) when a preemption
+            signal (:mod:`rbdc.preempt`) stops the stage between two steps of an epoch; then
+            :class:`rbdc.preempt.Preempted` is raised.
         optimizer_state: initial optimizer state (RBDC's carried AdamW moments after coupling).
     """
     world_batch = recipe["batch_size"]
@@ -312,15 +315,23 @@ def train_stage(model: nn.Module, spec: Stage, recipe: dict, train_loader, val_l
         f"batch {world_batch} = {micro} x {d.world} proc x {accum} accum | lr {spec.lr:.3g} | "
         f"{fpi / 1e9:.3f} train GFLOPs/img" + (f" | resumed at step {step}" if step else ""))
     images_per_step = world_batch
+    in_epoch = (state or {}).get("in_epoch")  # a preempted epoch's position: its first steps are trained already
     while step < spec.steps:
         train_loader.set_epoch(epoch)
         net.train()
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
-        n_steps = 0
-        bar = _progress(min(steps_per_epoch, spec.steps - step), f"{spec.id} ep{epoch}", d.main)
         it = iter(train_loader)
-        for _ in range(min(steps_per_epoch, spec.steps - step)):
+        n_steps, partial_s = _skip_trained(it, in_epoch, accum, loss_sum)
+        wall -= partial_s  # wall: the seconds before this epoch; partial_s: this epoch's before a preemption
+        in_epoch = None
+        epoch_steps = min(steps_per_epoch, spec.steps - step + n_steps)
+        bar = _progress(epoch_steps - n_steps, f"{spec.id} ep{epoch}", d.main)
+        for _ in range(n_steps, epoch_steps):
+            if preempt.requested(d, device):  # between two steps of the epoch: stop here
+                bar.close()
+                _preempt_inside_epoch(on_preempt, model, opt, ema, step, epoch, wall,
+                                      partial_s + time.perf_counter() - t0, n_steps, loss_sum, spec)
             lr = ts.schedule.lr_at(spec.sched_offset + step)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -338,7 +349,7 @@ def train_stage(model: nn.Module, spec: Stage, recipe: dict, train_loader, val_l
         bar.close()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        dt = time.perf_counter() - t0
+        dt = time.perf_counter() - t0 + partial_s
         wall += dt
         images = n_steps * images_per_step
         ledger.add(spec.id, spec.model_name, images, fpi)
@@ -362,4 +373,28 @@ def train_stage(model: nn.Module, spec: Stage, recipe: dict, train_loader, val_l
         on_epoch(row, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                        "ema": ema.state_dict() if ema is not None else None, "step": step, "epoch": epoch,
                        "wall_s": wall, "rng": _rng_state(), "done": last})
+        if not last and preempt.requested(d, device):  # at an epoch's end: its checkpoint is written already
+            raise preempt.Preempted(spec.id, step, preempt.requested())
     return model, opt
+
+
+def _skip_trained(it, in_epoch: dict | None, accum: int, loss_sum: torch.Tensor) -> tuple[int, float]:
+    """Resume inside a preempted epoch: draw (and drop) the micro-batches its trained steps used, so the loader
+    continues where it was; restore the epoch's loss sum. Returns (steps done in the epoch, seconds they took)."""
+    if not in_epoch:
+        return 0, 0.0
+    for _ in range(in_epoch["n_steps"] * accum):
+        next(it)
+    loss_sum += in_epoch["loss_sum"].to(loss_sum.device)
+    return in_epoch["n_steps"], in_epoch["wall_s"]
+
+
+def _preempt_inside_epoch(on_preempt, model, opt, ema, step: int, epoch: int, wall: float, epoch_s: float,
+                          n_steps: int, loss_sum: torch.Tensor, spec: Stage) -> None:
+    """Hand the checkpoint of a stop between two steps to ``on_preempt`` and raise :class:`Preempted`."""
+    if on_preempt is not None:
+        on_preempt({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None, "step": step, "epoch": epoch,
+                    "wall_s": wall + epoch_s, "rng": _rng_state(), "done": False,
+                    "in_epoch": {"n_steps": n_steps, "loss_sum": loss_sum.detach().cpu(), "wall_s": epoch_s}})
+    raise preempt.Preempted(spec.id, step, preempt.requested())

@@ -39,7 +39,11 @@ class SlurmTrain:
         os.environ.update(RANK=str(env.global_rank), WORLD_SIZE=str(env.num_tasks), LOCAL_RANK=str(env.local_rank),
                           MASTER_ADDR=env.hostnames[0], MASTER_PORT=os.environ.get("MASTER_PORT", "29500"))
         from .cli import main
-        return main(["train", "-c", self.recipe, "-o", self.output, *self.extra])
+        from .preempt import PREEMPTED_EXIT
+        rc = main(["train", "-c", self.recipe, "-o", self.output, *self.extra])
+        if rc == PREEMPTED_EXIT:  # checkpointed at a step boundary: requeue as submitit's own handler does
+            env._requeue(1)   # local executor: exit 144, run again; Slurm: scontrol requeue
+        return rc
 
     def checkpoint(self, *args, **kwargs):
         import submitit

@@ -14,7 +14,7 @@ import torch
 
 from . import bf16, jobs, perf
 from . import recipe as recipes
-from . import rundir, runlock
+from . import preempt, rundir, runlock
 from .checkpoint import save_weights
 from .coupling import named_optimizer_state
 from .data import build_dataset, build_loader, holdout_split
@@ -171,9 +171,13 @@ class Run:
                     save_state({**ckpt, "rows": rows, "ledger": ledger.to_dict()}, sdir / rundir.CHECKPOINT)
                     self._write_progress(rows, ledger)
 
+            def on_preempt(ckpt, sdir=sdir, rows=rows, ledger=ledger):
+                if self.d.main:
+                    save_state({**ckpt, "rows": rows, "ledger": ledger.to_dict()}, sdir / rundir.CHECKPOINT)
+
             model, opt = train_stage(model, st, rec, train_loader, val_loader, self.device, ledger, on_epoch,
-                                state=state, optimizer_state=built.optimizer_state if state is None else None, d=self.d,
-                                log=self.log)
+                                     state=state, optimizer_state=built.optimizer_state if state is None else None,
+                                     d=self.d, log=self.log, on_preempt=on_preempt)
             final, opt_path = sdir / rundir.FINAL, sdir / rundir.OPTIMIZER
             if self.d.main:
                 save_weights(model, final, stage=st.id, recipe=rec["name"])
@@ -329,13 +333,18 @@ def cmd_train(args) -> int:
         rec = recipes.resolve(recipe)
         args.recipe, args.output = str(recipe), str(run_dir.parents[len(Path(rec["name"]).parts)])
     check_output(args.output, "--output", directory=True)
+    with preempt.armed() if not args.dry_run else contextlib.nullcontext():
+        _train_from_args(args)
+    if not args.dry_run and int(os.environ.get("RANK", 0)) == 0:
+        print(f"wall time {time.time() - t0:.0f} s")
+    return 0
+
+
+def _train_from_args(args) -> None:
     run_recipe(args.recipe, args.output, args.set or [], dry_run=args.dry_run, only_stage=args.only_stage,
                estimate=args.gpu or args.estimate, wait=args.wait, allow_mixed=args.allow_mixed, seed=args.seed,
                model=args.model, protocol=args.protocol, name=args.name, epochs=args.epochs, budget=args.budget,
                match=args.match)
-    if not args.dry_run and int(os.environ.get("RANK", 0)) == 0:
-        print(f"wall time {time.time() - t0:.0f} s")
-    return 0
 
 
 def add_cli(sub) -> None:
