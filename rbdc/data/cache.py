@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,22 @@ def _decode_all(dataset: ImageDataset, size: int, crop_pct: float, num_workers: 
     return out
 
 
+def _read_cache(path: Path) -> dict | None:
+    """A cache file's content; None when it is missing or cannot be read (a damaged file is derived data: it is
+    decoded again and rewritten, with one line saying so)."""
+    if not path.is_file():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(blob, dict) and isinstance(blob.get("images"), torch.Tensor):
+            return blob
+        reason = "not a cache of decoded images"
+    except Exception as e:  # torch raises many types for a truncated or damaged file
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    print(f"decoded-image cache {path} is damaged ({reason}): decoding the images again", file=sys.stderr)
+    return None
+
+
 def build_memory_cache(dataset: ImageDataset, size: int, crop_pct: float = 1.0, *,
                        num_workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor, Path | None]:
     """Decoded uint8 images ``[N, 3, size, size]`` and int64 targets of a dataset, from the disk cache if there.
@@ -72,10 +89,9 @@ def build_memory_cache(dataset: ImageDataset, size: int, crop_pct: float = 1.0, 
     key = {**dataset.identity(), "img_size": size, "crop_pct": crop_pct, "version": _CACHE_VERSION}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir() / "memory" / f"{dataset.source}-{dataset.split}-{size}px-{digest}.pt"
-    if path.is_file():
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        if blob.get("key") == json.dumps(key, sort_keys=True) and len(blob["images"]) == len(dataset):
-            return blob["images"], targets, path
+    blob = _read_cache(path)
+    if blob is not None and blob.get("key") == json.dumps(key, sort_keys=True) and len(blob["images"]) == len(dataset):
+        return blob["images"], targets, path
     images = _decode_all(dataset, size, crop_pct, num_workers)
     blob = {"images": images, "targets": targets, "key": json.dumps(key, sort_keys=True)}
     atomic_write(path, lambda f: torch.save(blob, f))
