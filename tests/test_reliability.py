@@ -163,6 +163,8 @@ def test_a_resume_under_another_commit_or_torch_is_refused_unless_allowed(tmp_pa
         train.run_recipe(SCRATCH, str(tmp_path), [], **QUIET)
     assert train.run_recipe(SCRATCH, str(tmp_path), [], allow_mixed=True, **QUIET)
     assert rundir.recorded_envs(d)[-1]["mixed"][0].startswith(field)
+    assert main(["report", str(tmp_path / "ci"), "-o", str(tmp_path / "report")]) == 0
+    assert f"seed0 (resumed mixed: {field} " in (tmp_path / "report.md").read_text()  # rbdc report marks the run
 
 
 def test_a_resume_under_the_same_environment_is_not_mixed(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from rbdc import protocols
+from rbdc import protocols, rundir
 
 from .stats import NOISE_FACTOR, GroupRow, _baselines, matched_flops, seed_noise, top1_at_flops
 
@@ -93,8 +93,15 @@ def _opt(value: float | None, fmt: str, scale: float = 1.0) -> str:
 
 
 def _rel_paths(row: GroupRow, out_dir: Path) -> list[str]:
-    # relative to the report so that moving runs and report together leaves the report unchanged
-    return [Path(os.path.relpath(r.path.resolve(), out_dir.resolve())).as_posix() for r in row.runs]
+    # relative to the report so that moving runs and report together leaves the report unchanged; a run resumed
+    # under another commit, torch or bf16 path (--allow-mixed) says so beside its path
+    return [Path(os.path.relpath(r.path.resolve(), out_dir.resolve())).as_posix() + _mixed_mark(r.path)
+            for r in row.runs]
+
+
+def _mixed_mark(run_dir: Path) -> str:
+    mixes = [env["mixed"] for env in rundir.recorded_envs(run_dir) if env.get("mixed")]
+    return "".join(f" (resumed mixed: {a} -> {b})" for a, b in mixes)
 
 
 @dataclass(frozen=True)
