@@ -45,7 +45,7 @@ SCHEMA: dict[str, Key] = {
     "name": Key(None, (str,), None, "experiment name without the seed, e.g. imagenette-vit/rbdc-d1 (the "
                 "report's group); default: MODEL/PROTOCOL"),
     "protocol": Key("scratch", (str,), None, "one of rbdc.protocols (scratch | rbdc | net2net | gradmax | "
-                    "mixturegrowth | diffusionblocks)"),
+                    "mixturegrowth | diffusionblocks | hypercloning)"),
     "model": Key(None, (str,), None, "target timm model (the final model of every protocol)"),
     "model_kwargs": Key({}, (dict,), None, "extra timm kwargs (img_size, patch_size, ...)"),
     "num_classes": Key(None, (int, None), _ONE, "default: the dataset's"),
@@ -112,6 +112,8 @@ SCHEMA: dict[str, Key] = {
     "growth.coefs": Key("orthogonal", (str,), None, "mixturegrowth: template coefficients"),
     "growth.noise": Key(1.0, _NUM, _NONNEG, "mixturegrowth"),
     "growth.num_templates": Key(2, (int,), _ONE, "mixturegrowth"),
+    "growth.snr_db": Key(None, (*_NUM, None), None, "hypercloning: function-preserving noise at this "
+                         "signal-to-noise ratio in dB (null: none; the copies then stay identical)"),
     "growth.start_factor": Key(0.25, _NUM, Range(0, 1, False), "gradmax: starting fraction of the inner widths"),
     "growth.grow_steps": Key(12, (int,), _ONE, "gradmax"),
     "growth.grow_span": Key([0.125, 0.5], (list,), None, "gradmax: [first, last] growth as fractions of the steps"),
@@ -130,6 +132,9 @@ SCHEMA: dict[str, Key] = {
     "rbdc.optimizer": Key("fresh", (str,), ("fresh", "carried"), "AdamW state after coupling"),
     "rbdc.schedule": Key("restart", (str,), ("restart", "continue"), "lr schedule after coupling"),
     "rbdc.jobs": Key(1, (int,), _ONE, "train a level's independent parts in this many processes"),
+    "rbdc.parts": Key("independent", (str,), ("independent", "copies"), "independent: k narrow models from their "
+                      "own seeds (RBDC); copies: one narrow model trained for all their steps, coupled with k-1 "
+                      "copies of itself (depth 1; the ablation beside HyperCloning)"),
     "rbdc.narrow_lr_scale": Key(1.0, _NUM, _POS, "peak lr of level 0 (the independently trained narrow parts) as a "
                                 "multiple of the recipe's"),
     "rbdc.coupled_lr_scale": Key(1.0, _NUM, _POS, "peak lr of the coupled levels 1..depth as a multiple of the "

@@ -36,7 +36,8 @@ def twostep(monkeypatch):
 
 
 def test_the_registry_holds_every_protocol_in_the_report_order():
-    assert names() == ("scratch", "rbdc", "net2net", "gradmax", "mixturegrowth", "diffusionblocks")
+    assert names() == ("scratch", "rbdc", "net2net", "gradmax", "mixturegrowth", "diffusionblocks",
+                       "hypercloning")
 
 
 def test_a_protocol_registered_twice_is_refused(twostep):

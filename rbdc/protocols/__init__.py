@@ -13,6 +13,7 @@ from . import net2net  # noqa: F401
 from . import gradmax  # noqa: F401
 from . import mixturegrowth  # noqa: F401
 from . import diffusionblocks  # noqa: F401
+from . import hypercloning  # noqa: F401
 from .base import (BuildContext, Built, PlanData, Protocol, Stage, get, names, register, registry, stage_seed,
                    target_fpi, whole_steps)
 from .planning import describe_plan, lr_for, matched_budget, plan_stages

@@ -11,6 +11,7 @@ ratio** ``rbdc.ratio`` (the paper's definition is unknown, methods.md section 3)
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -74,6 +75,21 @@ def level_plan(recipe: dict, data: PlanData, r: int, k: int, counts: list[int] |
     return stages
 
 
+def single_source_plan(recipe: dict, data: PlanData) -> list[Stage]:
+    """RBDC depth 1's plan with its k narrow parts replaced by one narrow model trained for all their steps (the
+    narrow phase's whole budget), then grown into the target: HyperCloning and RBDC's ``copies`` ablation spend
+    exactly RBDC's FLOPs per level."""
+    c = recipe["rbdc"]
+    if c["depth"] != 1 or c["schedule"] != "restart":
+        raise UserError(f"one narrow source (protocol {recipe['protocol']}, rbdc.parts {c['parts']}) is planned at "
+                        f"rbdc.depth 1 with rbdc.schedule restart, got depth {c['depth']}, schedule {c['schedule']}")
+    parts = level_plan(recipe, data, 1, c["k"])
+    narrow, target = [s for s in parts if s.level == 0], parts[-1]
+    steps = sum(s.steps for s in narrow)
+    source = replace(narrow[0], id="L0", steps=steps, warmup_steps=min(data.warmup_steps, steps // 2))
+    return [source, replace(target, parents=["L0"])]
+
+
 @register
 class RBDC(Protocol):
     name = "rbdc"
@@ -82,6 +98,8 @@ class RBDC(Protocol):
     subject = True
 
     def plan(self, recipe: dict, data: PlanData) -> list[Stage]:
+        if recipe["rbdc"]["parts"] == "copies":
+            return single_source_plan(recipe, data)
         return level_plan(recipe, data, recipe["rbdc"]["depth"], recipe["rbdc"]["k"])
 
     def carries_optimizer(self, recipe: dict) -> bool:
@@ -92,6 +110,8 @@ class RBDC(Protocol):
         from ..coupling import couple, couple_state
         c = ctx.recipe["rbdc"]
         parts = [load_model(p) for p in parents]
+        if c["parts"] == "copies":  # the ablation: k copies of one trained model, coupled block-diagonally
+            parts = [load_model(parents[0]) for _ in range(c["k"])]
         model = couple(parts, head=c["head"], norm=c["norm"], offdiag_std=c["offdiag_std"], seed=stage.seed)
         opt_state = None
         if self.carries_optimizer(ctx.recipe):
