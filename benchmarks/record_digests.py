@@ -1,8 +1,10 @@
 """The behaviour check: sha256 of every tensor of the final weights of each CI recipe, and of a resumed run.
 
-``python -m benchmarks.record_digests`` (one thread) writes ``tests/data/ci_digests.json``; ``tests/test_digests.py``
-reruns the recipes and compares. Float results depend on the CPU and the torch build, so the file records the
-machine it was made on (:func:`machine`) and the test skips elsewhere, naming what differs.
+``python -m benchmarks.record_digests`` (one thread) records this machine's digests in ``tests/data/ci_digests.json``
+(replacing an earlier record of the same machine, keeping the others); ``tests/test_digests.py`` reruns the recipes and
+compares with the record of the machine it runs on. Float results depend on the CPU and the torch build, so each
+record names its machine (:func:`machine`) and the test skips on a machine with no record, naming the closest one's
+differences.
 """
 from __future__ import annotations
 
@@ -56,6 +58,21 @@ def machine_differences(recorded: dict) -> dict:
     """What differs between the machine the digests were recorded on and this one: ``{key: (recorded, here)}``."""
     here = machine()
     return {k: (v, here.get(k)) for k, v in recorded.items() if here.get(k) != v}
+
+
+def read_records(path: Path = DIGESTS) -> list[dict]:
+    """The file's records ``[{"machine": ..., "runs": ...}, ...]`` (a file of one record, the older form, too)."""
+    data = json.loads(path.read_text()) if path.is_file() else {"records": []}
+    return data["records"] if "records" in data else [data]
+
+
+def record_for_here(records: list[dict]) -> tuple[dict | None, dict]:
+    """The record made on this machine, or (None, the differences of the closest record)."""
+    diffs = [machine_differences(r["machine"]) for r in records]
+    for r, d in zip(records, diffs):
+        if not d:
+            return r, {}
+    return None, min(diffs, key=len) if diffs else {"record": ("none", "-")}
 
 
 def tensor_digests(path: Path) -> dict[str, str]:
@@ -112,9 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         runs = compute(Path(tmp))
-    out = atomic_write_bytes(args.output, (json.dumps({"machine": machine(), "runs": runs}, indent=1,
-                                                      sort_keys=True) + "\n").encode())
-    print(f"wrote {out}: {len(runs)} runs")
+    here = machine()
+    records = [r for r in read_records(Path(args.output)) if machine_differences(r["machine"])]
+    records.append({"machine": here, "runs": runs})
+    out = atomic_write_bytes(args.output, (json.dumps({"records": records}, indent=1, sort_keys=True) + "\n").encode())
+    print(f"wrote {out}: {len(runs)} runs of {here['cpu']} ({len(records)} machine record(s))")
     return 0
 
 

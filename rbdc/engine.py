@@ -55,6 +55,7 @@ class Dist:
         world = int(os.environ.get("WORLD_SIZE", 1))
         if world == 1:
             return cls()
+        _die_with_launcher()
         if not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         local = int(os.environ.get("LOCAL_RANK", 0))
@@ -108,6 +109,31 @@ def reset_peak_mem(device: torch.device) -> None:
             f.write("5")
     except OSError:
         pass
+
+
+def _die_with_launcher() -> None:
+    """Under torchrun every trainer runs in a session of its own (torch.distributed.elastic starts it with
+    start_new_session=True): have the kernel SIGKILL it when its launcher dies, so that kill -9 of the launcher's
+    process group (a study's, a shell job's) cannot leave trainers writing into the run directory (Linux only)."""
+    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    import ctypes
+    import signal
+    if ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+        return
+    if os.getppid() == 1:  # the launcher died before the request took effect
+        os._exit(1)
+
+
+def _rng_states(d: "Dist") -> dict:
+    """The checkpoint's RNG fields: this rank's states ("rng", what a 1-process run reads) and, when distributed,
+    every rank's ("rng_by_rank"), so that each rank resumes its own streams (drop-path, Mixup/CutMix)."""
+    mine = _rng_state()
+    if d.world == 1:
+        return {"rng": mine}
+    every = [None] * d.world
+    dist.all_gather_object(every, mine)
+    return {"rng": mine, "rng_by_rank": every}
 
 
 def _rng_state() -> dict:
@@ -297,7 +323,8 @@ def train_stage(model: nn.Module, spec: Stage, recipe: dict, train_loader, val_l
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
         step, epoch, wall = state["step"], state["epoch"], state["wall_s"]
-        _set_rng_state(state["rng"])
+        by_rank = state.get("rng_by_rank")
+        _set_rng_state(by_rank[d.rank] if by_rank and len(by_rank) == d.world else state["rng"])
     else:
         # a custom objective draws its randomness (DiffusionBlocks: which block) from the global RNG: same on all ranks
         seed_everything(spec.seed + (0 if own_objective else d.rank))
@@ -331,7 +358,7 @@ def train_stage(model: nn.Module, spec: Stage, recipe: dict, train_loader, val_l
             if preempt.requested(d, device):  # between two steps of the epoch: stop here
                 bar.close()
                 _preempt_inside_epoch(on_preempt, model, opt, ema, step, epoch, wall,
-                                      partial_s + time.perf_counter() - t0, n_steps, loss_sum, spec)
+                                      partial_s + time.perf_counter() - t0, n_steps, loss_sum, spec, d)
             lr = ts.schedule.lr_at(spec.sched_offset + step)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -372,7 +399,7 @@ def train_stage(model: nn.Module, spec: Stage, recipe: dict, train_loader, val_l
             f"top1 {row.get('eval_top1', float('nan')):.2f} lr {row['lr']:.2e} {row['img_per_s']:.0f} img/s")
         on_epoch(row, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                        "ema": ema.state_dict() if ema is not None else None, "step": step, "epoch": epoch,
-                       "wall_s": wall, "rng": _rng_state(), "done": last})
+                       "wall_s": wall, **_rng_states(d), "done": last})
         if not last and preempt.requested(d, device):  # at an epoch's end: its checkpoint is written already
             raise preempt.Preempted(spec.id, step, preempt.requested())
     return model, opt
@@ -390,11 +417,11 @@ def _skip_trained(it, in_epoch: dict | None, accum: int, loss_sum: torch.Tensor)
 
 
 def _preempt_inside_epoch(on_preempt, model, opt, ema, step: int, epoch: int, wall: float, epoch_s: float,
-                          n_steps: int, loss_sum: torch.Tensor, spec: Stage) -> None:
+                          n_steps: int, loss_sum: torch.Tensor, spec: Stage, d: Dist = Dist()) -> None:
     """Hand the checkpoint of a stop between two steps to ``on_preempt`` and raise :class:`Preempted`."""
     if on_preempt is not None:
         on_preempt({"model": model.state_dict(), "optimizer": opt.state_dict(),
                     "ema": ema.state_dict() if ema is not None else None, "step": step, "epoch": epoch,
-                    "wall_s": wall + epoch_s, "rng": _rng_state(), "done": False,
+                    "wall_s": wall + epoch_s, **_rng_states(d), "done": False,
                     "in_epoch": {"n_steps": n_steps, "loss_sum": loss_sum.detach().cpu(), "wall_s": epoch_s}})
     raise preempt.Preempted(spec.id, step, preempt.requested())

@@ -138,6 +138,9 @@ class Run:
             man = {**man, "rows": [], "ledger": {}}
         elif rec["rbdc"]["jobs"] > 1 and self.d.world == 1:
             jobs.run_parallel(self.dir, stages, man, rec["rbdc"]["jobs"], self.log)
+        elif rec["rbdc"]["jobs"] > 1:
+            self.log(f"rbdc.jobs {rec['rbdc']['jobs']} ignored under {self.d.world} processes: each stage trains "
+                     "with all of them, one after another")
         for st in stages:
             if st.id in man["stages"]:
                 continue
