@@ -79,7 +79,10 @@ class StudyRun:
         if not path.is_file():
             return []
         want = _flat(recipes.resolve(self.recipe, list(self.overrides), seed=self.seed, name=self.name))
-        have = _flat(recipes.resolve(path))
+        try:
+            have = _flat(recipes.resolve(path))
+        except UserError as e:  # damaged, or not written by rbdc train: never counted as the study's run
+            return [f"{rundir.RECIPE} unreadable ({e})"]
         return sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
 
     def status(self, output: str | Path) -> str:

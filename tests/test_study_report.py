@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
+from rbdc import recipe as recipes
 from rbdc.errors import UserError
 from rbdc.study import load_study
 from rbdc.study_report import Point, build, saving_with_interval
@@ -17,12 +18,12 @@ CI = REPO / "benchmarks" / "recipes" / "ci"
 SCRATCH = {1: (50.0, 1e12), 2: (60.0, 2e12), 4: (70.0, 4e12)}   # top-1 rises 10 points per doubling of FLOPs
 
 
-def _fake_study(tmp_path: Path, rbdc_top1=(64.0, 65.0, 66.0)) -> tuple:
+def _fake_study(tmp_path: Path, rbdc_top1=(64.0, 65.0, 66.0), rbdc_set=None) -> tuple:
     study_file = tmp_path / "s.yaml"
     study_file.write_text(yaml.safe_dump({
         "name": "tiny", "seeds": [0, 1, 2],
         "points": [{"id": "scratch", "recipe": str(CI / "scratch.yaml"), "budgets": [1, 2, 4]},
-                   {"id": "rbdc", "recipe": str(CI / "rbdc.yaml"), "budgets": [2]},
+                   {"id": "rbdc", "recipe": str(CI / "rbdc.yaml"), "budgets": [2], "set": rbdc_set or {}},
                    {"id": "rbdc-r{rbdc.ratio}", "recipe": str(CI / "rbdc.yaml"), "budgets": [2],
                     "grid": {"rbdc.ratio": [1.0, 3.0]}}],
         "report": {"title": "tiny study",
@@ -37,28 +38,32 @@ def _fake_study(tmp_path: Path, rbdc_top1=(64.0, 65.0, 66.0)) -> tuple:
                                ("rbdc-r3", 3.0, (63.0, 63.5, 64.0))):
         for s, t in enumerate(tops):
             d = make_run(root.parent, f"tiny/{point}/b2", "rbdc", s, t, 2e12)
-            rec = yaml.safe_load((d / "recipe.yaml").read_text())
-            (d / "recipe.yaml").write_text(yaml.safe_dump({**rec, "rbdc": {"ratio": ratio}}))
-    return load_study(study_file), root
+    study = load_study(study_file)
+    for r in study.runs:  # each run's recipe.yaml as rbdc train writes it: the study's recipe for that run
+        d = r.run_dir(root.parent)
+        if d.is_dir():
+            (d / "recipe.yaml").write_text(recipes.dump(recipes.resolve(r.recipe, list(r.overrides), seed=r.seed,
+                                                                        name=r.name)))
+    return study, root
 
 
 def test_the_saving_is_matched_on_scratchs_log_linear_curve():
     scratch = [Point("s", b, "scratch", [t] * 3, [f] * 3, [0, 1, 2], [], 3) for b, (t, f) in SCRATCH.items()]
     p = Point("r", 2, "rbdc", [65.0] * 3, [2e12] * 3, [0, 1, 2], [], 3)
-    s = saving_with_interval(scratch, p, np.random.default_rng(0))
+    s = saving_with_interval(scratch, p)
     # 65 lies half way (in log FLOPs) between 2e12 and 4e12: scratch needs 2e12 * sqrt(2)
     assert s["saving"] == pytest.approx(1 - 1 / np.sqrt(2)) and s["status"] == "matched"
     assert s["lo"] == pytest.approx(s["saving"]) and s["hi"] == pytest.approx(s["saving"])  # no seed spread
     p_worse = Point("r", 2, "rbdc", [55.0] * 3, [2e12] * 3, [0, 1, 2], [], 3)
-    assert saving_with_interval(scratch, p_worse, np.random.default_rng(0))["saving"] < 0
+    assert saving_with_interval(scratch, p_worse)["saving"] < 0
     beyond = Point("r", 2, "rbdc", [75.0] * 3, [2e12] * 3, [0, 1, 2], [], 3)
-    assert saving_with_interval(scratch, beyond, np.random.default_rng(0))["status"] == "above_range"
+    assert saving_with_interval(scratch, beyond)["status"] == "above_range"
 
 
-def test_the_bootstrap_interval_widens_with_seed_spread():
+def test_the_interval_widens_with_seed_spread():
     scratch = [Point("s", b, "scratch", [t - 1, t, t + 1], [f] * 3, [0, 1, 2], [], 3) for b, (t, f) in SCRATCH.items()]
     p = Point("r", 2, "rbdc", [63.0, 65.0, 67.0], [2e12] * 3, [0, 1, 2], [], 3)
-    s = saving_with_interval(scratch, p, np.random.default_rng(0))
+    s = saving_with_interval(scratch, p)
     assert s["lo"] < s["saving"] < s["hi"] and s["hi"] - s["lo"] > 0.1
 
 
@@ -70,7 +75,7 @@ def test_the_report_has_both_figures_savings_and_a_verdict_and_regenerates_byte_
     assert "| rbdc | 2 | 3 | 65.00 ± 2.48 |" in md            # t(2) * 1 / sqrt(3) = 2.48
     assert "29.3%" in md and "saves FLOPs" in md
     assert "The paper's 30% lies inside the interval at budget(s) 2" in md
-    assert ("**In short**: the paper's 30% saving lies inside the bootstrap interval of rbdc b2. Saving FLOPs beyond "
+    assert ("**In short**: the paper's 30% saving lies inside the 95% interval of rbdc b2. Saving FLOPs beyond "
             "seed noise: rbdc b2 (+29.3%)") in md
     assert "| rbdc-r1 | 1 | 3 |" in md and "| rbdc-r3 | 3 | 3 |" in md   # Fig. 3 rows sorted by ratio
     assert "| rbdc-r1 | 3 | 61.00 ± 2.48 | -4.00 ± " in md
@@ -132,11 +137,9 @@ def test_the_report_says_which_cpu_and_bf16_matmul_path_each_run_recorded(tmp_pa
     """Runs of one study may come from CPUs with and without bf16 kernels: the report counts them per recorded path,
     and leaves the section out while no run recorded its CPU."""
     from rbdc import rundir
-    study, root = _fake_study(tmp_path)
+    study, root = _fake_study(tmp_path, rbdc_set={"amp": "bf16"})
     assert "## Where the runs ran" not in build(study, root, tmp_path / "out" / "a")["md"].read_text()
     for d in sorted((root / "rbdc" / "b2").iterdir()):
-        rec = yaml.safe_load((d / "recipe.yaml").read_text())
-        (d / "recipe.yaml").write_text(yaml.safe_dump({**rec, "amp": "bf16"}))
         rundir.append_command(d, "rbdc train ...", {"cpu": {"capability": "AVX2", "bf16_fast": False,
                                                             "bf16_matmul": "fp32-rounded"}, "threads": 1})
     first = root / "scratch" / "b1" / "seed0"   # an fp32 run that ran on two CPUs (resumed elsewhere)
