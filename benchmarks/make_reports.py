@@ -25,7 +25,8 @@ REPORTS = {
                                      "at equal training FLOPs, every stage annealed to min_lr"),
 }
 # study reports: study name -> study file (its runs' light files under reports/runs/<name>/)
-STUDIES = {"imagenette32": REPO / "benchmarks" / "studies" / "imagenette32.yaml"}
+STUDIES = {"imagenette32": REPO / "benchmarks" / "studies" / "imagenette32.yaml",
+           "imagenette32-fair": REPO / "benchmarks" / "studies" / "imagenette32-fair.yaml"}
 # detection studies: name -> study file (light files under reports/runs/<name>/, report under reports/detection/)
 DET_STUDIES = {"balloon32": REPO / "benchmarks" / "studies" / "balloon32.yaml"}
 
@@ -52,7 +53,8 @@ def make(out_dir: Path = REPO / "reports", runs: Path = RUNS) -> dict[str, dict]
     from rbdc.study_report import build
     for name, study_file in STUDIES.items():
         if (runs / name).is_dir():
-            written[name] = build(load_study(study_file), runs / name, out_dir / name)
+            # with the runs root, a tuned point takes the trial its committed trial runs chose
+            written[name] = build(load_study(study_file, runs), runs / name, out_dir / name)
     from rbdc.detection.study import load_study as load_detection_study, status
     from rbdc.detection.study_report import build as build_detection
     for name, study_file in DET_STUDIES.items():

@@ -224,7 +224,7 @@ def load_study(path: str | Path, output: str | Path | None = None) -> Study:
     for pid, recipe, over, budgets in expanded:
         waiting = ""
         if tune and pid in tune.trials:
-            trial, choices[pid] = (tuning.choice(tune, pid, _trial_dir(data["name"], output)) if output is not None
+            trial, choices[pid] = (tuning.choice(tune, pid, trial_dir(data["name"], output)) if output is not None
                                    else (None, "awaiting tuning"))
             if trial is None:
                 waiting = choices[pid]
@@ -236,7 +236,7 @@ def load_study(path: str | Path, output: str | Path | None = None) -> Study:
     return Study(data["name"], path, runs, jobs, threads, data.get("description", ""), ids, nproc, tune, choices)
 
 
-def _trial_dir(study: str, output: str | Path):
+def trial_dir(study: str, output: str | Path):
     """Where a trial run of ``study`` lives under ``output``, as ``run_dir(trial point, budget, seed)``."""
     return lambda point, b, seed: rundir.run_dir(output, group_name(study, point, b), seed)
 

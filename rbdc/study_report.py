@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import protocols, rundir
+from . import protocols, rundir, tuning
 from .errors import UserError
 from .recipe import load_yaml
 from .report import discover_run_dirs, load_run, matched_flops
@@ -32,7 +32,7 @@ from .report.figure import save_png
 from .report.saving import p_value_saving, saving_interval
 from .report.stats import t_half_width, welch
 from .rundir import atomic_write_bytes
-from .study import REPO, Study
+from .study import REPO, Study, trial_dir
 from .units import human_flops
 
 PAPER_SAVING = 0.30
@@ -131,6 +131,37 @@ def saving_with_interval(scratch: list[Point], p: Point) -> dict:
     return {"saving": est, "status": status, "lo": -math.inf if iv.lo_open else iv.lo,
             "hi": math.inf if iv.hi_open else iv.hi, "text": iv.text(),
             "p30": p_value_saving(runs, p.top1, p.flops_mean, PAPER_SAVING)}
+
+
+def _tuning_section(study: Study, root: Path) -> list[str]:
+    """Each tuned point's trials, their held-out top-1 per budget and score, and the trial its runs use."""
+    tune = study.tuning
+    if tune is None:
+        return []
+    split = ", ".join(f"{k}={v}" for k, v in tune.split.items())
+    budgets = [_budget(b) for b in tune.budgets]
+    md = ["## Tuning on a held-out split", "",
+          f"Every tuned point had {len(next(iter(tune.trials.values())))} trials, each at budgets "
+          f"{', '.join(budgets)} with seeds {', '.join(map(str, tune.seeds))}, trained on train minus the held-out "
+          f"part ({split}) and scored on that part, never on val (where every number above is measured). Score: the "
+          f"held-out top-1 averaged over seeds, then over budgets (a diverged run scores 0); the best score wins, "
+          f"ties go to the earlier trial.", "",
+          "| point | trial | settings | " + " | ".join(f"held-out top-1 b{b}" for b in budgets) + " | score | used |",
+          "|---|---|---|" + "---|" * len(budgets) + "---|---|"]
+    for pid in tune.trials:
+        rows = tuning.scores(tune, pid, trial_dir(study.name, root.parent))
+        best = max((r for r in rows if r["score"] is not None), key=lambda r: (r["score"], -r["trial"]), default=None)
+        done = all(r["score"] is not None for r in rows)
+        for r in rows:
+            cells = [_opt_pct(r["per_budget"][b]) for b in tune.budgets]
+            used = "**yes**" if done and r is best else ""
+            settings = ", ".join(f"{k}={v}" for k, v in r["overrides"].items())
+            md.append(f"| {pid} | {r['trial']} | {settings} | {' | '.join(cells)} | {_opt_pct(r['score'])} | {used} |")
+    return md + [""]
+
+
+def _opt_pct(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}"
 
 
 def _p(p: float | None) -> str:
@@ -255,6 +286,7 @@ def build(study: Study, root: Path, out: Path) -> dict[str, Path]:
                            + (f"The paper's 30% lies inside the interval at budget(s) "
                               f"{', '.join(_budget(p.budget) for p in paper)}." if paper else
                               "The paper's 30% lies outside every interval."))
+    md += _tuning_section(study, root)
     md += _coupled_table(points, spec)
     if spec.get("ratio"):
         md += _ratio_section(points, spec["ratio"], out)

@@ -137,3 +137,16 @@ def test_a_tuning_budget_with_no_step_for_a_level_stops_the_study_in_one_line(tm
     assert main(["study", str(path), "-o", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "less than one" in err[0] and not (tmp_path / "runs").exists()
+
+
+def test_the_report_names_every_trial_its_held_out_scores_and_the_one_each_point_uses(tmp_path):
+    from rbdc.study_report import _tuning_section
+    path, out = _study(tmp_path), tmp_path / "runs"
+    assert "| s | 1 | lr_base=0.001 | – | – | – |  |" in "\n".join(_tuning_section(load_study(path, out), out / "t"))
+    for r in load_study(path, out).runs:
+        if "/tune/" in r.name:
+            _finish(out, r, 50.0 + int(r.point[-1]) + r.seed)  # trial 2 wins by a point everywhere
+    md = "\n".join(_tuning_section(load_study(path, out), out / "t"))
+    assert "## Tuning on a held-out split" in md and "data.holdout=0.2" in md
+    assert "| s | 2 | lr_base=0.002 | 52.50 | 52.50 | 52.50 | **yes** |" in md
+    assert "| r | 1 | lr_base=0.001 | 51.50 | 51.50 | 51.50 |  |" in md
