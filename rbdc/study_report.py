@@ -237,7 +237,7 @@ def build(study: Study, root: Path, out: Path) -> dict[str, Path]:
 
     savings: dict[str, list[tuple[Point, dict]]] = {}
     verdict: list[str] = []
-    if spec.get("panels"):
+    if _has_panel_runs(points, spec):
         md += [f"![Fig. 2: top-1 vs training FLOPs]({out.name}-fig2.png)", ""]
     for panel in spec.get("panels", []):
         scratch = _series(points, panel["baseline"])
@@ -532,13 +532,17 @@ def _saving_series(ax, rows, color, name: str, lim: tuple[float, float], dodge: 
                 markerfacecolor="white" if s["status"] != "matched" else color, label=name if i == 0 else None)
 
 
+def _has_panel_runs(points: dict, spec: dict) -> bool:
+    return any(_series(points, n) for pn in spec.get("panels", []) for n in (pn["baseline"], *pn["series"]))
+
+
 def _figures(points: dict, spec: dict, savings: dict, out: Path) -> dict[str, Path]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     paths = {}
     panels = spec.get("panels", [])
-    if panels:
+    if _has_panel_runs(points, spec):  # no empty axes while only tuning trials have finished
         fig = Figure(figsize=(6.0 * len(panels), 4.6), dpi=110)
         FigureCanvasAgg(fig)
         for i, panel in enumerate(panels):
