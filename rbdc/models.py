@@ -399,6 +399,7 @@ default_cfgs = generate_default_cfgs({
     "test_rbdc_vit": _test_cfg(32, "patch_embed.proj", "head"),
     "rbdc_vit_mini_patch8_64": _test_cfg(64, "patch_embed.proj", "head"),
     "rbdc_vit_nano_patch4_32": _test_cfg(32, "patch_embed.proj", "head"),
+    **{f"rbdc_vit_{size}_patch4_32": _test_cfg(32, "patch_embed.proj", "head") for size in ("micro", "tiny", "small")},
     "test_rbdc_resnet": _test_cfg(64, "conv1", "fc", pool=2),
     "test_rbdc_resnet_basic": _test_cfg(64, "conv1", "fc", pool=2),
 })
@@ -423,6 +424,26 @@ def rbdc_vit_nano_patch4_32(pretrained=False, **kwargs) -> VisionTransformer:
     """DeiT-style ViT for the quickstart at 32 px: width 64, 4 heads (head_dim 16), depth 4."""
     args = dict(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=4, num_classes=10)
     return _build_vit("rbdc_vit_nano_patch4_32", pretrained, args, kwargs)
+
+
+def _ladder_vit(size: str, width: int, deit: str):
+    """A rung of the width ladder: the nano's shape (32 px, patch 4, depth 4, heads of width 16) at ``width``."""
+    name = f"rbdc_vit_{size}_patch4_32"
+
+    def entrypoint(pretrained=False, **kwargs) -> VisionTransformer:
+        args = dict(img_size=32, patch_size=4, embed_dim=width, depth=4, num_heads=width // 16, num_classes=10)
+        return _build_vit(name, pretrained, args, kwargs)
+
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__module__ = __name__
+    entrypoint.__doc__ = (f"The width ladder at 32 px: width {width} ({deit}), {width // 16} heads of 16, depth 4, "
+                          f"patch 4 (rbdc_vit_nano_patch4_32 is width 64).")
+    return register_model(entrypoint)
+
+
+rbdc_vit_micro_patch4_32 = _ladder_vit("micro", 128, "twice the nano")
+rbdc_vit_tiny_patch4_32 = _ladder_vit("tiny", 192, "DeiT-Ti's width")
+rbdc_vit_small_patch4_32 = _ladder_vit("small", 384, "DeiT-S's width; its half is DeiT-Ti's")
 
 
 @register_model
@@ -486,6 +507,9 @@ NARROW_VARIANTS = {
     "test_rbdc_vit": (2, 4),
     "rbdc_vit_mini_patch8_64": (2,),
     "rbdc_vit_nano_patch4_32": (2, 4),
+    "rbdc_vit_micro_patch4_32": (2, 4),
+    "rbdc_vit_tiny_patch4_32": (2, 4),
+    "rbdc_vit_small_patch4_32": (2, 4),
     "test_rbdc_resnet": (2, 4),
     "test_rbdc_resnet_basic": (2, 4),
 }

@@ -260,8 +260,10 @@ def planned_flops(run: StudyRun) -> float:
     from .train import KNOWN_CLASSES, KNOWN_TRAIN_SIZES
     rec = recipes.resolve(run.recipe, list(run.overrides), seed=run.seed, name=run.name)
     source = rec["data"]["source"]
-    if source in KNOWN_TRAIN_SIZES and not rec["data"]["subset"] and rec["data"]["holdout"] is None:
+    if source in KNOWN_TRAIN_SIZES and not rec["data"]["subset"]:
         size, ncls = KNOWN_TRAIN_SIZES[source], rec["num_classes"] or KNOWN_CLASSES.get(source, 10)
+        if rec["data"]["holdout"] is not None:  # the holdout's size up to its per-class rounding
+            size -= round(rec["data"]["holdout"] * size)
     else:
         from .train import _datasets
         train_ds, _ = _datasets(rec)
