@@ -269,3 +269,17 @@ def test_rbdc_jobs_is_ignored_under_torchrun(tmp_path, monkeypatch):
     assert res["coupled_top1_before_training"].keys() == set(coupled)
     assert_equal_weights(run_dir, runs[1][0])
     assert json.loads((run_dir / rundir.LEDGER).read_text()) == json.loads((runs[1][0] / rundir.LEDGER).read_text())
+
+
+def test_a_held_run_stops_every_rank_of_a_second_launcher_naming_the_holder(tmp_path, monkeypatch):
+    """Rank 0 takes the run's lock and broadcasts the outcome: a second 2-process launcher of a held run writes
+    nothing, and every rank exits with the held code (75) after one line naming the holder."""
+    from rbdc import runlock
+    cmd = command(SCRATCH, tmp_path, SETS, monkeypatch)
+    run_dir = tmp_path / "ci" / "scratch" / "seed0"
+    with runlock.hold(run_dir):
+        done = subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0 and out.count(f"is being trained by pid {os.getpid()}") == 2, out[-4000:]
+    assert "exitcode  : 75" in out or "exit code 75" in out or ": 75" in out, out[-4000:]
+    assert not (run_dir / rundir.RECIPE).exists()
