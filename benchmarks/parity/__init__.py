@@ -1,0 +1,1 @@
+"""Parity runs: the methods' official code on our data, model size and FLOPs budget (see README.md here)."""
