@@ -5,9 +5,10 @@
 #   3. measures in bf16: DeiT-S, DeiT-B and ResNet-50 training steps (img/s, model TFLOP/s, MFU; ResNet channels-last;
 #      DeiT-B and ResNet-50 also compiled), the 64-px Imagenette study's ViT-mini packed 1/2/4/8 runs to the GPU,
 #      forward throughput and the on-GPU data pipeline, each with the same-precision GEMM rate of the same run;
-#   4. writes under $OUT: bench/<device>.json (the committed format: copy it to reports/bench/), perf.md (the report
-#      with the committed CPU figures and the new ones: copy it to reports/perf.md), env.txt, gpu-tests.xml and
-#      device_check.log.
+#      last, DiffusionBlocks' peak CUDA memory against its number of blocks B (benchmarks/diffusionblocks_memory.py);
+#   4. writes under $OUT: bench/<device>.json and bench/diffusionblocks-memory-<device>.json (the committed formats:
+#      copy them to reports/bench/), perf.md (the report with the committed CPU figures and the new ones: copy it to
+#      reports/perf.md), env.txt, gpu-tests.xml and device_check.log.
 # Steps run in that order, each under its share of the time left; one that runs out of time loses only its figures.
 #
 #   bash benchmarks/device_check.sh --fetch-wheels   # here, once, with network: the wheels it brings, into .whl/
@@ -26,7 +27,7 @@ for arg in "$@"; do
     case $arg in
         --dry-run) DRY=1 ;;
         --fetch-wheels) FETCH=1 ;;
-        -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "device_check.sh: unknown argument '$arg'; use --dry-run, --fetch-wheels or --help" >&2; exit 2 ;;
     esac
 done
@@ -116,17 +117,24 @@ step bench-compile-resnet50 120 "${BENCH[@]}" benchmarks/test_bench_train_step.p
 step bench-compile-deit-base 120 "${BENCH[@]}" benchmarks/test_bench_train_step.py -k "compile and deit_base" \
     --benchmark-json="$WORK/5-compile-deit-base.json"
 
-# 5. One JSON for the device, and the report over it and the committed ones.
 if [ $DRY = 1 ]; then
     slug=dry-run
+    MEMORY=(--dry-run --device cpu)
 else
     slug=$("$PY" -c "from benchmarks.perf_report import device_slug; print(device_slug('cuda'))") || slug=gpu
+    MEMORY=(--device cuda --amp bf16)
 fi
+# DiffusionBlocks' memory against B: a fresh process per configuration, CUDA max_memory_allocated (not a timing)
+step diffusionblocks-memory 90 "$PY" -m benchmarks.diffusionblocks_memory "${MEMORY[@]}" \
+    --out "$OUT/bench/diffusionblocks-memory-$slug.json"
+
+# 5. One JSON for the device, and the report over it and the committed ones.
 "$PY" -m benchmarks.perf_report merge "$OUT/bench/$slug.json" "$WORK"/[0-9]-*.json || FAILED+=("merge")
 if [ -f "$OUT/bench/$slug.json" ]; then
     mkdir -p "$WORK/report"
     cp "$REPO"/reports/bench/*.json "$WORK/report/" 2> /dev/null
     cp "$OUT/bench/$slug.json" "$WORK/report/"
+    cp "$OUT"/bench/diffusionblocks-memory-*.json "$WORK/report/" 2> /dev/null
     "$PY" -m benchmarks.perf_report --bench-dir "$WORK/report" -o "$OUT/perf.md" || FAILED+=("report")
 fi
 

@@ -41,7 +41,8 @@ def test_dry_run_runs_every_step_and_writes_the_committed_format(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = tmp_path / "out"
     assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} == {
-        "bench/dry-run.json", "perf.md", "env.txt", "gpu-tests.xml", "device_check.log"}
+        "bench/dry-run.json", "bench/diffusionblocks-memory-dry-run.json", "perf.md", "env.txt", "gpu-tests.xml",
+        "device_check.log"}
     (run,) = perf_report.load(out / "bench")
     benches = run["benchmarks"]
     cases = {(b["group"], b["extra_info"].get("case"), b["extra_info"].get("impl")) for b in benches}
@@ -58,6 +59,7 @@ def test_dry_run_runs_every_step_and_writes_the_committed_format(tmp_path):
     assert any(b["group"] == "forward" for b in benches)
     report = (out / "perf.md").read_text()
     assert "reports/bench/dry-run.json" in report and "reports/bench/cpu.json" in report
+    assert "reports/bench/diffusionblocks-memory-dry-run.json" in report
     assert "### Training paths" in report and "fraction of GEMM" in report
     assert "tests" in (out / "gpu-tests.xml").read_text()
 
