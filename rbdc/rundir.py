@@ -81,9 +81,11 @@ def user_errors(path: str | os.PathLike) -> Iterator[None]:
     except OSError as e:
         if isinstance(e, (FileExistsError, NotADirectoryError)) or e.errno in (errno.ENOTDIR, errno.EEXIST):
             fix = "a file stands where a folder is needed; move it away or pick another --output"
-        elif e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            fix = "the disk is full (or a quota or file-size limit is reached); free space, then rerun the same " \
-                  "command to resume"
+        elif e.errno == errno.ENOSPC:
+            fix = "the disk is full; free space, then rerun the same command to resume"
+        elif e.errno in (errno.EDQUOT, errno.EFBIG):
+            fix = "a disk quota or file-size limit is reached (the disk is full for this run); free space or raise " \
+                  "the limit, then rerun the same command to resume"
         elif isinstance(e, PermissionError) or e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             fix = "no permission to write there; pick another --output or fix the folder's permissions"
         else:
