@@ -150,7 +150,7 @@ def _tuning_section(study: Study, root: Path) -> list[str]:
           "|---|---|---|" + "---|" * len(budgets) + "---|---|"]
     for pid in tune.trials:
         rows = tuning.scores(tune, pid, trial_dir(study.name, root.parent))
-        best = max((r for r in rows if r["score"] is not None), key=lambda r: (r["score"], -r["trial"]), default=None)
+        best = tuning.best_row(rows)
         done = all(r["score"] is not None for r in rows)
         for r in rows:
             cells = [_opt_pct(r["per_budget"][b]) for b in tune.budgets]

@@ -43,9 +43,6 @@ class Tuning:
     budgets: list[float]
     trials: dict[str, list[Trial]]
 
-    def point_of(self, trial_point: str) -> str:
-        return trial_point.split("/")[1]
-
 
 def trial_point(point: str, index: int) -> str:
     return f"tune/{point}/t{index}"
@@ -115,12 +112,17 @@ def scores(tuning: Tuning, pid: str, run_dir) -> list[dict]:
     return rows
 
 
+def best_row(rows: list[dict]) -> dict | None:
+    """The best-scoring row of :func:`scores` (ties: the earlier trial); None while none has a score."""
+    return max((r for r in rows if r["score"] is not None), key=lambda r: (r["score"], -r["trial"]), default=None)
+
+
 def choice(tuning: Tuning, pid: str, run_dir) -> tuple[Trial | None, str]:
     """The best trial of ``pid`` and a one-line account, or (None, what is still missing)."""
     rows = scores(tuning, pid, run_dir)
     missing = [r["trial"] for r in rows if r["score"] is None]
     if missing:
         return None, f"awaiting tuning: trial(s) {', '.join(map(str, missing))} of {len(rows)} unfinished"
-    best = max(rows, key=lambda r: (r["score"], -r["trial"]))  # ties: the earlier trial
+    best = best_row(rows)
     trial = tuning.trials[pid][best["trial"] - 1]
     return trial, f"tuned: trial {trial.index} {trial.overrides} (holdout top-1 {best['score']:.2f})"
