@@ -67,15 +67,13 @@ def cmd_flops(args) -> int:
 
 def _plan_speed(args, rows: list[dict]) -> dict[int, float] | None:
     """Training FLOP/s per level: measured here (--estimate) or from the committed benchmarks (--gpu)."""
-    from fractions import Fraction
-
-    from .estimate import bench_train_flops_per_s, measure_train_flops_per_s
+    from .estimate import bench_train_flops_per_s, level_speeds
     if args.gpu:
         return {r["level"]: bench_train_flops_per_s(args.gpu, r["model"]) for r in rows}
-    if args.estimate:
-        print(f"measuring {len(rows)} model(s): 1 + 2 training steps of batch 8 each on this device ...", flush=True)
-        return {r["level"]: measure_train_flops_per_s(args.target, Fraction(r["width"]), args.img_size)
-                for r in rows}
+    if args.estimate:  # this CPU kind's cost model where fitted, else a few steps measured here
+        speed, args.where = level_speeds(args.target, rows, args.img_size, amp=args.amp, batch=args.batch,
+                                         log=lambda line: print(line, flush=True))
+        return speed
     return None
 
 
@@ -97,12 +95,12 @@ def cmd_plan(args) -> int:
             ("params", "params", ",d"), ("gmacs", "GMACs/img", ".3f"), ("train_per_image", "train FLOPs/img", ""),
             ("level_per_epoch", "level FLOPs/epoch", "")]
     if speed:
-        where = f"at the benchmarked speed of {args.gpu}" if args.gpu else "at the speed measured here"
+        where = f"at the benchmarked speed of {args.gpu}" if args.gpu else args.where
         cols.append(("time_per_epoch", "time/epoch", ""))
     print(_fmt_table(rows, cols))
     if speed:
-        total = sum(r["level_train_pflops_per_epoch"] * 1e15 / speed[r["level"]] for r in rows)
-        print(f"one epoch of every level: {human_time(total)} {where} (1 device; training steps only)")
+        from .estimate import rbdc_vs_scratch
+        print(rbdc_vs_scratch(rows, speed, where))
     return 0
 
 
@@ -155,7 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--img-size", type=int, default=None)
     pl.add_argument("--dataset-size", type=int, default=1_281_167, help="images per epoch (default: ImageNet-1k)")
     pl.add_argument("--estimate", action="store_true",
-                    help="measure a few training steps of each level's model here and print the time per epoch")
+                    help="time per epoch of each level and RBDC vs scratch at equal FLOPs: by this CPU kind's cost "
+                         "model (reports/bench/costmodel-*.json), else from a few training steps measured here")
+    pl.add_argument("--amp", choices=("fp32", "bf16"), default="fp32",
+                    help="precision for --estimate's cost model (measured steps: fp32)")
+    pl.add_argument("--batch", type=int, default=128, help="batch of --estimate's cost model (default 128)")
     pl.add_argument("--gpu", metavar="NAME", default=None,
                     help="time per epoch on the device NAME from the committed benchmarks (reports/bench/*.json)")
     pl.set_defaults(func=cmd_plan)

@@ -73,16 +73,92 @@ def bench_train_flops_per_s(device_name: str, model: str | None = None, bench_di
 
 
 def estimate_stages(recipe: dict, stages: list, num_classes: int, gpu: str | None = None) -> str:
-    """One line: the plan's estimated wall time on one device, from the speed of each stage's model (measured here
-    with the recipe's batch, at most 64 images, or the committed benchmarks of ``gpu``)."""
+    """The plan's estimated wall time on one device, beside scratch's (the recipe's model at full width) at the same
+    training FLOPs: from this CPU kind's cost model where one is fitted (every stage's wall, with the in-memory
+    loader's measured cost), else from the speed of each stage's model measured here (the recipe's batch, at most
+    64 images) or from the committed benchmarks of ``gpu``."""
+    from .flops import train_flops_per_image
     from .units import human_time
-    batch = recipe["batch_size"]
+    lines: list[str] = []
+    batch, amp = recipe["batch_size"], recipe["amp"] if recipe["amp"] != "auto" else "fp32"
+    kwargs = {"num_classes": num_classes, **recipe["model_kwargs"]}
+    model = None if gpu else usable_costmodel(recipe["model"], amp, recipe["img_size"], log=lines.append)
+    data = model.data_s_per_image.get(str(recipe["img_size"]), 0.0) if model and recipe["data"].get("in_memory") \
+        else 0.0
     speed: dict = {}
-    for s in stages:
-        if s.factor not in speed:
-            speed[s.factor] = (bench_train_flops_per_s(gpu, recipe["model"]) if gpu else measure_train_flops_per_s(
-                recipe["model"], s.factor, recipe["img_size"], batch=min(batch, 64), num_classes=num_classes,
-                **recipe["model_kwargs"]))
-    seconds = sum((s.steps * batch * s.flops_per_image + s.extra_flops) / speed[s.factor] for s in stages)
-    where = f"at the benchmarked speed of {gpu}" if gpu else "at the speed of a few steps measured here"
-    return f"estimated wall time: {human_time(seconds)} {where} (1 device; training steps only, no evaluation)"
+    for factor in {s.factor for s in stages} | {Fraction(1)}:
+        speed[factor] = (_costmodel_speed(model, recipe["model"], factor, recipe["img_size"], batch, amp, **kwargs)
+                         if model else bench_train_flops_per_s(gpu, recipe["model"]) if gpu else
+                         measure_train_flops_per_s(recipe["model"], factor, recipe["img_size"], batch=min(batch, 64),
+                                                   **kwargs))
+
+    def wall(s) -> float:
+        return (s.steps * batch * s.flops_per_image + s.extra_flops) / speed[s.factor] + s.steps * batch * data
+
+    where = (f"by this CPU kind's cost model ({amp}" + (" + the in-memory loader)" if data else ")") if model
+             else f"at the benchmarked speed of {gpu}" if gpu else "at the speed of a few steps measured here")
+    if model is not None:
+        lines += [f"  stage {s.id} ({s.model_name}, {s.steps} steps): {human_time(wall(s))}" for s in stages]
+    seconds = sum(wall(s) for s in stages)
+    flops = sum(s.steps * batch * s.flops_per_image + s.extra_flops for s in stages)
+    full_fpi = train_flops_per_image(recipe["model"], recipe["img_size"], **kwargs)
+    scratch = flops / speed[Fraction(1)] + flops / full_fpi * data
+    lines.append(f"estimated wall time: {human_time(seconds)} {where}; scratch at the same training FLOPs: "
+                 f"{human_time(scratch)} (this plan takes {seconds / scratch:.2f}x) (1 device; training steps only, "
+                 f"no evaluation)")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The cost model of this CPU kind (rbdc.costmodel), where one is fitted; else the measured few steps
+
+def _costmodel_speed(model, name: str, factor, img_size: int, batch: int, amp: str, **kwargs) -> float:
+    """Training FLOP/s of ``name`` at ``factor`` from a fitted cost model (steps only, no data loading)."""
+    from .costmodel import family, features
+    terms = features(name, img_size, batch, factor, **kwargs)
+    return terms["train_flops"] / model.seconds_per_image(terms, amp, family(name, factor, **kwargs))
+
+
+def usable_costmodel(name: str, amp: str, img_size: int, bench_dir: Path | None = None, log=print):
+    """This CPU kind's cost model if it has a fit for ``amp`` and the model's family, else None; either way one
+    line says which (and when ``img_size`` is not the size it was fitted at)."""
+    from .costmodel import family, for_this_machine
+    model, why = for_this_machine(bench_dir or BENCH)
+    if model is None:
+        log(why)
+        return None
+    fam = family(name)
+    if not model.has(amp, fam):
+        log(f"cost model: this CPU kind's has no {amp} {fam} fit ({', '.join(model.coefs)}); using a few steps "
+            f"measured here")
+        return None
+    sizes = sorted({r["img_size"] for r in model.fitted_on})
+    log(f"{why}; {amp}, fitted at {'/'.join(map(str, sizes))} px" +
+        ("" if img_size in sizes else f": at {img_size} px it extrapolates"))
+    return model
+
+
+def level_speeds(target: str, rows: list[dict], img_size: int | None, *, amp: str = "fp32", batch: int = 128,
+                 bench_dir: Path | None = None, log=print) -> tuple[dict[int, float], str]:
+    """Training FLOP/s of each level of :func:`rbdc.coupling.plan` on this machine, and where they come from."""
+    from .flops import _meta_twin
+    size = _meta_twin(target, img_size)[1]
+    model = usable_costmodel(target, amp, size, bench_dir, log)
+    if model is not None:
+        return ({r["level"]: _costmodel_speed(model, target, Fraction(r["width"]), size, batch, amp) for r in rows},
+                f"by this CPU kind's cost model ({amp}, batch {batch})")
+    log(f"measuring {len(rows)} model(s): 1 + 2 fp32 training steps each on this device ...")
+    return ({r["level"]: measure_train_flops_per_s(target, Fraction(r["width"]), img_size) for r in rows},
+            "at the speed measured here")
+
+
+def rbdc_vs_scratch(rows: list[dict], speed: dict[int, float], where: str) -> str:
+    """One line: one epoch of every level against scratch (the full-width level) at the same training FLOPs."""
+    from .units import human_flops, human_time
+    flops = sum(r["level_train_pflops_per_epoch"] * 1e15 for r in rows)
+    mine = sum(r["level_train_pflops_per_epoch"] * 1e15 / speed[r["level"]] for r in rows)
+    full = max(rows, key=lambda r: Fraction(r["width"]))
+    scratch = flops / speed[full["level"]]
+    return (f"one epoch of every level: {human_time(mine)}; scratch ({full['model']}) at equal FLOPs "
+            f"({human_flops(flops)}): {human_time(scratch)}; RBDC takes {mine / scratch:.2f}x scratch's wall {where} "
+            f"(1 device; training steps only)")

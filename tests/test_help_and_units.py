@@ -28,7 +28,8 @@ def test_flops_prints_human_units(capsys):
     assert "35.1 GFLOPs | training 105 GFLOPs per image" in capsys.readouterr().out
 
 
-def test_plan_estimate_measures_each_level_here(capsys):
+def test_plan_estimate_measures_each_level_here(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr("rbdc.estimate.BENCH", tmp_path)  # no cost model of this CPU kind: measured steps
     assert main(["plan", "test_rbdc_vit", "--dataset-size", "1000", "--estimate"]) == 0
     out = capsys.readouterr().out
     assert "time/epoch" in out and "at the speed measured here" in out
@@ -45,7 +46,8 @@ def test_plan_for_a_benchmarked_device_uses_its_results(capsys):
     assert "at the benchmarked speed of AMD EPYC" in capsys.readouterr().out
 
 
-def test_train_dry_run_estimates_the_wall_time(capsys):
+def test_train_dry_run_estimates_the_wall_time(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr("rbdc.estimate.BENCH", tmp_path)
     assert main(["train", "-c", "benchmarks/recipes/quickstart/rbdc.yaml", "--dry-run", "--estimate",
                  "--set", "budget_epochs=1"]) == 0
     out = capsys.readouterr().out
