@@ -27,7 +27,7 @@ import torch
 from benchmarks.bench_common import TOY, require_device, sync, timed, toy_sized
 from benchmarks.levers import Batched, Separate, Vmapped, core_busy
 from benchmarks.test_bench_time_split import DEIT, VIT, VIT_WIDTHS
-from benchmarks.time_split import busy_clock
+from benchmarks.time_split import beside, busy_clock
 from benchmarks.train_paths import Pack, PathCase, Trainer
 from rbdc.costmodel import device_kind
 
@@ -129,7 +129,8 @@ def test_lever(benchmark, case: LeverCase):
     benchmark.extra_info.update(
         case=str(case), lever=case.lever, width=case.width, k=case.k, model=case.model, img_size=case.img_size,
         batch=case.batch, amp=case.amp, kind=device_kind(device), ref_images_per_round=steps[0] * ref.images,
-        ref_busy_s=pair.ref_s[-rounds:], busy_s=pair.var_s[-rounds:], busy_clock=str(busy_clock(device).__name__))
+        ref_busy_s=pair.ref_s[-rounds:], busy_s=pair.var_s[-rounds:], busy_clock=str(busy_clock(device).__name__),
+        beside=beside())
 
 
 @pytest.mark.benchmark(group="levers")

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from benchmarks.bench_common import TOY, require_device, timed
-from benchmarks.time_split import busy_clock, gemm_busy_rate, profile_split
+from benchmarks.time_split import beside, busy_clock, gemm_busy_rate, profile_split
 from benchmarks.train_paths import PathCase, Trainer
 from rbdc.costmodel import device_kind
 
@@ -83,6 +83,7 @@ def test_time_split(benchmark, case: SplitCase):
 
         timed(benchmark, round_, device, rounds=case.rounds, warmup_rounds=1, setup=probe, **trainer.info())
         split = profile_split(trainer, 1 if TOY else case.profile_steps)
+        split["beside"] = beside()
     finally:
         torch.set_num_threads(threads)
     benchmark.extra_info.update(case=name, width=case.width, family=case.family, kind=device_kind(device),

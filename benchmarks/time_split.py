@@ -171,5 +171,22 @@ def gemm_busy_rate(dtype, device, n: int | None = None, min_s: float = 0.05) -> 
     return 2 * n ** 3 * reps / (clock() - t0)
 
 
+def beside(min_cpu: float = 20.0) -> list[str]:
+    """Other processes using more than ``min_cpu`` % of a core now (``ps``): what a timing ran beside."""
+    import os
+    import subprocess
+    try:
+        out = subprocess.run(["ps", "-eo", "pid,psr,pcpu,args", "--sort=-pcpu"], capture_output=True, text=True,
+                             timeout=10).stdout.splitlines()[1:]
+    except (OSError, subprocess.SubprocessError):
+        return []
+    rows = []
+    for line in out:
+        pid, core, cpu, args = line.split(None, 3)
+        if float(cpu) >= min_cpu and int(pid) != os.getpid():
+            rows.append(f"core {core}, {float(cpu):.0f}%: {args[:100]}")
+    return rows
+
+
 __all__ = ["KINDS", "GROUPS", "kind_of", "root_phases", "split_events", "profile_split", "grouped", "busy_clock",
-           "gemm_busy_rate"]
+           "gemm_busy_rate", "beside"]
