@@ -3,6 +3,9 @@
     python -m benchmarks.make_reports                 # regenerate every report (byte-for-byte, a test checks it)
     python -m benchmarks.make_reports --sync runs     # first copy the light files of finished runs from runs/
 
+It also writes the README's headline (between its headline markers) from the ``## Headline`` section of the study
+report named in :data:`HEADLINE`, so the README's numbers are the report's.
+
 Only the light files of a run directory are committed (recipe, summary, results, ledger, manifest, command); the
 weights stay in the run directory they came from (its path is in command.txt / manifest.json).
 """
@@ -12,6 +15,7 @@ import argparse
 from pathlib import Path
 
 from rbdc import rundir
+from rbdc.report import headline
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "reports" / "runs"
@@ -29,6 +33,11 @@ STUDIES = {"imagenette32": REPO / "benchmarks" / "studies" / "imagenette32.yaml"
            "imagenette32-fair": REPO / "benchmarks" / "studies" / "imagenette32-fair.yaml"}
 # detection studies: name -> study file (light files under reports/runs/<name>/, report under reports/detection/)
 DET_STUDIES = {"balloon32": REPO / "benchmarks" / "studies" / "balloon32.yaml"}
+# the README's headline: the study report it comes from, and what the README says about that choice
+HEADLINE = ("imagenette32", "Source: the complete 3-seed study ([imagenette32](reports/imagenette32.md)), until the "
+                            "study with equal tuning for every protocol and 5 seeds "
+                            "([imagenette32-fair](reports/imagenette32-fair.md)) finishes.")
+README = REPO / "README.md"
 
 
 def sync(src_root: Path) -> list[Path]:
@@ -49,20 +58,36 @@ def make(out_dir: Path = REPO / "reports", runs: Path = RUNS) -> dict[str, dict]
         dirs = [runs / f for f in folders if (runs / f).is_dir()]
         if dirs:
             written[name] = generate_report(dirs, out_dir / name, title=title)
+    from rbdc.report.study import build
     from rbdc.study import load_study
-    from rbdc.study_report import build
     for name, study_file in STUDIES.items():
         if (runs / name).is_dir():
             # with the runs root, a tuned point takes the trial its committed trial runs chose
             written[name] = build(load_study(study_file, runs), runs / name, out_dir / name)
     from rbdc.detection.study import load_study as load_detection_study, status
-    from rbdc.detection.study_report import build as build_detection
+    from rbdc.report.detection import build as build_detection
     for name, study_file in DET_STUDIES.items():
         study = load_detection_study(study_file)
         # a report once a fine-tuning has finished (reports/runs/<name>/ may hold only its backbones' light files)
         if any(status(r.work_dir(runs, study), study) == "done" for r in study.runs):
             written[name] = build_detection(study, runs, out_dir / "detection" / name)
     return written
+
+
+def readme_headline(reports: Path = REPO / "reports") -> str:
+    """The README's headline block, from the committed report of the study :data:`HEADLINE` names."""
+    name, note = HEADLINE
+    lines = headline.extract((reports / f"{name}.md").read_text(encoding="utf-8"))
+    return headline.readme_block(lines, "reports/", f"reports/{name}.md", note)
+
+
+def write_readme(readme: Path = README, reports: Path = REPO / "reports") -> bool:
+    """Fill the README's headline block; True when it changed."""
+    text = readme.read_text(encoding="utf-8")
+    new = headline.fill(text, readme_headline(reports))
+    if new != text:
+        rundir.atomic_write_bytes(readme, new.encode("utf-8"))
+    return new != text
 
 
 if __name__ == "__main__":
@@ -74,3 +99,4 @@ if __name__ == "__main__":
             print("synced", d.relative_to(REPO))
     for name, files in make().items():
         print(name, "->", ", ".join(str(f.relative_to(REPO)) for f in files.values()))
+    print("README.md headline", "updated" if write_readme() else "unchanged", f"(from reports/{HEADLINE[0]}.md)")

@@ -190,8 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    func = args.func
+    if getattr(args, "report", False) and args.command in ("study", "det-study"):
+        from .report.commands import REPORTS  # the report package writes a study's report: no study -> report import
+        func = REPORTS[args.command]
     try:
-        return int(args.func(args) or 0)
+        return int(func(args) or 0)
     except UserError as e:
         print(f"rbdc {args.command}: error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 2)  # 2; a run held by another launcher: runlock.HELD_EXIT

@@ -403,12 +403,6 @@ def cmd_study(args) -> int:
     study = load_study(args.study, output)
     runs = _selected(study, args.only)
     jobs, threads = args.jobs or study.jobs, args.threads or study.threads
-    if args.report:
-        from .study_report import build
-        dest = Path(args.report_to or REPO / "reports" / study.name)
-        for path in build(study, output / study.name, dest).values():
-            print(path)
-        return 0
     if args.list or args.dry_run:
         cost = 0.0
         for r in runs:

@@ -87,3 +87,18 @@ def test_committed_study_report_regenerates_byte_for_byte(name, tmp_path):
     for kind, path in written[name].items():
         committed = make_reports.REPO / "reports" / path.relative_to(tmp_path / "reports")
         assert filecmp.cmp(path, committed, shallow=False), kind
+
+
+def test_the_readme_headline_is_the_committed_reports():
+    """The README's headline block is what make_reports writes from the committed study report (which itself
+    regenerates byte for byte from the committed runs, above): the README's numbers are the report's."""
+    from rbdc.report import headline
+    readme = (make_reports.REPO / "README.md").read_text(encoding="utf-8")
+    block = make_reports.readme_headline()
+    assert block in readme, "README.md's headline is stale: run python -m benchmarks.make_reports"
+    name = make_reports.HEADLINE[0]
+    md = (make_reports.REPO / "reports" / f"{name}.md").read_text(encoding="utf-8")
+    import re
+    for number in re.findall(r"[+-]?\d+\.\d+%?", "\n".join(headline.extract(md))):
+        assert number in block
+    assert readme.index(block) < readme.index("## Layout")  # right under the set-up commands

@@ -135,7 +135,7 @@ def test_an_edited_study_stops_before_training_and_rerun_changed_moves_the_old_r
     assert (run.run_dir(out) / rundir.RESULTS).read_text() == before  # nothing trained
     assert main(["study", str(path), "-o", str(out), "--list"]) == 0
     assert "changed  tiny/scratch seed 0: lr_base" in capsys.readouterr().out
-    from rbdc.study_report import collect
+    from rbdc.report.study import collect
     assert collect(load_study(path), out / "tiny")[("scratch", None)].n == 0  # the report never counts them
     assert main(["study", str(path), "-o", str(out), "--rerun-changed"]) == 0
     assert run.changed(out) == [] and run.status(out) == "done"

@@ -48,7 +48,8 @@ def make_run(root, group, protocol, seed, top1, flops, *, top5=None, model=TINY,
                 'eval_loss': f'{2.4 - 0.1 * e:.4f}', 'eval_top1': f'{acc:.4f}',
                 'eval_top5': f'{min(acc + 20, 100):.4f}',
                 'lr': '0.0005', 'images_seen': IMAGES * epoch, 'train_flops': f'{per_epoch:.6e}',
-                'cum_train_flops': repr(cum), 'wall_s': f'{wall_s * epoch / (epochs * len(stages)):.2f}',
+                # wall_s counts within a stage (rbdc.engine), each stage a 1/len(stages) share of the run's wall
+                'cum_train_flops': repr(cum), 'wall_s': f'{wall_s * (e + 1) / (epochs * len(stages)):.2f}',
                 'img_per_s': '1500.0', 'peak_mem_mb': f'{peak_mem_mb:.1f}', 'mfu': '0.31',
             })
     rows[-1]['cum_train_flops'] = repr(float(flops))
@@ -67,6 +68,10 @@ def make_run(root, group, protocol, seed, top1, flops, *, top5=None, model=TINY,
         'stages': [{'stage': s, 'model': m, 'epochs': epochs, 'train_flops': flops * sh} for s, m, sh, _ in stages],
     }
     (run_dir / 'results.json').write_text(json.dumps(results, indent=2))
+    # the manifest records each stage's parents (the coupled L1 is built from L0.0 and L0.1), as rbdc train does
+    parents = {'L1': ['L0.0', 'L0.1']}
+    (run_dir / 'manifest.json').write_text(json.dumps({'stages': {s: {
+        'model': m, 'parents': [{'stage': p} for p in parents.get(s, [])]} for s, m, _, _ in stages}}, indent=1))
     return run_dir
 
 
@@ -425,3 +430,19 @@ def test_a_truncated_summary_row_is_refused(tmp_path, cut):
     with pytest.raises(UserError, match='truncated' if cut == 'mid-row' else 'line .* fields') as info:
         report.generate_report([tmp_path / 'runs'], tmp_path / 'rep')
     assert str(run / 'summary.csv') in str(info.value)
+
+
+def test_narrow_parts_are_drawn_side_by_side_over_their_level_not_one_after_another(tmp_path):
+    """The second narrow part trains after the first on the ledger, but it is a fresh model: drawn on the ledger's
+    cumulative FLOPs it would look like the lineage dropping back. Each part spans its whole level instead and ends
+    where the coupled model starts."""
+    from rbdc.report.figure import run_segments
+    run = report.load_run(make_run(tmp_path, 'g/rbdc', 'rbdc', 0, 60.0, 4e12))
+    segs = {stage: (xs, ys, part) for stage, xs, ys, part in run_segments(run)}
+    (a, _, part_a), (b, _, part_b), (c, _, part_c) = segs['L0.0'], segs['L0.1'], segs['L1']
+    assert part_a and part_b and not part_c
+    assert a == pytest.approx(b)                      # side by side: the same FLOPs at each epoch
+    assert a[-1] == pytest.approx(2e12) == pytest.approx(c[0] - 2e12 / 4)  # the level ends, L1's first epoch follows
+    assert run.levels() == {'L0.0': 0, 'L0.1': 0, 'L1': 1}
+    (run.path / 'manifest.json').unlink()               # without a manifest: every stage its own level, in order
+    assert report.load_run(run.path).levels() == {'L0.0': 0, 'L0.1': 1, 'L1': 2}

@@ -10,7 +10,7 @@ import yaml
 from rbdc import recipe as recipes
 from rbdc.errors import UserError
 from rbdc.study import load_study
-from rbdc.study_report import Point, build, saving_with_interval
+from rbdc.report.study import Point, build, saving_with_interval
 from tests.test_report import make_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,3 +151,96 @@ def test_the_report_says_which_cpu_and_bf16_matmul_path_each_run_recorded(tmp_pa
     assert "| AVX2 | fp32-rounded | 3 | 1,500 |" in md   # make_run logs 1500 img/s per epoch
     assert "| AVX2 + AVX512 | - (fp32 run) | 1 | 1,500 |" in md
     assert "| not recorded |  | 14 | 1,500 |" in md
+
+
+def _row(md: str, start: str) -> str:
+    rows = [line for line in md.splitlines() if line.startswith(start)]
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+def test_the_flops_saving_is_counted_over_the_whole_pipeline_and_over_the_target_stage_only(tmp_path):
+    """rbdc's coupled stage is half its 2e12 FLOPs: against the same matched scratch FLOPs (2e12 * sqrt 2), the whole
+    pipeline saves 1 - 1/sqrt 2 = 29.3%, the target stage alone 1 - 0.5/sqrt 2 = 64.6%."""
+    study, root = _fake_study(tmp_path)
+    md = build(study, root, tmp_path / "out" / "tiny")["md"].read_text()
+    assert "## Cost in both currencies" in md
+    row = _row(md, "| rbdc | scratch | 2 | +")
+    assert "| +29.3% [" in row and "| +64.6% [" in row and row.endswith("| 50% |")
+
+
+def test_the_wall_clock_saving_at_equal_top1_comes_from_the_runs_own_walls(tmp_path):
+    """Every run took 600 s, each of rbdc's 3 stages 200 s. Scratch's runs: 21e12 FLOPs in 5400 s; rbdc's: 2e12 in
+    600 s, so rho = 1.1667 and the wall saving is 1 - (1 - 0.2929) * 1.1667 = +17.5%. At the full model's speed
+    inside the same run (its L1: 1e12 FLOPs in 200 s), rho = 1.5: 1 - 0.7071 * 1.5 = -6.1%. Its narrow stages ran
+    at 0.5 x the coupled stage's FLOP/s."""
+    study, root = _fake_study(tmp_path)
+    md = build(study, root, tmp_path / "out" / "tiny")["md"].read_text()
+    row = _row(md, "| rbdc | scratch | 2 | not recorded |")
+    assert "| 10.0 (10.0–10.0) | 0.50 | 1.50 (1.50–1.50) | -6.1% [" in row
+    assert "| 1.17 (1.17–1.17) | +17.5% [" in row
+    from rbdc import rundir   # rbdc's runs on a CPU kind scratch never ran on: no comparison with scratch's runs
+    for d in sorted((root / "rbdc" / "b2").iterdir()):
+        rundir.append_command(d, "rbdc train ...", {"cpu": {"capability": "AVX2", "bf16_fast": False}})
+    md = build(study, root, tmp_path / "out" / "tiny")["md"].read_text()
+    assert _row(md, "| rbdc | scratch | 2 | AVX2 |").endswith("| – | – (no scratch run on AVX2) |")
+
+
+def test_the_coupled_models_parts_are_its_parents_in_the_manifest(tmp_path):
+    """Not the stages whose id looks like the previous level: here the manifest says L1 was built from L0.1 alone
+    (final top-1 = top-1 - 14), so its parts' top-1 is that stage's, not the mean with L0.0's (top-1 - 15)."""
+    study, root = _fake_study(tmp_path)
+    for d in sorted((root / "rbdc" / "b2").iterdir()):
+        res = json.loads((d / "results.json").read_text())
+        (d / "results.json").write_text(json.dumps({**res, "coupled_top1_before_training": {"L1": 40.0}}))
+        man = json.loads((d / "manifest.json").read_text())
+        man["stages"]["L1"]["parents"] = [{"stage": "L0.1"}]
+        (d / "manifest.json").write_text(json.dumps(man))
+    md = build(study, root, tmp_path / "out" / "tiny")["md"].read_text()
+    assert "| rbdc | 2 | L1 | 3 | 51.00 | 40.00 |" in md   # mean of 64, 65, 66 minus 14
+
+
+def test_series_of_one_protocol_get_distinct_colours_from_the_registry():
+    from rbdc import protocols
+    from rbdc.report.colors import series_colors
+    c = series_colors([("scratch", "scratch"), ("d1", "rbdc"), ("d2", "rbdc"), ("n2n", "net2net"), ("x", "other")])
+    assert c["d1"][0] == protocols.get("rbdc").color and c["scratch"][0] == protocols.get("scratch").color
+    assert len({color for color, _ in c.values()}) == 5 and len({m for _, m in c.values()}) == 5
+    assert not {color for color, _ in c.values()} - {c["d2"][0], c["x"][0]} - {p.color for p in
+                                                                             protocols.registry().values()}
+
+
+def test_the_headline_is_written_by_the_report_and_copied_into_a_readme(tmp_path):
+    from rbdc.report import headline
+    study, root = _fake_study(tmp_path)
+    md = build(study, root, tmp_path / "out" / "tiny")["md"].read_text()
+    lines = headline.extract(md)
+    assert len(lines) == 3 and "not distinguishable from zero" not in lines[0]
+    assert "above zero at 1 and below zero at 0 of its 1 points" in lines[0] and "+29.3%" in lines[0]
+    assert "+64.6%" in lines[1] and lines[2].startswith("![saving vs budget](tiny-saving.png)")
+    block = headline.readme_block(lines, "reports/", "reports/tiny.md", "Source: tiny.")
+    assert "](reports/tiny-saving.png)" in block and block.rstrip().endswith(headline.END)
+    readme = f"# x\n\n{headline.START.format(source='old')}\nold\n{headline.END}\n\nrest\n"
+    assert headline.fill(readme, block) == f"# x\n\n{block}\n\nrest\n"
+    with pytest.raises(UserError, match="no headline markers"):
+        headline.fill("# x\n", block)
+
+
+def test_rbdc_study_report_is_dispatched_by_the_cli_and_trains_nothing(tmp_path, capsys):
+    from rbdc.cli import main
+    study, root = _fake_study(tmp_path)
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    assert main(["study", str(study.path), "-o", str(root.parent), "--report", "--report-to",
+                 str(tmp_path / "r" / "tiny")]) == 0
+    assert (tmp_path / "r" / "tiny.md").is_file() and "tiny.md" in capsys.readouterr().out
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+
+
+def test_the_study_modules_never_import_their_reports():
+    """The report package reads the study definitions; the reverse would be an import cycle."""
+    import ast
+    for mod in ("rbdc/study.py", "rbdc/detection/study.py"):
+        tree = ast.parse((REPO / mod).read_text())
+        names = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [n for n in names if "report" in n], (mod, names)

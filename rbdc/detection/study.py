@@ -5,7 +5,7 @@ backbones (points, one budget, seeds), one MMDetection config, the image scale, 
 seeds. Each (backbone point, pretraining seed, fine-tuning seed) is one ``rbdc det-train`` in
 ``OUTPUT/<name>/<label>/seed<s>/ft<f>``, run through the same local pool as ``rbdc study`` and resumable (MMEngine's
 auto-resume from the latest epoch checkpoint); ``--report`` copies the light files of the finished runs to
-``reports/runs/<name>/`` and writes the report (:mod:`rbdc.detection.study_report`) from those copies.
+``reports/runs/<name>/`` and writes the report (:mod:`rbdc.report.detection`) from those copies.
 """
 from __future__ import annotations
 
@@ -233,15 +233,6 @@ def cmd_det_study(args) -> int:
     study = load_study(args.study)
     output = Path(args.output or os.environ.get('RBDC_OUT', 'runs')).resolve()
     backbones = Path(args.backbones).resolve() if args.backbones else output
-    if args.report:
-        from rbdc.detection.study_report import build
-        runs_root = pool.REPO / 'reports' / 'runs'
-        if not args.from_committed:
-            sync(study, output, runs_root, backbones)
-        dest = Path(args.report_to or pool.REPO / (study.report or f'reports/detection/{study.name}'))
-        for path in build(study, runs_root, dest).values():
-            print(path)
-        return 0
     if args.list:
         for r in study.runs:
             print(f'{status(r.work_dir(output, study), study):8s} {study.name}/{r.label} seed {r.seed} ft {r.ft_seed}  '

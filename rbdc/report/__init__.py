@@ -1,4 +1,8 @@
-"""Result tables and the accuracy-vs-training-FLOPs figure, regenerated from run directories alone.
+"""Every report, regenerated from run directories alone: ``rbdc report`` (this module: result tables and the
+accuracy-vs-training-FLOPs figure of any runs), a study's report (:mod:`.study`) and a detection study's
+(:mod:`.detection`). They share loading (:mod:`.load`), statistics (:mod:`.stats`, :mod:`.saving`), formatting
+(:mod:`.fmt`: one ``±`` formatter), one colour table read from the protocol registry (:mod:`.colors`) and
+figure writing (:mod:`.figure`).
 
 Every number in a report comes from the ``results.json`` and ``summary.csv`` of the run directories given on the
 command line, and every table row names the run directories it comes from (relative to the report), so a paper-style

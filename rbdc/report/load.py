@@ -38,6 +38,31 @@ class Run:
     def protocol(self) -> str:
         return str(self.results['protocol'])
 
+    def parents(self) -> dict[str, tuple[str, ...]]:
+        """Each stage's parents (the stages its model was built from), as the run's manifest records them; empty
+        for a run without a manifest."""
+        stages = rundir.read_manifest(self.path).get('stages', {})
+        return {s: tuple(p['stage'] for p in e.get('parents', ())) for s, e in stages.items()}
+
+    def levels(self) -> dict[str, int]:
+        """Each stage's level in the run's tree of stages (0: no parents; else one above its parents), from the
+        manifest; without one, every stage of ``results.json`` is its own level, in order."""
+        parents = self.parents()
+        order = [s['stage'] for s in self.results.get('stages') or []]
+        if not parents:
+            return {s: i for i, s in enumerate(order)}
+        levels: dict[str, int] = {}
+        for s in [*order, *(p for p in parents if p not in order)]:
+            levels[s] = _level(s, parents, levels)
+        return levels
+
+
+def _level(stage: str, parents: dict[str, tuple[str, ...]], known: dict[str, int]) -> int:
+    if stage not in known:
+        ps = parents.get(stage, ())
+        known[stage] = 1 + max(_level(p, parents, known) for p in ps) if ps else 0
+    return known[stage]
+
 
 def discover_run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Expands run directories and parent folders into the sorted list of finished run directories they hold

@@ -11,11 +11,8 @@ from typing import Sequence
 
 from rbdc import protocols, rundir
 
+from .fmt import DASH, pm
 from .stats import NOISE_FACTOR, GroupRow, _baselines, matched_flops, seed_noise, top1_at_flops
-
-
-DASH = '–'
-PM = ' ± '
 
 
 @dataclass(frozen=True)
@@ -82,12 +79,6 @@ def _wall_unit(rows: Sequence[GroupRow]) -> tuple[float, str]:
     return 1.0, 's'
 
 
-def _pm(mean: float | None, std: float | None, pm: str) -> str:
-    if mean is None:
-        return DASH
-    return f'{mean:.2f}{pm}{std:.2f}' if std is not None else f'{mean:.2f}{pm}{DASH}'
-
-
 def _opt(value: float | None, fmt: str, scale: float = 1.0) -> str:
     return DASH if value is None else format(value / scale, fmt)
 
@@ -130,7 +121,8 @@ def _cells(rows: Sequence[GroupRow], out_dir: Path) -> list[_Cells]:
     for g in rows:
         cells.append(_Cells(
             group=g.group, source='measured', protocol=g.protocol, dataset=g.dataset, model=g.model,
-            seeds=str(g.n), top1=_pm(g.top1_mean, g.top1_std, PM), top5=_pm(g.top5_mean, g.top5_std, PM),
+            seeds=str(g.n), top1=pm(g.top1_mean, g.top1_std, missing=DASH),
+            top5=pm(g.top5_mean, g.top5_std, missing=DASH),
             flops=f'{g.flops_mean / fscale:.2f}',
             rel=DASH if g.flops_rel is None else f'{g.flops_rel:.2f}x', mem=_opt(g.peak_mem_mb_mean, '.0f'),
             wall=_opt(g.wall_s_mean, '.1f', wscale), device='; '.join(g.devices) or DASH,
@@ -196,7 +188,9 @@ def _render_markdown(
     w('\n## Figure\n\n')
     w(f'![Eval top-1 vs cumulative training FLOPs]({png_name})\n\n')
     w('Eval top-1 per epoch vs cumulative training FLOPs (log scale), one line per run, coloured by protocol; '
-      'diamonds mark the first epoch of each new stage; squares with error bars are the mean final top-1 (± std '
+      'the narrow parts of one level (dotted), trained independently, are drawn side by side over the level\'s '
+      'FLOPs, each ending where the coupled model starts; diamonds mark the first evaluation of each coupled or '
+      'grown model; squares with error bars are the mean final top-1 (± std '
       'over seeds) of each group.\n')
     return out.getvalue()
 
@@ -219,8 +213,7 @@ def _render_savings(rows: Sequence[GroupRow], baseline_protocol: str) -> str:
         w(f'No non-{baseline_protocol} group in this report.\n')
     for g in others:
         bases = _baselines(rows, g, baseline_protocol)
-        std = f' ± {g.top1_std:.2f}' if g.top1_std is not None else ''
-        w(f'- **{g.group}** ({g.protocol}, {g.n} seed(s)): top-1 {g.top1_mean:.2f}{std} with '
+        w(f'- **{g.group}** ({g.protocol}, {g.n} seed(s)): top-1 {pm(g.top1_mean, g.top1_std)} with '
           f'{g.flops_mean / fscale:.2f} {funit}.\n')
         if not bases:
             w(f'  - No {baseline_protocol} group for {g.model} on {g.dataset}: saving not measurable.\n')
@@ -232,39 +225,44 @@ def _render_savings(rows: Sequence[GroupRow], baseline_protocol: str) -> str:
             noise = 'seed noise unknown (one seed each)'
         else:
             noise = f'{"larger than" if beyond else "within"} seed noise (s_pooled {pooled:.2f})'
-        ref_std = f' ± {ref.top1_std:.2f}' if ref.top1_std is not None else ''
-        w(f'  - vs {ref.group} ({ref.n} seed(s), top-1 {ref.top1_mean:.2f}{ref_std}, '
+        w(f'  - vs {ref.group} ({ref.n} seed(s), top-1 {pm(ref.top1_mean, ref.top1_std)}, '
           f'{ref.flops_mean / fscale:.2f} {funit}): {diff:+.2f} top-1 at {g.flops_rel:.2f}x its FLOPs; {noise}.\n')
-        points = [(b.flops_mean, b.top1_mean) for b in bases]
-        match = matched_flops(points, g.top1_mean)
-        ratio = g.flops_mean / match.flops
-        if match.status == 'one_budget':
-            w(f'  - Saving not measurable from one {baseline_protocol} budget: at {g.flops_rel:.2f}x the FLOPs '
-              f'{g.protocol} is {diff:+.2f} top-1.\n')
-            continue
-        if match.status == 'matched':
-            w(f'  - {baseline_protocol} reaches {g.top1_mean:.2f} top-1 with {match.flops / fscale:.2f} {funit} '
-              f'(interpolated over {len(bases)} budgets): saving at matched accuracy {100 * (1 - ratio):.1f}%'
-              f'{" (negative: more FLOPs than " + baseline_protocol + ")" if ratio > 1 else ""}.\n')
-        elif match.status == 'above_range':
-            w(f'  - Above every {baseline_protocol} budget (best {max(a for _, a in points):.2f} top-1, largest '
-              f'{match.flops / fscale:.2f} {funit}): saving at matched accuracy at least {100 * (1 - ratio):.1f}% '
-              '(lower bound; not extrapolated).\n')
-        else:
-            w(f'  - Below the smallest {baseline_protocol} budget ({min(points)[1]:.2f} top-1 with '
-              f'{match.flops / fscale:.2f} {funit}): saving at matched accuracy at most {100 * (1 - ratio):.1f}% '
-              '(upper bound; not extrapolated).\n')
-        at_equal = top1_at_flops(points, g.flops_mean)
-        if at_equal is None:
-            w(f'  - At equal FLOPs: {g.flops_mean / fscale:.2f} {funit} lies outside the {baseline_protocol} '
-              'budgets, not measurable.\n')
-        else:
-            w(f'  - At equal FLOPs {baseline_protocol} reaches {at_equal:.2f} top-1 (interpolated): '
-              f'{g.top1_mean - at_equal:+.2f} top-1.\n')
+        _render_match(w, g, bases, diff, baseline_protocol, fscale, funit)
     claims = [q for q in QUOTED if q.flops_rel is not None]
     for q in claims:
         w(f'- {q.label}: {q.claim} (saving {100 * (1 - q.flops_rel):.0f}%; {q.source}).\n')
     return out.getvalue()
+
+
+def _render_match(w, g: GroupRow, bases: Sequence[GroupRow], diff: float, baseline_protocol: str,
+                  fscale: float, funit: str) -> None:
+    """The saving of ``g`` at matched accuracy on the baseline's curve, and its top-1 at equal FLOPs."""
+    points = [(b.flops_mean, b.top1_mean) for b in bases]
+    match = matched_flops(points, g.top1_mean)
+    ratio = g.flops_mean / match.flops
+    if match.status == 'one_budget':
+        w(f'  - Saving not measurable from one {baseline_protocol} budget: at {g.flops_rel:.2f}x the FLOPs '
+          f'{g.protocol} is {diff:+.2f} top-1.\n')
+        return
+    if match.status == 'matched':
+        w(f'  - {baseline_protocol} reaches {g.top1_mean:.2f} top-1 with {match.flops / fscale:.2f} {funit} '
+          f'(interpolated over {len(bases)} budgets): saving at matched accuracy {100 * (1 - ratio):.1f}%'
+          f'{" (negative: more FLOPs than " + baseline_protocol + ")" if ratio > 1 else ""}.\n')
+    elif match.status == 'above_range':
+        w(f'  - Above every {baseline_protocol} budget (best {max(a for _, a in points):.2f} top-1, largest '
+          f'{match.flops / fscale:.2f} {funit}): saving at matched accuracy at least {100 * (1 - ratio):.1f}% '
+          '(lower bound; not extrapolated).\n')
+    else:
+        w(f'  - Below the smallest {baseline_protocol} budget ({min(points)[1]:.2f} top-1 with '
+          f'{match.flops / fscale:.2f} {funit}): saving at matched accuracy at most {100 * (1 - ratio):.1f}% '
+          '(upper bound; not extrapolated).\n')
+    at_equal = top1_at_flops(points, g.flops_mean)
+    if at_equal is None:
+        w(f'  - At equal FLOPs: {g.flops_mean / fscale:.2f} {funit} lies outside the {baseline_protocol} '
+          'budgets, not measurable.\n')
+    else:
+        w(f'  - At equal FLOPs {baseline_protocol} reaches {at_equal:.2f} top-1 (interpolated): '
+          f'{g.top1_mean - at_equal:+.2f} top-1.\n')
 
 
 EQUAL_FLOPS = 0.02  # two groups count as "at equal FLOPs" when their mean training FLOPs differ by less than this

@@ -12,17 +12,18 @@ import json
 import statistics
 from pathlib import Path
 
-from rbdc.report.figure import save_png
-from rbdc.report.stats import t_half_width, welch
+from rbdc.detection.study import DetStudy, backbone_copy, status
 from rbdc.rundir import MANIFEST, RESULTS, atomic_write_bytes
 
-from .study import DetStudy, backbone_copy, status
+from .colors import series_colors
+from .figure import save_png
+from .fmt import DASH, pm
+from .stats import t_half_width, welch
 
 __all__ = ['METRICS', 'collect', 'build']
 
 METRICS = [('bbox_mAP', 'box AP'), ('bbox_mAP_50', 'box AP50'), ('bbox_mAP_75', 'box AP75'),
            ('segm_mAP', 'mask AP'), ('segm_mAP_50', 'mask AP50'), ('segm_mAP_75', 'mask AP75')]
-COLORS = {0: '#1f77b4', 1: '#d62728', 2: '#2ca02c', 3: '#9467bd'}
 # Below this box AP50 (%) in every run the detector has barely learned (one IoU-0.5 hit in ten detections at best), so
 # AP differences measure the heads' noise, not the backbones: the verdict says so instead of reading them.
 LEARNED_AP50 = 10.0
@@ -82,10 +83,7 @@ def _per_seed(rows: list[dict], label: str, key: str) -> list[float]:
 
 
 def _pm(values: list[float]) -> str:
-    if not values:
-        return '–'
-    hw = t_half_width(values)
-    return f'{statistics.mean(values):.1f}' + ('' if hw is None else f' ± {hw:.1f}')
+    return pm(statistics.mean(values), t_half_width(values), 1) if values else DASH
 
 
 def _diff_text(a: list[float], b: list[float]) -> tuple[str, float | None, float | None]:
@@ -154,24 +152,7 @@ def build(study: DetStudy, root: Path, out: Path) -> dict[str, Path]:
     for label in study.labels[1:]:
         md.append(f'| {label} − {ref} | ' + ' | '.join(
             _diff_text(_per_seed(rows, label, k), _per_seed(rows, ref, k))[0] for k, _ in METRICS) + ' |')
-    differ = [r['run'] for r in rows if r['backbone_matches'] is False]
-    md += ['', '## Verdict', '', *_verdict(study, rows),
-           *([f'- **{len(differ)} run(s) loaded a backbone that is not their backbone run\'s final model** '
-              f'(sha256 against its manifest): {", ".join(differ)}; retrain them before reading the numbers.']
-             if differ else []), '',
-           f'![training loss and validation AP]({paths["png"].name})', '', '## Runs', '',
-           'Backbone: the committed copy of its run under `reports/runs/` where there is one (its recipe, command and '
-           'commit), else the path the run loaded; sha256: of the checkpoint the fine-tuning loaded, and whether it is '
-           'the final model in that run\'s manifest.', '',
-           '| run | ' + ' | '.join(n for _, n in METRICS) + ' | wall (min) | device | commit | backbone | sha256 |',
-           '|' + '---|' * (len(METRICS) + 6)]
-    mark = {True: ' (matches)', False: ' (**differs from its manifest**)', None: ''}
-    for r in rows:
-        fmt = lambda v: '–' if v is None else f'{v:.1f}'  # noqa: E731
-        wall = '–' if r['wall_s'] is None else f'{r["wall_s"] / 60:.0f}'
-        md.append(f'| `{r["run"]}` | ' + ' | '.join(fmt(r[k]) for k, _ in METRICS)
-                  + f' | {wall} | {r["device"]} | `{str(r["commit"])[:7]}` | `{r["backbone_run"] or r["backbone"]}` '
-                  f'| `{str(r["backbone_sha256"])[:16]}`{mark[r["backbone_matches"]]} |')
+    md += _verdict_and_runs(study, rows, paths['png'].name)
     walls = [r['wall_s'] for r in rows if r['wall_s']]
     if walls:
         md += ['', f'Cost: {len(walls)} fine-tuning runs, {sum(walls) / 3600:.1f} run-hours in all (the longest '
@@ -185,14 +166,41 @@ def build(study: DetStudy, root: Path, out: Path) -> dict[str, Path]:
     return paths
 
 
-def _figure(study: DetStudy, rows: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+def _verdict_and_runs(study: DetStudy, rows: list[dict], png: str) -> list[str]:
+    """The verdict, the figure and one row per run traced to its commit and backbone."""
+    differ = [r['run'] for r in rows if r['backbone_matches'] is False]
+    md = ['', '## Verdict', '', *_verdict(study, rows),
+          *([f'- **{len(differ)} run(s) loaded a backbone that is not their backbone run\'s final model** '
+             f'(sha256 against its manifest): {", ".join(differ)}; retrain them before reading the numbers.']
+            if differ else []), '',
+          f'![training loss and validation AP]({png})', '', '## Runs', '',
+          'Backbone: the committed copy of its run under `reports/runs/` where there is one (its recipe, command and '
+          'commit), else the path the run loaded; sha256: of the checkpoint the fine-tuning loaded, and whether it is '
+          'the final model in that run\'s manifest.', '',
+          '| run | ' + ' | '.join(n for _, n in METRICS) + ' | wall (min) | device | commit | backbone | sha256 |',
+          '|' + '---|' * (len(METRICS) + 6)]
+    mark = {True: ' (matches)', False: ' (**differs from its manifest**)', None: ''}
+    for r in rows:
+        fmt = lambda v: '–' if v is None else f'{v:.1f}'  # noqa: E731
+        wall = '–' if r['wall_s'] is None else f'{r["wall_s"] / 60:.0f}'
+        md.append(f'| `{r["run"]}` | ' + ' | '.join(fmt(r[k]) for k, _ in METRICS)
+                  + f' | {wall} | {r["device"]} | `{str(r["commit"])[:7]}` | `{r["backbone_run"] or r["backbone"]}` '
+                  f'| `{str(r["backbone_sha256"])[:16]}`{mark[r["backbone_matches"]]} |')
+    return md
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for i, label in enumerate(study.labels):
-        color = COLORS.get(i, None)
+
+def _figure(study: DetStudy, rows: list[dict], path: Path) -> None:
+    # Figure + FigureCanvasAgg instead of pyplot: no global backend switch, no figure manager to leak
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
+    # a label names its backbones' protocol (scratch, rbdc): the protocol's colour, others spare ones
+    colors = series_colors([(label, label) for label in study.labels])
+    for label in study.labels:
+        color = colors[label][0]
         for n, r in enumerate(x for x in rows if x['label'] == label):
             tag = label if n == 0 else None
             if r['loss_curve']:
@@ -210,7 +218,6 @@ def _figure(study: DetStudy, rows: list[dict], path: Path) -> None:
     fig.suptitle(f'{study.name}: one line per run', fontsize=10)
     fig.tight_layout()
     save_png(fig, path)
-    plt.close(fig)
 
 
 def _rel(path) -> str:

@@ -1,0 +1,44 @@
+"""``rbdc study STUDY --report`` and ``rbdc det-study STUDY --report``: the command line hands these to the report
+package (:data:`REPORTS`), so the study modules, which define and run studies, never import their reports."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _output(args) -> Path:
+    return Path(args.output or os.environ.get("RBDC_OUT", "runs")).resolve()
+
+
+def study_report(args) -> int:
+    """The study's report from the finished runs under OUTPUT/<name> (default: reports/<name>)."""
+    from rbdc.study import REPO, load_study
+
+    from .study import build
+    output = _output(args)
+    study = load_study(args.study, output)
+    dest = Path(args.report_to or REPO / "reports" / study.name)
+    for path in build(study, output / study.name, dest).values():
+        print(path)
+    return 0
+
+
+def det_study_report(args) -> int:
+    """Copy the finished fine-tunings' light files to reports/runs (unless --from-committed), then write the
+    detection study's report from them."""
+    from rbdc.detection.study import load_study, sync
+    from rbdc.pool import REPO
+
+    from .detection import build
+    study = load_study(args.study)
+    output = _output(args)
+    runs_root = REPO / "reports" / "runs"
+    if not args.from_committed:
+        sync(study, output, runs_root, Path(args.backbones).resolve() if args.backbones else output)
+    dest = Path(args.report_to or REPO / (study.report or f"reports/detection/{study.name}"))
+    for path in build(study, runs_root, dest).values():
+        print(path)
+    return 0
+
+
+REPORTS = {"study": study_report, "det-study": det_study_report}

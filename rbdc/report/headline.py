@@ -1,0 +1,103 @@
+"""A study's headline: three lines on what it found at which scale, its figure and a link to the report.
+
+The study report writes them (its ``## Headline`` section), computed from the same savings as its tables;
+``benchmarks.make_reports`` copies them into the README between :data:`START` and :data:`END`, with the links made
+relative to the README, so the README's numbers are the report's (a test checks that they agree).
+"""
+from __future__ import annotations
+
+import re
+import statistics
+
+from rbdc import protocols
+from rbdc.errors import UserError
+
+from .fmt import budget as _budget
+from .fmt import signed_pct
+from .study import PAPER_SAVING
+
+TITLE = "## Headline"
+START = "<!-- headline: written by `python -m benchmarks.make_reports` from {source}; edits here are overwritten -->"
+END = "<!-- /headline -->"
+
+
+def _subject(savings: dict) -> list[tuple[str, object, dict]]:
+    """``(series, point, saving)`` of the method under study (the registry's subject protocol), once each."""
+    return [(n, p, s) for n, rows in savings.items() for p, s in rows if protocols.get(p.protocol).subject]
+
+
+def _scale(spec: dict, points: dict, savings: dict) -> str:
+    """Dataset, image size, models, budgets, seeds and runs of the study, from its runs."""
+    done = [p for p in points.values() if p.n]
+    first = done[0].runs[0].results
+    size = f" at {first['img_size']} px" if first.get("img_size") else ""
+    models = " and ".join(pn["title"] for pn in spec.get("panels", []) if any(n in savings for n in pn["series"]))
+    budgets = sorted(p.budget for p in done if p.budget is not None)
+    seeds = sorted({p.n for p in done})
+    return (f"{first['dataset'].capitalize()}{size}, {models}, budgets of {_budget(budgets[0])} to "
+            f"{_budget(budgets[-1])} target epochs, {'-'.join(map(str, seeds))} seeds a point, "
+            f"{sum(p.n for p in done)} runs on CPUs")
+
+
+def _span(values: list[float]) -> str:
+    return f"{signed_pct(min(values))} to {signed_pct(max(values))}"
+
+
+def lines(spec: dict, points: dict, savings: dict, costs: list, out_name: str) -> list[str]:
+    """The three lines (Markdown; links relative to the report's folder); empty without a saving of the method."""
+    rows = _subject(savings)
+    if not rows:
+        return []
+    n = len(rows)
+    above = sum(s["lo"] > 0 for _, _, s in rows)
+    below = sum(s["hi"] < 0 for _, _, s in rows)
+    paper = sum(s["lo"] <= PAPER_SAVING <= s["hi"] for _, _, s in rows)
+    name, p, s = max(rows, key=lambda r: r[2]["lo"])
+    found = (f"above zero at {above} and below zero at {below} of its {n} points" if above or below else
+             f"not distinguishable from zero at any of its {n} points")
+    first = (f"**What the suite found** ({_scale(spec, points, savings)}): RBDC's FLOPs saving against scratch at "
+             f"equal top-1, whole pipeline counted, is {found} (95% intervals by test inversion); the closest to a "
+             f"demonstrated saving is {name} at budget {_budget(p.budget)}: {signed_pct(s['saving'])} "
+             f"[{signed_pct(s['lo'])}, {signed_pct(s['hi'])}]. The paper's 30% lies outside {n - paper} of the "
+             f"{n} intervals.")
+    mine = [c for _, c in costs if protocols.get(c.point.protocol).subject]
+    target = [c.target["saving"] for c in mine]
+    walls = [c.wall_own["saving"] for c in mine if c.wall_own]
+    speeds = [c.speed for c in mine if c.speed is not None]
+    second = (f"**Cost in both currencies**: counting the target stage only (as most growth papers do), the same "
+              f"points save {_span(target)} of the FLOPs"
+              + (f"; in wall-clock, at the full model's speed inside the same runs, the saving is {_span(walls)}: "
+                 f"the narrow models ran at a median {statistics.median(speeds):.2f}× the full model's FLOP/s"
+                 if walls and speeds else "") + ".")
+    third = f"![saving vs budget]({out_name}-saving.png) Tables, intervals and method: [{out_name}.md]({out_name}.md)."
+    return [first, second, third]
+
+
+def section(spec: dict, points: dict, savings: dict, costs: list, out) -> list[str]:
+    found = lines(spec, points, savings, costs, out.name)
+    return [TITLE, "", *(x for line in found for x in (line, ""))] if found else []
+
+
+def extract(md: str) -> list[str]:
+    """The headline lines of a study report's Markdown."""
+    m = re.search(rf"^{TITLE}\n\n(.*?)(?=\n## |\n!\[Fig)", md, re.S | re.M)
+    if not m:
+        raise UserError(f"the report has no '{TITLE}' section: regenerate it (python -m benchmarks.make_reports)")
+    return [line for line in m.group(1).split("\n") if line]
+
+
+def readme_block(found: list[str], prefix: str, source: str, note: str = "") -> str:
+    """The README's block: the report's lines with relative links prefixed by ``prefix`` (the report's folder
+    seen from the README), and ``note`` (which study is the source, and why)."""
+    linked = [re.sub(r"\]\((?!https?:|/|#)([^)]+)\)", lambda m: f"]({prefix}{m.group(1)})", line) for line in found]
+    body = "\n\n".join(linked[:-1] + ([f"{linked[-1]} {note}".rstrip()] if linked else []))
+    return f"{START.format(source=source)}\n{body}\n{END}"
+
+
+def fill(readme: str, block: str) -> str:
+    """``readme`` with the text between the headline markers replaced by ``block``."""
+    start = re.escape(START.split("{source}")[0])
+    pattern = re.compile(rf"{start}.*?{re.escape(END)}", re.S)
+    if not pattern.search(readme):
+        raise UserError(f"README.md has no headline markers ('{START.split('{source}')[0]}...' and '{END}')")
+    return pattern.sub(lambda _: block, readme, count=1)
