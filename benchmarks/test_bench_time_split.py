@@ -1,7 +1,8 @@
 """Group ``time-split``: where the study step's time goes, per width and precision (``benchmarks/time_split.py``).
 
 CPU: the 32-px study's ViT at widths 16, 32, 64, 128, 192 and 384 (the nano's shape: depth 4, heads of 16, patch 4;
-widths 16 and 32 are the nano's RBDC parts) and ResNet-18 at a quarter, half and full width, batch 128, one thread: the
+widths 16 and 32 are the nano's RBDC parts; 16, 64 and 192 also at batch 256, which tells the per-step costs from the
+per-image ones for the cost model) and ResNet-18 at a quarter, half and full width, batch 128, one thread: the
 study's step (the ViT in bf16 autocast with timm's explicit attention, the ResNet channels-last in fp32), and the
 other precision of each. GPU: DeiT-Ti/S/B (widths 192/384/768) at 224 px in bf16, batch 256.
 
@@ -49,6 +50,9 @@ def _cases() -> list[SplitCase]:
         for w, name in VIT_WIDTHS.items():
             cases.append(SplitCase("cpu", name, 32, VIT, amp=amp, fused_attn=False, steps=STEPS[amp][w], rounds=6,
                                    study=amp == "bf16", width=str(w)))
+        for w in (16, 64, 192):   # batch 256: separates the per-step costs (optimizer) from the per-image ones
+            cases.append(SplitCase("cpu", VIT_WIDTHS[w], 32, VIT, batch=256, amp=amp, fused_attn=False,
+                                   steps=max(1, STEPS[amp][w] // 2), rounds=6, width=str(w)))
         for label, (name, steps) in RESNETS.items():
             cases.append(SplitCase("cpu", name, 32, RESNET, amp=amp, channels_last=True, steps=steps, rounds=6,
                                    study=amp == "fp32", width=label, family="resnet"))
