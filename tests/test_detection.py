@@ -97,7 +97,7 @@ def test_config_builds(det, config):
     with torch.no_grad():
         feats = model.neck(model.backbone(torch.zeros(1, 3, 64, 96)))
     assert [tuple(f.shape[-2:]) for f in feats] == [(16, 24), (8, 12), (4, 6), (2, 3), (1, 2)]  # strides 4..64
-    assert all(f.shape[1] == 256 for f in feats)
+    assert all(f.shape[1] == cfg.model.neck.out_channels for f in feats)  # 256, or 128 in the CPU-sized R18 one
     if 'balloon' in config.name:
         assert cfg.model.roi_head.bbox_head.num_classes == 1 and cfg.model.roi_head.mask_head.num_classes == 1
         assert cfg.train_dataloader.dataset.metainfo.classes == ('balloon',)
@@ -180,6 +180,33 @@ def test_init_weights_reads_run_dirs_and_reports_coverage(det, tmp_path):
     report = load_backbone(model, run)
     assert not report['missing'] and not report['unexpected'] and report['dropped'] == ['fc.bias', 'fc.weight']
     assert len(report['loaded']) == len(model.state_dict())
+
+
+@mmdet
+def test_resnet18_balloon_config_loads_a_32px_resnet18_run(det, tmp_path, monkeypatch):
+    """The ResNet-18 balloon config (issue 34's probes) takes a resnet18 run of the 32-px studies as it is: every trunk
+    tensor loaded, stem and layer1 frozen, 128-channel FPN and heads; `--backbone none` leaves timm's random init."""
+    import rbdc
+    import timm
+    from mmengine.config import Config
+    from mmdet.registry import MODELS
+
+    torch.manual_seed(0)
+    src = timm.create_model('resnet18', num_classes=10)
+    run = tmp_path / 'r18-run'
+    rbdc.save_weights(src, run / 'final.safetensors')
+    monkeypatch.setenv('BACKBONE_CKPT', str(run))
+    cfg = Config.fromfile(REPO / 'detection' / 'configs' / 'mask-rcnn_r18_fpn_balloon.py')
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    torch.testing.assert_close(model.backbone.trunk.layer4[1].conv2.weight, src.layer4[1].conv2.weight)
+    assert not any(p.requires_grad for p in model.backbone.trunk.layer1.parameters())
+    assert all(p.requires_grad for p in model.backbone.trunk.layer2.parameters())
+    assert model.neck.out_channels == model.roi_head.mask_head.conv_out_channels == 128
+    cfg.model.backbone.init_cfg = None  # what det-train --backbone none sets
+    fresh = MODELS.build(cfg.model)
+    fresh.init_weights()
+    assert not torch.equal(fresh.backbone.trunk.layer4[1].conv2.weight, src.layer4[1].conv2.weight)
 
 
 @mmdet

@@ -6,7 +6,8 @@
 #   bash reports/runs/balloon-r18-probes/run_probe.sh NAME BACKBONE EPOCHS [STOP_AFTER] [KEY=VALUE ...]
 # BACKBONE: an rbdc run folder or `none` (random init); KEY=VALUE: more --cfg-options. Work dirs in
 # runs/r18-probes/NAME (weights, not committed); launch.json and metrics.json are copied to
-# reports/runs/balloon-r18-probes/NAME/. Fine-tuning seed 0 for all (randomness.seed=0: also the random init's seed).
+# reports/runs/balloon-r18-probes/NAME/ with the resolved config and the log's per-epoch lines. Fine-tuning seed 0
+# for all (randomness.seed=0: also the random init's seed).
 set -euo pipefail
 name=$1 backbone=$2 epochs=$3; shift 3
 stop=$epochs
@@ -28,4 +29,6 @@ flock /tmp/core1.lock taskset -c 1 .tox/rbdc/bin/python -m rbdc.detection.train 
   "${resume[@]}" "${sched[@]}" randomness.seed=0 "$@" >> "$work.log" 2>&1
 out=reports/runs/balloon-r18-probes/$name
 mkdir -p "$out"
-cp "$work/launch.json" "$work/metrics.json" "$out/"
+cp "$work/launch.json" "$work/metrics.json" "$work/mask-rcnn_r18_fpn_balloon.py" "$out/"  # the last: as resolved
+# the log's summary: the last training iteration of each epoch (losses, lr, s/iter) and each validation
+grep -E 'Epoch\(train\) +\[[0-9]+\]\[30/31\]|Epoch\(val\) +\[[0-9]+\]\[13/13\]' "$work.log" > "$out/log-summary.txt"
