@@ -42,7 +42,7 @@ def warm_cache(recipe: str, overrides: list[str], seed: int) -> float:
     """Decode the train and val images into the disk cache the runs read (all cores); seconds it took."""
     from . import recipe as recipes
     from .data import build_loader
-    from .train import _datasets
+    from .run import _datasets
     t0 = time.time()
     rec = recipes.resolve(recipe, overrides, seed=seed)
     if rec["data"].get("in_memory"):

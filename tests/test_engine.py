@@ -168,7 +168,7 @@ def test_a_failing_parallel_stage_stops_its_siblings(tmp_path, monkeypatch):
     import subprocess
     from types import SimpleNamespace
 
-    from rbdc import jobs
+    from rbdc import parallel
     started = []
 
     class FakeChild:
@@ -194,5 +194,5 @@ def test_a_failing_parallel_stage_stops_its_siblings(tmp_path, monkeypatch):
     monkeypatch.setattr(subprocess, "Popen", FakeChild)
     stages = [SimpleNamespace(id=f"L0.{i}", level=0) for i in range(2)]
     with pytest.raises(UserError, match="stage L0.0 failed"):
-        jobs.run_parallel(tmp_path, stages, {"stages": {}}, jobs=2, log=lambda *a: None)
+        parallel.train_in_parallel(tmp_path, stages, jobs=2, log=lambda *a: None)
     assert [c.stage for c in started] == ["L0.0", "L0.1"] and started[1].terminated
