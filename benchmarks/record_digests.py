@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 from rbdc import rundir
-from rbdc.rundir import atomic_write_bytes
+from rbdc.files import atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 CI = ROOT / "benchmarks" / "recipes" / "ci"

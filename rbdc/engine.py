@@ -29,11 +29,11 @@ from tqdm import tqdm
 from timm.models import ResNet
 
 from . import bf16, preempt
+from .errors import RunFailed
 from .flops import Ledger
 from .lr import LRSchedule
 from .perf import mfu_fields
 from .protocols import Stage, get as get_protocol, lr_for
-from .rundir import RunFailed
 
 __all__ = ["Dist", "Stage", "TrainState", "build_training", "build_criterion", "build_mixup", "build_optimizer",
            "Diverged", "train_stage", "train_step", "evaluate", "autocast_for", "peak_mem_mb", "lr_for"]

@@ -13,19 +13,21 @@ from pathlib import Path
 import torch
 
 from . import rundir
-from .errors import UserError
+from .errors import RunFailed, UserError
+from .rundir import RunDir
 
 __all__ = ["train_in_parallel", "child_command"]
 
 
-def child_command(run_dir: Path, stage: str) -> list[str]:
+def child_command(run_dir: RunDir | Path, stage: str) -> list[str]:
     """The command of the child process that trains ``stage`` of the run in ``run_dir``."""
     return [sys.executable, "-m", "rbdc.train", str(run_dir), stage]
 
 
-def train_in_parallel(run_dir: Path, stages: list, jobs: int, log=print) -> None:
+def train_in_parallel(run_dir: RunDir | Path, stages: list, jobs: int, log=print) -> None:
     """Train ``stages`` (independent: none is another's parent) in child processes, ``jobs`` at a time; the first
-    failure stops the others and is raised (:class:`rbdc.rundir.RunFailed` with the child's ``failed.json``)."""
+    failure stops the others and is raised (:class:`rbdc.errors.RunFailed` with the child's ``failed.json``)."""
+    run_dir = RunDir(run_dir)
     ngpu = torch.cuda.device_count()
     log(f"level {stages[0].level}: training {', '.join(s.id for s in stages)} in {min(jobs, len(stages))} "
         f"parallel processes")
@@ -39,7 +41,7 @@ def train_in_parallel(run_dir: Path, stages: list, jobs: int, log=print) -> None
             if ngpu:
                 env["CUDA_VISIBLE_DEVICES"] = str(i % ngpu)
             (run_dir / rundir.STAGES).mkdir(parents=True, exist_ok=True)
-            with open(rundir.stage_log(run_dir, st.id), "a") as out:  # the child holds its own descriptor
+            with open(run_dir.stage_log(st.id), "a") as out:  # the child holds its own descriptor
                 proc = subprocess.Popen(child_command(run_dir, st.id), env=env, stdout=out, stderr=subprocess.STDOUT)
             running.append((st.id, proc))
         while running:
@@ -52,10 +54,10 @@ def train_in_parallel(run_dir: Path, stages: list, jobs: int, log=print) -> None
                 proc.wait()
 
 
-def _wait(run_dir: Path, stage: str, proc: subprocess.Popen) -> None:
+def _wait(run_dir: RunDir, stage: str, proc: subprocess.Popen) -> None:
     if proc.wait():
-        child = rundir.read_failed(rundir.stage_dir(run_dir, stage))
+        child = run_dir.failed(stage)
         if child:
-            raise rundir.RunFailed(child["reason"], stage=stage, step=child["step"], diverged=child["diverged"])
-        raise UserError(f"stage {stage} failed (exit {proc.returncode}); see {rundir.stage_log(run_dir, stage)}; "
-                        f"rerun the same command to resume")
+            raise RunFailed(child["reason"], stage=stage, step=child["step"], diverged=child["diverged"])
+        raise UserError(f"stage {stage} failed (exit {proc.returncode}); see {run_dir.stage_log(stage)}; rerun the "
+                        f"same command to resume")

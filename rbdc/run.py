@@ -23,7 +23,7 @@ from .flops import Ledger
 from .manifest import Manifest, child_done
 from .parallel import train_in_parallel
 from .protocols import BuildContext, Stage, describe_plan, lr_for, plan_stages
-from .rundir import atomic_write_bytes, code_version, load_state, save_state
+from .rundir import RunDir, atomic_write_bytes, code_version, load_state, save_state
 
 __all__ = ["Run"]
 
@@ -67,7 +67,7 @@ class Run:
     def __init__(self, recipe: dict, output: str | Path, d: Dist, log=print, allow_mixed: bool = False):
         self.recipe, self.d, self.log, self.allow_mixed = recipe, d, log, allow_mixed
         self.root = Path(output)
-        self.dir = rundir.run_dir(self.root, recipe["name"], recipe["seed"])
+        self.dir = RunDir.of(self.root, recipe["name"], recipe["seed"])
         self.device = _device(recipe, d)
         self.protocol = protocols.get(recipe["protocol"])
         self.stage: str | None = None  # the stage in progress (for failed.json)
@@ -77,24 +77,24 @@ class Run:
         """Check that the run directory holds this recipe's run (or nothing), and record this invocation."""
         text = recipes.dump(self.recipe)
         existing = self.dir / rundir.RECIPE
-        if self.dir.exists() and not self.dir.is_dir():
+        if self.dir.path.exists() and not self.dir.path.is_dir():
             raise UserError(f"{self.dir} is a file, not a run directory; move it away or pick another --output")
         # resolved, so that a run written before a new recipe key existed (with its default) still resumes
         if existing.is_file() and existing.read_text() != text and recipes.resolve(existing) != self.recipe:
             raise UserError(f"{self.dir} holds a run of a different recipe (see its {rundir.RECIPE}); resume it with "
                             f"`rbdc train --recipe {existing}`, or pick another --output or name")
-        rundir.refuse_diverged(self.dir)
+        self.dir.refuse_diverged()
         if not self.d.main:
             return
         with rundir.user_errors(self.dir):
-            self.dir.mkdir(parents=True, exist_ok=True)
+            self.dir.path.mkdir(parents=True, exist_ok=True)
         env = _env_info(self.device, self.recipe["amp"])
-        mixed = rundir.mixed_with(self.dir, env)
+        mixed = self.dir.mixed_with(env)
         if mixed and not self.allow_mixed:
             raise UserError(f"{self.dir} started under {mixed[0]} and would resume under {mixed[1]}: a run "
                             "mixes neither; resume it where it started, start a new run, or pass --allow-mixed")
         atomic_write_bytes(existing, text.encode())
-        rundir.append_command(self.dir, self.command, {**env, **({"mixed": list(mixed)} if mixed else {})})
+        self.dir.append_command(self.command, {**env, **({"mixed": list(mixed)} if mixed else {})})
         if self.recipe["amp"] == "bf16" and bf16.needed(self.device):
             self.log("this CPU has no bf16 matmul kernels: bf16 autocast runs its matmuls as fp32 GEMMs of "
                      "bf16-rounded operands, rounded to bf16 (oneDNN's result up to summation order; rbdc/bf16.py)")
@@ -124,7 +124,7 @@ class Run:
         self.start()
         man = Manifest.load(self.dir)
         if self.d.main:
-            rundir.remove_orphans(self.dir, [s.id for s in self.stages], man.stages)
+            self.dir.remove_orphans([s.id for s in self.stages], man.stages)
         parallel, started = self._parallel_jobs(), set()
         for st in self.stages:
             if parallel > 1 and st.level not in started:
@@ -142,13 +142,13 @@ class Run:
             man = man.with_child_result(self.dir, st.id)
             if self.d.main:
                 man.save(self.dir)
-                rundir.write_progress(self.dir, man.rows, man.ledger)
+                self.dir.write_progress(man.rows, man.ledger)
             return man
         entry, rows, ledger = self.train(st, man, man.rows, man.ledger)
         man = man.with_stage(st.id, entry, rows, ledger)
         if self.d.main:
             man.save(self.dir)
-            (rundir.stage_dir(self.dir, st.id) / rundir.CHECKPOINT).unlink(missing_ok=True)
+            self.dir.drop_checkpoint(st.id)
         self._barrier()
         return man
 
@@ -157,20 +157,20 @@ class Run:
         """Train stage ``st`` in this process (from its checkpoint when it has one) after ``rows`` and ``ledger``,
         the run's so far; its manifest entry, and the rows and ledger with it. ``progress``: write them to the run's
         summary.csv and ledger.json after every epoch (a parallel child writes its stage's folder only)."""
-        rec, sdir = self.recipe, rundir.stage_dir(self.dir, st.id)
+        rec = self.recipe
         self.stage = st.id
-        sdir.mkdir(parents=True, exist_ok=True)
+        self.dir.stage(st.id).mkdir(parents=True, exist_ok=True)
         train_loader = build_loader(self.train_ds, batch_size=self.micro, train=True, aug=rec["aug"], seed=st.seed,
                                     repeated_aug=rec["repeated_aug"], **self._loader_kw())
         built, parents = self._build(st, man, train_loader)
-        state = rundir.load_checkpoint(sdir)
+        state = self.dir.load_checkpoint(st.id)
         rows, ledger = self._start_rows(st, built, bool(parents), state, rows, ledger, progress)
 
         def save(ckpt: dict, epoch_end: bool) -> None:
             if self.d.main:
-                save_state({**ckpt, "rows": rows, "ledger": ledger.to_dict()}, sdir / rundir.CHECKPOINT)
+                self.dir.save_checkpoint(st.id, {**ckpt, "rows": rows, "ledger": ledger.to_dict()})
                 if epoch_end and progress:
-                    rundir.write_progress(self.dir, rows, ledger)
+                    self.dir.write_progress(rows, ledger)
 
         model, opt = train_stage(built.model, st, rec, train_loader, self.val_loader, self.device, ledger,
                                  lambda row, ckpt: (rows.append(row), save(ckpt, True)), state=state,
@@ -185,7 +185,7 @@ class Run:
         if state:
             rows, ledger = state["rows"], Ledger.from_dict(state["ledger"])
             if progress and self.d.main:  # a kill after the checkpoint's write left these behind it
-                rundir.write_progress(self.dir, rows, ledger)
+                self.dir.write_progress(rows, ledger)
             return rows, ledger
         rows, ledger = list(rows), Ledger(list(ledger.entries))
         if built.cost:
@@ -199,7 +199,7 @@ class Run:
 
     def _save_stage(self, st: Stage, model, opt, parents: list[dict]) -> dict:
         """Write the stage's final weights (and carried optimizer state); its manifest entry."""
-        sdir = rundir.stage_dir(self.dir, st.id)
+        sdir = self.dir.stage(st.id)
         final, opt_path = sdir / rundir.FINAL, sdir / rundir.OPTIMIZER
         carries = self.protocol.carries_optimizer(self.recipe)
         if self.d.main:
@@ -226,7 +226,8 @@ class Run:
     def _train_level_in_parallel(self, level: int, man: Manifest, jobs: int) -> None:
         """Train the level's stages that are neither done nor trained by a child before, when there are two or more,
         in child processes (:mod:`rbdc.parallel`); :meth:`run_stage` merges them."""
-        pending = [s for s in self.stages if s.level == level and not man.done(s.id) and not child_done(self.dir, s.id)]
+        pending = [s for s in self.stages
+                   if s.level == level and not man.done(s.id) and not child_done(self.dir, s.id)]
         if len(pending) >= 2:
             train_in_parallel(self.dir, pending, jobs, self.log)
 
@@ -237,7 +238,7 @@ class Run:
     def _build(self, st: Stage, man: Manifest, train_loader):
         """The stage's starting model (:class:`rbdc.protocols.Built`) and its parents' provenance."""
         paths = [man.verified(self.dir, p) for p in st.parents]
-        parents = [{"stage": p, "path": str(path.relative_to(self.dir)), "sha256": man.stages[p]["sha256"]}
+        parents = [{"stage": p, "path": str(path.relative_to(self.dir.path)), "sha256": man.stages[p]["sha256"]}
                    for p, path in zip(st.parents, paths)]
         ctx = BuildContext(self.recipe, self.num_classes, self.stages, lambda stage: self._optimizer_state(man, stage),
                            train_loader, self.device, self.d.world, self.log)
@@ -246,7 +247,7 @@ class Run:
     def _optimizer_state(self, man: Manifest, stage: str) -> dict:
         """A finished stage's carried optimizer state (AdamW moments by parameter name)."""
         path = man.verified(self.dir, stage, "optimizer") if "optimizer" in man.stages[stage] else \
-            rundir.stage_dir(self.dir, stage) / rundir.OPTIMIZER  # runs made before the manifest listed it
+            self.dir.stage(stage) / rundir.OPTIMIZER  # runs made before the manifest listed it
         return load_state(path, rundir.NEW_RUN)
 
     def _finish(self, man: Manifest) -> dict:
@@ -271,8 +272,8 @@ class Run:
             "coupled_top1_before_training": {r["stage"]: r["eval_top1"] for r in rows if r.get("epoch") == -1},
         }
         if self.d.main:
-            rundir.clear_failed(self.dir)  # a run that failed before and now finished (never a diverged one)
-            rundir.write_results(self.dir, results)
+            self.dir.clear_failed()  # a run that failed before and now finished (never a diverged one)
+            self.dir.write_results(results)
         self.log(f"done: {rec['name']} seed {rec['seed']}: top-1 {results['eval_top1']:.2f} at "
                  f"{ledger.total:.4e} training FLOPs -> {self.dir}")
         return results

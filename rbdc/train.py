@@ -39,7 +39,7 @@ def run_recipe(path: str | None, output: str = "runs", overrides: list[str] = ()
     run.plan()
     with _one_writer(run, d, wait, log):
         run.prepare()
-        with _failures_recorded(run, run.dir):
+        with _failures_recorded(run):
             return run.execute()
 
 
@@ -62,38 +62,38 @@ def _dry_run(rec: dict, log, estimate: bool | str) -> None:
 
 
 @contextlib.contextmanager
-def _one_writer(run: "Run", d: Dist, wait: bool, log):
+def _one_writer(run: Run, d: Dist, wait: bool, log):
     """Hold the run directory (:mod:`rbdc.runlock`) for the run's life: rank 0 takes the lock and tells the other
     ranks. (A parallel child trains inside its parent's hold.)"""
     if d.world == 1:
-        with runlock.hold(run.dir, wait=wait, log=log):
+        with runlock.hold(run.dir.path, wait=wait, log=log):
             yield
         return
     stack, box = contextlib.ExitStack(), [None]
     if d.main:
         try:
-            stack.enter_context(runlock.hold(run.dir, wait=wait, log=log))
+            stack.enter_context(runlock.hold(run.dir.path, wait=wait, log=log))
         except runlock.RunHeld as e:
             box[0] = e.holder
     torch.distributed.broadcast_object_list(box, src=0)
     if box[0] is not None:
-        raise runlock.RunHeld(run.dir, box[0])
+        raise runlock.RunHeld(run.dir.path, box[0])
     with stack:
         yield
 
 
 @contextlib.contextmanager
-def _failures_recorded(run: "Run", where: Path):
-    """An error (not KeyboardInterrupt: an interrupted run is resumable, not failed) leaves ``failed.json`` in
-    ``where``: the run directory, or a parallel child's stage folder."""
+def _failures_recorded(run: Run, child_stage: str | None = None):
+    """An error (not KeyboardInterrupt: an interrupted run is resumable, not failed) leaves ``failed.json`` in the
+    run directory, or in a parallel child's stage folder."""
     try:
         yield
     except Exception as e:
         if run.d.main:
             try:
-                rundir.write_failed(where, stage=getattr(e, "stage", run.stage), step=getattr(e, "step", None),
-                                    reason=str(e) or type(e).__name__, command=run.command,
-                                    diverged=getattr(e, "diverged", False))
+                run.dir.write_failed(stage=getattr(e, "stage", run.stage), step=getattr(e, "step", None),
+                                     reason=str(e) or type(e).__name__, command=run.command,
+                                     diverged=getattr(e, "diverged", False), child_stage=child_stage)
             except UserError:  # e.g. the disk is full: the original error says so
                 pass
         raise
@@ -109,14 +109,13 @@ def train_child(run_dir: Path, stage: str, log=print) -> None:
     st = next((s for s in run.stages if s.id == stage), None)
     if st is None:
         raise UserError(f"{run_dir} has no stage {stage!r}; its stages: {', '.join(s.id for s in run.stages)}")
-    sdir = rundir.stage_dir(run.dir, stage)
-    rundir.clear_failed(sdir)
-    rundir.remove_orphans(run.dir, [stage], {}, top=False)  # its own folder: a sibling may be writing in its own
+    run.dir.clear_failed(stage)
+    run.dir.remove_orphans([stage], {}, top=False)  # its own folder: a sibling may be writing in its own
     run.start()
-    with _failures_recorded(run, sdir):
+    with _failures_recorded(run, child_stage=stage):
         entry, rows, ledger = run.train(st, Manifest.load(run.dir), [], Ledger(), progress=False)
         save_child_result(run.dir, stage, entry, rows, ledger)
-        (sdir / rundir.CHECKPOINT).unlink(missing_ok=True)
+        run.dir.drop_checkpoint(stage)
 
 
 def child_main(argv: list[str] | None = None) -> int:
