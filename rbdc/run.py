@@ -16,7 +16,7 @@ from . import recipe as recipes
 from . import rundir
 from .checkpoint import save_weights
 from .coupling import named_optimizer_state
-from .data import build_dataset, build_loader, holdout_split
+from .data import build_loader, recipe_datasets
 from .engine import Dist, evaluate, train_stage
 from .errors import UserError
 from .flops import Ledger
@@ -32,24 +32,6 @@ def _device(recipe: dict, d: Dist) -> torch.device:
     if recipe["device"] != "auto":
         return torch.device(recipe["device"])
     return torch.device(f"cuda:{d.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def _data_root(recipe: dict) -> str | None:
-    root = recipe["data"]["root"]  # imagenette without a root: rbdc.data.find_imagenette searches RBDC_DATA etc.
-    if root is None and recipe["data"]["source"] == "imagenet":
-        root = os.environ.get("IMAGENET_ROOT")
-    return root
-
-
-def _datasets(recipe: dict):
-    dc = recipe["data"]
-    common = dict(img_size=recipe["img_size"], num_classes=recipe["num_classes"], seed=0)
-    root = _data_root(recipe)
-    train = build_dataset(dc["source"], root, "train", subset=dc["subset"], download=dc["download"], **common)
-    if dc["holdout"] is not None:  # the tuning split: evaluate on held-out train images, never read val
-        return holdout_split(train, dc["holdout"], dc["holdout_seed"])
-    val = build_dataset(dc["source"], root, "val", subset=dc["val_subset"], download=dc["download"], **common)
-    return train, val
 
 
 def _env_info(device: torch.device, amp: str | None = None) -> dict:
@@ -102,7 +84,7 @@ class Run:
     def plan(self) -> None:
         """The data and the stages: an impossible plan is refused before the run directory exists."""
         rec = self.recipe
-        self.train_ds, self.val_ds = _datasets(rec)
+        self.train_ds, self.val_ds = recipe_datasets(rec)
         self.num_classes = rec["num_classes"] or self.train_ds.num_classes
         self.stages = plan_stages(rec, len(self.train_ds), self.num_classes)
         self.steps_per_epoch = len(self.train_ds) // rec["batch_size"]

@@ -14,16 +14,13 @@ import torch
 
 from . import preempt, protocols, rundir, runlock
 from . import recipe as recipes
+from .data import plan_size
 from .engine import Dist
 from .errors import UserError
 from .flops import Ledger
 from .manifest import Manifest, save_child_result
 from .protocols import describe_plan, plan_stages
-from .run import Run, _datasets
-
-KNOWN_TRAIN_SIZES = {"imagenet": 1_281_167, "imagenette": 9_469, "cifar100": 50_000}
-KNOWN_CLASSES = {"imagenet": 1000, "cifar100": 100}
-
+from .run import Run
 
 def run_recipe(path: str | None, output: str = "runs", overrides: list[str] = (), dry_run: bool = False,
                log=print, estimate: bool | str = False, wait: bool = False, allow_mixed: bool = False,
@@ -44,21 +41,15 @@ def run_recipe(path: str | None, output: str = "runs", overrides: list[str] = ()
 
 
 def _dry_run(rec: dict, log, estimate: bool | str) -> None:
-    source = rec["data"]["source"]
-    try:
-        train_ds, _ = _datasets(rec)
-        size, ncls = len(train_ds), rec["num_classes"] or train_ds.num_classes
-    except UserError as e:
-        if source not in KNOWN_TRAIN_SIZES:
-            raise
-        size, ncls = KNOWN_TRAIN_SIZES[source], rec["num_classes"] or KNOWN_CLASSES.get(source, 10)
-        log(f"(data not found: {e}; planning with the known size of {source})")
+    size = plan_size(rec)
+    if size.note:
+        log(f"({size.note})")
     log(f"plan for {rec['name']} (seed {rec['seed']}, protocol {rec['protocol']}):")
-    stages = plan_stages(rec, size, ncls)
-    log(describe_plan(rec, stages, size, ncls))
+    stages = plan_stages(rec, size.train_size, size.num_classes)
+    log(describe_plan(rec, stages, size.train_size, size.num_classes))
     if estimate:  # True: measure here; a string: a device of the committed benchmarks
         from .estimate import estimate_stages
-        log(estimate_stages(rec, stages, ncls, gpu=estimate if isinstance(estimate, str) else None))
+        log(estimate_stages(rec, stages, size.num_classes, gpu=estimate if isinstance(estimate, str) else None))
 
 
 @contextlib.contextmanager
