@@ -17,12 +17,13 @@ from . import rundir
 from .checkpoint import save_weights
 from .coupling import named_optimizer_state
 from .data import build_loader, recipe_datasets
-from .engine import Dist, evaluate, train_stage
+from .engine import evaluate, train_stage
 from .errors import UserError
 from .flops import Ledger
 from .manifest import Manifest, child_done
 from .parallel import train_in_parallel
 from .protocols import BuildContext, Stage, describe_plan, lr_for, plan_stages
+from .runtime import Dist
 from .rundir import RunDir, atomic_write_bytes, code_version, load_state, save_state
 
 __all__ = ["Run"]
@@ -157,7 +158,7 @@ class Run:
         model, opt = train_stage(built.model, st, rec, train_loader, self.val_loader, self.device, ledger,
                                  lambda row, ckpt: (rows.append(row), save(ckpt, True)), state=state,
                                  optimizer_state=built.optimizer_state if state is None else None, d=self.d,
-                                 log=self.log, on_preempt=lambda ckpt: save(ckpt, False))
+                                 log=self.log, on_preempt=lambda ckpt: save(ckpt, False), protocol=self.protocol)
         return self._save_stage(st, model, opt, parents), rows, ledger
 
     def _start_rows(self, st: Stage, built, grown: bool, state: dict | None, rows: list[dict], ledger: Ledger,

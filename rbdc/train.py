@@ -15,7 +15,7 @@ import torch
 from . import preempt, protocols, rundir, runlock
 from . import recipe as recipes
 from .data import plan_size
-from .engine import Dist
+from .runtime import Dist
 from .errors import UserError
 from .flops import Ledger
 from .manifest import Manifest, save_child_result

@@ -181,6 +181,32 @@ def _check_aug(aug: dict[str, Any]) -> None:
                          f'timm.data.create_transform: {", ".join(sorted(valid))}')
 
 
+def _sampler(dataset, train: bool, seed: int, distributed: bool, repeated_aug: bool):
+    """The index sampler of a loader (seeded, sharded when ``distributed``) and this process's rank."""
+    if distributed:
+        import torch.distributed as dist
+        if not (dist.is_available() and dist.is_initialized()):
+            raise ValueError("distributed=True but torch.distributed is not initialised; launch with torchrun and "
+                             "call init_process_group first, or pass distributed=False")
+        world, rank = dist.get_world_size(), dist.get_rank()
+    else:
+        world, rank = 1, 0
+
+    if train and repeated_aug:
+        from timm.data.distributed_sampler import RepeatAugSampler
+        sampler = _seeded_sampler(RepeatAugSampler, seed, dataset, num_replicas=world, rank=rank)
+    elif distributed and train:
+        sampler = _seeded_sampler(torch.utils.data.DistributedSampler, seed, dataset, num_replicas=world, rank=rank,
+                                  shuffle=True, seed=0)
+    elif distributed:
+        from timm.data.distributed_sampler import OrderedDistributedSampler
+        sampler = OrderedDistributedSampler(dataset, num_replicas=world, rank=rank)
+        sampler.set_epoch = lambda epoch: None  # fixed order
+    else:
+        sampler = _ShuffleSampler(len(dataset), seed, shuffle=train)
+    return sampler, rank
+
+
 def build_loader(dataset, *, batch_size: int, train: bool, img_size: int, aug: dict | None = None,
                  num_workers: int | None = None, in_memory: bool = False, seed: int = 0,
                  distributed: bool = False, repeated_aug: bool = False, drop_last: bool | None = None,
@@ -213,28 +239,7 @@ def build_loader(dataset, *, batch_size: int, train: bool, img_size: int, aug: d
     device = torch.device(device)
     drop_last = train if drop_last is None else drop_last
 
-    if distributed:
-        import torch.distributed as dist
-        if not (dist.is_available() and dist.is_initialized()):
-            raise ValueError("distributed=True but torch.distributed is not initialised; launch with torchrun and "
-                             "call init_process_group first, or pass distributed=False")
-        world, rank = dist.get_world_size(), dist.get_rank()
-    else:
-        world, rank = 1, 0
-
-    if train and repeated_aug:
-        from timm.data.distributed_sampler import RepeatAugSampler
-        sampler = _seeded_sampler(RepeatAugSampler, seed, dataset, num_replicas=world, rank=rank)
-    elif distributed and train:
-        sampler = _seeded_sampler(torch.utils.data.DistributedSampler, seed, dataset, num_replicas=world, rank=rank,
-                                  shuffle=True, seed=0)
-    elif distributed:
-        from timm.data.distributed_sampler import OrderedDistributedSampler
-        sampler = OrderedDistributedSampler(dataset, num_replicas=world, rank=rank)
-        sampler.set_epoch = lambda epoch: None  # fixed order
-    else:
-        sampler = _ShuffleSampler(len(dataset), seed, shuffle=train)
-
+    sampler, rank = _sampler(dataset, train, seed, distributed, repeated_aug)
     n = len(sampler)
     if drop_last and n < batch_size:
         raise DataError(f"{dataset!r} gives {n} images per epoch to this process, fewer than batch_size={batch_size}"
