@@ -134,6 +134,23 @@ def test_parallel_jobs_train_the_narrow_models_in_processes_with_the_same_result
     assert cum == sorted(cum)  # the merged rows continue the running FLOPs total
 
 
+def test_a_levels_parallel_children_start_after_the_levels_before_it_are_in_the_manifest(tmp_path, monkeypatch):
+    """Each level's children read their parents from manifest.json: a level starts only when every earlier stage
+    is recorded there (the children here are stand-ins that train nothing: the parent then trains each stage)."""
+    from rbdc import run as run_module
+    from rbdc.manifest import Manifest
+    calls = []
+
+    def children(run_dir, stages, jobs, log):
+        done = Manifest.load(run_dir).stages
+        calls.append(([s.id for s in stages], sorted(done)))
+        assert all(p in done for s in stages for p in s.parents), (stages, done)
+
+    monkeypatch.setattr(run_module, "train_in_parallel", children)
+    run(CI / "rbdc.yaml", tmp_path, overrides=["rbdc.depth=2", "rbdc.epochs=[0.5,0.5,0.5]", "rbdc.jobs=2"])
+    assert calls == [(["L0.0", "L0.1", "L0.2", "L0.3"], []), (["L1.0", "L1.1"], ["L0.0", "L0.1", "L0.2", "L0.3"])]
+
+
 def test_gradmax_grows_through_its_widths_charging_each_gradient_pass(tmp_path):
     results = run(CI / "gradmax.yaml", tmp_path)
     run_dir = tmp_path / "ci" / "gradmax" / "seed0"
