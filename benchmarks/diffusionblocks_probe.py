@@ -21,12 +21,12 @@ from safetensors.torch import load_file
 from rbdc import rundir
 from rbdc.data import build_loader
 from rbdc.diffusionblocks import build_model
-from rbdc.train import _datasets
+from rbdc.data import recipe_datasets
 
 
 def load_run(run_dir: Path):
     rec = yaml.safe_load((run_dir / rundir.RECIPE).read_text())
-    train_ds, val_ds = _datasets(rec)
+    train_ds, val_ds = recipe_datasets(rec)
     model = build_model(rec, rec["num_classes"] or train_ds.num_classes)
     model.load_state_dict(load_file(str(run_dir / rundir.FINAL)))
     loader = build_loader(val_ds, batch_size=256, train=False, img_size=rec["img_size"],

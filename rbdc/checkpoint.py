@@ -14,7 +14,7 @@ from safetensors.torch import save
 from .errors import UserError
 from .layers import group_norms, grouped_norms
 from .models import arch_of, from_import_path, import_path, rebuild_name, scaled
-from .rundir import atomic_write_bytes, sha256
+from .files import atomic_write_bytes, sha256
 
 __all__ = ["save_weights", "load_weights", "load_model", "register_rebuild", "sha256", "atomic_write_bytes"]
 

@@ -209,14 +209,16 @@ def couple_tree(models: Sequence[nn.Module], k: int = 2, **couple_kwargs) -> nn.
 
 
 def plan(target: str, depth: int, k: int = 2, img_size: int | None = None, num_classes: int | None = None,
-         dataset_size: int = 1_281_167) -> list[dict]:
+         dataset_size: int | None = None) -> list[dict]:
     """The levels of an RBDC recursion towards ``target``: level 0 holds k**depth models of 1/k**depth width.
 
     Each row: level, count, width factor, model name (registered timm name where one exists), params, forward GMACs
-    per image, training FLOPs per image (3 x forward, 2 FLOPs per MAC) and per epoch of ``dataset_size`` images,
-    for one model and for all models of the level.
+    per image, training FLOPs per image (3 x forward, 2 FLOPs per MAC) and per epoch of ``dataset_size`` images
+    (default: ImageNet-1k's train split), for one model and for all models of the level.
     """
+    from .data import TRAIN_SIZES
     from .flops import TRAIN_FLOPS_PER_FORWARD, forward_macs
+    dataset_size = dataset_size or TRAIN_SIZES["imagenet"][0]
 
     if depth < 0:
         raise ValueError(f"depth must be >= 0, got {depth}")

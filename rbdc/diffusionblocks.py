@@ -101,6 +101,12 @@ def inference_sigmas(num_steps: int, p_mean: float = -1.2, p_std: float = 1.2, s
     return [sigma_max, *inner, sigma_min]
 
 
+def _fp32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 at least: the noise-level and label-embedding arithmetic stays out of bf16 under autocast;
+    float64 (the cross-CPU refactor guard, tests/test_guard.py) stays float64."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 class _TimeEmbed(nn.Module):
     """DiT's timestep embedder: sinusoidal features of c_noise, then Linear-SiLU-Linear."""
 
@@ -111,8 +117,9 @@ class _TimeEmbed(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         half = self.freq_dim // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-        args = t.float()[:, None] * freqs[None]
+        steps = torch.arange(half, device=t.device, dtype=torch.get_default_dtype())
+        freqs = torch.exp(-math.log(10000.0) * steps / half)
+        args = _fp32(t)[:, None] * freqs[None]
         emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
         if self.freq_dim % 2:
             emb = F.pad(emb, (0, 1))
@@ -287,11 +294,11 @@ class DiffusionBlocksViT(nn.Module):
             zt: noisy label embeddings ``[n, C]``; sigma: their noise levels ``[n]``.
         """
         t = self.trunk
-        sigma = sigma.float()
+        sigma = _fp32(sigma)
         var = sigma ** 2 + self.sigma_data ** 2
         c_skip, c_out, c_in = self.sigma_data ** 2 / var, sigma * self.sigma_data / var.sqrt(), var.rsqrt()
         c = F.silu(self.time_embed(0.25 * sigma.log()))
-        z_in = (zt.float() * c_in[:, None]).to(patches.dtype).unsqueeze(1)
+        z_in = (_fp32(zt) * c_in[:, None]).to(patches.dtype).unsqueeze(1)
         if t.pos_embed is None:
             x = torch.cat([z_in, patches], dim=1)
         elif t.no_embed_class:
@@ -302,7 +309,7 @@ class DiffusionBlocksViT(nn.Module):
         for i in self.block_layers(block):
             x = self._layer(i, x, c)
         h = t.norm(x)[:, 0]
-        out = c_out[:, None] * h.float() + c_skip[:, None] * zt.float()
+        out = c_out[:, None] * _fp32(h) + c_skip[:, None] * _fp32(zt)
         shift, scale = self._modulation(self.final_mod, c).chunk(2, dim=-1)
         out = out * (1 + scale) + shift
         return t.head(t.head_drop(t.fc_norm(out)))
@@ -317,11 +324,11 @@ class DiffusionBlocksViT(nn.Module):
             raise DiffusionBlocksError(f"diffusionblocks trains on integer class labels, got a {tuple(y.shape)} "
                                        f"{y.dtype} target: set mixup: 0 and cutmix: 0 in the recipe")
         block = self.draw_block()
-        sigma = self.sample_sigma(block, y.shape[0]).to(device=x.device, dtype=torch.float32)
+        sigma = self.sample_sigma(block, y.shape[0]).to(device=x.device, dtype=torch.get_default_dtype())
         z = F.normalize(self.label_embed(y), dim=-1)
         zt = z + sigma[:, None] * torch.randn_like(z)
         logits = self.denoise(self.trunk.patch_embed(x), zt, sigma, block)
-        ce = F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=self.label_smoothing)
+        ce = F.cross_entropy(_fp32(logits), y, reduction="none", label_smoothing=self.label_smoothing)
         weight = (sigma ** 2 + self.sigma_data ** 2) / (sigma * self.sigma_data) ** 2
         if self.loss_weighting == "batch_mean":
             return ce.mean() * weight.mean()
@@ -346,10 +353,10 @@ class DiffusionBlocksViT(nn.Module):
         patches = self.trunk.patch_embed(x)
         gen = torch.Generator().manual_seed(int(self.config["options"]["eval_seed"]))
         z = torch.randn(n, self.trunk.embed_dim, generator=gen).to(x.device) * math.sqrt(1 + sigmas[0] ** 2)
-        embeds = self.label_embeddings(self.config["options"]["euler_embeds"] == "normalized").float()
+        embeds = _fp32(self.label_embeddings(self.config["options"]["euler_embeds"] == "normalized"))
         for s, s_next in itertools.pairwise(sigmas):
             logits = self.denoise(patches, z, torch.full((n,), s, device=x.device), self.block_for_sigma(s))
-            denoised = logits.float().softmax(dim=-1) @ embeds
+            denoised = _fp32(logits).softmax(dim=-1) @ embeds
             z = z + (s_next - s) * (z - denoised) / s
         s = sigmas[-1]
         return self.denoise(patches, z, torch.full((n,), s, device=x.device), self.block_for_sigma(s))

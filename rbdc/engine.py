@@ -8,15 +8,11 @@ partial. The global batch is fixed: gradient accumulation makes up what does not
 """
 from __future__ import annotations
 
-import os
-import random
-import resource
 import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -29,39 +25,15 @@ from tqdm import tqdm
 from timm.models import ResNet
 
 from . import bf16, preempt
+from .errors import RunFailed
 from .flops import Ledger
 from .lr import LRSchedule
 from .perf import mfu_fields
-from .protocols import Stage, get as get_protocol, lr_for
-from .rundir import RunFailed
+from .protocols import Protocol, Stage, lr_for
+from .runtime import Dist, peak_mem_mb, reset_peak_mem, rng_states, seed_everything, set_rng_state
 
 __all__ = ["Dist", "Stage", "TrainState", "build_training", "build_criterion", "build_mixup", "build_optimizer",
            "Diverged", "train_stage", "train_step", "evaluate", "autocast_for", "peak_mem_mb", "lr_for"]
-
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def init(cls) -> "Dist":
-        """Join the process group that torchrun describes (RANK/WORLD_SIZE/LOCAL_RANK); single process otherwise."""
-        world = int(os.environ.get("WORLD_SIZE", 1))
-        if world == 1:
-            return cls()
-        _die_with_launcher()
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local)
-        return cls(dist.get_rank(), dist.get_world_size(), local)
 
 
 class Diverged(RunFailed):
@@ -91,68 +63,6 @@ def set_attention_path(model: nn.Module, recipe: dict) -> nn.Module:
             if hasattr(m, "fused_attn"):
                 m.fused_attn = bool(recipe["fused_attn"])
     return model
-
-
-def peak_mem_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def reset_peak_mem(device: torch.device) -> None:
-    """Start a new high-water mark, so peak memory is per stage and not the whole process's history."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:  # Linux: writing 5 to clear_refs resets the peak RSS that getrusage reports
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def _die_with_launcher() -> None:
-    """Under torchrun every trainer runs in a session of its own (torch.distributed.elastic starts it with
-    start_new_session=True): have the kernel SIGKILL it when its launcher dies, so that kill -9 of the launcher's
-    process group (a study's, a shell job's) cannot leave trainers writing into the run directory (Linux only)."""
-    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
-        return
-    import ctypes
-    import signal
-    if ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
-        return
-    if os.getppid() == 1:  # the launcher died before the request took effect
-        os._exit(1)
-
-
-def _rng_states(d: "Dist") -> dict:
-    """The checkpoint's RNG fields: this rank's states ("rng", what a 1-process run reads) and, when distributed,
-    every rank's ("rng_by_rank"), so that each rank resumes its own streams (drop-path, Mixup/CutMix)."""
-    mine = _rng_state()
-    if d.world == 1:
-        return {"rng": mine}
-    every = [None] * d.world
-    dist.all_gather_object(every, mine)
-    return {"rng": mine, "rng_by_rank": every}
-
-
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 @torch.no_grad()
@@ -287,7 +197,8 @@ def train_step(net: nn.Module, batches, opt: torch.optim.Optimizer, crit, recipe
 
 def train_stage(model: nn.Module, spec: Stage, recipe: dict, train_loader, val_loader, device: torch.device,
                 ledger: Ledger, on_epoch, state: dict | None = None, optimizer_state: dict | None = None,
-                d: Dist = Dist(), log=print, on_preempt=None) -> tuple[nn.Module, torch.optim.Optimizer]:
+                d: Dist = Dist(), log=print, on_preempt=None, *,
+                protocol: Protocol) -> tuple[nn.Module, torch.optim.Optimizer]:
     """Train ``model`` for ``spec.steps`` optimizer steps.
 
     Args:
@@ -299,110 +210,155 @@ def train_stage(model: nn.Module, spec: Stage, recipe: dict, train_loader, val_l
             signal (:mod:`rbdc.preempt`) stops the stage between two steps of an epoch; then
             :class:`rbdc.preempt.Preempted` is raised.
         optimizer_state: initial optimizer state (RBDC's carried AdamW moments after coupling).
+        protocol: the run's protocol (:class:`rbdc.protocols.Protocol`): what an image costs the model, whether the
+            model's forward is its own objective, its timm backbone.
     """
-    world_batch = recipe["batch_size"]
-    micro = recipe["micro_batch"] or world_batch // d.world
-    accum = world_batch // (micro * d.world)
-    if accum * micro * d.world != world_batch:
-        raise ValueError(f"global batch {world_batch} is not micro_batch {micro} x world {d.world} x an integer "
-                         f"number of accumulation steps; pick a micro_batch that divides it")
-    protocol = get_protocol(recipe["protocol"])
-    fpi = protocol.train_flops_per_image(model, recipe["img_size"])
-    own_objective = protocol.own_objective  # DiffusionBlocks: forward(x, y) is the loss
-    set_attention_path(model, recipe).to(device)
-    channels_last = recipe["channels_last"] if recipe["channels_last"] != "auto" else (
-        device.type == "cuda" and isinstance(protocol.backbone(model), ResNet))
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    ts = build_training(model, recipe, spec, device, optimizer_state)
-    opt, ema, mix, crit = ts.optimizer, ts.ema, ts.mixup, ts.criterion
-    step, epoch, wall = 0, 0, 0.0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
-        step, epoch, wall = state["step"], state["epoch"], state["wall_s"]
-        by_rank = state.get("rng_by_rank")
-        _set_rng_state(by_rank[d.rank] if by_rank and len(by_rank) == d.world else state["rng"])
-    else:
-        # a custom objective draws its randomness (DiffusionBlocks: which block) from the global RNG: same on all ranks
-        seed_everything(spec.seed + (0 if own_objective else d.rank))
-    reset_peak_mem(device)
-    net = model
-    if d.world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if device.type == "cuda" else None,
-                                                  find_unused_parameters=own_objective)
-    step_fn = torch.compile(net) if recipe["compile"] else net
-    steps_per_epoch = len(train_loader) // accum
-    if steps_per_epoch < 1:
-        raise ValueError(f"the training set gives {len(train_loader)} micro-batches per epoch, fewer than one "
-                         f"optimizer step of {world_batch} images; lower batch_size")
-    log(f"[{spec.id}] {spec.model_name}: {spec.steps} steps ({spec.steps / steps_per_epoch:.2f} epochs) of global "
-        f"batch {world_batch} = {micro} x {d.world} proc x {accum} accum | lr {spec.lr:.3g} | "
-        f"{fpi / 1e9:.3f} train GFLOPs/img" + (f" | resumed at step {step}" if step else ""))
-    images_per_step = world_batch
+    loop = _StageLoop(model, spec, recipe, device, d, protocol, ledger, log)
+    loop.start(train_loader, state, optimizer_state)
     in_epoch = (state or {}).get("in_epoch")  # a preempted epoch's position: its first steps are trained already
-    while step < spec.steps:
-        train_loader.set_epoch(epoch)
-        net.train()
+    while loop.step < spec.steps:
+        row = loop.train_epoch(train_loader, in_epoch, on_preempt)
+        in_epoch = None
+        last = loop.step >= spec.steps
+        if val_loader is not None and ((loop.epoch + 1) % recipe["eval_every"] == 0 or last):
+            row.update(evaluate(model, val_loader, recipe, device, d, loop.channels_last))
+            if loop.ts.ema is not None:
+                row["ema_top1"] = evaluate(loop.ts.ema.module, val_loader, recipe, device, d,
+                                           loop.channels_last)["eval_top1"]
+        row["peak_mem_mb"] = round(peak_mem_mb(device), 1)
+        loop.epoch += 1
+        log(f"[{spec.id}] epoch {loop.epoch - 1} step {loop.step}/{spec.steps} loss {row['train_loss']:.4f} "
+            f"top1 {row.get('eval_top1', float('nan')):.2f} lr {row['lr']:.2e} {row['img_per_s']:.0f} img/s")
+        on_epoch(row, {**loop.checkpoint(loop.wall), "done": last})
+        if not last and preempt.requested(d, device):  # at an epoch's end: its checkpoint is written already
+            raise preempt.Preempted(spec.id, loop.step, preempt.requested())
+    return model, loop.ts.optimizer
+
+
+class _StageLoop:
+    """The state of one stage's training between its epochs: the model and what trains it, the step, the epoch and
+    the seconds trained so far."""
+
+    def __init__(self, model: nn.Module, spec: Stage, recipe: dict, device: torch.device, d: Dist,
+                 protocol: Protocol, ledger: Ledger, log):
+        self.model, self.spec, self.recipe, self.device, self.d, self.ledger, self.log = \
+            model, spec, recipe, device, d, ledger, log
+        world_batch = recipe["batch_size"]
+        self.micro = recipe["micro_batch"] or world_batch // d.world
+        self.accum = world_batch // (self.micro * d.world)
+        if self.accum * self.micro * d.world != world_batch:
+            raise ValueError(f"global batch {world_batch} is not micro_batch {self.micro} x world {d.world} x an "
+                             f"integer number of accumulation steps; pick a micro_batch that divides it")
+        self.fpi = protocol.train_flops_per_image(model, recipe["img_size"])
+        self.own_objective = protocol.own_objective  # DiffusionBlocks: forward(x, y) is the loss
+        self.channels_last = recipe["channels_last"] if recipe["channels_last"] != "auto" else (
+            device.type == "cuda" and isinstance(protocol.backbone(model), ResNet))
+        self.step, self.epoch, self.wall = 0, 0, 0.0
+
+    def start(self, train_loader, state: dict | None, optimizer_state: dict | None) -> None:
+        """Put the model on the device, build what trains it, resume ``state`` (or seed a fresh start)."""
+        model, spec, d, device = self.model, self.spec, self.d, self.device
+        set_attention_path(model, self.recipe).to(device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.ts = build_training(model, self.recipe, spec, device, optimizer_state)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            self.ts.optimizer.load_state_dict(state["optimizer"])
+            if self.ts.ema is not None and state.get("ema") is not None:
+                self.ts.ema.load_state_dict(state["ema"])
+            self.step, self.epoch, self.wall = state["step"], state["epoch"], state["wall_s"]
+            by_rank = state.get("rng_by_rank")
+            set_rng_state(by_rank[d.rank] if by_rank and len(by_rank) == d.world else state["rng"])
+        else:
+            # a custom objective draws its randomness (DiffusionBlocks: which block) from the global RNG: same on
+            # all ranks
+            seed_everything(spec.seed + (0 if self.own_objective else d.rank))
+        reset_peak_mem(device)
+        self.net = model
+        if d.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[d.local_rank] if device.type == "cuda" else None,
+                find_unused_parameters=self.own_objective)
+        self.step_fn = torch.compile(self.net) if self.recipe["compile"] else self.net
+        self.steps_per_epoch = len(train_loader) // self.accum
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"the training set gives {len(train_loader)} micro-batches per epoch, fewer than one "
+                             f"optimizer step of {self.recipe['batch_size']} images; lower batch_size")
+        self.log(f"[{spec.id}] {spec.model_name}: {spec.steps} steps ({spec.steps / self.steps_per_epoch:.2f} "
+                 f"epochs) of global batch {self.recipe['batch_size']} = {self.micro} x {d.world} proc x "
+                 f"{self.accum} accum | lr {spec.lr:.3g} | {self.fpi / 1e9:.3f} train GFLOPs/img"
+                 + (f" | resumed at step {self.step}" if self.step else ""))
+
+    def train_epoch(self, train_loader, in_epoch: dict | None, on_preempt) -> dict:
+        """One epoch's steps (the rest of a preempted one); its summary row, before evaluation."""
+        spec, device, opt = self.spec, self.device, self.ts.optimizer
+        train_loader.set_epoch(self.epoch)
+        self.net.train()
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         it = iter(train_loader)
-        n_steps, partial_s = _skip_trained(it, in_epoch, accum, loss_sum)
-        wall -= partial_s  # wall: the seconds before this epoch; partial_s: this epoch's before a preemption
-        in_epoch = None
-        epoch_steps = min(steps_per_epoch, spec.steps - step + n_steps)
-        bar = _progress(epoch_steps - n_steps, f"{spec.id} ep{epoch}", d.main)
+        n_steps, partial_s = _skip_trained(it, in_epoch, self.accum, loss_sum)
+        self.wall -= partial_s  # wall: the seconds before this epoch; partial_s: this epoch's before a preemption
+        epoch_steps = min(self.steps_per_epoch, spec.steps - self.step + n_steps)
+        bar = _progress(epoch_steps - n_steps, f"{spec.id} ep{self.epoch}", self.d.main)
         for _ in range(n_steps, epoch_steps):
-            if preempt.requested(d, device):  # between two steps of the epoch: stop here
+            if preempt.requested(self.d, device):  # between two steps of the epoch: stop here
                 bar.close()
-                _preempt_inside_epoch(on_preempt, model, opt, ema, step, epoch, wall,
-                                      partial_s + time.perf_counter() - t0, n_steps, loss_sum, spec, d)
-            lr = ts.schedule.lr_at(spec.sched_offset + step)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            train_step(net, it, opt, crit, recipe, device, loss_sum=loss_sum, step=step, accum=accum,
-                       step_fn=step_fn, model=model, mix=mix, channels_last=channels_last, ema=ema,
-                       custom_loss=own_objective)
-            step += 1
+                self._preempt_inside_epoch(on_preempt, partial_s + time.perf_counter() - t0, n_steps, loss_sum)
+            self._train_step(it, loss_sum)
             # a non-finite loss keeps the epoch's sum non-finite: this finds the first such step (one host sync per
             # step, as timm's own loop does to log the loss)
             if not torch.isfinite(loss_sum):
                 bar.close()
-                raise Diverged(spec.id, step, loss_sum.item())
+                raise Diverged(spec.id, self.step, loss_sum.item())
             n_steps += 1
             bar.update(1)
         bar.close()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         dt = time.perf_counter() - t0 + partial_s
-        wall += dt
-        images = n_steps * images_per_step
-        ledger.add(spec.id, spec.model_name, images, fpi)
-        row = {"stage": spec.id, "model": spec.model_name, "epoch": epoch,
-               "train_loss": (loss_sum / max(n_steps, 1)).item(), "lr": opt.param_groups[0]["lr"],
+        self.wall += dt
+        return self._row(n_steps, loss_sum, dt, opt.param_groups[0]["lr"])
+
+    def _train_step(self, it, loss_sum: torch.Tensor) -> None:
+        opt, ts = self.ts.optimizer, self.ts
+        lr = ts.schedule.lr_at(self.spec.sched_offset + self.step)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        train_step(self.net, it, opt, ts.criterion, self.recipe, self.device, loss_sum=loss_sum, step=self.step,
+                   accum=self.accum, step_fn=self.step_fn, model=self.model, mix=ts.mixup,
+                   channels_last=self.channels_last, ema=ts.ema, custom_loss=self.own_objective)
+        self.step += 1
+
+    def _row(self, n_steps: int, loss_sum: torch.Tensor, dt: float, lr: float) -> dict:
+        """The epoch's summary row; books its images in the ledger."""
+        spec, fpi = self.spec, self.fpi
+        images = n_steps * self.recipe["batch_size"]
+        self.ledger.add(spec.id, spec.model_name, images, fpi)
+        row = {"stage": spec.id, "model": spec.model_name, "epoch": self.epoch,
+               "train_loss": (loss_sum / max(n_steps, 1)).item(), "lr": lr,
                # the stage's training images (not a growth step's, e.g. GradMax's gradient pass, booked to it too)
-               "images_seen": sum(e.images for e in ledger.entries if e.stage == spec.id
+               "images_seen": sum(e.images for e in self.ledger.entries if e.stage == spec.id
                                   and e.model == spec.model_name),
-               "train_flops": images * fpi, "cum_train_flops": ledger.total, "wall_s": round(wall, 3),
+               "train_flops": images * fpi, "cum_train_flops": self.ledger.total, "wall_s": round(self.wall, 3),
                "img_per_s": images / dt, "model_tflops_per_s": images * fpi / dt / 1e12}
-        row.update(mfu_fields(row["model_tflops_per_s"], device))  # GPU only: {"mfu": ...} against the bf16 peak
-        last = step >= spec.steps
-        if val_loader is not None and ((epoch + 1) % recipe["eval_every"] == 0 or last):
-            row.update(evaluate(model, val_loader, recipe, device, d, channels_last))
-            if ema is not None:
-                row["ema_top1"] = evaluate(ema.module, val_loader, recipe, device, d, channels_last)["eval_top1"]
-        row["peak_mem_mb"] = round(peak_mem_mb(device), 1)
-        epoch += 1
-        log(f"[{spec.id}] epoch {epoch - 1} step {step}/{spec.steps} loss {row['train_loss']:.4f} "
-            f"top1 {row.get('eval_top1', float('nan')):.2f} lr {row['lr']:.2e} {row['img_per_s']:.0f} img/s")
-        on_epoch(row, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                       "ema": ema.state_dict() if ema is not None else None, "step": step, "epoch": epoch,
-                       "wall_s": wall, **_rng_states(d), "done": last})
-        if not last and preempt.requested(d, device):  # at an epoch's end: its checkpoint is written already
-            raise preempt.Preempted(spec.id, step, preempt.requested())
-    return model, opt
+        row.update(mfu_fields(row["model_tflops_per_s"], self.device))  # GPU only: {"mfu": ...} vs the bf16 peak
+        return row
+
+    def checkpoint(self, wall: float) -> dict:
+        """Everything a resume needs (``wall``: the seconds trained, at this point)."""
+        ema = self.ts.ema
+        return {"model": self.model.state_dict(), "optimizer": self.ts.optimizer.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None, "step": self.step, "epoch": self.epoch,
+                "wall_s": wall, **rng_states(self.d)}
+
+    def _preempt_inside_epoch(self, on_preempt, epoch_s: float, n_steps: int, loss_sum: torch.Tensor) -> None:
+        """Hand the checkpoint of a stop between two steps to ``on_preempt`` and raise :class:`Preempted`."""
+        if on_preempt is not None:
+            on_preempt({**self.checkpoint(self.wall + epoch_s), "done": False,
+                        "in_epoch": {"n_steps": n_steps, "loss_sum": loss_sum.detach().cpu(), "wall_s": epoch_s}})
+        raise preempt.Preempted(self.spec.id, self.step, preempt.requested())
 
 
 def _skip_trained(it, in_epoch: dict | None, accum: int, loss_sum: torch.Tensor) -> tuple[int, float]:
@@ -414,14 +370,3 @@ def _skip_trained(it, in_epoch: dict | None, accum: int, loss_sum: torch.Tensor)
         next(it)
     loss_sum += in_epoch["loss_sum"].to(loss_sum.device)
     return in_epoch["n_steps"], in_epoch["wall_s"]
-
-
-def _preempt_inside_epoch(on_preempt, model, opt, ema, step: int, epoch: int, wall: float, epoch_s: float,
-                          n_steps: int, loss_sum: torch.Tensor, spec: Stage, d: Dist = Dist()) -> None:
-    """Hand the checkpoint of a stop between two steps to ``on_preempt`` and raise :class:`Preempted`."""
-    if on_preempt is not None:
-        on_preempt({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "ema": ema.state_dict() if ema is not None else None, "step": step, "epoch": epoch,
-                    "wall_s": wall + epoch_s, **_rng_states(d), "done": False,
-                    "in_epoch": {"n_steps": n_steps, "loss_sum": loss_sum.detach().cpu(), "wall_s": epoch_s}})
-    raise preempt.Preempted(spec.id, step, preempt.requested())

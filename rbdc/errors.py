@@ -3,3 +3,12 @@
 
 class UserError(Exception):
     """Bad input from the user: the message names what is wrong and how to fix it."""
+
+
+class RunFailed(UserError):
+    """A run stopped for good at ``stage`` (and ``step``); ``diverged``: its loss went non-finite. The run directory
+    records it in ``failed.json`` (:meth:`rbdc.rundir.RunDir.write_failed`)."""
+
+    def __init__(self, message: str, *, stage: str | None = None, step: int | None = None, diverged: bool = False):
+        super().__init__(message)
+        self.stage, self.step, self.diverged = stage, step, diverged

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .files import atomic_write_bytes
 from .models import arch_of, scaled
 
 __all__ = ["count_macs", "register_layer", "forward_macs", "model_forward_macs", "forward_flops",
@@ -186,7 +187,6 @@ class Ledger:
         return cls([LedgerEntry(**e) for e in d.get("entries", [])])
 
     def save(self, path: str | os.PathLike) -> None:
-        from .rundir import atomic_write_bytes
         atomic_write_bytes(path, json.dumps(self.to_dict(), indent=1).encode())
 
     @classmethod

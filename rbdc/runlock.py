@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import UserError
+from .files import user_errors
 
 LOCK = ".lock"
 HELD = ".lock.held"          # the fallback's lock file
@@ -104,7 +105,6 @@ def try_acquire(run_dir: Path):
     """A release callable when this process now holds ``run_dir``, else the holder (a dict)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{run_dir} is a file, not a run directory; move it away or pick another --output")
-    from .rundir import user_errors
     with user_errors(run_dir):
         run_dir.mkdir(parents=True, exist_ok=True)
     try:

@@ -254,21 +254,13 @@ def _key_checker(expanded: list[tuple[str, Path, dict, list]]):
 
 
 def planned_flops(run: StudyRun) -> float:
-    """The run's total training FLOPs from its plan (no data read where the dataset size is known)."""
+    """The run's total training FLOPs from its plan (the data's size as :func:`rbdc.data.plan_size` gives it)."""
     from . import recipe as recipes
+    from .data import plan_size
     from .protocols.planning import plan_stages, stage_flops
-    from .train import KNOWN_CLASSES, KNOWN_TRAIN_SIZES
     rec = recipes.resolve(run.recipe, list(run.overrides), seed=run.seed, name=run.name)
-    source = rec["data"]["source"]
-    if source in KNOWN_TRAIN_SIZES and not rec["data"]["subset"]:
-        size, ncls = KNOWN_TRAIN_SIZES[source], rec["num_classes"] or KNOWN_CLASSES.get(source, 10)
-        if rec["data"]["holdout"] is not None:  # the holdout's size up to its per-class rounding
-            size -= round(rec["data"]["holdout"] * size)
-    else:
-        from .train import _datasets
-        train_ds, _ = _datasets(rec)
-        size, ncls = len(train_ds), rec["num_classes"] or train_ds.num_classes
-    return float(sum(stage_flops(plan_stages(rec, size, ncls), rec["batch_size"])))
+    size = plan_size(rec)
+    return float(sum(stage_flops(plan_stages(rec, size.train_size, size.num_classes), rec["batch_size"])))
 
 
 def _checked_plan(r: StudyRun) -> float:

@@ -527,3 +527,33 @@ def test_a_broken_image_in_a_worker_is_one_line_naming_the_file(tmp_path, in_mem
         else:
             next(iter(build_loader(ds, batch_size=4, train=False, img_size=8, num_workers=1)))
     assert "\n" not in str(info.value) and str(bad) in str(info.value) and "delete or replace" in str(info.value)
+
+
+def _recipe(**data):
+    from rbdc import recipe as recipes
+    return recipes.resolve(str(Path(__file__).resolve().parents[1] / "benchmarks" / "recipes" / "ci" / "scratch.yaml"),
+                           [f"data.{k}={v}" for k, v in data.items()])
+
+
+def test_a_plan_uses_the_size_its_run_trains_on_also_for_a_source_of_known_size(tmp_path, monkeypatch):
+    """An ImageNet tree that is not the full ImageNet: the plan (dry run, study) uses its 12 (then 9) images, as
+    the run does, not ImageNet's 1.28 M."""
+    monkeypatch.setenv("IMAGENET_ROOT", str(_folder(tmp_path / "inet")))
+    for data in ({"source": "imagenet"}, {"source": "imagenet", "holdout": 0.25}):
+        rec = _recipe(**data)
+        size = D.plan_size(rec)
+        train, _ = D.recipe_datasets(rec)
+        assert (size.train_size, size.num_classes, size.note) == (len(train), 3, "")
+    assert D.plan_size(_recipe(source="imagenet", holdout=0.25)).train_size == 9  # 3 of 4 per class
+
+
+def test_a_plan_without_the_data_uses_the_sources_known_size_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.delenv("IMAGENET_ROOT", raising=False)
+    size = D.plan_size(_recipe(source="imagenet"))
+    assert (size.train_size, size.num_classes) == D.TRAIN_SIZES["imagenet"] == (1_281_167, 1000)
+    assert "planning with the known size of imagenet" in size.note
+    assert D.plan_size(_recipe(source="imagenet", holdout=0.1)).train_size == 1_281_167 - 128_117
+    with pytest.raises(DataError):  # a subset of data that is not there has no known size
+        D.plan_size(_recipe(source="imagenet", subset=5))
+    with pytest.raises(DataError):
+        D.plan_size(_recipe(source="imagefolder", root=str(tmp_path / "nowhere")))

@@ -134,6 +134,23 @@ def test_parallel_jobs_train_the_narrow_models_in_processes_with_the_same_result
     assert cum == sorted(cum)  # the merged rows continue the running FLOPs total
 
 
+def test_a_levels_parallel_children_start_after_the_levels_before_it_are_in_the_manifest(tmp_path, monkeypatch):
+    """Each level's children read their parents from manifest.json: a level starts only when every earlier stage
+    is recorded there (the children here are stand-ins that train nothing: the parent then trains each stage)."""
+    from rbdc import run as run_module
+    from rbdc.manifest import Manifest
+    calls = []
+
+    def children(run_dir, stages, jobs, log):
+        done = Manifest.load(run_dir).stages
+        calls.append(([s.id for s in stages], sorted(done)))
+        assert all(p in done for s in stages for p in s.parents), (stages, done)
+
+    monkeypatch.setattr(run_module, "train_in_parallel", children)
+    run(CI / "rbdc.yaml", tmp_path, overrides=["rbdc.depth=2", "rbdc.epochs=[0.5,0.5,0.5]", "rbdc.jobs=2"])
+    assert calls == [(["L0.0", "L0.1", "L0.2", "L0.3"], []), (["L1.0", "L1.1"], ["L0.0", "L0.1", "L0.2", "L0.3"])]
+
+
 def test_gradmax_grows_through_its_widths_charging_each_gradient_pass(tmp_path):
     results = run(CI / "gradmax.yaml", tmp_path)
     run_dir = tmp_path / "ci" / "gradmax" / "seed0"
@@ -168,7 +185,7 @@ def test_a_failing_parallel_stage_stops_its_siblings(tmp_path, monkeypatch):
     import subprocess
     from types import SimpleNamespace
 
-    from rbdc import jobs
+    from rbdc import parallel
     started = []
 
     class FakeChild:
@@ -194,5 +211,5 @@ def test_a_failing_parallel_stage_stops_its_siblings(tmp_path, monkeypatch):
     monkeypatch.setattr(subprocess, "Popen", FakeChild)
     stages = [SimpleNamespace(id=f"L0.{i}", level=0) for i in range(2)]
     with pytest.raises(UserError, match="stage L0.0 failed"):
-        jobs.run_parallel(tmp_path, stages, {"stages": {}}, jobs=2, log=lambda *a: None)
+        parallel.train_in_parallel(tmp_path, stages, jobs=2, log=lambda *a: None)
     assert [c.stage for c in started] == ["L0.0", "L0.1"] and started[1].terminated

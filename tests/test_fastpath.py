@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from rbdc import perf
+from rbdc import perf, protocols
 from rbdc.engine import Stage, train_stage, train_step
 from rbdc.flops import Ledger
 from rbdc.models import scaled
@@ -47,7 +47,8 @@ def train(model_name: str, steps: int = 4, **flags):
     rows = []
     spec = Stage("s", model_name, steps, seed=0, lr=1e-3, warmup_steps=1)
     model, _ = train_stage(model, spec, recipe, ListLoader(batches), None, torch.device("cpu"), Ledger(),
-                           lambda row, ckpt: rows.append(row), log=lambda *a, **k: None)
+                           lambda row, ckpt: rows.append(row), log=lambda *a, **k: None,
+                           protocol=protocols.get(recipe["protocol"]))
     return model, rows
 
 

@@ -36,7 +36,7 @@ from timm.data.distributed_sampler import RepeatAugSampler
 from timm.layers import DropPath
 from timm.loss import SoftTargetCrossEntropy
 
-from rbdc import engine, rundir, train
+from rbdc import engine, run, rundir, train
 from rbdc.data import DataError, StreamLoader, find_imagenette
 
 pytestmark = pytest.mark.slow
@@ -61,7 +61,7 @@ def imagenette(monkeypatch):
 def test_the_deit_rbdc_recipe_trains_couples_and_augments_on_an_imagenet_tree(imagenette, tmp_path, monkeypatch):
     # watch what the run builds (the loaders, each stage's optimizer/EMA/Mixup/loss and model), changing nothing
     loaders, stages = [], []
-    real_loader, real_training = train.build_loader, engine.build_training
+    real_loader, real_training = run.build_loader, engine.build_training
 
     def build_loader(*args, **kwargs):
         loader = real_loader(*args, **kwargs)
@@ -73,7 +73,7 @@ def test_the_deit_rbdc_recipe_trains_couples_and_augments_on_an_imagenet_tree(im
         stages.append((stage.id, model, ts))
         return ts
 
-    monkeypatch.setattr(train, "build_loader", build_loader)
+    monkeypatch.setattr(run, "build_loader", build_loader)
     monkeypatch.setattr(engine, "build_training", build_training)
     results = train.run_recipe(str(RECIPE), str(tmp_path), TINY, log=lambda *a, **k: None)
     run_dir = tmp_path / "imagenet-deit-base" / "rbdc-d2" / "seed0"

@@ -52,7 +52,7 @@ def test_a_preempted_run_checkpoints_inside_the_epoch_and_resumes_to_the_uninter
     run_dir = tmp_path / results["name"]
     ckpts = list(run_dir.rglob(rundir.CHECKPOINT))
     assert len(ckpts) == 1 and not (run_dir / rundir.FAILED).exists()  # resumable, not failed
-    state = rundir.load_checkpoint(ckpts[0].parent)
+    state = rundir.RunDir(run_dir).load_checkpoint(ckpts[0].parent.name)
     assert state["in_epoch"]["n_steps"] > 0  # stopped between two steps of an epoch, not at its end
     train.run_recipe(recipe, str(tmp_path), [], **QUIET)
     assert _untimed(run_dir) == _untimed(reference)

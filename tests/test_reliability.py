@@ -175,9 +175,9 @@ def test_a_resume_under_the_same_environment_is_not_mixed(tmp_path, monkeypatch)
 
 def test_the_bf16_matmul_path_is_compared_only_where_both_record_it(tmp_path):
     (tmp_path / rundir.COMMAND).write_text("rbdc train\n" + json.dumps({"torch": "x", "cpu": {"bf16_matmul": "a"}}))
-    assert rundir.mixed_with(tmp_path, {"torch": "x", "cpu": {}}) is None
-    assert rundir.mixed_with(tmp_path, {"torch": "x", "cpu": {"bf16_matmul": "b"}}) == ("bf16 matmul a",
-                                                                                         "bf16 matmul b")
+    assert rundir.RunDir(tmp_path).mixed_with({"torch": "x", "cpu": {}}) is None
+    assert rundir.RunDir(tmp_path).mixed_with({"torch": "x", "cpu": {"bf16_matmul": "b"}}) == ("bf16 matmul a",
+                                                                                               "bf16 matmul b")
 
 
 # --- plans that cannot be built -----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import torch
 from conftest import interrupt_after  # tests/conftest.py
 from safetensors.torch import load_file
 
-from rbdc import cli, rundir
+from rbdc import cli, files, rundir
 from rbdc import recipe as recipes
 from rbdc import report
 from rbdc import train
@@ -208,7 +208,7 @@ def test_an_unwritable_output_is_one_clear_error(tmp_path, monkeypatch):
     if os.geteuid() == 0:  # root writes anywhere: refuse as the kernel would
         def refused(*a, **k):
             raise PermissionError(errno.EACCES, "Permission denied")
-        monkeypatch.setattr(rundir.tempfile, "mkstemp", refused)
+        monkeypatch.setattr(files.tempfile, "mkstemp", refused)
     with pytest.raises(UserError, match="no permission to write there"):
         run("scratch", tmp_path / "ro")
 
@@ -217,7 +217,7 @@ def test_a_full_disk_is_one_clear_error_and_leaves_no_partial_file(tmp_path, mon
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(rundir.os, "fsync", full)
+    monkeypatch.setattr(files.os, "fsync", full)
     with pytest.raises(UserError, match="disk is full; free space, then rerun the same command to resume"):
         rundir.atomic_write_bytes(tmp_path / "x.json", b"{}")
     assert list(tmp_path.iterdir()) == []

@@ -13,7 +13,7 @@ import yaml
 from rbdc.cli import main
 from rbdc.errors import UserError
 from rbdc.study import load_study, planned_flops
-from rbdc.train import code_version
+from rbdc.rundir import code_version
 
 REPO = Path(__file__).resolve().parents[1]
 CI = REPO / "benchmarks" / "recipes" / "ci"
@@ -193,5 +193,5 @@ def test_a_run_records_its_cpu_and_how_bf16_matmuls_ran_there(tmp_path, capsys, 
     command = (tmp_path / "ci" / "scratch" / "seed0" / "command.txt").read_text()
     assert '"capability": ' in command and '"bf16_fast": false' in command
     assert '"bf16_matmul": "fp32-rounded"' in command
-    from rbdc.train import _env_info
+    from rbdc.run import _env_info
     assert "bf16_matmul" not in _env_info(torch.device("cpu"), "fp32")["cpu"]  # only bf16 runs have a bf16 path

@@ -15,7 +15,7 @@ from rbdc.data.datasets import DataError, holdout_positions
 from rbdc.errors import UserError
 from rbdc.protocols.planning import plan_stages
 from rbdc.study import load_study
-from rbdc.train import _datasets
+from rbdc.data import recipe_datasets
 
 
 def test_the_holdout_is_a_class_balanced_seeded_part_of_train_disjoint_from_what_trains():
@@ -35,7 +35,7 @@ def test_a_holdout_that_leaves_a_side_empty_is_refused_naming_the_fraction(fract
 
 def test_a_run_with_a_holdout_trains_on_the_rest_and_evaluates_on_it_never_on_val():
     rec = recipes.resolve(str(CI / "scratch.yaml"), ["data.holdout=0.25"])
-    train, val = _datasets(rec)
+    train, val = recipe_datasets(rec)
     full = build_dataset("synthetic", None, "train", img_size=32, num_classes=rec["num_classes"])
     assert val.split == "holdout" and len(train) + len(val) == len(full) and len(val) == round(0.25 * len(full))
     with pytest.raises(DataError, match="cut from the train split"):

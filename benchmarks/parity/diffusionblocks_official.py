@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     from rbdc.protocols.planning import lr_for, plan_stages
     from rbdc.data import build_loader
     from rbdc.recipe import resolve
-    from rbdc.train import _datasets
+    from rbdc.data import recipe_datasets
 
     t_start = time.time()
     torch.set_num_threads(args.threads)
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"{args.recipe} is a {rec['protocol']} recipe; give a diffusionblocks one")
         if rec["budget_epochs"] is None:
             raise UserError("the recipe has no budget_epochs; pass --budget-epochs")
-        train_ds, val_ds = _datasets(rec)
+        train_ds, val_ds = recipe_datasets(rec)
         num_classes = rec["num_classes"] or train_ds.num_classes
         ours_stage = plan_stages(rec, len(train_ds), num_classes)[0]
     except UserError as e:

@@ -1,6 +1,7 @@
 """Datasets and loaders for RBDC training: ImageNet-style folders, Imagenette, CIFAR-100, digits and synthetic data.
 
-Two entry points, used by the training engine:
+Two entry points, used by the training engine (a recipe's datasets and the size its plan uses:
+:mod:`rbdc.data.for_recipe`):
 
 * :func:`build_dataset` returns an image-classification dataset (PIL RGB image, int target) with ``.classes`` and
   ``.num_classes``. Layout problems raise :class:`DataError` naming the path and the fix.
@@ -22,10 +23,11 @@ from .datasets import (IMAGENETTE_COUNTS, SOURCES, ArrayDataset, DataError, Fold
                        SyntheticDataset, holdout_split)
 from .loaders import Loader, MemoryLoader, StreamLoader, build_loader, patch_timm_posterize
 from .sources import build_dataset, cache_dir, default_data_root, extract_archive, find_imagenette, verify_contents
+from .for_recipe import TRAIN_SIZES, PlanSize, data_root, plan_size, recipe_datasets
 
 __all__ = [
     "DataError", "ImageDataset", "FolderDataset", "ArrayDataset", "SyntheticDataset", "Loader", "StreamLoader",
     "MemoryLoader", "SOURCES", "IMAGENETTE_COUNTS", "build_dataset", "build_loader", "default_data_root", "cache_dir",
     "holdout_split", "find_imagenette", "extract_archive", "verify_contents", "build_memory_cache",
-    "patch_timm_posterize",
+    "patch_timm_posterize", "recipe_datasets", "plan_size", "PlanSize", "data_root", "TRAIN_SIZES",
 ]

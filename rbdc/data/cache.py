@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rbdc.rundir import atomic_write
+from rbdc.files import atomic_write
 
 from .datasets import ImageDataset, _CACHE_VERSION, _resize_center_crop
 from .sources import cache_dir

@@ -100,8 +100,8 @@ class MemoryLoader(Loader):
         self.images = images.to(device)  # uint8, once: 4x smaller than float and no host->device copy per batch
         self.targets = targets.to(device)
         from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-        mean = torch.tensor(aug.get("mean") or IMAGENET_DEFAULT_MEAN, dtype=torch.float32, device=device)
-        std = torch.tensor(aug.get("std") or IMAGENET_DEFAULT_STD, dtype=torch.float32, device=device)
+        mean = torch.tensor(aug.get("mean") or IMAGENET_DEFAULT_MEAN, device=device)
+        std = torch.tensor(aug.get("std") or IMAGENET_DEFAULT_STD, device=device)
         self._mean, self._std = (mean * 255).view(1, 3, 1, 1), (std * 255).view(1, 3, 1, 1)
         self.scale = tuple(aug.get("scale") or MEMORY_DEFAULT_SCALE)
         self.ratio = tuple(aug.get("ratio") or (3 / 4, 4 / 3))
@@ -118,7 +118,7 @@ class MemoryLoader(Loader):
         gen = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, self.rank, 0xA06))
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            x = self.images[idx].float()
+            x = self.images[idx].to(torch.get_default_dtype())
             if self.train:
                 x = self._crop_flip(x, gen)
             x = x.sub_(self._mean).div_(self._std)
@@ -143,7 +143,7 @@ class MemoryLoader(Loader):
         # The affine map has no rotation, so the sampling grid is separable: build it by broadcasting (cheaper than
         # affine_grid's batched matmul). Pixel centres in [-1, 1], as affine_grid with align_corners=False.
         s = x.shape[-1]
-        base = (torch.arange(s, dtype=torch.float32) * 2 + 1) / s - 1
+        base = (torch.arange(s, dtype=torch.get_default_dtype()) * 2 + 1) / s - 1
         gx = (w * flip)[:, None] * base[None, :] + (2 * cx - 1)[:, None]
         gy = h[:, None] * base[None, :] + (2 * cy - 1)[:, None]
         gx, gy = _to_device(gx, x.device), _to_device(gy, x.device)
@@ -181,6 +181,32 @@ def _check_aug(aug: dict[str, Any]) -> None:
                          f'timm.data.create_transform: {", ".join(sorted(valid))}')
 
 
+def _sampler(dataset, train: bool, seed: int, distributed: bool, repeated_aug: bool):
+    """The index sampler of a loader (seeded, sharded when ``distributed``) and this process's rank."""
+    if distributed:
+        import torch.distributed as dist
+        if not (dist.is_available() and dist.is_initialized()):
+            raise ValueError("distributed=True but torch.distributed is not initialised; launch with torchrun and "
+                             "call init_process_group first, or pass distributed=False")
+        world, rank = dist.get_world_size(), dist.get_rank()
+    else:
+        world, rank = 1, 0
+
+    if train and repeated_aug:
+        from timm.data.distributed_sampler import RepeatAugSampler
+        sampler = _seeded_sampler(RepeatAugSampler, seed, dataset, num_replicas=world, rank=rank)
+    elif distributed and train:
+        sampler = _seeded_sampler(torch.utils.data.DistributedSampler, seed, dataset, num_replicas=world, rank=rank,
+                                  shuffle=True, seed=0)
+    elif distributed:
+        from timm.data.distributed_sampler import OrderedDistributedSampler
+        sampler = OrderedDistributedSampler(dataset, num_replicas=world, rank=rank)
+        sampler.set_epoch = lambda epoch: None  # fixed order
+    else:
+        sampler = _ShuffleSampler(len(dataset), seed, shuffle=train)
+    return sampler, rank
+
+
 def build_loader(dataset, *, batch_size: int, train: bool, img_size: int, aug: dict | None = None,
                  num_workers: int | None = None, in_memory: bool = False, seed: int = 0,
                  distributed: bool = False, repeated_aug: bool = False, drop_last: bool | None = None,
@@ -213,28 +239,7 @@ def build_loader(dataset, *, batch_size: int, train: bool, img_size: int, aug: d
     device = torch.device(device)
     drop_last = train if drop_last is None else drop_last
 
-    if distributed:
-        import torch.distributed as dist
-        if not (dist.is_available() and dist.is_initialized()):
-            raise ValueError("distributed=True but torch.distributed is not initialised; launch with torchrun and "
-                             "call init_process_group first, or pass distributed=False")
-        world, rank = dist.get_world_size(), dist.get_rank()
-    else:
-        world, rank = 1, 0
-
-    if train and repeated_aug:
-        from timm.data.distributed_sampler import RepeatAugSampler
-        sampler = _seeded_sampler(RepeatAugSampler, seed, dataset, num_replicas=world, rank=rank)
-    elif distributed and train:
-        sampler = _seeded_sampler(torch.utils.data.DistributedSampler, seed, dataset, num_replicas=world, rank=rank,
-                                  shuffle=True, seed=0)
-    elif distributed:
-        from timm.data.distributed_sampler import OrderedDistributedSampler
-        sampler = OrderedDistributedSampler(dataset, num_replicas=world, rank=rank)
-        sampler.set_epoch = lambda epoch: None  # fixed order
-    else:
-        sampler = _ShuffleSampler(len(dataset), seed, shuffle=train)
-
+    sampler, rank = _sampler(dataset, train, seed, distributed, repeated_aug)
     n = len(sampler)
     if drop_last and n < batch_size:
         raise DataError(f"{dataset!r} gives {n} images per epoch to this process, fewer than batch_size={batch_size}"

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from rbdc.rundir import atomic_write_bytes
+from rbdc.files import atomic_write_bytes
 
 from .datasets import (IMAGE_EXTENSIONS, IMAGENETTE_ARCHIVES, IMAGENETTE_COUNTS, IMAGENETTE_NAMES, SOURCES, SPLITS,
                        ArrayDataset, DataError, FolderDataset, ImageDataset, SyntheticDataset, _apply_subset)

@@ -285,7 +285,30 @@ def gradmax_grow(model: nn.Module, batch, loss_fn: LossFn | None = None, n_new: 
     counts = _resolve_counts(inner, sd, n_new, widths)
     grow = [s for s in inner if s.name in counts]
     gen = torch.Generator().manual_seed(seed)
+    acts, grads, (images, img_size) = _gradient_pass(model, batch, loss_fn, grow)
+    indices, fanouts, svals, random_units, linalg = {}, {}, {}, 0, 0
+    for s in grow:
+        n, k = s.size(sd), counts[s.name]
+        indices[s.name] = torch.cat([torch.arange(n), torch.full((k,), -1)])
+        fanouts[s.name], svals[s.name], extra, flops = _new_fanout(model, s, acts[s.name], grads[s.name].detach(),
+                                                                   k, gen, scale, random_fanout, reduce)
+        random_units += extra
+        linalg += flops
+    ops = ops_for(inner, indices)
+    grown = build_like(model, _with_fanouts(sd, ops, grow, fanouts))
+    use_relu1(grown, [s.act for s in inner if s.norm is not None and s.act])
+    grown.rbdc_arch = {**arch_of(model), "inner_widths": inner_widths(grown)}
+    grown.rbdc_growth = {"method": "gradmax", "scale": scale, "random_fanout": random_fanout}
+    count_flops_by_hooks(grown)
+    macs = model_forward_macs(model, img_size)
+    info = {"mapping": ops, "extra_flops": 3 * 2 * macs * images, "linalg_flops": int(linalg), "images": images,
+            "n_new": counts, "widths": inner_widths(grown), "singular_values": svals, "random_units": random_units}
+    return grown.train(model.training), info
 
+
+def _gradient_pass(model: nn.Module, batch, loss_fn: LossFn, grow: list) -> tuple[dict, dict, tuple[int, int]]:
+    """One forward and backward of ``batch``: the fan-in layers' inputs and the gradients at the fan-out layers'
+    outputs of the spaces in ``grow``, and (images, image size). BatchNorm statistics are restored afterwards."""
     acts, outs, shape = {}, {}, {}
 
     def record_input(mod, args):
@@ -310,42 +333,43 @@ def gradmax_grow(model: nn.Module, batch, loss_fn: LossFn | None = None, n_new: 
                 v.copy_(buffers[k])
     if "x" not in shape:
         shape["x"] = tuple(batch_images(batch).shape)
-    images, img_size = shape["x"][0], shape["x"][-1]
+    return acts, grads, (shape["x"][0], shape["x"][-1])
 
-    indices, fanouts, svals, random_units, linalg = {}, {}, {}, 0, 0
-    for s in grow:
-        n, k = s.size(sd), counts[s.name]
-        indices[s.name] = torch.cat([torch.arange(n), torch.full((k,), -1)])
-        fan_in, fan_out = model.get_submodule(s.fan_in), model.get_submodule(s.fan_out)
-        h, delta = acts[s.name], grads[s.name].detach()
-        if isinstance(fan_in, nn.Conv2d):
-            bn = model.get_submodule(s.norm) if s.norm else None
-            m = _conv_m(h, fan_in, fan_out, delta, center=bool(bn is not None and bn.training))
-            units, rows = k, h.shape[0] * math.prod(_out_hw(h.shape[-2:], fan_in))
-        elif s.unit > 1:  # heads: uniform attention of the new heads
-            tokens = h.shape[1]
-            m = tokens * _with_ones(h.double().mean(1)).T @ delta.double().mean(1)
-            units, rows = k * s.unit, h.shape[0]
-        else:
-            m = _with_ones(h.double().flatten(0, -2)).T @ delta.double().flatten(0, -2)
-            units, rows = k, h.shape[:-1].numel()
-        if reduce is not None:
-            m = reduce(m)
-        # M products (rows x fan-in x fan-out MACs) and a dense SVD (~4 m n min(m, n))
-        linalg += 2 * rows * m.shape[0] * m.shape[1] + 4 * m.shape[0] * m.shape[1] * min(m.shape)
-        if random_fanout:
-            r = torch.randn(units, m.shape[1], generator=gen, dtype=m.dtype).to(m.device)
-            dirs, extra, sv = r / r.norm(dim=1, keepdim=True), 0, torch.zeros(0)
-        else:
-            dirs, extra, sv = _directions(m, units, gen)
-        random_units += extra
-        svals[s.name] = sv.float().cpu().tolist()
-        w_out = fan_out.weight.detach()
-        cols = w_out.transpose(0, 1).flatten(1)  # one row per existing unit channel: its fan-out vector
-        magnitude = scale * cols.double().norm(dim=1).mean()
-        fanouts[s.name] = (dirs * magnitude).to(w_out.dtype)
 
-    ops = ops_for(inner, indices)
+def _new_fanout(model: nn.Module, s, h: torch.Tensor, delta: torch.Tensor, k: int, gen: torch.Generator,
+                scale: float, random_fanout: bool, reduce) -> tuple[torch.Tensor, list[float], int, int]:
+    """The fan-out vectors of the ``k`` units space ``s`` gains (GradMax's top singular directions of M, or random
+    ones), scaled to ``scale`` x the mean fan-out norm of its units; the singular values, how many directions were
+    random, and the FLOPs of M and its SVD."""
+    fan_in, fan_out = model.get_submodule(s.fan_in), model.get_submodule(s.fan_out)
+    if isinstance(fan_in, nn.Conv2d):
+        bn = model.get_submodule(s.norm) if s.norm else None
+        m = _conv_m(h, fan_in, fan_out, delta, center=bool(bn is not None and bn.training))
+        units, rows = k, h.shape[0] * math.prod(_out_hw(h.shape[-2:], fan_in))
+    elif s.unit > 1:  # heads: uniform attention of the new heads
+        tokens = h.shape[1]
+        m = tokens * _with_ones(h.double().mean(1)).T @ delta.double().mean(1)
+        units, rows = k * s.unit, h.shape[0]
+    else:
+        m = _with_ones(h.double().flatten(0, -2)).T @ delta.double().flatten(0, -2)
+        units, rows = k, h.shape[:-1].numel()
+    if reduce is not None:
+        m = reduce(m)
+    # M products (rows x fan-in x fan-out MACs) and a dense SVD (~4 m n min(m, n))
+    linalg = 2 * rows * m.shape[0] * m.shape[1] + 4 * m.shape[0] * m.shape[1] * min(m.shape)
+    if random_fanout:
+        r = torch.randn(units, m.shape[1], generator=gen, dtype=m.dtype).to(m.device)
+        dirs, extra, sv = r / r.norm(dim=1, keepdim=True), 0, torch.zeros(0)
+    else:
+        dirs, extra, sv = _directions(m, units, gen)
+    w_out = fan_out.weight.detach()
+    cols = w_out.transpose(0, 1).flatten(1)  # one row per existing unit channel: its fan-out vector
+    magnitude = scale * cols.double().norm(dim=1).mean()
+    return (dirs * magnitude).to(w_out.dtype), sv.float().cpu().tolist(), extra, linalg
+
+
+def _with_fanouts(sd: dict, ops: dict, grow: list, fanouts: dict) -> dict:
+    """The grown state dict: every tensor remapped to the new widths, the new units' fan-outs written in."""
     new_sd = {key: remap(t, ops.get(key, []), fill_value(key, t)) for key, t in sd.items()}
     for s in grow:
         key = f"{s.fan_out}.weight"
@@ -354,12 +378,4 @@ def gradmax_grow(model: nn.Module, batch, loss_fn: LossFn | None = None, n_new: 
         v = fanouts[s.name]
         new_sd[key][:old.shape[0], n_ch:n_ch + v.shape[0]] = v.view(v.shape[0], old.shape[0], *old.shape[2:]) \
             .transpose(0, 1)
-    grown = build_like(model, new_sd)
-    use_relu1(grown, [s.act for s in inner if s.norm is not None and s.act])
-    grown.rbdc_arch = {**arch_of(model), "inner_widths": inner_widths(grown)}
-    grown.rbdc_growth = {"method": "gradmax", "scale": scale, "random_fanout": random_fanout}
-    count_flops_by_hooks(grown)
-    macs = model_forward_macs(model, img_size)
-    info = {"mapping": ops, "extra_flops": 3 * 2 * macs * images, "linalg_flops": int(linalg), "images": images,
-            "n_new": counts, "widths": inner_widths(grown), "singular_values": svals, "random_units": random_units}
-    return grown.train(model.training), info
+    return new_sd
