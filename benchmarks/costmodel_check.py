@@ -30,6 +30,7 @@ from rbdc import costmodel, rundir
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "reports" / "runs" / "imagenette32-fair"
+CHECK = REPO / "reports" / "runs" / "costmodel-check"   # short runs made beside the benchmark, for this check
 
 
 def stages(runs_root: Path) -> list[dict]:
@@ -70,33 +71,40 @@ def predict(model: costmodel.CostModel, stage: dict) -> float | None:
     return stage["images"] * (model.seconds_per_image(terms, stage["amp"], fam) + data)
 
 
-def validate(model: costmodel.CostModel, runs_root: Path = RUNS) -> dict:
-    """Per stage: predicted and measured wall, their ratio; per commit group: the median and spread of errors."""
+def _name(root: Path) -> str:
+    return str(root.relative_to(REPO)) if root.is_relative_to(REPO) else str(root)
+
+
+def validate(model: costmodel.CostModel, roots: list[Path] = (RUNS,)) -> dict:
+    """Per stage: predicted and measured wall, their ratio; per runs folder and code commit: the median and spread
+    of the errors."""
     rows = []
-    for s in stages(runs_root):
-        pred = predict(model, s)
-        if pred is None:
-            continue
-        rows.append({**s, "predicted_s": pred, "error": pred / s["wall_s"] - 1,
-                     "fastest_error": pred / s["images"] / s["fastest_s_per_image"] - 1})
+    for root in roots:
+        for s in stages(root):
+            pred = predict(model, s)
+            if pred is None:
+                continue
+            rows.append({**s, "group": f"{_name(root)} @ {s['commit']}", "predicted_s": pred,
+                         "error": pred / s["wall_s"] - 1,
+                         "fastest_error": pred / s["images"] / s["fastest_s_per_image"] - 1})
     groups = {}
-    for commit in sorted({r["commit"] for r in rows}):
-        mine = [r for r in rows if r["commit"] == commit]
+    for group in dict.fromkeys(r["group"] for r in rows):
+        mine = [r for r in rows if r["group"] == group]
         err = np.array([r["error"] for r in mine])
         fast = np.array([r["fastest_error"] for r in mine])
         total = sum(r["predicted_s"] for r in mine) / sum(r["wall_s"] for r in mine) - 1
-        groups[commit] = {"runs": len({r["run"] for r in mine}), "stages": len(mine),
+        groups[group] = {"runs": len({r["run"] for r in mine}), "stages": len(mine),
                           "median_error": float(np.median(err)), "median_abs_error": float(np.median(np.abs(err))),
                           "min_error": float(err.min()), "max_error": float(err.max()), "total_error": float(total),
                           "fastest_median_error": float(np.median(fast)),
                           "fastest_median_abs_error": float(np.median(np.abs(fast)))}
-    return {"runs_root": str(runs_root.relative_to(REPO)) if runs_root.is_relative_to(REPO) else str(runs_root),
-            "groups": groups, "stages": rows}
+    return {"runs_roots": [_name(r) for r in roots], "groups": groups, "stages": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.costmodel_check", description=__doc__.split("\n")[0])
-    p.add_argument("--runs", type=Path, default=RUNS, help="a folder of run directories (their summary.csv)")
+    p.add_argument("--runs", type=Path, nargs="+", default=[RUNS, CHECK],
+                   help="folders of run directories (their summary.csv); default: the fair study's and the check's")
     p.add_argument("--model", type=Path, default=None, help="the cost model JSON (default: this CPU kind's)")
     args = p.parse_args(argv)
     path = args.model or costmodel.costmodel_path(costmodel.cpu_kind())
@@ -105,9 +113,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     data = json.loads(path.read_text())
-    result = validate(costmodel.CostModel.from_dict(data), args.runs.resolve())
-    for commit, g in result["groups"].items():
-        print(f"code {commit}: {g['runs']} runs, {g['stages']} stages: predicted/measured wall - 1: median "
+    result = validate(costmodel.CostModel.from_dict(data), [r.resolve() for r in args.runs])
+    for group, g in result["groups"].items():
+        print(f"{group}: {g['runs']} runs, {g['stages']} stages: predicted/measured wall - 1: median "
               f"{100 * g['median_error']:+.1f}% (|median| {100 * g['median_abs_error']:.1f}%, range "
               f"{100 * g['min_error']:+.1f}..{100 * g['max_error']:+.1f}%), all stages' walls together "
               f"{100 * g['total_error']:+.1f}%; against each stage's fastest epoch "
