@@ -117,3 +117,24 @@ def test_the_committed_model_of_a_kind_round_trips(tmp_path):
     assert found.seconds_per_image(terms, "bf16", "vit") > 0
     with pytest.raises(KeyError, match="no fp16 vit fit"):
         found.seconds_per_image(terms, "fp16", "vit")
+
+
+def test_fast_state_splits_two_clusters_of_gemm_rates_and_keeps_one():
+    rates = [1100e9, 1050e9, 400e9, 380e9, 1120e9]
+    floor = costmodel.fast_state(rates)
+    assert 400e9 < floor < 1050e9
+    assert costmodel.fast_state([150e9, 147e9, 152e9, 145e9]) == 0.0   # one state: every round counts
+
+
+def test_bench_rows_count_only_the_rounds_in_the_fast_state():
+    def row(busy, gemm, **extra):
+        return {"group": "time-split", "stats": {"median": 1.0}, "extra_info": {
+            "model": "test_rbdc_vit", "img_size": 32, "batch": 8, "amp": "bf16", "family": "vit", "width": "64",
+            "images_per_round": 8, "round_busy_s": busy, "gemm_busy_flops_per_s": gemm, **extra}}
+    bench = {"benchmarks": [row([0.8, 2.0, 0.8], [1e12, 4e11, 1e12]), row([2.0, 2.0], [4e11, 4e11]),
+                            {"group": "time-split", "stats": {"median": 1.0},
+                             "extra_info": {"family": "data", "img_size": 32, "images_per_round": 100,
+                                            "round_busy_s": [0.01]}}]}
+    rows, data = costmodel.bench_rows(bench)
+    assert len(rows) == 1 and rows[0]["rounds_used"] == 2 and rows[0]["s_per_image"] == pytest.approx(0.1)
+    assert data == {"32": pytest.approx(1e-4)}
