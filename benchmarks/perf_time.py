@@ -43,12 +43,14 @@ def _rows(benches: list[dict]) -> list[dict]:
             continue
         busy = e.get("round_busy_s") or [b["stats"]["median"]]
         gemm = e.get("gemm_busy_flops_per_s") or [float("nan")] * len(busy)
-        fast = [(t, g) for t, g in zip(busy, gemm) if not g < floor.get(e["amp"], 0.0)] or list(zip(busy, gemm))
+        fast = [(t, g) for t, g in zip(busy, gemm) if not g < floor.get(e["amp"], 0.0)]
+        state = f"{len(fast)}/{len(busy)}" if fast else f"0/{len(busy)} (all rounds shown)"
+        fast = fast or list(zip(busy, gemm))
         step_s, wall_s = float(np.median([t for t, _ in fast])), b["stats"]["median"]
         ips = e["images_per_round"] / step_s
         frac = float(np.median([e["images_per_round"] * e["train_flops_per_image"] / t / g for t, g in fast]))
         rows.append({"width": e["width"], "family": e["family"], "amp": e["amp"], "model": e["model"],
-                     "batch": e["batch"], "study": e.get("study"), "ips": ips, "fast": f"{len(fast)}/{len(busy)}",
+                     "batch": e["batch"], "study": e.get("study"), "ips": ips, "fast": state,
                      "wall_ips": e["images_per_round"] / wall_s, "share": float(np.median(busy)) / wall_s,
                      "flops": ips * e["train_flops_per_image"], "frac": frac,
                      "gemm": float(np.median([g for _, g in fast])), "split": grouped(e["split_s"]),
@@ -102,8 +104,9 @@ def time_split(benches: list[dict], json_path: Path, figure_dir: Path) -> list[s
 
 
 def _findings(rows: list[dict]) -> str:
-    """One paragraph of what the table says, from its numbers."""
-    vit = {(r["amp"], r["width"]): r for r in rows if r["family"] == "vit"}
+    """One paragraph of what the table says, from its numbers (the smallest batch's rows)."""
+    b0 = min((r["batch"] for r in rows), default=0)
+    vit = {(r["amp"], r["width"]): r for r in rows if r["family"] == "vit" and r["batch"] == b0}
     parts = []
     for amp in ("bf16", "fp32"):
         ws = sorted((int(w) for a, w in vit if a == amp))
