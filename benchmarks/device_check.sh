@@ -5,10 +5,12 @@
 #   3. measures in bf16: DeiT-S, DeiT-B and ResNet-50 training steps (img/s, model TFLOP/s, MFU; ResNet channels-last;
 #      DeiT-B and ResNet-50 also compiled), the 64-px Imagenette study's ViT-mini packed 1/2/4/8 runs to the GPU,
 #      forward throughput and the on-GPU data pipeline, each with the same-precision GEMM rate of the same run;
+#      where the time goes per width (DeiT-Ti/S/B: the profiled split) and a level's parts batched vs separate;
 #      last, DiffusionBlocks' peak CUDA memory against its number of blocks B (benchmarks/diffusionblocks_memory.py);
-#   4. writes under $OUT: bench/<device>.json and bench/diffusionblocks-memory-<device>.json (the committed formats:
-#      copy them to reports/bench/), perf.md (the report with the committed CPU figures and the new ones: copy it to
-#      reports/perf.md), env.txt, gpu-tests.xml and device_check.log.
+#   4. writes under $OUT: bench/<device>.json, bench/costmodel-<device>.json (the GPU's cost model, fitted on the
+#      per-width table) and bench/diffusionblocks-memory-<device>.json (the committed formats: copy them to
+#      reports/bench/), perf.md and its figures perf-*.png (the report with the committed CPU figures and the new
+#      ones: copy them to reports/), env.txt, gpu-tests.xml and device_check.log.
 # Steps run in that order, each under its share of the time left; one that runs out of time loses only its figures.
 #
 #   bash benchmarks/device_check.sh --fetch-wheels   # here, once, with network: the wheels it brings, into .whl/
@@ -27,7 +29,7 @@ for arg in "$@"; do
     case $arg in
         --dry-run) DRY=1 ;;
         --fetch-wheels) FETCH=1 ;;
-        -h|--help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "device_check.sh: unknown argument '$arg'; use --dry-run, --fetch-wheels or --help" >&2; exit 2 ;;
     esac
 done
@@ -112,10 +114,14 @@ step bench-train-step 180 "${BENCH[@]}" benchmarks/test_bench_train_step.py -k "
 step bench-packed 120 "${BENCH[@]}" benchmarks/test_bench_train_paths.py --benchmark-json="$WORK/2-packed.json"
 step bench-forward-data 60 "${BENCH[@]}" benchmarks/test_bench_forward.py benchmarks/test_bench_data.py \
     --benchmark-json="$WORK/3-forward-data.json"
+# where the time goes per width (DeiT-Ti/S/B: img/s, TFLOP/s, GEMM fraction, the profiled split) and a level's parts
+# batched vs separate (DeiT-Ti x 4, DeiT-S x 2): what the cost model is fitted on
+step bench-time-split 150 "${BENCH[@]}" benchmarks/test_bench_time_split.py benchmarks/test_bench_levers.py \
+    --benchmark-json="$WORK/4-time-split.json"
 step bench-compile-resnet50 120 "${BENCH[@]}" benchmarks/test_bench_train_step.py -k "compile and resnet50" \
-    --benchmark-json="$WORK/4-compile-resnet50.json"
+    --benchmark-json="$WORK/5-compile-resnet50.json"
 step bench-compile-deit-base 120 "${BENCH[@]}" benchmarks/test_bench_train_step.py -k "compile and deit_base" \
-    --benchmark-json="$WORK/5-compile-deit-base.json"
+    --benchmark-json="$WORK/6-compile-deit-base.json"
 
 if [ $DRY = 1 ]; then
     slug=dry-run
@@ -130,11 +136,15 @@ step diffusionblocks-memory 90 "$PY" -m benchmarks.diffusionblocks_memory "${MEM
 
 # 5. One JSON for the device, and the report over it and the committed ones.
 "$PY" -m benchmarks.perf_report merge "$OUT/bench/$slug.json" "$WORK"/[0-9]-*.json || FAILED+=("merge")
+if [ -f "$OUT/bench/$slug.json" ] && [ -f "$WORK/4-time-split.json" ]; then
+    # the device's cost model (seconds per image from FLOPs, activations, parameters) -> bench/costmodel-<device>.json
+    "$PY" -m rbdc.costmodel "$OUT/bench/$slug.json" || FAILED+=("costmodel")
+fi
 if [ -f "$OUT/bench/$slug.json" ]; then
     mkdir -p "$WORK/report"
     cp "$REPO"/reports/bench/*.json "$WORK/report/" 2> /dev/null
     cp "$OUT/bench/$slug.json" "$WORK/report/"
-    cp "$OUT"/bench/diffusionblocks-memory-*.json "$WORK/report/" 2> /dev/null
+    cp "$OUT"/bench/diffusionblocks-memory-*.json "$OUT"/bench/costmodel-*.json "$WORK/report/" 2> /dev/null
     "$PY" -m benchmarks.perf_report --bench-dir "$WORK/report" -o "$OUT/perf.md" || FAILED+=("report")
 fi
 

@@ -40,9 +40,11 @@ def test_dry_run_runs_every_step_and_writes_the_committed_format(tmp_path):
     r = _run(tmp_path, "--dry-run")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = tmp_path / "out"
-    assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} == {
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert {f for f in files if not f.endswith(".png") and not f.startswith("bench/costmodel-")} == {
         "bench/dry-run.json", "bench/diffusionblocks-memory-dry-run.json", "perf.md", "env.txt", "gpu-tests.xml",
         "device_check.log"}
+    assert "perf-time-dry-run.png" in files and any(f.startswith("bench/costmodel-") for f in files)
     (run,) = perf_report.load(out / "bench")
     benches = run["benchmarks"]
     cases = {(b["group"], b["extra_info"].get("case"), b["extra_info"].get("impl")) for b in benches}
@@ -57,10 +59,16 @@ def test_dry_run_runs_every_step_and_writes_the_committed_format(tmp_path):
         assert len(b["extra_info"]["gemm_flops_per_s"]) == b["stats"]["rounds"]
         assert 0 < perf_report.gemm_fraction(b) < 10
     assert any(b["group"] == "forward" for b in benches)
+    split = [b for b in benches if b["group"] == "time-split"]   # the per-width table: DeiT-Ti/S/B, toy-sized
+    assert sorted(b["extra_info"]["width"] for b in split) == ["192", "384", "768"]
+    assert all(b["extra_info"]["split_s"]["forward"] and b["extra_info"]["split_s"]["backward"] for b in split)
+    levers = [b for b in benches if b["group"] == "levers"]      # a level's parts batched vs separate
+    assert {(b["extra_info"]["lever"], b["extra_info"]["k"]) for b in levers} == {("batched", 4), ("batched", 2)}
     report = (out / "perf.md").read_text()
     assert "reports/bench/dry-run.json" in report and "reports/bench/cpu.json" in report
     assert "reports/bench/diffusionblocks-memory-dry-run.json" in report
     assert "### Training paths" in report and "fraction of GEMM" in report
+    assert "### Where the time goes" in report and "k parts as one batched model" in report
     assert "tests" in (out / "gpu-tests.xml").read_text()
 
 
