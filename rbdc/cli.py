@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="time per epoch of each level and RBDC vs scratch at equal FLOPs: by this CPU kind's cost "
                          "model (reports/bench/costmodel-*.json), else from a few training steps measured here")
     pl.add_argument("--amp", choices=("fp32", "bf16"), default="fp32",
-                    help="precision for --estimate's cost model (measured steps: fp32)")
+                    help="precision of --estimate (the cost model's fit or the measured steps)")
     pl.add_argument("--batch", type=int, default=128, help="batch of --estimate's cost model (default 128)")
     pl.add_argument("--gpu", metavar="NAME", default=None,
                     help="time per epoch on the device NAME from the committed benchmarks (reports/bench/*.json)")

@@ -19,9 +19,11 @@ STEP_FLOPS = 2e10  # default batch: about this many training FLOPs per step (tin
 
 def measure_train_flops_per_s(name: str, factor: Fraction | int = 1, img_size: int | None = None, *,
                               batch: int | None = None, steps: int = 2, device: str | torch.device = "cpu",
-                              **kwargs) -> float:
-    """Training FLOP/s (3 x forward, the ledger's rule) of ``steps`` AdamW steps on random data, after one warm-up.
-    ``batch`` defaults to about :data:`STEP_FLOPS` per step, between 8 and 256 images."""
+                              amp: str = "fp32", fused_attn: bool | None = None, **kwargs) -> float:
+    """Training FLOP/s (3 x forward, the ledger's rule) of ``steps`` AdamW steps on random data, after one warm-up,
+    in the recipe's precision (``amp``: fp32, bf16 or auto) and attention kernel (``fused_attn``; None keeps timm's),
+    as training runs them. ``batch`` defaults to about :data:`STEP_FLOPS` per step, between 8 and 256 images."""
+    from .engine import autocast_for, set_attention_path
     from .flops import _meta_twin, train_flops_per_image
     from .models import scaled
 
@@ -32,14 +34,16 @@ def measure_train_flops_per_s(name: str, factor: Fraction | int = 1, img_size: i
         batch = int(min(256, max(8, STEP_FLOPS // train_flops_per_image(twin, size) // factor)))
     device = torch.device(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        model = scaled(name, factor, **kwargs).to(device).train()
+        model = set_attention_path(scaled(name, factor, **kwargs).to(device).train(), {"fused_attn": fused_attn})
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         x = torch.randn(batch, 3, size, size, device=device)
         y = torch.randint(0, model.num_classes, (batch,), device=device)
 
         def step():
             opt.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(model(x), y).backward()
+            with autocast_for({"amp": amp}, device):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
             opt.step()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -90,7 +94,7 @@ def estimate_stages(recipe: dict, stages: list, num_classes: int, gpu: str | Non
         speed[factor] = (_costmodel_speed(model, recipe["model"], factor, recipe["img_size"], batch, amp, **kwargs)
                          if model else bench_train_flops_per_s(gpu, recipe["model"]) if gpu else
                          measure_train_flops_per_s(recipe["model"], factor, recipe["img_size"], batch=min(batch, 64),
-                                                   **kwargs))
+                                                   amp=amp, fused_attn=recipe["fused_attn"], **kwargs))
 
     def wall(s) -> float:
         return (s.steps * batch * s.flops_per_image + s.extra_flops) / speed[s.factor] + s.steps * batch * data
@@ -147,8 +151,8 @@ def level_speeds(target: str, rows: list[dict], img_size: int | None, *, amp: st
     if model is not None:
         return ({r["level"]: _costmodel_speed(model, target, Fraction(r["width"]), size, batch, amp) for r in rows},
                 f"by this CPU kind's cost model ({amp}, batch {batch})")
-    log(f"measuring {len(rows)} model(s): 1 + 2 fp32 training steps each on this device ...")
-    return ({r["level"]: measure_train_flops_per_s(target, Fraction(r["width"]), img_size) for r in rows},
+    log(f"measuring {len(rows)} model(s): 1 + 2 {amp} training steps each on this device ...")
+    return ({r["level"]: measure_train_flops_per_s(target, Fraction(r["width"]), img_size, amp=amp) for r in rows},
             "at the speed measured here")
 
 

@@ -2,6 +2,7 @@
 import re
 
 import pytest
+import torch
 
 from rbdc.cli import build_parser, main
 from rbdc.errors import UserError
@@ -33,6 +34,26 @@ def test_plan_estimate_measures_each_level_here(capsys, monkeypatch, tmp_path):
     assert main(["plan", "test_rbdc_vit", "--dataset-size", "1000", "--estimate"]) == 0
     out = capsys.readouterr().out
     assert "time/epoch" in out and "at the speed measured here" in out
+
+
+@pytest.mark.parametrize("amp, fused, autocast", [("fp32", None, False), ("bf16", False, True)])
+def test_measured_steps_run_in_the_recipes_precision_and_attention(monkeypatch, amp, fused, autocast):
+    """The fallback speed (no cost model) of a bf16 recipe is a bf16 step with the recipe's attention kernel: an fp32
+    step measured 2-3x slower than what a bf16 run reaches on an AMX CPU and tripled the width ladder's cost plan."""
+    import rbdc.models
+    from rbdc.estimate import measure_train_flops_per_s
+    seen, scaled = [], rbdc.models.scaled
+
+    def recording(*args, **kwargs):
+        model = scaled(*args, **kwargs)
+        model.register_forward_hook(lambda m, i, o: seen.append(
+            (torch.is_autocast_enabled("cpu"), {a.fused_attn for a in m.modules() if hasattr(a, "fused_attn")})))
+        return model
+    monkeypatch.setattr(rbdc.models, "scaled", recording)
+    assert measure_train_flops_per_s("test_rbdc_vit", batch=2, steps=1, amp=amp, fused_attn=fused) > 0
+    assert seen and all(on == autocast for on, _ in seen)
+    if fused is not None:
+        assert all(kinds == {fused} for _, kinds in seen)
 
 
 def test_plan_for_a_gpu_without_benchmarks_is_a_clear_error(tmp_path):
