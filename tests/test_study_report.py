@@ -60,6 +60,21 @@ def test_the_saving_is_matched_on_scratchs_log_linear_curve():
     assert saving_with_interval(scratch, beyond)["status"] == "above_range"
 
 
+def test_the_curve_models_agree_where_scratch_is_linear_in_log_flops_and_the_report_shows_them(tmp_path):
+    """Issue 31 item 5: the curve model's spread beside the interval. Scratch's means lie on one line in log FLOPs,
+    so the monotone cubic through them is that line and gives the log-linear saving; the report prints both curves."""
+    scratch = [Point("s", b, "scratch", [t - 1, t, t + 1], [f] * 3, [0, 1, 2], [], 3) for b, (t, f) in SCRATCH.items()]
+    p = Point("r", 2, "rbdc", [64.0, 65.0, 66.0], [2e12] * 3, [0, 1, 2], [], 3)
+    s = saving_with_interval(scratch, p)
+    assert s["spread"]["loglinear"] == pytest.approx(s["saving"])
+    assert s["spread"]["pchip"] == pytest.approx(s["saving"])
+    assert s["spread"]["power"] is not None and abs(s["spread"]["power"] - s["saving"]) < 0.2
+    study, root = _fake_study(tmp_path)
+    md = build(study, root, tmp_path / "out" / "tiny")["md"].read_text()
+    assert "other curves: PCHIP / power" in md
+    assert f"| {100 * s['spread']['pchip']:+.1f}% / {100 * s['spread']['power']:+.1f}% |" in md
+
+
 def test_the_interval_widens_with_seed_spread():
     scratch = [Point("s", b, "scratch", [t - 1, t, t + 1], [f] * 3, [0, 1, 2], [], 3) for b, (t, f) in SCRATCH.items()]
     p = Point("r", 2, "rbdc", [63.0, 65.0, 67.0], [2e12] * 3, [0, 1, 2], [], 3)

@@ -33,7 +33,7 @@ from rbdc.study import REPO, Study
 from .fmt import budget as _budget
 from .fmt import rel
 from .load import discover_run_dirs, load_run
-from .saving import p_value_saving, saving_interval
+from .saving import curve_spread, p_value_saving, saving_interval
 from .stats import matched_flops, t_half_width
 
 PAPER_SAVING = 0.30
@@ -117,7 +117,8 @@ def series(points: dict, point: str) -> list[Point]:
 def saving_with_interval(scratch: list[Point], p: Point, flops: float | None = None) -> dict:
     """Saving 1 - F / F_matched of ``p`` on scratch's curve, its test-inversion 95% interval
     (:func:`rbdc.report.saving.saving_interval`: Welch t, coverage tested at 3 and 5 seeds) and the p-value of the
-    paper's 30%. ``flops``: the FLOPs to count (default: the point's whole pipeline). An open end of the interval (it
+    paper's 30%, plus the point estimate under two other scratch curves (``spread``: PCHIP and a power law, the
+    curve model's systematic error, :func:`rbdc.report.saving.curve_spread`). ``flops``: the FLOPs to count (default: the point's whole pipeline). An open end of the interval (it
     reaches the edge of scratch's range) is -inf / +inf here; a point outside scratch's range has a bound (the
     range's edge) as its saving."""
     flops = p.flops_mean if flops is None else flops
@@ -125,12 +126,13 @@ def saving_with_interval(scratch: list[Point], p: Point, flops: float | None = N
     m = matched_flops(curve, p.mean)
     est, status = 1.0 - flops / m.flops, m.status
     if p.n < 2 or min(s.n for s in scratch) < 2:
-        return {"saving": est, "status": status, "lo": -math.inf, "hi": math.inf, "text": "– (one seed)", "p30": None}
+        return {"saving": est, "status": status, "lo": -math.inf, "hi": math.inf, "text": "– (one seed)", "p30": None,
+                "spread": {}}
     runs = [(s.flops_mean, s.top1) for s in scratch]
     iv = saving_interval(runs, p.top1, flops)
     return {"saving": est, "status": status, "lo": -math.inf if iv.lo_open else iv.lo,
             "hi": math.inf if iv.hi_open else iv.hi, "text": iv.text(),
-            "p30": p_value_saving(runs, p.top1, flops, PAPER_SAVING)}
+            "p30": p_value_saving(runs, p.top1, flops, PAPER_SAVING), "spread": curve_spread(runs, p.top1, flops)}
 
 
 BOUND = {"above_range": "≥ ", "below_range": "≤ "}

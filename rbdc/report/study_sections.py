@@ -43,9 +43,14 @@ def panel_section(points: dict, panel: dict, savings: dict, verdict: list[str]) 
            f"Saving = 1 − F / F_scratch(top-1): F_scratch is where scratch's monotone, log-linear curve of mean "
            f"top-1 over its {len(scratch)} budgets ({', '.join(_budget(s.budget) for s in scratch)} target "
            f"epochs) reaches the point's mean top-1. Positive: fewer FLOPs than scratch for the same accuracy. "
-           f"'above' / 'below': the point lies outside scratch's range, so the saving is a bound (≥ / ≤).", "",
-           "| point | budget | seeds | top-1 | matched scratch FLOPs | saving | 95% interval | p (saving = 30%) |",
-           "|---|---|---|---|---|---|---|---|"]
+           f"'above' / 'below': the point lies outside scratch's range, so the saving is a bound (≥ / ≤). "
+           f"Other curves: the same saving on a monotone cubic (PCHIP) through scratch's means and on a power law "
+           f"(top-1 = a − b·F^−c) fitted to them, the curve model's systematic error beside the interval's "
+           f"statistical one ('–': the point's mean lies outside that curve over scratch's range, or the power law "
+           f"has fewer than 3 budgets or does not fit).", "",
+           "| point | budget | seeds | top-1 | matched scratch FLOPs | saving | 95% interval | other curves: PCHIP / "
+           "power | p (saving = 30%) |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for name in panel["series"]:
         for p in series(points, name):
             s = saving_with_interval(scratch, p)
@@ -53,11 +58,16 @@ def panel_section(points: dict, panel: dict, savings: dict, verdict: list[str]) 
             bound = {"matched": "", **BOUND}.get(s["status"], "")
             md.append(f"| {p.point} | {_budget(p.budget)} | {_seeds(p)} | {_top1(p)} | "
                       f"{human_flops(p.flops_mean / (1 - s['saving']))} | {bound}{100 * s['saving']:.1f}% | "
-                      f"{s['text']} | {p_value(s['p30'])} |")
+                      f"{s['text']} | {_spread(s['spread'])} | {p_value(s['p30'])} |")
     md.append("")
     md += _head_to_head(points, panel)
     verdict += [_verdict_line(name, panel, savings[name]) for name in panel["series"] if savings.get(name)]
     return md
+
+
+def _spread(spread: dict) -> str:
+    """``PCHIP / power`` savings of :func:`rbdc.report.saving.curve_spread` ('–' where a curve gives none)."""
+    return " / ".join("–" if spread.get(k) is None else f"{100 * spread[k]:+.1f}%" for k in ("pchip", "power"))
 
 
 def _verdict_line(name: str, panel: dict, rows: list) -> str:
