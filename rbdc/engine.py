@@ -28,7 +28,7 @@ from . import bf16, preempt
 from .errors import RunFailed
 from .flops import Ledger
 from .lr import LRSchedule
-from .perf import mfu_fields
+from .perf import gemm_probe_gflops, mfu_fields
 from .protocols import Protocol, Stage, lr_for
 from .runtime import Dist, peak_mem_mb, reset_peak_mem, rng_states, seed_everything, set_rng_state
 
@@ -344,6 +344,9 @@ class _StageLoop:
                "train_flops": images * fpi, "cum_train_flops": self.ledger.total, "wall_s": round(self.wall, 3),
                "img_per_s": images / dt, "model_tflops_per_s": images * fpi / dt / 1e12}
         row.update(mfu_fields(row["model_tflops_per_s"], self.device))  # GPU only: {"mfu": ...} vs the bf16 peak
+        if self.device.type == "cpu":  # the machine's speed state after the epoch, outside its wall time
+            fast_bf16 = self.recipe["amp"] == "bf16" and not bf16.needed(self.device)
+            row["gemm_gflops"] = round(gemm_probe_gflops(torch.bfloat16 if fast_bf16 else torch.float32), 1)
         return row
 
     def checkpoint(self, wall: float) -> dict:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 
 import torch
 
 __all__ = ["PEAK_BF16_TFLOPS", "MEASURED_BF16_TFLOPS", "PEAK_ENV", "lookup_peak", "peak_tflops", "mfu", "mfu_fields",
-           "cpu_bf16_fast", "cpu_info"]
+           "cpu_bf16_fast", "cpu_info", "gemm_probe_gflops"]
 
 PEAK_ENV = "RBDC_PEAK_TFLOPS"
 
@@ -116,3 +117,19 @@ def cpu_bf16_fast() -> bool:
 def cpu_info() -> dict:
     """What a run records of its CPU: torch's vector capability (e.g. AVX2, AVX512) and whether bf16 is fast."""
     return {"capability": torch.backends.cpu.get_cpu_capability(), "bf16_fast": cpu_bf16_fast()}
+
+
+def gemm_probe_gflops(dtype: torch.dtype = torch.float32, n: int = 512, reps: int = 8) -> float:
+    """GFLOP/s of ``reps`` n x n x n matmuls in ``dtype`` on this process's CPU threads (a few ms).
+
+    Training runs record it after every epoch (``gemm_gflops`` in summary.csv): some machines switch between a fast
+    and a slow speed state for minutes at a time (a 2-core AMX Xeon of this project's: bf16 GEMMs at about 1,100 or
+    400 GFLOP/s), and an epoch's wall time means little without the state it ran in. Constant operands: the probe
+    draws no random numbers, so a run's randomness (and weights) are the same with or without it."""
+    a = torch.full((n, n), 0.5, dtype=dtype)
+    b = torch.full((n, n), 0.25, dtype=dtype)
+    torch.mm(a, b)  # warm-up: the first call picks the kernel
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        torch.mm(a, b)
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9

@@ -51,11 +51,12 @@ NEW_RUN = "start a new run (another --name or --output)"
 # summary.csv: these columns first, in this order, then any other a row has, sorted
 SUMMARY_COLUMNS = ("stage", "model", "epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr",
                    "images_seen", "train_flops", "cum_train_flops", "wall_s", "img_per_s", "model_tflops_per_s", "mfu",
-                   "peak_mem_mb")
-SUMMARY_OPTIONAL = ("model_tflops_per_s", "mfu")  # only when a row has them (mfu: on a GPU); the rest always
+                   "peak_mem_mb", "gemm_gflops")
+# only when a row has them (mfu: on a GPU; gemm_gflops: on a CPU, rbdc.perf.gemm_probe_gflops); the rest always
+SUMMARY_OPTIONAL = ("model_tflops_per_s", "mfu", "gemm_gflops")
 _SUMMARY_ALWAYS = tuple(c for c in SUMMARY_COLUMNS if c not in SUMMARY_OPTIONAL)
 # measured by the clock or the allocator: they differ between two runs of the same recipe (e.g. a resumed one)
-TIMING_COLUMNS = ("wall_s", "img_per_s", "model_tflops_per_s", "mfu", "peak_mem_mb")
+TIMING_COLUMNS = ("wall_s", "img_per_s", "model_tflops_per_s", "mfu", "peak_mem_mb", "gemm_gflops")
 
 
 class RunDir(os.PathLike):

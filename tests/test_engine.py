@@ -29,6 +29,20 @@ def rbdc_run(ci_reference):
     return ci_reference("rbdc")
 
 
+def test_a_cpu_run_records_the_machines_gemm_rate_after_every_epoch_without_touching_its_randomness(rbdc_run):
+    """gemm_gflops tells a slow-state epoch's wall apart (issue 35); it is a timing column (a resumed run may differ)
+    and its probe draws no random numbers, so the run's data order and weights are those of a run without it."""
+    from rbdc.perf import gemm_probe_gflops
+    run_dir, _ = rbdc_run
+    _, rows = rundir.read_summary(run_dir / rundir.SUMMARY)
+    trained = [r for r in rows if int(r["epoch"]) >= 0]  # epoch -1: the coupled model's evaluation before training
+    assert trained and all(float(r["gemm_gflops"]) > 0 for r in trained)
+    assert "gemm_gflops" in rundir.TIMING_COLUMNS and "gemm_gflops" in rundir.SUMMARY_OPTIONAL
+    before = torch.get_rng_state()
+    assert gemm_probe_gflops(n=64, reps=2) > 0
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_rbdc_run_writes_the_run_directory_contract(rbdc_run):
     run_dir, results = rbdc_run
     assert recipes.resolve(run_dir / rundir.RECIPE) == recipes.resolve(CI / "rbdc.yaml")
