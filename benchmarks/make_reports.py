@@ -30,7 +30,8 @@ REPORTS = {
 }
 # study reports: study name -> study file (its runs' light files under reports/runs/<name>/)
 STUDIES = {"imagenette32": REPO / "benchmarks" / "studies" / "imagenette32.yaml",
-           "imagenette32-fair": REPO / "benchmarks" / "studies" / "imagenette32-fair.yaml"}
+           "imagenette32-fair": REPO / "benchmarks" / "studies" / "imagenette32-fair.yaml",
+           "compile-check32": REPO / "benchmarks" / "studies" / "compile-check32.yaml"}
 # detection studies: name -> study file (light files under reports/runs/<name>/, report under reports/detection/)
 DET_STUDIES = {"balloon32": REPO / "benchmarks" / "studies" / "balloon32.yaml"}
 # the README's headline: the study report it comes from, and what the README says about that choice

@@ -193,9 +193,15 @@ def levers(benches: list[dict], json_path: Path) -> list[str]:
         out += ["", "2 threads x 1 part vs 1 thread x 2 parts in two processes: not measured (`test_threads` needs "
                     "both cores and skips while core 0 is busy; the fair study ran there throughout these runs)."]
     out += ["", f"Faster than the study path by more than {100 * LEVER_WIN:.0f}% in every pair: "
-                + (", ".join(wins) if wins else "none") + ". The study path is unchanged: none of these is wired "
-                "into the trainer (a lever becomes a default only with the accuracy check issue 35 asks for: 3 seeds "
-                "on a short Imagenette-32 budget, and for the batched path equivalence tests through the trainer)."]
+                + (", ".join(wins) if wins else "none") + ". Rows come from different runs of the benchmark under "
+                "different load (the JSON's `beside` lists the other processes on the cores): read the ratios, not "
+                "the img/s across rows. A lever becomes a study's path only after an accuracy check (3 seeds on a "
+                "short Imagenette-32 budget): torch.compile passed it ([compile-check32](compile-check32.md): RBDC d1 "
+                "at budget 8, compiled vs eager, the same top-1 within seed noise) and the width ladder "
+                "(width-ladder32) runs compiled at every width (`compile: true`, recorded in each run's recipe.yaml); "
+                "the studies already under way keep their eager path. Batch 256 and fp32 win at width 16 only (RBDC "
+                "d2's first level at width 64, a small part of its run): not checked, not defaults. The batched path "
+                "for a level's parts is slower than separate parts at widths 32 and 64 and equal at 16: not wired."]
     return out + [""]
 
 

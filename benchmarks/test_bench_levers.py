@@ -31,7 +31,7 @@ from benchmarks.time_split import beside, busy_clock
 from benchmarks.train_paths import Pack, PathCase, Trainer
 from rbdc.costmodel import device_kind
 
-TARGET_IMAGES = {16: 1024, 32: 768, 64: 512, 192: 1024, 384: 512}   # images per round: rounds of ~0.5 s here
+TARGET_IMAGES = {16: 1024, 32: 768, 64: 512, 128: 512, 192: 256, 384: 128}   # images per round: rounds of ~0.5 s here
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,9 @@ def _cases() -> list[LeverCase]:
         cases += [LeverCase("cpu", lever, w, VIT_WIDTHS[w], k=k) for lever in ("batched", "vmap")]
     for lever in ("batch256", "fp32", "compile", "threads"):
         cases += [LeverCase("cpu", lever, w, VIT_WIDTHS[w]) for w in (16, 32, 64)]
+    # the width ladder's rungs (issue 36 runs the fastest correct path per width): compile only, the one lever that
+    # won at every width above and passed the accuracy check (configs: compile-check32)
+    cases += [LeverCase("cpu", "compile", w, VIT_WIDTHS[w]) for w in (128, 192, 384)]
     cases += [LeverCase("cuda", "batched", w, DEIT_PARTS[w], 224, DEIT, k=k, batch=256, steps=5, rounds=5)
               for w, k in ((192, 4), (384, 2))]
     return cases

@@ -174,11 +174,12 @@ def build(study: Study, root: Path, out: Path) -> dict[str, Path]:
         md += sec.compare_section(points, comp)
     md += cost.measured_section(points, study)
     md += sec.hardware_section(points, study)
-    md += ["## Verdict", ""]
-    md += in_short(savings) + (verdict or ["Not enough finished runs for a verdict yet."])
-    md += ["", "Each verdict line is computed from the table above it: 'saves FLOPs' where the whole 95% "
-           "interval of the saving is above zero. It says nothing about scales this study did not run (ImageNet, "
-           "224 px, 300 epochs).", ""]
+    if spec.get("panels"):  # a study of comparisons only (e.g. a lever's accuracy check) answers in its tables
+        md += ["## Verdict", ""]
+        md += in_short(savings) + (verdict or ["Not enough finished runs for a verdict yet."])
+        md += ["", "Each verdict line is computed from the table above it: 'saves FLOPs' where the whole 95% "
+               "interval of the saving is above zero. It says nothing about scales this study did not run (ImageNet, "
+               "224 px, 300 epochs).", ""]
     paths = {"md": out.with_name(out.name + ".md")}
     atomic_write_bytes(paths["md"], "\n".join(md).encode("utf-8"))
     paths.update(study_figures.figures(points, spec, savings, out))

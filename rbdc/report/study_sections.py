@@ -148,7 +148,7 @@ def coupled_table(points: dict, spec: dict) -> list[str]:
              "|---|---|---|---|---|---|"]
     n = 0
     names = [n_ for panel in spec.get("panels", []) for n_ in panel["series"]]
-    names += [p for c in spec.get("compare", []) for p in c["points"]]
+    names += [p for c in spec.get("compare", []) for p in (c["reference"], *c["points"])]
     for name in dict.fromkeys(names):
         for p in series(points, name):
             before, parts = _before_and_parts(p)
