@@ -31,7 +31,10 @@ REPORTS = {
 # study reports: study name -> study file (its runs' light files under reports/runs/<name>/)
 STUDIES = {"imagenette32": REPO / "benchmarks" / "studies" / "imagenette32.yaml",
            "imagenette32-fair": REPO / "benchmarks" / "studies" / "imagenette32-fair.yaml",
-           "compile-check32": REPO / "benchmarks" / "studies" / "compile-check32.yaml"}
+           "compile-check32": REPO / "benchmarks" / "studies" / "compile-check32.yaml",
+           "width-ladder32": REPO / "benchmarks" / "studies" / "width-ladder32.yaml"}
+# the width ladder's trend report (issue 36, rbdc.report.ladder): runs of its studies under reports/runs/<study>/
+LADDER = "width-ladder32"
 # detection studies: name -> study file (light files under reports/runs/<name>/, report under reports/detection/)
 DET_STUDIES = {"balloon32": REPO / "benchmarks" / "studies" / "balloon32.yaml"}
 # the README's headline: the study report it comes from, and what the README says about that choice
@@ -46,7 +49,7 @@ def sync(src_root: Path) -> list[Path]:
     for results in sorted(src_root.rglob(rundir.RESULTS)):
         run_dir = results.parent
         rel = run_dir.relative_to(src_root)
-        if rel.parts[0] not in {f for folders, _ in REPORTS.values() for f in folders} | set(STUDIES):
+        if rel.parts[0] not in {f for folders, _ in REPORTS.values() for f in folders} | set(STUDIES) | {LADDER}:
             continue
         copied.append(rundir.copy_light(run_dir, RUNS / rel))
     return copied
@@ -65,6 +68,10 @@ def make(out_dir: Path = REPO / "reports", runs: Path = RUNS) -> dict[str, dict]
         if (runs / name).is_dir():
             # with the runs root, a tuned point takes the trial its committed trial runs chose
             written[name] = build(load_study(study_file, runs), runs / name, out_dir / name)
+    if (runs / LADDER).is_dir():  # the trend over widths, once the ladder's own runs are committed
+        from rbdc.report import ladder
+        written[ladder.REPORT] = ladder.build(ladder.rungs(ladder.studies_at(runs)), out_dir / ladder.REPORT,
+                                       "python -m benchmarks.make_reports")
     from rbdc.detection.study import load_study as load_detection_study, status
     from rbdc.report.detection import build as build_detection
     for name, study_file in DET_STUDIES.items():
