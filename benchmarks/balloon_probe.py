@@ -148,7 +148,7 @@ def probe(model, meta: dict, train, val) -> dict:
 
 def write_report(rows: list[dict], out: Path, study, command: str) -> None:
     from rbdc.report.stats import t_half_width, welch
-    from rbdc.rundir import atomic_write_bytes, code_version
+    from rbdc.runs.rundir import atomic_write_bytes, code_version
 
     out.parent.mkdir(parents=True, exist_ok=True)
     code = code_version()

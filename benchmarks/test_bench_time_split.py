@@ -8,7 +8,7 @@ other precision of each. GPU: DeiT-Ti/S/B (widths 192/384/768) at 224 px in bf16
 
 Each case: timed rounds, each after a same-precision GEMM probe (as in ``train-paths``: model FLOP/s and the fraction
 of the GEMM rate), then a profile of a few more steps split into GEMMs, attention, norms/activations/elementwise,
-optimizer and other, forward vs backward. The cost model (:mod:`rbdc.costmodel`) is fitted on these rows.
+optimizer and other, forward vs backward. The cost model (:mod:`rbdc.cost.costmodel`) is fitted on these rows.
 
 On a CPU every round and probe is also timed on the process's CPU time (``round_busy_s``, ``gemm_busy_flops_per_s``):
 a 1-thread run accrues it only while it runs, so a machine shared with other jobs (whose time slices stretch the
@@ -24,7 +24,7 @@ import torch
 from benchmarks.bench_common import TOY, require_device, timed
 from benchmarks.time_split import beside, busy_clock, gemm_busy_rate, profile_split
 from benchmarks.train_paths import PathCase, Trainer
-from rbdc.costmodel import device_kind
+from rbdc.cost.costmodel import device_kind
 
 VIT = "benchmarks/recipes/imagenette32/base-vit-nano.yaml"
 RESNET = "benchmarks/recipes/imagenette32/base-resnet18.yaml"

@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
-from .preempt import PREEMPTED_EXIT, Preempted
+from .training.preempt import PREEMPTED_EXIT, Preempted
 from .units import human_flops, human_time
 
 # Subcommands defined in other modules: each exposes add_cli(subparsers). Imported lazily so that, e.g., a broken
 # detection stack never breaks `rbdc flops`.
-_PLUGINS = ("rbdc.train", "rbdc.study", "rbdc.quickstart", "rbdc.report", "rbdc.detection.cli")
+_PLUGINS = ("rbdc.runs.train", "rbdc.studies.study", "rbdc.quickstart", "rbdc.report", "rbdc.detection.cli")
 
 
 def _fmt_table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
@@ -46,7 +46,7 @@ def cmd_flops(args) -> int:
     import torch
 
     from .flops import TRAIN_FLOPS_PER_FORWARD, forward_macs
-    from .models import family_of, scaled
+    from .nets.models import family_of, scaled
 
     check_img_size(args.img_size)
     try:
@@ -67,7 +67,7 @@ def cmd_flops(args) -> int:
 
 def _plan_speed(args, rows: list[dict]) -> dict[int, float] | None:
     """Training FLOP/s per level: measured here (--estimate) or from the committed benchmarks (--gpu)."""
-    from .estimate import bench_train_flops_per_s, level_speeds
+    from .cost.estimate import bench_train_flops_per_s, level_speeds
     if args.gpu:
         return {r["level"]: bench_train_flops_per_s(args.gpu, r["model"]) for r in rows}
     if args.estimate:  # this CPU kind's cost model where fitted, else a few steps measured here
@@ -99,13 +99,13 @@ def cmd_plan(args) -> int:
         cols.append(("time_per_epoch", "time/epoch", ""))
     print(_fmt_table(rows, cols))
     if speed:
-        from .estimate import rbdc_vs_scratch
+        from .cost.estimate import rbdc_vs_scratch
         print(rbdc_vs_scratch(rows, speed, where))
     return 0
 
 
 def cmd_couple(args) -> int:
-    from .checkpoint import load_model, save_weights, sha256
+    from .nets.checkpoint import load_model, save_weights, sha256
     from .coupling import couple
 
     out = check_output(args.output, "-o")

@@ -16,11 +16,12 @@ import threading
 import time
 from pathlib import Path
 
-from . import rundir
+from .runs import rundir
 from .data import DataError, find_imagenette
+from .files import CHECKOUT
 from .units import human_flops, human_time
 
-RECIPES = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes" / "quickstart"
+RECIPES = CHECKOUT / "benchmarks" / "recipes" / "quickstart"
 IMAGENETTE = ["data.source=imagenette", "budget_epochs=6", "batch_size=128"]
 PROTOCOLS = ("rbdc-d1", "scratch")
 
@@ -73,7 +74,7 @@ def _report_progress(dirs: dict[str, Path], planned: dict[str, float], stop: thr
 
 
 def _run_side_by_side(out: Path, over: list[str], seed: int, every: float) -> None:
-    from .study import Study, StudyRun, planned_flops, run_local
+    from .studies.study import Study, StudyRun, planned_flops, run_local
     runs = [StudyRun(name=f"quickstart/{p}", recipe=str(RECIPES / f"{p.split('-')[0]}.yaml"), overrides=tuple(over),
                      seed=seed, point=p) for p in PROTOCOLS]
     planned = {r.point: planned_flops(r) for r in runs}
@@ -94,7 +95,7 @@ def _run_side_by_side(out: Path, over: list[str], seed: int, every: float) -> No
 
 
 def _run_one_after_another(out: Path, over: list[str], seed: int) -> None:
-    from .train import run_recipe
+    from .runs.train import run_recipe
     run_recipe(str(RECIPES / "rbdc.yaml"), str(out), over, seed=seed)
     rbdc_dir = rundir.run_dir(out, "quickstart/rbdc-d1", seed)
     run_recipe(str(RECIPES / "scratch.yaml"), str(out), over + [f"match={rbdc_dir}"], seed=seed)

@@ -6,7 +6,7 @@ import pytest
 import timm
 from safetensors.torch import save_file
 
-from rbdc.checkpoint import save_weights
+from rbdc.nets.checkpoint import save_weights
 from rbdc.cli import main
 
 CI = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes" / "ci"

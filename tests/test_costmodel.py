@@ -1,4 +1,4 @@
-"""rbdc.costmodel (seconds per image from countable terms, per CPU kind) and its use by `rbdc plan --estimate` and
+"""rbdc.cost.costmodel (seconds per image from countable terms, per CPU kind) and its use by `rbdc plan --estimate` and
 `rbdc train --dry-run --estimate`."""
 import json
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch.nn as nn
 
-from rbdc import costmodel, estimate
+from rbdc.cost import costmodel, estimate
 from rbdc.cli import main
 
 XEON = """processor\t: 0

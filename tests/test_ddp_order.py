@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from rbdc import train
+from rbdc.runs import train
 from rbdc.data import build_dataset, build_loader
 from rbdc.data.seeds import mix_seed
 

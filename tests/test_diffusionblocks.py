@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch.utils.flop_counter import FlopCounterMode
 
-import rbdc.train as train
-from rbdc import cli, rundir
-from rbdc.diffusionblocks import DiffusionBlocksError, band_edges, build_model, inference_sigmas
+import rbdc.runs.train as train
+from rbdc import cli
+from rbdc.runs import rundir
+from rbdc.nets.diffusionblocks import DiffusionBlocksError, band_edges, build_model, inference_sigmas
 from rbdc.flops import train_flops_per_image
 
 REPO = Path(__file__).resolve().parents[1]

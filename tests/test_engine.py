@@ -8,12 +8,12 @@ import torch
 from safetensors.torch import load_file
 
 import rbdc
-import rbdc.train as train
+import rbdc.runs.train as train
 from rbdc import recipe as recipes
-from rbdc import rundir
+from rbdc.runs import rundir
 from rbdc.errors import UserError
 from rbdc.growth import inner_widths
-from rbdc.rundir import load_state
+from rbdc.runs.rundir import load_state
 
 RECIPES = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes"
 CI = RECIPES / "ci"
@@ -137,8 +137,8 @@ def test_parallel_jobs_train_the_narrow_models_in_processes_with_the_same_result
 def test_a_levels_parallel_children_start_after_the_levels_before_it_are_in_the_manifest(tmp_path, monkeypatch):
     """Each level's children read their parents from manifest.json: a level starts only when every earlier stage
     is recorded there (the children here are stand-ins that train nothing: the parent then trains each stage)."""
-    from rbdc import run as run_module
-    from rbdc.manifest import Manifest
+    from rbdc.runs import run as run_module
+    from rbdc.runs.manifest import Manifest
     calls = []
 
     def children(run_dir, stages, jobs, log):
@@ -185,7 +185,7 @@ def test_a_failing_parallel_stage_stops_its_siblings(tmp_path, monkeypatch):
     import subprocess
     from types import SimpleNamespace
 
-    from rbdc import parallel
+    from rbdc.runs import parallel
     started = []
 
     class FakeChild:

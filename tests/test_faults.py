@@ -8,11 +8,11 @@ import yaml
 from conftest import CI  # tests/conftest.py
 from PIL import Image
 
-from rbdc import rundir
+from rbdc.runs import rundir
 from rbdc.cli import main
 from rbdc.data import build_dataset
 from rbdc.data.cache import build_memory_cache
-from rbdc.study import load_study, run_local
+from rbdc.studies.study import load_study, run_local
 
 
 def _image_folder(root, n=6, broken=False):

@@ -36,7 +36,8 @@ from timm.data.distributed_sampler import RepeatAugSampler
 from timm.layers import DropPath
 from timm.loss import SoftTargetCrossEntropy
 
-from rbdc import engine, run, rundir, train
+from rbdc.training import engine
+from rbdc.runs import run, rundir, train
 from rbdc.data import DataError, StreamLoader, find_imagenette
 
 pytestmark = pytest.mark.slow

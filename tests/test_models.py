@@ -3,7 +3,7 @@ import timm
 import torch
 
 import rbdc
-from rbdc.models import describe, widen_name
+from rbdc.nets.models import describe, widen_name
 
 
 def shapes(model):

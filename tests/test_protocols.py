@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 
 from rbdc import recipe as recipes
-from rbdc import report, train
-from rbdc.checkpoint import load_model
+from rbdc import report
+from rbdc.runs import train
+from rbdc.nets.checkpoint import load_model
 from rbdc.errors import UserError
 from rbdc.protocols import Built, Protocol, Stage, base, names, register
 

@@ -9,7 +9,7 @@ import yaml
 
 from rbdc import recipe as recipes
 from rbdc.errors import UserError
-from rbdc.study import load_study
+from rbdc.studies.study import load_study
 from rbdc.report.study import Point, build, saving_with_interval
 from tests.test_report import make_run
 
@@ -136,7 +136,7 @@ def test_the_cost_section_sums_the_measured_walls_into_cpu_hours(tmp_path):
 def test_the_report_says_which_cpu_and_bf16_matmul_path_each_run_recorded(tmp_path):
     """Runs of one study may come from CPUs with and without bf16 kernels: the report counts them per recorded path,
     and leaves the section out while no run recorded its CPU."""
-    from rbdc import rundir
+    from rbdc.runs import rundir
     study, root = _fake_study(tmp_path, rbdc_set={"amp": "bf16"})
     assert "## Where the runs ran" not in build(study, root, tmp_path / "out" / "a")["md"].read_text()
     for d in sorted((root / "rbdc" / "b2").iterdir()):
@@ -239,7 +239,7 @@ def test_rbdc_study_report_is_dispatched_by_the_cli_and_trains_nothing(tmp_path,
 def test_the_study_modules_never_import_their_reports():
     """The report package reads the study definitions; the reverse would be an import cycle."""
     import ast
-    for mod in ("rbdc/study.py", "rbdc/detection/study.py"):
+    for mod in ("rbdc/studies/study.py", "rbdc/detection/study.py"):
         tree = ast.parse((REPO / mod).read_text())
         names = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]

@@ -242,9 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    from rbdc.diffusionblocks import build_model as build_ours
+    from rbdc.nets.diffusionblocks import build_model as build_ours
     from rbdc.errors import UserError
-    from rbdc.models import scaled
+    from rbdc.nets.models import scaled
     from rbdc.protocols.base import target_fpi, whole_steps
     from rbdc.protocols.planning import lr_for, plan_stages
     from rbdc.data import build_loader

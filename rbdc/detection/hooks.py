@@ -44,5 +44,5 @@ class RBDCMetricsHook(Hook):
             'config': Path(runner.cfg.filename).name if runner.cfg.filename else None,
             'metrics': {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
         })
-        from rbdc.rundir import atomic_write_bytes
+        from rbdc.runs.rundir import atomic_write_bytes
         atomic_write_bytes(path, json.dumps(data, indent=1).encode())

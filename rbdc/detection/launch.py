@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from rbdc import perf
+from rbdc.cost import perf
 from rbdc.errors import UserError
 
 __all__ = ['add_train_arguments', 'add_test_arguments', 'load_config', 'train', 'test', 'train_main', 'test_main']
@@ -265,13 +265,13 @@ def _launch_record(cfg, args) -> dict:
     import timm
     import torch
 
-    from rbdc.rundir import code_version
+    from rbdc.runs.rundir import code_version
 
     init = cfg.model.get('backbone', {}).get('init_cfg') or {}
     backbone = init.get('checkpoint') if isinstance(init, dict) else None
     digest = None
     if backbone:
-        from rbdc.checkpoint import sha256
+        from rbdc.nets.checkpoint import sha256
         from rbdc.detection.weights import resolve_checkpoint
 
         backbone = str(resolve_checkpoint(backbone))
@@ -295,7 +295,7 @@ def _write_launch(runner, record: dict) -> None:
     from mmengine.dist import is_main_process
 
     if is_main_process():
-        from rbdc.rundir import atomic_write_bytes
+        from rbdc.runs.rundir import atomic_write_bytes
         atomic_write_bytes(Path(runner.work_dir) / 'launch.json', (json.dumps(record, indent=1) + '\n').encode())
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from rbdc.errors import UserError
-from rbdc.rundir import FINAL
+from rbdc.runs.rundir import FINAL
 
 __all__ = ['TRUNK', 'CheckpointKeyError', 'resolve_checkpoint', 'export_state_dict', 'export_backbone',
            'read_state_dict', 'load_backbone', 'classifier_prefixes']
@@ -58,10 +58,11 @@ def classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
 def export_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Backbone state dict (``trunk.*`` keys, classifier dropped) and metadata from an rbdc checkpoint or run folder.
 
-    The model is rebuilt from the checkpoint's own metadata and loaded strictly (:func:`rbdc.checkpoint.load_model`),
-    so a file that does not hold the model it names fails here, not at detection time.
+    The model is rebuilt from the checkpoint's own metadata and loaded strictly
+    (:func:`rbdc.nets.checkpoint.load_model`), so a file that does not hold the model it names fails here, not at
+    detection time.
     """
-    from rbdc.checkpoint import load_model, load_weights, sha256
+    from rbdc.nets.checkpoint import load_model, load_weights, sha256
 
     src = resolve_checkpoint(path)
     if src.suffix != '.safetensors':
@@ -102,7 +103,7 @@ def export_backbone(path: str | os.PathLike, out: str | os.PathLike) -> dict[str
             ref = timm.create_model(meta['model'], pretrained=False, num_classes=0, **kwargs)
         _check_keys({k: v for k, v in state.items()}, {TRUNK + k: v for k, v in ref.state_dict().items()},
                     f'export of {meta["source"]} as {meta["model"]}', strict=True)
-    from rbdc.rundir import atomic_write
+    from rbdc.runs.rundir import atomic_write
     atomic_write(out, lambda f: torch.save({'state_dict': state, 'meta': meta}, f))
     return meta
 

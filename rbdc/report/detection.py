@@ -13,7 +13,7 @@ import statistics
 from pathlib import Path
 
 from rbdc.detection.study import DetStudy, backbone_copy, status
-from rbdc.rundir import MANIFEST, RESULTS, atomic_write_bytes
+from rbdc.runs.rundir import MANIFEST, RESULTS, atomic_write_bytes
 
 from .colors import series_colors
 from .figure import save_png
@@ -221,7 +221,7 @@ def _figure(study: DetStudy, rows: list[dict], path: Path) -> None:
 
 
 def _rel(path) -> str:
-    from rbdc.pool import REPO
+    from rbdc.studies.pool import REPO
     try:
         return str(Path(path).resolve().relative_to(REPO))
     except (ValueError, TypeError):

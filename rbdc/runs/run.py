@@ -1,7 +1,7 @@
-"""The stage loop of a run: :class:`Run` plans a recipe's stages and moves its run directory (:mod:`rbdc.rundir`)
+"""The stage loop of a run: :class:`Run` plans a recipe's stages and moves its run directory (:mod:`rbdc.runs.rundir`)
 forward, one :meth:`Run.run_stage` at a time: a stage done already is kept, one a parallel child trained
-(:mod:`rbdc.parallel`) is merged, any other is trained here (:meth:`Run.train`, the engine's
-:func:`rbdc.engine.train_stage`) and recorded in the manifest (:mod:`rbdc.manifest`)."""
+(:mod:`rbdc.runs.parallel`) is merged, any other is trained here (:meth:`Run.train`, the engine's
+:func:`rbdc.training.engine.train_stage`) and recorded in the manifest (:mod:`rbdc.runs.manifest`)."""
 from __future__ import annotations
 
 import os
@@ -11,19 +11,21 @@ from pathlib import Path
 
 import torch
 
-from . import bf16, perf, protocols
-from . import recipe as recipes
+from ..training import bf16
+from ..cost import perf
+from .. import protocols
+from .. import recipe as recipes
 from . import rundir
-from .checkpoint import save_weights
-from .coupling import named_optimizer_state
-from .data import build_loader, recipe_datasets
-from .engine import evaluate, train_stage
-from .errors import UserError
-from .flops import Ledger
+from ..nets.checkpoint import save_weights
+from ..coupling import named_optimizer_state
+from ..data import build_loader, recipe_datasets
+from ..training.engine import evaluate, train_stage
+from ..errors import UserError
+from ..flops import Ledger
 from .manifest import Manifest, child_done
 from .parallel import train_in_parallel
-from .protocols import BuildContext, Stage, describe_plan, lr_for, plan_stages
-from .runtime import Dist
+from ..protocols import BuildContext, Stage, describe_plan, lr_for, plan_stages
+from ..training.runtime import Dist
 from .rundir import RunDir, atomic_write_bytes, code_version, load_state, save_state
 
 __all__ = ["Run"]
@@ -80,7 +82,8 @@ class Run:
         self.dir.append_command(self.command, {**env, **({"mixed": list(mixed)} if mixed else {})})
         if self.recipe["amp"] == "bf16" and bf16.needed(self.device):
             self.log("this CPU has no bf16 matmul kernels: bf16 autocast runs its matmuls as fp32 GEMMs of "
-                     "bf16-rounded operands, rounded to bf16 (oneDNN's result up to summation order; rbdc/bf16.py)")
+                     "bf16-rounded operands, rounded to bf16 (oneDNN's result up to summation order; "
+                     "rbdc/training/bf16.py)")
 
     def plan(self) -> None:
         """The data and the stages: an impossible plan is refused before the run directory exists."""
@@ -208,7 +211,7 @@ class Run:
 
     def _train_level_in_parallel(self, level: int, man: Manifest, jobs: int) -> None:
         """Train the level's stages that are neither done nor trained by a child before, when there are two or more,
-        in child processes (:mod:`rbdc.parallel`); :meth:`run_stage` merges them."""
+        in child processes (:mod:`rbdc.runs.parallel`); :meth:`run_stage` merges them."""
         pending = [s for s in self.stages
                    if s.level == level and not man.done(s.id) and not child_done(self.dir, s.id)]
         if len(pending) >= 2:

@@ -21,7 +21,7 @@ import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import ResNet, VisionTransformer, generate_default_cfgs, register_model
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["narrow", "scaled", "widen_name", "arch_of", "describe", "family_of", "settings", "check_supported",
            "import_path", "from_import_path"]

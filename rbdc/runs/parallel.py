@@ -1,7 +1,7 @@
 """``rbdc.jobs`` > 1: a level's pending independent stages trained in parallel child processes, up to ``jobs`` at a
-time (one GPU each when there are GPUs). Each child runs ``python -m rbdc.train RUN_DIR STAGE``
-(:func:`rbdc.train.train_child`), writes its stage's result to ``stages/<id>/stage.json`` and its output to
-``stages/<id>.log``; the parent merges the results into the run in stage order (:mod:`rbdc.manifest`).
+time (one GPU each when there are GPUs). Each child runs ``python -m rbdc.runs.train RUN_DIR STAGE``
+(:func:`rbdc.runs.train.train_child`), writes its stage's result to ``stages/<id>/stage.json`` and its output to
+``stages/<id>.log``; the parent merges the results into the run in stage order (:mod:`rbdc.runs.manifest`).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from . import rundir
-from .errors import RunFailed, UserError
+from ..errors import RunFailed, UserError
 from .rundir import RunDir
 
 __all__ = ["train_in_parallel", "child_command"]
@@ -21,7 +21,7 @@ __all__ = ["train_in_parallel", "child_command"]
 
 def child_command(run_dir: RunDir | Path, stage: str) -> list[str]:
     """The command of the child process that trains ``stage`` of the run in ``run_dir``."""
-    return [sys.executable, "-m", "rbdc.train", str(run_dir), stage]
+    return [sys.executable, "-m", "rbdc.runs.train", str(run_dir), stage]
 
 
 def train_in_parallel(run_dir: RunDir | Path, stages: list, jobs: int, log=print) -> None:

@@ -55,8 +55,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import VisionTransformer
 
-from .errors import UserError
-from .flops import count_macs
+from ..errors import UserError
+from ..flops import count_macs
 
 __all__ = ["OPTIONS", "DiffusionBlocksError", "DiffusionBlocksViT", "build_model", "band_edges", "inference_sigmas",
            "count_macs"]
@@ -384,7 +384,7 @@ class DiffusionBlocksViT(nn.Module):
 
     def train_flops_per_image(self, img_size: int | None = None) -> int:
         """Training FLOPs per image per step, averaged over the uniformly drawn blocks: 3 x 2 x forward MACs."""
-        from .flops import TRAIN_FLOPS_PER_FORWARD
+        from ..flops import TRAIN_FLOPS_PER_FORWARD
         macs = self.block_macs(img_size)
         return int(round(TRAIN_FLOPS_PER_FORWARD * 2 * sum(macs) / len(macs)))
 

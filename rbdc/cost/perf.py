@@ -7,7 +7,8 @@ why the project's target for a DeiT-B step is stated in TFLOP/s (>= 360, i.e. 45
 ``RBDC_PEAK_TFLOPS`` to use another peak (a measured one, or a device missing from the table).
 
 On a CPU, bf16 autocast is fast only where oneDNN has bf16 kernels (:func:`cpu_bf16_fast`: AVX-512 or AMX on x86);
-elsewhere :mod:`rbdc.bf16` runs its matmuls in fp32 with bf16 rounding (bf16 runs record which in ``command.txt``).
+elsewhere :mod:`rbdc.training.bf16` runs its matmuls in fp32 with bf16 rounding (bf16 runs record which in
+``command.txt``).
 """
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def _env_peak() -> float | None:
         value = float("nan")
     if not value > 0 or value == float("inf"):
         raise ValueError(f"{PEAK_ENV}={text!r} is not a positive number of TFLOP/s; set it to the device's dense bf16 "
-                         f"peak (e.g. {PEAK_ENV}=989) or unset it to use the table in rbdc/perf.py")
+                         f"peak (e.g. {PEAK_ENV}=989) or unset it to use the table in rbdc/cost/perf.py")
     return value
 
 

@@ -1,7 +1,8 @@
 """The run directory: its layout and schema (every file name, the summary.csv columns) and :class:`RunDir`, the one
 object that reads and writes a run's files: paths, the failed marker, command records, progress, checkpoints,
-orphans. Writers (:mod:`rbdc.run`, :mod:`rbdc.train`) and readers (``rbdc.report``, ``rbdc.study``) name its files
-through this module only; the files are written whole or not at all (:mod:`rbdc.files`).
+orphans. Writers (:mod:`rbdc.runs.run`, :mod:`rbdc.runs.train`) and readers (``rbdc.report``,
+``rbdc.studies.study``) name its files through this module only; the files are written whole or not at all
+(:mod:`rbdc.files`).
 
 Run directory (``<output>/<name>/seed<seed>/``)::
 
@@ -10,7 +11,7 @@ Run directory (``<output>/<name>/seed<seed>/``)::
     summary.csv        one row per epoch of every stage (:data:`SUMMARY_COLUMNS`, then any extra ones, sorted)
     ledger.json        training FLOPs per stage (every narrow model counts)
     manifest.json      stages done, their final weights (and carried optimizer state) with sha256, their parents
-                       (:mod:`rbdc.manifest`)
+                       (:mod:`rbdc.runs.manifest`)
     failed.json        only after a failure (divergence, an error): stage, step, reason, command
     train.log          output of the process, when a study's pool ran it (:data:`LOG`)
     stages/<id>/last.pt            resumable training state of the stage in progress (sha256-checked)
@@ -30,9 +31,9 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from .errors import RunFailed, UserError
-from .files import (TMP_SUFFIX, atomic_write, atomic_write_bytes, load_state, read_json, save_state, sha256,
-                    user_errors, write_json)
+from ..errors import RunFailed, UserError
+from ..files import (CHECKOUT, TMP_SUFFIX, atomic_write, atomic_write_bytes, load_state, read_json, save_state,
+                     sha256, user_errors, write_json)
 
 __all__ = ["RunDir", "RunFailed", "code_version", "copy_light", "read_failed", "read_manifest", "read_summary",
            "recorded_envs", "recorded_threads", "relative_argv", "run_dir", "stage_dir", "stage_log",
@@ -139,7 +140,7 @@ class RunDir(os.PathLike):
         atomic_write_bytes(path, (old + ("\n" if old else "") + block).encode())
 
     def recorded_envs(self) -> list[dict]:
-        """The environment (see ``rbdc.run``) of every invocation in ``command.txt``, in order."""
+        """The environment (see ``rbdc.runs.run``) of every invocation in ``command.txt``, in order."""
         path = self.path / COMMAND
         text = path.read_text() if path.is_file() else ""
         envs, decoder = [], json.JSONDecoder()
@@ -240,7 +241,7 @@ def relative_argv(argv: list[str], root: Path) -> str:
 
 def code_version() -> dict:
     """The git commit of the code that runs (the rbdc package's checkout) and whether tracked files differ from it."""
-    root = Path(__file__).resolve().parents[1]
+    root = CHECKOUT
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=30).stdout.strip()
@@ -287,14 +288,14 @@ def read_summary(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def read_manifest(run_dir: str | os.PathLike) -> dict:
-    """``manifest.json`` as written (:class:`rbdc.manifest.Manifest` reads it through here)."""
+    """``manifest.json`` as written (:class:`rbdc.runs.manifest.Manifest` reads it through here)."""
     path = Path(run_dir) / MANIFEST
     if not path.is_file():
         return {"stages": {}, "rows": [], "ledger": {}}
     return read_json(path, f"restore it from a copy, or {NEW_RUN}")
 
 
-# The readers' functions (rbdc.report, rbdc.study, rbdc.detection, benchmarks): each is RunDir(path).<method>.
+# The readers' functions (rbdc.report, rbdc.studies.study, rbdc.detection, benchmarks): each is RunDir(path).<method>.
 
 def run_dir(output: str | os.PathLike, name: str, seed: int) -> Path:
     return RunDir.of(output, name, seed).path

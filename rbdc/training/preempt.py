@@ -4,7 +4,7 @@ SIGTERM (what a scheduler or ``kill`` sends first), SIGUSR1 (Slurm's warning: ``
 a submitit job, submitit's own preemption signal (``SUBMITIT_PREEMPT_SIGNAL``, USR2 by default) set a flag; the
 engine checks it after every optimizer step, writes ``last.pt`` with the position inside the epoch, and raises
 :class:`Preempted`. ``rbdc train`` then exits with :data:`PREEMPTED_EXIT` (144: submitit's requeue code, so
-submitit's local executor runs the job again) and a submitit job requeues itself (``rbdc.launch.SlurmTrain``).
+submitit's local executor runs the job again) and a submitit job requeues itself (``rbdc.runs.launch.SlurmTrain``).
 Rerunning the same command resumes to the weights an uninterrupted run ends with.
 """
 from __future__ import annotations

@@ -28,7 +28,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-BENCH = Path(__file__).resolve().parents[1] / "reports" / "bench"
+from ..files import CHECKOUT
+
+BENCH = CHECKOUT / "reports" / "bench"
 TERMS = ("train_flops", "activation_elements", "params_per_batch", "constant")
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")  # what oneDNN dispatches on
 
@@ -117,7 +119,7 @@ def activation_elements(model: nn.Module, img_size: int) -> int:
 
 
 def _meta(name: str, img_size: int, factor: Fraction | int = 1, **kwargs) -> nn.Module:
-    from .models import family_of, scaled
+    from ..nets.models import family_of, scaled
     kwargs = {"num_classes": 10, **kwargs}
     with torch.device("meta"):
         model = scaled(name, factor, **kwargs)
@@ -128,7 +130,7 @@ def _meta(name: str, img_size: int, factor: Fraction | int = 1, **kwargs) -> nn.
 
 def features(name: str, img_size: int, batch: int, factor: Fraction | int = 1, **kwargs) -> dict[str, float]:
     """The cost model's terms for one image of ``name`` (at ``factor`` of its width) trained at ``batch``."""
-    from .flops import train_flops_per_image
+    from ..flops import train_flops_per_image
     model = _meta(name, img_size, factor, **kwargs)
     return {"train_flops": float(train_flops_per_image(model, img_size)),
             "activation_elements": float(activation_elements(model, img_size)),
@@ -138,7 +140,7 @@ def features(name: str, img_size: int, batch: int, factor: Fraction | int = 1, *
 def family(name: str, factor: Fraction | int = 1, **kwargs) -> str:
     """``vit`` or ``resnet``: fits are per precision and family (their kernels differ: a bf16 ResNet step on a CPU
     can be slower than its fp32 one while a ViT's is faster)."""
-    from .models import family_of
+    from ..nets.models import family_of
     return family_of(_meta(name, 32 if "32" in name else 224, factor, **kwargs))
 
 
@@ -192,7 +194,7 @@ class CostModel:
         return cls(d["device_kind"], d["coefs"], d.get("data_s_per_image", {}), d.get("fitted_on", []))
 
     def save(self, path: Path) -> Path:
-        from .rundir import atomic_write_bytes
+        from ..runs.rundir import atomic_write_bytes
         atomic_write_bytes(path, json.dumps(self.to_dict(), indent=1).encode())
         return path
 
@@ -277,10 +279,10 @@ def for_this_machine(bench_dir: Path = BENCH, kind: dict | None = None) -> tuple
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m rbdc.costmodel BENCH.json``: fit the cost model of the JSON's device kind (a CPU kind, or a GPU)
+    """``python -m rbdc.cost.costmodel BENCH.json``: fit the cost model of the JSON's device kind (a CPU kind, or a GPU)
     on its ``time-split`` rows and write ``costmodel-<kind>.json`` beside it."""
     import argparse
-    p = argparse.ArgumentParser(prog="python -m rbdc.costmodel", description=main.__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m rbdc.cost.costmodel", description=main.__doc__.split("\n")[0])
     p.add_argument("bench", type=Path, help="a pytest-benchmark JSON holding time-split rows (tox -e bench)")
     args = p.parse_args(argv)
     bench = json.loads(args.bench.read_text())

@@ -1,6 +1,6 @@
 """Launch a study (several recipes) on one node through torchrun, or on Slurm through submitit.
 
-    python -m rbdc.launch benchmarks/recipes/imagenet/deit-base-*.yaml [--dry-run] [--slurm] [-- extra train args]
+    python -m rbdc.runs.launch benchmarks/recipes/imagenet/deit-base-*.yaml [--dry-run] [--slurm] [-- extra train args]
 
 For each recipe it prints the plan (stages, steps, FLOPs per stage, total vs scratch) and the fully resolved
 command, then runs it: ``torchrun --standalone --nproc_per_node $NGPU -m rbdc.cli train -c RECIPE``
@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def torchrun_command(recipe: str, output: str, extra: list[str]) -> list[str]:
@@ -38,8 +38,8 @@ class SlurmTrain:
         env = submitit.JobEnvironment()
         os.environ.update(RANK=str(env.global_rank), WORLD_SIZE=str(env.num_tasks), LOCAL_RANK=str(env.local_rank),
                           MASTER_ADDR=env.hostnames[0], MASTER_PORT=os.environ.get("MASTER_PORT", "29500"))
-        from .cli import main
-        from .preempt import PREEMPTED_EXIT
+        from ..cli import main
+        from ..training.preempt import PREEMPTED_EXIT
         rc = main(["train", "-c", self.recipe, "-o", self.output, *self.extra])
         if rc == PREEMPTED_EXIT:  # checkpointed at a step boundary: requeue as submitit's own handler does
             env._requeue(1)   # local executor: exit 144, run again; Slurm: scontrol requeue
@@ -66,7 +66,7 @@ def submit_slurm(recipes: list[str], output: str, extra: list[str], args) -> Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m rbdc.launch", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m rbdc.runs.launch", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipes", nargs="+")
     p.add_argument("--output", "-o", default=os.environ.get("RBDC_OUT", "runs"))

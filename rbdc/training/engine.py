@@ -1,7 +1,7 @@
 """The training engine: one model, one stage, a fixed number of optimizer steps, resumable at epoch boundaries.
 
 Built on timm's pieces (optimizer factory, Mixup/CutMix, soft-target / label-smoothing losses, EMA), put together by
-:func:`build_training`; the learning rate of each step is :mod:`rbdc.lr`'s; DeiT recipe defaults live in
+:func:`build_training`; the learning rate of each step is :mod:`rbdc.training.lr`'s; DeiT recipe defaults live in
 :mod:`rbdc.recipe`. Stages are step-based so that a FLOPs budget is met to
 within one optimizer step; an epoch is one pass of the (drop-last) loader, and the last epoch of a stage may be
 partial. The global batch is fixed: gradient accumulation makes up what does not fit one process.
@@ -25,11 +25,11 @@ from tqdm import tqdm
 from timm.models import ResNet
 
 from . import bf16, preempt
-from .errors import RunFailed
-from .flops import Ledger
+from ..errors import RunFailed
+from ..flops import Ledger
 from .lr import LRSchedule
-from .perf import mfu_fields
-from .protocols import Protocol, Stage, lr_for
+from ..cost.perf import mfu_fields
+from ..protocols import Protocol, Stage, lr_for
 from .runtime import Dist, peak_mem_mb, reset_peak_mem, rng_states, seed_everything, set_rng_state
 
 __all__ = ["Dist", "Stage", "TrainState", "build_training", "build_criterion", "build_mixup", "build_optimizer",
@@ -207,8 +207,8 @@ def train_stage(model: nn.Module, spec: Stage, recipe: dict, train_loader, val_l
             writes them (atomically) before training goes on.
         state: a checkpoint dict from ``on_epoch`` or ``on_preempt`` to resume from.
         on_preempt: called with a checkpoint dict (``in_epoch``: the position inside the epoch) when a preemption
-            signal (:mod:`rbdc.preempt`) stops the stage between two steps of an epoch; then
-            :class:`rbdc.preempt.Preempted` is raised.
+            signal (:mod:`rbdc.training.preempt`) stops the stage between two steps of an epoch; then
+            :class:`rbdc.training.preempt.Preempted` is raised.
         optimizer_state: initial optimizer state (RBDC's carried AdamW moments after coupling).
         protocol: the run's protocol (:class:`rbdc.protocols.Protocol`): what an image costs the model, whether the
             model's forward is its own objective, its timm backbone.

@@ -1,6 +1,7 @@
-"""``rbdc train``: run a recipe's protocol into a run directory (:class:`rbdc.run.Run`, the stage loop), resuming
-automatically, under one writer (:mod:`rbdc.runlock`); ``rbdc.jobs`` > 1 trains a level's independent stages in
-parallel child processes (:mod:`rbdc.parallel`), each ``python -m rbdc.train RUN_DIR STAGE`` (:func:`train_child`)."""
+"""``rbdc train``: run a recipe's protocol into a run directory (:class:`rbdc.runs.run.Run`, the stage loop), resuming
+automatically, under one writer (:mod:`rbdc.runs.runlock`); ``rbdc.jobs`` > 1 trains a level's independent stages in
+parallel child processes (:mod:`rbdc.runs.parallel`), each ``python -m rbdc.runs.train RUN_DIR STAGE``
+(:func:`train_child`)."""
 from __future__ import annotations
 
 import argparse
@@ -12,14 +13,16 @@ from pathlib import Path
 
 import torch
 
-from . import preempt, protocols, rundir, runlock
-from . import recipe as recipes
-from .data import plan_size
-from .runtime import Dist
-from .errors import UserError
-from .flops import Ledger
+from ..training import preempt
+from .. import protocols
+from . import rundir, runlock
+from .. import recipe as recipes
+from ..data import plan_size
+from ..training.runtime import Dist
+from ..errors import UserError
+from ..flops import Ledger
 from .manifest import Manifest, save_child_result
-from .protocols import describe_plan, plan_stages
+from ..protocols import describe_plan, plan_stages
 from .run import Run
 
 def run_recipe(path: str | None, output: str = "runs", overrides: list[str] = (), dry_run: bool = False,
@@ -48,13 +51,13 @@ def _dry_run(rec: dict, log, estimate: bool | str) -> None:
     stages = plan_stages(rec, size.train_size, size.num_classes)
     log(describe_plan(rec, stages, size.train_size, size.num_classes))
     if estimate:  # True: measure here; a string: a device of the committed benchmarks
-        from .estimate import estimate_stages
+        from ..cost.estimate import estimate_stages
         log(estimate_stages(rec, stages, size.num_classes, gpu=estimate if isinstance(estimate, str) else None))
 
 
 @contextlib.contextmanager
 def _one_writer(run: Run, d: Dist, wait: bool, log):
-    """Hold the run directory (:mod:`rbdc.runlock`) for the run's life: rank 0 takes the lock and tells the other
+    """Hold the run directory (:mod:`rbdc.runs.runlock`) for the run's life: rank 0 takes the lock and tells the other
     ranks. (A parallel child trains inside its parent's hold.)"""
     if d.world == 1:
         with runlock.hold(run.dir.path, wait=wait, log=log):
@@ -91,7 +94,7 @@ def _failures_recorded(run: Run, child_stage: str | None = None):
 
 
 def train_child(run_dir: Path, stage: str, log=print) -> None:
-    """A parallel child's work (:mod:`rbdc.parallel`): train ``stage`` of the run in ``run_dir`` alone, from rows
+    """A parallel child's work (:mod:`rbdc.runs.parallel`): train ``stage`` of the run in ``run_dir`` alone, from rows
     and a ledger of its own, into its ``stage.json`` for the parent to merge. It writes nothing outside the stage's
     folder and trains inside its parent's hold of the run directory."""
     rec = recipes.resolve(Path(run_dir) / rundir.RECIPE)
@@ -110,8 +113,8 @@ def train_child(run_dir: Path, stage: str, log=print) -> None:
 
 
 def child_main(argv: list[str] | None = None) -> int:
-    """``python -m rbdc.train RUN_DIR STAGE``: :func:`train_child`, with the CLI's exit codes."""
-    ap = argparse.ArgumentParser(prog="python -m rbdc.train", description="train one stage of a run as a parallel "
+    """``python -m rbdc.runs.train RUN_DIR STAGE``: :func:`train_child`, with the CLI's exit codes."""
+    ap = argparse.ArgumentParser(prog="python -m rbdc.runs.train", description="train one stage of a run as a parallel "
                                  "child of rbdc.jobs (the parent merges it)")
     ap.add_argument("run_dir")
     ap.add_argument("stage")
@@ -132,7 +135,7 @@ def child_main(argv: list[str] | None = None) -> int:
 
 
 def cmd_train(args) -> int:
-    from .cli import check_output
+    from ..cli import check_output
     t0 = time.time()
     if args.resume:
         run_dir = Path(args.resume)

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from .errors import UserError
-from .files import user_errors
+from ..errors import UserError
+from ..files import user_errors
 
 LOCK = ".lock"
 HELD = ".lock.held"          # the fallback's lock file

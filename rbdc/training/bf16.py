@@ -19,7 +19,7 @@ import warnings
 
 import torch
 
-from . import perf
+from ..cost import perf
 
 __all__ = ["OPS", "needed", "install", "uninstall", "installed", "matmul_path"]
 

@@ -35,10 +35,11 @@ from pathlib import Path
 
 import yaml
 
-from . import pool, rundir, runlock, tuning
-from .errors import UserError
-from .recipe import load_yaml
-from .units import human_flops, human_time
+from . import pool, tuning
+from ..runs import rundir, runlock
+from ..errors import UserError
+from ..recipe import load_yaml
+from ..units import human_flops, human_time
 
 REPO = pool.REPO  # the checkout whose code the runs use
 STUDY_KEYS = {"name", "seeds", "jobs", "threads", "nproc", "set", "points", "output", "description", "report",
@@ -74,7 +75,7 @@ class StudyRun:
     def changed(self, output: str | Path) -> list[str]:
         """The recipe keys in which this run's stored ``recipe.yaml`` differs from what the study now asks (none
         for a run not started)."""
-        from . import recipe as recipes
+        from .. import recipe as recipes
         path = self.run_dir(output) / rundir.RECIPE
         if not path.is_file():
             return []
@@ -107,7 +108,7 @@ class Study:
     points: list[str] = field(default_factory=list)
     nproc: int = 1            # processes (GPUs) per run: > 1 runs each through torchrun
     tuning: tuning.Tuning | None = None
-    choices: dict[str, str] = field(default_factory=dict)   # tuned point -> its trial's account (rbdc.tuning)
+    choices: dict[str, str] = field(default_factory=dict)   # tuned point -> its trial's account (rbdc.studies.tuning)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -243,8 +244,8 @@ def trial_dir(study: str, output: str | Path):
 
 def _key_checker(expanded: list[tuple[str, Path, dict, list]]):
     """``known(point, key)``: the key is in the recipe schema and read by the point's protocol."""
-    from . import protocols
-    from .recipe import SCHEMA, resolve
+    from .. import protocols
+    from ..recipe import SCHEMA, resolve
     points = {pid: (recipe, over) for pid, recipe, over, _ in expanded}
 
     def known(pid: str, key: str) -> bool:
@@ -255,9 +256,9 @@ def _key_checker(expanded: list[tuple[str, Path, dict, list]]):
 
 def planned_flops(run: StudyRun) -> float:
     """The run's total training FLOPs from its plan (the data's size as :func:`rbdc.data.plan_size` gives it)."""
-    from . import recipe as recipes
-    from .data import plan_size
-    from .protocols.planning import plan_stages, stage_flops
+    from .. import recipe as recipes
+    from ..data import plan_size
+    from ..protocols.planning import plan_stages, stage_flops
     rec = recipes.resolve(run.recipe, list(run.overrides), seed=run.seed, name=run.name)
     size = plan_size(rec)
     return float(sum(stage_flops(plan_stages(rec, size.train_size, size.num_classes), rec["batch_size"])))
@@ -341,7 +342,7 @@ def submit(runs: list[StudyRun], output: Path, cluster: str | None, args) -> lis
         import submitit
     except ImportError as e:
         raise UserError("--slurm needs submitit: pip install 'rbdc[slurm]'") from e
-    from .launch import SlurmTrain
+    from ..runs.launch import SlurmTrain
     if not runs:
         return []
     ex = submitit.AutoExecutor(folder=output / "submitit" / "%j", cluster=cluster)

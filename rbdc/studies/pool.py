@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Hashable
 
-from .runlock import HELD_EXIT
-from .units import human_time
+from ..files import CHECKOUT
+from ..runs.runlock import HELD_EXIT
+from ..units import human_time
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = CHECKOUT
 
 
 @dataclass(frozen=True)

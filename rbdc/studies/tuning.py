@@ -22,8 +22,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import rundir
-from .errors import UserError
+from ..runs import rundir
+from ..errors import UserError
 
 TUNING_KEYS = {"set", "seeds", "budgets", "trials"}
 HOLDOUT_KEY = "data.holdout"

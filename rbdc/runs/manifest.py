@@ -2,7 +2,7 @@
 its sha256, their parents), and the summary rows and FLOPs ledger up to the last of them.
 
 A :class:`Manifest` is a value: adding a stage returns a new one, so that nothing a caller holds changes under it.
-A stage trained by a parallel child process (``rbdc.jobs`` > 1, :mod:`rbdc.parallel`) is handed over in the child's
+A stage trained by a parallel child process (``rbdc.jobs`` > 1, :mod:`rbdc.runs.parallel`) is handed over in the child's
 ``stages/<id>/stage.json`` (:func:`save_child_result`) and joins the run with :meth:`Manifest.with_child_result`.
 """
 from __future__ import annotations
@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import rundir
-from .errors import UserError
-from .files import read_json, sha256, write_json
-from .flops import Ledger
+from ..errors import UserError
+from ..files import read_json, sha256, write_json
+from ..flops import Ledger
 from .rundir import RunDir
 
 __all__ = ["Manifest", "save_child_result", "child_done"]
