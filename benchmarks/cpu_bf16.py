@@ -27,7 +27,7 @@ from rbdc.cost import perf
 from rbdc.runs.rundir import atomic_write_bytes
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPE = "benchmarks/recipes/imagenette32/vit-nano-scratch.yaml"
+RECIPE = "configs/recipes/imagenette32/vit-nano-scratch.yaml"
 MODELS = ("rbdc_vit_nano_patch4_32", "rbdc_vit_nano_patch4_32_w2")
 PATHS = ("bf16, torch kernels", "bf16, emulated (rbdc.training.bf16)", "fp32")
 ROUNDS, STEPS = 3, 2

@@ -22,7 +22,7 @@ subprocess (nothing else has run in it, so its peak RSS is the step's):
 * **CUDA** (when a GPU is present): ``torch.cuda.max_memory_allocated`` over the same steps, and its increment over
   ``memory_allocated`` before the first one.
 
-Models and steps are the engine's: the 32-px study's recipes (``benchmarks/recipes/imagenette32/vit-nano-scratch``
+Models and steps are the engine's: the 32-px study's recipes (``configs/recipes/imagenette32/vit-nano-scratch``
 and ``vit-nano-diffusionblocks``: bf16 autocast, explicit attention, drop-path 0.05, AdamW, clipping), the
 protocol's own ``target`` builder, :func:`rbdc.training.engine.build_training` and
 :func:`rbdc.training.engine.train_step`. Widths:
@@ -53,7 +53,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = REPO / "benchmarks" / "recipes" / "imagenette32"
+RECIPES = REPO / "configs" / "recipes" / "imagenette32"
 NUM_CLASSES = 10
 # (width, depth, heads): the study's model, and 3x its width (rbdc.scaled keeps head_dim 16: 12 heads) at depth 8
 WIDTHS = ((64, 4, 4), (192, 8, 12))

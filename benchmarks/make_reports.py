@@ -29,10 +29,10 @@ REPORTS = {
                                      "at equal training FLOPs, every stage annealed to min_lr"),
 }
 # study reports: study name -> study file (its runs' light files under reports/runs/<name>/)
-STUDIES = {"imagenette32": REPO / "benchmarks" / "studies" / "imagenette32.yaml",
-           "imagenette32-fair": REPO / "benchmarks" / "studies" / "imagenette32-fair.yaml"}
+STUDIES = {"imagenette32": REPO / "configs" / "studies" / "imagenette32.yaml",
+           "imagenette32-fair": REPO / "configs" / "studies" / "imagenette32-fair.yaml"}
 # detection studies: name -> study file (light files under reports/runs/<name>/, report under reports/detection/)
-DET_STUDIES = {"balloon32": REPO / "benchmarks" / "studies" / "balloon32.yaml"}
+DET_STUDIES = {"balloon32": REPO / "configs" / "studies" / "balloon32.yaml"}
 # the README's headline: the study report it comes from, and what the README says about that choice
 HEADLINE = ("imagenette32", "Source: the complete 3-seed study ([imagenette32](reports/imagenette32.md)), until the "
                             "study with equal tuning for every protocol and 5 seeds "

@@ -29,7 +29,7 @@ from rbdc.runs import rundir
 from rbdc.files import atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
-CI = ROOT / "benchmarks" / "recipes" / "ci"
+CI = ROOT / "configs" / "recipes" / "ci"
 DIGESTS = ROOT / "tests" / "data" / "ci_digests.json"
 FLOAT64 = ROOT / "tests" / "data" / "ci_float64.json"
 RECIPES = sorted(p.stem for p in CI.glob("*.yaml") if p.stem != "base")

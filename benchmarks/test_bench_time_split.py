@@ -26,9 +26,9 @@ from benchmarks.time_split import beside, busy_clock, gemm_busy_rate, profile_sp
 from benchmarks.train_paths import PathCase, Trainer
 from rbdc.cost.costmodel import device_kind
 
-VIT = "benchmarks/recipes/imagenette32/base-vit-nano.yaml"
-RESNET = "benchmarks/recipes/imagenette32/base-resnet18.yaml"
-DEIT = "benchmarks/recipes/imagenet/base-deit.yaml"
+VIT = "configs/recipes/imagenette32/base-vit-nano.yaml"
+RESNET = "configs/recipes/imagenette32/base-resnet18.yaml"
+DEIT = "configs/recipes/imagenet/base-deit.yaml"
 VIT_WIDTHS = {16: "rbdc_vit_nano_patch4_32_w4", 32: "rbdc_vit_nano_patch4_32_w2", 64: "rbdc_vit_nano_patch4_32",
               128: "rbdc_vit_micro_patch4_32", 192: "rbdc_vit_tiny_patch4_32", 384: "rbdc_vit_small_patch4_32"}
 STEPS = {"bf16": {16: 8, 32: 6, 64: 4, 128: 2, 192: 1, 384: 1}, "fp32": {16: 6, 32: 4, 64: 2, 128: 1, 192: 1, 384: 1}}

@@ -21,7 +21,7 @@ from .data import DataError, find_imagenette
 from .files import CHECKOUT
 from .units import human_flops, human_time
 
-RECIPES = CHECKOUT / "benchmarks" / "recipes" / "quickstart"
+RECIPES = CHECKOUT / "configs" / "recipes" / "quickstart"
 IMAGENETTE = ["data.source=imagenette", "budget_epochs=6", "batch_size=128"]
 PROTOCOLS = ("rbdc-d1", "scratch")
 

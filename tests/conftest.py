@@ -7,7 +7,7 @@ import torch
 import rbdc  # noqa: F401  (registers the test_rbdc_* variants)
 
 REPO = Path(__file__).resolve().parents[1]
-CI = REPO / "benchmarks" / "recipes" / "ci"
+CI = REPO / "configs" / "recipes" / "ci"
 QUIET = {"log": lambda *a, **k: None}
 
 

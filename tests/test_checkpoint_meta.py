@@ -17,7 +17,7 @@ from rbdc.nets.checkpoint import load_model, load_weights, save_weights
 from rbdc.growth import gradmax_start, inner_widths
 from rbdc.nets.layers import PartLayerNorm
 
-CI = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes" / "ci"
+CI = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "ci"
 
 
 def mean_logits(models, x):

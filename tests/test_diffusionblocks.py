@@ -18,7 +18,7 @@ from rbdc.nets.diffusionblocks import DiffusionBlocksError, band_edges, build_mo
 from rbdc.flops import train_flops_per_image
 
 REPO = Path(__file__).resolve().parents[1]
-CI_RECIPE = REPO / "benchmarks" / "recipes" / "ci" / "diffusionblocks.yaml"
+CI_RECIPE = REPO / "configs" / "recipes" / "ci" / "diffusionblocks.yaml"
 TINY = dict(model="test_rbdc_vit", drop_path=0.0, model_kwargs={"depth": 3}, diffusionblocks={"blocks": 3})
 
 

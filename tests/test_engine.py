@@ -15,7 +15,7 @@ from rbdc.errors import UserError
 from rbdc.growth import inner_widths
 from rbdc.runs.rundir import load_state
 
-RECIPES = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes"
+RECIPES = Path(__file__).resolve().parents[1] / "configs" / "recipes"
 CI = RECIPES / "ci"
 QUIET = dict(log=lambda *a, **k: None)
 

@@ -48,7 +48,7 @@ def test_plan_for_a_benchmarked_device_uses_its_results(capsys):
 
 def test_train_dry_run_estimates_the_wall_time(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr("rbdc.cost.estimate.BENCH", tmp_path)
-    assert main(["train", "-c", "benchmarks/recipes/quickstart/rbdc.yaml", "--dry-run", "--estimate",
+    assert main(["train", "-c", "configs/recipes/quickstart/rbdc.yaml", "--dry-run", "--estimate",
                  "--set", "budget_epochs=1"]) == 0
     out = capsys.readouterr().out
     assert "estimated wall time:" in out and re.search(r"total training FLOPs: [\d.]+ [GTPE]FLOPs", out)

@@ -11,7 +11,7 @@ from rbdc.nets.checkpoint import load_model
 from rbdc.errors import UserError
 from rbdc.protocols import Built, Protocol, Stage, base, names, register
 
-CI = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes" / "ci"
+CI = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "ci"
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from rbdc.runs import train
 from rbdc.errors import UserError
 from rbdc.studies.study import StudyRun
 
-CI = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes" / "ci"
+CI = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "ci"
 QUIET = {"log": lambda *a, **k: None}
 
 

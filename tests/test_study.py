@@ -16,7 +16,7 @@ from rbdc.studies.study import load_study, planned_flops
 from rbdc.runs.rundir import code_version
 
 REPO = Path(__file__).resolve().parents[1]
-CI = REPO / "benchmarks" / "recipes" / "ci"
+CI = REPO / "configs" / "recipes" / "ci"
 
 
 def _study(tmp_path: Path, points: list, **extra) -> Path:
@@ -63,7 +63,7 @@ def test_bad_study_files_are_refused_with_the_reason(tmp_path, points, extra, me
 
 def test_every_committed_study_expands_and_plans():
     from rbdc.detection.study import load_study as load_detection_study
-    for path in sorted((REPO / "benchmarks" / "studies").glob("*.yaml")):
+    for path in sorted((REPO / "configs" / "studies").glob("*.yaml")):
         if "kind: detection" in path.read_text():
             with pytest.raises(UserError, match="is a detection study: run it with rbdc det-study"):
                 load_study(path)

@@ -14,7 +14,7 @@ from rbdc.report.study import Point, build, saving_with_interval
 from tests.test_report import make_run
 
 REPO = Path(__file__).resolve().parents[1]
-CI = REPO / "benchmarks" / "recipes" / "ci"
+CI = REPO / "configs" / "recipes" / "ci"
 SCRATCH = {1: (50.0, 1e12), 2: (60.0, 2e12), 4: (70.0, 4e12)}   # top-1 rises 10 points per doubling of FLOPs
 
 

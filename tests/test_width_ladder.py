@@ -31,7 +31,7 @@ def test_the_widest_rungs_rbdc_parts_are_deit_ti_wide_and_its_d2_leaves_a_quarte
 @pytest.mark.parametrize("study, runs", [("width-ladder32.yaml", 75), ("imagenet-deit-ladder.yaml", 57)])
 def test_the_ladder_studies_plan_whole_without_data(study, runs, capsys, monkeypatch):
     monkeypatch.setenv("IMAGENET_ROOT", "/nonexistent")
-    path = REPO / "benchmarks" / "studies" / study
+    path = REPO / "configs" / "studies" / study
     assert main(["study", str(path), "-o", "/nonexistent/runs", "--list"]) == 0
     out = capsys.readouterr().out
     assert f"{runs} runs" in out and "awaiting tuning" in out

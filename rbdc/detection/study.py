@@ -1,6 +1,6 @@
 """``rbdc det-study STUDY.yaml``: fine-tune one detection config on the backbones of a classification study.
 
-A detection study file (``benchmarks/studies/balloon32.yaml``) names the classification study whose runs provide the
+A detection study file (``configs/studies/balloon32.yaml``) names the classification study whose runs provide the
 backbones (points, one budget, seeds), one MMDetection config, the image scale, the epochs and the fine-tuning
 seeds. Each (backbone point, pretraining seed, fine-tuning seed) is one ``rbdc det-train`` in
 ``OUTPUT/<name>/<label>/seed<s>/ft<f>``, run through the same local pool as ``rbdc study`` and resumable (MMEngine's
@@ -187,7 +187,7 @@ def run(study: DetStudy, output: Path, backbones: Path, jobs: int, threads: int,
         only = ' '.join(f'--only {g}' for g in dict.fromkeys(group_name(study.source, r.point, study.budget)
                                                              for r in missing))
         raise UserError(f'{len(missing)} backbone(s) missing, e.g. {missing[0].backbone(backbones, study)}: train '
-                        f'them with the {study.source} study first (rbdc study benchmarks/studies/{study.source}.yaml '
+                        f'them with the {study.source} study first (rbdc study configs/studies/{study.source}.yaml '
                         f'-o {backbones} {only}) or pass --backbones DIR')
     cost = float(study.epochs or study.iters)
     log(f'detection study {study.name}: {len(study.runs)} runs, {len(study.runs) - len(todo)} done, {len(todo)} to '
@@ -254,10 +254,10 @@ def add_cli(sub) -> None:
     p = sub.add_parser('det-study', help='fine-tune a detection config on the backbones of a classification study',
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog='examples:\n'
-                              '  rbdc det-study benchmarks/studies/balloon32.yaml -o runs           # resumable\n'
-                              '  rbdc det-study benchmarks/studies/balloon32.yaml -o runs --list\n'
-                              '  rbdc det-study benchmarks/studies/balloon32.yaml -o runs --report  # md, json, png\n')
-    p.add_argument('study', help='detection study YAML (benchmarks/studies/...)')
+                              '  rbdc det-study configs/studies/balloon32.yaml -o runs           # resumable\n'
+                              '  rbdc det-study configs/studies/balloon32.yaml -o runs --list\n'
+                              '  rbdc det-study configs/studies/balloon32.yaml -o runs --report  # md, json, png\n')
+    p.add_argument('study', help='detection study YAML (configs/studies/...)')
     p.add_argument('--output', '-o', default=None, help='runs root (default: $RBDC_OUT or runs)')
     p.add_argument('--backbones', default=None, metavar='DIR',
                    help='runs root of the classification study (default: the same as --output)')

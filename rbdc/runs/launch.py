@@ -1,6 +1,6 @@
 """Launch a study (several recipes) on one node through torchrun, or on Slurm through submitit.
 
-    python -m rbdc.runs.launch benchmarks/recipes/imagenet/deit-base-*.yaml [--dry-run] [--slurm] [-- extra train args]
+    python -m rbdc.runs.launch configs/recipes/imagenet/deit-base-*.yaml [--dry-run] [--slurm] [-- extra train args]
 
 For each recipe it prints the plan (stages, steps, FLOPs per stage, total vs scratch) and the fully resolved
 command, then runs it: ``torchrun --standalone --nproc_per_node $NGPU -m rbdc.cli train -c RECIPE``

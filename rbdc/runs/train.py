@@ -163,12 +163,12 @@ def add_cli(sub) -> None:
     p = sub.add_parser("train", help="train a recipe (scratch, rbdc, a growth baseline, diffusionblocks) into a run "
                        "directory; reruns resume", formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n"
-                       "  rbdc train -c benchmarks/recipes/imagenette/vit-mini-rbdc-d1.yaml   # rerun to resume\n"
-                       "  rbdc train -c benchmarks/recipes/imagenet/deit-base-rbdc-d2.yaml --dry-run --gpu H100\n"
-                       "  rbdc train -c benchmarks/recipes/quickstart/rbdc.yaml --dry-run --estimate\n"
+                       "  rbdc train -c configs/recipes/imagenette/vit-mini-rbdc-d1.yaml   # rerun to resume\n"
+                       "  rbdc train -c configs/recipes/imagenet/deit-base-rbdc-d2.yaml --dry-run --gpu H100\n"
+                       "  rbdc train -c configs/recipes/quickstart/rbdc.yaml --dry-run --estimate\n"
                        "  rbdc train -c RECIPE --match runs/quickstart/rbdc-d1/seed0   # the FLOPs that run spent\n"
                        "  rbdc train -c RECIPE --set rbdc.depth=2 --set data.subset=50 --seed 1\n")
-    p.add_argument("--recipe", "-c", default=None, help="recipe YAML (benchmarks/recipes/...)")
+    p.add_argument("--recipe", "-c", default=None, help="recipe YAML (configs/recipes/...)")
     p.add_argument("--output", "-o", default=os.environ.get("RBDC_OUT", "runs"), help="root of run directories")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key (repeatable), "
                    "e.g. --set rbdc.depth=2 --set data.subset=50")

@@ -1,7 +1,7 @@
 """``rbdc study STUDY.yaml``: a grid of runs (protocol variants x budgets x seeds x overrides) as data, run
 unattended and resumably on this machine (a local process pool) or on Slurm (submitit, one job per run).
 
-A study file (``benchmarks/studies/*.yaml``)::
+A study file (``configs/studies/*.yaml``)::
 
     name: imagenette32            # runs go to OUTPUT/<name>/<point>/b<budget>/seed<s>
     seeds: [0, 1, 2]
@@ -138,7 +138,7 @@ def read_study_file(path: str | Path) -> tuple[Path, dict]:
     """The resolved path and the mapping of a study file (classification or detection)."""
     path = Path(path).resolve()
     if not path.is_file():
-        raise UserError(f"study {path} not found; studies live under benchmarks/studies/")
+        raise UserError(f"study {path} not found; studies live under configs/studies/")
     try:
         return path, load_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -450,12 +450,12 @@ def add_cli(sub) -> None:
         "study", help="run a study file (a grid of recipes x budgets x seeds) here or on Slurm; reruns resume",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
-               "  rbdc study benchmarks/studies/imagenette32.yaml            # 2 runs at once x 1 thread, resumable\n"
-               "  rbdc study benchmarks/studies/imagenette32.yaml --list     # every run, its status and FLOPs\n"
-               "  rbdc study benchmarks/studies/imagenette32.yaml --only vit-scratch --jobs 1 --threads 2\n"
-               "  rbdc study benchmarks/studies/imagenette32.yaml --report     # reports/imagenette32.md + figures\n"
-               "  rbdc study benchmarks/studies/imagenette64-gpu.yaml --slurm --partition gpu\n")
-    p.add_argument("study", help="study YAML (benchmarks/studies/...)")
+               "  rbdc study configs/studies/imagenette32.yaml            # 2 runs at once x 1 thread, resumable\n"
+               "  rbdc study configs/studies/imagenette32.yaml --list     # every run, its status and FLOPs\n"
+               "  rbdc study configs/studies/imagenette32.yaml --only vit-scratch --jobs 1 --threads 2\n"
+               "  rbdc study configs/studies/imagenette32.yaml --report     # reports/imagenette32.md + figures\n"
+               "  rbdc study configs/studies/imagenette64-gpu.yaml --slurm --partition gpu\n")
+    p.add_argument("study", help="study YAML (configs/studies/...)")
     p.add_argument("--output", "-o", default=None, help="runs root (default: $RBDC_OUT or runs)")
     p.add_argument("--jobs", type=int, default=None, help="runs at once (default: the study's `jobs`)")
     p.add_argument("--threads", type=int, default=None, help="threads per run (default: the study's `threads`)")

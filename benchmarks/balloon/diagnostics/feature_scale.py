@@ -1,6 +1,6 @@
 """Scale of the backbone's and the FPN's outputs on balloon train images, pretrained vs random-init backbone.
 
-    BALLOON_SCALE=384,256 python reports/runs/balloon-r18-probes/diagnostics/feature_scale.py CONFIG CKPT [--cfg-options ...]
+    BALLOON_SCALE=384,256 python benchmarks/balloon/diagnostics/feature_scale.py CONFIG CKPT [--cfg-options ...]
 
 Why: the first probe's mask loss started at 5-6 (a fresh mask head on unit-scale features starts near 0.7), which
 points at feature magnitudes far from what the freshly initialised heads expect.

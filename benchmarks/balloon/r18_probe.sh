@@ -3,7 +3,7 @@
 # holding the shared core-1 lock, 1 thread; resumes the run's latest epoch checkpoint when it exists, so a long probe
 # is run as several calls of at most ~15 min (EPOCHS 24 with STOP_AFTER K: train until epoch K of the 24-epoch
 # schedule, then call again with a later K).
-#   bash reports/runs/balloon-r18-probes/run_probe.sh NAME BACKBONE EPOCHS [STOP_AFTER] [KEY=VALUE ...]
+#   bash benchmarks/balloon/r18_probe.sh NAME BACKBONE EPOCHS [STOP_AFTER] [KEY=VALUE ...]
 # BACKBONE: an rbdc run folder or `none` (random init); KEY=VALUE: more --cfg-options. Work dirs in
 # runs/r18-probes/NAME (weights, not committed); launch.json and metrics.json are copied to
 # reports/runs/balloon-r18-probes/NAME/ with the resolved config and the log's per-epoch lines. Fine-tuning seed 0
@@ -12,7 +12,7 @@ set -euo pipefail
 name=$1 backbone=$2 epochs=$3; shift 3
 stop=$epochs
 if [[ $# -gt 0 && $1 != *=* ]]; then stop=$1; shift; fi
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$repo"
 export RBDC_DATA=${RBDC_DATA:-/work/shared/data} BALLOON_SCALE=${BALLOON_SCALE:-384,256}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
