@@ -88,7 +88,7 @@ def recipe_for(method: str, width: int, depth: int, heads: int, blocks: int, *, 
 
 def one_block(model):
     """A DiffusionBlocksViT re-split into one block of every layer (B = 1: the objective trained end to end)."""
-    from rbdc.nets.diffusionblocks import band_edges
+    from rbdc.nets.diffusion_noise import band_edges
     model.num_blocks, model.layers_per_block = 1, len(model.trunk.blocks)
     model.edges = band_edges(1, model.p_mean, model.p_std, model.sigma_min, model.sigma_max)
     model.sigmas, model.inference_steps = [model.sigma_max, model.sigma_min], 2  # (training only reads the split)

@@ -59,7 +59,7 @@ def make(out_dir: Path = REPO / "reports", runs: Path = RUNS) -> dict[str, dict]
         if dirs:
             written[name] = generate_report(dirs, out_dir / name, title=title)
     from rbdc.report.study import build
-    from rbdc.studies.study import load_study
+    from rbdc.studies.spec import load_study
     for name, study_file in STUDIES.items():
         if (runs / name).is_dir():
             # with the runs root, a tuned point takes the trial its committed trial runs chose

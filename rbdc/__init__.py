@@ -8,6 +8,7 @@ from .nets.checkpoint import load_model, load_weights, save_weights
 from .coupling import couple, couple_tree, plan
 from .flops import Ledger, forward_flops, forward_macs, measured_train_flops_per_image, train_flops_per_image
 from .nets.models import narrow, scaled
+from .nets import variants  # noqa: F401  (registers rbdc's model names in timm's registry)
 from . import growth  # noqa: F401  (registers the growth baselines' checkpoint rebuilds)
 
 __version__ = "0.1.0"

@@ -32,7 +32,8 @@ import torch
 import torch.nn as nn
 
 from .nets.layers import group_norms
-from .nets.models import arch_of, check_supported, describe, scaled, settings, widen_name
+from .nets.models import arch_of, check_supported, describe, scaled, settings
+from .nets.variants import widen_name
 
 __all__ = ["couple", "couple_tree", "plan", "classifier_keys"]
 

@@ -74,7 +74,8 @@ def _report_progress(dirs: dict[str, Path], planned: dict[str, float], stop: thr
 
 
 def _run_side_by_side(out: Path, over: list[str], seed: int, every: float) -> None:
-    from .studies.study import Study, StudyRun, planned_flops, run_local
+    from .studies.study import planned_flops, run_local
+    from .studies.spec import Study, StudyRun
     runs = [StudyRun(name=f"quickstart/{p}", recipe=str(RECIPES / f"{p.split('-')[0]}.yaml"), overrides=tuple(over),
                      seed=seed, point=p) for p in PROTOCOLS]
     planned = {r.point: planned_flops(r) for r in runs}

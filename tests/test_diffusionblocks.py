@@ -14,7 +14,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import rbdc.runs.train as train
 from rbdc import cli
 from rbdc.runs import rundir
-from rbdc.nets.diffusionblocks import DiffusionBlocksError, band_edges, build_model, inference_sigmas
+from rbdc.nets.diffusion_noise import band_edges, inference_sigmas
+from rbdc.nets.diffusionblocks import DiffusionBlocksError, build_model
 from rbdc.flops import train_flops_per_image
 
 REPO = Path(__file__).resolve().parents[1]

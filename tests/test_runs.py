@@ -18,7 +18,7 @@ from rbdc import recipe as recipes
 from rbdc import report
 from rbdc.runs import train
 from rbdc.errors import UserError
-from rbdc.studies.study import StudyRun
+from rbdc.studies.spec import StudyRun
 
 CI = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "ci"
 QUIET = {"log": lambda *a, **k: None}

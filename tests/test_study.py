@@ -12,7 +12,8 @@ import yaml
 
 from rbdc.cli import main
 from rbdc.errors import UserError
-from rbdc.studies.study import load_study, planned_flops
+from rbdc.studies.study import planned_flops
+from rbdc.studies.spec import load_study
 from rbdc.runs.rundir import code_version
 
 REPO = Path(__file__).resolve().parents[1]

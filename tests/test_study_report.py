@@ -9,7 +9,7 @@ import yaml
 
 from rbdc import recipe as recipes
 from rbdc.errors import UserError
-from rbdc.studies.study import load_study
+from rbdc.studies.spec import load_study
 from rbdc.report.study import Point, build, saving_with_interval
 from tests.test_report import make_run
 

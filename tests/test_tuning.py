@@ -14,7 +14,7 @@ from rbdc.data import build_dataset, holdout_split
 from rbdc.data.datasets import DataError, holdout_positions
 from rbdc.errors import UserError
 from rbdc.protocols.planning import plan_stages
-from rbdc.studies.study import load_study
+from rbdc.studies.spec import load_study
 from rbdc.data import recipe_datasets
 
 

@@ -5,7 +5,8 @@ import timm
 
 import rbdc  # noqa: F401  (registers the rungs)
 from rbdc.cli import main
-from rbdc.studies.study import load_study, planned_flops
+from rbdc.studies.study import planned_flops
+from rbdc.studies.spec import load_study
 from conftest import REPO  # tests/conftest.py
 
 RUNGS = {"rbdc_vit_nano_patch4_32": 64, "rbdc_vit_micro_patch4_32": 128, "rbdc_vit_tiny_patch4_32": 192,

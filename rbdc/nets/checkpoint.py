@@ -13,7 +13,8 @@ from safetensors.torch import save
 
 from ..errors import UserError
 from .layers import group_norms, grouped_norms
-from .models import arch_of, from_import_path, import_path, rebuild_name, scaled
+from .models import arch_of, from_import_path, import_path, scaled
+from .variants import rebuild_name
 from ..files import atomic_write_bytes, sha256
 
 __all__ = ["save_weights", "load_weights", "load_model", "register_rebuild", "sha256", "atomic_write_bytes"]
@@ -47,8 +48,8 @@ def save_weights(model: nn.Module, path: str | os.PathLike, **meta) -> Path:
     """Write ``model``'s weights (and buffers) as safetensors, with how to rebuild it in the metadata.
 
     Metadata: ``model`` (a timm name that builds this width: registered now for an unregistered 1/d width, see
-    :func:`rbdc.nets.models.rebuild_name`; absent when none does), ``arch`` (json: base name, width factor, timm kwargs
-    with classes as ``{"import": "module.Name"}``, the parts of grouped LayerNorms, the keys of
+    :func:`rbdc.nets.variants.rebuild_name`; absent when none does), ``arch`` (json: base name, width factor, timm
+    kwargs with classes as ``{"import": "module.Name"}``, the parts of grouped LayerNorms, the keys of
     :func:`register_rebuild`, e.g. GradMax's ``inner_widths``), ``num_classes`` and any ``meta`` given (stringified).
     """
     arch = arch_of(model)

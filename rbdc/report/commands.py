@@ -12,7 +12,8 @@ def _output(args) -> Path:
 
 def study_report(args) -> int:
     """The study's report from the finished runs under OUTPUT/<name> (default: reports/<name>)."""
-    from rbdc.studies.study import REPO, load_study
+    from rbdc.files import CHECKOUT as REPO
+    from rbdc.studies.spec import load_study
 
     from .study import build
     output = _output(args)
@@ -27,7 +28,7 @@ def det_study_report(args) -> int:
     """Copy the finished fine-tunings' light files to reports/runs (unless --from-committed), then write the
     detection study's report from them."""
     from rbdc.detection.study import load_study, sync
-    from rbdc.studies.pool import REPO
+    from rbdc.files import CHECKOUT as REPO
 
     from .detection import build
     study = load_study(args.study)

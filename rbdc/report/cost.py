@@ -16,7 +16,7 @@ import statistics
 from dataclasses import dataclass
 
 from rbdc.runs import rundir
-from rbdc.studies.study import Study
+from rbdc.studies.spec import Study
 
 from .fmt import DASH, signed_pct
 from .fmt import budget as _budget

@@ -221,7 +221,7 @@ def _figure(study: DetStudy, rows: list[dict], path: Path) -> None:
 
 
 def _rel(path) -> str:
-    from rbdc.studies.pool import REPO
+    from rbdc.files import CHECKOUT as REPO
     try:
         return str(Path(path).resolve().relative_to(REPO))
     except (ValueError, TypeError):

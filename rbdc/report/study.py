@@ -28,7 +28,8 @@ from rbdc.runs import rundir
 from rbdc.errors import UserError
 from rbdc.recipe import load_yaml
 from rbdc.runs.rundir import atomic_write_bytes
-from rbdc.studies.study import REPO, Study
+from rbdc.files import CHECKOUT as REPO
+from rbdc.studies.spec import Study
 
 from .fmt import budget as _budget
 from .fmt import rel

@@ -9,7 +9,7 @@ from pathlib import Path
 from rbdc.runs import rundir
 from rbdc.studies import tuning
 from rbdc.recipe import load_yaml
-from rbdc.studies.study import Study, trial_dir
+from rbdc.studies.spec import Study, trial_dir
 from rbdc.units import human_flops
 
 from .fmt import budget as _budget
