@@ -34,6 +34,8 @@ import torch.nn as nn
 from .nets.layers import group_norms
 from .nets.models import arch_of, check_supported, describe, scaled, settings
 from .nets.variants import widen_name
+from .data import TRAIN_SIZES
+from .flops import TRAIN_FLOPS_PER_FORWARD, forward_macs
 
 __all__ = ["couple", "couple_tree", "plan", "classifier_keys"]
 
@@ -217,8 +219,6 @@ def plan(target: str, depth: int, k: int = 2, img_size: int | None = None, num_c
     per image, training FLOPs per image (3 x forward, 2 FLOPs per MAC) and per epoch of ``dataset_size`` images
     (default: ImageNet-1k's train split), for one model and for all models of the level.
     """
-    from .data import TRAIN_SIZES
-    from .flops import TRAIN_FLOPS_PER_FORWARD, forward_macs
     dataset_size = dataset_size or TRAIN_SIZES["imagenet"][0]
 
     if depth < 0:

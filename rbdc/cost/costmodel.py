@@ -29,6 +29,9 @@ import torch
 import torch.nn as nn
 
 from ..files import CHECKOUT
+from ..nets.models import family_of, scaled
+from ..flops import train_flops_per_image
+from ..runs.rundir import atomic_write_bytes
 
 BENCH = CHECKOUT / "reports" / "bench"
 TERMS = ("train_flops", "activation_elements", "params_per_batch", "constant")
@@ -119,7 +122,6 @@ def activation_elements(model: nn.Module, img_size: int) -> int:
 
 
 def _meta(name: str, img_size: int, factor: Fraction | int = 1, **kwargs) -> nn.Module:
-    from ..nets.models import family_of, scaled
     kwargs = {"num_classes": 10, **kwargs}
     with torch.device("meta"):
         model = scaled(name, factor, **kwargs)
@@ -130,7 +132,6 @@ def _meta(name: str, img_size: int, factor: Fraction | int = 1, **kwargs) -> nn.
 
 def features(name: str, img_size: int, batch: int, factor: Fraction | int = 1, **kwargs) -> dict[str, float]:
     """The cost model's terms for one image of ``name`` (at ``factor`` of its width) trained at ``batch``."""
-    from ..flops import train_flops_per_image
     model = _meta(name, img_size, factor, **kwargs)
     return {"train_flops": float(train_flops_per_image(model, img_size)),
             "activation_elements": float(activation_elements(model, img_size)),
@@ -140,7 +141,6 @@ def features(name: str, img_size: int, batch: int, factor: Fraction | int = 1, *
 def family(name: str, factor: Fraction | int = 1, **kwargs) -> str:
     """``vit`` or ``resnet``: fits are per precision and family (their kernels differ: a bf16 ResNet step on a CPU
     can be slower than its fp32 one while a ViT's is faster)."""
-    from ..nets.models import family_of
     return family_of(_meta(name, 32 if "32" in name else 224, factor, **kwargs))
 
 
@@ -194,7 +194,6 @@ class CostModel:
         return cls(d["device_kind"], d["coefs"], d.get("data_s_per_image", {}), d.get("fitted_on", []))
 
     def save(self, path: Path) -> Path:
-        from ..runs.rundir import atomic_write_bytes
         atomic_write_bytes(path, json.dumps(self.to_dict(), indent=1).encode())
         return path
 

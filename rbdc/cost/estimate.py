@@ -11,6 +11,10 @@ import torch
 
 from ..errors import UserError
 from ..files import CHECKOUT
+from ..flops import _meta_twin, train_flops_per_image
+from ..nets.models import scaled
+from ..units import human_time, human_flops
+from .costmodel import family, features, for_this_machine
 
 BENCH = CHECKOUT / "reports" / "bench"
 
@@ -23,8 +27,6 @@ def measure_train_flops_per_s(name: str, factor: Fraction | int = 1, img_size: i
                               **kwargs) -> float:
     """Training FLOP/s (3 x forward, the ledger's rule) of ``steps`` AdamW steps on random data, after one warm-up.
     ``batch`` defaults to about :data:`STEP_FLOPS` per step, between 8 and 256 images."""
-    from ..flops import _meta_twin, train_flops_per_image
-    from ..nets.models import scaled
 
     twin, size = _meta_twin(name, img_size, **kwargs)
     if hasattr(twin, "patch_embed"):  # the position embedding follows the input size
@@ -78,8 +80,6 @@ def estimate_stages(recipe: dict, stages: list, num_classes: int, gpu: str | Non
     training FLOPs: from this CPU kind's cost model where one is fitted (every stage's wall, with the in-memory
     loader's measured cost), else from the speed of each stage's model measured here (the recipe's batch, at most
     64 images) or from the committed benchmarks of ``gpu``."""
-    from ..flops import train_flops_per_image
-    from ..units import human_time
     lines: list[str] = []
     batch, amp = recipe["batch_size"], recipe["amp"] if recipe["amp"] != "auto" else "fp32"
     kwargs = {"num_classes": num_classes, **recipe["model_kwargs"]}
@@ -115,7 +115,6 @@ def estimate_stages(recipe: dict, stages: list, num_classes: int, gpu: str | Non
 
 def _costmodel_speed(model, name: str, factor, img_size: int, batch: int, amp: str, **kwargs) -> float:
     """Training FLOP/s of ``name`` at ``factor`` from a fitted cost model (steps only, no data loading)."""
-    from .costmodel import family, features
     terms = features(name, img_size, batch, factor, **kwargs)
     return terms["train_flops"] / model.seconds_per_image(terms, amp, family(name, factor, **kwargs))
 
@@ -123,7 +122,6 @@ def _costmodel_speed(model, name: str, factor, img_size: int, batch: int, amp: s
 def usable_costmodel(name: str, amp: str, img_size: int, bench_dir: Path | None = None, log=print):
     """This CPU kind's cost model if it has a fit for ``amp`` and the model's family, else None; either way one
     line says which (and when ``img_size`` is not the size it was fitted at)."""
-    from .costmodel import family, for_this_machine
     model, why = for_this_machine(bench_dir or BENCH)
     if model is None:
         log(why)
@@ -142,7 +140,6 @@ def usable_costmodel(name: str, amp: str, img_size: int, bench_dir: Path | None 
 def level_speeds(target: str, rows: list[dict], img_size: int | None, *, amp: str = "fp32", batch: int = 128,
                  bench_dir: Path | None = None, log=print) -> tuple[dict[int, float], str]:
     """Training FLOP/s of each level of :func:`rbdc.coupling.plan` on this machine, and where they come from."""
-    from ..flops import _meta_twin
     size = _meta_twin(target, img_size)[1]
     model = usable_costmodel(target, amp, size, bench_dir, log)
     if model is not None:
@@ -155,7 +152,6 @@ def level_speeds(target: str, rows: list[dict], img_size: int | None, *, amp: st
 
 def rbdc_vs_scratch(rows: list[dict], speed: dict[int, float], where: str) -> str:
     """One line: one epoch of every level against scratch (the full-width level) at the same training FLOPs."""
-    from ..units import human_flops, human_time
     flops = sum(r["level_train_pflops_per_epoch"] * 1e15 for r in rows)
     mine = sum(r["level_train_pflops_per_epoch"] * 1e15 / speed[r["level"]] for r in rows)
     full = max(rows, key=lambda r: Fraction(r["width"]))

@@ -8,6 +8,7 @@ from pathlib import Path
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmdet.registry import HOOKS
+from rbdc.runs.rundir import atomic_write_bytes
 
 __all__ = ['RBDCMetricsHook']
 
@@ -44,5 +45,4 @@ class RBDCMetricsHook(Hook):
             'config': Path(runner.cfg.filename).name if runner.cfg.filename else None,
             'metrics': {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
         })
-        from rbdc.runs.rundir import atomic_write_bytes
         atomic_write_bytes(path, json.dumps(data, indent=1).encode())

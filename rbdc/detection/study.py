@@ -22,6 +22,7 @@ from rbdc.studies import pool
 from rbdc.runs import rundir
 from rbdc.errors import UserError
 from rbdc.units import human_time
+from rbdc.studies.spec import read_study_file, group_name
 
 __all__ = ['DetRun', 'DetStudy', 'load_study', 'sync', 'backbone_copy', 'add_cli']
 
@@ -43,7 +44,6 @@ class DetRun:
         return Path(output) / study.name / self.label / f'seed{self.seed}' / f'ft{self.ft_seed}'
 
     def backbone(self, backbones: Path, study: 'DetStudy') -> Path:
-        from rbdc.studies.spec import group_name
         return rundir.run_dir(backbones, group_name(study.source, self.point, study.budget), self.seed) / rundir.FINAL
 
 
@@ -86,7 +86,6 @@ def _fail(path: Path, what: str) -> UserError:
 
 
 def load_study(path: str | Path) -> DetStudy:
-    from rbdc.studies.spec import read_study_file
     path, data = read_study_file(path)
     if data.get('kind') != 'detection':
         raise _fail(path, 'a detection study says `kind: detection` (a classification study runs with rbdc study)')
@@ -183,7 +182,6 @@ def run(study: DetStudy, output: Path, backbones: Path, jobs: int, threads: int,
     todo = [r for r in study.runs if state[r] != 'done']
     missing = [r for r in todo if not r.backbone(backbones, study).is_file()]  # a finished run has recorded its own
     if missing:
-        from rbdc.studies.spec import group_name
         only = ' '.join(f'--only {g}' for g in dict.fromkeys(group_name(study.source, r.point, study.budget)
                                                              for r in missing))
         raise UserError(f'{len(missing)} backbone(s) missing, e.g. {missing[0].backbone(backbones, study)}: train '

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from timm.models import VisionTransformer
 
 from ..errors import UserError
-from ..flops import count_macs
+from ..flops import count_macs, TRAIN_FLOPS_PER_FORWARD
 from .diffusion_noise import _fp32, _TimeEmbed, band_edges, inference_sigmas
 
 __all__ = ["OPTIONS", "DiffusionBlocksError", "DiffusionBlocksViT", "build_model"]
@@ -335,12 +335,11 @@ class DiffusionBlocksViT(nn.Module):
         twin, size = self._meta_twin(img_size)
         x = torch.empty(1, 3, size, size, device="meta")
         z, sigma = torch.empty(1, twin.trunk.embed_dim, device="meta"), torch.ones(1, device="meta")
-        return [count_macs(twin, lambda: twin.denoise(twin.trunk.patch_embed(x), z, sigma, b))
+        return [count_macs(twin, lambda: twin.denoise(twin.trunk.patch_embed(x), z, sigma, b))  # noqa: B023 (called here)
                 for b in range(self.num_blocks)]
 
     def train_flops_per_image(self, img_size: int | None = None) -> int:
         """Training FLOPs per image per step, averaged over the uniformly drawn blocks: 3 x 2 x forward MACs."""
-        from ..flops import TRAIN_FLOPS_PER_FORWARD
         macs = self.block_macs(img_size)
         return int(round(TRAIN_FLOPS_PER_FORWARD * 2 * sum(macs) / len(macs)))
 

@@ -19,6 +19,7 @@ from .colors import series_colors
 from .figure import save_png
 from .fmt import DASH, pm
 from .stats import t_half_width, welch
+from rbdc.files import CHECKOUT as REPO
 
 __all__ = ['METRICS', 'collect', 'build']
 
@@ -221,7 +222,6 @@ def _figure(study: DetStudy, rows: list[dict], path: Path) -> None:
 
 
 def _rel(path) -> str:
-    from rbdc.files import CHECKOUT as REPO
     try:
         return str(Path(path).resolve().relative_to(REPO))
     except (ValueError, TypeError):

@@ -148,7 +148,7 @@ def verdict_word(lo: float, hi: float) -> str:
 
 def build(study: Study, root: Path, out: Path) -> dict[str, Path]:
     """Write ``<out>.md`` and the figures ``<out>-fig2.png``, ``-fig3.png``, ``-saving.png``."""
-    from . import cost, headline, study_figures, study_sections as sec
+    from . import cost, headline, study_figures, study_sections as sec  # a cycle: they import this module's types
 
     spec = read_report_spec(study)
     points = collect(study, root)

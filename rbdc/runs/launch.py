@@ -18,6 +18,9 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
+from .train import run_recipe
+from .. import cli
+from ..training.preempt import PREEMPTED_EXIT
 
 
 def torchrun_command(recipe: str, output: str, extra: list[str]) -> list[str]:
@@ -38,9 +41,7 @@ class SlurmTrain:
         env = submitit.JobEnvironment()
         os.environ.update(RANK=str(env.global_rank), WORLD_SIZE=str(env.num_tasks), LOCAL_RANK=str(env.local_rank),
                           MASTER_ADDR=env.hostnames[0], MASTER_PORT=os.environ.get("MASTER_PORT", "29500"))
-        from ..cli import main
-        from ..training.preempt import PREEMPTED_EXIT
-        rc = main(["train", "-c", self.recipe, "-o", self.output, *self.extra])
+        rc = cli.main(["train", "-c", self.recipe, "-o", self.output, *self.extra])
         if rc == PREEMPTED_EXIT:  # checkpointed at a step boundary: requeue as submitit's own handler does
             env._requeue(1)   # local executor: exit 144, run again; Slurm: scontrol requeue
         return rc
@@ -76,7 +77,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout-min", type=int, default=int(os.environ.get("RBDC_TIMEOUT_MIN", 4320)))
     args, extra = p.parse_known_args(argv)
     extra = [a for a in extra if a != "--"]
-    from .train import run_recipe
     try:
         for r in args.recipes:
             run_recipe(r, args.output, dry_run=True)

@@ -24,6 +24,8 @@ from ..flops import Ledger
 from .manifest import Manifest, save_child_result
 from ..protocols import describe_plan, plan_stages
 from .run import Run
+from ..cli import check_output
+from ..cost.estimate import estimate_stages
 
 def run_recipe(path: str | None, output: str = "runs", overrides: list[str] = (), dry_run: bool = False,
                log=print, estimate: bool | str = False, wait: bool = False, allow_mixed: bool = False,
@@ -51,7 +53,6 @@ def _dry_run(rec: dict, log, estimate: bool | str) -> None:
     stages = plan_stages(rec, size.train_size, size.num_classes)
     log(describe_plan(rec, stages, size.train_size, size.num_classes))
     if estimate:  # True: measure here; a string: a device of the committed benchmarks
-        from ..cost.estimate import estimate_stages
         log(estimate_stages(rec, stages, size.num_classes, gpu=estimate if isinstance(estimate, str) else None))
 
 
@@ -135,7 +136,6 @@ def child_main(argv: list[str] | None = None) -> int:
 
 
 def cmd_train(args) -> int:
-    from ..cli import check_output
     t0 = time.time()
     if args.resume:
         run_dir = Path(args.resume)

@@ -12,8 +12,9 @@ import yaml
 
 from . import tuning
 from ..errors import UserError
-from ..recipe import load_yaml
+from ..recipe import load_yaml, SCHEMA, resolve
 from ..runs import rundir
+from .. import protocols, recipe as recipes
 
 __all__ = ["Study", "StudyRun", "load_study", "read_study_file", "group_name", "trial_dir"]
 
@@ -50,7 +51,6 @@ class StudyRun:
     def changed(self, output: str | Path) -> list[str]:
         """The recipe keys in which this run's stored ``recipe.yaml`` differs from what the study now asks (none
         for a run not started)."""
-        from .. import recipe as recipes
         path = self.run_dir(output) / rundir.RECIPE
         if not path.is_file():
             return []
@@ -244,8 +244,6 @@ def trial_dir(study: str, output: str | Path):
 
 def _key_checker(expanded: list[tuple[str, Path, dict, list]]):
     """``known(point, key)``: the key is in the recipe schema and read by the point's protocol."""
-    from .. import protocols
-    from ..recipe import SCHEMA, resolve
     points = {pid: (recipe, over) for pid, recipe, over, _ in expanded}
 
     def known(pid: str, key: str) -> bool:

@@ -36,15 +36,16 @@ from .spec import Study, StudyRun, load_study
 from ..runs import rundir, runlock
 from ..errors import UserError
 from ..units import human_flops, human_time
+from .. import recipe as recipes
+from ..data import plan_size
+from ..protocols.planning import plan_stages, stage_flops
+from ..runs.launch import SlurmTrain
 
 REPO = pool.REPO  # the checkout whose code the runs use
 
 
 def planned_flops(run: StudyRun) -> float:
     """The run's total training FLOPs from its plan (the data's size as :func:`rbdc.data.plan_size` gives it)."""
-    from .. import recipe as recipes
-    from ..data import plan_size
-    from ..protocols.planning import plan_stages, stage_flops
     rec = recipes.resolve(run.recipe, list(run.overrides), seed=run.seed, name=run.name)
     size = plan_size(rec)
     return float(sum(stage_flops(plan_stages(rec, size.train_size, size.num_classes), rec["batch_size"])))
@@ -128,7 +129,6 @@ def submit(runs: list[StudyRun], output: Path, cluster: str | None, args) -> lis
         import submitit
     except ImportError as e:
         raise UserError("--slurm needs submitit: pip install 'rbdc[slurm]'") from e
-    from ..runs.launch import SlurmTrain
     if not runs:
         return []
     ex = submitit.AutoExecutor(folder=output / "submitit" / "%j", cluster=cluster)
