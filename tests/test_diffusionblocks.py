@@ -98,8 +98,8 @@ def test_a_training_step_touches_only_the_drawn_block_and_the_shared_parts():
         torch.manual_seed(seed)
         m.zero_grad(set_to_none=True)
         calls = []
-        hooks = [blk.attn.register_forward_hook(lambda mod, i, o, k=k: calls.append(k)) for k, blk in
-                 enumerate(m.trunk.blocks)]
+        hooks = [blk.attn.register_forward_hook(lambda mod, i, o, k=k: calls.append(k))  # noqa: B023 (removed below)
+                 for k, blk in enumerate(m.trunk.blocks)]
         m.training_loss(x, y).backward()
         for h in hooks:
             h.remove()

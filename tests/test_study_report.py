@@ -34,7 +34,7 @@ def _fake_study(tmp_path: Path, rbdc_top1=(64.0, 65.0, 66.0), rbdc_set=None) -> 
     for b, (top1, flops) in SCRATCH.items():
         for s in range(3):
             make_run(root.parent, f"tiny/scratch/b{b}", "scratch", s, top1 + (s - 1) * 0.1, flops)
-    for point, ratio, tops in (("rbdc", 2.0, rbdc_top1), ("rbdc-r1", 1.0, (60.0, 61.0, 62.0)),
+    for point, _ratio, tops in (("rbdc", 2.0, rbdc_top1), ("rbdc-r1", 1.0, (60.0, 61.0, 62.0)),
                                ("rbdc-r3", 3.0, (63.0, 63.5, 64.0))):
         for s, t in enumerate(tops):
             d = make_run(root.parent, f"tiny/{point}/b2", "rbdc", s, t, 2e12)

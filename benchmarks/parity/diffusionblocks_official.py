@@ -205,7 +205,7 @@ def block_forward_macs(module, image_size: int) -> list[int]:
             attn[0] = 0
             x = torch.zeros(1, 3, image_size, image_size)
             zt, sigma = torch.zeros(1, hidden), torch.ones(1)
-            lin = count_macs(net, lambda: module.denoise(x, zt, sigma, block_idx=b))
+            lin = count_macs(net, lambda: module.denoise(x, zt, sigma, block_idx=b))  # noqa: B023 (called here)
             macs.append(lin + attn[0])
     finally:
         for h in handles:

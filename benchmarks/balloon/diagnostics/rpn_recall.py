@@ -3,7 +3,7 @@ from mmengine.config import Config
 from mmengine.dataset import Compose, pseudo_collate
 from mmdet.apis import init_detector
 from mmdet.structures.bbox import bbox_overlaps
-import rbdc.detection
+import rbdc.detection  # noqa: F401 (registers the RBDC backbones with mmdet)
 wd, split, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 cfg = Config.fromfile(f'{wd}/mask-rcnn_vit-nano_simplefpn_balloon.py'); cfg.model.backbone.init_cfg = None
 ck = open(f'{wd}/last_checkpoint').read().strip().split('/')[-1]

@@ -1,9 +1,9 @@
-import sys, torch, numpy as np
+import sys, torch
 from mmengine.config import Config
-from mmengine.dataset import Compose, pseudo_collate
+from mmengine.dataset import pseudo_collate
 from mmdet.apis import init_detector
-import rbdc.detection
-from mmdet.utils import register_all_modules
+import rbdc.detection  # noqa: F401 (registers the RBDC backbones with mmdet)
+from mmdet.utils import register_all_modules  # noqa: F401
 wd = sys.argv[1]
 cfg = Config.fromfile(f'{wd}/mask-rcnn_vit-nano_simplefpn_balloon.py'); cfg.model.backbone.init_cfg = None
 ck = open(f'{wd}/last_checkpoint').read().strip().split('/')[-1]
