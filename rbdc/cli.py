@@ -106,7 +106,6 @@ def cmd_plan(args) -> int:
 
 
 def cmd_couple(args) -> int:
-
     out = check_output(args.output, "-o")
     if out.exists() and not args.force:
         raise UserError(f"{out} exists; pass --force to overwrite it")

@@ -18,7 +18,6 @@ __all__ = ['add_cli', 'cmd_export', 'config_snippet']
 
 
 def cmd_export(args) -> int:
-
     out = Path(args.output)
     if out.exists() and not args.force:
         raise UserError(f'{out} exists; pass --force to overwrite it')
@@ -78,7 +77,6 @@ def _cmd_test(args) -> int:
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """Add the detection subcommands to the ``rbdc`` command line."""
-
     e = subparsers.add_parser('export-mmdet', help='write an rbdc checkpoint as an MMDetection backbone .pth',
                               description='Write {"state_dict", "meta"} whose keys match RBDCViT/RBDCResNet exactly '
                                           '(trunk.<timm key>, classifier dropped).')

@@ -8,6 +8,7 @@ from pathlib import Path
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmdet.registry import HOOKS
+
 from rbdc.runs.rundir import atomic_write_bytes
 
 __all__ = ['RBDCMetricsHook']

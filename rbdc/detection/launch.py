@@ -144,7 +144,6 @@ def _fromfile(path: str):
 
 def load_config(args: argparse.Namespace, for_test: bool = False):
     """Load ``args.config`` with the launcher's overrides and checks; returns the MMEngine ``Config``."""
-
     try:
         require_stack()
     except DetectionStackError as e:

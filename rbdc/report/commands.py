@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
 from rbdc.files import CHECKOUT as REPO
 from rbdc.studies.spec import load_study
 
