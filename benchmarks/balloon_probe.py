@@ -1,7 +1,7 @@
 """Frozen-feature probe of a detection study's backbones: can a linear classifier on each backbone's patch tokens,
 with no fine-tuning, tell balloon pixels from background?
 
-    python -m benchmarks.balloon_probe benchmarks/studies/balloon32.yaml --backbones runs \
+    python -m benchmarks.balloon_probe configs/studies/balloon32.yaml --backbones runs \
         -o reports/detection/balloon32-probe
 
 The Mask R-CNN comparison (``rbdc det-study``) fine-tunes the backbone together with heads that start from random
@@ -148,7 +148,7 @@ def probe(model, meta: dict, train, val) -> dict:
 
 def write_report(rows: list[dict], out: Path, study, command: str) -> None:
     from rbdc.report.stats import t_half_width, welch
-    from rbdc.rundir import atomic_write_bytes, code_version
+    from rbdc.runs.rundir import atomic_write_bytes, code_version
 
     out.parent.mkdir(parents=True, exist_ok=True)
     code = code_version()
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     from rbdc.detection.study import load_study
 
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument('study', help='a detection study yaml (benchmarks/studies/balloon32.yaml)')
+    ap.add_argument('study', help='a detection study yaml (configs/studies/balloon32.yaml)')
     ap.add_argument('--backbones', required=True, help='runs root holding the study\'s backbone runs')
     ap.add_argument('-o', '--out', required=True, help='report path without suffix (writes .json and .md)')
     ap.add_argument('--limit', type=int, help='first N images of each split (a quick check)')

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rbdc import costmodel, rundir
+from rbdc.cost import costmodel
+from rbdc.runs import rundir
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "reports" / "runs" / "imagenette32-fair"
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     path = args.model or costmodel.costmodel_path(costmodel.cpu_kind())
     if not path.is_file():
-        print(f"no cost model at {path}: fit one with python -m rbdc.costmodel reports/bench/<cpu json>",
+        print(f"no cost model at {path}: fit one with python -m rbdc.cost.costmodel reports/bench/<cpu json>",
               file=sys.stderr)
         return 2
     data = json.loads(path.read_text())
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{100 * g['total_error']:+.1f}%; against each stage's fastest epoch "
               f"{100 * g['fastest_median_error']:+.1f}%")
     data["validation"] = result
-    from rbdc.rundir import atomic_write_bytes
+    from rbdc.runs.rundir import atomic_write_bytes
     atomic_write_bytes(path, json.dumps(data, indent=1).encode())
     print(f"wrote the validation into {path}")
     return 0

@@ -1,4 +1,4 @@
-"""bf16 autocast on this CPU: torch's own kernels vs :mod:`rbdc.bf16`'s emulation vs fp32, on the study's step.
+"""bf16 autocast on this CPU: torch's own kernels vs :mod:`rbdc.training.bf16`'s emulation vs fp32, on the study's step.
 
     python -m benchmarks.cpu_bf16            # reports/cpu-bf16-<capability>.md (+ .json): this machine's figures
     RBDC_BENCH_TOY=1 python -m benchmarks.cpu_bf16   # the chain at toy size, in seconds (prints, writes nothing)
@@ -22,13 +22,14 @@ import torch
 
 from benchmarks.bench_common import TOY
 from benchmarks.train_paths import PathCase, Trainer
-from rbdc import bf16, perf
-from rbdc.rundir import atomic_write_bytes
+from rbdc.training import bf16
+from rbdc.cost import perf
+from rbdc.runs.rundir import atomic_write_bytes
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPE = "benchmarks/recipes/imagenette32/vit-nano-scratch.yaml"
+RECIPE = "configs/recipes/imagenette32/vit-nano-scratch.yaml"
 MODELS = ("rbdc_vit_nano_patch4_32", "rbdc_vit_nano_patch4_32_w2")
-PATHS = ("bf16, torch kernels", "bf16, emulated (rbdc.bf16)", "fp32")
+PATHS = ("bf16, torch kernels", "bf16, emulated (rbdc.training.bf16)", "fp32")
 ROUNDS, STEPS = 3, 2
 
 

@@ -138,7 +138,7 @@ step diffusionblocks-memory 90 "$PY" -m benchmarks.diffusionblocks_memory "${MEM
 "$PY" -m benchmarks.perf_report merge "$OUT/bench/$slug.json" "$WORK"/[0-9]-*.json || FAILED+=("merge")
 if [ -f "$OUT/bench/$slug.json" ] && [ -f "$WORK/4-time-split.json" ]; then
     # the device's cost model (seconds per image from FLOPs, activations, parameters) -> bench/costmodel-<device>.json
-    "$PY" -m rbdc.costmodel "$OUT/bench/$slug.json" || FAILED+=("costmodel")
+    "$PY" -m rbdc.cost.costmodel "$OUT/bench/$slug.json" || FAILED+=("costmodel")
 fi
 if [ -f "$OUT/bench/$slug.json" ]; then
     mkdir -p "$WORK/report"

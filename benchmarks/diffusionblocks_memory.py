@@ -22,9 +22,10 @@ subprocess (nothing else has run in it, so its peak RSS is the step's):
 * **CUDA** (when a GPU is present): ``torch.cuda.max_memory_allocated`` over the same steps, and its increment over
   ``memory_allocated`` before the first one.
 
-Models and steps are the engine's: the 32-px study's recipes (``benchmarks/recipes/imagenette32/vit-nano-scratch``
+Models and steps are the engine's: the 32-px study's recipes (``configs/recipes/imagenette32/vit-nano-scratch``
 and ``vit-nano-diffusionblocks``: bf16 autocast, explicit attention, drop-path 0.05, AdamW, clipping), the
-protocol's own ``target`` builder, :func:`rbdc.engine.build_training` and :func:`rbdc.engine.train_step`. Widths:
+protocol's own ``target`` builder, :func:`rbdc.training.engine.build_training` and
+:func:`rbdc.training.engine.train_step`. Widths:
 the study's ``rbdc_vit_nano_patch4_32`` (width 64, 4 heads, depth 4) and the same ViT 3x wider and twice as deep
 (width 192, 12 heads as :func:`rbdc.scaled` makes them, depth 8), so that B = 4 divides both. B = 1 is not a
 configuration of the method (the model refuses B < 2): here it is the same model with one block holding every layer,
@@ -52,7 +53,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = REPO / "benchmarks" / "recipes" / "imagenette32"
+RECIPES = REPO / "configs" / "recipes" / "imagenette32"
 NUM_CLASSES = 10
 # (width, depth, heads): the study's model, and 3x its width (rbdc.scaled keeps head_dim 16: 12 heads) at depth 8
 WIDTHS = ((64, 4, 4), (192, 8, 12))
@@ -87,7 +88,7 @@ def recipe_for(method: str, width: int, depth: int, heads: int, blocks: int, *, 
 
 def one_block(model):
     """A DiffusionBlocksViT re-split into one block of every layer (B = 1: the objective trained end to end)."""
-    from rbdc.diffusionblocks import band_edges
+    from rbdc.nets.diffusion_noise import band_edges
     model.num_blocks, model.layers_per_block = 1, len(model.trunk.blocks)
     model.edges = band_edges(1, model.p_mean, model.p_std, model.sigma_min, model.sigma_max)
     model.sigmas, model.inference_steps = [model.sigma_max, model.sigma_min], 2  # (training only reads the split)
@@ -211,7 +212,7 @@ def _trim() -> None:
 
 def measure(spec: dict) -> dict:
     """One configuration on ``spec["device"]``: peak memory over a few engine steps, then the saved activations."""
-    from rbdc.engine import autocast_for, build_training, set_attention_path, train_step
+    from rbdc.training.engine import autocast_for, build_training, set_attention_path, train_step
     from rbdc.protocols import Stage, get
     device = torch.device(spec["device"])
     model, rec = build(spec)
@@ -334,7 +335,7 @@ def run_grid(specs: list[dict], devices: list[str], *, amps=("bf16",), fresh: bo
     """Every configuration of ``specs`` on every device at every precision; ratios added."""
     import timm
 
-    from rbdc.perf import cpu_info
+    from rbdc.cost.perf import cpu_info
 
     from benchmarks.bench_common import device_name
     rows = []
@@ -400,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.bench_common import device_name
     out = args.out or REPO / "reports" / "bench" / f"diffusionblocks-memory-{cpu_slug(device_name('cpu'))}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    from rbdc.rundir import atomic_write_bytes
+    from rbdc.runs.rundir import atomic_write_bytes
     atomic_write_bytes(out, (json.dumps(result, indent=1) + "\n").encode())
     print(f"diffusionblocks_memory: wrote {out}")
     return 0

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_file
 
-from rbdc import rundir
+from rbdc.runs import rundir
 from rbdc.data import build_loader
-from rbdc.diffusionblocks import build_model
+from rbdc.nets.diffusionblocks import build_model
 from rbdc.data import recipe_datasets
 
 

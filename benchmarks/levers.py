@@ -4,7 +4,7 @@ A *runner* trains some parts one optimizer step per ``step()`` and says how many
 
 * :class:`Separate`: k study-path :class:`benchmarks.train_paths.Trainer` parts, one after another (the reference
   of the batched and vmap levers; k = 1 is the study path itself);
-* :class:`Batched`: the k parts as one :class:`rbdc.batched.BatchedViT` on k x B images (per-part loss, per-part
+* :class:`Batched`: the k parts as one :class:`rbdc.nets.batched.BatchedViT` on k x B images (per-part loss, per-part
   clipping, AdamW with the parts' decay groups);
 * :class:`Vmapped`: the k parts' stacked parameters under ``torch.func.vmap`` of ``functional_call``, trained the
   same way.
@@ -20,9 +20,9 @@ import torch
 
 from benchmarks.bench_common import REPO, require_device
 from benchmarks.train_paths import PathCase, Trainer
-from rbdc.batched import BatchedViT, clip_per_part, param_groups, part_loss, part_no_decay
-from rbdc.engine import autocast_for, build_criterion, lr_for, set_attention_path
-from rbdc.models import scaled
+from rbdc.nets.batched import BatchedViT, clip_per_part, param_groups, part_loss, part_no_decay
+from rbdc.training.engine import autocast_for, build_criterion, lr_for, set_attention_path
+from rbdc.nets.models import scaled
 from rbdc.recipe import resolve
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rbdc import rundir
+from rbdc.runs import rundir
 from rbdc.report import headline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,14 +29,14 @@ REPORTS = {
                                      "at equal training FLOPs, every stage annealed to min_lr"),
 }
 # study reports: study name -> study file (its runs' light files under reports/runs/<name>/)
-STUDIES = {"imagenette32": REPO / "benchmarks" / "studies" / "imagenette32.yaml",
-           "imagenette32-fair": REPO / "benchmarks" / "studies" / "imagenette32-fair.yaml",
-           "compile-check32": REPO / "benchmarks" / "studies" / "compile-check32.yaml",
-           "width-ladder32": REPO / "benchmarks" / "studies" / "width-ladder32.yaml"}
+STUDIES = {"imagenette32": REPO / "configs" / "studies" / "imagenette32.yaml",
+           "imagenette32-fair": REPO / "configs" / "studies" / "imagenette32-fair.yaml",
+           "compile-check32": REPO / "configs" / "studies" / "compile-check32.yaml",
+           "width-ladder32": REPO / "configs" / "studies" / "width-ladder32.yaml"}
 # the width ladder's trend report (issue 36, rbdc.report.ladder): runs of its studies under reports/runs/<study>/
 LADDER = "width-ladder32"
 # detection studies: name -> study file (light files under reports/runs/<name>/, report under reports/detection/)
-DET_STUDIES = {"balloon32": REPO / "benchmarks" / "studies" / "balloon32.yaml"}
+DET_STUDIES = {"balloon32": REPO / "configs" / "studies" / "balloon32.yaml"}
 # the README's headline: the study report it comes from, and what the README says about that choice
 HEADLINE = ("imagenette32", "Source: the complete 3-seed study ([imagenette32](reports/imagenette32.md)), until the "
                             "study with equal tuning for every protocol and 5 seeds "
@@ -63,7 +63,7 @@ def make(out_dir: Path = REPO / "reports", runs: Path = RUNS) -> dict[str, dict]
         if dirs:
             written[name] = generate_report(dirs, out_dir / name, title=title)
     from rbdc.report.study import build
-    from rbdc.study import load_study
+    from rbdc.studies.spec import load_study
     for name, study_file in STUDIES.items():
         if (runs / name).is_dir():
             # with the runs root, a tuned point takes the trial its committed trial runs chose

@@ -11,7 +11,7 @@ Each JSON holds one device's figures; the report keeps devices apart and never c
 a device it turns round times into images per second (``extra_info["images_per_round"]``), the harness/bare ratio
 of the training step (median of interleaved per-round ratios with a bootstrap interval, and the ratio of fastest
 rounds),
-model TFLOP/s and, on a GPU, MFU against the peak of :mod:`rbdc.perf`.
+model TFLOP/s and, on a GPU, MFU against the peak of :mod:`rbdc.cost.perf`.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rbdc.rundir import atomic_write_bytes
+from rbdc.runs.rundir import atomic_write_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO / "reports" / "bench"
@@ -41,8 +41,8 @@ DEIT_B_TARGET_TFLOPS = 360.0    # 45% of the ~798 TFLOP/s measured for dense bf1
 def device_slug(device: str) -> str:
     """File name for a device's JSON: ``cpu-<CPU kind>`` or the GPU's name in lower case
     (``nvidia-h100-80gb-hbm3``)."""
-    if device == "cpu":  # one file per CPU kind (model, family-model, ISA: rbdc.costmodel.cpu_kind)
-        from rbdc.costmodel import cpu_kind
+    if device == "cpu":  # one file per CPU kind (model, family-model, ISA: rbdc.cost.costmodel.cpu_kind)
+        from rbdc.cost.costmodel import cpu_kind
         return f"cpu-{cpu_kind()['slug']}"
     import torch
     return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower()).strip("-")
@@ -64,7 +64,7 @@ def run(pytest_args: list[str], bench_dir: Path = BENCH_DIR) -> int:
         print("perf_report:", " ".join(cmd), flush=True)
         rc = subprocess.call(cmd, cwd=REPO) or rc
         if out.is_file():  # the device kind's cost model, fitted on the time-split rows (if the run has them)
-            subprocess.call([sys.executable, "-m", "rbdc.costmodel", str(out)], cwd=REPO)
+            subprocess.call([sys.executable, "-m", "rbdc.cost.costmodel", str(out)], cwd=REPO)
     return rc
 
 
@@ -72,7 +72,7 @@ def run(pytest_args: list[str], bench_dir: Path = BENCH_DIR) -> int:
 # Reading
 
 MEMORY_GLOB = "diffusionblocks-memory-*.json"   # benchmarks/diffusionblocks_memory.py's output, not pytest-benchmark
-COSTMODEL_GLOB = "costmodel-*.json"                 # rbdc.costmodel's fits, rendered with their device's section
+COSTMODEL_GLOB = "costmodel-*.json"                 # rbdc.cost.costmodel's fits, rendered with their device's section
 
 
 def load(bench_dir: Path = BENCH_DIR) -> list[dict]:
@@ -153,7 +153,7 @@ def _pct(x: float) -> str:
 
 
 def _peak(device: str) -> float | None:
-    from rbdc.perf import lookup_peak, peak_tflops
+    from rbdc.cost.perf import lookup_peak, peak_tflops
     env = os.environ.get("RBDC_PEAK_TFLOPS")
     return peak_tflops("cpu") if env else lookup_peak(device)
 
@@ -190,7 +190,8 @@ def _train_step(benches: list[dict], gpu: bool, peak: float | None) -> list[str]
                  "yes" if r <= 1 + OVERHEAD_TARGET else "no", "n/a" if frac is None else f"{100 * frac:.0f}%"]
         if gpu:
             tflops = _ips(har) * e["train_flops_per_image"] / 1e12
-            cells += [f"{tflops:.1f}", f"{100 * tflops / peak:.1f}%" if peak else "n/a (device not in rbdc/perf.py)"]
+            cells += [f"{tflops:.1f}",
+                      f"{100 * tflops / peak:.1f}%" if peak else "n/a (device not in rbdc/cost/perf.py)"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return lines
 
@@ -394,7 +395,7 @@ def render(runs: list[dict], memory: list[dict] = (), figure_dir: Path | None = 
                 + (f" | CUDA {e0['cuda']}" if gpu else f" | {e0['threads']} CPU thread(s)")
                 + (f" | bf16 peak {peak:g} TFLOP/s" if peak else ""), ""]
         if "train-step" in by_group:
-            out += ["### Training step: the engine (`rbdc.engine.train_step`) vs a bare PyTorch loop", "",
+            out += ["### Training step: the engine (`rbdc.training.engine.train_step`) vs a bare PyTorch loop", "",
                     "Same model weights, batch, dtype, optimizer (AdamW) and flags on both sides. Ratio = harness "
                     "time / bare time (above 1: the engine is slower). Main figure: every harness round ran right "
                     "after a bare round, and the median of those per-pair ratios (with a 95% bootstrap interval) "

@@ -30,8 +30,8 @@ def busy_ips(b: dict, key: str = "round_busy_s", images: str = "images_per_round
 
 def _rows(benches: list[dict]) -> list[dict]:
     """One row per case; img/s, GEMM rate and fraction over the rounds in the machine's fast state (the cost
-    model's rule, :func:`rbdc.costmodel.fast_state`), the wall img/s over all rounds."""
-    from rbdc.costmodel import fast_state
+    model's rule, :func:`rbdc.cost.costmodel.fast_state`), the wall img/s over all rounds."""
+    from rbdc.cost.costmodel import fast_state
     probes: dict[str, list[float]] = {}
     for b in benches:
         probes.setdefault(b["extra_info"].get("amp", ""), []).extend(b["extra_info"].get("gemm_busy_flops_per_s", []))
@@ -72,7 +72,8 @@ def time_split(benches: list[dict], json_path: Path, figure_dir: Path) -> list[s
            + (", the ResNet channels-last" if not gpu else "") + ". *img/s* on " + clock + ", over the rounds "
            "whose same-precision GEMM probe (1024^3, before each round) found the machine in its fast state (this VM "
            "kind switches for minutes at a time between two: a bf16 GEMM of ~1,100 or ~400 GFLOP/s, fp32 ~150 or "
-           "~120, and whole steps slow with it; `rbdc.costmodel.fast_state` splits the probes at their widest gap); "
+           "~120, and whole steps slow with it; `rbdc.cost.costmodel.fast_state` splits the probes at their widest "
+           "gap); "
            "*wall img/s*: all rounds on the wall; *core share*: busy over wall time (below 1: other jobs took turns "
            "on the core). *fraction of GEMM*: model FLOP/s over the GEMM probe of the same round. The split: a "
            "profile of 2 further steps (`torch.profiler`, each op's self time, grouped as in "
@@ -210,16 +211,17 @@ def costmodel_section(benches: list[dict], json_path: Path) -> list[str]:
     fit and its error against the committed runs (``benchmarks/costmodel_check.py``)."""
     import json
 
-    from rbdc.costmodel import TERMS, costmodel_path
+    from rbdc.cost.costmodel import TERMS, costmodel_path
     kinds = [b["extra_info"]["kind"] for b in benches if "kind" in b["extra_info"]]
     if not kinds:
         return []
     path = costmodel_path(kinds[0], json_path.parent)
     if not path.is_file():
-        return [f"No cost model fitted for this CPU kind yet (`python -m rbdc.costmodel {json_path.name}`).", ""]
+        return [f"No cost model fitted for this CPU kind yet (`python -m rbdc.cost.costmodel {json_path.name}`).", ""]
     data = json.loads(path.read_text())
     out = ["### Cost model: seconds per image on this device kind", "",
-           f"`{path.name}` (`python -m rbdc.costmodel reports/bench/{json_path.name}`, `rbdc/costmodel.py`), kind "
+           f"`{path.name}` (`python -m rbdc.cost.costmodel reports/bench/{json_path.name}`, `rbdc/cost/costmodel.py`), "
+           f"kind "
            f"`{data['device_kind']['key']}`. Seconds per training image = a x training FLOPs + b x activation elements "
            "+ d x parameters / batch + c, one non-negative least-squares fit (relative errors) per precision and "
            "family on the table above (busy clock). Activation elements: what the leaf layers write in one image's "

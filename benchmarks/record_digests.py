@@ -25,11 +25,11 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from rbdc import rundir
+from rbdc.runs import rundir
 from rbdc.files import atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
-CI = ROOT / "benchmarks" / "recipes" / "ci"
+CI = ROOT / "configs" / "recipes" / "ci"
 DIGESTS = ROOT / "tests" / "data" / "ci_digests.json"
 FLOAT64 = ROOT / "tests" / "data" / "ci_float64.json"
 RECIPES = sorted(p.stem for p in CI.glob("*.yaml") if p.stem != "base")
@@ -117,7 +117,7 @@ def run_weights(name: str, out: Path, interrupt_after: int | None = None,
                 overrides: list[str] = ()) -> dict[str, torch.Tensor]:
     """Train CI recipe ``name`` (with ``overrides``) into ``out`` (interrupted after ``interrupt_after`` epochs, then
     resumed) and return its final weights."""
-    from rbdc.train import run_recipe
+    from rbdc.runs.train import run_recipe
     quiet = lambda *a, **k: None  # noqa: E731
     path = str(CI / f"{name}.yaml")
     if interrupt_after:

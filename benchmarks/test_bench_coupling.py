@@ -12,7 +12,7 @@ import torch
 
 from benchmarks.bench_common import timed
 from rbdc.coupling import couple
-from rbdc.models import scaled
+from rbdc.nets.models import scaled
 
 TARGETS = ["deit_base_patch16_224", "resnet50"]
 _PARTS: dict[str, list] = {}

@@ -8,7 +8,7 @@ import torch
 
 from benchmarks.bench_common import require_device, timed, toy_sized
 from rbdc.flops import forward_flops
-from rbdc.models import family_of, scaled
+from rbdc.nets.models import family_of, scaled
 
 
 @dataclass(frozen=True)

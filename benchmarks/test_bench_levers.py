@@ -5,7 +5,7 @@ round of its reference in the same process, and the report's ratio is the median
 (reference img/s) on the busy clock (the process's CPU time; :mod:`benchmarks.time_split`). Levers
 (``benchmarks/levers.py``):
 
-* ``batched``: the k parts of a level as one batched model (``rbdc.batched``) vs the k separate parts, k = 4 at
+* ``batched``: the k parts of a level as one batched model (``rbdc.nets.batched``) vs the k separate parts, k = 4 at
   width 16, 2 at widths 32 and 64; ``vmap``: ``torch.func.vmap`` over the stacked parameters, same reference;
 * ``compile``: ``torch.compile`` of the part; ``batch256``: batch 256 instead of 128; ``fp32``: fp32 instead of
   bf16 autocast (each vs the study path's part);
@@ -29,7 +29,7 @@ from benchmarks.levers import Batched, Separate, Vmapped, core_busy
 from benchmarks.test_bench_time_split import DEIT, VIT, VIT_WIDTHS
 from benchmarks.time_split import beside, busy_clock
 from benchmarks.train_paths import Pack, PathCase, Trainer
-from rbdc.costmodel import device_kind
+from rbdc.cost.costmodel import device_kind
 
 TARGET_IMAGES = {16: 1024, 32: 768, 64: 512, 128: 512, 192: 256, 384: 128}   # images per round: rounds of ~0.5 s here
 

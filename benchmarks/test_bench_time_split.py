@@ -8,7 +8,7 @@ other precision of each. GPU: DeiT-Ti/S/B (widths 192/384/768) at 224 px in bf16
 
 Each case: timed rounds, each after a same-precision GEMM probe (as in ``train-paths``: model FLOP/s and the fraction
 of the GEMM rate), then a profile of a few more steps split into GEMMs, attention, norms/activations/elementwise,
-optimizer and other, forward vs backward. The cost model (:mod:`rbdc.costmodel`) is fitted on these rows.
+optimizer and other, forward vs backward. The cost model (:mod:`rbdc.cost.costmodel`) is fitted on these rows.
 
 On a CPU every round and probe is also timed on the process's CPU time (``round_busy_s``, ``gemm_busy_flops_per_s``):
 a 1-thread run accrues it only while it runs, so a machine shared with other jobs (whose time slices stretch the
@@ -24,11 +24,11 @@ import torch
 from benchmarks.bench_common import TOY, require_device, timed
 from benchmarks.time_split import beside, busy_clock, gemm_busy_rate, profile_split
 from benchmarks.train_paths import PathCase, Trainer
-from rbdc.costmodel import device_kind
+from rbdc.cost.costmodel import device_kind
 
-VIT = "benchmarks/recipes/imagenette32/base-vit-nano.yaml"
-RESNET = "benchmarks/recipes/imagenette32/base-resnet18.yaml"
-DEIT = "benchmarks/recipes/imagenet/base-deit.yaml"
+VIT = "configs/recipes/imagenette32/base-vit-nano.yaml"
+RESNET = "configs/recipes/imagenette32/base-resnet18.yaml"
+DEIT = "configs/recipes/imagenet/base-deit.yaml"
 VIT_WIDTHS = {16: "rbdc_vit_nano_patch4_32_w4", 32: "rbdc_vit_nano_patch4_32_w2", 64: "rbdc_vit_nano_patch4_32",
               128: "rbdc_vit_micro_patch4_32", 192: "rbdc_vit_tiny_patch4_32", 384: "rbdc_vit_small_patch4_32"}
 STEPS = {"bf16": {16: 8, 32: 6, 64: 4, 128: 2, 192: 1, 384: 1}, "fp32": {16: 6, 32: 4, 64: 2, 128: 1, 192: 1, 384: 1}}

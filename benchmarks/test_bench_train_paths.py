@@ -20,9 +20,9 @@ import torch
 from benchmarks.bench_common import require_device, timed
 from benchmarks.train_paths import Pack, PathCase, Trainer
 
-VIT = "benchmarks/recipes/imagenette32/base-vit-nano.yaml"
-RESNET = "benchmarks/recipes/imagenette32/base-resnet18.yaml"
-VIT_64 = "benchmarks/recipes/imagenette/base-vit-mini.yaml"
+VIT = "configs/recipes/imagenette32/base-vit-nano.yaml"
+RESNET = "configs/recipes/imagenette32/base-resnet18.yaml"
+VIT_64 = "configs/recipes/imagenette/base-vit-mini.yaml"
 
 
 def _cpu_cases(model: str, recipe: str, steps: int, vit: bool, compile_: bool) -> list[PathCase]:

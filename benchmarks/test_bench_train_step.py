@@ -1,4 +1,4 @@
-"""Group ``train-step``: the engine's training step (``rbdc.engine.train_step``) against a bare PyTorch loop.
+"""Group ``train-step``: the engine's training step (``rbdc.training.engine.train_step``) against a bare PyTorch loop.
 
 Both sides train the same model (identical weights) on the same in-memory batch with the same dtype, optimizer
 (AdamW, fused where the engine fuses it), channels_last and torch.compile setting; the difference is the engine's
@@ -20,9 +20,9 @@ from timm.scheduler import CosineLRScheduler
 
 from benchmarks.bench_common import compiled, require_device, sync, timed, toy_sized
 from benchmarks.train_paths import gemm_rate
-from rbdc.engine import autocast_for, build_optimizer, set_attention_path, train_step
+from rbdc.training.engine import autocast_for, build_optimizer, set_attention_path, train_step
 from rbdc.flops import train_flops_per_image
-from rbdc.models import family_of, scaled
+from rbdc.nets.models import family_of, scaled
 from rbdc.recipe import DEFAULTS
 
 

@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from benchmarks.bench_common import REPO, TOY, compiled, require_device, sync, toy_sized
-from rbdc.engine import build_criterion, build_optimizer, lr_for, set_attention_path, train_step
+from rbdc.training.engine import build_criterion, build_optimizer, lr_for, set_attention_path, train_step
 from rbdc.flops import train_flops_per_image
-from rbdc.models import scaled
+from rbdc.nets.models import scaled
 from rbdc.recipe import resolve
 
 GEMM_N = {"cpu": 1024, "cuda": 8192}   # square matrix side of the probe: ~2 GFLOP on a CPU core, ~1 TFLOP on a GPU

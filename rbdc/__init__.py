@@ -2,12 +2,13 @@
 
 Importing the package registers the narrow variants (``rbdc_<model>_w<divisor>``, ``test_rbdc_*``) in timm's registry
 and, through :mod:`rbdc.growth`, how :func:`load_model` rebuilds grown models (see
-:func:`rbdc.checkpoint.register_rebuild`).
+:func:`rbdc.nets.checkpoint.register_rebuild`).
 """
-from .checkpoint import load_model, load_weights, save_weights
+from .nets.checkpoint import load_model, load_weights, save_weights
 from .coupling import couple, couple_tree, plan
 from .flops import Ledger, forward_flops, forward_macs, measured_train_flops_per_image, train_flops_per_image
-from .models import narrow, scaled
+from .nets.models import narrow, scaled
+from .nets import variants  # noqa: F401  (registers rbdc's model names in timm's registry)
 from . import growth  # noqa: F401  (registers the growth baselines' checkpoint rebuilds)
 
 __version__ = "0.1.0"

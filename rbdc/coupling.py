@@ -11,14 +11,14 @@ Per-layer rules (reconstructed; see ``../shared/reference/methods.md`` section 2
 * BatchNorm: weight, bias, running mean/var concatenated (exact in train and eval mode);
 * LayerNorm: weight, bias concatenated. With ``norm="plain"`` (default, parameter-free, a standard timm model) the
   statistics are taken over the full width, so they mix the parts and the coupled ViT is *not* exactly the ensemble;
-  ``norm="grouped"`` swaps in :class:`~rbdc.layers.PartLayerNorm`, which is exact but no longer a stock timm model;
+  ``norm="grouped"`` swaps in :class:`~rbdc.nets.layers.PartLayerNorm`, which is exact but no longer a stock timm model;
 * classifier: weights concatenated along inputs, biases summed; both scaled by 1/k for ``head="mean"`` (logits =
   mean of the parts' logits) or 1 for ``head="sum"``.
 
 The layer rules are derived from tensor shapes (which dimension grew k-fold) within the layer types listed in
-``rbdc.models.check_supported``: every parameter and buffer of the parts has a rule, or ``couple`` refuses, naming
+``rbdc.nets.models.check_supported``: every parameter and buffer of the parts has a rule, or ``couple`` refuses, naming
 the layer or key (e.g. timm's ``ParallelScalingBlock``, whose one input projection packs q, k, v and the MLP).
-The parts must agree in every setting (``rbdc.models.settings``: layer types, eps, biases, LayerScale, pooling...),
+The parts must agree in every setting (``rbdc.nets.models.settings``: layer types, eps, biases, LayerScale, pooling...),
 and the wide model is rebuilt with them and checked against them, so a coupled model is exact (plain LN aside) or
 refused, never silently different.
 """
@@ -31,8 +31,11 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .layers import group_norms
-from .models import arch_of, check_supported, describe, scaled, settings, widen_name
+from .nets.layers import group_norms
+from .nets.models import arch_of, check_supported, describe, scaled, settings
+from .nets.variants import widen_name
+from .data import TRAIN_SIZES
+from .flops import TRAIN_FLOPS_PER_FORWARD, forward_macs
 
 __all__ = ["couple", "couple_tree", "plan", "classifier_keys"]
 
@@ -216,8 +219,6 @@ def plan(target: str, depth: int, k: int = 2, img_size: int | None = None, num_c
     per image, training FLOPs per image (3 x forward, 2 FLOPs per MAC) and per epoch of ``dataset_size`` images
     (default: ImageNet-1k's train split), for one model and for all models of the level.
     """
-    from .data import TRAIN_SIZES
-    from .flops import TRAIN_FLOPS_PER_FORWARD, forward_macs
     dataset_size = dataset_size or TRAIN_SIZES["imagenet"][0]
 
     if depth < 0:

@@ -7,7 +7,7 @@ class UserError(Exception):
 
 class RunFailed(UserError):
     """A run stopped for good at ``stage`` (and ``step``); ``diverged``: its loss went non-finite. The run directory
-    records it in ``failed.json`` (:meth:`rbdc.rundir.RunDir.write_failed`)."""
+    records it in ``failed.json`` (:meth:`rbdc.runs.rundir.RunDir.write_failed`)."""
 
     def __init__(self, message: str, *, stage: str | None = None, step: int | None = None, diverged: bool = False):
         super().__init__(message)

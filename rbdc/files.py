@@ -17,11 +17,15 @@ from pathlib import Path
 
 from .errors import UserError
 
-__all__ = ["TMP_SUFFIX", "atomic_write", "atomic_write_bytes", "load_state", "read_json", "save_state", "sha256",
-           "user_errors", "write_json"]
+__all__ = ["CHECKOUT", "TMP_SUFFIX", "atomic_write", "atomic_write_bytes", "load_state", "read_json", "save_state",
+           "sha256", "user_errors", "write_json"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+# The source checkout this package runs from (an editable install): the one place the library names it. Its readers:
+# the committed benchmark results (rbdc.cost), the quickstart's recipes, the data folder beside it, the git commit a
+# run records and the PYTHONPATH of the pool's children. An installed wheel has none of these files.
+CHECKOUT = Path(__file__).resolve().parents[1]
 TMP_SUFFIX = ".tmp"  # temporary files are hidden: .<name>.<random>.tmp (safetensors' and older ones: .<name>.tmp)
 _STATE_MAGIC = b"rbdc-state sha256="
 

@@ -26,7 +26,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .files import atomic_write_bytes
-from .models import arch_of, scaled
+from .nets.models import arch_of, scaled
 
 __all__ = ["count_macs", "register_layer", "forward_macs", "model_forward_macs", "forward_flops",
            "train_flops_per_image", "measured_train_flops_per_image", "Ledger", "LedgerEntry",

@@ -16,11 +16,19 @@ import threading
 import time
 from pathlib import Path
 
-from . import rundir
-from .data import DataError, find_imagenette
+from .runs import rundir
+from .data import DataError, find_imagenette, build_loader, recipe_datasets
+from .errors import UserError
+from .files import CHECKOUT
 from .units import human_flops, human_time
+from . import recipe as recipes
+from .studies.study import planned_flops, run_local
+from .studies.spec import Study, StudyRun
+from .runs.train import run_recipe
+from .report import generate_report
+from .cli import add_command
 
-RECIPES = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes" / "quickstart"
+RECIPES = CHECKOUT / "configs" / "recipes" / "quickstart"
 IMAGENETTE = ["data.source=imagenette", "budget_epochs=6", "batch_size=128"]
 PROTOCOLS = ("rbdc-d1", "scratch")
 
@@ -40,8 +48,6 @@ def pick_data(choice: str) -> tuple[str, list[str]]:
 
 def warm_cache(recipe: str, overrides: list[str], seed: int) -> float:
     """Decode the train and val images into the disk cache the runs read (all cores); seconds it took."""
-    from . import recipe as recipes
-    from .data import build_loader, recipe_datasets
     t0 = time.time()
     rec = recipes.resolve(recipe, overrides, seed=seed)
     if rec["data"].get("in_memory"):
@@ -73,7 +79,6 @@ def _report_progress(dirs: dict[str, Path], planned: dict[str, float], stop: thr
 
 
 def _run_side_by_side(out: Path, over: list[str], seed: int, every: float) -> None:
-    from .study import Study, StudyRun, planned_flops, run_local
     runs = [StudyRun(name=f"quickstart/{p}", recipe=str(RECIPES / f"{p.split('-')[0]}.yaml"), overrides=tuple(over),
                      seed=seed, point=p) for p in PROTOCOLS]
     planned = {r.point: planned_flops(r) for r in runs}
@@ -88,13 +93,11 @@ def _run_side_by_side(out: Path, over: list[str], seed: int, every: float) -> No
     finally:
         stop.set()
     if failed:
-        from .errors import UserError
         raise UserError(f"quickstart run(s) failed: {', '.join(r.name for r in failed)}; see "
                         f"{failed[0].run_dir(out) / rundir.LOG}; rerun the same command to resume")
 
 
 def _run_one_after_another(out: Path, over: list[str], seed: int) -> None:
-    from .train import run_recipe
     run_recipe(str(RECIPES / "rbdc.yaml"), str(out), over, seed=seed)
     rbdc_dir = rundir.run_dir(out, "quickstart/rbdc-d1", seed)
     run_recipe(str(RECIPES / "scratch.yaml"), str(out), over + [f"match={rbdc_dir}"], seed=seed)
@@ -102,8 +105,6 @@ def _run_one_after_another(out: Path, over: list[str], seed: int) -> None:
 
 def cmd_quickstart(args) -> int:
     import json
-
-    from .report import generate_report
 
     t0 = time.time()
     source, over = pick_data(args.data)
@@ -134,7 +135,6 @@ def cmd_quickstart(args) -> int:
 
 
 def add_cli(sub) -> None:
-    from .cli import add_command
     p = add_command(sub, "quickstart", "rbdc vs budget-matched scratch on a small real dataset, in minutes", [
         "rbdc quickstart                                 # Imagenette 32 px if RBDC_DATA has it, else digits",
         "RBDC_DATA=/data rbdc quickstart -o /tmp/runs    # rerun: resumes, or reports what is done",

@@ -1,4 +1,4 @@
-"""Recipes are data: YAML files under ``benchmarks/recipes/`` with an optional ``base:`` parent, resolved into one
+"""Recipes are data: YAML files under ``configs/recipes/`` with an optional ``base:`` parent, resolved into one
 flat-ish dict that the run directory stores (``recipe.yaml``) and that replays the run."""
 from __future__ import annotations
 
@@ -250,7 +250,7 @@ def _merge(base: dict, over: dict, where: str) -> dict:
 
 def _read(path: Path, seen: tuple = ()) -> dict:
     if not path.is_file():
-        raise UserError(f"recipe {path} not found; recipes live under benchmarks/recipes/")
+        raise UserError(f"recipe {path} not found; recipes live under configs/recipes/")
     if path in seen:
         raise UserError(f"recipe {path} inherits from itself through {' -> '.join(map(str, seen))}")
     try:

@@ -7,7 +7,7 @@ import torch
 import rbdc  # noqa: F401  (registers the test_rbdc_* variants)
 
 REPO = Path(__file__).resolve().parents[1]
-CI = REPO / "benchmarks" / "recipes" / "ci"
+CI = REPO / "configs" / "recipes" / "ci"
 QUIET = {"log": lambda *a, **k: None}
 
 
@@ -24,9 +24,9 @@ def _seed():
 
 @pytest.fixture(autouse=True)
 def _torch_autocast_kernels():
-    """A bf16 run on a CPU without bf16 kernels installs rbdc.bf16 for the process: no test inherits it."""
+    """A bf16 run on a CPU without bf16 kernels installs rbdc.training.bf16 for the process: no test inherits it."""
     yield
-    from rbdc import bf16
+    from rbdc.training import bf16
     bf16.uninstall()
 
 
@@ -34,7 +34,7 @@ def _torch_autocast_kernels():
 def ci_reference(tmp_path_factory):
     """``ci_reference(name, overrides=())``: the run directory and results of CI recipe ``name`` trained without
     interruption, once per session for every module that needs it. Tests copy it before changing anything in it."""
-    import rbdc.train as train
+    import rbdc.runs.train as train
     cache = {}
 
     def get(name: str, overrides=()) -> tuple[Path, dict]:
@@ -59,7 +59,7 @@ def pytest_collection_modifyitems(config, items):
 
 def interrupt_after(monkeypatch, n: int) -> None:
     """Simulate a preemption: raise KeyboardInterrupt right after the n-th epoch's checkpoint and summary write."""
-    from rbdc import rundir
+    from rbdc.runs import rundir
     calls = {"n": 0}
     real = rundir.write_summary
 

@@ -72,7 +72,7 @@ def test_probe_reports_every_backbone_seed_with_its_checkpoint_hash(tmp_path):
     import rbdc
     from rbdc.detection.data import balloon_root
     from rbdc.errors import UserError
-    from rbdc.rundir import sha256
+    from rbdc.runs.rundir import sha256
 
     try:
         balloon_root()

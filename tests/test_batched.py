@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 from timm.optim import create_optimizer_v2
 
-from rbdc.batched import BatchedViT, _unstack, check_batchable, clip_per_part, param_groups, part_loss
-from rbdc.models import scaled
+from rbdc.nets.batched import BatchedViT, _unstack, check_batchable, clip_per_part, param_groups, part_loss
+from rbdc.nets.models import scaled
 
 
 def _parts(k: int, name: str = "test_rbdc_vit", **kwargs) -> list[nn.Module]:

@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from rbdc import bf16, engine, perf
+from rbdc.training import bf16, engine
+from rbdc.cost import perf
 
 GEMMS = {"mm", "addmm", "bmm", "baddbmm", "convolution"}   # the aten kernels the emulated ops end in
 

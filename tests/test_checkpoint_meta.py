@@ -11,13 +11,13 @@ import torch
 from timm.models.vision_transformer import ResPostBlock
 
 import rbdc
-from rbdc import train
-from rbdc import checkpoint
-from rbdc.checkpoint import load_model, load_weights, save_weights
+from rbdc.runs import train
+from rbdc.nets import checkpoint
+from rbdc.nets.checkpoint import load_model, load_weights, save_weights
 from rbdc.growth import gradmax_start, inner_widths
-from rbdc.layers import PartLayerNorm
+from rbdc.nets.layers import PartLayerNorm
 
-CI = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes" / "ci"
+CI = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "ci"
 
 
 def mean_logits(models, x):
@@ -102,7 +102,7 @@ def test_a_registered_rebuild_key_is_saved_and_rebuilds_the_model(tmp_path, monk
 def test_a_gradmax_checkpoint_loads_in_a_process_that_imports_only_the_checkpoint_module(tmp_path):
     model = gradmax_start("test_rbdc_vit", Fraction(1, 2))
     path = save_weights(model, tmp_path / "g.safetensors")
-    code = ("import json; from rbdc.checkpoint import load_model; "
+    code = ("import json; from rbdc.nets.checkpoint import load_model; "
             f"print(json.dumps(load_model({str(path)!r}).rbdc_arch['inner_widths']))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == inner_widths(model) != inner_widths(timm.create_model("test_rbdc_vit"))

@@ -4,7 +4,7 @@ import sys
 import pytest
 import timm
 
-from rbdc.checkpoint import load_model, save_weights
+from rbdc.nets.checkpoint import load_model, save_weights
 from rbdc.cli import main
 
 

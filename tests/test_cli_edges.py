@@ -6,10 +6,10 @@ import pytest
 import timm
 from safetensors.torch import save_file
 
-from rbdc.checkpoint import save_weights
+from rbdc.nets.checkpoint import save_weights
 from rbdc.cli import main
 
-CI = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes" / "ci"
+CI = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "ci"
 
 
 def refused(capsys, *args, says: str):

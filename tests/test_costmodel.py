@@ -1,4 +1,4 @@
-"""rbdc.costmodel (seconds per image from countable terms, per CPU kind) and its use by `rbdc plan --estimate` and
+"""rbdc.cost.costmodel (seconds per image from countable terms, per CPU kind) and its use by `rbdc plan --estimate` and
 `rbdc train --dry-run --estimate`."""
 import json
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch.nn as nn
 
-from rbdc import costmodel, estimate
+from rbdc.cost import costmodel, estimate
 from rbdc.cli import main
 
 XEON = """processor\t: 0
@@ -100,7 +100,7 @@ def test_plan_prints_rbdc_and_scratch_walls_from_this_kinds_model(tmp_path, monk
 def test_train_dry_run_prints_each_stage_and_scratch_by_the_cost_model(tmp_path, monkeypatch, capsys):
     _write_model(tmp_path, costmodel.cpu_kind())
     monkeypatch.setattr(estimate, "BENCH", tmp_path)
-    assert main(["train", "-c", "benchmarks/recipes/imagenette32/vit-nano-rbdc-d1.yaml", "--dry-run",
+    assert main(["train", "-c", "configs/recipes/imagenette32/vit-nano-rbdc-d1.yaml", "--dry-run",
                  "--estimate"]) == 0
     out = capsys.readouterr().out
     assert "stage L0.0 (rbdc_vit_nano_patch4_32_w2" in out and "stage L1 (rbdc_vit_nano_patch4_32" in out

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 import rbdc
-from rbdc.checkpoint import load_model, save_weights
+from rbdc.nets.checkpoint import load_model, save_weights
 
 
 def randomize_bn(model):

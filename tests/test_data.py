@@ -531,7 +531,7 @@ def test_a_broken_image_in_a_worker_is_one_line_naming_the_file(tmp_path, in_mem
 
 def _recipe(**data):
     from rbdc import recipe as recipes
-    return recipes.resolve(str(Path(__file__).resolve().parents[1] / "benchmarks" / "recipes" / "ci" / "scratch.yaml"),
+    return recipes.resolve(str(Path(__file__).resolve().parents[1] / "configs" / "recipes" / "ci" / "scratch.yaml"),
                            [f"data.{k}={v}" for k, v in data.items()])
 
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from rbdc import train
+from rbdc.runs import train
 from rbdc.data import build_dataset, build_loader
 from rbdc.data.seeds import mix_seed
 
-CI = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes" / "ci"
+CI = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "ci"
 
 
 @pytest.fixture

@@ -308,7 +308,7 @@ def test_balloon_finetune_coupled_backbone(det, tmp_path, small_balloon):
     resumes under torch's weights_only loading, and the trained detector tests with the test launcher."""
     from rbdc.detection.launch import test, train
     from rbdc.detection.report import collect
-    from rbdc.rundir import code_version
+    from rbdc.runs.rundir import code_version
 
     run = _coupled(tmp_path, 'test_rbdc_vit')
     work = tmp_path / 'work'
@@ -673,7 +673,7 @@ def _det_study(tmp: Path, **over) -> Path:
             run = tmp / 'cls' / 'tiny' / point / 'b32' / f'seed{seed}'
             rbdc.save_weights(wide, run / 'final.safetensors')
             # what an rbdc run records of it: the final stage's sha256 (a parent stage's differs), top-1, FLOPs
-            digest = rbdc.rundir.sha256(run / 'final.safetensors')
+            digest = rbdc.runs.rundir.sha256(run / 'final.safetensors')
             (run / 'manifest.json').write_text(json.dumps({'stages': {
                 'L0.0': {'sha256': '0' * 64, 'parents': []},
                 'L1': {'sha256': digest, 'parents': [{'stage': 'L0.0', 'sha256': '0' * 64}]}}}))
@@ -695,7 +695,7 @@ def test_detection_study_runs_resumes_and_reports_with_intervals(det, tmp_path, 
     from rbdc.cli import main
     from rbdc.detection.study import load_study, status, sync
     from rbdc.report.detection import build
-    from rbdc.rundir import sha256
+    from rbdc.runs.rundir import sha256
 
     path = _det_study(tmp_path)
     out, cls = tmp_path / 'det', tmp_path / 'cls'
@@ -763,7 +763,7 @@ def test_a_study_keeping_backbone_weights_replays_from_the_committed_copy(det, t
     det-study given that copy as --backbones finds every checkpoint, bit for bit the one each run loaded."""
     from rbdc.cli import main
     from rbdc.detection.study import load_study, sync
-    from rbdc.rundir import sha256
+    from rbdc.runs.rundir import sha256
 
     path = _det_study(tmp_path, keep_backbone_weights=True)
     study = load_study(path)

@@ -11,13 +11,15 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch.utils.flop_counter import FlopCounterMode
 
-import rbdc.train as train
-from rbdc import cli, rundir
-from rbdc.diffusionblocks import DiffusionBlocksError, band_edges, build_model, inference_sigmas
+import rbdc.runs.train as train
+from rbdc import cli
+from rbdc.runs import rundir
+from rbdc.nets.diffusion_noise import band_edges, inference_sigmas
+from rbdc.nets.diffusionblocks import DiffusionBlocksError, build_model
 from rbdc.flops import train_flops_per_image
 
 REPO = Path(__file__).resolve().parents[1]
-CI_RECIPE = REPO / "benchmarks" / "recipes" / "ci" / "diffusionblocks.yaml"
+CI_RECIPE = REPO / "configs" / "recipes" / "ci" / "diffusionblocks.yaml"
 TINY = dict(model="test_rbdc_vit", drop_path=0.0, model_kwargs={"depth": 3}, diffusionblocks={"blocks": 3})
 
 
@@ -96,8 +98,8 @@ def test_a_training_step_touches_only_the_drawn_block_and_the_shared_parts():
         torch.manual_seed(seed)
         m.zero_grad(set_to_none=True)
         calls = []
-        hooks = [blk.attn.register_forward_hook(lambda mod, i, o, k=k: calls.append(k)) for k, blk in
-                 enumerate(m.trunk.blocks)]
+        hooks = [blk.attn.register_forward_hook(lambda mod, i, o, k=k: calls.append(k))  # noqa: B023 (removed below)
+                 for k, blk in enumerate(m.trunk.blocks)]
         m.training_loss(x, y).backward()
         for h in hooks:
             h.remove()

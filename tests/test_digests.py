@@ -24,7 +24,7 @@ def test_every_ci_recipe_and_a_resumed_run_end_with_the_recorded_weights(tmp_pat
     unguarded = sorted(expected - set(recorded["runs"]))
     if unguarded:  # added after this machine's record: trained below, but nothing to compare with here
         warnings.warn(f"not guarded on this machine: {unguarded}; record them here with "
-                      f"python -m benchmarks.record_digests")
+                      f"python -m benchmarks.record_digests", stacklevel=2)
     threads = torch.get_num_threads()
     try:
         runs = compute(tmp_path)

@@ -8,14 +8,14 @@ import torch
 from safetensors.torch import load_file
 
 import rbdc
-import rbdc.train as train
+import rbdc.runs.train as train
 from rbdc import recipe as recipes
-from rbdc import rundir
+from rbdc.runs import rundir
 from rbdc.errors import UserError
 from rbdc.growth import inner_widths
-from rbdc.rundir import load_state
+from rbdc.runs.rundir import load_state
 
-RECIPES = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes"
+RECIPES = Path(__file__).resolve().parents[1] / "configs" / "recipes"
 CI = RECIPES / "ci"
 QUIET = dict(log=lambda *a, **k: None)
 
@@ -32,7 +32,7 @@ def rbdc_run(ci_reference):
 def test_a_cpu_run_records_the_machines_gemm_rate_after_every_epoch_without_touching_its_randomness(rbdc_run):
     """gemm_gflops tells a slow-state epoch's wall apart (issue 35); it is a timing column (a resumed run may differ)
     and its probe draws no random numbers, so the run's data order and weights are those of a run without it."""
-    from rbdc.perf import gemm_probe_gflops
+    from rbdc.cost.perf import gemm_probe_gflops
     run_dir, _ = rbdc_run
     _, rows = rundir.read_summary(run_dir / rundir.SUMMARY)
     trained = [r for r in rows if int(r["epoch"]) >= 0]  # epoch -1: the coupled model's evaluation before training
@@ -151,8 +151,8 @@ def test_parallel_jobs_train_the_narrow_models_in_processes_with_the_same_result
 def test_a_levels_parallel_children_start_after_the_levels_before_it_are_in_the_manifest(tmp_path, monkeypatch):
     """Each level's children read their parents from manifest.json: a level starts only when every earlier stage
     is recorded there (the children here are stand-ins that train nothing: the parent then trains each stage)."""
-    from rbdc import run as run_module
-    from rbdc.manifest import Manifest
+    from rbdc.runs import run as run_module
+    from rbdc.runs.manifest import Manifest
     calls = []
 
     def children(run_dir, stages, jobs, log):
@@ -199,7 +199,7 @@ def test_a_failing_parallel_stage_stops_its_siblings(tmp_path, monkeypatch):
     import subprocess
     from types import SimpleNamespace
 
-    from rbdc import parallel
+    from rbdc.runs import parallel
     started = []
 
     class FakeChild:

@@ -1,7 +1,7 @@
 """The GPU fast path changes speed, not results: each flag that runs on a CPU is checked against the plain path.
 
 Flags: channels_last, fused AdamW, torch.compile (slow: inductor compiles C++), bf16 autocast (within bf16 noise),
-timm's fused SDPA attention; plus MFU reporting (rbdc.perf) and, on a GPU, a training step without host syncs.
+timm's fused SDPA attention; plus MFU reporting (rbdc.cost.perf) and, on a GPU, a training step without host syncs.
 """
 import copy
 import os
@@ -10,10 +10,11 @@ import shutil
 import pytest
 import torch
 
-from rbdc import perf, protocols
-from rbdc.engine import Stage, train_stage, train_step
+from rbdc.cost import perf
+from rbdc import protocols
+from rbdc.training.engine import Stage, train_stage, train_step
 from rbdc.flops import Ledger
-from rbdc.models import scaled
+from rbdc.nets.models import scaled
 from rbdc.recipe import DEFAULTS
 
 
@@ -113,7 +114,7 @@ def test_timm_attention_uses_fused_sdpa_and_matches_the_explicit_math():
     torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-5)
 
 
-# --- MFU (rbdc.perf) --------------------------------------------------------------------------------------------
+# --- MFU (rbdc.cost.perf) --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, peak", [
     ("NVIDIA H100 80GB HBM3", 989.4), ("NVIDIA H100 PCIe", 756.5), ("NVIDIA H100 NVL", 835.5),
@@ -152,7 +153,7 @@ def test_train_step_never_waits_for_the_gpu():
     from timm.loss import SoftTargetCrossEntropy
     from timm.utils import ModelEmaV3
 
-    from rbdc.engine import build_optimizer
+    from rbdc.training.engine import build_optimizer
 
     device = torch.device("cuda")
     model = scaled("test_rbdc_vit", 1).to(device).train()

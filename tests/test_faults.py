@@ -8,11 +8,12 @@ import yaml
 from conftest import CI  # tests/conftest.py
 from PIL import Image
 
-from rbdc import rundir
+from rbdc.runs import rundir
 from rbdc.cli import main
 from rbdc.data import build_dataset
 from rbdc.data.cache import build_memory_cache
-from rbdc.study import load_study, run_local
+from rbdc.studies.study import run_local
+from rbdc.studies.spec import load_study
 
 
 def _image_folder(root, n=6, broken=False):

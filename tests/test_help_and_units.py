@@ -30,7 +30,7 @@ def test_flops_prints_human_units(capsys):
 
 
 def test_plan_estimate_measures_each_level_here(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr("rbdc.estimate.BENCH", tmp_path)  # no cost model of this CPU kind: measured steps
+    monkeypatch.setattr("rbdc.cost.estimate.BENCH", tmp_path)  # no cost model of this CPU kind: measured steps
     assert main(["plan", "test_rbdc_vit", "--dataset-size", "1000", "--estimate"]) == 0
     out = capsys.readouterr().out
     assert "time/epoch" in out and "at the speed measured here" in out
@@ -40,16 +40,16 @@ def test_plan_estimate_measures_each_level_here(capsys, monkeypatch, tmp_path):
 def test_measured_steps_run_in_the_recipes_precision_and_attention(monkeypatch, amp, fused, autocast):
     """The fallback speed (no cost model) of a bf16 recipe is a bf16 step with the recipe's attention kernel: an fp32
     step measured 2-3x slower than what a bf16 run reaches on an AMX CPU and tripled the width ladder's cost plan."""
-    import rbdc.models
-    from rbdc.estimate import measure_train_flops_per_s
-    seen, scaled = [], rbdc.models.scaled
+    import rbdc.cost.estimate as estimate
+    from rbdc.cost.estimate import measure_train_flops_per_s
+    seen, scaled = [], estimate.scaled
 
     def recording(*args, **kwargs):
         model = scaled(*args, **kwargs)
         model.register_forward_hook(lambda m, i, o: seen.append(
             (torch.is_autocast_enabled("cpu"), {a.fused_attn for a in m.modules() if hasattr(a, "fused_attn")})))
         return model
-    monkeypatch.setattr(rbdc.models, "scaled", recording)
+    monkeypatch.setattr(estimate, "scaled", recording)
     assert measure_train_flops_per_s("test_rbdc_vit", batch=2, steps=1, amp=amp, fused_attn=fused) > 0
     assert seen and all(on == autocast for on, _ in seen)
     if fused is not None:
@@ -57,7 +57,7 @@ def test_measured_steps_run_in_the_recipes_precision_and_attention(monkeypatch, 
 
 
 def test_plan_for_a_gpu_without_benchmarks_is_a_clear_error(tmp_path):
-    from rbdc.estimate import bench_train_flops_per_s
+    from rbdc.cost.estimate import bench_train_flops_per_s
     with pytest.raises(UserError, match="no committed benchmark results for 'H100'.*tox -e bench"):
         bench_train_flops_per_s("H100", bench_dir=tmp_path)
 
@@ -68,8 +68,8 @@ def test_plan_for_a_benchmarked_device_uses_its_results(capsys):
 
 
 def test_train_dry_run_estimates_the_wall_time(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr("rbdc.estimate.BENCH", tmp_path)
-    assert main(["train", "-c", "benchmarks/recipes/quickstart/rbdc.yaml", "--dry-run", "--estimate",
+    monkeypatch.setattr("rbdc.cost.estimate.BENCH", tmp_path)
+    assert main(["train", "-c", "configs/recipes/quickstart/rbdc.yaml", "--dry-run", "--estimate",
                  "--set", "budget_epochs=1"]) == 0
     out = capsys.readouterr().out
     assert "estimated wall time:" in out and re.search(r"total training FLOPs: [\d.]+ [GTPE]FLOPs", out)

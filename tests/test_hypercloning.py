@@ -93,7 +93,7 @@ def test_one_narrow_source_refuses_depth_2_and_a_continued_schedule_naming_both(
 
 @pytest.mark.parametrize("protocol", ["hypercloning", "rbdc-copies"])
 def test_the_ci_recipes_train_and_grow_from_one_source(protocol, tmp_path):
-    from rbdc import train
+    from rbdc.runs import train
     recipe, extra = (str(CI / "hypercloning.yaml"), []) if protocol == "hypercloning" else (
         str(CI / "rbdc.yaml"), ["rbdc.parts=copies", "name=ci/rbdc-copies"])
     res = train.run_recipe(recipe, str(tmp_path), extra, **QUIET)

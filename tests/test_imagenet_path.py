@@ -1,4 +1,4 @@
-"""The ImageNet path end to end: the committed DeiT RBDC recipe (benchmarks/recipes/imagenet/deit-base-rbdc-d2.yaml,
+"""The ImageNet path end to end: the committed DeiT RBDC recipe (configs/recipes/imagenet/deit-base-rbdc-d2.yaml,
 over base-deit.yaml) trained for real on the extracted Imagenette tree as its IMAGENET_ROOT (an ImageNet layout,
 train/ and val/ class folders of JPEGs), through the streaming loader with DataLoader workers, RandAugment, random
 erasing, Mixup/CutMix, repeated augmentation, EMA, drop-path and RBDC depth-2 coupling, at a tiny size.
@@ -36,12 +36,13 @@ from timm.data.distributed_sampler import RepeatAugSampler
 from timm.layers import DropPath
 from timm.loss import SoftTargetCrossEntropy
 
-from rbdc import engine, run, rundir, train
+from rbdc.training import engine
+from rbdc.runs import run, rundir, train
 from rbdc.data import DataError, StreamLoader, find_imagenette
 
 pytestmark = pytest.mark.slow
 
-RECIPE = REPO / "benchmarks" / "recipes" / "imagenet" / "deit-base-rbdc-d2.yaml"
+RECIPE = REPO / "configs" / "recipes" / "imagenet" / "deit-base-rbdc-d2.yaml"
 TINY = ["img_size=32", "model_kwargs={depth: 2, img_size: 32}", "data.subset=4", "data.val_subset=2",
         "batch_size=8", "epochs=1.5", "budget_epochs=1.05", "workers=2"]
 STAGES = {"L0.0": [], "L0.1": [], "L0.2": [], "L0.3": [], "L1.0": ["L0.0", "L0.1"], "L1.1": ["L0.2", "L0.3"],

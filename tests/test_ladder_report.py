@@ -13,11 +13,11 @@ from rbdc import recipe as recipes
 from rbdc.errors import UserError
 from rbdc.report import ladder, ladder_fit
 from rbdc.report.ladder_sections import CANNOT_FIT
-from rbdc.study import load_study
+from rbdc.studies.spec import load_study
 from tests.test_report import make_run
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = REPO / "benchmarks" / "recipes" / "imagenette32"
+RECIPES = REPO / "configs" / "recipes" / "imagenette32"
 TRUTH = (-0.2, 0.05, 0.02)  # saving = a + b log2(width) + c log2(image-epochs per parameter)
 MODELS = {64: None, 128: "rbdc_vit_micro_patch4_32", 192: "rbdc_vit_tiny_patch4_32", 384: "rbdc_vit_small_patch4_32"}
 SCRATCH = {64: [4, 8, 16, 32, 64, 128], 128: [4, 8, 16, 32], 192: [4, 8, 16, 32], 384: [4, 8, 16]}

@@ -1,9 +1,10 @@
-"""The learning rate per step (rbdc.lr.LRSchedule): warm-up, one cosine to min_lr, continued along a lineage."""
+"""The learning rate per step (rbdc.training.lr.LRSchedule): warm-up, one cosine to min_lr, continued along a
+lineage."""
 import pytest
 import torch
 from timm.scheduler import CosineLRScheduler
 
-from rbdc.lr import LRSchedule
+from rbdc.training.lr import LRSchedule
 from rbdc.protocols import Stage
 
 RECIPE = {"min_lr": 1e-5, "warmup_lr": 1e-6, "anneal_to_end": True}

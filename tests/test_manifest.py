@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from rbdc import rundir
+from rbdc.runs import rundir
 from rbdc.errors import UserError
 from rbdc.flops import Ledger
-from rbdc.manifest import Manifest, child_done, save_child_result
+from rbdc.runs.manifest import Manifest, child_done, save_child_result
 
 
 def _ledger(*entries) -> Ledger:

@@ -3,7 +3,8 @@ import timm
 import torch
 
 import rbdc
-from rbdc.models import describe, widen_name
+from rbdc.nets.models import describe
+from rbdc.nets.variants import widen_name
 
 
 def shapes(model):

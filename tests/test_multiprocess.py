@@ -1,4 +1,4 @@
-"""Two processes through torchrun (gloo on CPU, one thread each): the path `python -m rbdc.launch` and a study's
+"""Two processes through torchrun (gloo on CPU, one thread each): the path `python -m rbdc.runs.launch` and a study's
 ``nproc: 2`` take. A 2-process run trains and books the global batch once in its ledger; killed with SIGKILL
 mid-training (every process of it) and rerun with the same command, it resumes to the weights of an uninterrupted
 2-process run; its top-1 is the 1-process run's at the same global batch, to within the seed-to-seed spread;
@@ -6,7 +6,7 @@ mid-training (every process of it) and rerun with the same command, it resumes t
 nothing. A kill -9 of the launcher's process group takes torchrun's trainers with it (they run in sessions of their
 own; the kernel kills them with their parent), and a resumed rank > 0 draws its own random streams, not rank 0's.
 
-The command is rbdc.launch.torchrun_command's, with ``torchrun`` run as ``python -m torch.distributed.run`` (the
+The command is rbdc.runs.launch.torchrun_command's, with ``torchrun`` run as ``python -m torch.distributed.run`` (the
 same entry point, found without the virtualenv's bin/ on PATH). Measured on a 2-core machine at load 5: 186 s
 (140 s of CPU time; the 2 trainers run in parallel), so about 1.5-2 min on an idle one."""
 import json
@@ -22,8 +22,8 @@ import torch
 from conftest import CI, QUIET, REPO  # tests/conftest.py
 from safetensors.torch import load_file
 
-from rbdc import rundir, train
-from rbdc.launch import torchrun_command
+from rbdc.runs import rundir, train
+from rbdc.runs.launch import torchrun_command
 
 pytestmark = pytest.mark.slow
 
@@ -246,7 +246,7 @@ def test_two_processes_reach_the_one_process_top1(two_procs, one_proc):
 
 
 def test_rbdc_jobs_is_ignored_under_torchrun(tmp_path, monkeypatch):
-    """rbdc.train trains a level's parts in child processes only when world == 1 (``rbdc.jobs > 1 and world ==
+    """rbdc.runs.train trains a level's parts in child processes only when world == 1 (``rbdc.jobs > 1 and world ==
     1``); under torchrun every stage trains in turn with both processes, as with rbdc.jobs 1: the same weights."""
     sets = ["amp=fp32", "data.subset=16"]  # ci/rbdc.yaml: 2 x 2 epochs of 10 steps, then 1 coupled
     runs = {}
@@ -274,7 +274,7 @@ def test_rbdc_jobs_is_ignored_under_torchrun(tmp_path, monkeypatch):
 def test_a_held_run_stops_every_rank_of_a_second_launcher_naming_the_holder(tmp_path, monkeypatch):
     """Rank 0 takes the run's lock and broadcasts the outcome: a second 2-process launcher of a held run writes
     nothing, and every rank exits with the held code (75) after one line naming the holder."""
-    from rbdc import runlock
+    from rbdc.runs import runlock
     cmd = command(SCRATCH, tmp_path, SETS, monkeypatch)
     run_dir = tmp_path / "ci" / "scratch" / "seed0"
     with runlock.hold(run_dir):

@@ -2,7 +2,7 @@
 import re
 from pathlib import Path
 
-from rbdc import pool
+from rbdc.studies import pool
 
 
 def _job(tmp: Path, key: str, argv: tuple, outcome=lambda: (True, "ok"), **kw) -> pool.Job:

@@ -1,5 +1,6 @@
-"""Preemption (rbdc.preempt): SIGTERM, SIGUSR1 or submitit's signal make a run checkpoint at the next optimizer step
-and exit with submitit's requeue code; rerunning resumes inside the epoch to the uninterrupted run's weights."""
+"""Preemption (rbdc.training.preempt): SIGTERM, SIGUSR1 or submitit's signal make a run checkpoint at the next
+optimizer step and exit with submitit's requeue code; rerunning resumes inside the epoch to the uninterrupted run's
+weights."""
 import json
 import os
 import signal
@@ -12,7 +13,8 @@ import torch
 from conftest import CI, QUIET  # tests/conftest.py
 from safetensors.torch import load_file
 
-from rbdc import engine, preempt, rundir, train
+from rbdc.training import engine, preempt
+from rbdc.runs import rundir, train
 from rbdc.cli import main
 
 
@@ -103,7 +105,7 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.slow
 def test_submitit_local_executor_requeues_a_preempted_run_which_then_finishes(tmp_path):
     submitit = pytest.importorskip("submitit")
-    from rbdc.launch import SlurmTrain
+    from rbdc.runs.launch import SlurmTrain
     out = tmp_path / "runs"
     ex = submitit.LocalExecutor(folder=tmp_path / "submitit")
     ex.update_parameters(timeout_min=10)

@@ -5,12 +5,13 @@ from pathlib import Path
 import pytest
 
 from rbdc import recipe as recipes
-from rbdc import report, train
-from rbdc.checkpoint import load_model
+from rbdc import report
+from rbdc.runs import train
+from rbdc.nets.checkpoint import load_model
 from rbdc.errors import UserError
 from rbdc.protocols import Built, Protocol, Stage, base, names, register
 
-CI = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes" / "ci"
+CI = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "ci"
 
 
 @pytest.fixture

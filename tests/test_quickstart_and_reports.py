@@ -54,7 +54,7 @@ def test_warm_cache_decodes_once_then_reads_the_cache(tmp_path, monkeypatch):
     images = torch.randint(0, 255, (80, 8, 8, 3), dtype=torch.uint8).numpy()
     ds = data.ArrayDataset(images, [i % 4 for i in range(80)], ["a", "b", "c", "d"], source="toy", root=None,
                            split="train", out_size=32)
-    monkeypatch.setattr("rbdc.data.recipe_datasets", lambda rec: (ds, ds))
+    monkeypatch.setattr("rbdc.quickstart.recipe_datasets", lambda rec: (ds, ds))
     warm_cache(str(RECIPES / "rbdc.yaml"), [], seed=0)
     assert len(decoded) == 1 and list((tmp_path / "memory").glob("toy-train-32px-*.pt"))  # val = same images
     warm_cache(str(RECIPES / "rbdc.yaml"), [], seed=0)

@@ -7,7 +7,7 @@ from rbdc import cli
 from rbdc import recipe as recipes
 from rbdc.errors import UserError
 
-CI = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes" / "ci"
+CI = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "ci"
 
 
 def test_the_defaults_are_the_schema_nested_and_each_passes_its_own_check():

@@ -13,10 +13,11 @@ import pytest
 import yaml
 from conftest import CI, QUIET, interrupt_after  # tests/conftest.py
 
-from rbdc import rundir, runlock, train
+from rbdc.runs import rundir, runlock, train
 from rbdc.cli import main
 from rbdc.errors import UserError
-from rbdc.study import load_study, run_local
+from rbdc.studies.study import run_local
+from rbdc.studies.spec import load_study
 
 SCRATCH = str(CI / "scratch.yaml")
 ONE_EPOCH = ["epochs=1"]

@@ -48,7 +48,7 @@ def make_run(root, group, protocol, seed, top1, flops, *, top5=None, model=TINY,
                 'eval_loss': f'{2.4 - 0.1 * e:.4f}', 'eval_top1': f'{acc:.4f}',
                 'eval_top5': f'{min(acc + 20, 100):.4f}',
                 'lr': '0.0005', 'images_seen': IMAGES * epoch, 'train_flops': f'{per_epoch:.6e}',
-                # wall_s counts within a stage (rbdc.engine), each stage a 1/len(stages) share of the run's wall
+                # wall_s counts within a stage (rbdc.training.engine), each stage a 1/len(stages) share of the wall
                 'cum_train_flops': repr(cum), 'wall_s': f'{wall_s * (e + 1) / (epochs * len(stages)):.2f}',
                 'img_per_s': '1500.0', 'peak_mem_mb': f'{peak_mem_mb:.1f}', 'mfu': '0.31',
             })

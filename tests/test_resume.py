@@ -1,6 +1,6 @@
 """Resume, for every protocol: a run interrupted after an epoch's checkpoint and rerun with the same command ends as
 the uninterrupted run: bit-identical weights of every stage, the same ledger and results, and the same summary.csv in
-every column but the timing ones (rbdc.rundir.TIMING_COLUMNS)."""
+every column but the timing ones (rbdc.runs.rundir.TIMING_COLUMNS)."""
 import json
 
 import pytest
@@ -8,7 +8,7 @@ import torch
 from conftest import CI, QUIET, interrupt_after  # tests/conftest.py
 from safetensors.torch import load_file
 
-from rbdc import rundir, train
+from rbdc.runs import rundir, train
 
 GROWTH = ("net2net", "mixturegrowth", "gradmax")
 # (protocol, interrupted after this many summary.csv writes); rbdc: inside L0.0, inside L0.1, inside L1 after its

@@ -2,9 +2,9 @@
 import os
 from pathlib import Path
 
-from rbdc import rundir
+from rbdc.runs import rundir
 from rbdc.errors import RunFailed, UserError
-from rbdc.rundir import RunDir
+from rbdc.runs.rundir import RunDir
 
 
 def test_a_run_dir_is_a_path_under_the_runs_root(tmp_path):

@@ -12,14 +12,15 @@ import torch
 from conftest import interrupt_after  # tests/conftest.py
 from safetensors.torch import load_file
 
-from rbdc import cli, files, rundir
+from rbdc import cli, files
+from rbdc.runs import rundir
 from rbdc import recipe as recipes
 from rbdc import report
-from rbdc import train
+from rbdc.runs import train
 from rbdc.errors import UserError
-from rbdc.study import StudyRun
+from rbdc.studies.spec import StudyRun
 
-CI = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes" / "ci"
+CI = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "ci"
 QUIET = {"log": lambda *a, **k: None}
 
 
@@ -254,7 +255,7 @@ def test_command_txt_keeps_every_invocation_with_relative_paths(tmp_path, monkey
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# 10. The summary.csv schema (rbdc.rundir) is the one the committed runs were written with
+# 10. The summary.csv schema (rbdc.runs.rundir) is the one the committed runs were written with
 
 def _as_written(value: str):
     for kind in (int, float):

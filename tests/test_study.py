@@ -12,11 +12,12 @@ import yaml
 
 from rbdc.cli import main
 from rbdc.errors import UserError
-from rbdc.study import load_study, planned_flops
-from rbdc.rundir import code_version
+from rbdc.studies.study import planned_flops
+from rbdc.studies.spec import load_study
+from rbdc.runs.rundir import code_version
 
 REPO = Path(__file__).resolve().parents[1]
-CI = REPO / "benchmarks" / "recipes" / "ci"
+CI = REPO / "configs" / "recipes" / "ci"
 
 
 def _study(tmp_path: Path, points: list, **extra) -> Path:
@@ -63,7 +64,7 @@ def test_bad_study_files_are_refused_with_the_reason(tmp_path, points, extra, me
 
 def test_every_committed_study_expands_and_plans():
     from rbdc.detection.study import load_study as load_detection_study
-    for path in sorted((REPO / "benchmarks" / "studies").glob("*.yaml")):
+    for path in sorted((REPO / "configs" / "studies").glob("*.yaml")):
         if "kind: detection" in path.read_text():
             with pytest.raises(UserError, match="is a detection study: run it with rbdc det-study"):
                 load_study(path)
@@ -180,10 +181,12 @@ def test_study_wide_overrides_and_processes_per_run(tmp_path):
 
 
 def test_a_run_records_its_cpu_and_how_bf16_matmuls_ran_there(tmp_path, capsys, monkeypatch):
-    """On a CPU without bf16 kernels a bf16 run emulates them (rbdc.bf16), says so, and records it in command.txt."""
+    """On a CPU without bf16 kernels a bf16 run emulates them (rbdc.training.bf16), says so, and records it in
+    command.txt."""
     import torch
 
-    from rbdc import bf16, perf
+    from rbdc.training import bf16
+    from rbdc.cost import perf
     monkeypatch.setattr(perf, "cpu_bf16_fast", lambda: False)
     assert main(["train", "-c", str(CI / "scratch.yaml"), "-o", str(tmp_path), "--set", "epochs=1",
                  "--set", "amp=bf16"]) == 0
@@ -193,5 +196,5 @@ def test_a_run_records_its_cpu_and_how_bf16_matmuls_ran_there(tmp_path, capsys, 
     command = (tmp_path / "ci" / "scratch" / "seed0" / "command.txt").read_text()
     assert '"capability": ' in command and '"bf16_fast": false' in command
     assert '"bf16_matmul": "fp32-rounded"' in command
-    from rbdc.run import _env_info
+    from rbdc.runs.run import _env_info
     assert "bf16_matmul" not in _env_info(torch.device("cpu"), "fp32")["cpu"]  # only bf16 runs have a bf16 path

@@ -9,12 +9,12 @@ import yaml
 
 from rbdc import recipe as recipes
 from rbdc.errors import UserError
-from rbdc.study import load_study
+from rbdc.studies.spec import load_study
 from rbdc.report.study import Point, build, saving_with_interval
 from tests.test_report import make_run
 
 REPO = Path(__file__).resolve().parents[1]
-CI = REPO / "benchmarks" / "recipes" / "ci"
+CI = REPO / "configs" / "recipes" / "ci"
 SCRATCH = {1: (50.0, 1e12), 2: (60.0, 2e12), 4: (70.0, 4e12)}   # top-1 rises 10 points per doubling of FLOPs
 
 
@@ -34,7 +34,7 @@ def _fake_study(tmp_path: Path, rbdc_top1=(64.0, 65.0, 66.0), rbdc_set=None) -> 
     for b, (top1, flops) in SCRATCH.items():
         for s in range(3):
             make_run(root.parent, f"tiny/scratch/b{b}", "scratch", s, top1 + (s - 1) * 0.1, flops)
-    for point, ratio, tops in (("rbdc", 2.0, rbdc_top1), ("rbdc-r1", 1.0, (60.0, 61.0, 62.0)),
+    for point, _ratio, tops in (("rbdc", 2.0, rbdc_top1), ("rbdc-r1", 1.0, (60.0, 61.0, 62.0)),
                                ("rbdc-r3", 3.0, (63.0, 63.5, 64.0))):
         for s, t in enumerate(tops):
             d = make_run(root.parent, f"tiny/{point}/b2", "rbdc", s, t, 2e12)
@@ -151,7 +151,7 @@ def test_the_cost_section_sums_the_measured_walls_into_cpu_hours(tmp_path):
 def test_the_report_says_which_cpu_and_bf16_matmul_path_each_run_recorded(tmp_path):
     """Runs of one study may come from CPUs with and without bf16 kernels: the report counts them per recorded path,
     and leaves the section out while no run recorded its CPU."""
-    from rbdc import rundir
+    from rbdc.runs import rundir
     study, root = _fake_study(tmp_path, rbdc_set={"amp": "bf16"})
     assert "## Where the runs ran" not in build(study, root, tmp_path / "out" / "a")["md"].read_text()
     for d in sorted((root / "rbdc" / "b2").iterdir()):
@@ -194,7 +194,7 @@ def test_the_wall_clock_saving_at_equal_top1_comes_from_the_runs_own_walls(tmp_p
     row = _row(md, "| rbdc | scratch | 2 | not recorded |")
     assert "| 10.0 (10.0–10.0) | 0.50 | 1.50 (1.50–1.50) | -6.1% [" in row
     assert "| 1.17 (1.17–1.17) | +17.5% [" in row
-    from rbdc import rundir   # rbdc's runs on a CPU kind scratch never ran on: no comparison with scratch's runs
+    from rbdc.runs import rundir   # rbdc's runs on a CPU kind scratch never ran on: no comparison with scratch's runs
     for d in sorted((root / "rbdc" / "b2").iterdir()):
         rundir.append_command(d, "rbdc train ...", {"cpu": {"capability": "AVX2", "bf16_fast": False}})
     md = build(study, root, tmp_path / "out" / "tiny")["md"].read_text()
@@ -254,7 +254,7 @@ def test_rbdc_study_report_is_dispatched_by_the_cli_and_trains_nothing(tmp_path,
 def test_the_study_modules_never_import_their_reports():
     """The report package reads the study definitions; the reverse would be an import cycle."""
     import ast
-    for mod in ("rbdc/study.py", "rbdc/detection/study.py"):
+    for mod in ("rbdc/studies/study.py", "rbdc/detection/study.py"):
         tree = ast.parse((REPO / mod).read_text())
         names = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]

@@ -22,7 +22,7 @@ CFG_KEYS = ("num_classes", "input_size", "pool_size", "crop_pct", "interpolation
 def test_every_narrow_variant_is_listed():
     # listed now: other tests register widths on demand (e.g. rbdc_resnet34_w2) after this module was imported
     names = set(timm.list_models(["rbdc_*", "test_rbdc_*"]))
-    assert set(rbdc.models.VARIANTS) <= names and len(names) > len(rbdc.models.VARIANTS)
+    assert set(rbdc.nets.variants.VARIANTS) <= names and len(names) > len(rbdc.nets.variants.VARIANTS)
 
 
 @pytest.mark.parametrize("name", PARAMS)

@@ -8,13 +8,13 @@ import yaml
 from conftest import CI  # tests/conftest.py
 
 from rbdc import recipe as recipes
-from rbdc import rundir
+from rbdc.runs import rundir
 from rbdc.cli import main
 from rbdc.data import build_dataset, holdout_split
 from rbdc.data.datasets import DataError, holdout_positions
 from rbdc.errors import UserError
 from rbdc.protocols.planning import plan_stages
-from rbdc.study import load_study
+from rbdc.studies.spec import load_study
 from rbdc.data import recipe_datasets
 
 

@@ -5,7 +5,8 @@ import timm
 
 import rbdc  # noqa: F401  (registers the rungs)
 from rbdc.cli import main
-from rbdc.study import load_study, planned_flops
+from rbdc.studies.study import planned_flops
+from rbdc.studies.spec import load_study
 from conftest import REPO  # tests/conftest.py
 
 RUNGS = {"rbdc_vit_nano_patch4_32": 64, "rbdc_vit_micro_patch4_32": 128, "rbdc_vit_tiny_patch4_32": 192,
@@ -31,7 +32,7 @@ def test_the_widest_rungs_rbdc_parts_are_deit_ti_wide_and_its_d2_leaves_a_quarte
 @pytest.mark.parametrize("study, runs", [("width-ladder32.yaml", 75), ("imagenet-deit-ladder.yaml", 57)])
 def test_the_ladder_studies_plan_whole_without_data(study, runs, capsys, monkeypatch):
     monkeypatch.setenv("IMAGENET_ROOT", "/nonexistent")
-    path = REPO / "benchmarks" / "studies" / study
+    path = REPO / "configs" / "studies" / study
     assert main(["study", str(path), "-o", "/nonexistent/runs", "--list"]) == 0
     out = capsys.readouterr().out
     assert f"{runs} runs" in out and "awaiting tuning" in out

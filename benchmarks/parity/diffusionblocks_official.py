@@ -7,7 +7,7 @@ What runs is the official code, imported from ``$DIFFUSIONBLOCKS_REPO``: its Lig
 (noise bands, sigma sampling, EDM preconditioning, the loss, ``configure_optimizers``, ``diffusion_step``
 inference), its ViT (``vit.ViTDiTForImageClassification``), trained by a Lightning ``Trainer`` set up as the
 official ``main.py`` sets it up (gradient clipping 1.0, one device, fp32). What comes from this suite is only what
-parity needs to be the same as our study point (benchmarks/recipes/imagenette32/vit-nano-diffusionblocks.yaml):
+parity needs to be the same as our study point (configs/recipes/imagenette32/vit-nano-diffusionblocks.yaml):
 
 * the data: the recipe's Imagenette split decoded at 32 px by ``rbdc.data`` (the same in-memory images, the same
   train augmentation, seeded batch order and ImageNet normalisation as our run of the same seed; evaluation on the
@@ -50,7 +50,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 ENV = "DIFFUSIONBLOCKS_REPO"
 OFFICIAL_FILES = ("model.py", "vit.py", "dblock_modules.py")
-DEFAULT_RECIPE = REPO / "benchmarks" / "recipes" / "imagenette32" / "vit-nano-diffusionblocks.yaml"
+DEFAULT_RECIPE = REPO / "configs" / "recipes" / "imagenette32" / "vit-nano-diffusionblocks.yaml"
 PROG = "diffusionblocks_official"
 
 # The official main.py's argparse defaults (Z30G0D/DiffusionBlocks main.py; unchanged since ade0b08). The model reads
@@ -205,7 +205,7 @@ def block_forward_macs(module, image_size: int) -> list[int]:
             attn[0] = 0
             x = torch.zeros(1, 3, image_size, image_size)
             zt, sigma = torch.zeros(1, hidden), torch.ones(1)
-            lin = count_macs(net, lambda: module.denoise(x, zt, sigma, block_idx=b))
+            lin = count_macs(net, lambda: module.denoise(x, zt, sigma, block_idx=b))  # noqa: B023 (called here)
             macs.append(lin + attn[0])
     finally:
         for h in handles:
@@ -242,9 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    from rbdc.diffusionblocks import build_model as build_ours
+    from rbdc.nets.diffusionblocks import build_model as build_ours
     from rbdc.errors import UserError
-    from rbdc.models import scaled
+    from rbdc.nets.models import scaled
     from rbdc.protocols.base import target_fpi, whole_steps
     from rbdc.protocols.planning import lr_for, plan_stages
     from rbdc.data import build_loader

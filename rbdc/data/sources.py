@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from rbdc.files import atomic_write_bytes
+from rbdc.files import CHECKOUT, atomic_write_bytes
 
 from .datasets import (IMAGE_EXTENSIONS, IMAGENETTE_ARCHIVES, IMAGENETTE_COUNTS, IMAGENETTE_NAMES, SOURCES, SPLITS,
                        ArrayDataset, DataError, FolderDataset, ImageDataset, SyntheticDataset, _apply_subset)
@@ -23,7 +23,7 @@ from .workers import _progress
 
 
 def _repo_root() -> Path:
-    return Path(__file__).resolve().parents[2]
+    return CHECKOUT
 
 
 def default_data_root() -> Path | None:

@@ -11,6 +11,7 @@ import difflib
 from typing import Iterable
 
 from rbdc.errors import UserError
+import rbdc  # noqa: F401  (registers the rbdc_* and test_rbdc_* names with timm)
 
 __all__ = ['UnknownNameError', 'closest', 'check_timm_model', 'check_model']
 
@@ -30,7 +31,6 @@ def closest(name: str, choices: Iterable[str]) -> str:
 def check_timm_model(name: str, owner: str) -> None:
     """Raise :class:`UnknownNameError` unless ``name`` is a timm model (stock or registered by rbdc)."""
     import timm
-    import rbdc  # noqa: F401  (registers the rbdc_* and test_rbdc_* names with timm)
 
     if not timm.is_model(name):
         raise UnknownNameError(f'{owner}: model_name {name!r} is not a timm model{closest(name, timm.list_models())}; '

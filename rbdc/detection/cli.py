@@ -9,13 +9,15 @@ import argparse
 from pathlib import Path
 
 from rbdc.errors import UserError
+from rbdc.detection.weights import export_backbone
+from rbdc.detection.doctor import cmd_doctor
+from rbdc.detection.launch import train, test, add_test_arguments, add_train_arguments
+from rbdc.detection.study import add_cli as add_study
 
 __all__ = ['add_cli', 'cmd_export', 'config_snippet']
 
 
 def cmd_export(args) -> int:
-    from rbdc.detection.weights import export_backbone
-
     out = Path(args.output)
     if out.exists() and not args.force:
         raise UserError(f'{out} exists; pass --force to overwrite it')
@@ -62,24 +64,19 @@ def config_snippet(meta: dict, checkpoint: str | Path) -> str:
 
 
 def _cmd_doctor(args) -> int:
-    from rbdc.detection.doctor import cmd_doctor
     return cmd_doctor(args)
 
 
 def _cmd_train(args) -> int:
-    from rbdc.detection.launch import train
     return train(args)
 
 
 def _cmd_test(args) -> int:
-    from rbdc.detection.launch import test
     return test(args)
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """Add the detection subcommands to the ``rbdc`` command line."""
-    from rbdc.detection.launch import add_test_arguments, add_train_arguments
-
     e = subparsers.add_parser('export-mmdet', help='write an rbdc checkpoint as an MMDetection backbone .pth',
                               description='Write {"state_dict", "meta"} whose keys match RBDCViT/RBDCResNet exactly '
                                           '(trunk.<timm key>, classifier dropped).')
@@ -97,5 +94,4 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     s = subparsers.add_parser('det-test', help='evaluate a trained detector (as mmdet tools/test.py)')
     add_test_arguments(s).set_defaults(func=_cmd_test)
 
-    from rbdc.detection.study import add_cli as add_study
     add_study(subparsers)

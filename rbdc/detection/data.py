@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 from rbdc.errors import UserError
+from rbdc.data import cache_dir, default_data_root
 
 __all__ = ['BALLOON_ZIP', 'balloon_root', 'ensure_data_env', 'check_data_roots']
 
@@ -37,7 +38,6 @@ def balloon_root(data_root: str | os.PathLike | None = None, cache: str | os.Pat
         cache: where to extract (default ``$RBDC_CACHE`` or ``~/.cache/rbdc/data``).
         verify: check the extracted files against ``balloon_dataset.contents.sha256`` when that file is present.
     """
-    from rbdc.data import cache_dir, default_data_root
 
     dest_root = Path(cache).expanduser() if cache else cache_dir()
     dest = dest_root / 'balloon_dataset' / 'balloon'

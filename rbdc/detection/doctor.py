@@ -14,6 +14,8 @@ import traceback
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+import rbdc.detection as det  # its import applies the allow-list
+
 __all__ = ['Check', 'run_checks', 'format_checks']
 
 FIX_BUILD = (f'run `PYTHON={sys.executable} bash detection/install.sh` (builds mmcv 2.1.0 with ops for this torch, '
@@ -69,7 +71,6 @@ def _ops(device: str) -> str:
 
 
 def _registry() -> str:
-    import rbdc.detection as det
     from mmdet.registry import MODELS
 
     det.require_stack()
@@ -85,7 +86,6 @@ def _resume_patch() -> str:
     import torch
     from mmengine.logging import MessageHub
 
-    import rbdc.detection  # noqa: F401  (applies the allow-list)
     hub = MessageHub.get_instance('rbdc-doctor')
     hub.update_scalar('train/loss', 1.5)
     hub.update_info('iter', 3)

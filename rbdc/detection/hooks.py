@@ -9,6 +9,8 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmdet.registry import HOOKS
 
+from rbdc.runs.rundir import atomic_write_bytes
+
 __all__ = ['RBDCMetricsHook']
 
 
@@ -44,5 +46,4 @@ class RBDCMetricsHook(Hook):
             'config': Path(runner.cfg.filename).name if runner.cfg.filename else None,
             'metrics': {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
         })
-        from rbdc.rundir import atomic_write_bytes
         atomic_write_bytes(path, json.dumps(data, indent=1).encode())

@@ -24,8 +24,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from rbdc import perf
+from rbdc.cost import perf
 from rbdc.errors import UserError
+from rbdc.detection import DetectionStackError, require_stack
+from rbdc.detection.checks import check_model
+from rbdc.detection.data import check_data_roots, ensure_data_env
+from rbdc.detection.schedule import shorten
+from rbdc.detection.weights import resolve_checkpoint
+from rbdc.nets.checkpoint import sha256
+from rbdc.runs.rundir import atomic_write_bytes, code_version
 
 __all__ = ['add_train_arguments', 'add_test_arguments', 'load_config', 'train', 'test', 'train_main', 'test_main']
 
@@ -114,8 +121,6 @@ def _set_backbone(cfg, backbone: str | None) -> None:
         bb['init_cfg'] = None if backbone.lower() == 'none' else dict(type='Pretrained', checkpoint=backbone)
     init = bb.get('init_cfg')
     if isinstance(init, dict) and init.get('type') == 'Pretrained' and str(bb.get('type', '')).startswith('RBDC'):
-        from rbdc.detection.weights import resolve_checkpoint
-
         try:
             resolve_checkpoint(init['checkpoint'])
         except UserError as e:
@@ -139,11 +144,6 @@ def _fromfile(path: str):
 
 def load_config(args: argparse.Namespace, for_test: bool = False):
     """Load ``args.config`` with the launcher's overrides and checks; returns the MMEngine ``Config``."""
-    from rbdc.detection import DetectionStackError, require_stack
-    from rbdc.detection.checks import check_model
-    from rbdc.detection.data import check_data_roots, ensure_data_env
-    from rbdc.detection.schedule import shorten
-
     try:
         require_stack()
     except DetectionStackError as e:
@@ -265,15 +265,11 @@ def _launch_record(cfg, args) -> dict:
     import timm
     import torch
 
-    from rbdc.rundir import code_version
 
     init = cfg.model.get('backbone', {}).get('init_cfg') or {}
     backbone = init.get('checkpoint') if isinstance(init, dict) else None
     digest = None
     if backbone:
-        from rbdc.checkpoint import sha256
-        from rbdc.detection.weights import resolve_checkpoint
-
         backbone = str(resolve_checkpoint(backbone))
         digest = sha256(backbone)
     ds = cfg.get('train_dataloader', {}).get('dataset', {})
@@ -295,7 +291,6 @@ def _write_launch(runner, record: dict) -> None:
     from mmengine.dist import is_main_process
 
     if is_main_process():
-        from rbdc.rundir import atomic_write_bytes
         atomic_write_bytes(Path(runner.work_dir) / 'launch.json', (json.dumps(record, indent=1) + '\n').encode())
 
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from rbdc.errors import UserError
-from rbdc.rundir import atomic_write_bytes
+from rbdc.runs.rundir import atomic_write_bytes
 
 __all__ = ['collect', 'write_report', 'main']
 

@@ -1,6 +1,6 @@
 """``rbdc det-study STUDY.yaml``: fine-tune one detection config on the backbones of a classification study.
 
-A detection study file (``benchmarks/studies/balloon32.yaml``) names the classification study whose runs provide the
+A detection study file (``configs/studies/balloon32.yaml``) names the classification study whose runs provide the
 backbones (points, one budget, seeds), one MMDetection config, the image scale, the epochs and the fine-tuning
 seeds. Each (backbone point, pretraining seed, fine-tuning seed) is one ``rbdc det-train`` in
 ``OUTPUT/<name>/<label>/seed<s>/ft<f>``, run through the same local pool as ``rbdc study`` and resumable (MMEngine's
@@ -18,9 +18,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rbdc import pool, rundir
+from rbdc.studies import pool
+from rbdc.runs import rundir
 from rbdc.errors import UserError
 from rbdc.units import human_time
+from rbdc.studies.spec import read_study_file, group_name
 
 __all__ = ['DetRun', 'DetStudy', 'load_study', 'sync', 'backbone_copy', 'add_cli']
 
@@ -42,7 +44,6 @@ class DetRun:
         return Path(output) / study.name / self.label / f'seed{self.seed}' / f'ft{self.ft_seed}'
 
     def backbone(self, backbones: Path, study: 'DetStudy') -> Path:
-        from rbdc.study import group_name
         return rundir.run_dir(backbones, group_name(study.source, self.point, study.budget), self.seed) / rundir.FINAL
 
 
@@ -85,7 +86,6 @@ def _fail(path: Path, what: str) -> UserError:
 
 
 def load_study(path: str | Path) -> DetStudy:
-    from rbdc.study import read_study_file
     path, data = read_study_file(path)
     if data.get('kind') != 'detection':
         raise _fail(path, 'a detection study says `kind: detection` (a classification study runs with rbdc study)')
@@ -182,11 +182,10 @@ def run(study: DetStudy, output: Path, backbones: Path, jobs: int, threads: int,
     todo = [r for r in study.runs if state[r] != 'done']
     missing = [r for r in todo if not r.backbone(backbones, study).is_file()]  # a finished run has recorded its own
     if missing:
-        from rbdc.study import group_name
         only = ' '.join(f'--only {g}' for g in dict.fromkeys(group_name(study.source, r.point, study.budget)
                                                              for r in missing))
         raise UserError(f'{len(missing)} backbone(s) missing, e.g. {missing[0].backbone(backbones, study)}: train '
-                        f'them with the {study.source} study first (rbdc study benchmarks/studies/{study.source}.yaml '
+                        f'them with the {study.source} study first (rbdc study configs/studies/{study.source}.yaml '
                         f'-o {backbones} {only}) or pass --backbones DIR')
     cost = float(study.epochs or study.iters)
     log(f'detection study {study.name}: {len(study.runs)} runs, {len(study.runs) - len(todo)} done, {len(todo)} to '
@@ -253,10 +252,10 @@ def add_cli(sub) -> None:
     p = sub.add_parser('det-study', help='fine-tune a detection config on the backbones of a classification study',
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog='examples:\n'
-                              '  rbdc det-study benchmarks/studies/balloon32.yaml -o runs           # resumable\n'
-                              '  rbdc det-study benchmarks/studies/balloon32.yaml -o runs --list\n'
-                              '  rbdc det-study benchmarks/studies/balloon32.yaml -o runs --report  # md, json, png\n')
-    p.add_argument('study', help='detection study YAML (benchmarks/studies/...)')
+                              '  rbdc det-study configs/studies/balloon32.yaml -o runs           # resumable\n'
+                              '  rbdc det-study configs/studies/balloon32.yaml -o runs --list\n'
+                              '  rbdc det-study configs/studies/balloon32.yaml -o runs --report  # md, json, png\n')
+    p.add_argument('study', help='detection study YAML (configs/studies/...)')
     p.add_argument('--output', '-o', default=None, help='runs root (default: $RBDC_OUT or runs)')
     p.add_argument('--backbones', default=None, metavar='DIR',
                    help='runs root of the classification study (default: the same as --output)')

@@ -19,7 +19,9 @@ import torch
 import torch.nn as nn
 
 from rbdc.errors import UserError
-from rbdc.rundir import FINAL
+from rbdc.runs.rundir import FINAL, atomic_write
+from rbdc.nets.checkpoint import load_model, load_weights, sha256
+import rbdc  # noqa: F401  (registers rbdc_* names with timm)
 
 __all__ = ['TRUNK', 'CheckpointKeyError', 'resolve_checkpoint', 'export_state_dict', 'export_backbone',
            'read_state_dict', 'load_backbone', 'classifier_prefixes']
@@ -58,10 +60,10 @@ def classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
 def export_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Backbone state dict (``trunk.*`` keys, classifier dropped) and metadata from an rbdc checkpoint or run folder.
 
-    The model is rebuilt from the checkpoint's own metadata and loaded strictly (:func:`rbdc.checkpoint.load_model`),
-    so a file that does not hold the model it names fails here, not at detection time.
+    The model is rebuilt from the checkpoint's own metadata and loaded strictly
+    (:func:`rbdc.nets.checkpoint.load_model`), so a file that does not hold the model it names fails here, not at
+    detection time.
     """
-    from rbdc.checkpoint import load_model, load_weights, sha256
 
     src = resolve_checkpoint(path)
     if src.suffix != '.safetensors':
@@ -93,7 +95,6 @@ def export_backbone(path: str | os.PathLike, out: str | os.PathLike) -> dict[str
     construction :class:`~rbdc.detection.backbones.RBDCViT`/``RBDCResNet`` use.
     """
     import timm
-    import rbdc  # noqa: F401  (registers rbdc_* names with timm)
 
     state, meta = export_state_dict(path)
     if meta['model'] and timm.is_model(meta['model']):
@@ -102,7 +103,6 @@ def export_backbone(path: str | os.PathLike, out: str | os.PathLike) -> dict[str
             ref = timm.create_model(meta['model'], pretrained=False, num_classes=0, **kwargs)
         _check_keys({k: v for k, v in state.items()}, {TRUNK + k: v for k, v in ref.state_dict().items()},
                     f'export of {meta["source"]} as {meta["model"]}', strict=True)
-    from rbdc.rundir import atomic_write
     atomic_write(out, lambda f: torch.save({'state_dict': state, 'meta': meta}, f))
     return meta
 

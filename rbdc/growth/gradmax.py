@@ -62,9 +62,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import register_rebuild
+from ..nets.checkpoint import register_rebuild
 from ..flops import TRAIN_FLOPS_PER_FORWARD, model_forward_macs
-from ..models import arch_of, scaled
+from ..nets.models import arch_of, scaled
 from .optimizer_state import grow_optimizer_state  # noqa: F401  (re-exported: part of the GradMax protocol)
 from .relu1 import use_relu1
 from .remap import build_like, fill_value, ops_for, remap

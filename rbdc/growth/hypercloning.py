@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..coupling import _check_rebuilt, packed_chunks
-from ..models import arch_of, scaled
+from ..nets.models import arch_of, scaled
 
 __all__ = ["hyperclone", "clone_weight"]
 

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 
 from ..coupling import couple
 from ..flops import register_layer
-from ..models import scaled
+from ..nets.models import scaled
 
 __all__ = ["TemplateConv2d", "TemplateLinear", "templatize", "mixture_member", "materialize", "mixture_grow",
            "COEFS"]

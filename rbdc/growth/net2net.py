@@ -32,7 +32,7 @@ from fractions import Fraction
 import torch
 import torch.nn as nn
 
-from ..models import arch_of, scaled
+from ..nets.models import arch_of, scaled
 from .remap import ops_for, remap
 from .spaces import spaces
 

@@ -96,7 +96,7 @@ def build_like(model: nn.Module, sd: dict[str, torch.Tensor]) -> nn.Module:
         shapes = {k: sd[f"{name}.{k}"].shape for k in own}
         if any(shapes[k] != own[k].shape for k in own):
             new.set_submodule(name, _resized(mod, shapes))
-    for name, mod in new.named_modules():
+    for mod in new.modules():
         if hasattr(mod, "qkv") and hasattr(mod, "num_heads"):  # timm Attention: heads follow the qkv rows
             mod.attn_dim = mod.qkv.out_features // 3
             mod.num_heads = mod.attn_dim // mod.head_dim

@@ -18,7 +18,8 @@ import torch.nn as nn
 
 from ..errors import UserError
 from ..flops import train_flops_per_image
-from ..models import scaled, widen_name
+from ..nets.models import scaled
+from ..nets.variants import widen_name
 
 __all__ = ["Stage", "PlanData", "BuildContext", "Built", "Protocol", "register", "get", "names", "registry",
            "whole_steps", "stage_seed", "target_fpi", "stage_name"]

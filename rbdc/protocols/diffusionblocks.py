@@ -20,7 +20,7 @@ class DiffusionBlocks(Protocol):
     own_objective = True
 
     def plan(self, recipe: dict, data: PlanData) -> list[Stage]:
-        from ..diffusionblocks import build_model
+        from ..nets.diffusionblocks import build_model
         with torch.device("meta"):
             dbm = build_model(recipe, data.num_classes)
         fpi = dbm.train_flops_per_image(recipe["img_size"])
@@ -38,7 +38,7 @@ class DiffusionBlocks(Protocol):
         return self.target(ctx.recipe, ctx.num_classes)
 
     def target(self, recipe: dict, num_classes: int) -> nn.Module:
-        from ..diffusionblocks import build_model
+        from ..nets.diffusionblocks import build_model
         return build_model(recipe, num_classes)
 
     def train_flops_per_image(self, model: nn.Module, img_size: int) -> int:

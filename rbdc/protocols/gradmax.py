@@ -92,7 +92,7 @@ class GradMax(Protocol):
     def grow(self, stage: Stage, parents: list[Path], ctx: BuildContext) -> Built:
         """Grow the parent stage's model to this stage's widths with GradMax: the gradient of plain cross-entropy
         (no mixup) on the first batch of this stage's loader, one per process, in training mode."""
-        from ..checkpoint import load_model
+        from ..nets.checkpoint import load_model
         from ..growth import gradmax_grow, gradmax_widths, grow_named_state
         g, name = ctx.recipe["growth"], ctx.recipe["model"]
         parent = ctx.stage(stage.parents[0])

@@ -19,7 +19,7 @@ class HyperCloning(Protocol):
         return single_source_plan(recipe, data)
 
     def grow(self, stage: Stage, parents: list[Path], ctx: BuildContext) -> Built:
-        from ..checkpoint import load_model
+        from ..nets.checkpoint import load_model
         from ..growth.hypercloning import hyperclone
         k, snr = ctx.recipe["rbdc"]["k"], ctx.recipe["growth"]["snr_db"]
         model = hyperclone(load_model(parents[0]), k, snr_db=snr, seed=stage.seed)

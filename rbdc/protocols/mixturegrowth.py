@@ -28,7 +28,7 @@ class MixtureGrowth(Protocol):
         return _member(ctx, stage.seed)
 
     def grow(self, stage: Stage, parents: list[Path], ctx: BuildContext) -> Built:
-        from ..checkpoint import load_weights
+        from ..nets.checkpoint import load_weights
         from ..growth import mixture_grow
         g = ctx.recipe["growth"]
         parts = []

@@ -17,7 +17,7 @@ class Net2Net(Protocol):
         return level_plan(recipe, data, 1, 2, counts=[1, 1])
 
     def grow(self, stage: Stage, parents: list[Path], ctx: BuildContext) -> Built:
-        from ..checkpoint import load_model
+        from ..nets.checkpoint import load_model
         from ..growth import net2wider
         g = ctx.recipe["growth"]
         model = net2wider(load_model(parents[0]), 2, mode=g["mode"], noise_std=g["noise_std"], seed=stage.seed)

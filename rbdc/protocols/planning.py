@@ -5,7 +5,7 @@ import json
 from fractions import Fraction
 from pathlib import Path
 
-from .. import rundir
+from ..runs import rundir
 from ..errors import UserError
 from ..units import human_flops
 from .base import PlanData, Stage, get, target_fpi

@@ -106,7 +106,7 @@ class RBDC(Protocol):
         return recipe["rbdc"]["optimizer"] == "carried"
 
     def grow(self, stage: Stage, parents: list[Path], ctx: BuildContext) -> Built:
-        from ..checkpoint import load_model
+        from ..nets.checkpoint import load_model
         from ..coupling import couple, couple_state
         c = ctx.recipe["rbdc"]
         parts = [load_model(p) for p in parents]

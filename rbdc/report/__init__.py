@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 from rbdc.errors import UserError
-from rbdc.rundir import atomic_write_bytes
+from rbdc.runs.rundir import atomic_write_bytes
 
 from .figure import _plot, protocol_colors
 from .load import Run, discover_run_dirs, load_run, scan_run_dirs

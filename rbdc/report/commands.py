@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from rbdc.files import CHECKOUT as REPO
+from rbdc.studies.spec import load_study
+
 
 def _output(args) -> Path:
     return Path(args.output or os.environ.get("RBDC_OUT", "runs")).resolve()
@@ -12,9 +15,7 @@ def _output(args) -> Path:
 
 def study_report(args) -> int:
     """The study's report from the finished runs under OUTPUT/<name> (default: reports/<name>)."""
-    from rbdc.study import REPO, load_study
-
-    from .study import build
+    from .study import build  # defers scipy (the saving's intervals) to --report
     output = _output(args)
     study = load_study(args.study, output)
     dest = Path(args.report_to or REPO / "reports" / study.name)
@@ -26,10 +27,8 @@ def study_report(args) -> int:
 def det_study_report(args) -> int:
     """Copy the finished fine-tunings' light files to reports/runs (unless --from-committed), then write the
     detection study's report from them."""
-    from rbdc.detection.study import load_study, sync
-    from rbdc.pool import REPO
-
-    from .detection import build
+    from rbdc.detection.study import load_study, sync  # defers mmdet/mmengine (the detection package loads them)
+    from .detection import build  # defers mmdet/mmengine
     study = load_study(args.study)
     output = _output(args)
     runs_root = REPO / "reports" / "runs"

@@ -15,8 +15,8 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from rbdc import rundir
-from rbdc.study import Study
+from rbdc.runs import rundir
+from rbdc.studies.spec import Study
 
 from .fmt import DASH, signed_pct
 from .fmt import budget as _budget

@@ -13,12 +13,13 @@ import statistics
 from pathlib import Path
 
 from rbdc.detection.study import DetStudy, backbone_copy, status
-from rbdc.rundir import MANIFEST, RESULTS, atomic_write_bytes
+from rbdc.runs.rundir import MANIFEST, RESULTS, atomic_write_bytes
 
 from .colors import series_colors
 from .figure import save_png
 from .fmt import DASH, pm
 from .stats import t_half_width, welch
+from rbdc.files import CHECKOUT as REPO
 
 __all__ = ['METRICS', 'collect', 'build']
 
@@ -221,7 +222,6 @@ def _figure(study: DetStudy, rows: list[dict], path: Path) -> None:
 
 
 def _rel(path) -> str:
-    from rbdc.pool import REPO
     try:
         return str(Path(path).resolve().relative_to(REPO))
     except (ValueError, TypeError):

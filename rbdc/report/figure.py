@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 from typing import Sequence
 
-from rbdc.rundir import atomic_write
+from rbdc.runs.rundir import atomic_write
 
 from .colors import protocol_colors
 from .load import Run

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from rbdc import recipe as recipes
 from rbdc.errors import UserError
+from rbdc.files import CHECKOUT
 
 from .study import Point, collect, saving_with_interval, series
 
@@ -34,7 +35,7 @@ REPORT = f"{NAME}-trend"  # reports/<NAME>.md is the study's own per-width repor
 MATCHED = (8, 16)   # target epochs every rung runs RBDC d1 at: the saving vs width compares these
 HELD_OUT = 384      # the width the check leaves out of the fit and predicts
 HEAD_WIDTH = 16     # the ladder's heads (parameters do not depend on it; timm needs a head count)
-REPO = Path(__file__).resolve().parents[2]
+REPO = CHECKOUT
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,7 @@ def fit_points(rungs: list[Rung], leave_out: int | None = None) -> list[tuple[fl
 def build(rungs: list[Rung], out: Path, command: str) -> dict[str, Path]:
     """Write ``<out>.md`` and its figures ``<out>-width.png``, ``-budget.png``, ``-coupling.png`` (each once it
     has something to show)."""
-    from rbdc.rundir import atomic_write_bytes
+    from rbdc.files import atomic_write_bytes
 
     from . import ladder_figures, ladder_sections as sec
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -183,11 +184,11 @@ def build(rungs: list[Rung], out: Path, command: str) -> dict[str, Path]:
 
 
 def studies_at(runs: Path, files: dict[str, Path] | None = None) -> dict:
-    """``{name: (Study, runs / name)}`` of the ladder's studies (default: benchmarks/studies/<name>.yaml), each read
+    """``{name: (Study, runs / name)}`` of the ladder's studies (default: configs/studies/<name>.yaml), each read
     with the runs root, so a tuned point takes the trial its finished trial runs chose."""
-    from rbdc.study import load_study
+    from rbdc.studies.spec import load_study
     names = dict.fromkeys(n for n, _, _ in LADDER)
-    files = files or {n: REPO / "benchmarks" / "studies" / f"{n}.yaml" for n in names}
+    files = files or {n: REPO / "configs" / "studies" / f"{n}.yaml" for n in names}
     return {n: (load_study(files[n], runs), runs / n) for n in names}
 
 

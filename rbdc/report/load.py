@@ -1,4 +1,4 @@
-"""Reading run directories (their layout: :mod:`rbdc.rundir`): which folders are finished runs, and their results
+"""Reading run directories (their layout: :mod:`rbdc.runs.rundir`): which folders are finished runs, and their results
 and accuracy curves."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from rbdc import rundir
+from rbdc.runs import rundir
 from rbdc.errors import UserError
 
 REQUIRED_RESULT_KEYS = ('name', 'protocol', 'group', 'seed', 'model', 'dataset', 'eval_top1', 'total_train_flops')

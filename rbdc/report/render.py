@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from rbdc import protocols, rundir
+from rbdc import protocols
+from rbdc.runs import rundir
 
 from .fmt import DASH, pm
 from .stats import NOISE_FACTOR, GroupRow, _baselines, matched_flops, seed_noise, top1_at_flops

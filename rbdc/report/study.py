@@ -14,7 +14,7 @@ What it shows is declared in the study file's ``report:`` section::
 
 Every number comes from the run directories' ``results.json`` / ``summary.csv`` / ``recipe.yaml`` /
 ``manifest.json`` and nothing draws random numbers, so the report regenerates byte for byte from the committed light
-files. This module reads the study definitions (:mod:`rbdc.study`); the study module never imports its report.
+files. This module reads the study definitions (:mod:`rbdc.studies.study`); the study module never imports its report.
 """
 from __future__ import annotations
 
@@ -24,11 +24,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from rbdc import rundir
+from rbdc.runs import rundir
 from rbdc.errors import UserError
 from rbdc.recipe import load_yaml
-from rbdc.rundir import atomic_write_bytes
-from rbdc.study import REPO, Study
+from rbdc.runs.rundir import atomic_write_bytes
+from rbdc.files import CHECKOUT as REPO
+from rbdc.studies.spec import Study
 
 from .fmt import budget as _budget
 from .fmt import rel
@@ -149,7 +150,7 @@ def verdict_word(lo: float, hi: float) -> str:
 
 def build(study: Study, root: Path, out: Path) -> dict[str, Path]:
     """Write ``<out>.md`` and the figures ``<out>-fig2.png``, ``-fig3.png``, ``-saving.png``."""
-    from . import cost, headline, study_figures, study_sections as sec
+    from . import cost, headline, study_figures, study_sections as sec  # a cycle: they import this module's types
 
     spec = read_report_spec(study)
     points = collect(study, root)

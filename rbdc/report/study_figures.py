@@ -11,7 +11,7 @@ from rbdc.units import human_flops
 from .colors import series_colors
 from .figure import save_png
 from .fmt import budget as _budget
-from .study import BOUND, PAPER_SAVING, Point, series
+from .study import BOUND, PAPER_SAVING, Point, series, recipe_value
 from .study_sections import ratio_meaning
 
 FAR_BELOW = 5.0   # top-1 points: a series whose every upper 95% end is this far below scratch's curve goes to the inset
@@ -144,7 +144,6 @@ def _fig2(points: dict, spec: dict, path: Path) -> Path:
 def _fig3(points: dict, spec: dict, path: Path) -> Path:
     """Top-1 against the training ratio at one budget, scratch's mean and 95% band at that budget behind it; each
     tick names the ratio and the epochs per level it gives."""
-    from .study import recipe_value
     r = spec["ratio"]
     rows = sorted((p for name in r["points"] for p in series(points, name) if p.budget == r["budget"]),
                   key=lambda p: recipe_value(p, r["key"]))

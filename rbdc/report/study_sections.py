@@ -6,9 +6,10 @@ import math
 import statistics
 from pathlib import Path
 
-from rbdc import rundir, tuning
+from rbdc.runs import rundir
+from rbdc.studies import tuning
 from rbdc.recipe import load_yaml
-from rbdc.study import Study, trial_dir
+from rbdc.studies.spec import Study, trial_dir
 from rbdc.units import human_flops
 
 from .fmt import budget as _budget
@@ -238,7 +239,8 @@ def hardware_section(points: dict, study: Study) -> list[str]:
         return []
     lines = ["## Where the runs ran", "",
              "The CPU each run's `command.txt` records: torch's capability and, for bf16 runs, how autocast's "
-             "matmuls ran: `onednn` kernels, or `fp32-rounded` (rbdc/bf16.py: fp32 GEMMs of bf16-rounded operands, "
+             "matmuls ran: `onednn` kernels, or `fp32-rounded` (rbdc/training/bf16.py: fp32 GEMMs of bf16-rounded "
+             "operands, "
              "rounded to bf16, equal to oneDNN's up to the fp32 summation order; what CPUs without bf16 kernels "
              f"run). img/s: median over the epochs of each run's final model (summary.csv), at the threads it "
              f"recorded, {study.jobs} run(s) at a time.", "",

@@ -1,0 +1,306 @@
+"""Seconds per training image on one machine kind, from countable terms of the model.
+
+Counted FLOPs (:mod:`rbdc.flops`: GEMMs and attention matmuls) do not predict the wall time of a narrow model: its
+norms, activations, softmax, casts and optimizer scale with the width, not its square, and run far below the GEMM
+rate (``reports/perf.md``, where the time goes). The cost model adds the terms that count that work::
+
+    seconds per image = a * training FLOPs + b * activation elements + d * parameters / batch + c
+
+per precision and model family, fitted (non-negative least squares, relative errors) on the ``time-split``
+benchmark of one machine kind (``benchmarks/test_bench_time_split.py``) and stored beside it in
+``reports/bench/costmodel-<kind>.json``.
+*Activation elements*: the elements every leaf layer writes in one image's forward (linear, conv, norm, activation
+outputs) plus the attention's score and probability matrices: the memory-bound work, done again in backward.
+*Parameters / batch*: the optimizer's and clipping's per-step sweep over the weights, shared by the batch's images.
+*c*: the per-image work that does not scale with the model (the loss, the batch's copies). A machine kind is the
+CPU's model name, family/model numbers and the ISA flags that pick oneDNN's kernels (:func:`cpu_kind`): a model
+fitted on one kind is refused on another (the caller falls back to measuring a few steps).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..files import CHECKOUT
+from ..nets.models import family_of, scaled
+from ..flops import train_flops_per_image
+from ..runs.rundir import atomic_write_bytes
+
+BENCH = CHECKOUT / "reports" / "bench"
+TERMS = ("train_flops", "activation_elements", "params_per_batch", "constant")
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")  # what oneDNN dispatches on
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The machine kind
+
+def _cpuinfo(text: str | None = None) -> dict:
+    """The first processor's fields of ``/proc/cpuinfo`` (or of ``text``)."""
+    if text is None:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            text = ""
+    info: dict = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if info:
+                break
+            continue
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
+    return info
+
+
+def cpu_kind(cpuinfo: str | None = None) -> dict:
+    """This machine's CPU kind: ``name``, ``family_model``, ``isa`` (the :data:`ISA_FLAGS` it has), ``key`` (what
+    a cost model is matched on) and ``slug`` (file names)."""
+    import platform
+    info = _cpuinfo(cpuinfo)
+    name = info.get("model name") or platform.processor() or platform.machine()
+    fm = f"{info.get('cpu family', '?')}-{info.get('model', '?')}"
+    flags = set(info.get("flags", "").split())
+    isa = [f for f in ISA_FLAGS if f in flags]
+    top = "amx" if "amx_bf16" in isa else "avx512bf16" if "avx512_bf16" in isa else \
+        "avx512" if "avx512f" in isa else "avx2" if "avx2" in isa else "base"
+    slug = re.sub(r"[^a-z0-9]+", "-", re.sub(r"\((r|tm)\)", "", name.lower())).strip("-")
+    return {"name": name, "family_model": fm, "isa": isa, "key": f"{name} | {fm} | {' '.join(isa)}",
+            "slug": f"{slug}-{fm}-{top}"}
+
+
+def device_kind(device) -> dict:
+    """The kind of ``device``: :func:`cpu_kind` on a CPU; on a GPU its name (the key a GPU's cost model is matched
+    on)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return cpu_kind()
+    name = torch.cuda.get_device_name(device)
+    return {"name": name, "family_model": "cuda", "isa": [], "key": f"cuda | {name}",
+            "slug": re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The countable terms
+
+def activation_elements(model: nn.Module, img_size: int) -> int:
+    """Elements written in one image's forward by every leaf layer that computes (``nn.Identity`` and inactive
+    dropout left out), plus each attention's score and probability matrices (heads x tokens x tokens, twice)."""
+    total = 0
+
+    def leaf(mod, inputs, out):
+        nonlocal total
+        if isinstance(out, torch.Tensor):
+            total += out.numel()
+
+    def attention(mod, inputs, out):
+        nonlocal total
+        b, n = inputs[0].shape[:2]
+        total += 2 * b * mod.num_heads * n * n
+
+    handles = []
+    for m in model.modules():
+        if hasattr(m, "qkv") and hasattr(m, "num_heads"):
+            handles.append(m.register_forward_hook(attention))
+        elif not any(True for _ in m.children()) and not isinstance(m, nn.Identity) and \
+                not (isinstance(m, nn.Dropout) and m.p == 0):
+            handles.append(m.register_forward_hook(leaf))
+    p = next(model.parameters())
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, img_size, img_size, device=p.device, dtype=p.dtype))
+    finally:
+        for h in handles:
+            h.remove()
+    return int(total)
+
+
+def _meta(name: str, img_size: int, factor: Fraction | int = 1, **kwargs) -> nn.Module:
+    kwargs = {"num_classes": 10, **kwargs}
+    with torch.device("meta"):
+        model = scaled(name, factor, **kwargs)
+        if family_of(model) == "vit" and model.patch_embed.img_size[0] != img_size:
+            model = scaled(name, factor, **{**kwargs, "img_size": img_size})
+    return model
+
+
+def features(name: str, img_size: int, batch: int, factor: Fraction | int = 1, **kwargs) -> dict[str, float]:
+    """The cost model's terms for one image of ``name`` (at ``factor`` of its width) trained at ``batch``."""
+    model = _meta(name, img_size, factor, **kwargs)
+    return {"train_flops": float(train_flops_per_image(model, img_size)),
+            "activation_elements": float(activation_elements(model, img_size)),
+            "params_per_batch": sum(p.numel() for p in model.parameters()) / batch, "constant": 1.0}
+
+
+def family(name: str, factor: Fraction | int = 1, **kwargs) -> str:
+    """``vit`` or ``resnet``: fits are per precision and family (their kernels differ: a bf16 ResNet step on a CPU
+    can be slower than its fp32 one while a ViT's is faster)."""
+    return family_of(_meta(name, 32 if "32" in name else 224, factor, **kwargs))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fitting
+
+def fit(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative coefficients of ``y ~ x @ coef`` minimising the *relative* squared error (each row divided by
+    its ``y``, so that a 30 ms and a 3 s step weigh alike)."""
+    from scipy.optimize import nnls
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.ndim != 2 or len(x) != len(y) or len(y) == 0:
+        raise ValueError(f"fit needs an (n, terms) matrix and n targets, got shapes {x.shape} and {y.shape}")
+    if np.any(y <= 0):
+        raise ValueError("fit needs positive seconds per image")
+    w = x / y[:, None]
+    scale = np.abs(w).max(axis=0)   # columns of very different magnitudes (FLOPs ~1e8, constant 1)
+    scale[scale == 0] = 1.0
+    coef, _ = nnls(w / scale, np.ones(len(y)))
+    return coef / scale
+
+
+@dataclass
+class CostModel:
+    """Coefficients per precision and family (``{"bf16/vit": {term: coef}}``) for one machine kind, and the
+    benchmark rows they came from."""
+
+    kind: dict
+    coefs: dict[str, dict[str, float]]
+    data_s_per_image: dict[str, float] = field(default_factory=dict)   # "32": the in-memory loader at 32 px
+    fitted_on: list[dict] = field(default_factory=list)                # the benchmark rows: model, amp, s/img, fit
+
+    def has(self, amp: str, fam: str) -> bool:
+        return f"{amp}/{fam}" in self.coefs
+
+    def seconds_per_image(self, terms: dict[str, float], amp: str, fam: str) -> float:
+        if not self.has(amp, fam):
+            raise KeyError(f"the cost model of {self.kind['name']} has no {amp} {fam} fit (has {sorted(self.coefs)})")
+        return float(sum(self.coefs[f"{amp}/{fam}"][t] * terms[t] for t in TERMS))
+
+    def flops_range(self, amp: str, fam: str) -> tuple[float, float]:
+        f = [r["train_flops"] for r in self.fitted_on if (r["amp"], r["family"]) == (amp, fam)]
+        return (min(f), max(f)) if f else (float("nan"), float("nan"))
+
+    def to_dict(self) -> dict:
+        return {"kind": "costmodel", "device_kind": self.kind, "terms": list(TERMS), "coefs": self.coefs,
+                "data_s_per_image": self.data_s_per_image, "fitted_on": self.fitted_on}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CostModel":
+        return cls(d["device_kind"], d["coefs"], d.get("data_s_per_image", {}), d.get("fitted_on", []))
+
+    def save(self, path: Path) -> Path:
+        atomic_write_bytes(path, json.dumps(self.to_dict(), indent=1).encode())
+        return path
+
+
+def fit_rows(rows: list[dict], kind: dict, data_s_per_image: dict | None = None) -> CostModel:
+    """A :class:`CostModel` from benchmark rows ``{model, img_size, batch, amp, s_per_image}``: one fit per
+    precision and family; each row gets its terms and its fitted seconds per image."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        r = {**r, "family": r.get("family") or family(r["model"])}
+        groups.setdefault(f"{r['amp']}/{r['family']}", []).append(r)
+    coefs, fitted = {}, []
+    for key, mine in sorted(groups.items()):
+        terms = [features(r["model"], r["img_size"], r["batch"]) for r in mine]
+        x = np.array([[t[k] for k in TERMS] for t in terms])
+        coef = fit(x, np.array([r["s_per_image"] for r in mine]))
+        coefs[key] = dict(zip(TERMS, map(float, coef)))
+        for r, t, pred in zip(mine, terms, x @ coef):
+            fitted.append({**r, **t, "fit_s_per_image": float(pred), "fit_error": float(pred / r["s_per_image"] - 1)})
+    return CostModel(kind, coefs, dict(data_s_per_image or {}), fitted)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading the benchmark, finding this machine's model
+
+STATE_GAP = 1.1   # two GEMM-rate clusters further apart than this ratio are two states of the machine
+
+
+def fast_state(rates) -> float:
+    """The GEMM rate above which a probe is in the machine's fast state: the middle of the widest gap between
+    sorted rates when that gap is wider than :data:`STATE_GAP` (this VM kind switches for minutes at a time
+    between a bf16 GEMM of ~1,100 and of ~400 GFLOP/s, and whole steps slow down with it), else 0 (one state)."""
+    r = np.sort(np.log(np.asarray(rates, dtype=float)))
+    if len(r) < 2:
+        return 0.0
+    i = int(np.argmax(np.diff(r)))
+    return float(np.exp((r[i] + r[i + 1]) / 2)) if r[i + 1] - r[i] > np.log(STATE_GAP) else 0.0
+
+
+def bench_rows(bench: dict) -> tuple[list[dict], dict[str, float]]:
+    """The ``time-split`` rows of a pytest-benchmark JSON as fit rows (seconds per image on the busy clock: on a
+    CPU the process's CPU time, on a GPU the wall), and the in-memory loader's seconds per image by image size.
+
+    Only rounds whose same-precision GEMM probe is in the fast state (:func:`fast_state`, per precision over the
+    whole JSON) count; a row without such rounds is left out (``rounds_used`` says how many counted)."""
+    benches = [b for b in bench.get("benchmarks", []) if b.get("group") == "time-split"]
+    probes: dict[str, list[float]] = {}
+    for b in benches:
+        probes.setdefault(b["extra_info"].get("amp", ""), []).extend(b["extra_info"].get("gemm_busy_flops_per_s", []))
+    floor = {amp: fast_state(p) for amp, p in probes.items()}
+    rows, data = [], {}
+    for b in benches:
+        e = b["extra_info"]
+        busy = e.get("round_busy_s") or [b["stats"]["median"]]
+        if e.get("family") == "data":
+            data[str(e["img_size"])] = float(np.median(busy)) / e["images_per_round"]
+            continue
+        gemm = e.get("gemm_busy_flops_per_s") or [float("inf")] * len(busy)
+        fast = [t for t, g in zip(busy, gemm) if g >= floor.get(e["amp"], 0.0)]
+        if fast:
+            rows.append({"model": e["model"], "img_size": e["img_size"], "batch": e["batch"], "amp": e["amp"],
+                         "family": e.get("family", ""), "width": e.get("width", ""), "rounds_used": len(fast),
+                         "s_per_image": float(np.median(fast)) / e["images_per_round"]})
+    return rows, data
+
+
+def costmodel_path(kind: dict, bench_dir: Path = BENCH) -> Path:
+    return Path(bench_dir) / f"costmodel-{kind['slug']}.json"
+
+
+def for_this_machine(bench_dir: Path = BENCH, kind: dict | None = None) -> tuple[CostModel | None, str]:
+    """This machine kind's cost model from ``bench_dir``, or None and one line saying why not."""
+    kind = kind or cpu_kind()
+    fitted = sorted(Path(bench_dir).glob("costmodel-*.json"))
+    for path in fitted:
+        model = CostModel.from_dict(json.loads(path.read_text()))
+        if model.kind.get("key") == kind["key"]:
+            return model, f"cost model fitted on this CPU kind ({path.name})"
+    have = ", ".join(p.stem.removeprefix("costmodel-") for p in fitted) or "none"
+    return None, (f"cost model: not fitted for this CPU kind ({kind['name']}, {kind['family_model']}, "
+                  f"{' '.join(kind['isa']) or 'no AVX'}; fitted: {have}); using a few steps measured here")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m rbdc.cost.costmodel BENCH.json``: fit the cost model of the JSON's device kind (a CPU kind, or a GPU)
+    on its ``time-split`` rows and write ``costmodel-<kind>.json`` beside it."""
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m rbdc.cost.costmodel", description=main.__doc__.split("\n")[0])
+    p.add_argument("bench", type=Path, help="a pytest-benchmark JSON holding time-split rows (tox -e bench)")
+    args = p.parse_args(argv)
+    bench = json.loads(args.bench.read_text())
+    rows, data = bench_rows(bench)
+    kinds = {json.dumps(b["extra_info"]["kind"], sort_keys=True) for b in bench["benchmarks"]
+             if b.get("group") == "time-split" and "kind" in b.get("extra_info", {})}
+    if not rows or len(kinds) != 1:
+        print(f"{args.bench}: needs time-split rows of one device kind (found {len(rows)} rows, {len(kinds)} kinds)")
+        return 2
+    kind = json.loads(kinds.pop())
+    model = fit_rows(rows, kind, data)
+    out = model.save(costmodel_path(kind, args.bench.parent))
+    for r in model.fitted_on:
+        print(f"{r['amp']} {r['family']:6s} {r['model']:28s} b{r['batch']} ({r['rounds_used']} rounds) measured "
+              f"{1e6 * r['s_per_image']:8.1f} us/img  fit {1e6 * r['fit_s_per_image']:8.1f}  "
+              f"({100 * r['fit_error']:+.1f}%)")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

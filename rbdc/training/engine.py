@@ -1,0 +1,375 @@
+"""The training engine: one model, one stage, a fixed number of optimizer steps, resumable at epoch boundaries.
+
+Built on timm's pieces (optimizer factory, Mixup/CutMix, soft-target / label-smoothing losses, EMA), put together by
+:func:`build_training`; the learning rate of each step is :mod:`rbdc.training.lr`'s; DeiT recipe defaults live in
+:mod:`rbdc.recipe`. Stages are step-based so that a FLOPs budget is met to
+within one optimizer step; an epoch is one pass of the (drop-last) loader, and the last epoch of a stage may be
+partial. The global batch is fixed: gradient accumulation makes up what does not fit one process.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.utils import ModelEmaV3, accuracy
+from tqdm import tqdm
+
+from timm.models import ResNet
+
+from . import bf16, preempt
+from ..errors import RunFailed
+from ..flops import Ledger
+from .lr import LRSchedule
+from ..cost.perf import gemm_probe_gflops, mfu_fields
+from ..protocols import Protocol, Stage, lr_for
+from .runtime import Dist, peak_mem_mb, reset_peak_mem, rng_states, seed_everything, set_rng_state
+
+__all__ = ["Dist", "Stage", "TrainState", "build_training", "build_criterion", "build_mixup", "build_optimizer",
+           "Diverged", "train_stage", "train_step", "evaluate", "autocast_for", "peak_mem_mb", "lr_for"]
+
+
+class Diverged(RunFailed):
+    """The training loss went non-finite: AdamW then writes NaN into every weight, so no later step recovers."""
+
+    def __init__(self, stage: str, step: int, loss: float):
+        super().__init__(f"stage {stage} diverged: training loss {loss} at step {step}; lower lr_base or set "
+                         f"clip_grad (e.g. --set clip_grad=1.0), as a new run (another --name or --output)",
+                         stage=stage, step=step, diverged=True)
+
+
+def autocast_for(recipe: dict, device: torch.device):
+    amp = recipe["amp"]
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" else "fp32"
+    if amp == "bf16":
+        if bf16.needed(device):
+            bf16.install()
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def set_attention_path(model: nn.Module, recipe: dict) -> nn.Module:
+    """Pick the attention kernel of every timm attention module (``recipe["fused_attn"]``; None keeps timm's)."""
+    if recipe["fused_attn"] is not None:
+        for m in model.modules():
+            if hasattr(m, "fused_attn"):
+                m.fused_attn = bool(recipe["fused_attn"])
+    return model
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, recipe: dict, device: torch.device, d: Dist = Dist(),
+             channels_last: bool = False) -> dict:
+    set_attention_path(model, recipe).eval()
+    tot = torch.zeros(3, device=device)  # loss sum, top1 count, top5 count: stay on the device until the end
+    n = 0
+    crit = nn.CrossEntropyLoss(reduction="sum")
+    with autocast_for(recipe, device):
+        for x, y in loader:
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = model(x).float()
+            top1, top5 = accuracy(out, y, topk=(1, min(5, out.shape[-1])))
+            tot += torch.stack([crit(out, y), top1 * y.numel() / 100, top5 * y.numel() / 100])
+            n += y.numel()
+    tot = torch.cat([tot, torch.tensor([float(n)], device=device)])
+    if d.world > 1:
+        dist.all_reduce(tot)
+    loss, c1, c5, n = tot.tolist()
+    return {"eval_loss": loss / max(n, 1), "eval_top1": 100 * c1 / max(n, 1), "eval_top5": 100 * c5 / max(n, 1)}
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, disable=not (enabled and sys.stderr.isatty()))
+
+
+def build_optimizer(model: nn.Module, recipe: dict, lr: float, device: torch.device):
+    # timm's factory already excludes norms, biases and no_weight_decay() tokens (pos_embed, cls_token) from decay.
+    fused = recipe["fused"] if recipe["fused"] is not None else device.type == "cuda"
+    kwargs = {"fused": True} if fused and recipe["opt"] == "adamw" else {}
+    return create_optimizer_v2(model, opt=recipe["opt"], lr=lr, weight_decay=recipe["weight_decay"],
+                               eps=recipe["opt_eps"], **kwargs)
+
+
+def build_mixup(recipe: dict, num_classes: int) -> Mixup | None:
+    if recipe["mixup"] > 0 or recipe["cutmix"] > 0:
+        return Mixup(mixup_alpha=recipe["mixup"], cutmix_alpha=recipe["cutmix"], prob=recipe["mixup_prob"],
+                     switch_prob=recipe["mixup_switch_prob"], label_smoothing=recipe["smoothing"],
+                     num_classes=num_classes)
+    return None
+
+
+def build_criterion(recipe: dict, mixup: bool) -> nn.Module:
+    """The training loss: soft-target cross-entropy on mixed targets (which carry the label smoothing), else
+    label-smoothing or plain cross-entropy."""
+    if mixup:
+        return SoftTargetCrossEntropy()
+    if recipe["smoothing"] > 0:
+        return LabelSmoothingCrossEntropy(recipe["smoothing"])
+    return nn.CrossEntropyLoss()
+
+
+@dataclass
+class TrainState:
+    """What trains a stage's model besides the model: built by :func:`build_training`."""
+
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    ema: ModelEmaV3 | None
+    mixup: Mixup | None
+    criterion: nn.Module
+
+
+def build_training(model: nn.Module, recipe: dict, stage: Stage, device: torch.device,
+                   optimizer_state: dict | None = None) -> TrainState:
+    """The optimizer (with ``optimizer_state``: name-keyed per-parameter state, RBDC's carried AdamW moments), the
+    learning-rate schedule, EMA, Mixup/CutMix and the loss of training ``model`` (on ``device``) for ``stage``."""
+    opt = build_optimizer(model, recipe, stage.lr, device)
+    if optimizer_state is not None:
+        for name, p in model.named_parameters():
+            if name in optimizer_state:
+                opt.state[p] = {k: v.to(device) for k, v in optimizer_state[name].items()}
+    ema = ModelEmaV3(model, decay=recipe["ema_decay"]) if recipe["ema"] else None
+    mix = build_mixup(recipe, model.num_classes)
+    return TrainState(opt, LRSchedule.for_stage(stage, recipe), ema, mix, build_criterion(recipe, mix is not None))
+
+
+def train_step(net: nn.Module, batches, opt: torch.optim.Optimizer, crit, recipe: dict, device: torch.device, *,
+               loss_sum: torch.Tensor, step: int = 0, accum: int = 1, step_fn=None, model: nn.Module | None = None,
+               mix=None, channels_last: bool = False, ema=None, custom_loss=None) -> torch.Tensor:
+    """One optimizer step of the engine: ``accum`` micro-batches forward and backward, clipping, update, EMA.
+
+    The hot loop of :func:`train_stage`, and what the ``train-step`` benchmark times. Nothing here waits for the
+    device: the loss is accumulated into ``loss_sum`` on the device.
+
+    Args:
+        net: the module that syncs gradients in backward (the DDP wrapper when distributed, else the model).
+        batches: iterator of ``(images, targets)`` micro-batches on ``device``; ``accum`` of them are drawn.
+        opt: the optimizer (see :func:`build_optimizer`).
+        crit: the loss, ``crit(logits, targets)``.
+        recipe: reads ``amp`` (see :func:`autocast_for`) and ``clip_grad``.
+        device: where the step runs.
+        loss_sum: scalar tensor on ``device``; every micro-batch adds its ``loss / accum`` in place.
+        step: index of this optimizer step (EMA warm-up).
+        accum: micro-batches per optimizer step (gradient accumulation).
+        step_fn: computes the logits (``torch.compile(net)`` when compiling); default ``net``.
+        model: the unwrapped model (clipping, EMA); default ``net``.
+        mix: timm ``Mixup`` applied to each micro-batch, or None.
+        channels_last: convert the images to channels-last memory format.
+        ema: timm ``ModelEmaV3`` updated after the step, or None.
+        custom_loss: set for models with their own objective (DiffusionBlocks): ``step_fn(x, y)`` is then the loss.
+
+    Returns:
+        ``loss_sum``.
+    """
+    step_fn = net if step_fn is None else step_fn
+    model = net if model is None else model
+    ddp = isinstance(net, nn.parallel.DistributedDataParallel)
+    for a in range(accum):
+        x, y = next(batches)
+        if mix is not None:
+            x, y = mix(x, y)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        sync = net.no_sync() if ddp and a < accum - 1 else nullcontext()  # all-reduce once, on the last micro-batch
+        with sync, autocast_for(recipe, device):
+            # a model with its own objective returns its loss from forward(x, y), called through the (DDP) wrapper
+            # so that gradients are synchronised
+            loss = (step_fn(x, y) if custom_loss else crit(step_fn(x), y)) / accum
+        loss.backward()
+        loss_sum += loss.detach()
+    if recipe["clip_grad"]:
+        nn.utils.clip_grad_norm_(model.parameters(), recipe["clip_grad"])
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if ema is not None:
+        ema.update(model, step=step)
+    return loss_sum
+
+
+def train_stage(model: nn.Module, spec: Stage, recipe: dict, train_loader, val_loader, device: torch.device,
+                ledger: Ledger, on_epoch, state: dict | None = None, optimizer_state: dict | None = None,
+                d: Dist = Dist(), log=print, on_preempt=None, *,
+                protocol: Protocol) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """Train ``model`` for ``spec.steps`` optimizer steps.
+
+    Args:
+        on_epoch: called after every epoch with ``(row, checkpoint)``: the summary row (dict) and a dict holding
+            everything needed to resume (model/optimizer/EMA state, step, epoch, RNG states, ledger); the caller
+            writes them (atomically) before training goes on.
+        state: a checkpoint dict from ``on_epoch`` or ``on_preempt`` to resume from.
+        on_preempt: called with a checkpoint dict (``in_epoch``: the position inside the epoch) when a preemption
+            signal (:mod:`rbdc.training.preempt`) stops the stage between two steps of an epoch; then
+            :class:`rbdc.training.preempt.Preempted` is raised.
+        optimizer_state: initial optimizer state (RBDC's carried AdamW moments after coupling).
+        protocol: the run's protocol (:class:`rbdc.protocols.Protocol`): what an image costs the model, whether the
+            model's forward is its own objective, its timm backbone.
+    """
+    loop = _StageLoop(model, spec, recipe, device, d, protocol, ledger, log)
+    loop.start(train_loader, state, optimizer_state)
+    in_epoch = (state or {}).get("in_epoch")  # a preempted epoch's position: its first steps are trained already
+    while loop.step < spec.steps:
+        row = loop.train_epoch(train_loader, in_epoch, on_preempt)
+        in_epoch = None
+        last = loop.step >= spec.steps
+        if val_loader is not None and ((loop.epoch + 1) % recipe["eval_every"] == 0 or last):
+            row.update(evaluate(model, val_loader, recipe, device, d, loop.channels_last))
+            if loop.ts.ema is not None:
+                row["ema_top1"] = evaluate(loop.ts.ema.module, val_loader, recipe, device, d,
+                                           loop.channels_last)["eval_top1"]
+        row["peak_mem_mb"] = round(peak_mem_mb(device), 1)
+        loop.epoch += 1
+        log(f"[{spec.id}] epoch {loop.epoch - 1} step {loop.step}/{spec.steps} loss {row['train_loss']:.4f} "
+            f"top1 {row.get('eval_top1', float('nan')):.2f} lr {row['lr']:.2e} {row['img_per_s']:.0f} img/s")
+        on_epoch(row, {**loop.checkpoint(loop.wall), "done": last})
+        if not last and preempt.requested(d, device):  # at an epoch's end: its checkpoint is written already
+            raise preempt.Preempted(spec.id, loop.step, preempt.requested())
+    return model, loop.ts.optimizer
+
+
+class _StageLoop:
+    """The state of one stage's training between its epochs: the model and what trains it, the step, the epoch and
+    the seconds trained so far."""
+
+    def __init__(self, model: nn.Module, spec: Stage, recipe: dict, device: torch.device, d: Dist,
+                 protocol: Protocol, ledger: Ledger, log):
+        self.model, self.spec, self.recipe, self.device, self.d, self.ledger, self.log = \
+            model, spec, recipe, device, d, ledger, log
+        world_batch = recipe["batch_size"]
+        self.micro = recipe["micro_batch"] or world_batch // d.world
+        self.accum = world_batch // (self.micro * d.world)
+        if self.accum * self.micro * d.world != world_batch:
+            raise ValueError(f"global batch {world_batch} is not micro_batch {self.micro} x world {d.world} x an "
+                             f"integer number of accumulation steps; pick a micro_batch that divides it")
+        self.fpi = protocol.train_flops_per_image(model, recipe["img_size"])
+        self.own_objective = protocol.own_objective  # DiffusionBlocks: forward(x, y) is the loss
+        self.channels_last = recipe["channels_last"] if recipe["channels_last"] != "auto" else (
+            device.type == "cuda" and isinstance(protocol.backbone(model), ResNet))
+        self.step, self.epoch, self.wall = 0, 0, 0.0
+
+    def start(self, train_loader, state: dict | None, optimizer_state: dict | None) -> None:
+        """Put the model on the device, build what trains it, resume ``state`` (or seed a fresh start)."""
+        model, spec, d, device = self.model, self.spec, self.d, self.device
+        set_attention_path(model, self.recipe).to(device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.ts = build_training(model, self.recipe, spec, device, optimizer_state)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            self.ts.optimizer.load_state_dict(state["optimizer"])
+            if self.ts.ema is not None and state.get("ema") is not None:
+                self.ts.ema.load_state_dict(state["ema"])
+            self.step, self.epoch, self.wall = state["step"], state["epoch"], state["wall_s"]
+            by_rank = state.get("rng_by_rank")
+            set_rng_state(by_rank[d.rank] if by_rank and len(by_rank) == d.world else state["rng"])
+        else:
+            # a custom objective draws its randomness (DiffusionBlocks: which block) from the global RNG: same on
+            # all ranks
+            seed_everything(spec.seed + (0 if self.own_objective else d.rank))
+        reset_peak_mem(device)
+        self.net = model
+        if d.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[d.local_rank] if device.type == "cuda" else None,
+                find_unused_parameters=self.own_objective)
+        self.step_fn = torch.compile(self.net) if self.recipe["compile"] else self.net
+        self.steps_per_epoch = len(train_loader) // self.accum
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"the training set gives {len(train_loader)} micro-batches per epoch, fewer than one "
+                             f"optimizer step of {self.recipe['batch_size']} images; lower batch_size")
+        self.log(f"[{spec.id}] {spec.model_name}: {spec.steps} steps ({spec.steps / self.steps_per_epoch:.2f} "
+                 f"epochs) of global batch {self.recipe['batch_size']} = {self.micro} x {d.world} proc x "
+                 f"{self.accum} accum | lr {spec.lr:.3g} | {self.fpi / 1e9:.3f} train GFLOPs/img"
+                 + (f" | resumed at step {self.step}" if self.step else ""))
+
+    def train_epoch(self, train_loader, in_epoch: dict | None, on_preempt) -> dict:
+        """One epoch's steps (the rest of a preempted one); its summary row, before evaluation."""
+        spec, device, opt = self.spec, self.device, self.ts.optimizer
+        train_loader.set_epoch(self.epoch)
+        self.net.train()
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        it = iter(train_loader)
+        n_steps, partial_s = _skip_trained(it, in_epoch, self.accum, loss_sum)
+        self.wall -= partial_s  # wall: the seconds before this epoch; partial_s: this epoch's before a preemption
+        epoch_steps = min(self.steps_per_epoch, spec.steps - self.step + n_steps)
+        bar = _progress(epoch_steps - n_steps, f"{spec.id} ep{self.epoch}", self.d.main)
+        for _ in range(n_steps, epoch_steps):
+            if preempt.requested(self.d, device):  # between two steps of the epoch: stop here
+                bar.close()
+                self._preempt_inside_epoch(on_preempt, partial_s + time.perf_counter() - t0, n_steps, loss_sum)
+            self._train_step(it, loss_sum)
+            # a non-finite loss keeps the epoch's sum non-finite: this finds the first such step (one host sync per
+            # step, as timm's own loop does to log the loss)
+            if not torch.isfinite(loss_sum):
+                bar.close()
+                raise Diverged(spec.id, self.step, loss_sum.item())
+            n_steps += 1
+            bar.update(1)
+        bar.close()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        dt = time.perf_counter() - t0 + partial_s
+        self.wall += dt
+        return self._row(n_steps, loss_sum, dt, opt.param_groups[0]["lr"])
+
+    def _train_step(self, it, loss_sum: torch.Tensor) -> None:
+        opt, ts = self.ts.optimizer, self.ts
+        lr = ts.schedule.lr_at(self.spec.sched_offset + self.step)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        train_step(self.net, it, opt, ts.criterion, self.recipe, self.device, loss_sum=loss_sum, step=self.step,
+                   accum=self.accum, step_fn=self.step_fn, model=self.model, mix=ts.mixup,
+                   channels_last=self.channels_last, ema=ts.ema, custom_loss=self.own_objective)
+        self.step += 1
+
+    def _row(self, n_steps: int, loss_sum: torch.Tensor, dt: float, lr: float) -> dict:
+        """The epoch's summary row; books its images in the ledger."""
+        spec, fpi = self.spec, self.fpi
+        images = n_steps * self.recipe["batch_size"]
+        self.ledger.add(spec.id, spec.model_name, images, fpi)
+        row = {"stage": spec.id, "model": spec.model_name, "epoch": self.epoch,
+               "train_loss": (loss_sum / max(n_steps, 1)).item(), "lr": lr,
+               # the stage's training images (not a growth step's, e.g. GradMax's gradient pass, booked to it too)
+               "images_seen": sum(e.images for e in self.ledger.entries if e.stage == spec.id
+                                  and e.model == spec.model_name),
+               "train_flops": images * fpi, "cum_train_flops": self.ledger.total, "wall_s": round(self.wall, 3),
+               "img_per_s": images / dt, "model_tflops_per_s": images * fpi / dt / 1e12}
+        row.update(mfu_fields(row["model_tflops_per_s"], self.device))  # GPU only: {"mfu": ...} vs the bf16 peak
+        if self.device.type == "cpu":  # the machine's speed state after the epoch, outside its wall time
+            fast_bf16 = self.recipe["amp"] == "bf16" and not bf16.needed(self.device)
+            row["gemm_gflops"] = round(gemm_probe_gflops(torch.bfloat16 if fast_bf16 else torch.float32), 1)
+        return row
+
+    def checkpoint(self, wall: float) -> dict:
+        """Everything a resume needs (``wall``: the seconds trained, at this point)."""
+        ema = self.ts.ema
+        return {"model": self.model.state_dict(), "optimizer": self.ts.optimizer.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None, "step": self.step, "epoch": self.epoch,
+                "wall_s": wall, **rng_states(self.d)}
+
+    def _preempt_inside_epoch(self, on_preempt, epoch_s: float, n_steps: int, loss_sum: torch.Tensor) -> None:
+        """Hand the checkpoint of a stop between two steps to ``on_preempt`` and raise :class:`Preempted`."""
+        if on_preempt is not None:
+            on_preempt({**self.checkpoint(self.wall + epoch_s), "done": False,
+                        "in_epoch": {"n_steps": n_steps, "loss_sum": loss_sum.detach().cpu(), "wall_s": epoch_s}})
+        raise preempt.Preempted(self.spec.id, self.step, preempt.requested())
+
+
+def _skip_trained(it, in_epoch: dict | None, accum: int, loss_sum: torch.Tensor) -> tuple[int, float]:
+    """Resume inside a preempted epoch: draw (and drop) the micro-batches its trained steps used, so the loader
+    continues where it was; restore the epoch's loss sum. Returns (steps done in the epoch, seconds they took)."""
+    if not in_epoch:
+        return 0, 0.0
+    for _ in range(in_epoch["n_steps"] * accum):
+        next(it)
+    loss_sum += in_epoch["loss_sum"].to(loss_sum.device)
+    return in_epoch["n_steps"], in_epoch["wall_s"]
