@@ -80,16 +80,16 @@ def estimate_stages(recipe: dict, stages: list, num_classes: int, gpu: str | Non
     from .flops import train_flops_per_image
     from .units import human_time
     lines: list[str] = []
-    batch, amp = recipe["batch_size"], recipe["amp"] if recipe["amp"] != "auto" else "fp32"
-    kwargs = {"num_classes": num_classes, **recipe["model_kwargs"]}
-    model = None if gpu else usable_costmodel(recipe["model"], amp, recipe["img_size"], log=lines.append)
-    data = model.data_s_per_image.get(str(recipe["img_size"]), 0.0) if model and recipe["data"].get("in_memory") \
+    batch, amp = recipe.batch_size, recipe.amp if recipe.amp != "auto" else "fp32"
+    kwargs = {"num_classes": num_classes, **recipe.model_kwargs}
+    model = None if gpu else usable_costmodel(recipe.model, amp, recipe.img_size, log=lines.append)
+    data = model.data_s_per_image.get(str(recipe.img_size), 0.0) if model and recipe.data.in_memory \
         else 0.0
     speed: dict = {}
     for factor in {s.factor for s in stages} | {Fraction(1)}:
-        speed[factor] = (_costmodel_speed(model, recipe["model"], factor, recipe["img_size"], batch, amp, **kwargs)
-                         if model else bench_train_flops_per_s(gpu, recipe["model"]) if gpu else
-                         measure_train_flops_per_s(recipe["model"], factor, recipe["img_size"], batch=min(batch, 64),
+        speed[factor] = (_costmodel_speed(model, recipe.model, factor, recipe.img_size, batch, amp, **kwargs)
+                         if model else bench_train_flops_per_s(gpu, recipe.model) if gpu else
+                         measure_train_flops_per_s(recipe.model, factor, recipe.img_size, batch=min(batch, 64),
                                                    **kwargs))
 
     def wall(s) -> float:
@@ -101,7 +101,7 @@ def estimate_stages(recipe: dict, stages: list, num_classes: int, gpu: str | Non
         lines += [f"  stage {s.id} ({s.model_name}, {s.steps} steps): {human_time(wall(s))}" for s in stages]
     seconds = sum(wall(s) for s in stages)
     flops = sum(s.steps * batch * s.flops_per_image + s.extra_flops for s in stages)
-    full_fpi = train_flops_per_image(recipe["model"], recipe["img_size"], **kwargs)
+    full_fpi = train_flops_per_image(recipe.model, recipe.img_size, **kwargs)
     scratch = flops / speed[Fraction(1)] + flops / full_fpi * data
     lines.append(f"estimated wall time: {human_time(seconds)} {where}; scratch at the same training FLOPs: "
                  f"{human_time(scratch)} (this plan takes {seconds / scratch:.2f}x) (1 device; training steps only, "

@@ -78,9 +78,9 @@ class StudyRun:
         path = self.run_dir(output) / rundir.RECIPE
         if not path.is_file():
             return []
-        want = _flat(recipes.resolve(self.recipe, list(self.overrides), seed=self.seed, name=self.name))
+        want = _flat(recipes.resolve(self.recipe, list(self.overrides), seed=self.seed, name=self.name).to_dict())
         try:
-            have = _flat(recipes.resolve(path))
+            have = _flat(recipes.resolve(path).to_dict())
         except UserError as e:  # damaged, or not written by rbdc train: never counted as the study's run
             return [f"{rundir.RECIPE} unreadable ({e})"]
         return sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
@@ -249,7 +249,7 @@ def _key_checker(expanded: list[tuple[str, Path, dict, list]]):
 
     def known(pid: str, key: str) -> bool:
         recipe, over = points[pid]
-        return key in SCHEMA and protocols.get(over.get("protocol") or resolve(recipe)["protocol"]).owns_key(key)
+        return key in SCHEMA and protocols.get(over.get("protocol") or resolve(recipe).protocol).owns_key(key)
     return known
 
 
@@ -260,7 +260,7 @@ def planned_flops(run: StudyRun) -> float:
     from .protocols.planning import plan_stages, stage_flops
     rec = recipes.resolve(run.recipe, list(run.overrides), seed=run.seed, name=run.name)
     size = plan_size(rec)
-    return float(sum(stage_flops(plan_stages(rec, size.train_size, size.num_classes), rec["batch_size"])))
+    return float(sum(stage_flops(plan_stages(rec, size.train_size, size.num_classes), rec.batch_size)))
 
 
 def _checked_plan(r: StudyRun) -> float:

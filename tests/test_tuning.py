@@ -36,7 +36,7 @@ def test_a_holdout_that_leaves_a_side_empty_is_refused_naming_the_fraction(fract
 def test_a_run_with_a_holdout_trains_on_the_rest_and_evaluates_on_it_never_on_val():
     rec = recipes.resolve(str(CI / "scratch.yaml"), ["data.holdout=0.25"])
     train, val = recipe_datasets(rec)
-    full = build_dataset("synthetic", None, "train", img_size=32, num_classes=rec["num_classes"])
+    full = build_dataset("synthetic", None, "train", img_size=32, num_classes=rec.num_classes)
     assert val.split == "holdout" and len(train) + len(val) == len(full) and len(val) == round(0.25 * len(full))
     with pytest.raises(DataError, match="cut from the train split"):
         holdout_split(build_dataset("synthetic", None, "val", img_size=32), 0.1)
