@@ -112,6 +112,18 @@ def test_tied_trials_go_to_the_earlier_one(tmp_path):
     assert all(why.startswith("tuned: trial 1") for why in load_study(path, out).choices.values())
 
 
+def test_a_trial_key_that_belongs_to_another_protocol_is_refused_naming_it(tmp_path):
+    tuning = {"set": {"data.holdout": 0.2}, "budgets": [1],
+              "trials": {"s": [{"lr_base": 1e-3}], "g": [{"growth.scale": 0.3}]}}  # gradmax's, not net2net's
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", "seeds": [0], "tuning": tuning, "points": [
+        {"id": "s", "recipe": SCRATCH, "budgets": [3]},
+        {"id": "g", "recipe": RBDC, "budgets": [3], "set": {"protocol": "net2net", "rbdc.epochs": None}}]}))
+    with pytest.raises(UserError, match=r"^\S+: tuning.trials.g trial 1: recipe key 'growth.scale' is not a key of "
+                                        r"this point's protocol \(`rbdc keys` lists them[^\n]*\)$"):
+        load_study(path)
+
+
 @pytest.mark.parametrize("tuning, message", [
     ({"set": {}, "budgets": [1], "trials": TRIALS}, "needs `data.holdout"),
     ({"set": {"data.holdout": 0.2}, "budgets": [1], "trials": {"s": [{"rbdc.narrow_lr_scale": 2}]}},
