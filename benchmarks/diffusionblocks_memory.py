@@ -100,8 +100,8 @@ def build(spec: dict):
     from rbdc import protocols
     rec = recipe_for(spec["method"], spec["width"], spec["depth"], spec["heads"], spec["blocks"],
                      batch=spec["batch"], img_size=spec["img_size"], amp=spec.get("amp"), model=spec.get("model"))
-    torch.manual_seed(rec["seed"])
-    model = protocols.get(rec["protocol"]).target(rec, NUM_CLASSES)
+    torch.manual_seed(rec.seed)
+    model = protocols.get(rec.protocol).target(rec, NUM_CLASSES)
     if spec["method"] == "diffusionblocks" and spec["blocks"] == 1:
         one_block(model)
     return model, rec
@@ -216,9 +216,9 @@ def measure(spec: dict) -> dict:
     from rbdc.protocols import Stage, get
     device = torch.device(spec["device"])
     model, rec = build(spec)
-    own = get(rec["protocol"]).own_objective
+    own = get(rec.protocol).own_objective
     set_attention_path(model, rec).to(device)
-    ts = build_training(model, rec, Stage("mem", rec["model"], 100, rec["seed"], 1e-3), device)
+    ts = build_training(model, rec, Stage("mem", rec.model, 100, rec.seed, 1e-3), device)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(spec["batch"], 3, spec["img_size"], spec["img_size"], generator=g).to(device)
     y = torch.randint(NUM_CLASSES, (spec["batch"],), generator=g).to(device)
@@ -227,7 +227,7 @@ def measure(spec: dict) -> dict:
     order = [b for _ in range(spec["rounds"]) for b in range(blocks)] if own else [0] * spec["rounds"]
     params = sum(p.numel() for p in model.parameters())
     out = {**{k: spec[k] for k in ("method", "width", "depth", "heads", "blocks", "batch", "img_size")},
-           "model": rec["model"], "amp": rec["amp"], "fused_attn": rec["fused_attn"], "device": device.type,
+           "model": rec.model, "amp": rec.amp, "fused_attn": rec.fused_attn, "device": device.type,
            "params": params, "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
            "steps": len(order), "block_order": order, "threads": torch.get_num_threads()}
     loss_sum = torch.zeros((), device=device)

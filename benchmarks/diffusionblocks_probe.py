@@ -27,10 +27,10 @@ from rbdc.data import recipe_datasets
 def load_run(run_dir: Path):
     rec = yaml.safe_load((run_dir / rundir.RECIPE).read_text())
     train_ds, val_ds = recipe_datasets(rec)
-    model = build_model(rec, rec["num_classes"] or train_ds.num_classes)
+    model = build_model(rec, rec.num_classes or train_ds.num_classes)
     model.load_state_dict(load_file(str(run_dir / rundir.FINAL)))
-    loader = build_loader(val_ds, batch_size=256, train=False, img_size=rec["img_size"],
-                          in_memory=rec["data"]["in_memory"], num_workers=rec["workers"], distributed=False,
+    loader = build_loader(val_ds, batch_size=256, train=False, img_size=rec.img_size,
+                          in_memory=rec.data.in_memory, num_workers=rec.workers, distributed=False,
                           device=torch.device("cpu"))
     return model.eval(), loader
 

@@ -48,11 +48,11 @@ class _Stacked:
             torch.set_num_threads(case.threads)
         self.recipe = resolve(REPO / case.recipe, model=case.model, img_size=case.img_size, batch_size=case.batch,
                               amp=case.amp)
-        self.recipe["fused_attn"] = case.fused_attn
+        self.recipe.fused_attn = case.fused_attn
         parts = []
         for i in range(k):
             torch.manual_seed(i)
-            part = scaled(case.model, 1, num_classes=10, drop_path_rate=self.recipe["drop_path"])
+            part = scaled(case.model, 1, num_classes=10, drop_path_rate=self.recipe.drop_path)
             parts.append(set_attention_path(part, self.recipe).to(self.device).train())
         self.build(parts)
         self.crit = build_criterion(self.recipe, mixup=False)
@@ -69,16 +69,16 @@ class _Stacked:
             loss = part_loss(self.crit, self.logits(), self.y)
         loss.backward()
         self.loss_sum += loss.detach()
-        if self.recipe["clip_grad"]:
-            clip_per_part(self.params, self.k, self.recipe["clip_grad"])
+        if self.recipe.clip_grad:
+            clip_per_part(self.params, self.k, self.recipe.clip_grad)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
 
     def _optimizer(self, named, no_decay: set[str]) -> torch.optim.Optimizer:
         # timm's factory makes a plain torch AdamW (foreach/fused left to torch), as for the separate parts
         fused = {"fused": True} if self.device.type == "cuda" else {}
-        return torch.optim.AdamW(param_groups(named, no_decay, self.recipe["weight_decay"]), lr=lr_for(self.recipe),
-                                 eps=self.recipe["opt_eps"], **fused)
+        return torch.optim.AdamW(param_groups(named, no_decay, self.recipe.weight_decay), lr=lr_for(self.recipe),
+                                 eps=self.recipe.opt_eps, **fused)
 
 
 class Batched(_Stacked):

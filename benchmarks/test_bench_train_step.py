@@ -23,7 +23,7 @@ from benchmarks.train_paths import gemm_rate
 from rbdc.training.engine import autocast_for, build_optimizer, set_attention_path, train_step
 from rbdc.flops import train_flops_per_image
 from rbdc.nets.models import family_of, scaled
-from rbdc.recipe import DEFAULTS
+from rbdc.recipe import DEFAULTS, Recipe
 
 
 @dataclass(frozen=True)
@@ -81,10 +81,9 @@ def _sides(case: Case) -> tuple[torch.device, dict]:
     """
     device = require_device(case.device)
     reference = _reference_model(case)
-    recipe = {**DEFAULTS, "model": case.model, "batch_size": case.batch, "compile": case.compile,
-              "fused_attn": case.fused_attn, "amp": case.amp, "mixup": 0.0, "cutmix": 0.0, "smoothing": 0.0,
-              "clip_grad": None,
-              "ema": False}
+    recipe = Recipe.from_dict({**DEFAULTS, "model": case.model, "batch_size": case.batch, "compile": case.compile,
+                               "fused_attn": case.fused_attn, "amp": case.amp, "mixup": 0.0, "cutmix": 0.0,
+                               "smoothing": 0.0, "clip_grad": None, "ema": False})
     # The engine's own choices: bf16 on CUDA, fused AdamW on CUDA, channels_last for CNNs on CUDA.
     bf16 = isinstance(autocast_for(recipe, device), torch.autocast)
     fused = device.type == "cuda"
@@ -103,8 +102,8 @@ def _sides(case: Case) -> tuple[torch.device, dict]:
     # The harness: the engine's optimizer factory, scheduler update and train_step.
     h_model, h_fwd = copy_model()
     h_opt = build_optimizer(h_model, recipe, lr, device)
-    sched = CosineLRScheduler(h_opt, t_initial=10_000, lr_min=recipe["min_lr"], warmup_t=100,
-                              warmup_lr_init=recipe["warmup_lr"], warmup_prefix=True, t_in_epochs=False)
+    sched = CosineLRScheduler(h_opt, t_initial=10_000, lr_min=recipe.min_lr, warmup_t=100,
+                              warmup_lr_init=recipe.warmup_lr, warmup_prefix=True, t_in_epochs=False)
     crit = nn.CrossEntropyLoss()
     loss_sum = torch.zeros((), device=device)
     batches = itertools.repeat((x, y))
@@ -118,7 +117,7 @@ def _sides(case: Case) -> tuple[torch.device, dict]:
 
     # The bare loop, as one would write it by hand.
     b_model, b_fwd = copy_model()
-    b_opt = torch.optim.AdamW(b_model.parameters(), lr=lr, weight_decay=recipe["weight_decay"], eps=recipe["opt_eps"],
+    b_opt = torch.optim.AdamW(b_model.parameters(), lr=lr, weight_decay=recipe.weight_decay, eps=recipe.opt_eps,
                               fused=fused or None)
 
     def bare():

@@ -89,10 +89,10 @@ class Trainer:
             torch.set_num_threads(case.threads)
         recipe = resolve(REPO / case.recipe, model=case.model, img_size=case.img_size, batch_size=case.batch,
                          amp=case.amp, compile=case.compile, channels_last=case.channels_last)
-        recipe["fused_attn"] = case.fused_attn   # None is meaningful here (timm's choice), so not a resolve field
+        recipe.fused_attn = case.fused_attn   # None is meaningful here (timm's choice), so not a resolve field
         self.recipe = recipe
         torch.manual_seed(0)
-        model = scaled(case.model, 1, num_classes=10, drop_path_rate=recipe["drop_path"])
+        model = scaled(case.model, 1, num_classes=10, drop_path_rate=recipe.drop_path)
         set_attention_path(model, recipe).to(self.device).train()
         if case.channels_last:
             model.to(memory_format=torch.channels_last)

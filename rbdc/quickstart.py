@@ -50,11 +50,11 @@ def warm_cache(recipe: str, overrides: list[str], seed: int) -> float:
     """Decode the train and val images into the disk cache the runs read (all cores); seconds it took."""
     t0 = time.time()
     rec = recipes.resolve(recipe, overrides, seed=seed)
-    if rec["data"].get("in_memory"):
+    if rec.data.in_memory:
         train_ds, val_ds = recipe_datasets(rec)
         for ds, train in ((train_ds, True), (val_ds, False)):
-            build_loader(ds, batch_size=rec["batch_size"], train=train, aug=rec["aug"], in_memory=True,
-                         img_size=rec["img_size"])
+            build_loader(ds, batch_size=rec.batch_size, train=train, aug=rec.aug, in_memory=True,
+                         img_size=rec.img_size)
     return time.time() - t0
 
 

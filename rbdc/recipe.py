@@ -1,164 +1,148 @@
-"""Recipes are data: YAML files under ``configs/recipes/`` with an optional ``base:`` parent, resolved into one
-flat-ish dict that the run directory stores (``recipe.yaml``) and that replays the run."""
+"""Recipes are data: YAML files under ``configs/recipes/`` with an optional ``base:`` parent, resolved into the
+typed :data:`Recipe` (code reads its fields: ``recipe.batch_size``, ``recipe.rbdc.depth``), whose nested mapping the
+run directory stores (``recipe.yaml``) and that replays the run.
+
+The common keys are declared here; each protocol declares its own (its section of the recipe: ``rbdc``, ``growth``,
+``diffusionblocks``) in its file under :mod:`rbdc.protocols`, and :data:`Recipe` is assembled from the registry."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import yaml
 
 from . import protocols
 from .data.datasets import SOURCES
 from .errors import UserError
+from .protocols.keys import NONNEG as _NONNEG, NUM as _NUM, ONE as _ONE, POS as _POS, UNIT as _UNIT
+from .protocols.keys import Key, Range, copy_field, from_dict, key, merge_sections, schema, section
 
 
-class Range(NamedTuple):
-    lo: float
-    hi: float = math.inf
-    lo_inclusive: bool = True
+# The common keys: those every protocol reads. A protocol's own keys (the rbdc, growth and diffusionblocks sections)
+# are declared in its file under rbdc/protocols/ (``Protocol.keys``). model_kwargs, aug and diffusionblocks are
+# mappings whose own keys are checked by timm, the transforms and the diffusionblocks model when validate() builds them.
+@dataclass
+class DataKeys:
+    """The ``data:`` section: where the images come from and which of them are trained on and evaluated."""
+    source: str = key("imagenette", (str,), SOURCES, "where the images come from (rbdc.data.build_dataset)")
+    root: str | None = key(None, (str, None), None, "dataset folder; default: RBDC_DATA or the source's default")
+    subset: int | None = key(None, (int, None), _ONE, "train on this many images (class-balanced)")
+    in_memory: bool = key(False, (bool,), None, "decode once into a memory cache")
+    download: bool = key(False, (bool,), None)
+    val_subset: int | None = key(None, (int, None), _ONE)
+    holdout: float | None = key(None, (float, None), Range(0, 1, lo_inclusive=False), "hold out this fraction of "
+                                "the train split (class-balanced, fixed by data.holdout_seed) and evaluate on it "
+                                "instead of val: the tuning split, so that chosen hyper-parameters never read the "
+                                "reported split")
+    holdout_seed: int = key(0, (int,), _NONNEG, "which images data.holdout holds out (not the run's seed)")
 
 
-class Key(NamedTuple):
-    """One recipe key: its default, the Python types it accepts (``None``: null allowed), its range or allowed
-    values, and what it means."""
-    default: Any
-    types: tuple
-    allowed: Range | tuple | None = None
-    doc: str = ""
-
-
-_NUM = (int, float)
-_POS = Range(0, lo_inclusive=False)
-_NONNEG = Range(0)
-_UNIT = Range(0, 1)
-_ONE = Range(1)
-
-# The recipe schema: every key a recipe may set, dotted for the keys of nested mappings (data, growth, rbdc).
-# model_kwargs, aug and diffusionblocks are mappings whose own keys are checked by timm, the transforms and the
-# diffusionblocks model when validate() builds them.
-SCHEMA: dict[str, Key] = {
-    "name": Key(None, (str,), None, "experiment name without the seed, e.g. imagenette-vit/rbdc-d1 (the "
-                "report's group); default: MODEL/PROTOCOL"),
-    "protocol": Key("scratch", (str,), None, "one of rbdc.protocols (scratch | rbdc | net2net | gradmax | "
-                    "mixturegrowth | diffusionblocks | hypercloning)"),
-    "model": Key(None, (str,), None, "target timm model (the final model of every protocol)"),
-    "model_kwargs": Key({}, (dict,), None, "extra timm kwargs (img_size, patch_size, ...)"),
-    "num_classes": Key(None, (int, None), _ONE, "default: the dataset's"),
-    "img_size": Key(224, (int,), _ONE),
-    "seed": Key(0, (int,), _NONNEG),
-    "seed_stride": Key(100_000, (int,), _ONE, "stage seeds: seed x seed_stride + 1000 x level + index "
-                       "(see CHANGELOG for the value of older runs)"),
-    "data.source": Key("imagenette", (str,), SOURCES, "where the images come from (rbdc.data.build_dataset)"),
-    "data.root": Key(None, (str, None), None, "dataset folder; default: RBDC_DATA or the source's default"),
-    "data.subset": Key(None, (int, None), _ONE, "train on this many images (class-balanced)"),
-    "data.in_memory": Key(False, (bool,), None, "decode once into a memory cache"),
-    "data.download": Key(False, (bool,), None),
-    "data.val_subset": Key(None, (int, None), _ONE),
-    "data.holdout": Key(None, (float, None), Range(0, 1, lo_inclusive=False), "hold out this fraction of the train "
-                        "split (class-balanced, fixed by data.holdout_seed) and evaluate on it instead of val: the "
-                        "tuning split, so that chosen hyper-parameters never read the reported split"),
-    "data.holdout_seed": Key(0, (int,), _NONNEG, "which images data.holdout holds out (not the run's seed)"),
+@dataclass
+class CommonKeys:
+    """The recipe's keys that do not belong to one protocol; :data:`Recipe` adds the protocols' sections."""
+    name: str = key(None, (str,), None, "experiment name without the seed, e.g. imagenette-vit/rbdc-d1 (the "
+                    "report's group); default: MODEL/PROTOCOL")
+    protocol: str = key("scratch", (str,), None, "one of rbdc.protocols (scratch | rbdc | net2net | gradmax | "
+                        "mixturegrowth | diffusionblocks | hypercloning)")
+    model: str = key(None, (str,), None, "target timm model (the final model of every protocol)")
+    model_kwargs: dict = key({}, (dict,), None, "extra timm kwargs (img_size, patch_size, ...)")
+    num_classes: int | None = key(None, (int, None), _ONE, "default: the dataset's")
+    img_size: int = key(224, (int,), _ONE)
+    seed: int = key(0, (int,), _NONNEG)
+    seed_stride: int = key(100_000, (int,), _ONE, "stage seeds: seed x seed_stride + 1000 x level + index "
+                           "(see CHANGELOG for the value of older runs)")
+    data: DataKeys = section(DataKeys)
     # optimisation: DeiT v1 defaults, scaled to the global batch (lr = lr_base * batch_size / 512)
-    "epochs": Key(None, (*_NUM, None), _POS, "scratch: epochs; or give `budget` (training FLOPs) or `match` "
-                  "(a run dir)"),
-    "budget": Key(None, (*_NUM, None), _POS, "training FLOPs"),
-    "budget_epochs": Key(None, (*_NUM, None), _POS, "the budget as that many epochs of the target (its FLOPs)"),
-    "match": Key(None, (str, None), None, "a run directory whose training FLOPs this run spends"),
-    "batch_size": Key(1024, (int,), _ONE, "GLOBAL batch (all processes, all accumulation steps)"),
-    "micro_batch": Key(None, (int, None), _ONE, "per process per forward; default: batch_size / world size"),
-    "opt": Key("adamw", (str,), None, "a timm optimizer name"),
-    "lr_base": Key(5e-4, _NUM, _POS),
-    "weight_decay": Key(0.05, _NUM, _NONNEG),
-    "opt_eps": Key(1e-8, _NUM, _POS),
-    "fused": Key(None, (bool, None), None, "fused AdamW (default: on CUDA)"),
-    "min_lr": Key(1e-5, _NUM, _NONNEG),
-    "warmup_epochs": Key(5, _NUM, _NONNEG),
-    "warmup_lr": Key(1e-6, _NUM, _NONNEG),
-    "anneal_to_end": Key(True, (bool,), None, "true: warm-up, then a cosine that reaches min_lr on the stage's "
-                         "(lineage's) last step; false: the cosine ends warm-up steps short of min_lr (older "
-                         "runs, see CHANGELOG)"),
-    "clip_grad": Key(None, (*_NUM, None), _POS),
-    "drop_path": Key(0.1, _NUM, _UNIT),
-    "smoothing": Key(0.1, _NUM, _UNIT),
-    "mixup": Key(0.8, _NUM, _NONNEG),
-    "cutmix": Key(1.0, _NUM, _NONNEG),
-    "mixup_prob": Key(1.0, _NUM, _UNIT),
-    "mixup_switch_prob": Key(0.5, _NUM, _UNIT),
-    "aug": Key({"auto_augment": "rand-m9-mstd0.5-inc1", "re_prob": 0.25, "interpolation": "bicubic",
-                "color_jitter": 0.4}, (dict,), None, "timm create_transform options"),
-    "repeated_aug": Key(False, (bool,), None),
-    "ema": Key(False, (bool,), None),
-    "ema_decay": Key(0.99996, _NUM, _UNIT),
-    "amp": Key("auto", (str,), ("auto", "bf16", "fp32"), "auto: bf16 on CUDA, fp32 on CPU"),
-    "compile": Key(False, (bool,), None),
-    "fused_attn": Key(None, (bool, None), None, "attention kernel of timm ViTs: null keeps timm's choice (fused "
-                      "SDPA); false runs the explicit matmul-softmax path (faster under bf16 on CPU)"),
-    "channels_last": Key("auto", (str, bool), ("auto", True, False), "auto: on for CNNs on CUDA"),
-    "workers": Key(None, (int, None), _NONNEG),
-    "eval_every": Key(1, (int,), _ONE, "epochs"),
-    "device": Key("auto", (str,), None),
-    "diffusionblocks": Key({}, (dict,), None, "options of the diffusionblocks protocol (rbdc.diffusionblocks)"),
-    # Growth baselines (net2net, mixturegrowth) reuse rbdc's level settings (epochs, ratio, ratio_type, schedule,
-    # optimizer: fresh only) with depth 1: one (net2net) or two (mixturegrowth) half-width models, then grow.
-    # gradmax: inner widths x start_factor, grown grow_steps times at even points of grow_span (fractions of the
-    # steps), fan-out norm `scale` x the existing units' (growneuron's CIFAR config: 0.25, 12, 10k..37.5k of 78k, 0.5).
-    "growth.mode": Key("uniform", (str,), None, "net2net: how new units copy old ones"),
-    "growth.noise_std": Key(0.01, _NUM, _NONNEG, "net2net: symmetry-breaking noise"),
-    "growth.coefs": Key("orthogonal", (str,), None, "mixturegrowth: template coefficients"),
-    "growth.noise": Key(1.0, _NUM, _NONNEG, "mixturegrowth"),
-    "growth.num_templates": Key(2, (int,), _ONE, "mixturegrowth"),
-    "growth.snr_db": Key(None, (*_NUM, None), None, "hypercloning: function-preserving noise at this "
-                         "signal-to-noise ratio in dB (null: none; the copies then stay identical)"),
-    "growth.start_factor": Key(0.25, _NUM, Range(0, 1, False), "gradmax: starting fraction of the inner widths"),
-    "growth.grow_steps": Key(12, (int,), _ONE, "gradmax"),
-    "growth.grow_span": Key([0.125, 0.5], (list,), None, "gradmax: [first, last] growth as fractions of the steps"),
-    "growth.scale": Key(0.5, _NUM, _POS, "gradmax: fan-out norm of new units relative to the existing ones"),
-    # the RBDC protocol
-    "rbdc.depth": Key(1, (int,), _ONE, "recursive coupling steps"),
-    "rbdc.k": Key(2, (int,), Range(2), "parts coupled per step"),
-    "rbdc.epochs": Key(None, (list, None), None, "epochs per level [E0, ..., Er], level 0 the narrowest; default: "
-                       "from the budget and ratio"),
-    "rbdc.ratio": Key(1.5, _NUM, _POS, "training ratio: E_l = ratio x E_(l+1) (ratio_type epochs) or FLOPs "
-                      "of level l = ratio x those of level l+1 (ratio_type flops)"),
-    "rbdc.ratio_type": Key("epochs", (str,), ("epochs", "flops")),
-    "rbdc.head": Key("mean", (str,), ("mean", "sum"), "how the coupled head combines the parts' logits"),
-    "rbdc.norm": Key("plain", (str,), ("plain", "grouped"), "LayerNorm of the coupled model"),
-    "rbdc.offdiag_std": Key(0.0, _NUM, _NONNEG, "init std of the off-diagonal blocks"),
-    "rbdc.optimizer": Key("fresh", (str,), ("fresh", "carried"), "AdamW state after coupling"),
-    "rbdc.schedule": Key("restart", (str,), ("restart", "continue"), "lr schedule after coupling"),
-    "rbdc.jobs": Key(1, (int,), _ONE, "train a level's independent parts in this many processes"),
-    "rbdc.parts": Key("independent", (str,), ("independent", "copies"), "independent: k narrow models from their "
-                      "own seeds (RBDC); copies: one narrow model trained for all their steps, coupled with k-1 "
-                      "copies of itself (depth 1; the ablation beside HyperCloning)"),
-    "rbdc.narrow_lr_scale": Key(1.0, _NUM, _POS, "peak lr of level 0 (the independently trained narrow parts) as a "
-                                "multiple of the recipe's"),
-    "rbdc.coupled_lr_scale": Key(1.0, _NUM, _POS, "peak lr of the coupled levels 1..depth as a multiple of the "
-                                 "recipe's"),
-    "rbdc.coupled_warmup_epochs": Key(None, (*_NUM, None), _NONNEG, "warm-up of the coupled levels; default: "
-                                      "warmup_epochs"),
-}
-_LISTS = {"rbdc.epochs": _POS, "growth.grow_span": _UNIT}  # lists of numbers in these ranges
-FREE_FORM = tuple(k for k, key in SCHEMA.items() if key.types == (dict,))  # mappings whose keys are not checked here
+    epochs: float | None = key(None, (*_NUM, None), _POS, "scratch: epochs; or give `budget` (training FLOPs) or "
+                               "`match` (a run dir)")
+    budget: float | None = key(None, (*_NUM, None), _POS, "training FLOPs")
+    budget_epochs: float | None = key(None, (*_NUM, None), _POS, "the budget as that many epochs of the target (its "
+                                      "FLOPs)")
+    match: str | None = key(None, (str, None), None, "a run directory whose training FLOPs this run spends")
+    batch_size: int = key(1024, (int,), _ONE, "GLOBAL batch (all processes, all accumulation steps)")
+    micro_batch: int | None = key(None, (int, None), _ONE, "per process per forward; default: batch_size / world "
+                                  "size")
+    opt: str = key("adamw", (str,), None, "a timm optimizer name")
+    lr_base: float = key(5e-4, _NUM, _POS)
+    weight_decay: float = key(0.05, _NUM, _NONNEG)
+    opt_eps: float = key(1e-8, _NUM, _POS)
+    fused: bool | None = key(None, (bool, None), None, "fused AdamW (default: on CUDA)")
+    min_lr: float = key(1e-5, _NUM, _NONNEG)
+    warmup_epochs: float = key(5, _NUM, _NONNEG)
+    warmup_lr: float = key(1e-6, _NUM, _NONNEG)
+    anneal_to_end: bool = key(True, (bool,), None, "true: warm-up, then a cosine that reaches min_lr on the stage's "
+                              "(lineage's) last step; false: the cosine ends warm-up steps short of min_lr (older "
+                              "runs, see CHANGELOG)")
+    clip_grad: float | None = key(None, (*_NUM, None), _POS)
+    drop_path: float = key(0.1, _NUM, _UNIT)
+    smoothing: float = key(0.1, _NUM, _UNIT)
+    mixup: float = key(0.8, _NUM, _NONNEG)
+    cutmix: float = key(1.0, _NUM, _NONNEG)
+    mixup_prob: float = key(1.0, _NUM, _UNIT)
+    mixup_switch_prob: float = key(0.5, _NUM, _UNIT)
+    aug: dict = key({"auto_augment": "rand-m9-mstd0.5-inc1", "re_prob": 0.25, "interpolation": "bicubic",
+                     "color_jitter": 0.4}, (dict,), None, "timm create_transform options")
+    repeated_aug: bool = key(False, (bool,), None)
+    ema: bool = key(False, (bool,), None)
+    ema_decay: float = key(0.99996, _NUM, _UNIT)
+    amp: str = key("auto", (str,), ("auto", "bf16", "fp32"), "auto: bf16 on CUDA, fp32 on CPU")
+    compile: bool = key(False, (bool,), None)
+    fused_attn: bool | None = key(None, (bool, None), None, "attention kernel of timm ViTs: null keeps timm's "
+                                  "choice (fused SDPA); false runs the explicit matmul-softmax path (faster under "
+                                  "bf16 on CPU)")
+    channels_last: str | bool = key("auto", (str, bool), ("auto", True, False), "auto: on for CNNs on CUDA")
+    workers: int | None = key(None, (int, None), _NONNEG)
+    eval_every: int = key(1, (int,), _ONE, "epochs")
+    device: str = key("auto", (str,), None)
+
+    def to_dict(self) -> dict:
+        """The nested mapping a run directory stores (``recipe.yaml``)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        """The typed recipe of a resolved (complete, validated) nested mapping; :func:`resolve` makes one."""
+        return from_dict(cls, values)
 
 
-def _nest(flat: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for dotted, value in flat.items():
-        *parents, leaf = dotted.split(".")
-        node = out
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+def _protocol_sections() -> list[tuple[str, type, dataclasses.Field]]:
+    """The sections the registered protocols declare (``Protocol.section`` / ``keys``), by section name: one typed
+    section from every protocol declaring keys in it, or the one free-form mapping a protocol declares."""
+    parts: dict[str, list[tuple[str, object]]] = {}
+    for p in protocols.registry().values():
+        if p.keys is not None:
+            parts.setdefault(p.section, []).append((p.name, p.keys))
+    out = []
+    for name in sorted(parts):
+        if isinstance(parts[name][0][1], dataclasses.Field):  # a free-form mapping (diffusionblocks)
+            if len(parts[name]) > 1:
+                raise ValueError(f"recipe section {name} is free-form for {parts[name][0][0]}; no other protocol "
+                                 f"may declare it")
+            out.append((name, dict, copy_field(parts[name][0][1])))
+        elif len(parts[name]) == 1:  # one protocol's section (rbdc): its own dataclass
+            out.append((name, parts[name][0][1], section(parts[name][0][1])))
+        else:
+            cls = merge_sections(f"{name.capitalize()}Keys", parts[name])
+            cls.__module__ = __name__
+            globals()[cls.__name__] = cls  # where pickle looks for it (e.g. GrowthKeys)
+            out.append((name, cls, section(cls)))
     return out
 
 
-# Every key a recipe may set, with its default, as the nested mapping a resolved recipe is.
-DEFAULTS: dict[str, Any] = _nest({k: key.default for k, key in SCHEMA.items()})
+# The typed recipe: the common keys and every protocol's section; code reads its fields (recipe.rbdc.depth).
+Recipe = dataclasses.make_dataclass("Recipe", _protocol_sections(), bases=(CommonKeys,))
+Recipe.__module__ = __name__
+# Every key a recipe may set (dotted for the keys of sections), and its default as the nested mapping.
+SCHEMA: dict[str, Key] = schema(Recipe)
+FREE_FORM = tuple(k for k, key in SCHEMA.items() if key.types == (dict,))  # mappings whose keys are not checked here
+DEFAULTS: dict[str, Any] = Recipe().to_dict()
 
 
 class Loader(yaml.SafeLoader):
@@ -202,14 +186,14 @@ def _check_value(key: str, value, types: tuple, allowed) -> None:
 def validate(recipe: dict) -> None:
     """Every key's type and range (:data:`SCHEMA`), the options of ``aug`` and ``diffusionblocks``, and that
     ``model`` with ``model_kwargs`` builds; one line naming the key on the first problem."""
-    for key, (_, types, allowed, _) in SCHEMA.items():
+    for name, spec in SCHEMA.items():
         node = recipe
-        for part in key.split("."):
+        for part in name.split("."):
             node = node[part]
-        _check_value(key, node, types, allowed)
-        if key in _LISTS and node is not None:
+        _check_value(name, node, spec.types, spec.allowed)
+        if spec.items is not None and node is not None:
             for v in node:
-                _check_value(f"{key} entries", v, _NUM, _LISTS[key])
+                _check_value(f"{name} entries", v, _NUM, spec.items)
     from .data.loaders import _check_aug
     try:
         _check_aug(recipe["aug"])
@@ -220,14 +204,15 @@ def validate(recipe: dict) -> None:
 
 
 @functools.lru_cache(maxsize=256)
-def _check_model(key: str) -> None:
+def _check_model(settings: str) -> None:
     """Build the recipe's target on the meta device (no memory, no time): an unknown model name or timm kwarg is
     found before anything is written."""
     import torch
-    rec = json.loads(key)
+    rec = json.loads(settings)
+    typed = Recipe.from_dict(_deep_update(DEFAULTS, rec))
     try:
         with torch.device("meta"):
-            protocols.get(rec["protocol"]).target(rec, rec["num_classes"] or 10)
+            protocols.get(typed.protocol).target(typed, typed.num_classes or 10)
     except UserError:
         raise
     except (TypeError, ValueError, KeyError, RuntimeError, AssertionError) as e:
@@ -238,13 +223,13 @@ def _check_model(key: str) -> None:
 
 def _merge(base: dict, over: dict, where: str) -> dict:
     out = copy.deepcopy(base)
-    for key, value in over.items():
-        if key not in base and where != "":
-            raise UserError(f"unknown recipe key {where}{key!r}; known keys: {', '.join(sorted(base))}")
-        if isinstance(out.get(key), dict) and isinstance(value, dict) and key not in FREE_FORM:
-            out[key] = _merge(out[key], value, f"{where}{key}.")
+    for name, value in over.items():
+        if name not in base and where != "":
+            raise UserError(f"unknown recipe key {where}{name!r}; known keys: {', '.join(sorted(base))}")
+        if isinstance(out.get(name), dict) and isinstance(value, dict) and name not in FREE_FORM:
+            out[name] = _merge(out[name], value, f"{where}{name}.")
         else:
-            out[key] = copy.deepcopy(value)
+            out[name] = copy.deepcopy(value)
     return out
 
 
@@ -280,8 +265,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise UserError(f"override {text!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
 
 
-def resolve(path: str | Path | None = None, overrides: list[str] = (), **fields) -> dict:
-    """Recipe file (with parents) + ``key=value`` overrides + explicit fields, over :data:`DEFAULTS`, validated."""
+def resolve(path: str | Path | None = None, overrides: list[str] = (), **fields) -> Recipe:
+    """Recipe file (with parents) + ``key=value`` overrides + explicit fields, over :data:`DEFAULTS`, validated,
+    as the typed :data:`Recipe`. The protocol may read keys of recipes older than its own (``Protocol.upgrade``)."""
     raw = _read(Path(path).resolve()) if path else {}
     for text in overrides:
         keys, value = parse_override(text)
@@ -296,10 +282,11 @@ def resolve(path: str | Path | None = None, overrides: list[str] = (), **fields)
         raise UserError(f"unknown recipe key(s) {unknown}; known keys: {', '.join(sorted(DEFAULTS))}")
     if not recipe["model"]:
         raise UserError("the recipe names no model: set `model:` (a timm name, e.g. deit_base_patch16_224)")
-    protocols.get(recipe["protocol"])  # an unknown one: the error names the registered ones
+    protocol = protocols.get(recipe["protocol"])  # an unknown one: the error names the registered ones
     recipe["name"] = recipe["name"] or f"{recipe['model']}/{recipe['protocol']}"
+    protocol.upgrade(raw, recipe)
     validate(recipe)
-    return recipe
+    return Recipe.from_dict(recipe)
 
 
 def _yaml_value(value) -> str:
@@ -323,5 +310,5 @@ def describe(pattern: str = "") -> str:
     return "\n".join(f"{k:<{widths[0]}}  {d:<{widths[1]}}  {a:<{widths[2]}}  {doc}".rstrip() for k, d, a, doc in rows)
 
 
-def dump(recipe: dict) -> str:
-    return yaml.safe_dump(recipe, sort_keys=True)
+def dump(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=True)

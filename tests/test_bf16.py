@@ -6,6 +6,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from rbdc.training import bf16, engine
 from rbdc.cost import perf
+from rbdc.recipe import DEFAULTS, Recipe
 
 GEMMS = {"mm", "addmm", "bmm", "baddbmm", "convolution"}   # the aten kernels the emulated ops end in
 
@@ -109,13 +110,13 @@ def test_what_autocast_leaves_alone_stays_alone(emulation):
 
 def test_bf16_autocast_installs_the_emulation_only_where_the_cpu_lacks_bf16_kernels(monkeypatch):
     monkeypatch.setattr(perf, "cpu_bf16_fast", lambda: True)
-    with engine.autocast_for({"amp": "bf16"}, torch.device("cpu")):
+    with engine.autocast_for(Recipe.from_dict({**DEFAULTS, "amp": "bf16"}), torch.device("cpu")):
         pass
     assert not bf16.installed() and bf16.matmul_path() == "onednn"
     monkeypatch.setattr(perf, "cpu_bf16_fast", lambda: False)
-    with engine.autocast_for({"amp": "fp32"}, torch.device("cpu")):
+    with engine.autocast_for(Recipe.from_dict({**DEFAULTS, "amp": "fp32"}), torch.device("cpu")):
         pass
     assert not bf16.installed()
-    with engine.autocast_for({"amp": "bf16"}, torch.device("cpu")):
+    with engine.autocast_for(Recipe.from_dict({**DEFAULTS, "amp": "bf16"}), torch.device("cpu")):
         pass
     assert bf16.installed() and bf16.matmul_path() == "fp32-rounded"

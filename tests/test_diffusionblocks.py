@@ -17,14 +17,21 @@ from rbdc.runs import rundir
 from rbdc.nets.diffusion_noise import band_edges, inference_sigmas
 from rbdc.nets.diffusionblocks import DiffusionBlocksError, build_model
 from rbdc.flops import train_flops_per_image
+from rbdc.recipe import DEFAULTS, Recipe
 
 REPO = Path(__file__).resolve().parents[1]
 CI_RECIPE = REPO / "configs" / "recipes" / "ci" / "diffusionblocks.yaml"
-TINY = dict(model="test_rbdc_vit", drop_path=0.0, model_kwargs={"depth": 3}, diffusionblocks={"blocks": 3})
+TINY = dict(model="test_rbdc_vit", drop_path=0.0, smoothing=0.0, model_kwargs={"depth": 3},
+            diffusionblocks={"blocks": 3})
+
+
+def typed(**keys):
+    """A recipe of the defaults and ``keys`` (what build_model reads)."""
+    return Recipe.from_dict({**DEFAULTS, **keys})
 
 
 def tiny(**over):
-    return build_model({**TINY, **over}, 10)
+    return build_model(typed(**{**TINY, **over}), 10)
 
 
 def perturbed(model):
@@ -269,7 +276,8 @@ def test_state_dict_loads_into_a_fresh_model():
 # --- FLOPs and memory -----------------------------------------------------------------------------------------------
 
 def test_training_flops_are_one_block_plus_the_shared_parts_and_match_flop_counter_mode():
-    rec = dict(model="deit_tiny_patch16_224", drop_path=0.0, model_kwargs={}, diffusionblocks={"blocks": 3})
+    rec = typed(model="deit_tiny_patch16_224", drop_path=0.0, smoothing=0.0, model_kwargs={},
+                diffusionblocks={"blocks": 3})
     with torch.device("meta"):  # the planner builds it this way
         m = build_model(rec, 1000)
     analytic = m.train_flops_per_image(224)
@@ -340,7 +348,7 @@ def test_bad_recipes_fail_with_the_key_and_the_fix():
     with pytest.raises(DiffusionBlocksError, match="inference_steps must be >= 2"):
         tiny(diffusionblocks={"blocks": 3, "inference_steps": 1})
     with pytest.raises(DiffusionBlocksError, match="VisionTransformer"):
-        build_model({**TINY, "model": "test_rbdc_resnet", "model_kwargs": {}}, 10)
+        build_model(typed(**{**TINY, "model": "test_rbdc_resnet", "model_kwargs": {}}), 10)
 
 
 def test_the_ci_recipe_runs_end_to_end_and_accounts_one_block_per_step(ci_reference):
@@ -352,7 +360,7 @@ def test_the_ci_recipe_runs_end_to_end_and_accounts_one_block_per_step(ci_refere
     assert stage["epochs"] == 3.0  # `epochs: 1` per block x 3 blocks: the method's equal-iteration accounting
     rec = train.recipes.resolve(CI_RECIPE)
     m = build_model(rec, 10)
-    assert results["total_train_flops"] == stage["steps"] * rec["batch_size"] * m.train_flops_per_image(32)
+    assert results["total_train_flops"] == stage["steps"] * rec.batch_size * m.train_flops_per_image(32)
     assert results["eval_top1"] > 30  # 10 synthetic classes: well above chance
     m.load_state_dict(load_file(str(run_dir / "final.safetensors")))  # the weights file rebuilds the model
 
@@ -360,6 +368,6 @@ def test_the_ci_recipe_runs_end_to_end_and_accounts_one_block_per_step(ci_refere
 def test_the_cli_trains_the_protocol(tmp_path):
     assert cli.main(["train", "-c", str(CI_RECIPE), "-o", str(tmp_path), "--set", "epochs=0.25"]) == 0
     results = json.loads((tmp_path / "ci" / "diffusionblocks" / "seed0" / "results.json").read_text())
-    batch = train.recipes.resolve(CI_RECIPE)["batch_size"]
+    batch = train.recipes.resolve(CI_RECIPE).batch_size
     # 0.25 epochs per block x 3 blocks of 640 synthetic images
     assert results["protocol"] == "diffusionblocks" and results["stages"][0]["steps"] == round(0.75 * (640 // batch))

@@ -13,9 +13,14 @@ import torch.nn.functional as F
 from benchmarks import diffusionblocks_memory as dbm
 from benchmarks import perf_report
 from rbdc import protocols
+from rbdc.recipe import DEFAULTS, Recipe
 
 N, WIDTH, DEPTH, TOKENS, COND = 8, 64, 4, 17, 64 // 6   # test_rbdc_vit: 32 px / patch 8 = 16 patches + 1 slot
 RECIPE = dict(model="test_rbdc_vit", drop_path=0.0, model_kwargs={"depth": DEPTH}, smoothing=0.0)
+
+
+def typed(**keys):
+    return Recipe.from_dict({**DEFAULTS, **RECIPE, **keys})
 
 
 def _inputs():
@@ -25,14 +30,14 @@ def _inputs():
 
 def _end_to_end() -> dict:
     x, y = _inputs()
-    model = protocols.get("scratch").target(RECIPE, 10)
+    model = protocols.get("scratch").target(typed(), 10)
     return dbm.saved_bytes(model, lambda: F.cross_entropy(model(x), y))
 
 
 def _diffusionblocks(blocks: int) -> list[dict]:
     """Saved bytes of a step on each block."""
     x, y = _inputs()
-    model = protocols.get("diffusionblocks").target({**RECIPE, "diffusionblocks": {"blocks": max(blocks, 2)}}, 10)
+    model = protocols.get("diffusionblocks").target(typed(diffusionblocks={"blocks": max(blocks, 2)}), 10)
     if blocks == 1:
         dbm.one_block(model)
     out = []

@@ -3,7 +3,6 @@
 Flags: channels_last, fused AdamW, torch.compile (slow: inductor compiles C++), bf16 autocast (within bf16 noise),
 timm's fused SDPA attention; plus MFU reporting (rbdc.cost.perf) and, on a GPU, a training step without host syncs.
 """
-import copy
 import os
 import shutil
 
@@ -15,7 +14,7 @@ from rbdc import protocols
 from rbdc.training.engine import Stage, train_stage, train_step
 from rbdc.flops import Ledger
 from rbdc.nets.models import scaled
-from rbdc.recipe import DEFAULTS
+from rbdc.recipe import DEFAULTS, Recipe
 
 
 class ListLoader:
@@ -43,13 +42,13 @@ def train(model_name: str, steps: int = 4, **flags):
     batches = [(torch.randn(8, 3, size, size, generator=gen), torch.randint(0, 10, (8,), generator=gen))
                for _ in range(2)]
     # The DeiT recipe's hot path: mixup/cutmix, label smoothing; clipping and EMA on too.
-    recipe = copy.deepcopy({**DEFAULTS, "model": model_name, "batch_size": 8, "amp": "fp32", "fused": False,
-                            "channels_last": False, "clip_grad": 1.0, "ema": True, "ema_decay": 0.9, **flags})
+    recipe = Recipe.from_dict({**DEFAULTS, "model": model_name, "batch_size": 8, "amp": "fp32", "fused": False,
+                               "channels_last": False, "clip_grad": 1.0, "ema": True, "ema_decay": 0.9, **flags})
     rows = []
     spec = Stage("s", model_name, steps, seed=0, lr=1e-3, warmup_steps=1)
     model, _ = train_stage(model, spec, recipe, ListLoader(batches), None, torch.device("cpu"), Ledger(),
                            lambda row, ckpt: rows.append(row), log=lambda *a, **k: None,
-                           protocol=protocols.get(recipe["protocol"]))
+                           protocol=protocols.get(recipe.protocol))
     return model, rows
 
 
@@ -157,7 +156,7 @@ def test_train_step_never_waits_for_the_gpu():
 
     device = torch.device("cuda")
     model = scaled("test_rbdc_vit", 1).to(device).train()
-    recipe = {**DEFAULTS, "amp": "bf16", "clip_grad": 1.0}
+    recipe = Recipe.from_dict({**DEFAULTS, "amp": "bf16", "clip_grad": 1.0})
     opt = build_optimizer(model, recipe, 1e-3, device)
     mix = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=10)
     ema = ModelEmaV3(model, decay=0.9)

@@ -6,13 +6,14 @@ from timm.scheduler import CosineLRScheduler
 
 from rbdc.training.lr import LRSchedule
 from rbdc.protocols import Stage
+from rbdc.recipe import DEFAULTS, Recipe
 
 RECIPE = {"min_lr": 1e-5, "warmup_lr": 1e-6, "anneal_to_end": True}
 
 
 def schedule(steps, warmup, sched_total=None, anneal_to_end=True, lr=2e-3):
     stage = Stage("s", "m", steps, seed=0, lr=lr, warmup_steps=warmup, sched_total=sched_total)
-    return LRSchedule.for_stage(stage, {**RECIPE, "anneal_to_end": anneal_to_end})
+    return LRSchedule.for_stage(stage, Recipe.from_dict({**DEFAULTS, **RECIPE, "anneal_to_end": anneal_to_end}))
 
 
 @pytest.mark.parametrize("steps,warmup,total,anneal", [(40, 0, None, True), (40, 5, None, True), (7, 3, None, True),

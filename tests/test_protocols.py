@@ -25,8 +25,8 @@ def twostep(monkeypatch):
         color = "#123456"
 
         def plan(self, recipe, data):
-            half = data.steps_for(recipe["epochs"] / 2)
-            return [Stage(sid, recipe["model"], half, recipe["seed"] + i, data.lr, parents=["A"] if i else [],
+            half = data.steps_for(recipe.epochs / 2)
+            return [Stage(sid, recipe.model, half, recipe.seed + i, data.lr, parents=["A"] if i else [],
                           flops_per_image=base.target_fpi(recipe, 1, data.num_classes))
                     for i, sid in enumerate("AB")]
 
@@ -60,3 +60,22 @@ def test_a_new_protocol_trains_and_reports_with_no_change_elsewhere(twostep, tmp
     grown = next(r for r in rows if r["stage"] == "B" and r["epoch"] == "-1")
     assert grown["eval_top1"] == last_a["eval_top1"] and grown["eval_loss"] == last_a["eval_loss"]  # B starts at A
     assert names()[-1] == "twostep" and report.protocol_colors(["twostep", "other"])["twostep"] == "#123456"
+
+
+def test_each_protocol_owns_the_keys_it_declares_and_those_of_the_sections_it_plans_with():
+    from rbdc import protocols
+    own = {name: {k for k in recipes.SCHEMA if p.owns_key(k)} for name, p in protocols.registry().items()}
+    common = {k for k in recipes.SCHEMA if not k.startswith(("rbdc.", "growth."))}
+    assert own["scratch"] == common
+    assert own["rbdc"] == common | {k for k in recipes.SCHEMA if k.startswith("rbdc.")}
+    assert own["net2net"] - own["rbdc"] == {"growth.mode", "growth.noise_std"}
+    assert own["mixturegrowth"] - own["rbdc"] == {"growth.coefs", "growth.noise", "growth.num_templates", "growth.norm"}
+    assert own["hypercloning"] - own["rbdc"] == {"growth.snr_db"}
+    assert own["gradmax"] - common == {"growth.start_factor", "growth.grow_steps", "growth.grow_span", "growth.scale"}
+    assert set().union(*own.values()) == set(recipes.SCHEMA)  # every key means something to some protocol
+
+
+def test_a_protocols_keys_are_typed_fields_of_the_resolved_recipe():
+    rec = recipes.resolve(CI / "gradmax.yaml", ["growth.grow_steps=3"])
+    assert rec.growth.grow_steps == 3 and rec.rbdc.depth == recipes.SCHEMA["rbdc.depth"].default
+    assert rec.to_dict()["growth"]["grow_steps"] == 3 and recipes.Recipe.from_dict(rec.to_dict()) == rec

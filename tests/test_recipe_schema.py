@@ -27,7 +27,7 @@ def test_the_defaults_are_the_schema_nested_and_each_passes_its_own_check():
 
 
 def test_a_resolved_recipe_has_exactly_the_schema_keys():
-    rec = recipes.resolve(CI / "rbdc.yaml")
+    rec = recipes.resolve(CI / "rbdc.yaml").to_dict()
     nested = {f"{k}.{sub}" for k, v in rec.items() if isinstance(v, dict) and k not in recipes.FREE_FORM for sub in v}
     top = {k for k, v in rec.items() if not isinstance(v, dict) or k in recipes.FREE_FORM}
     assert nested | top == set(recipes.SCHEMA)

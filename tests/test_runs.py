@@ -139,7 +139,7 @@ def test_a_bad_recipe_is_refused_before_anything_is_written(tmp_path, override, 
 def test_yaml_1_2_floats_are_numbers_in_recipes_and_overrides(tmp_path):
     (tmp_path / "r.yaml").write_text(f"base: {CI / 'scratch.yaml'}\nlr_base: 1e-3\nmin_lr: 5E-6\n")
     rec = recipes.resolve(tmp_path / "r.yaml", ["budget=1e9", "opt_eps=+1.5e-7"])
-    assert (rec["lr_base"], rec["min_lr"], rec["budget"], rec["opt_eps"]) == (1e-3, 5e-6, 1e9, 1.5e-7)
+    assert (rec.lr_base, rec.min_lr, rec.budget, rec.opt_eps) == (1e-3, 5e-6, 1e9, 1.5e-7)
     assert recipes.parse_override("clip_grad=5e-1")[1] == 0.5
     assert recipes.parse_override("name=e5")[1] == "e5"  # not a number
 

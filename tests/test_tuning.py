@@ -36,7 +36,7 @@ def test_a_holdout_that_leaves_a_side_empty_is_refused_naming_the_fraction(fract
 def test_a_run_with_a_holdout_trains_on_the_rest_and_evaluates_on_it_never_on_val():
     rec = recipes.resolve(str(CI / "scratch.yaml"), ["data.holdout=0.25"])
     train, val = recipe_datasets(rec)
-    full = build_dataset("synthetic", None, "train", img_size=32, num_classes=rec["num_classes"])
+    full = build_dataset("synthetic", None, "train", img_size=32, num_classes=rec.num_classes)
     assert val.split == "holdout" and len(train) + len(val) == len(full) and len(val) == round(0.25 * len(full))
     with pytest.raises(DataError, match="cut from the train split"):
         holdout_split(build_dataset("synthetic", None, "val", img_size=32), 0.1)
@@ -110,6 +110,18 @@ def test_tied_trials_go_to_the_earlier_one(tmp_path):
         if "/tune/" in r.name:
             _finish(out, r, 60.0)
     assert all(why.startswith("tuned: trial 1") for why in load_study(path, out).choices.values())
+
+
+def test_a_trial_key_that_belongs_to_another_protocol_is_refused_naming_it(tmp_path):
+    tuning = {"set": {"data.holdout": 0.2}, "budgets": [1],
+              "trials": {"s": [{"lr_base": 1e-3}], "g": [{"growth.scale": 0.3}]}}  # gradmax's, not net2net's
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", "seeds": [0], "tuning": tuning, "points": [
+        {"id": "s", "recipe": SCRATCH, "budgets": [3]},
+        {"id": "g", "recipe": RBDC, "budgets": [3], "set": {"protocol": "net2net", "rbdc.epochs": None}}]}))
+    with pytest.raises(UserError, match=r"^\S+: tuning.trials.g trial 1: recipe key 'growth.scale' is not a key of "
+                                        r"this point's protocol \(`rbdc keys` lists them[^\n]*\)$"):
+        load_study(path)
 
 
 @pytest.mark.parametrize("tuning, message", [

@@ -260,24 +260,24 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"budget_epochs={args.budget_epochs}")
     try:
         rec = resolve(args.recipe, overrides)
-        if rec["protocol"] != "diffusionblocks":
-            raise UserError(f"{args.recipe} is a {rec['protocol']} recipe; give a diffusionblocks one")
-        if rec["budget_epochs"] is None:
+        if rec.protocol != "diffusionblocks":
+            raise UserError(f"{args.recipe} is a {rec.protocol} recipe; give a diffusionblocks one")
+        if rec.budget_epochs is None:
             raise UserError("the recipe has no budget_epochs; pass --budget-epochs")
         train_ds, val_ds = recipe_datasets(rec)
-        num_classes = rec["num_classes"] or train_ds.num_classes
+        num_classes = rec.num_classes or train_ds.num_classes
         ours_stage = plan_stages(rec, len(train_ds), num_classes)[0]
     except UserError as e:
         fail(str(e).splitlines()[0])
 
-    batch, img_size, blocks = rec["batch_size"], rec["img_size"], int(rec["diffusionblocks"].get("blocks", 3))
+    batch, img_size, blocks = rec.batch_size, rec.img_size, int(rec.diffusionblocks.get("blocks", 3))
     steps_per_epoch = len(train_ds) // batch
     target_train_fpi = target_fpi(rec, Fraction(1), num_classes)
-    budget = rec["budget_epochs"] * steps_per_epoch * batch * target_train_fpi  # rbdc.protocols.planning
+    budget = rec.budget_epochs * steps_per_epoch * batch * target_train_fpi  # rbdc.protocols.planning
 
     # our target's sizes, for the official config
     with torch.device("meta"):
-        target = scaled(rec["model"], 1, num_classes=num_classes, **rec["model_kwargs"])
+        target = scaled(rec.model, 1, num_classes=num_classes, **rec.model_kwargs)
     patch = target.patch_embed.patch_size[0]
     sizes = dict(hidden_size=target.embed_dim, num_hidden_layers=len(target.blocks),
                  num_attention_heads=target.blocks[0].attn.num_heads, patch_size=patch,
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     official_model.load_vit = mapped_load_vit(official_vit, sizes, args.dropout)
 
     settings = {**OFFICIAL_ARGS, "num_blocks": blocks, "batch_size": batch, "seed": args.seed,
-                "image_size": img_size, "num_labels": num_classes, "data_name": rec["data"]["source"]}
+                "image_size": img_size, "num_labels": num_classes, "data_name": rec.data.source}
     if args.lr is not None:
         settings["lr"] = args.lr
     if args.weight_decay is not None:
@@ -310,10 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     ours_params = sum(p.numel() for p in ours.parameters())
 
     device = torch.device(args.device)
-    loader_kw = dict(img_size=img_size, in_memory=rec["data"]["in_memory"], num_workers=rec["workers"],
+    loader_kw = dict(img_size=img_size, in_memory=rec.data.in_memory, num_workers=rec.workers,
                      device=device)
-    train_loader = build_loader(train_ds, batch_size=batch, train=True, aug=rec["aug"], seed=rec["seed"],
-                                repeated_aug=rec["repeated_aug"], **loader_kw)
+    train_loader = build_loader(train_ds, batch_size=batch, train=True, aug=rec.aug, seed=rec.seed,
+                                repeated_aug=rec.repeated_aug, **loader_kw)
     val_loader = build_loader(val_ds, batch_size=args.eval_batch, train=False, **loader_kw)
 
     class Ledger(L.Callback):
@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval_images": seen,
         "total_train_flops": ledger.spent,
         "budget_flops": budget,
-        "budget_epochs": rec["budget_epochs"],
+        "budget_epochs": rec.budget_epochs,
         "img_size": img_size,
         "seed": args.seed,
         "batch_size": batch,
@@ -392,9 +392,9 @@ def main(argv: list[str] | None = None) -> int:
         "official": {**official_identity(path), "settings": {k: v for k, v in vars(margs).items()},
                      "grad_clip": OFFICIAL_GRAD_CLIP, "dropout": args.dropout, "vit_sizes": sizes,
                      "params": official_params, "precision": "fp32"},
-        "ours": {"recipe": str(Path(args.recipe)), "name": rec["name"], "steps": ours_stage.steps,
+        "ours": {"recipe": str(Path(args.recipe)), "name": rec.name, "steps": ours_stage.steps,
                  "train_flops_per_image": ours_stage.flops_per_image, "lr": lr_for(rec), "params": ours_params,
-                 "amp": rec["amp"]},
+                 "amp": rec.amp},
         "kept_official": kept_official(margs, args.dropout),
         "set_to_ours": [
             "data: rbdc.data's in-memory images of the recipe's split at its img_size, our train augmentation "

@@ -13,7 +13,7 @@ from ..errors import UserError
 from ..files import CHECKOUT
 from ..flops import _meta_twin, train_flops_per_image
 from ..nets.models import scaled
-from ..training.engine import autocast_for, set_attention_path
+from ..training.engine import autocast, set_fused_attn
 from ..units import human_time, human_flops
 from .costmodel import family, features, for_this_machine
 
@@ -37,14 +37,14 @@ def measure_train_flops_per_s(name: str, factor: Fraction | int = 1, img_size: i
         batch = int(min(256, max(8, STEP_FLOPS // train_flops_per_image(twin, size) // factor)))
     device = torch.device(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        model = set_attention_path(scaled(name, factor, **kwargs).to(device).train(), {"fused_attn": fused_attn})
+        model = set_fused_attn(scaled(name, factor, **kwargs).to(device).train(), fused_attn)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         x = torch.randn(batch, 3, size, size, device=device)
         y = torch.randint(0, model.num_classes, (batch,), device=device)
 
         def step():
             opt.zero_grad(set_to_none=True)
-            with autocast_for({"amp": amp}, device):
+            with autocast(amp, device):
                 loss = torch.nn.functional.cross_entropy(model(x), y)
             loss.backward()
             opt.step()
@@ -85,17 +85,17 @@ def estimate_stages(recipe: dict, stages: list, num_classes: int, gpu: str | Non
     loader's measured cost), else from the speed of each stage's model measured here (the recipe's batch, at most
     64 images) or from the committed benchmarks of ``gpu``."""
     lines: list[str] = []
-    batch, amp = recipe["batch_size"], recipe["amp"] if recipe["amp"] != "auto" else "fp32"
-    kwargs = {"num_classes": num_classes, **recipe["model_kwargs"]}
-    model = None if gpu else usable_costmodel(recipe["model"], amp, recipe["img_size"], log=lines.append)
-    data = model.data_s_per_image.get(str(recipe["img_size"]), 0.0) if model and recipe["data"].get("in_memory") \
+    batch, amp = recipe.batch_size, recipe.amp if recipe.amp != "auto" else "fp32"
+    kwargs = {"num_classes": num_classes, **recipe.model_kwargs}
+    model = None if gpu else usable_costmodel(recipe.model, amp, recipe.img_size, log=lines.append)
+    data = model.data_s_per_image.get(str(recipe.img_size), 0.0) if model and recipe.data.in_memory \
         else 0.0
     speed: dict = {}
     for factor in {s.factor for s in stages} | {Fraction(1)}:
-        speed[factor] = (_costmodel_speed(model, recipe["model"], factor, recipe["img_size"], batch, amp, **kwargs)
-                         if model else bench_train_flops_per_s(gpu, recipe["model"]) if gpu else
-                         measure_train_flops_per_s(recipe["model"], factor, recipe["img_size"], batch=min(batch, 64),
-                                                   amp=amp, fused_attn=recipe["fused_attn"], **kwargs))
+        speed[factor] = (_costmodel_speed(model, recipe.model, factor, recipe.img_size, batch, amp, **kwargs)
+                         if model else bench_train_flops_per_s(gpu, recipe.model) if gpu else
+                         measure_train_flops_per_s(recipe.model, factor, recipe.img_size, batch=min(batch, 64),
+                                                   amp=amp, fused_attn=recipe.fused_attn, **kwargs))
 
     def wall(s) -> float:
         return (s.steps * batch * s.flops_per_image + s.extra_flops) / speed[s.factor] + s.steps * batch * data
@@ -106,7 +106,7 @@ def estimate_stages(recipe: dict, stages: list, num_classes: int, gpu: str | Non
         lines += [f"  stage {s.id} ({s.model_name}, {s.steps} steps): {human_time(wall(s))}" for s in stages]
     seconds = sum(wall(s) for s in stages)
     flops = sum(s.steps * batch * s.flops_per_image + s.extra_flops for s in stages)
-    full_fpi = train_flops_per_image(recipe["model"], recipe["img_size"], **kwargs)
+    full_fpi = train_flops_per_image(recipe.model, recipe.img_size, **kwargs)
     scratch = flops / speed[Fraction(1)] + flops / full_fpi * data
     lines.append(f"estimated wall time: {human_time(seconds)} {where}; scratch at the same training FLOPs: "
                  f"{human_time(scratch)} (this plan takes {seconds / scratch:.2f}x) (1 device; training steps only, "

@@ -7,14 +7,19 @@ plan use :data:`TRAIN_SIZES`, and says so.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
 from .datasets import IMAGENETTE_COUNTS, ImageDataset, holdout_split
 from .sources import build_dataset
+
+if TYPE_CHECKING:
+    from rbdc.recipe import DataKeys, Recipe
 
 __all__ = ["TRAIN_SIZES", "PlanSize", "data_root", "plan_size", "recipe_datasets"]
 
@@ -23,30 +28,30 @@ TRAIN_SIZES = {"imagenet": (1_281_167, 1000), "imagenette": (IMAGENETTE_COUNTS["
                "cifar100": (50_000, 100)}
 
 
-def data_root(recipe: dict) -> str | None:
+def data_root(recipe: Recipe) -> str | None:
     """Where the recipe's images are: ``data.root``, else ``IMAGENET_ROOT`` for ImageNet (Imagenette without a
     root: :func:`rbdc.data.find_imagenette` searches ``RBDC_DATA`` and the cache)."""
-    root = recipe["data"]["root"]
-    if root is None and recipe["data"]["source"] == "imagenet":
+    root = recipe.data.root
+    if root is None and recipe.data.source == "imagenet":
         root = os.environ.get("IMAGENET_ROOT")
     return root
 
 
-def recipe_datasets(recipe: dict) -> tuple[ImageDataset, ImageDataset]:
+def recipe_datasets(recipe: Recipe) -> tuple[ImageDataset, ImageDataset]:
     """(train, eval) of a resolved recipe: the train split (``data.subset``) and val (``data.val_subset``); with
     ``data.holdout``, the train split cut into the images trained on and the held-out ones it is evaluated on (the
     tuning split: val is never read)."""
-    dc, root = recipe["data"], data_root(recipe)
-    train = _train_split(dc, root, recipe["img_size"], recipe["num_classes"])
-    if dc["holdout"] is not None:
-        return holdout_split(train, dc["holdout"], dc["holdout_seed"])
-    val = build_dataset(dc["source"], root, "val", subset=dc["val_subset"], download=dc["download"],
-                        img_size=recipe["img_size"], num_classes=recipe["num_classes"], seed=0)
+    dc, root = recipe.data, data_root(recipe)
+    train = _train_split(dc, root, recipe.img_size, recipe.num_classes)
+    if dc.holdout is not None:
+        return holdout_split(train, dc.holdout, dc.holdout_seed)
+    val = build_dataset(dc.source, root, "val", subset=dc.val_subset, download=dc.download,
+                        img_size=recipe.img_size, num_classes=recipe.num_classes, seed=0)
     return train, val
 
 
-def _train_split(dc: dict, root: str | None, img_size: int, num_classes: int | None) -> ImageDataset:
-    return build_dataset(dc["source"], root, "train", subset=dc["subset"], download=dc["download"],
+def _train_split(dc: DataKeys, root: str | None, img_size: int, num_classes: int | None) -> ImageDataset:
+    return build_dataset(dc.source, root, "train", subset=dc.subset, download=dc.download,
                          img_size=img_size, num_classes=num_classes, seed=0)
 
 
@@ -60,29 +65,32 @@ class PlanSize:
     note: str = ""
 
 
-def plan_size(recipe: dict) -> PlanSize:
+def plan_size(recipe: Recipe) -> PlanSize:
     """The training-set size and classes a recipe's plan uses: the dataset's own (read once per data setting in a
     process, so a study plans its runs without rereading a folder), or, where the data is not found, the source's
     known size (the holdout then cut from the total, not per class)."""
-    dc = recipe["data"]
-    key = json.dumps([dc, data_root(recipe), recipe["img_size"], recipe["num_classes"]], sort_keys=True, default=str)
+    dc = recipe.data
+    key = json.dumps([dataclasses.asdict(dc), data_root(recipe), recipe.img_size, recipe.num_classes], sort_keys=True,
+                     default=str)
     try:
         size, classes = _dataset_size(key)
     except UserError as e:
-        if dc["source"] not in TRAIN_SIZES or dc["subset"]:
+        if dc.source not in TRAIN_SIZES or dc.subset:
             raise
-        size, classes = TRAIN_SIZES[dc["source"]]
-        if dc["holdout"] is not None:
-            size -= round(dc["holdout"] * size)
-        return PlanSize(size, recipe["num_classes"] or classes,
-                        f"data not found: {e}; planning with the known size of {dc['source']}")
-    return PlanSize(size, recipe["num_classes"] or classes)
+        size, classes = TRAIN_SIZES[dc.source]
+        if dc.holdout is not None:
+            size -= round(dc.holdout * size)
+        return PlanSize(size, recipe.num_classes or classes,
+                        f"data not found: {e}; planning with the known size of {dc.source}")
+    return PlanSize(size, recipe.num_classes or classes)
 
 
 @functools.lru_cache(maxsize=64)
 def _dataset_size(key: str) -> tuple[int, int]:
     """(images trained on, classes) of the train split that ``key`` (data settings, root, size, classes) names."""
-    dc, root, img_size, num_classes = json.loads(key)
+    from ..recipe import DataKeys  # the recipe imports this package
+    data, root, img_size, num_classes = json.loads(key)
+    dc = DataKeys(**data)
     train = _train_split(dc, root, img_size, num_classes)
-    fit = holdout_split(train, dc["holdout"], dc["holdout_seed"])[0] if dc["holdout"] is not None else train
+    fit = holdout_split(train, dc.holdout, dc.holdout_seed)[0] if dc.holdout is not None else train
     return len(fit), train.num_classes

@@ -353,10 +353,10 @@ class DiffusionBlocksViT(nn.Module):
 def build_model(recipe: dict, num_classes: int) -> DiffusionBlocksViT:
     """The DiffusionBlocks model of a resolved recipe (``model``, ``drop_path``, ``model_kwargs``, ``smoothing``,
     ``diffusionblocks`` options); works under ``torch.device("meta")``."""
-    opts = recipe.get("diffusionblocks") or {}
+    opts = recipe.diffusionblocks or {}
     if not isinstance(opts, dict):
         raise DiffusionBlocksError(f"recipe key diffusionblocks must be a mapping of options, got {opts!r}")
-    return DiffusionBlocksViT({"model": recipe["model"], "num_classes": num_classes,
-                               "drop_path_rate": recipe.get("drop_path", 0.0),
-                               "model_kwargs": dict(recipe.get("model_kwargs") or {}),
-                               "label_smoothing": recipe.get("smoothing", 0.0), "options": dict(opts)})
+    return DiffusionBlocksViT({"model": recipe.model, "num_classes": num_classes,
+                               "drop_path_rate": recipe.drop_path,
+                               "model_kwargs": dict(recipe.model_kwargs or {}),
+                               "label_smoothing": recipe.smoothing, "options": dict(opts)})

@@ -4,7 +4,9 @@
 * ``net2net`` / ``mixturegrowth``: rbdc's plan at depth 1 (one / two half-width models, then grow);
 * ``gradmax``: one lineage growing its inner widths during training; ``diffusionblocks``: blockwise diffusion.
 
-Adding a protocol: a file here with a :class:`Protocol` subclass decorated by :func:`register`, imported below.
+Adding a protocol: a file here with a :class:`Protocol` subclass decorated by :func:`register`, imported below; its
+own recipe keys are a dataclass of :func:`keys.key` fields in that file (``keys``, under the recipe section
+``section``), from which :mod:`rbdc.recipe` assembles the typed recipe.
 """
 # importing registers them; this order is the registry's, hence the report's rows and the CLI's choices
 from . import scratch  # noqa: F401

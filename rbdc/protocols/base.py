@@ -6,12 +6,13 @@ and the engine read the registry; nothing outside this package branches on a pro
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -20,6 +21,9 @@ from ..errors import UserError
 from ..flops import train_flops_per_image
 from ..nets.models import scaled
 from ..nets.variants import widen_name
+
+if TYPE_CHECKING:  # the typed recipe is assembled from the registry (rbdc.recipe imports this package)
+    from ..recipe import Recipe
 
 __all__ = ["Stage", "PlanData", "BuildContext", "Built", "Protocol", "register", "get", "names", "registry",
            "whole_steps", "stage_seed", "target_fpi", "stage_name"]
@@ -68,7 +72,7 @@ class PlanData:
 class BuildContext:
     """What building a stage's model may read: the run's recipe and plan, its loader, where it runs."""
 
-    recipe: dict
+    recipe: Recipe
     num_classes: int
     stages: list[Stage]
     optimizer_state: Callable[[str], dict]   # a finished stage's carried optimizer state, by stage id
@@ -83,7 +87,7 @@ class BuildContext:
     @property
     def timm_kwargs(self) -> dict:
         rec = self.recipe
-        return dict(num_classes=self.num_classes, drop_path_rate=rec["drop_path"], **rec["model_kwargs"])
+        return dict(num_classes=self.num_classes, drop_path_rate=rec.drop_path, **rec.model_kwargs)
 
 
 @dataclass
@@ -105,17 +109,28 @@ class Protocol:
     subject: ClassVar[bool] = False       # the method under study: the report compares the others with it
     evaluates_growth: ClassVar[bool] = True   # evaluate a grown model before it trains (summary rows at epoch -1)
     own_objective: ClassVar[bool] = False     # the model's forward(x, y) returns its training loss
-    sections: ClassVar[tuple[str, ...]] = ()  # the recipe sections (rbdc, growth, diffusionblocks) its plan reads
+    section: ClassVar[str | None] = None      # the recipe mapping that holds its own keys (rbdc, growth, ...)
+    keys: ClassVar[Any] = None                # its own keys: a dataclass of ``key()`` fields, or one free-form key()
+    sections: ClassVar[tuple[str, ...]] = ()  # other protocols' sections its plan also reads (rbdc's levels)
 
     def owns_key(self, key: str) -> bool:
-        """Whether recipe key ``key`` means anything to this protocol (common keys do to all)."""
-        section = key.split(".")[0] if "." in key else None
-        return section in (None, "data") or section in self.sections
+        """Whether recipe key ``key`` means anything to this protocol: a common key (to all), one of its own, or
+        one of a section it reads."""
+        section, _, leaf = key.rpartition(".")
+        if section in ("", "data") or section in self.sections:
+            return True
+        own = self.keys
+        return section == self.section and (isinstance(own, dataclasses.Field) or
+                                            leaf in {f.name for f in dataclasses.fields(own)})
 
-    def plan(self, recipe: dict, data: PlanData) -> list[Stage]:
+    def upgrade(self, raw: dict, recipe: dict) -> None:
+        """Give ``recipe`` (resolved, still a mapping) the meaning that ``raw`` (what its files and overrides set)
+        had before a key of this protocol existed; nothing by default."""
+
+    def plan(self, recipe: Recipe, data: PlanData) -> list[Stage]:
         raise NotImplementedError
 
-    def carries_optimizer(self, recipe: dict) -> bool:
+    def carries_optimizer(self, recipe: Recipe) -> bool:
         """Whether a stage's optimizer state is saved and carried into the stages grown from it."""
         return False
 
@@ -127,15 +142,15 @@ class Protocol:
         return self.grow(stage, parents, ctx)
 
     def init(self, stage: Stage, ctx: BuildContext) -> nn.Module:
-        return scaled(ctx.recipe["model"], stage.factor, **ctx.timm_kwargs)
+        return scaled(ctx.recipe.model, stage.factor, **ctx.timm_kwargs)
 
     def grow(self, stage: Stage, parents: list[Path], ctx: BuildContext) -> Built:
         raise NotImplementedError(f"protocol {self.name} has no stage with parents")
 
-    def target(self, recipe: dict, num_classes: int) -> nn.Module:
+    def target(self, recipe: Recipe, num_classes: int) -> nn.Module:
         """The recipe's final model (built on the meta device to check a recipe)."""
-        return scaled(recipe["model"], 1, num_classes=num_classes, drop_path_rate=recipe["drop_path"],
-                      **recipe["model_kwargs"])
+        return scaled(recipe.model, 1, num_classes=num_classes, drop_path_rate=recipe.drop_path,
+                      **recipe.model_kwargs)
 
     def train_flops_per_image(self, model: nn.Module, img_size: int) -> int:
         """What one training image costs ``model`` (the ledger's count)."""
@@ -178,9 +193,9 @@ def whole_steps(steps: float, what: str) -> int:
     return round(steps)
 
 
-def stage_seed(recipe: dict, level: int, index: int) -> int:
+def stage_seed(recipe: Recipe, level: int, index: int) -> int:
     """Seed of stage ``index`` of ``level``: runs of different seeds share no stage (see ``seed_stride``)."""
-    return recipe["seed"] * recipe["seed_stride"] + 1000 * level + index
+    return recipe.seed * recipe.seed_stride + 1000 * level + index
 
 
 def stage_name(target: str, factor: Fraction) -> str:
@@ -190,17 +205,17 @@ def stage_name(target: str, factor: Fraction) -> str:
 _FPI_CACHE: dict[str, int] = {}
 
 
-def target_fpi(recipe: dict, factor: Fraction, num_classes: int) -> int:
+def target_fpi(recipe: Recipe, factor: Fraction, num_classes: int) -> int:
     """Training FLOPs per image of the target at ``factor`` x its width."""
-    key = json.dumps([recipe["model"], str(factor), num_classes, recipe["model_kwargs"], recipe["img_size"]],
+    key = json.dumps([recipe.model, str(factor), num_classes, recipe.model_kwargs, recipe.img_size],
                      sort_keys=True, default=str)
     if key not in _FPI_CACHE:  # a study plans hundreds of runs of a few models
         try:
             with torch.device("meta"):
-                m = scaled(recipe["model"], factor, num_classes=num_classes, **recipe["model_kwargs"])
+                m = scaled(recipe.model, factor, num_classes=num_classes, **recipe.model_kwargs)
         except ValueError as e:  # the plan asks for a width the model cannot have
-            raise UserError(f"the plan of protocol {recipe['protocol']} needs {recipe['model']} at {factor} of its "
+            raise UserError(f"the plan of protocol {recipe.protocol} needs {recipe.model} at {factor} of its "
                             f"width, which it cannot have: {e} (e.g. a smaller rbdc.depth or k, or another model)"
                             ) from e
-        _FPI_CACHE[key] = train_flops_per_image(m, recipe["img_size"])
+        _FPI_CACHE[key] = train_flops_per_image(m, recipe.img_size)
     return _FPI_CACHE[key]

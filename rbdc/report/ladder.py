@@ -9,7 +9,7 @@ whose recipe differs from its study file is left out here as in the study report
 words. Budget per parameter: the budget in target epochs x the dataset's train images / the target model's
 parameters (image-epochs per parameter). Nothing draws random numbers: the report regenerates byte for byte.
 
-    python -m rbdc.report.ladder runs                 # from the runs root of both studies -> reports/width-ladder32-trend
+    python -m rbdc.report.ladder runs     # from the runs root of both studies -> reports/width-ladder32-trend
     python -m benchmarks.make_reports                 # from the committed light files (reports/runs/)
 """
 from __future__ import annotations

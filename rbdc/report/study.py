@@ -119,9 +119,9 @@ def saving_with_interval(scratch: list[Point], p: Point, flops: float | None = N
     """Saving 1 - F / F_matched of ``p`` on scratch's curve, its test-inversion 95% interval
     (:func:`rbdc.report.saving.saving_interval`: Welch t, coverage tested at 3 and 5 seeds) and the p-value of the
     paper's 30%, plus the point estimate under two other scratch curves (``spread``: PCHIP and a power law, the
-    curve model's systematic error, :func:`rbdc.report.saving.curve_spread`). ``flops``: the FLOPs to count (default: the point's whole pipeline). An open end of the interval (it
-    reaches the edge of scratch's range) is -inf / +inf here; a point outside scratch's range has a bound (the
-    range's edge) as its saving."""
+    curve model's systematic error, :func:`rbdc.report.saving.curve_spread`). ``flops``: the FLOPs to count
+    (default: the point's whole pipeline). An open end of the interval (it reaches the edge of scratch's range) is
+    -inf / +inf here; a point outside scratch's range has a bound (the range's edge) as its saving."""
     flops = p.flops_mean if flops is None else flops
     curve = [(s.flops_mean, s.mean) for s in scratch]
     m = matched_flops(curve, p.mean)

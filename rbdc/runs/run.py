@@ -32,8 +32,8 @@ __all__ = ["Run"]
 
 
 def _device(recipe: dict, d: Dist) -> torch.device:
-    if recipe["device"] != "auto":
-        return torch.device(recipe["device"])
+    if recipe.device != "auto":
+        return torch.device(recipe.device)
     return torch.device(f"cuda:{d.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
 
 
@@ -52,9 +52,9 @@ class Run:
     def __init__(self, recipe: dict, output: str | Path, d: Dist, log=print, allow_mixed: bool = False):
         self.recipe, self.d, self.log, self.allow_mixed = recipe, d, log, allow_mixed
         self.root = Path(output)
-        self.dir = RunDir.of(self.root, recipe["name"], recipe["seed"])
+        self.dir = RunDir.of(self.root, recipe.name, recipe.seed)
         self.device = _device(recipe, d)
-        self.protocol = protocols.get(recipe["protocol"])
+        self.protocol = protocols.get(recipe.protocol)
         self.stage: str | None = None  # the stage in progress (for failed.json)
         self.command = rundir.relative_argv(["rbdc", *sys.argv[1:]], self.root)
 
@@ -73,14 +73,14 @@ class Run:
             return
         with rundir.user_errors(self.dir):
             self.dir.path.mkdir(parents=True, exist_ok=True)
-        env = _env_info(self.device, self.recipe["amp"])
+        env = _env_info(self.device, self.recipe.amp)
         mixed = self.dir.mixed_with(env)
         if mixed and not self.allow_mixed:
             raise UserError(f"{self.dir} started under {mixed[0]} and would resume under {mixed[1]}: a run "
                             "mixes neither; resume it where it started, start a new run, or pass --allow-mixed")
         atomic_write_bytes(existing, text.encode())
         self.dir.append_command(self.command, {**env, **({"mixed": list(mixed)} if mixed else {})})
-        if self.recipe["amp"] == "bf16" and bf16.needed(self.device):
+        if self.recipe.amp == "bf16" and bf16.needed(self.device):
             self.log("this CPU has no bf16 matmul kernels: bf16 autocast runs its matmuls as fp32 GEMMs of "
                      "bf16-rounded operands, rounded to bf16 (oneDNN's result up to summation order; "
                      "rbdc/training/bf16.py)")
@@ -89,19 +89,19 @@ class Run:
         """The data and the stages: an impossible plan is refused before the run directory exists."""
         rec = self.recipe
         self.train_ds, self.val_ds = recipe_datasets(rec)
-        self.num_classes = rec["num_classes"] or self.train_ds.num_classes
+        self.num_classes = rec.num_classes or self.train_ds.num_classes
         self.stages = plan_stages(rec, len(self.train_ds), self.num_classes)
-        self.steps_per_epoch = len(self.train_ds) // rec["batch_size"]
-        self.micro = rec["micro_batch"] or rec["batch_size"] // self.d.world
+        self.steps_per_epoch = len(self.train_ds) // rec.batch_size
+        self.micro = rec.micro_batch or rec.batch_size // self.d.world
 
     def start(self) -> None:
         """Say what runs, and open the evaluation loader: before the first stage."""
         rec, train_ds, val_ds = self.recipe, self.train_ds, self.val_ds
-        self.log(f"run {self.dir}  ({rec['protocol']}, target {rec['model']}, {len(train_ds):,} train / "
+        self.log(f"run {self.dir}  ({rec.protocol}, target {rec.model}, {len(train_ds):,} train / "
                  f"{len(val_ds):,} {val_ds.split} images, device {self.device})")
         self.log(describe_plan(rec, self.stages, len(train_ds), self.num_classes))
-        self.log(f"effective global batch {rec['batch_size']} (micro-batch {self.micro} x {self.d.world} "
-                 f"process(es)), lr {lr_for(rec):.3g} = {rec['lr_base']:g} x {rec['batch_size']}/512")
+        self.log(f"effective global batch {rec.batch_size} (micro-batch {self.micro} x {self.d.world} "
+                 f"process(es)), lr {lr_for(rec):.3g} = {rec.lr_base:g} x {rec.batch_size}/512")
         self.val_loader = build_loader(val_ds, batch_size=max(self.micro, 64), train=False, **self._loader_kw())
 
     def execute(self) -> dict:
@@ -146,8 +146,8 @@ class Run:
         rec = self.recipe
         self.stage = st.id
         self.dir.stage(st.id).mkdir(parents=True, exist_ok=True)
-        train_loader = build_loader(self.train_ds, batch_size=self.micro, train=True, aug=rec["aug"], seed=st.seed,
-                                    repeated_aug=rec["repeated_aug"], **self._loader_kw())
+        train_loader = build_loader(self.train_ds, batch_size=self.micro, train=True, aug=rec.aug, seed=st.seed,
+                                    repeated_aug=rec.repeated_aug, **self._loader_kw())
         built, parents = self._build(st, man, train_loader)
         state = self.dir.load_checkpoint(st.id)
         rows, ledger = self._start_rows(st, built, bool(parents), state, rows, ledger, progress)
@@ -189,7 +189,7 @@ class Run:
         final, opt_path = sdir / rundir.FINAL, sdir / rundir.OPTIMIZER
         carries = self.protocol.carries_optimizer(self.recipe)
         if self.d.main:
-            save_weights(model, final, stage=st.id, recipe=self.recipe["name"])
+            save_weights(model, final, stage=st.id, recipe=self.recipe.name)
             if carries:
                 save_state(named_optimizer_state(model, opt), opt_path)
         self._barrier()  # every rank reads the stage's final weights from here on
@@ -197,12 +197,12 @@ class Run:
 
     def _loader_kw(self) -> dict:
         rec = self.recipe
-        return dict(img_size=rec["img_size"], in_memory=rec["data"]["in_memory"], num_workers=rec["workers"],
+        return dict(img_size=rec.img_size, in_memory=rec.data.in_memory, num_workers=rec.workers,
                     distributed=self.d.world > 1, device=self.device)
 
     def _parallel_jobs(self) -> int:
         """Processes for a level's independent stages: ``rbdc.jobs``, in a run of one process only."""
-        jobs = self.recipe["rbdc"]["jobs"]
+        jobs = self.recipe.rbdc.jobs
         if jobs > 1 and self.d.world > 1:
             self.log(f"rbdc.jobs {jobs} ignored under {self.d.world} processes: each stage trains with all of "
                      "them, one after another")
@@ -245,9 +245,9 @@ class Run:
             atomic_write_bytes(self.dir / rundir.FINAL, src.read_bytes())
         by_stage = ledger.by_stage()
         results = {
-            "name": f"{rec['name']}/seed{rec['seed']}", "group": rec["name"], "protocol": rec["protocol"],
-            "seed": rec["seed"], "model": rec["model"], "dataset": rec["data"]["source"],
-            "img_size": rec["img_size"], "eval_top1": final_row["eval_top1"], "eval_top5": final_row["eval_top5"],
+            "name": f"{rec.name}/seed{rec.seed}", "group": rec.name, "protocol": rec.protocol,
+            "seed": rec.seed, "model": rec.model, "dataset": rec.data.source,
+            "img_size": rec.img_size, "eval_top1": final_row["eval_top1"], "eval_top5": final_row["eval_top5"],
             "total_train_flops": ledger.total,
             "wall_s": sum(max(r["wall_s"] for r in rows if r["stage"] == s.id and "wall_s" in r) for s in stages),
             "peak_mem_mb": max(r["peak_mem_mb"] for r in rows if "peak_mem_mb" in r),
@@ -260,6 +260,6 @@ class Run:
         if self.d.main:
             self.dir.clear_failed()  # a run that failed before and now finished (never a diverged one)
             self.dir.write_results(results)
-        self.log(f"done: {rec['name']} seed {rec['seed']}: top-1 {results['eval_top1']:.2f} at "
+        self.log(f"done: {rec.name} seed {rec.seed}: top-1 {results['eval_top1']:.2f} at "
                  f"{ledger.total:.4e} training FLOPs -> {self.dir}")
         return results

@@ -49,7 +49,7 @@ def _dry_run(rec: dict, log, estimate: bool | str) -> None:
     size = plan_size(rec)
     if size.note:
         log(f"({size.note})")
-    log(f"plan for {rec['name']} (seed {rec['seed']}, protocol {rec['protocol']}):")
+    log(f"plan for {rec.name} (seed {rec.seed}, protocol {rec.protocol}):")
     stages = plan_stages(rec, size.train_size, size.num_classes)
     log(describe_plan(rec, stages, size.train_size, size.num_classes))
     if estimate:  # True: measure here; a string: a device of the committed benchmarks
@@ -99,7 +99,7 @@ def train_child(run_dir: Path, stage: str, log=print) -> None:
     and a ledger of its own, into its ``stage.json`` for the parent to merge. It writes nothing outside the stage's
     folder and trains inside its parent's hold of the run directory."""
     rec = recipes.resolve(Path(run_dir) / rundir.RECIPE)
-    run = Run(rec, Path(run_dir).parents[len(Path(rec["name"]).parts)], Dist(), log)
+    run = Run(rec, Path(run_dir).parents[len(Path(rec.name).parts)], Dist(), log)
     run.plan()
     st = next((s for s in run.stages if s.id == stage), None)
     if st is None:
@@ -143,7 +143,7 @@ def cmd_train(args) -> int:
         if not recipe.is_file():
             raise UserError(f"--resume {run_dir}: no {rundir.RECIPE} there; pass a run directory written by rbdc train")
         rec = recipes.resolve(recipe)
-        args.recipe, args.output = str(recipe), str(run_dir.parents[len(Path(rec["name"]).parts)])
+        args.recipe, args.output = str(recipe), str(run_dir.parents[len(Path(rec.name).parts)])
     check_output(args.output, "--output", directory=True)
     with preempt.armed() if not args.dry_run else contextlib.nullcontext():
         _train_from_args(args)

@@ -54,9 +54,9 @@ class StudyRun:
         path = self.run_dir(output) / rundir.RECIPE
         if not path.is_file():
             return []
-        want = _flat(recipes.resolve(self.recipe, list(self.overrides), seed=self.seed, name=self.name))
+        want = _flat(recipes.resolve(self.recipe, list(self.overrides), seed=self.seed, name=self.name).to_dict())
         try:
-            have = _flat(recipes.resolve(path))
+            have = _flat(recipes.resolve(path).to_dict())
         except UserError as e:  # damaged, or not written by rbdc train: never counted as the study's run
             return [f"{rundir.RECIPE} unreadable ({e})"]
         return sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
@@ -248,5 +248,5 @@ def _key_checker(expanded: list[tuple[str, Path, dict, list]]):
 
     def known(pid: str, key: str) -> bool:
         recipe, over = points[pid]
-        return key in SCHEMA and protocols.get(over.get("protocol") or resolve(recipe)["protocol"]).owns_key(key)
+        return key in SCHEMA and protocols.get(over.get("protocol") or resolve(recipe).protocol).owns_key(key)
     return known

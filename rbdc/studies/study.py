@@ -48,7 +48,7 @@ def planned_flops(run: StudyRun) -> float:
     """The run's total training FLOPs from its plan (the data's size as :func:`rbdc.data.plan_size` gives it)."""
     rec = recipes.resolve(run.recipe, list(run.overrides), seed=run.seed, name=run.name)
     size = plan_size(rec)
-    return float(sum(stage_flops(plan_stages(rec, size.train_size, size.num_classes), rec["batch_size"])))
+    return float(sum(stage_flops(plan_stages(rec, size.train_size, size.num_classes), rec.batch_size)))
 
 
 def _checked_plan(r: StudyRun) -> float:

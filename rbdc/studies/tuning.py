@@ -80,7 +80,7 @@ def parse(section, where: str, points: list[str], known_key) -> Tuning:
             for key in row:
                 if not known_key(pid, key):
                     raise UserError(f"{where}: tuning.trials.{pid} trial {j}: recipe key {key!r} is not a key of "
-                                    f"this point's recipe schema (`rbdc keys` lists them)")
+                                    f"this point's protocol (`rbdc keys` lists them; a growth.* key is one protocol's)")
         out[pid] = [Trial(pid, j, dict(row)) for j, row in enumerate(rows, 1)]
     counts = {pid: len(t) for pid, t in out.items()}
     if len(set(counts.values())) > 1:

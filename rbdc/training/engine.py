@@ -30,6 +30,7 @@ from ..flops import Ledger
 from .lr import LRSchedule
 from ..cost.perf import gemm_probe_gflops, mfu_fields
 from ..protocols import Protocol, Stage, lr_for
+from ..recipe import Recipe
 from .runtime import Dist, peak_mem_mb, reset_peak_mem, rng_states, seed_everything, set_rng_state
 
 __all__ = ["Dist", "Stage", "TrainState", "build_training", "build_criterion", "build_mixup", "build_optimizer",
@@ -45,8 +46,13 @@ class Diverged(RunFailed):
                          stage=stage, step=step, diverged=True)
 
 
-def autocast_for(recipe: dict, device: torch.device):
-    amp = recipe["amp"]
+def autocast_for(recipe: Recipe, device: torch.device):
+    """The recipe's precision (``amp``) as a context for the forward pass."""
+    return autocast(recipe.amp, device)
+
+
+def autocast(amp: str, device: torch.device):
+    """``auto`` (bf16 on CUDA, fp32 on a CPU), ``bf16`` or ``fp32`` as a context for the forward pass."""
     if amp == "auto":
         amp = "bf16" if device.type == "cuda" else "fp32"
     if amp == "bf16":
@@ -56,12 +62,17 @@ def autocast_for(recipe: dict, device: torch.device):
     return nullcontext()
 
 
-def set_attention_path(model: nn.Module, recipe: dict) -> nn.Module:
-    """Pick the attention kernel of every timm attention module (``recipe["fused_attn"]``; None keeps timm's)."""
-    if recipe["fused_attn"] is not None:
+def set_attention_path(model: nn.Module, recipe: Recipe) -> nn.Module:
+    """Pick the attention kernel of every timm attention module (``recipe.fused_attn``; None keeps timm's)."""
+    return set_fused_attn(model, recipe.fused_attn)
+
+
+def set_fused_attn(model: nn.Module, fused: bool | None) -> nn.Module:
+    """timm's fused SDPA (True) or its explicit attention (False) in every attention module; None keeps timm's."""
+    if fused is not None:
         for m in model.modules():
             if hasattr(m, "fused_attn"):
-                m.fused_attn = bool(recipe["fused_attn"])
+                m.fused_attn = bool(fused)
     return model
 
 
@@ -93,16 +104,16 @@ def _progress(total: int, desc: str, enabled: bool):
 
 def build_optimizer(model: nn.Module, recipe: dict, lr: float, device: torch.device):
     # timm's factory already excludes norms, biases and no_weight_decay() tokens (pos_embed, cls_token) from decay.
-    fused = recipe["fused"] if recipe["fused"] is not None else device.type == "cuda"
-    kwargs = {"fused": True} if fused and recipe["opt"] == "adamw" else {}
-    return create_optimizer_v2(model, opt=recipe["opt"], lr=lr, weight_decay=recipe["weight_decay"],
-                               eps=recipe["opt_eps"], **kwargs)
+    fused = recipe.fused if recipe.fused is not None else device.type == "cuda"
+    kwargs = {"fused": True} if fused and recipe.opt == "adamw" else {}
+    return create_optimizer_v2(model, opt=recipe.opt, lr=lr, weight_decay=recipe.weight_decay,
+                               eps=recipe.opt_eps, **kwargs)
 
 
 def build_mixup(recipe: dict, num_classes: int) -> Mixup | None:
-    if recipe["mixup"] > 0 or recipe["cutmix"] > 0:
-        return Mixup(mixup_alpha=recipe["mixup"], cutmix_alpha=recipe["cutmix"], prob=recipe["mixup_prob"],
-                     switch_prob=recipe["mixup_switch_prob"], label_smoothing=recipe["smoothing"],
+    if recipe.mixup > 0 or recipe.cutmix > 0:
+        return Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, prob=recipe.mixup_prob,
+                     switch_prob=recipe.mixup_switch_prob, label_smoothing=recipe.smoothing,
                      num_classes=num_classes)
     return None
 
@@ -112,8 +123,8 @@ def build_criterion(recipe: dict, mixup: bool) -> nn.Module:
     label-smoothing or plain cross-entropy."""
     if mixup:
         return SoftTargetCrossEntropy()
-    if recipe["smoothing"] > 0:
-        return LabelSmoothingCrossEntropy(recipe["smoothing"])
+    if recipe.smoothing > 0:
+        return LabelSmoothingCrossEntropy(recipe.smoothing)
     return nn.CrossEntropyLoss()
 
 
@@ -137,7 +148,7 @@ def build_training(model: nn.Module, recipe: dict, stage: Stage, device: torch.d
         for name, p in model.named_parameters():
             if name in optimizer_state:
                 opt.state[p] = {k: v.to(device) for k, v in optimizer_state[name].items()}
-    ema = ModelEmaV3(model, decay=recipe["ema_decay"]) if recipe["ema"] else None
+    ema = ModelEmaV3(model, decay=recipe.ema_decay) if recipe.ema else None
     mix = build_mixup(recipe, model.num_classes)
     return TrainState(opt, LRSchedule.for_stage(stage, recipe), ema, mix, build_criterion(recipe, mix is not None))
 
@@ -186,8 +197,8 @@ def train_step(net: nn.Module, batches, opt: torch.optim.Optimizer, crit, recipe
             loss = (step_fn(x, y) if custom_loss else crit(step_fn(x), y)) / accum
         loss.backward()
         loss_sum += loss.detach()
-    if recipe["clip_grad"]:
-        nn.utils.clip_grad_norm_(model.parameters(), recipe["clip_grad"])
+    if recipe.clip_grad:
+        nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad)
     opt.step()
     opt.zero_grad(set_to_none=True)
     if ema is not None:
@@ -220,7 +231,7 @@ def train_stage(model: nn.Module, spec: Stage, recipe: dict, train_loader, val_l
         row = loop.train_epoch(train_loader, in_epoch, on_preempt)
         in_epoch = None
         last = loop.step >= spec.steps
-        if val_loader is not None and ((loop.epoch + 1) % recipe["eval_every"] == 0 or last):
+        if val_loader is not None and ((loop.epoch + 1) % recipe.eval_every == 0 or last):
             row.update(evaluate(model, val_loader, recipe, device, d, loop.channels_last))
             if loop.ts.ema is not None:
                 row["ema_top1"] = evaluate(loop.ts.ema.module, val_loader, recipe, device, d,
@@ -243,15 +254,15 @@ class _StageLoop:
                  protocol: Protocol, ledger: Ledger, log):
         self.model, self.spec, self.recipe, self.device, self.d, self.ledger, self.log = \
             model, spec, recipe, device, d, ledger, log
-        world_batch = recipe["batch_size"]
-        self.micro = recipe["micro_batch"] or world_batch // d.world
+        world_batch = recipe.batch_size
+        self.micro = recipe.micro_batch or world_batch // d.world
         self.accum = world_batch // (self.micro * d.world)
         if self.accum * self.micro * d.world != world_batch:
             raise ValueError(f"global batch {world_batch} is not micro_batch {self.micro} x world {d.world} x an "
                              f"integer number of accumulation steps; pick a micro_batch that divides it")
-        self.fpi = protocol.train_flops_per_image(model, recipe["img_size"])
+        self.fpi = protocol.train_flops_per_image(model, recipe.img_size)
         self.own_objective = protocol.own_objective  # DiffusionBlocks: forward(x, y) is the loss
-        self.channels_last = recipe["channels_last"] if recipe["channels_last"] != "auto" else (
+        self.channels_last = recipe.channels_last if recipe.channels_last != "auto" else (
             device.type == "cuda" and isinstance(protocol.backbone(model), ResNet))
         self.step, self.epoch, self.wall = 0, 0, 0.0
 
@@ -280,13 +291,13 @@ class _StageLoop:
             self.net = nn.parallel.DistributedDataParallel(
                 model, device_ids=[d.local_rank] if device.type == "cuda" else None,
                 find_unused_parameters=self.own_objective)
-        self.step_fn = torch.compile(self.net) if self.recipe["compile"] else self.net
+        self.step_fn = torch.compile(self.net) if self.recipe.compile else self.net
         self.steps_per_epoch = len(train_loader) // self.accum
         if self.steps_per_epoch < 1:
             raise ValueError(f"the training set gives {len(train_loader)} micro-batches per epoch, fewer than one "
-                             f"optimizer step of {self.recipe['batch_size']} images; lower batch_size")
+                             f"optimizer step of {self.recipe.batch_size} images; lower batch_size")
         self.log(f"[{spec.id}] {spec.model_name}: {spec.steps} steps ({spec.steps / self.steps_per_epoch:.2f} "
-                 f"epochs) of global batch {self.recipe['batch_size']} = {self.micro} x {d.world} proc x "
+                 f"epochs) of global batch {self.recipe.batch_size} = {self.micro} x {d.world} proc x "
                  f"{self.accum} accum | lr {spec.lr:.3g} | {self.fpi / 1e9:.3f} train GFLOPs/img"
                  + (f" | resumed at step {self.step}" if self.step else ""))
 
@@ -334,7 +345,7 @@ class _StageLoop:
     def _row(self, n_steps: int, loss_sum: torch.Tensor, dt: float, lr: float) -> dict:
         """The epoch's summary row; books its images in the ledger."""
         spec, fpi = self.spec, self.fpi
-        images = n_steps * self.recipe["batch_size"]
+        images = n_steps * self.recipe.batch_size
         self.ledger.add(spec.id, spec.model_name, images, fpi)
         row = {"stage": spec.id, "model": spec.model_name, "epoch": self.epoch,
                "train_loss": (loss_sum / max(n_steps, 1)).item(), "lr": lr,
@@ -345,7 +356,7 @@ class _StageLoop:
                "img_per_s": images / dt, "model_tflops_per_s": images * fpi / dt / 1e12}
         row.update(mfu_fields(row["model_tflops_per_s"], self.device))  # GPU only: {"mfu": ...} vs the bf16 peak
         if self.device.type == "cpu":  # the machine's speed state after the epoch, outside its wall time
-            fast_bf16 = self.recipe["amp"] == "bf16" and not bf16.needed(self.device)
+            fast_bf16 = self.recipe.amp == "bf16" and not bf16.needed(self.device)
             row["gemm_gflops"] = round(gemm_probe_gflops(torch.bfloat16 if fast_bf16 else torch.float32), 1)
         return row
 

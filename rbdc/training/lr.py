@@ -26,8 +26,8 @@ class LRSchedule:
     def for_stage(cls, stage, recipe: dict) -> "LRSchedule":
         """The schedule of ``stage`` (:class:`rbdc.protocols.Stage`), in steps of its lineage."""
         total = stage.sched_total or stage.steps
-        cosine = max(1, total - stage.warmup_steps) if recipe["anneal_to_end"] else total
-        return cls(stage.lr, recipe["min_lr"], stage.warmup_steps, recipe["warmup_lr"], cosine)
+        cosine = max(1, total - stage.warmup_steps) if recipe.anneal_to_end else total
+        return cls(stage.lr, recipe.min_lr, stage.warmup_steps, recipe.warmup_lr, cosine)
 
     def lr_at(self, step: int) -> float:
         """The learning rate of optimizer step ``step`` (0-based, counted along the lineage)."""
