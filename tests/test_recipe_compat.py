@@ -1,5 +1,5 @@
-"""Old recipes keep their meaning: every recipe under benchmarks/recipes, every run of every study under
-benchmarks/studies and every committed run's recipe.yaml under reports/ resolves to the settings it resolved to when
+"""Old recipes keep their meaning: every recipe under configs/recipes, every run of every study under
+configs/studies and every committed run's recipe.yaml under reports/ resolves to the settings it resolved to when
 tests/data/resolved_recipes.json was recorded (before the recipe became typed, with protocol-owned keys), on the keys
 that existed then; mixturegrowth's own growth.norm keeps the meaning rbdc.norm had for it.
 
@@ -40,10 +40,10 @@ def _settings(recipe, keys: list[str]) -> dict:
 def _entries():
     """``(path, inputs, [(resolved recipe thunk)])`` of every recipe, study and committed run manifest."""
     from rbdc import recipe as recipes
-    from rbdc.study import load_study
-    for path in sorted((REPO / "benchmarks" / "recipes").rglob("*.yaml")):
+    from rbdc.studies.spec import load_study
+    for path in sorted((REPO / "configs" / "recipes").rglob("*.yaml")):
         yield path, recipes._read(path), [lambda p=path: recipes.resolve(p)]
-    for path in sorted((REPO / "benchmarks" / "studies").glob("*.yaml")):
+    for path in sorted((REPO / "configs" / "studies").glob("*.yaml")):
         try:
             runs = load_study(path).runs
         except Exception:  # a detection study: not a study of recipes
@@ -104,7 +104,7 @@ def test_every_recipe_study_run_and_committed_manifest_resolves_as_recorded():
 ])
 def test_mixturegrowth_reads_its_own_norm_key_and_an_old_recipes_rbdc_norm(sets, norm, tmp_path):
     from rbdc import recipe as recipes
-    ci = REPO / "benchmarks" / "recipes" / "ci" / "mixturegrowth.yaml"
+    ci = REPO / "configs" / "recipes" / "ci" / "mixturegrowth.yaml"
     rec = recipes.resolve(ci, sets)
     assert rec.growth.norm == norm
     again = tmp_path / "recipe.yaml"  # what a run directory stores resolves to the same recipe
@@ -126,7 +126,7 @@ def test_mixturegrowth_grows_with_its_own_norm_not_rbdcs(monkeypatch):
     monkeypatch.setattr(checkpoint, "load_weights", lambda path: ({}, {}))
     monkeypatch.setattr(mixturegrowth, "_member", lambda ctx, seed: SimpleNamespace(load_state_dict=lambda sd: None))
     monkeypatch.setattr(growth, "mixture_grow", lambda a, b, **kw: seen.update(kw) or "grown")
-    rec = recipes.resolve(REPO / "benchmarks" / "recipes" / "ci" / "mixturegrowth.yaml", ["growth.norm=grouped"])
+    rec = recipes.resolve(REPO / "configs" / "recipes" / "ci" / "mixturegrowth.yaml", ["growth.norm=grouped"])
     ctx = SimpleNamespace(recipe=rec, stage=lambda sid: SimpleNamespace(seed=0), log=lambda *a, **k: None)
     stage = protocols.Stage("L1", "wide", 1, 0, 1e-3, level=1, parents=["L0.0", "L0.1"])
     built = protocols.get("mixturegrowth").grow(stage, [Path("a"), Path("b")], ctx)
@@ -135,7 +135,7 @@ def test_mixturegrowth_grows_with_its_own_norm_not_rbdcs(monkeypatch):
 
 def test_a_scratch_recipe_is_untouched_by_rbdc_norm():
     from rbdc import recipe as recipes
-    rec = recipes.resolve(REPO / "benchmarks" / "recipes" / "ci" / "scratch.yaml", ["rbdc.norm=grouped"])
+    rec = recipes.resolve(REPO / "configs" / "recipes" / "ci" / "scratch.yaml", ["rbdc.norm=grouped"])
     assert (rec.rbdc.norm, rec.growth.norm) == ("grouped", "plain")
 
 
