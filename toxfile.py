@@ -5,6 +5,7 @@ so envs that share ``env_dir`` would reinstall torch at each switch. This runner
 shared folder is set up once and reused by every env whose deps and extras match (tox still recreates it when those
 change).
 """
+
 from __future__ import annotations
 
 from tox.plugin import impl

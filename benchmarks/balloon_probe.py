@@ -13,6 +13,7 @@ more than half of its patch is inside a balloon mask) and scored on the val spli
 (the positive rate is printed beside it). Per backbone the report gives mean and 95% interval over pretraining
 seeds, and the Welch 95% interval of the difference to the first backbone.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,8 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     labels = labels.astype(bool)
     pos, neg = int(labels.sum()), int((~labels).sum())
     if not pos or not neg:
-        raise ValueError('roc_auc needs positives and negatives')
-    order = np.argsort(scores, kind='mergesort')
+        raise ValueError("roc_auc needs positives and negatives")
+    order = np.argsort(scores, kind="mergesort")
     ranks = np.empty(len(scores))
     ranks[order] = np.arange(1, len(scores) + 1)
     s = scores[order]
@@ -53,8 +54,8 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
     """Mean of the precision at the rank of each positive, scores sorted from high to low."""
     labels = labels.astype(bool)
     if not labels.any():
-        raise ValueError('average_precision needs positives')
-    hit = labels[np.argsort(-scores, kind='mergesort')]
+        raise ValueError("average_precision needs positives")
+    hit = labels[np.argsort(-scores, kind="mergesort")]
     precision = np.cumsum(hit) / np.arange(1, len(hit) + 1)
     return float(precision[hit].mean())
 
@@ -71,7 +72,7 @@ def token_mask(polygons: list[list[float]], size: tuple[int, int], image_size: t
     (w, h), (iw, ih) = size, image_size
     gw, gh = w // patch, h // patch
     sw, sh = gw * SUPERSAMPLE / iw, gh * SUPERSAMPLE / ih
-    canvas = Image.new('L', (gw * SUPERSAMPLE, gh * SUPERSAMPLE), 0)
+    canvas = Image.new("L", (gw * SUPERSAMPLE, gh * SUPERSAMPLE), 0)
     draw = ImageDraw.Draw(canvas)
     for poly in polygons:
         xy = [(x * sw, y * sh) for x, y in zip(poly[0::2], poly[1::2])]
@@ -83,16 +84,16 @@ def token_mask(polygons: list[list[float]], size: tuple[int, int], image_size: t
 
 def load_split(root: Path, split: str, scale: tuple[int, int], patch: int, limit: int | None = None):
     """(normalised image, token labels) per image of a COCO-format split."""
-    ann = json.loads((root / f'{split}.json').read_text())
+    ann = json.loads((root / f"{split}.json").read_text())
     polys: dict[int, list] = {}
-    for a in ann['annotations']:
-        polys.setdefault(a['image_id'], []).extend(a['segmentation'])
+    for a in ann["annotations"]:
+        polys.setdefault(a["image_id"], []).extend(a["segmentation"])
     out = []
-    for im in ann['images'][:limit]:
-        size = resized_size(im['width'], im['height'], scale, patch)
-        img = Image.open(root / split / im['file_name']).convert('RGB').resize(size, Image.BILINEAR)
+    for im in ann["images"][:limit]:
+        size = resized_size(im["width"], im["height"], scale, patch)
+        img = Image.open(root / split / im["file_name"]).convert("RGB").resize(size, Image.BILINEAR)
         x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255
-        out.append(((x - MEAN) / STD, token_mask(polys.get(im['id'], []), size, (im['width'], im['height']), patch)))
+        out.append(((x - MEAN) / STD, token_mask(polys.get(im["id"], []), size, (im["width"], im["height"]), patch)))
     return out
 
 
@@ -103,9 +104,9 @@ def load_trunk(checkpoint: Path):
     from rbdc.detection.weights import TRUNK, export_state_dict
 
     state, meta = export_state_dict(checkpoint)
-    kwargs = {'img_size': tuple(meta['img_size'])} if 'img_size' in meta else {}
-    model = timm.create_model(meta['model'], pretrained=False, num_classes=0, dynamic_img_size=True, **kwargs)
-    model.load_state_dict({k[len(TRUNK):]: v for k, v in state.items()})
+    kwargs = {"img_size": tuple(meta["img_size"])} if "img_size" in meta else {}
+    model = timm.create_model(meta["model"], pretrained=False, num_classes=0, dynamic_img_size=True, **kwargs)
+    model.load_state_dict({k[len(TRUNK) :]: v for k, v in state.items()})
     return model.eval(), meta
 
 
@@ -113,8 +114,9 @@ def load_trunk(checkpoint: Path):
 def tokens(model, images) -> np.ndarray:
     rows = []
     for x, _ in images:
-        f = model.forward_intermediates(x[None], indices=[len(model.blocks) - 1], norm=True, output_fmt='NCHW',
-                                        intermediates_only=True)[-1][0]
+        f = model.forward_intermediates(
+            x[None], indices=[len(model.blocks) - 1], norm=True, output_fmt="NCHW", intermediates_only=True
+        )[-1][0]
         rows.append(f.flatten(1).T)
     return torch.cat(rows).numpy()
 
@@ -126,7 +128,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-4, steps: int = 20
     yt = torch.from_numpy(y.astype(np.float32))
     w = torch.zeros(x.shape[1], requires_grad=True)
     b = torch.zeros((), requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn='strong_wolfe')
+    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
@@ -142,8 +144,13 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-4, steps: int = 20
 def probe(model, meta: dict, train, val) -> dict:
     score = fit_logistic(tokens(model, train), np.concatenate([m for _, m in train]))
     s, y = score(tokens(model, val)), np.concatenate([m for _, m in val])
-    return {'model': meta['model'], 'sha256': meta['source_sha256'], 'auc': round(100 * roc_auc(s, y), 2),
-            'ap': round(100 * average_precision(s, y), 2), 'positive_rate': round(100 * float(y.mean()), 2)}
+    return {
+        "model": meta["model"],
+        "sha256": meta["source_sha256"],
+        "auc": round(100 * roc_auc(s, y), 2),
+        "ap": round(100 * average_precision(s, y), 2),
+        "positive_rate": round(100 * float(y.mean()), 2),
+    }
 
 
 def write_report(rows: list[dict], out: Path, study, command: str) -> None:
@@ -152,51 +159,56 @@ def write_report(rows: list[dict], out: Path, study, command: str) -> None:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     code = code_version()
-    record = {'command': command, 'code': code, 'rows': rows}
-    atomic_write_bytes(out.with_suffix('.json'), (json.dumps(record, indent=1) + '\n').encode())
-    by = {lab: [r for r in rows if r['label'] == lab] for lab in study.labels}
-    pm = lambda v: '' if v is None else f' ± {v:.2f}'  # noqa: E731
-    lines = [f'# {study.name}: frozen-feature balloon probe', '',
-             f'Generated by `{command}` at commit {code["commit"]}{" (uncommitted changes)" if code["dirty"] else ""}; '
-             f'rows in `{out.with_suffix(".json").name}`. '
-             f'A logistic regression on each backbone\'s last-block tokens (no fine-tuning), fitted on the balloon '
-             f'train split at {study.scale[0]}x{study.scale[1]} and scored on val: per-token ROC AUC and average '
-             f'precision (%), balloon tokens are {rows[0]["positive_rate"]:.1f}% of val. Mean ± 95% interval over '
-             f'pretraining seeds; the difference is to `{study.labels[0]}` (Welch 95%).', '',
-             '| backbone | seeds | AUC | AP | AUC diff | AP diff |', '|---|---:|---:|---:|---:|---:|']
+    record = {"command": command, "code": code, "rows": rows}
+    atomic_write_bytes(out.with_suffix(".json"), (json.dumps(record, indent=1) + "\n").encode())
+    by = {lab: [r for r in rows if r["label"] == lab] for lab in study.labels}
+    pm = lambda v: "" if v is None else f" ± {v:.2f}"  # noqa: E731
+    lines = [
+        f"# {study.name}: frozen-feature balloon probe",
+        "",
+        f"Generated by `{command}` at commit {code['commit']}{' (uncommitted changes)' if code['dirty'] else ''}; "
+        f"rows in `{out.with_suffix('.json').name}`. "
+        f"A logistic regression on each backbone's last-block tokens (no fine-tuning), fitted on the balloon "
+        f"train split at {study.scale[0]}x{study.scale[1]} and scored on val: per-token ROC AUC and average "
+        f"precision (%), balloon tokens are {rows[0]['positive_rate']:.1f}% of val. Mean ± 95% interval over "
+        f"pretraining seeds; the difference is to `{study.labels[0]}` (Welch 95%).",
+        "",
+        "| backbone | seeds | AUC | AP | AUC diff | AP diff |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     base = by[study.labels[0]]
     for lab in study.labels:
         rs = by[lab]
         if not rs:
             continue
         cells = []
-        for key in ('auc', 'ap'):
+        for key in ("auc", "ap"):
             v = [r[key] for r in rs]
-            cells.append(f'{np.mean(v):.2f}{pm(t_half_width(v))}')
+            cells.append(f"{np.mean(v):.2f}{pm(t_half_width(v))}")
         diffs = []
-        for key in ('auc', 'ap'):
+        for key in ("auc", "ap"):
             if lab == study.labels[0]:
-                diffs.append('-')
+                diffs.append("-")
                 continue
             d, hw = welch([r[key] for r in rs], [r[key] for r in base])
-            diffs.append(f'{d:+.2f}{pm(hw)}')
-        lines.append(f'| {lab} | {len(rs)} | {cells[0]} | {cells[1]} | {diffs[0]} | {diffs[1]} |')
-    lines += ['', '| backbone | seed | AUC | AP | checkpoint sha256 |', '|---|---:|---:|---:|---|']
-    lines += [f'| {r["label"]} | {r["seed"]} | {r["auc"]:.2f} | {r["ap"]:.2f} | `{r["sha256"][:16]}` |' for r in rows]
-    atomic_write_bytes(out.with_suffix('.md'), ('\n'.join(lines) + '\n').encode())
+            diffs.append(f"{d:+.2f}{pm(hw)}")
+        lines.append(f"| {lab} | {len(rs)} | {cells[0]} | {cells[1]} | {diffs[0]} | {diffs[1]} |")
+    lines += ["", "| backbone | seed | AUC | AP | checkpoint sha256 |", "|---|---:|---:|---:|---|"]
+    lines += [f"| {r['label']} | {r['seed']} | {r['auc']:.2f} | {r['ap']:.2f} | `{r['sha256'][:16]}` |" for r in rows]
+    atomic_write_bytes(out.with_suffix(".md"), ("\n".join(lines) + "\n").encode())
 
 
 def main(argv: list[str] | None = None) -> int:
     from rbdc.detection.data import balloon_root
     from rbdc.detection.study import load_study
 
-    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument('study', help='a detection study yaml (configs/studies/balloon32.yaml)')
-    ap.add_argument('--backbones', required=True, help='runs root holding the study\'s backbone runs')
-    ap.add_argument('-o', '--out', required=True, help='report path without suffix (writes .json and .md)')
-    ap.add_argument('--limit', type=int, help='first N images of each split (a quick check)')
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("study", help="a detection study yaml (configs/studies/balloon32.yaml)")
+    ap.add_argument("--backbones", required=True, help="runs root holding the study's backbone runs")
+    ap.add_argument("-o", "--out", required=True, help="report path without suffix (writes .json and .md)")
+    ap.add_argument("--limit", type=int, help="first N images of each split (a quick check)")
     args = ap.parse_args(argv)
-    command = ' '.join(['python -m benchmarks.balloon_probe', *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(["python -m benchmarks.balloon_probe", *(sys.argv[1:] if argv is None else argv)])
     torch.manual_seed(0)
     study = load_study(args.study)
     root = balloon_root()
@@ -206,20 +218,25 @@ def main(argv: list[str] | None = None) -> int:
     trunks = [load_trunk(c) for c in ckpts]  # each checkpoint read once (ViT-nano: 0.2M parameters each)
     patches = {tuple(m.patch_embed.patch_size) for m, _ in trunks}
     if len(patches) != 1:  # the token labels are made on one patch grid
-        raise SystemExit(f'balloon_probe: the backbones have different patch sizes {sorted(patches)}')
+        raise SystemExit(f"balloon_probe: the backbones have different patch sizes {sorted(patches)}")
     patch = patches.pop()[0]
-    train = load_split(root, 'train', study.scale, patch, args.limit)
-    val = load_split(root, 'val', study.scale, patch, args.limit)
+    train = load_split(root, "train", study.scale, patch, args.limit)
+    val = load_split(root, "val", study.scale, patch, args.limit)
     rows = []
     for run, ckpt, (model, meta) in zip(runs, ckpts, trunks):
-        row = {'label': run.label, 'point': run.point, 'seed': run.seed,
-               'backbone_run': str(ckpt.parent.relative_to(backbones)), **probe(model, meta, train, val)}
-        print(f'{row["label"]:10s} seed {row["seed"]}: AUC {row["auc"]:.2f}  AP {row["ap"]:.2f}', flush=True)
+        row = {
+            "label": run.label,
+            "point": run.point,
+            "seed": run.seed,
+            "backbone_run": str(ckpt.parent.relative_to(backbones)),
+            **probe(model, meta, train, val),
+        }
+        print(f"{row['label']:10s} seed {row['seed']}: AUC {row['auc']:.2f}  AP {row['ap']:.2f}", flush=True)
         rows.append(row)
     write_report(rows, Path(args.out), study, command)
-    print(f'wrote {Path(args.out).with_suffix(".md")}')
+    print(f"wrote {Path(args.out).with_suffix('.md')}")
     return 0
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,4 +1,5 @@
 """Helpers of the benchmark modules: data location, device names, CUDA-synchronised timing, run metadata."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,10 +63,16 @@ def sync(device: torch.device) -> None:
 def run_info(device: torch.device, **fields) -> dict:
     """What a JSON row needs besides its timings: device, versions, threads, date, then ``fields``."""
     import timm
-    info = {"device": device_name(device), "device_type": device.type, "torch": torch.__version__,
-            "timm": timm.__version__, "cuda": torch.version.cuda if device.type == "cuda" else None,
-            "threads": torch.get_num_threads(),
-            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+    info = {
+        "device": device_name(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "threads": torch.get_num_threads(),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
     if device.type == "cuda":
         info["cudnn"] = torch.backends.cudnn.version()
     info.update(fields)
@@ -78,6 +85,7 @@ def timed(benchmark, fn, device: torch.device, *, rounds: int, warmup_rounds: in
     ``extra`` should hold ``images_per_round`` so the report can turn seconds into images per second. ``setup`` runs
     untimed before every round (warm-up rounds included).
     """
+
     def round_():
         fn()
         sync(device)

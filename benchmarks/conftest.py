@@ -15,6 +15,7 @@ jobs, 1 thread gives far steadier numbers than threads fighting for cores; ``tox
 locates Imagenette; ``RBDC_BENCH_TOY=1`` runs every case, the GPU ones too, toy-sized on the CPU (the dry run of
 ``benchmarks/device_check.sh``).
 """
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,12 @@ _apply_threads()
 
 
 def pytest_addoption(parser):
-    parser.addoption("--bench-device", choices=("all",) + DEVICES, default="all",
-                     help="run only the cases of this device (one --benchmark-json per device); default: all")
+    parser.addoption(
+        "--bench-device",
+        choices=("all",) + DEVICES,
+        default="all",
+        help="run only the cases of this device (one --benchmark-json per device); default: all",
+    )
 
 
 def case_device(item) -> str | None:

@@ -16,6 +16,7 @@ cannot know is other jobs on the runs' cores: runs are grouped by the code commi
 for these runs tells the periods apart (``61f9d7f``: 22 runs while other helpers worked on both cores; ``ba35830``:
 8 runs on quiet cores), and the error is stated per group, on the whole stage and on its fastest epoch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,12 +32,13 @@ from rbdc.runs import rundir
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "reports" / "runs" / "imagenette32-fair"
-CHECK = REPO / "reports" / "runs" / "costmodel-check"   # short runs made beside the benchmark, for this check
+CHECK = REPO / "reports" / "runs" / "costmodel-check"  # short runs made beside the benchmark, for this check
 
 
 def stages(runs_root: Path) -> list[dict]:
     """Every trained stage of every run: model, precision, batch, images, wall and per-epoch img/s."""
     import yaml
+
     out = []
     for summary in sorted(runs_root.rglob("summary.csv")):
         run = summary.parent
@@ -49,16 +51,26 @@ def stages(runs_root: Path) -> list[dict]:
             by_stage.setdefault(r["stage"], []).append(r)
         for stage, rs in by_stage.items():
             prev, epochs = 0.0, []
-            for r in rs:   # wall_s is cumulative over the stage's epochs
+            for r in rs:  # wall_s is cumulative over the stage's epochs
                 epochs.append((float(r["wall_s"]) - prev, int(r["images_seen"])))
                 prev = float(r["wall_s"])
             images = int(rs[-1]["images_seen"])
             seen = [b - a for a, b in zip([0] + [n for _, n in epochs], [n for _, n in epochs])]
-            out.append({"run": str(run.relative_to(runs_root)), "stage": stage, "model": rs[0]["model"],
-                        "amp": recipe["amp"], "img_size": recipe["img_size"], "batch": recipe["batch_size"],
-                        "images": images, "wall_s": float(rs[-1]["wall_s"]), "commit": commit,
-                        "capability": (envs[-1].get("cpu") or {}).get("capability") if envs else None,
-                        "fastest_s_per_image": min(t / n for (t, _), n in zip(epochs, seen) if n)})
+            out.append(
+                {
+                    "run": str(run.relative_to(runs_root)),
+                    "stage": stage,
+                    "model": rs[0]["model"],
+                    "amp": recipe["amp"],
+                    "img_size": recipe["img_size"],
+                    "batch": recipe["batch_size"],
+                    "images": images,
+                    "wall_s": float(rs[-1]["wall_s"]),
+                    "commit": commit,
+                    "capability": (envs[-1].get("cpu") or {}).get("capability") if envs else None,
+                    "fastest_s_per_image": min(t / n for (t, _), n in zip(epochs, seen) if n),
+                }
+            )
     return out
 
 
@@ -85,44 +97,66 @@ def validate(model: costmodel.CostModel, roots: list[Path] = (RUNS,)) -> dict:
             pred = predict(model, s)
             if pred is None:
                 continue
-            rows.append({**s, "group": f"{_name(root)} @ {s['commit']}", "predicted_s": pred,
-                         "error": pred / s["wall_s"] - 1,
-                         "fastest_error": pred / s["images"] / s["fastest_s_per_image"] - 1})
+            rows.append(
+                {
+                    **s,
+                    "group": f"{_name(root)} @ {s['commit']}",
+                    "predicted_s": pred,
+                    "error": pred / s["wall_s"] - 1,
+                    "fastest_error": pred / s["images"] / s["fastest_s_per_image"] - 1,
+                }
+            )
     groups = {}
     for group in dict.fromkeys(r["group"] for r in rows):
         mine = [r for r in rows if r["group"] == group]
         err = np.array([r["error"] for r in mine])
         fast = np.array([r["fastest_error"] for r in mine])
         total = sum(r["predicted_s"] for r in mine) / sum(r["wall_s"] for r in mine) - 1
-        groups[group] = {"runs": len({r["run"] for r in mine}), "stages": len(mine),
-                          "median_error": float(np.median(err)), "median_abs_error": float(np.median(np.abs(err))),
-                          "min_error": float(err.min()), "max_error": float(err.max()), "total_error": float(total),
-                          "fastest_median_error": float(np.median(fast)),
-                          "fastest_median_abs_error": float(np.median(np.abs(fast)))}
+        groups[group] = {
+            "runs": len({r["run"] for r in mine}),
+            "stages": len(mine),
+            "median_error": float(np.median(err)),
+            "median_abs_error": float(np.median(np.abs(err))),
+            "min_error": float(err.min()),
+            "max_error": float(err.max()),
+            "total_error": float(total),
+            "fastest_median_error": float(np.median(fast)),
+            "fastest_median_abs_error": float(np.median(np.abs(fast))),
+        }
     return {"runs_roots": [_name(r) for r in roots], "groups": groups, "stages": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.costmodel_check", description=__doc__.split("\n")[0])
-    p.add_argument("--runs", type=Path, nargs="+", default=[RUNS, CHECK],
-                   help="folders of run directories (their summary.csv); default: the fair study's and the check's")
+    p.add_argument(
+        "--runs",
+        type=Path,
+        nargs="+",
+        default=[RUNS, CHECK],
+        help="folders of run directories (their summary.csv); default: the fair study's and the check's",
+    )
     p.add_argument("--model", type=Path, default=None, help="the cost model JSON (default: this CPU kind's)")
     args = p.parse_args(argv)
     path = args.model or costmodel.costmodel_path(costmodel.cpu_kind())
     if not path.is_file():
-        print(f"no cost model at {path}: fit one with python -m rbdc.cost.costmodel reports/bench/<cpu json>",
-              file=sys.stderr)
+        print(
+            f"no cost model at {path}: fit one with python -m rbdc.cost.costmodel reports/bench/<cpu json>",
+            file=sys.stderr,
+        )
         return 2
     data = json.loads(path.read_text())
     result = validate(costmodel.CostModel.from_dict(data), [r.resolve() for r in args.runs])
     for group, g in result["groups"].items():
-        print(f"{group}: {g['runs']} runs, {g['stages']} stages: predicted/measured wall - 1: median "
-              f"{100 * g['median_error']:+.1f}% (|median| {100 * g['median_abs_error']:.1f}%, range "
-              f"{100 * g['min_error']:+.1f}..{100 * g['max_error']:+.1f}%), all stages' walls together "
-              f"{100 * g['total_error']:+.1f}%; against each stage's fastest epoch "
-              f"{100 * g['fastest_median_error']:+.1f}%")
+        print(
+            f"{group}: {g['runs']} runs, {g['stages']} stages: predicted/measured wall - 1: median "
+            f"{100 * g['median_error']:+.1f}% (|median| {100 * g['median_abs_error']:.1f}%, range "
+            f"{100 * g['min_error']:+.1f}..{100 * g['max_error']:+.1f}%), all stages' walls together "
+            f"{100 * g['total_error']:+.1f}%; against each stage's fastest epoch "
+            f"{100 * g['fastest_median_error']:+.1f}%"
+        )
     data["validation"] = result
     from rbdc.runs.rundir import atomic_write_bytes
+
     atomic_write_bytes(path, json.dumps(data, indent=1).encode())
     print(f"wrote the validation into {path}")
     return 0

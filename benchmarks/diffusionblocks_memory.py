@@ -35,6 +35,7 @@ bf16 autocast (the recipes') and fp32.
 
 *ratio vs end-to-end*: DiffusionBlocks' figure over the scratch protocol's for the same ViT; *promised*: 1/B.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,20 +62,45 @@ BLOCKS = (1, 2, 4)
 TOY = dict(model="test_rbdc_vit", widths=((64, 4, 4),), batch=8, img_size=32)
 # autograd nodes that pass a weight through unchanged in content (a cast, a transpose, a view): a saved tensor that
 # reaches a parameter's AccumulateGrad through them alone is a copy of that weight, not an activation
-_WEIGHT_PATH = {"ToCopyBackward0", "TBackward0", "TransposeBackward0", "PermuteBackward0", "ViewBackward0",
-                "UnsafeViewBackward0", "ExpandBackward0", "ReshapeAliasBackward0"}
+_WEIGHT_PATH = {
+    "ToCopyBackward0",
+    "TBackward0",
+    "TransposeBackward0",
+    "PermuteBackward0",
+    "ViewBackward0",
+    "UnsafeViewBackward0",
+    "ExpandBackward0",
+    "ReshapeAliasBackward0",
+}
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # One configuration (runs in its own process)
 
-def recipe_for(method: str, width: int, depth: int, heads: int, blocks: int, *, batch: int, img_size: int,
-               amp: str | None = None, model: str | None = None) -> dict:
+
+def recipe_for(
+    method: str,
+    width: int,
+    depth: int,
+    heads: int,
+    blocks: int,
+    *,
+    batch: int,
+    img_size: int,
+    amp: str | None = None,
+    model: str | None = None,
+) -> dict:
     """The study recipe of ``method`` (``end-to-end``: scratch; ``diffusionblocks``) at this width, depth and B."""
     from rbdc.recipe import resolve
+
     name = "vit-nano-scratch.yaml" if method == "end-to-end" else "vit-nano-diffusionblocks.yaml"
-    over = [f"model_kwargs.embed_dim={width}", f"model_kwargs.depth={depth}", f"model_kwargs.num_heads={heads}",
-            f"batch_size={batch}", f"img_size={img_size}"]
+    over = [
+        f"model_kwargs.embed_dim={width}",
+        f"model_kwargs.depth={depth}",
+        f"model_kwargs.num_heads={heads}",
+        f"batch_size={batch}",
+        f"img_size={img_size}",
+    ]
     if img_size != 32:
         over.append(f"model_kwargs.img_size={img_size}")
     if model:
@@ -89,6 +115,7 @@ def recipe_for(method: str, width: int, depth: int, heads: int, blocks: int, *, 
 def one_block(model):
     """A DiffusionBlocksViT re-split into one block of every layer (B = 1: the objective trained end to end)."""
     from rbdc.nets.diffusion_noise import band_edges
+
     model.num_blocks, model.layers_per_block = 1, len(model.trunk.blocks)
     model.edges = band_edges(1, model.p_mean, model.p_std, model.sigma_min, model.sigma_max)
     model.sigmas, model.inference_steps = [model.sigma_max, model.sigma_min], 2  # (training only reads the split)
@@ -98,8 +125,18 @@ def one_block(model):
 def build(spec: dict):
     """``(model, recipe)`` of a configuration, built as the protocol builds it (seeded by the recipe)."""
     from rbdc import protocols
-    rec = recipe_for(spec["method"], spec["width"], spec["depth"], spec["heads"], spec["blocks"],
-                     batch=spec["batch"], img_size=spec["img_size"], amp=spec.get("amp"), model=spec.get("model"))
+
+    rec = recipe_for(
+        spec["method"],
+        spec["width"],
+        spec["depth"],
+        spec["heads"],
+        spec["blocks"],
+        batch=spec["batch"],
+        img_size=spec["img_size"],
+        amp=spec.get("amp"),
+        model=spec.get("model"),
+    )
     torch.manual_seed(rec.seed)
     model = protocols.get(rec.protocol).target(rec, NUM_CLASSES)
     if spec["method"] == "diffusionblocks" and spec["blocks"] == 1:
@@ -109,9 +146,11 @@ def build(spec: dict):
 
 def force_block(model, block: int) -> None:
     """Make the model's next training steps train ``block`` (instead of drawing it)."""
+
     def draw():
         model.last_block = block
         return block
+
     model.draw_block = draw
 
 
@@ -170,6 +209,7 @@ class _layers_marked:
                     return run(i, x, c)
                 finally:
                     flag[0] -= 1
+
             m._layer = layer
         else:
             for blk in m.blocks:
@@ -214,6 +254,7 @@ def measure(spec: dict) -> dict:
     """One configuration on ``spec["device"]``: peak memory over a few engine steps, then the saved activations."""
     from rbdc.training.engine import autocast_for, build_training, set_attention_path, train_step
     from rbdc.protocols import Stage, get
+
     device = torch.device(spec["device"])
     model, rec = build(spec)
     own = get(rec.protocol).own_objective
@@ -226,17 +267,36 @@ def measure(spec: dict) -> dict:
     blocks = model.num_blocks if own else 1
     order = [b for _ in range(spec["rounds"]) for b in range(blocks)] if own else [0] * spec["rounds"]
     params = sum(p.numel() for p in model.parameters())
-    out = {**{k: spec[k] for k in ("method", "width", "depth", "heads", "blocks", "batch", "img_size")},
-           "model": rec.model, "amp": rec.amp, "fused_attn": rec.fused_attn, "device": device.type,
-           "params": params, "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
-           "steps": len(order), "block_order": order, "threads": torch.get_num_threads()}
+    out = {
+        **{k: spec[k] for k in ("method", "width", "depth", "heads", "blocks", "batch", "img_size")},
+        "model": rec.model,
+        "amp": rec.amp,
+        "fused_attn": rec.fused_attn,
+        "device": device.type,
+        "params": params,
+        "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+        "steps": len(order),
+        "block_order": order,
+        "threads": torch.get_num_threads(),
+    }
     loss_sum = torch.zeros((), device=device)
 
     def step(b):
         if own:
             force_block(model, b)
-        train_step(model, batches, ts.optimizer, ts.criterion, rec, device, loss_sum=loss_sum, model=model,
-                   mix=ts.mixup, ema=ts.ema, custom_loss=own)
+        train_step(
+            model,
+            batches,
+            ts.optimizer,
+            ts.criterion,
+            rec,
+            device,
+            loss_sum=loss_sum,
+            model=model,
+            mix=ts.mixup,
+            ema=ts.ema,
+            custom_loss=own,
+        )
 
     model.train()
     if device.type == "cuda":
@@ -247,8 +307,9 @@ def measure(spec: dict) -> dict:
             step(b)
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
-        out.update(cuda_allocated_before_bytes=before, cuda_peak_allocated_bytes=peak,
-                   cuda_peak_increment_bytes=peak - before)
+        out.update(
+            cuda_allocated_before_bytes=before, cuda_peak_allocated_bytes=peak, cuda_peak_increment_bytes=peak - before
+        )
     else:
         _trim()
         out["rss_setup_peak_bytes"] = _maxrss()
@@ -261,9 +322,14 @@ def measure(spec: dict) -> dict:
         after = _rss()
         # retained: what stays between steps (AdamW's moments, the runtime's one-time buffers); transient: what one
         # step adds on top of it at its peak (activations, gradients, backward's temporaries)
-        out.update(rss_before_bytes=before, peak_rss_bytes=peak, peak_rss_increment_bytes=peak - before,
-                   rss_after_steps_bytes=after, retained_increment_bytes=after - before,
-                   step_transient_bytes=peak - after)
+        out.update(
+            rss_before_bytes=before,
+            peak_rss_bytes=peak,
+            peak_rss_increment_bytes=peak - before,
+            rss_after_steps_bytes=after,
+            retained_increment_bytes=after - before,
+            step_transient_bytes=peak - after,
+        )
     if not torch.isfinite(loss_sum):
         raise RuntimeError(f"non-finite loss in {spec}")
 
@@ -288,6 +354,7 @@ def measure(spec: dict) -> dict:
 
 # ----------------------------------------------------------------------------------------------------------------
 # The grid
+
 
 def configs(toy: bool = False, widths=None, blocks=BLOCKS, batch: int = 128, img_size: int = 32) -> list[dict]:
     """The grid: per width, end-to-end then DiffusionBlocks at every B that divides the depth."""
@@ -318,8 +385,13 @@ def add_ratios(rows: list[dict]) -> None:
     for r in rows:
         e = ref.get((r["device"], r["amp"], r["width"]))
         r["promised_ratio"] = 1 / r["blocks"]
-        for key in ("saved_activation_bytes", "saved_layer_bytes", "peak_rss_increment_bytes",
-                    "step_transient_bytes", "cuda_peak_increment_bytes"):
+        for key in (
+            "saved_activation_bytes",
+            "saved_layer_bytes",
+            "peak_rss_increment_bytes",
+            "step_transient_bytes",
+            "cuda_peak_increment_bytes",
+        ):
             if e and key in r and e.get(key):
                 r[key.replace("_bytes", "_ratio_vs_e2e")] = r[key] / e[key]
 
@@ -330,54 +402,104 @@ def cpu_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name).strip("-") or "cpu"
 
 
-def run_grid(specs: list[dict], devices: list[str], *, amps=("bf16",), fresh: bool = True, threads: int = 1,
-             rounds: int = 2, log=print) -> dict:
+def run_grid(
+    specs: list[dict],
+    devices: list[str],
+    *,
+    amps=("bf16",),
+    fresh: bool = True,
+    threads: int = 1,
+    rounds: int = 2,
+    log=print,
+) -> dict:
     """Every configuration of ``specs`` on every device at every precision; ratios added."""
     import timm
 
     from rbdc.cost.perf import cpu_info
 
     from benchmarks.bench_common import device_name
+
     rows = []
     for dev, amp, spec in itertools.product(devices, amps, specs):
         spec = {**spec, "device": dev, "threads": threads, "rounds": rounds, "amp": amp}
         row = run_fresh(spec) if fresh else measure(spec)
         row["fresh_process"] = fresh
         rows.append(row)
-        mem = (f"peak RSS +{row['peak_rss_increment_bytes'] / 2**20:.1f} MB" if dev == "cpu"
-               else f"CUDA peak +{row['cuda_peak_increment_bytes'] / 2**20:.1f} MB")
-        log(f"diffusionblocks_memory: {dev} {amp} width {row['width']} depth {row['depth']} {row['method']} "
+        mem = (
+            f"peak RSS +{row['peak_rss_increment_bytes'] / 2**20:.1f} MB"
+            if dev == "cpu"
+            else f"CUDA peak +{row['cuda_peak_increment_bytes'] / 2**20:.1f} MB"
+        )
+        log(
+            f"diffusionblocks_memory: {dev} {amp} width {row['width']} depth {row['depth']} {row['method']} "
             f"B={row['blocks']}: saved activations {row['saved_activation_bytes'] / 2**20:.1f} MB, {mem}",
-            flush=True)
+            flush=True,
+        )
     add_ratios(rows)
-    return {"kind": "diffusionblocks-memory", "cpu": device_name("cpu"), "cpu_info": cpu_info(),
-            "gpu": torch.cuda.get_device_name(0) if "cuda" in devices else None,
-            "torch": torch.__version__, "timm": timm.__version__,
-            "threads": threads if fresh else torch.get_num_threads(),
-            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "cuda_measured": "cuda" in devices, "rows": rows}
+    return {
+        "kind": "diffusionblocks-memory",
+        "cpu": device_name("cpu"),
+        "cpu_info": cpu_info(),
+        "gpu": torch.cuda.get_device_name(0) if "cuda" in devices else None,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "threads": threads if fresh else torch.get_num_threads(),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cuda_measured": "cuda" in devices,
+        "rows": rows,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.diffusionblocks_memory",
-                                     description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.split("\n")[4:]))
-    parser.add_argument("--out", type=Path, default=None,
-                        help="the JSON to write (default: reports/bench/diffusionblocks-memory-<cpu>.json)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="auto: the CPU, then CUDA when a GPU is present (default)")
-    parser.add_argument("--amp", choices=("bf16", "fp32"), nargs="+", default=None,
-                        help="precisions to measure (default: bf16, the study recipes', then fp32; --dry-run: bf16)")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.diffusionblocks_memory",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.split("\n")[4:]),
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="the JSON to write (default: reports/bench/diffusionblocks-memory-<cpu>.json)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto: the CPU, then CUDA when a GPU is present (default)",
+    )
+    parser.add_argument(
+        "--amp",
+        choices=("bf16", "fp32"),
+        nargs="+",
+        default=None,
+        help="precisions to measure (default: bf16, the study recipes', then fp32; --dry-run: bf16)",
+    )
     parser.add_argument("--batch", type=int, default=128, help="images per step (default 128, the study's)")
-    parser.add_argument("--img-size", type=int, default=32,
-                        help="image size in px (default 32, the study's; patch 4: (px/4)^2 + 1 tokens)")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="steps per block (DiffusionBlocks: every block in turn, this many times; default 2)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads of each configuration's process (default 1; --dry-run: unchanged)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="toy sizes (test_rbdc_vit, batch 8), in this process (peak RSS not per configuration)")
+    parser.add_argument(
+        "--img-size",
+        type=int,
+        default=32,
+        help="image size in px (default 32, the study's; patch 4: (px/4)^2 + 1 tokens)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="steps per block (DiffusionBlocks: every block in turn, this many times; default 2)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads of each configuration's process (default 1; --dry-run: unchanged)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="toy sizes (test_rbdc_vit, batch 8), in this process (peak RSS not per configuration)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -388,20 +510,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("diffusionblocks_memory: --device cuda but no CUDA device here", file=sys.stderr)
         return 2
-    devices = {"auto": ["cpu"] + (["cuda"] if torch.cuda.is_available() else []), "cpu": ["cpu"],
-               "cuda": ["cuda"]}[args.device]
+    devices = {"auto": ["cpu"] + (["cuda"] if torch.cuda.is_available() else []), "cpu": ["cpu"], "cuda": ["cuda"]}[
+        args.device
+    ]
     if "cuda" not in devices:
         print("diffusionblocks_memory: no CUDA device here; CPU figures only (GPU peak memory not measured)")
     import rbdc  # noqa: F401  (registers rbdc's timm models)
+
     amps = args.amp or (["bf16"] if args.dry_run else ["bf16", "fp32"])
     specs = configs(toy=args.dry_run, batch=args.batch, img_size=args.img_size)
-    result = run_grid(specs, devices, amps=amps, fresh=not args.dry_run, threads=args.threads,
-                      rounds=1 if args.dry_run else args.rounds)
+    result = run_grid(
+        specs,
+        devices,
+        amps=amps,
+        fresh=not args.dry_run,
+        threads=args.threads,
+        rounds=1 if args.dry_run else args.rounds,
+    )
     result["dry_run"] = args.dry_run
     from benchmarks.bench_common import device_name
+
     out = args.out or REPO / "reports" / "bench" / f"diffusionblocks-memory-{cpu_slug(device_name('cpu'))}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     from rbdc.runs.rundir import atomic_write_bytes
+
     atomic_write_bytes(out, (json.dumps(result, indent=1) + "\n").encode())
     print(f"diffusionblocks_memory: wrote {out}")
     return 0

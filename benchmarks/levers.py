@@ -12,6 +12,7 @@ A *runner* trains some parts one optimizer step per ``step()`` and says how many
 Every other lever is a :class:`Trainer` on a changed :class:`PathCase` (``torch.compile``, batch 256, fp32, two
 threads) against the study path's :class:`Trainer`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -46,8 +47,9 @@ class _Stacked:
         self.device = require_device(case.device)
         if self.device.type == "cpu":
             torch.set_num_threads(case.threads)
-        self.recipe = resolve(REPO / case.recipe, model=case.model, img_size=case.img_size, batch_size=case.batch,
-                              amp=case.amp)
+        self.recipe = resolve(
+            REPO / case.recipe, model=case.model, img_size=case.img_size, batch_size=case.batch, amp=case.amp
+        )
         self.recipe.fused_attn = case.fused_attn
         parts = []
         for i in range(k):
@@ -77,8 +79,12 @@ class _Stacked:
     def _optimizer(self, named, no_decay: set[str]) -> torch.optim.Optimizer:
         # timm's factory makes a plain torch AdamW (foreach/fused left to torch), as for the separate parts
         fused = {"fused": True} if self.device.type == "cuda" else {}
-        return torch.optim.AdamW(param_groups(named, no_decay, self.recipe.weight_decay), lr=lr_for(self.recipe),
-                                 eps=self.recipe.opt_eps, **fused)
+        return torch.optim.AdamW(
+            param_groups(named, no_decay, self.recipe.weight_decay),
+            lr=lr_for(self.recipe),
+            eps=self.recipe.opt_eps,
+            **fused,
+        )
 
 
 class Batched(_Stacked):
@@ -98,6 +104,7 @@ class Vmapped(_Stacked):
 
     def build(self, parts) -> None:
         from torch.func import functional_call, stack_module_state, vmap
+
         params, buffers = stack_module_state(parts)
         base = copy.deepcopy(parts[0]).to("meta")
         self.named, self.buffers = params, buffers
@@ -117,8 +124,9 @@ def core_busy(core: int, seconds: float = 1.0) -> float:
         for line in open("/proc/stat"):
             if line.startswith(f"cpu{core} "):
                 v = [int(x) for x in line.split()[1:]]
-                return sum(v), v[3] + v[4]   # total, idle + iowait
+                return sum(v), v[3] + v[4]  # total, idle + iowait
         raise OSError(f"cpu{core} not in /proc/stat")
+
     try:
         t0, i0 = sample()
         time.sleep(seconds)

@@ -5,6 +5,7 @@
 Untrained (timm-initialised) parts; the deviation of trained parts is measured by the engine right after coupling
 (``eval_top1`` of the coupled model before any further training, in ``summary.csv``).
 """
+
 from __future__ import annotations
 
 import argparse

@@ -9,6 +9,7 @@ report named in :data:`HEADLINE`, so the README's numbers are the report's.
 Only the light files of a run directory are committed (recipe, summary, results, ledger, manifest, command); the
 weights stay in the run directory they came from (its path is in command.txt / manifest.json).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,26 +22,36 @@ REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "reports" / "runs"
 # report name -> (experiment folders under reports/runs, title)
 REPORTS = {
-    "imagenette-vit-mini": (["imagenette-vit-mini"], "Imagenette 64 px, ViT-mini (width 192, depth 6): "
-                                                     "RBDC vs scratch and the baselines at equal training FLOPs "
-                                                     "(anneal_to_end: false, the cosine of each stage stopped "
-                                                     "warm-up steps short of min_lr)"),
-    "imagenette-vit-mini-annealed": (["imagenette-vit-mini-annealed"], "Imagenette 64 px, ViT-mini: RBDC vs scratch "
-                                     "at equal training FLOPs, every stage annealed to min_lr"),
+    "imagenette-vit-mini": (
+        ["imagenette-vit-mini"],
+        "Imagenette 64 px, ViT-mini (width 192, depth 6): "
+        "RBDC vs scratch and the baselines at equal training FLOPs "
+        "(anneal_to_end: false, the cosine of each stage stopped "
+        "warm-up steps short of min_lr)",
+    ),
+    "imagenette-vit-mini-annealed": (
+        ["imagenette-vit-mini-annealed"],
+        "Imagenette 64 px, ViT-mini: RBDC vs scratch at equal training FLOPs, every stage annealed to min_lr",
+    ),
 }
 # study reports: study name -> study file (its runs' light files under reports/runs/<name>/)
-STUDIES = {"imagenette32": REPO / "configs" / "studies" / "imagenette32.yaml",
-           "imagenette32-fair": REPO / "configs" / "studies" / "imagenette32-fair.yaml",
-           "compile-check32": REPO / "configs" / "studies" / "compile-check32.yaml",
-           "width-ladder32": REPO / "configs" / "studies" / "width-ladder32.yaml"}
+STUDIES = {
+    "imagenette32": REPO / "configs" / "studies" / "imagenette32.yaml",
+    "imagenette32-fair": REPO / "configs" / "studies" / "imagenette32-fair.yaml",
+    "compile-check32": REPO / "configs" / "studies" / "compile-check32.yaml",
+    "width-ladder32": REPO / "configs" / "studies" / "width-ladder32.yaml",
+}
 # the width ladder's trend report (issue 36, rbdc.report.ladder): runs of its studies under reports/runs/<study>/
 LADDER = "width-ladder32"
 # detection studies: name -> study file (light files under reports/runs/<name>/, report under reports/detection/)
 DET_STUDIES = {"balloon32": REPO / "configs" / "studies" / "balloon32.yaml"}
 # the README's headline: the study report it comes from, and what the README says about that choice
-HEADLINE = ("imagenette32", "Source: the complete 3-seed study ([imagenette32](reports/imagenette32.md)), until the "
-                            "study with equal tuning for every protocol and 5 seeds "
-                            "([imagenette32-fair](reports/imagenette32-fair.md)) finishes.")
+HEADLINE = (
+    "imagenette32",
+    "Source: the complete 3-seed study ([imagenette32](reports/imagenette32.md)), until the "
+    "study with equal tuning for every protocol and 5 seeds "
+    "([imagenette32-fair](reports/imagenette32-fair.md)) finishes.",
+)
 README = REPO / "README.md"
 
 
@@ -57,6 +68,7 @@ def sync(src_root: Path) -> list[Path]:
 
 def make(out_dir: Path = REPO / "reports", runs: Path = RUNS) -> dict[str, dict]:
     from rbdc.report import generate_report
+
     written = {}
     for name, (folders, title) in REPORTS.items():
         dirs = [runs / f for f in folders if (runs / f).is_dir()]
@@ -64,16 +76,20 @@ def make(out_dir: Path = REPO / "reports", runs: Path = RUNS) -> dict[str, dict]
             written[name] = generate_report(dirs, out_dir / name, title=title)
     from rbdc.report.study import build
     from rbdc.studies.spec import load_study
+
     for name, study_file in STUDIES.items():
         if (runs / name).is_dir():
             # with the runs root, a tuned point takes the trial its committed trial runs chose
             written[name] = build(load_study(study_file, runs), runs / name, out_dir / name)
     if (runs / LADDER).is_dir():  # the trend over widths, once the ladder's own runs are committed
         from rbdc.report import ladder
-        written[ladder.REPORT] = ladder.build(ladder.rungs(ladder.studies_at(runs)), out_dir / ladder.REPORT,
-                                       "python -m benchmarks.make_reports")
+
+        written[ladder.REPORT] = ladder.build(
+            ladder.rungs(ladder.studies_at(runs)), out_dir / ladder.REPORT, "python -m benchmarks.make_reports"
+        )
     from rbdc.detection.study import load_study as load_detection_study, status
     from rbdc.report.detection import build as build_detection
+
     for name, study_file in DET_STUDIES.items():
         study = load_detection_study(study_file)
         # a report once a fine-tuning has finished (reports/runs/<name>/ may hold only its backbones' light files)

@@ -11,6 +11,7 @@ Two records in ``tests/data/``, both written by ``python -m benchmarks.record_di
   :data:`FLOAT64_RTOL` on every CPU; it needs the record's torch, timm and numpy (their initialisation and random
   streams are part of the result).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,10 @@ def _cpu() -> dict:
                 info[key] = value.strip()
     except OSError:
         pass
-    return {"cpu": info.get("model name", platform.processor()),
-            "cpu_flags_sha256": hashlib.sha256(info.get("flags", "").encode()).hexdigest()}
+    return {
+        "cpu": info.get("model name", platform.processor()),
+        "cpu_flags_sha256": hashlib.sha256(info.get("flags", "").encode()).hexdigest(),
+    }
 
 
 def versions() -> dict:
@@ -69,8 +72,14 @@ def versions() -> dict:
 def machine() -> dict:
     """What the digests depend on besides the code: the float kernels (torch, its CPU dispatch) and the libraries
     that draw random numbers or build models."""
-    return {"torch": torch.__version__, "timm": timm.__version__, "numpy": numpy.__version__,
-            "machine": platform.machine(), **_cpu(), "threads": 1}
+    return {
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "numpy": numpy.__version__,
+        "machine": platform.machine(),
+        **_cpu(),
+        "threads": 1,
+    }
 
 
 def machine_differences(recorded: dict) -> dict:
@@ -113,11 +122,13 @@ def _interrupted_once(n: int):
     return mock.patch.object(rundir, "write_summary", flaky)
 
 
-def run_weights(name: str, out: Path, interrupt_after: int | None = None,
-                overrides: list[str] = ()) -> dict[str, torch.Tensor]:
+def run_weights(
+    name: str, out: Path, interrupt_after: int | None = None, overrides: list[str] = ()
+) -> dict[str, torch.Tensor]:
     """Train CI recipe ``name`` (with ``overrides``) into ``out`` (interrupted after ``interrupt_after`` epochs, then
     resumed) and return its final weights."""
     from rbdc.runs.train import run_recipe
+
     quiet = lambda *a, **k: None  # noqa: E731
     path = str(CI / f"{name}.yaml")
     if interrupt_after:
@@ -138,8 +149,10 @@ def run_digests(name: str, out: Path, interrupt_after: int | None = None, overri
 
 
 def _digests(weights: dict[str, torch.Tensor]) -> dict[str, str]:
-    return {name: hashlib.sha256(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
-            for name, t in sorted(weights.items())}
+    return {
+        name: hashlib.sha256(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+        for name, t in sorted(weights.items())
+    }
 
 
 def _all_runs(tmp: Path, train, extra: dict[str, list[str]] | None = None) -> dict:
@@ -180,8 +193,10 @@ def compute_float64(tmp: Path) -> dict:
 
 
 def float64_record(runs: dict) -> dict:
-    return {"versions": versions(), "runs": {name: {k: fingerprint(t) for k, t in sorted(w.items())}
-                                            for name, w in sorted(runs.items())}}
+    return {
+        "versions": versions(),
+        "runs": {name: {k: fingerprint(t) for k, t in sorted(w.items())} for name, w in sorted(runs.items())},
+    }
 
 
 def float64_differences(recorded: dict, here: dict, rtol: float = FLOAT64_RTOL) -> dict[str, list[str]]:
@@ -191,8 +206,11 @@ def float64_differences(recorded: dict, here: dict, rtol: float = FLOAT64_RTOL) 
     out = {}
     for name in sorted(recorded.keys() | here.keys()):
         rec, now = recorded.get(name, {}), here.get(name, {})
-        bad = [key for key in sorted(rec.keys() | now.keys()) if key not in rec or key not in now
-               or _differ(rec[key], now[key], rtol)]
+        bad = [
+            key
+            for key in sorted(rec.keys() | now.keys())
+            if key not in rec or key not in now or _differ(rec[key], now[key], rtol)
+        ]
         if bad:
             out[name] = bad
     return out

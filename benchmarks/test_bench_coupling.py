@@ -3,6 +3,7 @@
 Coupling runs once per RBDC level, between stages, on CPU tensors (the parts' state dicts are moved to the CPU), so
 the CPU time is the time a run spends in it. It includes building the wide timm model.
 """
+
 from __future__ import annotations
 
 from fractions import Fraction
@@ -36,5 +37,16 @@ def test_couple(benchmark, device: str, target: str):
     parts = _parts(target)
     device = torch.device(device)
     params = sum(p.numel() for p in parts[0].parameters()) * len(parts)
-    timed(benchmark, lambda: couple(parts), device, rounds=3, warmup_rounds=1, target=target, k=len(parts),
-          part_params=params // len(parts), dtype="fp32", channels_last=False, compile=False)
+    timed(
+        benchmark,
+        lambda: couple(parts),
+        device,
+        rounds=3,
+        warmup_rounds=1,
+        target=target,
+        k=len(parts),
+        part_params=params // len(parts),
+        dtype="fp32",
+        channels_last=False,
+        compile=False,
+    )

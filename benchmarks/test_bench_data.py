@@ -6,6 +6,7 @@
   crop + flip (+ random erasing when ``re_prob`` > 0) on whole batches. Uses Imagenette's decoded cache when the data
   is there, else synthetic images (the throughput does not depend on the pixels).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -26,6 +27,7 @@ def _drain(loader, epoch: int, batches: int | None = None) -> None:
 def _posterize_shim() -> bool:
     """Whether rbdc.data has to patch timm's RandAugment posterize for this Pillow (recorded in extra_info)."""
     from rbdc.data import patch_timm_posterize
+
     return patch_timm_posterize()
 
 
@@ -46,10 +48,26 @@ def test_jpeg_stream(benchmark, device: str):
     batch = 32 if device.type == "cpu" else 128
     loader = build_loader(ds, batch_size=batch, train=True, img_size=224, aug=DEFAULTS["aug"], seed=0, device=device)
     epochs = itertools.count()
-    timed(benchmark, lambda: _drain(loader, next(epochs)), device, rounds=3, warmup_rounds=1, source="imagenette",
-          path="stream", img_size=224, batch=batch, workers=loader._dl.num_workers, pin_memory=loader._dl.pin_memory,
-          persistent_workers=loader._dl.persistent_workers, aug=str(DEFAULTS["aug"]), posterize_shim=shim, dtype="fp32",
-          channels_last=False, compile=False, images_per_round=len(loader) * batch)
+    timed(
+        benchmark,
+        lambda: _drain(loader, next(epochs)),
+        device,
+        rounds=3,
+        warmup_rounds=1,
+        source="imagenette",
+        path="stream",
+        img_size=224,
+        batch=batch,
+        workers=loader._dl.num_workers,
+        pin_memory=loader._dl.pin_memory,
+        persistent_workers=loader._dl.persistent_workers,
+        aug=str(DEFAULTS["aug"]),
+        posterize_shim=shim,
+        dtype="fp32",
+        channels_last=False,
+        compile=False,
+        images_per_round=len(loader) * batch,
+    )
 
 
 @pytest.mark.benchmark(group="data")
@@ -63,10 +81,24 @@ def test_memory(benchmark, device: str, re_prob: float):
     else:
         ds, source = build_dataset("synthetic", None, "train", img_size=64, num_images=2048), "synthetic"
     batch = 128 if device.type == "cpu" else 512
-    loader = build_loader(ds, batch_size=batch, train=True, img_size=64, aug={"re_prob": re_prob}, in_memory=True,
-                          seed=0, device=device)
+    loader = build_loader(
+        ds, batch_size=batch, train=True, img_size=64, aug={"re_prob": re_prob}, in_memory=True, seed=0, device=device
+    )
     batches = 8 if device.type == "cpu" else len(loader)
     epochs = itertools.count()
-    timed(benchmark, lambda: _drain(loader, next(epochs), batches), device, rounds=5, warmup_rounds=1,
-          source=source, path="memory", img_size=64, batch=batch, re_prob=re_prob, dtype="fp32",
-          channels_last=False, compile=False, images_per_round=batches * batch)
+    timed(
+        benchmark,
+        lambda: _drain(loader, next(epochs), batches),
+        device,
+        rounds=5,
+        warmup_rounds=1,
+        source=source,
+        path="memory",
+        img_size=64,
+        batch=batch,
+        re_prob=re_prob,
+        dtype="fp32",
+        channels_last=False,
+        compile=False,
+        images_per_round=batches * batch,
+    )

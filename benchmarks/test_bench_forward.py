@@ -1,4 +1,5 @@
 """Group ``forward``: inference throughput (eval mode, no autograd) of the suite's models, in images per second."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -56,7 +57,18 @@ def test_forward(benchmark, case: Case):
             for _ in range(case.steps):
                 model(x)
 
-    timed(benchmark, round_, device, rounds=case.rounds, warmup_rounds=1, model=case.model,
-          img_size=case.img_size, batch=case.batch, dtype="bf16" if bf16 else "fp32", channels_last=channels_last,
-          compile=False, images_per_round=case.steps * case.batch,
-          forward_flops_per_image=forward_flops(case.model, case.img_size, num_classes=case.num_classes))
+    timed(
+        benchmark,
+        round_,
+        device,
+        rounds=case.rounds,
+        warmup_rounds=1,
+        model=case.model,
+        img_size=case.img_size,
+        batch=case.batch,
+        dtype="bf16" if bf16 else "fp32",
+        channels_last=channels_last,
+        compile=False,
+        images_per_round=case.steps * case.batch,
+        forward_flops_per_image=forward_flops(case.model, case.img_size, num_classes=case.num_classes),
+    )

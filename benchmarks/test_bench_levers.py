@@ -15,6 +15,7 @@ round of its reference in the same process, and the report's ratio is the median
 GPU (the device check): DeiT-Ti parts (k = 4) and DeiT-S parts (k = 2) at 224 px, batch 256 per part, bf16,
 batched vs separate.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,26 +32,29 @@ from benchmarks.time_split import beside, busy_clock
 from benchmarks.train_paths import Pack, PathCase, Trainer
 from rbdc.cost.costmodel import device_kind
 
-TARGET_IMAGES = {16: 1024, 32: 768, 64: 512, 128: 512, 192: 256, 384: 128}   # images per round: rounds of ~0.5 s here
+TARGET_IMAGES = {16: 1024, 32: 768, 64: 512, 128: 512, 192: 256, 384: 128}  # images per round: rounds of ~0.5 s here
 
 
 @dataclass(frozen=True)
 class LeverCase:
     device: str
-    lever: str            # batched | vmap | compile | batch256 | fp32 | threads
+    lever: str  # batched | vmap | compile | batch256 | fp32 | threads
     width: int
     model: str
     img_size: int = 32
     recipe: str = VIT
-    k: int = 1            # parts (batched, vmap)
+    k: int = 1  # parts (batched, vmap)
     batch: int = 128
     amp: str = "bf16"
-    steps: int = 1        # GPU: the lever's steps per round (CPU rounds are sized by TARGET_IMAGES; toy: one step)
+    steps: int = 1  # GPU: the lever's steps per round (CPU rounds are sized by TARGET_IMAGES; toy: one step)
     rounds: int = 7
 
     def __str__(self) -> str:
-        return f"{self.device}-{self.lever}-w{self.width}" + (f"-k{self.k}" if self.k > 1 else "") + \
-            f"-{self.img_size}px-b{self.batch}"
+        return (
+            f"{self.device}-{self.lever}-w{self.width}"
+            + (f"-k{self.k}" if self.k > 1 else "")
+            + f"-{self.img_size}px-b{self.batch}"
+        )
 
     def study(self) -> PathCase:
         """The study path's part (toy-sized under TOY)."""
@@ -68,8 +72,10 @@ def _cases() -> list[LeverCase]:
     # the width ladder's rungs (issue 36 runs the fastest correct path per width): compile only, the one lever that
     # won at every width above and passed the accuracy check (configs: compile-check32)
     cases += [LeverCase("cpu", "compile", w, VIT_WIDTHS[w]) for w in (128, 192, 384)]
-    cases += [LeverCase("cuda", "batched", w, DEIT_PARTS[w], 224, DEIT, k=k, batch=256, steps=5, rounds=5)
-              for w, k in ((192, 4), (384, 2))]
+    cases += [
+        LeverCase("cuda", "batched", w, DEIT_PARTS[w], 224, DEIT, k=k, batch=256, steps=5, rounds=5)
+        for w, k in ((192, 4), (384, 2))
+    ]
     return cases
 
 
@@ -125,15 +131,33 @@ def test_lever(benchmark, case: LeverCase):
         steps = tuple(max(1, target // r.images) for r in (ref, var))
         pair = _Pair(ref, var, steps, busy_clock(device))
         rounds = 2 if TOY else case.rounds
-        timed(benchmark, pair.round, device, rounds=rounds, warmup_rounds=1, setup=pair.ref_round,
-              images_per_round=steps[1] * var.images)
+        timed(
+            benchmark,
+            pair.round,
+            device,
+            rounds=rounds,
+            warmup_rounds=1,
+            setup=pair.ref_round,
+            images_per_round=steps[1] * var.images,
+        )
     finally:
         torch.set_num_threads(threads)
     benchmark.extra_info.update(
-        case=str(case), lever=case.lever, width=case.width, k=case.k, model=case.model, img_size=case.img_size,
-        batch=case.batch, amp=case.amp, kind=device_kind(device), ref_images_per_round=steps[0] * ref.images,
-        ref_busy_s=pair.ref_s[-rounds:], busy_s=pair.var_s[-rounds:], busy_clock=str(busy_clock(device).__name__),
-        beside=beside())
+        case=str(case),
+        lever=case.lever,
+        width=case.width,
+        k=case.k,
+        model=case.model,
+        img_size=case.img_size,
+        batch=case.batch,
+        amp=case.amp,
+        kind=device_kind(device),
+        ref_images_per_round=steps[0] * ref.images,
+        ref_busy_s=pair.ref_s[-rounds:],
+        busy_s=pair.var_s[-rounds:],
+        busy_clock=str(busy_clock(device).__name__),
+        beside=beside(),
+    )
 
 
 @pytest.mark.benchmark(group="levers")
@@ -167,12 +191,30 @@ def test_threads(benchmark, case: LeverCase):
             var_s.append(time.perf_counter() - t0)
 
         rounds = 2 if TOY else case.rounds
-        timed(benchmark, round_, device, rounds=rounds, warmup_rounds=1, setup=ref_round,
-              images_per_round=steps * study.batch)
+        timed(
+            benchmark,
+            round_,
+            device,
+            rounds=rounds,
+            warmup_rounds=1,
+            setup=ref_round,
+            images_per_round=steps * study.batch,
+        )
     finally:
         pack.close()
         torch.set_num_threads(threads)
     benchmark.extra_info.update(
-        case=str(case), lever=case.lever, width=case.width, k=2, model=case.model, img_size=case.img_size,
-        batch=case.batch, amp=case.amp, kind=device_kind(device), ref_images_per_round=2 * steps * study.batch,
-        ref_busy_s=ref_s[-rounds:], busy_s=var_s[-rounds:], busy_clock="perf_counter (wall)")
+        case=str(case),
+        lever=case.lever,
+        width=case.width,
+        k=2,
+        model=case.model,
+        img_size=case.img_size,
+        batch=case.batch,
+        amp=case.amp,
+        kind=device_kind(device),
+        ref_images_per_round=2 * steps * study.batch,
+        ref_busy_s=ref_s[-rounds:],
+        busy_s=var_s[-rounds:],
+        busy_clock="perf_counter (wall)",
+    )

@@ -10,6 +10,7 @@ Right before every timed round each process measures the same-precision GEMM rat
 report's *fraction of GEMM* (model FLOP/s over GEMM FLOP/s, median over rounds) compares two rates measured under
 the same load.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -27,10 +28,20 @@ VIT_64 = "configs/recipes/imagenette/base-vit-mini.yaml"
 
 def _cpu_cases(model: str, recipe: str, steps: int, vit: bool, compile_: bool) -> list[PathCase]:
     """The study path of ``model`` and its one-change variants."""
-    base = PathCase("cpu", model, 32, recipe, steps=steps, study=True,
-                    **({"fused_attn": False, "amp": "bf16"} if vit else {"channels_last": True}))
-    first = ([{"amp": "fp32"}, {"amp": "fp32", "fused_attn": True}, {"fused_attn": True}] if vit else
-             [{"channels_last": False}, {"amp": "bf16"}])
+    base = PathCase(
+        "cpu",
+        model,
+        32,
+        recipe,
+        steps=steps,
+        study=True,
+        **({"fused_attn": False, "amp": "bf16"} if vit else {"channels_last": True}),
+    )
+    first = (
+        [{"amp": "fp32"}, {"amp": "fp32", "fused_attn": True}, {"fused_attn": True}]
+        if vit
+        else [{"channels_last": False}, {"amp": "bf16"}]
+    )
     changes = first + [{"threads": 2}, {"procs": 2}] + ([{"compile": True}] if compile_ else [])
     return [base] + [replace(base, study=False, **change) for change in changes]
 
@@ -41,8 +52,10 @@ CASES = [
     *_cpu_cases("rbdc_vit_nano_patch4_32_w4", VIT, 6, vit=True, compile_=False),
     *_cpu_cases("resnet18", RESNET, 1, vit=False, compile_=True),
     *_cpu_cases("rbdc_resnet18_w2", RESNET, 3, vit=False, compile_=False),
-    *[PathCase("cuda", "rbdc_vit_mini_patch8_64", 64, VIT_64, amp="bf16", procs=n, steps=30, rounds=5,
-               study=n == 1) for n in (1, 2, 4, 8)],
+    *[
+        PathCase("cuda", "rbdc_vit_mini_patch8_64", 64, VIT_64, amp="bf16", procs=n, steps=30, rounds=5, study=n == 1)
+        for n in (1, 2, 4, 8)
+    ],
 ]
 
 
@@ -61,8 +74,15 @@ def test_train_path(benchmark, case: PathCase):
         runner = Pack(case)
         train, info, close = runner.train, runner.info, runner.close
     try:
-        timed(benchmark, lambda: train(case.steps), device, rounds=case.rounds, warmup_rounds=1,
-              setup=lambda: gemm.append(runner.gemm()), **info)
+        timed(
+            benchmark,
+            lambda: train(case.steps),
+            device,
+            rounds=case.rounds,
+            warmup_rounds=1,
+            setup=lambda: gemm.append(runner.gemm()),
+            **info,
+        )
     finally:
         close()
-    benchmark.extra_info.update(case=name, gemm_flops_per_s=gemm[-case.rounds:])
+    benchmark.extra_info.update(case=name, gemm_flops_per_s=gemm[-case.rounds :])

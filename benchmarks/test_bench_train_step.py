@@ -5,6 +5,7 @@ Both sides train the same model (identical weights) on the same in-memory batch 
 own work: its scheduler update, autocast context, loss accumulation on the device, and the bookkeeping around them.
 The report's harness/bare ratio is the engine's overhead (target: within 3%).
 """
+
 from __future__ import annotations
 
 import copy
@@ -34,15 +35,19 @@ class Case:
     batch: int
     num_classes: int = 10
     compile: bool = False
-    steps: int = 1        # optimizer steps per timed round (several on a GPU, so one sync covers many launches)
+    steps: int = 1  # optimizer steps per timed round (several on a GPU, so one sync covers many launches)
     rounds: int = 20
-    fused_attn: bool | None = None   # ViTs: the attention kernel (None: timm's choice, fused SDPA)
-    amp: str = "auto"                # the recipe's amp: auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    fused_attn: bool | None = None  # ViTs: the attention kernel (None: timm's choice, fused SDPA)
+    amp: str = "auto"  # the recipe's amp: auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
 
     def __str__(self) -> str:
         attn = "" if self.fused_attn is None else ("-fusedattn" if self.fused_attn else "-explicitattn")
-        return f"{self.device}-{self.model}-{self.img_size}px-b{self.batch}" + ("-compile" if self.compile else "") \
-            + attn + ("" if self.amp == "auto" else f"-{self.amp}")
+        return (
+            f"{self.device}-{self.model}-{self.img_size}px-b{self.batch}"
+            + ("-compile" if self.compile else "")
+            + attn
+            + ("" if self.amp == "auto" else f"-{self.amp}")
+        )
 
 
 CASES = [
@@ -81,9 +86,21 @@ def _sides(case: Case) -> tuple[torch.device, dict]:
     """
     device = require_device(case.device)
     reference = _reference_model(case)
-    recipe = Recipe.from_dict({**DEFAULTS, "model": case.model, "batch_size": case.batch, "compile": case.compile,
-                               "fused_attn": case.fused_attn, "amp": case.amp, "mixup": 0.0, "cutmix": 0.0,
-                               "smoothing": 0.0, "clip_grad": None, "ema": False})
+    recipe = Recipe.from_dict(
+        {
+            **DEFAULTS,
+            "model": case.model,
+            "batch_size": case.batch,
+            "compile": case.compile,
+            "fused_attn": case.fused_attn,
+            "amp": case.amp,
+            "mixup": 0.0,
+            "cutmix": 0.0,
+            "smoothing": 0.0,
+            "clip_grad": None,
+            "ema": False,
+        }
+    )
     # The engine's own choices: bf16 on CUDA, fused AdamW on CUDA, channels_last for CNNs on CUDA.
     bf16 = isinstance(autocast_for(recipe, device), torch.autocast)
     fused = device.type == "cuda"
@@ -102,8 +119,15 @@ def _sides(case: Case) -> tuple[torch.device, dict]:
     # The harness: the engine's optimizer factory, scheduler update and train_step.
     h_model, h_fwd = copy_model()
     h_opt = build_optimizer(h_model, recipe, lr, device)
-    sched = CosineLRScheduler(h_opt, t_initial=10_000, lr_min=recipe.min_lr, warmup_t=100,
-                              warmup_lr_init=recipe.warmup_lr, warmup_prefix=True, t_in_epochs=False)
+    sched = CosineLRScheduler(
+        h_opt,
+        t_initial=10_000,
+        lr_min=recipe.min_lr,
+        warmup_t=100,
+        warmup_lr_init=recipe.warmup_lr,
+        warmup_prefix=True,
+        t_in_epochs=False,
+    )
     crit = nn.CrossEntropyLoss()
     loss_sum = torch.zeros((), device=device)
     batches = itertools.repeat((x, y))
@@ -112,13 +136,24 @@ def _sides(case: Case) -> tuple[torch.device, dict]:
     def harness():
         i = next(counter)
         sched.step_update(i)
-        train_step(h_model, batches, h_opt, crit, recipe, device, loss_sum=loss_sum, step=i, step_fn=h_fwd,
-                   channels_last=channels_last)
+        train_step(
+            h_model,
+            batches,
+            h_opt,
+            crit,
+            recipe,
+            device,
+            loss_sum=loss_sum,
+            step=i,
+            step_fn=h_fwd,
+            channels_last=channels_last,
+        )
 
     # The bare loop, as one would write it by hand.
     b_model, b_fwd = copy_model()
-    b_opt = torch.optim.AdamW(b_model.parameters(), lr=lr, weight_decay=recipe.weight_decay, eps=recipe.opt_eps,
-                              fused=fused or None)
+    b_opt = torch.optim.AdamW(
+        b_model.parameters(), lr=lr, weight_decay=recipe.weight_decay, eps=recipe.opt_eps, fused=fused or None
+    )
 
     def bare():
         xb = x.contiguous(memory_format=torch.channels_last) if channels_last else x
@@ -132,13 +167,23 @@ def _sides(case: Case) -> tuple[torch.device, dict]:
         def round_():
             for _ in range(case.steps):
                 step()
+
         return round_
 
-    info = dict(case=str(case), model=case.model, img_size=case.img_size, batch=case.batch,
-                dtype="bf16" if bf16 else "fp32", channels_last=channels_last, compile=case.compile,
-                fused_attn=case.fused_attn,
-                fused_adamw=fused, steps_per_round=case.steps, images_per_round=case.steps * case.batch,
-                train_flops_per_image=train_flops_per_image(case.model, case.img_size, num_classes=case.num_classes))
+    info = dict(
+        case=str(case),
+        model=case.model,
+        img_size=case.img_size,
+        batch=case.batch,
+        dtype="bf16" if bf16 else "fp32",
+        channels_last=channels_last,
+        compile=case.compile,
+        fused_attn=case.fused_attn,
+        fused_adamw=fused,
+        steps_per_round=case.steps,
+        images_per_round=case.steps * case.batch,
+        train_flops_per_image=train_flops_per_image(case.model, case.img_size, num_classes=case.num_classes),
+    )
     return device, {"bare": rounds(bare), "harness": rounds(harness), "info": info}
 
 
@@ -168,8 +213,16 @@ def test_train_step(benchmark, case: Case, impl: str):
         bare_round()
     paired.clear()
     gemm = [gemm_rate(gemm_dtype, device)]  # the same-precision GEMM rate just before and after the timed rounds
-    timed(benchmark, sides[impl], device, rounds=case.rounds, warmup_rounds=warmup,
-          setup=bare_round if impl == "harness" else None, impl=impl, **sides["info"])
+    timed(
+        benchmark,
+        sides[impl],
+        device,
+        rounds=case.rounds,
+        warmup_rounds=warmup,
+        setup=bare_round if impl == "harness" else None,
+        impl=impl,
+        **sides["info"],
+    )
     benchmark.extra_info["gemm_flops_per_s"] = gemm + [gemm_rate(gemm_dtype, device)]
     if impl == "harness":
-        benchmark.extra_info["paired_bare_s"] = paired[-case.rounds:]
+        benchmark.extra_info["paired_bare_s"] = paired[-case.rounds :]

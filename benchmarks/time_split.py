@@ -15,6 +15,7 @@ The step's wall time not covered by any op (Python, dispatch, the profiler's own
 report groups the kinds as GEMMs / attention (matmuls + softmax) / norms, activations and elementwise (with casts
 and copies) / optimizer / other; the profiled step is slower than an unprofiled one (both are recorded).
 """
+
 from __future__ import annotations
 
 import time
@@ -22,37 +23,117 @@ import time
 from benchmarks.bench_common import sync
 
 KINDS: dict[str, tuple[str, ...]] = {
-    "gemm": ("aten::mm", "aten::addmm", "aten::linear", "aten::baddbmm", "aten::addmv", "aten::mv", "aten::conv2d",
-             "aten::convolution", "aten::_convolution", "aten::mkldnn_convolution", "aten::convolution_backward",
-             "aten::mkldnn_linear", "aten::cudnn_convolution", "aten::_convolution_mode"),
+    "gemm": (
+        "aten::mm",
+        "aten::addmm",
+        "aten::linear",
+        "aten::baddbmm",
+        "aten::addmv",
+        "aten::mv",
+        "aten::conv2d",
+        "aten::convolution",
+        "aten::_convolution",
+        "aten::mkldnn_convolution",
+        "aten::convolution_backward",
+        "aten::mkldnn_linear",
+        "aten::cudnn_convolution",
+        "aten::_convolution_mode",
+    ),
     "attention_matmul": ("aten::bmm", "aten::matmul"),
-    "softmax": ("aten::softmax", "aten::_softmax", "aten::_softmax_backward_data", "aten::scaled_dot_product_attention",
-                "aten::_scaled_dot_product_flash_attention", "aten::_scaled_dot_product_flash_attention_for_cpu",
-                "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
-                "aten::_scaled_dot_product_efficient_attention", "aten::_efficient_attention_forward",
-                "aten::_efficient_attention_backward", "aten::_flash_attention_forward",
-                "aten::_flash_attention_backward", "aten::_scaled_dot_product_cudnn_attention",
-                "aten::_scaled_dot_product_cudnn_attention_backward"),
-    "norm": ("aten::layer_norm", "aten::native_layer_norm", "aten::native_layer_norm_backward", "aten::batch_norm",
-             "aten::_batch_norm_impl_index", "aten::native_batch_norm", "aten::native_batch_norm_backward",
-             "aten::_native_batch_norm_legit", "aten::_native_batch_norm_legit_functional", "aten::group_norm",
-             "aten::native_group_norm", "aten::native_group_norm_backward", "aten::cudnn_batch_norm",
-             "aten::cudnn_batch_norm_backward"),
-    "activation": ("aten::gelu", "aten::gelu_backward", "aten::relu", "aten::relu_", "aten::threshold_backward",
-                   "aten::silu", "aten::silu_backward", "aten::max_pool2d_with_indices",
-                   "aten::max_pool2d_with_indices_backward", "aten::max_pool2d"),
-    "cast_copy": ("aten::to", "aten::_to_copy", "aten::copy_", "aten::clone", "aten::cat", "aten::stack",
-                  "aten::contiguous"),
-    "other": ("aten::view", "aten::reshape", "aten::_unsafe_view", "aten::as_strided", "aten::transpose",
-              "aten::permute", "aten::expand", "aten::t", "aten::unbind", "aten::select", "aten::slice",
-              "aten::flatten", "aten::unsqueeze", "aten::squeeze", "aten::detach", "detach", "aten::alias",
-              "aten::split", "aten::chunk", "aten::narrow", "aten::empty", "aten::empty_strided", "aten::new_empty",
-              "aten::empty_like", "aten::resolve_conj", "aten::resolve_neg", "aten::lift_fresh",
-              "torch::autograd::AccumulateGrad", "aten::result_type", "aten::numpy_T", "aten::_reshape_alias"),
+    "softmax": (
+        "aten::softmax",
+        "aten::_softmax",
+        "aten::_softmax_backward_data",
+        "aten::scaled_dot_product_attention",
+        "aten::_scaled_dot_product_flash_attention",
+        "aten::_scaled_dot_product_flash_attention_for_cpu",
+        "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+        "aten::_scaled_dot_product_efficient_attention",
+        "aten::_efficient_attention_forward",
+        "aten::_efficient_attention_backward",
+        "aten::_flash_attention_forward",
+        "aten::_flash_attention_backward",
+        "aten::_scaled_dot_product_cudnn_attention",
+        "aten::_scaled_dot_product_cudnn_attention_backward",
+    ),
+    "norm": (
+        "aten::layer_norm",
+        "aten::native_layer_norm",
+        "aten::native_layer_norm_backward",
+        "aten::batch_norm",
+        "aten::_batch_norm_impl_index",
+        "aten::native_batch_norm",
+        "aten::native_batch_norm_backward",
+        "aten::_native_batch_norm_legit",
+        "aten::_native_batch_norm_legit_functional",
+        "aten::group_norm",
+        "aten::native_group_norm",
+        "aten::native_group_norm_backward",
+        "aten::cudnn_batch_norm",
+        "aten::cudnn_batch_norm_backward",
+    ),
+    "activation": (
+        "aten::gelu",
+        "aten::gelu_backward",
+        "aten::relu",
+        "aten::relu_",
+        "aten::threshold_backward",
+        "aten::silu",
+        "aten::silu_backward",
+        "aten::max_pool2d_with_indices",
+        "aten::max_pool2d_with_indices_backward",
+        "aten::max_pool2d",
+    ),
+    "cast_copy": (
+        "aten::to",
+        "aten::_to_copy",
+        "aten::copy_",
+        "aten::clone",
+        "aten::cat",
+        "aten::stack",
+        "aten::contiguous",
+    ),
+    "other": (
+        "aten::view",
+        "aten::reshape",
+        "aten::_unsafe_view",
+        "aten::as_strided",
+        "aten::transpose",
+        "aten::permute",
+        "aten::expand",
+        "aten::t",
+        "aten::unbind",
+        "aten::select",
+        "aten::slice",
+        "aten::flatten",
+        "aten::unsqueeze",
+        "aten::squeeze",
+        "aten::detach",
+        "detach",
+        "aten::alias",
+        "aten::split",
+        "aten::chunk",
+        "aten::narrow",
+        "aten::empty",
+        "aten::empty_strided",
+        "aten::new_empty",
+        "aten::empty_like",
+        "aten::resolve_conj",
+        "aten::resolve_neg",
+        "aten::lift_fresh",
+        "torch::autograd::AccumulateGrad",
+        "aten::result_type",
+        "aten::numpy_T",
+        "aten::_reshape_alias",
+    ),
 }
 _KIND_OF = {name: kind for kind, names in KINDS.items() for name in names}
-GROUPS = {"gemm": ("gemm",), "attention": ("attention_matmul", "softmax"),
-          "elementwise": ("norm", "activation", "cast_copy", "elementwise"), "other": ("other", "untracked")}
+GROUPS = {
+    "gemm": ("gemm",),
+    "attention": ("attention_matmul", "softmax"),
+    "elementwise": ("norm", "activation", "cast_copy", "elementwise"),
+    "other": ("other", "untracked"),
+}
 BACKWARD = "autograd::engine::evaluate_function"
 OPTIMIZER = "Optimizer."
 
@@ -80,8 +161,13 @@ def root_phases(events) -> dict[int, str]:
     for r in roots + [None]:
         if r is None or r.name.startswith(OPTIMIZER):
             for p in pending:
-                phases[id(p)] = ("backward" if p.name.startswith(BACKWARD) else
-                                 "optimizer" if r is not None and p.time_range.start >= last_bwd else "forward")
+                phases[id(p)] = (
+                    "backward"
+                    if p.name.startswith(BACKWARD)
+                    else "optimizer"
+                    if r is not None and p.time_range.start >= last_bwd
+                    else "forward"
+                )
             pending, last_bwd = [], float("-inf")
             if r is not None:
                 phases[id(r)] = "optimizer"
@@ -115,6 +201,7 @@ def split_events(events, wall_s: float, steps: int, device_time: bool = False) -
 def profile_split(trainer, steps: int = 2) -> dict:
     """Profile ``steps`` steps of ``trainer`` (warm already) and split their time (:func:`split_events`)."""
     from torch.profiler import ProfilerActivity, profile
+
     cuda = trainer.device.type == "cuda"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     sync(trainer.device)
@@ -127,9 +214,13 @@ def profile_split(trainer, steps: int = 2) -> dict:
         wall, busy = time.perf_counter() - t0, clock() - b0
     # on a shared CPU the time slices lost to other jobs are no work of the step: the split's total is the busy time
     split = split_events(prof.events(), min(wall, busy), steps, device_time=cuda)
-    return {"split_s": split, "profiled_step_s": wall / steps, "profiled_step_busy_s": busy / steps,
-            "profiled_steps": steps,
-            "split_time": "device (kernels)" if cuda else "cpu"}
+    return {
+        "split_s": split,
+        "profiled_step_s": wall / steps,
+        "profiled_step_busy_s": busy / steps,
+        "profiled_steps": steps,
+        "split_time": "device (kernels)" if cuda else "cpu",
+    }
 
 
 def grouped(split: dict) -> dict[str, float]:
@@ -158,6 +249,7 @@ def gemm_busy_rate(dtype, device, n: int | None = None, min_s: float = 0.05) -> 
     import torch
 
     from benchmarks.train_paths import gemm_size
+
     n = n or gemm_size(device)
     clock = busy_clock(device)
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
@@ -168,16 +260,18 @@ def gemm_busy_rate(dtype, device, n: int | None = None, min_s: float = 0.05) -> 
         torch.mm(a, b)
         reps += 1
     sync(device)
-    return 2 * n ** 3 * reps / (clock() - t0)
+    return 2 * n**3 * reps / (clock() - t0)
 
 
 def beside(min_cpu: float = 20.0) -> list[str]:
     """Other processes using more than ``min_cpu`` % of a core now (``ps``): what a timing ran beside."""
     import os
     import subprocess
+
     try:
-        out = subprocess.run(["ps", "-eo", "pid,psr,pcpu,args", "--sort=-pcpu"], capture_output=True, text=True,
-                             timeout=10).stdout.splitlines()[1:]
+        out = subprocess.run(
+            ["ps", "-eo", "pid,psr,pcpu,args", "--sort=-pcpu"], capture_output=True, text=True, timeout=10
+        ).stdout.splitlines()[1:]
     except (OSError, subprocess.SubprocessError):
         return []
     rows = []
@@ -188,5 +282,15 @@ def beside(min_cpu: float = 20.0) -> list[str]:
     return rows
 
 
-__all__ = ["KINDS", "GROUPS", "kind_of", "root_phases", "split_events", "profile_split", "grouped", "busy_clock",
-           "gemm_busy_rate", "beside"]
+__all__ = [
+    "KINDS",
+    "GROUPS",
+    "kind_of",
+    "root_phases",
+    "split_events",
+    "profile_split",
+    "grouped",
+    "busy_clock",
+    "gemm_busy_rate",
+    "beside",
+]

@@ -9,6 +9,7 @@ process, right before every timed round, so that model FLOP/s / GEMM FLOP/s surv
 :class:`Pack` runs ``procs`` such trainers in their own processes at once (the study's ``jobs: 2`` on the CPU; several
 runs sharing one GPU), each driven round by round from the parent.
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -23,26 +24,26 @@ from rbdc.flops import train_flops_per_image
 from rbdc.nets.models import scaled
 from rbdc.recipe import resolve
 
-GEMM_N = {"cpu": 1024, "cuda": 8192}   # square matrix side of the probe: ~2 GFLOP on a CPU core, ~1 TFLOP on a GPU
+GEMM_N = {"cpu": 1024, "cuda": 8192}  # square matrix side of the probe: ~2 GFLOP on a CPU core, ~1 TFLOP on a GPU
 GEMM_MIN_S = {"cpu": 0.05, "cuda": 0.02}
 
 
 @dataclass(frozen=True)
 class PathCase:
-    device: str                  # "cpu" or "cuda"
+    device: str  # "cpu" or "cuda"
     model: str
     img_size: int
-    recipe: str                  # the study recipe (relative to the repository) whose step is timed
+    recipe: str  # the study recipe (relative to the repository) whose step is timed
     batch: int = 128
-    amp: str = "fp32"            # fp32 | bf16 (autocast)
+    amp: str = "fp32"  # fp32 | bf16 (autocast)
     compile: bool = False
     channels_last: bool = False
-    fused_attn: bool | None = None   # ViTs: timm's fused SDPA (True) or its explicit attention (False)
-    threads: int = 1             # CPU threads of each process
-    procs: int = 1               # processes training at once, each its own model
-    steps: int = 1               # optimizer steps per timed round, per process
+    fused_attn: bool | None = None  # ViTs: timm's fused SDPA (True) or its explicit attention (False)
+    threads: int = 1  # CPU threads of each process
+    procs: int = 1  # processes training at once, each its own model
+    steps: int = 1  # optimizer steps per timed round, per process
     rounds: int = 8
-    study: bool = False          # the path the study runs this model on (the reference of its rows)
+    study: bool = False  # the path the study runs this model on (the reference of its rows)
 
     def __str__(self) -> str:
         parts = [self.device, self.model, f"{self.img_size}px", f"b{self.batch}", self.amp]
@@ -76,7 +77,7 @@ def gemm_rate(dtype: torch.dtype, device: torch.device, n: int | None = None) ->
         if reps % 4 == 0 or reps < 4:
             sync(device)
     sync(device)
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
 class Trainer:
@@ -87,9 +88,16 @@ class Trainer:
         self.device = require_device(case.device)
         if self.device.type == "cpu":
             torch.set_num_threads(case.threads)
-        recipe = resolve(REPO / case.recipe, model=case.model, img_size=case.img_size, batch_size=case.batch,
-                         amp=case.amp, compile=case.compile, channels_last=case.channels_last)
-        recipe.fused_attn = case.fused_attn   # None is meaningful here (timm's choice), so not a resolve field
+        recipe = resolve(
+            REPO / case.recipe,
+            model=case.model,
+            img_size=case.img_size,
+            batch_size=case.batch,
+            amp=case.amp,
+            compile=case.compile,
+            channels_last=case.channels_last,
+        )
+        recipe.fused_attn = case.fused_attn  # None is meaningful here (timm's choice), so not a resolve field
         self.recipe = recipe
         torch.manual_seed(0)
         model = scaled(case.model, 1, num_classes=10, drop_path_rate=recipe.drop_path)
@@ -113,8 +121,18 @@ class Trainer:
         sync(self.device)
 
     def step(self) -> None:
-        train_step(self.model, iter((self.batch,)), self.opt, self.crit, self.recipe, self.device,
-                   loss_sum=self.loss_sum, step=self.i, step_fn=self.step_fn, channels_last=self.case.channels_last)
+        train_step(
+            self.model,
+            iter((self.batch,)),
+            self.opt,
+            self.crit,
+            self.recipe,
+            self.device,
+            loss_sum=self.loss_sum,
+            step=self.i,
+            step_fn=self.step_fn,
+            channels_last=self.case.channels_last,
+        )
         self.i += 1
 
     def train(self, steps: int) -> float:
@@ -131,10 +149,15 @@ class Trainer:
     def info(self) -> dict:
         """What a JSON row records about the case besides its timings."""
         c = self.case
-        return dict(case=str(c), **{k: v for k, v in asdict(c).items() if k not in ("device", "rounds")},
-                    images_per_round=c.procs * c.steps * c.batch, train_flops_per_image=self.fpi,
-                    gemm_dtype=str(self.gemm_dtype).removeprefix("torch."), gemm_n=gemm_size(self.device),
-                    fused_adamw=bool(self.opt.defaults.get("fused")))
+        return dict(
+            case=str(c),
+            **{k: v for k, v in asdict(c).items() if k not in ("device", "rounds")},
+            images_per_round=c.procs * c.steps * c.batch,
+            train_flops_per_image=self.fpi,
+            gemm_dtype=str(self.gemm_dtype).removeprefix("torch."),
+            gemm_n=gemm_size(self.device),
+            fused_adamw=bool(self.opt.defaults.get("fused")),
+        )
 
 
 def _serve(case: PathCase, conn) -> None:

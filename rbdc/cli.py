@@ -1,4 +1,5 @@
 """The ``rbdc`` command line: ``rbdc SUBCOMMAND --help`` for each."""
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,9 @@ def check_output(path: str | Path, flag: str, *, directory: bool = False) -> Pat
         raise UserError(f"{flag} {path}: {parent} is a file, not a directory; pick a path in a directory")
     if path.exists() and path.is_dir() != directory:
         want, got = ("a directory", "a file") if directory else ("a file", "a directory")
-        raise UserError(f"{flag} {path} is {got}; pass {want}" + ("" if directory else
-                                                                   f", e.g. {path / 'coupled.safetensors'}"))
+        raise UserError(
+            f"{flag} {path} is {got}; pass {want}" + ("" if directory else f", e.g. {path / 'coupled.safetensors'}")
+        )
     return path
 
 
@@ -50,7 +52,6 @@ def check_img_size(img_size: int | None) -> None:
 
 def cmd_flops(args) -> int:
     import torch
-
 
     check_img_size(args.img_size)
     try:
@@ -63,9 +64,11 @@ def cmd_flops(args) -> int:
     macs = forward_macs(model, args.img_size)
     size = args.img_size or model.pretrained_cfg["input_size"][-1]
     params = sum(p.numel() for p in model.parameters())
-    print(f"{args.model} @ {size}px: params {params / 1e6:.2f} M | forward {macs / 1e9:.3f} GMACs "
-          f"= {human_flops(2 * macs)} | training {human_flops(TRAIN_FLOPS_PER_FORWARD * 2 * macs)} per image "
-          f"(3 x forward)")
+    print(
+        f"{args.model} @ {size}px: params {params / 1e6:.2f} M | forward {macs / 1e9:.3f} GMACs "
+        f"= {human_flops(2 * macs)} | training {human_flops(TRAIN_FLOPS_PER_FORWARD * 2 * macs)} per image "
+        f"(3 x forward)"
+    )
     return 0
 
 
@@ -74,8 +77,9 @@ def _plan_speed(args, rows: list[dict]) -> dict[int, float] | None:
     if args.gpu:
         return {r["level"]: bench_train_flops_per_s(args.gpu, r["model"]) for r in rows}
     if args.estimate:  # this CPU kind's cost model where fitted, else a few steps measured here
-        speed, args.where = level_speeds(args.target, rows, args.img_size, amp=args.amp, batch=args.batch,
-                                         log=lambda line: print(line, flush=True))
+        speed, args.where = level_speeds(
+            args.target, rows, args.img_size, amp=args.amp, batch=args.batch, log=lambda line: print(line, flush=True)
+        )
         return speed
     return None
 
@@ -93,9 +97,16 @@ def cmd_plan(args) -> int:
         if speed:
             r["time_per_epoch"] = human_time(r["level_train_pflops_per_epoch"] * 1e15 / speed[r["level"]])
     print(f"RBDC plan: {args.target}, depth {args.depth}, k={args.k}, FLOPs per epoch of {args.dataset_size:,} images")
-    cols = [("level", "level", ""), ("count", "models", ""), ("width", "width", ""), ("model", "model", ""),
-            ("params", "params", ",d"), ("gmacs", "GMACs/img", ".3f"), ("train_per_image", "train FLOPs/img", ""),
-            ("level_per_epoch", "level FLOPs/epoch", "")]
+    cols = [
+        ("level", "level", ""),
+        ("count", "models", ""),
+        ("width", "width", ""),
+        ("model", "model", ""),
+        ("params", "params", ",d"),
+        ("gmacs", "GMACs/img", ".3f"),
+        ("train_per_image", "train FLOPs/img", ""),
+        ("level_per_epoch", "level FLOPs/epoch", ""),
+    ]
     if speed:
         where = f"at the benchmarked speed of {args.gpu}" if args.gpu else args.where
         cols.append(("time_per_epoch", "time/epoch", ""))
@@ -116,53 +127,90 @@ def cmd_couple(args) -> int:
         wide = couple(models, head=args.head, norm="plain")
     except ValueError as e:
         raise UserError(str(e)) from e
-    save_weights(wide, out, coupled_from=[{"path": str(p), "sha256": sha256(p)} for p in args.checkpoints],
-                 coupling={"k": len(models), "head": args.head, "norm": "plain"})
+    save_weights(
+        wide,
+        out,
+        coupled_from=[{"path": str(p), "sha256": sha256(p)} for p in args.checkpoints],
+        coupling={"k": len(models), "head": args.head, "norm": "plain"},
+    )
     print(f"coupled {len(models)} x {args.model or 'checkpoint'} -> {out}")
     return 0
 
 
 def add_command(sub, name: str, help: str, examples: list[str]) -> argparse.ArgumentParser:
     """A subcommand whose --help ends with ``examples`` (lines kept as written)."""
-    return sub.add_parser(name, help=help, formatter_class=argparse.RawDescriptionHelpFormatter,
-                          epilog="examples:\n" + "".join(f"  {e}\n" for e in examples))
+    return sub.add_parser(
+        name,
+        help=help,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n" + "".join(f"  {e}\n" for e in examples),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rbdc", description="Recursive Block-Diagonal Coupling: train, couple, compare.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    f = add_command(sub, "flops", "params, GMACs, GFLOPs and training FLOPs per image of a model", [
-        "rbdc flops deit_base_patch16_224            # 17.6 GMACs = 35.1 GFLOPs, x3 to train",
-        "rbdc flops rbdc_resnet50_w2                 # a registered narrow variant",
-        "rbdc flops rbdc_vit_nano_patch4_32 --img-size 32"])
+    f = add_command(
+        sub,
+        "flops",
+        "params, GMACs, GFLOPs and training FLOPs per image of a model",
+        [
+            "rbdc flops deit_base_patch16_224            # 17.6 GMACs = 35.1 GFLOPs, x3 to train",
+            "rbdc flops rbdc_resnet50_w2                 # a registered narrow variant",
+            "rbdc flops rbdc_vit_nano_patch4_32 --img-size 32",
+        ],
+    )
     f.add_argument("model", help="timm model name, e.g. deit_base_patch16_224 or rbdc_resnet50_w2")
     f.add_argument("--img-size", type=int, default=None, help="input size in pixels (default: the model's)")
     f.set_defaults(func=cmd_flops)
 
-    pl = add_command(sub, "plan", "the levels of an RBDC recursion towards a target model", [
-        "rbdc plan deit_base_patch16_224 --depth 2        # 4 DeiT-Ti -> 2 DeiT-S -> DeiT-B",
-        "rbdc plan resnet50 --depth 2 --estimate          # + time per epoch measured here",
-        "rbdc plan deit_base_patch16_224 --gpu H100       # + time from reports/bench/*.json",
-        "rbdc plan rbdc_vit_nano_patch4_32 --dataset-size 9469 --estimate"])
+    pl = add_command(
+        sub,
+        "plan",
+        "the levels of an RBDC recursion towards a target model",
+        [
+            "rbdc plan deit_base_patch16_224 --depth 2        # 4 DeiT-Ti -> 2 DeiT-S -> DeiT-B",
+            "rbdc plan resnet50 --depth 2 --estimate          # + time per epoch measured here",
+            "rbdc plan deit_base_patch16_224 --gpu H100       # + time from reports/bench/*.json",
+            "rbdc plan rbdc_vit_nano_patch4_32 --dataset-size 9469 --estimate",
+        ],
+    )
     pl.add_argument("target", help="target timm model, e.g. deit_base_patch16_224")
     pl.add_argument("--depth", type=int, default=1, help="recursion depth r: k**r narrow models at level 0")
     pl.add_argument("-k", type=int, default=2, help="models coupled per step (default 2)")
     pl.add_argument("--img-size", type=int, default=None)
     pl.add_argument("--dataset-size", type=int, default=1_281_167, help="images per epoch (default: ImageNet-1k)")
-    pl.add_argument("--estimate", action="store_true",
-                    help="time per epoch of each level and RBDC vs scratch at equal FLOPs: by this CPU kind's cost "
-                         "model (reports/bench/costmodel-*.json), else from a few training steps measured here")
-    pl.add_argument("--amp", choices=("fp32", "bf16"), default="fp32",
-                    help="precision of --estimate (the cost model's fit or the measured steps)")
+    pl.add_argument(
+        "--estimate",
+        action="store_true",
+        help="time per epoch of each level and RBDC vs scratch at equal FLOPs: by this CPU kind's cost "
+        "model (reports/bench/costmodel-*.json), else from a few training steps measured here",
+    )
+    pl.add_argument(
+        "--amp",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="precision of --estimate (the cost model's fit or the measured steps)",
+    )
     pl.add_argument("--batch", type=int, default=128, help="batch of --estimate's cost model (default 128)")
-    pl.add_argument("--gpu", metavar="NAME", default=None,
-                    help="time per epoch on the device NAME from the committed benchmarks (reports/bench/*.json)")
+    pl.add_argument(
+        "--gpu",
+        metavar="NAME",
+        default=None,
+        help="time per epoch on the device NAME from the committed benchmarks (reports/bench/*.json)",
+    )
     pl.set_defaults(func=cmd_plan)
 
-    c = add_command(sub, "couple", "couple k narrow checkpoints (safetensors) into one k x wider checkpoint", [
-        "rbdc couple a.safetensors b.safetensors -o wide.safetensors",
-        "rbdc couple runs/x/seed0/stages/L0.{0,1}/final.safetensors -o wide.safetensors --head sum"])
+    c = add_command(
+        sub,
+        "couple",
+        "couple k narrow checkpoints (safetensors) into one k x wider checkpoint",
+        [
+            "rbdc couple a.safetensors b.safetensors -o wide.safetensors",
+            "rbdc couple runs/x/seed0/stages/L0.{0,1}/final.safetensors -o wide.safetensors --head sum",
+        ],
+    )
     c.add_argument("checkpoints", nargs="+", help="narrow .safetensors files (from rbdc runs or rbdc.save_weights)")
     c.add_argument("--model", default=None, help="timm name of the narrow models (default: from the files)")
     c.add_argument("--head", choices=("mean", "sum"), default="mean", help="classifier: mean (default) or sum")
@@ -170,8 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="overwrite the output")
     c.set_defaults(func=cmd_couple)
 
-    k = add_command(sub, "keys", "the recipe keys: default, accepted values, meaning", [
-        "rbdc keys            # every key", "rbdc keys rbdc.       # the RBDC protocol's keys"])
+    k = add_command(
+        sub,
+        "keys",
+        "the recipe keys: default, accepted values, meaning",
+        ["rbdc keys            # every key", "rbdc keys rbdc.       # the RBDC protocol's keys"],
+    )
     k.add_argument("pattern", nargs="?", default="", help="only keys containing this text")
     k.set_defaults(func=lambda args: print(__import__("rbdc.recipe").recipe.describe(args.pattern)))
 

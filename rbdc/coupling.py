@@ -22,6 +22,7 @@ The parts must agree in every setting (``rbdc.nets.models.settings``: layer type
 and the wide model is rebuilt with them and checked against them, so a coupled model is exact (plain LN aside) or
 refused, never silently different.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,6 +53,7 @@ def classifier_keys(model: nn.Module) -> tuple[str, ...]:
 def packed_chunks(model: nn.Module) -> dict[str, int]:
     """Linear layers packing several projections along their outputs, and how many: ``{module name: count}``."""
     from timm.layers import Attention, AttentionPoolLatent, GluMlp
+
     packed = {Attention: "qkv", AttentionPoolLatent: "kv", GluMlp: "fc1"}
     counts = {"qkv": 3, "kv": 2, "fc1": 2}
     out = {}
@@ -70,23 +72,30 @@ def _check_compatible(models: Sequence[nn.Module]) -> None:
         d = describe(m)
         for key in ref:
             if d.get(key) != ref[key]:
-                raise ValueError(f"cannot couple: model 0 and model {i} differ in {key} ({ref[key]} vs {d.get(key)}); "
-                                 f"couple only models of the same family and structure")
+                raise ValueError(
+                    f"cannot couple: model 0 and model {i} differ in {key} ({ref[key]} vs {d.get(key)}); "
+                    f"couple only models of the same family and structure"
+                )
     ref = settings(models[0])
     for i, m in enumerate(models[1:], start=1):
         d = settings(m)
         key = next((key for key in {**ref, **d} if ref.get(key) != d.get(key)), None)
         if key is not None:
-            raise ValueError(f"cannot couple: model 0 and model {i} differ in {key} ({ref.get(key)} vs {d.get(key)}); "
-                             f"couple only models built with the same settings")
+            raise ValueError(
+                f"cannot couple: model 0 and model {i} differ in {key} ({ref.get(key)} vs {d.get(key)}); "
+                f"couple only models built with the same settings"
+            )
     archs = [arch_of(m) for m in models]
     if any(a["factor"] != archs[0]["factor"] or a["name"] != archs[0]["name"] for a in archs):
-        raise ValueError("cannot couple: models were built from different timm names/widths "
-                         f"({sorted({(a['name'], str(a['factor'])) for a in archs})})")
+        raise ValueError(
+            "cannot couple: models were built from different timm names/widths "
+            f"({sorted({(a['name'], str(a['factor'])) for a in archs})})"
+        )
     devices = {t.device for m in models for t in m.state_dict().values()}
     if len(devices) > 1:
-        raise ValueError(f"cannot couple: the models are on different devices ({sorted(map(str, devices))}); move "
-                         f"them to one")
+        raise ValueError(
+            f"cannot couple: the models are on different devices ({sorted(map(str, devices))}); move them to one"
+        )
 
 
 def _widened(a, b, k: int) -> bool:
@@ -102,9 +111,11 @@ def _check_rebuilt(part: nn.Module, wide: nn.Module, k: int, name: str) -> None:
     ref, got = settings(part), settings(wide)
     for key in {**ref, **got}:
         if not _widened(ref.get(key), got.get(key), k):
-            raise ValueError(f"cannot couple: the {k} x wider {name} rebuilt from the parts' recorded settings "
-                             f"differs in {key} (parts {ref.get(key)}, rebuilt {got.get(key)}); build the parts "
-                             f"with rbdc.scaled(name, factor, **settings) so that their settings are recorded")
+            raise ValueError(
+                f"cannot couple: the {k} x wider {name} rebuilt from the parts' recorded settings "
+                f"differs in {key} (parts {ref.get(key)}, rebuilt {got.get(key)}); build the parts "
+                f"with rbdc.scaled(name, factor, **settings) so that their settings are recorded"
+            )
 
 
 def _block_diag(parts: list[torch.Tensor], shape: torch.Size, offdiag_std: float, gen) -> torch.Tensor:
@@ -113,12 +124,20 @@ def _block_diag(parts: list[torch.Tensor], shape: torch.Size, offdiag_std: float
         out.normal_(0.0, offdiag_std, generator=gen)
     o, c = parts[0].shape[:2]
     for i, p in enumerate(parts):
-        out[i * o:(i + 1) * o, i * c:(i + 1) * c] = p
+        out[i * o : (i + 1) * o, i * c : (i + 1) * c] = p
     return out
 
 
-def _couple_tensor(key: str, parts: list[torch.Tensor], shape: torch.Size, *, head_scale: float | None,
-                   offdiag_std: float, gen, chunks: int = 1) -> torch.Tensor:
+def _couple_tensor(
+    key: str,
+    parts: list[torch.Tensor],
+    shape: torch.Size,
+    *,
+    head_scale: float | None,
+    offdiag_std: float,
+    gen,
+    chunks: int = 1,
+) -> torch.Tensor:
     k, p = len(parts), parts[0]
     if head_scale is not None:  # classifier: logits = scale * sum_i (W_i x_i + b_i)
         return (torch.cat(parts, dim=1) if p.ndim == 2 else torch.stack(parts).sum(0)) * head_scale
@@ -132,8 +151,10 @@ def _couple_tensor(key: str, parts: list[torch.Tensor], shape: torch.Size, *, he
         return torch.cat([_block_diag([q[j] for q in split], sub, offdiag_std, gen) for j in range(chunks)])
     grown = [d for d in range(p.ndim) if shape[d] != p.shape[d]]
     if not grown:  # e.g. qk_norm's weights, shared by all heads
-        raise ValueError(f"no coupling rule for {key}: its shape {tuple(p.shape)} does not grow with the width, so "
-                         f"the coupled model would share one tensor between the parts; build them without that layer")
+        raise ValueError(
+            f"no coupling rule for {key}: its shape {tuple(p.shape)} does not grow with the width, so "
+            f"the coupled model would share one tensor between the parts; build them without that layer"
+        )
     if any(shape[d] != k * p.shape[d] for d in grown):
         raise ValueError(f"no coupling rule for {key}: part shape {tuple(p.shape)}, coupled shape {tuple(shape)}")
     if grown == [0, 1]:
@@ -143,8 +164,9 @@ def _couple_tensor(key: str, parts: list[torch.Tensor], shape: torch.Size, *, he
     raise ValueError(f"no coupling rule for {key}: dims {grown} grew")
 
 
-def couple(models: Sequence[nn.Module], head: str = "mean", norm: str = "plain", offdiag_std: float = 0.0,
-           seed: int = 0) -> nn.Module:
+def couple(
+    models: Sequence[nn.Module], head: str = "mean", norm: str = "plain", offdiag_std: float = 0.0, seed: int = 0
+) -> nn.Module:
     """Couple k >= 2 narrow models of identical structure into one standard timm model of k x width.
 
     Args:
@@ -180,20 +202,33 @@ def couple(models: Sequence[nn.Module], head: str = "mean", norm: str = "plain",
     part_sds = [m.state_dict() for m in models]
     wide_sd = wide.state_dict()
     if set(wide_sd) != set(part_sds[0]):
-        raise ValueError(f"cannot couple: parameter names differ from the k x wider model "
-                         f"({sorted(set(wide_sd) ^ set(part_sds[0]))[:5]})")
+        raise ValueError(
+            f"cannot couple: parameter names differ from the k x wider model "
+            f"({sorted(set(wide_sd) ^ set(part_sds[0]))[:5]})"
+        )
     new = {}
     for key, ref in wide_sd.items():
         is_head = key.rpartition(".")[0] in heads
-        new[key] = _couple_tensor(key, [sd[key].detach().cpu() for sd in part_sds], ref.shape,
-                                  head_scale=(1.0 / k if head == "mean" else 1.0) if is_head else None,
-                                  offdiag_std=offdiag_std, gen=gen,
-                                  chunks=packed.get(key.rpartition(".")[0], 1)).to(ref.dtype)
+        new[key] = _couple_tensor(
+            key,
+            [sd[key].detach().cpu() for sd in part_sds],
+            ref.shape,
+            head_scale=(1.0 / k if head == "mean" else 1.0) if is_head else None,
+            offdiag_std=offdiag_std,
+            gen=gen,
+            chunks=packed.get(key.rpartition(".")[0], 1),
+        ).to(ref.dtype)
     wide.load_state_dict(new)
     if norm == "grouped":
         parts = dict(models[0].named_modules())
-        group_norms(wide, {name: k * getattr(parts[name], "parts", 1) for name, mod in wide.named_modules()
-                           if isinstance(mod, nn.LayerNorm)})
+        group_norms(
+            wide,
+            {
+                name: k * getattr(parts[name], "parts", 1)
+                for name, mod in wide.named_modules()
+                if isinstance(mod, nn.LayerNorm)
+            },
+        )
     wide.rbdc_arch = {**arch, "factor": arch["factor"] * k}
     wide.rbdc_coupling = {"k": k, "head": head, "norm": norm, "offdiag_std": offdiag_std}
     return wide.to(device).train(models[0].training)
@@ -207,12 +242,18 @@ def couple_tree(models: Sequence[nn.Module], k: int = 2, **couple_kwargs) -> nn.
     while len(level) > 1:
         if len(level) % k:
             raise ValueError(f"couple_tree: {len(models)} leaves is not a power of k={k}")
-        level = [couple(level[i:i + k], **couple_kwargs) for i in range(0, len(level), k)]
+        level = [couple(level[i : i + k], **couple_kwargs) for i in range(0, len(level), k)]
     return level[0]
 
 
-def plan(target: str, depth: int, k: int = 2, img_size: int | None = None, num_classes: int | None = None,
-         dataset_size: int | None = None) -> list[dict]:
+def plan(
+    target: str,
+    depth: int,
+    k: int = 2,
+    img_size: int | None = None,
+    num_classes: int | None = None,
+    dataset_size: int | None = None,
+) -> list[dict]:
     """The levels of an RBDC recursion towards ``target``: level 0 holds k**depth models of 1/k**depth width.
 
     Each row: level, count, width factor, model name (registered timm name where one exists), params, forward GMACs
@@ -235,14 +276,19 @@ def plan(target: str, depth: int, k: int = 2, img_size: int | None = None, num_c
         size = img_size or model.pretrained_cfg["input_size"][-1]
         macs = forward_macs(model, size)
         train = TRAIN_FLOPS_PER_FORWARD * 2 * macs
-        rows.append({
-            "level": level, "count": count, "width": str(factor),
-            "model": widen_name(target, factor) or f"{target} x{factor}",
-            "params": sum(p.numel() for p in model.parameters()),
-            "gmacs": macs / 1e9, "train_gflops_per_image": train / 1e9,
-            "train_pflops_per_epoch": train * dataset_size / 1e15,
-            "level_train_pflops_per_epoch": count * train * dataset_size / 1e15,
-        })
+        rows.append(
+            {
+                "level": level,
+                "count": count,
+                "width": str(factor),
+                "model": widen_name(target, factor) or f"{target} x{factor}",
+                "params": sum(p.numel() for p in model.parameters()),
+                "gmacs": macs / 1e9,
+                "train_gflops_per_image": train / 1e9,
+                "train_pflops_per_epoch": train * dataset_size / 1e15,
+                "level_train_pflops_per_epoch": count * train * dataset_size / 1e15,
+            }
+        )
     return rows
 
 
@@ -264,9 +310,15 @@ def couple_state(parts: Sequence[nn.Module], states: Sequence[dict], wide: nn.Mo
         entry = {"step": torch.stack([torch.as_tensor(s[name]["step"], dtype=torch.float32) for s in states]).max()}
         for key, power in (("exp_avg", 1), ("exp_avg_sq", 2)):
             scale = ((1.0 / k if head == "mean" else 1.0) ** power) if is_head else None
-            entry[key] = _couple_tensor(name, [s[name][key].float().cpu() for s in states], param.shape,
-                                        head_scale=scale, offdiag_std=0.0, gen=None,
-                                        chunks=packed.get(name.rpartition(".")[0], 1))
+            entry[key] = _couple_tensor(
+                name,
+                [s[name][key].float().cpu() for s in states],
+                param.shape,
+                head_scale=scale,
+                offdiag_std=0.0,
+                gen=None,
+                chunks=packed.get(name.rpartition(".")[0], 1),
+            )
         out[name] = entry
     return out
 

@@ -3,6 +3,7 @@ goes through :func:`atomic_write` (a temporary file in the same folder, fsync, t
 a resume after kill -9, sees the old file or the new one, never a part; :func:`save_state` puts the sha256 of a
 ``torch.save`` payload in front of it, and :func:`load_state` refuses a damaged file before unpickling it. The OS
 errors of a write become one line naming the path and the fix (:func:`user_errors`)."""
+
 from __future__ import annotations
 
 import errno
@@ -17,8 +18,18 @@ from pathlib import Path
 
 from .errors import UserError
 
-__all__ = ["CHECKOUT", "TMP_SUFFIX", "atomic_write", "atomic_write_bytes", "load_state", "read_json", "save_state",
-           "sha256", "user_errors", "write_json"]
+__all__ = [
+    "CHECKOUT",
+    "TMP_SUFFIX",
+    "atomic_write",
+    "atomic_write_bytes",
+    "load_state",
+    "read_json",
+    "save_state",
+    "sha256",
+    "user_errors",
+    "write_json",
+]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -50,8 +61,10 @@ def user_errors(path: str | os.PathLike) -> Iterator[None]:
         elif e.errno == errno.ENOSPC:
             fix = "the disk is full; free space, then rerun the same command to resume"
         elif e.errno in (errno.EDQUOT, errno.EFBIG):
-            fix = "a disk quota or file-size limit is reached (the disk is full for this run); free space or raise " \
-                  "the limit, then rerun the same command to resume"
+            fix = (
+                "a disk quota or file-size limit is reached (the disk is full for this run); free space or raise "
+                "the limit, then rerun the same command to resume"
+            )
         elif isinstance(e, PermissionError) or e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             fix = "no permission to write there; pick another --output or fix the folder's permissions"
         else:
@@ -102,6 +115,7 @@ def save_state(obj, path: str | os.PathLike) -> Path:
     """``torch.save`` ``obj`` behind a header holding the sha256 of the payload, so that a damaged file is found
     before it is unpickled (torch's own format checks nothing)."""
     import torch
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     data = buf.getvalue()
@@ -112,6 +126,7 @@ def load_state(path: str | os.PathLike, fix: str):
     """What :func:`save_state` wrote to ``path``, after checking its sha256; a damaged file is never loaded: the
     error names it and ``fix`` (how to recover)."""
     import torch
+
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -119,7 +134,7 @@ def load_state(path: str | os.PathLike, fix: str):
         raise UserError(f"cannot read {path}: {e.strerror or e}; {fix}") from e
     if data.startswith(_STATE_MAGIC):
         head, _, body = data.partition(b"\n")
-        if head[len(_STATE_MAGIC):].decode(errors="replace") != hashlib.sha256(body).hexdigest():
+        if head[len(_STATE_MAGIC) :].decode(errors="replace") != hashlib.sha256(body).hexdigest():
             raise UserError(f"{path} is damaged (sha256 mismatch: truncated or changed on disk); {fix}")
     elif data.startswith(b"PK"):  # a zip from torch.save, written before the checksum header existed
         body = data
@@ -128,5 +143,4 @@ def load_state(path: str | os.PathLike, fix: str):
     try:
         return torch.load(io.BytesIO(body), weights_only=False)
     except Exception as e:  # torch raises many types for a damaged zip or pickle
-        raise UserError(f"{path} is damaged ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
-                        f"{fix}") from e
+        raise UserError(f"{path} is damaged ({str(e).splitlines()[0] if str(e) else type(e).__name__}); {fix}") from e

@@ -13,6 +13,7 @@ Conventions (the same everywhere in the suite, see README "FLOPs"):
 * Coupled models are dense: their zero off-diagonal blocks are trained, so they cost the full wide model's FLOPs.
 * Evaluation passes are not training FLOPs and are not in the ledger.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,9 +29,18 @@ from torch.utils.flop_counter import FlopCounterMode
 from .files import atomic_write_bytes
 from .nets.models import arch_of, scaled
 
-__all__ = ["count_macs", "register_layer", "forward_macs", "model_forward_macs", "forward_flops",
-           "train_flops_per_image", "measured_train_flops_per_image", "Ledger", "LedgerEntry",
-           "TRAIN_FLOPS_PER_FORWARD"]
+__all__ = [
+    "count_macs",
+    "register_layer",
+    "forward_macs",
+    "model_forward_macs",
+    "forward_flops",
+    "train_flops_per_image",
+    "measured_train_flops_per_image",
+    "Ledger",
+    "LedgerEntry",
+    "TRAIN_FLOPS_PER_FORWARD",
+]
 
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (2x) per image
 _LAYERS: dict[type, tuple[type, ...]] = {nn.Conv2d: (nn.Conv2d,), nn.Linear: (nn.Linear,)}
@@ -75,8 +85,11 @@ def count_macs(model: nn.Module, fn) -> int:
             b, n = inputs[0].shape[:2]
             total += 2 * b * n * n * getattr(mod, "attn_dim", inputs[0].shape[2])
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (*convs, *linears)) or (hasattr(m, "qkv") and hasattr(m, "num_heads"))]
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, (*convs, *linears)) or (hasattr(m, "qkv") and hasattr(m, "num_heads"))
+    ]
     try:
         with torch.no_grad():
             fn()
@@ -130,8 +143,9 @@ def _unfused_attention(model: nn.Module):
             m.fused_attn = s
 
 
-def measured_train_flops_per_image(model: nn.Module | str, img_size: int | None = None, batch: int = 2,
-                                   **kwargs) -> int:
+def measured_train_flops_per_image(
+    model: nn.Module | str, img_size: int | None = None, batch: int = 2, **kwargs
+) -> int:
     """Training FLOPs per image measured by ``FlopCounterMode`` over forward + backward (meta device)."""
     twin, size = _meta_twin(model, img_size, **kwargs)
     twin.train()
@@ -179,8 +193,11 @@ class Ledger:
         return out
 
     def to_dict(self) -> dict:
-        return {"total_train_flops": self.total, "stages": self.by_stage(),
-                "entries": [asdict(e) for e in self.entries]}
+        return {
+            "total_train_flops": self.total,
+            "stages": self.by_stage(),
+            "entries": [asdict(e) for e in self.entries],
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "Ledger":

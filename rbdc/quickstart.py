@@ -10,6 +10,7 @@ tiny models use a second thread poorly, so this halves the wall time on 2 cores.
 the other with scratch matched to the FLOPs rbdc spent (``match:``); the two budgets differ by less than one
 optimizer step.
 """
+
 from __future__ import annotations
 
 import threading
@@ -53,8 +54,7 @@ def warm_cache(recipe: str, overrides: list[str], seed: int) -> float:
     if rec.data.in_memory:
         train_ds, val_ds = recipe_datasets(rec)
         for ds, train in ((train_ds, True), (val_ds, False)):
-            build_loader(ds, batch_size=rec.batch_size, train=train, aug=rec.aug, in_memory=True,
-                         img_size=rec.img_size)
+            build_loader(ds, batch_size=rec.batch_size, train=train, aug=rec.aug, in_memory=True, img_size=rec.img_size)
     return time.time() - t0
 
 
@@ -74,27 +74,46 @@ def _report_progress(dirs: dict[str, Path], planned: dict[str, float], stop: thr
         elapsed = time.time() - t0
         slowest = min(done.values())
         left = f"~{human_time(elapsed * (1 - slowest) / slowest)} left" if slowest > 0 else "time left: after 1 epoch"
-        print(f"  [{human_time(elapsed)}] " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in done.items()) +
-              f" | {left}", flush=True)
+        print(
+            f"  [{human_time(elapsed)}] " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in done.items()) + f" | {left}",
+            flush=True,
+        )
 
 
 def _run_side_by_side(out: Path, over: list[str], seed: int, every: float) -> None:
-    runs = [StudyRun(name=f"quickstart/{p}", recipe=str(RECIPES / f"{p.split('-')[0]}.yaml"), overrides=tuple(over),
-                     seed=seed, point=p) for p in PROTOCOLS]
+    runs = [
+        StudyRun(
+            name=f"quickstart/{p}",
+            recipe=str(RECIPES / f"{p.split('-')[0]}.yaml"),
+            overrides=tuple(over),
+            seed=seed,
+            point=p,
+        )
+        for p in PROTOCOLS
+    ]
     planned = {r.point: planned_flops(r) for r in runs}
     stop = threading.Event()
-    watcher = threading.Thread(target=_report_progress, daemon=True,
-                               args=({r.point: r.run_dir(out) for r in runs}, planned, stop, every))
+    watcher = threading.Thread(
+        target=_report_progress, daemon=True, args=({r.point: r.run_dir(out) for r in runs}, planned, stop, every)
+    )
     watcher.start()
     try:
         # the pool's ETA counts whole runs only; the progress lines above give the time left
-        failed = run_local(Study(name="quickstart", path=RECIPES, runs=runs), out, runs, jobs=2, threads=1,
-                           log=lambda msg, **kw: print(msg.split(" | ETA")[0], **kw))
+        failed = run_local(
+            Study(name="quickstart", path=RECIPES, runs=runs),
+            out,
+            runs,
+            jobs=2,
+            threads=1,
+            log=lambda msg, **kw: print(msg.split(" | ETA")[0], **kw),
+        )
     finally:
         stop.set()
     if failed:
-        raise UserError(f"quickstart run(s) failed: {', '.join(r.name for r in failed)}; see "
-                        f"{failed[0].run_dir(out) / rundir.LOG}; rerun the same command to resume")
+        raise UserError(
+            f"quickstart run(s) failed: {', '.join(r.name for r in failed)}; see "
+            f"{failed[0].run_dir(out) / rundir.LOG}; rerun the same command to resume"
+        )
 
 
 def _run_one_after_another(out: Path, over: list[str], seed: int) -> None:
@@ -110,12 +129,18 @@ def cmd_quickstart(args) -> int:
     source, over = pick_data(args.data)
     over = over + (args.set or [])
     out = Path(args.output).resolve()
-    print(f"rbdc quickstart on {source}: rbdc (2 narrow ViTs -> couple -> train on) vs scratch at equal FLOPs -> "
-          f"{out / 'quickstart'}", flush=True)
+    print(
+        f"rbdc quickstart on {source}: rbdc (2 narrow ViTs -> couple -> train on) vs scratch at equal FLOPs -> "
+        f"{out / 'quickstart'}",
+        flush=True,
+    )
     print("1/3 decoding the images once (cached for later runs) ...", flush=True)
     print(f"    {warm_cache(str(RECIPES / 'rbdc.yaml'), over, args.seed):.0f} s", flush=True)
-    how = f"side by side, 1 thread each; progress every {args.progress:g} s" if args.jobs == 2 else \
-        "one after the other, scratch matched to the FLOPs rbdc spent"
+    how = (
+        f"side by side, 1 thread each; progress every {args.progress:g} s"
+        if args.jobs == 2
+        else "one after the other, scratch matched to the FLOPs rbdc spent"
+    )
     print(f"2/3 training rbdc and scratch {how}", flush=True)
     if args.jobs == 2:
         _run_side_by_side(out, over, args.seed, args.progress)
@@ -125,27 +150,46 @@ def cmd_quickstart(args) -> int:
     written = generate_report([out / "quickstart"], out / "quickstart-report", title=f"rbdc quickstart ({source})")
     print()
     print(written["md"].read_text())
-    res = {p: json.loads((rundir.run_dir(out / "quickstart", p, args.seed) / rundir.RESULTS).read_text())
-           for p in PROTOCOLS}
+    res = {
+        p: json.loads((rundir.run_dir(out / "quickstart", p, args.seed) / rundir.RESULTS).read_text())
+        for p in PROTOCOLS
+    }
     r, s = res["rbdc-d1"], res["scratch"]
-    print(f"rbdc top-1 {r['eval_top1']:.2f} vs scratch {s['eval_top1']:.2f} at {human_flops(r['total_train_flops'])} / "
-          f"{human_flops(s['total_train_flops'])} training FLOPs")
+    print(
+        f"rbdc top-1 {r['eval_top1']:.2f} vs scratch {s['eval_top1']:.2f} at {human_flops(r['total_train_flops'])} / "
+        f"{human_flops(s['total_train_flops'])} training FLOPs"
+    )
     print(f"report: {written['md']}  figure: {written['png']}  ({human_time(time.time() - t0)})")
     return 0
 
 
 def add_cli(sub) -> None:
-    p = add_command(sub, "quickstart", "rbdc vs budget-matched scratch on a small real dataset, in minutes", [
-        "rbdc quickstart                                 # Imagenette 32 px if RBDC_DATA has it, else digits",
-        "RBDC_DATA=/data rbdc quickstart -o /tmp/runs    # rerun: resumes, or reports what is done",
-        "rbdc quickstart --data digits --set budget_epochs=10",
-        "rbdc quickstart --jobs 1                        # one run after the other, scratch matched"])
-    p.add_argument("--data", choices=("auto", "imagenette", "digits"), default="auto",
-                   help="auto: Imagenette if RBDC_DATA (or ../shared/data) has it, else digits")
+    p = add_command(
+        sub,
+        "quickstart",
+        "rbdc vs budget-matched scratch on a small real dataset, in minutes",
+        [
+            "rbdc quickstart                                 # Imagenette 32 px if RBDC_DATA has it, else digits",
+            "RBDC_DATA=/data rbdc quickstart -o /tmp/runs    # rerun: resumes, or reports what is done",
+            "rbdc quickstart --data digits --set budget_epochs=10",
+            "rbdc quickstart --jobs 1                        # one run after the other, scratch matched",
+        ],
+    )
+    p.add_argument(
+        "--data",
+        choices=("auto", "imagenette", "digits"),
+        default="auto",
+        help="auto: Imagenette if RBDC_DATA (or ../shared/data) has it, else digits",
+    )
     p.add_argument("--output", "-o", default="runs", help="root of the run directories")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key of both runs")
-    p.add_argument("--jobs", type=int, choices=(1, 2), default=2,
-                   help="2 (default): both runs at once, 1 thread each; 1: one after the other")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="2 (default): both runs at once, 1 thread each; 1: one after the other",
+    )
     p.add_argument("--progress", type=float, default=30.0, metavar="S", help="seconds between progress lines")
     p.set_defaults(func=cmd_quickstart)

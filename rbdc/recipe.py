@@ -4,6 +4,7 @@ run directory stores (``recipe.yaml``) and that replays the run.
 
 The common keys are declared here; each protocol declares its own (its section of the recipe: ``rbdc``, ``growth``,
 ``diffusionblocks``) in its file under :mod:`rbdc.protocols`, and :data:`Recipe` is assembled from the registry."""
+
 from __future__ import annotations
 
 import copy
@@ -31,44 +32,64 @@ from .protocols.keys import Key, Range, copy_field, from_dict, key, merge_sectio
 @dataclass
 class DataKeys:
     """The ``data:`` section: where the images come from and which of them are trained on and evaluated."""
+
     source: str = key("imagenette", (str,), SOURCES, "where the images come from (rbdc.data.build_dataset)")
     root: str | None = key(None, (str, None), None, "dataset folder; default: RBDC_DATA or the source's default")
     subset: int | None = key(None, (int, None), _ONE, "train on this many images (class-balanced)")
     in_memory: bool = key(False, (bool,), None, "decode once into a memory cache")
     download: bool = key(False, (bool,), None)
     val_subset: int | None = key(None, (int, None), _ONE)
-    holdout: float | None = key(None, (float, None), Range(0, 1, lo_inclusive=False), "hold out this fraction of "
-                                "the train split (class-balanced, fixed by data.holdout_seed) and evaluate on it "
-                                "instead of val: the tuning split, so that chosen hyper-parameters never read the "
-                                "reported split")
+    holdout: float | None = key(
+        None,
+        (float, None),
+        Range(0, 1, lo_inclusive=False),
+        "hold out this fraction of "
+        "the train split (class-balanced, fixed by data.holdout_seed) and evaluate on it "
+        "instead of val: the tuning split, so that chosen hyper-parameters never read the "
+        "reported split",
+    )
     holdout_seed: int = key(0, (int,), _NONNEG, "which images data.holdout holds out (not the run's seed)")
 
 
 @dataclass
 class CommonKeys:
     """The recipe's keys that do not belong to one protocol; :data:`Recipe` adds the protocols' sections."""
-    name: str = key(None, (str,), None, "experiment name without the seed, e.g. imagenette-vit/rbdc-d1 (the "
-                    "report's group); default: MODEL/PROTOCOL")
-    protocol: str = key("scratch", (str,), None, "one of rbdc.protocols (scratch | rbdc | net2net | gradmax | "
-                        "mixturegrowth | diffusionblocks | hypercloning)")
+
+    name: str = key(
+        None,
+        (str,),
+        None,
+        "experiment name without the seed, e.g. imagenette-vit/rbdc-d1 (the report's group); default: MODEL/PROTOCOL",
+    )
+    protocol: str = key(
+        "scratch",
+        (str,),
+        None,
+        "one of rbdc.protocols (scratch | rbdc | net2net | gradmax | mixturegrowth | diffusionblocks | hypercloning)",
+    )
     model: str = key(None, (str,), None, "target timm model (the final model of every protocol)")
     model_kwargs: dict = key({}, (dict,), None, "extra timm kwargs (img_size, patch_size, ...)")
     num_classes: int | None = key(None, (int, None), _ONE, "default: the dataset's")
     img_size: int = key(224, (int,), _ONE)
     seed: int = key(0, (int,), _NONNEG)
-    seed_stride: int = key(100_000, (int,), _ONE, "stage seeds: seed x seed_stride + 1000 x level + index "
-                           "(see CHANGELOG for the value of older runs)")
+    seed_stride: int = key(
+        100_000,
+        (int,),
+        _ONE,
+        "stage seeds: seed x seed_stride + 1000 x level + index (see CHANGELOG for the value of older runs)",
+    )
     data: DataKeys = section(DataKeys)
     # optimisation: DeiT v1 defaults, scaled to the global batch (lr = lr_base * batch_size / 512)
-    epochs: float | None = key(None, (*_NUM, None), _POS, "scratch: epochs; or give `budget` (training FLOPs) or "
-                               "`match` (a run dir)")
+    epochs: float | None = key(
+        None, (*_NUM, None), _POS, "scratch: epochs; or give `budget` (training FLOPs) or `match` (a run dir)"
+    )
     budget: float | None = key(None, (*_NUM, None), _POS, "training FLOPs")
-    budget_epochs: float | None = key(None, (*_NUM, None), _POS, "the budget as that many epochs of the target (its "
-                                      "FLOPs)")
+    budget_epochs: float | None = key(
+        None, (*_NUM, None), _POS, "the budget as that many epochs of the target (its FLOPs)"
+    )
     match: str | None = key(None, (str, None), None, "a run directory whose training FLOPs this run spends")
     batch_size: int = key(1024, (int,), _ONE, "GLOBAL batch (all processes, all accumulation steps)")
-    micro_batch: int | None = key(None, (int, None), _ONE, "per process per forward; default: batch_size / world "
-                                  "size")
+    micro_batch: int | None = key(None, (int, None), _ONE, "per process per forward; default: batch_size / world size")
     opt: str = key("adamw", (str,), None, "a timm optimizer name")
     lr_base: float = key(5e-4, _NUM, _POS)
     weight_decay: float = key(0.05, _NUM, _NONNEG)
@@ -77,9 +98,14 @@ class CommonKeys:
     min_lr: float = key(1e-5, _NUM, _NONNEG)
     warmup_epochs: float = key(5, _NUM, _NONNEG)
     warmup_lr: float = key(1e-6, _NUM, _NONNEG)
-    anneal_to_end: bool = key(True, (bool,), None, "true: warm-up, then a cosine that reaches min_lr on the stage's "
-                              "(lineage's) last step; false: the cosine ends warm-up steps short of min_lr (older "
-                              "runs, see CHANGELOG)")
+    anneal_to_end: bool = key(
+        True,
+        (bool,),
+        None,
+        "true: warm-up, then a cosine that reaches min_lr on the stage's "
+        "(lineage's) last step; false: the cosine ends warm-up steps short of min_lr (older "
+        "runs, see CHANGELOG)",
+    )
     clip_grad: float | None = key(None, (*_NUM, None), _POS)
     drop_path: float = key(0.1, _NUM, _UNIT)
     smoothing: float = key(0.1, _NUM, _UNIT)
@@ -87,16 +113,25 @@ class CommonKeys:
     cutmix: float = key(1.0, _NUM, _NONNEG)
     mixup_prob: float = key(1.0, _NUM, _UNIT)
     mixup_switch_prob: float = key(0.5, _NUM, _UNIT)
-    aug: dict = key({"auto_augment": "rand-m9-mstd0.5-inc1", "re_prob": 0.25, "interpolation": "bicubic",
-                     "color_jitter": 0.4}, (dict,), None, "timm create_transform options")
+    aug: dict = key(
+        {"auto_augment": "rand-m9-mstd0.5-inc1", "re_prob": 0.25, "interpolation": "bicubic", "color_jitter": 0.4},
+        (dict,),
+        None,
+        "timm create_transform options",
+    )
     repeated_aug: bool = key(False, (bool,), None)
     ema: bool = key(False, (bool,), None)
     ema_decay: float = key(0.99996, _NUM, _UNIT)
     amp: str = key("auto", (str,), ("auto", "bf16", "fp32"), "auto: bf16 on CUDA, fp32 on CPU")
     compile: bool = key(False, (bool,), None)
-    fused_attn: bool | None = key(None, (bool, None), None, "attention kernel of timm ViTs: null keeps timm's "
-                                  "choice (fused SDPA); false runs the explicit matmul-softmax path (faster under "
-                                  "bf16 on CPU)")
+    fused_attn: bool | None = key(
+        None,
+        (bool, None),
+        None,
+        "attention kernel of timm ViTs: null keeps timm's "
+        "choice (fused SDPA); false runs the explicit matmul-softmax path (faster under "
+        "bf16 on CPU)",
+    )
     channels_last: str | bool = key("auto", (str, bool), ("auto", True, False), "auto: on for CNNs on CUDA")
     workers: int | None = key(None, (int, None), _NONNEG)
     eval_every: int = key(1, (int,), _ONE, "epochs")
@@ -123,8 +158,9 @@ def _protocol_sections() -> list[tuple[str, type, dataclasses.Field]]:
     for name in sorted(parts):
         if isinstance(parts[name][0][1], dataclasses.Field):  # a free-form mapping (diffusionblocks)
             if len(parts[name]) > 1:
-                raise ValueError(f"recipe section {name} is free-form for {parts[name][0][0]}; no other protocol "
-                                 f"may declare it")
+                raise ValueError(
+                    f"recipe section {name} is free-form for {parts[name][0][0]}; no other protocol may declare it"
+                )
             out.append((name, dict, copy_field(parts[name][0][1])))
         elif len(parts[name]) == 1:  # one protocol's section (rbdc): its own dataclass
             out.append((name, parts[name][0][1], section(parts[name][0][1])))
@@ -158,14 +194,22 @@ def load_yaml(text: str):
 
 
 def _type_name(types: tuple) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true/false", list: "a list",
-             dict: "a mapping", None: "null"}
+    names = {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        bool: "true/false",
+        list: "a list",
+        dict: "a mapping",
+        None: "null",
+    }
     return " or ".join(dict.fromkeys(names[t] for t in types if not (t is int and float in types)))
 
 
 def _check_value(key: str, value, types: tuple, allowed) -> None:
     def bad(what: str) -> UserError:
         return UserError(f"recipe key {key}: {what}, got {value!r}; fix it in the recipe or with --set {key}=...")
+
     if value is None:
         if None not in types:
             raise bad(f"must be {_type_name(types)}")
@@ -195,12 +239,28 @@ def validate(recipe: dict) -> None:
             for v in node:
                 _check_value(f"{name} entries", v, _NUM, spec.items)
     from .data.loaders import _check_aug
+
     try:
         _check_aug(recipe["aug"])
     except ValueError as e:
         raise UserError(f"recipe key aug: {e}") from None
-    _check_model(json.dumps({k: recipe[k] for k in ("model", "model_kwargs", "protocol", "diffusionblocks",
-                                                      "drop_path", "smoothing", "num_classes")}, sort_keys=True))
+    _check_model(
+        json.dumps(
+            {
+                k: recipe[k]
+                for k in (
+                    "model",
+                    "model_kwargs",
+                    "protocol",
+                    "diffusionblocks",
+                    "drop_path",
+                    "smoothing",
+                    "num_classes",
+                )
+            },
+            sort_keys=True,
+        )
+    )
 
 
 @functools.lru_cache(maxsize=256)
@@ -208,6 +268,7 @@ def _check_model(settings: str) -> None:
     """Build the recipe's target on the meta device (no memory, no time): an unknown model name or timm kwarg is
     found before anything is written."""
     import torch
+
     rec = json.loads(settings)
     typed = Recipe.from_dict(_deep_update(DEFAULTS, rec))
     try:
@@ -217,8 +278,10 @@ def _check_model(settings: str) -> None:
         raise
     except (TypeError, ValueError, KeyError, RuntimeError, AssertionError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"model {rec['model']!r} with model_kwargs {rec['model_kwargs']} cannot be built ({msg}); "
-                        f"fix `model` or `model_kwargs`") from None
+        raise UserError(
+            f"model {rec['model']!r} with model_kwargs {rec['model_kwargs']} cannot be built ({msg}); "
+            f"fix `model` or `model_kwargs`"
+        ) from None
 
 
 def _merge(base: dict, over: dict, where: str) -> dict:
@@ -296,6 +359,7 @@ def _yaml_value(value) -> str:
 
 def describe(pattern: str = "") -> str:
     """The schema as text, one key per line (default, accepted values, meaning), for ``rbdc keys``."""
+
     def allowed(key: Key) -> str:
         if isinstance(key.allowed, Range):
             lo = (">= " if key.allowed.lo_inclusive else "> ") + format(key.allowed.lo, "g")
@@ -303,6 +367,7 @@ def describe(pattern: str = "") -> str:
         if key.allowed:
             return " | ".join(map(_yaml_value, key.allowed))
         return _type_name(key.types)
+
     rows = [(k, json.dumps(key.default), allowed(key), key.doc) for k, key in SCHEMA.items() if pattern in k]
     if not rows:
         raise UserError(f"no recipe key contains {pattern!r}; `rbdc keys` lists them all")

@@ -1,4 +1,5 @@
 """Human units for what the suite prints: FLOPs with SI prefixes (T, P, E), durations as h:mm:ss."""
+
 from __future__ import annotations
 
 import math

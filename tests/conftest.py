@@ -27,6 +27,7 @@ def _torch_autocast_kernels():
     """A bf16 run on a CPU without bf16 kernels installs rbdc.training.bf16 for the process: no test inherits it."""
     yield
     from rbdc.training import bf16
+
     bf16.uninstall()
 
 
@@ -35,6 +36,7 @@ def ci_reference(tmp_path_factory):
     """``ci_reference(name, overrides=())``: the run directory and results of CI recipe ``name`` trained without
     interruption, once per session for every module that needs it. Tests copy it before changing anything in it."""
     import rbdc.runs.train as train
+
     cache = {}
 
     def get(name: str, overrides=()) -> tuple[Path, dict]:
@@ -60,6 +62,7 @@ def pytest_collection_modifyitems(config, items):
 def interrupt_after(monkeypatch, n: int) -> None:
     """Simulate a preemption: raise KeyboardInterrupt right after the n-th epoch's checkpoint and summary write."""
     from rbdc.runs import rundir
+
     calls = {"n": 0}
     real = rundir.write_summary
 

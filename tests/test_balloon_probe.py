@@ -1,4 +1,5 @@
 """benchmarks/balloon_probe.py: the frozen-feature probe of a detection study's backbones."""
+
 from __future__ import annotations
 
 import itertools
@@ -9,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.balloon_probe import (average_precision, fit_logistic, main, resized_size, roc_auc,
-                                      token_mask)
+from benchmarks.balloon_probe import average_precision, fit_logistic, main, resized_size, roc_auc, token_mask
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ def test_roc_auc_is_the_probability_a_positive_outranks_a_negative():
     assert roc_auc(np.arange(4.0), np.array([0, 0, 1, 1])) == 1.0
     assert roc_auc(-np.arange(4.0), np.array([0, 0, 1, 1])) == 0.0
     assert roc_auc(np.zeros(4), np.array([0, 1, 0, 1])) == 0.5
-    with pytest.raises(ValueError, match='positives and negatives'):
+    with pytest.raises(ValueError, match="positives and negatives"):
         roc_auc(np.arange(3.0), np.ones(3))
 
 
@@ -37,15 +37,15 @@ def test_average_precision_is_the_mean_precision_at_each_positive():
     # ranked: positive, negative, positive -> precisions 1 and 2/3
     assert average_precision(np.array([3.0, 2.0, 1.0]), np.array([1, 0, 1])) == pytest.approx((1 + 2 / 3) / 2)
     assert average_precision(np.arange(5.0), np.array([0, 0, 0, 1, 1])) == 1.0
-    with pytest.raises(ValueError, match='needs positives'):
+    with pytest.raises(ValueError, match="needs positives"):
         average_precision(np.arange(3.0), np.zeros(3))
 
 
 def test_resize_is_mmdetections_keep_ratio_resize_cut_to_the_patch_grid():
-    assert resized_size(2048, 1536, (320, 192), 4) == (256, 192)   # short side binds
-    assert resized_size(1536, 2048, (320, 192), 4) == (192, 256)   # portrait: the same, turned
-    assert resized_size(2048, 1024, (320, 192), 4) == (320, 160)   # long side binds
-    assert resized_size(1000, 999, (320, 192), 16) == (192, 192)   # 192.2 x 191.8 -> multiples of 16
+    assert resized_size(2048, 1536, (320, 192), 4) == (256, 192)  # short side binds
+    assert resized_size(1536, 2048, (320, 192), 4) == (192, 256)  # portrait: the same, turned
+    assert resized_size(2048, 1024, (320, 192), 4) == (320, 160)  # long side binds
+    assert resized_size(1000, 999, (320, 192), 16) == (192, 192)  # 192.2 x 191.8 -> multiples of 16
 
 
 def test_token_mask_labels_the_tokens_mostly_inside_a_polygon():
@@ -78,27 +78,37 @@ def test_probe_reports_every_backbone_seed_with_its_checkpoint_hash(tmp_path):
         balloon_root()
     except UserError as e:
         pytest.skip(str(e))
-    for point in ('vit-scratch', 'vit-rbdc-d1'):
+    for point in ("vit-scratch", "vit-rbdc-d1"):
         for seed in (0, 1):
-            torch.manual_seed(seed + (10 if point == 'vit-rbdc-d1' else 0))
-            run = tmp_path / 'cls' / 'tiny' / point / 'b32' / f'seed{seed}'
-            rbdc.save_weights(rbdc.couple([rbdc.narrow('test_rbdc_vit', 2) for _ in range(2)]),
-                              run / 'final.safetensors')
-    study = {'name': 'det-tiny', 'kind': 'detection',
-             'backbones': {'study': 'tiny', 'budget': 32, 'seeds': [0, 1],
-                           'points': {'scratch': 'vit-scratch', 'rbdc': 'vit-rbdc-d1'}},
-             'config': str(REPO / 'detection/configs/mask-rcnn_vit-nano_simplefpn_balloon.py'),
-             'scale': [128, 96], 'iters': 1, 'finetune_seeds': [0, 1]}
-    path = tmp_path / 'det-tiny.yaml'
+            torch.manual_seed(seed + (10 if point == "vit-rbdc-d1" else 0))
+            run = tmp_path / "cls" / "tiny" / point / "b32" / f"seed{seed}"
+            rbdc.save_weights(
+                rbdc.couple([rbdc.narrow("test_rbdc_vit", 2) for _ in range(2)]), run / "final.safetensors"
+            )
+    study = {
+        "name": "det-tiny",
+        "kind": "detection",
+        "backbones": {
+            "study": "tiny",
+            "budget": 32,
+            "seeds": [0, 1],
+            "points": {"scratch": "vit-scratch", "rbdc": "vit-rbdc-d1"},
+        },
+        "config": str(REPO / "detection/configs/mask-rcnn_vit-nano_simplefpn_balloon.py"),
+        "scale": [128, 96],
+        "iters": 1,
+        "finetune_seeds": [0, 1],
+    }
+    path = tmp_path / "det-tiny.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))
-    out = tmp_path / 'report' / 'probe'
-    assert main([str(path), '--backbones', str(tmp_path / 'cls'), '-o', str(out), '--limit', '2']) == 0
-    record = json.loads(out.with_suffix('.json').read_text())
-    rows = record['rows']
-    assert record['command'].startswith('python -m benchmarks.balloon_probe ') and 'commit' in record['code']
-    assert [(r['label'], r['seed']) for r in rows] == [('scratch', 0), ('rbdc', 0), ('scratch', 1), ('rbdc', 1)]
+    out = tmp_path / "report" / "probe"
+    assert main([str(path), "--backbones", str(tmp_path / "cls"), "-o", str(out), "--limit", "2"]) == 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    rows = record["rows"]
+    assert record["command"].startswith("python -m benchmarks.balloon_probe ") and "commit" in record["code"]
+    assert [(r["label"], r["seed"]) for r in rows] == [("scratch", 0), ("rbdc", 0), ("scratch", 1), ("rbdc", 1)]
     for r in rows:
-        ckpt = tmp_path / 'cls' / r['backbone_run'] / 'final.safetensors'
-        assert r['sha256'] == sha256(ckpt) and 0 <= r['auc'] <= 100 and 0 < r['positive_rate'] < 100
-    md = out.with_suffix('.md').read_text()
-    assert '| scratch | 2 |' in md and '| rbdc | 2 |' in md and rows[0]['sha256'][:16] in md
+        ckpt = tmp_path / "cls" / r["backbone_run"] / "final.safetensors"
+        assert r["sha256"] == sha256(ckpt) and 0 <= r["auc"] <= 100 and 0 < r["positive_rate"] < 100
+    md = out.with_suffix(".md").read_text()
+    assert "| scratch | 2 |" in md and "| rbdc | 2 |" in md and rows[0]["sha256"][:16] in md

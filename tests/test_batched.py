@@ -1,5 +1,6 @@
 """rbdc.batched: k ViT parts as one batched model equal the k separate parts (forward, gradients, a clipped AdamW
 step), and parts that cannot be batched are refused in one line."""
+
 import copy
 
 import pytest

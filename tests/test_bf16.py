@@ -1,4 +1,5 @@
 """rbdc.bf16: CPU bf16 autocast emulated in fp32 gives what torch's bf16 kernels give, up to summation order."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,7 +9,7 @@ from rbdc.training import bf16, engine
 from rbdc.cost import perf
 from rbdc.recipe import DEFAULTS, Recipe
 
-GEMMS = {"mm", "addmm", "bmm", "baddbmm", "convolution"}   # the aten kernels the emulated ops end in
+GEMMS = {"mm", "addmm", "bmm", "baddbmm", "convolution"}  # the aten kernels the emulated ops end in
 
 
 @pytest.fixture(autouse=True)
@@ -42,11 +43,16 @@ def _ops():
     q = torch.randn(2, 4, 33, 16, generator=g)
     img = torch.randn(4, 3, 16, 16, generator=g)
     cw, cw3 = torch.randn(8, 3, 4, 4, generator=g), torch.randn(8, 3, 3, 3, generator=g)
-    ops = {"linear": lambda: F.linear(x, w, b), "matmul": lambda: q @ q.transpose(-1, -2),
-           "mm": lambda: torch.mm(x, w.t()), "bmm": lambda: torch.bmm(q[0], q[0].transpose(1, 2)),
-           "addmm": lambda: torch.addmm(b, x, w.t()),
-           "baddbmm": lambda: torch.baddbmm(q[0, :, :, :1], q[0], q[0].transpose(1, 2)),
-           "conv2d": lambda: F.conv2d(img, cw, stride=4), "conv2d.padding": lambda: F.conv2d(img, cw3, padding="same")}
+    ops = {
+        "linear": lambda: F.linear(x, w, b),
+        "matmul": lambda: q @ q.transpose(-1, -2),
+        "mm": lambda: torch.mm(x, w.t()),
+        "bmm": lambda: torch.bmm(q[0], q[0].transpose(1, 2)),
+        "addmm": lambda: torch.addmm(b, x, w.t()),
+        "baddbmm": lambda: torch.baddbmm(q[0, :, :, :1], q[0], q[0].transpose(1, 2)),
+        "conv2d": lambda: F.conv2d(img, cw, stride=4),
+        "conv2d.padding": lambda: F.conv2d(img, cw3, padding="same"),
+    }
     outs, dtypes = {}, {}
     for name, fn in ops.items():
         with GemmDtypes() as seen, torch.autocast("cpu", dtype=torch.bfloat16):
@@ -68,7 +74,7 @@ def test_emulated_ops_run_fp32_gemms_and_match_the_bf16_kernels_to_one_rounding(
         out = got[name]
         assert out.dtype == ref.dtype == torch.bfloat16, name
         # one bf16 rounding apart at most (2^-8 relative, plus the operands' scale for sums near zero)
-        assert ((out.float() - ref.float()).abs() <= 2 ** -7 * ref.float().abs() + 1e-2).all(), name
+        assert ((out.float() - ref.float()).abs() <= 2**-7 * ref.float().abs() + 1e-2).all(), name
         assert (out != ref).float().mean() < 0.01, name  # mostly bit-equal: only the fp32 summation order differs
     for name, ref in native_grads.items():
         g = got_grads[name]

@@ -1,4 +1,5 @@
 """Checkpoint metadata rebuilds the model that was saved: grouped LayerNorms, unregistered widths, class settings."""
+
 import json
 import subprocess
 import sys
@@ -27,10 +28,11 @@ def mean_logits(models, x):
 
 def test_grouped_layer_norms_survive_a_reload_and_recouple_exactly(tmp_path):
     leaves = [rbdc.narrow("test_rbdc_vit", 4).eval() for _ in range(4)]
-    mids = [rbdc.couple(leaves[i:i + 2], norm="grouped") for i in (0, 2)]
+    mids = [rbdc.couple(leaves[i : i + 2], norm="grouped") for i in (0, 2)]
     reloaded = [load_model(save_weights(m, tmp_path / f"mid{i}.safetensors")) for i, m in enumerate(mids)]
-    assert {(type(m), m.parts) for r in reloaded for m in r.modules() if isinstance(m, torch.nn.LayerNorm)} \
-        == {(PartLayerNorm, 2)}
+    assert {(type(m), m.parts) for r in reloaded for m in r.modules() if isinstance(m, torch.nn.LayerNorm)} == {
+        (PartLayerNorm, 2)
+    }
     root = rbdc.couple(reloaded, norm="grouped")
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -102,7 +104,9 @@ def test_a_registered_rebuild_key_is_saved_and_rebuilds_the_model(tmp_path, monk
 def test_a_gradmax_checkpoint_loads_in_a_process_that_imports_only_the_checkpoint_module(tmp_path):
     model = gradmax_start("test_rbdc_vit", Fraction(1, 2))
     path = save_weights(model, tmp_path / "g.safetensors")
-    code = ("import json; from rbdc.nets.checkpoint import load_model; "
-            f"print(json.dumps(load_model({str(path)!r}).rbdc_arch['inner_widths']))")
+    code = (
+        "import json; from rbdc.nets.checkpoint import load_model; "
+        f"print(json.dumps(load_model({str(path)!r}).rbdc_arch['inner_widths']))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == inner_widths(model) != inner_widths(timm.create_model("test_rbdc_vit"))

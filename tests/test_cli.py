@@ -30,8 +30,12 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
     a = save_weights(timm.create_model("test_rbdc_vit_w2"), tmp_path / "a.safetensors")
     b = save_weights(timm.create_model("test_rbdc_vit_w4"), tmp_path / "b.safetensors")
     out = tmp_path / "out.safetensors"
-    cases = [("flops", "no_such_model"), ("couple", str(a), str(tmp_path / "missing.safetensors"), "-o", str(out)),
-             ("couple", str(a), str(b), "-o", str(out)), ("plan", "resnet50x", "--depth", "1")]
+    cases = [
+        ("flops", "no_such_model"),
+        ("couple", str(a), str(tmp_path / "missing.safetensors"), "-o", str(out)),
+        ("couple", str(a), str(b), "-o", str(out)),
+        ("plan", "resnet50x", "--depth", "1"),
+    ]
     for args in cases:
         rc, err = main(list(args)), capsys.readouterr().err
         assert rc == 2, (args, err)

@@ -1,4 +1,5 @@
 """CLI edge cases: each bad input ends in one line naming the fix, exit 2, and nothing written."""
+
 import json
 from pathlib import Path
 
@@ -29,8 +30,11 @@ def foreign(path, **meta):
 
 
 def test_checkpoint_metadata_naming_an_unknown_model(capsys, tmp_path, parts):
-    arch = foreign(tmp_path / "arch.safetensors", model="no_such_model",
-                   arch=json.dumps({"name": "no_such_model", "factor": "1/2", "kwargs": {}}))
+    arch = foreign(
+        tmp_path / "arch.safetensors",
+        model="no_such_model",
+        arch=json.dumps({"name": "no_such_model", "factor": "1/2", "kwargs": {}}),
+    )
     named = foreign(tmp_path / "named.safetensors", model="no_such_model")
     out = tmp_path / "out.safetensors"
     refused(capsys, "couple", arch, parts[0], "-o", out, says="unknown model 'no_such_model'")

@@ -1,5 +1,6 @@
 """rbdc.cost.costmodel (seconds per image from countable terms, per CPU kind) and its use by `rbdc plan --estimate` and
 `rbdc train --dry-run --estimate`."""
+
 import json
 
 import numpy as np
@@ -23,15 +24,14 @@ model name\t: something else
 
 def test_fit_recovers_known_coefficients():
     rng = np.random.default_rng(0)
-    truth = np.array([2e-12, 5e-9, 3e-8, 4e-5])      # s per FLOP, per element, per parameter-step, per image
-    x = np.column_stack([rng.uniform(1e7, 3e9, 12), rng.uniform(1e5, 3e6, 12), rng.uniform(1e2, 1e5, 12),
-                         np.ones(12)])
+    truth = np.array([2e-12, 5e-9, 3e-8, 4e-5])  # s per FLOP, per element, per parameter-step, per image
+    x = np.column_stack([rng.uniform(1e7, 3e9, 12), rng.uniform(1e5, 3e6, 12), rng.uniform(1e2, 1e5, 12), np.ones(12)])
     assert np.allclose(costmodel.fit(x, x @ truth), truth, rtol=1e-6)
 
 
 def test_fit_keeps_coefficients_non_negative():
     x = np.column_stack([np.arange(1.0, 7.0), np.ones(6)])
-    y = 5.0 - 0.5 * np.arange(1.0, 7.0)       # a negative slope: non-negative least squares sets it to 0
+    y = 5.0 - 0.5 * np.arange(1.0, 7.0)  # a negative slope: non-negative least squares sets it to 0
     coef = costmodel.fit(x, y)
     assert coef[0] == 0 and coef[1] > 0
 
@@ -53,24 +53,30 @@ def test_cpu_kind_is_model_name_family_model_and_isa():
 def test_activation_elements_count_every_computing_leaf_once():
     class Tiny(nn.Sequential):
         pass
+
     model = Tiny(nn.Flatten(), nn.Linear(12, 5), nn.ReLU(), nn.Identity(), nn.Dropout(0.0))
-    assert costmodel.activation_elements(model, 2) == 12 + 5 + 5   # identity and inactive dropout left out
+    assert costmodel.activation_elements(model, 2) == 12 + 5 + 5  # identity and inactive dropout left out
 
 
 def test_activation_elements_count_the_attention_matrices():
     terms = costmodel.features("test_rbdc_vit", 32, 128)
-    n, heads, depth = 17, 4, 2                    # 32 px / patch 8 -> 16 tokens + class
+    n, heads, depth = 17, 4, 2  # 32 px / patch 8 -> 16 tokens + class
     with_attention = terms["activation_elements"]
     assert with_attention > depth * 2 * heads * n * n
-    assert terms["params_per_batch"] * 128 == pytest.approx(sum(
-        p.numel() for p in costmodel._meta("test_rbdc_vit", 32).parameters()))
+    assert terms["params_per_batch"] * 128 == pytest.approx(
+        sum(p.numel() for p in costmodel._meta("test_rbdc_vit", 32).parameters())
+    )
 
 
 def _write_model(folder, kind, coefs=None):
-    coefs = coefs or {f"{amp}/{fam}": {"train_flops": 1e-11, "activation_elements": 1e-9, "params_per_batch": 1e-8,
-                                       "constant": 1e-5} for amp in ("fp32", "bf16") for fam in ("vit", "resnet")}
-    model = costmodel.CostModel(kind, coefs, {"32": 2e-5}, [{"amp": "fp32", "family": "vit", "img_size": 32,
-                                                              "train_flops": 1e7, "width": "16"}])
+    coefs = coefs or {
+        f"{amp}/{fam}": {"train_flops": 1e-11, "activation_elements": 1e-9, "params_per_batch": 1e-8, "constant": 1e-5}
+        for amp in ("fp32", "bf16")
+        for fam in ("vit", "resnet")
+    }
+    model = costmodel.CostModel(
+        kind, coefs, {"32": 2e-5}, [{"amp": "fp32", "family": "vit", "img_size": 32, "train_flops": 1e7, "width": "16"}]
+    )
     return model.save(costmodel.costmodel_path(kind, folder))
 
 
@@ -88,8 +94,12 @@ def test_plan_on_an_unfitted_cpu_kind_says_so_and_measures(tmp_path, monkeypatch
 def test_plan_prints_rbdc_and_scratch_walls_from_this_kinds_model(tmp_path, monkeypatch, capsys):
     _write_model(tmp_path, costmodel.cpu_kind())
     monkeypatch.setattr(estimate, "BENCH", tmp_path)
-    assert main(["plan", "rbdc_vit_nano_patch4_32", "--depth", "2", "--dataset-size", "9469", "--estimate",
-                 "--amp", "bf16"]) == 0
+    assert (
+        main(
+            ["plan", "rbdc_vit_nano_patch4_32", "--depth", "2", "--dataset-size", "9469", "--estimate", "--amp", "bf16"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "cost model fitted on this CPU kind" in out and "measuring" not in out
     last = out.splitlines()[-1]
@@ -100,8 +110,7 @@ def test_plan_prints_rbdc_and_scratch_walls_from_this_kinds_model(tmp_path, monk
 def test_train_dry_run_prints_each_stage_and_scratch_by_the_cost_model(tmp_path, monkeypatch, capsys):
     _write_model(tmp_path, costmodel.cpu_kind())
     monkeypatch.setattr(estimate, "BENCH", tmp_path)
-    assert main(["train", "-c", "configs/recipes/imagenette32/vit-nano-rbdc-d1.yaml", "--dry-run",
-                 "--estimate"]) == 0
+    assert main(["train", "-c", "configs/recipes/imagenette32/vit-nano-rbdc-d1.yaml", "--dry-run", "--estimate"]) == 0
     out = capsys.readouterr().out
     assert "stage L0.0 (rbdc_vit_nano_patch4_32_w2" in out and "stage L1 (rbdc_vit_nano_patch4_32" in out
     assert "scratch at the same training FLOPs" in out and "by this CPU kind's cost model (bf16" in out
@@ -123,18 +132,39 @@ def test_fast_state_splits_two_clusters_of_gemm_rates_and_keeps_one():
     rates = [1100e9, 1050e9, 400e9, 380e9, 1120e9]
     floor = costmodel.fast_state(rates)
     assert 400e9 < floor < 1050e9
-    assert costmodel.fast_state([150e9, 147e9, 152e9, 145e9]) == 0.0   # one state: every round counts
+    assert costmodel.fast_state([150e9, 147e9, 152e9, 145e9]) == 0.0  # one state: every round counts
 
 
 def test_bench_rows_count_only_the_rounds_in_the_fast_state():
     def row(busy, gemm, **extra):
-        return {"group": "time-split", "stats": {"median": 1.0}, "extra_info": {
-            "model": "test_rbdc_vit", "img_size": 32, "batch": 8, "amp": "bf16", "family": "vit", "width": "64",
-            "images_per_round": 8, "round_busy_s": busy, "gemm_busy_flops_per_s": gemm, **extra}}
-    bench = {"benchmarks": [row([0.8, 2.0, 0.8], [1e12, 4e11, 1e12]), row([2.0, 2.0], [4e11, 4e11]),
-                            {"group": "time-split", "stats": {"median": 1.0},
-                             "extra_info": {"family": "data", "img_size": 32, "images_per_round": 100,
-                                            "round_busy_s": [0.01]}}]}
+        return {
+            "group": "time-split",
+            "stats": {"median": 1.0},
+            "extra_info": {
+                "model": "test_rbdc_vit",
+                "img_size": 32,
+                "batch": 8,
+                "amp": "bf16",
+                "family": "vit",
+                "width": "64",
+                "images_per_round": 8,
+                "round_busy_s": busy,
+                "gemm_busy_flops_per_s": gemm,
+                **extra,
+            },
+        }
+
+    bench = {
+        "benchmarks": [
+            row([0.8, 2.0, 0.8], [1e12, 4e11, 1e12]),
+            row([2.0, 2.0], [4e11, 4e11]),
+            {
+                "group": "time-split",
+                "stats": {"median": 1.0},
+                "extra_info": {"family": "data", "img_size": 32, "images_per_round": 100, "round_busy_s": [0.01]},
+            },
+        ]
+    }
     rows, data = costmodel.bench_rows(bench)
     assert len(rows) == 1 and rows[0]["rounds_used"] == 2 and rows[0]["s_per_image"] == pytest.approx(0.1)
     assert data == {"32": pytest.approx(1e-4)}

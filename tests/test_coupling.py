@@ -1,4 +1,5 @@
 """The coupling operator's defining invariants."""
+
 import pytest
 import timm
 import torch
@@ -96,8 +97,14 @@ def test_grouped_ln_coupling_is_the_exact_ensemble_and_plain_ln_is_not():
 def test_off_diagonal_blocks_start_at_zero_and_learn(name):
     models = [randomize_bn(timm.create_model(name)) for _ in range(2)]  # not timm's zero-init last BN: as trained
     wide = rbdc.couple(models).train()
-    blocks = {n: p for n, p in wide.named_parameters() if p.ndim >= 2 and p.shape[0] > 10 and p.shape[1] > 3
-              and not n.startswith(("head", "fc", "pos_embed", "cls_token"))}
+    blocks = {
+        n: p
+        for n, p in wide.named_parameters()
+        if p.ndim >= 2
+        and p.shape[0] > 10
+        and p.shape[1] > 3
+        and not n.startswith(("head", "fc", "pos_embed", "cls_token"))
+    }
     assert blocks
 
     def offdiag(n, t):
@@ -135,14 +142,17 @@ def test_recursive_tree_of_resnets_equals_the_mean_of_all_leaves():
         assert (root(x) - torch.stack([m(x) for m in leaves]).mean(0)).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("other, what", [
-    (lambda: timm.create_model("test_rbdc_resnet_w2"), "family"),
-    (lambda: timm.create_model("test_rbdc_vit_w2", depth=3), "depth"),
-    (lambda: timm.create_model("test_rbdc_vit_w2", patch_size=4), "patch_size"),
-    (lambda: timm.create_model("test_rbdc_vit_w2", img_size=64), "img_size"),
-    (lambda: timm.create_model("test_rbdc_vit_w2", num_classes=5), "num_classes"),
-    (lambda: timm.create_model("test_rbdc_vit_w4"), "width"),
-])
+@pytest.mark.parametrize(
+    "other, what",
+    [
+        (lambda: timm.create_model("test_rbdc_resnet_w2"), "family"),
+        (lambda: timm.create_model("test_rbdc_vit_w2", depth=3), "depth"),
+        (lambda: timm.create_model("test_rbdc_vit_w2", patch_size=4), "patch_size"),
+        (lambda: timm.create_model("test_rbdc_vit_w2", img_size=64), "img_size"),
+        (lambda: timm.create_model("test_rbdc_vit_w2", num_classes=5), "num_classes"),
+        (lambda: timm.create_model("test_rbdc_vit_w4"), "width"),
+    ],
+)
 def test_incompatible_models_are_refused_naming_the_difference(other, what):
     with pytest.raises(ValueError, match=what):
         rbdc.couple([timm.create_model("test_rbdc_vit_w2"), other()])
@@ -151,12 +161,16 @@ def test_incompatible_models_are_refused_naming_the_difference(other, what):
 def test_plan_lists_every_level():
     rows = rbdc.plan("deit_base_patch16_224", depth=2)
     assert [(r["count"], r["model"]) for r in rows] == [
-        (4, "rbdc_deit_base_patch16_224_w4"), (2, "rbdc_deit_base_patch16_224_w2"), (1, "deit_base_patch16_224")]
+        (4, "rbdc_deit_base_patch16_224_w4"),
+        (2, "rbdc_deit_base_patch16_224_w2"),
+        (1, "deit_base_patch16_224"),
+    ]
 
 
 def test_plain_ln_deviation_is_measured(capsys):
     """Report how far plain-LN coupling moves a ViT from the mean of its parts (benchmarks/ln_deviation.py too)."""
     from benchmarks.ln_deviation import ln_deviation
+
     dev = ln_deviation("test_rbdc_vit_w2", k=2, batch=4)
     print(f"plain-LN coupling, test_rbdc_vit_w2 k=2: {dev}")
     assert dev["grouped_max_abs"] < 1e-5 < dev["plain_max_abs"]
@@ -174,6 +188,7 @@ def test_deep_stem_resnet_couples_exactly():
 
 # --- settings, packed projections, refused layers, dtype/device -------------------------------------------------
 
+
 def perturbed(model):
     """Non-trivial LN/LayerScale/bias values too, so that exactness is not an accident of timm's init."""
     with torch.no_grad():
@@ -189,24 +204,30 @@ def relative_error(wide, models, size=32):
         return ((wide.eval()(x) - ref).norm() / ref.norm()).item()
 
 
-@pytest.mark.parametrize("setting, field", [
-    ({"act_layer": nn.SiLU}, r"blocks.0.mlp.act.type \(torch.nn.modules.activation.GELU vs .*SiLU\)"),
-    ({"qkv_bias": False}, r"blocks.0.attn.qkv.bias \(torch.float32 vs None\)"),
-    ({"init_values": 1e-2}, r"blocks.0.ls1.type \(torch.nn.modules.linear.Identity vs .*LayerScale\)"),
-    ({"norm_layer": nn.LayerNorm}, r"blocks.0.norm1.eps \(1e-06 vs 1e-05\)"),
-])
+@pytest.mark.parametrize(
+    "setting, field",
+    [
+        ({"act_layer": nn.SiLU}, r"blocks.0.mlp.act.type \(torch.nn.modules.activation.GELU vs .*SiLU\)"),
+        ({"qkv_bias": False}, r"blocks.0.attn.qkv.bias \(torch.float32 vs None\)"),
+        ({"init_values": 1e-2}, r"blocks.0.ls1.type \(torch.nn.modules.linear.Identity vs .*LayerScale\)"),
+        ({"norm_layer": nn.LayerNorm}, r"blocks.0.norm1.eps \(1e-06 vs 1e-05\)"),
+    ],
+)
 def test_parts_built_with_different_settings_are_refused_naming_the_field_and_both_values(setting, field):
     a, b = rbdc.narrow("test_rbdc_vit", 2), rbdc.narrow("test_rbdc_vit", 2, **setting)
     with pytest.raises(ValueError, match=field):
         rbdc.couple([a, b])
 
 
-@pytest.mark.parametrize("name, settings, size", [
-    ("test_rbdc_resnet_basic", dict(act_layer=nn.SiLU), 64),
-    ("test_rbdc_vit", dict(act_layer=nn.SiLU, qkv_bias=False, init_values=1e-2, reg_tokens=2), 32),
-    ("test_rbdc_vit", dict(class_token=False, global_pool="avg", fc_norm=True, pre_norm=True), 32),
-    ("test_rbdc_vit", {"dynamic_img_size": True, "no_embed_class": True, "drop_path_rate": 0.1}, 32),
-])
+@pytest.mark.parametrize(
+    "name, settings, size",
+    [
+        ("test_rbdc_resnet_basic", dict(act_layer=nn.SiLU), 64),
+        ("test_rbdc_vit", dict(act_layer=nn.SiLU, qkv_bias=False, init_values=1e-2, reg_tokens=2), 32),
+        ("test_rbdc_vit", dict(class_token=False, global_pool="avg", fc_norm=True, pre_norm=True), 32),
+        ("test_rbdc_vit", {"dynamic_img_size": True, "no_embed_class": True, "drop_path_rate": 0.1}, 32),
+    ],
+)
 def test_stock_timm_models_keep_their_settings_when_coupled(name, settings, size):
     models = [perturbed(randomize_bn(timm.create_model(name, **settings))) for _ in range(2)]
     assert relative_error(rbdc.couple(models, norm="grouped"), models, size) < 1e-5
@@ -219,16 +240,20 @@ def test_a_stock_resnet_keeps_its_activation():
 
 def test_a_stock_setting_that_cannot_be_read_back_is_refused_not_dropped():
     from timm.layers import SwiGLUPacked  # GluMlp with gate_last=False: timm records neither
+
     models = [timm.create_model("test_rbdc_vit", mlp_layer=SwiGLUPacked) for _ in range(2)]
     with pytest.raises(ValueError, match=r"blocks.0.mlp.gate_last \(parts False, rebuilt True\).*rbdc.scaled"):
         rbdc.couple(models)
 
 
-@pytest.mark.parametrize("settings", [dict(global_pool="map"), dict(mlp_layer="swiglupacked"),
-                                      dict(mlp_layer="swiglu"), dict(block_fn="respost")])
+@pytest.mark.parametrize(
+    "settings",
+    [dict(global_pool="map"), dict(mlp_layer="swiglupacked"), dict(mlp_layer="swiglu"), dict(block_fn="respost")],
+)
 def test_packed_projections_and_other_vit_layers_couple_exactly(settings):
     from timm.layers import SwiGLU, SwiGLUPacked
     from timm.models.vision_transformer import ResPostBlock
+
     named = {"swiglupacked": SwiGLUPacked, "swiglu": SwiGLU, "respost": ResPostBlock}
     settings = {k: named.get(v, v) for k, v in settings.items()}
     models = [perturbed(rbdc.narrow("test_rbdc_vit", 2, **settings)) for _ in range(2)]
@@ -237,6 +262,7 @@ def test_packed_projections_and_other_vit_layers_couple_exactly(settings):
 
 def test_every_packed_projection_is_split_per_projection():
     from timm.layers import SwiGLUPacked
+
     model = rbdc.narrow("test_rbdc_vit", 2, global_pool="map", mlp_layer=SwiGLUPacked)
     packed = rbdc.coupling.packed_chunks(model)
     assert packed["blocks.0.attn.qkv"] == 3 and packed["attn_pool.kv"] == 2 and packed["blocks.1.mlp.fc1"] == 2
@@ -245,6 +271,7 @@ def test_every_packed_projection_is_split_per_projection():
 
 def test_layers_without_a_rule_are_refused_by_narrow_and_couple():
     from timm.models.vision_transformer import ParallelScalingBlock
+
     with pytest.raises(ValueError, match="blocks.0: ParallelScalingBlock has no RBDC coupling rule"):
         rbdc.narrow("test_rbdc_vit", 2, block_fn=ParallelScalingBlock)
     models = [timm.create_model("test_rbdc_vit", block_fn=ParallelScalingBlock) for _ in range(2)]

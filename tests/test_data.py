@@ -1,4 +1,5 @@
 """Specification of rbdc.data: layouts and their errors, determinism, in-memory cache, generated and real datasets."""
+
 import os
 import subprocess
 import sys
@@ -52,6 +53,7 @@ def _tar(folder: Path, tar_path: Path, arcname: str) -> Path:
 # ----------------------------------------------------------------------------------------------------------------
 # Layouts and errors
 
+
 def test_data_error_is_user_error():
     assert issubclass(DataError, UserError)
 
@@ -80,8 +82,9 @@ def test_missing_split_folder(tmp_path, source, missing):
     (root / missing).rmdir()
     # For imagenette the folder is not recognised as Imagenette at all; either way the message names root.
     with pytest.raises(DataError, match=str(root)):
-        build_dataset(source, str(root), "train", check_counts=False) if source == "imagenette" else \
-            build_dataset(source, str(root), "train")
+        build_dataset(source, str(root), "train", check_counts=False) if source == "imagenette" else build_dataset(
+            source, str(root), "train"
+        )
 
 
 @pytest.mark.parametrize("source", ["imagefolder", "imagenette"])
@@ -89,7 +92,7 @@ def test_empty_class_folder(tmp_path, source):
     root = _folder(tmp_path / "ds")
     (root / "train" / "d").mkdir()
     kwargs = {"check_counts": False} if source == "imagenette" else {}
-    with pytest.raises(DataError, match=f'class folder {root / "train" / "d"} has no images'):
+    with pytest.raises(DataError, match=f"class folder {root / 'train' / 'd'} has no images"):
         build_dataset(source, str(root), **kwargs)
 
 
@@ -151,6 +154,7 @@ def test_bad_aug_key_and_too_small_for_a_batch():
 # ----------------------------------------------------------------------------------------------------------------
 # Decoding
 
+
 @pytest.mark.parametrize("mode", ["L", "CMYK"])
 def test_greyscale_and_cmyk_become_rgb(tmp_path, mode):
     root = _folder(tmp_path / "ds")
@@ -176,6 +180,7 @@ def test_resize_center_crop_keeps_centre():
 
 # ----------------------------------------------------------------------------------------------------------------
 # Determinism
+
 
 def _order(loader, epoch):
     loader.set_epoch(epoch)
@@ -285,10 +290,11 @@ def test_repeated_aug_repeats_each_image_three_times():
 
 def test_distributed_single_rank(tmp_path):
     import torch.distributed as dist
+
     ds = build_dataset("synthetic", img_size=8, num_images=20)
     with pytest.raises(ValueError, match="init_process_group"):
         build_loader(ds, batch_size=4, train=True, img_size=8, distributed=True)
-    dist.init_process_group("gloo", init_method=f'file://{tmp_path / "pg"}', rank=0, world_size=1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
         ld = build_loader(ds, batch_size=4, train=True, img_size=8, distributed=True, num_workers=0, seed=3)
         assert sorted(_order(ld, 0)) == list(range(20)) and _order(ld, 0) != _order(ld, 1)
@@ -301,6 +307,7 @@ def test_distributed_single_rank(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------
 # In-memory path
 
+
 def test_memory_cache_is_reused(tmp_path, monkeypatch):
     root = _folder(tmp_path / "ds")
     ds = build_dataset("imagefolder", str(root))
@@ -311,14 +318,14 @@ def test_memory_cache_is_reused(tmp_path, monkeypatch):
         raise AssertionError("decoded again although the cache exists")
 
     monkeypatch.setattr(D.cache, "_decode_all", fail)
-    again = build_loader(build_dataset("imagefolder", str(root)), batch_size=4, train=True, img_size=8,
-                         in_memory=True)
+    again = build_loader(build_dataset("imagefolder", str(root)), batch_size=4, train=True, img_size=8, in_memory=True)
     assert again.cache_path == first.cache_path and torch.equal(again.images, first.images)
     with pytest.raises(AssertionError, match="decoded again"):  # another size is another cache entry
         build_loader(ds, batch_size=4, train=True, img_size=10, in_memory=True)
     with pytest.raises(AssertionError, match="decoded again"):  # so is another subset
-        build_loader(build_dataset("imagefolder", str(root), subset=3), batch_size=4, train=True, img_size=8,
-                     in_memory=True)
+        build_loader(
+            build_dataset("imagefolder", str(root), subset=3), batch_size=4, train=True, img_size=8, in_memory=True
+        )
 
 
 @pytest.mark.parametrize("train", [False, True])
@@ -345,8 +352,9 @@ def test_memory_batches_shape_dtype_normalisation(tmp_path, train):
 
 def test_memory_crop_flip_geometry():
     ds = build_dataset("synthetic", img_size=16, num_images=8)
-    ld = build_loader(ds, batch_size=8, train=True, img_size=16, in_memory=True,
-                      aug={"scale": (1, 1), "ratio": (1, 1), "hflip": 0.0})
+    ld = build_loader(
+        ds, batch_size=8, train=True, img_size=16, in_memory=True, aug={"scale": (1, 1), "ratio": (1, 1), "hflip": 0.0}
+    )
     x = ld.images.float()
     g = torch.Generator().manual_seed(0)
     assert torch.allclose(ld._crop_flip(x, g), x, atol=1e-3)
@@ -358,8 +366,9 @@ def test_memory_crop_flip_geometry():
 
 def test_memory_augmentation_varies_between_batches_and_epochs():
     ramp = np.broadcast_to(np.arange(0, 240, 15, dtype=np.uint8)[None, :, None], (16, 16, 3))
-    same = D.ArrayDataset(np.stack([ramp] * 16), [0] * 16, ["ramp"], source="test", root=None, split="train",
-                          cacheable=False)
+    same = D.ArrayDataset(
+        np.stack([ramp] * 16), [0] * 16, ["ramp"], source="test", root=None, split="train", cacheable=False
+    )
     ld = build_loader(same, batch_size=8, train=True, img_size=16, in_memory=True)
     (a, _), (b, _) = _epoch(ld, 0)
     (c, _), _ = _epoch(ld, 1)
@@ -370,8 +379,10 @@ def test_memory_augmentation_varies_between_batches_and_epochs():
 def test_memory_loader_on_cuda_matches_cpu():
     ds = build_dataset("synthetic", img_size=16, num_images=32)
     aug = {"re_prob": 0.5, "re_mode": "const"}
-    cpu, gpu = (build_loader(ds, batch_size=8, train=True, img_size=16, in_memory=True, aug=aug, device=d)
-                for d in ("cpu", "cuda"))
+    cpu, gpu = (
+        build_loader(ds, batch_size=8, train=True, img_size=16, in_memory=True, aug=aug, device=d)
+        for d in ("cpu", "cuda")
+    )
     for (xc, yc), (xg, yg) in zip(_epoch(cpu, 1), _epoch(gpu, 1)):
         assert xg.is_cuda and yg.is_cuda and xg.dtype == torch.float32
         assert torch.equal(yc, yg.cpu()) and torch.allclose(xc, xg.cpu(), atol=1e-3)
@@ -386,13 +397,15 @@ def test_memory_ignored_aug_warns():
 # ----------------------------------------------------------------------------------------------------------------
 # Generated sources
 
+
 def test_synthetic_is_deterministic_and_learnable():
     train = build_dataset("synthetic", img_size=16, num_images=200, num_classes=5, seed=0)
     val = build_dataset("synthetic", split="val", img_size=16, num_images=50, num_classes=5, seed=0)
     other = build_dataset("synthetic", img_size=16, num_images=200, num_classes=5, seed=1)
     arr = lambda ds, i: np.asarray(ds[i][0], dtype=np.float32)  # noqa: E731
-    assert np.array_equal(arr(train, 3), arr(build_dataset("synthetic", img_size=16, num_images=200,
-                                                           num_classes=5, seed=0), 3))
+    assert np.array_equal(
+        arr(train, 3), arr(build_dataset("synthetic", img_size=16, num_images=200, num_classes=5, seed=0), 3)
+    )
     assert not np.array_equal(arr(train, 3), arr(other, 3))
     assert not np.array_equal(arr(train, 3), arr(val, 3))
     # Nearest class-mean colour, fitted on train, classifies val: the class signal is real and shared by splits.
@@ -420,6 +433,7 @@ def test_digits_split():
 # ----------------------------------------------------------------------------------------------------------------
 # Imagenette: archive handling (tiny fake archive) and the real data
 
+
 def test_imagenette_from_tar_extracts_once_atomically(tmp_path, monkeypatch):
     src = _folder(tmp_path / "src")
     (tmp_path / "data").mkdir()
@@ -442,8 +456,11 @@ def test_imagenette_verify_and_stale_cache(tmp_path):
     tar = _tar(src, tmp_path / "data" / "imagenette2-224.tar", "imagenette2-224")
     folder = D.find_imagenette(tar)
     import hashlib
-    lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(folder.parent)}"
-             for p in sorted(folder.rglob("*.jpg"))]
+
+    lines = [
+        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(folder.parent)}"
+        for p in sorted(folder.rglob("*.jpg"))
+    ]
     contents = tmp_path / "data" / "imagenette2-224.contents.sha256"
     contents.write_text("\n".join(lines) + "\n")
     assert D.find_imagenette(tar, verify=True) == folder
@@ -490,8 +507,14 @@ def test_real_imagenette(imagenette_tar):
     assert (len(train), len(val)) == (9469, 3925)
     assert train.classes == val.classes and train.classes[0] == "n01440764" and len(train.classes) == 10
     assert build_dataset("imagenette", train.root, "val").paths == val.paths  # the extracted folder works too
-    ld = build_loader(train, batch_size=8, train=True, img_size=32, num_workers=0,
-                      aug={"auto_augment": "rand-m9-mstd0.5-inc1", "re_prob": 0.25, "interpolation": "bicubic"})
+    ld = build_loader(
+        train,
+        batch_size=8,
+        train=True,
+        img_size=32,
+        num_workers=0,
+        aug={"auto_augment": "rand-m9-mstd0.5-inc1", "re_prob": 0.25, "interpolation": "bicubic"},
+    )
     x, y = next(iter(ld))
     assert x.shape == (8, 3, 32, 32) and y.dtype == torch.int64 and torch.isfinite(x).all()
     small = build_dataset("imagenette", str(imagenette_tar), "val", subset=2)
@@ -531,8 +554,11 @@ def test_a_broken_image_in_a_worker_is_one_line_naming_the_file(tmp_path, in_mem
 
 def _recipe(**data):
     from rbdc import recipe as recipes
-    return recipes.resolve(str(Path(__file__).resolve().parents[1] / "configs" / "recipes" / "ci" / "scratch.yaml"),
-                           [f"data.{k}={v}" for k, v in data.items()])
+
+    return recipes.resolve(
+        str(Path(__file__).resolve().parents[1] / "configs" / "recipes" / "ci" / "scratch.yaml"),
+        [f"data.{k}={v}" for k, v in data.items()],
+    )
 
 
 def test_a_plan_uses_the_size_its_run_trains_on_also_for_a_source_of_known_size(tmp_path, monkeypatch):

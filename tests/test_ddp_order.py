@@ -1,5 +1,6 @@
 """Data order under DDP: sibling stages (consecutive seeds) must not share epochs' orders; images_seen counts
 training images only."""
+
 import csv
 from pathlib import Path
 
@@ -29,8 +30,19 @@ def order(loader, epoch):
 @pytest.mark.parametrize("repeated_aug", [False, True])
 def test_sibling_stages_get_unrelated_orders_in_every_epoch_under_ddp(process_group, repeated_aug):
     ds = build_dataset("synthetic", None, "train", img_size=16, num_classes=4, num_images=64)
-    loaders = [build_loader(ds, batch_size=8, train=True, img_size=16, seed=seed, distributed=True,
-                            repeated_aug=repeated_aug, in_memory=True) for seed in (1000, 1001)]
+    loaders = [
+        build_loader(
+            ds,
+            batch_size=8,
+            train=True,
+            img_size=16,
+            seed=seed,
+            distributed=True,
+            repeated_aug=repeated_aug,
+            in_memory=True,
+        )
+        for seed in (1000, 1001)
+    ]
     epochs = range(4)
     orders = [[order(loader, e) for e in epochs] for loader in loaders]
     pairs = [(a, b) for a in orders[0] for b in orders[1]]  # any epoch of one against any epoch of the other

@@ -1,4 +1,5 @@
 """benchmarks/device_check.sh (the GPU figures in one prepared run) and the report pieces it relies on."""
+
 import json
 import os
 import subprocess
@@ -14,10 +15,18 @@ SCRIPT = REPO / "benchmarks" / "device_check.sh"
 
 
 def _run(tmp_path, *args, **env):
-    full = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=sys.executable, RBDC_WHEELS=str(tmp_path / "no-wheels"),
-                RBDC_DATA=str(tmp_path / "no-data"), OMP_NUM_THREADS="1", **env)
-    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=full, cwd=tmp_path,
-                          check=False, timeout=600)
+    full = dict(
+        os.environ,
+        OUT=str(tmp_path / "out"),
+        PYTHON=sys.executable,
+        RBDC_WHEELS=str(tmp_path / "no-wheels"),
+        RBDC_DATA=str(tmp_path / "no-data"),
+        OMP_NUM_THREADS="1",
+        **env,
+    )
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], capture_output=True, text=True, env=full, cwd=tmp_path, check=False, timeout=600
+    )
 
 
 def test_unknown_argument_is_refused_with_the_options(tmp_path):
@@ -42,8 +51,13 @@ def test_dry_run_runs_every_step_and_writes_the_committed_format(tmp_path):
     out = tmp_path / "out"
     files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     assert {f for f in files if not f.endswith(".png") and not f.startswith("bench/costmodel-")} == {
-        "bench/dry-run.json", "bench/diffusionblocks-memory-dry-run.json", "perf.md", "env.txt", "gpu-tests.xml",
-        "device_check.log"}
+        "bench/dry-run.json",
+        "bench/diffusionblocks-memory-dry-run.json",
+        "perf.md",
+        "env.txt",
+        "gpu-tests.xml",
+        "device_check.log",
+    }
     assert "perf-time-dry-run.png" in files and any(f.startswith("bench/costmodel-") for f in files)
     (run,) = perf_report.load(out / "bench")
     benches = run["benchmarks"]
@@ -59,10 +73,10 @@ def test_dry_run_runs_every_step_and_writes_the_committed_format(tmp_path):
         assert len(b["extra_info"]["gemm_flops_per_s"]) == b["stats"]["rounds"]
         assert 0 < perf_report.gemm_fraction(b) < 10
     assert any(b["group"] == "forward" for b in benches)
-    split = [b for b in benches if b["group"] == "time-split"]   # the per-width table: DeiT-Ti/S/B, toy-sized
+    split = [b for b in benches if b["group"] == "time-split"]  # the per-width table: DeiT-Ti/S/B, toy-sized
     assert sorted(b["extra_info"]["width"] for b in split) == ["192", "384", "768"]
     assert all(b["extra_info"]["split_s"]["forward"] and b["extra_info"]["split_s"]["backward"] for b in split)
-    levers = [b for b in benches if b["group"] == "levers"]      # a level's parts batched vs separate
+    levers = [b for b in benches if b["group"] == "levers"]  # a level's parts batched vs separate
     assert {(b["extra_info"]["lever"], b["extra_info"]["k"]) for b in levers} == {("batched", 4), ("batched", 2)}
     report = (out / "perf.md").read_text()
     assert "reports/bench/dry-run.json" in report and "reports/bench/cpu.json" in report
@@ -73,8 +87,10 @@ def test_dry_run_runs_every_step_and_writes_the_committed_format(tmp_path):
 
 
 def _bench(times, gemm, images=100, fpi=1e9):
-    return {"stats": {"data": times, "median": sorted(times)[len(times) // 2]},
-            "extra_info": {"images_per_round": images, "train_flops_per_image": fpi, "gemm_flops_per_s": gemm}}
+    return {
+        "stats": {"data": times, "median": sorted(times)[len(times) // 2]},
+        "extra_info": {"images_per_round": images, "train_flops_per_image": fpi, "gemm_flops_per_s": gemm},
+    }
 
 
 def test_gemm_fraction_pairs_each_round_with_its_own_probe():

@@ -1,4 +1,5 @@
 """DiffusionBlocks protocol: band partition, block-local training steps, B-block inference, FLOPs/memory, resume."""
+
 import json
 import math
 from pathlib import Path
@@ -21,8 +22,9 @@ from rbdc.recipe import DEFAULTS, Recipe
 
 REPO = Path(__file__).resolve().parents[1]
 CI_RECIPE = REPO / "configs" / "recipes" / "ci" / "diffusionblocks.yaml"
-TINY = dict(model="test_rbdc_vit", drop_path=0.0, smoothing=0.0, model_kwargs={"depth": 3},
-            diffusionblocks={"blocks": 3})
+TINY = dict(
+    model="test_rbdc_vit", drop_path=0.0, smoothing=0.0, model_kwargs={"depth": 3}, diffusionblocks={"blocks": 3}
+)
 
 
 def typed(**keys):
@@ -48,6 +50,7 @@ def shared_names(model):
 
 
 # --- noise-level bands ----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("blocks", [2, 3, 4, 6])
 def test_bands_have_equal_probability_mass(blocks):
@@ -94,19 +97,29 @@ def test_inference_sigmas_fall_one_in_each_band_from_high_to_low():
 
 # --- training step --------------------------------------------------------------------------------------------------
 
+
 def test_a_training_step_touches_only_the_drawn_block_and_the_shared_parts():
     m = perturbed(tiny())
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 3, 5, 9])
     shared = shared_names(m)
-    assert {"trunk.patch_embed.proj.weight", "trunk.pos_embed", "label_embed.weight", "time_embed.mlp.0.weight",
-            "final_mod.weight", "trunk.norm.weight", "trunk.head.weight"} <= shared
+    assert {
+        "trunk.patch_embed.proj.weight",
+        "trunk.pos_embed",
+        "label_embed.weight",
+        "time_embed.mlp.0.weight",
+        "final_mod.weight",
+        "trunk.norm.weight",
+        "trunk.head.weight",
+    } <= shared
     seen = set()
     for seed in range(40):
         torch.manual_seed(seed)
         m.zero_grad(set_to_none=True)
         calls = []
-        hooks = [blk.attn.register_forward_hook(lambda mod, i, o, k=k: calls.append(k))  # noqa: B023 (removed below)
-                 for k, blk in enumerate(m.trunk.blocks)]
+        hooks = [
+            blk.attn.register_forward_hook(lambda mod, i, o, k=k: calls.append(k))  # noqa: B023 (removed below)
+            for k, blk in enumerate(m.trunk.blocks)
+        ]
         m.training_loss(x, y).backward()
         for h in hooks:
             h.remove()
@@ -150,7 +163,7 @@ def test_the_loss_is_the_sigma_weighted_cross_entropy():
     sigma = m.sample_sigma(b, 3).float()
     z = torch.nn.functional.normalize(m.label_embed(y), dim=-1)
     logits = m.denoise(m.trunk.patch_embed(x), z + sigma[:, None] * torch.randn_like(z), sigma, b)
-    w = (sigma ** 2 + 0.25) / (sigma * 0.5) ** 2
+    w = (sigma**2 + 0.25) / (sigma * 0.5) ** 2
     ce = torch.nn.functional.cross_entropy(logits, y, reduction="none")
     assert loss.item() == pytest.approx((w * ce).mean().item(), rel=1e-5)
 
@@ -168,9 +181,9 @@ def test_batch_mean_weighting_is_the_official_codes_broadcast():
     z = torch.nn.functional.normalize(m.label_embed(y), dim=-1)
     logits = m.denoise(m.trunk.patch_embed(x), z + sigma[:, None] * torch.randn_like(z), sigma, b)
     ce = torch.nn.functional.cross_entropy(logits, y, reduction="none")
-    official = (ce * ((sigma ** 2 + 0.25) / (sigma * 0.5) ** 2)[:, None]).mean()
+    official = (ce * ((sigma**2 + 0.25) / (sigma * 0.5) ** 2)[:, None]).mean()
     assert loss.item() == pytest.approx(official.item(), rel=1e-5)
-    assert loss.item() != pytest.approx((ce * (sigma ** 2 + 0.25) / (sigma * 0.5) ** 2).mean().item(), rel=1e-3)
+    assert loss.item() != pytest.approx((ce * (sigma**2 + 0.25) / (sigma * 0.5) ** 2).mean().item(), rel=1e-3)
 
 
 def test_soft_targets_are_refused_with_the_fix():
@@ -179,6 +192,7 @@ def test_soft_targets_are_refused_with_the_fix():
 
 
 # --- inference ------------------------------------------------------------------------------------------------------
+
 
 def test_inference_runs_every_block_exactly_once_from_high_to_low_noise():
     m = perturbed(tiny()).eval()
@@ -229,8 +243,10 @@ def test_the_time_conditioning_reaches_every_layer_of_every_block():
     expected = F.silu(m.time_embed(0.25 * sigma.log()))
     for b in range(3):
         seen = {}
-        hooks = [mod.register_forward_hook(lambda mod, i, o, k=k, seen=seen: seen.__setitem__(k, i[0])) for k, mod in
-                 enumerate([*m.layer_mods, m.final_mod])]
+        hooks = [
+            mod.register_forward_hook(lambda mod, i, o, k=k, seen=seen: seen.__setitem__(k, i[0]))
+            for k, mod in enumerate([*m.layer_mods, m.final_mod])
+        ]
         m.denoise(m.trunk.patch_embed(x), z, sigma, b)
         for h in hooks:
             h.remove()
@@ -239,8 +255,11 @@ def test_the_time_conditioning_reaches_every_layer_of_every_block():
         # and sigma changes the block's output through them, with z_t and the EDM scalings held fixed
         with torch.no_grad():
             a = m._layer(m.block_layers(b)[0], torch.ones(2, 3, m.trunk.embed_dim), expected)
-            c = m._layer(m.block_layers(b)[0], torch.ones(2, 3, m.trunk.embed_dim),
-                         F.silu(m.time_embed(0.25 * torch.tensor([3.0, 3.0]).log())))
+            c = m._layer(
+                m.block_layers(b)[0],
+                torch.ones(2, 3, m.trunk.embed_dim),
+                F.silu(m.time_embed(0.25 * torch.tensor([3.0, 3.0]).log())),
+            )
         assert not torch.allclose(a, c)
 
 
@@ -275,9 +294,11 @@ def test_state_dict_loads_into_a_fresh_model():
 
 # --- FLOPs and memory -----------------------------------------------------------------------------------------------
 
+
 def test_training_flops_are_one_block_plus_the_shared_parts_and_match_flop_counter_mode():
-    rec = typed(model="deit_tiny_patch16_224", drop_path=0.0, smoothing=0.0, model_kwargs={},
-                diffusionblocks={"blocks": 3})
+    rec = typed(
+        model="deit_tiny_patch16_224", drop_path=0.0, smoothing=0.0, model_kwargs={}, diffusionblocks={"blocks": 3}
+    )
     with torch.device("meta"):  # the planner builds it this way
         m = build_model(rec, 1000)
     analytic = m.train_flops_per_image(224)
@@ -337,6 +358,7 @@ def test_a_training_step_keeps_one_block_of_activations():
 
 
 # --- recipe, engine, resume, CLI ------------------------------------------------------------------------------------
+
 
 def test_bad_recipes_fail_with_the_key_and_the_fix():
     with pytest.raises(DiffusionBlocksError, match="diffusionblocks.nope"):

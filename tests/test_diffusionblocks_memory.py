@@ -4,6 +4,7 @@ What a step saves for backward is fixed by the shapes, so it is tested exactly o
 4: width 64, 17 tokens, batch 8, fp32, no drop-path so that every layer saves the same). Peak RSS depends on the
 machine and is only checked to be recorded.
 """
+
 import json
 
 import pytest
@@ -15,7 +16,7 @@ from benchmarks import perf_report
 from rbdc import protocols
 from rbdc.recipe import DEFAULTS, Recipe
 
-N, WIDTH, DEPTH, TOKENS, COND = 8, 64, 4, 17, 64 // 6   # test_rbdc_vit: 32 px / patch 8 = 16 patches + 1 slot
+N, WIDTH, DEPTH, TOKENS, COND = 8, 64, 4, 17, 64 // 6  # test_rbdc_vit: 32 px / patch 8 = 16 patches + 1 slot
 RECIPE = dict(model="test_rbdc_vit", drop_path=0.0, model_kwargs={"depth": DEPTH}, smoothing=0.0)
 
 
@@ -95,8 +96,12 @@ def test_help_and_the_dry_run_write_the_json_the_report_reads(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["kind"] == "diffusionblocks-memory" and data["dry_run"] and data["cpu_info"]["capability"]
     rows = data["rows"]
-    assert [(r["method"], r["blocks"]) for r in rows] == [("end-to-end", 1), ("diffusionblocks", 1),
-                                                         ("diffusionblocks", 2), ("diffusionblocks", 4)]
+    assert [(r["method"], r["blocks"]) for r in rows] == [
+        ("end-to-end", 1),
+        ("diffusionblocks", 1),
+        ("diffusionblocks", 2),
+        ("diffusionblocks", 4),
+    ]
     for r in rows:
         assert r["saved_activation_bytes"] > 0 and r["peak_rss_bytes"] > 0 and r["promised_ratio"] == 1 / r["blocks"]
         assert "saved_activation_ratio_vs_e2e" in r and "peak_rss_increment_ratio_vs_e2e" in r

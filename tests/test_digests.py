@@ -2,29 +2,50 @@
 tests/data/ci_digests.json on the machines recorded there, and their float64 twins agree with
 tests/data/ci_float64.json to 1e-8 on every CPU (``python -m benchmarks.record_digests`` rewrites both, on purpose
 only)."""
+
 import json
 import warnings
 
 import pytest
 import torch
 
-from benchmarks.record_digests import (DIGESTS, FLOAT64, FLOAT64_RTOL, RECIPES, RESUMED, VARIANTS, compute,
-                                       compute_float64, fingerprint, float64_differences, float64_record, machine,
-                                       machine_differences, read_records, record_for_here, run_weights, versions)
+from benchmarks.record_digests import (
+    DIGESTS,
+    FLOAT64,
+    FLOAT64_RTOL,
+    RECIPES,
+    RESUMED,
+    VARIANTS,
+    compute,
+    compute_float64,
+    fingerprint,
+    float64_differences,
+    float64_record,
+    machine,
+    machine_differences,
+    read_records,
+    record_for_here,
+    run_weights,
+    versions,
+)
 
 
 @pytest.mark.slow
 def test_every_ci_recipe_and_a_resumed_run_end_with_the_recorded_weights(tmp_path):
     recorded, differs = record_for_here(read_records(DIGESTS))
     if recorded is None:
-        pytest.skip(f"no digests were recorded on this machine (closest record vs here: {differs}); float results "
-                    f"differ across CPUs and torch builds")
+        pytest.skip(
+            f"no digests were recorded on this machine (closest record vs here: {differs}); float results "
+            f"differ across CPUs and torch builds"
+        )
     expected = {*RECIPES, *VARIANTS, *(f"{n}+resumed" for n in RESUMED)}
     assert set(recorded["runs"]) <= expected, "a CI recipe was removed: record the digests again"
     unguarded = sorted(expected - set(recorded["runs"]))
     if unguarded:  # added after this machine's record: trained below, but nothing to compare with here
-        warnings.warn(f"not guarded on this machine: {unguarded}; record them here with "
-                      f"python -m benchmarks.record_digests", stacklevel=2)
+        warnings.warn(
+            f"not guarded on this machine: {unguarded}; record them here with python -m benchmarks.record_digests",
+            stacklevel=2,
+        )
     threads = torch.get_num_threads()
     try:
         runs = compute(tmp_path)
@@ -40,8 +61,10 @@ def test_every_ci_recipe_and_a_resumed_run_end_with_the_recorded_weights(tmp_pat
 def test_the_digest_check_names_what_differs_on_another_machine():
     here = machine()
     assert machine_differences(here) == {}
-    assert machine_differences({**here, "torch": "0.1", "cpu": "other"}) == {"torch": ("0.1", here["torch"]),
-                                                                           "cpu": ("other", here["cpu"])}
+    assert machine_differences({**here, "torch": "0.1", "cpu": "other"}) == {
+        "torch": ("0.1", here["torch"]),
+        "cpu": ("other", here["cpu"]),
+    }
 
 
 def test_each_machine_has_its_own_record_and_the_closest_one_explains_a_skip(tmp_path):
@@ -61,17 +84,21 @@ def test_every_ci_recipe_in_float64_ends_with_the_recorded_weights_on_any_cpu(tm
     recorded = json.loads(FLOAT64.read_text())
     differ = {k: (v, versions()[k]) for k, v in recorded["versions"].items() if k != "numpy" and versions()[k] != v}
     if differ:
-        pytest.skip(f"the float64 record was made with other libraries ({differ}): their initialisation and random "
-                    f"streams are part of the result; record them with python -m benchmarks.record_digests")
+        pytest.skip(
+            f"the float64 record was made with other libraries ({differ}): their initialisation and random "
+            f"streams are part of the result; record them with python -m benchmarks.record_digests"
+        )
     runs = compute_float64(tmp_path)
     for name in RESUMED:  # the resume guarantee holds in float64 too, bit for bit
         assert all(torch.equal(runs[f"{name}+resumed"][k], t) for k, t in runs[name].items()), name
     here = float64_record(runs)
     assert set(here["runs"]) == set(recorded["runs"]), "a CI recipe was added or removed: record the guard again"
     changed = float64_differences(recorded["runs"], here["runs"])
-    assert not changed, (f"{len(changed)} run(s) moved by more than {FLOAT64_RTOL:g} of a tensor's scale, e.g. "
-                         f"{dict(list(changed.items())[:2])} (numpy: recorded {recorded['versions']['numpy']}, here "
-                         f"{versions()['numpy']})")
+    assert not changed, (
+        f"{len(changed)} run(s) moved by more than {FLOAT64_RTOL:g} of a tensor's scale, e.g. "
+        f"{dict(list(changed.items())[:2])} (numpy: recorded {recorded['versions']['numpy']}, here "
+        f"{versions()['numpy']})"
+    )
 
 
 @pytest.mark.slow

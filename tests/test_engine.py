@@ -1,4 +1,5 @@
 """Engine and protocols: resume, FLOPs ledger, budget matching, recipes."""
+
 import json
 from pathlib import Path
 
@@ -33,6 +34,7 @@ def test_a_cpu_run_records_the_machines_gemm_rate_after_every_epoch_without_touc
     """gemm_gflops tells a slow-state epoch's wall apart (issue 35); it is a timing column (a resumed run may differ)
     and its probe draws no random numbers, so the run's data order and weights are those of a run without it."""
     from rbdc.cost.perf import gemm_probe_gflops
+
     run_dir, _ = rbdc_run
     _, rows = rundir.read_summary(run_dir / rundir.SUMMARY)
     trained = [r for r in rows if int(r["epoch"]) >= 0]  # epoch -1: the coupled model's evaluation before training
@@ -96,6 +98,7 @@ def test_a_run_dir_of_another_recipe_is_refused(rbdc_run, tmp_path):
 def test_a_run_written_before_a_recipe_key_existed_still_resumes(rbdc_run, tmp_path):
     import shutil
     import yaml
+
     run_dir, results = rbdc_run
     old = tmp_path / "ci" / "rbdc-d1" / "seed0"
     shutil.copytree(run_dir, old)
@@ -105,17 +108,27 @@ def test_a_run_written_before_a_recipe_key_existed_still_resumes(rbdc_run, tmp_p
     assert run(CI / "rbdc.yaml", tmp_path)["eval_top1"] == results["eval_top1"]
 
 
-@pytest.mark.parametrize("path", sorted(p for p in RECIPES.rglob("*.yaml") if "base" not in p.name),
-                         ids=lambda p: str(p.relative_to(RECIPES)))
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in RECIPES.rglob("*.yaml") if "base" not in p.name),
+    ids=lambda p: str(p.relative_to(RECIPES)),
+)
 def test_every_recipe_parses_and_dry_runs(path, capsys):
     train.run_recipe(str(path), "unused", dry_run=True)
     out = capsys.readouterr().out
     assert "total training FLOPs" in out
 
 
-@pytest.mark.parametrize("override, message", [("nope=1", "unknown recipe key"), ("rbdc.nope=1", "unknown recipe key"),
-                                               ("protocol=magic", "unknown protocol"), ("rbdc.epochs=[1]", "2 entries"),
-                                               ("batch_size=100000", "exceeds")])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("nope=1", "unknown recipe key"),
+        ("rbdc.nope=1", "unknown recipe key"),
+        ("protocol=magic", "unknown protocol"),
+        ("rbdc.epochs=[1]", "2 entries"),
+        ("batch_size=100000", "exceeds"),
+    ],
+)
 def test_bad_recipes_fail_with_a_clear_error(override, message):
     with pytest.raises(UserError, match=message):
         train.run_recipe(str(CI / "rbdc.yaml"), "unused", [override], dry_run=True, **QUIET)
@@ -153,6 +166,7 @@ def test_a_levels_parallel_children_start_after_the_levels_before_it_are_in_the_
     is recorded there (the children here are stand-ins that train nothing: the parent then trains each stage)."""
     from rbdc.runs import run as run_module
     from rbdc.runs.manifest import Manifest
+
     calls = []
 
     def children(run_dir, stages, jobs, log):
@@ -189,6 +203,7 @@ def test_gradmax_grows_through_its_widths_charging_each_gradient_pass(tmp_path):
 def test_runs_of_different_seeds_share_no_stage(recipe):
     from rbdc import recipe as recipes
     from rbdc.protocols import plan_stages
+
     plans = [plan_stages(recipes.resolve(CI / f"{recipe}.yaml", seed=s), 640, 10) for s in range(3)]
     seeds = [{st.seed for st in plan} for plan in plans]
     assert all(len(s) == len(plans[0]) > 1 for s in seeds)
@@ -200,6 +215,7 @@ def test_a_failing_parallel_stage_stops_its_siblings(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     from rbdc.runs import parallel
+
     started = []
 
     class FakeChild:

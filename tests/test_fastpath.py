@@ -3,6 +3,7 @@
 Flags: channels_last, fused AdamW, torch.compile (slow: inductor compiles C++), bf16 autocast (within bf16 noise),
 timm's fused SDPA attention; plus MFU reporting (rbdc.cost.perf) and, on a GPU, a training step without host syncs.
 """
+
 import os
 import shutil
 
@@ -39,16 +40,38 @@ def train(model_name: str, steps: int = 4, **flags):
     model = scaled(model_name, 1)
     size = model.pretrained_cfg["input_size"][-1]
     gen = torch.Generator().manual_seed(1)
-    batches = [(torch.randn(8, 3, size, size, generator=gen), torch.randint(0, 10, (8,), generator=gen))
-               for _ in range(2)]
+    batches = [
+        (torch.randn(8, 3, size, size, generator=gen), torch.randint(0, 10, (8,), generator=gen)) for _ in range(2)
+    ]
     # The DeiT recipe's hot path: mixup/cutmix, label smoothing; clipping and EMA on too.
-    recipe = Recipe.from_dict({**DEFAULTS, "model": model_name, "batch_size": 8, "amp": "fp32", "fused": False,
-                               "channels_last": False, "clip_grad": 1.0, "ema": True, "ema_decay": 0.9, **flags})
+    recipe = Recipe.from_dict(
+        {
+            **DEFAULTS,
+            "model": model_name,
+            "batch_size": 8,
+            "amp": "fp32",
+            "fused": False,
+            "channels_last": False,
+            "clip_grad": 1.0,
+            "ema": True,
+            "ema_decay": 0.9,
+            **flags,
+        }
+    )
     rows = []
     spec = Stage("s", model_name, steps, seed=0, lr=1e-3, warmup_steps=1)
-    model, _ = train_stage(model, spec, recipe, ListLoader(batches), None, torch.device("cpu"), Ledger(),
-                           lambda row, ckpt: rows.append(row), log=lambda *a, **k: None,
-                           protocol=protocols.get(recipe.protocol))
+    model, _ = train_stage(
+        model,
+        spec,
+        recipe,
+        ListLoader(batches),
+        None,
+        torch.device("cpu"),
+        Ledger(),
+        lambda row, ckpt: rows.append(row),
+        log=lambda *a, **k: None,
+        protocol=protocols.get(recipe.protocol),
+    )
     return model, rows
 
 
@@ -115,10 +138,22 @@ def test_timm_attention_uses_fused_sdpa_and_matches_the_explicit_math():
 
 # --- MFU (rbdc.cost.perf) --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, peak", [
-    ("NVIDIA H100 80GB HBM3", 989.4), ("NVIDIA H100 PCIe", 756.5), ("NVIDIA H100 NVL", 835.5),
-    ("NVIDIA GH200 480GB", 989.4), ("NVIDIA H200", 989.4), ("NVIDIA A100-SXM4-80GB", 312.0),
-    ("NVIDIA L40S", 362.05), ("NVIDIA L4", 121.0), ("Tesla V100-SXM2-16GB", None), ("NVIDIA A10G", None)])
+
+@pytest.mark.parametrize(
+    "name, peak",
+    [
+        ("NVIDIA H100 80GB HBM3", 989.4),
+        ("NVIDIA H100 PCIe", 756.5),
+        ("NVIDIA H100 NVL", 835.5),
+        ("NVIDIA GH200 480GB", 989.4),
+        ("NVIDIA H200", 989.4),
+        ("NVIDIA A100-SXM4-80GB", 312.0),
+        ("NVIDIA L40S", 362.05),
+        ("NVIDIA L4", 121.0),
+        ("Tesla V100-SXM2-16GB", None),
+        ("NVIDIA A10G", None),
+    ],
+)
 def test_peak_table_picks_the_most_specific_name(name, peak):
     assert perf.lookup_peak(name) == peak
 
@@ -144,6 +179,7 @@ def test_summary_rows_carry_mfu_when_the_peak_is_known(monkeypatch):
 
 
 # --- GPU ---------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.gpu
 def test_train_step_never_waits_for_the_gpu():

@@ -1,5 +1,6 @@
 """Disk and data faults inside a study: a full disk or an unreadable image stops that run with failed.json and one
 line, the other runs go on, nothing half-written is counted; a damaged decoded-image cache is decoded again."""
+
 import json
 import os
 
@@ -32,9 +33,18 @@ def _image_folder(root, n=6, broken=False):
 
 def _recipe(tmp_path, root, name):
     path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"base": str(CI / "base.yaml"), "name": name, "protocol": "scratch",
-                                    "epochs": 2, "batch_size": 4, "data": {"source": "imagefolder", "root": str(root),
-                                                                          "in_memory": True}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "base": str(CI / "base.yaml"),
+                "name": name,
+                "protocol": "scratch",
+                "epochs": 2,
+                "batch_size": 4,
+                "data": {"source": "imagefolder", "root": str(root), "in_memory": True},
+            }
+        )
+    )
     return path
 
 
@@ -43,8 +53,17 @@ def test_an_unreadable_image_fails_its_run_in_one_line_and_the_study_goes_on(tmp
     good = _recipe(tmp_path, _image_folder(tmp_path / "good"), "good")
     bad = _recipe(tmp_path, _image_folder(tmp_path / "bad", broken=True), "bad")
     study_file = tmp_path / "study.yaml"
-    study_file.write_text(yaml.safe_dump({"name": "faults", "seeds": [0], "jobs": 1, "threads": 1, "points": [
-        {"id": "bad", "recipe": str(bad)}, {"id": "good", "recipe": str(good)}]}))
+    study_file.write_text(
+        yaml.safe_dump(
+            {
+                "name": "faults",
+                "seeds": [0],
+                "jobs": 1,
+                "threads": 1,
+                "points": [{"id": "bad", "recipe": str(bad)}, {"id": "good", "recipe": str(good)}],
+            }
+        )
+    )
     study = load_study(study_file)
     out = tmp_path / "runs"
     lines = []
@@ -61,6 +80,7 @@ def test_an_unreadable_image_fails_its_run_in_one_line_and_the_study_goes_on(tmp
 def test_a_full_disk_fails_the_run_in_one_line_and_leaves_nothing_half_written(tmp_path, monkeypatch, capsys):
     import errno
     import tempfile
+
     real_mkstemp, real_fsync, current = tempfile.mkstemp, os.fsync, {"prefix": ""}
 
     def mkstemp(*a, **k):
@@ -71,6 +91,7 @@ def test_a_full_disk_fails_the_run_in_one_line_and_leaves_nothing_half_written(t
         if current["prefix"].startswith(f".{rundir.CHECKPOINT}."):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_fsync(fd)
+
     monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
     monkeypatch.setattr(os, "fsync", fsync)
     assert main(["train", "-c", str(CI / "scratch.yaml"), "-o", str(tmp_path), "--set", "epochs=2"]) == 2

@@ -8,8 +8,12 @@ from rbdc import flops
 from rbdc.flops import Ledger, forward_macs, measured_train_flops_per_image, train_flops_per_image
 
 # Published forward GMACs (timm model cards; torchvision for ResNet-50), with the precision they are quoted at.
-PUBLISHED = {"deit_tiny_patch16_224": (1.3, 0.05), "deit_small_patch16_224": (4.6, 0.05),
-             "deit_base_patch16_224": (17.6, 0.05), "resnet50": (4.09, 0.005)}
+PUBLISHED = {
+    "deit_tiny_patch16_224": (1.3, 0.05),
+    "deit_small_patch16_224": (4.6, 0.05),
+    "deit_base_patch16_224": (17.6, 0.05),
+    "resnet50": (4.09, 0.005),
+}
 
 
 @pytest.mark.parametrize("name", PUBLISHED)

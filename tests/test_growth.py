@@ -1,4 +1,5 @@
 """The growth operators' defining invariants: Net2Net, GradMax, MixtureGrowth (issue 5)."""
+
 import math
 from fractions import Fraction
 
@@ -10,9 +11,20 @@ import torch.nn.functional as F
 
 import rbdc
 from rbdc.flops import model_forward_macs
-from rbdc.growth import (gradmax_grow, gradmax_model, gradmax_schedule, gradmax_start, gradmax_widths,
-                         grow_named_state, grow_optimizer_state, inner_widths, materialize, mixture_grow,
-                         mixture_member, net2wider)
+from rbdc.growth import (
+    gradmax_grow,
+    gradmax_model,
+    gradmax_schedule,
+    gradmax_start,
+    gradmax_widths,
+    grow_named_state,
+    grow_optimizer_state,
+    inner_widths,
+    materialize,
+    mixture_grow,
+    mixture_member,
+    net2wider,
+)
 from rbdc.growth.relu1 import ReLU1
 from rbdc.growth.spaces import inner_spaces
 
@@ -58,9 +70,17 @@ def batch(name, n=8, seed=0):
 
 # --- Net2Net ---------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, mode", [("test_rbdc_resnet_w2", "uniform"), ("test_rbdc_resnet_w2", "random"),
-                                        ("test_rbdc_resnet_basic_w4", "uniform"),
-                                        ("test_rbdc_resnet_basic_w4", "random"), ("test_rbdc_vit_w2", "uniform")])
+
+@pytest.mark.parametrize(
+    "name, mode",
+    [
+        ("test_rbdc_resnet_w2", "uniform"),
+        ("test_rbdc_resnet_w2", "random"),
+        ("test_rbdc_resnet_basic_w4", "uniform"),
+        ("test_rbdc_resnet_basic_w4", "random"),
+        ("test_rbdc_vit_w2", "uniform"),
+    ],
+)
 def test_net2wider_preserves_the_function(name, mode):
     model = trained_like(timm.create_model(name)).eval()
     wide = net2wider(model, 2, mode=mode, seed=1).eval()
@@ -71,8 +91,10 @@ def test_net2wider_preserves_the_function(name, mode):
     assert err < 1e-5, err
 
 
-@pytest.mark.parametrize("name, factor", [("test_rbdc_resnet_w2", 2), ("test_rbdc_resnet_basic_w4", 4),
-                                          ("test_rbdc_vit_w4", 4), ("test_rbdc_vit_w4", 2)])
+@pytest.mark.parametrize(
+    "name, factor",
+    [("test_rbdc_resnet_w2", 2), ("test_rbdc_resnet_basic_w4", 4), ("test_rbdc_vit_w4", 4), ("test_rbdc_vit_w4", 2)],
+)
 def test_net2wider_builds_the_scaled_timm_architecture(name, factor):
     wide = net2wider(timm.create_model(name), factor)
     ref = rbdc.scaled(base(name), Fraction(4 if name.endswith("_w4") else 2) ** -1 * factor)
@@ -116,6 +138,7 @@ def test_net2wider_refuses_fractional_uniform_growth():
 
 # --- GradMax ---------------------------------------------------------------------------------------------------------
 
+
 def grown_pair(name, train, n_new, seed=0):
     model = trained_like(gradmax_start(name, Fraction(1, 4), seed=seed)).train(train)
     xb = batch(name)
@@ -142,12 +165,16 @@ def fanin_grad_norms(model, xb, train, info):
     model.zero_grad()
     F.cross_entropy(model(xb[0]), xb[1]).backward()
     spaces = {s.name: s for s in inner_spaces(model)}
-    return {n: new_fanin_grad(model, spaces[n], info["widths"][n] - k, k).norm().item()
-            for n, k in info["n_new"].items()}
+    return {
+        n: new_fanin_grad(model, spaces[n], info["widths"][n] - k, k).norm().item() for n, k in info["n_new"].items()
+    }
 
 
-N_NEW = {"test_rbdc_resnet": 2, "test_rbdc_resnet_basic": 2,
-         "test_rbdc_vit": {"blocks.0.attn": 1, "blocks.1.attn": 1, "blocks.0.mlp": 8, "blocks.1.mlp": 8}}
+N_NEW = {
+    "test_rbdc_resnet": 2,
+    "test_rbdc_resnet_basic": 2,
+    "test_rbdc_vit": {"blocks.0.attn": 1, "blocks.1.attn": 1, "blocks.0.mlp": 8, "blocks.1.mlp": 8},
+}
 
 
 @pytest.mark.parametrize("name, train", [(n, t) for n in RESNETS for t in (False, True)] + [("test_rbdc_vit", True)])
@@ -164,13 +191,22 @@ def test_gradmax_growth_preserves_the_function(name, train):
 def test_gradmax_fanout_beats_random_fanout_of_the_same_norm(name, train):
     model, grown, control, info, xb = grown_pair(name, train, N_NEW[name])
     ours, rand = fanin_grad_norms(grown, xb, train, info), fanin_grad_norms(control, xb, train, info)
-    print(f"gradmax {name} train={train}: gradmax / random fan-in gradient norms",
-          {n: round(ours[n] / rand[n], 1) for n in ours})
+    print(
+        f"gradmax {name} train={train}: gradmax / random fan-in gradient norms",
+        {n: round(ours[n] / rand[n], 1) for n in ours},
+    )
     assert all(ours[n] > rand[n] > 0 for n in ours), (ours, rand)
 
 
-@pytest.mark.parametrize("name, train", [("test_rbdc_resnet", False), ("test_rbdc_resnet", True),
-                                         ("test_rbdc_resnet_basic", True), ("test_rbdc_vit", False)])
+@pytest.mark.parametrize(
+    "name, train",
+    [
+        ("test_rbdc_resnet", False),
+        ("test_rbdc_resnet", True),
+        ("test_rbdc_resnet_basic", True),
+        ("test_rbdc_vit", False),
+    ],
+)
 def test_gradmax_matrix_is_the_exact_gradient_operator(name, train):
     """||grad of new fan-in|| = f'(0) * BN scale * |fan-out| * sqrt(sum of the top singular values^2) of M."""
     model, grown, _, info, xb = grown_pair(name, train, N_NEW[name])
@@ -192,7 +228,7 @@ def test_gradmax_new_units_start_dead_free_and_identity_normalised():
     model, grown, _, info, xb = grown_pair("test_rbdc_resnet", True, 1)
     blk = grown.layer2[0]
     n = info["widths"]["layer2.0.conv1"]
-    assert blk.conv1.weight[n - 1:].abs().max() == 0
+    assert blk.conv1.weight[n - 1 :].abs().max() == 0
     assert (blk.bn1.weight[-1], blk.bn1.bias[-1], blk.bn1.running_mean[-1], blk.bn1.running_var[-1]) == (1, 0, 0, 1)
     assert isinstance(blk.act1, ReLU1) and isinstance(blk.act2, ReLU1) and isinstance(blk.act3, nn.ReLU)
     x = torch.zeros(3, requires_grad=True)
@@ -240,12 +276,16 @@ def test_gradmax_schedule_reaches_the_target_architecture_and_its_flops(name):
 
 def test_grown_models_count_their_own_flops_even_after_deepcopy():
     import copy
+
     model = gradmax_start("test_rbdc_resnet", Fraction(1, 4))
     grown, _ = gradmax_grow(model, batch("test_rbdc_resnet"), n_new=4)
     twin = copy.deepcopy(grown)
     assert twin.train_flops_per_image.__self__ is twin
-    assert model.train_flops_per_image(64) < twin.train_flops_per_image(64) < rbdc.train_flops_per_image(
-        "test_rbdc_resnet")
+    assert (
+        model.train_flops_per_image(64)
+        < twin.train_flops_per_image(64)
+        < rbdc.train_flops_per_image("test_rbdc_resnet")
+    )
 
 
 def test_gradmax_schedule_is_linear_in_width():
@@ -274,7 +314,7 @@ def test_optimizer_state_is_carried_with_zero_new_slots(opt_cls):
     grown, info = gradmax_grow(model, xb, n_new=1)
     opt = grow_optimizer_state(opt, model, grown, info["mapping"])
     new = opt.state[grown.blocks[0].mlp.fc2.weight][slot]
-    assert torch.equal(new[:, :old.shape[1]], old) and new[:, old.shape[1]:].abs().max() == 0
+    assert torch.equal(new[:, : old.shape[1]], old) and new[:, old.shape[1] :].abs().max() == 0
     assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in grown.parameters()}
     grown.zero_grad()
     F.cross_entropy(grown(xb[0]), xb[1]).backward()
@@ -283,6 +323,7 @@ def test_optimizer_state_is_carried_with_zero_new_slots(opt_cls):
 
 def test_name_keyed_optimizer_state_grows_like_the_live_optimizer():
     from rbdc.coupling import named_optimizer_state
+
     model = trained_like(gradmax_start("test_rbdc_resnet", Fraction(1, 2))).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     xb = batch("test_rbdc_resnet")
@@ -316,6 +357,7 @@ def test_gradmax_refuses_unknown_spaces_naming_the_valid_ones():
 
 
 # --- MixtureGrowth ---------------------------------------------------------------------------------------------------
+
 
 def members(name):
     return [trained_like(mixture_member(name, seed=s)).eval() for s in (0, 1)]

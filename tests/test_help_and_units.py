@@ -1,4 +1,5 @@
 """What a first-time user reads: examples in every README command's --help, FLOPs and times in human units."""
+
 import re
 
 import pytest
@@ -42,13 +43,18 @@ def test_measured_steps_run_in_the_recipes_precision_and_attention(monkeypatch, 
     step measured 2-3x slower than what a bf16 run reaches on an AMX CPU and tripled the width ladder's cost plan."""
     import rbdc.cost.estimate as estimate
     from rbdc.cost.estimate import measure_train_flops_per_s
+
     seen, scaled = [], estimate.scaled
 
     def recording(*args, **kwargs):
         model = scaled(*args, **kwargs)
-        model.register_forward_hook(lambda m, i, o: seen.append(
-            (torch.is_autocast_enabled("cpu"), {a.fused_attn for a in m.modules() if hasattr(a, "fused_attn")})))
+        model.register_forward_hook(
+            lambda m, i, o: seen.append(
+                (torch.is_autocast_enabled("cpu"), {a.fused_attn for a in m.modules() if hasattr(a, "fused_attn")})
+            )
+        )
         return model
+
     monkeypatch.setattr(estimate, "scaled", recording)
     assert measure_train_flops_per_s("test_rbdc_vit", batch=2, steps=1, amp=amp, fused_attn=fused) > 0
     assert seen and all(on == autocast for on, _ in seen)
@@ -58,6 +64,7 @@ def test_measured_steps_run_in_the_recipes_precision_and_attention(monkeypatch, 
 
 def test_plan_for_a_gpu_without_benchmarks_is_a_clear_error(tmp_path):
     from rbdc.cost.estimate import bench_train_flops_per_s
+
     with pytest.raises(UserError, match="no committed benchmark results for 'H100'.*tox -e bench"):
         bench_train_flops_per_s("H100", bench_dir=tmp_path)
 
@@ -69,7 +76,19 @@ def test_plan_for_a_benchmarked_device_uses_its_results(capsys):
 
 def test_train_dry_run_estimates_the_wall_time(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr("rbdc.cost.estimate.BENCH", tmp_path)
-    assert main(["train", "-c", "configs/recipes/quickstart/rbdc.yaml", "--dry-run", "--estimate",
-                 "--set", "budget_epochs=1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "-c",
+                "configs/recipes/quickstart/rbdc.yaml",
+                "--dry-run",
+                "--estimate",
+                "--set",
+                "budget_epochs=1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "estimated wall time:" in out and re.search(r"total training FLOPs: [\d.]+ [GTPE]FLOPs", out)

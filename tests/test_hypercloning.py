@@ -1,6 +1,7 @@
 """HyperCloning (rbdc.growth.hypercloning) and RBDC's ``copies`` ablation: the expanded model computes the narrow
 model's function (the defining invariant), with or without the reference's noise; both plan exactly RBDC depth 1's
 FLOPs per level; the expansion follows apple/ml-hypercloning's rules where that repository is at hand."""
+
 import importlib.util
 import os
 
@@ -42,8 +43,7 @@ def test_the_hypercloned_model_computes_the_narrow_models_function(name, size, s
 
 def test_noise_breaks_the_copies_symmetry_and_is_seeded():
     m = _narrow("test_rbdc_vit")
-    quiet, noisy, again = hyperclone(m, 2), hyperclone(m, 2, snr_db=10.0, seed=3), hyperclone(m, 2, snr_db=10.0,
-                                                                                              seed=3)
+    quiet, noisy, again = hyperclone(m, 2), hyperclone(m, 2, snr_db=10.0, seed=3), hyperclone(m, 2, snr_db=10.0, seed=3)
     key = "blocks.0.mlp.fc1.weight"
     w, n = quiet.state_dict()[key], noisy.state_dict()[key]
     half = w.shape[1] // 2
@@ -94,12 +94,17 @@ def test_one_narrow_source_refuses_depth_2_and_a_continued_schedule_naming_both(
 @pytest.mark.parametrize("protocol", ["hypercloning", "rbdc-copies"])
 def test_the_ci_recipes_train_and_grow_from_one_source(protocol, tmp_path):
     from rbdc.runs import train
-    recipe, extra = (str(CI / "hypercloning.yaml"), []) if protocol == "hypercloning" else (
-        str(CI / "rbdc.yaml"), ["rbdc.parts=copies", "name=ci/rbdc-copies"])
+
+    recipe, extra = (
+        (str(CI / "hypercloning.yaml"), [])
+        if protocol == "hypercloning"
+        else (str(CI / "rbdc.yaml"), ["rbdc.parts=copies", "name=ci/rbdc-copies"])
+    )
     res = train.run_recipe(recipe, str(tmp_path), extra, **QUIET)
     assert [s["stage"] for s in res["stages"]] == ["L0", "L1"]
     # function-preserving growth: the grown model before training scores what the narrow model ended with
     import csv
+
     rows = list(csv.DictReader(open(tmp_path / res["name"] / "summary.csv")))
     narrow_last = [r for r in rows if r["stage"] == "L0" and r["eval_top1"]][-1]
     grown = [r for r in rows if r["stage"] == "L1" and r["epoch"] == "-1"][0]
@@ -113,8 +118,9 @@ REFERENCE = os.environ.get("HYPERCLONING_REPO")
 @pytest.mark.parametrize("out_k, in_k", [(2, 2), (1, 2), (2, 1), (4, 4)])
 def test_the_weight_rule_equals_the_reference_implementation(out_k, in_k):
     # common.py alone: the package's __init__ imports the LLM libraries (hf_olmo, transformers) it clones
-    spec = importlib.util.spec_from_file_location("hypercloning_common", os.path.join(REFERENCE, "hypercloning",
-                                                                                     "common.py"))
+    spec = importlib.util.spec_from_file_location(
+        "hypercloning_common", os.path.join(REFERENCE, "hypercloning", "common.py")
+    )
     common = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(common)
     src, dst = nn.Linear(6, 5), nn.Linear(6 * in_k, 5 * out_k)

@@ -25,6 +25,7 @@ What is made tiny, and what that does to the recipe's settings (all of them stay
 Skipped, with the reason, when no Imagenette copy is found (RBDC_DATA, ../shared/data, the extraction cache).
 Measured on a 2-core machine: 41 s at load 5, 73 s at load 7.5 (about 35 s of CPU time).
 """
+
 import json
 import math
 
@@ -43,10 +44,25 @@ from rbdc.data import DataError, StreamLoader, find_imagenette
 pytestmark = pytest.mark.slow
 
 RECIPE = REPO / "configs" / "recipes" / "imagenet" / "deit-base-rbdc-d2.yaml"
-TINY = ["img_size=32", "model_kwargs={depth: 2, img_size: 32}", "data.subset=4", "data.val_subset=2",
-        "batch_size=8", "epochs=1.5", "budget_epochs=1.05", "workers=2"]
-STAGES = {"L0.0": [], "L0.1": [], "L0.2": [], "L0.3": [], "L1.0": ["L0.0", "L0.1"], "L1.1": ["L0.2", "L0.3"],
-          "L2": ["L1.0", "L1.1"]}
+TINY = [
+    "img_size=32",
+    "model_kwargs={depth: 2, img_size: 32}",
+    "data.subset=4",
+    "data.val_subset=2",
+    "batch_size=8",
+    "epochs=1.5",
+    "budget_epochs=1.05",
+    "workers=2",
+]
+STAGES = {
+    "L0.0": [],
+    "L0.1": [],
+    "L0.2": [],
+    "L0.3": [],
+    "L1.0": ["L0.0", "L0.1"],
+    "L1.1": ["L0.2", "L0.3"],
+    "L2": ["L1.0", "L1.1"],
+}
 
 
 @pytest.fixture
@@ -83,8 +99,12 @@ def test_the_deit_rbdc_recipe_trains_couples_and_augments_on_an_imagenet_tree(im
     rec = yaml.safe_load((run_dir / rundir.RECIPE).read_text())
     assert rec["data"] == {**rec["data"], "source": "imagenet", "root": None, "in_memory": False}
     assert (rec["mixup"], rec["cutmix"], rec["mixup_prob"], rec["smoothing"]) == (0.8, 1.0, 1.0, 0.1)
-    assert rec["aug"] == {"auto_augment": "rand-m9-mstd0.5-inc1", "re_prob": 0.25, "interpolation": "bicubic",
-                          "color_jitter": 0.4}
+    assert rec["aug"] == {
+        "auto_augment": "rand-m9-mstd0.5-inc1",
+        "re_prob": 0.25,
+        "interpolation": "bicubic",
+        "color_jitter": 0.4,
+    }
     assert (rec["repeated_aug"], rec["ema"], rec["ema_decay"], rec["drop_path"]) == (True, True, 0.99996, 0.1)
     assert (rec["workers"], rec["rbdc"]["depth"], rec["rbdc"]["ratio"]) == (2, 2, 1.5)
 

@@ -1,6 +1,7 @@
 """The width ladder's trend report (issue 36 items 3-4) on fabricated run directories with a known saving per width
 and budget per parameter: the savings, the fit and its prediction interval recover the truth; too few widths give the
 'cannot fit' sentence; a width without runs is pending; the report regenerates byte for byte."""
+
 import json
 import math
 from pathlib import Path
@@ -31,8 +32,11 @@ def truth(width: float, bpp: float) -> float:
 
 
 def _ids(width: int) -> tuple[str, str, str]:
-    return ("imagenette32-fair", "vit-scratch", "vit-rbdc-d1") if width == 64 else (
-        "width-ladder32", f"w{width}-scratch", f"w{width}-rbdc-d1")
+    return (
+        ("imagenette32-fair", "vit-scratch", "vit-rbdc-d1")
+        if width == 64
+        else ("width-ladder32", f"w{width}-scratch", f"w{width}-rbdc-d1")
+    )
 
 
 def _write_studies(tmp_path: Path) -> dict[str, Path]:
@@ -41,9 +45,12 @@ def _write_studies(tmp_path: Path) -> dict[str, Path]:
     for w in MODELS:
         name, s_id, r_id = _ids(w)
         extra = {"set": {"model": MODELS[w]}} if MODELS[w] else {}
-        points.setdefault(name, []).extend([
-            {"id": s_id, "recipe": str(RECIPES / "vit-nano-scratch.yaml"), "budgets": SCRATCH[w], **extra},
-            {"id": r_id, "recipe": str(RECIPES / "vit-nano-rbdc-d1.yaml"), "budgets": RBDC[w], **extra}])
+        points.setdefault(name, []).extend(
+            [
+                {"id": s_id, "recipe": str(RECIPES / "vit-nano-scratch.yaml"), "budgets": SCRATCH[w], **extra},
+                {"id": r_id, "recipe": str(RECIPES / "vit-nano-rbdc-d1.yaml"), "budgets": RBDC[w], **extra},
+            ]
+        )
     files = {}
     for name, pts in points.items():
         files[name] = tmp_path / f"{name}.yaml"
@@ -80,8 +87,9 @@ def _fabricate(tmp_path: Path, widths=(64, 128, 192, 384), rbdc_widths=None, noi
         for r in study.runs:  # each run's recipe.yaml as rbdc train writes it
             d = r.run_dir(runs)
             if d.is_dir():
-                (d / "recipe.yaml").write_text(recipes.dump(recipes.resolve(r.recipe, list(r.overrides), seed=r.seed,
-                                                                            name=r.name)))
+                (d / "recipe.yaml").write_text(
+                    recipes.dump(recipes.resolve(r.recipe, list(r.overrides), seed=r.seed, name=r.name))
+                )
         studies[name] = (study, runs / name)
     return studies
 
@@ -128,8 +136,11 @@ def test_the_prediction_interval_holds_the_truth_at_deit_b_with_seed_noise(tmp_p
 def test_prediction_interval_coverage_on_the_ladders_design():
     """95% prediction intervals at DeiT-B's width and budget per parameter cover a new point's truth in ~95% of
     fits of noisy savings at the ladder's (width, budget per parameter) points, far outside them as DeiT-B is."""
-    pts = [(64, b * 9469 / 208074) for b in (8, 16, 32, 64)] + [
-        (w, b * 9469 / p) for w, p in ((128, 809354), (192, 1803850)) for b in (8, 16)] + [(384, 8 * 9469 / 7146634)]
+    pts = (
+        [(64, b * 9469 / 208074) for b in (8, 16, 32, 64)]
+        + [(w, b * 9469 / p) for w, p in ((128, 809354), (192, 1803850)) for b in (8, 16)]
+        + [(384, 8 * 9469 / 7146634)]
+    )
     rng = np.random.default_rng(0)
     target = truth(768, ladder.DEIT_B.bpp)
     hits = []
@@ -151,8 +162,10 @@ def test_fewer_than_three_widths_cannot_be_fitted_and_the_missing_ones_are_pendi
 
 def test_a_width_with_scratch_but_no_rbdc_runs_is_pending_and_the_rest_is_fitted(tmp_path):
     rungs, _, md = _report(tmp_path, rbdc_widths=(64, 128, 192))
-    assert ("**Pending**: width 384 (rbdc_vit_small_patch4_32): no finished w384-rbdc-d1 run yet (0 of 6; "
-            "w384-scratch: 9 of 9).") in md
+    assert (
+        "**Pending**: width 384 (rbdc_vit_small_patch4_32): no finished w384-rbdc-d1 run yet (0 of 6; "
+        "w384-scratch: 9 of 9)."
+    ) in md
     assert "Fitted on 8 points at widths 64, 128, 192" in md
     assert "Width 384 has no saving in the fit yet: nothing to check." in md
 

@@ -1,5 +1,6 @@
 """The learning rate per step (rbdc.training.lr.LRSchedule): warm-up, one cosine to min_lr, continued along a
 lineage."""
+
 import pytest
 import torch
 from timm.scheduler import CosineLRScheduler
@@ -16,16 +17,31 @@ def schedule(steps, warmup, sched_total=None, anneal_to_end=True, lr=2e-3):
     return LRSchedule.for_stage(stage, Recipe.from_dict({**DEFAULTS, **RECIPE, "anneal_to_end": anneal_to_end}))
 
 
-@pytest.mark.parametrize("steps,warmup,total,anneal", [(40, 0, None, True), (40, 5, None, True), (7, 3, None, True),
-                                                       (40, 5, None, False), (30, 4, 90, True), (1, 0, None, True),
-                                                       (12, 6, 12, False)])
+@pytest.mark.parametrize(
+    "steps,warmup,total,anneal",
+    [
+        (40, 0, None, True),
+        (40, 5, None, True),
+        (7, 3, None, True),
+        (40, 5, None, False),
+        (30, 4, 90, True),
+        (1, 0, None, True),
+        (12, 6, 12, False),
+    ],
+)
 def test_the_rate_of_every_step_equals_timms_cosine_scheduler_bit_for_bit(steps, warmup, total, anneal):
     """Runs made when timm's scheduler set the rate keep their exact rates (and so their weights)."""
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2e-3)
     span = total or steps
-    timm_sched = CosineLRScheduler(opt, t_initial=max(1, span - warmup) if anneal else span, lr_min=RECIPE["min_lr"],
-                                   warmup_t=warmup, warmup_lr_init=RECIPE["warmup_lr"], warmup_prefix=True,
-                                   t_in_epochs=False)
+    timm_sched = CosineLRScheduler(
+        opt,
+        t_initial=max(1, span - warmup) if anneal else span,
+        lr_min=RECIPE["min_lr"],
+        warmup_t=warmup,
+        warmup_lr_init=RECIPE["warmup_lr"],
+        warmup_prefix=True,
+        t_in_epochs=False,
+    )
     ours = schedule(steps, warmup, total, anneal)
     for t in range(span + 3):
         timm_sched.step_update(t)

@@ -1,5 +1,6 @@
 """The manifest is a value: adding a stage (trained here or by a parallel child) returns a new manifest and leaves
 the one the caller holds as it was; it saves and loads as the same JSON; it verifies what it lists."""
+
 import json
 
 import pytest
@@ -33,8 +34,9 @@ def test_adding_a_stage_returns_a_new_manifest_and_keeps_the_old_one(tmp_path):
 def test_a_child_result_continues_the_running_totals_without_changing_the_manifest_it_joins(tmp_path):
     man = Manifest({"L0.0": {"sha256": "x"}}, [{"stage": "L0.0", "cum_train_flops": 10}], _ledger(("L0.0", 1)))
     assert not child_done(tmp_path, "L0.1")
-    save_child_result(tmp_path, "L0.1", {"sha256": "y"}, [{"stage": "L0.1", "cum_train_flops": 20}],
-                      _ledger(("L0.1", 2)))
+    save_child_result(
+        tmp_path, "L0.1", {"sha256": "y"}, [{"stage": "L0.1", "cum_train_flops": 20}], _ledger(("L0.1", 2))
+    )
     assert child_done(tmp_path, "L0.1")
     merged = man.with_child_result(tmp_path, "L0.1")
     assert [r["cum_train_flops"] for r in merged.rows] == [10, 30]  # offset by the run's 10 FLOPs before it

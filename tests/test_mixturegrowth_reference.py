@@ -4,6 +4,7 @@ Needs ``$MIXTUREGROWTH_REPO`` (a checkout of the reference); skipped without it.
 benchmarks/parity/mixturegrowth_reference.py (its docstring says what is built and compared); the numbers are
 recorded in reports/mixturegrowth-reference.md.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,10 @@ FAMILIES = mgr.FAMILIES
 def ref():
     repo = mgr.reference_repo()
     if repo is None:
-        pytest.skip(f"{mgr.ENV} is unset: set it to a checkout of chaudatascience/mixturegrowth to compare "
-                    f"MixtureGrowth's growth step with the reference")
+        pytest.skip(
+            f"{mgr.ENV} is unset: set it to a checkout of chaudatascience/mixturegrowth to compare "
+            f"MixtureGrowth's growth step with the reference"
+        )
     return mgr.load_reference_layers(repo)
 
 

@@ -23,8 +23,9 @@ def test_narrow_vit_keeps_head_dim_and_depth():
     assert (m.embed_dim, attn.num_heads, attn.head_dim, len(m.blocks)) == (192, 3, 64, 12)
 
 
-@pytest.mark.parametrize("name, divisor", [("deit_small_patch16_224", 4), ("deit_base_patch16_224", 8),
-                                           ("test_rbdc_resnet", 3)])
+@pytest.mark.parametrize(
+    "name, divisor", [("deit_small_patch16_224", 4), ("deit_base_patch16_224", 8), ("test_rbdc_resnet", 3)]
+)
 def test_narrow_refuses_widths_that_do_not_divide(name, divisor):
     with pytest.raises(ValueError, match="not divisible"):
         rbdc.narrow(name, divisor)
@@ -62,6 +63,7 @@ def test_registered_variants_build_through_timm():
 
 def test_widen_name_walks_the_variant_ladder():
     from fractions import Fraction
+
     assert widen_name("rbdc_resnet50_w4", Fraction(2)) == "rbdc_resnet50_w2"
     assert widen_name("rbdc_resnet50_w2", Fraction(2)) == "resnet50"
     assert widen_name("test_rbdc_vit_w4", Fraction(4)) == "test_rbdc_vit"

@@ -9,6 +9,7 @@ own; the kernel kills them with their parent), and a resumed rank > 0 draws its 
 The command is rbdc.runs.launch.torchrun_command's, with ``torchrun`` run as ``python -m torch.distributed.run`` (the
 same entry point, found without the virtualenv's bin/ on PATH). Measured on a 2-core machine at load 5: 186 s
 (140 s of CPU time; the 2 trainers run in parallel), so about 1.5-2 min on an idle one."""
+
 import json
 import os
 import signal
@@ -110,8 +111,9 @@ def kill_and_resume(tmp_path: Path, sets: list[str], monkeypatch) -> Path:
     tmp_path.mkdir(parents=True, exist_ok=True)
     cmd = command(SCRATCH, tmp_path, sets, monkeypatch)
     run_dir = tmp_path / "ci" / "scratch" / "seed0"
-    proc, trainers = start_and_wait_for_checkpoint(cmd, tmp_path / "killed.log", rundir.stage_dir(run_dir, "scratch")
-                                                   / rundir.CHECKPOINT)
+    proc, trainers = start_and_wait_for_checkpoint(
+        cmd, tmp_path / "killed.log", rundir.stage_dir(run_dir, "scratch") / rundir.CHECKPOINT
+    )
     assert len(trainers) == 2
     kill_everything(proc, trainers)
     assert not (run_dir / rundir.RESULTS).exists(), "the run finished before the kill: give it more epochs"
@@ -209,8 +211,9 @@ def test_a_resumed_rank_draws_its_own_random_numbers(tmp_path, monkeypatch):
 def test_kill_9_of_the_launchers_process_group_stops_its_trainers(tmp_path, monkeypatch):
     cmd = command(SCRATCH, tmp_path, SETS, monkeypatch)
     run_dir = tmp_path / "ci" / "scratch" / "seed0"
-    proc, trainers = start_and_wait_for_checkpoint(cmd, tmp_path / "killed.log", rundir.stage_dir(run_dir, "scratch")
-                                                   / rundir.CHECKPOINT)
+    proc, trainers = start_and_wait_for_checkpoint(
+        cmd, tmp_path / "killed.log", rundir.stage_dir(run_dir, "scratch") / rundir.CHECKPOINT
+    )
     try:
         killpg(proc.pid)
         proc.wait()
@@ -218,8 +221,9 @@ def test_kill_9_of_the_launchers_process_group_stops_its_trainers(tmp_path, monk
         while any(alive(p) for p in trainers) and time.time() < deadline:
             time.sleep(0.02)
         survivors = [p for p in trainers if alive(p)]
-        assert not survivors and not (run_dir / rundir.RESULTS).exists(), \
+        assert not survivors and not (run_dir / rundir.RESULTS).exists(), (
             f"trainers {survivors} outlived their launcher, or finished the run after its kill"
+        )
     finally:
         kill_everything(proc, trainers)
 
@@ -252,8 +256,10 @@ def test_rbdc_jobs_is_ignored_under_torchrun(tmp_path, monkeypatch):
     runs = {}
     for jobs in (2, 1):
         out = tmp_path / f"jobs{jobs}"
-        runs[jobs] = (out / "ci" / "rbdc-d1" / "seed0", run(command(str(CI / "rbdc.yaml"), out,
-                                                                      sets + [f"rbdc.jobs={jobs}"], monkeypatch)))
+        runs[jobs] = (
+            out / "ci" / "rbdc-d1" / "seed0",
+            run(command(str(CI / "rbdc.yaml"), out, sets + [f"rbdc.jobs={jobs}"], monkeypatch)),
+        )
     run_dir, stdout = runs[2]
     assert "parallel processes" not in stdout
     man = json.loads((run_dir / rundir.MANIFEST).read_text())
@@ -275,6 +281,7 @@ def test_a_held_run_stops_every_rank_of_a_second_launcher_naming_the_holder(tmp_
     """Rank 0 takes the run's lock and broadcasts the outcome: a second 2-process launcher of a held run writes
     nothing, and every rank exits with the held code (75) after one line naming the holder."""
     from rbdc.runs import runlock
+
     cmd = command(SCRATCH, tmp_path, SETS, monkeypatch)
     run_dir = tmp_path / "ci" / "scratch" / "seed0"
     with runlock.hold(run_dir):

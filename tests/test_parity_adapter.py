@@ -4,6 +4,7 @@ The tiny run needs ``$DIFFUSIONBLOCKS_REPO`` (a checkout of the official Diffusi
 the ``parity`` extra: this one, or ``$DIFFUSIONBLOCKS_PYTHON`` (e.g. ``.tox/parity/bin/python``, see
 benchmarks/parity/README.md). It trains on the synthetic source, so it needs no data.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,9 @@ ENV = "DIFFUSIONBLOCKS_REPO"
 def _run(args: list[str], env: dict[str, str], python: str = sys.executable, timeout: int = 120):
     full = {k: v for k, v in os.environ.items() if k != ENV}
     full.update(env, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    return subprocess.run([python, "-m", MODULE, *args], cwd=REPO, env=full, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [python, "-m", MODULE, *args], cwd=REPO, env=full, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _assert_one_line_refusal(r, tmp_path: Path, *words: str) -> str:
@@ -40,15 +42,19 @@ def _assert_one_line_refusal(r, tmp_path: Path, *words: str) -> str:
 @pytest.mark.parametrize("value", [None, "", "not-there"])
 def test_without_the_official_code_it_exits_2_with_one_line(tmp_path, value):
     env = {} if value is None else {ENV: str(tmp_path / value) if value else ""}
-    line = _assert_one_line_refusal(_run(["--out", str(tmp_path / "out")], env), tmp_path, ENV,
-                                    f"export {ENV}=")
+    line = _assert_one_line_refusal(_run(["--out", str(tmp_path / "out")], env), tmp_path, ENV, f"export {ENV}=")
     assert ("is not set" in line) if not value else ("is not a DiffusionBlocks checkout" in line)
 
 
 def test_a_folder_that_is_not_the_official_code_is_refused(tmp_path):
     (tmp_path / "model.py").write_text("x = 1\n")  # no vit.py, dblock_modules.py
-    _assert_one_line_refusal(_run(["--out", str(tmp_path / "out")], {ENV: str(tmp_path)}), tmp_path,
-                             "vit.py", "dblock_modules.py", f"export {ENV}=")
+    _assert_one_line_refusal(
+        _run(["--out", str(tmp_path / "out")], {ENV: str(tmp_path)}),
+        tmp_path,
+        "vit.py",
+        "dblock_modules.py",
+        f"export {ENV}=",
+    )
 
 
 def test_missing_dependencies_of_the_official_code_name_the_extra(tmp_path):
@@ -57,21 +63,30 @@ def test_missing_dependencies_of_the_official_code_name_the_extra(tmp_path):
     (fake / "model.py").write_text("import a_package_that_is_not_installed_xyz  # noqa\n")
     (fake / "vit.py").write_text("")
     (fake / "dblock_modules.py").write_text("")
-    _assert_one_line_refusal(_run(["--out", str(tmp_path / "out")], {ENV: str(fake)}), tmp_path,
-                             "a_package_that_is_not_installed_xyz", ".[parity]")
+    _assert_one_line_refusal(
+        _run(["--out", str(tmp_path / "out")], {ENV: str(fake)}),
+        tmp_path,
+        "a_package_that_is_not_installed_xyz",
+        ".[parity]",
+    )
 
 
 def test_a_tiny_run_writes_results(tmp_path):
     repo = os.environ.get(ENV)
     if not repo:
-        pytest.skip(f"{ENV} is unset: set it to a checkout of the official DiffusionBlocks code (and "
-                    f"DIFFUSIONBLOCKS_PYTHON to an interpreter with the parity extra) to run the parity adapter")
+        pytest.skip(
+            f"{ENV} is unset: set it to a checkout of the official DiffusionBlocks code (and "
+            f"DIFFUSIONBLOCKS_PYTHON to an interpreter with the parity extra) to run the parity adapter"
+        )
     python = os.environ.get("DIFFUSIONBLOCKS_PYTHON", sys.executable)
-    probe = subprocess.run([python, "-c", "import lightning, torchmetrics, transformers"], capture_output=True,
-                           text=True)
+    probe = subprocess.run(
+        [python, "-c", "import lightning, torchmetrics, transformers"], capture_output=True, text=True
+    )
     if probe.returncode:
-        pytest.skip(f"{python} lacks the official code's dependencies (pip install -e '.[parity]', or set "
-                    f"DIFFUSIONBLOCKS_PYTHON): {probe.stderr.strip().splitlines()[-1]}")
+        pytest.skip(
+            f"{python} lacks the official code's dependencies (pip install -e '.[parity]', or set "
+            f"DIFFUSIONBLOCKS_PYTHON): {probe.stderr.strip().splitlines()[-1]}"
+        )
     out = tmp_path / "out"
     args = ["--out", str(out), "--budget-epochs", "0.5", "--seed", "3", "--set", "data.source=synthetic"]
     r = _run(args, {ENV: repo}, python, timeout=300)

@@ -1,5 +1,6 @@
 """The parity table (benchmarks/parity/table.py): ours against the official DiffusionBlocks per budget, with the
 Welch interval of the difference, generated from results.json files alone; the committed table regenerates."""
+
 import json
 
 import pytest

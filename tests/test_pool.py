@@ -1,4 +1,5 @@
 """rbdc.pool: K processes at a time, a log per job with its own start time, failures reported, the others go on."""
+
 import re
 from pathlib import Path
 
@@ -6,8 +7,9 @@ from rbdc.studies import pool
 
 
 def _job(tmp: Path, key: str, argv: tuple, outcome=lambda: (True, "ok"), **kw) -> pool.Job:
-    return pool.Job(key=key, label=key, argv=argv, log=tmp / key / "job.log", cost=1.0, outcome=outcome,
-                    title=f"test {key}:", **kw)
+    return pool.Job(
+        key=key, label=key, argv=argv, log=tmp / key / "job.log", cost=1.0, outcome=outcome, title=f"test {key}:", **kw
+    )
 
 
 def test_failures_and_unreadable_results_fail_their_job_and_the_others_finish(tmp_path):
@@ -16,10 +18,17 @@ def test_failures_and_unreadable_results_fail_their_job_and_the_others_finish(tm
     def broken():
         raise ValueError("results.json is half written")
 
-    jobs = [_job(tmp_path, "ok", ("show_env",), env=(("BALLOON_SCALE", "32,16"), ("PYTHONPATH", str(tmp_path)))),
-            _job(tmp_path, "exit1", ("no_such_module_here",)),
-            _job(tmp_path, "unreadable", ("show_env",), outcome=broken,
-                 env=(("BALLOON_SCALE", "1,1"), ("PYTHONPATH", str(tmp_path))))]
+    jobs = [
+        _job(tmp_path, "ok", ("show_env",), env=(("BALLOON_SCALE", "32,16"), ("PYTHONPATH", str(tmp_path)))),
+        _job(tmp_path, "exit1", ("no_such_module_here",)),
+        _job(
+            tmp_path,
+            "unreadable",
+            ("show_env",),
+            outcome=broken,
+            env=(("BALLOON_SCALE", "1,1"), ("PYTHONPATH", str(tmp_path))),
+        ),
+    ]
     lines = []
     failed = pool.run(jobs, jobs=2, threads=1, total=3, log=lambda s, **kw: lines.append(s))
     assert sorted(j.key for j in failed) == ["exit1", "unreadable"]
@@ -38,4 +47,5 @@ def test_the_extra_environment_does_not_leak_into_this_process(monkeypatch):
     env = pool.child_env(3, 0, 1, extra={"BALLOON_SCALE": "8,8"})
     assert env["BALLOON_SCALE"] == "8,8" and env["OMP_NUM_THREADS"] == "3"
     import os
+
     assert "BALLOON_SCALE" not in os.environ

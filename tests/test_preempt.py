@@ -1,6 +1,7 @@
 """Preemption (rbdc.training.preempt): SIGTERM, SIGUSR1 or submitit's signal make a run checkpoint at the next
 optimizer step and exit with submitit's requeue code; rerunning resumes inside the epoch to the uninterrupted run's
 weights."""
+
 import json
 import os
 import signal
@@ -28,6 +29,7 @@ def _stop_after(monkeypatch, n: int) -> None:
         if calls["n"] == n:
             preempt.request("SIGUSR1")
         return out
+
     monkeypatch.setattr(engine, "train_step", counting)
 
 
@@ -43,7 +45,8 @@ def _rows(d):
 
 @pytest.mark.parametrize("protocol, stop_at", [("scratch", 5), ("rbdc", 9)])
 def test_a_preempted_run_checkpoints_inside_the_epoch_and_resumes_to_the_uninterrupted_weights(
-        protocol, stop_at, ci_reference, tmp_path, monkeypatch):
+    protocol, stop_at, ci_reference, tmp_path, monkeypatch
+):
     reference, results = ci_reference(protocol)
     recipe = str(CI / f"{protocol}.yaml")
     _stop_after(monkeypatch, stop_at)
@@ -72,9 +75,25 @@ def test_the_signals_set_the_flag_only_while_armed():
 
 
 def _launch(tmp_path, *extra):
-    return subprocess.Popen([sys.executable, "-m", "rbdc.cli", "train", "-c", str(CI / "scratch.yaml"), "-o",
-                             str(tmp_path), "--set", "epochs=6", *extra], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rbdc.cli",
+            "train",
+            "-c",
+            str(CI / "scratch.yaml"),
+            "-o",
+            str(tmp_path),
+            "--set",
+            "epochs=6",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def _wait_for_epoch(run_dir, proc, timeout=120):
@@ -106,6 +125,7 @@ def _children(pid: int) -> list[int]:
 def test_submitit_local_executor_requeues_a_preempted_run_which_then_finishes(tmp_path):
     submitit = pytest.importorskip("submitit")
     from rbdc.runs.launch import SlurmTrain
+
     out = tmp_path / "runs"
     ex = submitit.LocalExecutor(folder=tmp_path / "submitit")
     ex.update_parameters(timeout_min=10)

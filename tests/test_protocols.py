@@ -1,4 +1,5 @@
 """The protocol registry: a protocol is one class registered from one file; recipes, runs and reports take it."""
+
 import csv
 from pathlib import Path
 
@@ -26,9 +27,18 @@ def twostep(monkeypatch):
 
         def plan(self, recipe, data):
             half = data.steps_for(recipe.epochs / 2)
-            return [Stage(sid, recipe.model, half, recipe.seed + i, data.lr, parents=["A"] if i else [],
-                          flops_per_image=base.target_fpi(recipe, 1, data.num_classes))
-                    for i, sid in enumerate("AB")]
+            return [
+                Stage(
+                    sid,
+                    recipe.model,
+                    half,
+                    recipe.seed + i,
+                    data.lr,
+                    parents=["A"] if i else [],
+                    flops_per_image=base.target_fpi(recipe, 1, data.num_classes),
+                )
+                for i, sid in enumerate("AB")
+            ]
 
         def grow(self, stage, parents, ctx):
             return Built(load_model(parents[0]))
@@ -37,8 +47,7 @@ def twostep(monkeypatch):
 
 
 def test_the_registry_holds_every_protocol_in_the_report_order():
-    assert names() == ("scratch", "rbdc", "net2net", "gradmax", "mixturegrowth", "diffusionblocks",
-                       "hypercloning")
+    assert names() == ("scratch", "rbdc", "net2net", "gradmax", "mixturegrowth", "diffusionblocks", "hypercloning")
 
 
 def test_a_protocol_registered_twice_is_refused(twostep):
@@ -52,8 +61,14 @@ def test_an_unknown_protocol_is_refused_naming_the_registered_ones(twostep):
 
 
 def test_a_new_protocol_trains_and_reports_with_no_change_elsewhere(twostep, tmp_path):
-    res = train.run_recipe(str(CI / "scratch.yaml"), str(tmp_path), log=lambda *a, **k: None, protocol="twostep",
-                           epochs=2, name="ci/twostep")
+    res = train.run_recipe(
+        str(CI / "scratch.yaml"),
+        str(tmp_path),
+        log=lambda *a, **k: None,
+        protocol="twostep",
+        epochs=2,
+        name="ci/twostep",
+    )
     assert res["protocol"] == "twostep" and [s["stage"] for s in res["stages"]] == ["A", "B"]
     rows = list(csv.DictReader((tmp_path / "ci" / "twostep" / "seed0" / "summary.csv").open()))
     last_a = [r for r in rows if r["stage"] == "A"][-1]
@@ -64,6 +79,7 @@ def test_a_new_protocol_trains_and_reports_with_no_change_elsewhere(twostep, tmp
 
 def test_each_protocol_owns_the_keys_it_declares_and_those_of_the_sections_it_plans_with():
     from rbdc import protocols
+
     own = {name: {k for k in recipes.SCHEMA if p.owns_key(k)} for name, p in protocols.registry().items()}
     common = {k for k in recipes.SCHEMA if not k.startswith(("rbdc.", "growth."))}
     assert own["scratch"] == common

@@ -1,4 +1,5 @@
 """The README's main command and the committed reports."""
+
 import csv
 import filecmp
 
@@ -27,12 +28,15 @@ def test_quickstart_runs_end_to_end_on_digits(tmp_path, capsys):
 
 def _results(root, protocol):
     import json
+
     return json.loads((root / "quickstart" / protocol / "seed0" / "results.json").read_text())
 
 
 def test_quickstart_trains_both_runs_side_by_side_on_equal_flops(tmp_path, capsys):
-    assert main(["quickstart", "--data", "digits", "-o", str(tmp_path), "--set", "budget_epochs=1",
-                 "--progress", "0.5"]) == 0
+    assert (
+        main(["quickstart", "--data", "digits", "-o", str(tmp_path), "--set", "budget_epochs=1", "--progress", "0.5"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "side by side, 1 thread each" in out and "| ~" in out  # progress lines with the time left
     r, s = _results(tmp_path, "rbdc-d1"), _results(tmp_path, "scratch")
@@ -47,13 +51,15 @@ def test_warm_cache_decodes_once_then_reads_the_cache(tmp_path, monkeypatch):
 
     from rbdc import data
     from rbdc.quickstart import RECIPES, warm_cache
+
     monkeypatch.setenv("RBDC_CACHE", str(tmp_path))
     decoded = []
     real = data.cache._decode_all
     monkeypatch.setattr(data.cache, "_decode_all", lambda ds, *a, **k: decoded.append(ds.split) or real(ds, *a, **k))
     images = torch.randint(0, 255, (80, 8, 8, 3), dtype=torch.uint8).numpy()
-    ds = data.ArrayDataset(images, [i % 4 for i in range(80)], ["a", "b", "c", "d"], source="toy", root=None,
-                           split="train", out_size=32)
+    ds = data.ArrayDataset(
+        images, [i % 4 for i in range(80)], ["a", "b", "c", "d"], source="toy", root=None, split="train", out_size=32
+    )
     monkeypatch.setattr("rbdc.quickstart.recipe_datasets", lambda rec: (ds, ds))
     warm_cache(str(RECIPES / "rbdc.yaml"), [], seed=0)
     assert len(decoded) == 1 and list((tmp_path / "memory").glob("toy-train-32px-*.pt"))  # val = same images
@@ -67,6 +73,7 @@ def test_committed_report_regenerates_byte_for_byte(name, tmp_path):
     if not all((make_reports.RUNS / f).is_dir() for f in folders):
         pytest.skip(f"no committed runs for {name} under reports/runs")
     import shutil
+
     committed = make_reports.REPO / "reports"
     # regenerate from a copy of the committed runs laid out as in the repo, so relative run paths are the same
     shutil.copytree(make_reports.RUNS, tmp_path / "reports" / "runs")
@@ -80,6 +87,7 @@ def test_committed_study_report_regenerates_byte_for_byte(name, tmp_path):
     if not (make_reports.RUNS / name).is_dir():
         pytest.skip(f"no committed runs of study {name} under reports/runs")
     import shutil
+
     shutil.copytree(make_reports.RUNS, tmp_path / "reports" / "runs")
     written = make_reports.make(out_dir=tmp_path / "reports", runs=tmp_path / "reports" / "runs")
     if name in make_reports.DET_STUDIES and name not in written:
@@ -93,12 +101,14 @@ def test_the_readme_headline_is_the_committed_reports():
     """The README's headline block is what make_reports writes from the committed study report (which itself
     regenerates byte for byte from the committed runs, above): the README's numbers are the report's."""
     from rbdc.report import headline
+
     readme = (make_reports.REPO / "README.md").read_text(encoding="utf-8")
     block = make_reports.readme_headline()
     assert block in readme, "README.md's headline is stale: run python -m benchmarks.make_reports"
     name = make_reports.HEADLINE[0]
     md = (make_reports.REPO / "reports" / f"{name}.md").read_text(encoding="utf-8")
     import re
+
     for number in re.findall(r"[+-]?\d+\.\d+%?", "\n".join(headline.extract(md))):
         assert number in block
     assert readme.index(block) < readme.index("## Layout")  # right under the set-up commands

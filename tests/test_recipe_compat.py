@@ -5,6 +5,7 @@ that existed then; mixturegrowth's own growth.norm keeps the meaning rbdc.norm h
 
 An entry whose inputs (the recipe files, bases and overrides) changed since is not compared: the record is about the
 code that resolves them. ``python tests/test_recipe_compat.py`` records it again (on purpose only)."""
+
 import hashlib
 import json
 import sys
@@ -41,6 +42,7 @@ def _entries():
     """``(path, inputs, [(resolved recipe thunk)])`` of every recipe, study and committed run manifest."""
     from rbdc import recipe as recipes
     from rbdc.studies.spec import load_study
+
     for path in sorted((REPO / "configs" / "recipes").rglob("*.yaml")):
         yield path, recipes._read(path), [lambda p=path: recipes.resolve(p)]
     for path in sorted((REPO / "configs" / "studies").glob("*.yaml")):
@@ -49,14 +51,18 @@ def _entries():
         except Exception:  # a detection study: not a study of recipes
             continue
         inputs = [(recipes._read(Path(r.recipe)), r.overrides, r.seed, r.name) for r in runs]
-        yield path, inputs, [lambda r=r: recipes.resolve(r.recipe, list(r.overrides), seed=r.seed, name=r.name)
-                             for r in runs]
+        yield (
+            path,
+            inputs,
+            [lambda r=r: recipes.resolve(r.recipe, list(r.overrides), seed=r.seed, name=r.name) for r in runs],
+        )
     for path in sorted((REPO / "reports").rglob("recipe.yaml")):
         yield path, recipes._read(path), [lambda p=path: recipes.resolve(p)]
 
 
 def _resolved(thunks, keys: list[str]) -> list | None:
     from rbdc.errors import UserError
+
     try:
         return [_settings(t(), keys) for t in thunks]
     except UserError:  # e.g. a base recipe that names no model
@@ -65,6 +71,7 @@ def _resolved(thunks, keys: list[str]) -> list | None:
 
 def record() -> None:
     from rbdc import recipe as recipes
+
     keys = list(recipes.SCHEMA)
     rows = {}
     for path, inputs, thunks in _entries():
@@ -96,14 +103,18 @@ def test_every_recipe_study_run_and_committed_manifest_resolves_as_recorded():
     assert mixturegrowth and all(r.growth.norm == r.rbdc.norm for r in mixturegrowth)
 
 
-@pytest.mark.parametrize("sets, norm", [
-    ([], "plain"),
-    (["rbdc.norm=grouped"], "grouped"),                          # a recipe from before growth.norm existed
-    (["rbdc.norm=grouped", "growth.norm=plain"], "plain"),       # its own key wins
-    (["growth.norm=grouped"], "grouped"),
-])
+@pytest.mark.parametrize(
+    "sets, norm",
+    [
+        ([], "plain"),
+        (["rbdc.norm=grouped"], "grouped"),  # a recipe from before growth.norm existed
+        (["rbdc.norm=grouped", "growth.norm=plain"], "plain"),  # its own key wins
+        (["growth.norm=grouped"], "grouped"),
+    ],
+)
 def test_mixturegrowth_reads_its_own_norm_key_and_an_old_recipes_rbdc_norm(sets, norm, tmp_path):
     from rbdc import recipe as recipes
+
     ci = REPO / "configs" / "recipes" / "ci" / "mixturegrowth.yaml"
     rec = recipes.resolve(ci, sets)
     assert rec.growth.norm == norm
@@ -122,6 +133,7 @@ def test_mixturegrowth_grows_with_its_own_norm_not_rbdcs(monkeypatch):
     from rbdc import checkpoint, growth, protocols
     from rbdc import recipe as recipes
     from rbdc.protocols import mixturegrowth
+
     seen = {}
     monkeypatch.setattr(checkpoint, "load_weights", lambda path: ({}, {}))
     monkeypatch.setattr(mixturegrowth, "_member", lambda ctx, seed: SimpleNamespace(load_state_dict=lambda sd: None))
@@ -135,6 +147,7 @@ def test_mixturegrowth_grows_with_its_own_norm_not_rbdcs(monkeypatch):
 
 def test_a_scratch_recipe_is_untouched_by_rbdc_norm():
     from rbdc import recipe as recipes
+
     rec = recipes.resolve(REPO / "configs" / "recipes" / "ci" / "scratch.yaml", ["rbdc.norm=grouped"])
     assert (rec.rbdc.norm, rec.growth.norm) == ("grouped", "plain")
 

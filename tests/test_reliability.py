@@ -1,5 +1,6 @@
 """Reliability: one writer per run directory (an OS lock), studies that notice an edited study file, resumes that
 refuse to mix code/torch/bf16 paths, and plans that cannot be built refused in one line before anything is written."""
+
 import errno
 import json
 import os
@@ -29,6 +30,7 @@ def _run_dir(tmp_path):
 
 # --- one writer per run ---------------------------------------------------------------------------------------
 
+
 def test_a_held_run_is_skipped_naming_its_holder_and_nothing_is_written(tmp_path):
     d = _run_dir(tmp_path)
     with runlock.hold(d):
@@ -55,6 +57,7 @@ def test_wait_waits_for_the_holder(tmp_path, monkeypatch):
         with runlock.hold(d):
             got.set()
             release.wait(10)
+
     t = threading.Thread(target=holder)
     t.start()
     got.wait(10)
@@ -67,8 +70,10 @@ def test_wait_waits_for_the_holder(tmp_path, monkeypatch):
 
 def test_kill_9_leaves_no_stale_lock(tmp_path):
     d = _run_dir(tmp_path)
-    code = ("import sys, time; from pathlib import Path; from rbdc import runlock\n"
-            "with runlock.hold(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)")
+    code = (
+        "import sys, time; from pathlib import Path; from rbdc import runlock\n"
+        "with runlock.hold(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)"
+    )
     p = subprocess.Popen([sys.executable, "-c", code, str(d)], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "held"
     assert runlock.holder(d)["pid"] == p.pid
@@ -82,6 +87,7 @@ def test_without_flock_an_atomic_lock_file_holds_the_run_and_a_dead_holder_is_st
 
     def no_flock(fd, op):
         raise OSError(errno.ENOLCK, "No locks available")
+
     monkeypatch.setattr(fcntl, "flock", no_flock)
     d = _run_dir(tmp_path)
     release = runlock.try_acquire(d)
@@ -92,6 +98,7 @@ def test_without_flock_an_atomic_lock_file_holds_the_run_and_a_dead_holder_is_st
     assert not (d / runlock.HELD).exists()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     import socket
+
     (d / runlock.HELD).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
     assert callable(runlock.try_acquire(d))  # its holder is gone: taken over
     (d / runlock.HELD).write_text(json.dumps({"pid": 1, "host": "another-host"}))
@@ -100,8 +107,17 @@ def test_without_flock_an_atomic_lock_file_holds_the_run_and_a_dead_holder_is_st
 
 def _tiny_study(tmp_path, **point_set):
     path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump({"name": "tiny", "seeds": [0, 1], "jobs": 1, "threads": 1, "points": [
-        {"id": "scratch", "recipe": SCRATCH, "set": {"epochs": 1, **point_set}}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "seeds": [0, 1],
+                "jobs": 1,
+                "threads": 1,
+                "points": [{"id": "scratch", "recipe": SCRATCH, "set": {"epochs": 1, **point_set}}],
+            }
+        )
+    )
     return path
 
 
@@ -115,12 +131,14 @@ def test_a_study_skips_a_run_another_launcher_holds_and_goes_on(tmp_path):
     with runlock.hold(held.run_dir(out)):
         failed = run_local(study, out, study.runs, 1, 1, log=lambda *a, **k: lines.append(a[0]))
     assert failed == []
-    assert any(line.startswith("skipping tiny/scratch/b seed 0") or ("seed 0" in line and "pid" in line)
-               for line in lines), lines
+    assert any(
+        line.startswith("skipping tiny/scratch/b seed 0") or ("seed 0" in line and "pid" in line) for line in lines
+    ), lines
     assert free.status(out) == "done" and held.status(out) == "started"
 
 
 # --- studies notice change ----------------------------------------------------------------------------------
+
 
 def test_an_edited_study_stops_before_training_and_rerun_changed_moves_the_old_runs_aside(tmp_path, capsys):
     out = tmp_path / "runs"
@@ -137,6 +155,7 @@ def test_an_edited_study_stops_before_training_and_rerun_changed_moves_the_old_r
     assert main(["study", str(path), "-o", str(out), "--list"]) == 0
     assert "changed  tiny/scratch seed 0: lr_base" in capsys.readouterr().out
     from rbdc.report.study import collect
+
     assert collect(load_study(path), out / "tiny")[("scratch", None)].n == 0  # the report never counts them
     assert main(["study", str(path), "-o", str(out), "--rerun-changed"]) == 0
     assert run.changed(out) == [] and run.status(out) == "done"
@@ -144,6 +163,7 @@ def test_an_edited_study_stops_before_training_and_rerun_changed_moves_the_old_r
 
 
 # --- resumes refuse to mix ----------------------------------------------------------------------------------
+
 
 def _interrupted(tmp_path, monkeypatch):
     interrupt_after(monkeypatch, 1)
@@ -158,8 +178,9 @@ def test_a_resume_under_another_commit_or_torch_is_refused_unless_allowed(tmp_pa
     d = _interrupted(tmp_path, monkeypatch)
     text = (d / rundir.COMMAND).read_text()
     env = rundir.recorded_envs(d)[0]
-    (d / rundir.COMMAND).write_text(text.replace(json.dumps(env, indent=1), json.dumps({**env, field: value},
-                                                                                        indent=1)))
+    (d / rundir.COMMAND).write_text(
+        text.replace(json.dumps(env, indent=1), json.dumps({**env, field: value}, indent=1))
+    )
     with pytest.raises(UserError, match=f"started under {field} .* would resume under {field} .*--allow-mixed"):
         train.run_recipe(SCRATCH, str(tmp_path), [], **QUIET)
     assert train.run_recipe(SCRATCH, str(tmp_path), [], allow_mixed=True, **QUIET)
@@ -177,17 +198,31 @@ def test_a_resume_under_the_same_environment_is_not_mixed(tmp_path, monkeypatch)
 def test_the_bf16_matmul_path_is_compared_only_where_both_record_it(tmp_path):
     (tmp_path / rundir.COMMAND).write_text("rbdc train\n" + json.dumps({"torch": "x", "cpu": {"bf16_matmul": "a"}}))
     assert rundir.RunDir(tmp_path).mixed_with({"torch": "x", "cpu": {}}) is None
-    assert rundir.RunDir(tmp_path).mixed_with({"torch": "x", "cpu": {"bf16_matmul": "b"}}) == ("bf16 matmul a",
-                                                                                               "bf16 matmul b")
+    assert rundir.RunDir(tmp_path).mixed_with({"torch": "x", "cpu": {"bf16_matmul": "b"}}) == (
+        "bf16 matmul a",
+        "bf16 matmul b",
+    )
 
 
 # --- plans that cannot be built -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dry", [True, False])
 def test_a_plan_that_cannot_be_built_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, dry):
-    argv = ["train", "-c", str(CI.parents[0] / "imagenet" / "deit-base-rbdc-d2.yaml"), "-o", str(tmp_path / "o"),
-            "--set", "model=deit_tiny_patch16_224", "--set", "data.source=synthetic", "--set", "batch_size=16",
-            *(["--dry-run"] if dry else [])]
+    argv = [
+        "train",
+        "-c",
+        str(CI.parents[0] / "imagenet" / "deit-base-rbdc-d2.yaml"),
+        "-o",
+        str(tmp_path / "o"),
+        "--set",
+        "model=deit_tiny_patch16_224",
+        "--set",
+        "data.source=synthetic",
+        "--set",
+        "batch_size=16",
+        *(["--dry-run"] if dry else []),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "num_heads=3 is not divisible by 4" in err[0] and "rbdc.depth" in err[0]

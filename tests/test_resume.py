@@ -1,6 +1,7 @@
 """Resume, for every protocol: a run interrupted after an epoch's checkpoint and rerun with the same command ends as
 the uninterrupted run: bit-identical weights of every stage, the same ledger and results, and the same summary.csv in
 every column but the timing ones (rbdc.runs.rundir.TIMING_COLUMNS)."""
+
 import json
 
 import pytest
@@ -13,8 +14,16 @@ from rbdc.runs import rundir, train
 GROWTH = ("net2net", "mixturegrowth", "gradmax")
 # (protocol, interrupted after this many summary.csv writes); rbdc: inside L0.0, inside L0.1, inside L1 after its
 # pre-training evaluation (after its last epoch: its checkpoint written, the stage not yet closed)
-CASES = [("scratch", 1), ("rbdc", 1), ("rbdc", 3), ("rbdc", 5), ("net2net", 2), ("mixturegrowth", 2), ("gradmax", 2),
-         ("diffusionblocks", 1)]
+CASES = [
+    ("scratch", 1),
+    ("rbdc", 1),
+    ("rbdc", 3),
+    ("rbdc", 5),
+    ("net2net", 2),
+    ("mixturegrowth", 2),
+    ("gradmax", 2),
+    ("diffusionblocks", 1),
+]
 
 
 def overrides(protocol: str, ci_reference) -> list[str]:
@@ -36,7 +45,8 @@ def untimed(results: dict) -> dict:
 def test_the_timing_columns_are_summary_columns_and_the_rest_are_compared():
     assert set(rundir.TIMING_COLUMNS) < set(rundir.SUMMARY_COLUMNS)
     assert {"train_loss", "eval_loss", "eval_top1", "eval_top5", "lr", "cum_train_flops"}.isdisjoint(
-        rundir.TIMING_COLUMNS)
+        rundir.TIMING_COLUMNS
+    )
 
 
 @pytest.mark.parametrize("protocol, stop_at", CASES, ids=[f"{p}-after-{n}" for p, n in CASES])
@@ -50,7 +60,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_one(protocol, stop_at, 
     monkeypatch.undo()
     run_dir = tmp_path / results["name"]
     done = summary(run_dir)
-    assert done and done == summary(reference)[:len(done)]  # the rows before the interruption, as they will be
+    assert done and done == summary(reference)[: len(done)]  # the rows before the interruption, as they will be
 
     assert untimed(train.run_recipe(recipe, str(tmp_path), over, **QUIET)) == untimed(results)
     assert summary(run_dir) == summary(reference)

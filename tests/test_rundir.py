@@ -1,4 +1,5 @@
 """RunDir: one object for a run directory's paths and files; the readers' functions are the same methods."""
+
 import os
 from pathlib import Path
 

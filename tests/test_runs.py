@@ -1,5 +1,6 @@
 """What a run directory guarantees: divergence stops and marks the run failed, everything read back is checksummed,
 the recipe is validated before anything is written, stale and orphaned files are repaired on resume."""
+
 import errno
 import json
 import os
@@ -51,6 +52,7 @@ def same_final(a: Path, b: Path) -> bool:
 # ----------------------------------------------------------------------------------------------------------------
 # 1. Divergence
 
+
 def test_a_diverging_stage_stops_marks_the_run_failed_and_is_refused_everywhere(tmp_path, capsys):
     argv = ["train", "-c", str(CI / "scratch.yaml"), "-o", str(tmp_path), "--set", "lr_base=1e9"]
     assert cli.main(argv) == 2
@@ -71,9 +73,11 @@ def test_a_diverging_stage_stops_marks_the_run_failed_and_is_refused_everywhere(
 # ----------------------------------------------------------------------------------------------------------------
 # 2. Checksums on everything read back
 
+
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
-def test_a_damaged_last_pt_is_never_loaded_and_a_rerun_after_deleting_it_clears_the_failure(scratch, tmp_path,
-                                                                                              monkeypatch, damage):
+def test_a_damaged_last_pt_is_never_loaded_and_a_rerun_after_deleting_it_clears_the_failure(
+    scratch, tmp_path, monkeypatch, damage
+):
     interrupt_after(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
         run("scratch", tmp_path)
@@ -109,6 +113,7 @@ def test_the_carried_optimizer_state_is_in_the_manifest_and_checked(tmp_path, mo
 
 def test_rerunning_a_finished_run_checks_the_weights_it_copies(scratch, tmp_path):
     import shutil
+
     d = tmp_path / "ci" / "scratch" / "seed0"
     shutil.copytree(scratch, d)
     flip_byte(d / "stages" / "scratch" / "final.safetensors")
@@ -121,15 +126,26 @@ def test_rerunning_a_finished_run_checks_the_weights_it_copies(scratch, tmp_path
 # ----------------------------------------------------------------------------------------------------------------
 # 3, 4. Validate before writing; numbers
 
-@pytest.mark.parametrize("override, message", [
-    ("aug.auto_augmnt=rand", "aug: unknown augmentation option"), ("model_kwargs.depht=3", "model_kwargs"),
-    ("model=no_such_model", "unknown model 'no_such_model'"), ("lr_base=fast", "lr_base: must be a number"),
-    ("epochs=three", "epochs: must be a number"), ("epochs=0", "epochs: must be > 0"),
-    ("epochs=-2", "epochs: must be > 0"), ("batch_size=0", "batch_size: must be >= 1"),
-    ("budget=0", "budget: must be > 0"), ("budget=1e3", "less than one"), ("epochs=0.001", "less than one"),
-    ("data.in_memory=maybe", "data.in_memory: must be true/false"), ("rbdc.head=max", "must be one of mean, sum"),
-    ("workers=-1", "workers: must be >= 0"),
-])
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("aug.auto_augmnt=rand", "aug: unknown augmentation option"),
+        ("model_kwargs.depht=3", "model_kwargs"),
+        ("model=no_such_model", "unknown model 'no_such_model'"),
+        ("lr_base=fast", "lr_base: must be a number"),
+        ("epochs=three", "epochs: must be a number"),
+        ("epochs=0", "epochs: must be > 0"),
+        ("epochs=-2", "epochs: must be > 0"),
+        ("batch_size=0", "batch_size: must be >= 1"),
+        ("budget=0", "budget: must be > 0"),
+        ("budget=1e3", "less than one"),
+        ("epochs=0.001", "less than one"),
+        ("data.in_memory=maybe", "data.in_memory: must be true/false"),
+        ("rbdc.head=max", "must be one of mean, sum"),
+        ("workers=-1", "workers: must be >= 0"),
+    ],
+)
 def test_a_bad_recipe_is_refused_before_anything_is_written(tmp_path, override, message):
     with pytest.raises(UserError, match=message):
         run("scratch", tmp_path, [override])
@@ -146,6 +162,7 @@ def test_yaml_1_2_floats_are_numbers_in_recipes_and_overrides(tmp_path):
 
 # ----------------------------------------------------------------------------------------------------------------
 # 5. Stale files and orphans
+
 
 def test_a_kill_after_the_last_checkpoint_leaves_no_stale_summary_or_ledger(scratch, tmp_path, monkeypatch):
     real = rundir.write_summary
@@ -174,8 +191,13 @@ def test_orphans_of_killed_writes_are_removed_on_resume(tmp_path, monkeypatch):
     monkeypatch.undo()
     d = run_dir(tmp_path, "rbdc-d1")
     done, doing = d / "stages" / "L0.0", d / "stages" / "L0.1"
-    orphans = [done / ".last.pt.tmp", done / ".tmpAb12Cd", doing / ".last.pt.x8k2.tmp", d / ".manifest.json.tmp",
-               doing / ".final.safetensors.tmp"]
+    orphans = [
+        done / ".last.pt.tmp",
+        done / ".tmpAb12Cd",
+        doing / ".last.pt.x8k2.tmp",
+        d / ".manifest.json.tmp",
+        doing / ".final.safetensors.tmp",
+    ]
     for p in orphans:
         p.write_bytes(b"partial")
     (done / "last.pt").write_bytes((doing / "last.pt").read_bytes())  # killed before the done stage removed it
@@ -186,9 +208,12 @@ def test_orphans_of_killed_writes_are_removed_on_resume(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------------------------------------------
 # 6. Byte-reproducible weights
 
+
 def test_the_same_weights_give_the_same_file_in_any_process(tmp_path):
-    code = ("import sys, timm, torch, rbdc; torch.manual_seed(0); "
-            "rbdc.save_weights(timm.create_model('test_rbdc_vit'), sys.argv[1], stage='L0', recipe='r', a='1', b='2')")
+    code = (
+        "import sys, timm, torch, rbdc; torch.manual_seed(0); "
+        "rbdc.save_weights(timm.create_model('test_rbdc_vit'), sys.argv[1], stage='L0', recipe='r', a='1', b='2')"
+    )
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     for name in ("a", "b"):
         subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], env=env, check=True, timeout=300)
@@ -197,6 +222,7 @@ def test_the_same_weights_give_the_same_file_in_any_process(tmp_path):
 
 # ----------------------------------------------------------------------------------------------------------------
 # 7. Clear errors instead of tracebacks
+
 
 def test_a_file_where_the_output_should_be_is_one_clear_error(tmp_path):
     (tmp_path / "out").write_text("not a folder")
@@ -207,8 +233,10 @@ def test_a_file_where_the_output_should_be_is_one_clear_error(tmp_path):
 def test_an_unwritable_output_is_one_clear_error(tmp_path, monkeypatch):
     (tmp_path / "ro").mkdir(mode=0o500)
     if os.geteuid() == 0:  # root writes anywhere: refuse as the kernel would
+
         def refused(*a, **k):
             raise PermissionError(errno.EACCES, "Permission denied")
+
         monkeypatch.setattr(files.tempfile, "mkstemp", refused)
     with pytest.raises(UserError, match="no permission to write there"):
         run("scratch", tmp_path / "ro")
@@ -243,10 +271,14 @@ def test_a_missing_parent_file_and_a_damaged_manifest_are_clear_errors(tmp_path,
 # ----------------------------------------------------------------------------------------------------------------
 # 9. Provenance
 
+
 def test_command_txt_keeps_every_invocation_with_relative_paths(tmp_path, monkeypatch):
     for _ in range(2):
-        monkeypatch.setattr(sys, "argv", ["/abs/bin/rbdc", "train", "-c", str(CI / "scratch.yaml"), "-o",
-                                          str(tmp_path), "--set", "epochs=1"])
+        monkeypatch.setattr(
+            sys,
+            "argv",
+            ["/abs/bin/rbdc", "train", "-c", str(CI / "scratch.yaml"), "-o", str(tmp_path), "--set", "epochs=1"],
+        )
         run("scratch", tmp_path, ["epochs=1"])
     text = (run_dir(tmp_path, "scratch") / "command.txt").read_text()
     rel = os.path.relpath(CI / "scratch.yaml", tmp_path)
@@ -256,6 +288,7 @@ def test_command_txt_keeps_every_invocation_with_relative_paths(tmp_path, monkey
 
 # ----------------------------------------------------------------------------------------------------------------
 # 10. The summary.csv schema (rbdc.runs.rundir) is the one the committed runs were written with
+
 
 def _as_written(value: str):
     for kind in (int, float):
@@ -278,6 +311,7 @@ def test_write_summary_rewrites_every_committed_summary_byte_for_byte(tmp_path):
 
 def test_the_report_reads_only_columns_the_run_writes():
     from rbdc.report.load import REQUIRED_SUMMARY_COLUMNS
+
     assert set(REQUIRED_SUMMARY_COLUMNS) <= set(rundir.SUMMARY_COLUMNS) - set(rundir.SUMMARY_OPTIONAL)
 
 

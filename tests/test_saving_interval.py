@@ -4,6 +4,7 @@ The simulated study looks like the real ones: scratch at 5 budgets a factor 2 ap
 top-1 points, a method point between budgets. The true scratch curve is concave and piecewise linear in log FLOPs with
 kinks at the budgets, so the curve model holds and a miss is the interval's fault, not interpolation bias.
 """
+
 import math
 import statistics
 
@@ -137,6 +138,7 @@ def test_p_value_of_a_saving():
 
 def test_gap_at_equal_flops_is_welch_at_a_budget_and_combines():
     from scipy import stats
+
     scratch, method = _study(np.random.default_rng(6), 3, 0.0)
     g = sv.gap_at_equal_flops(scratch, method, BUDGETS[2])  # at a budget the curve is that budget's mean
     welch = stats.ttest_ind(method, scratch[2][1], equal_var=False).confidence_interval(0.95)
@@ -152,6 +154,7 @@ def test_gap_at_equal_flops_is_welch_at_a_budget_and_combines():
 def test_curve_spread_models(caplog):
     def power(f):  # a saturating power law: the power model recovers it, the others interpolate it
         return 80.0 - 40.0 * (f / BUDGETS[0]) ** -0.4
+
     scratch = [(float(f), [power(f) - 0.5, power(f) + 0.5]) for f in BUDGETS]
     f_match = 24 * UNIT
     method = [power(f_match) - 0.3, power(f_match) + 0.3]
@@ -165,13 +168,16 @@ def test_curve_spread_models(caplog):
     assert two["loglinear"] is not None and two["pchip"] is not None
 
 
-@pytest.mark.parametrize("scratch, method, words", [
-    ([(4.0, [50.0, 51.0])], [50.0, 51.0], "2 or more budgets"),
-    ([(8.0, [50.0, 51.0]), (4.0, [55.0, 56.0])], [50.0, 51.0], "sorted"),
-    ([(4.0, [50.0]), (8.0, [55.0, 56.0])], [50.0, 51.0], "scratch budget 4 has 1 seed"),
-    ([(4.0, [50.0, 51.0]), (8.0, [55.0, 56.0])], [52.0], "the method has 1 seed"),
-    ([(0.0, [50.0, 51.0]), (8.0, [55.0, 56.0])], [52.0, 53.0], "positive"),
-])
+@pytest.mark.parametrize(
+    "scratch, method, words",
+    [
+        ([(4.0, [50.0, 51.0])], [50.0, 51.0], "2 or more budgets"),
+        ([(8.0, [50.0, 51.0]), (4.0, [55.0, 56.0])], [50.0, 51.0], "sorted"),
+        ([(4.0, [50.0]), (8.0, [55.0, 56.0])], [50.0, 51.0], "scratch budget 4 has 1 seed"),
+        ([(4.0, [50.0, 51.0]), (8.0, [55.0, 56.0])], [52.0], "the method has 1 seed"),
+        ([(0.0, [50.0, 51.0]), (8.0, [55.0, 56.0])], [52.0, 53.0], "positive"),
+    ],
+)
 def test_bad_inputs_raise_user_error(scratch, method, words):
     with pytest.raises(UserError, match=words):
         sv.saving_interval(scratch, method, 6.0)

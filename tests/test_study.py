@@ -1,4 +1,5 @@
 """``rbdc study``: a study file expands to named runs, runs them in a local pool or through submitit, and resumes."""
+
 import json
 import os
 import signal
@@ -22,41 +23,66 @@ CI = REPO / "configs" / "recipes" / "ci"
 
 def _study(tmp_path: Path, points: list, **extra) -> Path:
     path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump({"name": "tiny", "seeds": [0, 1], "jobs": 2, "threads": 1, "points": points,
-                                    **extra}))
+    path.write_text(
+        yaml.safe_dump({"name": "tiny", "seeds": [0, 1], "jobs": 2, "threads": 1, "points": points, **extra})
+    )
     return path
 
 
-TINY = [{"id": "scratch", "recipe": str(CI / "scratch.yaml"), "set": {"epochs": 1}},
-        {"id": "rbdc", "recipe": str(CI / "rbdc.yaml"), "set": {"rbdc.epochs": [1, 1]}}]
+TINY = [
+    {"id": "scratch", "recipe": str(CI / "scratch.yaml"), "set": {"epochs": 1}},
+    {"id": "rbdc", "recipe": str(CI / "rbdc.yaml"), "set": {"rbdc.epochs": [1, 1]}},
+]
 
 
 def test_a_study_expands_points_grids_budgets_and_seeds_in_order(tmp_path):
-    path = _study(tmp_path, [
-        {"id": "s", "recipe": str(CI / "scratch.yaml"), "budgets": [1, 2.5]},
-        {"id": "r-ratio{rbdc.ratio}", "recipe": str(CI / "rbdc.yaml"), "budgets": [2],
-         "grid": {"rbdc.ratio": [1.0, 3]}, "set": {"rbdc.schedule": "continue"}}])
+    path = _study(
+        tmp_path,
+        [
+            {"id": "s", "recipe": str(CI / "scratch.yaml"), "budgets": [1, 2.5]},
+            {
+                "id": "r-ratio{rbdc.ratio}",
+                "recipe": str(CI / "rbdc.yaml"),
+                "budgets": [2],
+                "grid": {"rbdc.ratio": [1.0, 3]},
+                "set": {"rbdc.schedule": "continue"},
+            },
+        ],
+    )
     study = load_study(path)
     names = [(r.name, r.seed) for r in study.runs]
-    assert names == [("tiny/s/b1", 0), ("tiny/s/b1", 1), ("tiny/s/b2.5", 0), ("tiny/s/b2.5", 1),
-                     ("tiny/r-ratio1/b2", 0), ("tiny/r-ratio1/b2", 1), ("tiny/r-ratio3/b2", 0),
-                     ("tiny/r-ratio3/b2", 1)]
+    assert names == [
+        ("tiny/s/b1", 0),
+        ("tiny/s/b1", 1),
+        ("tiny/s/b2.5", 0),
+        ("tiny/s/b2.5", 1),
+        ("tiny/r-ratio1/b2", 0),
+        ("tiny/r-ratio1/b2", 1),
+        ("tiny/r-ratio3/b2", 0),
+        ("tiny/r-ratio3/b2", 1),
+    ]
     assert study.runs[4].overrides == ("rbdc.schedule=continue", "rbdc.ratio=1.0", "budget_epochs=2")
     assert study.points == ["s", "r-ratio1", "r-ratio3"]
     # the planned FLOPs follow the budget: 2.5 target epochs cost 2.5x one epoch (to within a step)
     assert planned_flops(study.runs[2]) / planned_flops(study.runs[0]) == pytest.approx(2.5, rel=0.05)
 
 
-@pytest.mark.parametrize("points, extra, message", [
-    ([{"id": "a", "recipe": "nope.yaml"}], {}, "not found"),
-    ([{"id": "a", "recipe": str(CI / "scratch.yaml"), "budgets": [0]}], {}, "positive numbers"),
-    ([{"id": "a", "recipe": str(CI / "scratch.yaml"), "budget": [1]}], {}, "unknown key"),
-    ([{"id": "a{x}", "recipe": str(CI / "scratch.yaml"), "grid": {"epochs": [1, 2]}}], {}, "not a grid key"),
-    ([{"id": "a", "recipe": str(CI / "scratch.yaml")}, {"id": "a", "recipe": str(CI / "rbdc.yaml")}], {},
-     "used twice"),
-    ([{"id": "a", "recipe": str(CI / "scratch.yaml")}], {"jobs": 0}, "positive integer"),
-    ([{"id": "a", "recipe": str(CI / "scratch.yaml")}], {"seed": [1]}, "unknown study key"),
-])
+@pytest.mark.parametrize(
+    "points, extra, message",
+    [
+        ([{"id": "a", "recipe": "nope.yaml"}], {}, "not found"),
+        ([{"id": "a", "recipe": str(CI / "scratch.yaml"), "budgets": [0]}], {}, "positive numbers"),
+        ([{"id": "a", "recipe": str(CI / "scratch.yaml"), "budget": [1]}], {}, "unknown key"),
+        ([{"id": "a{x}", "recipe": str(CI / "scratch.yaml"), "grid": {"epochs": [1, 2]}}], {}, "not a grid key"),
+        (
+            [{"id": "a", "recipe": str(CI / "scratch.yaml")}, {"id": "a", "recipe": str(CI / "rbdc.yaml")}],
+            {},
+            "used twice",
+        ),
+        ([{"id": "a", "recipe": str(CI / "scratch.yaml")}], {"jobs": 0}, "positive integer"),
+        ([{"id": "a", "recipe": str(CI / "scratch.yaml")}], {"seed": [1]}, "unknown study key"),
+    ],
+)
 def test_bad_study_files_are_refused_with_the_reason(tmp_path, points, extra, message):
     with pytest.raises(UserError, match=message):
         load_study(_study(tmp_path, points, **extra))
@@ -64,6 +90,7 @@ def test_bad_study_files_are_refused_with_the_reason(tmp_path, points, extra, me
 
 def test_every_committed_study_expands_and_plans():
     from rbdc.detection.study import load_study as load_detection_study
+
     for path in sorted((REPO / "configs" / "studies").glob("*.yaml")):
         if "kind: detection" in path.read_text():
             with pytest.raises(UserError, match="is a detection study: run it with rbdc det-study"):
@@ -80,8 +107,10 @@ def test_every_committed_study_expands_and_plans():
 def _final_digest(run_dir: Path) -> dict:
     import hashlib
     from safetensors.torch import load_file
-    return {k: hashlib.sha256(v.numpy().tobytes()).hexdigest()
-            for k, v in load_file(run_dir / "final.safetensors").items()}
+
+    return {
+        k: hashlib.sha256(v.numpy().tobytes()).hexdigest() for k, v in load_file(run_dir / "final.safetensors").items()
+    }
 
 
 @pytest.mark.slow
@@ -92,8 +121,9 @@ def test_a_study_runs_resumes_after_a_kill_and_skips_finished_runs(tmp_path):
     out = tmp_path / "runs"
     cmd = [sys.executable, "-m", "rbdc.cli", "study", str(path), "-o", str(out), "--jobs", "1"]
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     # wait until the second run (scratch seed 1) has written a checkpoint, then kill everything
     deadline = time.time() + 300
     second = out / "tiny" / "scratch" / "seed1"
@@ -113,8 +143,14 @@ def test_a_study_runs_resumes_after_a_kill_and_skips_finished_runs(tmp_path):
             assert res["group"] == f"tiny/{name}" and res["seed"] == seed
     # the killed run resumed to the weights of the same run trained without interruption
     ref = tmp_path / "ref"
-    subprocess.run(cmd[:-4] + ["-o", str(ref), "--only", "scratch"], env=env, cwd=REPO, check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        cmd[:-4] + ["-o", str(ref), "--only", "scratch"],
+        env=env,
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     assert _final_digest(ref / "tiny" / "scratch" / "seed1") == _final_digest(second)
 
     again = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -126,8 +162,14 @@ def test_a_study_runs_resumes_after_a_kill_and_skips_finished_runs(tmp_path):
 
 def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("IMAGENET_ROOT", raising=False)  # planned from ImageNet's known size, fails to load it
-    path = _study(tmp_path, [{"id": "bad", "recipe": str(CI / "scratch.yaml"), "set": {"data.source": "imagenet"}},
-                             {"id": "ok", "recipe": str(CI / "scratch.yaml"), "set": {"epochs": 1}}], seeds=[0])
+    path = _study(
+        tmp_path,
+        [
+            {"id": "bad", "recipe": str(CI / "scratch.yaml"), "set": {"data.source": "imagenet"}},
+            {"id": "ok", "recipe": str(CI / "scratch.yaml"), "set": {"epochs": 1}},
+        ],
+        seeds=[0],
+    )
     assert main(["study", str(path), "-o", str(tmp_path / "runs")]) == 1
     out = capsys.readouterr()
     assert "tiny/bad seed 0: FAILED (exit 2)" in out.out and "1 run(s) failed: tiny/bad seed 0" in out.err
@@ -135,8 +177,13 @@ def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path, capsys, monkey
 
 
 def test_a_point_that_cannot_be_planned_stops_the_study_before_any_run(tmp_path, capsys):
-    path = _study(tmp_path, [{"id": "ok", "recipe": str(CI / "scratch.yaml"), "set": {"epochs": 1}},
-                             {"id": "bad", "recipe": str(CI / "scratch.yaml"), "set": {"batch_size": 100000}}])
+    path = _study(
+        tmp_path,
+        [
+            {"id": "ok", "recipe": str(CI / "scratch.yaml"), "set": {"epochs": 1}},
+            {"id": "bad", "recipe": str(CI / "scratch.yaml"), "set": {"batch_size": 100000}},
+        ],
+    )
     assert main(["study", str(path), "-o", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
     assert "tiny/bad seed 0" in err and "lower batch_size" in err
@@ -146,8 +193,9 @@ def test_a_point_that_cannot_be_planned_stops_the_study_before_any_run(tmp_path,
 @pytest.mark.parametrize("executor", ["debug", pytest.param("local", marks=pytest.mark.slow)])
 def test_the_cluster_path_submits_one_job_per_run_through_submitit(tmp_path, executor, capsys, monkeypatch):
     pytest.importorskip("submitit")
-    for key, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                           MASTER_PORT="29500").items():
+    for key, value in dict(
+        RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="29500"
+    ).items():
         monkeypatch.setenv(key, value)  # the job sets the distributed environment (in-process for `debug`)
     path = _study(tmp_path, TINY[:1], seeds=[0, 1])
     out = tmp_path / "runs"
@@ -187,9 +235,12 @@ def test_a_run_records_its_cpu_and_how_bf16_matmuls_ran_there(tmp_path, capsys, 
 
     from rbdc.training import bf16
     from rbdc.cost import perf
+
     monkeypatch.setattr(perf, "cpu_bf16_fast", lambda: False)
-    assert main(["train", "-c", str(CI / "scratch.yaml"), "-o", str(tmp_path), "--set", "epochs=1",
-                 "--set", "amp=bf16"]) == 0
+    assert (
+        main(["train", "-c", str(CI / "scratch.yaml"), "-o", str(tmp_path), "--set", "epochs=1", "--set", "amp=bf16"])
+        == 0
+    )
     assert bf16.installed()
     out = capsys.readouterr().out
     assert "this CPU has no bf16 matmul kernels: bf16 autocast runs its matmuls as fp32 GEMMs" in out
@@ -197,4 +248,5 @@ def test_a_run_records_its_cpu_and_how_bf16_matmuls_ran_there(tmp_path, capsys, 
     assert '"capability": ' in command and '"bf16_fast": false' in command
     assert '"bf16_matmul": "fp32-rounded"' in command
     from rbdc.runs.run import _env_info
+
     assert "bf16_matmul" not in _env_info(torch.device("cpu"), "fp32")["cpu"]  # only bf16 runs have a bf16 path

@@ -1,4 +1,5 @@
 """The study report: savings matched on scratch's curve with bootstrap intervals, Fig. 2/3, byte-exact output."""
+
 import errno
 import json
 from pathlib import Path
@@ -15,35 +16,53 @@ from tests.test_report import make_run
 
 REPO = Path(__file__).resolve().parents[1]
 CI = REPO / "configs" / "recipes" / "ci"
-SCRATCH = {1: (50.0, 1e12), 2: (60.0, 2e12), 4: (70.0, 4e12)}   # top-1 rises 10 points per doubling of FLOPs
+SCRATCH = {1: (50.0, 1e12), 2: (60.0, 2e12), 4: (70.0, 4e12)}  # top-1 rises 10 points per doubling of FLOPs
 
 
 def _fake_study(tmp_path: Path, rbdc_top1=(64.0, 65.0, 66.0), rbdc_set=None) -> tuple:
     study_file = tmp_path / "s.yaml"
-    study_file.write_text(yaml.safe_dump({
-        "name": "tiny", "seeds": [0, 1, 2],
-        "points": [{"id": "scratch", "recipe": str(CI / "scratch.yaml"), "budgets": [1, 2, 4]},
-                   {"id": "rbdc", "recipe": str(CI / "rbdc.yaml"), "budgets": [2], "set": rbdc_set or {}},
-                   {"id": "rbdc-r{rbdc.ratio}", "recipe": str(CI / "rbdc.yaml"), "budgets": [2],
-                    "grid": {"rbdc.ratio": [1.0, 3.0]}}],
-        "report": {"title": "tiny study",
-                   "panels": [{"title": "ViT", "baseline": "scratch", "series": ["rbdc"]}],
-                   "ratio": {"key": "rbdc.ratio", "budget": 2, "points": ["rbdc-r1", "rbdc", "rbdc-r3"]},
-                   "compare": [{"title": "Ablation", "reference": "rbdc", "budget": 2, "points": ["rbdc-r1"]}]}}))
+    study_file.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "seeds": [0, 1, 2],
+                "points": [
+                    {"id": "scratch", "recipe": str(CI / "scratch.yaml"), "budgets": [1, 2, 4]},
+                    {"id": "rbdc", "recipe": str(CI / "rbdc.yaml"), "budgets": [2], "set": rbdc_set or {}},
+                    {
+                        "id": "rbdc-r{rbdc.ratio}",
+                        "recipe": str(CI / "rbdc.yaml"),
+                        "budgets": [2],
+                        "grid": {"rbdc.ratio": [1.0, 3.0]},
+                    },
+                ],
+                "report": {
+                    "title": "tiny study",
+                    "panels": [{"title": "ViT", "baseline": "scratch", "series": ["rbdc"]}],
+                    "ratio": {"key": "rbdc.ratio", "budget": 2, "points": ["rbdc-r1", "rbdc", "rbdc-r3"]},
+                    "compare": [{"title": "Ablation", "reference": "rbdc", "budget": 2, "points": ["rbdc-r1"]}],
+                },
+            }
+        )
+    )
     root = tmp_path / "runs" / "tiny"
     for b, (top1, flops) in SCRATCH.items():
         for s in range(3):
             make_run(root.parent, f"tiny/scratch/b{b}", "scratch", s, top1 + (s - 1) * 0.1, flops)
-    for point, _ratio, tops in (("rbdc", 2.0, rbdc_top1), ("rbdc-r1", 1.0, (60.0, 61.0, 62.0)),
-                               ("rbdc-r3", 3.0, (63.0, 63.5, 64.0))):
+    for point, _ratio, tops in (
+        ("rbdc", 2.0, rbdc_top1),
+        ("rbdc-r1", 1.0, (60.0, 61.0, 62.0)),
+        ("rbdc-r3", 3.0, (63.0, 63.5, 64.0)),
+    ):
         for s, t in enumerate(tops):
             d = make_run(root.parent, f"tiny/{point}/b2", "rbdc", s, t, 2e12)
     study = load_study(study_file)
     for r in study.runs:  # each run's recipe.yaml as rbdc train writes it: the study's recipe for that run
         d = r.run_dir(root.parent)
         if d.is_dir():
-            (d / "recipe.yaml").write_text(recipes.dump(recipes.resolve(r.recipe, list(r.overrides), seed=r.seed,
-                                                                        name=r.name)))
+            (d / "recipe.yaml").write_text(
+                recipes.dump(recipes.resolve(r.recipe, list(r.overrides), seed=r.seed, name=r.name))
+            )
     return study, root
 
 
@@ -87,12 +106,14 @@ def test_the_report_has_both_figures_savings_and_a_verdict_and_regenerates_byte_
     paths = build(study, root, tmp_path / "out" / "tiny")
     md = paths["md"].read_text()
     assert set(paths) == {"md", "fig2", "fig3", "saving"}
-    assert "| rbdc | 2 | 3 | 65.00 ± 2.48 |" in md            # t(2) * 1 / sqrt(3) = 2.48
+    assert "| rbdc | 2 | 3 | 65.00 ± 2.48 |" in md  # t(2) * 1 / sqrt(3) = 2.48
     assert "29.3%" in md and "saves FLOPs" in md
     assert "The paper's 30% lies inside the interval at budget(s) 2" in md
-    assert ("**In short**: the paper's 30% saving lies inside the 95% interval of rbdc b2. Saving FLOPs beyond "
-            "seed noise: rbdc b2 (+29.3%)") in md
-    assert "| rbdc-r1 | 1 | 3 |" in md and "| rbdc-r3 | 3 | 3 |" in md   # Fig. 3 rows sorted by ratio
+    assert (
+        "**In short**: the paper's 30% saving lies inside the 95% interval of rbdc b2. Saving FLOPs beyond "
+        "seed noise: rbdc b2 (+29.3%)"
+    ) in md
+    assert "| rbdc-r1 | 1 | 3 |" in md and "| rbdc-r3 | 3 | 3 |" in md  # Fig. 3 rows sorted by ratio
     assert "| rbdc-r1 | 3 | 61.00 ± 2.48 | -4.00 ± " in md
     first = {k: p.read_bytes() for k, p in paths.items()}
     again = build(study, root, tmp_path / "out" / "tiny")
@@ -101,6 +122,7 @@ def test_the_report_has_both_figures_savings_and_a_verdict_and_regenerates_byte_
 
 def test_a_rewrite_that_fails_midway_leaves_the_previous_report_whole(tmp_path, monkeypatch):
     from matplotlib.figure import Figure
+
     study, root = _fake_study(tmp_path)
     paths = build(study, root, tmp_path / "out" / "tiny")
     before = {k: p.read_bytes() for k, p in paths.items()}
@@ -152,18 +174,22 @@ def test_the_report_says_which_cpu_and_bf16_matmul_path_each_run_recorded(tmp_pa
     """Runs of one study may come from CPUs with and without bf16 kernels: the report counts them per recorded path,
     and leaves the section out while no run recorded its CPU."""
     from rbdc.runs import rundir
+
     study, root = _fake_study(tmp_path, rbdc_set={"amp": "bf16"})
     assert "## Where the runs ran" not in build(study, root, tmp_path / "out" / "a")["md"].read_text()
     for d in sorted((root / "rbdc" / "b2").iterdir()):
-        rundir.append_command(d, "rbdc train ...", {"cpu": {"capability": "AVX2", "bf16_fast": False,
-                                                            "bf16_matmul": "fp32-rounded"}, "threads": 1})
-    first = root / "scratch" / "b1" / "seed0"   # an fp32 run that ran on two CPUs (resumed elsewhere)
+        rundir.append_command(
+            d,
+            "rbdc train ...",
+            {"cpu": {"capability": "AVX2", "bf16_fast": False, "bf16_matmul": "fp32-rounded"}, "threads": 1},
+        )
+    first = root / "scratch" / "b1" / "seed0"  # an fp32 run that ran on two CPUs (resumed elsewhere)
     rundir.append_command(first, "rbdc train ...", {"cpu": {"capability": "AVX2", "bf16_fast": False}})
     rundir.append_command(first, "rbdc train ...", {"cpu": {"capability": "AVX512", "bf16_fast": True}})
     assert [e["cpu"]["capability"] for e in rundir.recorded_envs(first)] == ["AVX2", "AVX512"]
     md = build(study, root, tmp_path / "out" / "b")["md"].read_text()
     assert "## Where the runs ran" in md and "2 run(s) at a time" in md
-    assert "| AVX2 | fp32-rounded | 3 | 1,500 |" in md   # make_run logs 1500 img/s per epoch
+    assert "| AVX2 | fp32-rounded | 3 | 1,500 |" in md  # make_run logs 1500 img/s per epoch
     assert "| AVX2 + AVX512 | - (fp32 run) | 1 | 1,500 |" in md
     assert "| not recorded |  | 14 | 1,500 |" in md
 
@@ -194,7 +220,8 @@ def test_the_wall_clock_saving_at_equal_top1_comes_from_the_runs_own_walls(tmp_p
     row = _row(md, "| rbdc | scratch | 2 | not recorded |")
     assert "| 10.0 (10.0–10.0) | 0.50 | 1.50 (1.50–1.50) | -6.1% [" in row
     assert "| 1.17 (1.17–1.17) | +17.5% [" in row
-    from rbdc.runs import rundir   # rbdc's runs on a CPU kind scratch never ran on: no comparison with scratch's runs
+    from rbdc.runs import rundir  # rbdc's runs on a CPU kind scratch never ran on: no comparison with scratch's runs
+
     for d in sorted((root / "rbdc" / "b2").iterdir()):
         rundir.append_command(d, "rbdc train ...", {"cpu": {"capability": "AVX2", "bf16_fast": False}})
     md = build(study, root, tmp_path / "out" / "tiny")["md"].read_text()
@@ -212,21 +239,26 @@ def test_the_coupled_models_parts_are_its_parents_in_the_manifest(tmp_path):
         man["stages"]["L1"]["parents"] = [{"stage": "L0.1"}]
         (d / "manifest.json").write_text(json.dumps(man))
     md = build(study, root, tmp_path / "out" / "tiny")["md"].read_text()
-    assert "| rbdc | 2 | L1 | 3 | 51.00 | 40.00 |" in md   # mean of 64, 65, 66 minus 14
+    assert "| rbdc | 2 | L1 | 3 | 51.00 | 40.00 |" in md  # mean of 64, 65, 66 minus 14
 
 
 def test_series_of_one_protocol_get_distinct_colours_from_the_registry():
     from rbdc import protocols
     from rbdc.report.colors import series_colors
+
     c = series_colors([("scratch", "scratch"), ("d1", "rbdc"), ("d2", "rbdc"), ("n2n", "net2net"), ("x", "other")])
     assert c["d1"][0] == protocols.get("rbdc").color and c["scratch"][0] == protocols.get("scratch").color
     assert len({color for color, _ in c.values()}) == 5 and len({m for _, m in c.values()}) == 5
-    assert not {color for color, _ in c.values()} - {c["d2"][0], c["x"][0]} - {p.color for p in
-                                                                             protocols.registry().values()}
+    assert (
+        not {color for color, _ in c.values()}
+        - {c["d2"][0], c["x"][0]}
+        - {p.color for p in protocols.registry().values()}
+    )
 
 
 def test_the_headline_is_written_by_the_report_and_copied_into_a_readme(tmp_path):
     from rbdc.report import headline
+
     study, root = _fake_study(tmp_path)
     md = build(study, root, tmp_path / "out" / "tiny")["md"].read_text()
     lines = headline.extract(md)
@@ -243,10 +275,15 @@ def test_the_headline_is_written_by_the_report_and_copied_into_a_readme(tmp_path
 
 def test_rbdc_study_report_is_dispatched_by_the_cli_and_trains_nothing(tmp_path, capsys):
     from rbdc.cli import main
+
     study, root = _fake_study(tmp_path)
     before = sorted(p.relative_to(root) for p in root.rglob("*"))
-    assert main(["study", str(study.path), "-o", str(root.parent), "--report", "--report-to",
-                 str(tmp_path / "r" / "tiny")]) == 0
+    assert (
+        main(
+            ["study", str(study.path), "-o", str(root.parent), "--report", "--report-to", str(tmp_path / "r" / "tiny")]
+        )
+        == 0
+    )
     assert (tmp_path / "r" / "tiny.md").is_file() and "tiny.md" in capsys.readouterr().out
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
 
@@ -254,6 +291,7 @@ def test_rbdc_study_report_is_dispatched_by_the_cli_and_trains_nothing(tmp_path,
 def test_the_study_modules_never_import_their_reports():
     """The report package reads the study definitions; the reverse would be an import cycle."""
     import ast
+
     for mod in ("rbdc/studies/study.py", "rbdc/detection/study.py"):
         tree = ast.parse((REPO / mod).read_text())
         names = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]

@@ -1,6 +1,7 @@
 """timm's model contract for every registered rbdc variant, checked the way timm's tests/test_models.py checks its
 own models: pretrained cfg, forward_features / forward_head shapes, reset_classifier, forward_intermediates,
 features_only and loading a checkpoint through ``pretrained_cfg_overlay``."""
+
 import math
 
 import pytest
@@ -15,8 +16,17 @@ NAMES = timm.list_models(["rbdc_*", "test_rbdc_*"])
 # The 224-px ones take seconds each: real weights at ImageNet sizes.
 BIG = ("deit", "vit_base", "resnet18", "resnet26", "resnet50")
 PARAMS = [pytest.param(n, marks=pytest.mark.slow) if any(b in n for b in BIG) else n for n in NAMES]
-CFG_KEYS = ("num_classes", "input_size", "pool_size", "crop_pct", "interpolation", "mean", "std", "first_conv",
-            "classifier")
+CFG_KEYS = (
+    "num_classes",
+    "input_size",
+    "pool_size",
+    "crop_pct",
+    "interpolation",
+    "mean",
+    "std",
+    "first_conv",
+    "classifier",
+)
 
 
 def test_every_narrow_variant_is_listed():
@@ -91,8 +101,9 @@ def test_features_only_takes_out_indices(name):
     assert len(model.feature_info.channels()) == 1
 
 
-@pytest.mark.parametrize("name, base, divisor", [("test_rbdc_vit_w2", "test_rbdc_vit", 2),
-                                                 ("test_rbdc_resnet_w4", "test_rbdc_resnet", 4)])
+@pytest.mark.parametrize(
+    "name, base, divisor", [("test_rbdc_vit_w2", "test_rbdc_vit", 2), ("test_rbdc_resnet_w4", "test_rbdc_resnet", 4)]
+)
 def test_registered_variant_equals_narrow_with_the_same_seed(name, base, divisor):
     torch.manual_seed(3)
     a = timm.create_model(name).state_dict()
@@ -109,8 +120,9 @@ def test_pretrained_cfg_overlay_file_loads_a_checkpoint_rbdc_wrote(name, tmp_pat
     loaded = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
     sd = loaded.state_dict()
     assert all(torch.equal(v, sd[k]) for k, v in src.state_dict().items())
-    feats = timm.create_model(name, pretrained=True, features_only=True,
-                              pretrained_cfg_overlay=dict(file=str(path))).eval()
+    feats = timm.create_model(
+        name, pretrained=True, features_only=True, pretrained_cfg_overlay=dict(file=str(path))
+    ).eval()
     x = torch.randn(1, *src.pretrained_cfg["input_size"])
     with torch.no_grad():
         assert torch.allclose(feats(x)[-1], src.forward_intermediates(x, intermediates_only=True)[-1])
@@ -122,8 +134,9 @@ def test_pretrained_without_a_file_is_a_clear_error(name):
         timm.create_model(name, pretrained=True)
 
 
-@pytest.mark.parametrize("name, base", [("test_rbdc_vit_w2", "test_rbdc_vit"),
-                                        ("test_rbdc_resnet_w2", "test_rbdc_resnet")])
+@pytest.mark.parametrize(
+    "name, base", [("test_rbdc_vit_w2", "test_rbdc_vit"), ("test_rbdc_resnet_w2", "test_rbdc_resnet")]
+)
 def test_coupled_variants_are_the_registered_base_with_its_contract(name, base):
     wide = rbdc.couple([timm.create_model(name), timm.create_model(name)]).eval()
     assert wide.pretrained_cfg["architecture"] == base  # so the tests above cover the coupled model too

@@ -1,4 +1,5 @@
 """Every tox env shares one installed virtualenv: switching env names must not recreate it (toxfile.py)."""
+
 import configparser
 import sys
 

@@ -1,6 +1,7 @@
 """Equal tuning on a held-out split: ``data.holdout`` cuts a seeded, class-balanced part of train that a run evaluates
 on instead of val; a study's ``tuning:`` section gives every listed point the same trials, scored on that split, and
 runs each point at its best trial; RBDC's per-level lr and coupled warm-up keys."""
+
 import json
 
 import pytest
@@ -24,7 +25,7 @@ def test_the_holdout_is_a_class_balanced_seeded_part_of_train_disjoint_from_what
     assert sorted(fit + held) == list(range(100)) and not set(fit) & set(held)
     assert [sum(targets[i] == c for i in held) for c in range(3)] == [4, 3, 3]
     assert holdout_positions(targets, 0.1, seed=0) == (fit, held)  # fixed by its seed ...
-    assert holdout_positions(targets, 0.1, seed=1)[1] != held      # ... which chooses the images
+    assert holdout_positions(targets, 0.1, seed=1)[1] != held  # ... which chooses the images
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, 0.001, 0.999])
@@ -45,12 +46,20 @@ def test_a_run_with_a_holdout_trains_on_the_rest_and_evaluates_on_it_never_on_va
 def test_the_rbdc_level_keys_scale_each_levels_lr_and_the_coupled_warmup_and_default_to_the_old_plan():
     over = ["rbdc.epochs=[4, 2]", "warmup_epochs=1"]
     old = plan_stages(recipes.resolve(str(CI / "rbdc.yaml"), over), 640, 10)
-    new = plan_stages(recipes.resolve(str(CI / "rbdc.yaml"), [*over, "rbdc.narrow_lr_scale=2",
-                                                              "rbdc.coupled_lr_scale=0.5",
-                                                              "rbdc.coupled_warmup_epochs=0.25"]), 640, 10)
+    new = plan_stages(
+        recipes.resolve(
+            str(CI / "rbdc.yaml"),
+            [*over, "rbdc.narrow_lr_scale=2", "rbdc.coupled_lr_scale=0.5", "rbdc.coupled_warmup_epochs=0.25"],
+        ),
+        640,
+        10,
+    )
     assert [(s.lr, s.warmup_steps) for s in old] == [(old[0].lr, 40)] * 3  # 40 steps per epoch
     assert [(s.id, s.lr, s.warmup_steps) for s in new] == [
-        ("L0.0", 2 * old[0].lr, 40), ("L0.1", 2 * old[0].lr, 40), ("L1", 0.5 * old[0].lr, 10)]
+        ("L0.0", 2 * old[0].lr, 40),
+        ("L0.1", 2 * old[0].lr, 40),
+        ("L1", 0.5 * old[0].lr, 10),
+    ]
 
 
 SCRATCH, RBDC = str(CI / "scratch.yaml"), str(CI / "rbdc.yaml")
@@ -60,20 +69,31 @@ TRIALS = {"s": [{"lr_base": 1e-3}, {"lr_base": 2e-3}], "r": [{"lr_base": 1e-3}, 
 def _study(tmp_path, tuning=None, **extra):
     tuning = tuning or {"set": {"data.holdout": 0.2}, "seeds": [0, 1], "budgets": [1, 2], "trials": TRIALS}
     path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump({"name": "t", "seeds": [0], "points": [
-        {"id": "s", "recipe": SCRATCH, "budgets": [3]},
-        {"id": "r", "recipe": RBDC, "budgets": [3], "set": {"rbdc.epochs": None}}], "tuning": tuning, **extra}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "t",
+                "seeds": [0],
+                "points": [
+                    {"id": "s", "recipe": SCRATCH, "budgets": [3]},
+                    {"id": "r", "recipe": RBDC, "budgets": [3], "set": {"rbdc.epochs": None}},
+                ],
+                "tuning": tuning,
+                **extra,
+            }
+        )
+    )
     return path
 
 
 def test_trials_run_first_cheapest_budget_first_on_the_holdout_and_tuned_points_wait(tmp_path):
     study = load_study(_study(tmp_path), tmp_path / "runs")
     trials = [r for r in study.runs if "/tune/" in r.name]
-    assert len(trials) == 2 * 2 * 2 * 2 and study.runs[:len(trials)] == trials
+    assert len(trials) == 2 * 2 * 2 * 2 and study.runs[: len(trials)] == trials
     assert [r.budget_epochs for r in trials] == [1] * 8 + [2] * 8
     assert all("data.holdout=0.2" in r.overrides for r in trials)
     assert trials[0].name == "t/tune/s/t1/b1" and trials[0].point == "tune/s/t1"
-    headline = study.runs[len(trials):]
+    headline = study.runs[len(trials) :]
     assert all(r.status(tmp_path / "runs") == "waiting" and "awaiting tuning" in r.waiting for r in headline)
     assert not any("data.holdout" in o for r in headline for o in r.overrides)  # reported on val
 
@@ -113,30 +133,52 @@ def test_tied_trials_go_to_the_earlier_one(tmp_path):
 
 
 def test_a_trial_key_that_belongs_to_another_protocol_is_refused_naming_it(tmp_path):
-    tuning = {"set": {"data.holdout": 0.2}, "budgets": [1],
-              "trials": {"s": [{"lr_base": 1e-3}], "g": [{"growth.scale": 0.3}]}}  # gradmax's, not net2net's
+    tuning = {
+        "set": {"data.holdout": 0.2},
+        "budgets": [1],
+        "trials": {"s": [{"lr_base": 1e-3}], "g": [{"growth.scale": 0.3}]},
+    }  # gradmax's, not net2net's
     path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump({"name": "t", "seeds": [0], "tuning": tuning, "points": [
-        {"id": "s", "recipe": SCRATCH, "budgets": [3]},
-        {"id": "g", "recipe": RBDC, "budgets": [3], "set": {"protocol": "net2net", "rbdc.epochs": None}}]}))
-    with pytest.raises(UserError, match=r"^\S+: tuning.trials.g trial 1: recipe key 'growth.scale' is not a key of "
-                                        r"this point's protocol \(`rbdc keys` lists them[^\n]*\)$"):
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "t",
+                "seeds": [0],
+                "tuning": tuning,
+                "points": [
+                    {"id": "s", "recipe": SCRATCH, "budgets": [3]},
+                    {"id": "g", "recipe": RBDC, "budgets": [3], "set": {"protocol": "net2net", "rbdc.epochs": None}},
+                ],
+            }
+        )
+    )
+    with pytest.raises(
+        UserError,
+        match=r"^\S+: tuning.trials.g trial 1: recipe key 'growth.scale' is not a key of "
+        r"this point's protocol \(`rbdc keys` lists them[^\n]*\)$",
+    ):
         load_study(path)
 
 
-@pytest.mark.parametrize("tuning, message", [
-    ({"set": {}, "budgets": [1], "trials": TRIALS}, "needs `data.holdout"),
-    ({"set": {"data.holdout": 0.2}, "budgets": [1], "trials": {"s": [{"rbdc.narrow_lr_scale": 2}]}},
-     "trials.s trial 1: recipe key 'rbdc.narrow_lr_scale' is not a key of this point"),
-    ({"set": {"data.holdout": 0.2}, "budgets": [1], "trials": {"s": [{"lr_bse": 1e-3}]}}, "'lr_bse' is not a key"),
-    ({"set": {"data.holdout": 0.2}, "budgets": [1], "trials": {"s": TRIALS["s"], "r": TRIALS["r"][:1]}},
-     "different numbers of trials"),
-    ({"set": {"data.holdout": 0.2}, "budgets": [1], "trials": {"x": TRIALS["s"]}}, "no point has that id"),
-    ({"set": {"data.holdout": 0.2}, "budgets": [0], "trials": TRIALS}, "tuning.budgets must be"),
-    ({"set": {"data.holdout": 0.2}, "budgets": [1], "trials": TRIALS, "seed": [1]}, "unknown tuning key"),
-])
-def test_a_bad_tuning_section_is_refused_naming_the_field_before_anything_is_written(tmp_path, capsys, tuning,
-                                                                                      message):
+@pytest.mark.parametrize(
+    "tuning, message",
+    [
+        ({"set": {}, "budgets": [1], "trials": TRIALS}, "needs `data.holdout"),
+        (
+            {"set": {"data.holdout": 0.2}, "budgets": [1], "trials": {"s": [{"rbdc.narrow_lr_scale": 2}]}},
+            "trials.s trial 1: recipe key 'rbdc.narrow_lr_scale' is not a key of this point",
+        ),
+        ({"set": {"data.holdout": 0.2}, "budgets": [1], "trials": {"s": [{"lr_bse": 1e-3}]}}, "'lr_bse' is not a key"),
+        (
+            {"set": {"data.holdout": 0.2}, "budgets": [1], "trials": {"s": TRIALS["s"], "r": TRIALS["r"][:1]}},
+            "different numbers of trials",
+        ),
+        ({"set": {"data.holdout": 0.2}, "budgets": [1], "trials": {"x": TRIALS["s"]}}, "no point has that id"),
+        ({"set": {"data.holdout": 0.2}, "budgets": [0], "trials": TRIALS}, "tuning.budgets must be"),
+        ({"set": {"data.holdout": 0.2}, "budgets": [1], "trials": TRIALS, "seed": [1]}, "unknown tuning key"),
+    ],
+)
+def test_a_bad_tuning_section_is_refused_naming_the_field_before_anything_is_written(tmp_path, capsys, tuning, message):
     path = _study(tmp_path, tuning)
     with pytest.raises(UserError, match=message):
         load_study(path)
@@ -153,6 +195,7 @@ def test_a_tuning_budget_with_no_step_for_a_level_stops_the_study_in_one_line(tm
 
 def test_the_report_names_every_trial_its_held_out_scores_and_the_one_each_point_uses(tmp_path):
     from rbdc.report.study_sections import tuning_section as _tuning_section
+
     path, out = _study(tmp_path), tmp_path / "runs"
     assert "| s | 1 | lr_base=0.001 | – | – | – |  |" in "\n".join(_tuning_section(load_study(path, out), out / "t"))
     for r in load_study(path, out).runs:

@@ -1,5 +1,6 @@
 """The width ladder (issue 36): the 32-px rungs registered in timm's registry with the nano's shape, their RBDC parts
 the next rung down, and both ladder study files planned whole without data (--list)."""
+
 import pytest
 import timm
 
@@ -9,23 +10,32 @@ from rbdc.studies.study import planned_flops
 from rbdc.studies.spec import load_study
 from conftest import REPO  # tests/conftest.py
 
-RUNGS = {"rbdc_vit_nano_patch4_32": 64, "rbdc_vit_micro_patch4_32": 128, "rbdc_vit_tiny_patch4_32": 192,
-         "rbdc_vit_small_patch4_32": 384}
+RUNGS = {
+    "rbdc_vit_nano_patch4_32": 64,
+    "rbdc_vit_micro_patch4_32": 128,
+    "rbdc_vit_tiny_patch4_32": 192,
+    "rbdc_vit_small_patch4_32": 384,
+}
 
 
 @pytest.mark.parametrize("name, width", RUNGS.items())
 def test_each_rung_is_the_nano_at_its_width_with_heads_of_16(name, width):
     m = timm.create_model(name)
     assert (m.embed_dim, len(m.blocks), m.blocks[0].attn.num_heads, m.patch_embed.patch_size) == (
-        width, 4, width // 16, (4, 4))
+        width,
+        4,
+        width // 16,
+        (4, 4),
+    )
     assert name in timm.list_models("rbdc_vit_*_patch4_32")
 
 
 def test_the_widest_rungs_rbdc_parts_are_deit_ti_wide_and_its_d2_leaves_a_quarter():
     half, quarter = timm.create_model("rbdc_vit_small_patch4_32_w2"), timm.create_model("rbdc_vit_small_patch4_32_w4")
     tiny = timm.create_model("rbdc_vit_tiny_patch4_32")
-    assert (half.embed_dim, half.blocks[0].attn.num_heads) == (tiny.embed_dim, tiny.blocks[0].attn.num_heads) == (
-        192, 12)
+    assert (
+        (half.embed_dim, half.blocks[0].attn.num_heads) == (tiny.embed_dim, tiny.blocks[0].attn.num_heads) == (192, 12)
+    )
     assert (quarter.embed_dim, quarter.blocks[0].attn.num_heads) == (96, 6)
 
 

@@ -31,6 +31,7 @@ official commit and file digests, the command line, what was kept and what was s
 ``$DIFFUSIONBLOCKS_REPO`` is missing or wrong, or the official code's dependencies are not installed
 (``pip install -e '.[parity]'``, see README.md here).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,15 +58,38 @@ PROG = "diffusionblocks_official"
 # args.{lr, weight_decay, scheduler_type, num_warmup_steps, scheduler_specific_kwargs, num_blocks, gamma,
 # num_inference_steps, cfg_scale, class_dropout_prob, gradient_checkpointing}; main() adds image_size, num_labels.
 OFFICIAL_ARGS = dict(
-    stage="train", data_name="imagenette", model_type="dblock", devices=1, num_epochs=500, batch_size=128,
-    add_rand_aug=False, eval_batch_size=None, save_every_n_epochs=5, accumulate_grad_batches=1,
-    gradient_checkpointing=False, scheduler_type="constant_with_warmup", scheduler_specific_kwargs=None, lr=0.001,
-    weight_decay=0.01, optimizer="adamw", num_warmup_steps=0, deepspeed=False, seed=42, save_top_k=1,
-    num_workers=8, ckpt_path=None, debug=False, postfix="", num_blocks=3, gamma=0.05, num_inference_steps=None,
-    cfg_scale=0.0, class_dropout_prob=0.0,
+    stage="train",
+    data_name="imagenette",
+    model_type="dblock",
+    devices=1,
+    num_epochs=500,
+    batch_size=128,
+    add_rand_aug=False,
+    eval_batch_size=None,
+    save_every_n_epochs=5,
+    accumulate_grad_batches=1,
+    gradient_checkpointing=False,
+    scheduler_type="constant_with_warmup",
+    scheduler_specific_kwargs=None,
+    lr=0.001,
+    weight_decay=0.01,
+    optimizer="adamw",
+    num_warmup_steps=0,
+    deepspeed=False,
+    seed=42,
+    save_top_k=1,
+    num_workers=8,
+    ckpt_path=None,
+    debug=False,
+    postfix="",
+    num_blocks=3,
+    gamma=0.05,
+    num_inference_steps=None,
+    cfg_scale=0.0,
+    class_dropout_prob=0.0,
 )
-OFFICIAL_GRAD_CLIP = 1.0      # main.py: L.Trainer(gradient_clip_val=1.0)
-OFFICIAL_DROPOUT = 0.1        # vit.load_vit, image_size 32: attention_probs_dropout_prob = hidden_dropout_prob = 0.1
+OFFICIAL_GRAD_CLIP = 1.0  # main.py: L.Trainer(gradient_clip_val=1.0)
+OFFICIAL_DROPOUT = 0.1  # vit.load_vit, image_size 32: attention_probs_dropout_prob = hidden_dropout_prob = 0.1
 
 
 def fail(message: str) -> None:
@@ -76,8 +100,10 @@ def fail(message: str) -> None:
 def official_repo() -> Path:
     """``$DIFFUSIONBLOCKS_REPO`` checked: a folder holding the official model.py, vit.py and dblock_modules.py."""
     raw = os.environ.get(ENV, "").strip()
-    how = (f"export {ENV}=/path/to/DiffusionBlocks (a checkout of github.com/SakanaAI/DiffusionBlocks or its fork "
-           f"Z30G0D/DiffusionBlocks, the folder holding {', '.join(OFFICIAL_FILES)})")
+    how = (
+        f"export {ENV}=/path/to/DiffusionBlocks (a checkout of github.com/SakanaAI/DiffusionBlocks or its fork "
+        f"Z30G0D/DiffusionBlocks, the folder holding {', '.join(OFFICIAL_FILES)})"
+    )
     if not raw:
         fail(f"{ENV} is not set: {how}")
     path = Path(raw).expanduser()
@@ -96,16 +122,24 @@ def import_official(path: Path):
     except ModuleNotFoundError as e:
         if e.name in {"model", "vit", "dblock_modules"}:
             fail(f"{ENV}={path}: cannot import the official {e.name}.py from there")
-        fail(f"the official code needs the Python package {e.name!r}, which is not installed here: "
-             f"pip install -e '.[parity]' (best in its own virtualenv, see benchmarks/parity/README.md)")
+        fail(
+            f"the official code needs the Python package {e.name!r}, which is not installed here: "
+            f"pip install -e '.[parity]' (best in its own virtualenv, see benchmarks/parity/README.md)"
+        )
     except ImportError as e:  # e.g. a transformers without the ViT pieces vit.py imports
-        fail(f"the official code at {path} does not import with the installed packages ({e}); install the versions "
-             f"of the parity extra: pip install -e '.[parity]'")
-    for mod, names in ((official_model, ("ViTDBlockModel",)),
-                       (official_vit, ("ViTDiTConfig", "ViTDiTForImageClassification", "load_vit"))):
+        fail(
+            f"the official code at {path} does not import with the installed packages ({e}); install the versions "
+            f"of the parity extra: pip install -e '.[parity]'"
+        )
+    for mod, names in (
+        (official_model, ("ViTDBlockModel",)),
+        (official_vit, ("ViTDiTConfig", "ViTDiTForImageClassification", "load_vit")),
+    ):
         if not all(hasattr(mod, n) for n in names):
-            fail(f"{ENV}={path}: {mod.__file__} has no {', '.join(names)}; is it the DiffusionBlocks image "
-                 f"classification code?")
+            fail(
+                f"{ENV}={path}: {mod.__file__} has no {', '.join(names)}; is it the DiffusionBlocks image "
+                f"classification code?"
+            )
     return official_model, official_vit
 
 
@@ -113,12 +147,15 @@ def official_identity(path: Path) -> dict:
     """The official checkout's commit (git, or ``$DIFFUSIONBLOCKS_COMMIT``) and the sha256 of the files run."""
     commit, dirty = os.environ.get("DIFFUSIONBLOCKS_COMMIT") or None, None
     try:
-        out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=30)
+        out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30)
         if out.returncode == 0:
             commit = out.stdout.strip()
-            st = subprocess.run(["git", "-C", str(path), "status", "--porcelain", "--", *OFFICIAL_FILES],
-                                capture_output=True, text=True, timeout=30)
+            st = subprocess.run(
+                ["git", "-C", str(path), "status", "--porcelain", "--", *OFFICIAL_FILES],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             dirty = bool(st.stdout.strip()) if st.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         pass
@@ -127,23 +164,39 @@ def official_identity(path: Path) -> dict:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=f"python -m benchmarks.parity.{PROG}",
-                                description="Train and evaluate the official DiffusionBlocks code on our study "
-                                            "point's data, model size and FLOPs budget (module docstring).")
+    p = argparse.ArgumentParser(
+        prog=f"python -m benchmarks.parity.{PROG}",
+        description="Train and evaluate the official DiffusionBlocks code on our study "
+        "point's data, model size and FLOPs budget (module docstring).",
+    )
     p.add_argument("--out", required=True, help="output folder (results.json goes there)")
     p.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="our recipe of the study point (default: %(default)s)")
-    p.add_argument("--budget-epochs", type=float, default=None,
-                   help="budget as epochs of the target ViT's training FLOPs (default: the recipe's)")
+    p.add_argument(
+        "--budget-epochs",
+        type=float,
+        default=None,
+        help="budget as epochs of the target ViT's training FLOPs (default: the recipe's)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed (ours: 0, 1, 2; the official default is 42)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (the study runs 1)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of our recipe, as `rbdc train --set` (e.g. data.source=synthetic)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of our recipe, as `rbdc train --set` (e.g. data.source=synthetic)",
+    )
     p.add_argument("--lr", type=float, default=None, help="AdamW lr (default: the official 1e-3)")
     p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default: the official 0.01)")
-    p.add_argument("--dropout", type=float, default=OFFICIAL_DROPOUT,
-                   help="attention and hidden dropout of the official ViT (default: its 32-px config's 0.1; "
-                        "our recipe uses none, drop_path 0.05 instead)")
+    p.add_argument(
+        "--dropout",
+        type=float,
+        default=OFFICIAL_DROPOUT,
+        help="attention and hidden dropout of the official ViT (default: its 32-px config's 0.1; "
+        "our recipe uses none, drop_path 0.05 instead)",
+    )
     p.add_argument("--eval-batch", type=int, default=128, help="images per inference batch")
     return p.parse_args(argv)
 
@@ -216,13 +269,19 @@ def block_forward_macs(module, image_size: int) -> list[int]:
 
 def kept_official(margs: argparse.Namespace, dropout: float) -> list[str]:
     """The official settings this run keeps, with how each compares with our recipe's."""
-    kept = ["AdamW on every parameter (ours: no decay on norms, biases, embeddings)",
-            "gradient clipping 1.0 (= ours)", "no label smoothing (= the study recipe)", "fp32 (ours: bf16 autocast)",
-            "gamma 0.05; log sigma ~ N(-1.2, 1.2^2) on [0.002, 80]; sigma_data 0.5 (= ours)",
-            "loss mean(w) x mean(ce) (= ours, loss_weighting batch_mean)", "SiLU on the adaLN (= ours, adaln_silu)",
-            "raw label embeddings in the Euler step (= ours, euler_embeds raw)",
-            "num_inference_steps = num_blocks (= ours)", "cond width hidden // 6 (= ours)",
-            "ViT details: LayerNorm eps 1e-12, qkv bias, the official init"]
+    kept = [
+        "AdamW on every parameter (ours: no decay on norms, biases, embeddings)",
+        "gradient clipping 1.0 (= ours)",
+        "no label smoothing (= the study recipe)",
+        "fp32 (ours: bf16 autocast)",
+        "gamma 0.05; log sigma ~ N(-1.2, 1.2^2) on [0.002, 80]; sigma_data 0.5 (= ours)",
+        "loss mean(w) x mean(ce) (= ours, loss_weighting batch_mean)",
+        "SiLU on the adaLN (= ours, adaln_silu)",
+        "raw label embeddings in the Euler step (= ours, euler_embeds raw)",
+        "num_inference_steps = num_blocks (= ours)",
+        "cond width hidden // 6 (= ours)",
+        "ViT details: LayerNorm eps 1e-12, qkv bias, the official init",
+    ]
     if margs.lr == OFFICIAL_ARGS["lr"]:
         kept.append("lr 1e-3 (= ours: lr_base 4e-3 x 128/512)")
     if margs.weight_decay == OFFICIAL_ARGS["weight_decay"]:
@@ -279,13 +338,24 @@ def main(argv: list[str] | None = None) -> int:
     with torch.device("meta"):
         target = scaled(rec.model, 1, num_classes=num_classes, **rec.model_kwargs)
     patch = target.patch_embed.patch_size[0]
-    sizes = dict(hidden_size=target.embed_dim, num_hidden_layers=len(target.blocks),
-                 num_attention_heads=target.blocks[0].attn.num_heads, patch_size=patch,
-                 intermediate_size=target.blocks[0].mlp.fc1.out_features)
+    sizes = dict(
+        hidden_size=target.embed_dim,
+        num_hidden_layers=len(target.blocks),
+        num_attention_heads=target.blocks[0].attn.num_heads,
+        patch_size=patch,
+        intermediate_size=target.blocks[0].mlp.fc1.out_features,
+    )
     official_model.load_vit = mapped_load_vit(official_vit, sizes, args.dropout)
 
-    settings = {**OFFICIAL_ARGS, "num_blocks": blocks, "batch_size": batch, "seed": args.seed,
-                "image_size": img_size, "num_labels": num_classes, "data_name": rec.data.source}
+    settings = {
+        **OFFICIAL_ARGS,
+        "num_blocks": blocks,
+        "batch_size": batch,
+        "seed": args.seed,
+        "image_size": img_size,
+        "num_labels": num_classes,
+        "data_name": rec.data.source,
+    }
     if args.lr is not None:
         settings["lr"] = args.lr
     if args.weight_decay is not None:
@@ -297,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         twin = official_model.ViTDBlockModel(margs)
         twin.configure_model()
     macs = block_forward_macs(twin, img_size)
-    step_flops = [3 * 2 * m * batch for m in macs]          # rbdc.flops: training = 3 x forward FLOPs
+    step_flops = [3 * 2 * m * batch for m in macs]  # rbdc.flops: training = 3 x forward FLOPs
     official_fpi = round(3 * 2 * sum(macs) / len(macs))
     official_params = sum(p.numel() for p in twin.parameters())
     del twin
@@ -310,10 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     ours_params = sum(p.numel() for p in ours.parameters())
 
     device = torch.device(args.device)
-    loader_kw = dict(img_size=img_size, in_memory=rec.data.in_memory, num_workers=rec.workers,
-                     device=device)
-    train_loader = build_loader(train_ds, batch_size=batch, train=True, aug=rec.aug, seed=rec.seed,
-                                repeated_aug=rec.repeated_aug, **loader_kw)
+    loader_kw = dict(img_size=img_size, in_memory=rec.data.in_memory, num_workers=rec.workers, device=device)
+    train_loader = build_loader(
+        train_ds, batch_size=batch, train=True, aug=rec.aug, seed=rec.seed, repeated_aug=rec.repeated_aug, **loader_kw
+    )
     val_loader = build_loader(val_ds, batch_size=args.eval_batch, train=False, **loader_kw)
 
     class Ledger(L.Callback):
@@ -351,9 +421,18 @@ def main(argv: list[str] | None = None) -> int:
     L.seed_everything(args.seed, workers=False)  # as main.py, before the model is built
     module = official_model.ViTDBlockModel(margs)
     trainer = L.Trainer(
-        max_steps=steps, max_epochs=-1, gradient_clip_val=OFFICIAL_GRAD_CLIP, accumulate_grad_batches=1,
-        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        max_steps=steps,
+        max_epochs=-1,
+        gradient_clip_val=OFFICIAL_GRAD_CLIP,
+        accumulate_grad_batches=1,
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
         callbacks=[ledger],
     )
     t_train = time.time()
@@ -389,18 +468,31 @@ def main(argv: list[str] | None = None) -> int:
         "block_forward_macs": macs,
         "target_train_flops_per_image": target_train_fpi,
         "train_loss_by_epoch": ledger.epoch_losses,
-        "official": {**official_identity(path), "settings": {k: v for k, v in vars(margs).items()},
-                     "grad_clip": OFFICIAL_GRAD_CLIP, "dropout": args.dropout, "vit_sizes": sizes,
-                     "params": official_params, "precision": "fp32"},
-        "ours": {"recipe": str(Path(args.recipe)), "name": rec.name, "steps": ours_stage.steps,
-                 "train_flops_per_image": ours_stage.flops_per_image, "lr": lr_for(rec), "params": ours_params,
-                 "amp": rec.amp},
+        "official": {
+            **official_identity(path),
+            "settings": {k: v for k, v in vars(margs).items()},
+            "grad_clip": OFFICIAL_GRAD_CLIP,
+            "dropout": args.dropout,
+            "vit_sizes": sizes,
+            "params": official_params,
+            "precision": "fp32",
+        },
+        "ours": {
+            "recipe": str(Path(args.recipe)),
+            "name": rec.name,
+            "steps": ours_stage.steps,
+            "train_flops_per_image": ours_stage.flops_per_image,
+            "lr": lr_for(rec),
+            "params": ours_params,
+            "amp": rec.amp,
+        },
         "kept_official": kept_official(margs, args.dropout),
         "set_to_ours": [
             "data: rbdc.data's in-memory images of the recipe's split at its img_size, our train augmentation "
             "(random resized crop + flip), ImageNet normalisation and seeded batch order",
             f"ViT sizes {sizes} (the official 32-px config: 128 wide, 12 layers, 4 heads, patch 4, MLP 3072)",
-            f"num_blocks {blocks} (official default 3)", f"batch {batch} (official default 128)",
+            f"num_blocks {blocks} (official default 3)",
+            f"batch {batch} (official default 128)",
             f"seed {args.seed} (official default 42)",
             "length: steps until budget_epochs x the target ViT's training FLOPs are spent (rbdc.flops rules)",
             "evaluation: every validation image (the official loaders drop the last partial batch)",
@@ -408,22 +500,29 @@ def main(argv: list[str] | None = None) -> int:
             *([f"weight decay {margs.weight_decay:g} (official 0.01)"] if args.weight_decay is not None else []),
             *([f"dropout {args.dropout:g} (official 0.1)"] if args.dropout != OFFICIAL_DROPOUT else []),
         ],
-        "command": shlex.join([sys.executable, "-m", f"benchmarks.parity.{PROG}",
-                               *(sys.argv[1:] if argv is None else argv)]),
+        "command": shlex.join(
+            [sys.executable, "-m", f"benchmarks.parity.{PROG}", *(sys.argv[1:] if argv is None else argv)]
+        ),
         "cwd": os.getcwd(),
         "threads": torch.get_num_threads(),
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "device": args.device,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__, "lightning": L.__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "lightning": L.__version__,
+        },
         "train_wall_s": round(train_wall, 1),
         "eval_wall_s": round(eval_wall, 1),
         "wall_s": round(time.time() - t_start, 1),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    print(f"eval_top1 {results['eval_top1']:.2f} on {seen} images after {ledger.steps} steps "
-          f"({ledger.spent:.4g} of {budget:.4g} FLOPs); wrote {out / 'results.json'}")
+    print(
+        f"eval_top1 {results['eval_top1']:.2f} on {seen} images after {ledger.steps} steps "
+        f"({ledger.spent:.4g} of {budget:.4g} FLOPs); wrote {out / 'results.json'}"
+    )
     return 0
 
 

@@ -18,6 +18,7 @@ Off-diagonal coefficients ``c2`` (top right, template set 0) and ``c3`` (bottom 
 ``coefs_member_2`` at its initial value, see :data:`REFERENCE_C2_RULE`), and ``orthogonal`` with the reference's
 ``coefs_member_2`` set to ours before it grows (to check the rest of the rule: c3, the layout, the stem and head).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,12 +35,14 @@ ENV = "MIXTUREGROWTH_REPO"
 FAMILIES = ("test_rbdc_resnet", "test_rbdc_vit")
 # Coefficients given to every template layer of the two members (trained coefficients need not be unit vectors).
 GIVEN_COEFS = ((0.6, -0.8), (-0.3, 1.1))
-REFERENCE_C2_RULE = ("models/layers.py, SModule.growth_update, lines 350-384: for i in range(num_ensembles, "
-                     "current_num_combinations) with num_ensembles = len(template_size) - 1 = 2, the orthogonal "
-                     "branch skips i == 2 ('if i == num_ensembles: continue', lines 373-374), so coefs_member_2 "
-                     "keeps its value from SModule.__init__ (lines 213-221: row 2 of nn.init.orthogonal_ on a "
-                     "[4, 2] matrix, never trained: members 0 and 1 read only coefs_member_0/1); only "
-                     "coefs_member_3 = svd([c0; c1; c2]).Vh[-1] x coefs_noise_growing")
+REFERENCE_C2_RULE = (
+    "models/layers.py, SModule.growth_update, lines 350-384: for i in range(num_ensembles, "
+    "current_num_combinations) with num_ensembles = len(template_size) - 1 = 2, the orthogonal "
+    "branch skips i == 2 ('if i == num_ensembles: continue', lines 373-374), so coefs_member_2 "
+    "keeps its value from SModule.__init__ (lines 213-221: row 2 of nn.init.orthogonal_ on a "
+    "[4, 2] matrix, never trained: members 0 and 1 read only coefs_member_0/1); only "
+    "coefs_member_3 = svd([c0; c1; c2]).Vh[-1] x coefs_noise_growing"
+)
 
 
 def reference_repo() -> Path | None:
@@ -51,8 +54,9 @@ def load_reference_layers(repo: Path) -> types.ModuleType:
     """The reference's models/layers.py as a module (``import utils`` in it gets an empty stub)."""
     path = repo / "models" / "layers.py"
     if not path.is_file():
-        raise FileNotFoundError(f"{ENV}={repo}: no models/layers.py there; point it at a checkout of "
-                                f"chaudatascience/mixturegrowth")
+        raise FileNotFoundError(
+            f"{ENV}={repo}: no models/layers.py there; point it at a checkout of chaudatascience/mixturegrowth"
+        )
     saved = sys.modules.get("utils")
     sys.modules["utils"] = types.ModuleType("utils")
     try:
@@ -69,8 +73,7 @@ def load_reference_layers(repo: Path) -> types.ModuleType:
 
 def reference_commit(repo: Path) -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=30)
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30)
         return out.stdout.strip() if out.returncode == 0 else os.environ.get("MIXTUREGROWTH_COMMIT")
     except (OSError, subprocess.SubprocessError):
         return os.environ.get("MIXTUREGROWTH_COMMIT")
@@ -78,9 +81,15 @@ def reference_commit(repo: Path) -> str | None:
 
 def reference_args(coefs: str = "orthogonal", noise: float = 1.0) -> argparse.Namespace:
     """The main.py defaults the layers read (main.py lines 98-110, 131-140, 229-242, 276-280)."""
-    return argparse.Namespace(template_size=[0.5, 0.5, 1.0], num_templates_each_set=[2, 2],
-                              member_template_sets=[0, 1, 0, 1], ensemble_growth_type="diag", coefs_growing=coefs,
-                              coefs_noise_growing=noise, add_extra_templates_growing=0)
+    return argparse.Namespace(
+        template_size=[0.5, 0.5, 1.0],
+        num_templates_each_set=[2, 2],
+        member_template_sets=[0, 1, 0, 1],
+        ensemble_growth_type="diag",
+        coefs_growing=coefs,
+        coefs_noise_growing=noise,
+        add_extra_templates_growing=0,
+    )
 
 
 def members(family: str, seed: int = 0):
@@ -88,6 +97,7 @@ def members(family: str, seed: int = 0):
     import torch
 
     from rbdc.growth.mixturegrowth import mixture_member
+
     m0 = mixture_member(family, 1, seed=2 * seed + 1, num_classes=10)
     m1 = mixture_member(family, 1, seed=2 * seed + 2, num_classes=10)
     with torch.no_grad():
@@ -99,6 +109,7 @@ def members(family: str, seed: int = 0):
 
 def _template_layers(model) -> dict:
     from rbdc.growth.mixturegrowth import TemplateConv2d, TemplateLinear
+
     return {n: m for n, m in model.named_modules() if isinstance(m, (TemplateConv2d, TemplateLinear))}
 
 
@@ -107,7 +118,7 @@ def _kind(layer, grown_shape) -> str:
     if grown_shape[:2] == (2 * o, 2 * c):
         return "hidden"
     if grown_shape[:2] == (2 * o, c):
-        return "stem"       # reads the image: stacked along outputs (reference: SConv2d(set_input=True))
+        return "stem"  # reads the image: stacked along outputs (reference: SConv2d(set_input=True))
     if grown_shape[:2] == (o, 2 * c):
         return "classifier"  # stacked along inputs, logits summed (reference: SLinear(full_output=True))
     return "other"
@@ -115,10 +126,20 @@ def _kind(layer, grown_shape) -> str:
 
 def _reference_layer(ref, l0, l1, grown_shape, kind: str, args):
     from rbdc.growth.mixturegrowth import TemplateConv2d
+
     with contextlib.redirect_stdout(io.StringIO()):  # the reference prints norms as it goes
         if isinstance(l0, TemplateConv2d):
-            layer = ref.SConv2d(args, 1, grown_shape[1] * l0.groups, grown_shape[0], l0.kernel_size[0],
-                                stride=l0.stride, padding=l0.padding, groups=l0.groups, set_input=kind == "stem")
+            layer = ref.SConv2d(
+                args,
+                1,
+                grown_shape[1] * l0.groups,
+                grown_shape[0],
+                l0.kernel_size[0],
+                stride=l0.stride,
+                padding=l0.padding,
+                groups=l0.groups,
+                set_input=kind == "stem",
+            )
         else:
             layer = ref.SLinear(args, 1, grown_shape[1], grown_shape[0], full_output=kind == "classifier")
     for s, lay in ((0, l0), (1, l1)):
@@ -178,18 +199,31 @@ def compare(ref, family: str, mode: str = "orthogonal", seed: int = 0) -> list[d
             else:
                 x = torch.randn(4, w.shape[1], generator=gen)
                 y_ref, y = F.linear(x, w_ref), F.linear(x, w)
-        row = {"family": family, "layer": name, "kind": kind, "shape": tuple(w.shape), "mode": mode,
-               "max_dw": (w_ref - w).abs().max().item(), "max_dy": (y_ref - y).abs().max().item(),
-               "max_w": w.abs().max().item(), "max_y": y.abs().max().item()}
+        row = {
+            "family": family,
+            "layer": name,
+            "kind": kind,
+            "shape": tuple(w.shape),
+            "mode": mode,
+            "max_dw": (w_ref - w).abs().max().item(),
+            "max_dy": (y_ref - y).abs().max().item(),
+            "max_w": w.abs().max().item(),
+            "max_y": y.abs().max().item(),
+        }
         if kind == "hidden":
             o, c = l0.templates.shape[1:3]
             d = w_ref - w
-            row.update(tl=d[:o, :c].abs().max().item(), tr=d[:o, c:].abs().max().item(),
-                       bl=d[o:, :c].abs().max().item(), br=d[o:, c:].abs().max().item(),
-                       ref_c2_before=ref_c2_before.tolist(),
-                       ref_c2=layer.coefficients["coefs_member_2"].detach().tolist(),
-                       ref_c3=layer.coefficients["coefs_member_3"].detach().tolist(),
-                       ours_c2=ours_c2.tolist(), ours_c3=ours_c3.tolist())
+            row.update(
+                tl=d[:o, :c].abs().max().item(),
+                tr=d[:o, c:].abs().max().item(),
+                bl=d[o:, :c].abs().max().item(),
+                br=d[o:, c:].abs().max().item(),
+                ref_c2_before=ref_c2_before.tolist(),
+                ref_c2=layer.coefficients["coefs_member_2"].detach().tolist(),
+                ref_c3=layer.coefficients["coefs_member_3"].detach().tolist(),
+                ours_c2=ours_c2.tolist(),
+                ours_c3=ours_c3.tolist(),
+            )
         rows.append(row)
     return rows
 
@@ -200,6 +234,7 @@ def compare_batchnorm(ref, seed: int = 0) -> float:
     import torch
 
     from rbdc.growth.mixturegrowth import mixture_grow
+
     m0, m1 = members("test_rbdc_resnet", seed)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # trained-looking statistics, different in the two members
@@ -228,32 +263,40 @@ def compare_batchnorm(ref, seed: int = 0) -> float:
 def main() -> int:
     repo = reference_repo()
     if repo is None:
-        print(f"mixturegrowth_reference: {ENV} is not set: export {ENV}=/path/to/mixturegrowth (a checkout of "
-              f"chaudatascience/mixturegrowth)", file=sys.stderr)
+        print(
+            f"mixturegrowth_reference: {ENV} is not set: export {ENV}=/path/to/mixturegrowth (a checkout of "
+            f"chaudatascience/mixturegrowth)",
+            file=sys.stderr,
+        )
         return 2
     try:
         ref = load_reference_layers(repo)
     except FileNotFoundError as e:
         print(f"mixturegrowth_reference: {e}", file=sys.stderr)
         return 2
-    print(f"reference {repo} @ {reference_commit(repo)}; given coefficients c0={GIVEN_COEFS[0]}, "
-          f"c1={GIVEN_COEFS[1]}\n")
-    print("| family | mode | layers | max abs dW (all) | max abs dW diagonal blocks, stem, head | "
-          "max abs dW top right | max abs dW bottom left | max abs dy | max abs W | max abs y |")
+    print(f"reference {repo} @ {reference_commit(repo)}; given coefficients c0={GIVEN_COEFS[0]}, c1={GIVEN_COEFS[1]}\n")
+    print(
+        "| family | mode | layers | max abs dW (all) | max abs dW diagonal blocks, stem, head | "
+        "max abs dW top right | max abs dW bottom left | max abs dy | max abs W | max abs y |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for family in FAMILIES:
         for mode in ("zero", "orthogonal-same-c2", "orthogonal"):
             rows = compare(ref, family, mode)
             hidden = [r for r in rows if r["kind"] == "hidden"]
             diag = max([max(r["tl"], r["br"]) for r in hidden] + [r["max_dw"] for r in rows if r["kind"] != "hidden"])
-            print(f"| {family} | {mode} | {len(rows)} | {max(r['max_dw'] for r in rows):.2e} | {diag:.2e} | "
-                  f"{max(r['tr'] for r in hidden):.2e} | {max(r['bl'] for r in hidden):.2e} | "
-                  f"{max(r['max_dy'] for r in rows):.2e} | {max(r['max_w'] for r in rows):.2e} | "
-                  f"{max(r['max_y'] for r in rows):.2e} |")
+            print(
+                f"| {family} | {mode} | {len(rows)} | {max(r['max_dw'] for r in rows):.2e} | {diag:.2e} | "
+                f"{max(r['tr'] for r in hidden):.2e} | {max(r['bl'] for r in hidden):.2e} | "
+                f"{max(r['max_dy'] for r in rows):.2e} | {max(r['max_w'] for r in rows):.2e} | "
+                f"{max(r['max_y'] for r in rows):.2e} |"
+            )
     h = [r for r in compare(ref, "test_rbdc_vit", "orthogonal") if r["kind"] == "hidden"][0]
-    print(f"\nexample ({h['family']} {h['layer']}): reference c2 {[round(v, 4) for v in h['ref_c2']]}, c3 "
-          f"{[round(v, 4) for v in h['ref_c3']]}; ours c2 {[round(v, 4) for v in h['ours_c2']]}, c3 "
-          f"{[round(v, 4) for v in h['ours_c3']]}")
+    print(
+        f"\nexample ({h['family']} {h['layer']}): reference c2 {[round(v, 4) for v in h['ref_c2']]}, c3 "
+        f"{[round(v, 4) for v in h['ref_c3']]}; ours c2 {[round(v, 4) for v in h['ours_c2']]}, c3 "
+        f"{[round(v, 4) for v in h['ours_c3']]}"
+    )
     print(f"BatchNorm growth (test_rbdc_resnet, all BNs): max abs difference {compare_batchnorm(ref):.2e}")
     return 0
 

@@ -16,6 +16,7 @@ outputs) plus the attention's score and probability matrices: the memory-bound w
 CPU's model name, family/model numbers and the ISA flags that pick oneDNN's kernels (:func:`cpu_kind`): a model
 fitted on one kind is refused on another (the caller falls back to measuring a few steps).
 """
+
 from __future__ import annotations
 
 import json
@@ -41,6 +42,7 @@ ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_t
 # ----------------------------------------------------------------------------------------------------------------
 # The machine kind
 
+
 def _cpuinfo(text: str | None = None) -> dict:
     """The first processor's fields of ``/proc/cpuinfo`` (or of ``text``)."""
     if text is None:
@@ -63,16 +65,31 @@ def cpu_kind(cpuinfo: str | None = None) -> dict:
     """This machine's CPU kind: ``name``, ``family_model``, ``isa`` (the :data:`ISA_FLAGS` it has), ``key`` (what
     a cost model is matched on) and ``slug`` (file names)."""
     import platform
+
     info = _cpuinfo(cpuinfo)
     name = info.get("model name") or platform.processor() or platform.machine()
     fm = f"{info.get('cpu family', '?')}-{info.get('model', '?')}"
     flags = set(info.get("flags", "").split())
     isa = [f for f in ISA_FLAGS if f in flags]
-    top = "amx" if "amx_bf16" in isa else "avx512bf16" if "avx512_bf16" in isa else \
-        "avx512" if "avx512f" in isa else "avx2" if "avx2" in isa else "base"
+    top = (
+        "amx"
+        if "amx_bf16" in isa
+        else "avx512bf16"
+        if "avx512_bf16" in isa
+        else "avx512"
+        if "avx512f" in isa
+        else "avx2"
+        if "avx2" in isa
+        else "base"
+    )
     slug = re.sub(r"[^a-z0-9]+", "-", re.sub(r"\((r|tm)\)", "", name.lower())).strip("-")
-    return {"name": name, "family_model": fm, "isa": isa, "key": f"{name} | {fm} | {' '.join(isa)}",
-            "slug": f"{slug}-{fm}-{top}"}
+    return {
+        "name": name,
+        "family_model": fm,
+        "isa": isa,
+        "key": f"{name} | {fm} | {' '.join(isa)}",
+        "slug": f"{slug}-{fm}-{top}",
+    }
 
 
 def device_kind(device) -> dict:
@@ -82,12 +99,18 @@ def device_kind(device) -> dict:
     if device.type != "cuda":
         return cpu_kind()
     name = torch.cuda.get_device_name(device)
-    return {"name": name, "family_model": "cuda", "isa": [], "key": f"cuda | {name}",
-            "slug": re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")}
+    return {
+        "name": name,
+        "family_model": "cuda",
+        "isa": [],
+        "key": f"cuda | {name}",
+        "slug": re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-"),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The countable terms
+
 
 def activation_elements(model: nn.Module, img_size: int) -> int:
     """Elements written in one image's forward by every leaf layer that computes (``nn.Identity`` and inactive
@@ -108,8 +131,11 @@ def activation_elements(model: nn.Module, img_size: int) -> int:
     for m in model.modules():
         if hasattr(m, "qkv") and hasattr(m, "num_heads"):
             handles.append(m.register_forward_hook(attention))
-        elif not any(True for _ in m.children()) and not isinstance(m, nn.Identity) and \
-                not (isinstance(m, nn.Dropout) and m.p == 0):
+        elif (
+            not any(True for _ in m.children())
+            and not isinstance(m, nn.Identity)
+            and not (isinstance(m, nn.Dropout) and m.p == 0)
+        ):
             handles.append(m.register_forward_hook(leaf))
     p = next(model.parameters())
     try:
@@ -133,9 +159,12 @@ def _meta(name: str, img_size: int, factor: Fraction | int = 1, **kwargs) -> nn.
 def features(name: str, img_size: int, batch: int, factor: Fraction | int = 1, **kwargs) -> dict[str, float]:
     """The cost model's terms for one image of ``name`` (at ``factor`` of its width) trained at ``batch``."""
     model = _meta(name, img_size, factor, **kwargs)
-    return {"train_flops": float(train_flops_per_image(model, img_size)),
-            "activation_elements": float(activation_elements(model, img_size)),
-            "params_per_batch": sum(p.numel() for p in model.parameters()) / batch, "constant": 1.0}
+    return {
+        "train_flops": float(train_flops_per_image(model, img_size)),
+        "activation_elements": float(activation_elements(model, img_size)),
+        "params_per_batch": sum(p.numel() for p in model.parameters()) / batch,
+        "constant": 1.0,
+    }
 
 
 def family(name: str, factor: Fraction | int = 1, **kwargs) -> str:
@@ -147,17 +176,19 @@ def family(name: str, factor: Fraction | int = 1, **kwargs) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # Fitting
 
+
 def fit(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Non-negative coefficients of ``y ~ x @ coef`` minimising the *relative* squared error (each row divided by
     its ``y``, so that a 30 ms and a 3 s step weigh alike)."""
     from scipy.optimize import nnls
+
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if x.ndim != 2 or len(x) != len(y) or len(y) == 0:
         raise ValueError(f"fit needs an (n, terms) matrix and n targets, got shapes {x.shape} and {y.shape}")
     if np.any(y <= 0):
         raise ValueError("fit needs positive seconds per image")
     w = x / y[:, None]
-    scale = np.abs(w).max(axis=0)   # columns of very different magnitudes (FLOPs ~1e8, constant 1)
+    scale = np.abs(w).max(axis=0)  # columns of very different magnitudes (FLOPs ~1e8, constant 1)
     scale[scale == 0] = 1.0
     coef, _ = nnls(w / scale, np.ones(len(y)))
     return coef / scale
@@ -170,8 +201,8 @@ class CostModel:
 
     kind: dict
     coefs: dict[str, dict[str, float]]
-    data_s_per_image: dict[str, float] = field(default_factory=dict)   # "32": the in-memory loader at 32 px
-    fitted_on: list[dict] = field(default_factory=list)                # the benchmark rows: model, amp, s/img, fit
+    data_s_per_image: dict[str, float] = field(default_factory=dict)  # "32": the in-memory loader at 32 px
+    fitted_on: list[dict] = field(default_factory=list)  # the benchmark rows: model, amp, s/img, fit
 
     def has(self, amp: str, fam: str) -> bool:
         return f"{amp}/{fam}" in self.coefs
@@ -186,8 +217,14 @@ class CostModel:
         return (min(f), max(f)) if f else (float("nan"), float("nan"))
 
     def to_dict(self) -> dict:
-        return {"kind": "costmodel", "device_kind": self.kind, "terms": list(TERMS), "coefs": self.coefs,
-                "data_s_per_image": self.data_s_per_image, "fitted_on": self.fitted_on}
+        return {
+            "kind": "costmodel",
+            "device_kind": self.kind,
+            "terms": list(TERMS),
+            "coefs": self.coefs,
+            "data_s_per_image": self.data_s_per_image,
+            "fitted_on": self.fitted_on,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "CostModel":
@@ -219,7 +256,7 @@ def fit_rows(rows: list[dict], kind: dict, data_s_per_image: dict | None = None)
 # ----------------------------------------------------------------------------------------------------------------
 # Reading the benchmark, finding this machine's model
 
-STATE_GAP = 1.1   # two GEMM-rate clusters further apart than this ratio are two states of the machine
+STATE_GAP = 1.1  # two GEMM-rate clusters further apart than this ratio are two states of the machine
 
 
 def fast_state(rates) -> float:
@@ -254,9 +291,18 @@ def bench_rows(bench: dict) -> tuple[list[dict], dict[str, float]]:
         gemm = e.get("gemm_busy_flops_per_s") or [float("inf")] * len(busy)
         fast = [t for t, g in zip(busy, gemm) if g >= floor.get(e["amp"], 0.0)]
         if fast:
-            rows.append({"model": e["model"], "img_size": e["img_size"], "batch": e["batch"], "amp": e["amp"],
-                         "family": e.get("family", ""), "width": e.get("width", ""), "rounds_used": len(fast),
-                         "s_per_image": float(np.median(fast)) / e["images_per_round"]})
+            rows.append(
+                {
+                    "model": e["model"],
+                    "img_size": e["img_size"],
+                    "batch": e["batch"],
+                    "amp": e["amp"],
+                    "family": e.get("family", ""),
+                    "width": e.get("width", ""),
+                    "rounds_used": len(fast),
+                    "s_per_image": float(np.median(fast)) / e["images_per_round"],
+                }
+            )
     return rows, data
 
 
@@ -273,21 +319,27 @@ def for_this_machine(bench_dir: Path = BENCH, kind: dict | None = None) -> tuple
         if model.kind.get("key") == kind["key"]:
             return model, f"cost model fitted on this CPU kind ({path.name})"
     have = ", ".join(p.stem.removeprefix("costmodel-") for p in fitted) or "none"
-    return None, (f"cost model: not fitted for this CPU kind ({kind['name']}, {kind['family_model']}, "
-                  f"{' '.join(kind['isa']) or 'no AVX'}; fitted: {have}); using a few steps measured here")
+    return None, (
+        f"cost model: not fitted for this CPU kind ({kind['name']}, {kind['family_model']}, "
+        f"{' '.join(kind['isa']) or 'no AVX'}; fitted: {have}); using a few steps measured here"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m rbdc.cost.costmodel BENCH.json``: fit the cost model of the JSON's device kind (a CPU kind, or a GPU)
     on its ``time-split`` rows and write ``costmodel-<kind>.json`` beside it."""
     import argparse
+
     p = argparse.ArgumentParser(prog="python -m rbdc.cost.costmodel", description=main.__doc__.split("\n")[0])
     p.add_argument("bench", type=Path, help="a pytest-benchmark JSON holding time-split rows (tox -e bench)")
     args = p.parse_args(argv)
     bench = json.loads(args.bench.read_text())
     rows, data = bench_rows(bench)
-    kinds = {json.dumps(b["extra_info"]["kind"], sort_keys=True) for b in bench["benchmarks"]
-             if b.get("group") == "time-split" and "kind" in b.get("extra_info", {})}
+    kinds = {
+        json.dumps(b["extra_info"]["kind"], sort_keys=True)
+        for b in bench["benchmarks"]
+        if b.get("group") == "time-split" and "kind" in b.get("extra_info", {})
+    }
     if not rows or len(kinds) != 1:
         print(f"{args.bench}: needs time-split rows of one device kind (found {len(rows)} rows, {len(kinds)} kinds)")
         return 2
@@ -295,9 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     model = fit_rows(rows, kind, data)
     out = model.save(costmodel_path(kind, args.bench.parent))
     for r in model.fitted_on:
-        print(f"{r['amp']} {r['family']:6s} {r['model']:28s} b{r['batch']} ({r['rounds_used']} rounds) measured "
-              f"{1e6 * r['s_per_image']:8.1f} us/img  fit {1e6 * r['fit_s_per_image']:8.1f}  "
-              f"({100 * r['fit_error']:+.1f}%)")
+        print(
+            f"{r['amp']} {r['family']:6s} {r['model']:28s} b{r['batch']} ({r['rounds_used']} rounds) measured "
+            f"{1e6 * r['s_per_image']:8.1f} us/img  fit {1e6 * r['fit_s_per_image']:8.1f}  "
+            f"({100 * r['fit_error']:+.1f}%)"
+        )
     print(f"wrote {out}")
     return 0
 

@@ -1,5 +1,6 @@
 """Wall-time estimates of a plan: training FLOP/s measured on this device with a few steps (``--estimate``), or
 read from the committed benchmark results of a named device (``reports/bench/*.json``, written by ``tox -e bench``)."""
+
 from __future__ import annotations
 
 import json
@@ -23,9 +24,18 @@ BENCH = CHECKOUT / "reports" / "bench"
 STEP_FLOPS = 2e10  # default batch: about this many training FLOPs per step (tiny models are slow at tiny batches)
 
 
-def measure_train_flops_per_s(name: str, factor: Fraction | int = 1, img_size: int | None = None, *,
-                              batch: int | None = None, steps: int = 2, device: str | torch.device = "cpu",
-                              amp: str = "fp32", fused_attn: bool | None = None, **kwargs) -> float:
+def measure_train_flops_per_s(
+    name: str,
+    factor: Fraction | int = 1,
+    img_size: int | None = None,
+    *,
+    batch: int | None = None,
+    steps: int = 2,
+    device: str | torch.device = "cpu",
+    amp: str = "fp32",
+    fused_attn: bool | None = None,
+    **kwargs,
+) -> float:
     """Training FLOP/s (3 x forward, the ledger's rule) of ``steps`` AdamW steps on random data, after one warm-up,
     in the recipe's precision (``amp``: fp32, bf16 or auto) and attention kernel (``fused_attn``; None keeps timm's),
     as training runs them. ``batch`` defaults to about :data:`STEP_FLOPS` per step, between 8 and 256 images."""
@@ -73,8 +83,10 @@ def bench_train_flops_per_s(device_name: str, model: str | None = None, bench_di
                 found.append((e["model"], e["images_per_round"] * e["train_flops_per_image"] / b["stats"]["median"]))
     if not found:
         have = ", ".join(sorted(set(devices))) or "none"
-        raise UserError(f"no committed benchmark results for {device_name!r} in {bench_dir} (devices: {have}); run "
-                        f"`tox -e bench` on that device, or pass --estimate to measure here")
+        raise UserError(
+            f"no committed benchmark results for {device_name!r} in {bench_dir} (devices: {have}); run "
+            f"`tox -e bench` on that device, or pass --estimate to measure here"
+        )
     same = [f for m, f in found if m == model]
     return max(same or [f for _, f in found])
 
@@ -88,34 +100,52 @@ def estimate_stages(recipe: dict, stages: list, num_classes: int, gpu: str | Non
     batch, amp = recipe.batch_size, recipe.amp if recipe.amp != "auto" else "fp32"
     kwargs = {"num_classes": num_classes, **recipe.model_kwargs}
     model = None if gpu else usable_costmodel(recipe.model, amp, recipe.img_size, log=lines.append)
-    data = model.data_s_per_image.get(str(recipe.img_size), 0.0) if model and recipe.data.in_memory \
-        else 0.0
+    data = model.data_s_per_image.get(str(recipe.img_size), 0.0) if model and recipe.data.in_memory else 0.0
     speed: dict = {}
     for factor in {s.factor for s in stages} | {Fraction(1)}:
-        speed[factor] = (_costmodel_speed(model, recipe.model, factor, recipe.img_size, batch, amp, **kwargs)
-                         if model else bench_train_flops_per_s(gpu, recipe.model) if gpu else
-                         measure_train_flops_per_s(recipe.model, factor, recipe.img_size, batch=min(batch, 64),
-                                                   amp=amp, fused_attn=recipe.fused_attn, **kwargs))
+        speed[factor] = (
+            _costmodel_speed(model, recipe.model, factor, recipe.img_size, batch, amp, **kwargs)
+            if model
+            else bench_train_flops_per_s(gpu, recipe.model)
+            if gpu
+            else measure_train_flops_per_s(
+                recipe.model,
+                factor,
+                recipe.img_size,
+                batch=min(batch, 64),
+                amp=amp,
+                fused_attn=recipe.fused_attn,
+                **kwargs,
+            )
+        )
 
     def wall(s) -> float:
         return (s.steps * batch * s.flops_per_image + s.extra_flops) / speed[s.factor] + s.steps * batch * data
 
-    where = (f"by this CPU kind's cost model ({amp}" + (" + the in-memory loader)" if data else ")") if model
-             else f"at the benchmarked speed of {gpu}" if gpu else "at the speed of a few steps measured here")
+    where = (
+        f"by this CPU kind's cost model ({amp}" + (" + the in-memory loader)" if data else ")")
+        if model
+        else f"at the benchmarked speed of {gpu}"
+        if gpu
+        else "at the speed of a few steps measured here"
+    )
     if model is not None:
         lines += [f"  stage {s.id} ({s.model_name}, {s.steps} steps): {human_time(wall(s))}" for s in stages]
     seconds = sum(wall(s) for s in stages)
     flops = sum(s.steps * batch * s.flops_per_image + s.extra_flops for s in stages)
     full_fpi = train_flops_per_image(recipe.model, recipe.img_size, **kwargs)
     scratch = flops / speed[Fraction(1)] + flops / full_fpi * data
-    lines.append(f"estimated wall time: {human_time(seconds)} {where}; scratch at the same training FLOPs: "
-                 f"{human_time(scratch)} (this plan takes {seconds / scratch:.2f}x) (1 device; training steps only, "
-                 f"no evaluation)")
+    lines.append(
+        f"estimated wall time: {human_time(seconds)} {where}; scratch at the same training FLOPs: "
+        f"{human_time(scratch)} (this plan takes {seconds / scratch:.2f}x) (1 device; training steps only, "
+        f"no evaluation)"
+    )
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The cost model of this CPU kind (rbdc.cost.costmodel), where one is fitted; else the measured few steps
+
 
 def _costmodel_speed(model, name: str, factor, img_size: int, batch: int, amp: str, **kwargs) -> float:
     """Training FLOP/s of ``name`` at ``factor`` from a fitted cost model (steps only, no data loading)."""
@@ -132,26 +162,42 @@ def usable_costmodel(name: str, amp: str, img_size: int, bench_dir: Path | None 
         return None
     fam = family(name)
     if not model.has(amp, fam):
-        log(f"cost model: this CPU kind's has no {amp} {fam} fit ({', '.join(model.coefs)}); using a few steps "
-            f"measured here")
+        log(
+            f"cost model: this CPU kind's has no {amp} {fam} fit ({', '.join(model.coefs)}); using a few steps "
+            f"measured here"
+        )
         return None
     sizes = sorted({r["img_size"] for r in model.fitted_on})
-    log(f"{why}; {amp}, fitted at {'/'.join(map(str, sizes))} px" +
-        ("" if img_size in sizes else f": at {img_size} px it extrapolates"))
+    log(
+        f"{why}; {amp}, fitted at {'/'.join(map(str, sizes))} px"
+        + ("" if img_size in sizes else f": at {img_size} px it extrapolates")
+    )
     return model
 
 
-def level_speeds(target: str, rows: list[dict], img_size: int | None, *, amp: str = "fp32", batch: int = 128,
-                 bench_dir: Path | None = None, log=print) -> tuple[dict[int, float], str]:
+def level_speeds(
+    target: str,
+    rows: list[dict],
+    img_size: int | None,
+    *,
+    amp: str = "fp32",
+    batch: int = 128,
+    bench_dir: Path | None = None,
+    log=print,
+) -> tuple[dict[int, float], str]:
     """Training FLOP/s of each level of :func:`rbdc.coupling.plan` on this machine, and where they come from."""
     size = _meta_twin(target, img_size)[1]
     model = usable_costmodel(target, amp, size, bench_dir, log)
     if model is not None:
-        return ({r["level"]: _costmodel_speed(model, target, Fraction(r["width"]), size, batch, amp) for r in rows},
-                f"by this CPU kind's cost model ({amp}, batch {batch})")
+        return (
+            {r["level"]: _costmodel_speed(model, target, Fraction(r["width"]), size, batch, amp) for r in rows},
+            f"by this CPU kind's cost model ({amp}, batch {batch})",
+        )
     log(f"measuring {len(rows)} model(s): 1 + 2 {amp} training steps each on this device ...")
-    return ({r["level"]: measure_train_flops_per_s(target, Fraction(r["width"]), img_size, amp=amp) for r in rows},
-            "at the speed measured here")
+    return (
+        {r["level"]: measure_train_flops_per_s(target, Fraction(r["width"]), img_size, amp=amp) for r in rows},
+        "at the speed measured here",
+    )
 
 
 def rbdc_vs_scratch(rows: list[dict], speed: dict[int, float], where: str) -> str:
@@ -160,6 +206,8 @@ def rbdc_vs_scratch(rows: list[dict], speed: dict[int, float], where: str) -> st
     mine = sum(r["level_train_pflops_per_epoch"] * 1e15 / speed[r["level"]] for r in rows)
     full = max(rows, key=lambda r: Fraction(r["width"]))
     scratch = flops / speed[full["level"]]
-    return (f"one epoch of every level: {human_time(mine)}; scratch ({full['model']}) at equal FLOPs "
-            f"({human_flops(flops)}): {human_time(scratch)}; RBDC takes {mine / scratch:.2f}x scratch's wall {where} "
-            f"(1 device; training steps only)")
+    return (
+        f"one epoch of every level: {human_time(mine)}; scratch ({full['model']}) at equal FLOPs "
+        f"({human_flops(flops)}): {human_time(scratch)}; RBDC takes {mine / scratch:.2f}x scratch's wall {where} "
+        f"(1 device; training steps only)"
+    )

@@ -10,6 +10,7 @@ On a CPU, bf16 autocast is fast only where oneDNN has bf16 kernels (:func:`cpu_b
 elsewhere :mod:`rbdc.training.bf16` runs its matmuls in fp32 with bf16 rounding (bf16 runs record which in
 ``command.txt``).
 """
+
 from __future__ import annotations
 
 import functools
@@ -18,8 +19,18 @@ import time
 
 import torch
 
-__all__ = ["PEAK_BF16_TFLOPS", "MEASURED_BF16_TFLOPS", "PEAK_ENV", "lookup_peak", "peak_tflops", "mfu", "mfu_fields",
-           "cpu_bf16_fast", "cpu_info", "gemm_probe_gflops"]
+__all__ = [
+    "PEAK_BF16_TFLOPS",
+    "MEASURED_BF16_TFLOPS",
+    "PEAK_ENV",
+    "lookup_peak",
+    "peak_tflops",
+    "mfu",
+    "mfu_fields",
+    "cpu_bf16_fast",
+    "cpu_info",
+    "gemm_probe_gflops",
+]
 
 PEAK_ENV = "RBDC_PEAK_TFLOPS"
 
@@ -34,7 +45,7 @@ PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
     ("H200", 989.4),
     ("H100 PCIe", 756.5),
     ("H100 NVL", 835.5),
-    ("H100", 989.4),       # SXM5, reported as "NVIDIA H100 80GB HBM3"
+    ("H100", 989.4),  # SXM5, reported as "NVIDIA H100 80GB HBM3"
     ("H800 PCIe", 756.5),
     ("H800", 989.4),
     ("A100", 312.0),
@@ -44,7 +55,7 @@ PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
     ("L4", 121.0),
     ("RTX 6000 Ada", 364.25),
     ("RTX A6000", 154.8),
-    ("RTX 4090", 165.2),   # with fp32 accumulation, as autocast uses
+    ("RTX 4090", 165.2),  # with fp32 accumulation, as autocast uses
 )
 
 # What dense bf16 matmuls actually reach, where measured (informational; MFU uses the spec peak or the override).
@@ -66,8 +77,10 @@ def _env_peak() -> float | None:
     except ValueError:
         value = float("nan")
     if not value > 0 or value == float("inf"):
-        raise ValueError(f"{PEAK_ENV}={text!r} is not a positive number of TFLOP/s; set it to the device's dense bf16 "
-                         f"peak (e.g. {PEAK_ENV}=989) or unset it to use the table in rbdc/cost/perf.py")
+        raise ValueError(
+            f"{PEAK_ENV}={text!r} is not a positive number of TFLOP/s; set it to the device's dense bf16 "
+            f"peak (e.g. {PEAK_ENV}=989) or unset it to use the table in rbdc/cost/perf.py"
+        )
     return value
 
 
@@ -133,4 +146,4 @@ def gemm_probe_gflops(dtype: torch.dtype = torch.float32, n: int = 512, reps: in
     t0 = time.perf_counter()
     for _ in range(reps):
         torch.mm(a, b)
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9

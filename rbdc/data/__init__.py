@@ -16,18 +16,48 @@ the batches of an uninterrupted one. Call :meth:`Loader.set_epoch` before each e
 The samplers come from torch (``DistributedSampler``) and timm (``RepeatAugSampler``, from DeiT's ``RASampler``,
 facebookresearch/deit, Apache-2.0). Imagenette is by fast.ai (fastai/imagenette, Apache-2.0), a subset of ImageNet.
 """
+
 from __future__ import annotations
 
 from .cache import build_memory_cache
-from .datasets import (IMAGENETTE_COUNTS, SOURCES, ArrayDataset, DataError, FolderDataset, ImageDataset,
-                       SyntheticDataset, holdout_split)
+from .datasets import (
+    IMAGENETTE_COUNTS,
+    SOURCES,
+    ArrayDataset,
+    DataError,
+    FolderDataset,
+    ImageDataset,
+    SyntheticDataset,
+    holdout_split,
+)
 from .loaders import Loader, MemoryLoader, StreamLoader, build_loader, patch_timm_posterize
 from .sources import build_dataset, cache_dir, default_data_root, extract_archive, find_imagenette, verify_contents
 from .for_recipe import TRAIN_SIZES, PlanSize, data_root, plan_size, recipe_datasets
 
 __all__ = [
-    "DataError", "ImageDataset", "FolderDataset", "ArrayDataset", "SyntheticDataset", "Loader", "StreamLoader",
-    "MemoryLoader", "SOURCES", "IMAGENETTE_COUNTS", "build_dataset", "build_loader", "default_data_root", "cache_dir",
-    "holdout_split", "find_imagenette", "extract_archive", "verify_contents", "build_memory_cache",
-    "patch_timm_posterize", "recipe_datasets", "plan_size", "PlanSize", "data_root", "TRAIN_SIZES",
+    "DataError",
+    "ImageDataset",
+    "FolderDataset",
+    "ArrayDataset",
+    "SyntheticDataset",
+    "Loader",
+    "StreamLoader",
+    "MemoryLoader",
+    "SOURCES",
+    "IMAGENETTE_COUNTS",
+    "build_dataset",
+    "build_loader",
+    "default_data_root",
+    "cache_dir",
+    "holdout_split",
+    "find_imagenette",
+    "extract_archive",
+    "verify_contents",
+    "build_memory_cache",
+    "patch_timm_posterize",
+    "recipe_datasets",
+    "plan_size",
+    "PlanSize",
+    "data_root",
+    "TRAIN_SIZES",
 ]

@@ -1,4 +1,5 @@
 """The in-memory path's decoded images: every image decoded once into a uint8 tensor, cached on disk."""
+
 from __future__ import annotations
 
 import hashlib
@@ -36,13 +37,16 @@ def _decode_all(dataset: ImageDataset, size: int, crop_pct: float, num_workers: 
     if num_workers is None:
         num_workers = min(8, _cpu_count()) if n >= 512 else 0
     out = torch.empty((n, 3, size, size), dtype=torch.uint8)
-    loader = torch.utils.data.DataLoader(_DecodeDataset(dataset, size, crop_pct), batch_size=64,
-                                         num_workers=num_workers)
+    loader = torch.utils.data.DataLoader(
+        _DecodeDataset(dataset, size, crop_pct), batch_size=64, num_workers=num_workers
+    )
     pos = 0
-    with _progress(total=n, desc=f"decode {dataset.source} {dataset.split} @{size}px", unit="img") as bar, \
-            _worker_errors():
+    with (
+        _progress(total=n, desc=f"decode {dataset.source} {dataset.split} @{size}px", unit="img") as bar,
+        _worker_errors(),
+    ):
         for batch in loader:
-            out[pos:pos + len(batch)] = batch
+            out[pos : pos + len(batch)] = batch
             pos += len(batch)
             bar.update(len(batch))
     return out
@@ -64,8 +68,9 @@ def _read_cache(path: Path) -> dict | None:
     return None
 
 
-def build_memory_cache(dataset: ImageDataset, size: int, crop_pct: float = 1.0, *,
-                       num_workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor, Path | None]:
+def build_memory_cache(
+    dataset: ImageDataset, size: int, crop_pct: float = 1.0, *, num_workers: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, Path | None]:
     """Decoded uint8 images ``[N, 3, size, size]`` and int64 targets of a dataset, from the disk cache if there.
 
     The cache file lives in ``<cache_dir>/memory/`` and is keyed by the dataset's identity (source, root, split,

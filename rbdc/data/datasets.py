@@ -1,4 +1,5 @@
 """Image-classification datasets: files in folders, arrays in memory, synthetic images, subsets."""
+
 from __future__ import annotations
 
 import hashlib
@@ -61,8 +62,17 @@ class ImageDataset(torch.utils.data.Dataset):
 
     cacheable = True
 
-    def __init__(self, classes: Sequence[str], targets: Sequence[int], *, source: str, root: str | None, split: str,
-                 subset: int | None = None, seed: int = 0):
+    def __init__(
+        self,
+        classes: Sequence[str],
+        targets: Sequence[int],
+        *,
+        source: str,
+        root: str | None,
+        split: str,
+        subset: int | None = None,
+        seed: int = 0,
+    ):
         self.classes = list(classes)
         self.targets = [int(t) for t in targets]
         self.source, self.root, self.split = source, root, split
@@ -89,21 +99,41 @@ class ImageDataset(torch.utils.data.Dataset):
     def identity(self) -> dict[str, Any]:
         """What the in-memory cache is keyed on (besides image size and crop)."""
         keys = hashlib.sha1("\n".join(f"{k}:{t}" for k, t in zip(self._item_keys(), self.targets)).encode())
-        return {"source": self.source, "root": self.root, "split": self.split, "subset": self.subset,
-                "seed": self.seed, "n": len(self), "classes": self.num_classes, "items": keys.hexdigest()}
+        return {
+            "source": self.source,
+            "root": self.root,
+            "split": self.split,
+            "subset": self.subset,
+            "seed": self.seed,
+            "n": len(self),
+            "classes": self.num_classes,
+            "items": keys.hexdigest(),
+        }
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(source={self.source!r}, split={self.split!r}, n={len(self)}, "
-                f"classes={self.num_classes}, root={self.root!r})")
+        return (
+            f"{type(self).__name__}(source={self.source!r}, split={self.split!r}, n={len(self)}, "
+            f"classes={self.num_classes}, root={self.root!r})"
+        )
 
 
 class FolderDataset(ImageDataset):
     """Images in ``<split dir>/<class>/<file>``; greyscale, palette and CMYK files are converted to RGB."""
 
-    def __init__(self, samples: Sequence[tuple[str, int]], classes: Sequence[str], *, source: str, root: str,
-                 split: str, subset: int | None = None, seed: int = 0):
-        super().__init__(classes, [t for _, t in samples], source=source, root=root, split=split, subset=subset,
-                         seed=seed)
+    def __init__(
+        self,
+        samples: Sequence[tuple[str, int]],
+        classes: Sequence[str],
+        *,
+        source: str,
+        root: str,
+        split: str,
+        subset: int | None = None,
+        seed: int = 0,
+    ):
+        super().__init__(
+            classes, [t for _, t in samples], source=source, root=root, split=split, subset=subset, seed=seed
+        )
         self.paths = [p for p, _ in samples]
 
     def load_image(self, index: int, min_size: int | None = None) -> Image.Image:
@@ -133,9 +163,21 @@ class ArrayDataset(ImageDataset):
         indices: positions of these images in the original collection (for split bookkeeping).
     """
 
-    def __init__(self, images: np.ndarray, targets: Sequence[int], classes: Sequence[str], *, source: str,
-                 root: str | None, split: str, out_size: int | None = None, indices: Sequence[int] | None = None,
-                 cacheable: bool = True, subset: int | None = None, seed: int = 0):
+    def __init__(
+        self,
+        images: np.ndarray,
+        targets: Sequence[int],
+        classes: Sequence[str],
+        *,
+        source: str,
+        root: str | None,
+        split: str,
+        out_size: int | None = None,
+        indices: Sequence[int] | None = None,
+        cacheable: bool = True,
+        subset: int | None = None,
+        seed: int = 0,
+    ):
         super().__init__(classes, targets, source=source, root=root, split=split, subset=subset, seed=seed)
         if images.ndim == 3:
             images = np.repeat(images[..., None], 3, axis=-1)
@@ -153,13 +195,22 @@ class ArrayDataset(ImageDataset):
     def _item_keys(self) -> list[str]:
         return [str(i) for i in self.indices]
 
-    def select(self, keep: Sequence[int]) -> 'ArrayDataset':
+    def select(self, keep: Sequence[int]) -> "ArrayDataset":
         """A new dataset with the images at positions ``keep``."""
         keep = list(keep)
-        return ArrayDataset(self.images[keep], [self.targets[i] for i in keep], self.classes, source=self.source,
-                            root=self.root, split=self.split, out_size=self.out_size,
-                            indices=[self.indices[i] for i in keep], cacheable=self.cacheable, subset=self.subset,
-                            seed=self.seed)
+        return ArrayDataset(
+            self.images[keep],
+            [self.targets[i] for i in keep],
+            self.classes,
+            source=self.source,
+            root=self.root,
+            split=self.split,
+            out_size=self.out_size,
+            indices=[self.indices[i] for i in keep],
+            cacheable=self.cacheable,
+            subset=self.subset,
+            seed=self.seed,
+        )
 
 
 class SyntheticDataset(ImageDataset):
@@ -178,14 +229,20 @@ class SyntheticDataset(ImageDataset):
 
     cacheable = False
 
-    def __init__(self, num_classes: int, num_images: int, size: int, *, split: str, seed: int = 0,
-                 noise: float = 40.0):
+    def __init__(self, num_classes: int, num_images: int, size: int, *, split: str, seed: int = 0, noise: float = 40.0):
         if num_classes < 1 or num_images < 1 or size < 1:
-            raise DataError(f"synthetic data needs num_classes, num_images and size >= 1, got "
-                            f"{num_classes}, {num_images}, {size}")
+            raise DataError(
+                f"synthetic data needs num_classes, num_images and size >= 1, got {num_classes}, {num_images}, {size}"
+            )
         targets = [i % num_classes for i in range(num_images)]
-        super().__init__([f"class_{c:03d}" for c in range(num_classes)], targets, source="synthetic", root=None,
-                         split=split, seed=seed)
+        super().__init__(
+            [f"class_{c:03d}" for c in range(num_classes)],
+            targets,
+            source="synthetic",
+            root=None,
+            split=split,
+            seed=seed,
+        )
         self.size, self.noise = size, float(noise)
         self.palette = numpy_rng(seed, 7).uniform(40, 215, size=(num_classes, 3))
         self._split_id = SPLITS.index(split)
@@ -226,8 +283,9 @@ def _select(ds: ImageDataset, keep: Sequence[int], split: str | None = None) -> 
     """The items of ``ds`` at positions ``keep`` (in that order), as the same kind of dataset."""
     split = split or ds.split
     if isinstance(ds, FolderDataset):
-        return FolderDataset([(ds.paths[i], ds.targets[i]) for i in keep], ds.classes, source=ds.source, root=ds.root,
-                             split=split)
+        return FolderDataset(
+            [(ds.paths[i], ds.targets[i]) for i in keep], ds.classes, source=ds.source, root=ds.root, split=split
+        )
     if isinstance(ds, ArrayDataset):
         out = ds.select(keep)
         out.split = split
@@ -256,9 +314,11 @@ def holdout_positions(targets: Sequence[int], fraction: float, seed: int) -> tup
     for c, positions in sorted(by_class.items()):
         n = round(fraction * len(positions))
         if not 0 < n < len(positions):
-            raise DataError(f"data.holdout {fraction} holds out {n} of the {len(positions)} train images of class "
-                            f"{c}: it must leave at least one on each side; choose a fraction in "
-                            f"[{0.5 / len(positions):.3g}, {1 - 0.5 / len(positions):.3g}]")
+            raise DataError(
+                f"data.holdout {fraction} holds out {n} of the {len(positions)} train images of class "
+                f"{c}: it must leave at least one on each side; choose a fraction in "
+                f"[{0.5 / len(positions):.3g}, {1 - 0.5 / len(positions):.3g}]"
+            )
         held.extend(positions[j] for j in numpy_rng(seed, HOLDOUT_STREAM, c).permutation(len(positions))[:n])
     held_set = set(held)
     return [i for i in range(len(targets)) if i not in held_set], sorted(held)
@@ -278,8 +338,9 @@ class _SubsetDataset(ImageDataset):
     """Positions ``keep`` of a generated dataset (synthetic)."""
 
     def __init__(self, base: ImageDataset, keep: Sequence[int], split: str | None = None):
-        super().__init__(base.classes, [base.targets[i] for i in keep], source=base.source, root=base.root,
-                         split=split or base.split)
+        super().__init__(
+            base.classes, [base.targets[i] for i in keep], source=base.source, root=base.root, split=split or base.split
+        )
         self.base, self.keep = base, list(keep)
         self.cacheable = base.cacheable
 

@@ -5,6 +5,7 @@ The plan's size is the dataset's own, read the way the run reads it (subset and 
 and its run agree. Only where the data cannot be found (e.g. planning ImageNet runs on a machine without it) does a
 plan use :data:`TRAIN_SIZES`, and says so.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,8 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["TRAIN_SIZES", "PlanSize", "data_root", "plan_size", "recipe_datasets"]
 
 # The full train splits (images, classes) of the sources whose size is fixed: plans made without the data use them.
-TRAIN_SIZES = {"imagenet": (1_281_167, 1000), "imagenette": (IMAGENETTE_COUNTS["train"], 10),
-               "cifar100": (50_000, 100)}
+TRAIN_SIZES = {"imagenet": (1_281_167, 1000), "imagenette": (IMAGENETTE_COUNTS["train"], 10), "cifar100": (50_000, 100)}
 
 
 def data_root(recipe: Recipe) -> str | None:
@@ -45,14 +45,30 @@ def recipe_datasets(recipe: Recipe) -> tuple[ImageDataset, ImageDataset]:
     train = _train_split(dc, root, recipe.img_size, recipe.num_classes)
     if dc.holdout is not None:
         return holdout_split(train, dc.holdout, dc.holdout_seed)
-    val = build_dataset(dc.source, root, "val", subset=dc.val_subset, download=dc.download,
-                        img_size=recipe.img_size, num_classes=recipe.num_classes, seed=0)
+    val = build_dataset(
+        dc.source,
+        root,
+        "val",
+        subset=dc.val_subset,
+        download=dc.download,
+        img_size=recipe.img_size,
+        num_classes=recipe.num_classes,
+        seed=0,
+    )
     return train, val
 
 
 def _train_split(dc: DataKeys, root: str | None, img_size: int, num_classes: int | None) -> ImageDataset:
-    return build_dataset(dc.source, root, "train", subset=dc.subset, download=dc.download,
-                         img_size=img_size, num_classes=num_classes, seed=0)
+    return build_dataset(
+        dc.source,
+        root,
+        "train",
+        subset=dc.subset,
+        download=dc.download,
+        img_size=img_size,
+        num_classes=num_classes,
+        seed=0,
+    )
 
 
 @dataclass(frozen=True)
@@ -70,8 +86,9 @@ def plan_size(recipe: Recipe) -> PlanSize:
     process, so a study plans its runs without rereading a folder), or, where the data is not found, the source's
     known size (the holdout then cut from the total, not per class)."""
     dc = recipe.data
-    key = json.dumps([dataclasses.asdict(dc), data_root(recipe), recipe.img_size, recipe.num_classes], sort_keys=True,
-                     default=str)
+    key = json.dumps(
+        [dataclasses.asdict(dc), data_root(recipe), recipe.img_size, recipe.num_classes], sort_keys=True, default=str
+    )
     try:
         size, classes = _dataset_size(key)
     except UserError as e:
@@ -80,8 +97,9 @@ def plan_size(recipe: Recipe) -> PlanSize:
         size, classes = TRAIN_SIZES[dc.source]
         if dc.holdout is not None:
             size -= round(dc.holdout * size)
-        return PlanSize(size, recipe.num_classes or classes,
-                        f"data not found: {e}; planning with the known size of {dc.source}")
+        return PlanSize(
+            size, recipe.num_classes or classes, f"data not found: {e}; planning with the known size of {dc.source}"
+        )
     return PlanSize(size, recipe.num_classes or classes)
 
 
@@ -89,6 +107,7 @@ def plan_size(recipe: Recipe) -> PlanSize:
 def _dataset_size(key: str) -> tuple[int, int]:
     """(images trained on, classes) of the train split that ``key`` (data settings, root, size, classes) names."""
     from ..recipe import DataKeys  # the recipe imports this package
+
     data, root, img_size, num_classes = json.loads(key)
     dc = DataKeys(**data)
     train = _train_split(dc, root, img_size, num_classes)

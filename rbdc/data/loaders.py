@@ -1,6 +1,7 @@
 """Loaders: batches on a device, streamed (timm transforms in workers) or from the in-memory cache
 (augmented on the device); :func:`build_loader` picks one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -53,17 +54,35 @@ class Loader:
 class StreamLoader(Loader):
     """Decodes and transforms each image (timm transforms) in DataLoader workers."""
 
-    def __init__(self, dataset, sampler, transform, *, train: bool, batch_size: int, drop_last: bool,
-                 device: torch.device, seed: int, rank: int, num_workers: int):
+    def __init__(
+        self,
+        dataset,
+        sampler,
+        transform,
+        *,
+        train: bool,
+        batch_size: int,
+        drop_last: bool,
+        device: torch.device,
+        seed: int,
+        rank: int,
+        num_workers: int,
+    ):
         super().__init__(dataset, sampler, batch_size=batch_size, drop_last=drop_last, device=device, seed=seed)
         self.transform = transform
         self._tagged = _TaggedSampler(sampler, seed, rank)
         cuda = device.type == "cuda"
         self._dl = torch.utils.data.DataLoader(
-            _Transformed(dataset, transform, train), batch_size=batch_size, sampler=self._tagged,
-            drop_last=drop_last, num_workers=num_workers, pin_memory=cuda, persistent_workers=num_workers > 0,
+            _Transformed(dataset, transform, train),
+            batch_size=batch_size,
+            sampler=self._tagged,
+            drop_last=drop_last,
+            num_workers=num_workers,
+            pin_memory=cuda,
+            persistent_workers=num_workers > 0,
             # An own generator keeps the DataLoader from drawing worker base seeds from the global torch RNG.
-            generator=torch.Generator().manual_seed(seed))
+            generator=torch.Generator().manual_seed(seed),
+        )
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
@@ -92,14 +111,28 @@ class MemoryLoader(Loader):
     random numbers come from a generator seeded with (seed, epoch, rank).
     """
 
-    def __init__(self, dataset, sampler, images: torch.Tensor, targets: torch.Tensor, *, train: bool,
-                 batch_size: int, drop_last: bool, device: torch.device, seed: int, rank: int,
-                 aug: dict[str, Any], cache_path: Path | None = None):
+    def __init__(
+        self,
+        dataset,
+        sampler,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        train: bool,
+        batch_size: int,
+        drop_last: bool,
+        device: torch.device,
+        seed: int,
+        rank: int,
+        aug: dict[str, Any],
+        cache_path: Path | None = None,
+    ):
         super().__init__(dataset, sampler, batch_size=batch_size, drop_last=drop_last, device=device, seed=seed)
         self.train, self.rank, self.cache_path = train, rank, cache_path
         self.images = images.to(device)  # uint8, once: 4x smaller than float and no host->device copy per batch
         self.targets = targets.to(device)
         from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
         mean = torch.tensor(aug.get("mean") or IMAGENET_DEFAULT_MEAN, device=device)
         std = torch.tensor(aug.get("std") or IMAGENET_DEFAULT_STD, device=device)
         self._mean, self._std = (mean * 255).view(1, 3, 1, 1), (std * 255).view(1, 3, 1, 1)
@@ -109,21 +142,23 @@ class MemoryLoader(Loader):
         self._erase = None
         if train and aug.get("re_prob", 0) > 0:
             from timm.data.random_erasing import RandomErasing
-            self._erase = RandomErasing(aug["re_prob"], mode=aug.get("re_mode", "const"),
-                                        max_count=aug.get("re_count", 1), device=str(device))
+
+            self._erase = RandomErasing(
+                aug["re_prob"], mode=aug.get("re_mode", "const"), max_count=aug.get("re_count", 1), device=str(device)
+            )
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # the epoch's order goes to the device once, so slicing a batch's indices never waits on the GPU
         order = _to_device(torch.tensor(list(self.sampler), dtype=torch.int64), self.device)
         gen = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, self.rank, 0xA06))
         for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             x = self.images[idx].to(torch.get_default_dtype())
             if self.train:
                 x = self._crop_flip(x, gen)
             x = x.sub_(self._mean).div_(self._std)
             if self._erase is not None:
-                with self._device_rng(int(torch.randint(0, 2 ** 62, (1,), generator=gen))):
+                with self._device_rng(int(torch.randint(0, 2**62, (1,), generator=gen))):
                     x = self._erase(x)
             yield x, self.targets[idx]
 
@@ -168,38 +203,57 @@ class MemoryLoader(Loader):
 
 
 _EVAL_AUG_KEYS = ("crop_pct", "crop_mode", "crop_border_pixels", "interpolation", "mean", "std")
-_MEMORY_AUG_KEYS = {"scale", "ratio", "hflip", "re_prob", "re_mode", "re_count", "mean", "std", "crop_pct",
-                    "interpolation"}
+_MEMORY_AUG_KEYS = {
+    "scale",
+    "ratio",
+    "hflip",
+    "re_prob",
+    "re_mode",
+    "re_count",
+    "mean",
+    "std",
+    "crop_pct",
+    "interpolation",
+}
 
 
 def _check_aug(aug: dict[str, Any]) -> None:
     from timm.data import create_transform
+
     valid = set(inspect.signature(create_transform).parameters) - {"input_size", "is_training"}
     unknown = sorted(set(aug) - valid)
     if unknown:
-        raise ValueError(f'unknown augmentation option(s) {", ".join(unknown)}; aug takes the keyword arguments of '
-                         f'timm.data.create_transform: {", ".join(sorted(valid))}')
+        raise ValueError(
+            f"unknown augmentation option(s) {', '.join(unknown)}; aug takes the keyword arguments of "
+            f"timm.data.create_transform: {', '.join(sorted(valid))}"
+        )
 
 
 def _sampler(dataset, train: bool, seed: int, distributed: bool, repeated_aug: bool):
     """The index sampler of a loader (seeded, sharded when ``distributed``) and this process's rank."""
     if distributed:
         import torch.distributed as dist
+
         if not (dist.is_available() and dist.is_initialized()):
-            raise ValueError("distributed=True but torch.distributed is not initialised; launch with torchrun and "
-                             "call init_process_group first, or pass distributed=False")
+            raise ValueError(
+                "distributed=True but torch.distributed is not initialised; launch with torchrun and "
+                "call init_process_group first, or pass distributed=False"
+            )
         world, rank = dist.get_world_size(), dist.get_rank()
     else:
         world, rank = 1, 0
 
     if train and repeated_aug:
         from timm.data.distributed_sampler import RepeatAugSampler
+
         sampler = _seeded_sampler(RepeatAugSampler, seed, dataset, num_replicas=world, rank=rank)
     elif distributed and train:
-        sampler = _seeded_sampler(torch.utils.data.DistributedSampler, seed, dataset, num_replicas=world, rank=rank,
-                                  shuffle=True, seed=0)
+        sampler = _seeded_sampler(
+            torch.utils.data.DistributedSampler, seed, dataset, num_replicas=world, rank=rank, shuffle=True, seed=0
+        )
     elif distributed:
         from timm.data.distributed_sampler import OrderedDistributedSampler
+
         sampler = OrderedDistributedSampler(dataset, num_replicas=world, rank=rank)
         sampler.set_epoch = lambda epoch: None  # fixed order
     else:
@@ -207,10 +261,21 @@ def _sampler(dataset, train: bool, seed: int, distributed: bool, repeated_aug: b
     return sampler, rank
 
 
-def build_loader(dataset, *, batch_size: int, train: bool, img_size: int, aug: dict | None = None,
-                 num_workers: int | None = None, in_memory: bool = False, seed: int = 0,
-                 distributed: bool = False, repeated_aug: bool = False, drop_last: bool | None = None,
-                 device: str | torch.device = "cpu") -> Loader:
+def build_loader(
+    dataset,
+    *,
+    batch_size: int,
+    train: bool,
+    img_size: int,
+    aug: dict | None = None,
+    num_workers: int | None = None,
+    in_memory: bool = False,
+    seed: int = 0,
+    distributed: bool = False,
+    repeated_aug: bool = False,
+    drop_last: bool | None = None,
+    device: str | torch.device = "cpu",
+) -> Loader:
     """Build a batch loader over a dataset from :func:`build_dataset`.
 
     Args:
@@ -242,21 +307,39 @@ def build_loader(dataset, *, batch_size: int, train: bool, img_size: int, aug: d
     sampler, rank = _sampler(dataset, train, seed, distributed, repeated_aug)
     n = len(sampler)
     if drop_last and n < batch_size:
-        raise DataError(f"{dataset!r} gives {n} images per epoch to this process, fewer than batch_size={batch_size}"
-                        f", so drop_last leaves no batch; lower batch_size, use more data (subset) or "
-                        f"drop_last=False")
+        raise DataError(
+            f"{dataset!r} gives {n} images per epoch to this process, fewer than batch_size={batch_size}"
+            f", so drop_last leaves no batch; lower batch_size, use more data (subset) or "
+            f"drop_last=False"
+        )
 
     if in_memory:
         crop_pct = 1.0 if train else float(aug.get("crop_pct") or _default_crop_pct())
         ignored = sorted(k for k, v in aug.items() if k not in _MEMORY_AUG_KEYS and v)
         if train and ignored:
-            warnings.warn(f'in_memory loader ignores augmentation option(s) {", ".join(ignored)} (it applies only '
-                          f'random resized crop, flip and random erasing)', stacklevel=2)
+            warnings.warn(
+                f"in_memory loader ignores augmentation option(s) {', '.join(ignored)} (it applies only "
+                f"random resized crop, flip and random erasing)",
+                stacklevel=2,
+            )
         images, targets, path = build_memory_cache(dataset, img_size, crop_pct)
-        return MemoryLoader(dataset, sampler, images, targets, train=train, batch_size=batch_size,
-                            drop_last=drop_last, device=device, seed=seed, rank=rank, aug=aug, cache_path=path)
+        return MemoryLoader(
+            dataset,
+            sampler,
+            images,
+            targets,
+            train=train,
+            batch_size=batch_size,
+            drop_last=drop_last,
+            device=device,
+            seed=seed,
+            rank=rank,
+            aug=aug,
+            cache_path=path,
+        )
 
     from timm.data import create_transform
+
     if train:
         patch_timm_posterize()
         transform = create_transform(img_size, is_training=True, **aug)
@@ -264,18 +347,30 @@ def build_loader(dataset, *, batch_size: int, train: bool, img_size: int, aug: d
         transform = create_transform(img_size, is_training=False, **{k: aug[k] for k in _EVAL_AUG_KEYS if k in aug})
     if num_workers is None:
         num_workers = min(8, _cpu_count())
-    return StreamLoader(dataset, sampler, transform, train=train, batch_size=batch_size, drop_last=drop_last,
-                        device=device, seed=seed, rank=rank, num_workers=num_workers)
+    return StreamLoader(
+        dataset,
+        sampler,
+        transform,
+        train=train,
+        batch_size=batch_size,
+        drop_last=drop_last,
+        device=device,
+        seed=seed,
+        rank=rank,
+        num_workers=num_workers,
+    )
 
 
 def _default_crop_pct() -> float:
     from timm.data import DEFAULT_CROP_PCT
+
     return DEFAULT_CROP_PCT
 
 
 def _posterize(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
     """timm's posterize op, except that 0 bits give a black image (as with Pillow < 13)."""
     from timm.data import auto_augment as aa
+
     return Image.new(img.mode, img.size) if bits_to_keep < 1 else aa.posterize(img, bits_to_keep, **kwargs)
 
 
@@ -290,6 +385,7 @@ def patch_timm_posterize() -> bool:
     """
     from PIL import ImageOps
     from timm.data import auto_augment as aa
+
     try:
         ImageOps.posterize(Image.new("RGB", (1, 1)), 0)
         return False

@@ -1,4 +1,5 @@
 """Samplers whose order and augmentation seeds depend only on (seed, epoch, rank)."""
+
 from __future__ import annotations
 
 from typing import Iterator

@@ -7,6 +7,7 @@ Two mixes, each the one way of its kind, because both define recorded data:
 * :func:`numpy_rng`, numpy's ``SeedSequence`` of the integers, draws the numpy streams (which images a ``subset``
   keeps, the synthetic images).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,7 +46,7 @@ def _seeded_rng(seed: int, restore: bool) -> Iterator[None]:
     """
     saved = (random.getstate(), np.random.get_state(), torch.default_generator.get_state()) if restore else None
     random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
+    np.random.seed(seed % (2**32))
     torch.default_generator.manual_seed(seed)
     try:
         yield

@@ -1,6 +1,7 @@
 """Where datasets come from: the data and cache folders, ImageNet-style folders, the Imagenette archive
 (extracted once, verified), digits and CIFAR-100; :func:`build_dataset` picks one.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,8 +18,20 @@ import numpy as np
 
 from rbdc.files import CHECKOUT, atomic_write_bytes
 
-from .datasets import (IMAGE_EXTENSIONS, IMAGENETTE_ARCHIVES, IMAGENETTE_COUNTS, IMAGENETTE_NAMES, SOURCES, SPLITS,
-                       ArrayDataset, DataError, FolderDataset, ImageDataset, SyntheticDataset, _apply_subset)
+from .datasets import (
+    IMAGE_EXTENSIONS,
+    IMAGENETTE_ARCHIVES,
+    IMAGENETTE_COUNTS,
+    IMAGENETTE_NAMES,
+    SOURCES,
+    SPLITS,
+    ArrayDataset,
+    DataError,
+    FolderDataset,
+    ImageDataset,
+    SyntheticDataset,
+    _apply_subset,
+)
 from .workers import _progress
 
 
@@ -62,8 +75,10 @@ def _check_layout(root: Path, source: str, hint: str) -> None:
     for split in SPLITS:
         if not (root / split).is_dir():
             found = sorted(p.name for p in root.iterdir())[:8]
-            raise DataError(f'{source} root {root} has no {split}/ folder (it holds: {", ".join(found) or "nothing"});'
-                            f' expected {root}/train/<class>/<image> and {root}/val/<class>/<image>; {hint}')
+            raise DataError(
+                f"{source} root {root} has no {split}/ folder (it holds: {', '.join(found) or 'nothing'});"
+                f" expected {root}/train/<class>/<image> and {root}/val/<class>/<image>; {hint}"
+            )
 
 
 def _scan_folder(root: Path, split: str, source: str, hint: str) -> tuple[list[tuple[str, int]], list[str]]:
@@ -71,19 +86,26 @@ def _scan_folder(root: Path, split: str, source: str, hint: str) -> tuple[list[t
     _check_layout(root, source, hint)
     classes = _class_dirs(root / "train")
     if not classes:
-        raise DataError(f"{root}/train has no class folders; put each class in its own folder, "
-                        f"{root}/train/<class>/<image>")
+        raise DataError(
+            f"{root}/train has no class folders; put each class in its own folder, {root}/train/<class>/<image>"
+        )
     split_dir = root / split
     split_classes = _class_dirs(split_dir) if split != "train" else classes
     if not split_classes:
         loose = [n for n in os.listdir(split_dir) if _is_image(n)]
-        fix = ("it holds images directly: sort them into class folders (for ImageNet val, e.g. with the standard "
-               "valprep.sh)" if loose else "it is empty")
+        fix = (
+            "it holds images directly: sort them into class folders (for ImageNet val, e.g. with the standard "
+            "valprep.sh)"
+            if loose
+            else "it is empty"
+        )
         raise DataError(f"{split_dir} has no class folders; {fix}")
     extra = sorted(set(split_classes) - set(classes))
     if extra:
-        raise DataError(f'{split_dir} has class folders that {root}/train lacks: {", ".join(extra[:5])}; train/ and '
-                        f'{split}/ must use the same class folder names')
+        raise DataError(
+            f"{split_dir} has class folders that {root}/train lacks: {', '.join(extra[:5])}; train/ and "
+            f"{split}/ must use the same class folder names"
+        )
     class_to_idx = {c: i for i, c in enumerate(classes)}
     samples = []
     for c in split_classes:
@@ -91,8 +113,10 @@ def _scan_folder(root: Path, split: str, source: str, hint: str) -> tuple[list[t
         with os.scandir(d) as it:
             files = sorted(e.name for e in it if e.is_file() and _is_image(e.name))
         if not files:
-            raise DataError(f'class folder {d} has no images (looked for {", ".join(IMAGE_EXTENSIONS)}); add images '
-                            f'or remove the folder (from every split)')
+            raise DataError(
+                f"class folder {d} has no images (looked for {', '.join(IMAGE_EXTENSIONS)}); add images "
+                f"or remove the folder (from every split)"
+            )
         samples.extend((str(d / f), class_to_idx[c]) for f in files)
     return samples, classes
 
@@ -111,7 +135,7 @@ def _archive_stem(archive: Path) -> str:
     name = archive.name
     for ext in (".tar.gz", ".tgz", ".tar"):
         if name.endswith(ext):
-            return name[:-len(ext)]
+            return name[: -len(ext)]
     return archive.stem
 
 
@@ -145,14 +169,19 @@ def extract_archive(archive: str | Path, dest_root: str | Path | None = None) ->
             with tarfile.open(archive, "r:*") as tar:
                 tar.extractall(tmp, filter="data")
         except (tarfile.TarError, OSError) as e:
-            raise DataError(f"cannot extract {archive}: {e}; check the file (sha256sum -c SHA256SUMS next to it) "
-                            f"and the free space in {dest_root}") from e
+            raise DataError(
+                f"cannot extract {archive}: {e}; check the file (sha256sum -c SHA256SUMS next to it) "
+                f"and the free space in {dest_root}"
+            ) from e
         root = _layout_root(tmp)
         if root is None:
-            raise DataError(f"{archive} does not hold train/ and val/ folders (at its root or in one top folder); "
-                            f"it is not an ImageFolder-style dataset archive")
-        atomic_write_bytes(root / ".rbdc-source.json",
-                           json.dumps({**stamp, "seconds": time.perf_counter() - start}).encode())
+            raise DataError(
+                f"{archive} does not hold train/ and val/ folders (at its root or in one top folder); "
+                f"it is not an ImageFolder-style dataset archive"
+            )
+        atomic_write_bytes(
+            root / ".rbdc-source.json", json.dumps({**stamp, "seconds": time.perf_counter() - start}).encode()
+        )
         try:
             os.rename(root, dest)
         except OSError:
@@ -170,8 +199,10 @@ def _check_stamp(dest: Path, stamp: dict[str, Any], archive: Path) -> None:
         return  # extracted by hand: trust it (the count check still runs)
     old = json.loads(path.read_text())
     if old.get("bytes") != stamp["bytes"]:
-        raise DataError(f'{dest} was extracted from a different {archive.name} ({old.get("bytes")} bytes, now '
-                        f'{stamp["bytes"]}); delete {dest} to extract the new one')
+        raise DataError(
+            f"{dest} was extracted from a different {archive.name} ({old.get('bytes')} bytes, now "
+            f"{stamp['bytes']}); delete {dest} to extract the new one"
+        )
 
 
 def verify_contents(folder: str | Path, contents_file: str | Path) -> None:
@@ -195,8 +226,10 @@ def verify_contents(folder: str | Path, contents_file: str | Path) -> None:
         if not ok:
             bad.append(rel)
     if bad:
-        raise DataError(f"{len(bad)} of {len(lines)} files in {folder} are missing or differ from {contents_file} "
-                        f"(first: {bad[0]}); delete {folder} and extract the archive again")
+        raise DataError(
+            f"{len(bad)} of {len(lines)} files in {folder} are missing or differ from {contents_file} "
+            f"(first: {bad[0]}); delete {folder} and extract the archive again"
+        )
 
 
 def find_imagenette(root: str | Path | None = None, *, verify: bool = False) -> Path:
@@ -210,8 +243,10 @@ def find_imagenette(root: str | Path | None = None, *, verify: bool = False) -> 
     Returns:
         The dataset folder.
     """
-    hint = ("pass root= the extracted imagenette folder, the imagenette2-224.tar file or a folder holding it, "
-            "or set RBDC_DATA to that folder")
+    hint = (
+        "pass root= the extracted imagenette folder, the imagenette2-224.tar file or a folder holding it, "
+        "or set RBDC_DATA to that folder"
+    )
     candidates = [Path(root).expanduser()] if root is not None else []
     if root is None:
         data_root = default_data_root()
@@ -227,13 +262,17 @@ def find_imagenette(root: str | Path | None = None, *, verify: bool = False) -> 
         if verify:
             contents = _find_contents(folder, archive, cand)
             if contents is None:
-                raise DataError(f"verify=True but no {folder.name}.contents.sha256 was found next to {archive or cand}"
-                                f"; put it there or pass verify=False")
+                raise DataError(
+                    f"verify=True but no {folder.name}.contents.sha256 was found next to {archive or cand}"
+                    f"; put it there or pass verify=False"
+                )
             verify_contents(folder, contents)
         return folder
     where = ", ".join(str(c) for c in candidates) or "nowhere (no root given, RBDC_DATA unset)"
-    raise DataError(f'no Imagenette found in {where} (looked for train/ and val/, {", ".join(IMAGENETTE_NAMES)} '
-                    f'folders and {", ".join(IMAGENETTE_ARCHIVES)}); {hint}')
+    raise DataError(
+        f"no Imagenette found in {where} (looked for train/ and val/, {', '.join(IMAGENETTE_NAMES)} "
+        f"folders and {', '.join(IMAGENETTE_ARCHIVES)}); {hint}"
+    )
 
 
 def _imagenette_in(path: Path) -> tuple[Path | None, Path | None]:
@@ -263,9 +302,18 @@ def _find_contents(folder: Path, archive: Path | None, cand: Path) -> Path | Non
     return next((p / name for p in places if (p / name).is_file()), None)
 
 
-def build_dataset(source: str, root: str | None = None, split: str = "train", *, img_size: int = 224,
-                  num_classes: int | None = None, subset: int | None = None, seed: int = 0,
-                  download: bool = False, **source_kwargs) -> ImageDataset:
+def build_dataset(
+    source: str,
+    root: str | None = None,
+    split: str = "train",
+    *,
+    img_size: int = 224,
+    num_classes: int | None = None,
+    subset: int | None = None,
+    seed: int = 0,
+    download: bool = False,
+    **source_kwargs,
+) -> ImageDataset:
     """Build one split of a classification dataset.
 
     Args:
@@ -288,22 +336,25 @@ def build_dataset(source: str, root: str | None = None, split: str = "train", *,
         A dataset of ``(PIL RGB image, int target)`` with ``.classes`` and ``.num_classes``.
     """
     if source not in SOURCES:
-        raise DataError(f'unknown data source {source!r}; choose one of {", ".join(SOURCES)}')
+        raise DataError(f"unknown data source {source!r}; choose one of {', '.join(SOURCES)}")
     if split not in SPLITS:
-        raise DataError(f'unknown split {split!r}; choose one of {", ".join(SPLITS)}')
+        raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     allowed = {"imagenette": {"verify", "check_counts"}, "synthetic": {"num_images", "noise"}}.get(source, set())
     unknown = sorted(set(source_kwargs) - allowed)
     if unknown:
-        raise DataError(f'source {source!r} takes no option(s) {", ".join(unknown)}; '
-                        f'its options are: {", ".join(sorted(allowed)) or "none"}')
+        raise DataError(
+            f"source {source!r} takes no option(s) {', '.join(unknown)}; "
+            f"its options are: {', '.join(sorted(allowed)) or 'none'}"
+        )
 
     if root is not None and source in ("synthetic", "digits"):
         guess = f"; did you mean split={root!r}?" if root in SPLITS else ""
         raise DataError(f"source {source!r} is generated and takes no root (got root={root!r}){guess}")
     if source == "synthetic":
         n = source_kwargs.get("num_images") or (num_classes or 10) * (64 if split == "train" else 16)
-        ds: ImageDataset = SyntheticDataset(num_classes or 10, n, img_size, split=split, seed=seed,
-                                            noise=source_kwargs.get("noise", 40.0))
+        ds: ImageDataset = SyntheticDataset(
+            num_classes or 10, n, img_size, split=split, seed=seed, noise=source_kwargs.get("noise", 40.0)
+        )
     elif source == "digits":
         ds = _build_digits(split, img_size)
     elif source == "cifar100":
@@ -313,16 +364,19 @@ def build_dataset(source: str, root: str | None = None, split: str = "train", *,
 
     if num_classes is not None and num_classes != ds.num_classes:
         where = f" at {ds.root}" if ds.root else ""
-        raise DataError(f"{source} {split}{where} has {ds.num_classes} classes but the model expects "
-                        f"num_classes={num_classes}; set num_classes={ds.num_classes} (e.g. --num-classes "
-                        f"{ds.num_classes}) or point root at a dataset with {num_classes} classes")
+        raise DataError(
+            f"{source} {split}{where} has {ds.num_classes} classes but the model expects "
+            f"num_classes={num_classes}; set num_classes={ds.num_classes} (e.g. --num-classes "
+            f"{ds.num_classes}) or point root at a dataset with {num_classes} classes"
+        )
     if subset is not None:
         ds = _apply_subset(ds, subset, seed)
     return ds
 
 
-def _build_folder(source: str, root: str | None, split: str, verify: bool = False,
-                  check_counts: bool = True) -> FolderDataset:
+def _build_folder(
+    source: str, root: str | None, split: str, verify: bool = False, check_counts: bool = True
+) -> FolderDataset:
     if source == "imagenette":
         folder = find_imagenette(root, verify=verify)
         hint = f"delete {folder} if it came from a broken extraction, or pass root= another Imagenette copy"
@@ -338,9 +392,11 @@ def _build_folder(source: str, root: str | None, split: str, verify: bool = Fals
             hint += " (or set IMAGENET_ROOT)"
     samples, classes = _scan_folder(folder, split, source, hint)
     if source == "imagenette" and check_counts and len(samples) != IMAGENETTE_COUNTS[split]:
-        raise DataError(f"imagenette {split} at {folder / split} has {len(samples):,} images, expected "
-                        f"{IMAGENETTE_COUNTS[split]:,} (the imagenette2 split): the copy is incomplete or another "
-                        f"version; {hint}, or pass check_counts=False to use it anyway")
+        raise DataError(
+            f"imagenette {split} at {folder / split} has {len(samples):,} images, expected "
+            f"{IMAGENETTE_COUNTS[split]:,} (the imagenette2 split): the copy is incomplete or another "
+            f"version; {hint}, or pass check_counts=False to use it anyway"
+        )
     return FolderDataset(samples, classes, source=source, root=str(folder.resolve()), split=split)
 
 
@@ -356,18 +412,30 @@ def _build_digits(split: str, img_size: int) -> ArrayDataset:
     # Fixed split, independent of the run seed, so every run evaluates on the same 360 images.
     train_idx, val_idx = train_test_split(idx, test_size=0.2, stratify=digits.target, random_state=0)
     keep = np.sort(train_idx if split == "train" else val_idx)
-    return ArrayDataset(pixels[keep], digits.target[keep].tolist(), [str(d) for d in range(10)], source="digits",
-                        root=None, split=split, out_size=img_size, indices=keep.tolist(), cacheable=False)
+    return ArrayDataset(
+        pixels[keep],
+        digits.target[keep].tolist(),
+        [str(d) for d in range(10)],
+        source="digits",
+        root=None,
+        split=split,
+        out_size=img_size,
+        indices=keep.tolist(),
+        cacheable=False,
+    )
 
 
 def _build_cifar100(root: str | None, split: str, download: bool) -> ArrayDataset:
     from torchvision.datasets import CIFAR100
+
     folder = Path(root).expanduser() if root is not None else cache_dir() / "cifar100"
     try:
         ds = CIFAR100(str(folder), train=split == "train", download=download)
     except (RuntimeError, OSError) as e:  # OSError: no network (urllib URLError)
         if download:
             raise DataError(f"could not download CIFAR-100 into {folder}: {e}") from e
-        raise DataError(f"CIFAR-100 not found in {folder} (expected {folder}/cifar-100-python/); pass download=True "
-                        f"(--download) to fetch it (about 170 MB) or root= a folder that holds it") from e
+        raise DataError(
+            f"CIFAR-100 not found in {folder} (expected {folder}/cifar-100-python/); pass download=True "
+            f"(--download) to fetch it (about 170 MB) or root= a folder that holds it"
+        ) from e
     return ArrayDataset(ds.data, ds.targets, ds.classes, source="cifar100", root=str(folder.resolve()), split=split)

@@ -1,4 +1,5 @@
 """The data pipeline's processes: how many workers, their errors as one line, progress bars."""
+
 from __future__ import annotations
 
 import os
@@ -7,12 +8,12 @@ from contextlib import contextmanager
 from typing import Iterator
 
 
-
 from .datasets import DataError
 
 
 def _progress(iterable=None, **kwargs):
     from tqdm import tqdm
+
     return tqdm(iterable, disable=not sys.stderr.isatty(), **kwargs)
 
 

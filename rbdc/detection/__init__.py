@@ -15,17 +15,20 @@ When the detection stack is not installed (or does not import), the package stil
 :func:`require_stack` raises the recorded error with the fix. A config that reaches this import has already resolved
 ``mmdet::`` base configs, i.e. has MMDetection installed, so this never turns into a silent registry miss.
 """
+
 from __future__ import annotations
 
 import sys
 import warnings
 
-__all__ = ['RBDCViT', 'RBDCResNet', 'RBDCSimpleFPN', 'require_stack', 'stack_error', 'DetectionStackError']
+__all__ = ["RBDCViT", "RBDCResNet", "RBDCSimpleFPN", "require_stack", "stack_error", "DetectionStackError"]
 
-INSTALL_HINT = ('if `tox -e detection` installed the stack, it is in tox\'s env only: run `tox -e detection-cli -- '
-                '<rbdc arguments>` (or that env\'s bin/rbdc); else install it into this Python with '
-                f'`PYTHON={sys.executable} bash detection/install.sh` (builds mmcv 2.1.0 with ops once per machine); '
-                '`rbdc doctor` shows what is missing')
+INSTALL_HINT = (
+    "if `tox -e detection` installed the stack, it is in tox's env only: run `tox -e detection-cli -- "
+    "<rbdc arguments>` (or that env's bin/rbdc); else install it into this Python with "
+    f"`PYTHON={sys.executable} bash detection/install.sh` (builds mmcv 2.1.0 with ops once per machine); "
+    "`rbdc doctor` shows what is missing"
+)
 
 
 class DetectionStackError(ImportError):
@@ -35,7 +38,7 @@ class DetectionStackError(ImportError):
 _STACK_ERROR: BaseException | None = None
 # MMEngine 0.10.7 imports pkg_resources to find `mmdet::` configs; setuptools < 81 (pinned) still has it but warns on
 # every config load. The pin is deliberate (detection/README.md), so the warning carries no news.
-warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
 try:
     from rbdc.detection.compat import allow_mmengine_checkpoints
@@ -43,7 +46,7 @@ try:
     from rbdc.detection.hooks import RBDCMetricsHook  # noqa: F401  (registered for the launchers)
     from rbdc.detection.neck import RBDCSimpleFPN
 except ModuleNotFoundError as _err:
-    if (_err.name or '').split('.')[0] not in ('mmdet', 'mmcv', 'mmengine', 'pycocotools'):
+    if (_err.name or "").split(".")[0] not in ("mmdet", "mmcv", "mmengine", "pycocotools"):
         raise
     _STACK_ERROR = _err
 except AssertionError as _err:  # mmdet's `mmcv < 2.2.0` version assert, raised at `import mmdet`
@@ -60,11 +63,12 @@ def stack_error() -> BaseException | None:
 def require_stack() -> None:
     """Raise :class:`DetectionStackError` (naming the fix) unless the backbones are registered with MMDetection."""
     if _STACK_ERROR is not None:
-        raise DetectionStackError(f'the MMDetection stack does not import ({type(_STACK_ERROR).__name__}: '
-                                  f'{_STACK_ERROR}); {INSTALL_HINT}') from _STACK_ERROR
+        raise DetectionStackError(
+            f"the MMDetection stack does not import ({type(_STACK_ERROR).__name__}: {_STACK_ERROR}); {INSTALL_HINT}"
+        ) from _STACK_ERROR
 
 
 def __getattr__(name: str):
-    if name in ('RBDCViT', 'RBDCResNet', 'RBDCSimpleFPN'):
+    if name in ("RBDCViT", "RBDCResNet", "RBDCSimpleFPN"):
         require_stack()
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,6 +12,7 @@ arbitrary code, only admits a logging buffer, numpy arrays/scalars, and ``getatt
 MMEngine makes of it (``HistoryBuffer`` pickles its statistics methods as ``getattr(HistoryBuffer, 'min')``). A class
 missing from the list fails loudly (torch names it and ``add_safe_globals``); ``rbdc doctor`` checks the round trip.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -19,7 +20,7 @@ import pickle
 import numpy as np
 import torch
 
-__all__ = ['MMENGINE_SAFE_GLOBALS', 'allow_mmengine_checkpoints']
+__all__ = ["MMENGINE_SAFE_GLOBALS", "allow_mmengine_checkpoints"]
 
 
 def _numpy_globals() -> list:
@@ -28,7 +29,7 @@ def _numpy_globals() -> list:
         from numpy._core.multiarray import _reconstruct, scalar
     except ImportError:  # numpy 1.x
         from numpy.core.multiarray import _reconstruct, scalar
-    dtypes = [type(np.dtype(t)) for t in ('float64', 'float32', 'float16', 'int64', 'int32', 'uint8', 'bool')]
+    dtypes = [type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32", "uint8", "bool")]
     return [_reconstruct, scalar, np.ndarray, np.dtype, *dtypes]
 
 
@@ -37,13 +38,15 @@ def _mmengine_globals() -> list:
 
     def history_buffer_getattr(obj, name: str):
         """``getattr`` as HistoryBuffer pickles its statistics methods (``getattr(HistoryBuffer, 'mean')``), only."""
-        if obj is HistoryBuffer and not name.startswith('_') and callable(getattr(HistoryBuffer, name, None)):
+        if obj is HistoryBuffer and not name.startswith("_") and callable(getattr(HistoryBuffer, name, None)):
             return getattr(obj, name)
-        raise pickle.UnpicklingError(f'refusing getattr({obj!r}, {name!r}) in a checkpoint: only HistoryBuffer '
-                                     f'statistics methods are allowed (rbdc.detection.compat)')
+        raise pickle.UnpicklingError(
+            f"refusing getattr({obj!r}, {name!r}) in a checkpoint: only HistoryBuffer "
+            f"statistics methods are allowed (rbdc.detection.compat)"
+        )
 
     # Registered under the name pickle writes, so the unpickler calls this restricted version, never the builtin.
-    return [HistoryBuffer, (history_buffer_getattr, 'builtins.getattr')]
+    return [HistoryBuffer, (history_buffer_getattr, "builtins.getattr")]
 
 
 MMENGINE_SAFE_GLOBALS: list = []
@@ -53,6 +56,6 @@ def allow_mmengine_checkpoints() -> list:
     """Allow-list the classes in MMEngine checkpoints for ``torch.load(weights_only=True)``; idempotent."""
     if not MMENGINE_SAFE_GLOBALS:
         MMENGINE_SAFE_GLOBALS.extend(_mmengine_globals() + _numpy_globals())
-        if hasattr(torch.serialization, 'add_safe_globals'):  # torch < 2.4 has no weights_only default to satisfy
+        if hasattr(torch.serialization, "add_safe_globals"):  # torch < 2.4 has no weights_only default to satisfy
             torch.serialization.add_safe_globals(MMENGINE_SAFE_GLOBALS)
     return MMENGINE_SAFE_GLOBALS

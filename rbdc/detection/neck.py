@@ -6,6 +6,7 @@ a 1x1 lateral and a 3x3 output conv with LayerNorm, with no top-down path. This 
 ``projects/ViTDet`` ``SimpleFPN`` (Apache-2.0), generalised to any input stride (patch 8 or 16) and to one tap per
 level.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,16 +19,16 @@ from mmengine.model import BaseModule
 from mmdet.registry import MODELS
 from timm.layers import LayerNorm2d
 
-__all__ = ['RBDCSimpleFPN']
+__all__ = ["RBDCSimpleFPN"]
 
 
 def _rescale(channels: int, factor: float) -> tuple[nn.Module, int]:
     """Module taking a map to ``factor`` x its resolution (2**n up by deconvs, 2**-n down by max-pool)."""
     steps = round(math.log2(factor))
-    if 2.0 ** steps != factor:
-        raise ValueError(f'RBDCSimpleFPN: scale factor {factor} is not a power of 2; choose strides that are')
+    if 2.0**steps != factor:
+        raise ValueError(f"RBDCSimpleFPN: scale factor {factor} is not a power of 2; choose strides that are")
     if steps <= 0:
-        return (nn.Identity() if steps == 0 else nn.MaxPool2d(2 ** -steps, 2 ** -steps)), channels
+        return (nn.Identity() if steps == 0 else nn.MaxPool2d(2**-steps, 2**-steps)), channels
     layers, c = [], channels
     for i in range(steps):
         if i:
@@ -55,11 +56,18 @@ class RBDCSimpleFPN(BaseModule):
         init_cfg: MMEngine init config.
     """
 
-    def __init__(self, in_channels: int, out_channels: int = 256, in_stride: int = 16,
-                 strides: Sequence[int] = (4, 8, 16, 32), num_outs: int = 5, init_cfg: dict | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int = 256,
+        in_stride: int = 16,
+        strides: Sequence[int] = (4, 8, 16, 32),
+        num_outs: int = 5,
+        init_cfg: dict | None = None,
+    ):
         super().__init__(init_cfg=init_cfg)
         if num_outs < len(strides):
-            raise ValueError(f'RBDCSimpleFPN: num_outs={num_outs} is fewer than the {len(strides)} strides')
+            raise ValueError(f"RBDCSimpleFPN: num_outs={num_outs} is fewer than the {len(strides)} strides")
         self.in_channels = in_channels
         self.num_levels = len(strides)
         self.num_outs = num_outs
@@ -72,11 +80,15 @@ class RBDCSimpleFPN(BaseModule):
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         if len(inputs) not in (1, self.num_levels):
-            raise ValueError(f'RBDCSimpleFPN: got {len(inputs)} feature maps; give 1 (ViTDet) or one per level '
-                             f'({self.num_levels}) via the backbone\'s out_indices')
+            raise ValueError(
+                f"RBDCSimpleFPN: got {len(inputs)} feature maps; give 1 (ViTDet) or one per level "
+                f"({self.num_levels}) via the backbone's out_indices"
+            )
         if inputs[0].shape[1] != self.in_channels:
-            raise ValueError(f'RBDCSimpleFPN: maps have {inputs[0].shape[1]} channels, in_channels is '
-                             f'{self.in_channels}; set neck.in_channels to the backbone width')
+            raise ValueError(
+                f"RBDCSimpleFPN: maps have {inputs[0].shape[1]} channels, in_channels is "
+                f"{self.in_channels}; set neck.in_channels to the backbone width"
+            )
         maps = inputs if len(inputs) == self.num_levels else [inputs[0]] * self.num_levels
         outs = [out(lat(rs(x))) for x, rs, lat, out in zip(maps, self.rescale, self.lateral, self.output)]
         while len(outs) < self.num_outs:

@@ -7,6 +7,7 @@ seeds. Each (backbone point, pretraining seed, fine-tuning seed) is one ``rbdc d
 auto-resume from the latest epoch checkpoint); ``--report`` copies the light files of the finished runs to
 ``reports/runs/<name>/`` and writes the report (:mod:`rbdc.report.detection`) from those copies.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,26 +25,40 @@ from rbdc.errors import UserError
 from rbdc.units import human_time
 from rbdc.studies.spec import read_study_file, group_name
 
-__all__ = ['DetRun', 'DetStudy', 'load_study', 'sync', 'backbone_copy', 'add_cli']
+__all__ = ["DetRun", "DetStudy", "load_study", "sync", "backbone_copy", "add_cli"]
 
-KEYS = {'name', 'description', 'backbones', 'config', 'scale', 'epochs', 'iters', 'finetune_seeds', 'jobs', 'threads',
-        'report', 'cfg_options', 'kind', 'keep_backbone_weights'}
-BACKBONE_KEYS = {'study', 'budget', 'seeds', 'points'}
-LIGHT = ('launch.json', 'metrics.json', 'curve.json')  # what reports/runs keeps of a fine-tuning run
-BACKBONES = 'backbones'  # the folder of reports/runs/<name>/ that keeps the backbone runs' light files
+KEYS = {
+    "name",
+    "description",
+    "backbones",
+    "config",
+    "scale",
+    "epochs",
+    "iters",
+    "finetune_seeds",
+    "jobs",
+    "threads",
+    "report",
+    "cfg_options",
+    "kind",
+    "keep_backbone_weights",
+}
+BACKBONE_KEYS = {"study", "budget", "seeds", "points"}
+LIGHT = ("launch.json", "metrics.json", "curve.json")  # what reports/runs keeps of a fine-tuning run
+BACKBONES = "backbones"  # the folder of reports/runs/<name>/ that keeps the backbone runs' light files
 
 
 @dataclass(frozen=True)
 class DetRun:
-    label: str          # the report's name for the backbone, e.g. rbdc
-    point: str          # the classification study's point, e.g. vit-rbdc-d1
-    seed: int           # pretraining seed
-    ft_seed: int        # fine-tuning seed
+    label: str  # the report's name for the backbone, e.g. rbdc
+    point: str  # the classification study's point, e.g. vit-rbdc-d1
+    seed: int  # pretraining seed
+    ft_seed: int  # fine-tuning seed
 
-    def work_dir(self, output: Path, study: 'DetStudy') -> Path:
-        return Path(output) / study.name / self.label / f'seed{self.seed}' / f'ft{self.ft_seed}'
+    def work_dir(self, output: Path, study: "DetStudy") -> Path:
+        return Path(output) / study.name / self.label / f"seed{self.seed}" / f"ft{self.ft_seed}"
 
-    def backbone(self, backbones: Path, study: 'DetStudy') -> Path:
+    def backbone(self, backbones: Path, study: "DetStudy") -> Path:
         return rundir.run_dir(backbones, group_name(study.source, self.point, study.budget), self.seed) / rundir.FINAL
 
 
@@ -51,7 +66,7 @@ class DetRun:
 class DetStudy:
     name: str
     path: Path
-    source: str                # the classification study
+    source: str  # the classification study
     budget: int | float
     config: Path
     scale: tuple[int, int]
@@ -61,143 +76,195 @@ class DetStudy:
     labels: list[str]
     jobs: int = 2
     threads: int = 1
-    description: str = ''
+    description: str = ""
     report: str | None = None
-    cfg_options: tuple[str, ...] = ()   # extra --cfg-options of every run (KEY=VALUE)
+    cfg_options: tuple[str, ...] = ()  # extra --cfg-options of every run (KEY=VALUE)
     # --report also copies each backbone's final.safetensors to reports/runs (for small backbones): the fine-tunings
     # then replay from the repository alone, and with the very weights they loaded (a backbone retrained on another
     # CPU's kernels differs in its low bits, so its sha256 would not match the runs')
     keep_backbone_weights: bool = False
 
     def length_args(self) -> list[str]:
-        return ['--epochs', str(self.epochs)] if self.epochs else ['--iters', str(self.iters)]
+        return ["--epochs", str(self.epochs)] if self.epochs else ["--iters", str(self.iters)]
 
     def argv(self, run: DetRun, output: Path, backbones: Path) -> tuple[str, ...]:
         """The ``python -m`` command of one run: validation every epoch, a checkpoint every epoch (the resume point,
         one kept), the fine-tuning seed."""
-        every = [] if self.iters else ['train_cfg.val_interval=1', 'default_hooks.checkpoint.interval=1']
-        return ('rbdc.cli', 'det-train', str(self.config), '--backbone', str(run.backbone(backbones, self)),
-                '--work-dir', str(run.work_dir(output, self)), *self.length_args(), '--resume', '--cfg-options',
-                f'randomness.seed={run.ft_seed}', *every, *self.cfg_options)
+        every = [] if self.iters else ["train_cfg.val_interval=1", "default_hooks.checkpoint.interval=1"]
+        return (
+            "rbdc.cli",
+            "det-train",
+            str(self.config),
+            "--backbone",
+            str(run.backbone(backbones, self)),
+            "--work-dir",
+            str(run.work_dir(output, self)),
+            *self.length_args(),
+            "--resume",
+            "--cfg-options",
+            f"randomness.seed={run.ft_seed}",
+            *every,
+            *self.cfg_options,
+        )
 
 
 def _fail(path: Path, what: str) -> UserError:
-    return UserError(f'detection study {path}: {what}')
+    return UserError(f"detection study {path}: {what}")
 
 
 def load_study(path: str | Path) -> DetStudy:
     path, data = read_study_file(path)
-    if data.get('kind') != 'detection':
-        raise _fail(path, 'a detection study says `kind: detection` (a classification study runs with rbdc study)')
+    if data.get("kind") != "detection":
+        raise _fail(path, "a detection study says `kind: detection` (a classification study runs with rbdc study)")
     unknown = sorted(set(data) - KEYS)
     if unknown:
-        raise _fail(path, f'unknown key(s) {unknown}; known: {", ".join(sorted(KEYS))}')
-    missing = [k for k in ('name', 'backbones', 'config', 'scale') if k not in data]
+        raise _fail(path, f"unknown key(s) {unknown}; known: {', '.join(sorted(KEYS))}")
+    missing = [k for k in ("name", "backbones", "config", "scale") if k not in data]
     if missing:
-        raise _fail(path, f'missing key(s) {missing}')
-    if bool(data.get('epochs')) == bool(data.get('iters')):
-        raise _fail(path, 'give exactly one of epochs (the real runs) or iters (a smoke test)')
-    bb = data['backbones']
+        raise _fail(path, f"missing key(s) {missing}")
+    if bool(data.get("epochs")) == bool(data.get("iters")):
+        raise _fail(path, "give exactly one of epochs (the real runs) or iters (a smoke test)")
+    bb = data["backbones"]
     if not isinstance(bb, dict) or set(bb) != BACKBONE_KEYS:
-        raise _fail(path, f'backbones needs exactly the keys {sorted(BACKBONE_KEYS)}, got {sorted(bb or {})}')
-    if not isinstance(bb['points'], dict) or not bb['points']:
-        raise _fail(path, 'backbones.points maps report labels to the classification study\'s points')
-    if BACKBONES in bb['points']:
-        raise _fail(path, f'`{BACKBONES}` is the folder of the backbone runs\' copies: choose another label')
-    scale = data['scale']
+        raise _fail(path, f"backbones needs exactly the keys {sorted(BACKBONE_KEYS)}, got {sorted(bb or {})}")
+    if not isinstance(bb["points"], dict) or not bb["points"]:
+        raise _fail(path, "backbones.points maps report labels to the classification study's points")
+    if BACKBONES in bb["points"]:
+        raise _fail(path, f"`{BACKBONES}` is the folder of the backbone runs' copies: choose another label")
+    scale = data["scale"]
     if not (isinstance(scale, list) and len(scale) == 2 and all(isinstance(v, int) and v > 0 for v in scale)):
-        raise _fail(path, f'scale must be [width, height] in pixels, got {scale!r}')
-    config = (path.parent / data['config']).resolve()
+        raise _fail(path, f"scale must be [width, height] in pixels, got {scale!r}")
+    config = (path.parent / data["config"]).resolve()
     if not config.is_file():
-        raise _fail(path, f'config {config} not found (paths are relative to the study file)')
-    options = data.get('cfg_options') or []
-    if not (isinstance(options, list) and all(isinstance(o, str) and '=' in o for o in options)):
-        raise _fail(path, f'cfg_options must be a list of KEY=VALUE strings, got {options!r}')
-    seeds, ft_seeds = bb['seeds'], data.get('finetune_seeds') or [0]
-    for key, values in (('backbones.seeds', seeds), ('finetune_seeds', ft_seeds)):
+        raise _fail(path, f"config {config} not found (paths are relative to the study file)")
+    options = data.get("cfg_options") or []
+    if not (isinstance(options, list) and all(isinstance(o, str) and "=" in o for o in options)):
+        raise _fail(path, f"cfg_options must be a list of KEY=VALUE strings, got {options!r}")
+    seeds, ft_seeds = bb["seeds"], data.get("finetune_seeds") or [0]
+    for key, values in (("backbones.seeds", seeds), ("finetune_seeds", ft_seeds)):
         if not (isinstance(values, list) and values and all(isinstance(v, int) and v >= 0 for v in values)):
-            raise _fail(path, f'{key} must be a list of non-negative integers, got {values!r}')
-    if not isinstance(data.get('keep_backbone_weights', False), bool):
-        raise _fail(path, f'keep_backbone_weights must be true or false, got {data["keep_backbone_weights"]!r}')
-    for key in ('jobs', 'threads', 'epochs', 'iters'):
+            raise _fail(path, f"{key} must be a list of non-negative integers, got {values!r}")
+    if not isinstance(data.get("keep_backbone_weights", False), bool):
+        raise _fail(path, f"keep_backbone_weights must be true or false, got {data['keep_backbone_weights']!r}")
+    for key in ("jobs", "threads", "epochs", "iters"):
         v = data.get(key)
         if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-            raise _fail(path, f'{key} must be a positive integer, got {v!r}')
-    if not (isinstance(bb['budget'], (int, float)) and bb['budget'] > 0):
-        raise _fail(path, f'backbones.budget must be the classification study\'s budget (target epochs), got '
-                          f'{bb["budget"]!r}')
+            raise _fail(path, f"{key} must be a positive integer, got {v!r}")
+    if not (isinstance(bb["budget"], (int, float)) and bb["budget"] > 0):
+        raise _fail(
+            path, f"backbones.budget must be the classification study's budget (target epochs), got {bb['budget']!r}"
+        )
     # seed-major: the pool starts runs in this order, so a study stopped part-way has every backbone at the same seeds
-    runs = [DetRun(label, point, s, f) for s, f, (label, point) in
-            itertools.product(seeds, ft_seeds, bb['points'].items())]
-    return DetStudy(name=data['name'], path=path, source=bb['study'], budget=bb['budget'], config=config,
-                    scale=(scale[0], scale[1]), epochs=data.get('epochs'), iters=data.get('iters'), runs=runs,
-                    labels=list(bb['points']), jobs=int(data.get('jobs', 2)), threads=int(data.get('threads', 1)),
-                    description=data.get('description', ''), report=data.get('report'), cfg_options=tuple(options),
-                    keep_backbone_weights=data.get('keep_backbone_weights', False))
+    runs = [
+        DetRun(label, point, s, f) for s, f, (label, point) in itertools.product(seeds, ft_seeds, bb["points"].items())
+    ]
+    return DetStudy(
+        name=data["name"],
+        path=path,
+        source=bb["study"],
+        budget=bb["budget"],
+        config=config,
+        scale=(scale[0], scale[1]),
+        epochs=data.get("epochs"),
+        iters=data.get("iters"),
+        runs=runs,
+        labels=list(bb["points"]),
+        jobs=int(data.get("jobs", 2)),
+        threads=int(data.get("threads", 1)),
+        description=data.get("description", ""),
+        report=data.get("report"),
+        cfg_options=tuple(options),
+        keep_backbone_weights=data.get("keep_backbone_weights", False),
+    )
 
 
 def status(work_dir: Path, study: DetStudy) -> str:
     """done (trained to the end, wall time recorded, and validated at the study's last epoch or iteration), started,
     pending."""
-    launch, metrics = work_dir / 'launch.json', work_dir / 'metrics.json'
+    launch, metrics = work_dir / "launch.json", work_dir / "metrics.json"
     if not launch.is_file():
-        return 'pending'
-    val = json.loads(metrics.read_text()).get('val') if metrics.is_file() else None
-    if json.loads(launch.read_text()).get('wall_s') is None or not val:
-        return 'started'
+        return "pending"
+    val = json.loads(metrics.read_text()).get("val") if metrics.is_file() else None
+    if json.loads(launch.read_text()).get("wall_s") is None or not val:
+        return "started"
     last = val[-1]
-    at_end = last['epoch'] == study.epochs if study.epochs else last['iter'] == study.iters
-    return 'done' if at_end else 'started'
+    at_end = last["epoch"] == study.epochs if study.epochs else last["iter"] == study.iters
+    return "done" if at_end else "started"
 
 
 def training_curve(work_dir: Path) -> list[dict]:
     """The logged training losses and lr by iteration, from MMEngine's ``*/vis_data/scalars.json`` (every resumed
     segment; a step logged twice keeps its last value)."""
     rows: dict[int, dict] = {}
-    for f in sorted(work_dir.glob('*/vis_data/scalars.json')):
-        for line in f.read_text(errors='replace').splitlines():
+    for f in sorted(work_dir.glob("*/vis_data/scalars.json")):
+        for line in f.read_text(errors="replace").splitlines():
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:  # the last line of a segment killed mid-write
                 continue
-            if 'loss' in rec and 'step' in rec:
-                rows[int(rec['step'])] = {'iter': int(rec['step']), 'epoch': rec.get('epoch'), 'loss': rec['loss'],
-                                          'lr': rec.get('lr')}
+            if "loss" in rec and "step" in rec:
+                rows[int(rec["step"])] = {
+                    "iter": int(rec["step"]),
+                    "epoch": rec.get("epoch"),
+                    "loss": rec["loss"],
+                    "lr": rec.get("lr"),
+                }
     return [rows[k] for k in sorted(rows)]
 
 
 def _outcome(work_dir: Path, study: DetStudy):
     def read() -> tuple[bool, str]:
-        if status(work_dir, study) != 'done':
-            return False, ''
-        rundir.write_json(work_dir / 'curve.json', training_curve(work_dir))
-        last = json.loads((work_dir / 'metrics.json').read_text())['val'][-1]['metrics']
-        return True, (f"box AP {100 * last.get('coco/bbox_mAP', float('nan')):.1f}, "
-                      f"mask AP {100 * last.get('coco/segm_mAP', float('nan')):.1f}")
+        if status(work_dir, study) != "done":
+            return False, ""
+        rundir.write_json(work_dir / "curve.json", training_curve(work_dir))
+        last = json.loads((work_dir / "metrics.json").read_text())["val"][-1]["metrics"]
+        return True, (
+            f"box AP {100 * last.get('coco/bbox_mAP', float('nan')):.1f}, "
+            f"mask AP {100 * last.get('coco/segm_mAP', float('nan')):.1f}"
+        )
+
     return read
 
 
 def run(study: DetStudy, output: Path, backbones: Path, jobs: int, threads: int, log=print) -> list:
     state = {r: status(r.work_dir(output, study), study) for r in study.runs}
-    todo = [r for r in study.runs if state[r] != 'done']
+    todo = [r for r in study.runs if state[r] != "done"]
     missing = [r for r in todo if not r.backbone(backbones, study).is_file()]  # a finished run has recorded its own
     if missing:
-        only = ' '.join(f'--only {g}' for g in dict.fromkeys(group_name(study.source, r.point, study.budget)
-                                                             for r in missing))
-        raise UserError(f'{len(missing)} backbone(s) missing, e.g. {missing[0].backbone(backbones, study)}: train '
-                        f'them with the {study.source} study first (rbdc study configs/studies/{study.source}.yaml '
-                        f'-o {backbones} {only}) or pass --backbones DIR')
+        only = " ".join(
+            f"--only {g}" for g in dict.fromkeys(group_name(study.source, r.point, study.budget) for r in missing)
+        )
+        raise UserError(
+            f"{len(missing)} backbone(s) missing, e.g. {missing[0].backbone(backbones, study)}: train "
+            f"them with the {study.source} study first (rbdc study configs/studies/{study.source}.yaml "
+            f"-o {backbones} {only}) or pass --backbones DIR"
+        )
     cost = float(study.epochs or study.iters)
-    log(f'detection study {study.name}: {len(study.runs)} runs, {len(study.runs) - len(todo)} done, {len(todo)} to '
-        f'run ({study.length_args()[1]} {study.length_args()[0][2:]} each at {study.scale[0]}x{study.scale[1]}) '
-        f'as {jobs} x {threads} thread(s) -> {output / study.name}')
-    scale = f'{study.scale[0]},{study.scale[1]}'
-    jobs_ = [pool.Job(key=r, label=f'{study.name}/{r.label} seed {r.seed} ft {r.ft_seed}',
-                      argv=study.argv(r, output, backbones), log=r.work_dir(output, study) / rundir.LOG, cost=cost,
-                      outcome=_outcome(r.work_dir(output, study), study),
-                      title=f'rbdc det-study {study.name}:', env=(('BALLOON_SCALE', scale),)) for r in todo]
-    return [j.key for j in pool.run(jobs_, jobs=jobs, threads=threads, total=len(study.runs),
-                                     done_before=len(study.runs) - len(todo), log=log)]
+    log(
+        f"detection study {study.name}: {len(study.runs)} runs, {len(study.runs) - len(todo)} done, {len(todo)} to "
+        f"run ({study.length_args()[1]} {study.length_args()[0][2:]} each at {study.scale[0]}x{study.scale[1]}) "
+        f"as {jobs} x {threads} thread(s) -> {output / study.name}"
+    )
+    scale = f"{study.scale[0]},{study.scale[1]}"
+    jobs_ = [
+        pool.Job(
+            key=r,
+            label=f"{study.name}/{r.label} seed {r.seed} ft {r.ft_seed}",
+            argv=study.argv(r, output, backbones),
+            log=r.work_dir(output, study) / rundir.LOG,
+            cost=cost,
+            outcome=_outcome(r.work_dir(output, study), study),
+            title=f"rbdc det-study {study.name}:",
+            env=(("BALLOON_SCALE", scale),),
+        )
+        for r in todo
+    ]
+    return [
+        j.key
+        for j in pool.run(
+            jobs_, jobs=jobs, threads=threads, total=len(study.runs), done_before=len(study.runs) - len(todo), log=log
+        )
+    ]
 
 
 def backbone_copy(run: DetRun, root: Path, study: DetStudy) -> Path:
@@ -213,10 +280,10 @@ def sync(study: DetStudy, output: Path, dest_root: Path, backbones: Path | None 
     copied = []
     for r in study.runs:
         wd = r.work_dir(output, study)
-        if status(wd, study) != 'done':
+        if status(wd, study) != "done":
             continue
-        if not (wd / 'curve.json').is_file():
-            rundir.write_json(wd / 'curve.json', training_curve(wd))
+        if not (wd / "curve.json").is_file():
+            rundir.write_json(wd / "curve.json", training_curve(wd))
         dest = r.work_dir(dest_root, study)
         for name in LIGHT:
             rundir.atomic_write_bytes(dest / name, (wd / name).read_bytes())
@@ -230,40 +297,58 @@ def sync(study: DetStudy, output: Path, dest_root: Path, backbones: Path | None 
 
 def cmd_det_study(args) -> int:
     study = load_study(args.study)
-    output = Path(args.output or os.environ.get('RBDC_OUT', 'runs')).resolve()
+    output = Path(args.output or os.environ.get("RBDC_OUT", "runs")).resolve()
     backbones = Path(args.backbones).resolve() if args.backbones else output
     if args.list:
         for r in study.runs:
-            print(f'{status(r.work_dir(output, study), study):8s} {study.name}/{r.label} seed {r.seed} ft {r.ft_seed}  '
-                  f'backbone {r.backbone(backbones, study)}')
+            print(
+                f"{status(r.work_dir(output, study), study):8s} {study.name}/{r.label} seed {r.seed} ft {r.ft_seed}  "
+                f"backbone {r.backbone(backbones, study)}"
+            )
         return 0
     t0 = time.time()
     failed = run(study, output, backbones, args.jobs or study.jobs, args.threads or study.threads)
-    print(f'detection study {study.name} after {human_time(time.time() - t0)}; report: rbdc det-study {args.study} '
-          f'-o {output} --report')
+    print(
+        f"detection study {study.name} after {human_time(time.time() - t0)}; report: rbdc det-study {args.study} "
+        f"-o {output} --report"
+    )
     if failed:
-        print(f'{len(failed)} run(s) failed: ' + ', '.join(f'{r.label} seed {r.seed} ft {r.ft_seed}' for r in failed)
-              + '; their train.log says why; rerun the same command to resume them', file=sys.stderr)
+        print(
+            f"{len(failed)} run(s) failed: "
+            + ", ".join(f"{r.label} seed {r.seed} ft {r.ft_seed}" for r in failed)
+            + "; their train.log says why; rerun the same command to resume them",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
 
 def add_cli(sub) -> None:
-    p = sub.add_parser('det-study', help='fine-tune a detection config on the backbones of a classification study',
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog='examples:\n'
-                              '  rbdc det-study configs/studies/balloon32.yaml -o runs           # resumable\n'
-                              '  rbdc det-study configs/studies/balloon32.yaml -o runs --list\n'
-                              '  rbdc det-study configs/studies/balloon32.yaml -o runs --report  # md, json, png\n')
-    p.add_argument('study', help='detection study YAML (configs/studies/...)')
-    p.add_argument('--output', '-o', default=None, help='runs root (default: $RBDC_OUT or runs)')
-    p.add_argument('--backbones', default=None, metavar='DIR',
-                   help='runs root of the classification study (default: the same as --output)')
-    p.add_argument('--jobs', type=int, default=None, help='runs at once (default: the study\'s `jobs`)')
-    p.add_argument('--threads', type=int, default=None, help='threads per run (default: the study\'s `threads`)')
-    p.add_argument('--list', action='store_true', help='list the runs, their status and backbones')
-    p.add_argument('--report', action='store_true', help='copy the finished runs\' light files to reports/runs and '
-                   'write the report from them, then exit')
-    p.add_argument('--from-committed', action='store_true', help='with --report: use reports/runs as it is')
-    p.add_argument('--report-to', default=None, metavar='PREFIX', help='report path without suffix')
+    p = sub.add_parser(
+        "det-study",
+        help="fine-tune a detection config on the backbones of a classification study",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  rbdc det-study configs/studies/balloon32.yaml -o runs           # resumable\n"
+        "  rbdc det-study configs/studies/balloon32.yaml -o runs --list\n"
+        "  rbdc det-study configs/studies/balloon32.yaml -o runs --report  # md, json, png\n",
+    )
+    p.add_argument("study", help="detection study YAML (configs/studies/...)")
+    p.add_argument("--output", "-o", default=None, help="runs root (default: $RBDC_OUT or runs)")
+    p.add_argument(
+        "--backbones",
+        default=None,
+        metavar="DIR",
+        help="runs root of the classification study (default: the same as --output)",
+    )
+    p.add_argument("--jobs", type=int, default=None, help="runs at once (default: the study's `jobs`)")
+    p.add_argument("--threads", type=int, default=None, help="threads per run (default: the study's `threads`)")
+    p.add_argument("--list", action="store_true", help="list the runs, their status and backbones")
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="copy the finished runs' light files to reports/runs and write the report from them, then exit",
+    )
+    p.add_argument("--from-committed", action="store_true", help="with --report: use reports/runs as it is")
+    p.add_argument("--report-to", default=None, metavar="PREFIX", help="report path without suffix")
     p.set_defaults(func=cmd_det_study)

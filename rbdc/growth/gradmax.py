@@ -50,6 +50,7 @@ describes, so ``rbdc.forward_macs`` (which rebuilds the model from ``rbdc_arch``
 ``train_flops_per_image(img_size)`` method (used by the engine) backed by :func:`rbdc.flops.model_forward_macs`, and
 ``rbdc_arch["inner_widths"]`` marks them. Rebuild one for a checkpoint with :func:`gradmax_model`.
 """
+
 from __future__ import annotations
 
 import math
@@ -70,8 +71,14 @@ from .relu1 import use_relu1
 from .remap import build_like, fill_value, ops_for, remap
 from .spaces import Space, inner_spaces, inner_widths
 
-__all__ = ["gradmax_grow", "gradmax_schedule", "gradmax_widths", "gradmax_model", "gradmax_start",
-           "grow_optimizer_state"]
+__all__ = [
+    "gradmax_grow",
+    "gradmax_schedule",
+    "gradmax_widths",
+    "gradmax_model",
+    "gradmax_start",
+    "grow_optimizer_state",
+]
 
 LossFn = Callable[[nn.Module, object], torch.Tensor]
 
@@ -185,8 +192,9 @@ def _resolve_counts(inner: list[Space], sd: dict, n_new, widths) -> dict[str, in
     return {k: v for k, v in counts.items() if v > 0}
 
 
-def _conv_m(h: torch.Tensor, conv_l: nn.Conv2d, conv_next: nn.Conv2d, delta: torch.Tensor, center: bool,
-            chunk: int = 16) -> torch.Tensor:
+def _conv_m(
+    h: torch.Tensor, conv_l: nn.Conv2d, conv_next: nn.Conv2d, delta: torch.Tensor, center: bool, chunk: int = 16
+) -> torch.Tensor:
     """Exact GradMax matrix of a conv pair: (C_in k1^2) x (C_out k2^2), float64."""
     k1, k2 = conv_l.kernel_size, conv_next.kernel_size
     n, c_out = delta.shape[:2]
@@ -194,12 +202,18 @@ def _conv_m(h: torch.Tensor, conv_l: nn.Conv2d, conv_next: nn.Conv2d, delta: tor
     p_sum = torch.zeros(m.shape[0], dtype=torch.float64, device=h.device)
     positions = 0
     for i in range(0, n, chunk):
-        hi, di = h[i:i + chunk].double(), delta[i:i + chunk].double()
+        hi, di = h[i : i + chunk].double(), delta[i : i + chunk].double()
         cols = F.unfold(hi, k1, dilation=conv_l.dilation, padding=conv_l.padding, stride=conv_l.stride)
         grid = _out_hw(hi.shape[-2:], conv_l)
         img = cols.view(hi.shape[0], -1, *grid)
-        mt = torch.nn.grad.conv2d_weight(img, (c_out, img.shape[1], *k2), di, stride=conv_next.stride,
-                                         padding=conv_next.padding, dilation=conv_next.dilation)
+        mt = torch.nn.grad.conv2d_weight(
+            img,
+            (c_out, img.shape[1], *k2),
+            di,
+            stride=conv_next.stride,
+            padding=conv_next.padding,
+            dilation=conv_next.dilation,
+        )
         m += mt.permute(1, 0, 2, 3).reshape(m.shape)
         p_sum += cols.sum(dim=(0, 2))
         positions += cols.shape[0] * cols.shape[2]
@@ -207,15 +221,23 @@ def _conv_m(h: torch.Tensor, conv_l: nn.Conv2d, conv_next: nn.Conv2d, delta: tor
     # sum_x D_x is the weight gradient of an all-ones map.
     if center:
         ones = torch.ones(n, 1, *grid, dtype=torch.float64, device=h.device)
-        s = torch.nn.grad.conv2d_weight(ones, (c_out, 1, *k2), delta.double(), stride=conv_next.stride,
-                                        padding=conv_next.padding, dilation=conv_next.dilation)
+        s = torch.nn.grad.conv2d_weight(
+            ones,
+            (c_out, 1, *k2),
+            delta.double(),
+            stride=conv_next.stride,
+            padding=conv_next.padding,
+            dilation=conv_next.dilation,
+        )
         m -= torch.outer(p_sum / positions, s.reshape(-1))
     return m
 
 
 def _out_hw(hw, conv: nn.Conv2d) -> tuple[int, int]:
-    return tuple((hw[i] + 2 * conv.padding[i] - conv.dilation[i] * (conv.kernel_size[i] - 1) - 1) // conv.stride[i] + 1
-                 for i in range(2))
+    return tuple(
+        (hw[i] + 2 * conv.padding[i] - conv.dilation[i] * (conv.kernel_size[i] - 1) - 1) // conv.stride[i] + 1
+        for i in range(2)
+    )
 
 
 def _with_ones(x: torch.Tensor) -> torch.Tensor:
@@ -227,7 +249,7 @@ def _directions(m: torch.Tensor, k: int, gen: torch.Generator) -> tuple[torch.Te
     dim = m.shape[1]
     full = k > min(m.shape)
     _, s, vh = torch.linalg.svd(m, full_matrices=full)
-    dirs = vh[:min(k, dim)]
+    dirs = vh[: min(k, dim)]
     # Singular vectors have no sign; fix it (largest entry positive) so that growth is reproducible across devices,
     # memory formats and data-parallel ranks.
     dirs = dirs * dirs.gather(1, dirs.abs().argmax(1, keepdim=True)).sign()
@@ -246,14 +268,22 @@ def batch_images(batch) -> torch.Tensor:
         return batch[0]
     if isinstance(batch, dict) and torch.is_tensor(batch.get("image")):
         return batch["image"]
-    raise ValueError(f"cannot find the images in a batch of type {type(batch).__name__}: pass a tensor or an "
-                     f"(images, targets) tuple")
+    raise ValueError(
+        f"cannot find the images in a batch of type {type(batch).__name__}: pass a tensor or an (images, targets) tuple"
+    )
 
 
-def gradmax_grow(model: nn.Module, batch, loss_fn: LossFn | None = None, n_new: int | float | dict | None = None,
-                 scale: float = 0.5, widths: dict[str, int] | None = None, seed: int = 0,
-                 random_fanout: bool = False,
-                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[nn.Module, dict]:
+def gradmax_grow(
+    model: nn.Module,
+    batch,
+    loss_fn: LossFn | None = None,
+    n_new: int | float | dict | None = None,
+    scale: float = 0.5,
+    widths: dict[str, int] | None = None,
+    seed: int = 0,
+    random_fanout: bool = False,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[nn.Module, dict]:
     """Add units to the inner spaces of ``model`` with GradMax (see module docstring).
 
     Args:
@@ -290,8 +320,9 @@ def gradmax_grow(model: nn.Module, batch, loss_fn: LossFn | None = None, n_new: 
     for s in grow:
         n, k = s.size(sd), counts[s.name]
         indices[s.name] = torch.cat([torch.arange(n), torch.full((k,), -1)])
-        fanouts[s.name], svals[s.name], extra, flops = _new_fanout(model, s, acts[s.name], grads[s.name].detach(),
-                                                                   k, gen, scale, random_fanout, reduce)
+        fanouts[s.name], svals[s.name], extra, flops = _new_fanout(
+            model, s, acts[s.name], grads[s.name].detach(), k, gen, scale, random_fanout, reduce
+        )
         random_units += extra
         linalg += flops
     ops = ops_for(inner, indices)
@@ -301,8 +332,16 @@ def gradmax_grow(model: nn.Module, batch, loss_fn: LossFn | None = None, n_new: 
     grown.rbdc_growth = {"method": "gradmax", "scale": scale, "random_fanout": random_fanout}
     count_flops_by_hooks(grown)
     macs = model_forward_macs(model, img_size)
-    info = {"mapping": ops, "extra_flops": 3 * 2 * macs * images, "linalg_flops": int(linalg), "images": images,
-            "n_new": counts, "widths": inner_widths(grown), "singular_values": svals, "random_units": random_units}
+    info = {
+        "mapping": ops,
+        "extra_flops": 3 * 2 * macs * images,
+        "linalg_flops": int(linalg),
+        "images": images,
+        "n_new": counts,
+        "widths": inner_widths(grown),
+        "singular_values": svals,
+        "random_units": random_units,
+    }
     return grown.train(model.training), info
 
 
@@ -316,10 +355,14 @@ def _gradient_pass(model: nn.Module, batch, loss_fn: LossFn, grow: list) -> tupl
 
     handles = [model.register_forward_pre_hook(record_input)]
     for s in grow:
-        handles.append(model.get_submodule(s.fan_in).register_forward_hook(
-            lambda m, a, o, n=s.name: acts.__setitem__(n, a[0].detach())))
-        handles.append(model.get_submodule(s.fan_out).register_forward_hook(
-            lambda m, a, o, n=s.name: outs.__setitem__(n, o)))
+        handles.append(
+            model.get_submodule(s.fan_in).register_forward_hook(
+                lambda m, a, o, n=s.name: acts.__setitem__(n, a[0].detach())
+            )
+        )
+        handles.append(
+            model.get_submodule(s.fan_out).register_forward_hook(lambda m, a, o, n=s.name: outs.__setitem__(n, o))
+        )
     buffers = {k: v.clone() for k, v in model.named_buffers()}
     try:
         with torch.enable_grad():
@@ -336,8 +379,17 @@ def _gradient_pass(model: nn.Module, batch, loss_fn: LossFn, grow: list) -> tupl
     return acts, grads, (shape["x"][0], shape["x"][-1])
 
 
-def _new_fanout(model: nn.Module, s, h: torch.Tensor, delta: torch.Tensor, k: int, gen: torch.Generator,
-                scale: float, random_fanout: bool, reduce) -> tuple[torch.Tensor, list[float], int, int]:
+def _new_fanout(
+    model: nn.Module,
+    s,
+    h: torch.Tensor,
+    delta: torch.Tensor,
+    k: int,
+    gen: torch.Generator,
+    scale: float,
+    random_fanout: bool,
+    reduce,
+) -> tuple[torch.Tensor, list[float], int, int]:
     """The fan-out vectors of the ``k`` units space ``s`` gains (GradMax's top singular directions of M, or random
     ones), scaled to ``scale`` x the mean fan-out norm of its units; the singular values, how many directions were
     random, and the FLOPs of M and its SVD."""
@@ -376,6 +428,7 @@ def _with_fanouts(sd: dict, ops: dict, grow: list, fanouts: dict) -> dict:
         old = sd[key]
         n_ch = old.shape[1]  # existing input channels of the reader (units x unit)
         v = fanouts[s.name]
-        new_sd[key][:old.shape[0], n_ch:n_ch + v.shape[0]] = v.view(v.shape[0], old.shape[0], *old.shape[2:]) \
-            .transpose(0, 1)
+        new_sd[key][: old.shape[0], n_ch : n_ch + v.shape[0]] = v.view(
+            v.shape[0], old.shape[0], *old.shape[2:]
+        ).transpose(0, 1)
     return new_sd

@@ -9,6 +9,7 @@ classifier reads the repeated stream, divided by k. Optional noise (``snr_db``):
 signal-to-noise ratio added to one input block and subtracted from its partner, which keeps the function while
 breaking the copies' symmetry (without it, the copies get identical gradients and stay identical).
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,8 +28,9 @@ def _noise_like(block: torch.Tensor, snr_db: float, gen: torch.Generator) -> tor
     return (noise * torch.sqrt(power / noise.pow(2).mean())).to(block.dtype)
 
 
-def clone_weight(w: torch.Tensor, shape: torch.Size, snr_db: float | None = None,
-                 gen: torch.Generator | None = None) -> torch.Tensor:
+def clone_weight(
+    w: torch.Tensor, shape: torch.Size, snr_db: float | None = None, gen: torch.Generator | None = None
+) -> torch.Tensor:
     """A Linear (out x in) or Conv (out x in x h x w) weight tiled to ``shape`` and divided by the input multiplier;
     with ``snr_db``, +noise / -noise on consecutive input blocks of each output block."""
     r0, r1 = shape[0] // w.shape[0], shape[1] // w.shape[1]
@@ -37,9 +39,9 @@ def clone_weight(w: torch.Tensor, shape: torch.Size, snr_db: float | None = None
         o, c = w.shape[:2]
         for i in range(r0):
             for j in range(0, r1 - 1, 2):  # pairs of input blocks; an odd last block stays noiseless
-                n = _noise_like(out[i * o:(i + 1) * o, j * c:(j + 1) * c], snr_db, gen)
-                out[i * o:(i + 1) * o, j * c:(j + 1) * c] += n
-                out[i * o:(i + 1) * o, (j + 1) * c:(j + 2) * c] -= n
+                n = _noise_like(out[i * o : (i + 1) * o, j * c : (j + 1) * c], snr_db, gen)
+                out[i * o : (i + 1) * o, j * c : (j + 1) * c] += n
+                out[i * o : (i + 1) * o, (j + 1) * c : (j + 2) * c] -= n
     return out
 
 
@@ -83,8 +85,9 @@ def hyperclone(model: nn.Module, k: int = 2, snr_db: float | None = None, seed: 
     for key, ref in wide.state_dict().items():
         owner, _, leaf = key.rpartition(".")
         is_weight = leaf == "weight" and isinstance(modules.get(owner), (nn.Linear, nn.Conv2d))
-        new[key] = _clone_tensor(key, src[key].detach().cpu(), ref.shape, is_weight, packed.get(owner, 1),
-                                 snr_db, gen).to(ref.dtype)
+        new[key] = _clone_tensor(
+            key, src[key].detach().cpu(), ref.shape, is_weight, packed.get(owner, 1), snr_db, gen
+        ).to(ref.dtype)
     wide.load_state_dict(new)
     wide.rbdc_arch = {**arch, "factor": arch["factor"] * k}
     device = next(iter(src.values())).device

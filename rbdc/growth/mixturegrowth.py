@@ -41,6 +41,7 @@ Deviations from the source, by design:
 Growth spends no training FLOPs. A member's forward costs its half-width model's MACs (``rbdc.forward_macs`` works:
 it keeps ``rbdc_arch``) plus one weight combination per layer and batch, which is negligible and not counted.
 """
+
 from __future__ import annotations
 
 import copy
@@ -54,8 +55,7 @@ from ..coupling import couple
 from ..flops import register_layer
 from ..nets.models import scaled
 
-__all__ = ["TemplateConv2d", "TemplateLinear", "templatize", "mixture_member", "materialize", "mixture_grow",
-           "COEFS"]
+__all__ = ["TemplateConv2d", "TemplateLinear", "templatize", "mixture_member", "materialize", "mixture_grow", "COEFS"]
 
 COEFS = ("orthogonal", "zero", "random")
 
@@ -97,8 +97,18 @@ class TemplateConv2d(_Template):
 
     def dense(self) -> nn.Conv2d:
         w = self.templates
-        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                         self.dilation, self.groups, bias=self.bias is not None, device=w.device, dtype=w.dtype)
+        conv = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            bias=self.bias is not None,
+            device=w.device,
+            dtype=w.dtype,
+        )
         with torch.no_grad():
             conv.weight.copy_(self.weight)
             if self.bias is not None:
@@ -106,8 +116,10 @@ class TemplateConv2d(_Template):
         return conv
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"templates={self.templates.shape[0]}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"templates={self.templates.shape[0]}"
+        )
 
 
 class TemplateLinear(_Template):
@@ -126,8 +138,7 @@ class TemplateLinear(_Template):
 
     def dense(self) -> nn.Linear:
         w = self.templates
-        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=w.device,
-                        dtype=w.dtype)
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=w.device, dtype=w.dtype)
         with torch.no_grad():
             lin.weight.copy_(self.weight)
             if self.bias is not None:
@@ -156,8 +167,9 @@ def templatize(model: nn.Module, num_templates: int = 2, seed: int = 0) -> nn.Mo
     return out
 
 
-def mixture_member(name: str, factor: Fraction | int = 1, num_templates: int = 2, seed: int = 0,
-                   **timm_kwargs) -> nn.Module:
+def mixture_member(
+    name: str, factor: Fraction | int = 1, num_templates: int = 2, seed: int = 0, **timm_kwargs
+) -> nn.Module:
     """A MixtureGrowth member: ``rbdc.scaled(name, factor / 2)`` with template-parameterised layers.
 
     Args:
@@ -188,8 +200,9 @@ def _template_layers(member: nn.Module) -> dict[str, _Template]:
     return {n: m for n, m in member.named_modules() if isinstance(m, _Template)}
 
 
-def _new_coefs(c0: torch.Tensor, c1: torch.Tensor, coefs: str, noise: float,
-               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _new_coefs(
+    c0: torch.Tensor, c1: torch.Tensor, coefs: str, noise: float, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     if coefs == "zero":
         return torch.zeros_like(c0), torch.zeros_like(c1)
     if coefs == "random":
@@ -199,8 +212,14 @@ def _new_coefs(c0: torch.Tensor, c1: torch.Tensor, coefs: str, noise: float,
     return c2, c3
 
 
-def mixture_grow(member0: nn.Module, member1: nn.Module, coefs: str = "orthogonal", noise: float = 1.0,
-                 norm: str = "plain", seed: int = 0) -> nn.Module:
+def mixture_grow(
+    member0: nn.Module,
+    member1: nn.Module,
+    coefs: str = "orthogonal",
+    noise: float = 1.0,
+    norm: str = "plain",
+    seed: int = 0,
+) -> nn.Module:
     """Grow two trained members into one standard timm model of twice their width (see module docstring).
 
     Args:
@@ -218,12 +237,16 @@ def mixture_grow(member0: nn.Module, member1: nn.Module, coefs: str = "orthogona
         raise ValueError(f"coefs must be one of {COEFS}, got {coefs!r}")
     layers0, layers1 = _template_layers(member0), _template_layers(member1)
     if not layers0 or set(layers0) != set(layers1):
-        raise ValueError("mixture_grow needs two template-parameterised members of the same structure "
-                         "(build them with rbdc.growth.mixture_member)")
+        raise ValueError(
+            "mixture_grow needs two template-parameterised members of the same structure "
+            "(build them with rbdc.growth.mixture_member)"
+        )
     for n in layers0:
         if layers0[n].templates.shape != layers1[n].templates.shape:
-            raise ValueError(f"{n}: template shapes differ between the members ({tuple(layers0[n].templates.shape)} "
-                             f"vs {tuple(layers1[n].templates.shape)})")
+            raise ValueError(
+                f"{n}: template shapes differ between the members ({tuple(layers0[n].templates.shape)} "
+                f"vs {tuple(layers1[n].templates.shape)})"
+            )
     full = couple([materialize(member0), materialize(member1)], head="sum", norm=norm)
     gen = torch.Generator().manual_seed(seed)
     params = dict(full.named_parameters())
@@ -241,11 +264,17 @@ def mixture_grow(member0: nn.Module, member1: nn.Module, coefs: str = "orthogona
                 d = o // 3
                 for j in range(3):
                     rows = slice(2 * d * j, 2 * d * j + d), slice(2 * d * j + d, 2 * d * (j + 1))
-                    w_full[rows[0], c:] = top_right[d * j:d * (j + 1)]
-                    w_full[rows[1], :c] = bottom_left[d * j:d * (j + 1)]
+                    w_full[rows[0], c:] = top_right[d * j : d * (j + 1)]
+                    w_full[rows[1], :c] = bottom_left[d * j : d * (j + 1)]
             else:
                 w_full[:o, c:] = top_right
                 w_full[o:, :c] = bottom_left
-    full.rbdc_growth = {"method": "mixturegrowth", "coefs": coefs, "noise": noise, "norm": norm, "seed": seed,
-                        "num_templates": next(iter(layers0.values())).templates.shape[0]}
+    full.rbdc_growth = {
+        "method": "mixturegrowth",
+        "coefs": coefs,
+        "noise": noise,
+        "norm": norm,
+        "seed": seed,
+        "num_templates": next(iter(layers0.values())).templates.shape[0],
+    }
     return full

@@ -25,6 +25,7 @@ The widened model is a stock timm model of ``rbdc.scaled(name, factor_old * fact
 ``test_rbdc_resnet_w2`` -> ``test_rbdc_resnet``), so FLOPs, checkpoints and coupling work unchanged. The operator
 spends no training FLOPs.
 """
+
 from __future__ import annotations
 
 from fractions import Fraction
@@ -46,14 +47,17 @@ def _mapping(n: int, m: int, mode: str, gen: torch.Generator, name: str) -> torc
         raise ValueError(f"{name}: cannot widen {n} units to {m}; net2wider needs factor >= 1")
     if mode == "uniform":
         if m % n:
-            raise ValueError(f"{name}: uniform replication needs a whole number of copies ({n} -> {m} units); use "
-                             f"an integer factor or mode='random'")
+            raise ValueError(
+                f"{name}: uniform replication needs a whole number of copies ({n} -> {m} units); use "
+                f"an integer factor or mode='random'"
+            )
         return torch.arange(m) % n
     return torch.cat([torch.arange(n), torch.randint(n, (m - n,), generator=gen)])
 
 
-def net2wider(model: nn.Module, factor: Fraction | int = 2, mode: str = "uniform", noise_std: float = 0.0,
-              seed: int = 0) -> nn.Module:
+def net2wider(
+    model: nn.Module, factor: Fraction | int = 2, mode: str = "uniform", noise_std: float = 0.0, seed: int = 0
+) -> nn.Module:
     """Widen every width of ``model`` by ``factor`` with Net2WiderNet (function preserving without noise).
 
     Args:
@@ -87,14 +91,14 @@ def net2wider(model: nn.Module, factor: Fraction | int = 2, mode: str = "uniform
     ops = ops_for(old_spaces, indices, counts)
     out = {}
     for key, ref in new_sd.items():
-        t = remap(old_sd[key].detach().to(torch.float64) if old_sd[key].is_floating_point() else old_sd[key],
-                  ops.get(key, []))
+        t = remap(
+            old_sd[key].detach().to(torch.float64) if old_sd[key].is_floating_point() else old_sd[key], ops.get(key, [])
+        )
         if t.shape != ref.shape:
             raise ValueError(f"{key}: Net2Net gives shape {tuple(t.shape)}, the wider model has {tuple(ref.shape)}")
         if noise_std > 0 and t.ndim >= 2 and key.endswith(".weight"):
             t = t + torch.randn(t.shape, generator=gen, dtype=t.dtype) * noise_std * old_sd[key].double().std()
         out[key] = t.to(ref.dtype)
     wide.load_state_dict(out)
-    wide.rbdc_growth = {"method": "net2net", "factor": str(factor), "mode": mode, "noise_std": noise_std,
-                        "seed": seed}
+    wide.rbdc_growth = {"method": "net2net", "factor": str(factor), "mode": mode, "noise_std": noise_std, "seed": seed}
     return wide.train(model.training)

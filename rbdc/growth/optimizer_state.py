@@ -1,4 +1,5 @@
 """Optimizer state grown with the model: AdamW moments remapped like the weights, new slots zero."""
+
 from __future__ import annotations
 
 import torch
@@ -7,8 +8,9 @@ import torch.nn as nn
 from .remap import remap
 
 
-def grow_optimizer_state(opt: torch.optim.Optimizer, old_model: nn.Module, new_model: nn.Module,
-                         mapping: dict[str, list]) -> torch.optim.Optimizer:
+def grow_optimizer_state(
+    opt: torch.optim.Optimizer, old_model: nn.Module, new_model: nn.Module, mapping: dict[str, list]
+) -> torch.optim.Optimizer:
     """Move ``opt`` onto ``new_model``'s parameters, carrying its state; slots of new units are zero.
 
     The optimizer is updated in place (so LR schedulers holding it keep working) and returned. Parameters are
@@ -23,14 +25,18 @@ def grow_optimizer_state(opt: torch.optim.Optimizer, old_model: nn.Module, new_m
     old_names = {id(p): n for n, p in old_model.named_parameters()}
     new_params = dict(new_model.named_parameters())
     if set(new_params) != set(old_names.values()):
-        raise ValueError(f"parameter names differ between the old and new model: "
-                         f"{sorted(set(new_params) ^ set(old_names.values()))[:5]}")
+        raise ValueError(
+            f"parameter names differ between the old and new model: "
+            f"{sorted(set(new_params) ^ set(old_names.values()))[:5]}"
+        )
     for group in opt.param_groups:
         moved = []
         for p in group["params"]:
             if id(p) not in old_names:
-                raise ValueError("the optimizer holds a tensor that is not a parameter of old_model: pass the model "
-                                 "the optimizer was built for")
+                raise ValueError(
+                    "the optimizer holds a tensor that is not a parameter of old_model: pass the model "
+                    "the optimizer was built for"
+                )
             name = old_names[id(p)]
             q = new_params[name]
             state = opt.state.pop(p, None)

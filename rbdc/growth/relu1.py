@@ -1,4 +1,5 @@
 """``ReLU1``: a ReLU whose derivative is 1 at 0 (growneuron's ``relu1``), so new units of zero input get gradients."""
+
 from __future__ import annotations
 
 import torch

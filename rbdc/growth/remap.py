@@ -1,4 +1,5 @@
 """Growing tensors along channel spaces: remap each dimension new -> old unit, rebuild a module at new shapes."""
+
 from __future__ import annotations
 
 import copy
@@ -24,7 +25,7 @@ def remap(t: torch.Tensor, ops: list, fill: float = 0.0) -> torch.Tensor:
         new = (idx < 0).nonzero().flatten()  # before moving: `idx` may be bound for the meta device
         idx, new = idx.to(t.device), new.to(t.device)
         parts = []
-        for chunk in (t.chunk(split, dim) if split > 1 else (t,)):
+        for chunk in t.chunk(split, dim) if split > 1 else (t,):
             o = chunk.index_select(dim, idx.clamp(min=0))
             if new.numel():
                 o = o.index_fill(dim, new, fill)
@@ -46,8 +47,9 @@ def fill_value(key: str, t: torch.Tensor) -> float:
     return 0.0
 
 
-def ops_for(space_list: list[Space], indices: dict[str, torch.Tensor],
-            divisors: dict[str, torch.Tensor] | None = None) -> dict[str, list]:
+def ops_for(
+    space_list: list[Space], indices: dict[str, torch.Tensor], divisors: dict[str, torch.Tensor] | None = None
+) -> dict[str, list]:
     """Per state key, the remap ops that give every space its new unit index (unit level, new -> old)."""
     ops: dict[str, list] = {}
     for s in space_list:
@@ -71,13 +73,29 @@ def _resized(mod: nn.Module, shapes: dict[str, torch.Size]) -> nn.Module:
     w = shapes["weight"]
     dd = {"device": mod.weight.device, "dtype": mod.weight.dtype}
     if isinstance(mod, nn.Conv2d):
-        new = nn.Conv2d(w[1] * mod.groups, w[0], mod.kernel_size, mod.stride, mod.padding, mod.dilation, mod.groups,
-                        bias=mod.bias is not None, padding_mode=mod.padding_mode, **dd)
+        new = nn.Conv2d(
+            w[1] * mod.groups,
+            w[0],
+            mod.kernel_size,
+            mod.stride,
+            mod.padding,
+            mod.dilation,
+            mod.groups,
+            bias=mod.bias is not None,
+            padding_mode=mod.padding_mode,
+            **dd,
+        )
     elif isinstance(mod, nn.Linear):
         new = nn.Linear(w[1], w[0], bias=mod.bias is not None, **dd)
     elif isinstance(mod, nn.BatchNorm2d):
-        new = type(mod)(w[0], eps=mod.eps, momentum=mod.momentum, affine=mod.affine,
-                        track_running_stats=mod.track_running_stats, **dd)
+        new = type(mod)(
+            w[0],
+            eps=mod.eps,
+            momentum=mod.momentum,
+            affine=mod.affine,
+            track_running_stats=mod.track_running_stats,
+            **dd,
+        )
     elif isinstance(mod, nn.LayerNorm):
         new = type(mod)(w[0], eps=mod.eps, elementwise_affine=mod.elementwise_affine, **dd)
     else:

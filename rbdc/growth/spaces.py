@@ -8,6 +8,7 @@ dimension (the fan-out columns of the layers that read the unit). Spaces are dis
 timm ``ResNet`` (BasicBlock/Bottleneck, single or deep stem) and ``VisionTransformer`` (pre-norm ``Block`` with fused
 ``qkv``); every state-dict entry must belong to a space or be width-free, so an unknown layer is refused by name.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -58,8 +59,11 @@ _FIXED_SUFFIXES = ("num_batches_tracked", "q_norm.weight", "q_norm.bias", "k_nor
 
 
 def _norm_keys(keys, prefix: str) -> list:
-    return [(f"{prefix}.{s}", 0, 1) for s in ("weight", "bias", "running_mean", "running_var", "gamma")
-            if f"{prefix}.{s}" in keys]
+    return [
+        (f"{prefix}.{s}", 0, 1)
+        for s in ("weight", "bias", "running_mean", "running_var", "gamma")
+        if f"{prefix}.{s}" in keys
+    ]
 
 
 def _resnet_spaces(model: ResNet) -> list[Space]:
@@ -84,10 +88,13 @@ def _resnet_spaces(model: ResNet) -> list[Space]:
     for s in range(1, 5):
         for b, block in enumerate(getattr(model, f"layer{s}")):
             p = f"layer{s}.{b}"
-            if getattr(block, "se", None) is not None or not isinstance(getattr(block, "aa", nn.Identity()),
-                                                                        nn.Identity):
-                raise ValueError(f"{p}: squeeze-excite / anti-aliasing blocks have no growth rule; use a plain "
-                                 f"timm ResNet (BasicBlock or Bottleneck)")
+            if getattr(block, "se", None) is not None or not isinstance(
+                getattr(block, "aa", nn.Identity()), nn.Identity
+            ):
+                raise ValueError(
+                    f"{p}: squeeze-excite / anti-aliasing blocks have no growth rule; use a plain "
+                    f"timm ResNet (BasicBlock or Bottleneck)"
+                )
             bottleneck = hasattr(block, "conv3")
             cur.consumers.append((f"{p}.conv1.weight", 1, 1))
             last_conv, last_bn = ("conv3", "bn3") if bottleneck else ("conv2", "bn2")
@@ -105,10 +112,18 @@ def _resnet_spaces(model: ResNet) -> list[Space]:
             cur.producers += [(f"{p}.{last_conv}.weight", 0, 1)] + _norm_keys(keys, f"{p}.{last_bn}")
             inner = [("conv1", "bn1", "act1", "conv2")] + ([("conv2", "bn2", "act2", "conv3")] if bottleneck else [])
             for conv, bn, act, nxt_conv in inner:
-                out.append(Space(f"{p}.{conv}", "inner",
-                                 producers=[(f"{p}.{conv}.weight", 0, 1)] + _norm_keys(keys, f"{p}.{bn}"),
-                                 consumers=[(f"{p}.{nxt_conv}.weight", 1, 1)], fan_in=f"{p}.{conv}",
-                                 fan_out=f"{p}.{nxt_conv}", norm=f"{p}.{bn}", act=f"{p}.{act}"))
+                out.append(
+                    Space(
+                        f"{p}.{conv}",
+                        "inner",
+                        producers=[(f"{p}.{conv}.weight", 0, 1)] + _norm_keys(keys, f"{p}.{bn}"),
+                        consumers=[(f"{p}.{nxt_conv}.weight", 1, 1)],
+                        fan_in=f"{p}.{conv}",
+                        fan_out=f"{p}.{nxt_conv}",
+                        norm=f"{p}.{bn}",
+                        act=f"{p}.{act}",
+                    )
+                )
     cur.consumers.append(("fc.weight", 1, 1))
     _check_covered(out, keys, fixed={"fc.bias"})
     return out
@@ -128,24 +143,41 @@ def _vit_spaces(model: VisionTransformer) -> list[Space]:
     for i, blk in enumerate(model.blocks):
         p = f"blocks.{i}"
         if type(blk) is not Block or type(blk.attn) is not Attention or type(blk.mlp) is not Mlp:
-            raise ValueError(f"{p}: only timm's pre-norm Block with fused-qkv Attention and Mlp can grow, got "
-                             f"{type(blk).__name__}/{type(blk.attn).__name__}/{type(blk.mlp).__name__}")
+            raise ValueError(
+                f"{p}: only timm's pre-norm Block with fused-qkv Attention and Mlp can grow, got "
+                f"{type(blk).__name__}/{type(blk.attn).__name__}/{type(blk.mlp).__name__}"
+            )
         if blk.attn.gate is not None:
             raise ValueError(f"{p}.attn: gated attention has no growth rule")
         emb.producers += _norm_keys(keys, f"{p}.norm1") + _norm_keys(keys, f"{p}.norm2")
         emb.producers += _norm_keys(keys, f"{p}.ls1") + _norm_keys(keys, f"{p}.ls2")
-        emb.producers += [(f"{p}.{m}.{s}", 0, 1) for m in ("attn.proj", "mlp.fc2") for s in ("weight", "bias")
-                          if f"{p}.{m}.{s}" in keys]
+        emb.producers += [
+            (f"{p}.{m}.{s}", 0, 1)
+            for m in ("attn.proj", "mlp.fc2")
+            for s in ("weight", "bias")
+            if f"{p}.{m}.{s}" in keys
+        ]
         emb.consumers += [(f"{p}.attn.qkv.weight", 1, 1), (f"{p}.mlp.fc1.weight", 1, 1)]
-        heads = Space(f"{p}.attn", "inner", unit=blk.attn.head_dim,
-                      producers=[(f"{p}.attn.qkv.{s}", 0, 3) for s in ("weight", "bias") if f"{p}.attn.qkv.{s}" in keys]
-                      + _norm_keys(keys, f"{p}.attn.norm"),
-                      consumers=[(f"{p}.attn.proj.weight", 1, 1)], fan_in=f"{p}.attn.qkv", fan_out=f"{p}.attn.proj")
-        mlp = Space(f"{p}.mlp", "inner",
-                    producers=[(f"{p}.mlp.fc1.{s}", 0, 1) for s in ("weight", "bias") if f"{p}.mlp.fc1.{s}" in keys]
-                    + _norm_keys(keys, f"{p}.mlp.norm"),
-                    consumers=[(f"{p}.mlp.fc2.weight", 1, 1)], fan_in=f"{p}.mlp.fc1", fan_out=f"{p}.mlp.fc2",
-                    act=f"{p}.mlp.act")
+        heads = Space(
+            f"{p}.attn",
+            "inner",
+            unit=blk.attn.head_dim,
+            producers=[(f"{p}.attn.qkv.{s}", 0, 3) for s in ("weight", "bias") if f"{p}.attn.qkv.{s}" in keys]
+            + _norm_keys(keys, f"{p}.attn.norm"),
+            consumers=[(f"{p}.attn.proj.weight", 1, 1)],
+            fan_in=f"{p}.attn.qkv",
+            fan_out=f"{p}.attn.proj",
+        )
+        mlp = Space(
+            f"{p}.mlp",
+            "inner",
+            producers=[(f"{p}.mlp.fc1.{s}", 0, 1) for s in ("weight", "bias") if f"{p}.mlp.fc1.{s}" in keys]
+            + _norm_keys(keys, f"{p}.mlp.norm"),
+            consumers=[(f"{p}.mlp.fc2.weight", 1, 1)],
+            fan_in=f"{p}.mlp.fc1",
+            fan_out=f"{p}.mlp.fc2",
+            act=f"{p}.mlp.act",
+        )
         out += [heads, mlp]
     emb.producers += _norm_keys(keys, "norm") + _norm_keys(keys, "fc_norm")
     emb.consumers += [(f"{h}.weight", 1, 1) for h in ("head", "head_dist") if f"{h}.weight" in keys]
@@ -157,8 +189,10 @@ def _check_covered(out: list[Space], keys: set, fixed: set) -> None:
     covered = {k for s in out for k, _, _ in s.producers + s.consumers} | fixed
     missing = sorted(k for k in keys if k not in covered and not k.endswith(_FIXED_SUFFIXES))
     if missing:
-        raise ValueError(f"no growth rule for {missing[:5]}: this layer kind is not supported by the growth "
-                         f"operators (timm ResNet BasicBlock/Bottleneck and plain ViT/DeiT are)")
+        raise ValueError(
+            f"no growth rule for {missing[:5]}: this layer kind is not supported by the growth "
+            f"operators (timm ResNet BasicBlock/Bottleneck and plain ViT/DeiT are)"
+        )
 
 
 def spaces(model: nn.Module) -> list[Space]:

@@ -12,6 +12,7 @@ Training it as the k parts: the loss is the sum over parts of each part's mean l
 are clipped per part (:func:`clip_per_part`), and AdamW decays exactly the tensors the separate parts decay
 (:func:`param_groups`); AdamW is elementwise, so the update equals k separate updates.
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,10 +38,12 @@ def _unsupported(p: VisionTransformer) -> list[str]:
         "a pre-norm or fc_norm": not (isinstance(p.norm_pre, nn.Identity) and isinstance(p.fc_norm, nn.Identity)),
         "a patch norm or dynamic size": not isinstance(p.patch_embed.norm, nn.Identity) or p.dynamic_img_size,
         "layer scale": any(not isinstance(b.ls1, nn.Identity) for b in blocks),
-        "an activation other than exact GELU": any(type(b.mlp.act) is not nn.GELU or b.mlp.act.approximate != "none"
-                                                   for b in blocks),
-        "a qk or attention norm": any(not (isinstance(b.attn.q_norm, nn.Identity)
-                                           and isinstance(b.attn.norm, nn.Identity)) for b in blocks),
+        "an activation other than exact GELU": any(
+            type(b.mlp.act) is not nn.GELU or b.mlp.act.approximate != "none" for b in blocks
+        ),
+        "a qk or attention norm": any(
+            not (isinstance(b.attn.q_norm, nn.Identity) and isinstance(b.attn.norm, nn.Identity)) for b in blocks
+        ),
     }
     return [what for what, bad in checks.items() if bad]
 
@@ -52,19 +55,25 @@ def check_batchable(parts: list[nn.Module]) -> None:
         raise ValueError("a batched model needs at least one part")
     for i, p in enumerate(parts):
         if not isinstance(p, VisionTransformer):
-            raise ValueError(f"part {i} is a {type(p).__name__}: only timm VisionTransformer parts can be batched; "
-                             f"train them separately")
+            raise ValueError(
+                f"part {i} is a {type(p).__name__}: only timm VisionTransformer parts can be batched; "
+                f"train them separately"
+            )
         odd = _unsupported(p)
         if odd:
-            raise ValueError(f"part {i} has {', '.join(odd)}: the batched model covers class-token DeiT-style ViTs "
-                             f"only; train the parts separately")
+            raise ValueError(
+                f"part {i} has {', '.join(odd)}: the batched model covers class-token DeiT-style ViTs "
+                f"only; train the parts separately"
+            )
     ref = settings(parts[0])
     for i, p in enumerate(parts[1:], 1):
         mine = settings(p)
         diff = next((k for k in sorted(set(ref) | set(mine)) if ref.get(k) != mine.get(k)), None)
         if diff is not None:
-            raise ValueError(f"parts 0 and {i} differ in {diff} ({ref.get(diff)!r} vs {mine.get(diff)!r}): parts "
-                             f"of different architectures cannot be batched; train them separately")
+            raise ValueError(
+                f"parts 0 and {i} differ in {diff} ({ref.get(diff)!r} vs {mine.get(diff)!r}): parts "
+                f"of different architectures cannot be batched; train them separately"
+            )
 
 
 def _stack(tensors: list[torch.Tensor], how: str) -> torch.Tensor:
@@ -99,12 +108,23 @@ class BatchedViT(nn.Module):
         self.eps = [b.norm1.eps for b in p0.blocks] + [p0.norm.eps]
         self.scale = p0.blocks[0].attn.scale
         self.fused_attn = bool(p0.blocks[0].attn.fused_attn)  # timm's kernel choice of the parts (SDPA or explicit)
-        self.drop_path = nn.ModuleList([DropPath(b.drop_path1.drop_prob) if isinstance(b.drop_path1, DropPath)
-                                        else nn.Identity() for b in p0.blocks])
-        self.links: dict[str, tuple[str, str]] = {}   # batched name -> (the parts' name, how it is stacked)
-        plan = [("patch_embed.proj.weight", "cat"), ("patch_embed.proj.bias", "cat"), ("cls_token", "lead"),
-                ("pos_embed", "lead"), ("norm.weight", "row"), ("norm.bias", "row"), ("head.weight", "linear"),
-                ("head.bias", "row")]
+        self.drop_path = nn.ModuleList(
+            [
+                DropPath(b.drop_path1.drop_prob) if isinstance(b.drop_path1, DropPath) else nn.Identity()
+                for b in p0.blocks
+            ]
+        )
+        self.links: dict[str, tuple[str, str]] = {}  # batched name -> (the parts' name, how it is stacked)
+        plan = [
+            ("patch_embed.proj.weight", "cat"),
+            ("patch_embed.proj.bias", "cat"),
+            ("cls_token", "lead"),
+            ("pos_embed", "lead"),
+            ("norm.weight", "row"),
+            ("norm.bias", "row"),
+            ("head.weight", "linear"),
+            ("head.bias", "row"),
+        ]
         for i in range(len(p0.blocks)):
             plan += [(f"blocks.{i}.{n}.{w}", "row") for n in _NORMS for w in ("weight", "bias")]
             plan += [(f"blocks.{i}.{n}.weight", "linear") for n in _LINEARS]
@@ -129,19 +149,25 @@ class BatchedViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, b, c, h, w = x.shape
         d = self.embed_dim
-        x = F.conv2d(x.transpose(0, 1).reshape(b, k * c, h, w), self._p("patch_embed.proj.weight"),
-                     self._p("patch_embed.proj.bias"), stride=self.patch, groups=k)
-        x = x.flatten(2).view(b, k, d, -1).permute(1, 0, 3, 2)                    # [k, B, L, D]
+        x = F.conv2d(
+            x.transpose(0, 1).reshape(b, k * c, h, w),
+            self._p("patch_embed.proj.weight"),
+            self._p("patch_embed.proj.bias"),
+            stride=self.patch,
+            groups=k,
+        )
+        x = x.flatten(2).view(b, k, d, -1).permute(1, 0, 3, 2)  # [k, B, L, D]
         x = torch.cat([self._p("cls_token").expand(k, b, 1, d), x], dim=2) + self._p("pos_embed")
         n = x.shape[2]
         x = x.reshape(k, b * n, d)
         for i, dp in enumerate(self.drop_path):
-            x = x + dp(self._attention(self._norm(x, f"blocks.{i}.norm1", self.eps[i]), i, b, n).view(k * b, n, d)
-                       ).view(k, b * n, d)
+            x = x + dp(
+                self._attention(self._norm(x, f"blocks.{i}.norm1", self.eps[i]), i, b, n).view(k * b, n, d)
+            ).view(k, b * n, d)
             y = self._linear(self._norm(x, f"blocks.{i}.norm2", self.eps[i]), f"blocks.{i}.mlp.fc1")
             y = self._linear(F.gelu(y), f"blocks.{i}.mlp.fc2")
             x = x + dp(y.view(k * b, n, d)).view(k, b * n, d)
-        x = self._norm(x, "norm", self.eps[-1]).view(k, b, n, d)[:, :, 0]          # class token
+        x = self._norm(x, "norm", self.eps[-1]).view(k, b, n, d)[:, :, 0]  # class token
         return self._linear(x, "head")
 
     def _attention(self, x: torch.Tensor, i: int, b: int, n: int) -> torch.Tensor:
@@ -168,8 +194,10 @@ def param_groups(named, no_decay: set[str], weight_decay: float) -> list[dict]:
     """AdamW's groups over stacked tensors ``named`` ((name, tensor) pairs): decay exactly those that timm's
     optimizer factory decays in a separate part (``no_decay``: the rest, e.g. :attr:`BatchedViT.no_decay`)."""
     named = list(named)
-    return [{"params": [p for n, p in named if n in no_decay], "weight_decay": 0.0},
-            {"params": [p for n, p in named if n not in no_decay], "weight_decay": weight_decay}]
+    return [
+        {"params": [p for n, p in named if n in no_decay], "weight_decay": 0.0},
+        {"params": [p for n, p in named if n not in no_decay], "weight_decay": weight_decay},
+    ]
 
 
 def part_no_decay(part: nn.Module) -> set[str]:

@@ -1,4 +1,5 @@
 """Weights files: safetensors with the metadata needed to rebuild the model, written atomically."""
+
 from __future__ import annotations
 
 import json
@@ -35,13 +36,13 @@ def _sorted_metadata(data: bytes) -> bytes:
     """The safetensors file ``data`` with its metadata keys sorted: safetensors writes them in hash-map order, which
     changes from process to process, so the same weights would get a different sha256 each time."""
     n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
+    header = json.loads(data[8 : 8 + n])
     if "__metadata__" in header:
         meta = dict(sorted(header.pop("__metadata__").items()))
         header = {"__metadata__": meta, **header}
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)  # the tensor data stays 8-byte aligned, as safetensors pads it
-    return len(text).to_bytes(8, "little") + text + data[8 + n:]
+    return len(text).to_bytes(8, "little") + text + data[8 + n :]
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike, **meta) -> Path:
@@ -95,8 +96,9 @@ def load_model(path: str | os.PathLike, model: str | None = None, **timm_kwargs)
     try:
         arch = _load_arch(meta["arch"]) if "arch" in meta else {}
     except (ValueError, ImportError, AttributeError) as e:
-        raise UserError(f"{path}: its metadata names a setting this environment cannot import ({e}); pass --model "
-                        f"NAME") from e
+        raise UserError(
+            f"{path}: its metadata names a setting this environment cannot import ({e}); pass --model NAME"
+        ) from e
     if model is None and arch:
         kwargs = {**arch["kwargs"], **timm_kwargs}
         key = next((k for k in _REBUILD if k in arch), None)
@@ -116,20 +118,26 @@ def load_model(path: str | os.PathLike, model: str | None = None, **timm_kwargs)
         try:
             net = scaled(name, 1, **timm_kwargs)
         except ValueError as e:
-            raise UserError(f"{path}: cannot build {'--model ' if model else 'the model its metadata names, '}"
-                            f"{name}: {e}") from e
+            raise UserError(
+                f"{path}: cannot build {'--model ' if model else 'the model its metadata names, '}{name}: {e}"
+            ) from e
     tried = model or meta.get("model") or arch.get("name")
     try:
         group_norms(net, arch.get("grouped_norms", {}))
     except (ValueError, TypeError, AttributeError) as e:
-        raise UserError(f"{path}: its grouped LayerNorms do not fit {tried}: {e}; pass the --model the checkpoint "
-                        f"was trained as") from e
+        raise UserError(
+            f"{path}: its grouped LayerNorms do not fit {tried}: {e}; pass the --model the checkpoint was trained as"
+        ) from e
     try:
         missing, unexpected = net.load_state_dict(sd, strict=False)
     except RuntimeError as e:  # shape mismatches raise even with strict=False
-        raise UserError(f"{path}: weights do not fit {tried}: {str(e).splitlines()[-1].strip()}; "
-                        f"pass the --model the checkpoint was trained as") from e
+        raise UserError(
+            f"{path}: weights do not fit {tried}: {str(e).splitlines()[-1].strip()}; "
+            f"pass the --model the checkpoint was trained as"
+        ) from e
     if missing or unexpected:
-        raise UserError(f"{path}: weights do not fit {tried} (missing {missing[:3]}, unexpected "
-                        f"{unexpected[:3]}); pass the --model the checkpoint was trained as")
+        raise UserError(
+            f"{path}: weights do not fit {tried} (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}); pass the --model the checkpoint was trained as"
+        )
     return net

@@ -1,6 +1,7 @@
 """DiffusionBlocks' noise levels and time conditioning (:mod:`rbdc.nets.diffusionblocks`): EDM's clipped
 log-normal of sigma cut into B bands of equal probability mass, the inference ODE's sigmas, and DiT's timestep
 embedder."""
+
 from __future__ import annotations
 
 import math
@@ -13,8 +14,9 @@ import torch.nn.functional as F
 __all__ = ["band_edges", "inference_sigmas"]
 
 
-def band_edges(num_blocks: int, p_mean: float = -1.2, p_std: float = 1.2, sigma_min: float = 0.002,
-               sigma_max: float = 80.0) -> list[float]:
+def band_edges(
+    num_blocks: int, p_mean: float = -1.2, p_std: float = 1.2, sigma_min: float = 0.002, sigma_max: float = 80.0
+) -> list[float]:
     """The B+1 sigma boundaries (ascending) cutting the clipped log-normal into B bands of equal probability mass."""
     nd = NormalDist(p_mean, p_std)
     lo, hi = nd.cdf(math.log(sigma_min)), nd.cdf(math.log(sigma_max))
@@ -22,8 +24,9 @@ def band_edges(num_blocks: int, p_mean: float = -1.2, p_std: float = 1.2, sigma_
     return [sigma_min, *inner, sigma_max]
 
 
-def inference_sigmas(num_steps: int, p_mean: float = -1.2, p_std: float = 1.2, sigma_min: float = 0.002,
-                     sigma_max: float = 80.0) -> list[float]:
+def inference_sigmas(
+    num_steps: int, p_mean: float = -1.2, p_std: float = 1.2, sigma_min: float = 0.002, sigma_max: float = 80.0
+) -> list[float]:
     """``num_steps`` sigmas equally spaced in the CDF of log sigma, from sigma_max down to sigma_min."""
     nd = NormalDist(p_mean, p_std)
     lo, hi = nd.cdf(math.log(sigma_min)), nd.cdf(math.log(sigma_max))

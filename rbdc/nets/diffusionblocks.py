@@ -42,6 +42,7 @@ Deliberate differences from the official code (options allow the official behavi
 
 Recipe options (``diffusionblocks: {...}``): see :data:`OPTIONS`.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -61,20 +62,20 @@ from .diffusion_noise import _fp32, _TimeEmbed, band_edges, inference_sigmas
 __all__ = ["OPTIONS", "DiffusionBlocksError", "DiffusionBlocksViT", "build_model"]
 
 OPTIONS = {
-    "blocks": 3,                # B: number of blocks (must divide the ViT depth)
-    "gamma": 0.05,              # band overlap: each side widened by gamma x the band's log-width
-    "p_mean": -1.2,             # log sigma ~ N(p_mean, p_std^2) ...
+    "blocks": 3,  # B: number of blocks (must divide the ViT depth)
+    "gamma": 0.05,  # band overlap: each side widened by gamma x the band's log-width
+    "p_mean": -1.2,  # log sigma ~ N(p_mean, p_std^2) ...
     "p_std": 1.2,
-    "sigma_min": 0.002,         # ... clipped to [sigma_min, sigma_max]
+    "sigma_min": 0.002,  # ... clipped to [sigma_min, sigma_max]
     "sigma_max": 80.0,
     "sigma_data": 0.5,
-    "cond_dim": None,           # width of the time conditioning (default: ViT width // 6, as the official code)
-    "adaln_silu": False,        # True: SiLU after each modulation Linear, as the official code (DiT has none)
-    "freq_dim": 256,            # sinusoidal features of c_noise (DiT's TimestepEmbedder)
+    "cond_dim": None,  # width of the time conditioning (default: ViT width // 6, as the official code)
+    "adaln_silu": False,  # True: SiLU after each modulation Linear, as the official code (DiT has none)
+    "freq_dim": 256,  # sinusoidal features of c_noise (DiT's TimestepEmbedder)
     "euler_embeds": "normalized",  # normalized | raw: embeddings of the Euler step's denoised estimate
-    "eval_seed": 0,             # seed of the starting noise at inference
+    "eval_seed": 0,  # seed of the starting noise at inference
     "loss_weighting": "per_sample",  # per_sample: mean(w_i ce_i) | batch_mean: mean(w) mean(ce), the official code
-    "inference_steps": None,    # sigmas of the inference ODE (None: B, one block evaluation each; official default)
+    "inference_steps": None,  # sigmas of the inference ODE (None: B, one block evaluation each; official default)
 }
 
 
@@ -89,8 +90,10 @@ def _check_trunk(trunk: nn.Module, name: str, blocks: int) -> None:
     if not isinstance(trunk, VisionTransformer):
         fail(f"is a {type(trunk).__name__}")
     if trunk.cls_token is None or trunk.global_pool != "token":
-        fail("has no class token read by the head (the noisy label embedding takes the cls slot): use "
-             "class_token=True, global_pool='token'")
+        fail(
+            "has no class token read by the head (the noisy label embedding takes the cls slot): use "
+            "class_token=True, global_pool='token'"
+        )
     if trunk.reg_token is not None or getattr(trunk, "attn_pool", None) is not None or trunk.dynamic_img_size:
         fail("uses register tokens, attention pooling or dynamic_img_size, which are not supported")
     needed = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
@@ -98,8 +101,10 @@ def _check_trunk(trunk: nn.Module, name: str, blocks: int) -> None:
         fail("has blocks that are not timm's pre-norm Block (attention then MLP), which adaLN-Zero modulates")
     depth = len(trunk.blocks)
     if blocks < 2 or depth % blocks:
-        raise DiffusionBlocksError(f"diffusionblocks.blocks={blocks} must be >= 2 and divide the depth {depth} of "
-                                   f"{name!r}; pick a divisor of {depth} (or set model_kwargs.depth)")
+        raise DiffusionBlocksError(
+            f"diffusionblocks.blocks={blocks} must be >= 2 and divide the depth {depth} of "
+            f"{name!r}; pick a divisor of {depth} (or set model_kwargs.depth)"
+        )
 
 
 class DiffusionBlocksViT(nn.Module):
@@ -120,25 +125,34 @@ class DiffusionBlocksViT(nn.Module):
         opts = {**OPTIONS, **config.get("options", {})}
         unknown = sorted(set(opts) - set(OPTIONS))
         if unknown:
-            raise DiffusionBlocksError(f"unknown option(s) {', '.join('diffusionblocks.' + k for k in unknown)}; "
-                                       f"known: {', '.join(sorted(OPTIONS))}")
+            raise DiffusionBlocksError(
+                f"unknown option(s) {', '.join('diffusionblocks.' + k for k in unknown)}; "
+                f"known: {', '.join(sorted(OPTIONS))}"
+            )
         if not 0 < opts["sigma_min"] < opts["sigma_max"] or opts["gamma"] < 0 or opts["p_std"] <= 0:
-            raise DiffusionBlocksError(f"diffusionblocks needs 0 < sigma_min < sigma_max, gamma >= 0, p_std > 0 "
-                                       f"(got sigma_min={opts['sigma_min']}, sigma_max={opts['sigma_max']}, "
-                                       f"gamma={opts['gamma']}, p_std={opts['p_std']})")
+            raise DiffusionBlocksError(
+                f"diffusionblocks needs 0 < sigma_min < sigma_max, gamma >= 0, p_std > 0 "
+                f"(got sigma_min={opts['sigma_min']}, sigma_max={opts['sigma_max']}, "
+                f"gamma={opts['gamma']}, p_std={opts['p_std']})"
+            )
         if opts["inference_steps"] is not None and int(opts["inference_steps"]) < 2:
-            raise DiffusionBlocksError(f"diffusionblocks.inference_steps must be >= 2 (or null for one per block), "
-                                       f"got {opts['inference_steps']!r}")
+            raise DiffusionBlocksError(
+                f"diffusionblocks.inference_steps must be >= 2 (or null for one per block), "
+                f"got {opts['inference_steps']!r}"
+            )
         if opts["loss_weighting"] not in ("per_sample", "batch_mean"):
-            raise DiffusionBlocksError(f"diffusionblocks.loss_weighting must be per_sample or batch_mean, "
-                                       f"got {opts['loss_weighting']!r}")
+            raise DiffusionBlocksError(
+                f"diffusionblocks.loss_weighting must be per_sample or batch_mean, got {opts['loss_weighting']!r}"
+            )
         if opts["euler_embeds"] not in ("normalized", "raw"):
-            raise DiffusionBlocksError(f"diffusionblocks.euler_embeds must be normalized or raw, "
-                                       f"got {opts['euler_embeds']!r}")
+            raise DiffusionBlocksError(
+                f"diffusionblocks.euler_embeds must be normalized or raw, got {opts['euler_embeds']!r}"
+            )
         self.config = {**config, "options": opts}
         name, num_classes = config["model"], config["num_classes"]
-        kwargs = dict(num_classes=num_classes, drop_path_rate=config.get("drop_path_rate", 0.0),
-                      **config.get("model_kwargs", {}))
+        kwargs = dict(
+            num_classes=num_classes, drop_path_rate=config.get("drop_path_rate", 0.0), **config.get("model_kwargs", {})
+        )
         try:
             trunk = timm.create_model(name, pretrained=False, **kwargs)
         except (RuntimeError, TypeError) as e:
@@ -251,8 +265,8 @@ class DiffusionBlocksViT(nn.Module):
         """
         t = self.trunk
         sigma = _fp32(sigma)
-        var = sigma ** 2 + self.sigma_data ** 2
-        c_skip, c_out, c_in = self.sigma_data ** 2 / var, sigma * self.sigma_data / var.sqrt(), var.rsqrt()
+        var = sigma**2 + self.sigma_data**2
+        c_skip, c_out, c_in = self.sigma_data**2 / var, sigma * self.sigma_data / var.sqrt(), var.rsqrt()
         c = F.silu(self.time_embed(0.25 * sigma.log()))
         z_in = (_fp32(zt) * c_in[:, None]).to(patches.dtype).unsqueeze(1)
         if t.pos_embed is None:
@@ -277,15 +291,17 @@ class DiffusionBlocksViT(nn.Module):
             x: images ``[n, 3, H, W]``; y: integer class labels ``[n]`` (mixup/cutmix soft targets do not apply).
         """
         if y.dtype.is_floating_point or y.dim() != 1:
-            raise DiffusionBlocksError(f"diffusionblocks trains on integer class labels, got a {tuple(y.shape)} "
-                                       f"{y.dtype} target: set mixup: 0 and cutmix: 0 in the recipe")
+            raise DiffusionBlocksError(
+                f"diffusionblocks trains on integer class labels, got a {tuple(y.shape)} "
+                f"{y.dtype} target: set mixup: 0 and cutmix: 0 in the recipe"
+            )
         block = self.draw_block()
         sigma = self.sample_sigma(block, y.shape[0]).to(device=x.device, dtype=torch.get_default_dtype())
         z = F.normalize(self.label_embed(y), dim=-1)
         zt = z + sigma[:, None] * torch.randn_like(z)
         logits = self.denoise(self.trunk.patch_embed(x), zt, sigma, block)
         ce = F.cross_entropy(_fp32(logits), y, reduction="none", label_smoothing=self.label_smoothing)
-        weight = (sigma ** 2 + self.sigma_data ** 2) / (sigma * self.sigma_data) ** 2
+        weight = (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
         if self.loss_weighting == "batch_mean":
             return ce.mean() * weight.mean()
         return (ce * weight).mean()
@@ -303,8 +319,11 @@ class DiffusionBlocksViT(nn.Module):
         (None: B, one evaluation per block, a single full-depth pass).
         """
         steps = steps or self.inference_steps
-        sigmas = self.sigmas if steps == self.num_blocks else inference_sigmas(
-            steps, self.p_mean, self.p_std, self.sigma_min, self.sigma_max)
+        sigmas = (
+            self.sigmas
+            if steps == self.num_blocks
+            else inference_sigmas(steps, self.p_mean, self.p_std, self.sigma_min, self.sigma_max)
+        )
         n = x.shape[0]
         patches = self.trunk.patch_embed(x)
         gen = torch.Generator().manual_seed(int(self.config["options"]["eval_seed"]))
@@ -335,8 +354,10 @@ class DiffusionBlocksViT(nn.Module):
         twin, size = self._meta_twin(img_size)
         x = torch.empty(1, 3, size, size, device="meta")
         z, sigma = torch.empty(1, twin.trunk.embed_dim, device="meta"), torch.ones(1, device="meta")
-        return [count_macs(twin, lambda: twin.denoise(twin.trunk.patch_embed(x), z, sigma, b))  # noqa: B023 (called here)
-                for b in range(self.num_blocks)]
+        return [
+            count_macs(twin, lambda: twin.denoise(twin.trunk.patch_embed(x), z, sigma, b))  # noqa: B023 (called here)
+            for b in range(self.num_blocks)
+        ]
 
     def train_flops_per_image(self, img_size: int | None = None) -> int:
         """Training FLOPs per image per step, averaged over the uniformly drawn blocks: 3 x 2 x forward MACs."""
@@ -356,7 +377,13 @@ def build_model(recipe: dict, num_classes: int) -> DiffusionBlocksViT:
     opts = recipe.diffusionblocks or {}
     if not isinstance(opts, dict):
         raise DiffusionBlocksError(f"recipe key diffusionblocks must be a mapping of options, got {opts!r}")
-    return DiffusionBlocksViT({"model": recipe.model, "num_classes": num_classes,
-                               "drop_path_rate": recipe.drop_path,
-                               "model_kwargs": dict(recipe.model_kwargs or {}),
-                               "label_smoothing": recipe.smoothing, "options": dict(opts)})
+    return DiffusionBlocksViT(
+        {
+            "model": recipe.model,
+            "num_classes": num_classes,
+            "drop_path_rate": recipe.drop_path,
+            "model_kwargs": dict(recipe.model_kwargs or {}),
+            "label_smoothing": recipe.smoothing,
+            "options": dict(opts),
+        }
+    )

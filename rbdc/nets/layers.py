@@ -1,4 +1,5 @@
 """Small layers the coupled models may need."""
+
 from __future__ import annotations
 
 import torch
@@ -41,9 +42,15 @@ def group_norms(model: nn.Module, parts: dict[str, int]) -> nn.Module:
         mod = model.get_submodule(name)
         if not isinstance(mod, nn.LayerNorm):
             raise TypeError(f"{name} is a {type(mod).__name__}, not a LayerNorm: cannot group it into {n} parts")
-        ln = PartLayerNorm(mod.normalized_shape[0], parts=n, eps=mod.eps, elementwise_affine=mod.elementwise_affine,
-                           bias=mod.bias is not None, device=mod.weight.device if mod.weight is not None else None,
-                           dtype=mod.weight.dtype if mod.weight is not None else None)
+        ln = PartLayerNorm(
+            mod.normalized_shape[0],
+            parts=n,
+            eps=mod.eps,
+            elementwise_affine=mod.elementwise_affine,
+            bias=mod.bias is not None,
+            device=mod.weight.device if mod.weight is not None else None,
+            dtype=mod.weight.dtype if mod.weight is not None else None,
+        )
         ln.load_state_dict(mod.state_dict())
         ln.train(mod.training)
         model.set_submodule(name, ln)

@@ -10,6 +10,7 @@ model ``name`` with every width multiplied by ``factor`` and every other hyper-p
 
 The model remembers how it was built (``model.rbdc_arch``) so that :func:`rbdc.couple` can build its k x wider twin.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -20,8 +21,17 @@ import torch.nn as nn
 import timm
 from timm.models import ResNet, VisionTransformer
 
-__all__ = ["narrow", "scaled", "arch_of", "describe", "family_of", "settings", "check_supported",
-           "import_path", "from_import_path"]
+__all__ = [
+    "narrow",
+    "scaled",
+    "arch_of",
+    "describe",
+    "family_of",
+    "settings",
+    "check_supported",
+    "import_path",
+    "from_import_path",
+]
 
 
 def family_of(model: nn.Module) -> str:
@@ -29,11 +39,13 @@ def family_of(model: nn.Module) -> str:
         return "vit"
     if isinstance(model, ResNet):
         return "resnet"
-    raise ValueError(f"{type(model).__name__} is not a supported family: RBDC handles timm VisionTransformer and "
-                     f"ResNet")
+    raise ValueError(
+        f"{type(model).__name__} is not a supported family: RBDC handles timm VisionTransformer and ResNet"
+    )
 
 
 # --- which layers RBDC can scale and couple ------------------------------------------------------------------------
+
 
 def _layer_types() -> tuple[type, ...]:
     """Module types with a coupling rule (see rbdc.coupling): every tensor they own is per-channel or a dense map
@@ -56,11 +68,40 @@ def _layer_types() -> tuple[type, ...]:
     )
     from timm.models.resnet import BasicBlock, Bottleneck
     from timm.models.vision_transformer import Block, ResPostBlock
-    return (VisionTransformer, ResNet, PatchEmbed, Block, ResPostBlock, Attention, AttentionPoolLatent, Mlp, GluMlp,
-            SwiGLU, LayerScale, BasicBlock, Bottleneck, SEModule, SelectAdaptivePool2d, nn.Linear, nn.Conv2d,
-            nn.BatchNorm2d, nn.LayerNorm, LayerNorm, nn.Identity, nn.Sequential, nn.ModuleList, nn.Flatten,
-            nn.AdaptiveAvgPool2d, nn.MaxPool2d, nn.AvgPool2d,
-            nn.Dropout, DropPath, DropBlock2d, PatchDropout)  # training-time noise, identity in eval mode
+
+    return (
+        VisionTransformer,
+        ResNet,
+        PatchEmbed,
+        Block,
+        ResPostBlock,
+        Attention,
+        AttentionPoolLatent,
+        Mlp,
+        GluMlp,
+        SwiGLU,
+        LayerScale,
+        BasicBlock,
+        Bottleneck,
+        SEModule,
+        SelectAdaptivePool2d,
+        nn.Linear,
+        nn.Conv2d,
+        nn.BatchNorm2d,
+        nn.LayerNorm,
+        LayerNorm,
+        nn.Identity,
+        nn.Sequential,
+        nn.ModuleList,
+        nn.Flatten,
+        nn.AdaptiveAvgPool2d,
+        nn.MaxPool2d,
+        nn.AvgPool2d,
+        nn.Dropout,
+        DropPath,
+        DropBlock2d,
+        PatchDropout,
+    )  # training-time noise, identity in eval mode
 
 
 _ACTIVATION_MODULES = ("torch.nn.modules.activation", "timm.layers.activations", "timm.layers.activations_me")
@@ -81,9 +122,11 @@ def check_supported(model: nn.Module) -> None:
     for name, module in model.named_modules():
         if not _has_rule(module):
             what = "grouped convolution (ResNeXt-style)" if isinstance(module, nn.Conv2d) else type(module).__name__
-            raise ValueError(f"{name}: {what} has no RBDC coupling rule (supported: timm ViT blocks with Attention, "
-                             f"Mlp/GluMlp/SwiGLU, LayerScale, attention pooling; ResNet Basic/Bottleneck blocks, "
-                             f"squeeze-excitation); build the model without it")
+            raise ValueError(
+                f"{name}: {what} has no RBDC coupling rule (supported: timm ViT blocks with Attention, "
+                f"Mlp/GluMlp/SwiGLU, LayerScale, attention pooling; ResNet Basic/Bottleneck blocks, "
+                f"squeeze-excitation); build the model without it"
+            )
 
 
 # --- settings: what must agree between parts, and between the parts and the coupled model --------------------------
@@ -102,8 +145,9 @@ def import_path(obj) -> str:
             return path
     except (ImportError, AttributeError, ValueError):
         pass
-    raise ValueError(f"setting {obj!r} is not an importable class or function: pass it by name or as a class "
-                     f"defined at module level")
+    raise ValueError(
+        f"setting {obj!r} is not an importable class or function: pass it by name or as a class defined at module level"
+    )
 
 
 def from_import_path(path: str):
@@ -155,8 +199,10 @@ def _meta_model(name: str, **kwargs) -> nn.Module:
 def _divide(value: int, factor: Fraction, what: str, name: str) -> int:
     out = value * factor
     if out.denominator != 1 or out < 1:
-        raise ValueError(f"{name}: {what}={value} is not divisible by {1 / factor} (width factor {factor}); "
-                         f"choose a divisor that divides it")
+        raise ValueError(
+            f"{name}: {what}={value} is not divisible by {1 / factor} (width factor {factor}); "
+            f"choose a divisor that divides it"
+        )
     return int(out)
 
 
@@ -183,19 +229,20 @@ def _rebuild_stem(model: ResNet, stem_chs: int) -> None:
     first = model.layer1[0]
     out_chs = _block_out(first)
     old_in = first.conv1
-    first.conv1 = nn.Conv2d(stem_chs, old_in.out_channels, old_in.kernel_size, old_in.stride, old_in.padding,
-                            bias=old_in.bias is not None)
+    first.conv1 = nn.Conv2d(
+        stem_chs, old_in.out_channels, old_in.kernel_size, old_in.stride, old_in.padding, bias=old_in.bias is not None
+    )
     nn.init.kaiming_normal_(first.conv1.weight, mode="fan_out", nonlinearity="relu")
     # Same rule as timm's make_blocks: layer1 has stride 1, so a projection exists iff the channel counts differ.
     if stem_chs == out_chs:
         first.downsample = None
     else:
         from timm.models.resnet import downsample_avg, downsample_conv
+
         ref = model.layer2[0].downsample  # layer2 always projects: copy its kind (avg-down or not) and kernel
         ref_conv = next(m for m in ref.modules() if isinstance(m, nn.Conv2d))
         make = downsample_avg if any(isinstance(m, nn.AvgPool2d) for m in ref.modules()) else downsample_conv
-        first.downsample = make(stem_chs, out_chs, ref_conv.kernel_size[0], stride=1,
-                                norm_layer=type(model.bn1))
+        first.downsample = make(stem_chs, out_chs, ref_conv.kernel_size[0], stride=1, norm_layer=type(model.bn1))
 
 
 def scaled(name: str, factor: Fraction | int | float = 1, **kwargs) -> nn.Module:
@@ -207,6 +254,7 @@ def scaled(name: str, factor: Fraction | int | float = 1, **kwargs) -> nn.Module
         **kwargs: passed to ``timm.create_model`` (num_classes, img_size, drop_path_rate, ...).
     """
     from .variants import register_width_name  # the registry builds on scaled(): imported here, or a cycle
+
     factor = Fraction(factor).limit_denominator(1024)
     if not timm.is_model(name) and not register_width_name(name):
         raise ValueError(f"unknown model {name!r}: pick a name from timm.list_models() or rbdc's registered variants")
@@ -219,9 +267,15 @@ def scaled(name: str, factor: Fraction | int | float = 1, **kwargs) -> nn.Module
         model = timm.create_model(name, pretrained=False, **kwargs)
     elif family == "vit":
         heads = meta.blocks[0].attn.num_heads
-        model = timm.create_model(name, pretrained=False, **{
-            **kwargs, "embed_dim": _divide(meta.embed_dim, factor, "embed_dim", name),
-            "num_heads": _divide(heads, factor, "num_heads", name)})
+        model = timm.create_model(
+            name,
+            pretrained=False,
+            **{
+                **kwargs,
+                "embed_dim": _divide(meta.embed_dim, factor, "embed_dim", name),
+                "num_heads": _divide(heads, factor, "num_heads", name),
+            },
+        )
     else:
         channels, stem, deep_stem = _resnet_widths(meta)
         chs = tuple(_divide(c, factor, "stage width", name) for c in channels)
@@ -254,8 +308,10 @@ def arch_of(model: nn.Module) -> dict:
         return arch
     name = model.pretrained_cfg.get("architecture") if getattr(model, "pretrained_cfg", None) else None
     if not name:
-        raise ValueError(f"cannot tell which timm model this {type(model).__name__} is: build it with "
-                         f"timm.create_model or rbdc.narrow")
+        raise ValueError(
+            f"cannot tell which timm model this {type(model).__name__} is: build it with "
+            f"timm.create_model or rbdc.narrow"
+        )
     return {"name": name, "factor": Fraction(1), "kwargs": stock_kwargs(model)}
 
 
@@ -273,14 +329,27 @@ def stock_kwargs(model: nn.Module) -> dict:
             kw["drop_path_rate"] = last.drop_prob
         return kw
     blk, pe = model.blocks[0], model.patch_embed
-    kw.update(img_size=tuple(pe.img_size), patch_size=tuple(pe.patch_size), in_chans=pe.proj.in_channels,
-              embed_dim=model.embed_dim, depth=len(model.blocks), num_heads=blk.attn.num_heads,
-              qkv_bias=blk.attn.qkv.bias is not None, qk_norm=not isinstance(blk.attn.q_norm, nn.Identity),
-              class_token=model.has_class_token, reg_tokens=model.num_reg_tokens, no_embed_class=model.no_embed_class,
-              global_pool=model.global_pool, dynamic_img_size=model.dynamic_img_size,
-              pre_norm=not isinstance(model.norm_pre, nn.Identity),
-              fc_norm=not isinstance(model.fc_norm, nn.Identity), block_fn=type(blk), mlp_layer=type(blk.mlp),
-              act_layer=type(blk.mlp.act), mlp_ratio=_mlp_hidden(blk.mlp, packed=True) / model.embed_dim)
+    kw.update(
+        img_size=tuple(pe.img_size),
+        patch_size=tuple(pe.patch_size),
+        in_chans=pe.proj.in_channels,
+        embed_dim=model.embed_dim,
+        depth=len(model.blocks),
+        num_heads=blk.attn.num_heads,
+        qkv_bias=blk.attn.qkv.bias is not None,
+        qk_norm=not isinstance(blk.attn.q_norm, nn.Identity),
+        class_token=model.has_class_token,
+        reg_tokens=model.num_reg_tokens,
+        no_embed_class=model.no_embed_class,
+        global_pool=model.global_pool,
+        dynamic_img_size=model.dynamic_img_size,
+        pre_norm=not isinstance(model.norm_pre, nn.Identity),
+        fc_norm=not isinstance(model.fc_norm, nn.Identity),
+        block_fn=type(blk),
+        mlp_layer=type(blk.mlp),
+        act_layer=type(blk.mlp.act),
+        mlp_ratio=_mlp_hidden(blk.mlp, packed=True) / model.embed_dim,
+    )
     if not isinstance(getattr(blk, "ls1", nn.Identity()), nn.Identity):
         kw["init_values"] = 1.0  # any value builds LayerScale; its gamma is a weight
     last = getattr(model.blocks[-1], "drop_path1", None)
@@ -292,6 +361,7 @@ def stock_kwargs(model: nn.Module) -> dict:
 def _mlp_hidden(mlp: nn.Module, packed: bool = False) -> int:
     """The MLP's hidden width (``packed``: as ViT's ``mlp_ratio`` counts it, both halves of a GluMlp's fc1)."""
     from timm.layers import GluMlp
+
     return mlp.fc2.in_features * (2 if packed and isinstance(mlp, GluMlp) else 1)
 
 
@@ -301,13 +371,22 @@ def describe(model: nn.Module) -> dict:
     d = {"family": fam, "num_classes": model.num_classes}
     if fam == "vit":
         pe = model.patch_embed
-        d.update(depth=len(model.blocks), patch_size=tuple(pe.patch_size), img_size=tuple(pe.img_size),
-                 width=model.embed_dim, heads=model.blocks[0].attn.num_heads,
-                 mlp_hidden=_mlp_hidden(model.blocks[0].mlp), class_token=model.cls_token is not None,
-                 reg_tokens=model.num_reg_tokens, global_pool=model.global_pool)
+        d.update(
+            depth=len(model.blocks),
+            patch_size=tuple(pe.patch_size),
+            img_size=tuple(pe.img_size),
+            width=model.embed_dim,
+            heads=model.blocks[0].attn.num_heads,
+            mlp_hidden=_mlp_hidden(model.blocks[0].mlp),
+            class_token=model.cls_token is not None,
+            reg_tokens=model.num_reg_tokens,
+            global_pool=model.global_pool,
+        )
     else:
-        d.update(depth=tuple(len(getattr(model, f"layer{i}")) for i in range(1, 5)),
-                 block=type(model.layer1[0]).__name__, width=tuple(_block_out(getattr(model, f"layer{i}")[-1])
-                                                                   for i in range(1, 5)),
-                 stem=_resnet_widths(model)[1])
+        d.update(
+            depth=tuple(len(getattr(model, f"layer{i}")) for i in range(1, 5)),
+            block=type(model.layer1[0]).__name__,
+            width=tuple(_block_out(getattr(model, f"layer{i}")[-1]) for i in range(1, 5)),
+            stem=_resnet_widths(model)[1],
+        )
     return d

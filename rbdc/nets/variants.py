@@ -2,6 +2,7 @@
 (``test_rbdc_*``, ``rbdc_vit_*``) and the narrow variants ``rbdc_<model>_w<divisor>`` of the families it scales
 (:func:`rbdc.nets.models.narrow`). Importing :mod:`rbdc` registers them.
 """
+
 from __future__ import annotations
 
 from fractions import Fraction
@@ -22,15 +23,35 @@ __all__ = ["VARIANTS", "NARROW_VARIANTS", "widen_name", "rebuild_name", "registe
 # pretrained_cfg of their own, ``features_only`` (ResNet: FeatureListNet; ViT: FeatureGetterNet, as timm's ViTs) and
 # ``pretrained=True, pretrained_cfg_overlay=dict(file=...)`` loading a checkpoint.
 
+
 def _test_cfg(size: int, first_conv: str, classifier: str, pool: int | None = None) -> dict:
-    return {"num_classes": 10, "input_size": (3, size, size), "pool_size": (pool, pool) if pool else None,
-            "crop_pct": 1.0, "interpolation": "bilinear", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-            "first_conv": first_conv, "classifier": classifier}
+    return {
+        "num_classes": 10,
+        "input_size": (3, size, size),
+        "pool_size": (pool, pool) if pool else None,
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": first_conv,
+        "classifier": classifier,
+    }
 
 
 # A narrow variant keeps what its base's cfg says about inputs and layer names, not where weights come from.
-_CFG_KEYS = ("num_classes", "input_size", "pool_size", "crop_pct", "crop_mode", "interpolation", "mean", "std",
-             "first_conv", "classifier", "fixed_input_size")
+_CFG_KEYS = (
+    "num_classes",
+    "input_size",
+    "pool_size",
+    "crop_pct",
+    "crop_mode",
+    "interpolation",
+    "mean",
+    "std",
+    "first_conv",
+    "classifier",
+    "fixed_input_size",
+)
 
 
 def _variant_cfg(base: str) -> dict:
@@ -43,11 +64,17 @@ def _require_weights(variant: str, pretrained: bool, kwargs: dict) -> None:
     if not pretrained:
         return
     from timm.models import resolve_pretrained_cfg
-    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get("pretrained_cfg"),
-                                 pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"))
+
+    cfg = resolve_pretrained_cfg(
+        variant,
+        pretrained_cfg=kwargs.get("pretrained_cfg"),
+        pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"),
+    )
     if not (cfg.file or cfg.url or cfg.hf_hub_id or cfg.state_dict):
-        raise UserError(f"{variant} has no published weights: pass pretrained_cfg_overlay=dict(file=CHECKPOINT) "
-                        f"(a .safetensors file rbdc wrote), or train it with rbdc")
+        raise UserError(
+            f"{variant} has no published weights: pass pretrained_cfg_overlay=dict(file=CHECKPOINT) "
+            f"(a .safetensors file rbdc wrote), or train it with rbdc"
+        )
 
 
 def _build_vit(variant: str, pretrained: bool, args: dict, kwargs: dict) -> VisionTransformer:
@@ -59,19 +86,25 @@ def _build_vit(variant: str, pretrained: bool, args: dict, kwargs: dict) -> Visi
 
 def _build_resnet(variant: str, pretrained: bool, args: dict, kwargs: dict) -> ResNet:
     from timm.models.resnet import _create_resnet
+
     _require_weights(variant, pretrained, kwargs)
     return _create_resnet(variant, pretrained, **dict(args, **kwargs))
 
 
 # timm's register_model reads this module-level name for the entrypoints defined here.
-default_cfgs = generate_default_cfgs({
-    "test_rbdc_vit": _test_cfg(32, "patch_embed.proj", "head"),
-    "rbdc_vit_mini_patch8_64": _test_cfg(64, "patch_embed.proj", "head"),
-    "rbdc_vit_nano_patch4_32": _test_cfg(32, "patch_embed.proj", "head"),
-    **{f"rbdc_vit_{size}_patch4_32": _test_cfg(32, "patch_embed.proj", "head") for size in ("micro", "tiny", "small")},
-    "test_rbdc_resnet": _test_cfg(64, "conv1", "fc", pool=2),
-    "test_rbdc_resnet_basic": _test_cfg(64, "conv1", "fc", pool=2),
-})
+default_cfgs = generate_default_cfgs(
+    {
+        "test_rbdc_vit": _test_cfg(32, "patch_embed.proj", "head"),
+        "rbdc_vit_mini_patch8_64": _test_cfg(64, "patch_embed.proj", "head"),
+        "rbdc_vit_nano_patch4_32": _test_cfg(32, "patch_embed.proj", "head"),
+        **{
+            f"rbdc_vit_{size}_patch4_32": _test_cfg(32, "patch_embed.proj", "head")
+            for size in ("micro", "tiny", "small")
+        },
+        "test_rbdc_resnet": _test_cfg(64, "conv1", "fc", pool=2),
+        "test_rbdc_resnet_basic": _test_cfg(64, "conv1", "fc", pool=2),
+    }
+)
 
 
 @register_model
@@ -105,8 +138,10 @@ def _ladder_vit(size: str, width: int, deit: str):
 
     entrypoint.__name__ = entrypoint.__qualname__ = name
     entrypoint.__module__ = __name__
-    entrypoint.__doc__ = (f"The width ladder at 32 px: width {width} ({deit}), {width // 16} heads of 16, depth 4, "
-                          f"patch 4 (rbdc_vit_nano_patch4_32 is width 64).")
+    entrypoint.__doc__ = (
+        f"The width ladder at 32 px: width {width} ({deit}), {width // 16} heads of 16, depth 4, "
+        f"patch 4 (rbdc_vit_nano_patch4_32 is width 64)."
+    )
     return register_model(entrypoint)
 
 
@@ -119,6 +154,7 @@ rbdc_vit_small_patch4_32 = _ladder_vit("small", 384, "DeiT-S's width; its half i
 def test_rbdc_resnet(pretrained=False, **kwargs) -> ResNet:
     """Tiny Bottleneck ResNet for CPU tests: one block per stage, stage widths 16/32/64/128 (x4 expansion)."""
     from timm.models.resnet import Bottleneck
+
     args = dict(block=Bottleneck, layers=(1, 1, 1, 1), channels=(16, 32, 64, 128), num_classes=10)
     return _build_resnet("test_rbdc_resnet", pretrained, args, kwargs)
 
@@ -127,6 +163,7 @@ def test_rbdc_resnet(pretrained=False, **kwargs) -> ResNet:
 def test_rbdc_resnet_basic(pretrained=False, **kwargs) -> ResNet:
     """Tiny BasicBlock ResNet for CPU tests: one block per stage, stage widths 16/32/64/128 (stem 64, as in timm)."""
     from timm.models.resnet import BasicBlock
+
     args = dict(block=BasicBlock, layers=(1, 1, 1, 1), channels=(16, 32, 64, 128), num_classes=10)
     return _build_resnet("test_rbdc_resnet_basic", pretrained, args, kwargs)
 
@@ -140,14 +177,18 @@ def _variant_name(base: str, divisor: int) -> str:
 
 def _build_narrow(variant: str, pretrained: bool, kwargs: dict) -> nn.Module:
     from timm.models import build_model_with_cfg
+
     base, divisor = VARIANTS[variant]
     _require_weights(variant, pretrained, kwargs)
     meta = _meta_model(base)
     extra = {}
     if family_of(meta) == "vit":  # what timm's _create_vision_transformer passes
         from timm.models.vision_transformer import checkpoint_filter_fn
-        extra = dict(pretrained_filter_fn=checkpoint_filter_fn, feature_cfg=dict(
-            out_indices=kwargs.pop("out_indices", min(3, len(meta.blocks))), feature_cls="getter"))
+
+        extra = dict(
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(out_indices=kwargs.pop("out_indices", min(3, len(meta.blocks))), feature_cls="getter"),
+        )
     return build_model_with_cfg(lambda **kw: narrow(base, divisor, **kw), variant, pretrained, **extra, **kwargs)
 
 
@@ -188,6 +229,7 @@ for _base, _divisors in NARROW_VARIANTS.items():
 
 
 # --- names of a model at another width ---------------------------------------------------------------------------
+
 
 def widen_name(name: str, factor: Fraction) -> str | None:
     """Registered timm name of ``name`` at ``factor`` x its width, or None (``rbdc_X_w4``, 2 -> ``rbdc_X_w2``)."""

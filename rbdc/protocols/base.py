@@ -4,6 +4,7 @@ A protocol is a :class:`Protocol` subclass in its own file of this package, regi
 (timm-style). Recipe validation (``protocol:``), the report's row order and colours, the CLI's ``--protocol`` choices
 and the engine read the registry; nothing outside this package branches on a protocol's name.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,8 +26,21 @@ from ..nets.variants import widen_name
 if TYPE_CHECKING:  # the typed recipe is assembled from the registry (rbdc.recipe imports this package)
     from ..recipe import Recipe
 
-__all__ = ["Stage", "PlanData", "BuildContext", "Built", "Protocol", "register", "get", "names", "registry",
-           "whole_steps", "stage_seed", "target_fpi", "stage_name"]
+__all__ = [
+    "Stage",
+    "PlanData",
+    "BuildContext",
+    "Built",
+    "Protocol",
+    "register",
+    "get",
+    "names",
+    "registry",
+    "whole_steps",
+    "stage_seed",
+    "target_fpi",
+    "stage_name",
+]
 
 
 @dataclass
@@ -44,9 +58,9 @@ class Stage:
     factor: Fraction = Fraction(1)
     parents: list[str] = field(default_factory=list)
     flops_per_image: int = 0
-    sched_total: int | None = None   # cosine length (default: steps); > steps when the schedule continues
-    sched_offset: int = 0            # where on that cosine this stage starts
-    extra_flops: int = 0   # spent building the stage's model (GradMax's gradient pass), not in its steps
+    sched_total: int | None = None  # cosine length (default: steps); > steps when the schedule continues
+    sched_offset: int = 0  # where on that cosine this stage starts
+    extra_flops: int = 0  # spent building the stage's model (GradMax's gradient pass), not in its steps
 
 
 @dataclass
@@ -56,9 +70,9 @@ class PlanData:
     train_size: int
     num_classes: int
     steps_per_epoch: int
-    warmup_steps: int          # the recipe's warm-up in steps
+    warmup_steps: int  # the recipe's warm-up in steps
     lr: float
-    budget: float | None       # training FLOPs (``budget``, ``budget_epochs`` or ``match``), None: epochs
+    budget: float | None  # training FLOPs (``budget``, ``budget_epochs`` or ``match``), None: epochs
 
     @property
     def budget_text(self) -> str:
@@ -75,7 +89,7 @@ class BuildContext:
     recipe: Recipe
     num_classes: int
     stages: list[Stage]
-    optimizer_state: Callable[[str], dict]   # a finished stage's carried optimizer state, by stage id
+    optimizer_state: Callable[[str], dict]  # a finished stage's carried optimizer state, by stage id
     train_loader: Any
     device: torch.device
     world: int
@@ -105,12 +119,12 @@ class Protocol:
     stage without parents) and, for protocols that grow, :meth:`grow`."""
 
     name: ClassVar[str]
-    color: ClassVar[str]                  # the report's colour of its runs
-    subject: ClassVar[bool] = False       # the method under study: the report compares the others with it
-    evaluates_growth: ClassVar[bool] = True   # evaluate a grown model before it trains (summary rows at epoch -1)
-    own_objective: ClassVar[bool] = False     # the model's forward(x, y) returns its training loss
-    section: ClassVar[str | None] = None      # the recipe mapping that holds its own keys (rbdc, growth, ...)
-    keys: ClassVar[Any] = None                # its own keys: a dataclass of ``key()`` fields, or one free-form key()
+    color: ClassVar[str]  # the report's colour of its runs
+    subject: ClassVar[bool] = False  # the method under study: the report compares the others with it
+    evaluates_growth: ClassVar[bool] = True  # evaluate a grown model before it trains (summary rows at epoch -1)
+    own_objective: ClassVar[bool] = False  # the model's forward(x, y) returns its training loss
+    section: ClassVar[str | None] = None  # the recipe mapping that holds its own keys (rbdc, growth, ...)
+    keys: ClassVar[Any] = None  # its own keys: a dataclass of ``key()`` fields, or one free-form key()
     sections: ClassVar[tuple[str, ...]] = ()  # other protocols' sections its plan also reads (rbdc's levels)
 
     def owns_key(self, key: str) -> bool:
@@ -120,8 +134,9 @@ class Protocol:
         if section in ("", "data") or section in self.sections:
             return True
         own = self.keys
-        return section == self.section and (isinstance(own, dataclasses.Field) or
-                                            leaf in {f.name for f in dataclasses.fields(own)})
+        return section == self.section and (
+            isinstance(own, dataclasses.Field) or leaf in {f.name for f in dataclasses.fields(own)}
+        )
 
     def upgrade(self, raw: dict, recipe: dict) -> None:
         """Give ``recipe`` (resolved, still a mapping) the meaning that ``raw`` (what its files and overrides set)
@@ -149,8 +164,7 @@ class Protocol:
 
     def target(self, recipe: Recipe, num_classes: int) -> nn.Module:
         """The recipe's final model (built on the meta device to check a recipe)."""
-        return scaled(recipe.model, 1, num_classes=num_classes, drop_path_rate=recipe.drop_path,
-                      **recipe.model_kwargs)
+        return scaled(recipe.model, 1, num_classes=num_classes, drop_path_rate=recipe.drop_path, **recipe.model_kwargs)
 
     def train_flops_per_image(self, model: nn.Module, img_size: int) -> int:
         """What one training image costs ``model`` (the ledger's count)."""
@@ -207,15 +221,17 @@ _FPI_CACHE: dict[str, int] = {}
 
 def target_fpi(recipe: Recipe, factor: Fraction, num_classes: int) -> int:
     """Training FLOPs per image of the target at ``factor`` x its width."""
-    key = json.dumps([recipe.model, str(factor), num_classes, recipe.model_kwargs, recipe.img_size],
-                     sort_keys=True, default=str)
+    key = json.dumps(
+        [recipe.model, str(factor), num_classes, recipe.model_kwargs, recipe.img_size], sort_keys=True, default=str
+    )
     if key not in _FPI_CACHE:  # a study plans hundreds of runs of a few models
         try:
             with torch.device("meta"):
                 m = scaled(recipe.model, factor, num_classes=num_classes, **recipe.model_kwargs)
         except ValueError as e:  # the plan asks for a width the model cannot have
-            raise UserError(f"the plan of protocol {recipe.protocol} needs {recipe.model} at {factor} of its "
-                            f"width, which it cannot have: {e} (e.g. a smaller rbdc.depth or k, or another model)"
-                            ) from e
+            raise UserError(
+                f"the plan of protocol {recipe.protocol} needs {recipe.model} at {factor} of its "
+                f"width, which it cannot have: {e} (e.g. a smaller rbdc.depth or k, or another model)"
+            ) from e
         _FPI_CACHE[key] = train_flops_per_image(m, recipe.img_size)
     return _FPI_CACHE[key]

@@ -3,6 +3,7 @@
 One step trains one of B blocks (~1/B of a full pass); the method's "epochs" are B x ours: equal iterations per
 block. A FLOPs budget is met directly with the model's own per-image training FLOPs.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -29,6 +30,7 @@ class DiffusionBlocks(Protocol):
 
     def plan(self, recipe: Recipe, data: PlanData) -> list[Stage]:
         from ..nets.diffusionblocks import build_model
+
         with torch.device("meta"):
             dbm = build_model(recipe, data.num_classes)
         fpi = dbm.train_flops_per_image(recipe.img_size)
@@ -37,16 +39,27 @@ class DiffusionBlocks(Protocol):
         elif recipe.epochs:
             steps = data.steps_for(recipe.epochs * dbm.num_blocks)
         else:
-            raise UserError("diffusionblocks needs `epochs` (x blocks, equal iterations per block), `budget` or "
-                            "`match`")
-        return [Stage("dblock", recipe.model, steps, recipe.seed, data.lr, flops_per_image=fpi,
-                      warmup_steps=min(data.warmup_steps * dbm.num_blocks, steps // 2))]
+            raise UserError(
+                "diffusionblocks needs `epochs` (x blocks, equal iterations per block), `budget` or `match`"
+            )
+        return [
+            Stage(
+                "dblock",
+                recipe.model,
+                steps,
+                recipe.seed,
+                data.lr,
+                flops_per_image=fpi,
+                warmup_steps=min(data.warmup_steps * dbm.num_blocks, steps // 2),
+            )
+        ]
 
     def init(self, stage: Stage, ctx: BuildContext) -> nn.Module:
         return self.target(ctx.recipe, ctx.num_classes)
 
     def target(self, recipe: Recipe, num_classes: int) -> nn.Module:
         from ..nets.diffusionblocks import build_model
+
         return build_model(recipe, num_classes)
 
     def train_flops_per_image(self, model: nn.Module, img_size: int) -> int:

@@ -6,6 +6,7 @@ One cosine schedule spans all stages (growneuron never restarts it). A FLOPs bud
 narrower stages are cheaper, so GradMax gets more steps than scratch (growneuron's ``adjust_epochs``), and each
 growth's gradient pass (one forward and backward of a batch on the pre-growth model) is charged too.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,10 +28,12 @@ if TYPE_CHECKING:
 @dataclass
 class GradMaxKeys:
     """gradmax's keys in the ``growth:`` section (growneuron's CIFAR config: 0.25, 12, 10k..37.5k of 78k, 0.5)."""
+
     start_factor: float = key(0.25, NUM, Range(0, 1, False), "gradmax: starting fraction of the inner widths")
     grow_steps: int = key(12, (int,), Range(1), "gradmax")
-    grow_span: list = key([0.125, 0.5], (list,), None, "gradmax: [first, last] growth as fractions of the steps",
-                          items=UNIT)
+    grow_span: list = key(
+        [0.125, 0.5], (list,), None, "gradmax: [first, last] growth as fractions of the steps", items=UNIT
+    )
     scale: float = key(0.5, NUM, POS, "gradmax: fan-out norm of new units relative to the existing ones")
 
 
@@ -43,13 +46,16 @@ class GradMax(Protocol):
 
     def plan(self, recipe: Recipe, data: PlanData) -> list[Stage]:
         from ..growth import gradmax_model, gradmax_schedule, gradmax_widths
+
         total = data.steps_for(recipe.epochs) if recipe.epochs else None
         budget = data.budget
         g = recipe.growth
         n, (first, last) = g.grow_steps, g.grow_span
         if not (n >= 1 and 0 < first <= last < 1):
-            raise UserError(f"gradmax needs growth.grow_steps >= 1 and 0 < grow_span[0] <= grow_span[1] < 1, got "
-                            f"{n} and {g.grow_span}")
+            raise UserError(
+                f"gradmax needs growth.grow_steps >= 1 and 0 < grow_span[0] <= grow_span[1] < 1, got "
+                f"{n} and {g.grow_span}"
+            )
         factors = [Fraction(g.start_factor).limit_denominator(4096)]
         try:
             factors += gradmax_schedule(factors[0], 1, n)
@@ -57,8 +63,12 @@ class GradMax(Protocol):
             raise UserError(f"growth.start_factor: {e}") from e
         kw = dict(num_classes=data.num_classes, **recipe.model_kwargs)
         with torch.device("meta"):
-            fpis = [gradmax_model(recipe.model, gradmax_widths(recipe.model, f, **kw), **kw)
-                    .train_flops_per_image(recipe.img_size) for f in factors]
+            fpis = [
+                gradmax_model(recipe.model, gradmax_widths(recipe.model, f, **kw), **kw).train_flops_per_image(
+                    recipe.img_size
+                )
+                for f in factors
+            ]
         batch = recipe.batch_size
         grow_flops = [batch * f for f in fpis[:-1]]  # growth i runs on the model of stage i
 
@@ -85,16 +95,31 @@ class GradMax(Protocol):
         else:
             raise UserError("gradmax needs `epochs` (total, all widths), `budget` or `match`")
         if min(steps) < 1:
-            raise UserError(f"gradmax: {sum(steps)} steps cannot hold {n} growth steps spread over {g.grow_span} "
-                            f"of training with at least one step between them; lower growth.grow_steps or train "
-                            f"longer")
+            raise UserError(
+                f"gradmax: {sum(steps)} steps cannot hold {n} growth steps spread over {g.grow_span} "
+                f"of training with at least one step between them; lower growth.grow_steps or train "
+                f"longer"
+            )
         stages, offset = [], 0
         for i, (f, st, fpi) in enumerate(zip(factors, steps, fpis)):
             name = recipe.model if f == 1 else f"{recipe.model}@inner{float(f):g}"
-            stages.append(Stage(f"G{i}", name, st, stage_seed(recipe, i, 0), data.lr, level=i, factor=f,
-                                parents=[f"G{i - 1}"] if i else [], flops_per_image=fpi, sched_total=sum(steps),
-                                sched_offset=offset, warmup_steps=min(data.warmup_steps, sum(steps) // 2),
-                                extra_flops=grow_flops[i - 1] if i else 0))
+            stages.append(
+                Stage(
+                    f"G{i}",
+                    name,
+                    st,
+                    stage_seed(recipe, i, 0),
+                    data.lr,
+                    level=i,
+                    factor=f,
+                    parents=[f"G{i - 1}"] if i else [],
+                    flops_per_image=fpi,
+                    sched_total=sum(steps),
+                    sched_offset=offset,
+                    warmup_steps=min(data.warmup_steps, sum(steps) // 2),
+                    extra_flops=grow_flops[i - 1] if i else 0,
+                )
+            )
             offset += st
         return stages
 
@@ -103,6 +128,7 @@ class GradMax(Protocol):
 
     def init(self, stage: Stage, ctx: BuildContext) -> nn.Module:
         from ..growth import gradmax_start
+
         return gradmax_start(ctx.recipe.model, stage.factor, **ctx.timm_kwargs)
 
     def grow(self, stage: Stage, parents: list[Path], ctx: BuildContext) -> Built:
@@ -110,6 +136,7 @@ class GradMax(Protocol):
         (no mixup) on the first batch of this stage's loader, one per process, in training mode."""
         from ..nets.checkpoint import load_model
         from ..growth import gradmax_grow, gradmax_widths, grow_named_state
+
         g, name = ctx.recipe.growth, ctx.recipe.model
         parent = ctx.stage(stage.parents[0])
         old = load_model(parents[0])  # its metadata holds the inner widths
@@ -121,12 +148,20 @@ class GradMax(Protocol):
         cuda = [ctx.device.index or 0] if ctx.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(stage.seed)  # the gradient pass's drop-path masks: the same again on a resume
-            model, info = gradmax_grow(old, batch, widths=gradmax_widths(name, stage.factor, **ctx.timm_kwargs),
-                                       scale=g.scale, seed=stage.seed, reduce=reduce)
+            model, info = gradmax_grow(
+                old,
+                batch,
+                widths=gradmax_widths(name, stage.factor, **ctx.timm_kwargs),
+                scale=g.scale,
+                seed=stage.seed,
+                reduce=reduce,
+            )
         named = ctx.optimizer_state(parent.id)
-        ctx.log(f"[{stage.id}] {parent.id} -> {stage.model_name}: GradMax, +{sum(info['n_new'].values())} units in "
-                f"{len(info['n_new'])} spaces (scale {g.scale}, {info['random_units']} random directions), "
-                f"optimizer state carried")
+        ctx.log(
+            f"[{stage.id}] {parent.id} -> {stage.model_name}: GradMax, +{sum(info['n_new'].values())} units in "
+            f"{len(info['n_new'])} spaces (scale {g.scale}, {info['random_units']} random directions), "
+            f"optimizer state carried"
+        )
         cost = (f"{parent.model_name} (GradMax gradient pass)", info["images"] * ctx.world, parent.flops_per_image)
         return Built(model, grow_named_state(named, old, info["mapping"]), cost)
 

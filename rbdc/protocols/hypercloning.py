@@ -1,6 +1,7 @@
 """``hypercloning``: one narrow model trained for the narrow phase's whole budget of RBDC depth 1 (all k parts'
 steps), expanded symmetrically to the target width by HyperCloning (:func:`rbdc.growth.hypercloning.hyperclone`,
 function-preserving), then trained on as RBDC's coupled stage is."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,8 +19,14 @@ if TYPE_CHECKING:
 @dataclass
 class HyperCloningKeys:
     """hypercloning's key in the ``growth:`` section (its plan: the ``rbdc:`` section's depth 1, k x the width)."""
-    snr_db: float | None = key(None, (*NUM, None), None, "hypercloning: function-preserving noise at this "
-                               "signal-to-noise ratio in dB (null: none; the copies then stay identical)")
+
+    snr_db: float | None = key(
+        None,
+        (*NUM, None),
+        None,
+        "hypercloning: function-preserving noise at this "
+        "signal-to-noise ratio in dB (null: none; the copies then stay identical)",
+    )
 
 
 @register
@@ -35,6 +42,7 @@ class HyperCloning(Protocol):
     def grow(self, stage: Stage, parents: list[Path], ctx: BuildContext) -> Built:
         from ..nets.checkpoint import load_model
         from ..growth.hypercloning import hyperclone
+
         k, snr = ctx.recipe.rbdc.k, ctx.recipe.growth.snr_db
         model = hyperclone(load_model(parents[0]), k, snr_db=snr, seed=stage.seed)
         ctx.log(f"[{stage.id}] {parents[0].parent.name} -> {stage.model_name}: hypercloned x{k} (snr_db={snr})")

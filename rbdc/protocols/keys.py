@@ -5,6 +5,7 @@ The common keys are declared in :mod:`rbdc.recipe`; each protocol declares the k
 (``Protocol.keys``, under ``Protocol.section``) and :mod:`rbdc.recipe` assembles the recipe from the registry. This
 module imports nothing of rbdc's, so that protocols and the recipe can both use it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -12,8 +13,21 @@ import dataclasses
 import math
 from typing import Any, NamedTuple
 
-__all__ = ["Range", "Key", "key", "section", "copy_field", "merge_sections", "schema", "from_dict", "NUM", "POS",
-           "NONNEG", "UNIT", "ONE"]
+__all__ = [
+    "Range",
+    "Key",
+    "key",
+    "section",
+    "copy_field",
+    "merge_sections",
+    "schema",
+    "from_dict",
+    "NUM",
+    "POS",
+    "NONNEG",
+    "UNIT",
+    "ONE",
+]
 
 
 class Range(NamedTuple):
@@ -25,6 +39,7 @@ class Range(NamedTuple):
 class Key(NamedTuple):
     """One recipe key: its default, the Python types it accepts (``None``: null allowed), its range or allowed
     values, what it means, and (for a list of numbers) the range of its entries."""
+
     default: Any
     types: tuple
     allowed: Range | tuple | None = None
@@ -39,8 +54,7 @@ UNIT = Range(0, 1)
 ONE = Range(1)
 
 
-def key(default, types: tuple, allowed: Range | tuple | None = None, doc: str = "",
-        items: Range | None = None) -> Any:
+def key(default, types: tuple, allowed: Range | tuple | None = None, doc: str = "", items: Range | None = None) -> Any:
     """A recipe key as a dataclass field (a mutable default is copied for each recipe)."""
     meta = {"key": Key(default, types, allowed, doc, items)}
     if isinstance(default, (dict, list)):

@@ -1,4 +1,5 @@
 """``mixturegrowth``: rbdc's level plan at depth 1 with two half-width template members, grown into the target."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,15 +19,22 @@ if TYPE_CHECKING:
 @dataclass
 class MixtureGrowthKeys:
     """mixturegrowth's keys in the ``growth:`` section (its levels: the ``rbdc:`` section's, at depth 1)."""
+
     coefs: str = key("orthogonal", (str,), None, "mixturegrowth: template coefficients")
     noise: float = key(1.0, NUM, NONNEG, "mixturegrowth")
     num_templates: int = key(2, (int,), Range(1), "mixturegrowth")
-    norm: str = key("plain", (str,), ("plain", "grouped"), "mixturegrowth: LayerNorm of the grown model (a recipe "
-                    "that sets rbdc.norm and not this: rbdc.norm's value, as before this key existed)")
+    norm: str = key(
+        "plain",
+        (str,),
+        ("plain", "grouped"),
+        "mixturegrowth: LayerNorm of the grown model (a recipe "
+        "that sets rbdc.norm and not this: rbdc.norm's value, as before this key existed)",
+    )
 
 
 def _member(ctx: BuildContext, seed: int) -> nn.Module:
     from ..growth import mixture_member
+
     rec = ctx.recipe
     return mixture_member(rec.model, 1, rec.growth.num_templates, seed=seed, **ctx.timm_kwargs)
 
@@ -54,6 +62,7 @@ class MixtureGrowth(Protocol):
     def grow(self, stage: Stage, parents: list[Path], ctx: BuildContext) -> Built:
         from ..nets.checkpoint import load_weights
         from ..growth import mixture_grow
+
         g = ctx.recipe.growth
         parts = []
         for p, path in zip(stage.parents, parents):
@@ -61,6 +70,8 @@ class MixtureGrowth(Protocol):
             m.load_state_dict(load_weights(path)[0])
             parts.append(m)
         model = mixture_grow(parts[0], parts[1], coefs=g.coefs, noise=g.noise, norm=g.norm, seed=stage.seed)
-        ctx.log(f"[{stage.id}] {', '.join(stage.parents)} -> {stage.model_name}: mixture_grow (coefs={g.coefs}, "
-                f"noise={g.noise})")
+        ctx.log(
+            f"[{stage.id}] {', '.join(stage.parents)} -> {stage.model_name}: mixture_grow (coefs={g.coefs}, "
+            f"noise={g.noise})"
+        )
         return Built(model)

@@ -1,4 +1,5 @@
 """``net2net``: rbdc's level plan at depth 1 with one half-width model, widened by Net2WiderNet."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
 @dataclass
 class Net2NetKeys:
     """net2net's keys in the ``growth:`` section (its levels: the ``rbdc:`` section's, at depth 1)."""
+
     mode: str = key("uniform", (str,), None, "net2net: how new units copy old ones")
     noise_std: float = key(0.01, NUM, NONNEG, "net2net: symmetry-breaking noise")
 
@@ -33,8 +35,11 @@ class Net2Net(Protocol):
     def grow(self, stage: Stage, parents: list[Path], ctx: BuildContext) -> Built:
         from ..nets.checkpoint import load_model
         from ..growth import net2wider
+
         g = ctx.recipe.growth
         model = net2wider(load_model(parents[0]), 2, mode=g.mode, noise_std=g.noise_std, seed=stage.seed)
-        ctx.log(f"[{stage.id}] {', '.join(stage.parents)} -> {stage.model_name}: net2wider (mode={g.mode}, "
-                f"noise_std={g.noise_std})")
+        ctx.log(
+            f"[{stage.id}] {', '.join(stage.parents)} -> {stage.model_name}: net2wider (mode={g.mode}, "
+            f"noise_std={g.noise_std})"
+        )
         return Built(model)

@@ -1,4 +1,5 @@
 """A recipe's stages: the budget the recipe asks for, handed to its protocol's plan; the plan as a table."""
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,9 @@ def plan_stages(recipe: Recipe, train_size: int, num_classes: int) -> list[Stage
     budget = recipe.budget if recipe.match is None else matched_budget(recipe.match)
     if recipe.budget_epochs is not None and budget is None:
         budget = recipe.budget_epochs * steps_per_epoch * batch * target_fpi(recipe, Fraction(1), num_classes)
-    data = PlanData(train_size, num_classes, steps_per_epoch, round(recipe.warmup_epochs * steps_per_epoch),
-                    lr_for(recipe), budget)
+    data = PlanData(
+        train_size, num_classes, steps_per_epoch, round(recipe.warmup_epochs * steps_per_epoch), lr_for(recipe), budget
+    )
     return get(recipe.protocol).plan(recipe, data)
 
 
@@ -53,16 +55,22 @@ def describe_plan(recipe: Recipe, stages: list[Stage], train_size: int, num_clas
     spe = train_size // batch
     flops = stage_flops(stages, batch)
     total = sum(flops)
-    lines = [f"{'stage':>8} {'model':>38} {'parents':>14} {'steps':>7} {'epochs':>7} {'GFLOPs/img':>10} "
-             f"{'train FLOPs':>11}"]
+    lines = [
+        f"{'stage':>8} {'model':>38} {'parents':>14} {'steps':>7} {'epochs':>7} {'GFLOPs/img':>10} {'train FLOPs':>11}"
+    ]
     for s, f in zip(stages, flops):
-        lines.append(f"{s.id:>8} {s.model_name:>38} {','.join(s.parents) or '-':>14} {s.steps:>7} "
-                     f"{s.steps / spe:>7.2f} {s.flops_per_image / 1e9:>10.3f} {human_flops(f):>11}")
-    lines.append(f"total training FLOPs: {human_flops(total)} ({total:.4e}) over {train_size:,} images/epoch, "
-                 f"global batch {batch}")
+        lines.append(
+            f"{s.id:>8} {s.model_name:>38} {','.join(s.parents) or '-':>14} {s.steps:>7} "
+            f"{s.steps / spe:>7.2f} {s.flops_per_image / 1e9:>10.3f} {human_flops(f):>11}"
+        )
+    lines.append(
+        f"total training FLOPs: {human_flops(total)} ({total:.4e}) over {train_size:,} images/epoch, "
+        f"global batch {batch}"
+    )
     if recipe.epochs or recipe.budget_epochs:
         epochs = recipe.epochs or recipe.budget_epochs
         ref = target_fpi(recipe, Fraction(1), num_classes) * round(epochs * spe) * batch
-        lines.append(f"scratch {recipe.model} for {epochs} epochs: {human_flops(ref)} -> this plan is "
-                     f"{total / ref:.3f}x of it")
+        lines.append(
+            f"scratch {recipe.model} for {epochs} epochs: {human_flops(ref)} -> this plan is {total / ref:.3f}x of it"
+        )
     return "\n".join(lines)

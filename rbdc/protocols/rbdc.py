@@ -9,6 +9,7 @@ ratio** ``rbdc.ratio`` (the paper's definition is unknown, methods.md section 3)
 
 :func:`level_plan` is also the plan of the growth baselines that grow once from half width (net2net, mixturegrowth).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -17,8 +18,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
-from .base import (BuildContext, Built, PlanData, Protocol, Stage, register, stage_name, stage_seed, target_fpi,
-                   whole_steps)
+from .base import (
+    BuildContext,
+    Built,
+    PlanData,
+    Protocol,
+    Stage,
+    register,
+    stage_name,
+    stage_seed,
+    target_fpi,
+    whole_steps,
+)
 from .keys import NONNEG, NUM, POS, Range, key
 
 if TYPE_CHECKING:
@@ -29,12 +40,23 @@ if TYPE_CHECKING:
 class RBDCKeys:
     """The ``rbdc:`` section: the RBDC protocol's keys; net2net, mixturegrowth and hypercloning plan their levels
     with them too (``Protocol.sections``)."""
+
     depth: int = key(1, (int,), Range(1), "recursive coupling steps")
     k: int = key(2, (int,), Range(2), "parts coupled per step")
-    epochs: list | None = key(None, (list, None), None, "epochs per level [E0, ..., Er], level 0 the narrowest; "
-                              "default: from the budget and ratio", items=POS)
-    ratio: float = key(1.5, NUM, POS, "training ratio: E_l = ratio x E_(l+1) (ratio_type epochs) or FLOPs of level "
-                       "l = ratio x those of level l+1 (ratio_type flops)")
+    epochs: list | None = key(
+        None,
+        (list, None),
+        None,
+        "epochs per level [E0, ..., Er], level 0 the narrowest; default: from the budget and ratio",
+        items=POS,
+    )
+    ratio: float = key(
+        1.5,
+        NUM,
+        POS,
+        "training ratio: E_l = ratio x E_(l+1) (ratio_type epochs) or FLOPs of level "
+        "l = ratio x those of level l+1 (ratio_type flops)",
+    )
     ratio_type: str = key("epochs", (str,), ("epochs", "flops"))
     head: str = key("mean", (str,), ("mean", "sum"), "how the coupled head combines the parts' logits")
     norm: str = key("plain", (str,), ("plain", "grouped"), "LayerNorm of the coupled model")
@@ -42,15 +64,21 @@ class RBDCKeys:
     optimizer: str = key("fresh", (str,), ("fresh", "carried"), "AdamW state after coupling")
     schedule: str = key("restart", (str,), ("restart", "continue"), "lr schedule after coupling")
     jobs: int = key(1, (int,), Range(1), "train a level's independent parts in this many processes")
-    parts: str = key("independent", (str,), ("independent", "copies"), "independent: k narrow models from their own "
-                     "seeds (RBDC); copies: one narrow model trained for all their steps, coupled with k-1 copies of "
-                     "itself (depth 1; the ablation beside HyperCloning)")
-    narrow_lr_scale: float = key(1.0, NUM, POS, "peak lr of level 0 (the independently trained narrow parts) as a "
-                                 "multiple of the recipe's")
-    coupled_lr_scale: float = key(1.0, NUM, POS, "peak lr of the coupled levels 1..depth as a multiple of the "
-                                  "recipe's")
-    coupled_warmup_epochs: float | None = key(None, (*NUM, None), NONNEG, "warm-up of the coupled levels; default: "
-                                              "warmup_epochs")
+    parts: str = key(
+        "independent",
+        (str,),
+        ("independent", "copies"),
+        "independent: k narrow models from their own "
+        "seeds (RBDC); copies: one narrow model trained for all their steps, coupled with k-1 copies of "
+        "itself (depth 1; the ablation beside HyperCloning)",
+    )
+    narrow_lr_scale: float = key(
+        1.0, NUM, POS, "peak lr of level 0 (the independently trained narrow parts) as a multiple of the recipe's"
+    )
+    coupled_lr_scale: float = key(1.0, NUM, POS, "peak lr of the coupled levels 1..depth as a multiple of the recipe's")
+    coupled_warmup_epochs: float | None = key(
+        None, (*NUM, None), NONNEG, "warm-up of the coupled levels; default: warmup_epochs"
+    )
 
 
 def level_plan(recipe: Recipe, data: PlanData, r: int, k: int, counts: list[int] | None = None) -> list[Stage]:
@@ -74,8 +102,10 @@ def level_plan(recipe: Recipe, data: PlanData, r: int, k: int, counts: list[int]
             level_steps = [whole_steps(w * unit, f"{what} (level {lvl})") for lvl, w in enumerate(weights)]
         elif c.ratio_type == "flops":
             per_level = [budget * w / sum(weights) for w in weights]
-            level_steps = [whole_steps(b / (n * f * batch), f"{what} (level {lvl})")
-                           for lvl, (b, n, f) in enumerate(zip(per_level, counts, fpis))]
+            level_steps = [
+                whole_steps(b / (n * f * batch), f"{what} (level {lvl})")
+                for lvl, (b, n, f) in enumerate(zip(per_level, counts, fpis))
+            ]
         else:
             raise UserError(f"rbdc.ratio_type must be epochs or flops, got {c.ratio_type!r}")
         # the last level absorbs the rounding of the others, so the total lands within half a final step
@@ -87,8 +117,7 @@ def level_plan(recipe: Recipe, data: PlanData, r: int, k: int, counts: list[int]
     if c.schedule not in ("restart", "continue"):
         raise UserError(f"rbdc.schedule must be restart or continue, got {c.schedule!r}")
     warm = data.warmup_steps
-    coupled_warm = warm if c.coupled_warmup_epochs is None else round(c.coupled_warmup_epochs *
-                                                                      data.steps_per_epoch)
+    coupled_warm = warm if c.coupled_warmup_epochs is None else round(c.coupled_warmup_epochs * data.steps_per_epoch)
     lrs = [data.lr * (c.narrow_lr_scale if lvl == 0 else c.coupled_lr_scale) for lvl in range(r + 1)]
     lineage = sum(level_steps)
     stages: list[Stage] = []
@@ -98,13 +127,28 @@ def level_plan(recipe: Recipe, data: PlanData, r: int, k: int, counts: list[int]
         ids.append([f"L{lvl}" if n == 1 else f"L{lvl}.{i}" for i in range(n)])
         per = len(ids[lvl - 1]) // n if lvl else 0
         for i in range(n):
-            stages.append(Stage(
-                ids[lvl][i], stage_name(recipe.model, factor), st, stage_seed(recipe, lvl, i), lrs[lvl],
-                level=lvl, factor=factor, parents=ids[lvl - 1][i * per:(i + 1) * per] if lvl else [],
-                flops_per_image=f, sched_total=lineage if cont else None,
-                sched_offset=sum(level_steps[:lvl]) if cont else 0,
-                warmup_steps=(min(warm, st // 2) if lvl == 0 else min(coupled_warm, st // 2) if not cont
-                              else min(warm, level_steps[0] // 2))))
+            stages.append(
+                Stage(
+                    ids[lvl][i],
+                    stage_name(recipe.model, factor),
+                    st,
+                    stage_seed(recipe, lvl, i),
+                    lrs[lvl],
+                    level=lvl,
+                    factor=factor,
+                    parents=ids[lvl - 1][i * per : (i + 1) * per] if lvl else [],
+                    flops_per_image=f,
+                    sched_total=lineage if cont else None,
+                    sched_offset=sum(level_steps[:lvl]) if cont else 0,
+                    warmup_steps=(
+                        min(warm, st // 2)
+                        if lvl == 0
+                        else min(coupled_warm, st // 2)
+                        if not cont
+                        else min(warm, level_steps[0] // 2)
+                    ),
+                )
+            )
     return stages
 
 
@@ -114,8 +158,10 @@ def single_source_plan(recipe: Recipe, data: PlanData) -> list[Stage]:
     exactly RBDC's FLOPs per level."""
     c = recipe.rbdc
     if c.depth != 1 or c.schedule != "restart":
-        raise UserError(f"one narrow source (protocol {recipe.protocol}, rbdc.parts {c.parts}) is planned at "
-                        f"rbdc.depth 1 with rbdc.schedule restart, got depth {c.depth}, schedule {c.schedule}")
+        raise UserError(
+            f"one narrow source (protocol {recipe.protocol}, rbdc.parts {c.parts}) is planned at "
+            f"rbdc.depth 1 with rbdc.schedule restart, got depth {c.depth}, schedule {c.schedule}"
+        )
     parts = level_plan(recipe, data, 1, c.k)
     narrow, target = [s for s in parts if s.level == 0], parts[-1]
     steps = sum(s.steps for s in narrow)
@@ -141,6 +187,7 @@ class RBDC(Protocol):
     def grow(self, stage: Stage, parents: list[Path], ctx: BuildContext) -> Built:
         from ..nets.checkpoint import load_model
         from ..coupling import couple, couple_state
+
         c = ctx.recipe.rbdc
         parts = [load_model(p) for p in parents]
         if c.parts == "copies":  # the ablation: k copies of one trained model, coupled block-diagonally
@@ -149,6 +196,8 @@ class RBDC(Protocol):
         opt_state = None
         if self.carries_optimizer(ctx.recipe):
             opt_state = couple_state(parts, [ctx.optimizer_state(p) for p in stage.parents], model, head=c.head)
-        ctx.log(f"[{stage.id}] {', '.join(stage.parents)} -> {stage.model_name}: coupled (head={c.head}, "
-                f"norm={c.norm}, optimizer={c.optimizer})")
+        ctx.log(
+            f"[{stage.id}] {', '.join(stage.parents)} -> {stage.model_name}: coupled (head={c.head}, "
+            f"norm={c.norm}, optimizer={c.optimizer})"
+        )
         return Built(model, opt_state)

@@ -1,4 +1,5 @@
 """``scratch``: the target alone, for ``epochs`` or for a FLOPs ``budget`` (``match``: another run's total)."""
+
 from __future__ import annotations
 
 from fractions import Fraction
@@ -24,5 +25,14 @@ class Scratch(Protocol):
             steps = data.steps_for(recipe.epochs)
         else:
             raise UserError("scratch needs `epochs`, `budget` (training FLOPs) or `match` (a run dir)")
-        return [Stage("scratch", recipe.model, steps, recipe.seed, data.lr, flops_per_image=fpi,
-                      warmup_steps=min(data.warmup_steps, steps // 2))]
+        return [
+            Stage(
+                "scratch",
+                recipe.model,
+                steps,
+                recipe.seed,
+                data.lr,
+                flops_per_image=fpi,
+                warmup_steps=min(data.warmup_steps, steps // 2),
+            )
+        ]

@@ -17,6 +17,7 @@ Example::
 
     rbdc report runs/imagenette-deit-tiny -o reports/imagenette-deit-tiny --title "Imagenette, DeiT-Ti"
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,19 +35,31 @@ from .render import QUOTED, Quoted, _render_csv, _render_markdown, _render_tex
 from .stats import GroupRow, Match, matched_flops, seed_noise, summarize_groups, top1_at_flops
 
 __all__ = [
-    'QUOTED', 'Quoted', 'Run', 'GroupRow', 'Match', 'discover_run_dirs', 'load_run', 'summarize_groups',
-    'matched_flops', 'top1_at_flops', 'seed_noise', 'protocol_colors', 'generate_report', 'add_cli',
+    "QUOTED",
+    "Quoted",
+    "Run",
+    "GroupRow",
+    "Match",
+    "discover_run_dirs",
+    "load_run",
+    "summarize_groups",
+    "matched_flops",
+    "top1_at_flops",
+    "seed_noise",
+    "protocol_colors",
+    "generate_report",
+    "add_cli",
 ]
 
 
-_SUFFIXES = ('.md', '.tex', '.csv', '.png')
+_SUFFIXES = (".md", ".tex", ".csv", ".png")
 
 
 def generate_report(
-        run_dirs: Sequence[str | os.PathLike],
-        out_prefix: str | os.PathLike,
-        title: str | None = None,
-        baseline_protocol: str = 'scratch',
+    run_dirs: Sequence[str | os.PathLike],
+    out_prefix: str | os.PathLike,
+    title: str | None = None,
+    baseline_protocol: str = "scratch",
 ) -> dict[str, Path]:
     """Writes ``<out_prefix>.md``, ``.tex``, ``.csv`` and ``.png`` from run directories.
 
@@ -64,30 +77,30 @@ def generate_report(
         UserError: A run directory is missing or invalid; the message names the path.
     """
     if not run_dirs:
-        raise UserError('no run directories given: pass run directories or folders above them')
+        raise UserError("no run directories given: pass run directories or folders above them")
     out_prefix = Path(out_prefix)
     if out_prefix.suffix in _SUFFIXES:
-        out_prefix = out_prefix.with_suffix('')
+        out_prefix = out_prefix.with_suffix("")
     name = out_prefix.name
     if not name:
-        raise UserError(f'output prefix {out_prefix} has no file name: use e.g. -o reports/NAME')
+        raise UserError(f"output prefix {out_prefix} has no file name: use e.g. -o reports/NAME")
     title = title or name
     finished, skipped = scan_run_dirs(run_dirs)
     for d, why in skipped:
-        print(f'rbdc report: skipped {d}: {why}', file=sys.stderr)
+        print(f"rbdc report: skipped {d}: {why}", file=sys.stderr)
     runs = [load_run(d) for d in finished]
     rows = summarize_groups(runs, baseline_protocol)
     out_dir = out_prefix.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {ext: out_prefix.with_name(f'{name}.{ext}') for ext in ('md', 'tex', 'csv', 'png')}
+    paths = {ext: out_prefix.with_name(f"{name}.{ext}") for ext in ("md", "tex", "csv", "png")}
     texts = {
-        'md': _render_markdown(rows, out_dir, paths['png'].name, title, baseline_protocol, len(runs), skipped),
-        'tex': _render_tex(rows, out_dir, name, title, baseline_protocol),
-        'csv': _render_csv(rows, out_dir),
+        "md": _render_markdown(rows, out_dir, paths["png"].name, title, baseline_protocol, len(runs), skipped),
+        "tex": _render_tex(rows, out_dir, name, title, baseline_protocol),
+        "csv": _render_csv(rows, out_dir),
     }
     for ext, text in texts.items():
-        atomic_write_bytes(paths[ext], text.encode('utf-8'))
-    _plot(rows, paths['png'], title, baseline_protocol)
+        atomic_write_bytes(paths[ext], text.encode("utf-8"))
+    _plot(rows, paths["png"], title, baseline_protocol)
     return paths
 
 
@@ -108,20 +121,25 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
         The ``report`` parser.
     """
     p = subparsers.add_parser(
-        'report', help='regenerate result tables and the top-1 vs FLOPs figure from run directories',
-        description='Write OUT.md, OUT.tex, OUT.csv and OUT.png from run directories (folders holding results.json '
-                    'and summary.csv); folders above run directories are searched recursively.',
+        "report",
+        help="regenerate result tables and the top-1 vs FLOPs figure from run directories",
+        description="Write OUT.md, OUT.tex, OUT.csv and OUT.png from run directories (folders holding results.json "
+        "and summary.csv); folders above run directories are searched recursively.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog='examples:\n'
-               '  rbdc report runs/imagenette-vit-mini -o reports/imagenette-vit-mini\n'
-               '  rbdc report runs/quickstart -o runs/quickstart-report --title "my quickstart"\n',
+        epilog="examples:\n"
+        "  rbdc report runs/imagenette-vit-mini -o reports/imagenette-vit-mini\n"
+        '  rbdc report runs/quickstart -o runs/quickstart-report --title "my quickstart"\n',
     )
-    p.add_argument('run_dirs', nargs='+', metavar='RUN_DIR', help='run directories or folders above them')
-    p.add_argument('-o', '--output', required=True, metavar='OUT',
-                   help='output path without suffix, e.g. reports/NAME (required)')
-    p.add_argument('--title', default=None, metavar='T', help='report title (default: the output name)')
-    p.add_argument('--baseline-protocol', default='scratch', metavar='P',
-                   help='protocol that is the 1.00x FLOPs reference and the accuracy curve to match '
-                        '(default: scratch)')
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories or folders above them")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="output path without suffix, e.g. reports/NAME (required)"
+    )
+    p.add_argument("--title", default=None, metavar="T", help="report title (default: the output name)")
+    p.add_argument(
+        "--baseline-protocol",
+        default="scratch",
+        metavar="P",
+        help="protocol that is the 1.00x FLOPs reference and the accuracy curve to match (default: scratch)",
+    )
     p.set_defaults(func=_cmd_report)
     return p

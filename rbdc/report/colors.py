@@ -4,6 +4,7 @@ A protocol's first series in a figure panel takes the protocol's registered colo
 series of the same protocol (RBDC depth 2 beside depth 1, an ablation) takes the next spare colour, one no registered
 protocol uses, and every series of a panel its own marker, so no two series of a panel look alike.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Sequence
@@ -11,8 +12,8 @@ from typing import Iterable, Sequence
 from rbdc import protocols
 
 # tab10's and tab20's colours, in the order spare colours are handed out (any a protocol registers is skipped)
-PALETTE = ('#17becf', '#e377c2', '#bcbd22', '#393b79', '#ff9896', '#98df8a', '#c5b0d5', '#7f7f7f')
-MARKERS = ('o', 's', 'D', 'P', 'X', 'h', 'p', '*')  # no triangles: the saving figure's arrows are triangles
+PALETTE = ("#17becf", "#e377c2", "#bcbd22", "#393b79", "#ff9896", "#98df8a", "#c5b0d5", "#7f7f7f")
+MARKERS = ("o", "s", "D", "P", "X", "h", "p", "*")  # no triangles: the saving figure's arrows are triangles
 
 
 def registered() -> dict[str, str]:
@@ -43,7 +44,7 @@ def series_colors(series: Sequence[tuple[str, str]]) -> dict[str, tuple[str, str
     for i, (name, protocol) in enumerate(series):
         color = colors.get(protocol)
         if color is None or color in taken:
-            color = next(free, '#000000')
+            color = next(free, "#000000")
         taken.add(color)
         out[name] = (color, MARKERS[i % len(MARKERS)])
     return out

@@ -1,5 +1,6 @@
 """``rbdc study STUDY --report`` and ``rbdc det-study STUDY --report``: the command line hands these to the report
 package (:data:`REPORTS`), so the study modules, which define and run studies, never import their reports."""
+
 from __future__ import annotations
 
 import os
@@ -16,6 +17,7 @@ def _output(args) -> Path:
 def study_report(args) -> int:
     """The study's report from the finished runs under OUTPUT/<name> (default: reports/<name>)."""
     from .study import build  # defers scipy (the saving's intervals) to --report
+
     output = _output(args)
     study = load_study(args.study, output)
     dest = Path(args.report_to or REPO / "reports" / study.name)
@@ -29,6 +31,7 @@ def det_study_report(args) -> int:
     detection study's report from them."""
     from rbdc.detection.study import load_study, sync  # defers mmdet/mmengine (the detection package loads them)
     from .detection import build  # defers mmdet/mmengine
+
     study = load_study(args.study)
     output = _output(args)
     runs_root = REPO / "reports" / "runs"

@@ -9,6 +9,7 @@ of scratch's runs on the same CPU kind (all their FLOPs over all their walls). T
 interval is the FLOPs saving's test-inversion interval carried through that map at the mean ``rho`` (the map is
 monotone), and ``rho``'s range over the point's runs is shown beside it.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,9 @@ def cpu_kind(run) -> str:
 
 def target_flops(run) -> float:
     """Training FLOPs of the stages that train the target model itself (the run's model), narrow ones left out."""
-    return float(sum(s["train_flops"] for s in run.results.get("stages") or []
-                     if s.get("model") == run.results["model"]))
+    return float(
+        sum(s["train_flops"] for s in run.results.get("stages") or [] if s.get("model") == run.results["model"])
+    )
 
 
 def stage_walls(run) -> dict[str, float]:
@@ -80,13 +82,13 @@ class Cost:
     like a FLOPs saving (saving, lo, hi, status), None where not comparable (``why``)."""
 
     point: Point
-    whole: dict            # the FLOPs saving, whole pipeline (saving_with_interval)
-    target: dict           # the FLOPs saving, target stage only
-    target_share: float    # target stage's FLOPs / the whole pipeline's
-    kind: str              # CPU kind of the runs compared with scratch's runs
-    walls: list[float]     # wall of each timed run of the point
-    speed: float | None    # median narrow stages' FLOP/s over the target's
-    rho_own: list[float]   # per run, against its own target stages
+    whole: dict  # the FLOPs saving, whole pipeline (saving_with_interval)
+    target: dict  # the FLOPs saving, target stage only
+    target_share: float  # target stage's FLOPs / the whole pipeline's
+    kind: str  # CPU kind of the runs compared with scratch's runs
+    walls: list[float]  # wall of each timed run of the point
+    speed: float | None  # median narrow stages' FLOP/s over the target's
+    rho_own: list[float]  # per run, against its own target stages
     wall_own: dict | None
     rho_runs: list[float]  # per run, against scratch's runs on the same CPU kind
     wall_runs: dict | None
@@ -108,9 +110,19 @@ def point_cost(scratch: list[Point], p: Point, whole: dict) -> Cost:
     kind = next((k for k in kinds if by_kind[k]), kinds[0] if kinds else "not recorded")
     own = [v for v in (_own_rho([r]) for r in timed) if v is not None]
     rho = _own_rho(timed) if own else None
-    c = Cost(p, whole, target, share, kind, [float(r.results["wall_s"]) for r in timed],
-             statistics.median(speeds) if speeds else None, own, None if rho is None else _wall_saving(whole, rho),
-             [], None)
+    c = Cost(
+        p,
+        whole,
+        target,
+        share,
+        kind,
+        [float(r.results["wall_s"]) for r in timed],
+        statistics.median(speeds) if speeds else None,
+        own,
+        None if rho is None else _wall_saving(whole, rho),
+        [],
+        None,
+    )
     if not timed:
         c.why = "no wall recorded"
     elif not by_kind[kind]:
@@ -165,36 +177,50 @@ def section(rows: list[tuple[str, Cost]]) -> list[str]:
     """The FLOPs saving counted two ways, and the saving in wall-clock measured two ways."""
     if not rows:
         return []
-    md = ["## Cost in both currencies", "",
-          "**FLOPs, counted two ways** against the same matched scratch FLOPs: over the **whole pipeline** (every "
-          "model the method trained, its narrow models included: the headline everywhere in this report) and over "
-          "the **target stage only** (only the stages that train the target-size model: how most growth papers "
-          "count, leaving out the smaller models they start from).", "",
-          "| point | vs | budget | whole pipeline (95%) | target stage only (95%) | target stage's share of the "
-          "FLOPs |",
-          "|---|---|---|---|---|---|"]
+    md = [
+        "## Cost in both currencies",
+        "",
+        "**FLOPs, counted two ways** against the same matched scratch FLOPs: over the **whole pipeline** (every "
+        "model the method trained, its narrow models included: the headline everywhere in this report) and over "
+        "the **target stage only** (only the stages that train the target-size model: how most growth papers "
+        "count, leaving out the smaller models they start from).",
+        "",
+        "| point | vs | budget | whole pipeline (95%) | target stage only (95%) | target stage's share of the FLOPs |",
+        "|---|---|---|---|---|---|",
+    ]
     for base, c in rows:
-        md.append(f"| {c.point.point} | {base} | {_budget(c.point.budget)} | {saving_text(c.whole)} | "
-                  f"{saving_text(c.target)} | {100 * c.target_share:.0f}% |")
-    md += ["", "**Wall-clock** on the CPU that ran the runs (training time in `results.json` and per stage in "
-           "`summary.csv`; evaluation and coupling left out), at equal top-1, two ways. *Own speed*: scratch would "
-           "train the target model at the FLOP/s the run's own target stage reached (same run, same load). *Scratch's "
-           "runs*: at the FLOP/s of scratch's runs on the same CPU kind (all their FLOPs over all their walls). "
-           "Saving = 1 − (1 − s) ρ for the FLOPs saving s, ρ = the point's seconds per FLOP over the reference's "
-           "(mean, and range over its runs); the interval carries the FLOPs interval at the mean ρ. Narrow ÷ target: "
-           "the FLOP/s of the stages below the target's width over the target stage's (median over runs). The runs "
-           "shared 2 cores, 2 at a time, so walls carry that load's noise, the comparison across runs more than the "
-           "one inside a run.", "",
-           "| point | vs | budget | CPU | wall per run, min (range) | narrow ÷ target FLOP/s | ρ own speed | "
-           "saving at own speed (95%) | ρ scratch's runs | saving vs scratch's runs (95%) |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+        md.append(
+            f"| {c.point.point} | {base} | {_budget(c.point.budget)} | {saving_text(c.whole)} | "
+            f"{saving_text(c.target)} | {100 * c.target_share:.0f}% |"
+        )
+    md += [
+        "",
+        "**Wall-clock** on the CPU that ran the runs (training time in `results.json` and per stage in "
+        "`summary.csv`; evaluation and coupling left out), at equal top-1, two ways. *Own speed*: scratch would "
+        "train the target model at the FLOP/s the run's own target stage reached (same run, same load). *Scratch's "
+        "runs*: at the FLOP/s of scratch's runs on the same CPU kind (all their FLOPs over all their walls). "
+        "Saving = 1 − (1 − s) ρ for the FLOPs saving s, ρ = the point's seconds per FLOP over the reference's "
+        "(mean, and range over its runs); the interval carries the FLOPs interval at the mean ρ. Narrow ÷ target: "
+        "the FLOP/s of the stages below the target's width over the target stage's (median over runs). The runs "
+        "shared 2 cores, 2 at a time, so walls carry that load's noise, the comparison across runs more than the "
+        "one inside a run.",
+        "",
+        "| point | vs | budget | CPU | wall per run, min (range) | narrow ÷ target FLOP/s | ρ own speed | "
+        "saving at own speed (95%) | ρ scratch's runs | saving vs scratch's runs (95%) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for base, c in rows:
-        walls = f"{statistics.mean(c.walls) / 60:.1f} ({min(c.walls) / 60:.1f}–{max(c.walls) / 60:.1f})" \
-            if c.walls else DASH
+        walls = (
+            f"{statistics.mean(c.walls) / 60:.1f} ({min(c.walls) / 60:.1f}–{max(c.walls) / 60:.1f})"
+            if c.walls
+            else DASH
+        )
         speed = DASH if c.speed is None else f"{c.speed:.2f}"
-        md.append(f"| {c.point.point} | {base} | {_budget(c.point.budget)} | {c.kind} | {walls} | {speed} | "
-                  f"{_spread(c.rho_own)} | {saving_text(c.wall_own)} | {_spread(c.rho_runs)} | "
-                  f"{saving_text(c.wall_runs, c.why)} |")
+        md.append(
+            f"| {c.point.point} | {base} | {_budget(c.point.budget)} | {c.kind} | {walls} | {speed} | "
+            f"{_spread(c.rho_own)} | {saving_text(c.wall_own)} | {_spread(c.rho_runs)} | "
+            f"{saving_text(c.wall_runs, c.why)} |"
+        )
     return md + [""]
 
 
@@ -207,16 +233,25 @@ def measured_section(points: dict, study: Study) -> list[str]:
             total += sum(w for w, _ in walls)
             cpu += sum(w * t for w, t in walls if t)
             unknown += sum(1 for _, t in walls if not t)
-            rows.append(f"| {p.point} | {_budget(p.budget)} | {len(walls)} | "
-                        f"{statistics.mean(w for w, _ in walls) / 60:.1f} | {sum(w for w, _ in walls) / 3600:.2f} |")
+            rows.append(
+                f"| {p.point} | {_budget(p.budget)} | {len(walls)} | "
+                f"{statistics.mean(w for w, _ in walls) / 60:.1f} | {sum(w for w, _ in walls) / 3600:.2f} |"
+            )
     if not rows:
         return []
-    return ["## Cost (measured)", "",
-            "Wall time of each finished run (`results.json`) on the machine its `command.txt` names, with the threads "
-            "it recorded there. Runs often shared the cores with other work, so a run's wall is an upper bound on "
-            "its cost alone.", "",
-            "| point | budget | runs | wall per run (min) | run-hours |", "|---|---|---|---|---|", *rows, "",
-            f"In all: {total / 3600:.1f} run-hours, {cpu / 3600:.1f} CPU-hours (wall x threads"
-            + (f"; {unknown} run(s) recorded no thread count and are left out" if unknown else "")
-            + f"); at the study's {study.jobs} runs at a time, about {total / study.jobs / 3600:.1f} hours elapsed.",
-            ""]
+    return [
+        "## Cost (measured)",
+        "",
+        "Wall time of each finished run (`results.json`) on the machine its `command.txt` names, with the threads "
+        "it recorded there. Runs often shared the cores with other work, so a run's wall is an upper bound on "
+        "its cost alone.",
+        "",
+        "| point | budget | runs | wall per run (min) | run-hours |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        f"In all: {total / 3600:.1f} run-hours, {cpu / 3600:.1f} CPU-hours (wall x threads"
+        + (f"; {unknown} run(s) recorded no thread count and are left out" if unknown else "")
+        + f"); at the study's {study.jobs} runs at a time, about {total / study.jobs / 3600:.1f} hours elapsed.",
+        "",
+    ]

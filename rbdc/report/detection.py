@@ -6,6 +6,7 @@ Built from the light files under ``reports/runs/<name>/`` (``launch.json``, ``me
 regenerates byte for byte from a checkout. The statistical unit is the pretraining seed: with several fine-tuning
 seeds, a backbone seed's AP is their mean.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,17 +22,23 @@ from .fmt import DASH, pm
 from .stats import t_half_width, welch
 from rbdc.files import CHECKOUT as REPO
 
-__all__ = ['METRICS', 'collect', 'build']
+__all__ = ["METRICS", "collect", "build"]
 
-METRICS = [('bbox_mAP', 'box AP'), ('bbox_mAP_50', 'box AP50'), ('bbox_mAP_75', 'box AP75'),
-           ('segm_mAP', 'mask AP'), ('segm_mAP_50', 'mask AP50'), ('segm_mAP_75', 'mask AP75')]
+METRICS = [
+    ("bbox_mAP", "box AP"),
+    ("bbox_mAP_50", "box AP50"),
+    ("bbox_mAP_75", "box AP75"),
+    ("segm_mAP", "mask AP"),
+    ("segm_mAP_50", "mask AP50"),
+    ("segm_mAP_75", "mask AP75"),
+]
 # Below this box AP50 (%) in every run the detector has barely learned (one IoU-0.5 hit in ten detections at best), so
 # AP differences measure the heads' noise, not the backbones: the verdict says so instead of reading them.
 LEARNED_AP50 = 10.0
 
 
 def _ap(entry: dict, key: str) -> float | None:
-    v = entry['metrics'].get(f'coco/{key}')
+    v = entry["metrics"].get(f"coco/{key}")
     return None if v is None or v < 0 else 100 * v
 
 
@@ -40,21 +47,32 @@ def collect(study: DetStudy, root: Path) -> list[dict]:
     rows = []
     for r in study.runs:
         wd = r.work_dir(root, study)
-        if status(wd, study) != 'done':
+        if status(wd, study) != "done":
             continue
-        launch = json.loads((wd / 'launch.json').read_text())
-        val = json.loads((wd / 'metrics.json').read_text())['val']
-        curve = json.loads((wd / 'curve.json').read_text()) if (wd / 'curve.json').is_file() else []
-        rows.append({'label': r.label, 'point': r.point, 'seed': r.seed, 'ft_seed': r.ft_seed,
-                     'run': str(wd.relative_to(root)), 'commit': (launch.get('code') or {}).get('commit'),
-                     'backbone': launch.get('backbone'),
-                     'backbone_sha256': launch.get('backbone_sha256'), **_backbone_run(r, root, study, launch),
-                     'wall_s': launch.get('wall_s'),
-                     'device': launch.get('device'), 'img_scale': launch.get('img_scale'),
-                     **{k: _ap(val[-1], k) for k, _ in METRICS},
-                     'val_curve': [{'epoch': e['epoch'], 'iter': e['iter'], **{k: _ap(e, k) for k, _ in METRICS}}
-                                   for e in val],
-                     'loss_curve': [(c['iter'], c['loss']) for c in curve]})
+        launch = json.loads((wd / "launch.json").read_text())
+        val = json.loads((wd / "metrics.json").read_text())["val"]
+        curve = json.loads((wd / "curve.json").read_text()) if (wd / "curve.json").is_file() else []
+        rows.append(
+            {
+                "label": r.label,
+                "point": r.point,
+                "seed": r.seed,
+                "ft_seed": r.ft_seed,
+                "run": str(wd.relative_to(root)),
+                "commit": (launch.get("code") or {}).get("commit"),
+                "backbone": launch.get("backbone"),
+                "backbone_sha256": launch.get("backbone_sha256"),
+                **_backbone_run(r, root, study, launch),
+                "wall_s": launch.get("wall_s"),
+                "device": launch.get("device"),
+                "img_scale": launch.get("img_scale"),
+                **{k: _ap(val[-1], k) for k, _ in METRICS},
+                "val_curve": [
+                    {"epoch": e["epoch"], "iter": e["iter"], **{k: _ap(e, k) for k, _ in METRICS}} for e in val
+                ],
+                "loss_curve": [(c["iter"], c["loss"]) for c in curve],
+            }
+        )
     return rows
 
 
@@ -65,21 +83,24 @@ def _backbone_run(run, root: Path, study: DetStudy, launch: dict) -> dict:
     where = backbone_copy(run, root, study)
     manifest, results = where / MANIFEST, where / RESULTS
     if not manifest.is_file():
-        return {'backbone_run': None, 'backbone_top1': None, 'backbone_matches': None}
-    stages = json.loads(manifest.read_text())['stages']
-    parents = {p['stage'] for s in stages.values() for p in s.get('parents', [])}
-    finals = {s['sha256'] for name, s in stages.items() if name not in parents}
-    top1 = json.loads(results.read_text()).get('eval_top1') if results.is_file() else None
-    return {'backbone_run': str(where.relative_to(root)), 'backbone_top1': top1,
-            'backbone_matches': launch.get('backbone_sha256') in finals}
+        return {"backbone_run": None, "backbone_top1": None, "backbone_matches": None}
+    stages = json.loads(manifest.read_text())["stages"]
+    parents = {p["stage"] for s in stages.values() for p in s.get("parents", [])}
+    finals = {s["sha256"] for name, s in stages.items() if name not in parents}
+    top1 = json.loads(results.read_text()).get("eval_top1") if results.is_file() else None
+    return {
+        "backbone_run": str(where.relative_to(root)),
+        "backbone_top1": top1,
+        "backbone_matches": launch.get("backbone_sha256") in finals,
+    }
 
 
 def _per_seed(rows: list[dict], label: str, key: str) -> list[float]:
     """AP of each pretraining seed of ``label`` (its fine-tuning seeds averaged)."""
     by_seed: dict[int, list[float]] = {}
     for r in rows:
-        if r['label'] == label and r[key] is not None:
-            by_seed.setdefault(r['seed'], []).append(r[key])
+        if r["label"] == label and r[key] is not None:
+            by_seed.setdefault(r["seed"], []).append(r[key])
     return [statistics.mean(v) for _, v in sorted(by_seed.items())]
 
 
@@ -89,104 +110,159 @@ def _pm(values: list[float]) -> str:
 
 def _diff_text(a: list[float], b: list[float]) -> tuple[str, float | None, float | None]:
     if not a or not b:
-        return '–', None, None
+        return "–", None, None
     d, hw = welch(a, b)
     if hw is None:
-        return f'{d:+.1f}', None, None
-    return f'{d:+.1f} [{d - hw:+.1f}, {d + hw:+.1f}]', d - hw, d + hw
+        return f"{d:+.1f}", None, None
+    return f"{d:+.1f} [{d - hw:+.1f}, {d + hw:+.1f}]", d - hw, d + hw
 
 
 def _verdict(study: DetStudy, rows: list[dict]) -> list[str]:
     ref, others = study.labels[0], study.labels[1:]
     lines = []
     for label in others:
-        for key, name in (('bbox_mAP', 'box AP'), ('segm_mAP', 'mask AP')):
+        for key, name in (("bbox_mAP", "box AP"), ("segm_mAP", "mask AP")):
             text, lo, hi = _diff_text(_per_seed(rows, label, key), _per_seed(rows, ref, key))
             if lo is None:
-                lines.append(f'- {label} vs {ref}, {name}: {text} (no interval: fewer than two seeds on a side).')
+                lines.append(f"- {label} vs {ref}, {name}: {text} (no interval: fewer than two seeds on a side).")
             elif lo > 0:
-                lines.append(f'- {label} vs {ref}, {name}: {text}: **{label} backbones are better** at this scale.')
+                lines.append(f"- {label} vs {ref}, {name}: {text}: **{label} backbones are better** at this scale.")
             elif hi < 0:
-                lines.append(f'- {label} vs {ref}, {name}: {text}: **{label} backbones are worse** at this scale.')
+                lines.append(f"- {label} vs {ref}, {name}: {text}: **{label} backbones are worse** at this scale.")
             else:
-                lines.append(f'- {label} vs {ref}, {name}: {text}: **no difference distinguishable from seed noise** '
-                             f'at this scale.')
-    best = max((r['bbox_mAP_50'] for r in rows if r['bbox_mAP_50'] is not None), default=None)
+                lines.append(
+                    f"- {label} vs {ref}, {name}: {text}: **no difference distinguishable from seed noise** "
+                    f"at this scale."
+                )
+    best = max((r["bbox_mAP_50"] for r in rows if r["bbox_mAP_50"] is not None), default=None)
     if best is not None and best < LEARNED_AP50:
-        lines.append(f'- **The detectors barely learned**: box AP50 is under {LEARNED_AP50:g}% in every run (the '
-                     f'best {best:.1f}%). At this scale and schedule the comparison measures the noise of heads near '
-                     f'their prior, not the backbones; it neither supports nor refutes a detection advantage.')
+        lines.append(
+            f"- **The detectors barely learned**: box AP50 is under {LEARNED_AP50:g}% in every run (the "
+            f"best {best:.1f}%). At this scale and schedule the comparison measures the noise of heads near "
+            f"their prior, not the backbones; it neither supports nor refutes a detection advantage."
+        )
     return lines
 
 
 def build(study: DetStudy, root: Path, out: Path) -> dict[str, Path]:
     """Write ``out.md``, ``out.json`` (the rows) and ``out.png`` (curves); returns the paths."""
     rows = collect(study, root)
-    paths = {ext: out.with_name(f'{out.name}.{ext}') for ext in ('md', 'json', 'png')}
-    missing = [r for r in study.runs if status(r.work_dir(root, study), study) != 'done']
+    paths = {ext: out.with_name(f"{out.name}.{ext}") for ext in ("md", "json", "png")}
+    missing = [r for r in study.runs if status(r.work_dir(root, study), study) != "done"]
     ref = study.labels[0]
-    length = (f'{study.epochs} epochs, validated on the val split every epoch' if study.epochs else
-              f'{study.iters} iteration(s), validated on the val split at the end')
-    md = [f'# {study.name}: Mask R-CNN on balloon, backbones from the {study.source} study', '',
-          f'Generated by `rbdc det-study {_rel(study.path)} --report` from {len(rows)} run(s) under '
-          f'`reports/runs/{study.name}/`; regenerate it rather than editing it.', '',
-          study.description, '',
-          f'Fine-tuning: `{_rel(study.config)}` at {study.scale[0]}x{study.scale[1]}, {length}'
-          + (f', with `--cfg-options {" ".join(study.cfg_options)}`' if study.cfg_options else '')
-          + f' (COCO AP in %, pycocotools). Backbones: the {study.source} study\'s runs at budget '
-          f'{study.budget:g}, pretraining seeds {sorted({r.seed for r in study.runs})}, fine-tuning seeds '
-          f'{sorted({r.ft_seed for r in study.runs})}.', '',
-          '## AP per backbone', '',
-          'Mean ± 95% t-interval over pretraining seeds (final validation).', '',
-          '| backbone | point | seeds | pretrained top-1 | ' + ' | '.join(n for _, n in METRICS)
-          + ' | wall per run (min) |', '|' + '---|' * (len(METRICS) + 5)]
+    length = (
+        f"{study.epochs} epochs, validated on the val split every epoch"
+        if study.epochs
+        else f"{study.iters} iteration(s), validated on the val split at the end"
+    )
+    md = [
+        f"# {study.name}: Mask R-CNN on balloon, backbones from the {study.source} study",
+        "",
+        f"Generated by `rbdc det-study {_rel(study.path)} --report` from {len(rows)} run(s) under "
+        f"`reports/runs/{study.name}/`; regenerate it rather than editing it.",
+        "",
+        study.description,
+        "",
+        f"Fine-tuning: `{_rel(study.config)}` at {study.scale[0]}x{study.scale[1]}, {length}"
+        + (f", with `--cfg-options {' '.join(study.cfg_options)}`" if study.cfg_options else "")
+        + f" (COCO AP in %, pycocotools). Backbones: the {study.source} study's runs at budget "
+        f"{study.budget:g}, pretraining seeds {sorted({r.seed for r in study.runs})}, fine-tuning seeds "
+        f"{sorted({r.ft_seed for r in study.runs})}.",
+        "",
+        "## AP per backbone",
+        "",
+        "Mean ± 95% t-interval over pretraining seeds (final validation).",
+        "",
+        "| backbone | point | seeds | pretrained top-1 | "
+        + " | ".join(n for _, n in METRICS)
+        + " | wall per run (min) |",
+        "|" + "---|" * (len(METRICS) + 5),
+    ]
     for label in study.labels:
-        mine = [r for r in rows if r['label'] == label]
-        walls = [r['wall_s'] for r in mine if r['wall_s']]
-        wall = f'{statistics.mean(walls) / 60:.0f}' if walls else '–'
-        point = next((r.point for r in study.runs if r.label == label), '')
-        top1 = _pm(list({r['seed']: r['backbone_top1'] for r in mine if r['backbone_top1'] is not None}.values()))
-        md.append(f'| {label} | {point} | {len({r["seed"] for r in mine})} | {top1} | '
-                  + ' | '.join(_pm(_per_seed(rows, label, k)) for k, _ in METRICS) + f' | {wall} |')
-    md += ['', f'## Difference to {ref}', '', f'Mean difference (other − {ref}) with its Welch 95% interval.', '',
-           '| backbone | ' + ' | '.join(n for _, n in METRICS) + ' |', '|' + '---|' * (len(METRICS) + 1)]
+        mine = [r for r in rows if r["label"] == label]
+        walls = [r["wall_s"] for r in mine if r["wall_s"]]
+        wall = f"{statistics.mean(walls) / 60:.0f}" if walls else "–"
+        point = next((r.point for r in study.runs if r.label == label), "")
+        top1 = _pm(list({r["seed"]: r["backbone_top1"] for r in mine if r["backbone_top1"] is not None}.values()))
+        md.append(
+            f"| {label} | {point} | {len({r['seed'] for r in mine})} | {top1} | "
+            + " | ".join(_pm(_per_seed(rows, label, k)) for k, _ in METRICS)
+            + f" | {wall} |"
+        )
+    md += [
+        "",
+        f"## Difference to {ref}",
+        "",
+        f"Mean difference (other − {ref}) with its Welch 95% interval.",
+        "",
+        "| backbone | " + " | ".join(n for _, n in METRICS) + " |",
+        "|" + "---|" * (len(METRICS) + 1),
+    ]
     for label in study.labels[1:]:
-        md.append(f'| {label} − {ref} | ' + ' | '.join(
-            _diff_text(_per_seed(rows, label, k), _per_seed(rows, ref, k))[0] for k, _ in METRICS) + ' |')
-    md += _verdict_and_runs(study, rows, paths['png'].name)
-    walls = [r['wall_s'] for r in rows if r['wall_s']]
+        md.append(
+            f"| {label} − {ref} | "
+            + " | ".join(_diff_text(_per_seed(rows, label, k), _per_seed(rows, ref, k))[0] for k, _ in METRICS)
+            + " |"
+        )
+    md += _verdict_and_runs(study, rows, paths["png"].name)
+    walls = [r["wall_s"] for r in rows if r["wall_s"]]
     if walls:
-        md += ['', f'Cost: {len(walls)} fine-tuning runs, {sum(walls) / 3600:.1f} run-hours in all (the longest '
-                   f'{max(walls) / 60:.0f} min), {study.jobs} at a time x {study.threads} thread(s) each.']
+        md += [
+            "",
+            f"Cost: {len(walls)} fine-tuning runs, {sum(walls) / 3600:.1f} run-hours in all (the longest "
+            f"{max(walls) / 60:.0f} min), {study.jobs} at a time x {study.threads} thread(s) each.",
+        ]
     if missing:
-        md += ['', f'Not finished ({len(missing)}): ' + ', '.join(
-            f'{r.label} seed {r.seed} ft {r.ft_seed}' for r in missing) + '.']
-    atomic_write_bytes(paths['md'], ('\n'.join(md) + '\n').encode())
-    atomic_write_bytes(paths['json'], (json.dumps(rows, indent=1) + '\n').encode())
-    _figure(study, rows, paths['png'])
+        md += [
+            "",
+            f"Not finished ({len(missing)}): "
+            + ", ".join(f"{r.label} seed {r.seed} ft {r.ft_seed}" for r in missing)
+            + ".",
+        ]
+    atomic_write_bytes(paths["md"], ("\n".join(md) + "\n").encode())
+    atomic_write_bytes(paths["json"], (json.dumps(rows, indent=1) + "\n").encode())
+    _figure(study, rows, paths["png"])
     return paths
 
 
 def _verdict_and_runs(study: DetStudy, rows: list[dict], png: str) -> list[str]:
     """The verdict, the figure and one row per run traced to its commit and backbone."""
-    differ = [r['run'] for r in rows if r['backbone_matches'] is False]
-    md = ['', '## Verdict', '', *_verdict(study, rows),
-          *([f'- **{len(differ)} run(s) loaded a backbone that is not their backbone run\'s final model** '
-             f'(sha256 against its manifest): {", ".join(differ)}; retrain them before reading the numbers.']
-            if differ else []), '',
-          f'![training loss and validation AP]({png})', '', '## Runs', '',
-          'Backbone: the committed copy of its run under `reports/runs/` where there is one (its recipe, command and '
-          'commit), else the path the run loaded; sha256: of the checkpoint the fine-tuning loaded, and whether it is '
-          'the final model in that run\'s manifest.', '',
-          '| run | ' + ' | '.join(n for _, n in METRICS) + ' | wall (min) | device | commit | backbone | sha256 |',
-          '|' + '---|' * (len(METRICS) + 6)]
-    mark = {True: ' (matches)', False: ' (**differs from its manifest**)', None: ''}
+    differ = [r["run"] for r in rows if r["backbone_matches"] is False]
+    md = [
+        "",
+        "## Verdict",
+        "",
+        *_verdict(study, rows),
+        *(
+            [
+                f"- **{len(differ)} run(s) loaded a backbone that is not their backbone run's final model** "
+                f"(sha256 against its manifest): {', '.join(differ)}; retrain them before reading the numbers."
+            ]
+            if differ
+            else []
+        ),
+        "",
+        f"![training loss and validation AP]({png})",
+        "",
+        "## Runs",
+        "",
+        "Backbone: the committed copy of its run under `reports/runs/` where there is one (its recipe, command and "
+        "commit), else the path the run loaded; sha256: of the checkpoint the fine-tuning loaded, and whether it is "
+        "the final model in that run's manifest.",
+        "",
+        "| run | " + " | ".join(n for _, n in METRICS) + " | wall (min) | device | commit | backbone | sha256 |",
+        "|" + "---|" * (len(METRICS) + 6),
+    ]
+    mark = {True: " (matches)", False: " (**differs from its manifest**)", None: ""}
     for r in rows:
-        fmt = lambda v: '–' if v is None else f'{v:.1f}'  # noqa: E731
-        wall = '–' if r['wall_s'] is None else f'{r["wall_s"] / 60:.0f}'
-        md.append(f'| `{r["run"]}` | ' + ' | '.join(fmt(r[k]) for k, _ in METRICS)
-                  + f' | {wall} | {r["device"]} | `{str(r["commit"])[:7]}` | `{r["backbone_run"] or r["backbone"]}` '
-                  f'| `{str(r["backbone_sha256"])[:16]}`{mark[r["backbone_matches"]]} |')
+        fmt = lambda v: "–" if v is None else f"{v:.1f}"  # noqa: E731
+        wall = "–" if r["wall_s"] is None else f"{r['wall_s'] / 60:.0f}"
+        md.append(
+            f"| `{r['run']}` | "
+            + " | ".join(fmt(r[k]) for k, _ in METRICS)
+            + f" | {wall} | {r['device']} | `{str(r['commit'])[:7]}` | `{r['backbone_run'] or r['backbone']}` "
+            f"| `{str(r['backbone_sha256'])[:16]}`{mark[r['backbone_matches']]} |"
+        )
     return md
 
 
@@ -202,21 +278,22 @@ def _figure(study: DetStudy, rows: list[dict], path: Path) -> None:
     colors = series_colors([(label, label) for label in study.labels])
     for label in study.labels:
         color = colors[label][0]
-        for n, r in enumerate(x for x in rows if x['label'] == label):
+        for n, r in enumerate(x for x in rows if x["label"] == label):
             tag = label if n == 0 else None
-            if r['loss_curve']:
-                it, loss = zip(*r['loss_curve'])
+            if r["loss_curve"]:
+                it, loss = zip(*r["loss_curve"])
                 axes[0].plot(it, loss, color=color, alpha=0.6, lw=1, label=tag)
-            ep = [c['epoch'] for c in r['val_curve']]
-            axes[1].plot(ep, [c['bbox_mAP'] for c in r['val_curve']], color=color, alpha=0.6, marker='.', label=tag)
-            axes[2].plot(ep, [c['segm_mAP'] for c in r['val_curve']], color=color, alpha=0.6, marker='.', label=tag)
-    for ax, title, xlabel in zip(axes, ('training loss', 'val box AP (%)', 'val mask AP (%)'),
-                                 ('iteration', 'epoch', 'epoch')):
+            ep = [c["epoch"] for c in r["val_curve"]]
+            axes[1].plot(ep, [c["bbox_mAP"] for c in r["val_curve"]], color=color, alpha=0.6, marker=".", label=tag)
+            axes[2].plot(ep, [c["segm_mAP"] for c in r["val_curve"]], color=color, alpha=0.6, marker=".", label=tag)
+    for ax, title, xlabel in zip(
+        axes, ("training loss", "val box AP (%)", "val mask AP (%)"), ("iteration", "epoch", "epoch")
+    ):
         ax.set_title(title)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.suptitle(f'{study.name}: one line per run', fontsize=10)
+    fig.suptitle(f"{study.name}: one line per run", fontsize=10)
     fig.tight_layout()
     save_png(fig, path)
 

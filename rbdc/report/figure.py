@@ -1,5 +1,6 @@
 """The run report's figure: eval top-1 per epoch vs cumulative training FLOPs, one line per run, coloured by
 protocol; writing any report figure (:func:`save_png`)."""
+
 from __future__ import annotations
 
 import math
@@ -13,16 +14,16 @@ from .colors import protocol_colors
 from .load import Run
 from .stats import GroupRow, _protocol_rank
 
-__all__ = ['save_png', 'protocol_colors', 'run_segments']
+__all__ = ["save_png", "protocol_colors", "run_segments"]
 
-MODEL_STYLES = ('-', '--', '-.', (0, (5, 1, 1, 1)))  # one per model; ':' is kept for the narrow parts
-PART_STYLE = ':'
+MODEL_STYLES = ("-", "--", "-.", (0, (5, 1, 1, 1)))  # one per model; ':' is kept for the narrow parts
+PART_STYLE = ":"
 
 
 def save_png(fig, path: Path) -> Path:
     """Write a matplotlib figure as PNG, atomically; no Software/date chunks, so the bytes depend only on the data
     and the matplotlib version."""
-    return atomic_write(path, lambda f: fig.savefig(f, format='png', metadata={'Software': None}))
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", metadata={"Software": None}))
 
 
 def run_segments(run: Run) -> list[tuple[str, list[float], list[float], bool]]:
@@ -75,37 +76,65 @@ def _plot(rows: Sequence[GroupRow], path: Path, title: str, baseline_protocol: s
         for run in g.runs:
             for i, (_, xs, ys, part) in enumerate(run_segments(run)):
                 parts |= part
-                ax.plot(xs, ys, color=color, linestyle=PART_STYLE if part else style,
-                        linewidth=1.0 if part else 1.3, alpha=0.6 if part else 0.8)
+                ax.plot(
+                    xs,
+                    ys,
+                    color=color,
+                    linestyle=PART_STYLE if part else style,
+                    linewidth=1.0 if part else 1.3,
+                    alpha=0.6 if part else 0.8,
+                )
                 if i > 0 and not part:
-                    ax.plot(xs[:1], ys[:1], linestyle='none', marker='D', markersize=4, color=color)
+                    ax.plot(xs[:1], ys[:1], linestyle="none", marker="D", markersize=4, color=color)
         if g.flops_mean > 0:
-            ax.errorbar([g.flops_mean], [g.top1_mean], yerr=[g.top1_std or 0.0], color=color, marker='s',
-                        markersize=6, markeredgecolor='black', capsize=3, linestyle='none', zorder=3)
-    ax.set_xscale('log')
+            ax.errorbar(
+                [g.flops_mean],
+                [g.top1_mean],
+                yerr=[g.top1_std or 0.0],
+                color=color,
+                marker="s",
+                markersize=6,
+                markeredgecolor="black",
+                capsize=3,
+                linestyle="none",
+                zorder=3,
+            )
+    ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on short ranges
-    ax.set_xlabel('cumulative training FLOPs (narrow parts: side by side over their level\'s FLOPs)'
-                  if parts else 'cumulative training FLOPs')
-    ax.set_ylabel('eval top-1 (%)')
+    ax.set_xlabel(
+        "cumulative training FLOPs (narrow parts: side by side over their level's FLOPs)"
+        if parts
+        else "cumulative training FLOPs"
+    )
+    ax.set_ylabel("eval top-1 (%)")
     ax.set_title(textwrap.fill(title, 70), fontsize=10)
-    ax.grid(True, which='both', alpha=0.3)
-    ax.legend(handles=_legend(rows, colors, styles, baseline_protocol, parts), fontsize=8, loc='upper left',
-              bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(
+        handles=_legend(rows, colors, styles, baseline_protocol, parts),
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        borderaxespad=0.0,
+    )
     fig.tight_layout()
     save_png(fig, path)
 
 
 def _legend(rows, colors: dict, styles: dict, baseline_protocol: str, parts: bool) -> list:
     from matplotlib.lines import Line2D
-    present = [p for p in sorted(colors, key=lambda p: _protocol_rank(p, baseline_protocol))
-               if any(g.protocol == p for g in rows)]
+
+    present = [
+        p
+        for p in sorted(colors, key=lambda p: _protocol_rank(p, baseline_protocol))
+        if any(g.protocol == p for g in rows)
+    ]
     handles = [Line2D([], [], color=colors[p], label=p) for p in present]
     if len(styles) > 1:
-        handles += [Line2D([], [], color='black', linestyle=s, label=m) for m, s in styles.items()]
+        handles += [Line2D([], [], color="black", linestyle=s, label=m) for m, s in styles.items()]
     if parts:
-        handles.append(Line2D([], [], color='gray', linestyle=PART_STYLE, label='narrow parts of a level'))
+        handles.append(Line2D([], [], color="gray", linestyle=PART_STYLE, label="narrow parts of a level"))
     handles += [
-        Line2D([], [], color='gray', marker='D', linestyle='none', markersize=4, label='coupled / grown model'),
-        Line2D([], [], color='gray', marker='s', markeredgecolor='black', linestyle='none', label='final mean ± std'),
+        Line2D([], [], color="gray", marker="D", linestyle="none", markersize=4, label="coupled / grown model"),
+        Line2D([], [], color="gray", marker="s", markeredgecolor="black", linestyle="none", label="final mean ± std"),
     ]
     return handles

@@ -1,11 +1,12 @@
 """Formatting shared by every report (runs, studies, detection studies): one ``±`` formatter, budgets, p-values,
 signed percentages and paths relative to a report."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-DASH = '–'
+DASH = "–"
 
 
 def pm(mean: float | None, spread: float | None, digits: int = 2, missing: str | None = None) -> str:
@@ -13,28 +14,28 @@ def pm(mean: float | None, spread: float | None, digits: int = 2, missing: str |
     table column shows that the spread is unknown (one seed); without a mean: a dash."""
     if mean is None:
         return DASH
-    m = f'{mean:.{digits}f}'
+    m = f"{mean:.{digits}f}"
     if spread is None:
-        return m if missing is None else f'{m} ± {missing}'
-    return f'{m} ± {spread:.{digits}f}'
+        return m if missing is None else f"{m} ± {missing}"
+    return f"{m} ± {spread:.{digits}f}"
 
 
 def budget(b) -> str:
     """A budget in target epochs (``-`` for a point without one)."""
-    return '-' if b is None else f'{b:g}'
+    return "-" if b is None else f"{b:g}"
 
 
 def p_value(p: float | None) -> str:
-    return DASH if p is None else ('< 0.001' if p < 0.001 else f'{p:.3f}')
+    return DASH if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}")
 
 
 def opt(v: float | None, digits: int = 2) -> str:
-    return DASH if v is None else f'{v:.{digits}f}'
+    return DASH if v is None else f"{v:.{digits}f}"
 
 
 def signed_pct(v: float, digits: int = 1) -> str:
     """A fraction as a signed percentage: 0.118 -> ``+11.8%``."""
-    return f'{100 * v:+.{digits}f}%'
+    return f"{100 * v:+.{digits}f}%"
 
 
 def rel(path, base) -> str:

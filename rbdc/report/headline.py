@@ -4,6 +4,7 @@ The study report writes them (its ``## Headline`` section), computed from the sa
 ``benchmarks.make_reports`` copies them into the README between :data:`START` and :data:`END`, with the links made
 relative to the README, so the README's numbers are the report's (a test checks that they agree).
 """
+
 from __future__ import annotations
 
 import re
@@ -34,9 +35,11 @@ def _scale(spec: dict, points: dict, savings: dict) -> str:
     models = " and ".join(pn["title"] for pn in spec.get("panels", []) if any(n in savings for n in pn["series"]))
     budgets = sorted(p.budget for p in done if p.budget is not None)
     seeds = sorted({p.n for p in done})
-    return (f"{first['dataset'].capitalize()}{size}, {models}, budgets of {_budget(budgets[0])} to "
-            f"{_budget(budgets[-1])} target epochs, {'-'.join(map(str, seeds))} seeds a point, "
-            f"{sum(p.n for p in done)} runs on CPUs")
+    return (
+        f"{first['dataset'].capitalize()}{size}, {models}, budgets of {_budget(budgets[0])} to "
+        f"{_budget(budgets[-1])} target epochs, {'-'.join(map(str, seeds))} seeds a point, "
+        f"{sum(p.n for p in done)} runs on CPUs"
+    )
 
 
 def _span(values: list[float]) -> str:
@@ -53,22 +56,33 @@ def lines(spec: dict, points: dict, savings: dict, costs: list, out_name: str) -
     below = sum(s["hi"] < 0 for _, _, s in rows)
     paper = sum(s["lo"] <= PAPER_SAVING <= s["hi"] for _, _, s in rows)
     name, p, s = max(rows, key=lambda r: r[2]["lo"])
-    found = (f"above zero at {above} and below zero at {below} of its {n} points" if above or below else
-             f"not distinguishable from zero at any of its {n} points")
-    first = (f"**What the suite found** ({_scale(spec, points, savings)}): RBDC's FLOPs saving against scratch at "
-             f"equal top-1, whole pipeline counted, is {found} (95% intervals by test inversion); the closest to a "
-             f"demonstrated saving is {name} at budget {_budget(p.budget)}: {signed_pct(s['saving'])} "
-             f"[{signed_pct(s['lo'])}, {signed_pct(s['hi'])}]. The paper's 30% lies outside {n - paper} of the "
-             f"{n} intervals.")
+    found = (
+        f"above zero at {above} and below zero at {below} of its {n} points"
+        if above or below
+        else f"not distinguishable from zero at any of its {n} points"
+    )
+    first = (
+        f"**What the suite found** ({_scale(spec, points, savings)}): RBDC's FLOPs saving against scratch at "
+        f"equal top-1, whole pipeline counted, is {found} (95% intervals by test inversion); the closest to a "
+        f"demonstrated saving is {name} at budget {_budget(p.budget)}: {signed_pct(s['saving'])} "
+        f"[{signed_pct(s['lo'])}, {signed_pct(s['hi'])}]. The paper's 30% lies outside {n - paper} of the "
+        f"{n} intervals."
+    )
     mine = [c for _, c in costs if protocols.get(c.point.protocol).subject]
     target = [c.target["saving"] for c in mine]
     walls = [c.wall_own["saving"] for c in mine if c.wall_own]
     speeds = [c.speed for c in mine if c.speed is not None]
-    second = (f"**Cost in both currencies**: counting the target stage only (as most growth papers do), the same "
-              f"points save {_span(target)} of the FLOPs"
-              + (f"; in wall-clock, at the full model's speed inside the same runs, the saving is {_span(walls)}: "
-                 f"the narrow models ran at a median {statistics.median(speeds):.2f}× the full model's FLOP/s"
-                 if walls and speeds else "") + ".")
+    second = (
+        f"**Cost in both currencies**: counting the target stage only (as most growth papers do), the same "
+        f"points save {_span(target)} of the FLOPs"
+        + (
+            f"; in wall-clock, at the full model's speed inside the same runs, the saving is {_span(walls)}: "
+            f"the narrow models ran at a median {statistics.median(speeds):.2f}× the full model's FLOP/s"
+            if walls and speeds
+            else ""
+        )
+        + "."
+    )
     third = f"![saving vs budget]({out_name}-saving.png) Tables, intervals and method: [{out_name}.md]({out_name}.md)."
     return [first, second, third]
 

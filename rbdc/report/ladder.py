@@ -12,6 +12,7 @@ parameters (image-epochs per parameter). Nothing draws random numbers: the repor
     python -m rbdc.report.ladder runs     # from the runs root of both studies -> reports/width-ladder32-trend
     python -m benchmarks.make_reports                 # from the committed light files (reports/runs/)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,21 +27,24 @@ from rbdc.files import CHECKOUT
 from .study import Point, collect, saving_with_interval, series
 
 # (study name, scratch point, RBDC point): one rung each, in the order of the ladder
-LADDER = (("imagenette32-fair", "vit-scratch", "vit-rbdc-d1"),
-          ("width-ladder32", "w128-scratch", "w128-rbdc-d1"),
-          ("width-ladder32", "w192-scratch", "w192-rbdc-d1"),
-          ("width-ladder32", "w384-scratch", "w384-rbdc-d1"))
+LADDER = (
+    ("imagenette32-fair", "vit-scratch", "vit-rbdc-d1"),
+    ("width-ladder32", "w128-scratch", "w128-rbdc-d1"),
+    ("width-ladder32", "w192-scratch", "w192-rbdc-d1"),
+    ("width-ladder32", "w384-scratch", "w384-rbdc-d1"),
+)
 NAME = "width-ladder32"
 REPORT = f"{NAME}-trend"  # reports/<NAME>.md is the study's own per-width report (rbdc study --report)
-MATCHED = (8, 16)   # target epochs every rung runs RBDC d1 at: the saving vs width compares these
-HELD_OUT = 384      # the width the check leaves out of the fit and predicts
-HEAD_WIDTH = 16     # the ladder's heads (parameters do not depend on it; timm needs a head count)
+MATCHED = (8, 16)  # target epochs every rung runs RBDC d1 at: the saving vs width compares these
+HELD_OUT = 384  # the width the check leaves out of the fit and predicts
+HEAD_WIDTH = 16  # the ladder's heads (parameters do not depend on it; timm needs a head count)
 REPO = CHECKOUT
 
 
 @dataclass(frozen=True)
 class Target:
     """A model to predict the saving for, and its budget per parameter (image-epochs per parameter)."""
+
     name: str
     width: int
     params: int
@@ -61,6 +65,7 @@ DEIT_B = Target("DeiT-B", 768, 86_567_656, 300, 1_281_167, "300 epochs of ImageN
 class Row:
     """One RBDC point of a rung: its budget per parameter and its saving against the rung's scratch (None while
     scratch has fewer than 2 finished budgets); ``interval``: the saving has a 95% interval (2+ seeds each side)."""
+
     width: int
     point: Point
     bpp: float
@@ -76,7 +81,7 @@ class Row:
 @dataclass
 class Rung:
     study: str
-    root: Path         # the study's runs folder
+    root: Path  # the study's runs folder
     scratch_id: str
     rbdc_id: str
     model: str
@@ -92,11 +97,14 @@ class Rung:
         """Why this rung has no saving yet (None: it has one)."""
         if not self.rbdc:
             done, total = self.expected[self.scratch_id]
-            return (f"no finished {self.rbdc_id} run yet (0 of {self.expected[self.rbdc_id][1]}; {self.scratch_id}: "
-                    f"{done} of {total})")
+            return (
+                f"no finished {self.rbdc_id} run yet (0 of {self.expected[self.rbdc_id][1]}; {self.scratch_id}: "
+                f"{done} of {total})"
+            )
         if len(self.scratch) < 2:
-            return (f"{self.scratch_id} has {len(self.scratch)} finished budget(s): no curve to match "
-                    f"{self.rbdc_id} on yet")
+            return (
+                f"{self.scratch_id} has {len(self.scratch)} finished budget(s): no curve to match {self.rbdc_id} on yet"
+            )
         return None
 
 
@@ -108,6 +116,7 @@ def shape(model: str, width: int | None = None) -> tuple[int, int]:
     import torch
 
     import rbdc  # noqa: F401  (registers the ladder's models)
+
     kwargs = {} if width is None else {"embed_dim": width, "num_heads": max(1, width // HEAD_WIDTH)}
     with torch.device("meta"):
         m = timm.create_model(model, **kwargs)
@@ -117,10 +126,13 @@ def shape(model: str, width: int | None = None) -> tuple[int, int]:
 def train_images(recipe: dict) -> int:
     """The training images of one epoch of the recipe's dataset: its full train split (the known size)."""
     from rbdc.data.for_recipe import TRAIN_SIZES
+
     data = recipe["data"]
     if data["source"] not in TRAIN_SIZES or data["subset"] or data["holdout"] is not None:
-        raise UserError(f"the ladder report counts image-epochs on a full train split of {sorted(TRAIN_SIZES)}; "
-                        f"this recipe trains on {data['source']} (subset {data['subset']}, holdout {data['holdout']})")
+        raise UserError(
+            f"the ladder report counts image-epochs on a full train split of {sorted(TRAIN_SIZES)}; "
+            f"this recipe trains on {data['source']} (subset {data['subset']}, holdout {data['holdout']})"
+        )
     return TRAIN_SIZES[data["source"]][0]
 
 
@@ -143,8 +155,18 @@ def rungs(studies: dict, ladder=LADDER) -> list[Rung]:
         points = collected.setdefault(name, collect(study, Path(root)))
         rec = _recipe(study, rbdc_id)
         width, params = shape(rec["model"])
-        rung = Rung(name, Path(root), scratch_id, rbdc_id, rec["model"], width, params, train_images(rec),
-                    series(points, scratch_id), series(points, rbdc_id))
+        rung = Rung(
+            name,
+            Path(root),
+            scratch_id,
+            rbdc_id,
+            rec["model"],
+            width,
+            params,
+            train_images(rec),
+            series(points, scratch_id),
+            series(points, rbdc_id),
+        )
         for pid in (scratch_id, rbdc_id):
             ps = [p for (n, _), p in points.items() if n == pid]
             rung.expected[pid] = (sum(p.n for p in ps), sum(p.expected_seeds for p in ps))
@@ -172,6 +194,7 @@ def build(rungs: list[Rung], out: Path, command: str) -> dict[str, Path]:
     from rbdc.files import atomic_write_bytes
 
     from . import ladder_figures, ladder_sections as sec
+
     out.parent.mkdir(parents=True, exist_ok=True)
     md = sec.opening(rungs, out, command)
     md += sec.points_section(rungs, out)
@@ -187,14 +210,16 @@ def studies_at(runs: Path, files: dict[str, Path] | None = None) -> dict:
     """``{name: (Study, runs / name)}`` of the ladder's studies (default: configs/studies/<name>.yaml), each read
     with the runs root, so a tuned point takes the trial its finished trial runs chose."""
     from rbdc.studies.spec import load_study
+
     names = dict.fromkeys(n for n, _, _ in LADDER)
     files = files or {n: REPO / "configs" / "studies" / f"{n}.yaml" for n in names}
     return {n: (load_study(files[n], runs), runs / n) for n in names}
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m rbdc.report.ladder", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m rbdc.report.ladder", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("runs", type=Path, help="runs root holding <study name>/ of both studies (e.g. runs, reports/runs)")
     p.add_argument("-o", "--out", type=Path, default=REPO / "reports" / REPORT, help="report path without suffix")
     a = p.parse_args(argv)

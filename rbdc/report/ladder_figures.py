@@ -2,6 +2,7 @@
 width at the matched budgets, the saving vs budget per parameter coloured by width (both with the fit and its 95%
 prediction band where the points support one), and the coupled model before training and the narrow stages' speed
 vs width."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,6 +24,7 @@ def width_colors(widths) -> dict[int, str]:
     """One colour per width, light to dark along viridis, so the order of widths reads from the colour."""
     from matplotlib import colormaps
     from matplotlib.colors import to_hex
+
     ws = sorted(set(widths))
     return {w: to_hex(colormaps["viridis"](0.85 * (1 - i / max(1, len(ws) - 1)))) for i, w in enumerate(ws)}
 
@@ -55,15 +57,30 @@ def _saving_point(ax, x: float, s: dict, color: str, marker: str, label: str | N
     ax.plot([x, x], [lo, hi], color=color, linewidth=1.2)
     for end, edge, arrow in ((lo, lim[0], "v"), (hi, lim[1], "^")):
         ax.plot([x], [end], color=color, marker=arrow if end == edge else "_", markersize=7)
-    ax.plot([x], [min(max(100 * s["saving"], lim[0]), lim[1])], color=color, marker=marker, markersize=6,
-            linestyle="none", markerfacecolor="white" if s["status"] != "matched" else color, label=label)
+    ax.plot(
+        [x],
+        [min(max(100 * s["saving"], lim[0]), lim[1])],
+        color=color,
+        marker=marker,
+        markersize=6,
+        linestyle="none",
+        markerfacecolor="white" if s["status"] != "matched" else color,
+        label=label,
+    )
 
 
 def _band(ax, xs, ivs, color: str, label: str, dashed: bool, alpha: float = 0.12) -> None:
-    ax.plot(xs, [100 * iv.estimate for iv in ivs], color=color, linestyle="--" if dashed else "-", linewidth=1.0,
-            label=label)
-    ax.fill_between(xs, [100 * iv.lo for iv in ivs], [100 * iv.hi for iv in ivs], color=color, alpha=alpha,
-                    linewidth=0, zorder=0)
+    ax.plot(
+        xs,
+        [100 * iv.estimate for iv in ivs],
+        color=color,
+        linestyle="--" if dashed else "-",
+        linewidth=1.0,
+        label=label,
+    )
+    ax.fill_between(
+        xs, [100 * iv.lo for iv in ivs], [100 * iv.hi for iv in ivs], color=color, alpha=alpha, linewidth=0, zorder=0
+    )
 
 
 def _frame(ax, xlabel: str) -> None:
@@ -119,17 +136,43 @@ def _budget_figure(rungs: list[Rung], rows, fit, path: Path) -> Path:
             xs = [row.bpp for row in r.rows if row.fits]
             if xs:
                 grid = np.geomspace(min(xs) / 1.4, max(xs) * 1.4, 20)
-                _band(ax, grid, [fit.predict(r.width, x) for x in grid], colors[r.width], f"fit at width {r.width}",
-                      dashed=False)
+                _band(
+                    ax,
+                    grid,
+                    [fit.predict(r.width, x) for x in grid],
+                    colors[r.width],
+                    f"fit at width {r.width}",
+                    dashed=False,
+                )
         grid = np.geomspace(lo, DEIT_B.bpp * 1.3, 40)
-        _band(ax, grid, [fit.predict(DEIT_B.width, x) for x in grid], colors[DEIT_B.width],
-              f"fit at width {DEIT_B.width} (95% prediction band)", dashed=True, alpha=0.06)
+        _band(
+            ax,
+            grid,
+            [fit.predict(DEIT_B.width, x) for x in grid],
+            colors[DEIT_B.width],
+            f"fit at width {DEIT_B.width} (95% prediction band)",
+            dashed=True,
+            alpha=0.06,
+        )
         iv = fit.predict(DEIT_B.width, DEIT_B.bpp)
-        _saving_point(ax, DEIT_B.bpp, {"saving": iv.estimate, "lo": iv.lo, "hi": iv.hi, "status": "matched"},
-                      "black", "D", f"{DEIT_B.name} predicted (95% prediction interval)")
+        _saving_point(
+            ax,
+            DEIT_B.bpp,
+            {"saving": iv.estimate, "lo": iv.lo, "hi": iv.hi, "status": "matched"},
+            "black",
+            "D",
+            f"{DEIT_B.name} predicted (95% prediction interval)",
+        )
     ax.axvline(DEIT_B.bpp, color="black", linestyle=":", linewidth=0.8)
-    ax.text(DEIT_B.bpp / 1.15, SAVING_LIM[0] + 2, f"{DEIT_B.name}, {DEIT_B.epochs:g} ImageNet epochs", fontsize=7,
-            rotation=90, va="bottom", ha="right")
+    ax.text(
+        DEIT_B.bpp / 1.15,
+        SAVING_LIM[0] + 2,
+        f"{DEIT_B.name}, {DEIT_B.epochs:g} ImageNet epochs",
+        fontsize=7,
+        rotation=90,
+        va="bottom",
+        ha="right",
+    )
     ax.set_xscale("log")
     ax.set_xlim(lo, DEIT_B.bpp * 2)
     ax.set_title("The saving vs budget per parameter, by width", fontsize=9)
@@ -146,19 +189,38 @@ def _coupling_figure(rungs: list[Rung], path: Path) -> Path:
         color, marker = styles[b]
         at = sorted((w, part, before) for w, b_, _, _, part, before in rows if b_ == b)
         if at:
-            left.plot([w for w, _, _ in at], [v for _, _, v in at], color=color, marker=marker,
-                      label=f"coupled, before training ({b} target epochs)")
+            left.plot(
+                [w for w, _, _ in at],
+                [v for _, _, v in at],
+                color=color,
+                marker=marker,
+                label=f"coupled, before training ({b} target epochs)",
+            )
             parts = [(w, p) for w, p, _ in at if p is not None]
-            left.plot([w for w, _ in parts], [p for _, p in parts], color=color, marker=marker, linestyle="--",
-                      markerfacecolor="white", label=f"its parts' final top-1 ({b} target epochs)")
+            left.plot(
+                [w for w, _ in parts],
+                [p for _, p in parts],
+                color=color,
+                marker=marker,
+                linestyle="--",
+                markerfacecolor="white",
+                label=f"its parts' final top-1 ({b} target epochs)",
+            )
     left.set_ylabel("top-1 (%), mean over seeds", fontsize=8)
     left.set_title("The coupled model before training (plain LayerNorm)", fontsize=9)
     fast = speeds(rungs)
     if fast:
         med = [float(np.median(v)) for _, v in fast]
         err = [[m - min(v) for m, (_, v) in zip(med, fast)], [max(v) - m for m, (_, v) in zip(med, fast)]]
-        right.errorbar([w for w, _ in fast], med, yerr=err, color=styles[MATCHED[0]][0], marker="o", capsize=3,
-                       label="median over RBDC runs (range)")
+        right.errorbar(
+            [w for w, _ in fast],
+            med,
+            yerr=err,
+            color=styles[MATCHED[0]][0],
+            marker="o",
+            capsize=3,
+            label="median over RBDC runs (range)",
+        )
     right.axhline(1.0, color="black", linewidth=0.8, label="as fast as the full model")
     right.set_ylabel("narrow stages' FLOP/s ÷ target stage's", fontsize=8)
     right.set_title("The narrow parts' speed relative to the full model", fontsize=9)

@@ -13,6 +13,7 @@ residual scatter of an unweighted fit measures seed noise and lack of fit alike,
 really linear in log width?) is what an extrapolation to DeiT-B's width most depends on. The prediction interval is
 the t one with n - 3 degrees of freedom; nothing draws random numbers.
 """
+
 from __future__ import annotations
 
 import math
@@ -75,11 +76,15 @@ def why_not(points: Points) -> str | None:
     widths = sorted({w for w, _, _ in points})
     if len(widths) < MIN_WIDTHS:
         listed = ", ".join(f"{w:g}" for w in widths) or "none"
-        return (f"{len(widths)} width(s) have a saving with an interval ({listed}); a line in log width needs "
-                f"{MIN_WIDTHS} or more")
+        return (
+            f"{len(widths)} width(s) have a saving with an interval ({listed}); a line in log width needs "
+            f"{MIN_WIDTHS} or more"
+        )
     if not any(len({b for w, b, _ in points if w == width}) >= 2 for width in widths):
-        return ("no width has savings at two budgets, so the budget per parameter (which falls as the width grows at "
-                "a fixed budget) cannot be told apart from the width")
+        return (
+            "no width has savings at two budgets, so the budget per parameter (which falls as the width grows at "
+            "a fixed budget) cannot be told apart from the width"
+        )
     return None
 
 
@@ -100,5 +105,6 @@ def fit(points: Points) -> Fit:
     dof = len(y) - x.shape[1]
     resid = y - x @ coef
     sd = math.sqrt(float(resid @ resid) / dof)
-    return Fit(tuple(float(c) for c in coef), np.linalg.inv(x.T @ x), sd, dof, len(y),
-               tuple(sorted({w for w, _, _ in points})))
+    return Fit(
+        tuple(float(c) for c in coef), np.linalg.inv(x.T @ x), sd, dof, len(y), tuple(sorted({w for w, _, _ in points}))
+    )

@@ -1,5 +1,6 @@
 """Reading run directories (their layout: :mod:`rbdc.runs.rundir`): which folders are finished runs, and their results
 and accuracy curves."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,9 @@ from typing import Iterable
 from rbdc.runs import rundir
 from rbdc.errors import UserError
 
-REQUIRED_RESULT_KEYS = ('name', 'protocol', 'group', 'seed', 'model', 'dataset', 'eval_top1', 'total_train_flops')
+REQUIRED_RESULT_KEYS = ("name", "protocol", "group", "seed", "model", "dataset", "eval_top1", "total_train_flops")
 # the summary.csv columns a report reads (of rundir.SUMMARY_COLUMNS)
-REQUIRED_SUMMARY_COLUMNS = ('stage', 'epoch', 'eval_top1', 'cum_train_flops')
+REQUIRED_SUMMARY_COLUMNS = ("stage", "epoch", "eval_top1", "cum_train_flops")
 
 
 @dataclass(frozen=True)
@@ -26,29 +27,30 @@ class Run:
         results: Parsed ``results.json``.
         curve: ``(stage, cum_train_flops, eval_top1)`` per ``summary.csv`` row, in file order.
     """
+
     path: Path
     results: dict
     curve: tuple[tuple[str, float, float], ...]
 
     @property
     def group(self) -> str:
-        return str(self.results['group'])
+        return str(self.results["group"])
 
     @property
     def protocol(self) -> str:
-        return str(self.results['protocol'])
+        return str(self.results["protocol"])
 
     def parents(self) -> dict[str, tuple[str, ...]]:
         """Each stage's parents (the stages its model was built from), as the run's manifest records them; empty
         for a run without a manifest."""
-        stages = rundir.read_manifest(self.path).get('stages', {})
-        return {s: tuple(p['stage'] for p in e.get('parents', ())) for s, e in stages.items()}
+        stages = rundir.read_manifest(self.path).get("stages", {})
+        return {s: tuple(p["stage"] for p in e.get("parents", ())) for s, e in stages.items()}
 
     def levels(self) -> dict[str, int]:
         """Each stage's level in the run's tree of stages (0: no parents; else one above its parents), from the
         manifest; without one, every stage of ``results.json`` is its own level, in order."""
         parents = self.parents()
-        order = [s['stage'] for s in self.results.get('stages') or []]
+        order = [s["stage"] for s in self.results.get("stages") or []]
         if not parents:
             return {s: i for i, s in enumerate(order)}
         levels: dict[str, int] = {}
@@ -74,10 +76,10 @@ def _why_skipped(run_dir: Path, files: list[str]) -> str | None:
     """Why a run directory cannot enter a report (None: it can): it failed, or it has not finished."""
     if rundir.FAILED in files:
         info = rundir.read_failed(run_dir) or {}
-        where = ' '.join(f'{k} {info[k]}' for k in ('stage', 'step') if info.get(k) is not None)
-        return f'failed{" at " + where if where else ""}: {info.get("reason") or "see its failed.json"}'
+        where = " ".join(f"{k} {info[k]}" for k in ("stage", "step") if info.get(k) is not None)
+        return f"failed{' at ' + where if where else ''}: {info.get('reason') or 'see its failed.json'}"
     if rundir.RESULTS not in files:
-        return 'unfinished (no results.json): resume it with the same rbdc train command'
+        return "unfinished (no results.json): resume it with the same rbdc train command"
     return None
 
 
@@ -104,11 +106,15 @@ def scan_run_dirs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[
     for p in paths:
         path = Path(p)
         if not path.exists():
-            raise UserError(f'run directory {path} does not exist: pass a run directory (holding {rundir.RESULTS}) '
-                            'or a folder above run directories')
+            raise UserError(
+                f"run directory {path} does not exist: pass a run directory (holding {rundir.RESULTS}) "
+                "or a folder above run directories"
+            )
         if not path.is_dir():
-            raise UserError(f'{path} is not a directory: pass a run directory (holding {rundir.RESULTS}) '
-                            'or a folder above run directories')
+            raise UserError(
+                f"{path} is not a directory: pass a run directory (holding {rundir.RESULTS}) "
+                "or a folder above run directories"
+            )
         here = []
         for dirpath, dirnames, filenames in os.walk(path):
             if not {rundir.RESULTS, rundir.RECIPE, rundir.FAILED} & set(filenames):
@@ -120,9 +126,11 @@ def scan_run_dirs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[
             else:
                 here.append(Path(dirpath).resolve())
         if not here:
-            listed = ''.join(f'; {d}: {why}' for d, why in sorted(skipped.items()) if d.is_relative_to(path.resolve()))
-            raise UserError(f'no finished run directory under {path}: no folder there holds {rundir.RESULTS} without '
-                            f'{rundir.FAILED}{listed}')
+            listed = "".join(f"; {d}: {why}" for d, why in sorted(skipped.items()) if d.is_relative_to(path.resolve()))
+            raise UserError(
+                f"no finished run directory under {path}: no folder there holds {rundir.RESULTS} without "
+                f"{rundir.FAILED}{listed}"
+            )
         found.update(here)
     return sorted(found), sorted(skipped.items())
 
@@ -152,43 +160,47 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     results_path = run_dir / rundir.RESULTS
     summary_path = run_dir / rundir.SUMMARY
     if not results_path.is_file():
-        raise UserError(f'{results_path} is missing: {run_dir} is not a finished run directory')
+        raise UserError(f"{results_path} is missing: {run_dir} is not a finished run directory")
     try:
-        results = json.loads(results_path.read_text(encoding='utf-8'))
+        results = json.loads(results_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f'{results_path} is not valid JSON ({e}); re-run or restore the run') from None
+        raise UserError(f"{results_path} is not valid JSON ({e}); re-run or restore the run") from None
     if not isinstance(results, dict):
-        raise UserError(f'{results_path} must hold a JSON object, got {type(results).__name__}')
+        raise UserError(f"{results_path} must hold a JSON object, got {type(results).__name__}")
     missing = [k for k in REQUIRED_RESULT_KEYS if k not in results]
     if missing:
-        raise UserError(f'{results_path} lacks {", ".join(missing)}; it was not written by the rbdc training engine '
-                        'or is from an older version')
-    for key in ('name', 'protocol', 'group', 'model', 'dataset'):
+        raise UserError(
+            f"{results_path} lacks {', '.join(missing)}; it was not written by the rbdc training engine "
+            "or is from an older version"
+        )
+    for key in ("name", "protocol", "group", "model", "dataset"):
         if not isinstance(results[key], str) or not results[key]:
             raise UserError(f'{results_path}: "{key}" must be a non-empty string, got {results[key]!r}')
-    if isinstance(results['seed'], bool) or not isinstance(results['seed'], int):
+    if isinstance(results["seed"], bool) or not isinstance(results["seed"], int):
         raise UserError(f'{results_path}: "seed" must be an integer, got {results["seed"]!r}')
-    _number(results['eval_top1'], 'eval_top1', results_path)
-    if _number(results['total_train_flops'], 'total_train_flops', results_path) <= 0:
+    _number(results["eval_top1"], "eval_top1", results_path)
+    if _number(results["total_train_flops"], "total_train_flops", results_path) <= 0:
         raise UserError(f'{results_path}: "total_train_flops" must be positive, got {results["total_train_flops"]!r}')
-    for key in ('eval_top5', 'wall_s', 'peak_mem_mb'):
+    for key in ("eval_top5", "wall_s", "peak_mem_mb"):
         _number(results.get(key), key, results_path, allow_none=True)
 
     if not summary_path.is_file():
-        raise UserError(f'{summary_path} is missing: {run_dir} is not a complete run directory')
+        raise UserError(f"{summary_path} is missing: {run_dir} is not a complete run directory")
     columns, rows = rundir.read_summary(summary_path)
     missing = [c for c in REQUIRED_SUMMARY_COLUMNS if c not in columns]
     if missing:
-        raise UserError(f'{summary_path} lacks column(s) {", ".join(missing)} (header: {",".join(columns)})')
+        raise UserError(f"{summary_path} lacks column(s) {', '.join(missing)} (header: {','.join(columns)})")
     if not rows:
-        raise UserError(f'{summary_path} has a header but no epoch rows')
+        raise UserError(f"{summary_path} has a header but no epoch rows")
     curve = []
     for i, row in enumerate(rows, start=2):
         try:
-            flops = float(row['cum_train_flops']) if row['cum_train_flops'] else math.nan
-            top1 = float(row['eval_top1']) if row['eval_top1'] else math.nan  # epochs without eval stay blank
+            flops = float(row["cum_train_flops"]) if row["cum_train_flops"] else math.nan
+            top1 = float(row["eval_top1"]) if row["eval_top1"] else math.nan  # epochs without eval stay blank
         except ValueError:
-            raise UserError(f'{summary_path} line {i}: cum_train_flops/eval_top1 must be numbers, '
-                            f'got {row["cum_train_flops"]!r}/{row["eval_top1"]!r}') from None
-        curve.append((row['stage'], flops, top1))
+            raise UserError(
+                f"{summary_path} line {i}: cum_train_flops/eval_top1 must be numbers, "
+                f"got {row['cum_train_flops']!r}/{row['eval_top1']!r}"
+            ) from None
+        curve.append((row["stage"], flops, top1))
     return Run(path=run_dir, results=results, curve=tuple(curve))

@@ -12,6 +12,7 @@ numbers, so a verdict's words never depend on a draw.
 Inputs are plain: ``scratch`` is ``[(flops, [top1 per seed]), ...]`` sorted by FLOPs, the method ``[top1 per seed]``
 and its FLOPs.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,6 +49,7 @@ class SavingInterval:
     scratch's budgets can measure: the interval only bounds the saving from the other side, and ``lo``/``hi`` there is
     that edge, not a bound.
     """
+
     estimate: float | None
     lo: float
     hi: float
@@ -69,6 +71,7 @@ class SavingInterval:
 @dataclass(frozen=True)
 class Gap:
     """Top-1 difference (method - scratch), its standard error, Welch-Satterthwaite dof and 95% interval."""
+
     gap: float
     se: float
     dof: float
@@ -111,9 +114,18 @@ def _prepare(scratch: Scratch, method: Sequence[float], flops: float) -> _Data:
     for j in range(1, len(means)):
         arg.append(j if means[j] >= means[arg[-1]] else arg[-1])
     m = groups[-1]
-    return _Data(tuple(fs), np.log10(fs), means, np.array([np.var(g, ddof=1) / len(g) for g in groups[:-1]]),
-                 np.array([len(g) for g in groups[:-1]]), np.array(arg), statistics.mean(m),
-                 float(np.var(m, ddof=1)) / len(m), len(m), float(flops))
+    return _Data(
+        tuple(fs),
+        np.log10(fs),
+        means,
+        np.array([np.var(g, ddof=1) / len(g) for g in groups[:-1]]),
+        np.array([len(g) for g in groups[:-1]]),
+        np.array(arg),
+        statistics.mean(m),
+        float(np.var(m, ddof=1)) / len(m),
+        len(m),
+        float(flops),
+    )
 
 
 def _test(d: _Data, x) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -128,10 +140,10 @@ def _test(d: _Data, x) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     a, b = d.arg[j], d.arg[j + 1]
     ca, cb = np.where(a == b, 1.0, 1.0 - w), np.where(a == b, 0.0, w)  # on a flat stretch both ends are one mean
     gap = d.m_mean - ca * d.means[a] - cb * d.means[b]
-    terms = np.stack([np.full_like(x, d.m_u), ca ** 2 * d.u[a], cb ** 2 * d.u[b]])
+    terms = np.stack([np.full_like(x, d.m_u), ca**2 * d.u[a], cb**2 * d.u[b]])
     var = terms.sum(0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        dof = var ** 2 / (terms ** 2 / np.stack([np.full_like(x, d.m_n - 1.0), d.n[a] - 1.0, d.n[b] - 1.0])).sum(0)
+        dof = var**2 / (terms**2 / np.stack([np.full_like(x, d.m_n - 1.0), d.n[a] - 1.0, d.n[b] - 1.0])).sum(0)
         p = np.where(var > 0, 2 * special.stdtr(dof, -np.abs(gap) / np.sqrt(var)), np.abs(gap) <= 1e-9)
     return gap, np.sqrt(var), dof, p.astype(float)
 
@@ -241,7 +253,7 @@ def combined_gap(gaps: Sequence[tuple[float, float, float]]) -> Gap:
     if not len(g) or not (g[:, 1] > 0).all() or not (g[:, 2] > 0).all():
         raise UserError(f"combined_gap needs one or more (gap, se > 0, dof > 0) triples, got {g.tolist()}")
     w = 1.0 / g[:, 1] ** 2
-    return _gap((w * g[:, 0]).sum() / w.sum(), w.sum() ** -0.5, w.sum() ** 2 / (w ** 2 / g[:, 2]).sum())
+    return _gap((w * g[:, 0]).sum() / w.sum(), w.sum() ** -0.5, w.sum() ** 2 / (w**2 / g[:, 2]).sum())
 
 
 def _power_match(d: _Data) -> float | None:
@@ -254,8 +266,14 @@ def _power_match(d: _Data) -> float | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OptimizeWarning)  # 3 points, 3 parameters: no covariance, which is fine
-            (a, b, c), _ = curve_fit(lambda x, a, b, c: a - b * x ** -c, x, d.means, p0=(top + 1, span + 1, 0.5),
-                                     bounds=([-np.inf, 0, 1e-6], [np.inf, np.inf, 20]), maxfev=10000)
+            (a, b, c), _ = curve_fit(
+                lambda x, a, b, c: a - b * x**-c,
+                x,
+                d.means,
+                p0=(top + 1, span + 1, 0.5),
+                bounds=([-np.inf, 0, 1e-6], [np.inf, np.inf, 20]),
+                maxfev=10000,
+            )
     except (RuntimeError, ValueError) as e:
         log.warning("curve_spread: power law skipped: the fit failed (%s)", e)
         return None
@@ -282,6 +300,9 @@ def curve_spread(scratch: Scratch, method: Sequence[float], flops: float) -> dic
     """
     d = _prepare(scratch, method, flops)
     lin = matched_flops(list(zip(d.flops, d.means.tolist())), d.m_mean)
-    out = {"loglinear": lin.flops if lin.status == "matched" else None, "pchip": _pchip_match(d),
-           "power": _power_match(d)}
+    out = {
+        "loglinear": lin.flops if lin.status == "matched" else None,
+        "pchip": _pchip_match(d),
+        "power": _power_match(d),
+    }
     return {k: (1.0 - d.f / v if v and _inside(d, math.log10(v)) is not None else None) for k, v in out.items()}

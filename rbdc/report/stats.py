@@ -1,6 +1,7 @@
 """Statistics over runs: groups over seeds, FLOPs relative to the baseline, matched-FLOPs interpolation,
 seed noise.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,6 +27,7 @@ class GroupRow:
 
     Std is the sample std over seeds (ddof=1) and None with one seed. Optional fields are None when no run has them.
     """
+
     group: str
     protocol: str
     dataset: str
@@ -59,6 +61,7 @@ class Match:
         flops: Matched FLOPs for ``matched``; the largest budget for ``above_range`` (a lower bound on the FLOPs
             needed); the smallest budget for ``below_range`` (an upper bound); the only budget for ``one_budget``.
     """
+
     status: str
     flops: float
 
@@ -77,24 +80,24 @@ def _optional_mean(runs: Sequence[Run], key: str) -> float | None:
 def _protocol_rank(protocol: str, baseline_protocol: str) -> tuple:
     """Row order: the baseline, then the registry's order (RBDC, the growth baselines), then unregistered ones."""
     if protocol == baseline_protocol:
-        return (0, 0, '')
+        return (0, 0, "")
     order = protocols.names()
     if protocol in order:
-        return (1, order.index(protocol), '')
+        return (1, order.index(protocol), "")
     return (2, 0, protocol)
 
 
 def _stages_text(results: dict) -> str:
-    stages = results.get('stages') or []
+    stages = results.get("stages") or []
     parts = []
     for s in stages:
-        if isinstance(s, dict) and 'stage' in s:
-            epochs = s.get('epochs')
-            parts.append(f'{s["stage"]}:{s.get("model", "?")}:{epochs if epochs is not None else "?"}ep')
-    return ' + '.join(parts)
+        if isinstance(s, dict) and "stage" in s:
+            epochs = s.get("epochs")
+            parts.append(f"{s['stage']}:{s.get('model', '?')}:{epochs if epochs is not None else '?'}ep")
+    return " + ".join(parts)
 
 
-def summarize_groups(runs: Sequence[Run], baseline_protocol: str = 'scratch') -> list[GroupRow]:
+def summarize_groups(runs: Sequence[Run], baseline_protocol: str = "scratch") -> list[GroupRow]:
     """Reduces runs to one row per group and attaches the FLOPs ratio to the baseline.
 
     The baseline of a row is the ``baseline_protocol`` group of the same dataset and model with the largest mean
@@ -115,29 +118,43 @@ def summarize_groups(runs: Sequence[Run], baseline_protocol: str = 'scratch') ->
         by_group.setdefault(run.group, []).append(run)
     rows = []
     for group, members in by_group.items():
-        members.sort(key=lambda r: (r.results['seed'], r.results['name'], str(r.path)))
+        members.sort(key=lambda r: (r.results["seed"], r.results["name"], str(r.path)))
         first = members[0]
         for r in members[1:]:
-            for key in ('protocol', 'dataset', 'model'):
+            for key in ("protocol", "dataset", "model"):
                 if r.results[key] != first.results[key]:
-                    raise UserError(f'group "{group}" mixes {key} {first.results[key]!r} ({first.path}) and '
-                                    f'{r.results[key]!r} ({r.path}): give the runs different "group" names')
+                    raise UserError(
+                        f'group "{group}" mixes {key} {first.results[key]!r} ({first.path}) and '
+                        f'{r.results[key]!r} ({r.path}): give the runs different "group" names'
+                    )
         for a, b in zip(members, members[1:]):
-            if a.results['seed'] == b.results['seed']:
-                raise UserError(f'group "{group}" has seed {a.results["seed"]} twice ({a.path} and {b.path}): '
-                                'pass only one of them, or the mean would count that seed twice')
-        top1_mean, top1_std = _mean_std([float(r.results['eval_top1']) for r in members])
-        top5 = [float(r.results['eval_top5']) for r in members if r.results.get('eval_top5') is not None]
+            if a.results["seed"] == b.results["seed"]:
+                raise UserError(
+                    f'group "{group}" has seed {a.results["seed"]} twice ({a.path} and {b.path}): '
+                    "pass only one of them, or the mean would count that seed twice"
+                )
+        top1_mean, top1_std = _mean_std([float(r.results["eval_top1"]) for r in members])
+        top5 = [float(r.results["eval_top5"]) for r in members if r.results.get("eval_top5") is not None]
         top5_mean, top5_std = _mean_std(top5) if top5 else (None, None)
-        rows.append(GroupRow(
-            group=group, protocol=first.protocol, dataset=first.results['dataset'], model=first.results['model'],
-            seeds=tuple(r.results['seed'] for r in members), runs=tuple(members),
-            top1_mean=top1_mean, top1_std=top1_std, top5_mean=top5_mean, top5_std=top5_std,
-            flops_mean=float(statistics.mean([float(r.results['total_train_flops']) for r in members])),
-            peak_mem_mb_mean=_optional_mean(members, 'peak_mem_mb'), wall_s_mean=_optional_mean(members, 'wall_s'),
-            devices=tuple(sorted({str(r.results['device']) for r in members if r.results.get('device')})),
-            stages=_stages_text(first.results),
-        ))
+        rows.append(
+            GroupRow(
+                group=group,
+                protocol=first.protocol,
+                dataset=first.results["dataset"],
+                model=first.results["model"],
+                seeds=tuple(r.results["seed"] for r in members),
+                runs=tuple(members),
+                top1_mean=top1_mean,
+                top1_std=top1_std,
+                top5_mean=top5_mean,
+                top5_std=top5_std,
+                flops_mean=float(statistics.mean([float(r.results["total_train_flops"]) for r in members])),
+                peak_mem_mb_mean=_optional_mean(members, "peak_mem_mb"),
+                wall_s_mean=_optional_mean(members, "wall_s"),
+                devices=tuple(sorted({str(r.results["device"]) for r in members if r.results.get("device")})),
+                stages=_stages_text(first.results),
+            )
+        )
     rows.sort(key=lambda g: (g.dataset, g.model, _protocol_rank(g.protocol, baseline_protocol), g.flops_mean, g.group))
     out = []
     for row in rows:
@@ -161,7 +178,7 @@ def _envelope(points: Sequence[tuple[float, float]]) -> tuple[np.ndarray, np.nda
     """Log10 FLOPs and the running maximum of top-1: the monotone curve "best accuracy reached with F FLOPs"."""
     pts = np.array(sorted((float(f), float(a)) for f, a in points)).reshape(-1, 2)
     if (pts[:, 0] <= 0).any():
-        raise ValueError(f'FLOPs must be positive for a log-FLOPs curve, got {pts[:, 0].tolist()}')
+        raise ValueError(f"FLOPs must be positive for a log-FLOPs curve, got {pts[:, 0].tolist()}")
     return np.log10(pts[:, 0]), np.maximum.accumulate(pts[:, 1])
 
 
@@ -183,17 +200,17 @@ def matched_flops(points: Sequence[tuple[float, float]], top1: float) -> Match:
         ValueError: ``points`` is empty or holds non-positive FLOPs.
     """
     if not points:
-        raise ValueError('matched_flops needs at least one baseline point')
+        raise ValueError("matched_flops needs at least one baseline point")
     xs, ys = _envelope(points)
     if len(xs) == 1:
-        return Match('one_budget', 10 ** float(xs[0]))
+        return Match("one_budget", 10 ** float(xs[0]))
     if top1 < ys[0]:
-        return Match('below_range', 10 ** float(xs[0]))
+        return Match("below_range", 10 ** float(xs[0]))
     if top1 > ys[-1]:
-        return Match('above_range', 10 ** float(xs[-1]))
+        return Match("above_range", 10 ** float(xs[-1]))
     # The inverse of the curve, read from its far end: on a flat stretch np.interp takes the last point at or below
     # the value, which, reversed, is the first FLOPs that reach it.
-    return Match('matched', 10 ** float(np.interp(-top1, -ys[::-1], xs[::-1])))
+    return Match("matched", 10 ** float(np.interp(-top1, -ys[::-1], xs[::-1])))
 
 
 def top1_at_flops(points: Sequence[tuple[float, float]], flops: float) -> float | None:
@@ -232,8 +249,22 @@ def seed_noise(a: GroupRow, b: GroupRow) -> tuple[float | None, bool | None]:
 
 # Two-sided 95% Student t quantiles by degrees of freedom; other dofs round down to a tabulated one (a wider,
 # conservative interval).
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-        12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+T975 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    12: 2.179,
+    15: 2.131,
+    20: 2.086,
+    30: 2.042,
+}
 
 
 def t975(dof: float) -> float:
@@ -257,5 +288,5 @@ def welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float | None]:
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
     if va + vb == 0:
         return d, 0.0
-    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     return d, t975(dof) * math.sqrt(va + vb)

@@ -1,5 +1,6 @@
 """The study report's figures: Fig. 2 (top-1 vs training FLOPs per panel, zoomed to the compared methods, baselines
 far below in an inset), Fig. 3 (top-1 vs the training ratio beside scratch's band) and the saving vs budget."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,20 +15,23 @@ from .fmt import budget as _budget
 from .study import BOUND, PAPER_SAVING, Point, series, recipe_value
 from .study_sections import ratio_meaning
 
-FAR_BELOW = 5.0   # top-1 points: a series whose every upper 95% end is this far below scratch's curve goes to the inset
-DODGE = 0.04      # log2 FLOPs between neighbouring series at one budget: markers side by side, not on top
+FAR_BELOW = 5.0  # top-1 points: a series whose every upper 95% end is this far below scratch's curve goes to the inset
+DODGE = 0.04  # log2 FLOPs between neighbouring series at one budget: markers side by side, not on top
 SAVING_LIM = (-45.0, 60.0)  # shows +-40% and the paper's 30%; an interval beyond it ends in an arrow
 SCRATCH = "#4d4d4d"
-FIG2_NOTE = (f"Each panel is zoomed to the compared methods; a series whose every point lies more than "
-             f"{FAR_BELOW:g} top-1 points below scratch's curve is drawn in the inset at full scale. Markers at one "
-             f"budget are dodged sideways by a few percent of FLOPs to stay apart (their FLOPs agree within 0.1%: "
-             f"the tables); the ticks are scratch's budgets.")
+FIG2_NOTE = (
+    f"Each panel is zoomed to the compared methods; a series whose every point lies more than "
+    f"{FAR_BELOW:g} top-1 points below scratch's curve is drawn in the inset at full scale. Markers at one "
+    f"budget are dodged sideways by a few percent of FLOPs to stay apart (their FLOPs agree within 0.1%: "
+    f"the tables); the ticks are scratch's budgets."
+)
 
 
 def _figure(width: float, height: float):
     # Figure + FigureCanvasAgg instead of pyplot: no global backend switch, no figure manager to leak
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), dpi=110)
     FigureCanvasAgg(fig)
     return fig
@@ -73,9 +77,18 @@ def _draw(ax, named, colors: dict, dodged: bool, scratch_name: str) -> None:
         color, marker = colors[name]
         j = others.index(name) if name in others else None
         shift = 2 ** (DODGE * _slot(j, len(others))) if dodged and j is not None else 1.0
-        ax.errorbar([p.flops_mean * shift for p in ps], [p.mean for p in ps], yerr=[p.half_width or 0 for p in ps],
-                    color=color, marker=marker, markersize=5.5, capsize=2.5, label=name,
-                    linewidth=2.0 if j is None else 1.2, zorder=3 if j is None else 4)
+        ax.errorbar(
+            [p.flops_mean * shift for p in ps],
+            [p.mean for p in ps],
+            yerr=[p.half_width or 0 for p in ps],
+            color=color,
+            marker=marker,
+            markersize=5.5,
+            capsize=2.5,
+            label=name,
+            linewidth=2.0 if j is None else 1.2,
+            zorder=3 if j is None else 4,
+        )
 
 
 def _slot(j: int, n: int) -> int:
@@ -88,11 +101,15 @@ def _zoom(ax, scratch: list[Point], near: list[tuple[str, list[Point]]]) -> None
     """Limits around the compared series (half a budget step beyond them) and scratch's curve inside that window;
     ticks at scratch's budgets inside it, labelled with their FLOPs and budget (one label per budget)."""
     from matplotlib.ticker import FixedLocator, NullLocator
+
     compared = [p for n, ps in near for p in ps] or scratch
     lo, hi = min(p.flops_mean for p in compared) / 1.45, max(p.flops_mean for p in compared) * 1.45
     at = _curve(scratch)
-    ys = [at(lo), at(hi)] + [v for p in [*compared, *(s for s in scratch if lo <= s.flops_mean <= hi)]
-                            for v in (p.mean - (p.half_width or 0), p.mean + (p.half_width or 0))]
+    ys = [at(lo), at(hi)] + [
+        v
+        for p in [*compared, *(s for s in scratch if lo <= s.flops_mean <= hi)]
+        for v in (p.mean - (p.half_width or 0), p.mean + (p.half_width or 0))
+    ]
     pad = 0.06 * (max(ys) - min(ys) or 1.0)
     ax.set_xscale("log")
     ax.set_xlim(lo, hi)
@@ -106,6 +123,7 @@ def _zoom(ax, scratch: list[Point], near: list[tuple[str, list[Point]]]) -> None
 def _inset(ax, scratch_name: str, scratch: list[Point], far: list, colors: dict) -> None:
     """The series far below scratch, at full scale, beside scratch's whole curve."""
     from matplotlib.ticker import NullFormatter
+
     ins = ax.inset_axes([0.60, 0.08, 0.38, 0.36])
     _draw(ins, [(scratch_name, scratch), *far], colors, dodged=False, scratch_name=scratch_name)
     ins.set_xscale("log")
@@ -145,12 +163,15 @@ def _fig3(points: dict, spec: dict, path: Path) -> Path:
     """Top-1 against the training ratio at one budget, scratch's mean and 95% band at that budget behind it; each
     tick names the ratio and the epochs per level it gives."""
     r = spec["ratio"]
-    rows = sorted((p for name in r["points"] for p in series(points, name) if p.budget == r["budget"]),
-                  key=lambda p: recipe_value(p, r["key"]))
+    rows = sorted(
+        (p for name in r["points"] for p in series(points, name) if p.budget == r["budget"]),
+        key=lambda p: recipe_value(p, r["key"]),
+    )
     fig = _figure(6.4, 4.4)
     ax = fig.add_subplot()
-    base = r.get("baseline") or next((pn["baseline"] for pn in spec.get("panels", [])
-                                      if set(pn["series"]) & set(r["points"])), None)
+    base = r.get("baseline") or next(
+        (pn["baseline"] for pn in spec.get("panels", []) if set(pn["series"]) & set(r["points"])), None
+    )
     ref = [s for s in series(points, base) if s.budget == r["budget"]] if base else []
     if ref:
         s = ref[0]
@@ -160,11 +181,19 @@ def _fig3(points: dict, spec: dict, path: Path) -> Path:
     if rows:
         color, marker = series_colors([(rows[0].point, rows[0].protocol)])[rows[0].point]
         xs = [recipe_value(p, r["key"]) for p in rows]
-        ax.errorbar(xs, [p.mean for p in rows], yerr=[p.half_width or 0 for p in rows], color=color, marker=marker,
-                    capsize=3, label=f"RBDC, {r['key']} = r")
+        ax.errorbar(
+            xs,
+            [p.mean for p in rows],
+            yerr=[p.half_width or 0 for p in rows],
+            color=color,
+            marker=marker,
+            capsize=3,
+            label=f"RBDC, {r['key']} = r",
+        )
         ax.set_xticks(xs, [f"{x:g}\n{p.label()}" for x, p in zip(xs, rows)], fontsize=7)
-        ax.set_xlabel(f"training ratio r: {ratio_meaning(rows[0], r['key'])}\n(under each r: epochs per level)",
-                      fontsize=8)
+        ax.set_xlabel(
+            f"training ratio r: {ratio_meaning(rows[0], r['key'])}\n(under each r: epochs per level)", fontsize=8
+        )
     ax.set_ylabel("final top-1 (%), mean ± 95% CI over seeds", fontsize=8)
     ax.set_title(f"RBDC at budget {r['budget']:g} target epochs: every point at the same FLOPs", fontsize=9)
     ax.grid(True, alpha=0.3)
@@ -217,5 +246,12 @@ def _saving_series(ax, rows, style: tuple[str, str], name: str, lim: tuple[float
         ax.plot([x, x], [lo, hi], color=color, linewidth=1.2)
         for end, edge, arrow in ((lo, lim[0], "v"), (hi, lim[1], "^")):
             ax.plot([x], [end], color=color, marker=arrow if end == edge else "_", markersize=7)
-        ax.plot([x], [min(max(y, lim[0]), lim[1])], color=color, marker=marker, markersize=6,
-                markerfacecolor="white" if s["status"] != "matched" else color, label=name if i == 0 else None)
+        ax.plot(
+            [x],
+            [min(max(y, lim[0]), lim[1])],
+            color=color,
+            marker=marker,
+            markersize=6,
+            markerfacecolor="white" if s["status"] != "matched" else color,
+            label=name if i == 0 else None,
+        )

@@ -1,5 +1,6 @@
 """The tables of a study report: each Fig. 2 panel with its savings and head-to-head pairs, the tuning trials, the
 coupled models before training, Fig. 3's ratio, the comparisons against a reference point, and where the runs ran."""
+
 from __future__ import annotations
 
 import math
@@ -30,36 +31,47 @@ def panel_section(points: dict, panel: dict, savings: dict, verdict: list[str]) 
     """One Fig. 2 panel: its points, the saving of each series against the panel's scratch (added to ``savings``),
     head-to-head pairs and the verdict line of each series (added to ``verdict``)."""
     scratch = series(points, panel["baseline"])
-    md = [f"## {panel['title']}: top-1 vs training FLOPs (Fig. 2)", "",
-          "| point | protocol | budget (target epochs) | seeds | train FLOPs | epochs per level | top-1 (95% CI) |",
-          "|---|---|---|---|---|---|---|"]
+    md = [
+        f"## {panel['title']}: top-1 vs training FLOPs (Fig. 2)",
+        "",
+        "| point | protocol | budget (target epochs) | seeds | train FLOPs | epochs per level | top-1 (95% CI) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name in [panel["baseline"], *panel["series"]]:
         for p in series(points, name):
-            md.append(f"| {p.point} | {p.protocol} | {_budget(p.budget)} | {_seeds(p)} | "
-                      f"{human_flops(p.flops_mean)} | {p.label()} | {_top1(p)} |")
+            md.append(
+                f"| {p.point} | {p.protocol} | {_budget(p.budget)} | {_seeds(p)} | "
+                f"{human_flops(p.flops_mean)} | {p.label()} | {_top1(p)} |"
+            )
     md.append("")
     if len(scratch) < 2:
         return md + ["Scratch has fewer than two finished budgets: no curve to match savings on yet.", ""]
-    md += [f"### FLOPs saving against {panel['baseline']} (matched top-1 on scratch's curve)", "",
-           f"Saving = 1 − F / F_scratch(top-1): F_scratch is where scratch's monotone, log-linear curve of mean "
-           f"top-1 over its {len(scratch)} budgets ({', '.join(_budget(s.budget) for s in scratch)} target "
-           f"epochs) reaches the point's mean top-1. Positive: fewer FLOPs than scratch for the same accuracy. "
-           f"'above' / 'below': the point lies outside scratch's range, so the saving is a bound (≥ / ≤). "
-           f"Other curves: the same saving on a monotone cubic (PCHIP) through scratch's means and on a power law "
-           f"(top-1 = a − b·F^−c) fitted to them, the curve model's systematic error beside the interval's "
-           f"statistical one ('–': the point's mean lies outside that curve over scratch's range, or the power law "
-           f"has fewer than 3 budgets or does not fit).", "",
-           "| point | budget | seeds | top-1 | matched scratch FLOPs | saving | 95% interval | other curves: PCHIP / "
-           "power | p (saving = 30%) |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    md += [
+        f"### FLOPs saving against {panel['baseline']} (matched top-1 on scratch's curve)",
+        "",
+        f"Saving = 1 − F / F_scratch(top-1): F_scratch is where scratch's monotone, log-linear curve of mean "
+        f"top-1 over its {len(scratch)} budgets ({', '.join(_budget(s.budget) for s in scratch)} target "
+        f"epochs) reaches the point's mean top-1. Positive: fewer FLOPs than scratch for the same accuracy. "
+        f"'above' / 'below': the point lies outside scratch's range, so the saving is a bound (≥ / ≤). "
+        f"Other curves: the same saving on a monotone cubic (PCHIP) through scratch's means and on a power law "
+        f"(top-1 = a − b·F^−c) fitted to them, the curve model's systematic error beside the interval's "
+        f"statistical one ('–': the point's mean lies outside that curve over scratch's range, or the power law "
+        f"has fewer than 3 budgets or does not fit).",
+        "",
+        "| point | budget | seeds | top-1 | matched scratch FLOPs | saving | 95% interval | other curves: PCHIP / "
+        "power | p (saving = 30%) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name in panel["series"]:
         for p in series(points, name):
             s = saving_with_interval(scratch, p)
             savings.setdefault(name, []).append((p, s))
             bound = {"matched": "", **BOUND}.get(s["status"], "")
-            md.append(f"| {p.point} | {_budget(p.budget)} | {_seeds(p)} | {_top1(p)} | "
-                      f"{human_flops(p.flops_mean / (1 - s['saving']))} | {bound}{100 * s['saving']:.1f}% | "
-                      f"{s['text']} | {_spread(s['spread'])} | {p_value(s['p30'])} |")
+            md.append(
+                f"| {p.point} | {_budget(p.budget)} | {_seeds(p)} | {_top1(p)} | "
+                f"{human_flops(p.flops_mean / (1 - s['saving']))} | {bound}{100 * s['saving']:.1f}% | "
+                f"{s['text']} | {_spread(s['spread'])} | {p_value(s['p30'])} |"
+            )
     md.append("")
     md += _head_to_head(points, panel)
     verdict += [_verdict_line(name, panel, savings[name]) for name in panel["series"] if savings.get(name)]
@@ -72,18 +84,27 @@ def _spread(spread: dict) -> str:
 
 
 def _verdict_line(name: str, panel: dict, rows: list) -> str:
-    words = "; ".join(f"b{_budget(p.budget)}: {BOUND.get(s['status'], '')}{100 * s['saving']:+.1f}% "
-                      f"{s['text']} ({verdict_word(s['lo'], s['hi'])}{OUTSIDE.get(s['status'], '')})"
-                      for p, s in rows)
+    words = "; ".join(
+        f"b{_budget(p.budget)}: {BOUND.get(s['status'], '')}{100 * s['saving']:+.1f}% "
+        f"{s['text']} ({verdict_word(s['lo'], s['hi'])}{OUTSIDE.get(s['status'], '')})"
+        for p, s in rows
+    )
     pays = [p for p, s in rows if s["lo"] > 0]
     paper = [p for p, s in rows if s["lo"] <= PAPER_SAVING <= s["hi"]]
-    return (f"- **{name}** ({panel['title']}): {words}. "
-            + (f"Its saving is above zero at budget(s) {', '.join(_budget(p.budget) for p in pays)} "
-               f"of {', '.join(_budget(p.budget) for p, _ in rows)} target epochs. " if pays else
-               "At no budget is its saving distinguishable from zero or better. ")
-            + (f"The paper's 30% lies inside the interval at budget(s) "
-               f"{', '.join(_budget(p.budget) for p in paper)}." if paper else
-               "The paper's 30% lies outside every interval."))
+    return (
+        f"- **{name}** ({panel['title']}): {words}. "
+        + (
+            f"Its saving is above zero at budget(s) {', '.join(_budget(p.budget) for p in pays)} "
+            f"of {', '.join(_budget(p.budget) for p, _ in rows)} target epochs. "
+            if pays
+            else "At no budget is its saving distinguishable from zero or better. "
+        )
+        + (
+            f"The paper's 30% lies inside the interval at budget(s) {', '.join(_budget(p.budget) for p in paper)}."
+            if paper
+            else "The paper's 30% lies outside every interval."
+        )
+    )
 
 
 def _diff_cells(a: Point, b: Point) -> str:
@@ -95,18 +116,23 @@ def _diff_cells(a: Point, b: Point) -> str:
 def _head_to_head(points: dict, panel: dict) -> list[str]:
     """Every pair of series of the panel at the same budget (equal FLOPs within 2%), RBDC first."""
     names = panel["series"]
-    lines = [f"### Head to head at equal FLOPs ({panel['title']})", "",
-             "| A | B | budget | FLOPs A / B | top-1 A − B (95% Welch CI) | beyond seed noise |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"### Head to head at equal FLOPs ({panel['title']})",
+        "",
+        "| A | B | budget | FLOPs A / B | top-1 A − B (95% Welch CI) | beyond seed noise |",
+        "|---|---|---|---|---|---|",
+    ]
     n = 0
     for i, a_name in enumerate(names):
-        for b_name in names[i + 1:]:
+        for b_name in names[i + 1 :]:
             for a in series(points, a_name):
                 for b in series(points, b_name):
                     if a.budget != b.budget or abs(a.flops_mean / b.flops_mean - 1) > 0.02:
                         continue
-                    lines.append(f"| {a.point} | {b.point} | {_budget(a.budget)} | {a.flops_mean / b.flops_mean:.3f} |"
-                                 f" {_diff_cells(a, b)} |")
+                    lines.append(
+                        f"| {a.point} | {b.point} | {_budget(a.budget)} | {a.flops_mean / b.flops_mean:.3f} |"
+                        f" {_diff_cells(a, b)} |"
+                    )
                     n += 1
     return lines + [""] if n else []
 
@@ -118,14 +144,18 @@ def tuning_section(study: Study, root: Path) -> list[str]:
         return []
     split = ", ".join(f"{k}={v}" for k, v in tune.split.items())
     budgets = [_budget(b) for b in tune.budgets]
-    md = ["## Tuning on a held-out split", "",
-          f"Every tuned point had {len(next(iter(tune.trials.values())))} trials, each at budgets "
-          f"{', '.join(budgets)} with seeds {', '.join(map(str, tune.seeds))}, trained on train minus the held-out "
-          f"part ({split}) and scored on that part, never on val (where every number above is measured). Score: the "
-          f"held-out top-1 averaged over seeds, then over budgets (a diverged run scores 0); the best score wins, "
-          f"ties go to the earlier trial.", "",
-          "| point | trial | settings | " + " | ".join(f"held-out top-1 b{b}" for b in budgets) + " | score | used |",
-          "|---|---|---|" + "---|" * len(budgets) + "---|---|"]
+    md = [
+        "## Tuning on a held-out split",
+        "",
+        f"Every tuned point had {len(next(iter(tune.trials.values())))} trials, each at budgets "
+        f"{', '.join(budgets)} with seeds {', '.join(map(str, tune.seeds))}, trained on train minus the held-out "
+        f"part ({split}) and scored on that part, never on val (where every number above is measured). Score: the "
+        f"held-out top-1 averaged over seeds, then over budgets (a diverged run scores 0); the best score wins, "
+        f"ties go to the earlier trial.",
+        "",
+        "| point | trial | settings | " + " | ".join(f"held-out top-1 b{b}" for b in budgets) + " | score | used |",
+        "|---|---|---|" + "---|" * len(budgets) + "---|---|",
+    ]
     for pid in tune.trials:
         rows = tuning.scores(tune, pid, trial_dir(study.name, root.parent))
         best = tuning.best_row(rows)
@@ -141,12 +171,16 @@ def tuning_section(study: Study, root: Path) -> list[str]:
 def coupled_table(points: dict, spec: dict) -> list[str]:
     """The coupled (grown) model's top-1 before further training, against its parts' final top-1 (the parts: the
     stage's parents in the run's manifest)."""
-    lines = ["## The coupled model before further training", "",
-             "Top-1 of the model right after coupling (or growing), before its first step, and the mean final top-1 "
-             "of the parts it was built from (its parents in the run's manifest): how much plain-LayerNorm coupling "
-             "loses (grouped LN is exact).", "",
-             "| point | budget | stage | seeds | parts' final top-1 | coupled top-1 before training |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "## The coupled model before further training",
+        "",
+        "Top-1 of the model right after coupling (or growing), before its first step, and the mean final top-1 "
+        "of the parts it was built from (its parents in the run's manifest): how much plain-LayerNorm coupling "
+        "loses (grouped LN is exact).",
+        "",
+        "| point | budget | stage | seeds | parts' final top-1 | coupled top-1 before training |",
+        "|---|---|---|---|---|---|",
+    ]
     n = 0
     names = [n_ for panel in spec.get("panels", []) for n_ in panel["series"]]
     names += [p for c in spec.get("compare", []) for p in (c["reference"], *c["points"])]
@@ -155,8 +189,10 @@ def coupled_table(points: dict, spec: dict) -> list[str]:
             before, parts = _before_and_parts(p)
             for stage in sorted(before):
                 part = f"{statistics.mean(parts[stage]):.2f}" if parts.get(stage) else "–"
-                lines.append(f"| {p.point} | {_budget(p.budget)} | {stage} | {len(before[stage])} | {part} | "
-                             f"{statistics.mean(before[stage]):.2f} |")
+                lines.append(
+                    f"| {p.point} | {_budget(p.budget)} | {stage} | {len(before[stage])} | {part} | "
+                    f"{statistics.mean(before[stage]):.2f} |"
+                )
                 n += 1
     return lines + [""] if n else []
 
@@ -176,8 +212,10 @@ def _before_and_parts(p: Point) -> tuple[dict[str, list[float]], dict[str, list[
     return before, parts
 
 
-RATIO_MEANING = {"epochs": "each narrow model trains r × the epochs of the model it is coupled into",
-                 "flops": "level l spends r × the FLOPs of level l + 1"}
+RATIO_MEANING = {
+    "epochs": "each narrow model trains r × the epochs of the model it is coupled into",
+    "flops": "level l spends r × the FLOPs of level l + 1",
+}
 
 
 def ratio_meaning(p: Point, key: str) -> str:
@@ -190,22 +228,34 @@ def ratio_section(points: dict, spec: dict, out: Path) -> list[str]:
     rows = [p for name in spec["points"] for p in series(points, name) if p.budget == spec["budget"]]
     rows = sorted(rows, key=lambda p: recipe_value(p, spec["key"]))
     meaning = f" The ratio r ({spec['key']}): {ratio_meaning(rows[0], spec['key'])}." if rows else ""
-    lines = [f"## Top-1 vs training ratio at budget {spec['budget']:g} (Fig. 3)", "",
-             f"![Fig. 3]({out.name}-fig3.png)", "",
-             f"Every point at the same training FLOPs; the band in the figure is scratch at the same budget.{meaning}",
-             "", f"| point | {spec['key']} | seeds | epochs per level | train FLOPs | top-1 (95% CI) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"## Top-1 vs training ratio at budget {spec['budget']:g} (Fig. 3)",
+        "",
+        f"![Fig. 3]({out.name}-fig3.png)",
+        "",
+        f"Every point at the same training FLOPs; the band in the figure is scratch at the same budget.{meaning}",
+        "",
+        f"| point | {spec['key']} | seeds | epochs per level | train FLOPs | top-1 (95% CI) |",
+        "|---|---|---|---|---|---|",
+    ]
     for p in rows:
-        lines.append(f"| {p.point} | {recipe_value(p, spec['key']):g} | {_seeds(p)} | {p.label()} | "
-                     f"{human_flops(p.flops_mean)} | {_top1(p)} |")
+        lines.append(
+            f"| {p.point} | {recipe_value(p, spec['key']):g} | {_seeds(p)} | {p.label()} | "
+            f"{human_flops(p.flops_mean)} | {_top1(p)} |"
+        )
     return lines + [""]
 
 
 def compare_section(points: dict, spec: dict) -> list[str]:
     ref = [p for p in series(points, spec["reference"]) if p.budget == spec["budget"]]
-    lines = [f"## {spec['title']}", "", f"Each point against {spec['reference']} at budget {spec['budget']:g}.", "",
-             "| point | seeds | top-1 (95% CI) | − reference (95% Welch CI) | beyond seed noise |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"## {spec['title']}",
+        "",
+        f"Each point against {spec['reference']} at budget {spec['budget']:g}.",
+        "",
+        "| point | seeds | top-1 (95% CI) | − reference (95% Welch CI) | beyond seed noise |",
+        "|---|---|---|---|---|",
+    ]
     if not ref:
         return lines + [f"| (reference {spec['reference']} not finished) | | | | |", ""]
     lines.append(f"| {spec['reference']} (reference) | {_seeds(ref[0])} | {_top1(ref[0])} | | |")
@@ -232,22 +282,33 @@ def hardware_section(points: dict, study: Study) -> list[str]:
         for r in p.runs:
             amp = load_yaml((r.path / rundir.RECIPE).read_text()).get("amp")
             paths = sorted({c for c in (_cpu_path(e, amp) for e in rundir.recorded_envs(r.path)) if c})
-            key = (" + ".join(sorted({c for c, _ in paths})), " + ".join(sorted({m for _, m in paths}))) \
-                if paths else ("not recorded", "")
+            key = (
+                (" + ".join(sorted({c for c, _ in paths})), " + ".join(sorted({m for _, m in paths})))
+                if paths
+                else ("not recorded", "")
+            )
             groups.setdefault(key, []).append(r)
     if list(groups) == [("not recorded", "")]:
         return []
-    lines = ["## Where the runs ran", "",
-             "The CPU each run's `command.txt` records: torch's capability and, for bf16 runs, how autocast's "
-             "matmuls ran: `onednn` kernels, or `fp32-rounded` (rbdc/training/bf16.py: fp32 GEMMs of bf16-rounded "
-             "operands, "
-             "rounded to bf16, equal to oneDNN's up to the fp32 summation order; what CPUs without bf16 kernels "
-             f"run). img/s: median over the epochs of each run's final model (summary.csv), at the threads it "
-             f"recorded, {study.jobs} run(s) at a time.", "",
-             "| CPU | bf16 matmuls | runs | median img/s (final model) |", "|---|---|---|---|"]
+    lines = [
+        "## Where the runs ran",
+        "",
+        "The CPU each run's `command.txt` records: torch's capability and, for bf16 runs, how autocast's "
+        "matmuls ran: `onednn` kernels, or `fp32-rounded` (rbdc/training/bf16.py: fp32 GEMMs of bf16-rounded "
+        "operands, "
+        "rounded to bf16, equal to oneDNN's up to the fp32 summation order; what CPUs without bf16 kernels "
+        f"run). img/s: median over the epochs of each run's final model (summary.csv), at the threads it "
+        f"recorded, {study.jobs} run(s) at a time.",
+        "",
+        "| CPU | bf16 matmuls | runs | median img/s (final model) |",
+        "|---|---|---|---|",
+    ]
     for (cpu, path), runs in sorted(groups.items()):
-        speeds = [float(row["img_per_s"]) for r in runs
-                  for row in rundir.read_summary(r.path / rundir.SUMMARY)[1]
-                  if row.get("img_per_s") and row.get("model") == r.results.get("model")]
+        speeds = [
+            float(row["img_per_s"])
+            for r in runs
+            for row in rundir.read_summary(r.path / rundir.SUMMARY)[1]
+            if row.get("img_per_s") and row.get("model") == r.results.get("model")
+        ]
         lines.append(f"| {cpu} | {path} | {len(runs)} | {f'{statistics.median(speeds):,.0f}' if speeds else '-'} |")
     return lines + [""]

@@ -8,6 +8,7 @@ command, then runs it: ``torchrun --standalone --nproc_per_node $NGPU -m rbdc.cl
 so rerunning a study continues it. ``--slurm`` submits one job per recipe with submitit, checkpoint-and-requeue:
 on preemption or timeout the job is requeued and the run directory resumes where it stopped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,19 @@ from ..training.preempt import PREEMPTED_EXIT
 def torchrun_command(recipe: str, output: str, extra: list[str]) -> list[str]:
     ngpu = os.environ.get("NGPU", "1")
     rdzv = shlex.split(os.environ.get("RBDC_TORCHRUN_ARGS", "--standalone"))
-    return ["torchrun", *rdzv, f"--nproc_per_node={ngpu}", "-m", "rbdc.cli", "train", "-c", recipe, "-o", output,
-            *extra]
+    return [
+        "torchrun",
+        *rdzv,
+        f"--nproc_per_node={ngpu}",
+        "-m",
+        "rbdc.cli",
+        "train",
+        "-c",
+        recipe,
+        "-o",
+        output,
+        *extra,
+    ]
 
 
 class SlurmTrain:
@@ -38,16 +50,23 @@ class SlurmTrain:
 
     def __call__(self):
         import submitit
+
         env = submitit.JobEnvironment()
-        os.environ.update(RANK=str(env.global_rank), WORLD_SIZE=str(env.num_tasks), LOCAL_RANK=str(env.local_rank),
-                          MASTER_ADDR=env.hostnames[0], MASTER_PORT=os.environ.get("MASTER_PORT", "29500"))
+        os.environ.update(
+            RANK=str(env.global_rank),
+            WORLD_SIZE=str(env.num_tasks),
+            LOCAL_RANK=str(env.local_rank),
+            MASTER_ADDR=env.hostnames[0],
+            MASTER_PORT=os.environ.get("MASTER_PORT", "29500"),
+        )
         rc = cli.main(["train", "-c", self.recipe, "-o", self.output, *self.extra])
         if rc == PREEMPTED_EXIT:  # checkpointed at a step boundary: requeue as submitit's own handler does
-            env._requeue(1)   # local executor: exit 144, run again; Slurm: scontrol requeue
+            env._requeue(1)  # local executor: exit 144, run again; Slurm: scontrol requeue
         return rc
 
     def checkpoint(self, *args, **kwargs):
         import submitit
+
         return submitit.helpers.DelayedSubmission(SlurmTrain(self.recipe, self.output, self.extra))
 
 
@@ -58,17 +77,25 @@ def submit_slurm(recipes: list[str], output: str, extra: list[str], args) -> Non
         raise UserError("--slurm needs submitit: pip install 'rbdc[slurm]'") from e
     ex = submitit.AutoExecutor(folder=Path(output) / "slurm" / "%j")
     ngpu = int(os.environ.get("NGPU", "8"))
-    ex.update_parameters(nodes=int(os.environ.get("NNODES", "1")), gpus_per_node=ngpu, tasks_per_node=ngpu,
-                         cpus_per_task=int(os.environ.get("CPUS_PER_TASK", "10")), timeout_min=args.timeout_min,
-                         slurm_partition=args.partition, slurm_signal_delay_s=120, name="rbdc")
+    ex.update_parameters(
+        nodes=int(os.environ.get("NNODES", "1")),
+        gpus_per_node=ngpu,
+        tasks_per_node=ngpu,
+        cpus_per_task=int(os.environ.get("CPUS_PER_TASK", "10")),
+        timeout_min=args.timeout_min,
+        slurm_partition=args.partition,
+        slurm_signal_delay_s=120,
+        name="rbdc",
+    )
     for r in recipes:
         job = ex.submit(SlurmTrain(r, output, extra))
         print(f"submitted {r} as Slurm job {job.job_id}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m rbdc.runs.launch", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m rbdc.runs.launch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("recipes", nargs="+")
     p.add_argument("--output", "-o", default=os.environ.get("RBDC_OUT", "runs"))
     p.add_argument("--dry-run", action="store_true", help="print plans and commands, train nothing")

@@ -5,6 +5,7 @@ A :class:`Manifest` is a value: adding a stage returns a new one, so that nothin
 A stage trained by a parallel child process (``rbdc.jobs`` > 1, :mod:`rbdc.runs.parallel`) is handed over in the child's
 ``stages/<id>/stage.json`` (:func:`save_child_result`) and joins the run with :meth:`Manifest.with_child_result`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -21,8 +22,8 @@ __all__ = ["Manifest", "save_child_result", "child_done"]
 
 @dataclass(frozen=True)
 class Manifest:
-    stages: dict[str, dict] = field(default_factory=dict)   # stage id -> entry (see :meth:`entry`)
-    rows: list[dict] = field(default_factory=list)          # summary.csv's rows up to the last stage done
+    stages: dict[str, dict] = field(default_factory=dict)  # stage id -> entry (see :meth:`entry`)
+    rows: list[dict] = field(default_factory=list)  # summary.csv's rows up to the last stage done
     ledger: Ledger = field(default_factory=Ledger)
 
     @classmethod
@@ -39,13 +40,19 @@ class Manifest:
         return stage in self.stages
 
     @staticmethod
-    def entry(run_dir: RunDir | Path, model: str, final: Path, parents: list[dict], steps: int,
-              optimizer: Path | None = None) -> dict:
+    def entry(
+        run_dir: RunDir | Path, model: str, final: Path, parents: list[dict], steps: int, optimizer: Path | None = None
+    ) -> dict:
         """A finished stage's entry: its model, final weights and (``optimizer``) carried state with their sha256,
         ``parents`` (``{stage, path, sha256}`` of the weights it started from) and its steps."""
         root = Path(run_dir)
-        entry = {"model": model, "final": str(final.relative_to(root)), "sha256": sha256(final), "parents": parents,
-                 "steps": steps}
+        entry = {
+            "model": model,
+            "final": str(final.relative_to(root)),
+            "sha256": sha256(final),
+            "parents": parents,
+            "steps": steps,
+        }
         if optimizer is not None:
             entry["optimizer"] = {"path": str(optimizer.relative_to(root)), "sha256": sha256(optimizer)}
         return entry
@@ -68,15 +75,18 @@ class Manifest:
         """The path of a file the entry of ``stage`` lists (``final`` weights, or ``optimizer`` state), after
         checking that it is there with the sha256 recorded when the stage finished."""
         entry = self.stages[stage]
-        rel, digest = (entry["final"], entry["sha256"]) if key == "final" else (entry[key]["path"],
-                                                                               entry[key]["sha256"])
+        rel, digest = (
+            (entry["final"], entry["sha256"]) if key == "final" else (entry[key]["path"], entry[key]["sha256"])
+        )
         path = Path(run_dir) / rel
         if not path.is_file():
-            raise UserError(f"{path} is missing, but {rundir.MANIFEST} says stage {stage} wrote it; restore it, or "
-                            f"{rundir.NEW_RUN}")
+            raise UserError(
+                f"{path} is missing, but {rundir.MANIFEST} says stage {stage} wrote it; restore it, or {rundir.NEW_RUN}"
+            )
         if sha256(path) != digest:
-            raise UserError(f"{path} changed since stage {stage} wrote it (sha256 mismatch); restore it, or "
-                            f"{rundir.NEW_RUN}")
+            raise UserError(
+                f"{path} changed since stage {stage} wrote it (sha256 mismatch); restore it, or {rundir.NEW_RUN}"
+            )
         return path
 
 

@@ -3,6 +3,7 @@ time (one GPU each when there are GPUs). Each child runs ``python -m rbdc.runs.t
 (:func:`rbdc.runs.train.train_child`), writes its stage's result to ``stages/<id>/stage.json`` and its output to
 ``stages/<id>.log``; the parent merges the results into the run in stage order (:mod:`rbdc.runs.manifest`).
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,10 @@ def train_in_parallel(run_dir: RunDir | Path, stages: list, jobs: int, log=print
     failure stops the others and is raised (:class:`rbdc.errors.RunFailed` with the child's ``failed.json``)."""
     run_dir = RunDir(run_dir)
     ngpu = torch.cuda.device_count()
-    log(f"level {stages[0].level}: training {', '.join(s.id for s in stages)} in {min(jobs, len(stages))} "
-        f"parallel processes")
+    log(
+        f"level {stages[0].level}: training {', '.join(s.id for s in stages)} in {min(jobs, len(stages))} "
+        f"parallel processes"
+    )
     running: list = []
     try:
         for i, st in enumerate(stages):
@@ -59,5 +62,7 @@ def _wait(run_dir: RunDir, stage: str, proc: subprocess.Popen) -> None:
         child = run_dir.failed(stage)
         if child:
             raise RunFailed(child["reason"], stage=stage, step=child["step"], diverged=child["diverged"])
-        raise UserError(f"stage {stage} failed (exit {proc.returncode}); see {run_dir.stage_log(stage)}; rerun the "
-                        f"same command to resume")
+        raise UserError(
+            f"stage {stage} failed (exit {proc.returncode}); see {run_dir.stage_log(stage)}; rerun the "
+            f"same command to resume"
+        )

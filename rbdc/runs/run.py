@@ -2,6 +2,7 @@
 forward, one :meth:`Run.run_stage` at a time: a stage done already is kept, one a parallel child trained
 (:mod:`rbdc.runs.parallel`) is merged, any other is trained here (:meth:`Run.train`, the engine's
 :func:`rbdc.training.engine.train_stage`) and recorded in the manifest (:mod:`rbdc.runs.manifest`)."""
+
 from __future__ import annotations
 
 import os
@@ -39,11 +40,18 @@ def _device(recipe: dict, d: Dist) -> torch.device:
 
 def _env_info(device: torch.device, amp: str | None = None) -> dict:
     import timm
+
     cpu = {**perf.cpu_info(), **({"bf16_matmul": bf16.matmul_path()} if amp == "bf16" else {})}
-    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
-            **({} if device.type == "cuda" else {"cpu": cpu}),
-            "host": platform.node(), "threads": torch.get_num_threads(), "code": code_version()}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        **({} if device.type == "cuda" else {"cpu": cpu}),
+        "host": platform.node(),
+        "threads": torch.get_num_threads(),
+        "code": code_version(),
+    }
 
 
 class Run:
@@ -66,8 +74,10 @@ class Run:
             raise UserError(f"{self.dir} is a file, not a run directory; move it away or pick another --output")
         # resolved, so that a run written before a new recipe key existed (with its default) still resumes
         if existing.is_file() and existing.read_text() != text and recipes.resolve(existing) != self.recipe:
-            raise UserError(f"{self.dir} holds a run of a different recipe (see its {rundir.RECIPE}); resume it with "
-                            f"`rbdc train --recipe {existing}`, or pick another --output or name")
+            raise UserError(
+                f"{self.dir} holds a run of a different recipe (see its {rundir.RECIPE}); resume it with "
+                f"`rbdc train --recipe {existing}`, or pick another --output or name"
+            )
         self.dir.refuse_diverged()
         if not self.d.main:
             return
@@ -76,14 +86,18 @@ class Run:
         env = _env_info(self.device, self.recipe.amp)
         mixed = self.dir.mixed_with(env)
         if mixed and not self.allow_mixed:
-            raise UserError(f"{self.dir} started under {mixed[0]} and would resume under {mixed[1]}: a run "
-                            "mixes neither; resume it where it started, start a new run, or pass --allow-mixed")
+            raise UserError(
+                f"{self.dir} started under {mixed[0]} and would resume under {mixed[1]}: a run "
+                "mixes neither; resume it where it started, start a new run, or pass --allow-mixed"
+            )
         atomic_write_bytes(existing, text.encode())
         self.dir.append_command(self.command, {**env, **({"mixed": list(mixed)} if mixed else {})})
         if self.recipe.amp == "bf16" and bf16.needed(self.device):
-            self.log("this CPU has no bf16 matmul kernels: bf16 autocast runs its matmuls as fp32 GEMMs of "
-                     "bf16-rounded operands, rounded to bf16 (oneDNN's result up to summation order; "
-                     "rbdc/training/bf16.py)")
+            self.log(
+                "this CPU has no bf16 matmul kernels: bf16 autocast runs its matmuls as fp32 GEMMs of "
+                "bf16-rounded operands, rounded to bf16 (oneDNN's result up to summation order; "
+                "rbdc/training/bf16.py)"
+            )
 
     def plan(self) -> None:
         """The data and the stages: an impossible plan is refused before the run directory exists."""
@@ -97,11 +111,15 @@ class Run:
     def start(self) -> None:
         """Say what runs, and open the evaluation loader: before the first stage."""
         rec, train_ds, val_ds = self.recipe, self.train_ds, self.val_ds
-        self.log(f"run {self.dir}  ({rec.protocol}, target {rec.model}, {len(train_ds):,} train / "
-                 f"{len(val_ds):,} {val_ds.split} images, device {self.device})")
+        self.log(
+            f"run {self.dir}  ({rec.protocol}, target {rec.model}, {len(train_ds):,} train / "
+            f"{len(val_ds):,} {val_ds.split} images, device {self.device})"
+        )
         self.log(describe_plan(rec, self.stages, len(train_ds), self.num_classes))
-        self.log(f"effective global batch {rec.batch_size} (micro-batch {self.micro} x {self.d.world} "
-                 f"process(es)), lr {lr_for(rec):.3g} = {rec.lr_base:g} x {rec.batch_size}/512")
+        self.log(
+            f"effective global batch {rec.batch_size} (micro-batch {self.micro} x {self.d.world} "
+            f"process(es)), lr {lr_for(rec):.3g} = {rec.lr_base:g} x {rec.batch_size}/512"
+        )
         self.val_loader = build_loader(val_ds, batch_size=max(self.micro, 64), train=False, **self._loader_kw())
 
     def execute(self) -> dict:
@@ -138,16 +156,24 @@ class Run:
         self._barrier()
         return man
 
-    def train(self, st: Stage, man: Manifest, rows: list[dict], ledger: Ledger,
-              progress: bool = True) -> tuple[dict, list[dict], Ledger]:
+    def train(
+        self, st: Stage, man: Manifest, rows: list[dict], ledger: Ledger, progress: bool = True
+    ) -> tuple[dict, list[dict], Ledger]:
         """Train stage ``st`` in this process (from its checkpoint when it has one) after ``rows`` and ``ledger``,
         the run's so far; its manifest entry, and the rows and ledger with it. ``progress``: write them to the run's
         summary.csv and ledger.json after every epoch (a parallel child writes its stage's folder only)."""
         rec = self.recipe
         self.stage = st.id
         self.dir.stage(st.id).mkdir(parents=True, exist_ok=True)
-        train_loader = build_loader(self.train_ds, batch_size=self.micro, train=True, aug=rec.aug, seed=st.seed,
-                                    repeated_aug=rec.repeated_aug, **self._loader_kw())
+        train_loader = build_loader(
+            self.train_ds,
+            batch_size=self.micro,
+            train=True,
+            aug=rec.aug,
+            seed=st.seed,
+            repeated_aug=rec.repeated_aug,
+            **self._loader_kw(),
+        )
         built, parents = self._build(st, man, train_loader)
         state = self.dir.load_checkpoint(st.id)
         rows, ledger = self._start_rows(st, built, bool(parents), state, rows, ledger, progress)
@@ -158,14 +184,27 @@ class Run:
                 if epoch_end and progress:
                     self.dir.write_progress(rows, ledger)
 
-        model, opt = train_stage(built.model, st, rec, train_loader, self.val_loader, self.device, ledger,
-                                 lambda row, ckpt: (rows.append(row), save(ckpt, True)), state=state,
-                                 optimizer_state=built.optimizer_state if state is None else None, d=self.d,
-                                 log=self.log, on_preempt=lambda ckpt: save(ckpt, False), protocol=self.protocol)
+        model, opt = train_stage(
+            built.model,
+            st,
+            rec,
+            train_loader,
+            self.val_loader,
+            self.device,
+            ledger,
+            lambda row, ckpt: (rows.append(row), save(ckpt, True)),
+            state=state,
+            optimizer_state=built.optimizer_state if state is None else None,
+            d=self.d,
+            log=self.log,
+            on_preempt=lambda ckpt: save(ckpt, False),
+            protocol=self.protocol,
+        )
         return self._save_stage(st, model, opt, parents), rows, ledger
 
-    def _start_rows(self, st: Stage, built, grown: bool, state: dict | None, rows: list[dict], ledger: Ledger,
-                    progress: bool) -> tuple[list[dict], Ledger]:
+    def _start_rows(
+        self, st: Stage, built, grown: bool, state: dict | None, rows: list[dict], ledger: Ledger, progress: bool
+    ) -> tuple[list[dict], Ledger]:
         """The rows and ledger the stage's training continues: its checkpoint's, or the run's with what building
         the stage cost and (grown models) the grown model's evaluation before training."""
         if state:
@@ -178,8 +217,17 @@ class Run:
             ledger.add(st.id, *built.cost)
         if grown and self.protocol.evaluates_growth:  # the coupled model before any training: how exact was it?
             ev = evaluate(built.model.to(self.device), self.val_loader, self.recipe, self.device, self.d)
-            rows.append({"stage": st.id, "model": st.model_name, "epoch": -1, **ev,
-                         "cum_train_flops": ledger.total, "images_seen": 0, "train_flops": 0})
+            rows.append(
+                {
+                    "stage": st.id,
+                    "model": st.model_name,
+                    "epoch": -1,
+                    **ev,
+                    "cum_train_flops": ledger.total,
+                    "images_seen": 0,
+                    "train_flops": 0,
+                }
+            )
             self.log(f"[{st.id}] coupled model before training: top-1 {ev['eval_top1']:.2f}")
         return rows, ledger
 
@@ -197,23 +245,29 @@ class Run:
 
     def _loader_kw(self) -> dict:
         rec = self.recipe
-        return dict(img_size=rec.img_size, in_memory=rec.data.in_memory, num_workers=rec.workers,
-                    distributed=self.d.world > 1, device=self.device)
+        return dict(
+            img_size=rec.img_size,
+            in_memory=rec.data.in_memory,
+            num_workers=rec.workers,
+            distributed=self.d.world > 1,
+            device=self.device,
+        )
 
     def _parallel_jobs(self) -> int:
         """Processes for a level's independent stages: ``rbdc.jobs``, in a run of one process only."""
         jobs = self.recipe.rbdc.jobs
         if jobs > 1 and self.d.world > 1:
-            self.log(f"rbdc.jobs {jobs} ignored under {self.d.world} processes: each stage trains with all of "
-                     "them, one after another")
+            self.log(
+                f"rbdc.jobs {jobs} ignored under {self.d.world} processes: each stage trains with all of "
+                "them, one after another"
+            )
             return 1
         return jobs
 
     def _train_level_in_parallel(self, level: int, man: Manifest, jobs: int) -> None:
         """Train the level's stages that are neither done nor trained by a child before, when there are two or more,
         in child processes (:mod:`rbdc.runs.parallel`); :meth:`run_stage` merges them."""
-        pending = [s for s in self.stages
-                   if s.level == level and not man.done(s.id) and not child_done(self.dir, s.id)]
+        pending = [s for s in self.stages if s.level == level and not man.done(s.id) and not child_done(self.dir, s.id)]
         if len(pending) >= 2:
             train_in_parallel(self.dir, pending, jobs, self.log)
 
@@ -224,16 +278,29 @@ class Run:
     def _build(self, st: Stage, man: Manifest, train_loader):
         """The stage's starting model (:class:`rbdc.protocols.Built`) and its parents' provenance."""
         paths = [man.verified(self.dir, p) for p in st.parents]
-        parents = [{"stage": p, "path": str(path.relative_to(self.dir.path)), "sha256": man.stages[p]["sha256"]}
-                   for p, path in zip(st.parents, paths)]
-        ctx = BuildContext(self.recipe, self.num_classes, self.stages, lambda stage: self._optimizer_state(man, stage),
-                           train_loader, self.device, self.d.world, self.log)
+        parents = [
+            {"stage": p, "path": str(path.relative_to(self.dir.path)), "sha256": man.stages[p]["sha256"]}
+            for p, path in zip(st.parents, paths)
+        ]
+        ctx = BuildContext(
+            self.recipe,
+            self.num_classes,
+            self.stages,
+            lambda stage: self._optimizer_state(man, stage),
+            train_loader,
+            self.device,
+            self.d.world,
+            self.log,
+        )
         return self.protocol.build(st, paths, ctx), parents
 
     def _optimizer_state(self, man: Manifest, stage: str) -> dict:
         """A finished stage's carried optimizer state (AdamW moments by parameter name)."""
-        path = man.verified(self.dir, stage, "optimizer") if "optimizer" in man.stages[stage] else \
-            self.dir.stage(stage) / rundir.OPTIMIZER  # runs made before the manifest listed it
+        path = (
+            man.verified(self.dir, stage, "optimizer")
+            if "optimizer" in man.stages[stage]
+            else self.dir.stage(stage) / rundir.OPTIMIZER
+        )  # runs made before the manifest listed it
         return load_state(path, rundir.NEW_RUN)
 
     def _finish(self, man: Manifest) -> dict:
@@ -245,21 +312,36 @@ class Run:
             atomic_write_bytes(self.dir / rundir.FINAL, src.read_bytes())
         by_stage = ledger.by_stage()
         results = {
-            "name": f"{rec.name}/seed{rec.seed}", "group": rec.name, "protocol": rec.protocol,
-            "seed": rec.seed, "model": rec.model, "dataset": rec.data.source,
-            "img_size": rec.img_size, "eval_top1": final_row["eval_top1"], "eval_top5": final_row["eval_top5"],
+            "name": f"{rec.name}/seed{rec.seed}",
+            "group": rec.name,
+            "protocol": rec.protocol,
+            "seed": rec.seed,
+            "model": rec.model,
+            "dataset": rec.data.source,
+            "img_size": rec.img_size,
+            "eval_top1": final_row["eval_top1"],
+            "eval_top5": final_row["eval_top5"],
             "total_train_flops": ledger.total,
             "wall_s": sum(max(r["wall_s"] for r in rows if r["stage"] == s.id and "wall_s" in r) for s in stages),
             "peak_mem_mb": max(r["peak_mem_mb"] for r in rows if "peak_mem_mb" in r),
             "device": _env_info(self.device)["device"],
-            "stages": [{"stage": s.id, "model": s.model_name, "steps": s.steps,
-                        "epochs": round(s.steps / self.steps_per_epoch, 4),
-                        "train_flops": by_stage[s.id]["train_flops"]} for s in stages],
+            "stages": [
+                {
+                    "stage": s.id,
+                    "model": s.model_name,
+                    "steps": s.steps,
+                    "epochs": round(s.steps / self.steps_per_epoch, 4),
+                    "train_flops": by_stage[s.id]["train_flops"],
+                }
+                for s in stages
+            ],
             "coupled_top1_before_training": {r["stage"]: r["eval_top1"] for r in rows if r.get("epoch") == -1},
         }
         if self.d.main:
             self.dir.clear_failed()  # a run that failed before and now finished (never a diverged one)
             self.dir.write_results(results)
-        self.log(f"done: {rec.name} seed {rec.seed}: top-1 {results['eval_top1']:.2f} at "
-                 f"{ledger.total:.4e} training FLOPs -> {self.dir}")
+        self.log(
+            f"done: {rec.name} seed {rec.seed}: top-1 {results['eval_top1']:.2f} at "
+            f"{ledger.total:.4e} training FLOPs -> {self.dir}"
+        )
         return results

@@ -20,6 +20,7 @@ Run directory (``<output>/<name>/seed<seed>/``)::
     stages/<id>/failed.json        that child's failure;  stages/<id>.log  its output
     final.safetensors  the final model;  results.json  the final numbers
 """
+
 from __future__ import annotations
 
 import csv
@@ -32,15 +33,45 @@ import subprocess
 from pathlib import Path
 
 from ..errors import RunFailed, UserError
-from ..files import (CHECKOUT, TMP_SUFFIX, atomic_write, atomic_write_bytes, load_state, read_json, save_state,
-                     sha256, user_errors, write_json)
+from ..files import (
+    CHECKOUT,
+    TMP_SUFFIX,
+    atomic_write,
+    atomic_write_bytes,
+    load_state,
+    read_json,
+    save_state,
+    sha256,
+    user_errors,
+    write_json,
+)
 
-__all__ = ["RunDir", "RunFailed", "code_version", "copy_light", "read_failed", "read_manifest", "read_summary",
-           "recorded_envs", "recorded_threads", "relative_argv", "run_dir", "stage_dir", "stage_log",
-           "write_summary", "append_command",
-           # from rbdc.files, for the modules that write through this one
-           "atomic_write", "atomic_write_bytes", "load_state", "read_json", "save_state", "sha256", "user_errors",
-           "write_json"]
+__all__ = [
+    "RunDir",
+    "RunFailed",
+    "code_version",
+    "copy_light",
+    "read_failed",
+    "read_manifest",
+    "read_summary",
+    "recorded_envs",
+    "recorded_threads",
+    "relative_argv",
+    "run_dir",
+    "stage_dir",
+    "stage_log",
+    "write_summary",
+    "append_command",
+    # from rbdc.files, for the modules that write through this one
+    "atomic_write",
+    "atomic_write_bytes",
+    "load_state",
+    "read_json",
+    "save_state",
+    "sha256",
+    "user_errors",
+    "write_json",
+]
 
 RECIPE, COMMAND, SUMMARY, LEDGER = "recipe.yaml", "command.txt", "summary.csv", "ledger.json"
 MANIFEST, RESULTS, FINAL, FAILED = "manifest.json", "results.json", "final.safetensors", "failed.json"
@@ -50,9 +81,25 @@ LIGHT = (RECIPE, SUMMARY, RESULTS, LEDGER, MANIFEST, COMMAND)  # what a committe
 NEW_RUN = "start a new run (another --name or --output)"
 
 # summary.csv: these columns first, in this order, then any other a row has, sorted
-SUMMARY_COLUMNS = ("stage", "model", "epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr",
-                   "images_seen", "train_flops", "cum_train_flops", "wall_s", "img_per_s", "model_tflops_per_s", "mfu",
-                   "peak_mem_mb", "gemm_gflops")
+SUMMARY_COLUMNS = (
+    "stage",
+    "model",
+    "epoch",
+    "train_loss",
+    "eval_loss",
+    "eval_top1",
+    "eval_top5",
+    "lr",
+    "images_seen",
+    "train_flops",
+    "cum_train_flops",
+    "wall_s",
+    "img_per_s",
+    "model_tflops_per_s",
+    "mfu",
+    "peak_mem_mb",
+    "gemm_gflops",
+)
 # only when a row has them (mfu: on a GPU; gemm_gflops: on a CPU, rbdc.cost.perf.gemm_probe_gflops); the rest always
 SUMMARY_OPTIONAL = ("model_tflops_per_s", "mfu", "gemm_gflops")
 _SUMMARY_ALWAYS = tuple(c for c in SUMMARY_COLUMNS if c not in SUMMARY_OPTIONAL)
@@ -98,12 +145,25 @@ class RunDir(os.PathLike):
 
     # --- the failed marker ------------------------------------------------------------------------------------
 
-    def write_failed(self, *, stage: str | None, step: int | None, reason: str, command: str,
-                     diverged: bool = False, child_stage: str | None = None) -> None:
+    def write_failed(
+        self,
+        *,
+        stage: str | None,
+        step: int | None,
+        reason: str,
+        command: str,
+        diverged: bool = False,
+        child_stage: str | None = None,
+    ) -> None:
         """Mark the run failed: the study runner and ``rbdc report`` refuse a run directory holding
         ``failed.json``. A parallel child marks its stage's folder (``child_stage``), for its parent to read."""
-        info = {"stage": stage, "step": step, "reason": " ".join(reason.split()), "command": command,
-                "diverged": diverged}
+        info = {
+            "stage": stage,
+            "step": step,
+            "reason": " ".join(reason.split()),
+            "command": command,
+            "diverged": diverged,
+        }
         where = self.stage(child_stage) if child_stage else self.path
         atomic_write_bytes(where / FAILED, (json.dumps(info, indent=1) + "\n").encode())
 
@@ -126,9 +186,11 @@ class RunDir(os.PathLike):
         only survives a retry must not enter a report either."""
         failed = self.failed()
         if failed and failed.get("diverged"):
-            raise UserError(f"{self} diverged in stage {failed['stage']} at step {failed['step']}: rerunning the "
-                            f"same recipe diverges again; lower lr_base or set clip_grad and train it under another "
-                            f"--name or --output (or delete {self} to retrain it as it is)")
+            raise UserError(
+                f"{self} diverged in stage {failed['stage']} at step {failed['step']}: rerunning the "
+                f"same recipe diverges again; lower lr_base or set clip_grad and train it under another "
+                f"--name or --output (or delete {self} to retrain it as it is)"
+            )
 
     # --- command records --------------------------------------------------------------------------------------
 
@@ -187,8 +249,9 @@ class RunDir(os.PathLike):
         path = self.checkpoint(stage)
         if not path.is_file():
             return None
-        return load_state(path, f"delete it to restart stage {stage} from its beginning (the run stays exact), or "
-                                f"{NEW_RUN}")
+        return load_state(
+            path, f"delete it to restart stage {stage} from its beginning (the run stays exact), or {NEW_RUN}"
+        )
 
     def drop_checkpoint(self, stage: str) -> None:
         """The stage is done: its ``last.pt`` goes."""
@@ -216,8 +279,11 @@ class RunDir(os.PathLike):
 
 def _mix_keys(env: dict) -> dict:
     """What a resume must not change: the code's commit, torch, and the bf16 matmul path (bf16 runs only)."""
-    keys = {"code": (env.get("code") or {}).get("commit"), "torch": env.get("torch"),
-            "bf16 matmul": (env.get("cpu") or {}).get("bf16_matmul")}
+    keys = {
+        "code": (env.get("code") or {}).get("commit"),
+        "torch": env.get("torch"),
+        "bf16 matmul": (env.get("cpu") or {}).get("bf16_matmul"),
+    }
     return {k: v for k, v in keys.items() if v is not None}
 
 
@@ -244,10 +310,15 @@ def code_version() -> dict:
     """The git commit of the code that runs (the rbdc package's checkout) and whether tracked files differ from it."""
     root = CHECKOUT
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=30).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
     return {"commit": commit or None, "dirty": bool(dirty) if commit else None}
@@ -277,13 +348,17 @@ def read_summary(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"{path} is not a readable CSV ({e})") from None
     if text and not text.endswith("\n"):
-        raise UserError(f"{path} is truncated (its last row has no line end); resume the run with the same "
-                        f"rbdc train command, which rewrites it")
+        raise UserError(
+            f"{path} is truncated (its last row has no line end); resume the run with the same "
+            f"rbdc train command, which rewrites it"
+        )
     rows = []
     for i, row in enumerate(raw, start=2):
         if None in row or None in row.values():  # more or fewer fields than the header
-            raise UserError(f"{path} line {i} does not have the header's {len(columns)} fields; the file is "
-                            f"damaged: resume the run with the same rbdc train command, which rewrites it")
+            raise UserError(
+                f"{path} line {i} does not have the header's {len(columns)} fields; the file is "
+                f"damaged: resume the run with the same rbdc train command, which rewrites it"
+            )
         rows.append({k.strip(): v.strip() for k, v in row.items()})
     return columns, rows
 
@@ -297,6 +372,7 @@ def read_manifest(run_dir: str | os.PathLike) -> dict:
 
 
 # The readers' functions (rbdc.report, rbdc.studies.study, rbdc.detection, benchmarks): each is RunDir(path).<method>.
+
 
 def run_dir(output: str | os.PathLike, name: str, seed: int) -> Path:
     return RunDir.of(output, name, seed).path

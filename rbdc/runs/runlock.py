@@ -11,6 +11,7 @@ method holds it.
 Only one process of a run takes it: rank 0 under torchrun (the others learn the outcome by broadcast), the parent
 under ``rbdc.jobs`` (its children train stages inside the parent's hold).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,8 +27,8 @@ from ..errors import UserError
 from ..files import user_errors
 
 LOCK = ".lock"
-HELD = ".lock.held"          # the fallback's lock file
-HELD_EXIT = 75               # exit status of a launcher that skipped a held run (EX_TEMPFAIL: try again later)
+HELD = ".lock.held"  # the fallback's lock file
+HELD_EXIT = 75  # exit status of a launcher that skipped a held run (EX_TEMPFAIL: try again later)
 _NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
 
 
@@ -39,8 +40,10 @@ class RunHeld(UserError):
     def __init__(self, run_dir: Path, holder: dict):
         self.holder = holder
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
-        super().__init__(f"{run_dir} is being trained by pid {holder.get('pid', '?')} on {holder.get('host', '?')} "
-                         f"since {since} ({holder.get('method', '?')} lock): skipped; --wait waits for it")
+        super().__init__(
+            f"{run_dir} is being trained by pid {holder.get('pid', '?')} on {holder.get('host', '?')} "
+            f"since {since} ({holder.get('method', '?')} lock): skipped; --wait waits for it"
+        )
 
 
 def _me(method: str) -> dict:
@@ -68,6 +71,7 @@ def _flock(run_dir: Path):
     """(fd, None) when this process now holds the flock; (None, holder) when another does; raises OSError where
     the filesystem has no flock."""
     import fcntl
+
     fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -2,6 +2,7 @@
 automatically, under one writer (:mod:`rbdc.runs.runlock`); ``rbdc.jobs`` > 1 trains a level's independent stages in
 parallel child processes (:mod:`rbdc.runs.parallel`), each ``python -m rbdc.runs.train RUN_DIR STAGE``
 (:func:`train_child`)."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,9 +28,18 @@ from .run import Run
 from ..cli import check_output
 from ..cost.estimate import estimate_stages
 
-def run_recipe(path: str | None, output: str = "runs", overrides: list[str] = (), dry_run: bool = False,
-               log=print, estimate: bool | str = False, wait: bool = False, allow_mixed: bool = False,
-               **fields) -> dict | None:
+
+def run_recipe(
+    path: str | None,
+    output: str = "runs",
+    overrides: list[str] = (),
+    dry_run: bool = False,
+    log=print,
+    estimate: bool | str = False,
+    wait: bool = False,
+    allow_mixed: bool = False,
+    **fields,
+) -> dict | None:
     rec = recipes.resolve(path, overrides, **fields)
     d = Dist.init()
     if not d.main:
@@ -86,9 +96,14 @@ def _failures_recorded(run: Run, child_stage: str | None = None):
     except Exception as e:
         if run.d.main:
             try:
-                run.dir.write_failed(stage=getattr(e, "stage", run.stage), step=getattr(e, "step", None),
-                                     reason=str(e) or type(e).__name__, command=run.command,
-                                     diverged=getattr(e, "diverged", False), child_stage=child_stage)
+                run.dir.write_failed(
+                    stage=getattr(e, "stage", run.stage),
+                    step=getattr(e, "step", None),
+                    reason=str(e) or type(e).__name__,
+                    command=run.command,
+                    diverged=getattr(e, "diverged", False),
+                    child_stage=child_stage,
+                )
             except UserError:  # e.g. the disk is full: the original error says so
                 pass
         raise
@@ -115,8 +130,10 @@ def train_child(run_dir: Path, stage: str, log=print) -> None:
 
 def child_main(argv: list[str] | None = None) -> int:
     """``python -m rbdc.runs.train RUN_DIR STAGE``: :func:`train_child`, with the CLI's exit codes."""
-    ap = argparse.ArgumentParser(prog="python -m rbdc.runs.train", description="train one stage of a run as a parallel "
-                                 "child of rbdc.jobs (the parent merges it)")
+    ap = argparse.ArgumentParser(
+        prog="python -m rbdc.runs.train",
+        description="train one stage of a run as a parallel child of rbdc.jobs (the parent merges it)",
+    )
     ap.add_argument("run_dir")
     ap.add_argument("stage")
     args = ap.parse_args(argv)
@@ -153,25 +170,44 @@ def cmd_train(args) -> int:
 
 
 def _train_from_args(args) -> None:
-    run_recipe(args.recipe, args.output, args.set or [], dry_run=args.dry_run, estimate=args.gpu or args.estimate,
-               wait=args.wait, allow_mixed=args.allow_mixed, seed=args.seed,
-               model=args.model, protocol=args.protocol, name=args.name, epochs=args.epochs, budget=args.budget,
-               match=args.match)
+    run_recipe(
+        args.recipe,
+        args.output,
+        args.set or [],
+        dry_run=args.dry_run,
+        estimate=args.gpu or args.estimate,
+        wait=args.wait,
+        allow_mixed=args.allow_mixed,
+        seed=args.seed,
+        model=args.model,
+        protocol=args.protocol,
+        name=args.name,
+        epochs=args.epochs,
+        budget=args.budget,
+        match=args.match,
+    )
 
 
 def add_cli(sub) -> None:
-    p = sub.add_parser("train", help="train a recipe (scratch, rbdc, a growth baseline, diffusionblocks) into a run "
-                       "directory; reruns resume", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="examples:\n"
-                       "  rbdc train -c configs/recipes/imagenette/vit-mini-rbdc-d1.yaml   # rerun to resume\n"
-                       "  rbdc train -c configs/recipes/imagenet/deit-base-rbdc-d2.yaml --dry-run --gpu H100\n"
-                       "  rbdc train -c configs/recipes/quickstart/rbdc.yaml --dry-run --estimate\n"
-                       "  rbdc train -c RECIPE --match runs/quickstart/rbdc-d1/seed0   # the FLOPs that run spent\n"
-                       "  rbdc train -c RECIPE --set rbdc.depth=2 --set data.subset=50 --seed 1\n")
+    p = sub.add_parser(
+        "train",
+        help="train a recipe (scratch, rbdc, a growth baseline, diffusionblocks) into a run directory; reruns resume",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  rbdc train -c configs/recipes/imagenette/vit-mini-rbdc-d1.yaml   # rerun to resume\n"
+        "  rbdc train -c configs/recipes/imagenet/deit-base-rbdc-d2.yaml --dry-run --gpu H100\n"
+        "  rbdc train -c configs/recipes/quickstart/rbdc.yaml --dry-run --estimate\n"
+        "  rbdc train -c RECIPE --match runs/quickstart/rbdc-d1/seed0   # the FLOPs that run spent\n"
+        "  rbdc train -c RECIPE --set rbdc.depth=2 --set data.subset=50 --seed 1\n",
+    )
     p.add_argument("--recipe", "-c", default=None, help="recipe YAML (configs/recipes/...)")
     p.add_argument("--output", "-o", default=os.environ.get("RBDC_OUT", "runs"), help="root of run directories")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key (repeatable), "
-                   "e.g. --set rbdc.depth=2 --set data.subset=50")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a recipe key (repeatable), e.g. --set rbdc.depth=2 --set data.subset=50",
+    )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--model", default=None, help="target timm model")
     p.add_argument("--protocol", choices=protocols.names(), default=None)
@@ -179,16 +215,31 @@ def add_cli(sub) -> None:
     p.add_argument("--epochs", type=float, default=None)
     p.add_argument("--budget", type=float, default=None, help="training FLOPs budget")
     p.add_argument("--match", default=None, help="give this run the total training FLOPs of RUN_DIR")
-    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue this run directory (reruns of the "
-                   "same command resume automatically anyway)")
-    p.add_argument("--wait", action="store_true", help="if another process is training this run, wait for it "
-                   "(default: skip it, exit status 75)")
-    p.add_argument("--allow-mixed", action="store_true", help="resume under another code commit, torch version or "
-                   "bf16 matmul path than the run started with (recorded in command.txt; reports mark the run)")
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue this run directory (reruns of the same command resume automatically anyway)",
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="if another process is training this run, wait for it (default: skip it, exit status 75)",
+    )
+    p.add_argument(
+        "--allow-mixed",
+        action="store_true",
+        help="resume under another code commit, torch version or "
+        "bf16 matmul path than the run started with (recorded in command.txt; reports mark the run)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the plan (stages, steps, FLOPs) and exit")
     p.add_argument("--estimate", action="store_true", help="with --dry-run: the wall time, from a few steps here")
-    p.add_argument("--gpu", metavar="NAME", default=None,
-                   help="with --dry-run: the wall time on device NAME, from the committed reports/bench/*.json")
+    p.add_argument(
+        "--gpu",
+        metavar="NAME",
+        default=None,
+        help="with --dry-run: the wall time on device NAME, from the committed reports/bench/*.json",
+    )
     p.set_defaults(func=cmd_train)
 
 

@@ -4,6 +4,7 @@ Each job is a command whose output goes to its own log file; after each one the 
 (done/total, the job's outcome, an ETA from the cost per second measured so far). No scheduler beyond that: on a
 cluster, studies submit one Slurm job per run instead (submitit).
 """
+
 from __future__ import annotations
 
 import os
@@ -30,12 +31,12 @@ class Job:
 
     key: Hashable
     label: str
-    argv: tuple[str, ...]     # after ``python -m``
+    argv: tuple[str, ...]  # after ``python -m``
     log: Path
     cost: float
     outcome: Callable[[], tuple[bool, str]]
-    title: str = ""           # the log gets "=== TITLE <start time> ===" before the command's output
-    env: tuple[tuple[str, str], ...] = ()   # extra environment of the command
+    title: str = ""  # the log gets "=== TITLE <start time> ===" before the command's output
+    env: tuple[tuple[str, str], ...] = ()  # extra environment of the command
 
 
 def child_env(threads: int, slot: int, jobs: int, nproc: int = 1, extra: dict | None = None) -> dict:
@@ -44,6 +45,7 @@ def child_env(threads: int, slot: int, jobs: int, nproc: int = 1, extra: dict | 
     env = dict(os.environ, **(extra or {}), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     import torch
+
     visible = env.get("CUDA_VISIBLE_DEVICES")
     gpus = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
     if len(gpus) > 1:
@@ -52,8 +54,9 @@ def child_env(threads: int, slot: int, jobs: int, nproc: int = 1, extra: dict | 
     return env
 
 
-def run(todo: list[Job], *, jobs: int, threads: int, total: int, done_before: int = 0, nproc: int = 1,
-        log=print) -> list[Job]:
+def run(
+    todo: list[Job], *, jobs: int, threads: int, total: int, done_before: int = 0, nproc: int = 1, log=print
+) -> list[Job]:
     """Run ``todo`` ``jobs`` at a time; returns the jobs that failed (non-zero exit or no result)."""
     finished: list[Job] = []
     failed: list[Job] = []
@@ -70,10 +73,25 @@ def run(todo: list[Job], *, jobs: int, threads: int, total: int, done_before: in
             with open(job.log, "a") as f:
                 f.write(f"\n=== {job.title} {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
                 f.flush()
-                launch = [sys.executable, "-m"] if nproc == 1 else [
-                    sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m"]
-                rc = subprocess.call([*launch, *job.argv], stdout=f, stderr=subprocess.STDOUT,
-                                     env=child_env(threads, slot, jobs, nproc, dict(job.env)), cwd=REPO)
+                launch = (
+                    [sys.executable, "-m"]
+                    if nproc == 1
+                    else [
+                        sys.executable,
+                        "-m",
+                        "torch.distributed.run",
+                        "--standalone",
+                        f"--nproc_per_node={nproc}",
+                        "-m",
+                    ]
+                )
+                rc = subprocess.call(
+                    [*launch, *job.argv],
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                    env=child_env(threads, slot, jobs, nproc, dict(job.env)),
+                    cwd=REPO,
+                )
             return job, rc, time.time() - t0
         finally:
             slots.put(slot)

@@ -1,6 +1,7 @@
 """A study file read into its runs (:func:`load_study`): the study-wide keys, each point's grid expanded into point
 ids, the tuning trials first, then every point x budget x seed as a :class:`StudyRun`. Running them:
 :mod:`rbdc.studies.study`."""
+
 from __future__ import annotations
 
 import itertools
@@ -18,8 +19,7 @@ from .. import protocols, recipe as recipes
 
 __all__ = ["Study", "StudyRun", "load_study", "read_study_file", "group_name", "trial_dir"]
 
-STUDY_KEYS = {"name", "seeds", "jobs", "threads", "nproc", "set", "points", "output", "description", "report",
-              "tuning"}
+STUDY_KEYS = {"name", "seeds", "jobs", "threads", "nproc", "set", "points", "output", "description", "report", "tuning"}
 POINT_KEYS = {"id", "recipe", "budgets", "grid", "set"}
 
 
@@ -27,13 +27,13 @@ POINT_KEYS = {"id", "recipe", "budgets", "grid", "set"}
 class StudyRun:
     """One run of a study: a recipe, its overrides, a seed, and the run directory's name."""
 
-    name: str                 # <study>/<point>/b<budget>: the report's group
-    recipe: str               # absolute path of the recipe file
+    name: str  # <study>/<point>/b<budget>: the report's group
+    recipe: str  # absolute path of the recipe file
     overrides: tuple[str, ...] = ()
     seed: int = 0
     budget_epochs: float | None = None
     point: str = ""
-    waiting: str = ""         # why it cannot start yet (a tuned point before its trials finish)
+    waiting: str = ""  # why it cannot start yet (a tuned point before its trials finish)
 
     def run_dir(self, output: str | Path) -> Path:
         return rundir.run_dir(output, self.name, self.seed)
@@ -81,9 +81,9 @@ class Study:
     threads: int = 1
     description: str = ""
     points: list[str] = field(default_factory=list)
-    nproc: int = 1            # processes (GPUs) per run: > 1 runs each through torchrun
+    nproc: int = 1  # processes (GPUs) per run: > 1 runs each through torchrun
     tuning: tuning.Tuning | None = None
-    choices: dict[str, str] = field(default_factory=dict)   # tuned point -> its trial's account (rbdc.studies.tuning)
+    choices: dict[str, str] = field(default_factory=dict)  # tuned point -> its trial's account (rbdc.studies.tuning)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -176,10 +176,15 @@ def _expand_point(path: Path, i: int, pt, common: dict) -> list[tuple[str, Path,
     if not recipe.is_file():
         raise UserError(f"{where} ({pt['id']}): recipe {recipe} not found")
     budgets = pt.get("budgets", [None])
-    if not isinstance(budgets, list) or not budgets or not all(
-            b is None or (isinstance(b, (int, float)) and b > 0) for b in budgets):
-        raise UserError(f"{where} ({pt['id']}): `budgets` must be a list of positive numbers (epochs of the "
-                        f"target's training FLOPs), got {budgets!r}")
+    if (
+        not isinstance(budgets, list)
+        or not budgets
+        or not all(b is None or (isinstance(b, (int, float)) and b > 0) for b in budgets)
+    ):
+        raise UserError(
+            f"{where} ({pt['id']}): `budgets` must be a list of positive numbers (epochs of the "
+            f"target's training FLOPs), got {budgets!r}"
+        )
     grid = pt.get("grid") or {}
     fixed = pt.get("set") or {}
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
@@ -198,8 +203,10 @@ def _point_id(where: str, template: str, values: dict) -> str:
     for k, v in values.items():
         pid = pid.replace("{" + k + "}", _fmt_value(v))
     if "{" in pid:
-        raise UserError(f"{where}: id {template!r} names a key in braces that is not a grid key "
-                        f"(grid: {', '.join(values) or 'none'})")
+        raise UserError(
+            f"{where}: id {template!r} names a key in braces that is not a grid key "
+            f"(grid: {', '.join(values) or 'none'})"
+        )
     if values and pid == template:
         pid += "-" + "-".join(f"{k.split('.')[-1]}{_fmt_value(v)}" for k, v in values.items())
     return pid
@@ -225,8 +232,9 @@ def _runs(study: str, expanded: list, seeds: list[int], tune, output) -> tuple[l
     for pid, recipe, over, budgets in expanded:
         waiting = ""
         if tune and pid in tune.trials:
-            trial, choices[pid] = (tuning.choice(tune, pid, trial_dir(study, output)) if output is not None
-                                   else (None, "awaiting tuning"))
+            trial, choices[pid] = (
+                tuning.choice(tune, pid, trial_dir(study, output)) if output is not None else (None, "awaiting tuning")
+            )
             if trial is None:
                 waiting = choices[pid]
             else:
@@ -249,4 +257,5 @@ def _key_checker(expanded: list[tuple[str, Path, dict, list]]):
     def known(pid: str, key: str) -> bool:
         recipe, over = points[pid]
         return key in SCHEMA and protocols.get(over.get("protocol") or resolve(recipe).protocol).owns_key(key)
+
     return known

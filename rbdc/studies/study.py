@@ -21,6 +21,7 @@ A study file (``configs/studies/*.yaml``)::
 file. Re-running the same command skips finished runs (their ``results.json``) and resumes unfinished ones (run
 directories resume on their own); a run that fails is reported with its log and the others go on.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,11 +66,20 @@ def _outcome(r: StudyRun, output: Path):
             return False, ""
         res = json.loads((r.run_dir(output) / rundir.RESULTS).read_text())
         return True, f"top-1 {res['eval_top1']:.2f} at {human_flops(res['total_train_flops'])}"
+
     return read
 
 
-def run_local(study: Study, output: Path, runs: list[StudyRun], jobs: int, threads: int, log=print,
-              retry_failed: bool = False, wait: bool = False) -> list:
+def run_local(
+    study: Study,
+    output: Path,
+    runs: list[StudyRun],
+    jobs: int,
+    threads: int,
+    log=print,
+    retry_failed: bool = False,
+    wait: bool = False,
+) -> list:
     """Run ``runs`` in a pool of ``jobs`` processes of ``threads`` threads; progress and ETA after each run.
 
     A run marked failed (its ``failed.json``: it diverged or broke) is not retried unless ``retry_failed``: the same
@@ -87,17 +97,27 @@ def run_local(study: Study, output: Path, runs: list[StudyRun], jobs: int, threa
     for r in marked if not retry_failed else []:
         reason = json.loads((r.run_dir(output) / rundir.FAILED).read_text()).get("reason", "?")
         log(f"skipping {r.name} seed {r.seed}: failed earlier ({reason}); --retry-failed runs it again")
-    log(f"study {study.name}: {total} runs, {done_before} done, {len(todo)} to run "
-        f"({human_flops(sum(cost[r] for r in todo))} of training) as {jobs} x {threads} thread(s) -> {output}")
+    log(
+        f"study {study.name}: {total} runs, {done_before} done, {len(todo)} to run "
+        f"({human_flops(sum(cost[r] for r in todo))} of training) as {jobs} x {threads} thread(s) -> {output}"
+    )
     # a retried run's failed.json stays: train clears it on success and refuses to resume a diverged run (it would
     # replay the same steps)
-    pending = [pool.Job(key=r, label=f"{r.name} seed {r.seed}",
-                        argv=("rbdc.cli", *r.train_args(output), *(["--wait"] if wait else [])),
-                        log=r.run_dir(output) / rundir.LOG, cost=cost[r], outcome=_outcome(r, output),
-                        title=f"rbdc study {study.name}:")
-               for r in todo]
-    failed = pool.run(pending, jobs=jobs, threads=threads, total=total, done_before=done_before, nproc=study.nproc,
-                      log=log)
+    pending = [
+        pool.Job(
+            key=r,
+            label=f"{r.name} seed {r.seed}",
+            argv=("rbdc.cli", *r.train_args(output), *(["--wait"] if wait else [])),
+            log=r.run_dir(output) / rundir.LOG,
+            cost=cost[r],
+            outcome=_outcome(r, output),
+            title=f"rbdc study {study.name}:",
+        )
+        for r in todo
+    ]
+    failed = pool.run(
+        pending, jobs=jobs, threads=threads, total=total, done_before=done_before, nproc=study.nproc, log=log
+    )
     return [job.key for job in failed]
 
 
@@ -118,8 +138,10 @@ def summary(study: Study, output: Path) -> str:
         top = [x["eval_top1"] for x in res]
         mean = sum(top) / n
         sd = math.sqrt(sum((t - mean) ** 2 for t in top) / (n - 1)) if n > 1 else float("nan")
-        lines.append(f"{name:48s} {n:5d} {mean:8.2f} ± {sd:4.2f} {human_flops(res[0]['total_train_flops']):>12s} "
-                     f"{human_time(sum(x['wall_s'] for x in res) / n):>8s}")
+        lines.append(
+            f"{name:48s} {n:5d} {mean:8.2f} ± {sd:4.2f} {human_flops(res[0]['total_train_flops']):>12s} "
+            f"{human_time(sum(x['wall_s'] for x in res) / n):>8s}"
+        )
     return "\n".join(lines)
 
 
@@ -134,8 +156,13 @@ def submit(runs: list[StudyRun], output: Path, cluster: str | None, args) -> lis
     ex = submitit.AutoExecutor(folder=output / "submitit" / "%j", cluster=cluster)
     params = dict(timeout_min=args.timeout_min, name="rbdc-study")
     if cluster in (None, "slurm"):
-        params.update(slurm_partition=args.partition, slurm_signal_delay_s=120, gpus_per_node=args.gpus_per_run,
-                      cpus_per_task=args.cpus_per_run, slurm_array_parallelism=args.array_parallelism)
+        params.update(
+            slurm_partition=args.partition,
+            slurm_signal_delay_s=120,
+            gpus_per_node=args.gpus_per_run,
+            cpus_per_task=args.cpus_per_run,
+            slurm_array_parallelism=args.array_parallelism,
+        )
     ex.update_parameters(**params)
     with ex.batch():  # one array job on Slurm
         jobs = [ex.submit(SlurmTrain(r.recipe, str(output), r.extra_args())) for r in runs]
@@ -172,9 +199,11 @@ def supersede(changed: dict[StudyRun, list[str]], output: Path, log=print) -> No
 def _refuse_changed(changed: dict[StudyRun, list[str]], output: Path) -> None:
     for r, keys in changed.items():
         print(f"changed  {r.name} seed {r.seed}: {', '.join(keys)}", file=sys.stderr)
-    raise UserError(f"{len(changed)} run(s) under {output} were made with other settings than the study file now "
-                    "asks (listed above): --rerun-changed moves them into superseded/ and reruns them, or restore "
-                    "the study file")
+    raise UserError(
+        f"{len(changed)} run(s) under {output} were made with other settings than the study file now "
+        "asks (listed above): --rerun-changed moves them into superseded/ and reruns them, or restore "
+        "the study file"
+    )
 
 
 def cmd_study(args) -> int:
@@ -187,8 +216,10 @@ def cmd_study(args) -> int:
         for r in runs:
             c = _checked_plan(r)
             cost += c if r.status(output) != "done" else 0
-            print(f"{r.status(output):8s} {r.name} seed {r.seed}  {human_flops(c)}  "
-                  f"[{' '.join(r.overrides)}]" + (f"  ({r.waiting})" if r.waiting else ""))
+            print(
+                f"{r.status(output):8s} {r.name} seed {r.seed}  {human_flops(c)}  "
+                f"[{' '.join(r.overrides)}]" + (f"  ({r.waiting})" if r.waiting else "")
+            )
         for pid, why in study.choices.items():
             print(f"{pid}: {why}")
         for r, keys in changed_runs(runs, output).items():
@@ -205,42 +236,58 @@ def cmd_study(args) -> int:
         if waiting:
             print(f"{waiting} run(s) wait for their tuning trials: rerun this command once those have finished")
         jobs_ = submit(todo, output, args.executor, args)
-        print(f"submitted {len(jobs_)} runs of {study.name} ({', '.join(j.job_id for j in jobs_[:3])}"
-              f"{', ...' if len(jobs_) > 3 else ''}); rerun this command to submit what is left")
+        print(
+            f"submitted {len(jobs_)} runs of {study.name} ({', '.join(j.job_id for j in jobs_[:3])}"
+            f"{', ...' if len(jobs_) > 3 else ''}); rerun this command to submit what is left"
+        )
         if args.wait:
             rcs = [j.result() for j in jobs_]
             print(summary(study, output))
             return 1 if any(rcs) else 0
         return 0
     t0 = time.time()
-    failed = run_local(study, output, [r for r in runs if not r.waiting], jobs, threads,
-                       retry_failed=args.retry_failed, wait=args.wait)
+    failed = run_local(
+        study, output, [r for r in runs if not r.waiting], jobs, threads, retry_failed=args.retry_failed, wait=args.wait
+    )
     if any(r.waiting for r in runs):  # the trials have run: what they decided can run now
         study = load_study(args.study, output)
         for pid, why in study.choices.items():
             print(f"{pid}: {why}")
         runs = _selected(study, args.only)
-        failed += run_local(study, output, [r for r in runs if not r.waiting], jobs, threads,
-                            retry_failed=args.retry_failed, wait=args.wait)
+        failed += run_local(
+            study,
+            output,
+            [r for r in runs if not r.waiting],
+            jobs,
+            threads,
+            retry_failed=args.retry_failed,
+            wait=args.wait,
+        )
     print(f"\nstudy {study.name} after {human_time(time.time() - t0)}:")
     print(summary(study, output))
     if failed:
-        print(f"{len(failed)} run(s) failed: " + ", ".join(f"{r.name} seed {r.seed}" for r in failed) +
-              "; their train.log says why; rerun the same command to retry them", file=sys.stderr)
+        print(
+            f"{len(failed)} run(s) failed: "
+            + ", ".join(f"{r.name} seed {r.seed}" for r in failed)
+            + "; their train.log says why; rerun the same command to retry them",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
 
 def add_cli(sub) -> None:
     p = sub.add_parser(
-        "study", help="run a study file (a grid of recipes x budgets x seeds) here or on Slurm; reruns resume",
+        "study",
+        help="run a study file (a grid of recipes x budgets x seeds) here or on Slurm; reruns resume",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
-               "  rbdc study configs/studies/imagenette32.yaml            # 2 runs at once x 1 thread, resumable\n"
-               "  rbdc study configs/studies/imagenette32.yaml --list     # every run, its status and FLOPs\n"
-               "  rbdc study configs/studies/imagenette32.yaml --only vit-scratch --jobs 1 --threads 2\n"
-               "  rbdc study configs/studies/imagenette32.yaml --report     # reports/imagenette32.md + figures\n"
-               "  rbdc study configs/studies/imagenette64-gpu.yaml --slurm --partition gpu\n")
+        "  rbdc study configs/studies/imagenette32.yaml            # 2 runs at once x 1 thread, resumable\n"
+        "  rbdc study configs/studies/imagenette32.yaml --list     # every run, its status and FLOPs\n"
+        "  rbdc study configs/studies/imagenette32.yaml --only vit-scratch --jobs 1 --threads 2\n"
+        "  rbdc study configs/studies/imagenette32.yaml --report     # reports/imagenette32.md + figures\n"
+        "  rbdc study configs/studies/imagenette64-gpu.yaml --slurm --partition gpu\n",
+    )
     p.add_argument("study", help="study YAML (configs/studies/...)")
     p.add_argument("--output", "-o", default=None, help="runs root (default: $RBDC_OUT or runs)")
     p.add_argument("--jobs", type=int, default=None, help="runs at once (default: the study's `jobs`)")
@@ -249,17 +296,33 @@ def add_cli(sub) -> None:
     p.add_argument("--retry-failed", action="store_true", help="run again the runs marked failed (failed.json)")
     p.add_argument("--list", action="store_true", help="list the runs with their status and planned FLOPs")
     p.add_argument("--dry-run", action="store_true", help="same as --list")
-    p.add_argument("--report", action="store_true", help="write the study's report (Fig. 2, Fig. 3, savings with "
-                   "intervals, verdict) from the finished runs under OUTPUT, then exit")
-    p.add_argument("--report-to", default=None, metavar="PREFIX",
-                   help="report path without suffix (default: reports/<study name>)")
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="write the study's report (Fig. 2, Fig. 3, savings with "
+        "intervals, verdict) from the finished runs under OUTPUT, then exit",
+    )
+    p.add_argument(
+        "--report-to", default=None, metavar="PREFIX", help="report path without suffix (default: reports/<study name>)"
+    )
     p.add_argument("--slurm", action="store_true", help="submit one Slurm job per unfinished run (submitit)")
-    p.add_argument("--executor", choices=("local", "debug"), default=None,
-                   help="submit through submitit's local or debug executor (the Slurm path, run here)")
-    p.add_argument("--wait", action="store_true", help="with --slurm/--executor: wait for the jobs, print the "
-                   "summary; here: wait for runs another launcher is training instead of skipping them")
-    p.add_argument("--rerun-changed", action="store_true", help="move runs made with other settings than the "
-                   "study file now asks into OUTPUT/superseded/ and rerun them")
+    p.add_argument(
+        "--executor",
+        choices=("local", "debug"),
+        default=None,
+        help="submit through submitit's local or debug executor (the Slurm path, run here)",
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="with --slurm/--executor: wait for the jobs, print the "
+        "summary; here: wait for runs another launcher is training instead of skipping them",
+    )
+    p.add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="move runs made with other settings than the study file now asks into OUTPUT/superseded/ and rerun them",
+    )
     p.add_argument("--partition", default=os.environ.get("SLURM_PARTITION"))
     p.add_argument("--timeout-min", type=int, default=int(os.environ.get("RBDC_TIMEOUT_MIN", 1440)))
     p.add_argument("--gpus-per-run", type=int, default=1)

@@ -16,6 +16,7 @@ A trial's score is its holdout top-1 averaged over seeds within a budget, then o
 Trial runs are named ``<study>/tune/<point>/t<j>/b<budget>`` and run before the points they tune, cheapest budget
 first. A tuned point's runs wait until every run of its trials has finished.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,13 +33,13 @@ HOLDOUT_KEY = "data.holdout"
 @dataclass(frozen=True)
 class Trial:
     point: str
-    index: int                 # 1-based, as in the run names
+    index: int  # 1-based, as in the run names
     overrides: dict
 
 
 @dataclass
 class Tuning:
-    split: dict                # the tuning split's overrides (data.holdout, ...)
+    split: dict  # the tuning split's overrides (data.holdout, ...)
     seeds: list[int]
     budgets: list[float]
     trials: dict[str, list[Trial]]
@@ -58,14 +59,19 @@ def parse(section, where: str, points: list[str], known_key) -> Tuning:
         raise UserError(f"{where}: unknown tuning key(s) {unknown}; known: {', '.join(sorted(TUNING_KEYS))}")
     split = section.get("set") or {}
     if not isinstance(split, dict) or split.get(HOLDOUT_KEY) is None:
-        raise UserError(f"{where}: tuning.set needs `{HOLDOUT_KEY}: FRACTION` (e.g. 0.1): trials are scored on "
-                        "held-out train images, never on the reported val split")
+        raise UserError(
+            f"{where}: tuning.set needs `{HOLDOUT_KEY}: FRACTION` (e.g. 0.1): trials are scored on "
+            "held-out train images, never on the reported val split"
+        )
     seeds = section.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
         raise UserError(f"{where}: tuning.seeds must be a list of non-negative integers, got {seeds!r}")
     budgets = section.get("budgets")
-    if not isinstance(budgets, list) or not budgets or not all(
-            isinstance(b, (int, float)) and not isinstance(b, bool) and b > 0 for b in budgets):
+    if (
+        not isinstance(budgets, list)
+        or not budgets
+        or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and b > 0 for b in budgets)
+    ):
         raise UserError(f"{where}: tuning.budgets must be a list of positive numbers (target epochs), got {budgets!r}")
     trials = section.get("trials")
     if not isinstance(trials, dict) or not trials:
@@ -79,13 +85,17 @@ def parse(section, where: str, points: list[str], known_key) -> Tuning:
         for j, row in enumerate(rows, 1):
             for key in row:
                 if not known_key(pid, key):
-                    raise UserError(f"{where}: tuning.trials.{pid} trial {j}: recipe key {key!r} is not a key of "
-                                    f"this point's protocol (`rbdc keys` lists them; a growth.* key is one protocol's)")
+                    raise UserError(
+                        f"{where}: tuning.trials.{pid} trial {j}: recipe key {key!r} is not a key of "
+                        f"this point's protocol (`rbdc keys` lists them; a growth.* key is one protocol's)"
+                    )
         out[pid] = [Trial(pid, j, dict(row)) for j, row in enumerate(rows, 1)]
     counts = {pid: len(t) for pid, t in out.items()}
     if len(set(counts.values())) > 1:
-        raise UserError(f"{where}: tuning.trials gives points different numbers of trials {counts}: every compared "
-                        "protocol gets the same tuning budget")
+        raise UserError(
+            f"{where}: tuning.trials gives points different numbers of trials {counts}: every compared "
+            "protocol gets the same tuning budget"
+        )
     return Tuning(dict(split), list(seeds), [float(b) for b in budgets], out)
 
 

@@ -13,6 +13,7 @@ Measured on that Zen 2 CPU, one thread (``python -m benchmarks.cpu_bf16``, repor
 ViT-nano step at 285 img/s (fp32: 358; torch's fallback: 40), every output within one bf16 rounding of the fallback
 kernel's (``tests/test_bf16.py``).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -47,9 +48,11 @@ def _kernel(name: str):
 
         def r(v):
             return v.to(dtype).float() if _eligible(v) else v
+
         with torch.autocast("cpu", enabled=False):
             out = op(*map(r, args), **{k: r(v) for k, v in kwargs.items()})
         return out.to(dtype) if rounded else out
+
     emulated.__name__ = f"{base}_{overload or 'default'}_emulated"
     return emulated
 

@@ -6,6 +6,7 @@ Built on timm's pieces (optimizer factory, Mixup/CutMix, soft-target / label-smo
 within one optimizer step; an epoch is one pass of the (drop-last) loader, and the last epoch of a stage may be
 partial. The global batch is fixed: gradient accumulation makes up what does not fit one process.
 """
+
 from __future__ import annotations
 
 import sys
@@ -33,17 +34,35 @@ from ..protocols import Protocol, Stage, lr_for
 from ..recipe import Recipe
 from .runtime import Dist, peak_mem_mb, reset_peak_mem, rng_states, seed_everything, set_rng_state
 
-__all__ = ["Dist", "Stage", "TrainState", "build_training", "build_criterion", "build_mixup", "build_optimizer",
-           "Diverged", "train_stage", "train_step", "evaluate", "autocast_for", "peak_mem_mb", "lr_for"]
+__all__ = [
+    "Dist",
+    "Stage",
+    "TrainState",
+    "build_training",
+    "build_criterion",
+    "build_mixup",
+    "build_optimizer",
+    "Diverged",
+    "train_stage",
+    "train_step",
+    "evaluate",
+    "autocast_for",
+    "peak_mem_mb",
+    "lr_for",
+]
 
 
 class Diverged(RunFailed):
     """The training loss went non-finite: AdamW then writes NaN into every weight, so no later step recovers."""
 
     def __init__(self, stage: str, step: int, loss: float):
-        super().__init__(f"stage {stage} diverged: training loss {loss} at step {step}; lower lr_base or set "
-                         f"clip_grad (e.g. --set clip_grad=1.0), as a new run (another --name or --output)",
-                         stage=stage, step=step, diverged=True)
+        super().__init__(
+            f"stage {stage} diverged: training loss {loss} at step {step}; lower lr_base or set "
+            f"clip_grad (e.g. --set clip_grad=1.0), as a new run (another --name or --output)",
+            stage=stage,
+            step=step,
+            diverged=True,
+        )
 
 
 def autocast_for(recipe: Recipe, device: torch.device):
@@ -77,8 +96,9 @@ def set_fused_attn(model: nn.Module, fused: bool | None) -> nn.Module:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, recipe: dict, device: torch.device, d: Dist = Dist(),
-             channels_last: bool = False) -> dict:
+def evaluate(
+    model: nn.Module, loader, recipe: dict, device: torch.device, d: Dist = Dist(), channels_last: bool = False
+) -> dict:
     set_attention_path(model, recipe).eval()
     tot = torch.zeros(3, device=device)  # loss sum, top1 count, top5 count: stay on the device until the end
     n = 0
@@ -106,15 +126,21 @@ def build_optimizer(model: nn.Module, recipe: dict, lr: float, device: torch.dev
     # timm's factory already excludes norms, biases and no_weight_decay() tokens (pos_embed, cls_token) from decay.
     fused = recipe.fused if recipe.fused is not None else device.type == "cuda"
     kwargs = {"fused": True} if fused and recipe.opt == "adamw" else {}
-    return create_optimizer_v2(model, opt=recipe.opt, lr=lr, weight_decay=recipe.weight_decay,
-                               eps=recipe.opt_eps, **kwargs)
+    return create_optimizer_v2(
+        model, opt=recipe.opt, lr=lr, weight_decay=recipe.weight_decay, eps=recipe.opt_eps, **kwargs
+    )
 
 
 def build_mixup(recipe: dict, num_classes: int) -> Mixup | None:
     if recipe.mixup > 0 or recipe.cutmix > 0:
-        return Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, prob=recipe.mixup_prob,
-                     switch_prob=recipe.mixup_switch_prob, label_smoothing=recipe.smoothing,
-                     num_classes=num_classes)
+        return Mixup(
+            mixup_alpha=recipe.mixup,
+            cutmix_alpha=recipe.cutmix,
+            prob=recipe.mixup_prob,
+            switch_prob=recipe.mixup_switch_prob,
+            label_smoothing=recipe.smoothing,
+            num_classes=num_classes,
+        )
     return None
 
 
@@ -139,8 +165,9 @@ class TrainState:
     criterion: nn.Module
 
 
-def build_training(model: nn.Module, recipe: dict, stage: Stage, device: torch.device,
-                   optimizer_state: dict | None = None) -> TrainState:
+def build_training(
+    model: nn.Module, recipe: dict, stage: Stage, device: torch.device, optimizer_state: dict | None = None
+) -> TrainState:
     """The optimizer (with ``optimizer_state``: name-keyed per-parameter state, RBDC's carried AdamW moments), the
     learning-rate schedule, EMA, Mixup/CutMix and the loss of training ``model`` (on ``device``) for ``stage``."""
     opt = build_optimizer(model, recipe, stage.lr, device)
@@ -153,9 +180,24 @@ def build_training(model: nn.Module, recipe: dict, stage: Stage, device: torch.d
     return TrainState(opt, LRSchedule.for_stage(stage, recipe), ema, mix, build_criterion(recipe, mix is not None))
 
 
-def train_step(net: nn.Module, batches, opt: torch.optim.Optimizer, crit, recipe: dict, device: torch.device, *,
-               loss_sum: torch.Tensor, step: int = 0, accum: int = 1, step_fn=None, model: nn.Module | None = None,
-               mix=None, channels_last: bool = False, ema=None, custom_loss=None) -> torch.Tensor:
+def train_step(
+    net: nn.Module,
+    batches,
+    opt: torch.optim.Optimizer,
+    crit,
+    recipe: dict,
+    device: torch.device,
+    *,
+    loss_sum: torch.Tensor,
+    step: int = 0,
+    accum: int = 1,
+    step_fn=None,
+    model: nn.Module | None = None,
+    mix=None,
+    channels_last: bool = False,
+    ema=None,
+    custom_loss=None,
+) -> torch.Tensor:
     """One optimizer step of the engine: ``accum`` micro-batches forward and backward, clipping, update, EMA.
 
     The hot loop of :func:`train_stage`, and what the ``train-step`` benchmark times. Nothing here waits for the
@@ -206,10 +248,23 @@ def train_step(net: nn.Module, batches, opt: torch.optim.Optimizer, crit, recipe
     return loss_sum
 
 
-def train_stage(model: nn.Module, spec: Stage, recipe: dict, train_loader, val_loader, device: torch.device,
-                ledger: Ledger, on_epoch, state: dict | None = None, optimizer_state: dict | None = None,
-                d: Dist = Dist(), log=print, on_preempt=None, *,
-                protocol: Protocol) -> tuple[nn.Module, torch.optim.Optimizer]:
+def train_stage(
+    model: nn.Module,
+    spec: Stage,
+    recipe: dict,
+    train_loader,
+    val_loader,
+    device: torch.device,
+    ledger: Ledger,
+    on_epoch,
+    state: dict | None = None,
+    optimizer_state: dict | None = None,
+    d: Dist = Dist(),
+    log=print,
+    on_preempt=None,
+    *,
+    protocol: Protocol,
+) -> tuple[nn.Module, torch.optim.Optimizer]:
     """Train ``model`` for ``spec.steps`` optimizer steps.
 
     Args:
@@ -234,12 +289,15 @@ def train_stage(model: nn.Module, spec: Stage, recipe: dict, train_loader, val_l
         if val_loader is not None and ((loop.epoch + 1) % recipe.eval_every == 0 or last):
             row.update(evaluate(model, val_loader, recipe, device, d, loop.channels_last))
             if loop.ts.ema is not None:
-                row["ema_top1"] = evaluate(loop.ts.ema.module, val_loader, recipe, device, d,
-                                           loop.channels_last)["eval_top1"]
+                row["ema_top1"] = evaluate(loop.ts.ema.module, val_loader, recipe, device, d, loop.channels_last)[
+                    "eval_top1"
+                ]
         row["peak_mem_mb"] = round(peak_mem_mb(device), 1)
         loop.epoch += 1
-        log(f"[{spec.id}] epoch {loop.epoch - 1} step {loop.step}/{spec.steps} loss {row['train_loss']:.4f} "
-            f"top1 {row.get('eval_top1', float('nan')):.2f} lr {row['lr']:.2e} {row['img_per_s']:.0f} img/s")
+        log(
+            f"[{spec.id}] epoch {loop.epoch - 1} step {loop.step}/{spec.steps} loss {row['train_loss']:.4f} "
+            f"top1 {row.get('eval_top1', float('nan')):.2f} lr {row['lr']:.2e} {row['img_per_s']:.0f} img/s"
+        )
         on_epoch(row, {**loop.checkpoint(loop.wall), "done": last})
         if not last and preempt.requested(d, device):  # at an epoch's end: its checkpoint is written already
             raise preempt.Preempted(spec.id, loop.step, preempt.requested())
@@ -250,20 +308,41 @@ class _StageLoop:
     """The state of one stage's training between its epochs: the model and what trains it, the step, the epoch and
     the seconds trained so far."""
 
-    def __init__(self, model: nn.Module, spec: Stage, recipe: dict, device: torch.device, d: Dist,
-                 protocol: Protocol, ledger: Ledger, log):
-        self.model, self.spec, self.recipe, self.device, self.d, self.ledger, self.log = \
-            model, spec, recipe, device, d, ledger, log
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: Stage,
+        recipe: dict,
+        device: torch.device,
+        d: Dist,
+        protocol: Protocol,
+        ledger: Ledger,
+        log,
+    ):
+        self.model, self.spec, self.recipe, self.device, self.d, self.ledger, self.log = (
+            model,
+            spec,
+            recipe,
+            device,
+            d,
+            ledger,
+            log,
+        )
         world_batch = recipe.batch_size
         self.micro = recipe.micro_batch or world_batch // d.world
         self.accum = world_batch // (self.micro * d.world)
         if self.accum * self.micro * d.world != world_batch:
-            raise ValueError(f"global batch {world_batch} is not micro_batch {self.micro} x world {d.world} x an "
-                             f"integer number of accumulation steps; pick a micro_batch that divides it")
+            raise ValueError(
+                f"global batch {world_batch} is not micro_batch {self.micro} x world {d.world} x an "
+                f"integer number of accumulation steps; pick a micro_batch that divides it"
+            )
         self.fpi = protocol.train_flops_per_image(model, recipe.img_size)
         self.own_objective = protocol.own_objective  # DiffusionBlocks: forward(x, y) is the loss
-        self.channels_last = recipe.channels_last if recipe.channels_last != "auto" else (
-            device.type == "cuda" and isinstance(protocol.backbone(model), ResNet))
+        self.channels_last = (
+            recipe.channels_last
+            if recipe.channels_last != "auto"
+            else (device.type == "cuda" and isinstance(protocol.backbone(model), ResNet))
+        )
         self.step, self.epoch, self.wall = 0, 0, 0.0
 
     def start(self, train_loader, state: dict | None, optimizer_state: dict | None) -> None:
@@ -289,17 +368,23 @@ class _StageLoop:
         self.net = model
         if d.world > 1:
             self.net = nn.parallel.DistributedDataParallel(
-                model, device_ids=[d.local_rank] if device.type == "cuda" else None,
-                find_unused_parameters=self.own_objective)
+                model,
+                device_ids=[d.local_rank] if device.type == "cuda" else None,
+                find_unused_parameters=self.own_objective,
+            )
         self.step_fn = torch.compile(self.net) if self.recipe.compile else self.net
         self.steps_per_epoch = len(train_loader) // self.accum
         if self.steps_per_epoch < 1:
-            raise ValueError(f"the training set gives {len(train_loader)} micro-batches per epoch, fewer than one "
-                             f"optimizer step of {self.recipe.batch_size} images; lower batch_size")
-        self.log(f"[{spec.id}] {spec.model_name}: {spec.steps} steps ({spec.steps / self.steps_per_epoch:.2f} "
-                 f"epochs) of global batch {self.recipe.batch_size} = {self.micro} x {d.world} proc x "
-                 f"{self.accum} accum | lr {spec.lr:.3g} | {self.fpi / 1e9:.3f} train GFLOPs/img"
-                 + (f" | resumed at step {self.step}" if self.step else ""))
+            raise ValueError(
+                f"the training set gives {len(train_loader)} micro-batches per epoch, fewer than one "
+                f"optimizer step of {self.recipe.batch_size} images; lower batch_size"
+            )
+        self.log(
+            f"[{spec.id}] {spec.model_name}: {spec.steps} steps ({spec.steps / self.steps_per_epoch:.2f} "
+            f"epochs) of global batch {self.recipe.batch_size} = {self.micro} x {d.world} proc x "
+            f"{self.accum} accum | lr {spec.lr:.3g} | {self.fpi / 1e9:.3f} train GFLOPs/img"
+            + (f" | resumed at step {self.step}" if self.step else "")
+        )
 
     def train_epoch(self, train_loader, in_epoch: dict | None, on_preempt) -> dict:
         """One epoch's steps (the rest of a preempted one); its summary row, before evaluation."""
@@ -337,9 +422,23 @@ class _StageLoop:
         lr = ts.schedule.lr_at(self.spec.sched_offset + self.step)
         for group in opt.param_groups:
             group["lr"] = lr
-        train_step(self.net, it, opt, ts.criterion, self.recipe, self.device, loss_sum=loss_sum, step=self.step,
-                   accum=self.accum, step_fn=self.step_fn, model=self.model, mix=ts.mixup,
-                   channels_last=self.channels_last, ema=ts.ema, custom_loss=self.own_objective)
+        train_step(
+            self.net,
+            it,
+            opt,
+            ts.criterion,
+            self.recipe,
+            self.device,
+            loss_sum=loss_sum,
+            step=self.step,
+            accum=self.accum,
+            step_fn=self.step_fn,
+            model=self.model,
+            mix=ts.mixup,
+            channels_last=self.channels_last,
+            ema=ts.ema,
+            custom_loss=self.own_objective,
+        )
         self.step += 1
 
     def _row(self, n_steps: int, loss_sum: torch.Tensor, dt: float, lr: float) -> dict:
@@ -347,13 +446,22 @@ class _StageLoop:
         spec, fpi = self.spec, self.fpi
         images = n_steps * self.recipe.batch_size
         self.ledger.add(spec.id, spec.model_name, images, fpi)
-        row = {"stage": spec.id, "model": spec.model_name, "epoch": self.epoch,
-               "train_loss": (loss_sum / max(n_steps, 1)).item(), "lr": lr,
-               # the stage's training images (not a growth step's, e.g. GradMax's gradient pass, booked to it too)
-               "images_seen": sum(e.images for e in self.ledger.entries if e.stage == spec.id
-                                  and e.model == spec.model_name),
-               "train_flops": images * fpi, "cum_train_flops": self.ledger.total, "wall_s": round(self.wall, 3),
-               "img_per_s": images / dt, "model_tflops_per_s": images * fpi / dt / 1e12}
+        row = {
+            "stage": spec.id,
+            "model": spec.model_name,
+            "epoch": self.epoch,
+            "train_loss": (loss_sum / max(n_steps, 1)).item(),
+            "lr": lr,
+            # the stage's training images (not a growth step's, e.g. GradMax's gradient pass, booked to it too)
+            "images_seen": sum(
+                e.images for e in self.ledger.entries if e.stage == spec.id and e.model == spec.model_name
+            ),
+            "train_flops": images * fpi,
+            "cum_train_flops": self.ledger.total,
+            "wall_s": round(self.wall, 3),
+            "img_per_s": images / dt,
+            "model_tflops_per_s": images * fpi / dt / 1e12,
+        }
         row.update(mfu_fields(row["model_tflops_per_s"], self.device))  # GPU only: {"mfu": ...} vs the bf16 peak
         if self.device.type == "cpu":  # the machine's speed state after the epoch, outside its wall time
             fast_bf16 = self.recipe.amp == "bf16" and not bf16.needed(self.device)
@@ -363,15 +471,26 @@ class _StageLoop:
     def checkpoint(self, wall: float) -> dict:
         """Everything a resume needs (``wall``: the seconds trained, at this point)."""
         ema = self.ts.ema
-        return {"model": self.model.state_dict(), "optimizer": self.ts.optimizer.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None, "step": self.step, "epoch": self.epoch,
-                "wall_s": wall, **rng_states(self.d)}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.ts.optimizer.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
+            "step": self.step,
+            "epoch": self.epoch,
+            "wall_s": wall,
+            **rng_states(self.d),
+        }
 
     def _preempt_inside_epoch(self, on_preempt, epoch_s: float, n_steps: int, loss_sum: torch.Tensor) -> None:
         """Hand the checkpoint of a stop between two steps to ``on_preempt`` and raise :class:`Preempted`."""
         if on_preempt is not None:
-            on_preempt({**self.checkpoint(self.wall + epoch_s), "done": False,
-                        "in_epoch": {"n_steps": n_steps, "loss_sum": loss_sum.detach().cpu(), "wall_s": epoch_s}})
+            on_preempt(
+                {
+                    **self.checkpoint(self.wall + epoch_s),
+                    "done": False,
+                    "in_epoch": {"n_steps": n_steps, "loss_sum": loss_sum.detach().cpu(), "wall_s": epoch_s},
+                }
+            )
         raise preempt.Preempted(self.spec.id, self.step, preempt.requested())
 
 

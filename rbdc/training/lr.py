@@ -6,6 +6,7 @@ along a lineage (``rbdc.schedule: continue``, GradMax) is one schedule over the 
 it from its offset. The arithmetic is timm's ``CosineLRScheduler`` (``warmup_prefix=True``, one cycle) operation for
 operation, so that runs keep their exact learning rates.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,11 +17,11 @@ __all__ = ["LRSchedule"]
 
 @dataclass(frozen=True)
 class LRSchedule:
-    lr: float             # the peak, reached at the end of the warm-up
+    lr: float  # the peak, reached at the end of the warm-up
     min_lr: float
     warmup_steps: int
-    warmup_lr: float      # the rate of step 0 of a warm-up
-    cosine_steps: int     # the cosine's period: it reaches min_lr at step warmup_steps + cosine_steps
+    warmup_lr: float  # the rate of step 0 of a warm-up
+    cosine_steps: int  # the cosine's period: it reaches min_lr at step warmup_steps + cosine_steps
 
     @classmethod
     def for_stage(cls, stage, recipe: dict) -> "LRSchedule":

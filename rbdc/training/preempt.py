@@ -7,6 +7,7 @@ engine checks it after every optimizer step, writes ``last.pt`` with the positio
 submitit's local executor runs the job again) and a submitit job requeues itself (``rbdc.runs.launch.SlurmTrain``).
 Rerunning the same command resumes to the weights an uninterrupted run ends with.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,7 +15,7 @@ import os
 import signal
 from typing import Iterator
 
-PREEMPTED_EXIT = 144   # submitit's LOCAL_REQUEUE_RETURN_CODE
+PREEMPTED_EXIT = 144  # submitit's LOCAL_REQUEUE_RETURN_CODE
 _state = {"armed": False, "requested": None}
 
 
@@ -22,8 +23,10 @@ class Preempted(BaseException):
     """The run wrote its checkpoint and stops: resumable, not failed (a BaseException, like KeyboardInterrupt)."""
 
     def __init__(self, stage: str, step: int, signame: str):
-        super().__init__(f"preempted by {signame} in stage {stage} at step {step}: checkpoint written; rerun the "
-                         "same command to resume")
+        super().__init__(
+            f"preempted by {signame} in stage {stage} at step {step}: checkpoint written; rerun the "
+            "same command to resume"
+        )
 
 
 def signals() -> list[signal.Signals]:
@@ -61,6 +64,7 @@ def requested(d=None, device=None) -> str | None:
     if d is not None and d.world > 1 and _state["armed"]:
         import torch
         import torch.distributed as dist
+
         flag = torch.tensor([1.0 if name else 0.0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         name = name or ("SIGTERM (another rank)" if flag.item() else None)

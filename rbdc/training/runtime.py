@@ -1,5 +1,6 @@
 """What a training process is besides its model: its place in a process group (:class:`Dist`), its random
 streams (saved in and restored from checkpoints) and its peak memory."""
+
 from __future__ import annotations
 
 import os
@@ -66,6 +67,7 @@ def _die_with_launcher() -> None:
         return
     import ctypes
     import signal
+
     if ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
         return
     if os.getppid() == 1:  # the launcher died before the request took effect
@@ -84,8 +86,12 @@ def rng_states(d: Dist) -> dict:
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
 def set_rng_state(state: dict) -> None:

@@ -3,6 +3,7 @@
 Takes det-train's arguments. The RoI head is not timed: MMDetection's loss path calls ``roi_head.loss``, not its
 forward, so a forward hook never fires there (its cost shows in the op table).
 """
+
 import argparse
 import sys
 import time
@@ -32,7 +33,7 @@ def timed(name: str, module: torch.nn.Module) -> None:
     module.register_forward_hook(stop)
 
 
-for name in ('backbone', 'neck', 'rpn_head'):
+for name in ("backbone", "neck", "rpn_head"):
     timed(name, getattr(model, name))
 steps = []
 for i in range(6):
@@ -44,6 +45,6 @@ for i in range(6):
     else:
         model.train_step(data, optim_wrapper)
     steps.append(time.perf_counter() - start)
-print('step s:', [round(s, 2) for s in steps])
-print({k: [round(x, 3) for x in v[1:]] for k, v in forward_s.items()}, '(forward s, first step left out)')
-print(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=25))
+print("step s:", [round(s, 2) for s in steps])
+print({k: [round(x, 3) for x in v[1:]] for k, v in forward_s.items()}, "(forward s, first step left out)")
+print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
