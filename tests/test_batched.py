@@ -1,4 +1,4 @@
-"""rbdc.batched: k ViT parts as one batched model equal the k separate parts (forward, gradients, a clipped AdamW
+"""rbdc.nets.batched: k ViT parts as one batched model equal the k separate parts (forward, gradients, a clipped AdamW
 step), and parts that cannot be batched are refused in one line."""
 
 import copy

@@ -1,4 +1,5 @@
-"""rbdc.bf16: CPU bf16 autocast emulated in fp32 gives what torch's bf16 kernels give, up to summation order."""
+"""rbdc.training.bf16: CPU bf16 autocast emulated in fp32 gives what torch's bf16 kernels give, up to summation
+order."""
 
 import pytest
 import torch

@@ -1,4 +1,5 @@
-"""rbdc.pool: K processes at a time, a log per job with its own start time, failures reported, the others go on."""
+"""rbdc.studies.pool: K processes at a time, a log per job with its own start time, failures reported, the others
+go on."""
 
 import re
 from pathlib import Path

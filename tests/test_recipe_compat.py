@@ -130,7 +130,8 @@ def test_mixturegrowth_reads_its_own_norm_key_and_an_old_recipes_rbdc_norm(sets,
 def test_mixturegrowth_grows_with_its_own_norm_not_rbdcs(monkeypatch):
     from types import SimpleNamespace
 
-    from rbdc import checkpoint, growth, protocols
+    from rbdc import growth, protocols
+    from rbdc.nets import checkpoint
     from rbdc import recipe as recipes
     from rbdc.protocols import mixturegrowth
 

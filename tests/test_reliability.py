@@ -71,7 +71,7 @@ def test_wait_waits_for_the_holder(tmp_path, monkeypatch):
 def test_kill_9_leaves_no_stale_lock(tmp_path):
     d = _run_dir(tmp_path)
     code = (
-        "import sys, time; from pathlib import Path; from rbdc import runlock\n"
+        "import sys, time; from pathlib import Path; from rbdc.runs import runlock\n"
         "with runlock.hold(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)"
     )
     p = subprocess.Popen([sys.executable, "-c", code, str(d)], stdout=subprocess.PIPE, text=True)

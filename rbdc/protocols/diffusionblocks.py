@@ -1,4 +1,4 @@
-"""``diffusionblocks``: one stage training the blocks of :class:`rbdc.diffusionblocks.DiffusionBlocksViT`.
+"""``diffusionblocks``: one stage training the blocks of :class:`rbdc.nets.diffusionblocks.DiffusionBlocksViT`.
 
 One step trains one of B blocks (~1/B of a full pass); the method's "epochs" are B x ours: equal iterations per
 block. A FLOPs budget is met directly with the model's own per-image training FLOPs.
@@ -22,9 +22,9 @@ if TYPE_CHECKING:
 @register
 class DiffusionBlocks(Protocol):
     name = "diffusionblocks"
-    # one free-form mapping: its options are checked by the model (rbdc.diffusionblocks.OPTIONS) when it is built
+    # one free-form mapping: its options are checked by the model (rbdc.nets.diffusionblocks.OPTIONS) when it is built
     section = "diffusionblocks"
-    keys = key({}, (dict,), None, "options of the diffusionblocks protocol (rbdc.diffusionblocks)")
+    keys = key({}, (dict,), None, "options of the diffusionblocks protocol (rbdc.nets.diffusionblocks)")
     color = "#ff7f0e"
     own_objective = True
 

@@ -127,13 +127,13 @@ def train_images(recipe: dict) -> int:
     """The training images of one epoch of the recipe's dataset: its full train split (the known size)."""
     from rbdc.data.for_recipe import TRAIN_SIZES
 
-    data = recipe["data"]
-    if data["source"] not in TRAIN_SIZES or data["subset"] or data["holdout"] is not None:
+    data = recipe.data
+    if data.source not in TRAIN_SIZES or data.subset or data.holdout is not None:
         raise UserError(
             f"the ladder report counts image-epochs on a full train split of {sorted(TRAIN_SIZES)}; "
-            f"this recipe trains on {data['source']} (subset {data['subset']}, holdout {data['holdout']})"
+            f"this recipe trains on {data.source} (subset {data.subset}, holdout {data.holdout})"
         )
-    return TRAIN_SIZES[data["source"]][0]
+    return TRAIN_SIZES[data.source][0]
 
 
 def _recipe(study, point: str) -> dict:
@@ -154,13 +154,13 @@ def rungs(studies: dict, ladder=LADDER) -> list[Rung]:
             raise UserError(f"{study.path}: the ladder names point(s) {missing} it does not define")
         points = collected.setdefault(name, collect(study, Path(root)))
         rec = _recipe(study, rbdc_id)
-        width, params = shape(rec["model"])
+        width, params = shape(rec.model)
         rung = Rung(
             name,
             Path(root),
             scratch_id,
             rbdc_id,
-            rec["model"],
+            rec.model,
             width,
             params,
             train_images(rec),
