@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
 import re
@@ -145,6 +146,10 @@ class _Cells:
     device: str
     runs: list[str]
 
+    def columns(self) -> list[str]:
+        """The columns both tables print, in their order (the Markdown table adds the runs as its last column)."""
+        return [getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "runs"]
+
 
 def _cells(rows: Sequence[GroupRow], out_dir: Path) -> list[_Cells]:
     fscale, _ = _flops_unit(rows)
@@ -233,22 +238,7 @@ def _render_markdown(
     w("| " + " | ".join(header) + " |\n")
     w("|" + "|".join("---" for _ in header) + "|\n")
     for c in _cells(rows, out_dir):
-        values = [
-            c.group,
-            c.source,
-            c.protocol,
-            c.dataset,
-            c.model,
-            c.seeds,
-            c.top1,
-            c.top5,
-            c.flops,
-            c.rel,
-            c.mem,
-            c.wall,
-            c.device,
-            "<br>".join(c.runs),
-        ]
+        values = [*c.columns(), "<br>".join(c.runs)]
         w("| " + " | ".join(_md_cell(v) for v in values) + " |\n")
     w("\n")
     w("- Top-1/Top-5: final eval accuracy, mean ± sample std (ddof=1) over seeds; std – with one seed.\n")
@@ -464,22 +454,7 @@ def _render_tex(rows: Sequence[GroupRow], out_dir: Path, name: str, title: str, 
         if c.source != "measured" and not quoted_started:
             w("\\midrule\n")
             quoted_started = True
-        values = [
-            c.group,
-            c.source,
-            c.protocol,
-            c.dataset,
-            c.model,
-            c.seeds,
-            c.top1,
-            c.top5,
-            c.flops,
-            c.rel,
-            c.mem,
-            c.wall,
-            c.device,
-        ]
-        w(" & ".join(_tex(v) for v in values) + " \\\\\n")
+        w(" & ".join(_tex(v) for v in c.columns()) + " \\\\\n")
         w(("% runs: " if c.source == "measured" else "% source: ") + ", ".join(c.runs) + "\n")
     w("\\bottomrule\n\\end{tabular}\n\\end{table}\n")
     return out.getvalue()
