@@ -41,8 +41,6 @@ STUDIES = {
     "compile-check32": REPO / "configs" / "studies" / "compile-check32.yaml",
     "width-ladder32": REPO / "configs" / "studies" / "width-ladder32.yaml",
 }
-# the width ladder's trend report (issue 36, rbdc.report.ladder): runs of its studies under reports/runs/<study>/
-LADDER = "width-ladder32"
 # detection studies: name -> study file (light files under reports/runs/<name>/, report under reports/detection/)
 DET_STUDIES = {"balloon32": REPO / "configs" / "studies" / "balloon32.yaml"}
 # the README's headline: the study report it comes from, and what the README says about that choice
@@ -60,7 +58,7 @@ def sync(src_root: Path) -> list[Path]:
     for results in sorted(src_root.rglob(rundir.RESULTS)):
         run_dir = results.parent
         rel = run_dir.relative_to(src_root)
-        if rel.parts[0] not in {f for folders, _ in REPORTS.values() for f in folders} | set(STUDIES) | {LADDER}:
+        if rel.parts[0] not in {f for folders, _ in REPORTS.values() for f in folders} | set(STUDIES):
             continue
         copied.append(rundir.copy_light(run_dir, RUNS / rel))
     return copied
@@ -81,9 +79,9 @@ def make(out_dir: Path = REPO / "reports", runs: Path = RUNS) -> dict[str, dict]
         if (runs / name).is_dir():
             # with the runs root, a tuned point takes the trial its committed trial runs chose
             written[name] = build(load_study(study_file, runs), runs / name, out_dir / name)
-    if (runs / LADDER).is_dir():  # the trend over widths, once the ladder's own runs are committed
-        from rbdc.report import ladder
+    from rbdc.report import ladder
 
+    if (runs / ladder.NAME).is_dir():  # the trend over widths (issue 36), once the ladder's own runs are committed
         written[ladder.REPORT] = ladder.build(
             ladder.rungs(ladder.studies_at(runs)), out_dir / ladder.REPORT, "python -m benchmarks.make_reports"
         )
