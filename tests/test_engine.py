@@ -45,6 +45,22 @@ def test_a_cpu_run_records_the_machines_gemm_rate_after_every_epoch_without_touc
     assert torch.equal(torch.get_rng_state(), before)
 
 
+def test_a_cpu_run_records_each_epochs_process_cpu_seconds_beside_its_wall(rbdc_run):
+    """cpu_s puts a wall on the busy clock the cost model is fitted on (issue 35): the process's CPU seconds over the
+    epoch's training steps, positive and at most the epoch's wall times its threads (plus the clocks' granularity)."""
+    run_dir, _ = rbdc_run
+    _, rows = rundir.read_summary(run_dir / rundir.SUMMARY)
+    assert "cpu_s" in rundir.TIMING_COLUMNS and "cpu_s" in rundir.SUMMARY_OPTIONAL
+    threads = torch.get_num_threads()
+    trained = [r for r in rows if int(r["epoch"]) >= 0]
+    assert trained
+    walls = {}
+    for r in trained:  # wall_s is cumulative over a stage: an epoch's wall is its difference to the stage's previous
+        epoch_wall = float(r["wall_s"]) - walls.get(r["stage"], 0.0)
+        walls[r["stage"]] = float(r["wall_s"])
+        assert 0 < float(r["cpu_s"]) <= epoch_wall * threads + 0.05, r
+
+
 def test_rbdc_run_writes_the_run_directory_contract(rbdc_run):
     run_dir, results = rbdc_run
     assert recipes.resolve(run_dir / rundir.RECIPE) == recipes.resolve(CI / "rbdc.yaml")

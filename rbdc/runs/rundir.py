@@ -99,12 +99,14 @@ SUMMARY_COLUMNS = (
     "mfu",
     "peak_mem_mb",
     "gemm_gflops",
+    "cpu_s",
 )
-# only when a row has them (mfu: on a GPU; gemm_gflops: on a CPU, rbdc.cost.perf.gemm_probe_gflops); the rest always
-SUMMARY_OPTIONAL = ("model_tflops_per_s", "mfu", "gemm_gflops")
+# only when a row has them (mfu: on a GPU; gemm_gflops, cpu_s: on a CPU, rbdc.cost.perf.gemm_probe_gflops and the
+# epoch's process CPU seconds); the rest always
+SUMMARY_OPTIONAL = ("model_tflops_per_s", "mfu", "gemm_gflops", "cpu_s")
 _SUMMARY_ALWAYS = tuple(c for c in SUMMARY_COLUMNS if c not in SUMMARY_OPTIONAL)
 # measured by the clock or the allocator: they differ between two runs of the same recipe (e.g. a resumed one)
-TIMING_COLUMNS = ("wall_s", "img_per_s", "model_tflops_per_s", "mfu", "peak_mem_mb", "gemm_gflops")
+TIMING_COLUMNS = ("wall_s", "img_per_s", "model_tflops_per_s", "mfu", "peak_mem_mb", "gemm_gflops", "cpu_s")
 
 
 class RunDir(os.PathLike):

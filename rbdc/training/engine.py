@@ -391,17 +391,19 @@ class _StageLoop:
         spec, device, opt = self.spec, self.device, self.ts.optimizer
         train_loader.set_epoch(self.epoch)
         self.net.train()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss_sum = torch.zeros((), device=device)
         it = iter(train_loader)
         n_steps, partial_s = _skip_trained(it, in_epoch, self.accum, loss_sum)
+        partial_cpu = (in_epoch or {}).get("cpu_s", 0.0)
         self.wall -= partial_s  # wall: the seconds before this epoch; partial_s: this epoch's before a preemption
         epoch_steps = min(self.steps_per_epoch, spec.steps - self.step + n_steps)
         bar = _progress(epoch_steps - n_steps, f"{spec.id} ep{self.epoch}", self.d.main)
         for _ in range(n_steps, epoch_steps):
             if preempt.requested(self.d, device):  # between two steps of the epoch: stop here
                 bar.close()
-                self._preempt_inside_epoch(on_preempt, partial_s + time.perf_counter() - t0, n_steps, loss_sum)
+                cpu_s = partial_cpu + time.process_time() - c0
+                self._preempt_inside_epoch(on_preempt, partial_s + time.perf_counter() - t0, n_steps, loss_sum, cpu_s)
             self._train_step(it, loss_sum)
             # a non-finite loss keeps the epoch's sum non-finite: this finds the first such step (one host sync per
             # step, as timm's own loop does to log the loss)
@@ -415,7 +417,12 @@ class _StageLoop:
             torch.cuda.synchronize(device)
         dt = time.perf_counter() - t0 + partial_s
         self.wall += dt
-        return self._row(n_steps, loss_sum, dt, opt.param_groups[0]["lr"])
+        row = self._row(n_steps, loss_sum, dt, opt.param_groups[0]["lr"])
+        if device.type == "cpu":
+            # the process's CPU seconds over the same steps (every thread of it): below wall x threads when other jobs
+            # took turns on its cores, so a wall can be read on the busy clock the cost model is fitted on (issue 35)
+            row["cpu_s"] = round(partial_cpu + time.process_time() - c0, 3)
+        return row
 
     def _train_step(self, it, loss_sum: torch.Tensor) -> None:
         opt, ts = self.ts.optimizer, self.ts
@@ -481,14 +488,21 @@ class _StageLoop:
             **rng_states(self.d),
         }
 
-    def _preempt_inside_epoch(self, on_preempt, epoch_s: float, n_steps: int, loss_sum: torch.Tensor) -> None:
+    def _preempt_inside_epoch(
+        self, on_preempt, epoch_s: float, n_steps: int, loss_sum: torch.Tensor, cpu_s: float = 0.0
+    ) -> None:
         """Hand the checkpoint of a stop between two steps to ``on_preempt`` and raise :class:`Preempted`."""
         if on_preempt is not None:
             on_preempt(
                 {
                     **self.checkpoint(self.wall + epoch_s),
                     "done": False,
-                    "in_epoch": {"n_steps": n_steps, "loss_sum": loss_sum.detach().cpu(), "wall_s": epoch_s},
+                    "in_epoch": {
+                        "n_steps": n_steps,
+                        "loss_sum": loss_sum.detach().cpu(),
+                        "wall_s": epoch_s,
+                        "cpu_s": cpu_s,
+                    },
                 }
             )
         raise preempt.Preempted(self.spec.id, self.step, preempt.requested())
