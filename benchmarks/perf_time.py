@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.perf_costmodel import costmodel_section
 from benchmarks.time_split import grouped
 
 SPLIT_COLS = [
@@ -24,7 +25,6 @@ SPLIT_COLS = [
     ("optimizer", "optimizer + clipping"),
     ("other", "other"),
 ]
-TARGET = 0.10  # the cost model's target error against the runs' stage walls
 LEVER_WIN = 0.05  # a lever "wins" above 1.05x in the median and above 1x in every pair
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#aec7e8", "#ffbb78", "#98df8a", "#9467bd", "#c7c7c7"]
 
@@ -297,107 +297,6 @@ def levers(benches: list[dict], json_path: Path) -> list[str]:
         "for a level's parts is slower than separate parts at widths 32 and 64 and equal at 16: not wired.",
     ]
     return out + [""]
-
-
-def costmodel_section(benches: list[dict], json_path: Path) -> list[str]:
-    """The fitted cost model of the benches' CPU kind (``costmodel-<kind>.json`` beside the JSON), its in-sample
-    fit and its error against the committed runs (``benchmarks/costmodel_check.py``)."""
-    import json
-
-    from rbdc.cost.costmodel import TERMS, costmodel_path
-
-    kinds = [b["extra_info"]["kind"] for b in benches if "kind" in b["extra_info"]]
-    if not kinds:
-        return []
-    path = costmodel_path(kinds[0], json_path.parent)
-    if not path.is_file():
-        return [f"No cost model fitted for this CPU kind yet (`python -m rbdc.cost.costmodel {json_path.name}`).", ""]
-    data = json.loads(path.read_text())
-    out = [
-        "### Cost model: seconds per image on this device kind",
-        "",
-        f"`{path.name}` (`python -m rbdc.cost.costmodel reports/bench/{json_path.name}`, `rbdc/cost/costmodel.py`), "
-        f"kind "
-        f"`{data['device_kind']['key']}`. Seconds per training image = a x training FLOPs + b x activation elements "
-        "+ d x parameters / batch + c, one non-negative least-squares fit (relative errors) per precision and "
-        "family on the table above (busy clock). Activation elements: what the leaf layers write in one image's "
-        "forward, plus the attention's score and probability matrices (the memory-bound work that FLOPs do not "
-        "count); parameters / batch: the optimizer's and clipping's sweep over the weights per image.",
-        "",
-        "| precision / family | a (s per GFLOP) | b (ns per element) | d (ns per parameter-step) | c (us) | "
-        "in-sample error, per width |",
-        "|---|---|---|---|---|---|",
-    ]
-    for key, coef in data["coefs"].items():
-        amp, fam = key.split("/")
-        errs = ", ".join(
-            f"{r['width']}: {100 * r['fit_error']:+.0f}%"
-            for r in data["fitted_on"]
-            if (r["amp"], r["family"]) == (amp, fam)
-        )
-        out.append(
-            f"| {amp} {fam} | {coef[TERMS[0]] * 1e9:.4f} | {coef[TERMS[1]] * 1e9:.3f} | "
-            f"{coef[TERMS[2]] * 1e9:.3f} | {coef[TERMS[3]] * 1e6:.1f} | {errs} |"
-        )
-    val = data.get("validation")
-    if val:
-        roots = ", ".join(f"`{r}`" for r in val["runs_roots"])
-        loader = 1e6 * data["data_s_per_image"].get("32", 0)
-        out += [
-            "",
-            f"Against the committed runs' stage walls (`python -m benchmarks.costmodel_check`; {roots}; "
-            f"predicted = images x (cost model + the loader's {loader:.1f} us/img); error = predicted / "
-            "measured - 1):",
-            "",
-            "| runs folder @ code commit | runs | stages | median error | median abs error | range | all stages "
-            "summed | vs each stage's fastest epoch (median) |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for group, g in val["groups"].items():
-            out.append(
-                f"| {group} | {g['runs']} | {g['stages']} | {100 * g['median_error']:+.1f}% | "
-                f"{100 * g['median_abs_error']:.1f}% | {100 * g['min_error']:+.0f}..{100 * g['max_error']:+.0f}%"
-                f" | {100 * g['total_error']:+.1f}% | {100 * g['fastest_median_error']:+.1f}% |"
-            )
-        out += ["", *_by_model(val["stages"]), "", _verdict(val["stages"])]
-    return out + [""]
-
-
-def _verdict(stages: list[dict]) -> str:
-    """Which (runs, model) groups the model predicts within the target, and why the others miss it."""
-    keys = list(dict.fromkeys((s["group"], s["model"]) for s in stages))
-    med = {k: float(np.median([s["error"] for s in stages if (s["group"], s["model"]) == k])) for k in keys}
-    good = [f"{k[1]} in {k[0]} ({100 * v:+.0f}%)" for k, v in med.items() if abs(v) <= TARGET]
-    return (
-        f"Within the {100 * TARGET:.0f}% target (median over a group's stages): "
-        + ("; ".join(good) if good else "none")
-        + f"; {len(keys) - len(good)} of {len(keys)} groups miss it. "
-        "Why they miss, from the measurements above: the machine has two speed states (the GEMM probes), and a "
-        "run's stages ran in either; runs that shared their cores with other jobs are slower on the wall than "
-        "their busy time (the 61f9d7f runs, made while other helpers ran on both cores); and a training beside "
-        "another one is slower when both are memory-bound (the ResNets ran two at once, the benchmark beside a "
-        "ViT). The model is fitted on the fast state, one process on a core beside the study's run on the other: "
-        "read its walls as the floor on this kind, not a promise."
-    )
-
-
-def _by_model(stages: list[dict]) -> list[str]:
-    """The validation per runs folder, model and precision: measured and predicted seconds per image."""
-    out = [
-        "| runs folder @ code commit | model | precision | stages | measured us/img (median) | fastest epoch us/img "
-        "(median) | predicted us/img | median error |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for key in dict.fromkeys((s["group"], s["model"], s["amp"]) for s in stages):
-        mine = [s for s in stages if (s["group"], s["model"], s["amp"]) == key]
-        meas = np.median([s["wall_s"] / s["images"] for s in mine])
-        fast = np.median([s["fastest_s_per_image"] for s in mine])
-        pred = mine[0]["predicted_s"] / mine[0]["images"]
-        out.append(
-            f"| {key[0]} | {key[1]} | {key[2]} | {len(mine)} | {1e6 * meas:.0f} | {1e6 * fast:.0f} | "
-            f"{1e6 * pred:.0f} | {100 * np.median([s['error'] for s in mine]):+.0f}% |"
-        )
-    return out
 
 
 def sections(by_group: dict[str, list[dict]], json_path: Path, figure_dir: Path | None) -> list[str]:

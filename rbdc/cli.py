@@ -77,7 +77,7 @@ def _plan_speed(args, rows: list[dict]) -> dict[int, float] | None:
     if args.gpu:
         return {r["level"]: bench_train_flops_per_s(args.gpu, r["model"]) for r in rows}
     if args.estimate:  # this CPU kind's cost model where fitted, else a few steps measured here
-        speed, args.where = level_speeds(
+        speed, args.where, args.slow = level_speeds(
             args.target, rows, args.img_size, amp=args.amp, batch=args.batch, log=lambda line: print(line, flush=True)
         )
         return speed
@@ -112,7 +112,7 @@ def cmd_plan(args) -> int:
         cols.append(("time_per_epoch", "time/epoch", ""))
     print(_fmt_table(rows, cols))
     if speed:
-        print(rbdc_vs_scratch(rows, speed, where))
+        print(rbdc_vs_scratch(rows, speed, where, getattr(args, "slow", None)))
     return 0
 
 

@@ -15,6 +15,10 @@ outputs) plus the attention's score and probability matrices: the memory-bound w
 *c*: the per-image work that does not scale with the model (the loss, the batch's copies). A machine kind is the
 CPU's model name, family/model numbers and the ISA flags that pick oneDNN's kernels (:func:`cpu_kind`): a model
 fitted on one kind is refused on another (the caller falls back to measuring a few steps).
+
+An evaluation image costs a forward only: ``a' * training FLOPs + b' * activation elements + c'``, fitted the same
+way on each benchmark row's training seconds times the forward's share of its profiled step (the ``time-split``
+profile: about 0.4 of a narrow ViT's step and 0.2-0.3 of a ResNet's, not a constant third).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from ..runs.rundir import atomic_write_bytes
 
 BENCH = CHECKOUT / "reports" / "bench"
 TERMS = ("train_flops", "activation_elements", "params_per_batch", "constant")
+EVAL_TERMS = ("train_flops", "activation_elements", "constant")  # a forward: no optimizer sweep
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")  # what oneDNN dispatches on
 
 
@@ -203,6 +208,8 @@ class CostModel:
     coefs: dict[str, dict[str, float]]
     data_s_per_image: dict[str, float] = field(default_factory=dict)  # "32": the in-memory loader at 32 px
     fitted_on: list[dict] = field(default_factory=list)  # the benchmark rows: model, amp, s/img, fit
+    eval_coefs: dict[str, dict[str, float]] = field(default_factory=dict)  # an evaluation image (EVAL_TERMS)
+    slow_state_factor: float | None = None  # runs' slow-state over fast-state epoch walls (benchmarks.costmodel_check)
 
     def has(self, amp: str, fam: str) -> bool:
         return f"{amp}/{fam}" in self.coefs
@@ -211,6 +218,11 @@ class CostModel:
         if not self.has(amp, fam):
             raise KeyError(f"the cost model of {self.kind['name']} has no {amp} {fam} fit (has {sorted(self.coefs)})")
         return float(sum(self.coefs[f"{amp}/{fam}"][t] * terms[t] for t in TERMS))
+
+    def eval_seconds_per_image(self, terms: dict[str, float], amp: str, fam: str) -> float | None:
+        """Seconds of one evaluation image (a forward), or None where the benchmark had no profile to fit it on."""
+        coef = self.eval_coefs.get(f"{amp}/{fam}")
+        return None if coef is None else float(sum(coef[t] * terms[t] for t in EVAL_TERMS))
 
     def flops_range(self, amp: str, fam: str) -> tuple[float, float]:
         f = [r["train_flops"] for r in self.fitted_on if (r["amp"], r["family"]) == (amp, fam)]
@@ -224,11 +236,20 @@ class CostModel:
             "coefs": self.coefs,
             "data_s_per_image": self.data_s_per_image,
             "fitted_on": self.fitted_on,
+            "eval_coefs": self.eval_coefs,
+            **({"slow_state_factor": self.slow_state_factor} if self.slow_state_factor else {}),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "CostModel":
-        return cls(d["device_kind"], d["coefs"], d.get("data_s_per_image", {}), d.get("fitted_on", []))
+        return cls(
+            d["device_kind"],
+            d["coefs"],
+            d.get("data_s_per_image", {}),
+            d.get("fitted_on", []),
+            d.get("eval_coefs", {}),
+            d.get("slow_state_factor"),
+        )
 
     def save(self, path: Path) -> Path:
         atomic_write_bytes(path, json.dumps(self.to_dict(), indent=1).encode())
@@ -242,15 +263,36 @@ def fit_rows(rows: list[dict], kind: dict, data_s_per_image: dict | None = None)
     for r in rows:
         r = {**r, "family": r.get("family") or family(r["model"])}
         groups.setdefault(f"{r['amp']}/{r['family']}", []).append(r)
-    coefs, fitted = {}, []
+    coefs, eval_coefs, fitted = {}, {}, []
     for key, mine in sorted(groups.items()):
         terms = [features(r["model"], r["img_size"], r["batch"]) for r in mine]
         x = np.array([[t[k] for k in TERMS] for t in terms])
         coef = fit(x, np.array([r["s_per_image"] for r in mine]))
         coefs[key] = dict(zip(TERMS, map(float, coef)))
-        for r, t, pred in zip(mine, terms, x @ coef):
-            fitted.append({**r, **t, "fit_s_per_image": float(pred), "fit_error": float(pred / r["s_per_image"] - 1)})
-    return CostModel(kind, coefs, dict(data_s_per_image or {}), fitted)
+        rows = [
+            {**r, **t, "fit_s_per_image": float(p), "fit_error": float(p / r["s_per_image"] - 1)}
+            for r, t, p in zip(mine, terms, x @ coef)
+        ]
+        profiled = [r for r in rows if r.get("forward_fraction")]
+        if profiled:  # the forward's seconds: the row's training seconds times its profiled forward share
+            xe = np.array([[r[k] for k in EVAL_TERMS] for r in profiled])
+            ye = np.array([r["s_per_image"] * r["forward_fraction"] for r in profiled])
+            ecoef = fit(xe, ye)
+            eval_coefs[key] = dict(zip(EVAL_TERMS, map(float, ecoef)))
+            for r, y, p in zip(profiled, ye, xe @ ecoef):
+                r.update(eval_s_per_image=float(y), fit_eval_s_per_image=float(p), fit_eval_error=float(p / y - 1))
+        fitted += rows
+    return CostModel(kind, coefs, dict(data_s_per_image or {}), fitted, eval_coefs)
+
+
+def forward_fraction(split: dict | None) -> float | None:
+    """The forward's share of a profiled training step (``time_split``'s ``split_s``: its ops' self time over the
+    forward's, backward's and optimizer's; the untracked wall left out), None without a profile."""
+    if not split:
+        return None
+    t = {ph: sum(split.get(ph, {}).values()) for ph in ("forward", "backward", "optimizer")}
+    total = sum(t.values())
+    return t["forward"] / total if total > 0 else None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -301,6 +343,7 @@ def bench_rows(bench: dict) -> tuple[list[dict], dict[str, float]]:
                     "width": e.get("width", ""),
                     "rounds_used": len(fast),
                     "s_per_image": float(np.median(fast)) / e["images_per_round"],
+                    "forward_fraction": forward_fraction(e.get("split_s")),
                 }
             )
     return rows, data
@@ -351,6 +394,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['amp']} {r['family']:6s} {r['model']:28s} b{r['batch']} ({r['rounds_used']} rounds) measured "
             f"{1e6 * r['s_per_image']:8.1f} us/img  fit {1e6 * r['fit_s_per_image']:8.1f}  "
             f"({100 * r['fit_error']:+.1f}%)"
+            + (
+                f"; forward {1e6 * r['eval_s_per_image']:.1f} fit {1e6 * r['fit_eval_s_per_image']:.1f}"
+                if "eval_s_per_image" in r
+                else ""
+            )
         )
     print(f"wrote {out}")
     return 0

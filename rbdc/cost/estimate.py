@@ -17,6 +17,7 @@ from ..nets.models import scaled
 from ..training.engine import autocast, set_fused_attn
 from ..units import human_time, human_flops
 from .costmodel import family, features, for_this_machine
+from .work import predict_stage, recipe_work
 
 BENCH = CHECKOUT / "reports" / "bench"
 
@@ -91,33 +92,18 @@ def bench_train_flops_per_s(device_name: str, model: str | None = None, bench_di
     return max(same or [f for _, f in found])
 
 
-def estimate_stages(recipe: dict, stages: list, num_classes: int, gpu: str | None = None) -> str:
+def estimate_stages(recipe: dict, stages: list, num_classes: int, gpu: str | None = None, train_size: int = 0) -> str:
     """The plan's estimated wall time on one device, beside scratch's (the recipe's model at full width) at the same
     training FLOPs: from this CPU kind's cost model where one is fitted (every stage's wall, with the in-memory
-    loader's measured cost), else from the speed of each stage's model measured here (the recipe's batch, at most
-    64 images) or from the committed benchmarks of ``gpu``."""
+    loader's measured cost, and the run's evaluations: :func:`rbdc.cost.work.recipe_work`, on ``train_size``
+    images per epoch), else from the speed of each stage's model measured here (the recipe's batch, at most 64
+    images) or from the committed benchmarks of ``gpu`` (training steps only)."""
     lines: list[str] = []
     batch, amp = recipe.batch_size, recipe.amp if recipe.amp != "auto" else "fp32"
     kwargs = {"num_classes": num_classes, **recipe.model_kwargs}
     model = None if gpu else usable_costmodel(recipe.model, amp, recipe.img_size, log=lines.append)
     data = model.data_s_per_image.get(str(recipe.img_size), 0.0) if model and recipe.data.in_memory else 0.0
-    speed: dict = {}
-    for factor in {s.factor for s in stages} | {Fraction(1)}:
-        speed[factor] = (
-            _costmodel_speed(model, recipe.model, factor, recipe.img_size, batch, amp, **kwargs)
-            if model
-            else bench_train_flops_per_s(gpu, recipe.model)
-            if gpu
-            else measure_train_flops_per_s(
-                recipe.model,
-                factor,
-                recipe.img_size,
-                batch=min(batch, 64),
-                amp=amp,
-                fused_attn=recipe.fused_attn,
-                **kwargs,
-            )
-        )
+    speed = {f: _stage_speed(model, gpu, recipe, f, amp, **kwargs) for f in {s.factor for s in stages} | {Fraction(1)}}
 
     def wall(s) -> float:
         return (s.steps * batch * s.flops_per_image + s.extra_flops) / speed[s.factor] + s.steps * batch * data
@@ -129,18 +115,68 @@ def estimate_stages(recipe: dict, stages: list, num_classes: int, gpu: str | Non
         if gpu
         else "at the speed of a few steps measured here"
     )
+    evals = _evaluation_seconds(model, recipe, stages, train_size, **kwargs) if model and train_size else None
     if model is not None:
-        lines += [f"  stage {s.id} ({s.model_name}, {s.steps} steps): {human_time(wall(s))}" for s in stages]
+        for s, ev in zip(stages, evals or [None] * len(stages)):
+            lines.append(f"  stage {s.id} ({s.model_name}, {s.steps} steps): {human_time(wall(s))}" + _evals(ev))
     seconds = sum(wall(s) for s in stages)
     flops = sum(s.steps * batch * s.flops_per_image + s.extra_flops for s in stages)
     full_fpi = train_flops_per_image(recipe.model, recipe.img_size, **kwargs)
     scratch = flops / speed[Fraction(1)] + flops / full_fpi * data
     lines.append(
         f"estimated wall time: {human_time(seconds)} {where}; scratch at the same training FLOPs: "
-        f"{human_time(scratch)} (this plan takes {seconds / scratch:.2f}x) (1 device; training steps only, "
-        f"no evaluation)"
+        f"{human_time(scratch)} (this plan takes {seconds / scratch:.2f}x) (1 device; training steps only"
+        + (")" if evals else ", no evaluation)")
     )
+    if evals:
+        total = seconds + sum(e for _, e in evals)
+        total = slow_range(total, model.slow_state_factor)
+        lines.append(f"with the run's evaluations (forwards by the cost model): {total}")
     return "\n".join(lines)
+
+
+def _stage_speed(model, gpu: str | None, recipe, factor, amp: str, **kwargs) -> float:
+    """Training FLOP/s of the recipe's model at ``factor``: the cost model's, a GPU's benchmarked, or measured."""
+    if model:
+        return _costmodel_speed(model, recipe.model, factor, recipe.img_size, recipe.batch_size, amp, **kwargs)
+    if gpu:
+        return bench_train_flops_per_s(gpu, recipe.model)
+    return measure_train_flops_per_s(
+        recipe.model,
+        factor,
+        recipe.img_size,
+        batch=min(recipe.batch_size, 64),
+        amp=amp,
+        fused_attn=recipe.fused_attn,
+        **kwargs,
+    )
+
+
+def _evaluation_seconds(model, recipe, stages: list, train_size: int, **kwargs) -> list | None:
+    """``(work, seconds of its evaluations)`` per stage by the cost model, or None where it has no forward fit."""
+    out = []
+    for w in recipe_work(recipe, stages, train_size):
+        pred = predict_stage(model, w, recipe.model, recipe, **kwargs)
+        if pred is None or pred["eval_s"] is None:
+            return None
+        out.append((w, pred["eval_s"]))
+    return out
+
+
+def _evals(ev) -> str:
+    """`` + N evaluation(s) of M images T`` for a stage's ``(work, seconds)``, or nothing."""
+    if ev is None or not ev[0].evaluations:
+        return ""
+    w, seconds = ev
+    return f" + {w.evaluations} evaluation(s) of {w.eval_images // w.evaluations:,} images {human_time(seconds)}"
+
+
+def slow_range(seconds: float, factor: float | None) -> str:
+    """``seconds`` as a time, and as a range up to the machine's slow state where the cost model holds its
+    ``factor`` (the runs' slow-state over fast-state epoch walls, ``benchmarks/costmodel_check.py``)."""
+    if not factor or factor <= 1:
+        return human_time(seconds)
+    return f"{human_time(seconds)}, up to {human_time(seconds * factor)} if the machine is in its slow state"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -184,30 +220,34 @@ def level_speeds(
     batch: int = 128,
     bench_dir: Path | None = None,
     log=print,
-) -> tuple[dict[int, float], str]:
-    """Training FLOP/s of each level of :func:`rbdc.coupling.plan` on this machine, and where they come from."""
+) -> tuple[dict[int, float], str, float | None]:
+    """Training FLOP/s of each level of :func:`rbdc.coupling.plan` on this machine, where they come from, and the
+    cost model's slow-state factor (None: not known, or measured here)."""
     size = _meta_twin(target, img_size)[1]
     model = usable_costmodel(target, amp, size, bench_dir, log)
     if model is not None:
         return (
             {r["level"]: _costmodel_speed(model, target, Fraction(r["width"]), size, batch, amp) for r in rows},
             f"by this CPU kind's cost model ({amp}, batch {batch})",
+            model.slow_state_factor,
         )
     log(f"measuring {len(rows)} model(s): 1 + 2 {amp} training steps each on this device ...")
     return (
         {r["level"]: measure_train_flops_per_s(target, Fraction(r["width"]), img_size, amp=amp) for r in rows},
         "at the speed measured here",
+        None,
     )
 
 
-def rbdc_vs_scratch(rows: list[dict], speed: dict[int, float], where: str) -> str:
-    """One line: one epoch of every level against scratch (the full-width level) at the same training FLOPs."""
+def rbdc_vs_scratch(rows: list[dict], speed: dict[int, float], where: str, slow: float | None = None) -> str:
+    """One line: one epoch of every level against scratch (the full-width level) at the same training FLOPs; with
+    ``slow`` (the cost model's slow-state factor), RBDC's as a range up to the machine's slow state."""
     flops = sum(r["level_train_pflops_per_epoch"] * 1e15 for r in rows)
     mine = sum(r["level_train_pflops_per_epoch"] * 1e15 / speed[r["level"]] for r in rows)
     full = max(rows, key=lambda r: Fraction(r["width"]))
     scratch = flops / speed[full["level"]]
     return (
-        f"one epoch of every level: {human_time(mine)}; scratch ({full['model']}) at equal FLOPs "
+        f"one epoch of every level: {slow_range(mine, slow)}; scratch ({full['model']}) at equal FLOPs "
         f"({human_flops(flops)}): {human_time(scratch)}; RBDC takes {mine / scratch:.2f}x scratch's wall {where} "
         f"(1 device; training steps only)"
     )

@@ -22,10 +22,11 @@ from .sources import build_dataset
 if TYPE_CHECKING:
     from rbdc.recipe import DataKeys, Recipe
 
-__all__ = ["TRAIN_SIZES", "PlanSize", "data_root", "plan_size", "recipe_datasets"]
+__all__ = ["TRAIN_SIZES", "VAL_SIZES", "PlanSize", "data_root", "eval_size", "plan_size", "recipe_datasets"]
 
 # The full train splits (images, classes) of the sources whose size is fixed: plans made without the data use them.
 TRAIN_SIZES = {"imagenet": (1_281_167, 1000), "imagenette": (IMAGENETTE_COUNTS["train"], 10), "cifar100": (50_000, 100)}
+VAL_SIZES = {"imagenet": 50_000, "imagenette": IMAGENETTE_COUNTS["val"], "cifar100": 10_000}
 
 
 def data_root(recipe: Recipe) -> str | None:
@@ -45,17 +46,20 @@ def recipe_datasets(recipe: Recipe) -> tuple[ImageDataset, ImageDataset]:
     train = _train_split(dc, root, recipe.img_size, recipe.num_classes)
     if dc.holdout is not None:
         return holdout_split(train, dc.holdout, dc.holdout_seed)
-    val = build_dataset(
+    return train, _val_split(dc, root, recipe.img_size, recipe.num_classes)
+
+
+def _val_split(dc: DataKeys, root: str | None, img_size: int, num_classes: int | None) -> ImageDataset:
+    return build_dataset(
         dc.source,
         root,
         "val",
         subset=dc.val_subset,
         download=dc.download,
-        img_size=recipe.img_size,
-        num_classes=recipe.num_classes,
+        img_size=img_size,
+        num_classes=num_classes,
         seed=0,
     )
-    return train, val
 
 
 def _train_split(dc: DataKeys, root: str | None, img_size: int, num_classes: int | None) -> ImageDataset:
@@ -113,3 +117,31 @@ def _dataset_size(key: str) -> tuple[int, int]:
     train = _train_split(dc, root, img_size, num_classes)
     fit = holdout_split(train, dc.holdout, dc.holdout_seed)[0] if dc.holdout is not None else train
     return len(fit), train.num_classes
+
+
+def eval_size(recipe: Recipe) -> int:
+    """Images in the split a run evaluates on (what each evaluation pass reads): the held-out part of train with
+    ``data.holdout``, else val (``data.val_subset``); where the data is not found, the source's known size."""
+    dc = recipe.data
+    key = json.dumps(
+        [dataclasses.asdict(dc), data_root(recipe), recipe.img_size, recipe.num_classes], sort_keys=True, default=str
+    )
+    try:
+        return _eval_size(key)
+    except UserError:
+        if dc.source not in TRAIN_SIZES or dc.subset or dc.val_subset:
+            raise
+        if dc.holdout is not None:
+            return round(dc.holdout * TRAIN_SIZES[dc.source][0])
+        return VAL_SIZES[dc.source]
+
+
+@functools.lru_cache(maxsize=64)
+def _eval_size(key: str) -> int:
+    from ..recipe import DataKeys
+
+    data, root, img_size, num_classes = json.loads(key)
+    dc = DataKeys(**data)
+    if dc.holdout is not None:
+        return len(holdout_split(_train_split(dc, root, img_size, num_classes), dc.holdout, dc.holdout_seed)[1])
+    return len(_val_split(dc, root, img_size, num_classes))

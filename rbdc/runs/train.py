@@ -63,7 +63,8 @@ def _dry_run(rec: dict, log, estimate: bool | str) -> None:
     stages = plan_stages(rec, size.train_size, size.num_classes)
     log(describe_plan(rec, stages, size.train_size, size.num_classes))
     if estimate:  # True: measure here; a string: a device of the committed benchmarks
-        log(estimate_stages(rec, stages, size.num_classes, gpu=estimate if isinstance(estimate, str) else None))
+        gpu = estimate if isinstance(estimate, str) else None
+        log(estimate_stages(rec, stages, size.num_classes, gpu=gpu, train_size=size.train_size))
 
 
 @contextlib.contextmanager
