@@ -128,8 +128,11 @@ def _study(tmp: Path, control=None, seeds=(0, 1, 2), **over) -> Path:
     [
         ({"label": "random-init", "model": "resnet18", "seed": 1}, "backbones.random_init: unknown key(s) ['seed']"),
         ({"label": "random-init"}, "backbones.random_init: missing key(s) ['model']"),
-        ({"label": "rbdc", "model": "resnet18"}, "backbones.random_init.label 'rbdc' is already a label of backbones"),
-        ({"label": "backbones", "model": "resnet18"}, "'backbones' is already the folder of the backbone runs' copies"),
+        ({"label": "rbdc", "model": "resnet18"}, "backbones.random_init.label 'rbdc' is already a label or folder"),
+        (
+            {"label": "backbones", "model": "resnet18"},
+            "label 'backbones' is already a label or folder of the study: ['backbones', 'rbdc', 'scratch']",
+        ),
         ({"label": "random-init", "model": "resnet181"}, "backbones.random_init.model 'resnet181' is not a timm model"),
         ({"label": "x", "model": "resnet18", "num_classes": 0}, "backbones.random_init.num_classes must be a positive"),
         ("resnet18", "backbones.random_init must be a mapping"),

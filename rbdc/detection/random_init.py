@@ -18,15 +18,58 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from rbdc.detection.checks import closest
 from rbdc.errors import UserError
 from rbdc.nets.checkpoint import save_weights
 from rbdc.runs.rundir import FINAL, read_json, sha256, write_json
 import rbdc  # noqa: F401  (registers the rbdc_* names with timm)
 
-__all__ = ["RECORD", "KIND", "random_init_model", "write_random_init", "ensure_random_init", "read_record"]
+__all__ = [
+    "RECORD",
+    "KIND",
+    "parse_spec",
+    "random_init_model",
+    "write_random_init",
+    "ensure_random_init",
+    "read_record",
+]
 
 RECORD = "random_init.json"  # beside final.safetensors: model, seed, classes, versions, sha256
 KIND = "random-init"  # the record's `kind` and the weights file's `stage` metadata
+KEYS = {"label", "model", "num_classes"}  # of a study's backbones.random_init; label and model required
+CLASSES = 10  # default num_classes: the classifier of the Imagenette studies' runs (timm's trunk draw depends on it)
+
+
+def parse_spec(spec, taken: set[str]) -> dict | None:
+    """A detection study's ``backbones.random_init`` checked: ``{label, model, num_classes}`` (classes default
+    :data:`CLASSES`), or None when the study has no control. ``taken``: the labels and folder names the label must
+    not be (the points' labels, the backbone copies' folder). Raises ValueError naming the field."""
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise ValueError(f"backbones.random_init must be a mapping {{label: ..., model: ...}}, got {spec!r}")
+    unknown = sorted(set(spec) - KEYS)
+    if unknown:
+        raise ValueError(f"backbones.random_init: unknown key(s) {unknown}; known: {', '.join(sorted(KEYS))}")
+    missing = sorted({"label", "model"} - set(spec))
+    if missing:
+        raise ValueError(f"backbones.random_init: missing key(s) {missing}")
+    label, model, classes = spec["label"], spec["model"], spec.get("num_classes", CLASSES)
+    if not (isinstance(label, str) and label and "/" not in label):
+        raise ValueError(f"backbones.random_init.label must be a folder name, got {label!r}")
+    if label in taken:
+        raise ValueError(
+            f"backbones.random_init.label {label!r} is already a label or folder of the study: {sorted(taken)}"
+        )
+    if not (isinstance(classes, int) and not isinstance(classes, bool) and classes >= 1):
+        raise ValueError(f"backbones.random_init.num_classes must be a positive integer, got {classes!r}")
+    import timm
+
+    if not (isinstance(model, str) and timm.is_model(model)):
+        raise ValueError(
+            f"backbones.random_init.model {model!r} is not a timm model{closest(str(model), timm.list_models())}"
+        )
+    return {"label": label, "model": model, "num_classes": classes}
 
 
 def random_init_model(model: str, seed: int, num_classes: int) -> nn.Module:

@@ -27,10 +27,9 @@ from pathlib import Path
 from rbdc.studies import pool
 from rbdc.runs import rundir
 from rbdc.errors import UserError
-from rbdc.detection.checks import closest
 from rbdc.units import human_time
 from rbdc.studies.spec import read_study_file, group_name
-from rbdc.detection.random_init import RECORD, ensure_random_init
+from rbdc.detection.random_init import RECORD, ensure_random_init, parse_spec
 
 __all__ = ["DetRun", "DetStudy", "load_study", "sync", "backbone_copy", "write_controls", "add_cli"]
 
@@ -51,8 +50,6 @@ KEYS = {
     "keep_backbone_weights",
 }
 BACKBONE_KEYS = {"study", "budget", "seeds", "points"}  # required; `random_init` is optional
-RANDOM_INIT_KEYS = {"label", "model", "num_classes"}  # label and model required
-RANDOM_INIT_CLASSES = 10  # the classifier of the Imagenette studies' runs (timm's trunk draw depends on it)
 GENERATED = "backbone"  # the folder of a random-init run's seed that holds its generated backbone
 LIGHT = ("launch.json", "metrics.json", "curve.json")  # what reports/runs keeps of a fine-tuning run
 BACKBONES = "backbones"  # the folder of reports/runs/<name>/ that keeps the backbone runs' light files
@@ -157,7 +154,10 @@ def load_study(path: str | Path) -> DetStudy:
         raise _fail(path, "backbones.points maps report labels to the classification study's points")
     if BACKBONES in bb["points"]:
         raise _fail(path, f"`{BACKBONES}` is the folder of the backbone runs' copies: choose another label")
-    control = _random_init(path, bb.get("random_init"), bb["points"])
+    try:
+        control = parse_spec(bb.get("random_init"), {*bb["points"], BACKBONES})
+    except ValueError as e:
+        raise _fail(path, str(e)) from None
     scale = data["scale"]
     if not (isinstance(scale, list) and len(scale) == 2 and all(isinstance(v, int) and v > 0 for v in scale)):
         raise _fail(path, f"scale must be [width, height] in pixels, got {scale!r}")
@@ -205,38 +205,6 @@ def load_study(path: str | Path) -> DetStudy:
         keep_backbone_weights=data.get("keep_backbone_weights", False),
         random_init=control,
     )
-
-
-def _random_init(path: Path, spec, points: dict) -> dict | None:
-    """``backbones.random_init`` checked: ``{label, model, num_classes}`` (classes default
-    :data:`RANDOM_INIT_CLASSES`), or None when the study has no control."""
-    if spec is None:
-        return None
-    if not isinstance(spec, dict):
-        raise _fail(path, f"backbones.random_init must be a mapping {{label: ..., model: ...}}, got {spec!r}")
-    unknown = sorted(set(spec) - RANDOM_INIT_KEYS)
-    if unknown:
-        raise _fail(
-            path, f"backbones.random_init: unknown key(s) {unknown}; known: {', '.join(sorted(RANDOM_INIT_KEYS))}"
-        )
-    missing = sorted({"label", "model"} - set(spec))
-    if missing:
-        raise _fail(path, f"backbones.random_init: missing key(s) {missing}")
-    label, model, classes = spec["label"], spec["model"], spec.get("num_classes", RANDOM_INIT_CLASSES)
-    if not (isinstance(label, str) and label and "/" not in label):
-        raise _fail(path, f"backbones.random_init.label must be a folder name, got {label!r}")
-    if label in points or label == BACKBONES:
-        what = "a label of backbones.points" if label in points else "the folder of the backbone runs' copies"
-        raise _fail(path, f"backbones.random_init.label {label!r} is already {what}: choose another")
-    if not (isinstance(classes, int) and not isinstance(classes, bool) and classes >= 1):
-        raise _fail(path, f"backbones.random_init.num_classes must be a positive integer, got {classes!r}")
-    import timm
-
-    if not (isinstance(model, str) and timm.is_model(model)):
-        raise _fail(
-            path, f"backbones.random_init.model {model!r} is not a timm model{closest(str(model), timm.list_models())}"
-        )
-    return {"label": label, "model": model, "num_classes": classes}
 
 
 def status(work_dir: Path, study: DetStudy) -> str:
