@@ -843,7 +843,8 @@ def test_detection_study_runs_resumes_and_reports_with_intervals(det, tmp_path, 
     assert sorted((r["label"], r["seed"]) for r in rows) == [("rbdc", 0), ("rbdc", 1), ("scratch", 0), ("scratch", 1)]
     for r in rows:
         assert r["backbone_sha256"] == sha256(r["backbone"]) and 0 <= r["bbox_mAP"] <= 100
-        assert r["backbone_run"] == f"det-tiny/backbones/tiny/{r['point']}/b32/seed{r['seed']}"
+        assert r["backbone_run"] == f"reports/runs/det-tiny/backbones/tiny/{r['point']}/b32/seed{r['seed']}"
+        assert r["run"] == f"reports/runs/det-tiny/{r['label']}/seed{r['seed']}/ft0"  # paths in the repository
         assert r["backbone_matches"] is True and r["backbone_top1"] == 50.0 + r["seed"] and len(r["commit"]) == 40
     md = paths["md"].read_text()
     assert "| rbdc − scratch |" in md and " ± " in md and "## Verdict" in md
@@ -888,6 +889,45 @@ def test_a_study_keeping_backbone_weights_replays_from_the_committed_copy(det, t
     for r in study.runs:
         launch = json.loads((r.work_dir(out, study) / "launch.json").read_text())
         assert sha256(r.backbone(copies, study)) == launch["backbone_sha256"]
+
+
+@mmdet
+@pytest.mark.slow
+def test_a_detection_study_fine_tunes_its_random_init_control_like_the_pretrained_backbones(
+    det, tmp_path, small_balloon
+):
+    """End to end through det-train: the study writes the control's backbone, the fine-tuning loads it strictly (its
+    sha256 recorded), with the same fine-tuning seed as the pretrained backbones, and the report reads it."""
+    from rbdc.cli import main
+    from rbdc.detection.study import load_study, sync
+    from rbdc.report.detection import build
+    from rbdc.runs.rundir import sha256
+
+    backbones = {
+        "study": "tiny",
+        "budget": 32,
+        "seeds": [0],
+        "points": {"scratch": "vit-scratch", "rbdc": "vit-rbdc-d1"},
+        "random_init": {"label": "random-init", "model": "test_rbdc_vit"},
+    }
+    path = _det_study(tmp_path, backbones=backbones)
+    study = load_study(path)
+    out, cls = tmp_path / "det", tmp_path / "cls"
+    assert main(["det-study", str(path), "-o", str(out), "--backbones", str(cls)]) == 0
+    written = out / "det-tiny" / "random-init" / "seed0" / "backbone" / "final.safetensors"
+    launches = {r.label: json.loads((r.work_dir(out, study) / "launch.json").read_text()) for r in study.runs}
+    assert launches["random-init"]["backbone"] == str(written)
+    assert launches["random-init"]["backbone_sha256"] == sha256(written)
+    seeds = {
+        label: [a for a in launch["argv"] if a.startswith("randomness.seed=")] for label, launch in launches.items()
+    }
+    assert seeds["random-init"] == seeds["scratch"] == seeds["rbdc"] == ["randomness.seed=0"]
+    committed = tmp_path / "committed"
+    assert len(sync(study, out, committed, cls)) == 3
+    rows = json.loads(build(study, committed, tmp_path / "rep" / "det-tiny")["json"].read_text())
+    control = next(r for r in rows if r["label"] == "random-init")
+    assert control["backbone_matches"] is True
+    assert control["backbone_run"] == "reports/runs/det-tiny/random-init/seed0/backbone"
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,11 @@ seeds. Each (backbone point, pretraining seed, fine-tuning seed) is one ``rbdc d
 ``OUTPUT/<name>/<label>/seed<s>/ft<f>``, run through the same local pool as ``rbdc study`` and resumable (MMEngine's
 auto-resume from the latest epoch checkpoint); ``--report`` copies the light files of the finished runs to
 ``reports/runs/<name>/`` and writes the report (:mod:`rbdc.report.detection`) from those copies.
+
+``backbones.random_init: {label: random-init, model: resnet18}`` adds the control issue 34 requires: per pretraining
+seed S the study writes timm's initialisation of that model under seed S to
+``OUTPUT/<name>/<label>/seed<S>/backbone/final.safetensors`` (:mod:`rbdc.detection.random_init`) before the
+fine-tunings run, and fine-tunes it exactly as the pretrained backbones (same config, options and fine-tuning seed).
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from rbdc.runs import rundir
 from rbdc.errors import UserError
 from rbdc.units import human_time
 from rbdc.studies.spec import read_study_file, group_name
+from rbdc.detection.random_init import RECORD, ensure_random_init, parse_spec
 
-__all__ = ["DetRun", "DetStudy", "load_study", "sync", "backbone_copy", "add_cli"]
+__all__ = ["DetRun", "DetStudy", "load_study", "sync", "backbone_copy", "write_controls", "add_cli"]
 
 KEYS = {
     "name",
@@ -43,7 +49,8 @@ KEYS = {
     "kind",
     "keep_backbone_weights",
 }
-BACKBONE_KEYS = {"study", "budget", "seeds", "points"}
+BACKBONE_KEYS = {"study", "budget", "seeds", "points"}  # required; `random_init` is optional
+GENERATED = "backbone"  # the folder of a random-init run's seed that holds its generated backbone
 LIGHT = ("launch.json", "metrics.json", "curve.json")  # what reports/runs keeps of a fine-tuning run
 BACKBONES = "backbones"  # the folder of reports/runs/<name>/ that keeps the backbone runs' light files
 
@@ -52,13 +59,24 @@ BACKBONES = "backbones"  # the folder of reports/runs/<name>/ that keeps the bac
 class DetRun:
     label: str  # the report's name for the backbone, e.g. rbdc
     point: str  # the classification study's point, e.g. vit-rbdc-d1
-    seed: int  # pretraining seed
+    seed: int  # pretraining seed (for the random-init control: the seed of its initialisation)
     ft_seed: int  # fine-tuning seed
+    generated: bool = False  # the random-init control: `point` is the timm model, the study writes the backbone
 
     def work_dir(self, output: Path, study: "DetStudy") -> Path:
         return Path(output) / study.name / self.label / f"seed{self.seed}" / f"ft{self.ft_seed}"
 
-    def backbone(self, backbones: Path, study: "DetStudy") -> Path:
+    def generated_dir(self, output: Path, study: "DetStudy") -> Path:
+        """Where the study writes a random-init control's backbone: ``OUTPUT/<name>/<label>/seed<S>/backbone``."""
+        return Path(output) / study.name / self.label / f"seed{self.seed}" / GENERATED
+
+    def backbone(self, backbones: Path, study: "DetStudy", output: Path | None = None) -> Path:
+        """The checkpoint the run loads: its classification run's final model under ``backbones``, or for the
+        random-init control the file the study writes under ``output``."""
+        if self.generated:
+            if output is None:
+                raise ValueError("a random-init control's backbone is under the study's output: pass output")
+            return self.generated_dir(output, study) / rundir.FINAL
         return rundir.run_dir(backbones, group_name(study.source, self.point, study.budget), self.seed) / rundir.FINAL
 
 
@@ -83,6 +101,7 @@ class DetStudy:
     # then replay from the repository alone, and with the very weights they loaded (a backbone retrained on another
     # CPU's kernels differs in its low bits, so its sha256 would not match the runs')
     keep_backbone_weights: bool = False
+    random_init: dict | None = None  # {label, model, num_classes} of the random-init control, if the study has one
 
     def length_args(self) -> list[str]:
         return ["--epochs", str(self.epochs)] if self.epochs else ["--iters", str(self.iters)]
@@ -96,7 +115,7 @@ class DetStudy:
             "det-train",
             str(self.config),
             "--backbone",
-            str(run.backbone(backbones, self)),
+            str(run.backbone(backbones, self, output)),
             "--work-dir",
             str(run.work_dir(output, self)),
             *self.length_args(),
@@ -125,12 +144,20 @@ def load_study(path: str | Path) -> DetStudy:
     if bool(data.get("epochs")) == bool(data.get("iters")):
         raise _fail(path, "give exactly one of epochs (the real runs) or iters (a smoke test)")
     bb = data["backbones"]
-    if not isinstance(bb, dict) or set(bb) != BACKBONE_KEYS:
-        raise _fail(path, f"backbones needs exactly the keys {sorted(BACKBONE_KEYS)}, got {sorted(bb or {})}")
+    if not isinstance(bb, dict) or not BACKBONE_KEYS <= set(bb) <= BACKBONE_KEYS | {"random_init"}:
+        raise _fail(
+            path,
+            f"backbones needs exactly the keys {sorted(BACKBONE_KEYS)} (and optionally random_init), "
+            f"got {sorted(bb or {})}",
+        )
     if not isinstance(bb["points"], dict) or not bb["points"]:
         raise _fail(path, "backbones.points maps report labels to the classification study's points")
     if BACKBONES in bb["points"]:
         raise _fail(path, f"`{BACKBONES}` is the folder of the backbone runs' copies: choose another label")
+    try:
+        control = parse_spec(bb.get("random_init"), {*bb["points"], BACKBONES})
+    except ValueError as e:
+        raise _fail(path, str(e)) from None
     scale = data["scale"]
     if not (isinstance(scale, list) and len(scale) == 2 and all(isinstance(v, int) and v > 0 for v in scale)):
         raise _fail(path, f"scale must be [width, height] in pixels, got {scale!r}")
@@ -155,9 +182,10 @@ def load_study(path: str | Path) -> DetStudy:
             path, f"backbones.budget must be the classification study's budget (target epochs), got {bb['budget']!r}"
         )
     # seed-major: the pool starts runs in this order, so a study stopped part-way has every backbone at the same seeds
-    runs = [
-        DetRun(label, point, s, f) for s, f, (label, point) in itertools.product(seeds, ft_seeds, bb["points"].items())
-    ]
+    # the control after the pretrained backbones at each seed: its initialisation seed is the pretraining seed
+    points = [(label, point, False) for label, point in bb["points"].items()]
+    points += [(control["label"], control["model"], True)] if control else []
+    runs = [DetRun(label, point, s, f, gen) for s, f, (label, point, gen) in itertools.product(seeds, ft_seeds, points)]
     return DetStudy(
         name=data["name"],
         path=path,
@@ -168,13 +196,14 @@ def load_study(path: str | Path) -> DetStudy:
         epochs=data.get("epochs"),
         iters=data.get("iters"),
         runs=runs,
-        labels=list(bb["points"]),
+        labels=[label for label, _, _ in points],
         jobs=int(data.get("jobs", 2)),
         threads=int(data.get("threads", 1)),
         description=data.get("description", ""),
         report=data.get("report"),
         cfg_options=tuple(options),
         keep_backbone_weights=data.get("keep_backbone_weights", False),
+        random_init=control,
     )
 
 
@@ -229,7 +258,8 @@ def _outcome(work_dir: Path, study: DetStudy):
 def run(study: DetStudy, output: Path, backbones: Path, jobs: int, threads: int, log=print) -> list:
     state = {r: status(r.work_dir(output, study), study) for r in study.runs}
     todo = [r for r in study.runs if state[r] != "done"]
-    missing = [r for r in todo if not r.backbone(backbones, study).is_file()]  # a finished run has recorded its own
+    # a finished run has recorded its own backbone; the random-init control's is written below
+    missing = [r for r in todo if not r.generated and not r.backbone(backbones, study).is_file()]
     if missing:
         only = " ".join(
             f"--only {g}" for g in dict.fromkeys(group_name(study.source, r.point, study.budget) for r in missing)
@@ -239,6 +269,7 @@ def run(study: DetStudy, output: Path, backbones: Path, jobs: int, threads: int,
             f"them with the {study.source} study first (rbdc study configs/studies/{study.source}.yaml "
             f"-o {backbones} {only}) or pass --backbones DIR"
         )
+    write_controls(study, [r for r in todo if r.generated], output, log)
     cost = float(study.epochs or study.iters)
     log(
         f"detection study {study.name}: {len(study.runs)} runs, {len(study.runs) - len(todo)} done, {len(todo)} to "
@@ -267,8 +298,20 @@ def run(study: DetStudy, output: Path, backbones: Path, jobs: int, threads: int,
     ]
 
 
+def write_controls(study: DetStudy, runs: list[DetRun], output: Path, log=print) -> None:
+    """Write (or keep, when intact) the random-init backbone of each pretraining seed of ``runs``."""
+    spec = study.random_init
+    for seed in sorted({r.seed for r in runs}):
+        folder = next(r for r in runs if r.seed == seed).generated_dir(output, study)
+        rec = ensure_random_init(folder, spec["model"], seed, spec["num_classes"])
+        log(f"random-init control seed {seed}: {folder / rundir.FINAL} (sha256 {rec['sha256'][:12]})")
+
+
 def backbone_copy(run: DetRun, root: Path, study: DetStudy) -> Path:
-    """Where ``reports/runs`` (``root``) keeps the light files of a run's backbone: ``<name>/backbones/<its run>``."""
+    """Where ``reports/runs`` (``root``) keeps the light files of a run's backbone: ``<name>/backbones/<its run>``,
+    or for the random-init control ``<name>/<label>/seed<S>/backbone`` (the layout the study wrote it in)."""
+    if run.generated:
+        return run.generated_dir(root, study)
     return run.backbone(Path(root) / study.name / BACKBONES, study).parent
 
 
@@ -290,7 +333,11 @@ def sync(study: DetStudy, output: Path, dest_root: Path, backbones: Path | None 
         copied.append(dest)
         if backbones is None:
             continue
-        names = rundir.LIGHT + ((rundir.FINAL,) if study.keep_backbone_weights else ())
+        weights = (rundir.FINAL,) if study.keep_backbone_weights else ()
+        if r.generated:
+            rundir.copy_light(r.generated_dir(output, study), backbone_copy(r, dest_root, study), (RECORD, *weights))
+            continue
+        names = rundir.LIGHT + weights
         rundir.copy_light(r.backbone(backbones, study).parent, backbone_copy(r, dest_root, study), names)
     return copied
 
@@ -301,9 +348,10 @@ def cmd_det_study(args) -> int:
     backbones = Path(args.backbones).resolve() if args.backbones else output
     if args.list:
         for r in study.runs:
+            made = " (random init, written by the study)" if r.generated else ""
             print(
                 f"{status(r.work_dir(output, study), study):8s} {study.name}/{r.label} seed {r.seed} ft {r.ft_seed}  "
-                f"backbone {r.backbone(backbones, study)}"
+                f"backbone {r.backbone(backbones, study, output)}{made}"
             )
         return 0
     t0 = time.time()

@@ -5,6 +5,12 @@ traced to its run and its backbone checkpoint (sha256), training-loss and valida
 Built from the light files under ``reports/runs/<name>/`` (``launch.json``, ``metrics.json``, ``curve.json``), so it
 regenerates byte for byte from a checkout. The statistical unit is the pretraining seed: with several fine-tuning
 seeds, a backbone seed's AP is their mean.
+
+A study with a random-init control (``backbones.random_init``) also gets every pretrained backbone's difference to
+the control, and a verdict in two steps (issue 34, :mod:`rbdc.report.detection_verdict`): first whether backbones are
+being measured at all (the reference side's mean box AP50 reaches 20 and its Welch interval against the control
+excludes 0), and only then whether each other backbone beats, matches or loses to the reference. The JSON keeps one
+record per fine-tuning, its run and backbone copy as paths in the repository (``reports/runs/...``).
 """
 
 from __future__ import annotations
@@ -13,13 +19,15 @@ import json
 import statistics
 from pathlib import Path
 
+from rbdc.detection.random_init import RECORD
 from rbdc.detection.study import DetStudy, backbone_copy, status
 from rbdc.runs.rundir import MANIFEST, RESULTS, atomic_write_bytes
 
 from .colors import series_colors
 from .figure import save_png
 from .fmt import DASH, pm
-from .stats import t_half_width, welch
+from .detection_verdict import diff_text, per_seed, pretrained, verdict
+from .stats import t_half_width
 from rbdc.files import CHECKOUT as REPO
 
 __all__ = ["METRICS", "collect", "build"]
@@ -32,9 +40,7 @@ METRICS = [
     ("segm_mAP_50", "mask AP50"),
     ("segm_mAP_75", "mask AP75"),
 ]
-# Below this box AP50 (%) in every run the detector has barely learned (one IoU-0.5 hit in ten detections at best), so
-# AP differences measure the heads' noise, not the backbones: the verdict says so instead of reading them.
-LEARNED_AP50 = 10.0
+RUNS = "reports/runs"  # where the report's runs are kept in the repository: the JSON's paths start with it
 
 
 def _ap(entry: dict, key: str) -> float | None:
@@ -79,8 +85,15 @@ def collect(study: DetStudy, root: Path) -> list[dict]:
 def _backbone_run(run, root: Path, study: DetStudy, launch: dict) -> dict:
     """The committed copy of the run's backbone run: where it is, its Imagenette top-1, and whether the checkpoint
     the fine-tuning loaded (its sha256) is that run's final model (its manifest's last stage); None where no copy is
-    committed."""
+    committed. For the random-init control: the copy of the file the study wrote, checked against its record."""
     where = backbone_copy(run, root, study)
+    if run.generated:
+        record = json.loads((where / RECORD).read_text()) if (where / RECORD).is_file() else None
+        return {
+            "backbone_run": str(where.relative_to(root)) if record else None,
+            "backbone_top1": None,
+            "backbone_matches": None if record is None else launch.get("backbone_sha256") == record.get("sha256"),
+        }
     manifest, results = where / MANIFEST, where / RESULTS
     if not manifest.is_file():
         return {"backbone_run": None, "backbone_top1": None, "backbone_matches": None}
@@ -95,53 +108,20 @@ def _backbone_run(run, root: Path, study: DetStudy, launch: dict) -> dict:
     }
 
 
-def _per_seed(rows: list[dict], label: str, key: str) -> list[float]:
-    """AP of each pretraining seed of ``label`` (its fine-tuning seeds averaged)."""
-    by_seed: dict[int, list[float]] = {}
-    for r in rows:
-        if r["label"] == label and r[key] is not None:
-            by_seed.setdefault(r["seed"], []).append(r[key])
-    return [statistics.mean(v) for _, v in sorted(by_seed.items())]
-
-
 def _pm(values: list[float]) -> str:
     return pm(statistics.mean(values), t_half_width(values), 1) if values else DASH
 
 
-def _diff_text(a: list[float], b: list[float]) -> tuple[str, float | None, float | None]:
-    if not a or not b:
-        return "–", None, None
-    d, hw = welch(a, b)
-    if hw is None:
-        return f"{d:+.1f}", None, None
-    return f"{d:+.1f} [{d - hw:+.1f}, {d + hw:+.1f}]", d - hw, d + hw
-
-
-def _verdict(study: DetStudy, rows: list[dict]) -> list[str]:
-    ref, others = study.labels[0], study.labels[1:]
-    lines = []
-    for label in others:
-        for key, name in (("bbox_mAP", "box AP"), ("segm_mAP", "mask AP")):
-            text, lo, hi = _diff_text(_per_seed(rows, label, key), _per_seed(rows, ref, key))
-            if lo is None:
-                lines.append(f"- {label} vs {ref}, {name}: {text} (no interval: fewer than two seeds on a side).")
-            elif lo > 0:
-                lines.append(f"- {label} vs {ref}, {name}: {text}: **{label} backbones are better** at this scale.")
-            elif hi < 0:
-                lines.append(f"- {label} vs {ref}, {name}: {text}: **{label} backbones are worse** at this scale.")
-            else:
-                lines.append(
-                    f"- {label} vs {ref}, {name}: {text}: **no difference distinguishable from seed noise** "
-                    f"at this scale."
-                )
-    best = max((r["bbox_mAP_50"] for r in rows if r["bbox_mAP_50"] is not None), default=None)
-    if best is not None and best < LEARNED_AP50:
-        lines.append(
-            f"- **The detectors barely learned**: box AP50 is under {LEARNED_AP50:g}% in every run (the "
-            f"best {best:.1f}%). At this scale and schedule the comparison measures the noise of heads near "
-            f"their prior, not the backbones; it neither supports nor refutes a detection advantage."
-        )
-    return lines
+def _json_rows(rows: list[dict]) -> list[dict]:
+    """The rows as the JSON keeps them: the run and its backbone copy as paths in the repository."""
+    return [
+        {
+            **r,
+            "run": f"{RUNS}/{r['run']}",
+            "backbone_run": r["backbone_run"] and f"{RUNS}/{r['backbone_run']}",
+        }
+        for r in rows
+    ]
 
 
 def build(study: DetStudy, root: Path, out: Path) -> dict[str, Path]:
@@ -149,61 +129,12 @@ def build(study: DetStudy, root: Path, out: Path) -> dict[str, Path]:
     rows = collect(study, root)
     paths = {ext: out.with_name(f"{out.name}.{ext}") for ext in ("md", "json", "png")}
     missing = [r for r in study.runs if status(r.work_dir(root, study), study) != "done"]
-    ref = study.labels[0]
-    length = (
-        f"{study.epochs} epochs, validated on the val split every epoch"
-        if study.epochs
-        else f"{study.iters} iteration(s), validated on the val split at the end"
-    )
-    md = [
-        f"# {study.name}: Mask R-CNN on balloon, backbones from the {study.source} study",
-        "",
-        f"Generated by `rbdc det-study {_rel(study.path)} --report` from {len(rows)} run(s) under "
-        f"`reports/runs/{study.name}/`; regenerate it rather than editing it.",
-        "",
-        study.description,
-        "",
-        f"Fine-tuning: `{_rel(study.config)}` at {study.scale[0]}x{study.scale[1]}, {length}"
-        + (f", with `--cfg-options {' '.join(study.cfg_options)}`" if study.cfg_options else "")
-        + f" (COCO AP in %, pycocotools). Backbones: the {study.source} study's runs at budget "
-        f"{study.budget:g}, pretraining seeds {sorted({r.seed for r in study.runs})}, fine-tuning seeds "
-        f"{sorted({r.ft_seed for r in study.runs})}.",
-        "",
-        "## AP per backbone",
-        "",
-        "Mean ± 95% t-interval over pretraining seeds (final validation).",
-        "",
-        "| backbone | point | seeds | pretrained top-1 | "
-        + " | ".join(n for _, n in METRICS)
-        + " | wall per run (min) |",
-        "|" + "---|" * (len(METRICS) + 5),
-    ]
-    for label in study.labels:
-        mine = [r for r in rows if r["label"] == label]
-        walls = [r["wall_s"] for r in mine if r["wall_s"]]
-        wall = f"{statistics.mean(walls) / 60:.0f}" if walls else "–"
-        point = next((r.point for r in study.runs if r.label == label), "")
-        top1 = _pm(list({r["seed"]: r["backbone_top1"] for r in mine if r["backbone_top1"] is not None}.values()))
-        md.append(
-            f"| {label} | {point} | {len({r['seed'] for r in mine})} | {top1} | "
-            + " | ".join(_pm(_per_seed(rows, label, k)) for k, _ in METRICS)
-            + f" | {wall} |"
-        )
-    md += [
-        "",
-        f"## Difference to {ref}",
-        "",
-        f"Mean difference (other − {ref}) with its Welch 95% interval.",
-        "",
-        "| backbone | " + " | ".join(n for _, n in METRICS) + " |",
-        "|" + "---|" * (len(METRICS) + 1),
-    ]
-    for label in study.labels[1:]:
-        md.append(
-            f"| {label} − {ref} | "
-            + " | ".join(_diff_text(_per_seed(rows, label, k), _per_seed(rows, ref, k))[0] for k, _ in METRICS)
-            + " |"
-        )
+    ref, *others = pretrained(study)
+    md = _header(study, rows) + _ap_table(study, rows)
+    md += _diff_table(rows, f"Difference to {ref}", [(label, ref) for label in others], ref)
+    if study.random_init is not None:
+        control = study.random_init["label"]
+        md += _diff_table(rows, f"Difference to {control}", [(label, control) for label in [ref, *others]], control)
     md += _verdict_and_runs(study, rows, paths["png"].name)
     walls = [r["wall_s"] for r in rows if r["wall_s"]]
     if walls:
@@ -220,9 +151,84 @@ def build(study: DetStudy, root: Path, out: Path) -> dict[str, Path]:
             + ".",
         ]
     atomic_write_bytes(paths["md"], ("\n".join(md) + "\n").encode())
-    atomic_write_bytes(paths["json"], (json.dumps(rows, indent=1) + "\n").encode())
+    atomic_write_bytes(paths["json"], (json.dumps(_json_rows(rows), indent=1) + "\n").encode())
     _figure(study, rows, paths["png"])
     return paths
+
+
+def _header(study: DetStudy, rows: list[dict]) -> list[str]:
+    length = (
+        f"{study.epochs} epochs, validated on the val split every epoch"
+        if study.epochs
+        else f"{study.iters} iteration(s), validated on the val split at the end"
+    )
+    control = study.random_init
+    return [
+        f"# {study.name}: Mask R-CNN on balloon, backbones from the {study.source} study",
+        "",
+        f"Generated by `rbdc det-study {_rel(study.path)} --report` from {len(rows)} run(s) under "
+        f"`reports/runs/{study.name}/`; regenerate it rather than editing it.",
+        "",
+        study.description,
+        "",
+        f"Fine-tuning: `{_rel(study.config)}` at {study.scale[0]}x{study.scale[1]}, {length}"
+        + (f", with `--cfg-options {' '.join(study.cfg_options)}`" if study.cfg_options else "")
+        + f" (COCO AP in %, pycocotools). Backbones: the {study.source} study's runs at budget "
+        f"{study.budget:g}, pretraining seeds {sorted({r.seed for r in study.runs})}, fine-tuning seeds "
+        f"{sorted({r.ft_seed for r in study.runs})}"
+        + (
+            f"; the control `{control['label']}`: timm's `{control['model']}` ({control['num_classes']} classes) "
+            f"initialised under each pretraining seed, written by the study, fine-tuned the same way."
+            if control
+            else "."
+        ),
+        "",
+    ]
+
+
+def _ap_table(study: DetStudy, rows: list[dict]) -> list[str]:
+    md = [
+        "## AP per backbone",
+        "",
+        "Mean ± 95% t-interval over pretraining seeds (final validation).",
+        "",
+        "| backbone | point | seeds | pretrained top-1 | "
+        + " | ".join(n for _, n in METRICS)
+        + " | wall per run (min) |",
+        "|" + "---|" * (len(METRICS) + 5),
+    ]
+    for label in study.labels:
+        mine = [r for r in rows if r["label"] == label]
+        walls = [r["wall_s"] for r in mine if r["wall_s"]]
+        wall = f"{statistics.mean(walls) / 60:.0f}" if walls else "–"
+        run = next((r for r in study.runs if r.label == label), None)
+        point = "" if run is None else f"{run.point} (random init)" if run.generated else run.point
+        top1 = _pm(list({r["seed"]: r["backbone_top1"] for r in mine if r["backbone_top1"] is not None}.values()))
+        md.append(
+            f"| {label} | {point} | {len({r['seed'] for r in mine})} | {top1} | "
+            + " | ".join(_pm(per_seed(rows, label, k)) for k, _ in METRICS)
+            + f" | {wall} |"
+        )
+    return md
+
+
+def _diff_table(rows: list[dict], title: str, pairs: list[tuple[str, str]], ref: str) -> list[str]:
+    md = [
+        "",
+        f"## {title}",
+        "",
+        f"Mean difference (other − {ref}) with its Welch 95% interval.",
+        "",
+        "| backbone | " + " | ".join(n for _, n in METRICS) + " |",
+        "|" + "---|" * (len(METRICS) + 1),
+    ]
+    for a, b in pairs:
+        md.append(
+            f"| {a} − {b} | "
+            + " | ".join(diff_text(per_seed(rows, a, k), per_seed(rows, b, k))[0] for k, _ in METRICS)
+            + " |"
+        )
+    return md
 
 
 def _verdict_and_runs(study: DetStudy, rows: list[dict], png: str) -> list[str]:
@@ -232,7 +238,7 @@ def _verdict_and_runs(study: DetStudy, rows: list[dict], png: str) -> list[str]:
         "",
         "## Verdict",
         "",
-        *_verdict(study, rows),
+        *verdict(study, rows),
         *(
             [
                 f"- **{len(differ)} run(s) loaded a backbone that is not their backbone run's final model** "
@@ -248,7 +254,13 @@ def _verdict_and_runs(study: DetStudy, rows: list[dict], png: str) -> list[str]:
         "",
         "Backbone: the committed copy of its run under `reports/runs/` where there is one (its recipe, command and "
         "commit), else the path the run loaded; sha256: of the checkpoint the fine-tuning loaded, and whether it is "
-        "the final model in that run's manifest.",
+        "the final model in that run's manifest."
+        + (
+            f" For `{study.random_init['label']}`: the folder of the file the study wrote for that seed "
+            f"(`{RECORD}`: model, seed, versions, sha256), and whether the run loaded that file."
+            if study.random_init
+            else ""
+        ),
         "",
         "| run | " + " | ".join(n for _, n in METRICS) + " | wall (min) | device | commit | backbone | sha256 |",
         "|" + "---|" * (len(METRICS) + 6),
@@ -292,7 +304,8 @@ def _figure(study: DetStudy, rows: list[dict], path: Path) -> None:
         ax.set_title(title)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-    axes[0].legend()
+    if axes[0].get_legend_handles_labels()[0]:  # runs without logged losses draw no line there
+        axes[0].legend()
     fig.suptitle(f"{study.name}: one line per run", fontsize=10)
     fig.tight_layout()
     save_png(fig, path)

@@ -1,0 +1,159 @@
+"""The verdict of a detection study's report (:mod:`rbdc.report.detection`), from the rows of its runs.
+
+Without a control it reads every backbone's difference to the reference (the first label). With a random-init
+control (issue 34) it first says whether backbones are being measured at all (:func:`measured`) and only then
+whether each other backbone beats, matches or loses to the reference, and what that makes of the claim
+(:func:`claim`). Every word comes from Welch 95% intervals over pretraining seeds; nothing is drawn at random.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from .stats import welch
+
+__all__ = [
+    "LEARNED_AP50",
+    "MEASURED_AP50",
+    "VERDICT_METRICS",
+    "measured",
+    "claim",
+    "verdict",
+    "per_seed",
+    "diff_text",
+    "pretrained",
+]
+
+# Below this box AP50 (%) in every run the detector has barely learned (one IoU-0.5 hit in ten detections at best), so
+# AP differences measure the heads' noise, not the backbones: the verdict says so instead of reading them.
+LEARNED_AP50 = 10.0
+# Issue 34: backbones are being measured when the reference (scratch) side's mean box AP50 (%) reaches this and is above
+# the random-init control beyond seed noise; below it, differences between pretrained backbones are not read.
+MEASURED_AP50 = 20.0
+# the metrics the verdict reads with a control, the gate's metric first
+VERDICT_METRICS = [
+    ("bbox_mAP_50", "box AP50"),
+    ("bbox_mAP", "box AP"),
+    ("segm_mAP_50", "mask AP50"),
+    ("segm_mAP", "mask AP"),
+]
+
+
+def per_seed(rows: list[dict], label: str, key: str) -> list[float]:
+    """AP of each pretraining seed of ``label`` (its fine-tuning seeds averaged)."""
+    by_seed: dict[int, list[float]] = {}
+    for r in rows:
+        if r["label"] == label and r[key] is not None:
+            by_seed.setdefault(r["seed"], []).append(r[key])
+    return [statistics.mean(v) for _, v in sorted(by_seed.items())]
+
+
+def diff_text(a: list[float], b: list[float]) -> tuple[str, float | None, float | None]:
+    if not a or not b:
+        return "–", None, None
+    d, hw = welch(a, b)
+    if hw is None:
+        return f"{d:+.1f}", None, None
+    return f"{d:+.1f} [{d - hw:+.1f}, {d + hw:+.1f}]", d - hw, d + hw
+
+
+def pretrained(study) -> list[str]:
+    """The labels of the pretrained backbones (all but the random-init control), the reference first."""
+    control = (study.random_init or {}).get("label")
+    return [label for label in study.labels if label != control]
+
+
+def verdict(study, rows: list[dict]) -> list[str]:
+    if study.random_init is not None:
+        return _verdict_with_control(study, rows)
+    ref, others = study.labels[0], study.labels[1:]
+    lines = []
+    for label in others:
+        for key, name in (("bbox_mAP", "box AP"), ("segm_mAP", "mask AP")):
+            text, lo, hi = diff_text(per_seed(rows, label, key), per_seed(rows, ref, key))
+            if lo is None:
+                lines.append(f"- {label} vs {ref}, {name}: {text} (no interval: fewer than two seeds on a side).")
+            elif lo > 0:
+                lines.append(f"- {label} vs {ref}, {name}: {text}: **{label} backbones are better** at this scale.")
+            elif hi < 0:
+                lines.append(f"- {label} vs {ref}, {name}: {text}: **{label} backbones are worse** at this scale.")
+            else:
+                lines.append(
+                    f"- {label} vs {ref}, {name}: {text}: **no difference distinguishable from seed noise** "
+                    f"at this scale."
+                )
+    best = max((r["bbox_mAP_50"] for r in rows if r["bbox_mAP_50"] is not None), default=None)
+    if best is not None and best < LEARNED_AP50:
+        lines.append(
+            f"- **The detectors barely learned**: box AP50 is under {LEARNED_AP50:g}% in every run (the "
+            f"best {best:.1f}%). At this scale and schedule the comparison measures the noise of heads near "
+            f"their prior, not the backbones; it neither supports nor refutes a detection advantage."
+        )
+    return lines
+
+
+def measured(ref_ap50: list[float], control_ap50: list[float], ref: str, control: str) -> tuple[bool, str]:
+    """Whether backbones are being measured (issue 34): the reference's mean box AP50 (per pretraining seed) is at
+    least :data:`MEASURED_AP50` and above the control's beyond seed noise (the Welch 95% interval of reference −
+    control lies above 0). Returns the answer and the sentence that says why."""
+    if len(ref_ap50) < 2 or len(control_ap50) < 2:
+        return False, (
+            f"**Backbones are not shown to be measured**: {ref} has {len(ref_ap50)} and {control} "
+            f"{len(control_ap50)} finished seed(s); the test needs two or more on each side."
+        )
+    mean = statistics.mean(ref_ap50)
+    text, lo, _ = diff_text(ref_ap50, control_ap50)
+    high = mean >= MEASURED_AP50
+    above = lo is not None and lo > 0
+    facts = (
+        f"{ref}'s mean box AP50 is {mean:.1f} ({'≥' if high else '<'} {MEASURED_AP50:g}) and {ref} − {control} is "
+        f"{text} ({'above 0' if above else 'not above 0'} beyond seed noise)"
+    )
+    if high and above:
+        return True, f"**Backbones are being measured**: {facts}."
+    return False, f"**Backbones are not being measured**: {facts}."
+
+
+def _word(lo: float | None, hi: float | None) -> str:
+    """beats / loses to / matches, from the Welch interval of other − reference; `?` without an interval."""
+    if lo is None:
+        return "?"
+    return "beats" if lo > 0 else "loses to" if hi < 0 else "matches"
+
+
+def claim(words: list[str]) -> str:
+    """The claim "these backbones are better" from the per-metric words: supported when they beat the reference on
+    a metric and lose on none, refuted when they lose on one and beat on none, open otherwise (all within seed noise,
+    mixed, or too few seeds)."""
+    if "beats" in words and "loses to" not in words:
+        return "supported"
+    if "loses to" in words and "beats" not in words:
+        return "refuted"
+    return "still open"
+
+
+def _verdict_with_control(study, rows: list[dict]) -> list[str]:
+    ref, *others = pretrained(study)
+    control = study.random_init["label"]
+    ok, why = measured(per_seed(rows, ref, "bbox_mAP_50"), per_seed(rows, control, "bbox_mAP_50"), ref, control)
+    lines = [f"- {why}"]
+    if not ok:
+        return lines + [
+            f"- So the claim ({', '.join(others)} backbones better than {ref} for detection) is **still open** at this "
+            f"scale: the differences between pretrained backbones above are not read."
+        ]
+    for label in others:
+        words = []
+        for key, name in VERDICT_METRICS:
+            text, lo, hi = diff_text(per_seed(rows, label, key), per_seed(rows, ref, key))
+            words.append(_word(lo, hi))
+            said = {
+                "?": "no interval (fewer than two seeds on a side)",
+                "matches": f"{label} matches {ref} (no difference distinguishable from seed noise)",
+            }.get(words[-1], f"{label} {words[-1]} {ref}")
+            lines.append(f"- {label} vs {ref}, {name}: {text}: **{said}**.")
+        lines.append(
+            f"- The claim ({label} backbones better than {ref} for detection) is **{claim(words)}** at this scale "
+            f"(Welch 95% intervals over pretraining seeds; supported: better on a metric and worse on none)."
+        )
+    return lines
