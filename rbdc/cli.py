@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         [
             "rbdc plan deit_base_patch16_224 --depth 2        # 4 DeiT-Ti -> 2 DeiT-S -> DeiT-B",
             "rbdc plan resnet50 --depth 2 --estimate          # + time per epoch measured here",
-            "rbdc plan deit_base_patch16_224 --gpu H100       # + time from reports/bench/*.json",
+            "rbdc plan deit_base_patch16_224 --gpu H100       # + time from the benchmarked speeds",
             "rbdc plan rbdc_vit_nano_patch4_32 --dataset-size 9469 --estimate",
         ],
     )
@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--estimate",
         action="store_true",
         help="time per epoch of each level and RBDC vs scratch at equal FLOPs: by this CPU kind's cost "
-        "model (reports/bench/costmodel-*.json), else from a few training steps measured here",
+        "model (rbdc/cost/fitted/costmodel-*.json), else from a few training steps measured here",
     )
     pl.add_argument(
         "--amp",
@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--gpu",
         metavar="NAME",
         default=None,
-        help="time per epoch on the device NAME from the committed benchmarks (reports/bench/*.json)",
+        help="time per epoch on the device NAME from its benchmarked speeds (rbdc/cost/fitted/train-step.json)",
     )
     pl.set_defaults(func=cmd_plan)
 

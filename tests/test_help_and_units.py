@@ -31,7 +31,7 @@ def test_flops_prints_human_units(capsys):
 
 
 def test_plan_estimate_measures_each_level_here(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr("rbdc.cost.estimate.BENCH", tmp_path)  # no cost model of this CPU kind: measured steps
+    monkeypatch.setattr("rbdc.cost.estimate.FITTED", tmp_path)  # no cost model of this CPU kind: measured steps
     assert main(["plan", "test_rbdc_vit", "--dataset-size", "1000", "--estimate"]) == 0
     out = capsys.readouterr().out
     assert "time/epoch" in out and "at the speed measured here" in out
@@ -66,7 +66,7 @@ def test_plan_for_a_gpu_without_benchmarks_is_a_clear_error(tmp_path):
     from rbdc.cost.estimate import bench_train_flops_per_s
 
     with pytest.raises(UserError, match="no committed benchmark results for 'H100'.*tox -e bench"):
-        bench_train_flops_per_s("H100", bench_dir=tmp_path)
+        bench_train_flops_per_s("H100", speeds=tmp_path / "train-step.json")
 
 
 def test_plan_for_a_benchmarked_device_uses_its_results(capsys):
@@ -75,13 +75,13 @@ def test_plan_for_a_benchmarked_device_uses_its_results(capsys):
 
 
 def test_train_dry_run_estimates_the_wall_time(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr("rbdc.cost.estimate.BENCH", tmp_path)
+    monkeypatch.setattr("rbdc.cost.estimate.FITTED", tmp_path)
     assert (
         main(
             [
                 "train",
                 "-c",
-                "configs/recipes/quickstart/rbdc.yaml",
+                "rbdc/quickstart_recipes/rbdc.yaml",
                 "--dry-run",
                 "--estimate",
                 "--set",

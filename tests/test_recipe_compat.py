@@ -16,6 +16,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RECORD = REPO / "tests" / "data" / "resolved_recipes.json"
+QUICKSTART = REPO / "rbdc" / "quickstart_recipes"  # package data, recipes all the same
 
 
 def _digest(value) -> str:
@@ -43,7 +44,7 @@ def _entries():
     from rbdc import recipe as recipes
     from rbdc.studies.spec import load_study
 
-    for path in sorted((REPO / "configs" / "recipes").rglob("*.yaml")):
+    for path in sorted((REPO / "configs" / "recipes").rglob("*.yaml")) + sorted(QUICKSTART.glob("*.yaml")):
         yield path, recipes._read(path), [lambda p=path: recipes.resolve(p)]
     for path in sorted((REPO / "configs" / "studies").glob("*.yaml")):
         try:

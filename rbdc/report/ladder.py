@@ -22,7 +22,6 @@ from pathlib import Path
 
 from rbdc import recipe as recipes
 from rbdc.errors import UserError
-from rbdc.files import CHECKOUT
 
 from .study import Point, collect, saving_with_interval, series
 
@@ -38,7 +37,6 @@ REPORT = f"{NAME}-trend"  # reports/<NAME>.md is the study's own per-width repor
 MATCHED = (8, 16)  # target epochs every rung runs RBDC d1 at: the saving vs width compares these
 HELD_OUT = 384  # the width the check leaves out of the fit and predicts
 HEAD_WIDTH = 16  # the ladder's heads (parameters do not depend on it; timm needs a head count)
-REPO = CHECKOUT
 
 
 @dataclass(frozen=True)
@@ -207,12 +205,13 @@ def build(rungs: list[Rung], out: Path, command: str) -> dict[str, Path]:
 
 
 def studies_at(runs: Path, files: dict[str, Path] | None = None) -> dict:
-    """``{name: (Study, runs / name)}`` of the ladder's studies (default: configs/studies/<name>.yaml), each read
-    with the runs root, so a tuned point takes the trial its finished trial runs chose."""
+    """``{name: (Study, runs / name)}`` of the ladder's studies (default: configs/studies/<name>.yaml under the
+    current working directory, the project folder), each read with the runs root, so a tuned point takes the trial
+    its finished trial runs chose."""
     from rbdc.studies.spec import load_study
 
     names = dict.fromkeys(n for n, _, _ in LADDER)
-    files = files or {n: REPO / "configs" / "studies" / f"{n}.yaml" for n in names}
+    files = files or {n: Path("configs", "studies", f"{n}.yaml").resolve() for n in names}
     return {n: (load_study(files[n], runs), runs / n) for n in names}
 
 
@@ -221,7 +220,7 @@ def main(argv=None) -> int:
         prog="python -m rbdc.report.ladder", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("runs", type=Path, help="runs root holding <study name>/ of both studies (e.g. runs, reports/runs)")
-    p.add_argument("-o", "--out", type=Path, default=REPO / "reports" / REPORT, help="report path without suffix")
+    p.add_argument("-o", "--out", type=Path, default=Path("reports", REPORT), help="report path without suffix")
     a = p.parse_args(argv)
     paths = build(rungs(studies_at(a.runs.resolve())), a.out, f"python -m rbdc.report.ladder {a.runs}")
     print(", ".join(str(v) for v in paths.values()))
