@@ -20,8 +20,12 @@ import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import rbdc  # noqa: F401  (registers the ladder's models, which shape() builds)
 from rbdc import recipe as recipes
+from rbdc.data.for_recipe import TRAIN_SIZES
 from rbdc.errors import UserError
+from rbdc.files import atomic_write_bytes
+from rbdc.studies.spec import load_study
 
 from .study import Point, collect, saving_with_interval, series
 
@@ -113,8 +117,6 @@ def shape(model: str, width: int | None = None) -> tuple[int, int]:
     import timm
     import torch
 
-    import rbdc  # noqa: F401  (registers the ladder's models)
-
     kwargs = {} if width is None else {"embed_dim": width, "num_heads": max(1, width // HEAD_WIDTH)}
     with torch.device("meta"):
         m = timm.create_model(model, **kwargs)
@@ -123,8 +125,6 @@ def shape(model: str, width: int | None = None) -> tuple[int, int]:
 
 def train_images(recipe: dict) -> int:
     """The training images of one epoch of the recipe's dataset: its full train split (the known size)."""
-    from rbdc.data.for_recipe import TRAIN_SIZES
-
     data = recipe.data
     if data.source not in TRAIN_SIZES or data.subset or data.holdout is not None:
         raise UserError(
@@ -189,9 +189,7 @@ def fit_points(rungs: list[Rung], leave_out: int | None = None) -> list[tuple[fl
 def build(rungs: list[Rung], out: Path, command: str) -> dict[str, Path]:
     """Write ``<out>.md`` and its figures ``<out>-width.png``, ``-budget.png``, ``-coupling.png`` (each once it
     has something to show)."""
-    from rbdc.files import atomic_write_bytes
-
-    from . import ladder_figures, ladder_sections as sec
+    from . import ladder_figures, ladder_sections as sec  # a cycle: they import this module's types
 
     out.parent.mkdir(parents=True, exist_ok=True)
     md = sec.opening(rungs, out, command)
@@ -208,8 +206,6 @@ def studies_at(runs: Path, files: dict[str, Path] | None = None) -> dict:
     """``{name: (Study, runs / name)}`` of the ladder's studies (default: configs/studies/<name>.yaml under the
     current working directory, the project folder), each read with the runs root, so a tuned point takes the trial
     its finished trial runs chose."""
-    from rbdc.studies.spec import load_study
-
     names = dict.fromkeys(n for n, _, _ in LADDER)
     files = files or {n: Path("configs", "studies", f"{n}.yaml").resolve() for n in names}
     return {n: (load_study(files[n], runs), runs / n) for n in names}
