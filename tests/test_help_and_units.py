@@ -92,3 +92,27 @@ def test_train_dry_run_estimates_the_wall_time(capsys, monkeypatch, tmp_path):
     )
     out = capsys.readouterr().out
     assert "estimated wall time:" in out and re.search(r"total training FLOPs: [\d.]+ [GTPE]FLOPs", out)
+
+
+def test_plan_counts_the_recipes_dataset_from_the_known_sizes(capsys):
+    from rbdc.data import TRAIN_SIZES
+
+    assert main(["plan", "-c", "configs/recipes/imagenette32/vit-nano-rbdc-d1.yaml"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert f"rbdc_vit_nano_patch4_32, depth 1, k=2, FLOPs per epoch of {TRAIN_SIZES['imagenette'][0]:,} images" in first
+    assert main(["plan", "deit_base_patch16_224"]) == 0  # no recipe: ImageNet-1k, from the same table
+    assert f"of {TRAIN_SIZES['imagenet'][0]:,} images (imagenet's train split)" in capsys.readouterr().out
+
+
+def test_plan_dataset_size_overrides_the_recipes(capsys):
+    assert main(["plan", "-c", "configs/recipes/imagenette32/vit-nano-rbdc-d1.yaml", "--dataset-size", "1000"]) == 0
+    assert "FLOPs per epoch of 1,000 images (--dataset-size)" in capsys.readouterr().out
+
+
+def test_plan_of_a_dataset_of_unknown_size_names_the_flag(capsys):
+    assert main(["plan", "-c", "rbdc/quickstart_recipes/rbdc.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(
+        r"\(digits\) is not known without reading it.*; pass --dataset-size N$", err
+    )
+    assert main(["plan", "-c", "rbdc/quickstart_recipes/rbdc.yaml", "--dataset-size", "1437"]) == 0
