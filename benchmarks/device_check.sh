@@ -138,11 +138,11 @@ step diffusionblocks-memory 90 "$PY" -m benchmarks.diffusionblocks_memory "${MEM
 "$PY" -m benchmarks.perf_report merge "$OUT/bench/$slug.json" "$WORK"/[0-9]-*.json || FAILED+=("merge")
 if [ -f "$OUT/bench/$slug.json" ] && [ -f "$WORK/4-time-split.json" ]; then
     # the device's cost model (seconds per image from FLOPs, activations, parameters) -> bench/costmodel-<device>.json
-    "$PY" -m rbdc.cost.costmodel "$OUT/bench/$slug.json" || FAILED+=("costmodel")
+    "$PY" -m rbdc.cost.costmodel "$OUT/bench/$slug.json" --out "$OUT/bench" || FAILED+=("costmodel")
 fi
 if [ -f "$OUT/bench/$slug.json" ]; then
     mkdir -p "$WORK/report"
-    cp "$REPO"/reports/bench/*.json "$WORK/report/" 2> /dev/null
+    cp "$REPO"/reports/bench/*.json "$REPO"/rbdc/cost/fitted/costmodel-*.json "$WORK/report/" 2> /dev/null
     cp "$OUT/bench/$slug.json" "$WORK/report/"
     cp "$OUT"/bench/diffusionblocks-memory-*.json "$OUT"/bench/costmodel-*.json "$WORK/report/" 2> /dev/null
     "$PY" -m benchmarks.perf_report --bench-dir "$WORK/report" -o "$OUT/perf.md" || FAILED+=("report")

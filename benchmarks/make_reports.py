@@ -81,12 +81,12 @@ def make(out_dir: Path = REPO / "reports", runs: Path = RUNS) -> dict[str, dict]
     for name, study_file in STUDIES.items():
         if (runs / name).is_dir():
             # with the runs root, a tuned point takes the trial its committed trial runs chose
-            written[name] = build(load_study(study_file, runs), runs / name, out_dir / name)
+            written[name] = build(load_study(study_file, runs), runs / name, out_dir / name, project=REPO)
     from rbdc.report import ladder
 
     if (runs / ladder.NAME).is_dir():  # the trend over widths (issue 36), once the ladder's own runs are committed
         written[ladder.REPORT] = ladder.build(
-            ladder.rungs(ladder.studies_at(runs)), out_dir / ladder.REPORT, "python -m benchmarks.make_reports"
+            ladder.rungs(ladder.studies_at(runs, STUDIES)), out_dir / ladder.REPORT, "python -m benchmarks.make_reports"
         )
     from rbdc.detection.study import load_study as load_detection_study, status
     from rbdc.report.detection import build as build_detection
@@ -95,7 +95,7 @@ def make(out_dir: Path = REPO / "reports", runs: Path = RUNS) -> dict[str, dict]
         study = load_detection_study(study_file)
         # a report once a fine-tuning has finished (reports/runs/<name>/ may hold only its backbones' light files)
         if any(status(r.work_dir(runs, study), study) == "done" for r in study.runs):
-            written[name] = build_detection(study, runs, out_dir / "detection" / name)
+            written[name] = build_detection(study, runs, out_dir / "detection" / name, project=REPO)
     return written
 
 

@@ -12,14 +12,16 @@ TARGET = 0.10  # the cost model's target error against the runs' stage walls
 
 
 def costmodel_section(benches: list[dict], json_path: Path) -> list[str]:
-    """The fitted cost model of the benches' CPU kind (``costmodel-<kind>.json`` beside the JSON), its in-sample
+    """The fitted cost model of the benches' CPU kind (``rbdc/cost/fitted/costmodel-<kind>.json``), its in-sample
     fit and its error against the committed runs (``benchmarks/costmodel_check.py``)."""
     from rbdc.cost.costmodel import costmodel_path
 
     kinds = [b["extra_info"]["kind"] for b in benches if "kind" in b["extra_info"]]
     if not kinds:
         return []
+    # a device check's fresh fit lies beside its JSON (benchmarks/device_check.sh); a committed one in the package
     path = costmodel_path(kinds[0], json_path.parent)
+    path = path if path.is_file() else costmodel_path(kinds[0])
     if not path.is_file():
         return [f"No cost model fitted for this CPU kind yet (`python -m rbdc.cost.costmodel {json_path.name}`).", ""]
     data = json.loads(path.read_text())

@@ -79,6 +79,8 @@ def run(pytest_args: list[str], bench_dir: Path = BENCH_DIR) -> int:
         rc = subprocess.call(cmd, cwd=REPO) or rc
         if out.is_file():  # the device kind's cost model, fitted on the time-split rows (if the run has them)
             subprocess.call([sys.executable, "-m", "rbdc.cost.costmodel", str(out)], cwd=REPO)
+    # the train-step speeds `rbdc plan --gpu` reads, kept in the package (tests/test_package_data.py checks them)
+    subprocess.call([sys.executable, "-m", "rbdc.cost.estimate", str(bench_dir)], cwd=REPO)
     return rc
 
 
@@ -86,7 +88,7 @@ def run(pytest_args: list[str], bench_dir: Path = BENCH_DIR) -> int:
 # Reading
 
 MEMORY_GLOB = "diffusionblocks-memory-*.json"  # benchmarks/diffusionblocks_memory.py's output, not pytest-benchmark
-COSTMODEL_GLOB = "costmodel-*.json"  # rbdc.cost.costmodel's fits, rendered with their device's section
+COSTMODEL_GLOB = "costmodel-*.json"  # rbdc.cost.costmodel's fits (a device check's, beside its JSON), not benchmarks
 
 
 def load(bench_dir: Path = BENCH_DIR) -> list[dict]:

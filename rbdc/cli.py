@@ -14,6 +14,8 @@ from .flops import TRAIN_FLOPS_PER_FORWARD, forward_macs
 from .nets.models import family_of, scaled
 from .cost.estimate import bench_train_flops_per_s, level_speeds, rbdc_vs_scratch
 from .coupling import plan, couple
+from .data import TRAIN_SIZES, known_train_size
+from . import recipe as recipes
 from .nets.checkpoint import load_model, save_weights, sha256
 from .report.commands import REPORTS  # the report package writes a study's report: no study -> report import
 
@@ -84,7 +86,39 @@ def _plan_speed(args, rows: list[dict]) -> dict[int, float] | None:
     return None
 
 
+PLAN_DATA = "imagenet"  # the dataset of a plan given no recipe: ImageNet-1k's train split, as the paper's targets
+
+
+def _plan_settings(args) -> str:
+    """Fill the plan's target, depth, k and image size from ``--recipe`` where not given, and its images per epoch:
+    ``--dataset-size``, else the known size (:data:`rbdc.data.TRAIN_SIZES`) of the recipe's dataset (no recipe:
+    ImageNet-1k). Returns the words saying where the size comes from."""
+    rec = recipes.resolve(args.recipe) if args.recipe else None
+    if args.target is None:
+        if rec is None:
+            raise UserError("name a target model or a recipe (--recipe)")
+        args.target = rec.model
+    if args.depth is None:
+        args.depth = rec.rbdc.depth if rec else 1
+    if args.k is None:
+        args.k = rec.rbdc.k if rec else 2
+    if args.img_size is None and rec is not None:
+        args.img_size = rec.img_size
+    data = rec.data if rec else recipes.DataKeys(source=PLAN_DATA)
+    if args.dataset_size is not None:
+        return "--dataset-size"
+    args.dataset_size = known_train_size(data)
+    if args.dataset_size is None:
+        raise UserError(
+            f"the training-set size of {args.recipe or 'the plan'}'s data ({data.source}"
+            f"{', subset' if data.subset else ''}) is not known without reading it (known: {', '.join(TRAIN_SIZES)}); "
+            f"pass --dataset-size N"
+        )
+    return f"{data.source}'s train split" + (f" less the {data.holdout} holdout" if data.holdout is not None else "")
+
+
 def cmd_plan(args) -> int:
+    where = _plan_settings(args)
     check_img_size(args.img_size)
     try:
         rows = plan(args.target, args.depth, k=args.k, img_size=args.img_size, dataset_size=args.dataset_size)
@@ -96,7 +130,10 @@ def cmd_plan(args) -> int:
         r["level_per_epoch"] = human_flops(r["level_train_pflops_per_epoch"] * 1e15)
         if speed:
             r["time_per_epoch"] = human_time(r["level_train_pflops_per_epoch"] * 1e15 / speed[r["level"]])
-    print(f"RBDC plan: {args.target}, depth {args.depth}, k={args.k}, FLOPs per epoch of {args.dataset_size:,} images")
+    print(
+        f"RBDC plan: {args.target}, depth {args.depth}, k={args.k}, FLOPs per epoch of {args.dataset_size:,} images "
+        f"({where})"
+    )
     cols = [
         ("level", "level", ""),
         ("count", "models", ""),
@@ -172,20 +209,32 @@ def build_parser() -> argparse.ArgumentParser:
         [
             "rbdc plan deit_base_patch16_224 --depth 2        # 4 DeiT-Ti -> 2 DeiT-S -> DeiT-B",
             "rbdc plan resnet50 --depth 2 --estimate          # + time per epoch measured here",
-            "rbdc plan deit_base_patch16_224 --gpu H100       # + time from reports/bench/*.json",
+            "rbdc plan deit_base_patch16_224 --gpu H100       # + time from the benchmarked speeds",
+            "rbdc plan -c configs/recipes/imagenette32/vit-nano-rbdc-d1.yaml --estimate  # its model and data",
             "rbdc plan rbdc_vit_nano_patch4_32 --dataset-size 9469 --estimate",
         ],
     )
-    pl.add_argument("target", help="target timm model, e.g. deit_base_patch16_224")
-    pl.add_argument("--depth", type=int, default=1, help="recursion depth r: k**r narrow models at level 0")
-    pl.add_argument("-k", type=int, default=2, help="models coupled per step (default 2)")
+    pl.add_argument("target", nargs="?", help="target timm model, e.g. deit_base_patch16_224 (default: the recipe's)")
+    pl.add_argument(
+        "-c",
+        "--recipe",
+        default=None,
+        help="a recipe: its model, depth, k, image size and dataset are the defaults of the flags below",
+    )
+    pl.add_argument("--depth", type=int, default=None, help="recursion depth r: k**r narrow models at level 0 (1)")
+    pl.add_argument("-k", type=int, default=None, help="models coupled per step (default 2)")
     pl.add_argument("--img-size", type=int, default=None)
-    pl.add_argument("--dataset-size", type=int, default=1_281_167, help="images per epoch (default: ImageNet-1k)")
+    pl.add_argument(
+        "--dataset-size",
+        type=int,
+        default=None,
+        help="images per epoch (default: the known size of the recipe's dataset; no recipe: ImageNet-1k)",
+    )
     pl.add_argument(
         "--estimate",
         action="store_true",
         help="time per epoch of each level and RBDC vs scratch at equal FLOPs: by this CPU kind's cost "
-        "model (reports/bench/costmodel-*.json), else from a few training steps measured here",
+        "model (rbdc/cost/fitted/costmodel-*.json), else from a few training steps measured here",
     )
     pl.add_argument(
         "--amp",
@@ -198,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--gpu",
         metavar="NAME",
         default=None,
-        help="time per epoch on the device NAME from the committed benchmarks (reports/bench/*.json)",
+        help="time per epoch on the device NAME from its benchmarked speeds (rbdc/cost/fitted/train-step.json)",
     )
     pl.set_defaults(func=cmd_plan)
 

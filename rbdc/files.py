@@ -14,16 +14,17 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from importlib import resources
 from pathlib import Path
 
 from .errors import UserError
 
 __all__ = [
-    "CHECKOUT",
     "TMP_SUFFIX",
     "atomic_write",
     "atomic_write_bytes",
     "load_state",
+    "package_data",
     "read_json",
     "save_state",
     "sha256",
@@ -33,12 +34,18 @@ __all__ = [
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-# The source checkout this package runs from (an editable install): the one place the library names it. Its readers:
-# the committed benchmark results (rbdc.cost), the quickstart's recipes, the data folder beside it, the git commit a
-# run records and the PYTHONPATH of the pool's children. An installed wheel has none of these files.
-CHECKOUT = Path(__file__).resolve().parents[1]
 TMP_SUFFIX = ".tmp"  # temporary files are hidden: .<name>.<random>.tmp (safetensors' and older ones: .<name>.tmp)
 _STATE_MAGIC = b"rbdc-state sha256="
+
+
+def package_data(relpath: str) -> Path:
+    """A file or folder shipped inside the rbdc package (pyproject's ``package-data``: the fitted cost models, the
+    quickstart's recipes), read through :mod:`importlib.resources`, so an installed wheel finds it as an editable
+    checkout does. The library reads nothing else of the folder it was installed from."""
+    path = resources.files("rbdc").joinpath(relpath)
+    if not isinstance(path, Path):  # a zipped install: the readers need real paths (recipes inherit by file name)
+        raise UserError(f"rbdc's package data {relpath} is not a folder on disk ({path}); install rbdc unzipped")
+    return path
 
 
 def sha256(path: str | os.PathLike) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 from .runs import rundir
 from .data import DataError, find_imagenette, build_loader, recipe_datasets
 from .errors import UserError
-from .files import CHECKOUT
+from .files import package_data
 from .units import human_flops, human_time
 from . import recipe as recipes
 from .studies.study import planned_flops, run_local
@@ -29,7 +29,7 @@ from .runs.train import run_recipe
 from .report import generate_report
 from .cli import add_command
 
-RECIPES = CHECKOUT / "configs" / "recipes" / "quickstart"
+RECIPES = package_data("quickstart_recipes")  # base, rbdc and scratch: package data, so an installed rbdc runs them
 IMAGENETTE = ["data.source=imagenette", "budget_epochs=6", "batch_size=128"]
 PROTOCOLS = ("rbdc-d1", "scratch")
 
@@ -179,7 +179,7 @@ def add_cli(sub) -> None:
         "--data",
         choices=("auto", "imagenette", "digits"),
         default="auto",
-        help="auto: Imagenette if RBDC_DATA (or ../shared/data) has it, else digits",
+        help="auto: Imagenette if RBDC_DATA (tox sets ../shared/data) has it, else digits",
     )
     p.add_argument("--output", "-o", default="runs", help="root of the run directories")
     p.add_argument("--seed", type=int, default=0)

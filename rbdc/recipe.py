@@ -24,6 +24,7 @@ from .data.datasets import SOURCES
 from .errors import UserError
 from .protocols.keys import NONNEG as _NONNEG, NUM as _NUM, ONE as _ONE, POS as _POS, UNIT as _UNIT
 from .protocols.keys import Key, Range, copy_field, from_dict, key, merge_sections, schema, section
+from .data.loaders import _check_aug
 
 
 # The common keys: those every protocol reads. A protocol's own keys (the rbdc, growth and diffusionblocks sections)
@@ -238,7 +239,6 @@ def validate(recipe: dict) -> None:
         if spec.items is not None and node is not None:
             for v in node:
                 _check_value(f"{name} entries", v, _NUM, spec.items)
-    from .data.loaders import _check_aug
 
     try:
         _check_aug(recipe["aug"])

@@ -9,11 +9,14 @@ import rbdc  # noqa: F401  (registers the test_rbdc_* variants)
 REPO = Path(__file__).resolve().parents[1]
 CI = REPO / "configs" / "recipes" / "ci"
 QUIET = {"log": lambda *a, **k: None}
+# The project's datasets lie in ../shared/data beside the checkout (tox.ini and .ci/run say so too); the library reads
+# only RBDC_DATA, so a bare `pytest` sets it here unless it names another folder.
+os.environ.setdefault("RBDC_DATA", str(REPO.parent / "shared" / "data"))
 
 
 def data_root() -> Path | None:
-    """Real datasets: $RBDC_DATA, else ../shared/data beside the checkout."""
-    root = Path(os.environ.get("RBDC_DATA", REPO.parent / "shared" / "data"))
+    """Real datasets: $RBDC_DATA (default ../shared/data beside the checkout), if it is a folder."""
+    root = Path(os.environ["RBDC_DATA"])
     return root if root.is_dir() else None
 
 

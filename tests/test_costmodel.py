@@ -83,7 +83,7 @@ def _write_model(folder, kind, coefs=None):
 def test_plan_on_an_unfitted_cpu_kind_says_so_and_measures(tmp_path, monkeypatch, capsys):
     other = costmodel.cpu_kind(XEON.replace("207", "143"))
     _write_model(tmp_path, other)
-    monkeypatch.setattr(estimate, "BENCH", tmp_path)
+    monkeypatch.setattr(estimate, "FITTED", tmp_path)
     assert main(["plan", "test_rbdc_vit", "--dataset-size", "1000", "--estimate"]) == 0
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.startswith("cost model:"))
@@ -93,7 +93,7 @@ def test_plan_on_an_unfitted_cpu_kind_says_so_and_measures(tmp_path, monkeypatch
 
 def test_plan_prints_rbdc_and_scratch_walls_from_this_kinds_model(tmp_path, monkeypatch, capsys):
     _write_model(tmp_path, costmodel.cpu_kind())
-    monkeypatch.setattr(estimate, "BENCH", tmp_path)
+    monkeypatch.setattr(estimate, "FITTED", tmp_path)
     assert (
         main(
             ["plan", "rbdc_vit_nano_patch4_32", "--depth", "2", "--dataset-size", "9469", "--estimate", "--amp", "bf16"]
@@ -109,7 +109,7 @@ def test_plan_prints_rbdc_and_scratch_walls_from_this_kinds_model(tmp_path, monk
 
 def test_train_dry_run_prints_each_stage_and_scratch_by_the_cost_model(tmp_path, monkeypatch, capsys):
     _write_model(tmp_path, costmodel.cpu_kind())
-    monkeypatch.setattr(estimate, "BENCH", tmp_path)
+    monkeypatch.setattr(estimate, "FITTED", tmp_path)
     assert main(["train", "-c", "configs/recipes/imagenette32/vit-nano-rbdc-d1.yaml", "--dry-run", "--estimate"]) == 0
     out = capsys.readouterr().out
     assert "stage L0.0 (rbdc_vit_nano_patch4_32_w2" in out and "stage L1 (rbdc_vit_nano_patch4_32" in out

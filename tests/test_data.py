@@ -482,9 +482,26 @@ def test_imagenette_missing(tmp_path, monkeypatch):
 def test_default_data_root(monkeypatch, tmp_path):
     monkeypatch.setenv("RBDC_DATA", str(tmp_path))
     assert D.default_data_root() == tmp_path
-    monkeypatch.delenv("RBDC_DATA")
-    shared = Path(D.__file__).resolve().parents[3] / "shared" / "data"
-    assert D.default_data_root() == (shared if shared.is_dir() else None)
+    monkeypatch.delenv("RBDC_DATA", raising=False)
+    assert D.default_data_root() is None  # no guess beside the checkout: tox, .ci/run and conftest set RBDC_DATA
+
+
+def test_no_data_root_is_one_line_naming_rbdc_data(monkeypatch, tmp_path):
+    monkeypatch.delenv("RBDC_DATA", raising=False)
+    monkeypatch.setenv("RBDC_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(DataError, match=r"^no Imagenette found: RBDC_DATA is unset.*set RBDC_DATA=") as e:
+        build_dataset("imagenette")
+    assert "\n" not in str(e.value)
+
+
+def test_quickstart_auto_without_a_data_root_takes_digits(monkeypatch, tmp_path):
+    from rbdc.quickstart import pick_data
+
+    monkeypatch.delenv("RBDC_DATA", raising=False)
+    monkeypatch.setenv("RBDC_CACHE", str(tmp_path / "empty-cache"))
+    assert pick_data("auto") == ("digits", [])
+    with pytest.raises(DataError, match="set RBDC_DATA="):
+        pick_data("imagenette")
 
 
 @pytest.fixture

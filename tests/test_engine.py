@@ -18,6 +18,7 @@ from rbdc.runs.rundir import load_state
 
 RECIPES = Path(__file__).resolve().parents[1] / "configs" / "recipes"
 CI = RECIPES / "ci"
+QUICKSTART = RECIPES.parents[1] / "rbdc" / "quickstart_recipes"  # package data: rbdc quickstart reads them
 QUIET = dict(log=lambda *a, **k: None)
 
 
@@ -126,8 +127,8 @@ def test_a_run_written_before_a_recipe_key_existed_still_resumes(rbdc_run, tmp_p
 
 @pytest.mark.parametrize(
     "path",
-    sorted(p for p in RECIPES.rglob("*.yaml") if "base" not in p.name),
-    ids=lambda p: str(p.relative_to(RECIPES)),
+    sorted(p for p in [*RECIPES.rglob("*.yaml"), *QUICKSTART.glob("*.yaml")] if "base" not in p.name),
+    ids=lambda p: str(p.relative_to(RECIPES.parents[1])),
 )
 def test_every_recipe_parses_and_dry_runs(path, capsys):
     train.run_recipe(str(path), "unused", dry_run=True)

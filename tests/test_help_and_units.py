@@ -31,7 +31,7 @@ def test_flops_prints_human_units(capsys):
 
 
 def test_plan_estimate_measures_each_level_here(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr("rbdc.cost.estimate.BENCH", tmp_path)  # no cost model of this CPU kind: measured steps
+    monkeypatch.setattr("rbdc.cost.estimate.FITTED", tmp_path)  # no cost model of this CPU kind: measured steps
     assert main(["plan", "test_rbdc_vit", "--dataset-size", "1000", "--estimate"]) == 0
     out = capsys.readouterr().out
     assert "time/epoch" in out and "at the speed measured here" in out
@@ -66,7 +66,7 @@ def test_plan_for_a_gpu_without_benchmarks_is_a_clear_error(tmp_path):
     from rbdc.cost.estimate import bench_train_flops_per_s
 
     with pytest.raises(UserError, match="no committed benchmark results for 'H100'.*tox -e bench"):
-        bench_train_flops_per_s("H100", bench_dir=tmp_path)
+        bench_train_flops_per_s("H100", speeds=tmp_path / "train-step.json")
 
 
 def test_plan_for_a_benchmarked_device_uses_its_results(capsys):
@@ -75,13 +75,13 @@ def test_plan_for_a_benchmarked_device_uses_its_results(capsys):
 
 
 def test_train_dry_run_estimates_the_wall_time(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr("rbdc.cost.estimate.BENCH", tmp_path)
+    monkeypatch.setattr("rbdc.cost.estimate.FITTED", tmp_path)
     assert (
         main(
             [
                 "train",
                 "-c",
-                "configs/recipes/quickstart/rbdc.yaml",
+                "rbdc/quickstart_recipes/rbdc.yaml",
                 "--dry-run",
                 "--estimate",
                 "--set",
@@ -92,3 +92,27 @@ def test_train_dry_run_estimates_the_wall_time(capsys, monkeypatch, tmp_path):
     )
     out = capsys.readouterr().out
     assert "estimated wall time:" in out and re.search(r"total training FLOPs: [\d.]+ [GTPE]FLOPs", out)
+
+
+def test_plan_counts_the_recipes_dataset_from_the_known_sizes(capsys):
+    from rbdc.data import TRAIN_SIZES
+
+    assert main(["plan", "-c", "configs/recipes/imagenette32/vit-nano-rbdc-d1.yaml"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert f"rbdc_vit_nano_patch4_32, depth 1, k=2, FLOPs per epoch of {TRAIN_SIZES['imagenette'][0]:,} images" in first
+    assert main(["plan", "deit_base_patch16_224"]) == 0  # no recipe: ImageNet-1k, from the same table
+    assert f"of {TRAIN_SIZES['imagenet'][0]:,} images (imagenet's train split)" in capsys.readouterr().out
+
+
+def test_plan_dataset_size_overrides_the_recipes(capsys):
+    assert main(["plan", "-c", "configs/recipes/imagenette32/vit-nano-rbdc-d1.yaml", "--dataset-size", "1000"]) == 0
+    assert "FLOPs per epoch of 1,000 images (--dataset-size)" in capsys.readouterr().out
+
+
+def test_plan_of_a_dataset_of_unknown_size_names_the_flag(capsys):
+    assert main(["plan", "-c", "rbdc/quickstart_recipes/rbdc.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(
+        r"\(digits\) is not known without reading it.*; pass --dataset-size N$", err
+    )
+    assert main(["plan", "-c", "rbdc/quickstart_recipes/rbdc.yaml", "--dataset-size", "1437"]) == 0

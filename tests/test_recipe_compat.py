@@ -16,6 +16,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RECORD = REPO / "tests" / "data" / "resolved_recipes.json"
+QUICKSTART = REPO / "rbdc" / "quickstart_recipes"  # package data, recipes all the same
 
 
 def _digest(value) -> str:
@@ -43,7 +44,7 @@ def _entries():
     from rbdc import recipe as recipes
     from rbdc.studies.spec import load_study
 
-    for path in sorted((REPO / "configs" / "recipes").rglob("*.yaml")):
+    for path in sorted((REPO / "configs" / "recipes").rglob("*.yaml")) + sorted(QUICKSTART.glob("*.yaml")):
         yield path, recipes._read(path), [lambda p=path: recipes.resolve(p)]
     for path in sorted((REPO / "configs" / "studies").glob("*.yaml")):
         try:
@@ -130,15 +131,14 @@ def test_mixturegrowth_reads_its_own_norm_key_and_an_old_recipes_rbdc_norm(sets,
 def test_mixturegrowth_grows_with_its_own_norm_not_rbdcs(monkeypatch):
     from types import SimpleNamespace
 
-    from rbdc import growth, protocols
-    from rbdc.nets import checkpoint
+    from rbdc import protocols
     from rbdc import recipe as recipes
     from rbdc.protocols import mixturegrowth
 
-    seen = {}
-    monkeypatch.setattr(checkpoint, "load_weights", lambda path: ({}, {}))
+    seen = {}  # the protocol module's own names: it imports them at its top
+    monkeypatch.setattr(mixturegrowth, "load_weights", lambda path: ({}, {}))
     monkeypatch.setattr(mixturegrowth, "_member", lambda ctx, seed: SimpleNamespace(load_state_dict=lambda sd: None))
-    monkeypatch.setattr(growth, "mixture_grow", lambda a, b, **kw: seen.update(kw) or "grown")
+    monkeypatch.setattr(mixturegrowth, "mixture_grow", lambda a, b, **kw: seen.update(kw) or "grown")
     rec = recipes.resolve(REPO / "configs" / "recipes" / "ci" / "mixturegrowth.yaml", ["growth.norm=grouped"])
     ctx = SimpleNamespace(recipe=rec, stage=lambda sid: SimpleNamespace(seed=0), log=lambda *a, **k: None)
     stage = protocols.Stage("L1", "wide", 1, 0, 1e-3, level=1, parents=["L0.0", "L0.1"])

@@ -7,8 +7,8 @@ rate (``reports/perf.md``, where the time goes). The cost model adds the terms t
     seconds per image = a * training FLOPs + b * activation elements + d * parameters / batch + c
 
 per precision and model family, fitted (non-negative least squares, relative errors) on the ``time-split``
-benchmark of one machine kind (``benchmarks/test_bench_time_split.py``) and stored beside it in
-``reports/bench/costmodel-<kind>.json``.
+benchmark of one machine kind (``benchmarks/test_bench_time_split.py``) and stored in the package
+(``rbdc/cost/fitted/costmodel-<kind>.json``, package data: the estimator reads it at run time, installed or not).
 *Activation elements*: the elements every leaf layer writes in one image's forward (linear, conv, norm, activation
 outputs) plus the attention's score and probability matrices: the memory-bound work, done again in backward.
 *Parameters / batch*: the optimizer's and clipping's per-step sweep over the weights, shared by the batch's images.
@@ -33,12 +33,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..files import CHECKOUT
+from ..files import package_data
 from ..nets.models import family_of, scaled
 from ..flops import train_flops_per_image
 from ..runs.rundir import atomic_write_bytes
 
-BENCH = CHECKOUT / "reports" / "bench"
+FITTED = package_data("cost/fitted")  # the fitted cost models (written by main, read by for_this_machine)
 TERMS = ("train_flops", "activation_elements", "params_per_batch", "constant")
 EVAL_TERMS = ("train_flops", "activation_elements", "constant")  # a forward: no optimizer sweep
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")  # what oneDNN dispatches on
@@ -349,14 +349,15 @@ def bench_rows(bench: dict) -> tuple[list[dict], dict[str, float]]:
     return rows, data
 
 
-def costmodel_path(kind: dict, bench_dir: Path = BENCH) -> Path:
-    return Path(bench_dir) / f"costmodel-{kind['slug']}.json"
+def costmodel_path(kind: dict, folder: Path = FITTED) -> Path:
+    return Path(folder) / f"costmodel-{kind['slug']}.json"
 
 
-def for_this_machine(bench_dir: Path = BENCH, kind: dict | None = None) -> tuple[CostModel | None, str]:
-    """This machine kind's cost model from ``bench_dir``, or None and one line saying why not."""
+def for_this_machine(folder: Path = FITTED, kind: dict | None = None) -> tuple[CostModel | None, str]:
+    """This machine kind's cost model from ``folder`` (default: the package's fitted models), or None and one line
+    saying why not."""
     kind = kind or cpu_kind()
-    fitted = sorted(Path(bench_dir).glob("costmodel-*.json"))
+    fitted = sorted(Path(folder).glob("costmodel-*.json"))
     for path in fitted:
         model = CostModel.from_dict(json.loads(path.read_text()))
         if model.kind.get("key") == kind["key"]:
@@ -370,11 +371,12 @@ def for_this_machine(bench_dir: Path = BENCH, kind: dict | None = None) -> tuple
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m rbdc.cost.costmodel BENCH.json``: fit the cost model of the JSON's device kind (a CPU kind, or a GPU)
-    on its ``time-split`` rows and write ``costmodel-<kind>.json`` beside it."""
+    on its ``time-split`` rows and write ``costmodel-<kind>.json`` into the package (``--out``: another folder)."""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m rbdc.cost.costmodel", description=main.__doc__.split("\n")[0])
     p.add_argument("bench", type=Path, help="a pytest-benchmark JSON holding time-split rows (tox -e bench)")
+    p.add_argument("--out", type=Path, default=FITTED, help="folder to write the fit into (default: %(default)s)")
     args = p.parse_args(argv)
     bench = json.loads(args.bench.read_text())
     rows, data = bench_rows(bench)
@@ -388,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     kind = json.loads(kinds.pop())
     model = fit_rows(rows, kind, data)
-    out = model.save(costmodel_path(kind, args.bench.parent))
+    out = model.save(costmodel_path(kind, args.out))
     for r in model.fitted_on:
         print(
             f"{r['amp']} {r['family']:6s} {r['model']:28s} b{r['batch']} ({r['rounds_used']} rounds) measured "

@@ -1,5 +1,7 @@
 """Wall-time estimates of a plan: training FLOP/s measured on this device with a few steps (``--estimate``), or
-read from the committed benchmark results of a named device (``reports/bench/*.json``, written by ``tox -e bench``)."""
+read from the benchmarked speeds of a named device (``--gpu``): the train-step rows of the committed benchmark results
+(``reports/bench/*.json``, written by ``tox -e bench``), kept in the package as :data:`SPEEDS` by
+``python -m rbdc.cost.estimate reports/bench`` (which ``tox -e bench`` runs; a test checks it matches)."""
 
 from __future__ import annotations
 
@@ -11,15 +13,15 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..files import CHECKOUT
+from ..files import atomic_write_bytes
 from ..flops import _meta_twin, train_flops_per_image
 from ..nets.models import scaled
 from ..training.engine import autocast, set_fused_attn
 from ..units import human_time, human_flops
-from .costmodel import family, features, for_this_machine
+from .costmodel import FITTED, family, features, for_this_machine
 from .work import predict_stage, recipe_work
 
-BENCH = CHECKOUT / "reports" / "bench"
+SPEEDS = FITTED / "train-step.json"  # the benchmarked train-step speeds of every device (package data)
 
 
 STEP_FLOPS = 2e10  # default batch: about this many training FLOPs per step (tiny models are slow at tiny batches)
@@ -70,26 +72,50 @@ def measure_train_flops_per_s(
     return steps * batch * train_flops_per_image(model, size) / seconds
 
 
-def bench_train_flops_per_s(device_name: str, model: str | None = None, bench_dir: Path = BENCH) -> float:
-    """Training FLOP/s that the committed train-step benchmarks measured on the device called ``device_name``
-    (a substring of its name or of its results file): the model's own figure where measured, else the fastest."""
-    found, devices = [], []
+def train_step_speeds(bench_dir: Path) -> list[dict]:
+    """The harness train-step rows of the pytest-benchmark JSONs in ``bench_dir``: file, device, model and training
+    FLOP/s (the median round), in file order: what :func:`bench_train_flops_per_s` reads."""
+    rows = []
     for path in sorted(Path(bench_dir).glob("*.json")):
         for b in json.loads(path.read_text()).get("benchmarks", []):
             e = b.get("extra_info", {})
             if b.get("group") != "train-step" or e.get("impl") != "harness":
                 continue
-            devices.append(e.get("device", path.stem))
-            if device_name.lower() in f"{e.get('device', '')} {path.stem}".lower():
-                found.append((e["model"], e["images_per_round"] * e["train_flops_per_image"] / b["stats"]["median"]))
+            flops_per_s = e["images_per_round"] * e["train_flops_per_image"] / b["stats"]["median"]
+            rows.append(
+                {
+                    "file": path.stem,
+                    "device": e.get("device", path.stem),
+                    "model": e["model"],
+                    "flops_per_s": flops_per_s,
+                }
+            )
+    return rows
+
+
+def bench_train_flops_per_s(device_name: str, model: str | None = None, speeds: Path | None = None) -> float:
+    """Training FLOP/s that the committed train-step benchmarks measured on the device called ``device_name``
+    (a substring of its name or of its results file): the model's own figure where measured, else the fastest."""
+    speeds = Path(speeds or SPEEDS)
+    rows = json.loads(speeds.read_text()) if speeds.is_file() else []
+    found = [
+        (r["model"], r["flops_per_s"]) for r in rows if device_name.lower() in f"{r['device']} {r['file']}".lower()
+    ]
     if not found:
-        have = ", ".join(sorted(set(devices))) or "none"
+        have = ", ".join(sorted({r["device"] for r in rows})) or "none"
         raise UserError(
-            f"no committed benchmark results for {device_name!r} in {bench_dir} (devices: {have}); run "
-            f"`tox -e bench` on that device, or pass --estimate to measure here"
+            f"no committed benchmark results for {device_name!r} (devices: {have}); run `tox -e bench` on that "
+            f"device, or pass --estimate to measure here"
         )
     same = [f for m, f in found if m == model]
     return max(same or [f for _, f in found])
+
+
+def write_speeds(bench_dir: Path, out: Path | None = None) -> Path:
+    """Write :func:`train_step_speeds` of ``bench_dir`` to ``out`` (default :data:`SPEEDS`)."""
+    out = Path(out or SPEEDS)
+    atomic_write_bytes(out, (json.dumps(train_step_speeds(bench_dir), indent=1) + "\n").encode())
+    return out
 
 
 def estimate_stages(recipe: dict, stages: list, num_classes: int, gpu: str | None = None, train_size: int = 0) -> str:
@@ -192,7 +218,7 @@ def _costmodel_speed(model, name: str, factor, img_size: int, batch: int, amp: s
 def usable_costmodel(name: str, amp: str, img_size: int, bench_dir: Path | None = None, log=print):
     """This CPU kind's cost model if it has a fit for ``amp`` and the model's family, else None; either way one
     line says which (and when ``img_size`` is not the size it was fitted at)."""
-    model, why = for_this_machine(bench_dir or BENCH)
+    model, why = for_this_machine(bench_dir or FITTED)
     if model is None:
         log(why)
         return None
@@ -251,3 +277,20 @@ def rbdc_vs_scratch(rows: list[dict], speed: dict[int, float], where: str, slow:
         f"({human_flops(flops)}): {human_time(scratch)}; RBDC takes {mine / scratch:.2f}x scratch's wall {where} "
         f"(1 device; training steps only)"
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m rbdc.cost.estimate BENCH_DIR``: keep the package's train-step speeds (what ``--gpu`` reads) in
+    step with the benchmark JSONs in BENCH_DIR (``reports/bench``)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m rbdc.cost.estimate", description=main.__doc__.split("\n")[0])
+    p.add_argument("bench_dir", type=Path, help="folder of pytest-benchmark JSONs (reports/bench)")
+    p.add_argument("--out", type=Path, default=SPEEDS, help="the speeds file to write (default: %(default)s)")
+    args = p.parse_args(argv)
+    print(f"wrote {write_speeds(args.bench_dir, args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -32,7 +32,7 @@ from .datasets import (
 )
 from .loaders import Loader, MemoryLoader, StreamLoader, build_loader, patch_timm_posterize
 from .sources import build_dataset, cache_dir, default_data_root, extract_archive, find_imagenette, verify_contents
-from .for_recipe import TRAIN_SIZES, PlanSize, data_root, plan_size, recipe_datasets
+from .for_recipe import TRAIN_SIZES, PlanSize, data_root, known_train_size, plan_size, recipe_datasets
 
 __all__ = [
     "DataError",
@@ -60,4 +60,5 @@ __all__ = [
     "PlanSize",
     "data_root",
     "TRAIN_SIZES",
+    "known_train_size",
 ]

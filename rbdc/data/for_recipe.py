@@ -22,7 +22,16 @@ from .sources import build_dataset
 if TYPE_CHECKING:
     from rbdc.recipe import DataKeys, Recipe
 
-__all__ = ["TRAIN_SIZES", "VAL_SIZES", "PlanSize", "data_root", "eval_size", "plan_size", "recipe_datasets"]
+__all__ = [
+    "TRAIN_SIZES",
+    "VAL_SIZES",
+    "PlanSize",
+    "data_root",
+    "eval_size",
+    "known_train_size",
+    "plan_size",
+    "recipe_datasets",
+]
 
 # The full train splits (images, classes) of the sources whose size is fixed: plans made without the data use them.
 TRAIN_SIZES = {"imagenet": (1_281_167, 1000), "imagenette": (IMAGENETTE_COUNTS["train"], 10), "cifar100": (50_000, 100)}
@@ -85,6 +94,16 @@ class PlanSize:
     note: str = ""
 
 
+def known_train_size(data) -> int | None:
+    """The images of one epoch of ``data`` (a recipe's data keys) from :data:`TRAIN_SIZES` alone, the holdout cut
+    from the total (not per class); None where the source has no fixed size (a folder, digits, synthetic) or a subset
+    is taken. Nothing is read."""
+    if data.source not in TRAIN_SIZES or data.subset:
+        return None
+    size = TRAIN_SIZES[data.source][0]
+    return size - round(data.holdout * size) if data.holdout is not None else size
+
+
 def plan_size(recipe: Recipe) -> PlanSize:
     """The training-set size and classes a recipe's plan uses: the dataset's own (read once per data setting in a
     process, so a study plans its runs without rereading a folder), or, where the data is not found, the source's
@@ -96,13 +115,13 @@ def plan_size(recipe: Recipe) -> PlanSize:
     try:
         size, classes = _dataset_size(key)
     except UserError as e:
-        if dc.source not in TRAIN_SIZES or dc.subset:
+        size = known_train_size(dc)
+        if size is None:
             raise
-        size, classes = TRAIN_SIZES[dc.source]
-        if dc.holdout is not None:
-            size -= round(dc.holdout * size)
         return PlanSize(
-            size, recipe.num_classes or classes, f"data not found: {e}; planning with the known size of {dc.source}"
+            size,
+            recipe.num_classes or TRAIN_SIZES[dc.source][1],
+            f"data not found: {e}; planning with the known size of {dc.source}",
         )
     return PlanSize(size, recipe.num_classes or classes)
 
@@ -138,7 +157,7 @@ def eval_size(recipe: Recipe) -> int:
 
 @functools.lru_cache(maxsize=64)
 def _eval_size(key: str) -> int:
-    from ..recipe import DataKeys
+    from ..recipe import DataKeys  # the recipe imports this package
 
     data, root, img_size, num_classes = json.loads(key)
     dc = DataKeys(**data)

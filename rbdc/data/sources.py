@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from rbdc.files import CHECKOUT, atomic_write_bytes
+from rbdc.files import atomic_write_bytes
 
 from .datasets import (
     IMAGE_EXTENSIONS,
@@ -35,21 +35,12 @@ from .datasets import (
 from .workers import _progress
 
 
-def _repo_root() -> Path:
-    return CHECKOUT
-
-
 def default_data_root() -> Path | None:
-    """Folder holding the shared datasets (e.g. ``imagenette2-224.tar``).
-
-    Returns:
-        ``$RBDC_DATA`` if set (whether or not it exists), else ``<repo>/../shared/data`` if it exists, else None.
-    """
+    """Folder holding the shared datasets (e.g. ``imagenette2-224.tar``): ``$RBDC_DATA`` if set (whether or not it
+    exists), else None. The library guesses no folder: the project's own entry points set it (tox.ini, ``.ci/run``
+    and the tests default it to ``../shared/data`` beside the checkout)."""
     env = os.environ.get("RBDC_DATA")
-    if env:
-        return Path(env).expanduser()
-    shared = _repo_root().parent / "shared" / "data"
-    return shared if shared.is_dir() else None
+    return Path(env).expanduser() if env else None
 
 
 def cache_dir() -> Path:
@@ -268,7 +259,12 @@ def find_imagenette(root: str | Path | None = None, *, verify: bool = False) -> 
                 )
             verify_contents(folder, contents)
         return folder
-    where = ", ".join(str(c) for c in candidates) or "nowhere (no root given, RBDC_DATA unset)"
+    if root is None and default_data_root() is None:
+        raise DataError(
+            "no Imagenette found: RBDC_DATA is unset and no earlier extraction is in the cache; set RBDC_DATA=<folder "
+            "holding imagenette2-224.tar> (tox and .ci/run set ../shared/data beside the checkout)"
+        )
+    where = ", ".join(str(c) for c in candidates)
     raise DataError(
         f"no Imagenette found in {where} (looked for train/ and val/, {', '.join(IMAGENETTE_NAMES)} "
         f"folders and {', '.join(IMAGENETTE_ARCHIVES)}); {hint}"

@@ -37,7 +37,7 @@ def balloon_root(
     (one per rank) agree on one complete copy and an interrupted extraction leaves nothing half-filled.
 
     Args:
-        data_root: folder holding ``balloon_dataset.zip`` (default ``$RBDC_DATA``, else ``<repo>/../shared/data``).
+        data_root: folder holding ``balloon_dataset.zip`` (default ``$RBDC_DATA``).
         cache: where to extract (default ``$RBDC_CACHE`` or ``~/.cache/rbdc/data``).
         verify: check the extracted files against ``balloon_dataset.contents.sha256`` when that file is present.
     """

@@ -14,6 +14,7 @@ import torch.nn as nn
 from ..errors import UserError
 from .base import BuildContext, PlanData, Protocol, Stage, register, whole_steps
 from .keys import key
+from ..nets.diffusionblocks import build_model
 
 if TYPE_CHECKING:
     from ..recipe import Recipe
@@ -29,8 +30,6 @@ class DiffusionBlocks(Protocol):
     own_objective = True
 
     def plan(self, recipe: Recipe, data: PlanData) -> list[Stage]:
-        from ..nets.diffusionblocks import build_model
-
         with torch.device("meta"):
             dbm = build_model(recipe, data.num_classes)
         fpi = dbm.train_flops_per_image(recipe.img_size)
@@ -58,8 +57,6 @@ class DiffusionBlocks(Protocol):
         return self.target(ctx.recipe, ctx.num_classes)
 
     def target(self, recipe: Recipe, num_classes: int) -> nn.Module:
-        from ..nets.diffusionblocks import build_model
-
         return build_model(recipe, num_classes)
 
     def train_flops_per_image(self, model: nn.Module, img_size: int) -> int:

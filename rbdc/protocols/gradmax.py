@@ -20,6 +20,8 @@ import torch.nn as nn
 from ..errors import UserError
 from .base import BuildContext, Built, PlanData, Protocol, Stage, register, stage_seed, whole_steps
 from .keys import NUM, POS, UNIT, Range, key
+from ..growth import gradmax_grow, gradmax_model, gradmax_schedule, gradmax_start, gradmax_widths, grow_named_state
+from ..nets.checkpoint import load_model
 
 if TYPE_CHECKING:
     from ..recipe import Recipe
@@ -45,8 +47,6 @@ class GradMax(Protocol):
     evaluates_growth = False  # its growth is exact by construction, and too frequent for an evaluation each time
 
     def plan(self, recipe: Recipe, data: PlanData) -> list[Stage]:
-        from ..growth import gradmax_model, gradmax_schedule, gradmax_widths
-
         total = data.steps_for(recipe.epochs) if recipe.epochs else None
         budget = data.budget
         g = recipe.growth
@@ -127,16 +127,11 @@ class GradMax(Protocol):
         return True
 
     def init(self, stage: Stage, ctx: BuildContext) -> nn.Module:
-        from ..growth import gradmax_start
-
         return gradmax_start(ctx.recipe.model, stage.factor, **ctx.timm_kwargs)
 
     def grow(self, stage: Stage, parents: list[Path], ctx: BuildContext) -> Built:
         """Grow the parent stage's model to this stage's widths with GradMax: the gradient of plain cross-entropy
         (no mixup) on the first batch of this stage's loader, one per process, in training mode."""
-        from ..nets.checkpoint import load_model
-        from ..growth import gradmax_grow, gradmax_widths, grow_named_state
-
         g, name = ctx.recipe.growth, ctx.recipe.model
         parent = ctx.stage(stage.parents[0])
         old = load_model(parents[0])  # its metadata holds the inner widths

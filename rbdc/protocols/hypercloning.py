@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 from .base import BuildContext, Built, PlanData, Protocol, Stage, register
 from .keys import NUM, key
 from .rbdc import single_source_plan
+from ..nets.checkpoint import load_model
+from ..growth.hypercloning import hyperclone
 
 if TYPE_CHECKING:
     from ..recipe import Recipe
@@ -40,9 +42,6 @@ class HyperCloning(Protocol):
         return single_source_plan(recipe, data)
 
     def grow(self, stage: Stage, parents: list[Path], ctx: BuildContext) -> Built:
-        from ..nets.checkpoint import load_model
-        from ..growth.hypercloning import hyperclone
-
         k, snr = ctx.recipe.rbdc.k, ctx.recipe.growth.snr_db
         model = hyperclone(load_model(parents[0]), k, snr_db=snr, seed=stage.seed)
         ctx.log(f"[{stage.id}] {parents[0].parent.name} -> {stage.model_name}: hypercloned x{k} (snr_db={snr})")

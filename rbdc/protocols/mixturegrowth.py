@@ -11,6 +11,8 @@ import torch.nn as nn
 from .base import BuildContext, Built, PlanData, Protocol, Stage, register
 from .keys import NONNEG, NUM, Range, key
 from .rbdc import level_plan
+from ..growth import mixture_grow, mixture_member
+from ..nets.checkpoint import load_weights
 
 if TYPE_CHECKING:
     from ..recipe import Recipe
@@ -33,8 +35,6 @@ class MixtureGrowthKeys:
 
 
 def _member(ctx: BuildContext, seed: int) -> nn.Module:
-    from ..growth import mixture_member
-
     rec = ctx.recipe
     return mixture_member(rec.model, 1, rec.growth.num_templates, seed=seed, **ctx.timm_kwargs)
 
@@ -60,9 +60,6 @@ class MixtureGrowth(Protocol):
         return _member(ctx, stage.seed)
 
     def grow(self, stage: Stage, parents: list[Path], ctx: BuildContext) -> Built:
-        from ..nets.checkpoint import load_weights
-        from ..growth import mixture_grow
-
         g = ctx.recipe.growth
         parts = []
         for p, path in zip(stage.parents, parents):

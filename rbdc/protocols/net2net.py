@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 from .base import BuildContext, Built, PlanData, Protocol, Stage, register
 from .keys import NONNEG, NUM, key
 from .rbdc import level_plan
+from ..nets.checkpoint import load_model
+from ..growth import net2wider
 
 if TYPE_CHECKING:
     from ..recipe import Recipe
@@ -33,9 +35,6 @@ class Net2Net(Protocol):
         return level_plan(recipe, data, 1, 2, counts=[1, 1])
 
     def grow(self, stage: Stage, parents: list[Path], ctx: BuildContext) -> Built:
-        from ..nets.checkpoint import load_model
-        from ..growth import net2wider
-
         g = ctx.recipe.growth
         model = net2wider(load_model(parents[0]), 2, mode=g.mode, noise_std=g.noise_std, seed=stage.seed)
         ctx.log(

@@ -31,6 +31,8 @@ from .base import (
     whole_steps,
 )
 from .keys import NONNEG, NUM, POS, Range, key
+from ..nets.checkpoint import load_model
+from ..coupling import couple, couple_state
 
 if TYPE_CHECKING:
     from ..recipe import Recipe
@@ -185,9 +187,6 @@ class RBDC(Protocol):
         return recipe.rbdc.optimizer == "carried"
 
     def grow(self, stage: Stage, parents: list[Path], ctx: BuildContext) -> Built:
-        from ..nets.checkpoint import load_model
-        from ..coupling import couple, couple_state
-
         c = ctx.recipe.rbdc
         parts = [load_model(p) for p in parents]
         if c.parts == "copies":  # the ablation: k copies of one trained model, coupled block-diagonally

@@ -1,12 +1,15 @@
 """``rbdc study STUDY --report`` and ``rbdc det-study STUDY --report``: the command line hands these to the report
-package (:data:`REPORTS`), so the study modules, which define and run studies, never import their reports."""
+package (:data:`REPORTS`), so the study modules, which define and run studies, never import their reports.
+
+Their default destinations (``reports/<name>``, ``reports/runs``) are relative to the current working directory, the
+project folder the command is run from, as every other relative path of the command line; the package does not look
+for the checkout it came from."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from rbdc.files import CHECKOUT as REPO
 from rbdc.studies.spec import load_study
 
 
@@ -20,7 +23,7 @@ def study_report(args) -> int:
 
     output = _output(args)
     study = load_study(args.study, output)
-    dest = Path(args.report_to or REPO / "reports" / study.name)
+    dest = Path(args.report_to or Path("reports") / study.name).resolve()
     for path in build(study, output / study.name, dest).values():
         print(path)
     return 0
@@ -34,10 +37,10 @@ def det_study_report(args) -> int:
 
     study = load_study(args.study)
     output = _output(args)
-    runs_root = REPO / "reports" / "runs"
+    runs_root = Path("reports", "runs").resolve()
     if not args.from_committed:
         sync(study, output, runs_root, Path(args.backbones).resolve() if args.backbones else output)
-    dest = Path(args.report_to or REPO / (study.report or f"reports/detection/{study.name}"))
+    dest = Path(args.report_to or study.report or f"reports/detection/{study.name}").resolve()
     for path in build(study, runs_root, dest).values():
         print(path)
     return 0

@@ -20,9 +20,12 @@ import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import rbdc  # noqa: F401  (registers the ladder's models, which shape() builds)
 from rbdc import recipe as recipes
+from rbdc.data.for_recipe import TRAIN_SIZES
 from rbdc.errors import UserError
-from rbdc.files import CHECKOUT
+from rbdc.files import atomic_write_bytes
+from rbdc.studies.spec import load_study
 
 from .study import Point, collect, saving_with_interval, series
 
@@ -38,7 +41,6 @@ REPORT = f"{NAME}-trend"  # reports/<NAME>.md is the study's own per-width repor
 MATCHED = (8, 16)  # target epochs every rung runs RBDC d1 at: the saving vs width compares these
 HELD_OUT = 384  # the width the check leaves out of the fit and predicts
 HEAD_WIDTH = 16  # the ladder's heads (parameters do not depend on it; timm needs a head count)
-REPO = CHECKOUT
 
 
 @dataclass(frozen=True)
@@ -115,8 +117,6 @@ def shape(model: str, width: int | None = None) -> tuple[int, int]:
     import timm
     import torch
 
-    import rbdc  # noqa: F401  (registers the ladder's models)
-
     kwargs = {} if width is None else {"embed_dim": width, "num_heads": max(1, width // HEAD_WIDTH)}
     with torch.device("meta"):
         m = timm.create_model(model, **kwargs)
@@ -125,8 +125,6 @@ def shape(model: str, width: int | None = None) -> tuple[int, int]:
 
 def train_images(recipe: dict) -> int:
     """The training images of one epoch of the recipe's dataset: its full train split (the known size)."""
-    from rbdc.data.for_recipe import TRAIN_SIZES
-
     data = recipe.data
     if data.source not in TRAIN_SIZES or data.subset or data.holdout is not None:
         raise UserError(
@@ -191,9 +189,7 @@ def fit_points(rungs: list[Rung], leave_out: int | None = None) -> list[tuple[fl
 def build(rungs: list[Rung], out: Path, command: str) -> dict[str, Path]:
     """Write ``<out>.md`` and its figures ``<out>-width.png``, ``-budget.png``, ``-coupling.png`` (each once it
     has something to show)."""
-    from rbdc.files import atomic_write_bytes
-
-    from . import ladder_figures, ladder_sections as sec
+    from . import ladder_figures, ladder_sections as sec  # a cycle: they import this module's types
 
     out.parent.mkdir(parents=True, exist_ok=True)
     md = sec.opening(rungs, out, command)
@@ -207,12 +203,11 @@ def build(rungs: list[Rung], out: Path, command: str) -> dict[str, Path]:
 
 
 def studies_at(runs: Path, files: dict[str, Path] | None = None) -> dict:
-    """``{name: (Study, runs / name)}`` of the ladder's studies (default: configs/studies/<name>.yaml), each read
-    with the runs root, so a tuned point takes the trial its finished trial runs chose."""
-    from rbdc.studies.spec import load_study
-
+    """``{name: (Study, runs / name)}`` of the ladder's studies (default: configs/studies/<name>.yaml under the
+    current working directory, the project folder), each read with the runs root, so a tuned point takes the trial
+    its finished trial runs chose."""
     names = dict.fromkeys(n for n, _, _ in LADDER)
-    files = files or {n: REPO / "configs" / "studies" / f"{n}.yaml" for n in names}
+    files = files or {n: Path("configs", "studies", f"{n}.yaml").resolve() for n in names}
     return {n: (load_study(files[n], runs), runs / n) for n in names}
 
 
@@ -221,7 +216,7 @@ def main(argv=None) -> int:
         prog="python -m rbdc.report.ladder", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("runs", type=Path, help="runs root holding <study name>/ of both studies (e.g. runs, reports/runs)")
-    p.add_argument("-o", "--out", type=Path, default=REPO / "reports" / REPORT, help="report path without suffix")
+    p.add_argument("-o", "--out", type=Path, default=Path("reports", REPORT), help="report path without suffix")
     a = p.parse_args(argv)
     paths = build(rungs(studies_at(a.runs.resolve())), a.out, f"python -m rbdc.report.ladder {a.runs}")
     print(", ".join(str(v) for v in paths.values()))

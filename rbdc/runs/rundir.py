@@ -30,11 +30,11 @@ import os
 import re
 import shlex
 import subprocess
+from importlib import metadata
 from pathlib import Path
 
 from ..errors import RunFailed, UserError
 from ..files import (
-    CHECKOUT,
     TMP_SUFFIX,
     atomic_write,
     atomic_write_bytes,
@@ -308,22 +308,34 @@ def relative_argv(argv: list[str], root: Path) -> str:
     return " ".join(shlex.quote(a) for a in out)
 
 
-def code_version() -> dict:
-    """The git commit of the code that runs (the rbdc package's checkout) and whether tracked files differ from it."""
-    root = CHECKOUT
+PACKAGE_SOURCE = Path(__file__).resolve().parents[1]  # the folder of the imported rbdc package itself
+
+
+def code_version(source: Path = PACKAGE_SOURCE) -> dict:
+    """The code that runs, as a run records it (``manifest.json``'s ``code``), never raising.
+
+    The project replays a run from the commit it records, so where the rbdc package's own folder (``source``) is
+    tracked by a git work tree (an editable install: how the project makes its runs) this is that commit and whether
+    tracked files differ from it. Anywhere else, e.g. a wheel installed into site-packages (which may itself lie
+    inside some unrelated checkout), there is no commit to read: ``commit`` and ``dirty`` are None and ``version``
+    is the installed distribution's version, so a run never fails for lack of git."""
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True, timeout=30)
+
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout.strip()
+        tracked = git("ls-files", "--error-unmatch", "__init__.py").returncode == 0
+        commit = git("rev-parse", "HEAD").stdout.strip() if tracked else ""
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip() if commit else ""
     except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": commit or None, "dirty": bool(dirty) if commit else None}
+        commit = ""
+    if commit:
+        return {"commit": commit, "dirty": bool(dirty)}
+    try:
+        version = metadata.version("rbdc")
+    except metadata.PackageNotFoundError:
+        version = None
+    return {"commit": None, "dirty": None, "version": version}
 
 
 def write_summary(path: Path, rows: list[dict]) -> None:

@@ -197,7 +197,7 @@ def add_cli(sub) -> None:
         epilog="examples:\n"
         "  rbdc train -c configs/recipes/imagenette/vit-mini-rbdc-d1.yaml   # rerun to resume\n"
         "  rbdc train -c configs/recipes/imagenet/deit-base-rbdc-d2.yaml --dry-run --gpu H100\n"
-        "  rbdc train -c configs/recipes/quickstart/rbdc.yaml --dry-run --estimate\n"
+        "  rbdc train -c configs/recipes/imagenette32/vit-nano-rbdc-d1.yaml --dry-run --estimate\n"
         "  rbdc train -c RECIPE --match runs/quickstart/rbdc-d1/seed0   # the FLOPs that run spent\n"
         "  rbdc train -c RECIPE --set rbdc.depth=2 --set data.subset=50 --seed 1\n",
     )
@@ -239,7 +239,7 @@ def add_cli(sub) -> None:
         "--gpu",
         metavar="NAME",
         default=None,
-        help="with --dry-run: the wall time on device NAME, from the committed reports/bench/*.json",
+        help="with --dry-run: the wall time on device NAME, from its benchmarked speeds (rbdc/cost/fitted)",
     )
     p.set_defaults(func=cmd_train)
 

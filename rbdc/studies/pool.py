@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Hashable
 
-from ..files import CHECKOUT
 from ..runs.runlock import HELD_EXIT
 from ..units import human_time
 
-REPO = CHECKOUT
+# The directory that holds the imported rbdc package (its sys.path entry): the children import the same code as this
+# process, whether that is a checkout (editable install, PYTHONPATH) or site-packages. Not a read of the checkout.
+IMPORT_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -40,10 +41,12 @@ class Job:
 
 
 def child_env(threads: int, slot: int, jobs: int, nproc: int = 1, extra: dict | None = None) -> dict:
-    """The environment of the job in pool slot ``slot``: its threads, this checkout's code, and where there are
+    """The environment of the job in pool slot ``slot``: its threads, this process's rbdc code, and where there are
     several GPUs, its own share of them (jobs share one GPU when there are more jobs than GPUs)."""
     env = dict(os.environ, **(extra or {}), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(IMPORT_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
     import torch
 
     visible = env.get("CUDA_VISIBLE_DEVICES")
@@ -85,12 +88,11 @@ def run(
                         "-m",
                     ]
                 )
-                rc = subprocess.call(
+                rc = subprocess.call(  # in this process's working directory (the jobs' paths are absolute)
                     [*launch, *job.argv],
                     stdout=f,
                     stderr=subprocess.STDOUT,
                     env=child_env(threads, slot, jobs, nproc, dict(job.env)),
-                    cwd=REPO,
                 )
             return job, rc, time.time() - t0
         finally:

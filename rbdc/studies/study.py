@@ -42,8 +42,6 @@ from ..data import plan_size
 from ..protocols.planning import plan_stages, stage_flops
 from ..runs.launch import SlurmTrain
 
-REPO = pool.REPO  # the checkout whose code the runs use
-
 
 def planned_flops(run: StudyRun) -> float:
     """The run's total training FLOPs from its plan (the data's size as :func:`rbdc.data.plan_size` gives it)."""
