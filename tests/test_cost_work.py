@@ -66,7 +66,7 @@ def test_a_run_with_a_tuning_split_evaluates_the_holdout_each_pass_and_the_ema_m
 
 def test_the_dry_run_estimate_adds_the_runs_evaluations_and_the_slow_state_range(tmp_path, monkeypatch, capsys):
     _model(slow=2.5).save(costmodel.costmodel_path(costmodel.cpu_kind(), tmp_path))
-    monkeypatch.setattr(estimate, "BENCH", tmp_path)
+    monkeypatch.setattr(estimate, "FITTED", tmp_path)
     argv = ["train", "-c", RBDC_D1, "--dry-run", "--estimate", "--set", "data.holdout=0.1"]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -76,7 +76,7 @@ def test_the_dry_run_estimate_adds_the_runs_evaluations_and_the_slow_state_range
 
 
 def test_plan_prints_the_slow_state_range_only_where_the_model_holds_the_factor(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(estimate, "BENCH", tmp_path)
+    monkeypatch.setattr(estimate, "FITTED", tmp_path)
     path = costmodel.costmodel_path(costmodel.cpu_kind(), tmp_path)
     argv = ["plan", "rbdc_vit_nano_patch4_32", "--dataset-size", "9469", "--estimate", "--amp", "bf16"]
     for slow, shown in ((None, False), (2.0, True)):

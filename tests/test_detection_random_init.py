@@ -189,7 +189,7 @@ def test_the_committed_r18_study_lists_its_runs_before_any_backbone_exists(tmp_p
     from rbdc.detection.study import load_study
 
     study = load_study(R18_STUDY)
-    assert (study.source, study.budget, study.epochs, study.scale) == ("imagenette32", 8, 12, (384, 256))
+    assert (study.source, study.budget, study.epochs, study.scale) == ("imagenette32", 8, 24, (384, 256))
     assert study.labels == ["scratch", "rbdc", "random-init"] and len(study.runs) == 9
     assert study.random_init == {"label": "random-init", "model": "resnet18", "num_classes": 10}
     out = tmp_path / "runs"
