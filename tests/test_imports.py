@@ -13,7 +13,7 @@ PACKAGE = REPO / "rbdc"
 # In-function imports of rbdc's own modules that stay, each with its reason in a comment on its line: they defer a
 # heavy or optional import (scipy, mmdet) to the command that needs it, or they would close a module-level cycle.
 IN_FUNCTION = {
-    "rbdc/data/for_recipe.py": 2,  # the recipe imports rbdc.data (DataKeys' checks)
+    "rbdc/data/for_recipe.py": 1,  # the recipe imports rbdc.data (DataKeys' checks)
     "rbdc/nets/models.py": 1,  # the variant registry builds on scaled()
     "rbdc/report/commands.py": 3,  # scipy, mmdet: deferred to --report
     "rbdc/report/ladder.py": 1,  # its sections and figures import this module's types

@@ -28,6 +28,7 @@ __all__ = [
     "PlanSize",
     "data_root",
     "eval_size",
+    "known_eval_size",
     "known_train_size",
     "plan_size",
     "recipe_datasets",
@@ -104,16 +105,22 @@ def known_train_size(data) -> int | None:
     return size - round(data.holdout * size) if data.holdout is not None else size
 
 
+def known_eval_size(data) -> int | None:
+    """The images of one evaluation pass of ``data`` (a recipe's data keys) from the known sizes alone: the holdout
+    cut from :data:`TRAIN_SIZES`' total, else :data:`VAL_SIZES`; None where the source has no fixed size or a subset
+    is taken. Nothing is read."""
+    if data.source not in TRAIN_SIZES or data.subset or data.val_subset:
+        return None
+    return round(data.holdout * TRAIN_SIZES[data.source][0]) if data.holdout is not None else VAL_SIZES[data.source]
+
+
 def plan_size(recipe: Recipe) -> PlanSize:
     """The training-set size and classes a recipe's plan uses: the dataset's own (read once per data setting in a
     process, so a study plans its runs without rereading a folder), or, where the data is not found, the source's
     known size (the holdout then cut from the total, not per class)."""
     dc = recipe.data
-    key = json.dumps(
-        [dataclasses.asdict(dc), data_root(recipe), recipe.img_size, recipe.num_classes], sort_keys=True, default=str
-    )
     try:
-        size, classes = _dataset_size(key)
+        size, classes, _ = _dataset_size(_data_key(recipe))
     except UserError as e:
         size = known_train_size(dc)
         if size is None:
@@ -126,41 +133,47 @@ def plan_size(recipe: Recipe) -> PlanSize:
     return PlanSize(size, recipe.num_classes or classes)
 
 
-@functools.lru_cache(maxsize=64)
-def _dataset_size(key: str) -> tuple[int, int]:
-    """(images trained on, classes) of the train split that ``key`` (data settings, root, size, classes) names."""
-    from ..recipe import DataKeys  # the recipe imports this package
-
-    data, root, img_size, num_classes = json.loads(key)
-    dc = DataKeys(**data)
-    train = _train_split(dc, root, img_size, num_classes)
-    fit = holdout_split(train, dc.holdout, dc.holdout_seed)[0] if dc.holdout is not None else train
-    return len(fit), train.num_classes
-
-
 def eval_size(recipe: Recipe) -> int:
     """Images in the split a run evaluates on (what each evaluation pass reads): the held-out part of train with
     ``data.holdout``, else val (``data.val_subset``); where the data is not found, the source's known size."""
-    dc = recipe.data
-    key = json.dumps(
-        [dataclasses.asdict(dc), data_root(recipe), recipe.img_size, recipe.num_classes], sort_keys=True, default=str
-    )
+    key = _data_key(recipe)
     try:
-        return _eval_size(key)
+        return _dataset_size(key)[2] if recipe.data.holdout is not None else _val_size(key)
     except UserError:
-        if dc.source not in TRAIN_SIZES or dc.subset or dc.val_subset:
+        size = known_eval_size(recipe.data)
+        if size is None:
             raise
-        if dc.holdout is not None:
-            return round(dc.holdout * TRAIN_SIZES[dc.source][0])
-        return VAL_SIZES[dc.source]
+        return size
 
 
-@functools.lru_cache(maxsize=64)
-def _eval_size(key: str) -> int:
+def _data_key(recipe: Recipe) -> str:
+    """The data settings a size depends on, as the caches' key (data keys, root, image size, classes)."""
+    return json.dumps(
+        [dataclasses.asdict(recipe.data), data_root(recipe), recipe.img_size, recipe.num_classes],
+        sort_keys=True,
+        default=str,
+    )
+
+
+def _from_key(key: str) -> tuple[DataKeys, str | None, int, int | None]:
     from ..recipe import DataKeys  # the recipe imports this package
 
     data, root, img_size, num_classes = json.loads(key)
-    dc = DataKeys(**data)
-    if dc.holdout is not None:
-        return len(holdout_split(_train_split(dc, root, img_size, num_classes), dc.holdout, dc.holdout_seed)[1])
-    return len(_val_split(dc, root, img_size, num_classes))
+    return DataKeys(**data), root, img_size, num_classes
+
+
+@functools.lru_cache(maxsize=64)
+def _dataset_size(key: str) -> tuple[int, int, int | None]:
+    """(images trained on, classes, images held out or None without a holdout) of the train split that ``key``
+    names: one read of it serves the plan and the evaluation's size."""
+    dc, root, img_size, num_classes = _from_key(key)
+    train = _train_split(dc, root, img_size, num_classes)
+    if dc.holdout is None:
+        return len(train), train.num_classes, None
+    fit, held = holdout_split(train, dc.holdout, dc.holdout_seed)
+    return len(fit), train.num_classes, len(held)
+
+
+@functools.lru_cache(maxsize=64)
+def _val_size(key: str) -> int:
+    return len(_val_split(*_from_key(key)))
