@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import timm
 import torch
 import torch.nn as nn
 
@@ -63,8 +64,6 @@ def parse_spec(spec, taken: set[str]) -> dict | None:
         )
     if not (isinstance(classes, int) and not isinstance(classes, bool) and classes >= 1):
         raise ValueError(f"backbones.random_init.num_classes must be a positive integer, got {classes!r}")
-    import timm
-
     if not (isinstance(model, str) and timm.is_model(model)):
         raise ValueError(
             f"backbones.random_init.model {model!r} is not a timm model{closest(str(model), timm.list_models())}"
@@ -76,16 +75,12 @@ def random_init_model(model: str, seed: int, num_classes: int) -> nn.Module:
     """``timm.create_model(model, num_classes=num_classes)`` under ``torch.manual_seed(seed)``, the caller's RNG
     state untouched. ``num_classes`` matters beyond the classifier: timm draws the classifier's weights before it
     initialises the convolutions, so the trunk's draw depends on it (give the classes of the pretrained runs)."""
-    import timm
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return timm.create_model(model, pretrained=False, num_classes=num_classes)
 
 
 def _record(model: str, seed: int, num_classes: int) -> dict:
-    import timm
-
     return {
         "kind": KIND,
         "model": model,

@@ -71,17 +71,13 @@ def verdict(study, rows: list[dict]) -> list[str]:
     for label in others:
         for key, name in (("bbox_mAP", "box AP"), ("segm_mAP", "mask AP")):
             text, lo, hi = diff_text(per_seed(rows, label, key), per_seed(rows, ref, key))
-            if lo is None:
-                lines.append(f"- {label} vs {ref}, {name}: {text} (no interval: fewer than two seeds on a side).")
-            elif lo > 0:
-                lines.append(f"- {label} vs {ref}, {name}: {text}: **{label} backbones are better** at this scale.")
-            elif hi < 0:
-                lines.append(f"- {label} vs {ref}, {name}: {text}: **{label} backbones are worse** at this scale.")
-            else:
-                lines.append(
-                    f"- {label} vs {ref}, {name}: {text}: **no difference distinguishable from seed noise** "
-                    f"at this scale."
-                )
+            said = {
+                "?": " (no interval: fewer than two seeds on a side).",
+                "beats": f": **{label} backbones are better** at this scale.",
+                "loses to": f": **{label} backbones are worse** at this scale.",
+                "matches": ": **no difference distinguishable from seed noise** at this scale.",
+            }[_word(lo, hi)]
+            lines.append(f"- {label} vs {ref}, {name}: {text}{said}")
     best = max((r["bbox_mAP_50"] for r in rows if r["bbox_mAP_50"] is not None), default=None)
     if best is not None and best < LEARNED_AP50:
         lines.append(
