@@ -262,13 +262,14 @@ def levers(benches: list[dict], json_path: Path) -> list[str]:
         "fp32": "fp32 (vs bf16 autocast)",
         "threads": "2 threads x 1 part (vs 1 thread x 2 parts in 2 processes)",
     }
-    wins, rest = [], []
+    wins, rest, ratio_of = [], [], []
     for b in benches:
         e = b["extra_info"]
         ref = [e["ref_images_per_round"] / t for t in e["ref_busy_s"]]
         var = [e["images_per_round"] / t for t in e["busy_s"]]
         ratios = [v / r for v, r in zip(var, ref)]
         r = float(np.median(ratios))
+        ratio_of.append(r)
         out.append(
             f"| {what.get(e['lever'], e['lever'])} | {e['width']} | {e['k']} | {np.median(ref):,.0f} | "
             f"{np.median(var):,.0f} | {r:.2f}x | {min(ratios):.2f}-{max(ratios):.2f} | {len(ratios)} |"
@@ -281,6 +282,20 @@ def levers(benches: list[dict], json_path: Path) -> list[str]:
             "",
             "2 threads x 1 part vs 1 thread x 2 parts in two processes: not measured (`test_threads` needs "
             "both cores and skips while core 0 is busy; the fair study ran there throughout these runs).",
+        ]
+    threads = {b["extra_info"]["width"]: r for b, r in zip(benches, ratio_of) if b["extra_info"]["lever"] == "threads"}
+    if threads:
+        slower = all(r < 1 for r in threads.values())
+        out += [
+            "",
+            "Threads: one part on 2 threads reaches "
+            + ", ".join(f"{r:.2f}x at width {w}" for w, r in sorted(threads.items()))
+            + " of two 1-thread parts in two processes"
+            + (
+                ", so a level's parts (and a study's runs) go one per core, one thread each (`jobs: 2, threads: 1`)."
+                if slower
+                else "; the study default (`jobs: 2, threads: 1`) is not the faster path at every width."
+            ),
         ]
     out += [
         "",
