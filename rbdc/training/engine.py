@@ -1,39 +1,35 @@
 """The training engine: one model, one stage, a fixed number of optimizer steps, resumable at epoch boundaries.
 
 Built on timm's pieces (optimizer factory, Mixup/CutMix, soft-target / label-smoothing losses, EMA), put together by
-:func:`build_training`; the learning rate of each step is :mod:`rbdc.training.lr`'s; DeiT recipe defaults live in
-:mod:`rbdc.recipe`. Stages are step-based so that a FLOPs budget is met to
-within one optimizer step; an epoch is one pass of the (drop-last) loader, and the last epoch of a stage may be
-partial. The global batch is fixed: gradient accumulation makes up what does not fit one process.
+:func:`rbdc.training.build.build_training`; one optimizer step is :func:`rbdc.training.step.train_step`; the learning
+rate of each step is :mod:`rbdc.training.lr`'s; DeiT recipe defaults live in :mod:`rbdc.recipe`. Stages are
+step-based so that a FLOPs budget is met to within one optimizer step; an epoch is one pass of the (drop-last) loader,
+and the last epoch of a stage may be partial. The global batch is fixed: gradient accumulation makes up what does not
+fit one process.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
-from timm.data import Mixup
-from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.optim import create_optimizer_v2
-from timm.utils import ModelEmaV3, accuracy
-from tqdm import tqdm
-
 from timm.models import ResNet
+from tqdm import tqdm
 
 from . import bf16, preempt
 from ..errors import RunFailed
 from ..flops import Ledger
-from .lr import LRSchedule
 from ..cost.perf import gemm_probe_gflops, mfu_fields
 from ..protocols import Protocol, Stage, lr_for
-from ..recipe import Recipe
+from .build import TrainState, build_criterion, build_mixup, build_optimizer, build_training
 from .runtime import Dist, peak_mem_mb, reset_peak_mem, rng_states, seed_everything, set_rng_state
+from .step import autocast, autocast_for, evaluate, set_attention_path, set_fused_attn, train_step
 
+# The engine's public names: the stage loop's own, and those of the modules it is built from (rbdc.training.build,
+# rbdc.training.step) that its callers, the benchmarks and rbdc.cost.estimate import from here. The loop calls
+# build_training and train_step through this module's names (tests replace them here).
 __all__ = [
     "Dist",
     "Stage",
@@ -46,7 +42,10 @@ __all__ = [
     "train_stage",
     "train_step",
     "evaluate",
+    "autocast",
     "autocast_for",
+    "set_attention_path",
+    "set_fused_attn",
     "peak_mem_mb",
     "lr_for",
 ]
@@ -65,187 +64,8 @@ class Diverged(RunFailed):
         )
 
 
-def autocast_for(recipe: Recipe, device: torch.device):
-    """The recipe's precision (``amp``) as a context for the forward pass."""
-    return autocast(recipe.amp, device)
-
-
-def autocast(amp: str, device: torch.device):
-    """``auto`` (bf16 on CUDA, fp32 on a CPU), ``bf16`` or ``fp32`` as a context for the forward pass."""
-    if amp == "auto":
-        amp = "bf16" if device.type == "cuda" else "fp32"
-    if amp == "bf16":
-        if bf16.needed(device):
-            bf16.install()
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def set_attention_path(model: nn.Module, recipe: Recipe) -> nn.Module:
-    """Pick the attention kernel of every timm attention module (``recipe.fused_attn``; None keeps timm's)."""
-    return set_fused_attn(model, recipe.fused_attn)
-
-
-def set_fused_attn(model: nn.Module, fused: bool | None) -> nn.Module:
-    """timm's fused SDPA (True) or its explicit attention (False) in every attention module; None keeps timm's."""
-    if fused is not None:
-        for m in model.modules():
-            if hasattr(m, "fused_attn"):
-                m.fused_attn = bool(fused)
-    return model
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, loader, recipe: dict, device: torch.device, d: Dist = Dist(), channels_last: bool = False
-) -> dict:
-    set_attention_path(model, recipe).eval()
-    tot = torch.zeros(3, device=device)  # loss sum, top1 count, top5 count: stay on the device until the end
-    n = 0
-    crit = nn.CrossEntropyLoss(reduction="sum")
-    with autocast_for(recipe, device):
-        for x, y in loader:
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            out = model(x).float()
-            top1, top5 = accuracy(out, y, topk=(1, min(5, out.shape[-1])))
-            tot += torch.stack([crit(out, y), top1 * y.numel() / 100, top5 * y.numel() / 100])
-            n += y.numel()
-    tot = torch.cat([tot, torch.tensor([float(n)], device=device)])
-    if d.world > 1:
-        dist.all_reduce(tot)
-    loss, c1, c5, n = tot.tolist()
-    return {"eval_loss": loss / max(n, 1), "eval_top1": 100 * c1 / max(n, 1), "eval_top5": 100 * c5 / max(n, 1)}
-
-
 def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, disable=not (enabled and sys.stderr.isatty()))
-
-
-def build_optimizer(model: nn.Module, recipe: dict, lr: float, device: torch.device):
-    # timm's factory already excludes norms, biases and no_weight_decay() tokens (pos_embed, cls_token) from decay.
-    fused = recipe.fused if recipe.fused is not None else device.type == "cuda"
-    kwargs = {"fused": True} if fused and recipe.opt == "adamw" else {}
-    return create_optimizer_v2(
-        model, opt=recipe.opt, lr=lr, weight_decay=recipe.weight_decay, eps=recipe.opt_eps, **kwargs
-    )
-
-
-def build_mixup(recipe: dict, num_classes: int) -> Mixup | None:
-    if recipe.mixup > 0 or recipe.cutmix > 0:
-        return Mixup(
-            mixup_alpha=recipe.mixup,
-            cutmix_alpha=recipe.cutmix,
-            prob=recipe.mixup_prob,
-            switch_prob=recipe.mixup_switch_prob,
-            label_smoothing=recipe.smoothing,
-            num_classes=num_classes,
-        )
-    return None
-
-
-def build_criterion(recipe: dict, mixup: bool) -> nn.Module:
-    """The training loss: soft-target cross-entropy on mixed targets (which carry the label smoothing), else
-    label-smoothing or plain cross-entropy."""
-    if mixup:
-        return SoftTargetCrossEntropy()
-    if recipe.smoothing > 0:
-        return LabelSmoothingCrossEntropy(recipe.smoothing)
-    return nn.CrossEntropyLoss()
-
-
-@dataclass
-class TrainState:
-    """What trains a stage's model besides the model: built by :func:`build_training`."""
-
-    optimizer: torch.optim.Optimizer
-    schedule: LRSchedule
-    ema: ModelEmaV3 | None
-    mixup: Mixup | None
-    criterion: nn.Module
-
-
-def build_training(
-    model: nn.Module, recipe: dict, stage: Stage, device: torch.device, optimizer_state: dict | None = None
-) -> TrainState:
-    """The optimizer (with ``optimizer_state``: name-keyed per-parameter state, RBDC's carried AdamW moments), the
-    learning-rate schedule, EMA, Mixup/CutMix and the loss of training ``model`` (on ``device``) for ``stage``."""
-    opt = build_optimizer(model, recipe, stage.lr, device)
-    if optimizer_state is not None:
-        for name, p in model.named_parameters():
-            if name in optimizer_state:
-                opt.state[p] = {k: v.to(device) for k, v in optimizer_state[name].items()}
-    ema = ModelEmaV3(model, decay=recipe.ema_decay) if recipe.ema else None
-    mix = build_mixup(recipe, model.num_classes)
-    return TrainState(opt, LRSchedule.for_stage(stage, recipe), ema, mix, build_criterion(recipe, mix is not None))
-
-
-def train_step(
-    net: nn.Module,
-    batches,
-    opt: torch.optim.Optimizer,
-    crit,
-    recipe: dict,
-    device: torch.device,
-    *,
-    loss_sum: torch.Tensor,
-    step: int = 0,
-    accum: int = 1,
-    step_fn=None,
-    model: nn.Module | None = None,
-    mix=None,
-    channels_last: bool = False,
-    ema=None,
-    custom_loss=None,
-) -> torch.Tensor:
-    """One optimizer step of the engine: ``accum`` micro-batches forward and backward, clipping, update, EMA.
-
-    The hot loop of :func:`train_stage`, and what the ``train-step`` benchmark times. Nothing here waits for the
-    device: the loss is accumulated into ``loss_sum`` on the device.
-
-    Args:
-        net: the module that syncs gradients in backward (the DDP wrapper when distributed, else the model).
-        batches: iterator of ``(images, targets)`` micro-batches on ``device``; ``accum`` of them are drawn.
-        opt: the optimizer (see :func:`build_optimizer`).
-        crit: the loss, ``crit(logits, targets)``.
-        recipe: reads ``amp`` (see :func:`autocast_for`) and ``clip_grad``.
-        device: where the step runs.
-        loss_sum: scalar tensor on ``device``; every micro-batch adds its ``loss / accum`` in place.
-        step: index of this optimizer step (EMA warm-up).
-        accum: micro-batches per optimizer step (gradient accumulation).
-        step_fn: computes the logits (``torch.compile(net)`` when compiling); default ``net``.
-        model: the unwrapped model (clipping, EMA); default ``net``.
-        mix: timm ``Mixup`` applied to each micro-batch, or None.
-        channels_last: convert the images to channels-last memory format.
-        ema: timm ``ModelEmaV3`` updated after the step, or None.
-        custom_loss: set for models with their own objective (DiffusionBlocks): ``step_fn(x, y)`` is then the loss.
-
-    Returns:
-        ``loss_sum``.
-    """
-    step_fn = net if step_fn is None else step_fn
-    model = net if model is None else model
-    ddp = isinstance(net, nn.parallel.DistributedDataParallel)
-    for a in range(accum):
-        x, y = next(batches)
-        if mix is not None:
-            x, y = mix(x, y)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        sync = net.no_sync() if ddp and a < accum - 1 else nullcontext()  # all-reduce once, on the last micro-batch
-        with sync, autocast_for(recipe, device):
-            # a model with its own objective returns its loss from forward(x, y), called through the (DDP) wrapper
-            # so that gradients are synchronised
-            loss = (step_fn(x, y) if custom_loss else crit(step_fn(x), y)) / accum
-        loss.backward()
-        loss_sum += loss.detach()
-    if recipe.clip_grad:
-        nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    if ema is not None:
-        ema.update(model, step=step)
-    return loss_sum
 
 
 def train_stage(
