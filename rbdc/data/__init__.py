@@ -31,7 +31,9 @@ from .datasets import (
     holdout_split,
 )
 from .loaders import Loader, MemoryLoader, StreamLoader, build_loader, patch_timm_posterize
-from .sources import build_dataset, cache_dir, default_data_root, extract_archive, find_imagenette, verify_contents
+from .folders import cache_dir, default_data_root
+from .imagenette import extract_archive, find_imagenette, verify_contents
+from .sources import build_dataset
 from .for_recipe import TRAIN_SIZES, PlanSize, data_root, known_train_size, plan_size, recipe_datasets
 
 __all__ = [

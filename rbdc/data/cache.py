@@ -14,7 +14,7 @@ import torch
 from rbdc.files import atomic_write
 
 from .datasets import ImageDataset, _CACHE_VERSION, _resize_center_crop
-from .sources import cache_dir
+from .folders import cache_dir
 from .workers import _cpu_count, _progress, _worker_errors
 
 

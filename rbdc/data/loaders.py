@@ -313,31 +313,32 @@ def build_loader(
             f"drop_last=False"
         )
 
+    common = dict(train=train, batch_size=batch_size, drop_last=drop_last, device=device, seed=seed, rank=rank)
     if in_memory:
-        crop_pct = 1.0 if train else float(aug.get("crop_pct") or _default_crop_pct())
-        ignored = sorted(k for k, v in aug.items() if k not in _MEMORY_AUG_KEYS and v)
-        if train and ignored:
-            warnings.warn(
-                f"in_memory loader ignores augmentation option(s) {', '.join(ignored)} (it applies only "
-                f"random resized crop, flip and random erasing)",
-                stacklevel=2,
-            )
-        images, targets, path = build_memory_cache(dataset, img_size, crop_pct)
-        return MemoryLoader(
-            dataset,
-            sampler,
-            images,
-            targets,
-            train=train,
-            batch_size=batch_size,
-            drop_last=drop_last,
-            device=device,
-            seed=seed,
-            rank=rank,
-            aug=aug,
-            cache_path=path,
-        )
+        return _memory_loader(dataset, sampler, img_size, aug, **common)
+    return _stream_loader(dataset, sampler, img_size, aug, num_workers, **common)
 
+
+def _memory_loader(dataset, sampler, img_size: int, aug: dict, *, train: bool, **loader) -> MemoryLoader:
+    """:func:`build_loader`'s in-memory path: the decoded images (cached on disk), augmented on the device.
+    ``loader``: the :class:`Loader`'s own arguments (batch_size, drop_last, device, seed, rank)."""
+    crop_pct = 1.0 if train else float(aug.get("crop_pct") or _default_crop_pct())
+    ignored = sorted(k for k, v in aug.items() if k not in _MEMORY_AUG_KEYS and v)
+    if train and ignored:
+        warnings.warn(
+            f"in_memory loader ignores augmentation option(s) {', '.join(ignored)} (it applies only "
+            f"random resized crop, flip and random erasing)",
+            stacklevel=3,  # build_loader's caller
+        )
+    images, targets, path = build_memory_cache(dataset, img_size, crop_pct)
+    return MemoryLoader(dataset, sampler, images, targets, train=train, aug=aug, cache_path=path, **loader)
+
+
+def _stream_loader(
+    dataset, sampler, img_size: int, aug: dict, num_workers: int | None, *, train: bool, **loader
+) -> StreamLoader:
+    """:func:`build_loader`'s streaming path: timm's transforms in DataLoader workers. ``loader``: the
+    :class:`Loader`'s own arguments (batch_size, drop_last, device, seed, rank)."""
     from timm.data import create_transform
 
     if train:
@@ -347,18 +348,7 @@ def build_loader(
         transform = create_transform(img_size, is_training=False, **{k: aug[k] for k in _EVAL_AUG_KEYS if k in aug})
     if num_workers is None:
         num_workers = min(8, _cpu_count())
-    return StreamLoader(
-        dataset,
-        sampler,
-        transform,
-        train=train,
-        batch_size=batch_size,
-        drop_last=drop_last,
-        device=device,
-        seed=seed,
-        rank=rank,
-        num_workers=num_workers,
-    )
+    return StreamLoader(dataset, sampler, transform, train=train, num_workers=num_workers, **loader)
 
 
 def _default_crop_pct() -> float:
