@@ -187,7 +187,13 @@ def add_command(sub, name: str, help: str, examples: list[str]) -> argparse.Argu
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rbdc", description="Recursive Block-Diagonal Coupling: train, couple, compare.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_flops, _add_plan, _add_couple, _add_keys, _add_plugins):
+        add(sub)
+    return p
 
+
+def _add_flops(sub) -> None:
+    """``rbdc flops``."""
     f = add_command(
         sub,
         "flops",
@@ -202,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--img-size", type=int, default=None, help="input size in pixels (default: the model's)")
     f.set_defaults(func=cmd_flops)
 
+
+def _add_plan(sub) -> None:
+    """``rbdc plan``."""
     pl = add_command(
         sub,
         "plan",
@@ -251,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pl.set_defaults(func=cmd_plan)
 
+
+def _add_couple(sub) -> None:
+    """``rbdc couple``."""
     c = add_command(
         sub,
         "couple",
@@ -267,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="overwrite the output")
     c.set_defaults(func=cmd_couple)
 
+
+def _add_keys(sub) -> None:
+    """``rbdc keys``."""
     k = add_command(
         sub,
         "keys",
@@ -276,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("pattern", nargs="?", default="", help="only keys containing this text")
     k.set_defaults(func=lambda args: print(__import__("rbdc.recipe").recipe.describe(args.pattern)))
 
+
+def _add_plugins(sub) -> None:
+    """The subcommands of the modules in :data:`_PLUGINS` (train, study, report, ...); a plugin whose optional stack
+    (mmdet) is not installed is left out."""
     for mod in _PLUGINS:
         try:
             module = importlib.import_module(mod)
@@ -284,7 +303,6 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.add_cli(sub)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
