@@ -71,30 +71,7 @@ def run(
     def one(job: Job) -> tuple[Job, int, float]:
         slot = slots.get()
         try:
-            job.log.parent.mkdir(parents=True, exist_ok=True)
-            t0 = time.time()
-            with open(job.log, "a") as f:
-                f.write(f"\n=== {job.title} {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
-                f.flush()
-                launch = (
-                    [sys.executable, "-m"]
-                    if nproc == 1
-                    else [
-                        sys.executable,
-                        "-m",
-                        "torch.distributed.run",
-                        "--standalone",
-                        f"--nproc_per_node={nproc}",
-                        "-m",
-                    ]
-                )
-                rc = subprocess.call(  # in this process's working directory (the jobs' paths are absolute)
-                    [*launch, *job.argv],
-                    stdout=f,
-                    stderr=subprocess.STDOUT,
-                    env=child_env(threads, slot, jobs, nproc, dict(job.env)),
-                )
-            return job, rc, time.time() - t0
+            return (job, *_call(job, slot, threads=threads, jobs=jobs, nproc=nproc))
         finally:
             slots.put(slot)
 
@@ -107,24 +84,62 @@ def run(
                 n_done = done_before + len(finished) + len(failed) + 1
                 left = [x for x in todo if x not in finished and x not in failed and x is not job]
                 if rc == HELD_EXIT:  # another launcher holds the run: neither finished nor failed here
-                    tail = (job.log.read_text(errors="replace").strip().splitlines() or [""])[-1]
-                    log(f"[{n_done}/{total}] {job.label}: skipped: {tail}", flush=True)
+                    log(f"[{n_done}/{total}] {job.label}: skipped: {_last_line(job.log)}", flush=True)
                     finished.append(job)
                     continue
-                try:
-                    ok, what = job.outcome() if rc == 0 else (False, "")
-                except Exception as e:  # a result that cannot be read fails this job, not the pool
-                    ok, what = False, f"{type(e).__name__}: {e}"
+                ok, what = _outcome(job, rc)
                 if ok:
                     finished.append(job)
                     rate.append((job.cost, dt))
                 else:
                     failed.append(job)
-                    tail = what or (job.log.read_text(errors="replace").strip().splitlines() or [""])[-1]
-                    what = f"FAILED (exit {rc}): {tail}; log {job.log}"
-                eta = ""
-                if rate:
-                    speed = sum(c for c, _ in rate) / sum(t for _, t in rate)  # cost per second of one slot
-                    eta = f" | ETA {human_time(sum(x.cost for x in left) / (speed * jobs))}"
-                log(f"[{n_done}/{total}] {job.label}: {what} in {human_time(dt)}{eta}", flush=True)
+                log(f"[{n_done}/{total}] {job.label}: {what} in {human_time(dt)}{_eta(rate, left, jobs)}", flush=True)
     return failed
+
+
+def _launcher(nproc: int) -> list[str]:
+    """The command before a job's module: ``python -m``, or torchrun's ``--standalone`` launcher of ``nproc``
+    processes."""
+    if nproc == 1:
+        return [sys.executable, "-m"]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m"]
+
+
+def _call(job: Job, slot: int, *, threads: int, jobs: int, nproc: int) -> tuple[int, float]:
+    """Run ``job`` in pool slot ``slot``, its output appended to its log under a title line; (exit code, seconds)."""
+    job.log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with open(job.log, "a") as f:
+        f.write(f"\n=== {job.title} {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
+        f.flush()
+        rc = subprocess.call(  # in this process's working directory (the jobs' paths are absolute)
+            [*_launcher(nproc), *job.argv],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=child_env(threads, slot, jobs, nproc, dict(job.env)),
+        )
+    return rc, time.time() - t0
+
+
+def _outcome(job: Job, rc: int) -> tuple[bool, str]:
+    """(finished?, text for the progress line) of a job that exited with ``rc``; a failure names its log."""
+    try:
+        ok, what = job.outcome() if rc == 0 else (False, "")
+    except Exception as e:  # a result that cannot be read fails this job, not the pool
+        ok, what = False, f"{type(e).__name__}: {e}"
+    if not ok:
+        what = f"FAILED (exit {rc}): {what or _last_line(job.log)}; log {job.log}"
+    return ok, what
+
+
+def _last_line(log: Path) -> str:
+    return (log.read_text(errors="replace").strip().splitlines() or [""])[-1]
+
+
+def _eta(rate: list[tuple[float, float]], left: list[Job], jobs: int) -> str:
+    """`` | ETA ...`` of the jobs ``left`` at the speed measured so far (``rate``), ``jobs`` at a time; "" before any
+    speed is known."""
+    if not rate:
+        return ""
+    speed = sum(c for c, _ in rate) / sum(t for _, t in rate)  # cost per second of one slot
+    return f" | ETA {human_time(sum(x.cost for x in left) / (speed * jobs))}"

@@ -208,42 +208,16 @@ def cmd_study(args) -> int:
     output = Path(args.output or os.environ.get("RBDC_OUT", "runs")).resolve()
     study = load_study(args.study, output)
     runs = _selected(study, args.only)
-    jobs, threads = args.jobs or study.jobs, args.threads or study.threads
     if args.list or args.dry_run:
-        cost = 0.0
-        for r in runs:
-            c = _checked_plan(r)
-            cost += c if r.status(output) != "done" else 0
-            print(
-                f"{r.status(output):8s} {r.name} seed {r.seed}  {human_flops(c)}  "
-                f"[{' '.join(r.overrides)}]" + (f"  ({r.waiting})" if r.waiting else "")
-            )
-        for pid, why in study.choices.items():
-            print(f"{pid}: {why}")
-        for r, keys in changed_runs(runs, output).items():
-            print(f"changed  {r.name} seed {r.seed}: {', '.join(keys)} (--rerun-changed reruns it)")
-        print(f"{len(runs)} runs, {human_flops(cost)} of training left -> {output}")
-        return 0
+        return _list_runs(study, runs, output)
     changed = changed_runs(runs, output)
     if changed and not args.rerun_changed:
         _refuse_changed(changed, output)
     supersede(changed, output)
     if args.slurm or args.executor:
-        todo = [r for r in runs if r.status(output) in ("pending", "started")]
-        waiting = sum(r.status(output) == "waiting" for r in runs)
-        if waiting:
-            print(f"{waiting} run(s) wait for their tuning trials: rerun this command once those have finished")
-        jobs_ = submit(todo, output, args.executor, args)
-        print(
-            f"submitted {len(jobs_)} runs of {study.name} ({', '.join(j.job_id for j in jobs_[:3])}"
-            f"{', ...' if len(jobs_) > 3 else ''}); rerun this command to submit what is left"
-        )
-        if args.wait:
-            rcs = [j.result() for j in jobs_]
-            print(summary(study, output))
-            return 1 if any(rcs) else 0
-        return 0
+        return _submit_runs(study, runs, output, args)
     t0 = time.time()
+    jobs, threads = args.jobs or study.jobs, args.threads or study.threads
     failed = run_local(
         study, output, [r for r in runs if not r.waiting], jobs, threads, retry_failed=args.retry_failed, wait=args.wait
     )
@@ -271,6 +245,44 @@ def cmd_study(args) -> int:
             file=sys.stderr,
         )
         return 1
+    return 0
+
+
+def _list_runs(study: Study, runs: list[StudyRun], output: Path) -> int:
+    """``--list`` / ``--dry-run``: every run with its status, planned FLOPs and overrides, the study's choices, the
+    changed runs and the training left. Plans every run, so a broken point shows here."""
+    cost = 0.0
+    for r in runs:
+        c = _checked_plan(r)
+        cost += c if r.status(output) != "done" else 0
+        print(
+            f"{r.status(output):8s} {r.name} seed {r.seed}  {human_flops(c)}  "
+            f"[{' '.join(r.overrides)}]" + (f"  ({r.waiting})" if r.waiting else "")
+        )
+    for pid, why in study.choices.items():
+        print(f"{pid}: {why}")
+    for r, keys in changed_runs(runs, output).items():
+        print(f"changed  {r.name} seed {r.seed}: {', '.join(keys)} (--rerun-changed reruns it)")
+    print(f"{len(runs)} runs, {human_flops(cost)} of training left -> {output}")
+    return 0
+
+
+def _submit_runs(study: Study, runs: list[StudyRun], output: Path, args) -> int:
+    """``--slurm`` / ``--executor``: submit the unfinished runs (submitit); with ``--wait``, wait for them and print
+    the summary."""
+    todo = [r for r in runs if r.status(output) in ("pending", "started")]
+    waiting = sum(r.status(output) == "waiting" for r in runs)
+    if waiting:
+        print(f"{waiting} run(s) wait for their tuning trials: rerun this command once those have finished")
+    jobs_ = submit(todo, output, args.executor, args)
+    print(
+        f"submitted {len(jobs_)} runs of {study.name} ({', '.join(j.job_id for j in jobs_[:3])}"
+        f"{', ...' if len(jobs_) > 3 else ''}); rerun this command to submit what is left"
+    )
+    if args.wait:
+        rcs = [j.result() for j in jobs_]
+        print(summary(study, output))
+        return 1 if any(rcs) else 0
     return 0
 
 
