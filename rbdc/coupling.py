@@ -164,6 +164,49 @@ def _couple_tensor(
     raise ValueError(f"no coupling rule for {key}: dims {grown} grew")
 
 
+def _coupled_state(models: Sequence[nn.Module], wide: nn.Module, head: str, offdiag_std: float, seed: int) -> dict:
+    """The state dict of ``wide`` coupled from the parts' tensors, key by key (the off-diagonal noise drawn in
+    ``wide``'s key order)."""
+    k = len(models)
+    heads = classifier_keys(wide)
+    packed = packed_chunks(wide)
+    gen = torch.Generator().manual_seed(seed)
+    part_sds = [m.state_dict() for m in models]
+    wide_sd = wide.state_dict()
+    if set(wide_sd) != set(part_sds[0]):
+        raise ValueError(
+            f"cannot couple: parameter names differ from the k x wider model "
+            f"({sorted(set(wide_sd) ^ set(part_sds[0]))[:5]})"
+        )
+    new = {}
+    for key, ref in wide_sd.items():
+        is_head = key.rpartition(".")[0] in heads
+        new[key] = _couple_tensor(
+            key,
+            [sd[key].detach().cpu() for sd in part_sds],
+            ref.shape,
+            head_scale=(1.0 / k if head == "mean" else 1.0) if is_head else None,
+            offdiag_std=offdiag_std,
+            gen=gen,
+            chunks=packed.get(key.rpartition(".")[0], 1),
+        ).to(ref.dtype)
+    return new
+
+
+def _group_layer_norms(wide: nn.Module, part: nn.Module, k: int) -> None:
+    """``norm="grouped"``: every LayerNorm of ``wide`` normalises k x as many groups apart as the part's does (a
+    part coupled with grouped norms already has several)."""
+    parts = dict(part.named_modules())
+    group_norms(
+        wide,
+        {
+            name: k * getattr(parts[name], "parts", 1)
+            for name, mod in wide.named_modules()
+            if isinstance(mod, nn.LayerNorm)
+        },
+    )
+
+
 def couple(
     models: Sequence[nn.Module], head: str = "mean", norm: str = "plain", offdiag_std: float = 0.0, seed: int = 0
 ) -> nn.Module:
@@ -196,39 +239,9 @@ def couple(
     device = next(iter(models[0].state_dict().values())).device
     wide.to(dtype=next((t.dtype for t in models[0].state_dict().values() if t.is_floating_point()), None))
     _check_rebuilt(models[0], wide, k, arch["name"])
-    heads = classifier_keys(wide)
-    packed = packed_chunks(wide)
-    gen = torch.Generator().manual_seed(seed)
-    part_sds = [m.state_dict() for m in models]
-    wide_sd = wide.state_dict()
-    if set(wide_sd) != set(part_sds[0]):
-        raise ValueError(
-            f"cannot couple: parameter names differ from the k x wider model "
-            f"({sorted(set(wide_sd) ^ set(part_sds[0]))[:5]})"
-        )
-    new = {}
-    for key, ref in wide_sd.items():
-        is_head = key.rpartition(".")[0] in heads
-        new[key] = _couple_tensor(
-            key,
-            [sd[key].detach().cpu() for sd in part_sds],
-            ref.shape,
-            head_scale=(1.0 / k if head == "mean" else 1.0) if is_head else None,
-            offdiag_std=offdiag_std,
-            gen=gen,
-            chunks=packed.get(key.rpartition(".")[0], 1),
-        ).to(ref.dtype)
-    wide.load_state_dict(new)
+    wide.load_state_dict(_coupled_state(models, wide, head, offdiag_std, seed))
     if norm == "grouped":
-        parts = dict(models[0].named_modules())
-        group_norms(
-            wide,
-            {
-                name: k * getattr(parts[name], "parts", 1)
-                for name, mod in wide.named_modules()
-                if isinstance(mod, nn.LayerNorm)
-            },
-        )
+        _group_layer_norms(wide, models[0], k)
     wide.rbdc_arch = {**arch, "factor": arch["factor"] * k}
     wide.rbdc_coupling = {"k": k, "head": head, "norm": norm, "offdiag_std": offdiag_std}
     return wide.to(device).train(models[0].training)

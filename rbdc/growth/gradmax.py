@@ -21,10 +21,11 @@ Rule, for a unit created by layer l and read by layer l+1:
   f'(0) * M w_out, so these directions maximise its norm; each is then scaled to ``scale`` x the mean l2-norm of the
   existing units' fan-out (growneuron's ``mean_norm``, scale 0.5 in its configs).
 
-Convolutions: M is computed **exactly**, not with growneuron's combined (k1+k2-1) kernel (which ignores the
-zero padding of the intermediate map and only approximates strided pairs): the unfolded k1 x k1 input patches of
-layer l, laid out on layer l's output grid, are correlated with dL/dz_{l+1} by ``torch.nn.grad.conv2d_weight`` with
-layer l+1's kernel, stride, padding and dilation, giving M of shape (C_in k1^2) x (C_out k2^2).
+Convolutions: M (:mod:`rbdc.growth.gradmax_fanout`, which computes the new fan-outs) is computed **exactly**, not
+with growneuron's combined (k1+k2-1) kernel (which ignores the zero padding of the intermediate map and only
+approximates strided pairs): the unfolded k1 x k1 input patches of layer l, laid out on layer l's output grid, are
+correlated with dL/dz_{l+1} by ``torch.nn.grad.conv2d_weight`` with layer l+1's kernel, stride, padding and
+dilation, giving M of shape (C_in k1^2) x (C_out k2^2).
 
 Adaptations, and why:
 
@@ -53,7 +54,6 @@ describes, so ``rbdc.forward_macs`` (which rebuilds the model from ``rbdc_arch``
 
 from __future__ import annotations
 
-import math
 import numbers
 import types
 from fractions import Fraction
@@ -66,6 +66,7 @@ import torch.nn.functional as F
 from ..nets.checkpoint import register_rebuild
 from ..flops import TRAIN_FLOPS_PER_FORWARD, model_forward_macs
 from ..nets.models import arch_of, scaled
+from .gradmax_fanout import LossFn, gradient_pass, new_fanout
 from .optimizer_state import grow_optimizer_state  # noqa: F401  (re-exported: part of the GradMax protocol)
 from .relu1 import use_relu1
 from .remap import build_like, fill_value, ops_for, remap
@@ -79,8 +80,6 @@ __all__ = [
     "gradmax_start",
     "grow_optimizer_state",
 ]
-
-LossFn = Callable[[nn.Module, object], torch.Tensor]
 
 
 def _default_loss(model: nn.Module, batch) -> torch.Tensor:
@@ -192,87 +191,6 @@ def _resolve_counts(inner: list[Space], sd: dict, n_new, widths) -> dict[str, in
     return {k: v for k, v in counts.items() if v > 0}
 
 
-def _conv_m(
-    h: torch.Tensor, conv_l: nn.Conv2d, conv_next: nn.Conv2d, delta: torch.Tensor, center: bool, chunk: int = 16
-) -> torch.Tensor:
-    """Exact GradMax matrix of a conv pair: (C_in k1^2) x (C_out k2^2), float64."""
-    k1, k2 = conv_l.kernel_size, conv_next.kernel_size
-    n, c_out = delta.shape[:2]
-    m = torch.zeros(h.shape[1] * k1[0] * k1[1], c_out * k2[0] * k2[1], dtype=torch.float64, device=h.device)
-    p_sum = torch.zeros(m.shape[0], dtype=torch.float64, device=h.device)
-    positions = 0
-    for i in range(0, n, chunk):
-        hi, di = h[i : i + chunk].double(), delta[i : i + chunk].double()
-        cols = F.unfold(hi, k1, dilation=conv_l.dilation, padding=conv_l.padding, stride=conv_l.stride)
-        grid = _out_hw(hi.shape[-2:], conv_l)
-        img = cols.view(hi.shape[0], -1, *grid)
-        mt = torch.nn.grad.conv2d_weight(
-            img,
-            (c_out, img.shape[1], *k2),
-            di,
-            stride=conv_next.stride,
-            padding=conv_next.padding,
-            dilation=conv_next.dilation,
-        )
-        m += mt.permute(1, 0, 2, 3).reshape(m.shape)
-        p_sum += cols.sum(dim=(0, 2))
-        positions += cols.shape[0] * cols.shape[2]
-    # Train-mode BN centres the new channel's gradient: sum_x (P_x - mean P) D_x = M - mean(P) (sum_x D_x), and
-    # sum_x D_x is the weight gradient of an all-ones map.
-    if center:
-        ones = torch.ones(n, 1, *grid, dtype=torch.float64, device=h.device)
-        s = torch.nn.grad.conv2d_weight(
-            ones,
-            (c_out, 1, *k2),
-            delta.double(),
-            stride=conv_next.stride,
-            padding=conv_next.padding,
-            dilation=conv_next.dilation,
-        )
-        m -= torch.outer(p_sum / positions, s.reshape(-1))
-    return m
-
-
-def _out_hw(hw, conv: nn.Conv2d) -> tuple[int, int]:
-    return tuple(
-        (hw[i] + 2 * conv.padding[i] - conv.dilation[i] * (conv.kernel_size[i] - 1) - 1) // conv.stride[i] + 1
-        for i in range(2)
-    )
-
-
-def _with_ones(x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)
-
-
-def _directions(m: torch.Tensor, k: int, gen: torch.Generator) -> tuple[torch.Tensor, int, torch.Tensor]:
-    """Top-k right singular vectors of m (rows), random unit vectors beyond what exists; and the singular values."""
-    dim = m.shape[1]
-    full = k > min(m.shape)
-    _, s, vh = torch.linalg.svd(m, full_matrices=full)
-    dirs = vh[: min(k, dim)]
-    # Singular vectors have no sign; fix it (largest entry positive) so that growth is reproducible across devices,
-    # memory formats and data-parallel ranks.
-    dirs = dirs * dirs.gather(1, dirs.abs().argmax(1, keepdim=True)).sign()
-    extra = k - dirs.shape[0]
-    if extra > 0:
-        r = torch.randn(extra, dim, generator=gen, dtype=m.dtype).to(m.device)
-        dirs = torch.cat([dirs, r / r.norm(dim=1, keepdim=True)])
-    return dirs, max(0, k - min(m.shape)), s[:k]
-
-
-def batch_images(batch) -> torch.Tensor:
-    """The image tensor of a batch: the batch itself, or the first element of a (images, targets, ...) tuple."""
-    if torch.is_tensor(batch):
-        return batch
-    if isinstance(batch, (list, tuple)) and batch and torch.is_tensor(batch[0]):
-        return batch[0]
-    if isinstance(batch, dict) and torch.is_tensor(batch.get("image")):
-        return batch["image"]
-    raise ValueError(
-        f"cannot find the images in a batch of type {type(batch).__name__}: pass a tensor or an (images, targets) tuple"
-    )
-
-
 def gradmax_grow(
     model: nn.Module,
     batch,
@@ -309,32 +227,21 @@ def gradmax_grow(
         ``linalg_flops``, ``images``, ``n_new``, ``widths`` (inner widths after growth), ``singular_values``
         (per space, top ones, float) and ``random_units``.
     """
-    loss_fn = loss_fn or _default_loss
     sd = model.state_dict()
     inner = inner_spaces(model)
     counts = _resolve_counts(inner, sd, n_new, widths)
     grow = [s for s in inner if s.name in counts]
-    gen = torch.Generator().manual_seed(seed)
-    acts, grads, (images, img_size) = _gradient_pass(model, batch, loss_fn, grow)
-    indices, fanouts, svals, random_units, linalg = {}, {}, {}, 0, 0
-    for s in grow:
-        n, k = s.size(sd), counts[s.name]
-        indices[s.name] = torch.cat([torch.arange(n), torch.full((k,), -1)])
-        fanouts[s.name], svals[s.name], extra, flops = _new_fanout(
-            model, s, acts[s.name], grads[s.name].detach(), k, gen, scale, random_fanout, reduce
-        )
-        random_units += extra
-        linalg += flops
-    ops = ops_for(inner, indices)
-    grown = build_like(model, _with_fanouts(sd, ops, grow, fanouts))
-    use_relu1(grown, [s.act for s in inner if s.norm is not None and s.act])
-    grown.rbdc_arch = {**arch_of(model), "inner_widths": inner_widths(grown)}
-    grown.rbdc_growth = {"method": "gradmax", "scale": scale, "random_fanout": random_fanout}
-    count_flops_by_hooks(grown)
-    macs = model_forward_macs(model, img_size)
+    acts, grads, (images, img_size) = gradient_pass(model, batch, loss_fn or _default_loss, grow)
+    fanouts, svals, random_units, linalg = _new_fanouts(
+        model, grow, counts, acts, grads, torch.Generator().manual_seed(seed), scale, random_fanout, reduce
+    )
+    ops = ops_for(
+        inner, {s.name: torch.cat([torch.arange(s.size(sd)), torch.full((counts[s.name],), -1)]) for s in grow}
+    )
+    grown = _grown_model(model, inner, _with_fanouts(sd, ops, grow, fanouts), scale, random_fanout)
     info = {
         "mapping": ops,
-        "extra_flops": 3 * 2 * macs * images,
+        "extra_flops": 3 * 2 * model_forward_macs(model, img_size) * images,
         "linalg_flops": int(linalg),
         "images": images,
         "n_new": counts,
@@ -345,79 +252,27 @@ def gradmax_grow(
     return grown.train(model.training), info
 
 
-def _gradient_pass(model: nn.Module, batch, loss_fn: LossFn, grow: list) -> tuple[dict, dict, tuple[int, int]]:
-    """One forward and backward of ``batch``: the fan-in layers' inputs and the gradients at the fan-out layers'
-    outputs of the spaces in ``grow``, and (images, image size). BatchNorm statistics are restored afterwards."""
-    acts, outs, shape = {}, {}, {}
-
-    def record_input(mod, args):
-        shape.setdefault("x", tuple(args[0].shape))
-
-    handles = [model.register_forward_pre_hook(record_input)]
+def _new_fanouts(model, grow: list[Space], counts, acts, grads, gen, scale, random_fanout, reduce):
+    """:func:`new_fanout` of every space in ``grow``, in order (they draw from ``gen`` in turn): the fan-outs and
+    singular values by space name, and in all the random directions and the linear-algebra FLOPs."""
+    fanouts, svals, random_units, linalg = {}, {}, 0, 0
     for s in grow:
-        handles.append(
-            model.get_submodule(s.fan_in).register_forward_hook(
-                lambda m, a, o, n=s.name: acts.__setitem__(n, a[0].detach())
-            )
+        fanouts[s.name], svals[s.name], extra, flops = new_fanout(
+            model, s, acts[s.name], grads[s.name].detach(), counts[s.name], gen, scale, random_fanout, reduce
         )
-        handles.append(
-            model.get_submodule(s.fan_out).register_forward_hook(lambda m, a, o, n=s.name: outs.__setitem__(n, o))
-        )
-    buffers = {k: v.clone() for k, v in model.named_buffers()}
-    try:
-        with torch.enable_grad():
-            loss = loss_fn(model, batch)
-            grads = dict(zip(outs, torch.autograd.grad(loss, list(outs.values()))))
-    finally:
-        for h in handles:
-            h.remove()
-        with torch.no_grad():
-            for k, v in model.named_buffers():
-                v.copy_(buffers[k])
-    if "x" not in shape:
-        shape["x"] = tuple(batch_images(batch).shape)
-    return acts, grads, (shape["x"][0], shape["x"][-1])
+        random_units += extra
+        linalg += flops
+    return fanouts, svals, random_units, linalg
 
 
-def _new_fanout(
-    model: nn.Module,
-    s,
-    h: torch.Tensor,
-    delta: torch.Tensor,
-    k: int,
-    gen: torch.Generator,
-    scale: float,
-    random_fanout: bool,
-    reduce,
-) -> tuple[torch.Tensor, list[float], int, int]:
-    """The fan-out vectors of the ``k`` units space ``s`` gains (GradMax's top singular directions of M, or random
-    ones), scaled to ``scale`` x the mean fan-out norm of its units; the singular values, how many directions were
-    random, and the FLOPs of M and its SVD."""
-    fan_in, fan_out = model.get_submodule(s.fan_in), model.get_submodule(s.fan_out)
-    if isinstance(fan_in, nn.Conv2d):
-        bn = model.get_submodule(s.norm) if s.norm else None
-        m = _conv_m(h, fan_in, fan_out, delta, center=bool(bn is not None and bn.training))
-        units, rows = k, h.shape[0] * math.prod(_out_hw(h.shape[-2:], fan_in))
-    elif s.unit > 1:  # heads: uniform attention of the new heads
-        tokens = h.shape[1]
-        m = tokens * _with_ones(h.double().mean(1)).T @ delta.double().mean(1)
-        units, rows = k * s.unit, h.shape[0]
-    else:
-        m = _with_ones(h.double().flatten(0, -2)).T @ delta.double().flatten(0, -2)
-        units, rows = k, h.shape[:-1].numel()
-    if reduce is not None:
-        m = reduce(m)
-    # M products (rows x fan-in x fan-out MACs) and a dense SVD (~4 m n min(m, n))
-    linalg = 2 * rows * m.shape[0] * m.shape[1] + 4 * m.shape[0] * m.shape[1] * min(m.shape)
-    if random_fanout:
-        r = torch.randn(units, m.shape[1], generator=gen, dtype=m.dtype).to(m.device)
-        dirs, extra, sv = r / r.norm(dim=1, keepdim=True), 0, torch.zeros(0)
-    else:
-        dirs, extra, sv = _directions(m, units, gen)
-    w_out = fan_out.weight.detach()
-    cols = w_out.transpose(0, 1).flatten(1)  # one row per existing unit channel: its fan-out vector
-    magnitude = scale * cols.double().norm(dim=1).mean()
-    return (dirs * magnitude).to(w_out.dtype), sv.float().cpu().tolist(), extra, linalg
+def _grown_model(model: nn.Module, inner: list[Space], new_sd: dict, scale: float, random_fanout: bool) -> nn.Module:
+    """``model``'s architecture at the widths of ``new_sd``, with its weights, ReLU1 inner activations, metadata and
+    FLOPs counted by hooks."""
+    grown = build_like(model, new_sd)
+    use_relu1(grown, [s.act for s in inner if s.norm is not None and s.act])
+    grown.rbdc_arch = {**arch_of(model), "inner_widths": inner_widths(grown)}
+    grown.rbdc_growth = {"method": "gradmax", "scale": scale, "random_fanout": random_fanout}
+    return count_flops_by_hooks(grown)
 
 
 def _with_fanouts(sd: dict, ops: dict, grow: list, fanouts: dict) -> dict:

@@ -212,6 +212,45 @@ def _new_coefs(
     return c2, c3
 
 
+def _check_members(layers0: dict[str, _Template], layers1: dict[str, _Template]) -> None:
+    if not layers0 or set(layers0) != set(layers1):
+        raise ValueError(
+            "mixture_grow needs two template-parameterised members of the same structure "
+            "(build them with rbdc.growth.mixture_member)"
+        )
+    for n in layers0:
+        if layers0[n].templates.shape != layers1[n].templates.shape:
+            raise ValueError(
+                f"{n}: template shapes differ between the members ({tuple(layers0[n].templates.shape)} "
+                f"vs {tuple(layers1[n].templates.shape)})"
+            )
+
+
+def _write_offdiagonal(full: nn.Module, layers0: dict, layers1: dict, coefs: str, noise: float, gen) -> None:
+    """Fill the off-diagonal blocks of ``full``'s coupled layers (in place) with the templates of each member
+    mixed by new coefficients: top right from member 0's templates, bottom left from member 1's."""
+    params = dict(full.named_parameters())
+    with torch.no_grad():
+        for n, l0 in layers0.items():
+            l1 = layers1[n]
+            w_full = params[f"{n}.weight"]
+            o, c = l0.templates.shape[1:3]
+            if tuple(w_full.shape[:2]) != (2 * o, 2 * c):  # stem, patch embedding, classifier: no off-diagonal blocks
+                continue
+            c2, c3 = _new_coefs(l0.coefs.detach(), l1.coefs.detach(), coefs, noise, gen)
+            top_right = torch.tensordot(c2, l0.templates.detach(), dims=1)  # template set of member 0
+            bottom_left = torch.tensordot(c3, l1.templates.detach(), dims=1)  # template set of member 1
+            if n.endswith("attn.qkv"):  # [q | k | v] rows: one 2 x 2 block layout per split
+                d = o // 3
+                for j in range(3):
+                    rows = slice(2 * d * j, 2 * d * j + d), slice(2 * d * j + d, 2 * d * (j + 1))
+                    w_full[rows[0], c:] = top_right[d * j : d * (j + 1)]
+                    w_full[rows[1], :c] = bottom_left[d * j : d * (j + 1)]
+            else:
+                w_full[:o, c:] = top_right
+                w_full[o:, :c] = bottom_left
+
+
 def mixture_grow(
     member0: nn.Module,
     member1: nn.Module,
@@ -236,39 +275,9 @@ def mixture_grow(
     if coefs not in COEFS:
         raise ValueError(f"coefs must be one of {COEFS}, got {coefs!r}")
     layers0, layers1 = _template_layers(member0), _template_layers(member1)
-    if not layers0 or set(layers0) != set(layers1):
-        raise ValueError(
-            "mixture_grow needs two template-parameterised members of the same structure "
-            "(build them with rbdc.growth.mixture_member)"
-        )
-    for n in layers0:
-        if layers0[n].templates.shape != layers1[n].templates.shape:
-            raise ValueError(
-                f"{n}: template shapes differ between the members ({tuple(layers0[n].templates.shape)} "
-                f"vs {tuple(layers1[n].templates.shape)})"
-            )
+    _check_members(layers0, layers1)
     full = couple([materialize(member0), materialize(member1)], head="sum", norm=norm)
-    gen = torch.Generator().manual_seed(seed)
-    params = dict(full.named_parameters())
-    with torch.no_grad():
-        for n, l0 in layers0.items():
-            l1 = layers1[n]
-            w_full = params[f"{n}.weight"]
-            o, c = l0.templates.shape[1:3]
-            if tuple(w_full.shape[:2]) != (2 * o, 2 * c):  # stem, patch embedding, classifier: no off-diagonal blocks
-                continue
-            c2, c3 = _new_coefs(l0.coefs.detach(), l1.coefs.detach(), coefs, noise, gen)
-            top_right = torch.tensordot(c2, l0.templates.detach(), dims=1)  # template set of member 0
-            bottom_left = torch.tensordot(c3, l1.templates.detach(), dims=1)  # template set of member 1
-            if n.endswith("attn.qkv"):  # [q | k | v] rows: one 2 x 2 block layout per split
-                d = o // 3
-                for j in range(3):
-                    rows = slice(2 * d * j, 2 * d * j + d), slice(2 * d * j + d, 2 * d * (j + 1))
-                    w_full[rows[0], c:] = top_right[d * j : d * (j + 1)]
-                    w_full[rows[1], :c] = bottom_left[d * j : d * (j + 1)]
-            else:
-                w_full[:o, c:] = top_right
-                w_full[o:, :c] = bottom_left
+    _write_offdiagonal(full, layers0, layers1, coefs, noise, torch.Generator().manual_seed(seed))
     full.rbdc_growth = {
         "method": "mixturegrowth",
         "coefs": coefs,

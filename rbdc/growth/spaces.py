@@ -66,8 +66,8 @@ def _norm_keys(keys, prefix: str) -> list:
     ]
 
 
-def _resnet_spaces(model: ResNet) -> list[Space]:
-    keys = set(model.state_dict())
+def _stem_spaces(model: ResNet, keys: set) -> list[Space]:
+    """The stem's spaces; the last one (``"stem"``) is the residual stream the first block reads."""
     out: list[Space] = []
     if isinstance(model.conv1, nn.Sequential):  # deep stem: conv-bn-act chain, the last conv feeds model.bn1
         cur = None
@@ -85,6 +85,13 @@ def _resnet_spaces(model: ResNet) -> list[Space]:
     else:
         cur = Space("stem", "residual", producers=[("conv1.weight", 0, 1)] + _norm_keys(keys, "bn1"))
         out.append(cur)
+    return out
+
+
+def _resnet_spaces(model: ResNet) -> list[Space]:
+    keys = set(model.state_dict())
+    out = _stem_spaces(model, keys)
+    cur = out[-1]  # the residual stream the next block reads
     for s in range(1, 5):
         for b, block in enumerate(getattr(model, f"layer{s}")):
             p = f"layer{s}.{b}"

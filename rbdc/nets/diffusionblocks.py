@@ -107,6 +107,36 @@ def _check_trunk(trunk: nn.Module, name: str, blocks: int) -> None:
         )
 
 
+def _options(config: dict) -> dict:
+    """:data:`OPTIONS` overridden by ``config["options"]``, checked: an unknown key or a bad value is refused."""
+    opts = {**OPTIONS, **config.get("options", {})}
+    unknown = sorted(set(opts) - set(OPTIONS))
+    if unknown:
+        raise DiffusionBlocksError(
+            f"unknown option(s) {', '.join('diffusionblocks.' + k for k in unknown)}; "
+            f"known: {', '.join(sorted(OPTIONS))}"
+        )
+    if not 0 < opts["sigma_min"] < opts["sigma_max"] or opts["gamma"] < 0 or opts["p_std"] <= 0:
+        raise DiffusionBlocksError(
+            f"diffusionblocks needs 0 < sigma_min < sigma_max, gamma >= 0, p_std > 0 "
+            f"(got sigma_min={opts['sigma_min']}, sigma_max={opts['sigma_max']}, "
+            f"gamma={opts['gamma']}, p_std={opts['p_std']})"
+        )
+    if opts["inference_steps"] is not None and int(opts["inference_steps"]) < 2:
+        raise DiffusionBlocksError(
+            f"diffusionblocks.inference_steps must be >= 2 (or null for one per block), got {opts['inference_steps']!r}"
+        )
+    if opts["loss_weighting"] not in ("per_sample", "batch_mean"):
+        raise DiffusionBlocksError(
+            f"diffusionblocks.loss_weighting must be per_sample or batch_mean, got {opts['loss_weighting']!r}"
+        )
+    if opts["euler_embeds"] not in ("normalized", "raw"):
+        raise DiffusionBlocksError(
+            f"diffusionblocks.euler_embeds must be normalized or raw, got {opts['euler_embeds']!r}"
+        )
+    return opts
+
+
 class DiffusionBlocksViT(nn.Module):
     """A timm ViT trained as B diffusion blocks over the label embedding (see the module docstring).
 
@@ -122,32 +152,7 @@ class DiffusionBlocksViT(nn.Module):
 
     def __init__(self, config: dict):
         super().__init__()
-        opts = {**OPTIONS, **config.get("options", {})}
-        unknown = sorted(set(opts) - set(OPTIONS))
-        if unknown:
-            raise DiffusionBlocksError(
-                f"unknown option(s) {', '.join('diffusionblocks.' + k for k in unknown)}; "
-                f"known: {', '.join(sorted(OPTIONS))}"
-            )
-        if not 0 < opts["sigma_min"] < opts["sigma_max"] or opts["gamma"] < 0 or opts["p_std"] <= 0:
-            raise DiffusionBlocksError(
-                f"diffusionblocks needs 0 < sigma_min < sigma_max, gamma >= 0, p_std > 0 "
-                f"(got sigma_min={opts['sigma_min']}, sigma_max={opts['sigma_max']}, "
-                f"gamma={opts['gamma']}, p_std={opts['p_std']})"
-            )
-        if opts["inference_steps"] is not None and int(opts["inference_steps"]) < 2:
-            raise DiffusionBlocksError(
-                f"diffusionblocks.inference_steps must be >= 2 (or null for one per block), "
-                f"got {opts['inference_steps']!r}"
-            )
-        if opts["loss_weighting"] not in ("per_sample", "batch_mean"):
-            raise DiffusionBlocksError(
-                f"diffusionblocks.loss_weighting must be per_sample or batch_mean, got {opts['loss_weighting']!r}"
-            )
-        if opts["euler_embeds"] not in ("normalized", "raw"):
-            raise DiffusionBlocksError(
-                f"diffusionblocks.euler_embeds must be normalized or raw, got {opts['euler_embeds']!r}"
-            )
+        opts = _options(config)
         self.config = {**config, "options": opts}
         name, num_classes = config["model"], config["num_classes"]
         kwargs = dict(

@@ -39,6 +39,58 @@ class GradMaxKeys:
     scale: float = key(0.5, NUM, POS, "gradmax: fan-out norm of new units relative to the existing ones")
 
 
+def _factors(g: GradMaxKeys) -> list[Fraction]:
+    """The inner-width factor of every stage: ``start_factor``, then one per growth step up to 1."""
+    n, (first, last) = g.grow_steps, g.grow_span
+    if not (n >= 1 and 0 < first <= last < 1):
+        raise UserError(
+            f"gradmax needs growth.grow_steps >= 1 and 0 < grow_span[0] <= grow_span[1] < 1, got {n} and {g.grow_span}"
+        )
+    factors = [Fraction(g.start_factor).limit_denominator(4096)]
+    try:
+        factors += gradmax_schedule(factors[0], 1, n)
+    except ValueError as e:
+        raise UserError(f"growth.start_factor: {e}") from e
+    return factors
+
+
+def _stage_steps(
+    g: GradMaxKeys, batch: int, fpis: list, grow_flops: list, budget: float | None, total: int | None
+) -> list[int]:
+    """Steps of every stage: ``total`` split at the growth points, or the most that ``budget`` FLOPs pay for."""
+    n, (first, last) = g.grow_steps, g.grow_span
+
+    def lengths(t: int) -> list[int]:
+        marks = [round(t * (first + (last - first) * i / max(n - 1, 1))) for i in range(n)]
+        return [b - a for a, b in zip([0] + marks, marks + [t])]
+
+    def cost(t: int) -> float:
+        return sum(st * batch * f for st, f in zip(lengths(t), fpis)) + sum(grow_flops)
+
+    if budget is not None:
+        lo, hi = 1, max(2, round(budget / (batch * fpis[-1])))
+        while cost(hi) < budget:
+            hi *= 2
+        while hi - lo > 1:  # the largest total whose plan stays within the budget
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if cost(mid) <= budget else (lo, mid)
+        steps = lengths(lo)
+        spent = cost(lo) - steps[-1] * batch * fpis[-1]
+        # the last stage absorbs the rounding
+        steps[-1] = whole_steps((budget - spent) / (batch * fpis[-1]), f"the budget of {budget:.4g} FLOPs")
+    elif total is not None:
+        steps = lengths(total)
+    else:
+        raise UserError("gradmax needs `epochs` (total, all widths), `budget` or `match`")
+    if min(steps) < 1:
+        raise UserError(
+            f"gradmax: {sum(steps)} steps cannot hold {n} growth steps spread over {g.grow_span} "
+            f"of training with at least one step between them; lower growth.grow_steps or train "
+            f"longer"
+        )
+    return steps
+
+
 @register
 class GradMax(Protocol):
     name = "gradmax"
@@ -48,19 +100,7 @@ class GradMax(Protocol):
 
     def plan(self, recipe: Recipe, data: PlanData) -> list[Stage]:
         total = data.steps_for(recipe.epochs) if recipe.epochs else None
-        budget = data.budget
-        g = recipe.growth
-        n, (first, last) = g.grow_steps, g.grow_span
-        if not (n >= 1 and 0 < first <= last < 1):
-            raise UserError(
-                f"gradmax needs growth.grow_steps >= 1 and 0 < grow_span[0] <= grow_span[1] < 1, got "
-                f"{n} and {g.grow_span}"
-            )
-        factors = [Fraction(g.start_factor).limit_denominator(4096)]
-        try:
-            factors += gradmax_schedule(factors[0], 1, n)
-        except ValueError as e:
-            raise UserError(f"growth.start_factor: {e}") from e
+        factors = _factors(recipe.growth)
         kw = dict(num_classes=data.num_classes, **recipe.model_kwargs)
         with torch.device("meta"):
             fpis = [
@@ -69,37 +109,8 @@ class GradMax(Protocol):
                 )
                 for f in factors
             ]
-        batch = recipe.batch_size
-        grow_flops = [batch * f for f in fpis[:-1]]  # growth i runs on the model of stage i
-
-        def lengths(t: int) -> list[int]:
-            marks = [round(t * (first + (last - first) * i / max(n - 1, 1))) for i in range(n)]
-            return [b - a for a, b in zip([0] + marks, marks + [t])]
-
-        def cost(t: int) -> float:
-            return sum(st * batch * f for st, f in zip(lengths(t), fpis)) + sum(grow_flops)
-
-        if budget is not None:
-            lo, hi = 1, max(2, round(budget / (batch * fpis[-1])))
-            while cost(hi) < budget:
-                hi *= 2
-            while hi - lo > 1:  # the largest total whose plan stays within the budget
-                mid = (lo + hi) // 2
-                lo, hi = (mid, hi) if cost(mid) <= budget else (lo, mid)
-            steps = lengths(lo)
-            spent = cost(lo) - steps[-1] * batch * fpis[-1]
-            # the last stage absorbs the rounding
-            steps[-1] = whole_steps((budget - spent) / (batch * fpis[-1]), f"the budget of {budget:.4g} FLOPs")
-        elif total is not None:
-            steps = lengths(total)
-        else:
-            raise UserError("gradmax needs `epochs` (total, all widths), `budget` or `match`")
-        if min(steps) < 1:
-            raise UserError(
-                f"gradmax: {sum(steps)} steps cannot hold {n} growth steps spread over {g.grow_span} "
-                f"of training with at least one step between them; lower growth.grow_steps or train "
-                f"longer"
-            )
+        grow_flops = [recipe.batch_size * f for f in fpis[:-1]]  # growth i runs on the model of stage i
+        steps = _stage_steps(recipe.growth, recipe.batch_size, fpis, grow_flops, data.budget, total)
         stages, offset = [], 0
         for i, (f, st, fpi) in enumerate(zip(factors, steps, fpis)):
             name = recipe.model if f == 1 else f"{recipe.model}@inner{float(f):g}"

@@ -83,16 +83,10 @@ class RBDCKeys:
     )
 
 
-def level_plan(recipe: Recipe, data: PlanData, r: int, k: int, counts: list[int] | None = None) -> list[Stage]:
-    """Levels 0..r of width 1/k**(r-l), ``counts[l]`` models each (default k**(r-l)); the models of level l grow from
-    equal consecutive groups of level l-1."""
-    if r < 1 or k < 2:
-        raise UserError(f"rbdc needs depth >= 1 and k >= 2 (got depth={r}, k={k})")
+def _level_steps(recipe: Recipe, data: PlanData, r: int, counts: list[int], fpis: list) -> list[int]:
+    """Steps of each level 0..r: from ``rbdc.epochs``, or the budget split by the training ratio."""
     c = recipe.rbdc
     batch, budget, what = recipe.batch_size, data.budget, data.budget_text
-    widths = [k ** (r - lvl) for lvl in range(r + 1)]  # width divisor per level
-    counts = counts or widths
-    fpis = [target_fpi(recipe, Fraction(1, w), data.num_classes) for w in widths]
     if c.epochs is not None:
         if len(c.epochs) != r + 1:
             raise UserError(f"rbdc.epochs needs {r + 1} entries (one per level 0..{r}), got {c.epochs}")
@@ -115,6 +109,19 @@ def level_plan(recipe: Recipe, data: PlanData, r: int, k: int, counts: list[int]
         level_steps[-1] = whole_steps((budget - spent) / (counts[-1] * fpis[-1] * batch), f"{what} (level {r})")
     else:
         raise UserError("rbdc needs rbdc.epochs (one per level) or a `budget`/`match`")
+    return level_steps
+
+
+def level_plan(recipe: Recipe, data: PlanData, r: int, k: int, counts: list[int] | None = None) -> list[Stage]:
+    """Levels 0..r of width 1/k**(r-l), ``counts[l]`` models each (default k**(r-l)); the models of level l grow from
+    equal consecutive groups of level l-1."""
+    if r < 1 or k < 2:
+        raise UserError(f"rbdc needs depth >= 1 and k >= 2 (got depth={r}, k={k})")
+    c = recipe.rbdc
+    widths = [k ** (r - lvl) for lvl in range(r + 1)]  # width divisor per level
+    counts = counts or widths
+    fpis = [target_fpi(recipe, Fraction(1, w), data.num_classes) for w in widths]
+    level_steps = _level_steps(recipe, data, r, counts, fpis)
     cont = c.schedule == "continue"
     if c.schedule not in ("restart", "continue"):
         raise UserError(f"rbdc.schedule must be restart or continue, got {c.schedule!r}")
