@@ -154,7 +154,7 @@ def test_bench_rows_count_only_the_rounds_in_the_fast_state():
             },
         }
 
-    bench = {
+    bench_json = {
         "benchmarks": [
             row([0.8, 2.0, 0.8], [1e12, 4e11, 1e12]),
             row([2.0, 2.0], [4e11, 4e11]),
@@ -165,6 +165,6 @@ def test_bench_rows_count_only_the_rounds_in_the_fast_state():
             },
         ]
     }
-    rows, data = bench.bench_rows(bench)
+    rows, data = bench.bench_rows(bench_json)
     assert len(rows) == 1 and rows[0]["rounds_used"] == 2 and rows[0]["s_per_image"] == pytest.approx(0.1)
     assert data == {"32": pytest.approx(1e-4)}
