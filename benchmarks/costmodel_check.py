@@ -17,7 +17,7 @@ evaluation's predicted share is stated beside it (nothing in a committed run mea
 images or evaluations differ from its work is flagged (``work_matches``): the work would be mis-built.
 
 Runs made since ``a47e1ca`` record the machine's GEMM rate after every epoch (``gemm_gflops``). Where a group's
-epochs have it, they are split at the widest gap of their rates (:func:`rbdc.cost.costmodel.fast_state`, per
+epochs have it, they are split at the widest gap of their rates (:func:`rbdc.cost.bench.fast_state`, per
 precision) into fast- and slow-state epochs: the error on the fast-state epochs (the state the model is fitted on)
 and the slow-state factor (median over stages of slow over fast seconds per image), which is written into the cost
 model's JSON (``slow_state_factor``) for the estimate's range.
@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from rbdc import recipe as recipes
-from rbdc.cost import costmodel
+from rbdc.cost import bench, costmodel, machine
 from rbdc.cost.work import predict_stage, recipe_work
 from rbdc.data import plan_size
 from rbdc.protocols import plan_stages
@@ -134,11 +134,11 @@ def _name(root: Path) -> str:
 def state_split(stages: list[dict]) -> dict:
     """Fast- and slow-state epochs of stages that recorded ``gemm_gflops`` after every epoch: per stage the
     seconds per image of each state (medians); the cut per precision at the widest gap of all their rates
-    (:func:`rbdc.cost.costmodel.fast_state`); the slow-state factor (median over stages with both states of slow
+    (:func:`rbdc.cost.bench.fast_state`); the slow-state factor (median over stages with both states of slow
     over fast seconds per image, None without such a stage)."""
     probed = [s for s in stages if s["epochs"] and all(e["gemm_gflops"] for e in s["epochs"])]
     floors = {
-        amp: costmodel.fast_state([e["gemm_gflops"] for s in probed if s["amp"] == amp for e in s["epochs"]])
+        amp: bench.fast_state([e["gemm_gflops"] for s in probed if s["amp"] == amp for e in s["epochs"]])
         for amp in {s["amp"] for s in probed}
     }
     per_stage, ratios = {}, []
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--model", type=Path, default=None, help="the cost model JSON (default: this CPU kind's)")
     args = p.parse_args(argv)
-    path = args.model or costmodel.costmodel_path(costmodel.cpu_kind())
+    path = args.model or costmodel.costmodel_path(machine.cpu_kind())
     if not path.is_file():
         print(
             f"no cost model at {path}: fit one with python -m rbdc.cost.costmodel reports/bench/<cpu json>",

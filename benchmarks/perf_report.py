@@ -43,8 +43,8 @@ DEIT_B_TARGET_TFLOPS = 360.0  # 45% of the ~798 TFLOP/s measured for dense bf16 
 def device_slug(device: str) -> str:
     """File name for a device's JSON: ``cpu-<CPU kind>`` or the GPU's name in lower case
     (``nvidia-h100-80gb-hbm3``)."""
-    if device == "cpu":  # one file per CPU kind (model, family-model, ISA: rbdc.cost.costmodel.cpu_kind)
-        from rbdc.cost.costmodel import cpu_kind
+    if device == "cpu":  # one file per CPU kind (model, family-model, ISA: rbdc.cost.machine.cpu_kind)
+        from rbdc.cost.machine import cpu_kind
 
         return f"cpu-{cpu_kind()['slug']}"
     import torch

@@ -37,8 +37,8 @@ def busy_ips(b: dict, key: str = "round_busy_s", images: str = "images_per_round
 
 def _rows(benches: list[dict]) -> list[dict]:
     """One row per case; img/s, GEMM rate and fraction over the rounds in the machine's fast state (the cost
-    model's rule, :func:`rbdc.cost.costmodel.fast_state`), the wall img/s over all rounds."""
-    from rbdc.cost.costmodel import fast_state
+    model's rule, :func:`rbdc.cost.bench.fast_state`), the wall img/s over all rounds."""
+    from rbdc.cost.bench import fast_state
 
     probes: dict[str, list[float]] = {}
     for b in benches:
@@ -99,7 +99,7 @@ def time_split(benches: list[dict], json_path: Path, figure_dir: Path) -> list[s
         + ", over the rounds "
         "whose same-precision GEMM probe (1024^3, before each round) found the machine in its fast state (this VM "
         "kind switches for minutes at a time between two: a bf16 GEMM of ~1,100 or ~400 GFLOP/s, fp32 ~150 or "
-        "~120, and whole steps slow with it; `rbdc.cost.costmodel.fast_state` splits the probes at their widest "
+        "~120, and whole steps slow with it; `rbdc.cost.bench.fast_state` splits the probes at their widest "
         "gap); "
         "*wall img/s*: all rounds on the wall; *core share*: busy over wall time (below 1: other jobs took turns "
         "on the core). *fraction of GEMM*: model FLOP/s over the GEMM probe of the same round. The split: a "

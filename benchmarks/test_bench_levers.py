@@ -30,7 +30,7 @@ from benchmarks.levers import Batched, Separate, Vmapped, core_busy
 from benchmarks.test_bench_time_split import DEIT, VIT, VIT_WIDTHS
 from benchmarks.time_split import beside, busy_clock
 from benchmarks.train_paths import Pack, PathCase, Trainer
-from rbdc.cost.costmodel import device_kind
+from rbdc.cost.machine import device_kind
 
 TARGET_IMAGES = {16: 1024, 32: 768, 64: 512, 128: 512, 192: 256, 384: 128}  # images per round: rounds of ~0.5 s here
 

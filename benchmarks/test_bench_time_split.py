@@ -25,7 +25,7 @@ import torch
 from benchmarks.bench_common import TOY, require_device, timed
 from benchmarks.time_split import beside, busy_clock, gemm_busy_rate, profile_split
 from benchmarks.train_paths import PathCase, Trainer
-from rbdc.cost.costmodel import device_kind
+from rbdc.cost.machine import device_kind
 
 VIT = "configs/recipes/imagenette32/base-vit-nano.yaml"
 RESNET = "configs/recipes/imagenette32/base-resnet18.yaml"

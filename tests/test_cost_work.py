@@ -10,7 +10,7 @@ import pytest
 from benchmarks import costmodel_check
 from rbdc import recipe as recipes
 from rbdc.cli import main
-from rbdc.cost import costmodel, estimate
+from rbdc.cost import costmodel, estimate, machine
 from rbdc.cost.work import evaluations, predict_stage, recipe_work, stage_work
 from rbdc.data.for_recipe import eval_size, plan_size
 from rbdc.protocols import plan_stages
@@ -24,7 +24,7 @@ def _model(kind=None, slow=None) -> costmodel.CostModel:
     zero = dict.fromkeys(costmodel.TERMS, 0.0)
     coefs = {f"{amp}/{fam}": {**zero, "constant": TRAIN_S} for amp in ("fp32", "bf16") for fam in ("vit", "resnet")}
     evals = {k: {"train_flops": 0.0, "activation_elements": 0.0, "constant": EVAL_S} for k in coefs}
-    return costmodel.CostModel(kind or costmodel.cpu_kind(), coefs, {}, [], evals, slow)
+    return costmodel.CostModel(kind or machine.cpu_kind(), coefs, {}, [], evals, slow)
 
 
 def _plan(path: str, *overrides: str):
@@ -65,7 +65,7 @@ def test_a_run_with_a_tuning_split_evaluates_the_holdout_each_pass_and_the_ema_m
 
 
 def test_the_dry_run_estimate_adds_the_runs_evaluations_and_the_slow_state_range(tmp_path, monkeypatch, capsys):
-    _model(slow=2.5).save(costmodel.costmodel_path(costmodel.cpu_kind(), tmp_path))
+    _model(slow=2.5).save(costmodel.costmodel_path(machine.cpu_kind(), tmp_path))
     monkeypatch.setattr(estimate, "FITTED", tmp_path)
     argv = ["train", "-c", RBDC_D1, "--dry-run", "--estimate", "--set", "data.holdout=0.1"]
     assert main(argv) == 0
@@ -77,7 +77,7 @@ def test_the_dry_run_estimate_adds_the_runs_evaluations_and_the_slow_state_range
 
 def test_plan_prints_the_slow_state_range_only_where_the_model_holds_the_factor(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(estimate, "FITTED", tmp_path)
-    path = costmodel.costmodel_path(costmodel.cpu_kind(), tmp_path)
+    path = costmodel.costmodel_path(machine.cpu_kind(), tmp_path)
     argv = ["plan", "rbdc_vit_nano_patch4_32", "--dataset-size", "9469", "--estimate", "--amp", "bf16"]
     for slow, shown in ((None, False), (2.0, True)):
         _model(slow=slow).save(path)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch.nn as nn
 
-from rbdc.cost import costmodel, estimate
+from rbdc.cost import bench, costmodel, estimate, machine
 from rbdc.cli import main
 
 XEON = """processor\t: 0
@@ -44,10 +44,10 @@ def test_fit_refuses_bad_targets():
 
 
 def test_cpu_kind_is_model_name_family_model_and_isa():
-    kind = costmodel.cpu_kind(XEON)
+    kind = machine.cpu_kind(XEON)
     assert kind["key"] == "Intel(R) Xeon(R) Processor | 6-207 | avx2 avx512f avx512_bf16 amx_bf16 amx_tile"
     assert kind["slug"] == "intel-xeon-processor-6-207-amx"
-    assert costmodel.cpu_kind(XEON.replace(" amx_bf16 amx_tile", ""))["key"] != kind["key"]
+    assert machine.cpu_kind(XEON.replace(" amx_bf16 amx_tile", ""))["key"] != kind["key"]
 
 
 def test_activation_elements_count_every_computing_leaf_once():
@@ -81,7 +81,7 @@ def _write_model(folder, kind, coefs=None):
 
 
 def test_plan_on_an_unfitted_cpu_kind_says_so_and_measures(tmp_path, monkeypatch, capsys):
-    other = costmodel.cpu_kind(XEON.replace("207", "143"))
+    other = machine.cpu_kind(XEON.replace("207", "143"))
     _write_model(tmp_path, other)
     monkeypatch.setattr(estimate, "FITTED", tmp_path)
     assert main(["plan", "test_rbdc_vit", "--dataset-size", "1000", "--estimate"]) == 0
@@ -92,7 +92,7 @@ def test_plan_on_an_unfitted_cpu_kind_says_so_and_measures(tmp_path, monkeypatch
 
 
 def test_plan_prints_rbdc_and_scratch_walls_from_this_kinds_model(tmp_path, monkeypatch, capsys):
-    _write_model(tmp_path, costmodel.cpu_kind())
+    _write_model(tmp_path, machine.cpu_kind())
     monkeypatch.setattr(estimate, "FITTED", tmp_path)
     assert (
         main(
@@ -108,7 +108,7 @@ def test_plan_prints_rbdc_and_scratch_walls_from_this_kinds_model(tmp_path, monk
 
 
 def test_train_dry_run_prints_each_stage_and_scratch_by_the_cost_model(tmp_path, monkeypatch, capsys):
-    _write_model(tmp_path, costmodel.cpu_kind())
+    _write_model(tmp_path, machine.cpu_kind())
     monkeypatch.setattr(estimate, "FITTED", tmp_path)
     assert main(["train", "-c", "configs/recipes/imagenette32/vit-nano-rbdc-d1.yaml", "--dry-run", "--estimate"]) == 0
     out = capsys.readouterr().out
@@ -117,7 +117,7 @@ def test_train_dry_run_prints_each_stage_and_scratch_by_the_cost_model(tmp_path,
 
 
 def test_the_committed_model_of_a_kind_round_trips(tmp_path):
-    kind = costmodel.cpu_kind(XEON)
+    kind = machine.cpu_kind(XEON)
     path = _write_model(tmp_path, kind)
     found, why = costmodel.for_this_machine(tmp_path, kind)
     assert found is not None and path.name in why
@@ -130,9 +130,9 @@ def test_the_committed_model_of_a_kind_round_trips(tmp_path):
 
 def test_fast_state_splits_two_clusters_of_gemm_rates_and_keeps_one():
     rates = [1100e9, 1050e9, 400e9, 380e9, 1120e9]
-    floor = costmodel.fast_state(rates)
+    floor = bench.fast_state(rates)
     assert 400e9 < floor < 1050e9
-    assert costmodel.fast_state([150e9, 147e9, 152e9, 145e9]) == 0.0  # one state: every round counts
+    assert bench.fast_state([150e9, 147e9, 152e9, 145e9]) == 0.0  # one state: every round counts
 
 
 def test_bench_rows_count_only_the_rounds_in_the_fast_state():
@@ -154,7 +154,7 @@ def test_bench_rows_count_only_the_rounds_in_the_fast_state():
             },
         }
 
-    bench = {
+    bench_json = {
         "benchmarks": [
             row([0.8, 2.0, 0.8], [1e12, 4e11, 1e12]),
             row([2.0, 2.0], [4e11, 4e11]),
@@ -165,6 +165,6 @@ def test_bench_rows_count_only_the_rounds_in_the_fast_state():
             },
         ]
     }
-    rows, data = costmodel.bench_rows(bench)
+    rows, data = bench.bench_rows(bench_json)
     assert len(rows) == 1 and rows[0]["rounds_used"] == 2 and rows[0]["s_per_image"] == pytest.approx(0.1)
     assert data == {"32": pytest.approx(1e-4)}

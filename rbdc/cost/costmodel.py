@@ -13,8 +13,9 @@ benchmark of one machine kind (``benchmarks/test_bench_time_split.py``) and stor
 outputs) plus the attention's score and probability matrices: the memory-bound work, done again in backward.
 *Parameters / batch*: the optimizer's and clipping's per-step sweep over the weights, shared by the batch's images.
 *c*: the per-image work that does not scale with the model (the loss, the batch's copies). A machine kind is the
-CPU's model name, family/model numbers and the ISA flags that pick oneDNN's kernels (:func:`cpu_kind`): a model
-fitted on one kind is refused on another (the caller falls back to measuring a few steps).
+CPU's model name, family/model numbers and the ISA flags that pick oneDNN's kernels (:mod:`rbdc.cost.machine`): a model
+fitted on one kind is refused on another (the caller falls back to measuring a few steps). :mod:`rbdc.cost.bench`
+reads the benchmark's rows.
 
 An evaluation image costs a forward only: ``a' * training FLOPs + b' * activation elements + c'``, fitted the same
 way on each benchmark row's training seconds times the forward's share of its profiled step (the ``time-split``
@@ -24,7 +25,6 @@ profile: about 0.4 of a narrow ViT's step and 0.2-0.3 of a ResNet's, not a const
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -37,80 +37,12 @@ from ..files import package_data
 from ..nets.models import family_of, scaled
 from ..flops import train_flops_per_image
 from ..runs.rundir import atomic_write_bytes
+from .bench import bench_rows
+from .machine import cpu_kind
 
 FITTED = package_data("cost/fitted")  # the fitted cost models (written by main, read by for_this_machine)
 TERMS = ("train_flops", "activation_elements", "params_per_batch", "constant")
 EVAL_TERMS = ("train_flops", "activation_elements", "constant")  # a forward: no optimizer sweep
-ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")  # what oneDNN dispatches on
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The machine kind
-
-
-def _cpuinfo(text: str | None = None) -> dict:
-    """The first processor's fields of ``/proc/cpuinfo`` (or of ``text``)."""
-    if text is None:
-        try:
-            text = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            text = ""
-    info: dict = {}
-    for line in text.splitlines():
-        if not line.strip():
-            if info:
-                break
-            continue
-        key, _, value = line.partition(":")
-        info.setdefault(key.strip(), value.strip())
-    return info
-
-
-def cpu_kind(cpuinfo: str | None = None) -> dict:
-    """This machine's CPU kind: ``name``, ``family_model``, ``isa`` (the :data:`ISA_FLAGS` it has), ``key`` (what
-    a cost model is matched on) and ``slug`` (file names)."""
-    import platform
-
-    info = _cpuinfo(cpuinfo)
-    name = info.get("model name") or platform.processor() or platform.machine()
-    fm = f"{info.get('cpu family', '?')}-{info.get('model', '?')}"
-    flags = set(info.get("flags", "").split())
-    isa = [f for f in ISA_FLAGS if f in flags]
-    top = (
-        "amx"
-        if "amx_bf16" in isa
-        else "avx512bf16"
-        if "avx512_bf16" in isa
-        else "avx512"
-        if "avx512f" in isa
-        else "avx2"
-        if "avx2" in isa
-        else "base"
-    )
-    slug = re.sub(r"[^a-z0-9]+", "-", re.sub(r"\((r|tm)\)", "", name.lower())).strip("-")
-    return {
-        "name": name,
-        "family_model": fm,
-        "isa": isa,
-        "key": f"{name} | {fm} | {' '.join(isa)}",
-        "slug": f"{slug}-{fm}-{top}",
-    }
-
-
-def device_kind(device) -> dict:
-    """The kind of ``device``: :func:`cpu_kind` on a CPU; on a GPU its name (the key a GPU's cost model is matched
-    on)."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return cpu_kind()
-    name = torch.cuda.get_device_name(device)
-    return {
-        "name": name,
-        "family_model": "cuda",
-        "isa": [],
-        "key": f"cuda | {name}",
-        "slug": re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-"),
-    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -285,68 +217,8 @@ def fit_rows(rows: list[dict], kind: dict, data_s_per_image: dict | None = None)
     return CostModel(kind, coefs, dict(data_s_per_image or {}), fitted, eval_coefs)
 
 
-def forward_fraction(split: dict | None) -> float | None:
-    """The forward's share of a profiled training step (``time_split``'s ``split_s``: its ops' self time over the
-    forward's, backward's and optimizer's; the untracked wall left out), None without a profile."""
-    if not split:
-        return None
-    t = {ph: sum(split.get(ph, {}).values()) for ph in ("forward", "backward", "optimizer")}
-    total = sum(t.values())
-    return t["forward"] / total if total > 0 else None
-
-
 # ----------------------------------------------------------------------------------------------------------------
-# Reading the benchmark, finding this machine's model
-
-STATE_GAP = 1.1  # two GEMM-rate clusters further apart than this ratio are two states of the machine
-
-
-def fast_state(rates) -> float:
-    """The GEMM rate above which a probe is in the machine's fast state: the middle of the widest gap between
-    sorted rates when that gap is wider than :data:`STATE_GAP` (this VM kind switches for minutes at a time
-    between a bf16 GEMM of ~1,100 and of ~400 GFLOP/s, and whole steps slow down with it), else 0 (one state)."""
-    r = np.sort(np.log(np.asarray(rates, dtype=float)))
-    if len(r) < 2:
-        return 0.0
-    i = int(np.argmax(np.diff(r)))
-    return float(np.exp((r[i] + r[i + 1]) / 2)) if r[i + 1] - r[i] > np.log(STATE_GAP) else 0.0
-
-
-def bench_rows(bench: dict) -> tuple[list[dict], dict[str, float]]:
-    """The ``time-split`` rows of a pytest-benchmark JSON as fit rows (seconds per image on the busy clock: on a
-    CPU the process's CPU time, on a GPU the wall), and the in-memory loader's seconds per image by image size.
-
-    Only rounds whose same-precision GEMM probe is in the fast state (:func:`fast_state`, per precision over the
-    whole JSON) count; a row without such rounds is left out (``rounds_used`` says how many counted)."""
-    benches = [b for b in bench.get("benchmarks", []) if b.get("group") == "time-split"]
-    probes: dict[str, list[float]] = {}
-    for b in benches:
-        probes.setdefault(b["extra_info"].get("amp", ""), []).extend(b["extra_info"].get("gemm_busy_flops_per_s", []))
-    floor = {amp: fast_state(p) for amp, p in probes.items()}
-    rows, data = [], {}
-    for b in benches:
-        e = b["extra_info"]
-        busy = e.get("round_busy_s") or [b["stats"]["median"]]
-        if e.get("family") == "data":
-            data[str(e["img_size"])] = float(np.median(busy)) / e["images_per_round"]
-            continue
-        gemm = e.get("gemm_busy_flops_per_s") or [float("inf")] * len(busy)
-        fast = [t for t, g in zip(busy, gemm) if g >= floor.get(e["amp"], 0.0)]
-        if fast:
-            rows.append(
-                {
-                    "model": e["model"],
-                    "img_size": e["img_size"],
-                    "batch": e["batch"],
-                    "amp": e["amp"],
-                    "family": e.get("family", ""),
-                    "width": e.get("width", ""),
-                    "rounds_used": len(fast),
-                    "s_per_image": float(np.median(fast)) / e["images_per_round"],
-                    "forward_fraction": forward_fraction(e.get("split_s")),
-                }
-            )
-    return rows, data
+# Finding this machine's model, fitting it from the benchmark
 
 
 def costmodel_path(kind: dict, folder: Path = FITTED) -> Path:

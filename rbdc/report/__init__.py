@@ -31,7 +31,8 @@ from rbdc.runs.rundir import atomic_write_bytes
 
 from .figure import _plot, protocol_colors
 from .load import Run, discover_run_dirs, load_run, scan_run_dirs
-from .render import QUOTED, Quoted, _render_csv, _render_markdown, _render_tex
+from .quoted import QUOTED, Quoted
+from .render import _render_csv, _render_markdown, _render_tex
 from .stats import GroupRow, Match, matched_flops, seed_noise, summarize_groups, top1_at_flops
 
 __all__ = [

@@ -157,8 +157,14 @@ def load_run(run_dir: str | os.PathLike) -> Run:
             names the file.
     """
     run_dir = Path(run_dir)
+    results = _read_results(run_dir)
+    curve = _read_curve(run_dir)
+    return Run(path=run_dir, results=results, curve=curve)
+
+
+def _read_results(run_dir: Path) -> dict:
+    """The run's ``results.json``, checked: the keys a report reads, with the right types."""
     results_path = run_dir / rundir.RESULTS
-    summary_path = run_dir / rundir.SUMMARY
     if not results_path.is_file():
         raise UserError(f"{results_path} is missing: {run_dir} is not a finished run directory")
     try:
@@ -183,7 +189,12 @@ def load_run(run_dir: str | os.PathLike) -> Run:
         raise UserError(f'{results_path}: "total_train_flops" must be positive, got {results["total_train_flops"]!r}')
     for key in ("eval_top5", "wall_s", "peak_mem_mb"):
         _number(results.get(key), key, results_path, allow_none=True)
+    return results
 
+
+def _read_curve(run_dir: Path) -> tuple[tuple[str, float, float], ...]:
+    """The run's accuracy curve from ``summary.csv``: ``(stage, cum_train_flops, eval_top1)`` per epoch row."""
+    summary_path = run_dir / rundir.SUMMARY
     if not summary_path.is_file():
         raise UserError(f"{summary_path} is missing: {run_dir} is not a complete run directory")
     columns, rows = rundir.read_summary(summary_path)
@@ -203,4 +214,4 @@ def load_run(run_dir: str | os.PathLike) -> Run:
                 f"got {row['cum_train_flops']!r}/{row['eval_top1']!r}"
             ) from None
         curve.append((row["stage"], flops, top1))
-    return Run(path=run_dir, results=results, curve=tuple(curve))
+    return tuple(curve)

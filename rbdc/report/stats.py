@@ -119,42 +119,8 @@ def summarize_groups(runs: Sequence[Run], baseline_protocol: str = "scratch") ->
     rows = []
     for group, members in by_group.items():
         members.sort(key=lambda r: (r.results["seed"], r.results["name"], str(r.path)))
-        first = members[0]
-        for r in members[1:]:
-            for key in ("protocol", "dataset", "model"):
-                if r.results[key] != first.results[key]:
-                    raise UserError(
-                        f'group "{group}" mixes {key} {first.results[key]!r} ({first.path}) and '
-                        f'{r.results[key]!r} ({r.path}): give the runs different "group" names'
-                    )
-        for a, b in zip(members, members[1:]):
-            if a.results["seed"] == b.results["seed"]:
-                raise UserError(
-                    f'group "{group}" has seed {a.results["seed"]} twice ({a.path} and {b.path}): '
-                    "pass only one of them, or the mean would count that seed twice"
-                )
-        top1_mean, top1_std = _mean_std([float(r.results["eval_top1"]) for r in members])
-        top5 = [float(r.results["eval_top5"]) for r in members if r.results.get("eval_top5") is not None]
-        top5_mean, top5_std = _mean_std(top5) if top5 else (None, None)
-        rows.append(
-            GroupRow(
-                group=group,
-                protocol=first.protocol,
-                dataset=first.results["dataset"],
-                model=first.results["model"],
-                seeds=tuple(r.results["seed"] for r in members),
-                runs=tuple(members),
-                top1_mean=top1_mean,
-                top1_std=top1_std,
-                top5_mean=top5_mean,
-                top5_std=top5_std,
-                flops_mean=float(statistics.mean([float(r.results["total_train_flops"]) for r in members])),
-                peak_mem_mb_mean=_optional_mean(members, "peak_mem_mb"),
-                wall_s_mean=_optional_mean(members, "wall_s"),
-                devices=tuple(sorted({str(r.results["device"]) for r in members if r.results.get("device")})),
-                stages=_stages_text(first.results),
-            )
-        )
+        _check_group(group, members)
+        rows.append(_group_row(group, members))
     rows.sort(key=lambda g: (g.dataset, g.model, _protocol_rank(g.protocol, baseline_protocol), g.flops_mean, g.group))
     out = []
     for row in rows:
@@ -163,6 +129,49 @@ def summarize_groups(runs: Sequence[Run], baseline_protocol: str = "scratch") ->
             row = dataclasses.replace(row, baseline=ref.group, flops_rel=row.flops_mean / ref.flops_mean)
         out.append(row)
     return out
+
+
+def _check_group(group: str, members: Sequence[Run]) -> None:
+    """One group is one experiment: one protocol, dataset and model, each seed once (``members`` sorted by seed)."""
+    first = members[0]
+    for r in members[1:]:
+        for key in ("protocol", "dataset", "model"):
+            if r.results[key] != first.results[key]:
+                raise UserError(
+                    f'group "{group}" mixes {key} {first.results[key]!r} ({first.path}) and '
+                    f'{r.results[key]!r} ({r.path}): give the runs different "group" names'
+                )
+    for a, b in zip(members, members[1:]):
+        if a.results["seed"] == b.results["seed"]:
+            raise UserError(
+                f'group "{group}" has seed {a.results["seed"]} twice ({a.path} and {b.path}): '
+                "pass only one of them, or the mean would count that seed twice"
+            )
+
+
+def _group_row(group: str, members: Sequence[Run]) -> GroupRow:
+    """The runs of one group reduced to mean and std (no baseline yet)."""
+    first = members[0]
+    top1_mean, top1_std = _mean_std([float(r.results["eval_top1"]) for r in members])
+    top5 = [float(r.results["eval_top5"]) for r in members if r.results.get("eval_top5") is not None]
+    top5_mean, top5_std = _mean_std(top5) if top5 else (None, None)
+    return GroupRow(
+        group=group,
+        protocol=first.protocol,
+        dataset=first.results["dataset"],
+        model=first.results["model"],
+        seeds=tuple(r.results["seed"] for r in members),
+        runs=tuple(members),
+        top1_mean=top1_mean,
+        top1_std=top1_std,
+        top5_mean=top5_mean,
+        top5_std=top5_std,
+        flops_mean=float(statistics.mean([float(r.results["total_train_flops"]) for r in members])),
+        peak_mem_mb_mean=_optional_mean(members, "peak_mem_mb"),
+        wall_s_mean=_optional_mean(members, "wall_s"),
+        devices=tuple(sorted({str(r.results["device"]) for r in members if r.results.get("device")})),
+        stages=_stages_text(first.results),
+    )
 
 
 def _baselines(rows: Sequence[GroupRow], row: GroupRow, baseline_protocol: str) -> list[GroupRow]:
