@@ -22,6 +22,13 @@ precision) into fast- and slow-state epochs: the error on the fast-state epochs 
 and the slow-state factor (median over stages of slow over fast seconds per image), which is written into the cost
 model's JSON (``slow_state_factor``) for the estimate's range.
 
+The shared-machine factor: ``python -m benchmarks.engine_gap`` times the engine's step against the benchmark's (the
+same within a few percent) beside two other training runs, and its benchmark step's CPU seconds per image over the
+benchmark row the model is fitted on (same code, same step: only the machine's load differs) is how much slower
+the same work runs on the busy clock on a loaded machine (:func:`shared_factors`, per precision and family). Where
+that JSON is present, each stage is also priced at it (``shared_error``): a stage whose wall lies between the two
+predictions ran between the quiet floor and the loaded machine.
+
 How the conditions line up: the benchmark ran one 1-thread process on core 1 beside the study's 1-thread training
 on core 0, as the runs ran two at once; what the cost model cannot know is other jobs on the runs' cores: runs are
 grouped by the code commit in their ``command.txt``, which for these runs tells the periods apart (``61f9d7f``:
@@ -102,6 +109,7 @@ def run_stages(run: Path, model: costmodel.CostModel) -> list[dict]:
                 "img_size": rec.img_size,
                 "batch": rec.batch_size,
                 "factor": str(Fraction(w.factor)),
+                "family": costmodel.family(rec.model, w.factor, **kwargs),
                 "images": images,
                 "wall_s": sum(e["s"] for e in epochs),
                 "epochs": epochs,
@@ -159,13 +167,30 @@ def state_split(stages: list[dict]) -> dict:
     }
 
 
-def _errors(s: dict, split: dict) -> dict:
+def shared_factors(gap: dict | None) -> dict[str, float]:
+    """Per ``amp/family``: the median over ``python -m benchmarks.engine_gap``'s cases of their benchmark step's CPU
+    seconds per image there (beside other training runs) over the benchmark row the model is fitted on (same step;
+    only the machine's load differs). Cases without a fitted row are left out; no JSON, no factors."""
+    by_key: dict[str, list[float]] = {}
+    for c in (gap or {}).get("cases", []):
+        fit = c.get("fit")
+        if not fit:
+            continue
+        key = f"{c['amp']}/{c.get('family') or costmodel.family(c['model'])}"
+        by_key.setdefault(key, []).append(1e-6 * c["us_per_image_busy"]["bench"] / fit["s_per_image"])
+    return {k: float(np.median(v)) for k, v in by_key.items()}
+
+
+def _errors(s: dict, split: dict, shared: dict[str, float]) -> dict:
     """The stage's errors: on its whole training wall, on its fastest epoch, on its fast-state epochs (None where
-    not probed or none fast), and the predicted evaluation's share of its predicted training."""
+    not probed or none fast), priced at the shared-machine factor (None without one), and the predicted evaluation's
+    share of its predicted training."""
     per_image = s["predicted_s"] / s["images"]
     fast = split["per_stage"].get((s["run"], s["stage"]), (None, None))[0]
+    factor = shared.get(f"{s['amp']}/{s['family']}")
     return {
         "error": s["predicted_s"] / s["wall_s"] - 1,
+        "shared_error": None if factor is None else factor * s["predicted_s"] / s["wall_s"] - 1,
         "fastest_error": per_image / s["fastest_s_per_image"] - 1,
         "fast_state_error": None if fast is None else per_image / fast - 1,
         "eval_share": None if s["predicted_eval_s"] is None else s["predicted_eval_s"] / s["predicted_s"],
@@ -177,6 +202,7 @@ def _group_summary(mine: list[dict]) -> dict:
     fast = np.array([r["fastest_error"] for r in mine])
     state = [r["fast_state_error"] for r in mine if r["fast_state_error"] is not None]
     shares = [r["eval_share"] for r in mine if r["eval_share"] is not None]
+    shared = [r["shared_error"] for r in mine if r["shared_error"] is not None]
     total = sum(r["predicted_s"] for r in mine) / sum(r["wall_s"] for r in mine) - 1
     return {
         "runs": len({r["run"] for r in mine}),
@@ -191,25 +217,32 @@ def _group_summary(mine: list[dict]) -> dict:
         "fast_state_stages": len(state),
         "fast_state_median_error": float(np.median(state)) if state else None,
         "eval_share_median": float(np.median(shares)) if shares else None,
+        "shared_median_error": float(np.median(shared)) if shared else None,
+        # measured between the quiet floor and the loaded machine's prediction
+        "between": sum(1 for r in mine if r["shared_error"] is not None and r["error"] <= 0 <= r["shared_error"]),
         "work_mismatches": sum(1 for r in mine if not r["work_matches"]),
     }
 
 
-def validate(model: costmodel.CostModel, roots: list[Path] = (RUNS,)) -> dict:
+def validate(model: costmodel.CostModel, roots: list[Path] = (RUNS,), gap: dict | None = None) -> dict:
     """Per stage: predicted and measured wall, their ratio; per runs folder and code commit: the median and spread
-    of the errors, the fast-state error where probed, the evaluation's predicted share; the slow-state factor."""
+    of the errors, the fast-state error where probed, the evaluation's predicted share; the slow-state factor; with
+    ``gap`` (``benchmarks.engine_gap``'s JSON) the errors at its shared-machine factors too."""
     found = []
     for root in roots:
         found += [{**s, "group": f"{_name(root)} @ {s['commit']}"} for s in stages(root, model)]
     found = [s for s in found if s["predicted_s"] is not None]
     split = state_split(found)
-    rows = [{**{k: v for k, v in s.items() if k != "epochs"}, **_errors(s, split)} for s in found]
+    shared = shared_factors(gap)
+    rows = [{**{k: v for k, v in s.items() if k != "epochs"}, **_errors(s, split, shared)} for s in found]
     groups = {g: _group_summary([r for r in rows if r["group"] == g]) for g in dict.fromkeys(r["group"] for r in rows)}
     return {
         "runs_roots": [_name(r) for r in roots],
         "groups": groups,
         "slow_state_factor": split["slow_state_factor"],
         "slow_state_stages": split["stages_with_both"],
+        "shared_factors": shared,
+        "shared_source": None if gap is None else gap.get("_path"),
         "stages": rows,
     }
 
@@ -221,7 +254,8 @@ def _line(group: str, g: dict) -> str:
         f"{pct(g['median_error'])} (|median| {100 * g['median_abs_error']:.1f}%, range "
         f"{pct(g['min_error'])}..{pct(g['max_error'])}), all stages' walls together {pct(g['total_error'])}; "
         f"against each stage's fastest epoch {pct(g['fastest_median_error'])}; fast-state epochs "
-        f"{pct(g['fast_state_median_error'])} ({g['fast_state_stages']} stages probed); evaluation (outside "
+        f"{pct(g['fast_state_median_error'])} ({g['fast_state_stages']} stages probed); at the shared-machine "
+        f"factor {pct(g['shared_median_error'])} ({g['between']} stages between the two); evaluation (outside "
         f"wall_s) adds {pct(g['eval_share_median'])} by the model; stages whose work differs from the record: "
         f"{g['work_mismatches']}"
     )
@@ -237,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
         help="folders of run directories (their summary.csv); default: the fair study's and the check's",
     )
     p.add_argument("--model", type=Path, default=None, help="the cost model JSON (default: this CPU kind's)")
+    p.add_argument(
+        "--gap",
+        type=Path,
+        default=None,
+        help="python -m benchmarks.engine_gap's JSON (default: reports/bench/engine-gap-<this CPU kind>.json if any)",
+    )
     args = p.parse_args(argv)
     path = args.model or costmodel.costmodel_path(machine.cpu_kind())
     if not path.is_file():
@@ -246,9 +286,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     data = json.loads(path.read_text())
-    result = validate(costmodel.CostModel.from_dict(data), [r.resolve() for r in args.runs])
+    gap_path = args.gap or REPO / "reports" / "bench" / f"engine-gap-{costmodel.cpu_kind()['slug']}.json"
+    gap = {**json.loads(gap_path.read_text()), "_path": _name(gap_path.resolve())} if gap_path.is_file() else None
+    result = validate(costmodel.CostModel.from_dict(data), [r.resolve() for r in args.runs], gap)
     for group, g in result["groups"].items():
         print(_line(group, g))
+    if result["shared_factors"]:
+        shown = ", ".join(f"{k} {v:.2f}x" for k, v in result["shared_factors"].items())
+        print(f"shared-machine factors ({result['shared_source']}): {shown}")
     factor = result["slow_state_factor"]
     print(
         f"slow-state factor: {factor:.2f} ({result['slow_state_stages']} stages with both states)"

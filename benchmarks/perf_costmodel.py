@@ -39,10 +39,65 @@ def costmodel_section(benches: list[dict], json_path: Path) -> list[str]:
         *_coef_table(data),
         *_eval_table(data),
     ]
+    gap = json_path.parent / f"engine-gap-{kinds[0]['slug']}.json"
+    if gap.is_file():
+        out += engine_gap_section(json.loads(gap.read_text()), gap.name)
     val = data.get("validation")
     if val:
         out += _validation(data, val)
     return out + [""]
+
+
+def engine_gap_section(gap: dict, name: str) -> list[str]:
+    """``benchmarks/engine_gap.py``'s measurement: the engine's step over the benchmark's, attributed along its chain
+    of changes, and the benchmark step's CPU seconds there over the row the model is fitted on."""
+    variants = gap["variants"]
+    out = [
+        "",
+        f"**The engine's step against the benchmark's** (`{name}`, `{gap['command']}`, {gap['threads']} thread, "
+        f"{gap['started']}; `benchmarks/engine_gap.py`). One process times, round after round in a rotating order, "
+        "the time-split case's step (`bench`) and the run's own (`_StageLoop`), walking from the one to the other one "
+        "change at a time: the model, optimizer and schedule as a run builds them (`engine-model`), a real training "
+        "batch instead of random numbers (`real-batch`), the in-memory loader's fresh batches (`loader`), the "
+        "finiteness check and preemption poll of every step (`engine`). Each factor: the median over rounds of a "
+        "variant's CPU seconds over the previous one's in the same round; *residual*: the whole chain's median ratio "
+        "over the factors' product. Ratios, not seconds: the process shared its core with other training runs "
+        f"(beside it: {'; '.join(gap['beside']) or 'nothing above 20% of a core'}), so its absolute times are the "
+        "loaded machine's.",
+        "",
+        f"| case | {' | '.join(variants[1:])} | engine / bench (CPU s) | engine / bench (wall) | residual | bench "
+        "us/img here (CPU s) | benchmark row us/img | here / row | GEMM GFLOP/s here (median) | core share | cold "
+        "start (s, first steps) |",
+        "|---|" + "---|" * (len(variants) - 1) + "---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in gap["cases"]:
+        f, fit = c["busy"]["factors"], c.get("fit")
+        here = c["us_per_image_busy"]["bench"]
+        row = "-" if not fit else f"{1e6 * fit['s_per_image']:.0f}"
+        ratio = "-" if not fit else f"{1e-6 * here / fit['s_per_image']:.2f}x"
+        rates = c.get("gemm_busy_flops_per_s")
+        out.append(
+            f"| {c['case']} ({c['amp']}) | "
+            + " | ".join(f"{f[v]:.3f}" for v in variants[1:])
+            + f" | {c['busy']['total']:.3f} | {c['wall']['total']:.3f} | {c['busy']['residual']:.3f} | {here:.0f} | "
+            f"{row} | {ratio} | {'-' if not rates else f'{np.median(rates) / 1e9:.0f}'} | {c['core_share']:.2f} | "
+            f"+{c['cold_start']['extra_s']:.2f} ({c['cold_start']['steps']}) |"
+        )
+    tot = [c["busy"]["total"] for c in gap["cases"]]
+    here = [1e-6 * c["us_per_image_busy"]["bench"] / c["fit"]["s_per_image"] for c in gap["cases"] if c.get("fit")]
+    out += [
+        "",
+        f"Read: the engine's step costs {min(tot):.2f}-{max(tot):.2f}x the benchmark's on the same clock, so the "
+        "benchmark times the study path: no per-step work of the engine is missing from the model beyond that"
+        + (
+            f"; the same benchmark step, on this loaded machine, cost {min(here):.2f}-{max(here):.2f}x the CPU "
+            "seconds of the row it was fitted on: that load, not missing work, is what a run's wall above the model "
+            "can come from (priced below as the shared-machine factor)."
+            if here
+            else "."
+        ),
+    ]
+    return out
 
 
 def _coef_table(data: dict) -> list[str]:
@@ -121,12 +176,12 @@ def _validation(data: dict, val: dict) -> list[str]:
         "measured - 1. *Evaluation*: the run's evaluations priced as forwards, as a share of the predicted training "
         "(outside `wall_s`: no committed run measures it). *Fast-state epochs*: where a run recorded `gemm_gflops` "
         "after every epoch (runs since a47e1ca), the error on the epochs whose GEMM rate is in the fast state (the "
-        "state the model is fitted on).",
+        "state the model is fitted on)." + _shared_text(val),
         "",
         "| runs folder @ code commit | runs | stages | work differs | median error | median abs error | range | all "
-        "stages summed | vs each stage's fastest epoch (median) | fast-state epochs (median; stages) | evaluation "
-        "(median share) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "stages summed | vs each stage's fastest epoch (median) | fast-state epochs (median; stages) | at the "
+        "shared-machine factor (median) | between floor and shared | evaluation (median share) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for group, g in val["groups"].items():
         state = g.get("fast_state_median_error")
@@ -135,6 +190,7 @@ def _validation(data: dict, val: dict) -> list[str]:
             f"{_pct(g['median_error'])} | {100 * g['median_abs_error']:.1f}% | {100 * g['min_error']:+.0f}.."
             f"{100 * g['max_error']:+.0f}% | {_pct(g['total_error'])} | {_pct(g['fastest_median_error'])} | "
             f"{_pct(state)}{'' if state is None else '; ' + str(g['fast_state_stages'])} | "
+            f"{_pct(g.get('shared_median_error'))} | {g.get('between', '-')} of {g['stages']} | "
             f"{_pct(g.get('eval_share_median'))} |"
         )
     out += [
@@ -147,7 +203,21 @@ def _validation(data: dict, val: dict) -> list[str]:
             else "not measured yet (no committed run records `gemm_gflops`)."
         ),
     ]
-    return out + ["", *_by_model(val["stages"]), "", _verdict(val["stages"])]
+    out += ["", *_by_model(val["stages"]), "", _verdict(val["stages"])]
+    return out + (["", _shared_verdict(val["stages"])] if val.get("shared_factors") else [])
+
+
+def _shared_text(val: dict) -> str:
+    """What the shared-machine column means, with its factors (none: empty)."""
+    factors = val.get("shared_factors")
+    if not factors:
+        return ""
+    shown = ", ".join(f"{k} {v:.2f}x" for k, v in factors.items())
+    return (
+        f" *At the shared-machine factor*: the prediction times the benchmark step's CPU seconds on the loaded "
+        f"machine over its fitted row ({shown}; `{val.get('shared_source')}`, the table above); *between*: stages "
+        "whose wall lies between the two predictions."
+    )
 
 
 def _verdict(stages: list[dict]) -> str:
@@ -171,20 +241,41 @@ def _verdict(stages: list[dict]) -> str:
     )
 
 
+def _shared_verdict(stages: list[dict]) -> str:
+    """How the runs' walls sit between the quiet floor and the shared-machine prediction."""
+    priced = [s for s in stages if s.get("shared_error") is not None]
+    between = sum(1 for s in priced if s["error"] <= 0 <= s["shared_error"])
+    above = sum(1 for s in priced if s["shared_error"] < 0)
+    keys = list(dict.fromkeys((s["group"], s["model"]) for s in priced))
+    med = {k: float(np.median([s["shared_error"] for s in priced if (s["group"], s["model"]) == k])) for k in keys}
+    good = [f"{k[1]} in {k[0]} ({100 * v:+.0f}%)" for k, v in med.items() if abs(v) <= TARGET]
+    return (
+        f"Between the floor and the shared-machine prediction: {between} of {len(priced)} stages; above both (slower "
+        f"than even the loaded machine's step): {above}. Within the {100 * TARGET:.0f}% target at the shared-machine "
+        f"factor: {'; '.join(good) if good else 'none'} ({len(good)} of {len(keys)} groups). The factor is one "
+        "measurement of one load (the table above): it brackets the runs' walls, it does not say which load a run had."
+    )
+
+
 def _by_model(stages: list[dict]) -> list[str]:
-    """The validation per runs folder, model and precision: measured and predicted seconds per image."""
+    """The validation per runs folder, model and precision: measured and predicted seconds per image (and at the
+    shared-machine factor, where the check had one)."""
     out = [
         "| runs folder @ code commit | model | precision | stages | measured us/img (median) | fastest epoch us/img "
-        "(median) | predicted us/img | median error |",
-        "|---|---|---|---|---|---|---|---|",
+        "(median) | predicted us/img | median error | at the shared-machine factor: us/img, median error |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for key in dict.fromkeys((s["group"], s["model"], s["amp"]) for s in stages):
         mine = [s for s in stages if (s["group"], s["model"], s["amp"]) == key]
         meas = np.median([s["wall_s"] / s["images"] for s in mine])
         fast = np.median([s["fastest_s_per_image"] for s in mine])
         pred = mine[0]["predicted_s"] / mine[0]["images"]
+        shared = [s["shared_error"] for s in mine if s.get("shared_error") is not None]
+        at = mine[0].get("shared_error")
+        at = "-" if at is None else f"{1e6 * (1 + at) * mine[0]['wall_s'] / mine[0]['images']:.0f}"
         out.append(
             f"| {key[0]} | {key[1]} | {key[2]} | {len(mine)} | {1e6 * meas:.0f} | {1e6 * fast:.0f} | "
-            f"{1e6 * pred:.0f} | {100 * np.median([s['error'] for s in mine]):+.0f}% |"
+            f"{1e6 * pred:.0f} | {100 * np.median([s['error'] for s in mine]):+.0f}% | "
+            + (f"{at}, {100 * np.median(shared):+.0f}% |" if shared else "- |")
         )
     return out

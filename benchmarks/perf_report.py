@@ -89,12 +89,15 @@ def run(pytest_args: list[str], bench_dir: Path = BENCH_DIR) -> int:
 
 MEMORY_GLOB = "diffusionblocks-memory-*.json"  # benchmarks/diffusionblocks_memory.py's output, not pytest-benchmark
 COSTMODEL_GLOB = "costmodel-*.json"  # rbdc.cost.costmodel's fits (a device check's, beside its JSON), not benchmarks
+ENGINE_GAP_GLOB = "engine-gap-*.json"  # benchmarks/engine_gap.py's (read by the cost model's section), not benchmarks
 
 
 def load(bench_dir: Path = BENCH_DIR) -> list[dict]:
     """Every ``*.json`` in ``bench_dir`` (pytest-benchmark output) but the memory measurements, sorted by name."""
     runs = []
-    memory = set(bench_dir.glob(MEMORY_GLOB)) | set(bench_dir.glob(COSTMODEL_GLOB))
+    memory = (
+        set(bench_dir.glob(MEMORY_GLOB)) | set(bench_dir.glob(COSTMODEL_GLOB)) | set(bench_dir.glob(ENGINE_GAP_GLOB))
+    )
     for path in sorted(set(bench_dir.glob("*.json")) - memory):
         try:
             data = json.loads(path.read_text())

@@ -128,3 +128,45 @@ def test_the_check_writes_the_slow_state_factor_for_the_estimate(tmp_path):
     model = costmodel.CostModel.from_dict(json.loads(path.read_text()))
     assert model.slow_state_factor == pytest.approx(2.5)
     assert estimate.slow_range(3600.0, model.slow_state_factor).endswith("if the machine is in its slow state")
+
+
+def _gap(bench_us: float, fit_s: float, amp: str = "bf16", model: str = "rbdc_vit_nano_patch4_32") -> dict:
+    """One case of ``benchmarks.engine_gap``'s JSON: its benchmark step's CPU us/img there and its fitted row's."""
+    return {
+        "case": model,
+        "model": model,
+        "amp": amp,
+        "us_per_image_busy": {"bench": bench_us},
+        "fit": {"s_per_image": fit_s, "fit_s_per_image": fit_s},
+    }
+
+
+def test_the_shared_machine_factor_is_the_median_bench_step_over_its_fitted_row_per_precision_and_family():
+    gap = {
+        "cases": [
+            _gap(1300.0, 1e-3),
+            _gap(1500.0, 1e-3),
+            _gap(1400.0, 1e-3),
+            _gap(2000.0, 1e-3, "fp32", "resnet18"),
+            {**_gap(9e9, 1e-3), "fit": None},  # no fitted row for it: left out
+        ]
+    }
+    assert costmodel_check.shared_factors(gap) == {"bf16/vit": pytest.approx(1.4), "fp32/resnet": pytest.approx(2.0)}
+    assert costmodel_check.shared_factors(None) == {}
+
+
+def test_the_check_prices_each_stage_at_the_shared_machine_factor_too(tmp_path):
+    per_epoch = _fake_run(tmp_path, "slow", [10.0] * 4, None)
+    predicted = 4 * per_epoch * TRAIN_S  # the model's seconds for the stage; its wall: 40 s
+    factor = 1.2 * 40.0 / predicted  # the loaded machine's prediction lands 20% above the wall
+    result = costmodel_check.validate(_model(), [tmp_path], {"cases": [_gap(1e6 * factor, 1.0)], "_path": "x.json"})
+    (stage,) = result["stages"]
+    assert stage["family"] == "vit"
+    assert stage["error"] == pytest.approx(predicted / 40.0 - 1) and stage["error"] < 0
+    assert stage["shared_error"] == pytest.approx(0.2)
+    (group,) = result["groups"].values()
+    assert group["between"] == 1 and group["shared_median_error"] == pytest.approx(0.2)
+    assert result["shared_factors"] == {"bf16/vit": pytest.approx(factor)} and result["shared_source"] == "x.json"
+    without = costmodel_check.validate(_model(), [tmp_path])
+    (plain,) = without["groups"].values()
+    assert without["stages"][0]["shared_error"] is None and plain["between"] == 0
