@@ -74,6 +74,7 @@ def epochs_of(rows: list[dict]) -> list[dict]:
                 "s": float(r["wall_s"]) - wall,
                 "images": int(r["images_seen"]) - seen,
                 "gemm_gflops": None if rate is None else float(rate),
+                "cpu_s": float(r["cpu_s"]) if r.get("cpu_s") else None,  # per epoch, the steps' interval
             }
         )
         wall, seen = float(r["wall_s"]), int(r["images_seen"])
@@ -112,6 +113,7 @@ def run_stages(run: Path, model: costmodel.CostModel) -> list[dict]:
                 "family": costmodel.family(rec.model, w.factor, **kwargs),
                 "images": images,
                 "wall_s": sum(e["s"] for e in epochs),
+                "cpu_s": sum(e["cpu_s"] for e in epochs) if all(e["cpu_s"] for e in epochs) else None,
                 "epochs": epochs,
                 "commit": commit,
                 "capability": (envs[-1].get("cpu") or {}).get("capability") if envs else None,
@@ -192,6 +194,10 @@ def _errors(s: dict, split: dict, shared: dict[str, float]) -> dict:
         "error": s["predicted_s"] / s["wall_s"] - 1,
         "shared_error": None if factor is None else factor * s["predicted_s"] / s["wall_s"] - 1,
         "fastest_error": per_image / s["fastest_s_per_image"] - 1,
+        # on the process's CPU clock (runs since cpu_s; 1-thread runs): what is left once turns given to other jobs
+        # on its core are out of the wall
+        "cpu_error": None if not s.get("cpu_s") else s["predicted_s"] / s["cpu_s"] - 1,
+        "core_share": None if not s.get("cpu_s") else s["cpu_s"] / s["wall_s"],
         "fast_state_error": None if fast is None else per_image / fast - 1,
         "eval_share": None if s["predicted_eval_s"] is None else s["predicted_eval_s"] / s["predicted_s"],
     }
@@ -221,6 +227,17 @@ def _group_summary(mine: list[dict]) -> dict:
         # measured between the quiet floor and the loaded machine's prediction
         "between": sum(1 for r in mine if r["shared_error"] is not None and r["error"] <= 0 <= r["shared_error"]),
         "work_mismatches": sum(1 for r in mine if not r["work_matches"]),
+        **_cpu_summary(mine),
+    }
+
+
+def _cpu_summary(mine: list[dict]) -> dict:
+    """The CPU-clock error and the core share (CPU seconds over wall) of the stages that recorded ``cpu_s``."""
+    cpu = [r for r in mine if r.get("cpu_error") is not None]
+    return {
+        "cpu_stages": len(cpu),
+        "cpu_median_error": float(np.median([r["cpu_error"] for r in cpu])) if cpu else None,
+        "core_share_median": float(np.median([r["core_share"] for r in cpu])) if cpu else None,
     }
 
 
@@ -247,6 +264,10 @@ def validate(model: costmodel.CostModel, roots: list[Path] = (RUNS,), gap: dict 
     }
 
 
+def _share(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
 def _line(group: str, g: dict) -> str:
     pct = lambda x: "-" if x is None else f"{100 * x:+.1f}%"  # noqa: E731
     return (
@@ -256,7 +277,9 @@ def _line(group: str, g: dict) -> str:
         f"against each stage's fastest epoch {pct(g['fastest_median_error'])}; fast-state epochs "
         f"{pct(g['fast_state_median_error'])} ({g['fast_state_stages']} stages probed); at the shared-machine "
         f"factor {pct(g['shared_median_error'])} ({g['between']} stages between the two); evaluation (outside "
-        f"wall_s) adds {pct(g['eval_share_median'])} by the model; stages whose work differs from the record: "
+        f"wall_s) adds {pct(g['eval_share_median'])} by the model; on the CPU clock {pct(g['cpu_median_error'])} "
+        f"({g['cpu_stages']} stages with cpu_s; core share {_share(g['core_share_median'])}); stages whose work "
+        "differs from the record: "
         f"{g['work_mismatches']}"
     )
 

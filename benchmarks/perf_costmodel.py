@@ -176,22 +176,26 @@ def _validation(data: dict, val: dict) -> list[str]:
         "measured - 1. *Evaluation*: the run's evaluations priced as forwards, as a share of the predicted training "
         "(outside `wall_s`: no committed run measures it). *Fast-state epochs*: where a run recorded `gemm_gflops` "
         "after every epoch (runs since a47e1ca), the error on the epochs whose GEMM rate is in the fast state (the "
-        "state the model is fitted on)." + _shared_text(val),
+        "state the model is fitted on). *CPU clock*: where a run recorded `cpu_s` per epoch (runs since 6fa8be5), "
+        "predicted / the steps' process CPU seconds - 1, and the *core share* (CPU seconds over wall; 1-thread runs): "
+        "the wall error with the turns other jobs took on the run's core taken out." + _shared_text(val),
         "",
         "| runs folder @ code commit | runs | stages | work differs | median error | median abs error | range | all "
         "stages summed | vs each stage's fastest epoch (median) | fast-state epochs (median; stages) | at the "
-        "shared-machine factor (median) | between floor and shared | evaluation (median share) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "shared-machine factor (median) | between floor and shared | CPU clock (median; stages) | core share "
+        "(median) | evaluation (median share) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for group, g in val["groups"].items():
-        state = g.get("fast_state_median_error")
+        state, cpu, share = g.get("fast_state_median_error"), g.get("cpu_median_error"), g.get("core_share_median")
         out.append(
             f"| {group} | {g['runs']} | {g['stages']} | {g.get('work_mismatches', '-')} | "
             f"{_pct(g['median_error'])} | {100 * g['median_abs_error']:.1f}% | {100 * g['min_error']:+.0f}.."
             f"{100 * g['max_error']:+.0f}% | {_pct(g['total_error'])} | {_pct(g['fastest_median_error'])} | "
             f"{_pct(state)}{'' if state is None else '; ' + str(g['fast_state_stages'])} | "
             f"{_pct(g.get('shared_median_error'))} | {g.get('between', '-')} of {g['stages']} | "
-            f"{_pct(g.get('eval_share_median'))} |"
+            f"{_pct(cpu)}{'' if cpu is None else '; ' + str(g['cpu_stages'])} | "
+            f"{'-' if share is None else f'{share:.2f}'} | {_pct(g.get('eval_share_median'))} |"
         )
     out += [
         "",

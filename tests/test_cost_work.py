@@ -86,22 +86,24 @@ def test_plan_prints_the_slow_state_range_only_where_the_model_holds_the_factor(
         assert ("if the machine is in its slow state" in last) == shown, last
 
 
-def _fake_run(root, name: str, walls: list[float], rates: list[float] | None):
+def _fake_run(root, name: str, walls: list[float], rates: list[float] | None, cpu: list[float] | None = None):
     """A committed-looking run: the scratch recipe at 4 epochs, and a summary.csv of ``walls`` seconds per epoch
-    (with ``gemm_gflops`` where ``rates``), evaluations every second epoch as the recipe says."""
+    (with ``gemm_gflops`` where ``rates``, ``cpu_s`` per epoch where ``cpu``), evaluations every second epoch as the
+    recipe says."""
     run = root / name
     run.mkdir(parents=True)
     rec = recipes.resolve(SCRATCH, ["data.holdout=0.1", "budget_epochs=4", "eval_every=2"])
     (run / "recipe.yaml").write_text(recipes.dump(rec))
     per_epoch = plan_size(rec).train_size // rec.batch_size * rec.batch_size
     fields = ["stage", "model", "epoch", "images_seen", "wall_s", "eval_top1"] + (["gemm_gflops"] if rates else [])
+    fields += ["cpu_s"] if cpu else []
     with (run / "summary.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fields)
         w.writeheader()
         for e, _ in enumerate(walls):
             row = {"stage": "scratch", "model": rec.model, "epoch": e, "images_seen": per_epoch * (e + 1)}
             row.update(wall_s=sum(walls[: e + 1]), eval_top1=50.0 if e % 2 else "")
-            w.writerow({**row, **({"gemm_gflops": rates[e]} if rates else {})})
+            w.writerow({**row, **({"gemm_gflops": rates[e]} if rates else {}), **({"cpu_s": cpu[e]} if cpu else {})})
     return per_epoch
 
 
@@ -170,3 +172,17 @@ def test_the_check_prices_each_stage_at_the_shared_machine_factor_too(tmp_path):
     without = costmodel_check.validate(_model(), [tmp_path])
     (plain,) = without["groups"].values()
     assert without["stages"][0]["shared_error"] is None and plain["between"] == 0
+
+
+def test_the_check_reads_a_stage_on_its_cpu_clock_where_the_run_recorded_cpu_s(tmp_path):
+    per_epoch = _fake_run(tmp_path, "timed", [10.0] * 4, None, cpu=[7.0, 8.0, 7.0, 8.0])  # 30 of 40 s on its core
+    _fake_run(tmp_path, "untimed", [10.0] * 4, None)
+    result = costmodel_check.validate(_model(), [tmp_path])
+    by_run = {s["run"]: s for s in result["stages"]}
+    predicted = 4 * per_epoch * TRAIN_S
+    assert by_run["timed"]["cpu_error"] == pytest.approx(predicted / 30.0 - 1)
+    assert by_run["timed"]["core_share"] == pytest.approx(0.75)
+    assert by_run["untimed"]["cpu_error"] is None and by_run["untimed"]["core_share"] is None
+    (group,) = result["groups"].values()
+    assert group["cpu_stages"] == 1 and group["core_share_median"] == pytest.approx(0.75)
+    assert group["cpu_median_error"] == pytest.approx(predicted / 30.0 - 1)
