@@ -1,8 +1,8 @@
 """The cost model against the committed runs' own stage walls: ``python -m benchmarks.costmodel_check``.
 
-For every stage of every run under the runs folders (default ``reports/runs/imagenette32-fair`` and
-``reports/runs/costmodel-check``: runs on the 2-core Intel Xeon, model 207, AVX-512 + AMX, two 1-thread runs at
-once) it builds the stage's work from the run's recipe (:func:`rbdc.cost.work.recipe_work`, the function the
+For every stage of every run under the runs folders (default ``reports/runs/imagenette32-fair``,
+``reports/runs/costmodel-check`` and ``reports/runs/balloon-r18/backbones``: runs on the 2-core Intel Xeon, model
+207, AVX-512 + AMX, two 1-thread runs at once) it builds the stage's work from the run's recipe (:func:`rbdc.cost.work.recipe_work`, the function the
 estimate of ``rbdc train --dry-run --estimate`` prices: images trained, evaluation passes and the images they read)
 and prices it (:func:`rbdc.cost.work.predict_stage`):
 
@@ -59,6 +59,8 @@ from rbdc.runs.rundir import atomic_write_bytes
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "reports" / "runs" / "imagenette32-fair"
 CHECK = REPO / "reports" / "runs" / "costmodel-check"  # short runs made beside the benchmark, for this check
+# the detection study's ResNet-18 backbones (imagenette32 b8): the first committed runs with cpu_s and gemm_gflops
+BACKBONES = REPO / "reports" / "runs" / "balloon-r18" / "backbones"
 
 
 def epochs_of(rows: list[dict]) -> list[dict]:
@@ -290,8 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         "--runs",
         type=Path,
         nargs="+",
-        default=[RUNS, CHECK],
-        help="folders of run directories (their summary.csv); default: the fair study's and the check's",
+        default=[RUNS, CHECK, BACKBONES],
+        help="folders of run directories (their summary.csv); default: the fair study's, the check's and the "
+        "balloon-r18 backbones'",
     )
     p.add_argument("--model", type=Path, default=None, help="the cost model JSON (default: this CPU kind's)")
     p.add_argument(
