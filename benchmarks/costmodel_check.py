@@ -2,9 +2,9 @@
 
 For every stage of every run under the runs folders (default ``reports/runs/imagenette32-fair``,
 ``reports/runs/costmodel-check`` and ``reports/runs/balloon-r18/backbones``: runs on the 2-core Intel Xeon, model
-207, AVX-512 + AMX, two 1-thread runs at once) it builds the stage's work from the run's recipe (:func:`rbdc.cost.work.recipe_work`, the function the
-estimate of ``rbdc train --dry-run --estimate`` prices: images trained, evaluation passes and the images they read)
-and prices it (:func:`rbdc.cost.work.predict_stage`):
+207, AVX-512 + AMX, two 1-thread runs at once) it builds the stage's work from the run's recipe
+(:func:`rbdc.cost.work.recipe_work`, the function the estimate of ``rbdc train --dry-run --estimate`` prices: images
+trained, evaluation passes and the images they read) and prices it (:func:`rbdc.cost.work.predict_stage`):
 
     training: images x (the cost model's seconds per image of the stage's model, precision and batch
                         + the in-memory loader's seconds per image at the stage's size)
