@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     data = json.loads(path.read_text())
-    gap_path = args.gap or REPO / "reports" / "bench" / f"engine-gap-{costmodel.cpu_kind()['slug']}.json"
+    gap_path = args.gap or REPO / "reports" / "bench" / f"engine-gap-{machine.cpu_kind()['slug']}.json"
     gap = {**json.loads(gap_path.read_text()), "_path": _name(gap_path.resolve())} if gap_path.is_file() else None
     result = validate(costmodel.CostModel.from_dict(data), [r.resolve() for r in args.runs], gap)
     for group, g in result["groups"].items():

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from benchmarks.time_split import gemm_busy_rate
+from rbdc.cost import costmodel
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "configs" / "recipes" / "imagenette32"
@@ -197,7 +198,7 @@ def measure(label: str, train_ds, rounds: int, cold_steps: int = 3) -> dict:
     return {
         "case": label,
         "model": v.recipe.model,
-        "family": "resnet" if "resnet" in label else "vit",
+        "family": costmodel.family(v.recipe.model),
         "factor": str(CASES[label][1]),
         "time_split_case": str(v.bench.case),
         "amp": v.recipe.amp,
@@ -219,7 +220,8 @@ def measure(label: str, train_ds, rounds: int, cold_steps: int = 3) -> dict:
 def fitted_row(case, model: dict | None = None) -> dict | None:
     """The cost model's row for the time-split ``case`` (this kind's fitted JSON): the benchmark's measured
     seconds per image (fast-state rounds, busy clock, one process per core) and the fit's; None where absent."""
-    from rbdc.cost.costmodel import costmodel_path, cpu_kind
+    from rbdc.cost.costmodel import costmodel_path
+    from rbdc.cost.machine import cpu_kind
 
     if model is None:
         path = costmodel_path(cpu_kind())
@@ -241,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     from benchmarks.time_split import beside
     from rbdc import recipe as recipes
-    from rbdc.cost.costmodel import cpu_kind
+    from rbdc.cost.machine import cpu_kind
     from rbdc.data import recipe_datasets
 
     rec = recipes.resolve(RECIPES / "vit-nano-scratch.yaml", ["data.holdout=0.1", "data.holdout_seed=0"])
