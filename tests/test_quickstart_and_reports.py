@@ -112,3 +112,18 @@ def test_the_readme_headline_is_the_committed_reports():
     for number in re.findall(r"[+-]?\d+\.\d+%?", "\n".join(headline.extract(md))):
         assert number in block
     assert readme.index(block) < readme.index("## Layout")  # right under the set-up commands
+
+
+def test_the_readme_states_the_detection_verdict_of_the_committed_report():
+    """The README's Results line on detection says what balloon-r18's generated verdict says (claim and why)."""
+    import re
+
+    readme = (make_reports.REPO / "README.md").read_text(encoding="utf-8")
+    md = (make_reports.REPO / "reports" / "detection" / "balloon-r18.md").read_text(encoding="utf-8")
+    line = re.search(r"- Detection \(the backbone claim\):(.*?)\n- ", readme, re.S)
+    assert line, "README.md's Results has no '- Detection (the backbone claim):' line"
+    said = line.group(1)
+    claim = re.search(r"is \*\*(supported|refuted|still open)\*\* at this scale", md).group(1)
+    assert f"Its verdict: {claim}" in " ".join(said.split())
+    measured = "**Backbones are being measured**" in md
+    assert ("do not beat the random-init control" in " ".join(said.split())) == (not measured)
