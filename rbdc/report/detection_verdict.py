@@ -15,10 +15,7 @@ stay 95%.
 
 from __future__ import annotations
 
-import math
 import statistics
-
-from scipy import stats as scipy_stats
 
 from .stats import welch
 
@@ -62,21 +59,10 @@ def per_seed(rows: list[dict], label: str, key: str) -> list[float]:
     return [statistics.mean(v) for _, v in sorted(by_seed.items())]
 
 
-def welch_level(a: list[float], b: list[float], level: float) -> tuple[float, float | None]:
-    """Mean difference a − b and the half width of its Welch interval at ``level``: at 95% exactly :func:`welch`
-    (the study tables' rule), otherwise the t quantile at the same rounded-down Welch degrees of freedom."""
-    d, hw = welch(a, b)
-    if level == 0.95 or not hw:
-        return d, hw
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    return d, float(scipy_stats.t.ppf(0.5 + level / 2, max(1, math.floor(dof)))) * math.sqrt(va + vb)
-
-
 def diff_text(a: list[float], b: list[float], level: float = 0.95) -> tuple[str, float | None, float | None]:
     if not a or not b:
         return "–", None, None
-    d, hw = welch_level(a, b, level)
+    d, hw = welch(a, b, level)
     if hw is None:
         return f"{d:+.1f}", None, None
     return f"{d:+.1f} [{d - hw:+.1f}, {d + hw:+.1f}]", d - hw, d + hw

@@ -289,8 +289,9 @@ def t_half_width(values: Sequence[float]) -> float | None:
     return t975(n - 1) * statistics.stdev(values) / math.sqrt(n)
 
 
-def welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float | None]:
-    """Mean difference a - b and the half width of its Welch 95% interval (None without two values each)."""
+def welch(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> tuple[float, float | None]:
+    """Mean difference a - b and the half width of its Welch interval (None without two values each): at 95% from
+    :data:`T975`, at another ``level`` from scipy's t quantile, both at the rounded-down Welch degrees of freedom."""
     d = statistics.mean(a) - statistics.mean(b)
     if len(a) < 2 or len(b) < 2:
         return d, None
@@ -298,4 +299,8 @@ def welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float | None]:
     if va + vb == 0:
         return d, 0.0
     dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    return d, t975(dof) * math.sqrt(va + vb)
+    if level == 0.95:
+        return d, t975(dof) * math.sqrt(va + vb)
+    from scipy import stats as scipy_stats  # only the detection verdict's family-wise intervals need it
+
+    return d, float(scipy_stats.t.ppf(0.5 + level / 2, max(1, math.floor(dof)))) * math.sqrt(va + vb)
