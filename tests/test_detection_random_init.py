@@ -339,6 +339,16 @@ def test_the_measured_gate_and_the_claim_words():
     assert claim(["matches"] * 4) == "still open" and claim(["?"] * 4) == "still open"
 
 
+def test_welch_at_another_level_agrees_with_the_95_table_and_widens_with_the_level():
+    from rbdc.report.stats import welch
+
+    a, b = [29.1, 19.0, 19.9, 24.0], [17.0, 17.8, 22.5]
+    d, hw95 = welch(a, b)
+    d2, hw_near = welch(a, b, 0.9500001)  # scipy's quantile, the table's rounding of the degrees of freedom
+    assert d == d2 and hw_near == pytest.approx(hw95, rel=1e-3)
+    assert welch(a, b, 0.9875)[1] > hw95 > welch(a, b, 0.9)[1]
+
+
 @pytest.mark.parametrize("seeds", [3, 5])
 def test_the_claim_says_supported_for_equal_backbones_no_more_often_than_one_interval_would(seeds):
     """Four metrics read at once: under equal backbones the claim may say "supported" in at most 2.5% of studies (one
