@@ -220,11 +220,10 @@ def measure(label: str, train_ds, rounds: int, cold_steps: int = 3) -> dict:
 def fitted_row(case, model: dict | None = None) -> dict | None:
     """The cost model's row for the time-split ``case`` (this kind's fitted JSON): the benchmark's measured
     seconds per image (fast-state rounds, busy clock, one process per core) and the fit's; None where absent."""
-    from rbdc.cost.costmodel import costmodel_path
     from rbdc.cost.machine import cpu_kind
 
     if model is None:
-        path = costmodel_path(cpu_kind())
+        path = costmodel.costmodel_path(cpu_kind())
         if not path.is_file():
             return None
         model = json.loads(path.read_text())
