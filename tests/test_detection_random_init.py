@@ -287,6 +287,27 @@ def test_the_report_traces_every_run_and_keeps_one_json_record_per_fine_tuning(t
     assert md.count("**differs from its manifest**") == 1 and "manifest): det-r18/random-init/seed1/ft0" in md
 
 
+@pytest.mark.parametrize("control", [True, False])
+def test_the_figure_draws_box_ap50_with_the_threshold_the_verdict_reads(tmp_path, control):
+    """The gate reads box AP50 (with a control: the reference's mean against 20; without: any run against 10), so
+    the figure's first AP panel is box AP50 and carries that line, labelled."""
+    from rbdc.report.detection import collect, draw
+    from rbdc.report.detection_verdict import LEARNED_AP50, MEASURED_AP50
+
+    box50 = {"scratch": [24.0, 26.0], "rbdc": [30.0, 31.0], "random-init": [9.0, 10.0]}
+    study, out, _ = _fabricate(tmp_path, box50)
+    if not control:
+        study.random_init = None
+    fig = draw(study, collect(study, out))
+    loss, ap50, box, mask = fig.axes
+    assert "box AP50" in ap50.get_title() and "box AP" in box.get_title() and "mask AP" in mask.get_title()
+    level = MEASURED_AP50 if control else LEARNED_AP50
+    lines = [ln for ln in ap50.get_lines() if set(ln.get_ydata()) == {level}]
+    assert len(lines) == 1 and f"≥ {level:g}" in lines[0].get_label()
+    run_tops = sorted(round(float(ln.get_ydata()[-1]), 6) for ln in ap50.get_lines() if ln not in lines)
+    assert run_tops == sorted(v for vs in box50.values() for v in vs)
+
+
 def _rows(values: dict[str, list[float]]) -> list[dict]:
     """Rows of fabricated runs: every AP of a (label, seed) is the value given."""
     keys = ("bbox_mAP", "bbox_mAP_50", "segm_mAP", "segm_mAP_50")

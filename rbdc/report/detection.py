@@ -26,7 +26,7 @@ from rbdc.runs.rundir import MANIFEST, RESULTS, atomic_write_bytes
 from .colors import series_colors
 from .figure import save_png
 from .fmt import DASH, pm
-from .detection_verdict import diff_text, per_seed, pretrained, verdict
+from .detection_verdict import LEARNED_AP50, MEASURED_AP50, diff_text, per_seed, pretrained, verdict
 from .stats import t_half_width
 
 __all__ = ["METRICS", "collect", "build"]
@@ -40,6 +40,10 @@ METRICS = [
     ("segm_mAP_75", "mask AP75"),
 ]
 RUNS = "reports/runs"  # where the report's runs are kept in the repository: the JSON's paths start with it
+
+
+# the figure's AP panels, after the loss: the verdict's threshold metric first (rbdc.report.detection_verdict)
+FIGURE_METRICS = ("bbox_mAP_50", "bbox_mAP", "segm_mAP")
 
 
 def _ap(entry: dict, key: str) -> float | None:
@@ -281,13 +285,18 @@ def _verdict_and_runs(study: DetStudy, rows: list[dict], png: str) -> list[str]:
 
 
 def _figure(study: DetStudy, rows: list[dict], path: Path) -> None:
+    save_png(draw(study, rows), path)
+
+
+def draw(study: DetStudy, rows: list[dict]):
+    """The figure: training loss, then box AP50 (with the verdict's threshold), box AP and mask AP per epoch."""
     # Figure + FigureCanvasAgg instead of pyplot: no global backend switch, no figure manager to leak
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(13, 3.6), dpi=100)
+    fig = Figure(figsize=(16, 3.6), dpi=100)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 3)
+    axes = fig.subplots(1, 4)
     # a label names its backbones' protocol (scratch, rbdc): the protocol's colour, others spare ones
     colors = series_colors([(label, label) for label in study.labels])
     for label in study.labels:
@@ -298,19 +307,28 @@ def _figure(study: DetStudy, rows: list[dict], path: Path) -> None:
                 it, loss = zip(*r["loss_curve"])
                 axes[0].plot(it, loss, color=color, alpha=0.6, lw=1, label=tag)
             ep = [c["epoch"] for c in r["val_curve"]]
-            axes[1].plot(ep, [c["bbox_mAP"] for c in r["val_curve"]], color=color, alpha=0.6, marker=".", label=tag)
-            axes[2].plot(ep, [c["segm_mAP"] for c in r["val_curve"]], color=color, alpha=0.6, marker=".", label=tag)
-    for ax, title, xlabel in zip(
-        axes, ("training loss", "val box AP (%)", "val mask AP (%)"), ("iteration", "epoch", "epoch")
-    ):
-        ax.set_title(title)
+            for ax, key in zip(axes[1:], FIGURE_METRICS):
+                ax.plot(ep, [c[key] for c in r["val_curve"]], color=color, alpha=0.6, marker=".", label=tag)
+    # the box AP50 threshold the verdict reads, where the reader looks for it: with a control, the gate on the
+    # reference's final mean; without one, the line under which every run "barely learned"
+    ref = study.labels[0]
+    level, what = (
+        (MEASURED_AP50, f"gate: {ref}'s mean ≥ {MEASURED_AP50:g}")
+        if study.random_init is not None
+        else (LEARNED_AP50, f"learned: some run ≥ {LEARNED_AP50:g}")
+    )
+    axes[1].axhline(level, color="0.4", ls="--", lw=1, label=what)
+    titles = ("training loss", "val box AP50 (%), the verdict's threshold", "val box AP (%)", "val mask AP (%)")
+    for ax, title, xlabel in zip(axes, titles, ("iteration", "epoch", "epoch", "epoch")):
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     if axes[0].get_legend_handles_labels()[0]:  # runs without logged losses draw no line there
         axes[0].legend()
+    axes[1].legend(fontsize=8)
     fig.suptitle(f"{study.name}: one line per run", fontsize=10)
     fig.tight_layout()
-    save_png(fig, path)
+    return fig
 
 
 def _rel(path, project: Path) -> str:
