@@ -297,3 +297,21 @@ def test_the_study_modules_never_import_their_reports():
         names = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         assert not [n for n in names if "report" in n], (mod, names)
+
+
+def test_a_series_keeps_its_colour_across_panels_and_a_colour_names_one_series_per_figure():
+    """The fair study shows RBDC d1 in its ViT panel (beside d2) and again in the ablation panel (beside the copies
+    ablation, also protocol rbdc): d1 looks the same in both, and the copies do not take d2's colour."""
+    from rbdc import protocols
+    from rbdc.report.colors import figure_colors, series_colors
+
+    vit = [("scratch", "scratch"), ("d1", "rbdc"), ("d2", "rbdc")]
+    resnet = [("r-scratch", "scratch"), ("r-d1", "rbdc")]
+    ablation = [("scratch", "scratch"), ("d1", "rbdc"), ("copies", "rbdc"), ("hc", "hypercloning")]
+    a, b, c = figure_colors([vit, resnet, ablation])
+    assert a == series_colors(vit)  # the first panel as before
+    assert b["r-d1"][0] == protocols.get("rbdc").color  # another model's d1 is RBDC's colour in its own panel
+    assert c["d1"] == a["d1"] and c["scratch"] == a["scratch"]
+    assert c["copies"][0] not in {a["d2"][0], c["d1"][0], c["hc"][0]}
+    assert len({m for _, m in c.values()}) == len(c)  # no two series of a panel share a marker
+

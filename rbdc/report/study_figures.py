@@ -9,7 +9,7 @@ import numpy as np
 
 from rbdc.units import human_flops
 
-from .colors import series_colors
+from .colors import figure_colors, series_colors
 from .figure import save_png
 from .fmt import budget as _budget
 from .study import BOUND, PAPER_SAVING, Point, series, recipe_value
@@ -41,10 +41,15 @@ def has_panel_runs(points: dict, spec: dict) -> bool:
     return any(series(points, n) for pn in spec.get("panels", []) for n in (pn["baseline"], *pn["series"]))
 
 
-def panel_colors(points: dict, panel: dict) -> dict[str, tuple[str, str]]:
-    """``(colour, marker)`` of the panel's series with runs (:func:`rbdc.report.colors.series_colors`)."""
-    named = [(n, ps[0].protocol) for n in (panel["baseline"], *panel["series"]) if (ps := series(points, n))]
-    return series_colors(named)
+def panel_colors(points: dict, spec: dict) -> list[dict[str, tuple[str, str]]]:
+    """``(colour, marker)`` of each panel's series with runs, one style per series across the figure
+    (:func:`rbdc.report.colors.figure_colors`): a series in two panels looks the same in both."""
+    return figure_colors(
+        [
+            [(n, ps[0].protocol) for n in (pn["baseline"], *pn["series"]) if (ps := series(points, n))]
+            for pn in spec.get("panels", [])
+        ]
+    )
 
 
 def figures(points: dict, spec: dict, savings: dict, out: Path) -> dict[str, Path]:
@@ -138,9 +143,10 @@ def _inset(ax, scratch_name: str, scratch: list[Point], far: list, colors: dict)
 def _fig2(points: dict, spec: dict, path: Path) -> Path:
     panels = spec.get("panels", [])
     fig = _figure(5.6 * len(panels), 4.8)
+    styles = panel_colors(points, spec)
     for i, panel in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
-        colors = panel_colors(points, panel)
+        colors = styles[i]
         scratch = series(points, panel["baseline"])
         named = [(n, ps) for n in panel["series"] if (ps := series(points, n))]
         near, far = _split(scratch, named) if len(scratch) >= 2 else (named, [])
@@ -206,12 +212,12 @@ def _fig3(points: dict, spec: dict, path: Path) -> Path:
 def _saving_figure(points: dict, spec: dict, savings: dict, path: Path) -> Path:
     """The saving vs budget, one panel per model (the report's panels), each series dodged sideways; a series whose
     every saving lies off the axis is named under the panel instead of drawn."""
-    panels = [(pn, [n for n in pn["series"] if n in savings]) for pn in spec.get("panels", [])]
-    panels = [(pn, names) for pn, names in panels if names]
+    styles = panel_colors(points, spec)
+    panels = [(pn, [n for n in pn["series"] if n in savings], st) for pn, st in zip(spec.get("panels", []), styles)]
+    panels = [(pn, names, st) for pn, names, st in panels if names]
     fig = _figure(5.6 * len(panels), 4.2)
-    for k, (panel, names) in enumerate(panels):
+    for k, (panel, names, colors) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), k + 1)
-        colors = panel_colors(points, panel)
         off = []
         for j, name in enumerate(names):
             rows = savings[name]
