@@ -315,3 +315,47 @@ def test_a_series_keeps_its_colour_across_panels_and_a_colour_names_one_series_p
     assert c["copies"][0] not in {a["d2"][0], c["d1"][0], c["hc"][0]}
     assert len({m for _, m in c.values()}) == len(c)  # no two series of a panel share a marker
 
+
+def _two_panel_study(tmp_path, **kw):
+    """The tiny study with a second panel on the same scratch that shows rbdc again beside rbdc-r1 (as the fair
+    study's ablation panel shows RBDC d1 again)."""
+    study, root = _fake_study(tmp_path, **kw)
+    data = yaml.safe_load(study.path.read_text())
+    data["report"]["panels"].append({"title": "Ablation", "baseline": "scratch", "series": ["rbdc", "rbdc-r1"]})
+    study.path.write_text(yaml.safe_dump(data))
+    return load_study(study.path), root
+
+
+def test_a_series_shown_in_two_panels_is_counted_once_in_the_verdict_and_the_headline(tmp_path):
+    from rbdc.report import headline
+
+    study, root = _two_panel_study(tmp_path)
+    md = build(study, root, tmp_path / "out" / "tiny")["md"].read_text()
+    verdict = md.split("## Verdict")[1]
+    assert verdict.count("- **rbdc** (") == 1 and verdict.count("rbdc b2 (+29.3%)") == 1
+    assert "the paper's 30% saving lies inside the 95% interval of rbdc b2. Saving FLOPs" in verdict
+    first = headline.extract(md)[0]
+    assert "of its 2 points" in first  # rbdc b2 and rbdc-r1 b2, not rbdc twice
+    assert "(Imagenette, ViT, budgets" in first  # the ablation panel is not another model
+
+
+def test_the_headline_counts_tuning_runs_apart_and_writes_a_bound_as_one(tmp_path):
+    """Seeds, budgets and runs of the headline are the reported points'; a saving that is a bound (the point lies
+    above scratch's whole curve) reads '≥', never '+inf%'."""
+    from types import SimpleNamespace
+
+    from rbdc.report import headline
+
+    run = SimpleNamespace(results={"dataset": "imagenette", "img_size": 32})
+    points = {
+        ("s", 8): Point("s", 8, "scratch", [1.0] * 5, [1.0] * 5, list(range(5)), [run] * 5, 5),
+        ("tune/s/t1", 32): Point("tune/s/t1", 32, "scratch", [1.0] * 2, [1.0] * 2, [0, 1], [run] * 2, 2),
+    }
+    spec = {"panels": [{"title": "ViT", "baseline": "s", "series": ["r"]}]}
+    assert headline._scale(spec, points, {"r": []}) == (
+        "Imagenette at 32 px, ViT, budgets of 8 to 8 target epochs, 5 seeds a point, 5 runs on CPUs after 2 tuning runs"
+    )
+    study, root = _fake_study(tmp_path, rbdc_top1=(74.0, 75.0, 76.0))
+    first = headline.extract(build(study, root, tmp_path / "out" / "tiny")["md"].read_text())[0]
+    assert "the closest to a demonstrated saving is rbdc at budget 2: ≥ +50.0% (≥ " in first
+    assert "above scratch's whole curve" in first and "inf" not in first

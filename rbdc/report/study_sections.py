@@ -62,10 +62,12 @@ def panel_section(points: dict, panel: dict, savings: dict, verdict: list[str]) 
         "power | p (saving = 30%) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    fresh = [n for n in panel["series"] if n not in savings]  # a series in two panels: counted once, in its first
     for name in panel["series"]:
         for p in series(points, name):
             s = saving_with_interval(scratch, p)
-            savings.setdefault(name, []).append((p, s))
+            if name in fresh:
+                savings.setdefault(name, []).append((p, s))
             bound = {"matched": "", **BOUND}.get(s["status"], "")
             md.append(
                 f"| {p.point} | {_budget(p.budget)} | {_seeds(p)} | {_top1(p)} | "
@@ -74,7 +76,7 @@ def panel_section(points: dict, panel: dict, savings: dict, verdict: list[str]) 
             )
     md.append("")
     md += _head_to_head(points, panel)
-    verdict += [_verdict_line(name, panel, savings[name]) for name in panel["series"] if savings.get(name)]
+    verdict += [_verdict_line(name, panel, savings[name]) for name in fresh if savings.get(name)]
     return md
 
 
