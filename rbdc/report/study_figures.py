@@ -243,21 +243,33 @@ def _saving_figure(points: dict, spec: dict, savings: dict, path: Path) -> Path:
 
 
 def _saving_series(ax, rows, style: tuple[str, str], name: str, lim: tuple[float, float], dodge: float) -> None:
-    """One series of the saving figure: estimates (hollow: a bound, the point is outside scratch's range) with their
-    intervals clipped to ``lim``; an end that is open or beyond ``lim`` is an arrow."""
+    """One series of the saving figure (:func:`saving_mark` at each budget, dodged sideways)."""
     color, marker = style
     for i, (p, s) in enumerate(rows):
-        x, y = p.budget * dodge, 100 * s["saving"]
-        lo, hi = (max(min(100 * v, lim[1]), lim[0]) for v in (s["lo"], s["hi"]))
-        ax.plot([x, x], [lo, hi], color=color, linewidth=1.2)
-        for end, edge, arrow in ((lo, lim[0], "v"), (hi, lim[1], "^")):
-            ax.plot([x], [end], color=color, marker=arrow if end == edge else "_", markersize=7)
-        ax.plot(
-            [x],
-            [min(max(y, lim[0]), lim[1])],
-            color=color,
-            marker=marker,
-            markersize=6,
-            markerfacecolor="white" if s["status"] != "matched" else color,
-            label=name if i == 0 else None,
-        )
+        saving_mark(ax, p.budget * dodge, s, color, marker, name if i == 0 else None, lim)
+
+
+def saving_mark(ax, x: float, s: dict, color: str, marker: str, label: str | None, lim=SAVING_LIM) -> None:
+    """One saving at ``x``: its estimate (hollow: a bound, the point is outside scratch's range) with its interval
+    clipped to ``lim``; an end that is open or beyond ``lim`` is an arrow. An estimate beyond ``lim`` is not drawn
+    at the edge, where it would read as a value there: the edge carries its value as text instead."""
+    lo, hi = (max(min(100 * v, lim[1]), lim[0]) for v in (s["lo"], s["hi"]))
+    ax.plot([x, x], [lo, hi], color=color, linewidth=1.2)
+    for end, edge, arrow in ((lo, lim[0], "v"), (hi, lim[1], "^")):
+        ax.plot([x], [end], color=color, marker=arrow if end == edge else "_", markersize=7)
+    y = 100 * s["saving"]
+    face = "white" if s["status"] != "matched" else color
+    if lim[0] <= y <= lim[1]:
+        ax.plot([x], [y], color=color, marker=marker, markersize=6, markerfacecolor=face, label=label)
+        return
+    ax.plot([], [], color=color, marker=marker, markersize=6, markerfacecolor=face, label=label)  # legend only
+    inside = lim[1] - 0.04 * (lim[1] - lim[0]) if y > lim[1] else lim[0] + 0.04 * (lim[1] - lim[0])
+    ax.annotate(
+        f"{BOUND.get(s['status'], '')}{y:+.0f}%",
+        (x, inside),
+        xytext=(4, 0),
+        textcoords="offset points",
+        fontsize=6.5,
+        color=color,
+        va="center",
+    )
