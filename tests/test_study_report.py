@@ -359,3 +359,50 @@ def test_the_headline_counts_tuning_runs_apart_and_writes_a_bound_as_one(tmp_pat
     first = headline.extract(build(study, root, tmp_path / "out" / "tiny")["md"].read_text())[0]
     assert "the closest to a demonstrated saving is rbdc at budget 2: ≥ +50.0% (≥ " in first
     assert "above scratch's whole curve" in first and "inf" not in first
+
+
+def _fig2_axes(tmp_path, monkeypatch, study, root) -> list:
+    from rbdc.report import study_figures
+
+    saved = {}
+    real = study_figures.save_png
+    monkeypatch.setattr(study_figures, "save_png", lambda fig, path: saved.setdefault(path.name, fig) and real(fig, path))
+    build(study, root, tmp_path / "out" / "tiny")
+    fig = saved["tiny-fig2.png"]
+    fig.canvas.draw()
+    return fig.axes
+
+
+def test_fig2s_markers_at_one_budget_stand_a_marker_apart_and_a_long_title_stays_over_its_panel(tmp_path, monkeypatch):
+    """Every series at one budget side by side, however wide the panel's FLOPs range (a fixed log2 dodge left 4
+    pixels between markers on the fair study's 16x-wide ViT panel); a long panel title is wrapped over its panel."""
+    from rbdc.report.colors import MARKERS
+
+    study, root = _two_panel_study(tmp_path)
+    data = yaml.safe_load(study.path.read_text())
+    data["points"].append({"id": "wide", "recipe": str(CI / "scratch.yaml"), "budgets": [1, 4]})
+    panel = data["report"]["panels"][1]
+    panel["title"] = "Independent parts vs one source: RBDC d1, its copies ablation, HyperCloning"
+    panel["series"].append("wide")  # the panel now spans 1e12 to 4e12 FLOPs
+    study.path.write_text(yaml.safe_dump(data))
+    for b in (1, 4):
+        for s in range(3):
+            make_run(root.parent, f"tiny/wide/b{b}", "scratch", s, SCRATCH[b][0] + 0.5, SCRATCH[b][1])
+    study = load_study(study.path)
+    for r in study.runs:
+        if r.point == "wide":
+            (r.run_dir(root.parent) / "recipe.yaml").write_text(
+                recipes.dump(recipes.resolve(r.recipe, list(r.overrides), seed=r.seed, name=r.name))
+            )
+    ax = _fig2_axes(tmp_path, monkeypatch, study, root)[1]
+    for b, (_, flops) in SCRATCH.items():
+        xs = sorted(
+            ax.transData.transform((x, y))[0]
+            for line in ax.lines
+            if line.get_marker() in MARKERS
+            for x, y in line.get_xydata()
+            if flops / 1.3 < x < flops * 1.3
+        )
+        assert len(xs) == {1: 2, 2: 3, 4: 2}[b] and min(np.diff(xs)) > 5.5 * ax.figure.dpi / 72, (b, xs)
+    title, box = ax.title.get_window_extent(), ax.get_window_extent()
+    assert "\n" in ax.get_title() and box.x0 - 20 <= title.x0 and title.x1 <= box.x1 + 20

@@ -3,6 +3,7 @@ far below in an inset), Fig. 3 (top-1 vs the training ratio beside scratch's ban
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +17,15 @@ from .study import BOUND, PAPER_SAVING, Point, series, recipe_value
 from .study_sections import ratio_meaning
 
 FAR_BELOW = 5.0  # top-1 points: a series whose every upper 95% end is this far below scratch's curve goes to the inset
-DODGE = 0.04  # log2 FLOPs between neighbouring series at one budget: markers side by side, not on top
+DODGE = 0.025  # share of the panel's width between neighbouring series at one budget: markers side by side
 SAVING_LIM = (-45.0, 60.0)  # shows +-40% and the paper's 30%; an interval beyond it ends in an arrow
 SCRATCH = "#4d4d4d"
+TITLE_WIDTH = 60  # characters of a panel title's line: a longer one reached past its panel into the next
 FIG2_NOTE = (
     f"Each panel is zoomed to the compared methods; a series whose every point lies more than "
     f"{FAR_BELOW:g} top-1 points below scratch's curve is drawn in the inset at full scale. Markers at one "
-    f"budget are dodged sideways by a few percent of FLOPs to stay apart (their FLOPs agree within 0.1%: "
-    f"the tables); the ticks are scratch's budgets."
+    f"budget are dodged sideways by a few percent of the panel's width to stay apart (their FLOPs agree within "
+    f"0.1%: the tables); the ticks are scratch's budgets."
 )
 
 
@@ -76,12 +78,14 @@ def _split(scratch: list[Point], named: list[tuple[str, list[Point]]]) -> tuple[
     return [x for x in named if x not in far], far
 
 
-def _draw(ax, named, colors: dict, dodged: bool, scratch_name: str) -> None:
+def _draw(ax, named, colors: dict, step: float, scratch_name: str) -> None:
+    """Each series' means with their 95% intervals; the series other than scratch ``step`` log2 FLOPs apart at one
+    budget (0: not dodged)."""
     others = [n for n, _ in named if n != scratch_name]
     for name, ps in named:
         color, marker = colors[name]
         j = others.index(name) if name in others else None
-        shift = 2 ** (DODGE * _slot(j, len(others))) if dodged and j is not None else 1.0
+        shift = 2 ** (step * _slot(j, len(others))) if j is not None else 1.0
         ax.errorbar(
             [p.flops_mean * shift for p in ps],
             [p.mean for p in ps],
@@ -102,13 +106,19 @@ def _slot(j: int, n: int) -> int:
     return k + 1 if k >= 0 else k
 
 
+def _window(scratch: list[Point], near: list[tuple[str, list[Point]]]) -> tuple[float, float]:
+    """The panel's FLOPs range: the compared series (scratch without them) and half a budget step beyond."""
+    compared = [p for n, ps in near for p in ps] or scratch
+    return min(p.flops_mean for p in compared) / 1.45, max(p.flops_mean for p in compared) * 1.45
+
+
 def _zoom(ax, scratch: list[Point], near: list[tuple[str, list[Point]]]) -> None:
-    """Limits around the compared series (half a budget step beyond them) and scratch's curve inside that window;
-    ticks at scratch's budgets inside it, labelled with their FLOPs and budget (one label per budget)."""
+    """Limits around the compared series (:func:`_window`) and scratch's curve inside that window; ticks at
+    scratch's budgets inside it, labelled with their FLOPs and budget (one label per budget)."""
     from matplotlib.ticker import FixedLocator, NullLocator
 
     compared = [p for n, ps in near for p in ps] or scratch
-    lo, hi = min(p.flops_mean for p in compared) / 1.45, max(p.flops_mean for p in compared) * 1.45
+    lo, hi = _window(scratch, near)
     at = _curve(scratch)
     ys = [at(lo), at(hi)] + [
         v
@@ -130,7 +140,7 @@ def _inset(ax, scratch_name: str, scratch: list[Point], far: list, colors: dict)
     from matplotlib.ticker import NullFormatter
 
     ins = ax.inset_axes([0.60, 0.08, 0.38, 0.36])
-    _draw(ins, [(scratch_name, scratch), *far], colors, dodged=False, scratch_name=scratch_name)
+    _draw(ins, [(scratch_name, scratch), *far], colors, 0.0, scratch_name)
     ins.set_xscale("log")
     ins.xaxis.set_minor_formatter(NullFormatter())
     ins.tick_params(labelsize=6)
@@ -150,14 +160,17 @@ def _fig2(points: dict, spec: dict, path: Path) -> Path:
         scratch = series(points, panel["baseline"])
         named = [(n, ps) for n in panel["series"] if (ps := series(points, n))]
         near, far = _split(scratch, named) if len(scratch) >= 2 else (named, [])
-        _draw(ax, ([(panel["baseline"], scratch)] if scratch else []) + near, colors, True, panel["baseline"])
+        drawn = ([(panel["baseline"], scratch)] if scratch else []) + near
+        lo, hi = _window(scratch or [p for _, ps in near for p in ps], near) if drawn else (1.0, 2.0)
+        # a step in share of the panel's log width: a fixed log2 step vanished on panels spanning 16x of FLOPs
+        _draw(ax, drawn, colors, DODGE * np.log2(hi / lo), panel["baseline"])
         if scratch:
             _zoom(ax, scratch, near)
         if far:
             _inset(ax, panel["baseline"], scratch, far, colors)
         ax.set_xlabel("total training FLOPs (ticks: scratch's budgets, target epochs)", fontsize=8)
         ax.set_ylabel("final top-1 (%), mean ± 95% CI over seeds", fontsize=8)
-        ax.set_title(panel["title"], fontsize=9)
+        ax.set_title(textwrap.fill(panel["title"], TITLE_WIDTH), fontsize=9)
         ax.grid(True, which="major", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="upper left")
@@ -233,7 +246,7 @@ def _saving_figure(points: dict, spec: dict, savings: dict, path: Path) -> Path:
         ax.set_ylim(*SAVING_LIM)
         ax.axhline(0, color="black", linewidth=0.8)
         ax.axhline(100 * PAPER_SAVING, color="gray", linestyle="--", linewidth=0.8, label="paper: 30%")
-        ax.set_title(panel["title"], fontsize=9)
+        ax.set_title(textwrap.fill(panel["title"], TITLE_WIDTH), fontsize=9)
         ax.set_xlabel("budget (target epochs)" + ("\noff the axis: " + "; ".join(off) if off else ""), fontsize=8)
         ax.set_ylabel("saving vs scratch at equal top-1 (%)\n95% interval; hollow: a bound" if k == 0 else "")
         ax.grid(True, alpha=0.3)
