@@ -170,6 +170,27 @@ def tuning_section(study: Study, root: Path) -> list[str]:
     return md + [""]
 
 
+def tuned_settings(study: Study, root: Path) -> list[str]:
+    """One line near the top of the report naming the setting each tuned point runs at (the trial the tuning
+    section marks 'used'), so a reader need not find the bold cells of its table."""
+    tune = study.tuning
+    if tune is None:
+        return []
+    named = []
+    for pid in tune.trials:
+        rows = tuning.scores(tune, pid, trial_dir(study.name, root.parent))
+        if any(r["score"] is None for r in rows):
+            named.append(f"{pid} not tuned yet")
+            continue
+        best = tuning.best_row(rows)
+        named.append(f"{pid} {', '.join(f'{k}={v}' for k, v in best['overrides'].items())} (trial {best['trial']})")
+    return [
+        "**Tuned settings** (each point's best trial on the held-out split, never on val; every trial under "
+        "'Tuning on a held-out split'): " + "; ".join(named) + ".",
+        "",
+    ]
+
+
 def coupled_table(points: dict, spec: dict) -> list[str]:
     """The coupled (grown) model's top-1 before further training, against its parts' final top-1 (the parts: the
     stage's parents in the run's manifest)."""
