@@ -264,4 +264,6 @@ def test_a_saving_beyond_the_axis_is_an_arrow_and_its_value_not_a_marker_at_the_
     drawn = [(line.get_marker(), tuple(line.get_xydata()[0])) for line in ax.lines if len(line.get_xydata())]
     assert ("D", (4.4, SAVING_LIM[0])) not in drawn and ("v", (4.4, SAVING_LIM[0])) in drawn
     assert [t.get_text() for t in ax.texts] == ["-58%"]
+    arrows = [line for line in ax.lines if line.get_marker() == "v"]
+    assert arrows and not any(line.get_clip_on() for line in arrows)  # the arrow's point is not cut at the edge
     assert "DeiT-B" in ax.get_legend_handles_labels()[1]  # the legend still names it

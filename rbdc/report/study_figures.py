@@ -269,7 +269,8 @@ def saving_mark(ax, x: float, s: dict, color: str, marker: str, label: str | Non
     lo, hi = (max(min(100 * v, lim[1]), lim[0]) for v in (s["lo"], s["hi"]))
     ax.plot([x, x], [lo, hi], color=color, linewidth=1.2)
     for end, edge, arrow in ((lo, lim[0], "v"), (hi, lim[1], "^")):
-        ax.plot([x], [end], color=color, marker=arrow if end == edge else "_", markersize=7)
+        # an arrow sits on the axis' edge: unclipped, or its outer half (its point) is cut off
+        ax.plot([x], [end], color=color, marker=arrow if end == edge else "_", markersize=7, clip_on=end != edge)
     y = 100 * s["saving"]
     face = "white" if s["status"] != "matched" else color
     if lim[0] <= y <= lim[1]:
