@@ -406,3 +406,16 @@ def test_fig2s_markers_at_one_budget_stand_a_marker_apart_and_a_long_title_stays
         assert len(xs) == {1: 2, 2: 3, 4: 2}[b] and min(np.diff(xs)) > 5.5 * ax.figure.dpi / 72, (b, xs)
     title, box = ax.title.get_window_extent(), ax.get_window_extent()
     assert "\n" in ax.get_title() and box.x0 - 20 <= title.x0 and title.x1 <= box.x1 + 20
+
+
+def test_fig2_reaches_scratchs_last_budget_when_a_point_lies_above_its_whole_curve(tmp_path, monkeypatch):
+    """rbdc at 2e12 FLOPs beats scratch's best (70 at 4e12): its saving is a bound, and the panel shows scratch out
+    to 4e12 so the reader sees why; a point on scratch's curve keeps the panel zoomed around it."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    study, root = _fake_study(tmp_path / "a", rbdc_top1=(74.0, 75.0, 76.0))
+    ax = _fig2_axes(tmp_path / "a", monkeypatch, study, root)[0]
+    assert ax.get_xlim()[1] > 4e12
+    study, root = _fake_study(tmp_path / "b")
+    ax = _fig2_axes(tmp_path / "b", monkeypatch, study, root)[0]
+    assert ax.get_xlim()[1] == pytest.approx(2e12 * 1.45)

@@ -107,9 +107,16 @@ def _slot(j: int, n: int) -> int:
 
 
 def _window(scratch: list[Point], near: list[tuple[str, list[Point]]]) -> tuple[float, float]:
-    """The panel's FLOPs range: the compared series (scratch without them) and half a budget step beyond."""
+    """The panel's FLOPs range: the compared series (scratch without them) and half a budget step beyond; where a
+    compared point lies above (below) scratch's whole curve, out to scratch's last (first) budget, so the figure
+    shows why its saving is a bound."""
     compared = [p for n, ps in near for p in ps] or scratch
-    return min(p.flops_mean for p in compared) / 1.45, max(p.flops_mean for p in compared) * 1.45
+    lo, hi = min(p.flops_mean for p in compared) / 1.45, max(p.flops_mean for p in compared) * 1.45
+    if scratch and any(p.mean > max(s.mean for s in scratch) for p in compared):
+        hi = max(hi, max(s.flops_mean for s in scratch) * 1.2)
+    if scratch and any(p.mean < min(s.mean for s in scratch) for p in compared):
+        lo = min(lo, min(s.flops_mean for s in scratch) / 1.2)
+    return lo, hi
 
 
 def _zoom(ax, scratch: list[Point], near: list[tuple[str, list[Point]]]) -> None:
