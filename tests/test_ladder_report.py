@@ -207,3 +207,63 @@ def test_budget_per_parameter_is_image_epochs_per_parameter():
     assert ladder.DEIT_B.bpp == pytest.approx(300 * 1_281_167 / 86_567_656)
     assert ladder.shape("rbdc_vit_small_patch4_32") == (384, 7_146_634)
     assert ladder.shape("rbdc_vit_small_patch4_32", 768)[0] == 768
+
+
+def _figures(tmp_path, monkeypatch, **kw) -> dict:
+    """The trend report's matplotlib figures by name (width, budget, coupling), kept as they were saved."""
+    from rbdc.report import ladder_figures
+
+    saved = {}
+    real = ladder_figures.save_png
+
+    def keep(fig, path):
+        saved[path.stem.rsplit("-", 1)[1]] = fig
+        return real(fig, path)
+
+    monkeypatch.setattr(ladder_figures, "save_png", keep)
+    _report(tmp_path, **kw)
+    for fig in saved.values():
+        fig.canvas.draw()
+    return saved
+
+
+def test_the_matched_budgets_markers_at_one_width_stand_apart(tmp_path, monkeypatch):
+    """Both budgets' savings at width 64 are drawn side by side: their centres lie more than a marker apart."""
+    ax = _figures(tmp_path, monkeypatch)["width"].axes[0]
+    centres = [
+        ax.transData.transform((x, y))[0]
+        for line in ax.lines
+        if line.get_marker() in ("o", "s") and line.get_label() != "paper: 30%"
+        for x, y in line.get_xydata()
+        if 50 < x < 80
+    ]
+    assert len(centres) == 2, centres
+    marker_px = 6 * ax.figure.dpi / 72
+    assert abs(centres[0] - centres[1]) > marker_px
+
+
+def test_no_legend_of_the_coupling_figure_covers_a_point_it_names(tmp_path, monkeypatch):
+    """Four lines of two budgets leave no free corner inside the left panel (a 'best' legend covered the parts'
+    line of 16 target epochs on a fabricated complete ladder): each legend sits under its panel, outside it."""
+    fig = _figures(tmp_path, monkeypatch)["coupling"]
+    for ax in fig.axes:
+        box = ax.get_legend().get_window_extent()
+        points = [ax.transData.transform(xy) for line in ax.lines for xy in line.get_xydata()]
+        assert points and not [p for p in points if box.contains(*p)], ax.get_title()
+        assert not box.overlaps(ax.get_window_extent()), ax.get_title()
+        assert box.y0 >= 0 and not box.overlaps(ax.xaxis.label.get_window_extent()), ax.get_title()
+
+
+def test_a_saving_beyond_the_axis_is_an_arrow_and_its_value_not_a_marker_at_the_edge():
+    """Issue 36's DeiT-B prediction may lie far below -45%: drawn at the edge it would read as -45%."""
+    from rbdc.report.study_figures import SAVING_LIM, _figure, saving_mark
+
+    ax = _figure(4, 3).add_subplot()
+    saving_mark(ax, 4.4, {"saving": -0.58, "lo": -1.18, "hi": 0.03, "status": "matched"}, "black", "D", "DeiT-B")
+    ax.set_ylim(*SAVING_LIM)
+    drawn = [(line.get_marker(), tuple(line.get_xydata()[0])) for line in ax.lines if len(line.get_xydata())]
+    assert ("D", (4.4, SAVING_LIM[0])) not in drawn and ("v", (4.4, SAVING_LIM[0])) in drawn
+    assert [t.get_text() for t in ax.texts] == ["-58%"]
+    arrows = [line for line in ax.lines if line.get_marker() == "v"]
+    assert arrows and not any(line.get_clip_on() for line in arrows)  # the arrow's point is not cut at the edge
+    assert "DeiT-B" in ax.get_legend_handles_labels()[1]  # the legend still names it

@@ -297,3 +297,125 @@ def test_the_study_modules_never_import_their_reports():
         names = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         assert not [n for n in names if "report" in n], (mod, names)
+
+
+def test_a_series_keeps_its_colour_across_panels_and_a_colour_names_one_series_per_figure():
+    """The fair study shows RBDC d1 in its ViT panel (beside d2) and again in the ablation panel (beside the copies
+    ablation, also protocol rbdc): d1 looks the same in both, and the copies do not take d2's colour."""
+    from rbdc import protocols
+    from rbdc.report.colors import figure_colors, series_colors
+
+    vit = [("scratch", "scratch"), ("d1", "rbdc"), ("d2", "rbdc")]
+    resnet = [("r-scratch", "scratch"), ("r-d1", "rbdc")]
+    ablation = [("scratch", "scratch"), ("d1", "rbdc"), ("copies", "rbdc"), ("hc", "hypercloning")]
+    a, b, c = figure_colors([vit, resnet, ablation])
+    assert a == series_colors(vit)  # the first panel as before
+    assert b["r-d1"][0] == protocols.get("rbdc").color  # another model's d1 is RBDC's colour in its own panel
+    assert c["d1"] == a["d1"] and c["scratch"] == a["scratch"]
+    assert c["copies"][0] not in {a["d2"][0], c["d1"][0], c["hc"][0]}
+    assert len({m for _, m in c.values()}) == len(c)  # no two series of a panel share a marker
+
+
+def _two_panel_study(tmp_path, **kw):
+    """The tiny study with a second panel on the same scratch that shows rbdc again beside rbdc-r1 (as the fair
+    study's ablation panel shows RBDC d1 again)."""
+    study, root = _fake_study(tmp_path, **kw)
+    data = yaml.safe_load(study.path.read_text())
+    data["report"]["panels"].append({"title": "Ablation", "baseline": "scratch", "series": ["rbdc", "rbdc-r1"]})
+    study.path.write_text(yaml.safe_dump(data))
+    return load_study(study.path), root
+
+
+def test_a_series_shown_in_two_panels_is_counted_once_in_the_verdict_and_the_headline(tmp_path):
+    from rbdc.report import headline
+
+    study, root = _two_panel_study(tmp_path)
+    md = build(study, root, tmp_path / "out" / "tiny")["md"].read_text()
+    verdict = md.split("## Verdict")[1]
+    assert verdict.count("- **rbdc** (") == 1 and verdict.count("rbdc b2 (+29.3%)") == 1
+    assert "the paper's 30% saving lies inside the 95% interval of rbdc b2. Saving FLOPs" in verdict
+    first = headline.extract(md)[0]
+    assert "of its 2 points" in first  # rbdc b2 and rbdc-r1 b2, not rbdc twice
+    assert "(Imagenette, ViT, budgets" in first  # the ablation panel is not another model
+
+
+def test_the_headline_counts_tuning_runs_apart_and_writes_a_bound_as_one(tmp_path):
+    """Seeds, budgets and runs of the headline are the reported points'; a saving that is a bound (the point lies
+    above scratch's whole curve) reads '≥', never '+inf%'."""
+    from types import SimpleNamespace
+
+    from rbdc.report import headline
+
+    run = SimpleNamespace(results={"dataset": "imagenette", "img_size": 32})
+    points = {
+        ("s", 8): Point("s", 8, "scratch", [1.0] * 5, [1.0] * 5, list(range(5)), [run] * 5, 5),
+        ("tune/s/t1", 32): Point("tune/s/t1", 32, "scratch", [1.0] * 2, [1.0] * 2, [0, 1], [run] * 2, 2),
+    }
+    spec = {"panels": [{"title": "ViT", "baseline": "s", "series": ["r"]}]}
+    assert headline._scale(spec, points, {"r": []}) == (
+        "Imagenette at 32 px, ViT, budgets of 8 to 8 target epochs, 5 seeds a point, 5 runs on CPUs after 2 tuning runs"
+    )
+    study, root = _fake_study(tmp_path, rbdc_top1=(74.0, 75.0, 76.0))
+    first = headline.extract(build(study, root, tmp_path / "out" / "tiny")["md"].read_text())[0]
+    assert "the closest to a demonstrated saving is rbdc at budget 2: ≥ +50.0% (≥ " in first
+    assert "above scratch's whole curve" in first and "inf" not in first
+
+
+def _fig2_axes(tmp_path, monkeypatch, study, root) -> list:
+    from rbdc.report import study_figures
+
+    saved = {}
+    real = study_figures.save_png
+    monkeypatch.setattr(study_figures, "save_png", lambda fig, path: saved.setdefault(path.name, fig) and real(fig, path))
+    build(study, root, tmp_path / "out" / "tiny")
+    fig = saved["tiny-fig2.png"]
+    fig.canvas.draw()
+    return fig.axes
+
+
+def test_fig2s_markers_at_one_budget_stand_a_marker_apart_and_a_long_title_stays_over_its_panel(tmp_path, monkeypatch):
+    """Every series at one budget side by side, however wide the panel's FLOPs range (a fixed log2 dodge left 4
+    pixels between markers on the fair study's 16x-wide ViT panel); a long panel title is wrapped over its panel."""
+    from rbdc.report.colors import MARKERS
+
+    study, root = _two_panel_study(tmp_path)
+    data = yaml.safe_load(study.path.read_text())
+    data["points"].append({"id": "wide", "recipe": str(CI / "scratch.yaml"), "budgets": [1, 4]})
+    panel = data["report"]["panels"][1]
+    panel["title"] = "Independent parts vs one source: RBDC d1, its copies ablation, HyperCloning"
+    panel["series"].append("wide")  # the panel now spans 1e12 to 4e12 FLOPs
+    study.path.write_text(yaml.safe_dump(data))
+    for b in (1, 4):
+        for s in range(3):
+            make_run(root.parent, f"tiny/wide/b{b}", "scratch", s, SCRATCH[b][0] + 0.5, SCRATCH[b][1])
+    study = load_study(study.path)
+    for r in study.runs:
+        if r.point == "wide":
+            (r.run_dir(root.parent) / "recipe.yaml").write_text(
+                recipes.dump(recipes.resolve(r.recipe, list(r.overrides), seed=r.seed, name=r.name))
+            )
+    ax = _fig2_axes(tmp_path, monkeypatch, study, root)[1]
+    for b, (_, flops) in SCRATCH.items():
+        xs = sorted(
+            ax.transData.transform((x, y))[0]
+            for line in ax.lines
+            if line.get_marker() in MARKERS
+            for x, y in line.get_xydata()
+            if flops / 1.3 < x < flops * 1.3
+        )
+        assert len(xs) == {1: 2, 2: 3, 4: 2}[b] and min(np.diff(xs)) > 5.5 * ax.figure.dpi / 72, (b, xs)
+    title, box = ax.title.get_window_extent(), ax.get_window_extent()
+    assert "\n" in ax.get_title() and box.x0 - 20 <= title.x0 and title.x1 <= box.x1 + 20
+
+
+def test_fig2_reaches_scratchs_last_budget_when_a_point_lies_above_its_whole_curve(tmp_path, monkeypatch):
+    """rbdc at 2e12 FLOPs beats scratch's best (70 at 4e12): its saving is a bound, and the panel shows scratch out
+    to 4e12 so the reader sees why; a point on scratch's curve keeps the panel zoomed around it."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    study, root = _fake_study(tmp_path / "a", rbdc_top1=(74.0, 75.0, 76.0))
+    ax = _fig2_axes(tmp_path / "a", monkeypatch, study, root)[0]
+    assert ax.get_xlim()[1] > 4e12
+    study, root = _fake_study(tmp_path / "b")
+    ax = _fig2_axes(tmp_path / "b", monkeypatch, study, root)[0]
+    assert ax.get_xlim()[1] == pytest.approx(2e12 * 1.45)

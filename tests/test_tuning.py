@@ -205,3 +205,16 @@ def test_the_report_names_every_trial_its_held_out_scores_and_the_one_each_point
     assert "## Tuning on a held-out split" in md and "data.holdout=0.2" in md
     assert "| s | 2 | lr_base=0.002 | 52.50 | 52.50 | 52.50 | **yes** |" in md
     assert "| r | 1 | lr_base=0.001 | 51.50 | 51.50 | 51.50 |  |" in md
+
+
+def test_the_report_names_each_points_tuned_setting_in_one_line_near_its_top(tmp_path):
+    from rbdc.report.study_sections import tuned_settings
+
+    path, out = _study(tmp_path), tmp_path / "runs"
+    assert tuned_settings(load_study(path, out), out / "t")[0].endswith(": r not tuned yet; s not tuned yet.")
+    for r in load_study(path, out).runs:
+        if "/tune/" in r.name:
+            _finish(out, r, 50.0 + int(r.point[-1]) + r.seed)  # trial 2 wins by a point everywhere
+    line = tuned_settings(load_study(path, out), out / "t")[0]
+    assert line.startswith("**Tuned settings**")
+    assert line.endswith(": r rbdc.narrow_lr_scale=2.0 (trial 2); s lr_base=0.002 (trial 2).")

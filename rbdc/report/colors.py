@@ -48,3 +48,30 @@ def series_colors(series: Sequence[tuple[str, str]]) -> dict[str, tuple[str, str
         taken.add(color)
         out[name] = (color, MARKERS[i % len(MARKERS)])
     return out
+
+
+def figure_colors(panels: Sequence[Sequence[tuple[str, str]]]) -> list[dict[str, tuple[str, str]]]:
+    """``(colour, marker)`` of each ``(series name, protocol)`` of each panel of one figure. The first panel is
+    styled as :func:`series_colors` does; a series already shown in an earlier panel keeps its style, so a colour
+    means one series across the figure; a new series takes its protocol's registered colour where its panel has
+    not used it, else a spare colour no series of the figure has, and its position's marker unless its panel
+    already shows that marker."""
+    colors, spares, named, out = registered(), spare(), {}, []
+    used_spares: set[str] = set()
+    for panel in panels:
+        style: dict[str, tuple[str, str]] = {}
+        new = [(i, n, p) for i, (n, p) in enumerate(panel) if n not in named]
+        style.update({n: named[n] for n, _ in panel if n in named})
+        for i, name, protocol in new:
+            taken = {c for c, _ in style.values()}
+            color = colors.get(protocol)
+            if color is None or color in taken:
+                color = next((c for c in spares if c not in used_spares and c not in taken), "#000000")
+                used_spares.add(color)
+            marks = {m for _, m in style.values()}
+            marker = MARKERS[i % len(MARKERS)]
+            if marker in marks:
+                marker = next((m for m in MARKERS if m not in marks), marker)
+            style[name] = named[name] = (color, marker)
+        out.append({n: style[n] for n, _ in panel})
+    return out

@@ -12,10 +12,12 @@ import statistics
 
 from rbdc import protocols
 from rbdc.errors import UserError
+from rbdc.studies.tuning import is_trial_point
 
 from .fmt import budget as _budget
 from .fmt import signed_pct
-from .study import PAPER_SAVING
+from .cost import saving_text
+from .study import OUTSIDE, PAPER_SAVING
 
 TITLE = "## Headline"
 START = "<!-- headline: written by `python -m benchmarks.make_reports` from {source}; edits here are overwritten -->"
@@ -28,18 +30,31 @@ def _subject(savings: dict) -> list[tuple[str, object, dict]]:
 
 
 def _scale(spec: dict, points: dict, savings: dict) -> str:
-    """Dataset, image size, models, budgets, seeds and runs of the study, from its runs."""
-    done = [p for p in points.values() if p.n]
+    """Dataset, image size, models, budgets, seeds and runs of the study, from its runs; the tuning trials' runs
+    are counted apart (their seeds and budgets are not the reported points')."""
+    trials = sum(p.n for p in points.values() if is_trial_point(p.point))
+    done = [p for p in points.values() if p.n and not is_trial_point(p.point)]
     first = done[0].runs[0].results
     size = f" at {first['img_size']} px" if first.get("img_size") else ""
-    models = " and ".join(pn["title"] for pn in spec.get("panels", []) if any(n in savings for n in pn["series"]))
+    models = " and ".join(_models(spec, savings))
     budgets = sorted(p.budget for p in done if p.budget is not None)
     seeds = sorted({p.n for p in done})
     return (
         f"{first['dataset'].capitalize()}{size}, {models}, budgets of {_budget(budgets[0])} to "
         f"{_budget(budgets[-1])} target epochs, {'-'.join(map(str, seeds))} seeds a point, "
-        f"{sum(p.n for p in done)} runs on CPUs"
+        f"{sum(p.n for p in done)} runs on CPUs" + (f" after {trials} tuning runs" if trials else "")
     )
+
+
+def _models(spec: dict, savings: dict) -> list[str]:
+    """The title of each panel with a saving that compares against a scratch no earlier such panel used: one name
+    per model (a later panel on the same scratch, e.g. an ablation, is not another model)."""
+    titles, seen = [], set()
+    for pn in spec.get("panels", []):
+        if any(n in savings for n in pn["series"]) and pn["baseline"] not in seen:
+            seen.add(pn["baseline"])
+            titles.append(pn["title"])
+    return titles
 
 
 def _span(values: list[float]) -> str:
@@ -64,8 +79,8 @@ def lines(spec: dict, points: dict, savings: dict, costs: list, out_name: str) -
     first = (
         f"**What the suite found** ({_scale(spec, points, savings)}): RBDC's FLOPs saving against scratch at "
         f"equal top-1, whole pipeline counted, is {found} (95% intervals by test inversion); the closest to a "
-        f"demonstrated saving is {name} at budget {_budget(p.budget)}: {signed_pct(s['saving'])} "
-        f"[{signed_pct(s['lo'])}, {signed_pct(s['hi'])}]. The paper's 30% lies outside {n - paper} of the "
+        f"demonstrated saving is {name} at budget {_budget(p.budget)}: {saving_text(s)}"
+        f"{OUTSIDE.get(s['status'], '')}. The paper's 30% lies outside {n - paper} of the "
         f"{n} intervals."
     )
     mine = [c for _, c in costs if protocols.get(c.point.protocol).subject]

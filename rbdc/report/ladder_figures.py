@@ -15,8 +15,9 @@ from .figure import save_png
 from .ladder import DEIT_B, MATCHED, Rung, fit_points, shape
 from .ladder_sections import coupled_rows, speeds
 from .study import PAPER_SAVING
-from .study_figures import SAVING_LIM, _figure
+from .study_figures import SAVING_LIM, _figure, saving_mark
 
+DODGE = 0.12  # log2 width between the matched budgets' markers at one width: side by side, not on top
 GRID = (64, 80, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768)  # widths the fit is drawn at (heads of 16)
 
 
@@ -50,23 +51,8 @@ def figures(rungs: list[Rung], out: Path) -> dict[str, Path]:
 
 
 def _saving_point(ax, x: float, s: dict, color: str, marker: str, label: str | None) -> None:
-    """One saving with its interval clipped to the axis; an end that is open or off the axis is an arrow, a bound
-    (the point is outside scratch's range) a hollow marker: as in the study report's saving figure."""
-    lim = SAVING_LIM
-    lo, hi = (max(min(100 * v, lim[1]), lim[0]) for v in (s["lo"], s["hi"]))
-    ax.plot([x, x], [lo, hi], color=color, linewidth=1.2)
-    for end, edge, arrow in ((lo, lim[0], "v"), (hi, lim[1], "^")):
-        ax.plot([x], [end], color=color, marker=arrow if end == edge else "_", markersize=7)
-    ax.plot(
-        [x],
-        [min(max(100 * s["saving"], lim[0]), lim[1])],
-        color=color,
-        marker=marker,
-        markersize=6,
-        linestyle="none",
-        markerfacecolor="white" if s["status"] != "matched" else color,
-        label=label,
-    )
+    """One saving, drawn as in the study report's saving figure (:func:`rbdc.report.study_figures.saving_mark`)."""
+    saving_mark(ax, x, s, color, marker, label)
 
 
 def _band(ax, xs, ivs, color: str, label: str, dashed: bool, alpha: float = 0.12) -> None:
@@ -100,7 +86,7 @@ def _width_figure(rungs: list[Rung], rows, fit, path: Path) -> Path:
     widest = rungs[-1]
     for j, b in enumerate(MATCHED):
         color, marker = styles[b]
-        dodge = 2 ** (0.04 * (j - (len(MATCHED) - 1) / 2))
+        dodge = 2 ** (DODGE * (j - (len(MATCHED) - 1) / 2))
         at = [(r, row) for r, row in rows if row.point.budget == b]
         for i, (r, row) in enumerate(at):
             _saving_point(ax, r.width * dodge, row.s, color, marker, f"RBDC d1, {b} target epochs" if i == 0 else None)
@@ -161,11 +147,11 @@ def _budget_figure(rungs: list[Rung], rows, fit, path: Path) -> Path:
             {"saving": iv.estimate, "lo": iv.lo, "hi": iv.hi, "status": "matched"},
             "black",
             "D",
-            f"{DEIT_B.name} predicted (95% prediction interval)",
+            f"{DEIT_B.name} predicted: {100 * iv.estimate:+.0f}% [{100 * iv.lo:+.0f}%, {100 * iv.hi:+.0f}%] (95% PI)",
         )
     ax.axvline(DEIT_B.bpp, color="black", linestyle=":", linewidth=0.8)
     ax.text(
-        DEIT_B.bpp / 1.15,
+        DEIT_B.bpp / 1.3,
         SAVING_LIM[0] + 2,
         f"{DEIT_B.name}, {DEIT_B.epochs:g} ImageNet epochs",
         fontsize=7,
@@ -182,7 +168,7 @@ def _budget_figure(rungs: list[Rung], rows, fit, path: Path) -> Path:
 
 
 def _coupling_figure(rungs: list[Rung], path: Path) -> Path:
-    fig = _figure(11.0, 4.2)
+    fig = _figure(11.0, 4.8)
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     rows, styles = coupled_rows(rungs), budget_styles()
     for b in MATCHED:
@@ -231,7 +217,7 @@ def _coupling_figure(rungs: list[Rung], path: Path) -> Path:
         ax.set_xlim(ticks[0] / 1.25, ticks[-1] * 1.25)
         ax.set_xlabel("width (embedding dimension)", fontsize=8)
         ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="best")
+        if ax.get_legend_handles_labels()[0]:  # under the panel: inside, it covered the lines it names
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     fig.tight_layout()
     return save_png(fig, path)

@@ -182,6 +182,7 @@ def build(study: Study, root: Path, out: Path, project: Path | None = None) -> d
     md += headline.section(spec, points, savings, costs, out)
     if study_figures.has_panel_runs(points, spec):
         md += [f"![Fig. 2: top-1 vs training FLOPs]({out.name}-fig2.png)", "", study_figures.FIG2_NOTE, ""]
+    md += sec.tuned_settings(study, root)  # after Fig. 2: the headline (copied into the README) ends at the figure
     md += panels
     md += cost.section(costs)
     md += sec.tuning_section(study, root)

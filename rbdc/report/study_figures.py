@@ -3,27 +3,29 @@ far below in an inset), Fig. 3 (top-1 vs the training ratio beside scratch's ban
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
 
 from rbdc.units import human_flops
 
-from .colors import series_colors
+from .colors import figure_colors, series_colors
 from .figure import save_png
 from .fmt import budget as _budget
 from .study import BOUND, PAPER_SAVING, Point, series, recipe_value
 from .study_sections import ratio_meaning
 
 FAR_BELOW = 5.0  # top-1 points: a series whose every upper 95% end is this far below scratch's curve goes to the inset
-DODGE = 0.04  # log2 FLOPs between neighbouring series at one budget: markers side by side, not on top
+DODGE = 0.025  # share of the panel's width between neighbouring series at one budget: markers side by side
 SAVING_LIM = (-45.0, 60.0)  # shows +-40% and the paper's 30%; an interval beyond it ends in an arrow
 SCRATCH = "#4d4d4d"
+TITLE_WIDTH = 60  # characters of a panel title's line: a longer one reached past its panel into the next
 FIG2_NOTE = (
     f"Each panel is zoomed to the compared methods; a series whose every point lies more than "
     f"{FAR_BELOW:g} top-1 points below scratch's curve is drawn in the inset at full scale. Markers at one "
-    f"budget are dodged sideways by a few percent of FLOPs to stay apart (their FLOPs agree within 0.1%: "
-    f"the tables); the ticks are scratch's budgets."
+    f"budget are dodged sideways by a few percent of the panel's width to stay apart (their FLOPs agree within "
+    f"0.1%: the tables); the ticks are scratch's budgets."
 )
 
 
@@ -41,10 +43,15 @@ def has_panel_runs(points: dict, spec: dict) -> bool:
     return any(series(points, n) for pn in spec.get("panels", []) for n in (pn["baseline"], *pn["series"]))
 
 
-def panel_colors(points: dict, panel: dict) -> dict[str, tuple[str, str]]:
-    """``(colour, marker)`` of the panel's series with runs (:func:`rbdc.report.colors.series_colors`)."""
-    named = [(n, ps[0].protocol) for n in (panel["baseline"], *panel["series"]) if (ps := series(points, n))]
-    return series_colors(named)
+def panel_colors(points: dict, spec: dict) -> list[dict[str, tuple[str, str]]]:
+    """``(colour, marker)`` of each panel's series with runs, one style per series across the figure
+    (:func:`rbdc.report.colors.figure_colors`): a series in two panels looks the same in both."""
+    return figure_colors(
+        [
+            [(n, ps[0].protocol) for n in (pn["baseline"], *pn["series"]) if (ps := series(points, n))]
+            for pn in spec.get("panels", [])
+        ]
+    )
 
 
 def figures(points: dict, spec: dict, savings: dict, out: Path) -> dict[str, Path]:
@@ -71,12 +78,14 @@ def _split(scratch: list[Point], named: list[tuple[str, list[Point]]]) -> tuple[
     return [x for x in named if x not in far], far
 
 
-def _draw(ax, named, colors: dict, dodged: bool, scratch_name: str) -> None:
+def _draw(ax, named, colors: dict, step: float, scratch_name: str) -> None:
+    """Each series' means with their 95% intervals; the series other than scratch ``step`` log2 FLOPs apart at one
+    budget (0: not dodged)."""
     others = [n for n, _ in named if n != scratch_name]
     for name, ps in named:
         color, marker = colors[name]
         j = others.index(name) if name in others else None
-        shift = 2 ** (DODGE * _slot(j, len(others))) if dodged and j is not None else 1.0
+        shift = 2 ** (step * _slot(j, len(others))) if j is not None else 1.0
         ax.errorbar(
             [p.flops_mean * shift for p in ps],
             [p.mean for p in ps],
@@ -97,13 +106,26 @@ def _slot(j: int, n: int) -> int:
     return k + 1 if k >= 0 else k
 
 
+def _window(scratch: list[Point], near: list[tuple[str, list[Point]]]) -> tuple[float, float]:
+    """The panel's FLOPs range: the compared series (scratch without them) and half a budget step beyond; where a
+    compared point lies above (below) scratch's whole curve, out to scratch's last (first) budget, so the figure
+    shows why its saving is a bound."""
+    compared = [p for n, ps in near for p in ps] or scratch
+    lo, hi = min(p.flops_mean for p in compared) / 1.45, max(p.flops_mean for p in compared) * 1.45
+    if scratch and any(p.mean > max(s.mean for s in scratch) for p in compared):
+        hi = max(hi, max(s.flops_mean for s in scratch) * 1.2)
+    if scratch and any(p.mean < min(s.mean for s in scratch) for p in compared):
+        lo = min(lo, min(s.flops_mean for s in scratch) / 1.2)
+    return lo, hi
+
+
 def _zoom(ax, scratch: list[Point], near: list[tuple[str, list[Point]]]) -> None:
-    """Limits around the compared series (half a budget step beyond them) and scratch's curve inside that window;
-    ticks at scratch's budgets inside it, labelled with their FLOPs and budget (one label per budget)."""
+    """Limits around the compared series (:func:`_window`) and scratch's curve inside that window; ticks at
+    scratch's budgets inside it, labelled with their FLOPs and budget (one label per budget)."""
     from matplotlib.ticker import FixedLocator, NullLocator
 
     compared = [p for n, ps in near for p in ps] or scratch
-    lo, hi = min(p.flops_mean for p in compared) / 1.45, max(p.flops_mean for p in compared) * 1.45
+    lo, hi = _window(scratch, near)
     at = _curve(scratch)
     ys = [at(lo), at(hi)] + [
         v
@@ -125,7 +147,7 @@ def _inset(ax, scratch_name: str, scratch: list[Point], far: list, colors: dict)
     from matplotlib.ticker import NullFormatter
 
     ins = ax.inset_axes([0.60, 0.08, 0.38, 0.36])
-    _draw(ins, [(scratch_name, scratch), *far], colors, dodged=False, scratch_name=scratch_name)
+    _draw(ins, [(scratch_name, scratch), *far], colors, 0.0, scratch_name)
     ins.set_xscale("log")
     ins.xaxis.set_minor_formatter(NullFormatter())
     ins.tick_params(labelsize=6)
@@ -138,20 +160,24 @@ def _inset(ax, scratch_name: str, scratch: list[Point], far: list, colors: dict)
 def _fig2(points: dict, spec: dict, path: Path) -> Path:
     panels = spec.get("panels", [])
     fig = _figure(5.6 * len(panels), 4.8)
+    styles = panel_colors(points, spec)
     for i, panel in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
-        colors = panel_colors(points, panel)
+        colors = styles[i]
         scratch = series(points, panel["baseline"])
         named = [(n, ps) for n in panel["series"] if (ps := series(points, n))]
         near, far = _split(scratch, named) if len(scratch) >= 2 else (named, [])
-        _draw(ax, ([(panel["baseline"], scratch)] if scratch else []) + near, colors, True, panel["baseline"])
+        drawn = ([(panel["baseline"], scratch)] if scratch else []) + near
+        lo, hi = _window(scratch or [p for _, ps in near for p in ps], near) if drawn else (1.0, 2.0)
+        # a step in share of the panel's log width: a fixed log2 step vanished on panels spanning 16x of FLOPs
+        _draw(ax, drawn, colors, DODGE * np.log2(hi / lo), panel["baseline"])
         if scratch:
             _zoom(ax, scratch, near)
         if far:
             _inset(ax, panel["baseline"], scratch, far, colors)
         ax.set_xlabel("total training FLOPs (ticks: scratch's budgets, target epochs)", fontsize=8)
         ax.set_ylabel("final top-1 (%), mean ± 95% CI over seeds", fontsize=8)
-        ax.set_title(panel["title"], fontsize=9)
+        ax.set_title(textwrap.fill(panel["title"], TITLE_WIDTH), fontsize=9)
         ax.grid(True, which="major", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="upper left")
@@ -206,12 +232,12 @@ def _fig3(points: dict, spec: dict, path: Path) -> Path:
 def _saving_figure(points: dict, spec: dict, savings: dict, path: Path) -> Path:
     """The saving vs budget, one panel per model (the report's panels), each series dodged sideways; a series whose
     every saving lies off the axis is named under the panel instead of drawn."""
-    panels = [(pn, [n for n in pn["series"] if n in savings]) for pn in spec.get("panels", [])]
-    panels = [(pn, names) for pn, names in panels if names]
+    styles = panel_colors(points, spec)
+    panels = [(pn, [n for n in pn["series"] if n in savings], st) for pn, st in zip(spec.get("panels", []), styles)]
+    panels = [(pn, names, st) for pn, names, st in panels if names]
     fig = _figure(5.6 * len(panels), 4.2)
-    for k, (panel, names) in enumerate(panels):
+    for k, (panel, names, colors) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), k + 1)
-        colors = panel_colors(points, panel)
         off = []
         for j, name in enumerate(names):
             rows = savings[name]
@@ -227,7 +253,7 @@ def _saving_figure(points: dict, spec: dict, savings: dict, path: Path) -> Path:
         ax.set_ylim(*SAVING_LIM)
         ax.axhline(0, color="black", linewidth=0.8)
         ax.axhline(100 * PAPER_SAVING, color="gray", linestyle="--", linewidth=0.8, label="paper: 30%")
-        ax.set_title(panel["title"], fontsize=9)
+        ax.set_title(textwrap.fill(panel["title"], TITLE_WIDTH), fontsize=9)
         ax.set_xlabel("budget (target epochs)" + ("\noff the axis: " + "; ".join(off) if off else ""), fontsize=8)
         ax.set_ylabel("saving vs scratch at equal top-1 (%)\n95% interval; hollow: a bound" if k == 0 else "")
         ax.grid(True, alpha=0.3)
@@ -237,21 +263,34 @@ def _saving_figure(points: dict, spec: dict, savings: dict, path: Path) -> Path:
 
 
 def _saving_series(ax, rows, style: tuple[str, str], name: str, lim: tuple[float, float], dodge: float) -> None:
-    """One series of the saving figure: estimates (hollow: a bound, the point is outside scratch's range) with their
-    intervals clipped to ``lim``; an end that is open or beyond ``lim`` is an arrow."""
+    """One series of the saving figure (:func:`saving_mark` at each budget, dodged sideways)."""
     color, marker = style
     for i, (p, s) in enumerate(rows):
-        x, y = p.budget * dodge, 100 * s["saving"]
-        lo, hi = (max(min(100 * v, lim[1]), lim[0]) for v in (s["lo"], s["hi"]))
-        ax.plot([x, x], [lo, hi], color=color, linewidth=1.2)
-        for end, edge, arrow in ((lo, lim[0], "v"), (hi, lim[1], "^")):
-            ax.plot([x], [end], color=color, marker=arrow if end == edge else "_", markersize=7)
-        ax.plot(
-            [x],
-            [min(max(y, lim[0]), lim[1])],
-            color=color,
-            marker=marker,
-            markersize=6,
-            markerfacecolor="white" if s["status"] != "matched" else color,
-            label=name if i == 0 else None,
-        )
+        saving_mark(ax, p.budget * dodge, s, color, marker, name if i == 0 else None, lim)
+
+
+def saving_mark(ax, x: float, s: dict, color: str, marker: str, label: str | None, lim=SAVING_LIM) -> None:
+    """One saving at ``x``: its estimate (hollow: a bound, the point is outside scratch's range) with its interval
+    clipped to ``lim``; an end that is open or beyond ``lim`` is an arrow. An estimate beyond ``lim`` is not drawn
+    at the edge, where it would read as a value there: the edge carries its value as text instead."""
+    lo, hi = (max(min(100 * v, lim[1]), lim[0]) for v in (s["lo"], s["hi"]))
+    ax.plot([x, x], [lo, hi], color=color, linewidth=1.2)
+    for end, edge, arrow in ((lo, lim[0], "v"), (hi, lim[1], "^")):
+        # an arrow sits on the axis' edge: unclipped, or its outer half (its point) is cut off
+        ax.plot([x], [end], color=color, marker=arrow if end == edge else "_", markersize=7, clip_on=end != edge)
+    y = 100 * s["saving"]
+    face = "white" if s["status"] != "matched" else color
+    if lim[0] <= y <= lim[1]:
+        ax.plot([x], [y], color=color, marker=marker, markersize=6, markerfacecolor=face, label=label)
+        return
+    ax.plot([], [], color=color, marker=marker, markersize=6, markerfacecolor=face, label=label)  # legend only
+    inside = lim[1] - 0.04 * (lim[1] - lim[0]) if y > lim[1] else lim[0] + 0.04 * (lim[1] - lim[0])
+    ax.annotate(
+        f"{BOUND.get(s['status'], '')}{y:+.0f}%",
+        (x, inside),
+        xytext=(4, 0),
+        textcoords="offset points",
+        fontsize=6.5,
+        color=color,
+        va="center",
+    )

@@ -62,10 +62,12 @@ def panel_section(points: dict, panel: dict, savings: dict, verdict: list[str]) 
         "power | p (saving = 30%) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    fresh = [n for n in panel["series"] if n not in savings]  # a series in two panels: counted once, in its first
     for name in panel["series"]:
         for p in series(points, name):
             s = saving_with_interval(scratch, p)
-            savings.setdefault(name, []).append((p, s))
+            if name in fresh:
+                savings.setdefault(name, []).append((p, s))
             bound = {"matched": "", **BOUND}.get(s["status"], "")
             md.append(
                 f"| {p.point} | {_budget(p.budget)} | {_seeds(p)} | {_top1(p)} | "
@@ -74,7 +76,7 @@ def panel_section(points: dict, panel: dict, savings: dict, verdict: list[str]) 
             )
     md.append("")
     md += _head_to_head(points, panel)
-    verdict += [_verdict_line(name, panel, savings[name]) for name in panel["series"] if savings.get(name)]
+    verdict += [_verdict_line(name, panel, savings[name]) for name in fresh if savings.get(name)]
     return md
 
 
@@ -166,6 +168,27 @@ def tuning_section(study: Study, root: Path) -> list[str]:
             settings = ", ".join(f"{k}={v}" for k, v in r["overrides"].items())
             md.append(f"| {pid} | {r['trial']} | {settings} | {' | '.join(cells)} | {opt(r['score'])} | {used} |")
     return md + [""]
+
+
+def tuned_settings(study: Study, root: Path) -> list[str]:
+    """One line near the top of the report naming the setting each tuned point runs at (the trial the tuning
+    section marks 'used'), so a reader need not find the bold cells of its table."""
+    tune = study.tuning
+    if tune is None:
+        return []
+    named = []
+    for pid in tune.trials:
+        rows = tuning.scores(tune, pid, trial_dir(study.name, root.parent))
+        if any(r["score"] is None for r in rows):
+            named.append(f"{pid} not tuned yet")
+            continue
+        best = tuning.best_row(rows)
+        named.append(f"{pid} {', '.join(f'{k}={v}' for k, v in best['overrides'].items())} (trial {best['trial']})")
+    return [
+        "**Tuned settings** (each point's best trial on the held-out split, never on val; every trial under "
+        "'Tuning on a held-out split'): " + "; ".join(named) + ".",
+        "",
+    ]
 
 
 def coupled_table(points: dict, spec: dict) -> list[str]:

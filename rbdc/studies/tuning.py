@@ -49,6 +49,11 @@ def trial_point(point: str, index: int) -> str:
     return f"tune/{point}/t{index}"
 
 
+def is_trial_point(point: str) -> bool:
+    """A point id :func:`trial_point` made (a tuning trial, not a reported point)."""
+    return point.startswith("tune/")
+
+
 def parse(section, where: str, points: list[str], known_key) -> Tuning:
     """Check the ``tuning:`` section; ``known_key(point, key)`` is False where the point's protocol has no such
     recipe key. Every problem is one :class:`UserError` naming the field."""
