@@ -24,9 +24,14 @@ START = "<!-- headline: written by `python -m benchmarks.make_reports` from {sou
 END = "<!-- /headline -->"
 
 
-def _subject(savings: dict) -> list[tuple[str, object, dict]]:
-    """``(series, point, saving)`` of the method under study (the registry's subject protocol), once each."""
-    return [(n, p, s) for n, rows in savings.items() for p, s in rows if protocols.get(p.protocol).subject]
+def _subject(spec: dict, savings: dict) -> list[tuple[str, object, dict]]:
+    """``(series, point, saving)`` of the method under study (the registry's subject protocol), once each, from the
+    model panels only (:func:`_model_panels`): an ablation shown in a later panel on the same scratch (e.g. the
+    copies ablation, protocol rbdc) is not one of the method's points."""
+    names = {n for pn in _model_panels(spec, savings) for n in pn["series"]}
+    return [
+        (n, p, s) for n, rows in savings.items() if n in names for p, s in rows if protocols.get(p.protocol).subject
+    ]
 
 
 def _scale(spec: dict, points: dict, savings: dict) -> str:
@@ -46,15 +51,20 @@ def _scale(spec: dict, points: dict, savings: dict) -> str:
     )
 
 
-def _models(spec: dict, savings: dict) -> list[str]:
-    """The title of each panel with a saving that compares against a scratch no earlier such panel used: one name
-    per model (a later panel on the same scratch, e.g. an ablation, is not another model)."""
-    titles, seen = [], set()
+def _model_panels(spec: dict, savings: dict) -> list[dict]:
+    """Each panel with a saving that compares against a scratch no earlier such panel used: one per model (a later
+    panel on the same scratch, e.g. an ablation, is not another model)."""
+    panels, seen = [], set()
     for pn in spec.get("panels", []):
         if any(n in savings for n in pn["series"]) and pn["baseline"] not in seen:
             seen.add(pn["baseline"])
-            titles.append(pn["title"])
-    return titles
+            panels.append(pn)
+    return panels
+
+
+def _models(spec: dict, savings: dict) -> list[str]:
+    """The title of each model panel (:func:`_model_panels`)."""
+    return [pn["title"] for pn in _model_panels(spec, savings)]
 
 
 def _span(values: list[float]) -> str:
@@ -63,7 +73,7 @@ def _span(values: list[float]) -> str:
 
 def lines(spec: dict, points: dict, savings: dict, costs: list, out_name: str) -> list[str]:
     """The three lines (Markdown; links relative to the report's folder); empty without a saving of the method."""
-    rows = _subject(savings)
+    rows = _subject(spec, savings)
     if not rows:
         return []
     n = len(rows)
@@ -71,19 +81,21 @@ def lines(spec: dict, points: dict, savings: dict, costs: list, out_name: str) -
     below = sum(s["hi"] < 0 for _, _, s in rows)
     paper = sum(s["lo"] <= PAPER_SAVING <= s["hi"] for _, _, s in rows)
     name, p, s = max(rows, key=lambda r: r[2]["lo"])
+    its = f"its {n} point" + ("s" if n != 1 else "")
     found = (
-        f"above zero at {above} and below zero at {below} of its {n} points"
+        f"above zero at {above} and below zero at {below} of {its}"
         if above or below
-        else f"not distinguishable from zero at any of its {n} points"
+        else f"not distinguishable from zero at any of {its}"
     )
     first = (
         f"**What the suite found** ({_scale(spec, points, savings)}): RBDC's FLOPs saving against scratch at "
         f"equal top-1, whole pipeline counted, is {found} (95% intervals by test inversion); the closest to a "
         f"demonstrated saving is {name} at budget {_budget(p.budget)}: {saving_text(s)}"
         f"{OUTSIDE.get(s['status'], '')}. The paper's 30% lies outside {n - paper} of the "
-        f"{n} intervals."
+        f"{n} interval" + ("s" if n != 1 else "") + "."
     )
-    mine = [c for _, c in costs if protocols.get(c.point.protocol).subject]
+    names = {name for name, _, _ in rows}
+    mine = [c for _, c in costs if c.point.point in names and protocols.get(c.point.protocol).subject]
     target = [c.target["saving"] for c in mine]
     walls = [c.wall_own["saving"] for c in mine if c.wall_own]
     speeds = [c.speed for c in mine if c.speed is not None]
