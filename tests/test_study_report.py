@@ -424,3 +424,18 @@ def test_fig2_reaches_scratchs_last_budget_when_a_point_lies_above_its_whole_cur
     study, root = _fake_study(tmp_path / "b")
     ax = _fig2_axes(tmp_path / "b", monkeypatch, study, root)[0]
     assert ax.get_xlim()[1] == pytest.approx(2e12 * 1.45)
+
+
+def test_fig2_says_so_where_a_panel_has_no_finished_run_yet(tmp_path, monkeypatch):
+    """A study under way (the fair study's ResNet panel before its tuning ends): the panel says it has no finished
+    run, instead of an empty frame with 0-1 axes."""
+    study, root = _fake_study(tmp_path)
+    data = yaml.safe_load(study.path.read_text())
+    data["points"].append({"id": "later", "recipe": str(CI / "scratch.yaml"), "budgets": [1, 2]})
+    data["report"]["panels"].append({"title": "Later", "baseline": "later", "series": ["rbdc-r3"]})
+    study.path.write_text(yaml.safe_dump(data))
+    for s in range(3):
+        (root / "rbdc-r3" / "b2" / f"seed{s}" / "results.json").unlink()  # not finished
+    first, later = _fig2_axes(tmp_path, monkeypatch, load_study(study.path), root)
+    assert [t.get_text() for t in later.texts] == ["no finished runs yet"] and not later.get_xticks().size
+    assert not first.texts and first.lines

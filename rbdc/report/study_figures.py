@@ -119,6 +119,12 @@ def _window(scratch: list[Point], near: list[tuple[str, list[Point]]]) -> tuple[
     return lo, hi
 
 
+def _no_runs(ax) -> None:
+    ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def _zoom(ax, scratch: list[Point], near: list[tuple[str, list[Point]]]) -> None:
     """Limits around the compared series (:func:`_window`) and scratch's curve inside that window; ticks at
     scratch's budgets inside it, labelled with their FLOPs and budget (one label per budget)."""
@@ -168,6 +174,8 @@ def _fig2(points: dict, spec: dict, path: Path) -> Path:
         named = [(n, ps) for n in panel["series"] if (ps := series(points, n))]
         near, far = _split(scratch, named) if len(scratch) >= 2 else (named, [])
         drawn = ([(panel["baseline"], scratch)] if scratch else []) + near
+        if not drawn:  # a study under way: say so, not an empty 0-1 frame
+            _no_runs(ax)
         lo, hi = _window(scratch or [p for _, ps in near for p in ps], near) if drawn else (1.0, 2.0)
         # a step in share of the panel's log width: a fixed log2 step vanished on panels spanning 16x of FLOPs
         _draw(ax, drawn, colors, DODGE * np.log2(hi / lo), panel["baseline"])
