@@ -162,17 +162,20 @@ def _budget_figure(rungs: list[Rung], rows, fit, path: Path) -> Path:
     )
     ax.set_xscale("log")
     ax.set_xlim(lo, DEIT_B.bpp * 2)
-    # labels written as plain numbers, at 1, 2 and 5 of each decade on a short axis and at the decades on a long one:
-    # matplotlib's default labels the minor ticks of an axis spanning under ~1.5 decades, and its "3×10⁻¹ 4×10⁻¹"
-    # ran into each other
-    subs = (1.0, 2.0, 5.0) if np.log10(DEIT_B.bpp * 2 / lo) <= 2 else (1.0,)
-    ax.xaxis.set_major_locator(LogLocator(subs=subs))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    _plain_log_ticks(ax.xaxis, lo, DEIT_B.bpp * 2)
     ax.set_title("The saving vs budget per parameter, by width", fontsize=9)
     _frame(ax, "budget per parameter (image-epochs per parameter: target epochs × train images / parameters)")
     fig.tight_layout()
     return save_png(fig, path)
+
+
+def _plain_log_ticks(axis, lo: float, hi: float) -> None:
+    """Labels written as plain numbers, at 1, 2 and 5 of each decade on a short axis and at the decades on a long
+    one: matplotlib's default labels the minor ticks of an axis spanning under ~1.5 decades, and its "3×10⁻¹
+    4×10⁻¹" ran into each other."""
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if np.log10(hi / lo) <= 2 else (1.0,)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _coupling_figure(rungs: list[Rung], path: Path) -> Path:
