@@ -39,15 +39,8 @@ def protocol_colors(names: Iterable[str]) -> dict[str, str]:
 def series_colors(series: Sequence[tuple[str, str]]) -> dict[str, tuple[str, str]]:
     """``(colour, marker)`` of each ``(series name, protocol)`` of one panel, in order: the first series of a
     protocol takes its registered colour, later ones (and unregistered protocols) spare colours; markers by
-    position."""
-    colors, free, out, taken = registered(), iter(spare()), {}, set()
-    for i, (name, protocol) in enumerate(series):
-        color = colors.get(protocol)
-        if color is None or color in taken:
-            color = next(free, "#000000")
-        taken.add(color)
-        out[name] = (color, MARKERS[i % len(MARKERS)])
-    return out
+    position (:func:`figure_colors` of a one-panel figure)."""
+    return figure_colors([series])[0]
 
 
 def figure_colors(panels: Sequence[Sequence[tuple[str, str]]]) -> list[dict[str, tuple[str, str]]]:

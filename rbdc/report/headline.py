@@ -95,7 +95,7 @@ def lines(spec: dict, points: dict, savings: dict, costs: list, out_name: str) -
         f"{n} interval" + ("s" if n != 1 else "") + "."
     )
     names = {name for name, _, _ in rows}
-    mine = [c for _, c in costs if c.point.point in names and protocols.get(c.point.protocol).subject]
+    mine = [c for _, c in costs if c.point.point in names]  # the subject's points of the model panels, as above
     target = [c.target["saving"] for c in mine]
     walls = [c.wall_own["saving"] for c in mine if c.wall_own]
     speeds = [c.speed for c in mine if c.speed is not None]

@@ -51,11 +51,6 @@ def figures(rungs: list[Rung], out: Path) -> dict[str, Path]:
     return paths
 
 
-def _saving_point(ax, x: float, s: dict, color: str, marker: str, label: str | None) -> None:
-    """One saving, drawn as in the study report's saving figure (:func:`rbdc.report.study_figures.saving_mark`)."""
-    saving_mark(ax, x, s, color, marker, label)
-
-
 def _band(ax, xs, ivs, color: str, label: str, dashed: bool, alpha: float = 0.12) -> None:
     ax.plot(
         xs,
@@ -90,7 +85,7 @@ def _width_figure(rungs: list[Rung], rows, fit, path: Path) -> Path:
         dodge = 2 ** (DODGE * (j - (len(MATCHED) - 1) / 2))
         at = [(r, row) for r, row in rows if row.point.budget == b]
         for i, (r, row) in enumerate(at):
-            _saving_point(ax, r.width * dodge, row.s, color, marker, f"RBDC d1, {b} target epochs" if i == 0 else None)
+            saving_mark(ax, r.width * dodge, row.s, color, marker, f"RBDC d1, {b} target epochs" if i == 0 else None)
         if fit is not None:
             grid = [w for w in GRID if w >= rungs[0].width]
             ivs = [fit.predict(w, b * widest.train_images / shape(widest.model, w)[1]) for w in grid]
@@ -115,7 +110,7 @@ def _budget_figure(rungs: list[Rung], rows, fit, path: Path) -> Path:
     seen = set()
     for r, row in rows:
         marker = MARKERS[[x.width for x in rungs].index(r.width) % len(MARKERS)]
-        _saving_point(ax, row.bpp, row.s, colors[r.width], marker, None if r.width in seen else f"width {r.width}")
+        saving_mark(ax, row.bpp, row.s, colors[r.width], marker, None if r.width in seen else f"width {r.width}")
         seen.add(r.width)
     lo = min(row.bpp for _, row in rows) / 2
     if fit is not None:
@@ -142,7 +137,7 @@ def _budget_figure(rungs: list[Rung], rows, fit, path: Path) -> Path:
             alpha=0.06,
         )
         iv = fit.predict(DEIT_B.width, DEIT_B.bpp)
-        _saving_point(
+        saving_mark(
             ax,
             DEIT_B.bpp,
             {"saving": iv.estimate, "lo": iv.lo, "hi": iv.hi, "status": "matched"},
@@ -162,20 +157,21 @@ def _budget_figure(rungs: list[Rung], rows, fit, path: Path) -> Path:
     )
     ax.set_xscale("log")
     ax.set_xlim(lo, DEIT_B.bpp * 2)
-    _plain_log_ticks(ax.xaxis, lo, DEIT_B.bpp * 2)
+    _plain_log_ticks(ax)
     ax.set_title("The saving vs budget per parameter, by width", fontsize=9)
     _frame(ax, "budget per parameter (image-epochs per parameter: target epochs × train images / parameters)")
     fig.tight_layout()
     return save_png(fig, path)
 
 
-def _plain_log_ticks(axis, lo: float, hi: float) -> None:
-    """Labels written as plain numbers, at 1, 2 and 5 of each decade on a short axis and at the decades on a long
-    one: matplotlib's default labels the minor ticks of an axis spanning under ~1.5 decades, and its "3×10⁻¹
-    4×10⁻¹" ran into each other."""
-    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if np.log10(hi / lo) <= 2 else (1.0,)))
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    axis.set_minor_formatter(NullFormatter())
+def _plain_log_ticks(ax) -> None:
+    """The log x axis' labels written as plain numbers, at 1, 2 and 5 of each decade on a short axis and at the
+    decades on a long one (its limits set): matplotlib's default labels the minor ticks of an axis spanning under
+    ~1.5 decades, and its "3×10⁻¹ 4×10⁻¹" ran into each other."""
+    lo, hi = ax.get_xlim()
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if np.log10(hi / lo) <= 2 else (1.0,)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _coupling_figure(rungs: list[Rung], path: Path) -> Path:

@@ -125,13 +125,12 @@ def _no_runs(ax) -> None:
     ax.set_yticks([])
 
 
-def _zoom(ax, scratch: list[Point], near: list[tuple[str, list[Point]]]) -> None:
-    """Limits around the compared series (:func:`_window`) and scratch's curve inside that window; ticks at
-    scratch's budgets inside it, labelled with their FLOPs and budget (one label per budget)."""
+def _zoom(ax, scratch: list[Point], near: list[tuple[str, list[Point]]], lo: float, hi: float) -> None:
+    """Limits: the FLOPs window ``lo``-``hi`` (:func:`_window`) and the compared series' and scratch's top-1 inside
+    it; ticks at scratch's budgets inside it, labelled with their FLOPs and budget (one label per budget)."""
     from matplotlib.ticker import FixedLocator, NullLocator
 
     compared = [p for n, ps in near for p in ps] or scratch
-    lo, hi = _window(scratch, near)
     at = _curve(scratch)
     ys = [at(lo), at(hi)] + [
         v
@@ -176,11 +175,11 @@ def _fig2(points: dict, spec: dict, path: Path) -> Path:
         drawn = ([(panel["baseline"], scratch)] if scratch else []) + near
         if not drawn:  # a study under way: say so, not an empty 0-1 frame
             _no_runs(ax)
-        lo, hi = _window(scratch or [p for _, ps in near for p in ps], near) if drawn else (1.0, 2.0)
+        lo, hi = _window(scratch, near) if drawn else (1.0, 2.0)
         # a step in share of the panel's log width: a fixed log2 step vanished on panels spanning 16x of FLOPs
         _draw(ax, drawn, colors, DODGE * np.log2(hi / lo), panel["baseline"])
         if scratch:
-            _zoom(ax, scratch, near)
+            _zoom(ax, scratch, near, lo, hi)
         if far:
             _inset(ax, panel["baseline"], scratch, far, colors)
         ax.set_xlabel("total training FLOPs (ticks: scratch's budgets, target epochs)", fontsize=8)
