@@ -16,24 +16,8 @@ import yaml
 
 from rbdc import report
 from rbdc.errors import UserError
+from rbdc.runs.summary import SUMMARY_COLUMNS, write_summary
 
-SUMMARY_COLUMNS = [
-    "stage",
-    "model",
-    "epoch",
-    "train_loss",
-    "eval_loss",
-    "eval_top1",
-    "eval_top5",
-    "lr",
-    "images_seen",
-    "train_flops",
-    "cum_train_flops",
-    "wall_s",
-    "img_per_s",
-    "peak_mem_mb",
-    "mfu",
-]
 TINY, HALF = "deit_tiny_patch16_224", "rbdc_deit_tiny_half"
 IMAGES = 9469  # Imagenette train split
 
@@ -94,10 +78,7 @@ def make_run(
                 }
             )
     rows[-1]["cum_train_flops"] = repr(float(flops))
-    with (run_dir / "summary.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, SUMMARY_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_summary(run_dir / "summary.csv", rows)  # the engine's writer: its columns, in its order
     name = f"{group.replace('/', '-')}-s{seed}"
     (run_dir / "recipe.yaml").write_text(
         yaml.safe_dump(

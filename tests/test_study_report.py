@@ -439,3 +439,28 @@ def test_fig2_says_so_where_a_panel_has_no_finished_run_yet(tmp_path, monkeypatc
     first, later = _fig2_axes(tmp_path, monkeypatch, load_study(study.path), root)
     assert [t.get_text() for t in later.texts] == ["no finished runs yet"] and not later.get_xticks().size
     assert not first.texts and first.lines
+
+
+def test_a_verdict_line_writes_a_bound_and_its_one_sided_interval_once_each():
+    from rbdc.report.study_sections import _estimate_and_interval
+
+    inside = {"status": "matched", "saving": 0.118, "text": "[-6.9%, +23.9%]"}
+    assert _estimate_and_interval(inside) == "+11.8% [-6.9%, +23.9%]"
+    below = {"status": "below_range", "saving": -2.999, "text": "≤ -247.7%"}
+    assert _estimate_and_interval(below) == "≤ -299.9%, interval ≤ -247.7%"
+    at_edge = {"status": "below_range", "saving": -1.0, "text": "≤ -100.0%"}
+    assert _estimate_and_interval(at_edge) == "≤ -100.0%"  # was "≤ -100.0% ≤ -100.0%"
+
+
+def test_in_short_places_the_papers_30_percent_among_the_methods_points_only():
+    from types import SimpleNamespace
+
+    from rbdc.report.study import in_short
+
+    b8 = SimpleNamespace(budget=8)
+    method = ("vit-rbdc-d1", b8, {"saving": 0.10, "lo": 0.02, "hi": 0.18})
+    baseline = ("vit-hypercloning", b8, {"saving": 0.25, "lo": 0.05, "hi": 0.40})  # holds 30%: not the paper's claim
+    savings = {"vit-rbdc-d1": [method[1:]], "vit-hypercloning": [baseline[1:]]}
+    text = in_short(savings, [method])[0]
+    assert "lies inside none of the method's 1 intervals" in text  # was: "the 95% interval of vit-hypercloning b8"
+    assert "vit-rbdc-d1 b8 (+10.0%), vit-hypercloning b8 (+25.0%)" in text  # every series' savings still listed

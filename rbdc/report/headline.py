@@ -24,7 +24,7 @@ START = "<!-- headline: written by `python -m benchmarks.make_reports` from {sou
 END = "<!-- /headline -->"
 
 
-def _subject(spec: dict, savings: dict) -> list[tuple[str, object, dict]]:
+def subject(spec: dict, savings: dict) -> list[tuple[str, object, dict]]:
     """``(series, point, saving)`` of the method under study (the registry's subject protocol), once each, from the
     model panels only (:func:`_model_panels`): an ablation shown in a later panel on the same scratch (e.g. the
     copies ablation, protocol rbdc) is not one of the method's points."""
@@ -73,7 +73,7 @@ def _span(values: list[float]) -> str:
 
 def lines(spec: dict, points: dict, savings: dict, costs: list, out_name: str) -> list[str]:
     """The three lines (Markdown; links relative to the report's folder); empty without a saving of the method."""
-    rows = _subject(spec, savings)
+    rows = subject(spec, savings)
     if not rows:
         return []
     n = len(rows)

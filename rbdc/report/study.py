@@ -195,7 +195,9 @@ def build(study: Study, root: Path, out: Path, project: Path | None = None) -> d
     md += sec.hardware_section(points, study)
     if spec.get("panels"):  # a study of comparisons only (e.g. a lever's accuracy check) answers in its tables
         md += ["## Verdict", ""]
-        md += in_short(savings) + (verdict or ["Not enough finished runs for a verdict yet."])
+        md += in_short(savings, headline.subject(spec, savings)) + (
+            verdict or ["Not enough finished runs for a verdict yet."]
+        )
         md += [
             "",
             "Each verdict line is computed from the table above it: 'saves FLOPs' where the whole 95% "
@@ -237,17 +239,19 @@ def _opening(study: Study, spec: dict, points: dict, root: Path, out: Path, proj
     return md
 
 
-def in_short(savings: dict[str, list]) -> list[str]:
-    """One plain paragraph over every series: where the paper's 30% falls, and which points save FLOPs."""
+def in_short(savings: dict[str, list], subject: list) -> list[str]:
+    """One plain paragraph over every series: where the paper's 30% falls among the method's own points
+    (``subject``: :func:`rbdc.report.headline.subject`; a baseline's interval holding 30% says nothing of the
+    paper's claim), and which points of any series save FLOPs."""
     rows = [(name, p, s) for name, pts in savings.items() for p, s in pts]
     if not rows:
         return []
-    inside = [f"{n} b{_budget(p.budget)}" for n, p, s in rows if s["lo"] <= PAPER_SAVING <= s["hi"]]
+    inside = [f"{n} b{_budget(p.budget)}" for n, p, s in subject if s["lo"] <= PAPER_SAVING <= s["hi"]]
     saves = [f"{n} b{_budget(p.budget)} ({100 * s['saving']:+.1f}%)" for n, p, s in rows if s["lo"] > 0]
     worse = [f"{n} b{_budget(p.budget)}" for n, p, s in rows if s["hi"] < 0]
     return [
         "**In short**: the paper's 30% saving lies inside "
-        + (f"the 95% interval of {', '.join(inside)}" if inside else f"none of the {len(rows)} intervals")
+        + (f"the 95% interval of {', '.join(inside)}" if inside else f"none of the method's {len(subject)} intervals")
         + ". Saving FLOPs beyond seed noise: "
         + (", ".join(saves) if saves else "no point")
         + ". Needing more FLOPs than scratch: "

@@ -85,10 +85,19 @@ def _spread(spread: dict) -> str:
     return " / ".join("–" if spread.get(k) is None else f"{100 * spread[k]:+.1f}%" for k in ("pchip", "power"))
 
 
+def _estimate_and_interval(s: dict) -> str:
+    """``+11.8% [-6.9%, +23.9%]``; for a point outside scratch's range the estimate is a bound and its interval
+    one-sided: ``≤ -299.9%, interval ≤ -247.7%``, written once where the two coincide (``≤ -100.0%``)."""
+    estimate = f"{BOUND.get(s['status'], '')}{100 * s['saving']:+.1f}%"
+    if s["status"] not in BOUND:
+        return f"{estimate} {s['text']}"
+    return estimate if s["text"] == estimate else f"{estimate}, interval {s['text']}"
+
+
 def _verdict_line(name: str, panel: dict, rows: list) -> str:
     words = "; ".join(
-        f"b{_budget(p.budget)}: {BOUND.get(s['status'], '')}{100 * s['saving']:+.1f}% "
-        f"{s['text']} ({verdict_word(s['lo'], s['hi'])}{OUTSIDE.get(s['status'], '')})"
+        f"b{_budget(p.budget)}: {_estimate_and_interval(s)} ({verdict_word(s['lo'], s['hi'])}"
+        f"{OUTSIDE.get(s['status'], '')})"
         for p, s in rows
     )
     pays = [p for p, s in rows if s["lo"] > 0]
