@@ -21,7 +21,7 @@ from rbdc.studies.spec import Study
 
 from .fmt import DASH, signed_pct
 from .fmt import budget as _budget
-from .study import BOUND, Point, saving_with_interval, series
+from .study import Point, estimate_text, saving_with_interval, series
 
 
 def cpu_kind(run) -> str:
@@ -166,7 +166,7 @@ def saving_text(s: dict | None, why: str = "") -> str:
     """A saving and its interval, e.g. ``+11.8% [-6.9%, +23.9%]``; a bound is marked ≥ / ≤."""
     if s is None:
         return f"{DASH} ({why})" if why else DASH
-    return f"{BOUND.get(s['status'], '')}{signed_pct(s['saving'])} {interval_text(s)}".rstrip()
+    return f"{estimate_text(s)} {interval_text(s)}".rstrip()
 
 
 def _spread(values: list[float]) -> str:

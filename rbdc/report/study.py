@@ -33,6 +33,7 @@ from rbdc.studies.spec import Study
 
 from .fmt import budget as _budget
 from .fmt import rel
+from .fmt import signed_pct
 from .load import discover_run_dirs, load_run
 from .saving import curve_spread, p_value_saving, saving_interval
 from .stats import matched_flops, t_half_width
@@ -153,6 +154,12 @@ def saving_with_interval(scratch: list[Point], p: Point, flops: float | None = N
 
 BOUND = {"above_range": "≥ ", "below_range": "≤ "}
 OUTSIDE = {"above_range": ", above scratch's whole curve", "below_range": ", below scratch's whole curve"}
+
+
+def estimate_text(s: dict) -> str:
+    """A saving's estimate, e.g. ``+11.8%``; ``≥ `` / ``≤ `` before it where the point lies outside scratch's range
+    (the estimate is then a bound)."""
+    return f"{BOUND.get(s['status'], '')}{signed_pct(s['saving'])}"
 
 
 def verdict_word(lo: float, hi: float) -> str:

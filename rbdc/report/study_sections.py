@@ -16,7 +16,17 @@ from rbdc.units import human_flops
 from .fmt import budget as _budget
 from .fmt import opt, p_value, pm
 from .stats import welch
-from .study import BOUND, OUTSIDE, PAPER_SAVING, Point, recipe_value, saving_with_interval, series, verdict_word
+from .study import (
+    BOUND,
+    OUTSIDE,
+    PAPER_SAVING,
+    Point,
+    estimate_text,
+    recipe_value,
+    saving_with_interval,
+    series,
+    verdict_word,
+)
 
 
 def _seeds(p: Point) -> str:
@@ -88,7 +98,7 @@ def _spread(spread: dict) -> str:
 def _estimate_and_interval(s: dict) -> str:
     """``+11.8% [-6.9%, +23.9%]``; for a point outside scratch's range the estimate is a bound and its interval
     one-sided: ``≤ -299.9%, interval ≤ -247.7%``, written once where the two coincide (``≤ -100.0%``)."""
-    estimate = f"{BOUND.get(s['status'], '')}{100 * s['saving']:+.1f}%"
+    estimate = estimate_text(s)
     if s["status"] not in BOUND:
         return f"{estimate} {s['text']}"
     return estimate if s["text"] == estimate else f"{estimate}, interval {s['text']}"
