@@ -153,7 +153,9 @@ def test_an_edited_study_stops_before_training_and_rerun_changed_moves_the_old_r
     run = load_study(path).runs[0]
     assert (run.run_dir(out) / rundir.RESULTS).read_text() == before  # nothing trained
     assert main(["study", str(path), "-o", str(out), "--list"]) == 0
-    assert "changed  tiny/scratch seed 0: lr_base" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "changed  tiny/scratch seed 0: lr_base" in out_text
+    assert "2 runs: 2 done" in out_text and "nothing left to train" in out_text  # --list counts and times the rest
     from rbdc.report.study import collect
 
     assert collect(load_study(path), out / "tiny")[("scratch", None)].n == 0  # the report never counts them

@@ -25,6 +25,7 @@ directories resume on their own); a run that fails is reported with its log and 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import os
@@ -32,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import pool
+from . import eta, pool
 from .spec import Study, StudyRun, load_study
 from ..runs import rundir, runlock
 from ..errors import UserError
@@ -209,7 +210,7 @@ def cmd_study(args) -> int:
     study = load_study(args.study, output)
     runs = _selected(study, args.only)
     if args.list or args.dry_run:
-        return _list_runs(study, runs, output)
+        return _list_runs(study, runs, output, args.jobs or study.jobs, args.threads or study.threads)
     changed = changed_runs(runs, output)
     if changed and not args.rerun_changed:
         _refuse_changed(changed, output)
@@ -248,22 +249,24 @@ def cmd_study(args) -> int:
     return 0
 
 
-def _list_runs(study: Study, runs: list[StudyRun], output: Path) -> int:
+def _list_runs(study: Study, runs: list[StudyRun], output: Path, jobs: int, threads: int) -> int:
     """``--list`` / ``--dry-run``: every run with its status, planned FLOPs and overrides, the study's choices, the
-    changed runs and the training left. Plans every run, so a broken point shows here."""
-    cost = 0.0
+    changed runs, the count per status and the training left, in FLOPs and in hours here. Plans every run, so a
+    broken point shows here."""
+    left, counts = [], collections.Counter()
     for r in runs:
-        c = _checked_plan(r)
-        cost += c if r.status(output) != "done" else 0
-        print(
-            f"{r.status(output):8s} {r.name} seed {r.seed}  {human_flops(c)}  "
-            f"[{' '.join(r.overrides)}]" + (f"  ({r.waiting})" if r.waiting else "")
-        )
+        c, status = _checked_plan(r), r.status(output)
+        counts[status] += 1
+        if status != "done":
+            left.append((r, c))
+        print(f"{status:8s} {r.name} seed {r.seed}  {human_flops(c)}  [{' '.join(r.overrides)}]")
     for pid, why in study.choices.items():
         print(f"{pid}: {why}")
     for r, keys in changed_runs(runs, output).items():
         print(f"changed  {r.name} seed {r.seed}: {', '.join(keys)} (--rerun-changed reruns it)")
-    print(f"{len(runs)} runs, {human_flops(cost)} of training left -> {output}")
+    print(f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    print(f"{human_flops(sum(c for _, c in left))} of training left -> {output}")
+    print(eta.eta_text(runs, left, output, jobs, threads))
     return 0
 
 
