@@ -464,3 +464,23 @@ def test_in_short_places_the_papers_30_percent_among_the_methods_points_only():
     text = in_short(savings, [method])[0]
     assert "lies inside none of the method's 1 intervals" in text  # was: "the 95% interval of vit-hypercloning b8"
     assert "vit-rbdc-d1 b8 (+10.0%), vit-hypercloning b8 (+25.0%)" in text  # every series' savings still listed
+
+
+def test_each_series_is_also_tested_over_its_budgets_as_one_contrast_in_its_panel_and_verdict(tmp_path):
+    """Issue 31 item 5: the top-1 gap at equal FLOPs and the test of the paper's 30%, combined over a series' budgets
+    (rbdc.report.saving.over_budgets: one contrast, exact for the shared scratch curve), in the panel and the
+    verdict line."""
+    from rbdc.report.saving import over_budgets
+
+    study, root = _fake_study(tmp_path)
+    md = build(study, root, tmp_path / "out" / "tiny")["md"].read_text()
+    scratch = [(f, [t - 0.1, t, t + 0.1]) for t, f in SCRATCH.values()]
+    gap = over_budgets(scratch, [([64.0, 65.0, 66.0], 2e12)], 0.0).gap
+    p30 = over_budgets(scratch, [([64.0, 65.0, 66.0], 2e12)], 0.30)
+    assert gap.gap == pytest.approx(5.0) and p30.gap.gap < 0  # 60 at 2e12; 65.15 at 2e12 / 0.7 on the curve
+    said = (
+        f"over budgets 2, top-1 +5.00 [{gap.lo:+.2f}, {gap.hi:+.2f}] against scratch at equal FLOPs; the paper's "
+        f"30% at every budget (2): p = {p30.p:.3f} (the saving measured is smaller)"
+    )
+    assert f"- rbdc: {said}." in md and f"Taken together, {said}." in md
+    assert "**Over each series' budgets**" in md
