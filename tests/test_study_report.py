@@ -315,6 +315,20 @@ def test_a_series_keeps_its_colour_across_panels_and_a_colour_names_one_series_p
     assert c["d1"] == a["d1"] and c["scratch"] == a["scratch"]
     assert c["copies"][0] not in {a["d2"][0], c["d1"][0], c["hc"][0]}
     assert len({m for _, m in c.values()}) == len(c)  # no two series of a panel share a marker
+    # the ablation panel (on ViT's scratch again): its new series take markers no series of the figure has
+    assert c["copies"][1] != a["d2"][1] and c["hc"][1] not in {m for _, m in (*a.values(), *b.values())}
+    assert [m for _, m in b.values()] == [a["scratch"][1], a["d1"][1]]  # another model's panel mirrors the first
+
+
+def test_markers_run_out_gracefully_in_a_crowded_figure():
+    """Four ablation panels on one reference, 13 series for 8 markers: past them a new series still differs from
+    the others of its own panel."""
+    from rbdc.report.colors import MARKERS, figure_colors
+
+    panels = [[("ref", "scratch"), *[(f"p{j}s{i}", "rbdc") for i in range(3)]] for j in range(4)]
+    styles = figure_colors(panels)
+    assert all(len({m for _, m in panel.values()}) == 4 for panel in styles)
+    assert {m for panel in styles for _, m in panel.values()} == set(MARKERS)
 
 
 def _two_panel_study(tmp_path, **kw):
@@ -484,3 +498,83 @@ def test_each_series_is_also_tested_over_its_budgets_as_one_contrast_in_its_pane
     )
     assert f"- rbdc: {said}." in md and f"Taken together, {said}." in md
     assert "**Over each series' budgets**" in md
+
+
+def test_a_p_value_reads_as_a_table_cell_or_as_a_sentence_says_it():
+    from rbdc.report.fmt import DASH, p_value
+
+    assert p_value(0.0042) == "0.004" and p_value(2e-5) == "< 0.001" and p_value(None) == DASH
+    assert p_value(0.0042, stated=True) == "p = 0.004" and p_value(2e-5, stated=True) == "p < 0.001"
+
+
+def test_two_series_head_to_head_over_their_shared_budgets_in_one_contrast():
+    """The ablation panel asks "independent parts or one source?" over b8-b32 at once: beside each budget's Welch row,
+    one row over the budgets both series ran (rbdc.report.saving.pair_over_budgets); a budget only one ran is left
+    out, and a pair that shares one budget gets no such row."""
+    from rbdc.report.fmt import pm
+    from rbdc.report.saving import pair_over_budgets
+    from rbdc.report.study_sections import _head_to_head
+
+    def pt(name, b, tops):
+        return Point(name, b, "rbdc", list(tops), [b * 1e12] * len(tops), list(range(len(tops))), [], len(tops))
+
+    a = {8: (56.0, 57.0, 56.5), 16: (63.0, 62.5, 63.4), 32: (67.0, 67.5, 66.8)}
+    b = {8: (57.5, 57.9, 57.0), 16: (63.1, 63.6, 63.0), 64: (70.0, 70.2, 69.9)}
+    points = {("d1", k): pt("d1", k, v) for k, v in a.items()} | {("hc", k): pt("hc", k, v) for k, v in b.items()}
+    md = "\n".join(_head_to_head(points, {"title": "T", "series": ["d1", "hc"]}))
+    want = pair_over_budgets([(a[8], b[8]), (a[16], b[16])])
+    g = want.gap
+    assert f"| d1 | hc | mean over 8, 16 | 1.000 | {pm(g.gap, g.hi - g.gap)}, p = " in md
+    assert g.gap == pytest.approx(((56.5 - 57.4667) + (62.9667 - 63.2333)) / 2, abs=1e-3)
+    one = {("d1", 8): pt("d1", 8, a[8]), ("hc", 8): pt("hc", 8, b[8])}
+    assert "mean over" not in "\n".join(_head_to_head(one, {"title": "T", "series": ["d1", "hc"]}))
+
+
+def test_an_ablation_panel_reads_as_one_head_to_head_contrast_in_verdict_and_headline(tmp_path):
+    """The fair study's question "independent parts or one source?" is its ablation panel: RBDC d1 against the
+    copies ablation and HyperCloning over b8-b32. Its first series against each other one, over their shared
+    budgets, is one verdict line and one headline sentence, with the interval of saving.pair_over_budgets."""
+    from rbdc.report import headline
+    from rbdc.report.saving import pair_over_budgets
+
+    study_file = tmp_path / "s.yaml"
+    study_file.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "seeds": [0, 1, 2],
+                "points": [
+                    {"id": "scratch", "recipe": str(CI / "scratch.yaml"), "budgets": [1, 2, 4]},
+                    {"id": "rbdc", "recipe": str(CI / "rbdc.yaml"), "budgets": [1, 2]},
+                    {"id": "alt", "recipe": str(CI / "rbdc.yaml"), "budgets": [1, 2], "set": {"rbdc.ratio": 3.0}},
+                ],
+                "report": {
+                    "panels": [
+                        {"title": "ViT", "baseline": "scratch", "series": ["rbdc"]},
+                        {"title": "Ablation", "baseline": "scratch", "series": ["rbdc", "alt"]},
+                    ]
+                },
+            }
+        )
+    )
+    root = tmp_path / "runs" / "tiny"
+    tops = {("rbdc", 1): (55.0, 56.0, 57.0), ("rbdc", 2): (64.0, 65.0, 66.0)}
+    tops |= {("alt", 1): (53.0, 53.5, 54.0), ("alt", 2): (62.0, 62.4, 63.1)}
+    for b, (top1, flops) in SCRATCH.items():
+        for s in range(3):
+            make_run(root.parent, f"tiny/scratch/b{b}", "scratch", s, top1 + (s - 1) * 0.1, flops)
+    for (point, b), values in tops.items():
+        for s, t in enumerate(values):
+            make_run(root.parent, f"tiny/{point}/b{b}", "rbdc", s, t, SCRATCH[b][1])
+    study = load_study(study_file)
+    for r in study.runs:
+        (r.run_dir(root.parent) / "recipe.yaml").write_text(
+            recipes.dump(recipes.resolve(r.recipe, list(r.overrides), seed=r.seed, name=r.name))
+        )
+    md = build(study, root, tmp_path / "out" / "tiny")["md"].read_text()
+    g = pair_over_budgets([(tops["rbdc", b], tops["alt", b]) for b in (1, 2)])
+    text = f"rbdc − alt over budgets 1, 2: top-1 {g.gap.gap:+.2f} ± {g.gap.hi - g.gap.gap:.2f} at equal FLOPs, p = "
+    assert g.gap.lo > 0 and f"- **Head to head** (Ablation): {text}" in md.split("## Verdict")[1]
+    assert "(rbdc ahead beyond seed noise)" in md.split("## Verdict")[1]
+    assert f"Head to head (Ablation): {text}" in headline.extract(md)[0]
+    assert "Head to head (ViT)" not in md  # a one-series model panel has no pair

@@ -47,11 +47,15 @@ def figure_colors(panels: Sequence[Sequence[tuple[str, str]]]) -> list[dict[str,
     """``(colour, marker)`` of each ``(series name, protocol)`` of each panel of one figure. The first panel is
     styled as :func:`series_colors` does; a series already shown in an earlier panel keeps its style, so a colour
     means one series across the figure; a new series takes its protocol's registered colour where its panel has
-    not used it, else a spare colour no series of the figure has, and its position's marker unless its panel
-    already shows that marker."""
+    not used it, else a spare colour no series of the figure has. Markers: a panel whose first series (its
+    reference) is new to the figure is another model's, and its series take their positions' markers, so ResNet's
+    scratch and d1 look like ViT's; a panel on a reference already shown (an ablation) gives a new series a marker
+    no series of the figure has yet (the copies ablation must not look like RBDC d2 of the ViT panel), falling back
+    to one its panel has not used."""
     colors, spares, named, out = registered(), spare(), {}, []
     used_spares: set[str] = set()
     for panel in panels:
+        ablation = bool(panel) and panel[0][0] in named
         style: dict[str, tuple[str, str]] = {}
         new = [(i, n, p) for i, (n, p) in enumerate(panel) if n not in named]
         style.update({n: named[n] for n, _ in panel if n in named})
@@ -62,9 +66,12 @@ def figure_colors(panels: Sequence[Sequence[tuple[str, str]]]) -> list[dict[str,
                 color = next((c for c in spares if c not in used_spares and c not in taken), "#000000")
                 used_spares.add(color)
             marks = {m for _, m in style.values()}
+            seen = marks | ({m for _, m in named.values()} if ablation else set())
             marker = MARKERS[i % len(MARKERS)]
-            if marker in marks:
-                marker = next((m for m in MARKERS if m not in marks), marker)
+            if marker in seen:
+                marker = next((m for m in MARKERS if m not in seen), None) or next(
+                    (m for m in MARKERS if m not in marks), marker
+                )
             style[name] = named[name] = (color, marker)
         out.append({n: style[n] for n, _ in panel})
     return out

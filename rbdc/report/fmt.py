@@ -25,8 +25,12 @@ def budget(b) -> str:
     return "-" if b is None else f"{b:g}"
 
 
-def p_value(p: float | None) -> str:
-    return DASH if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+def p_value(p: float | None, stated: bool = False) -> str:
+    """``0.004`` / ``< 0.001`` in a table cell; ``stated``: as a sentence says it, ``p = 0.004`` / ``p < 0.001``."""
+    if p is None:
+        return DASH
+    text = "< 0.001" if p < 0.001 else f"{p:.3f}"
+    return f"p {text if p < 0.001 else '= ' + text}" if stated else text
 
 
 def opt(v: float | None, digits: int = 2) -> str:

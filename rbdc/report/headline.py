@@ -17,7 +17,7 @@ from rbdc.studies.tuning import is_trial_point
 from .fmt import budget as _budget
 from .fmt import signed_pct
 from .cost import saving_text
-from .study import OUTSIDE, PAPER_SAVING
+from .study import OUTSIDE, PAPER_SAVING, pair_over_series, pair_text
 
 TITLE = "## Headline"
 START = "<!-- headline: written by `python -m benchmarks.make_reports` from {source}; edits here are overwritten -->"
@@ -67,6 +67,20 @@ def _models(spec: dict, savings: dict) -> list[str]:
     return [pn["title"] for pn in _model_panels(spec, savings)]
 
 
+def _ablations(spec: dict, points: dict, savings: dict) -> list[tuple[dict, str]]:
+    """Each panel beyond the model panels (an ablation or anchor on a scratch already shown) with its first series
+    head to head with each other one over their shared budgets (:func:`.study.pair_over_series`)."""
+    models = [pn["title"] for pn in _model_panels(spec, savings)]
+    out = []
+    for pn in spec.get("panels", []):
+        if pn["title"] not in models and pn["series"]:
+            first, *others = pn["series"]
+            found = [o for b in others if (o := pair_over_series(points, first, b))]
+            if found:
+                out.append((pn, "; ".join(pair_text(o) for o in found)))
+    return out
+
+
 def _span(values: list[float]) -> str:
     return f"{signed_pct(min(values))} to {signed_pct(max(values))}"
 
@@ -93,7 +107,7 @@ def lines(spec: dict, points: dict, savings: dict, costs: list, out_name: str) -
         f"demonstrated saving is {name} at budget {_budget(p.budget)}: {saving_text(s)}"
         f"{OUTSIDE.get(s['status'], '')}. The paper's 30% lies outside {n - paper} of the "
         f"{n} interval" + ("s" if n != 1 else "") + "."
-    )
+    ) + "".join(f" Head to head ({pn['title']}): {text}." for pn, text in _ablations(spec, points, savings))
     names = {name for name, _, _ in rows}
     mine = [c for _, c in costs if c.point.point in names]  # the subject's points of the model panels, as above
     target = [c.target["saving"] for c in mine]

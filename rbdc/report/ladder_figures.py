@@ -202,17 +202,20 @@ def _coupling_figure(rungs: list[Rung], path: Path) -> Path:
     left.set_ylabel("top-1 (%), mean over seeds", fontsize=8)
     left.set_title("The coupled model before training (plain LayerNorm)", fontsize=9)
     fast = speeds(rungs)
-    if fast:
-        med = [float(np.median(v)) for _, v in fast]
-        err = [[m - min(v) for m, (_, v) in zip(med, fast)], [max(v) - m for m, (_, v) in zip(med, fast)]]
+    kinds = list(dict.fromkeys(k for k, _, _ in fast))
+    kind_styles = series_colors([(k, "rbdc") for k in kinds])
+    for i, kind in enumerate(kinds):  # one series per CPU kind, dodged so equal widths stand apart
+        at = [(w, v) for k, w, v in fast if k == kind]
+        med = [float(np.median(v)) for _, v in at]
+        err = [[m - min(v) for m, (_, v) in zip(med, at)], [max(v) - m for m, (_, v) in zip(med, at)]]
         right.errorbar(
-            [w for w, _ in fast],
+            [w * 2 ** (DODGE * (i - (len(kinds) - 1) / 2)) for w, _ in at],
             med,
             yerr=err,
-            color=styles[MATCHED[0]][0],
-            marker="o",
+            color=kind_styles[kind][0],
+            marker=kind_styles[kind][1],
             capsize=3,
-            label="median over RBDC runs (range)",
+            label=f"{kind}: median over RBDC runs (range)",
         )
     right.axhline(1.0, color="black", linewidth=0.8, label="as fast as the full model")
     right.set_ylabel("narrow stages' FLOP/s ÷ target stage's", fontsize=8)

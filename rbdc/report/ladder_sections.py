@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 
 from . import ladder_fit
-from .cost import narrow_speed, saving_text
+from .cost import cpu_kind, narrow_speed, saving_text
 from .fmt import DASH, pm, rel, signed_pct
 from .fmt import budget as _budget
 from .ladder import DEIT_B, HELD_OUT, MATCHED, Rung, Target, bpp, fit_points, shape
@@ -131,14 +131,16 @@ def coupled_rows(rungs: list[Rung]) -> list[tuple[int, float, str, int, float | 
     return out
 
 
-def speeds(rungs: list[Rung]) -> list[tuple[int, list[float]]]:
-    """Per width, the narrow stages' FLOP/s over the target stage's of each RBDC run that timed both."""
-    out = []
+def speeds(rungs: list[Rung]) -> list[tuple[str, int, list[float]]]:
+    """Per CPU kind and width, the narrow stages' FLOP/s over the target stage's of each RBDC run that timed both.
+    Kinds apart: the ratio is a property of the machine (AMX runs a narrow GEMM at another share of its peak than
+    AVX2 does), so a width's runs pooled over kinds would read a change of machine as a change of width."""
+    found: dict[tuple[str, int], list[float]] = {}
     for r in rungs:
-        v = [x for p in r.rbdc for run in p.runs if (x := narrow_speed(run)) is not None]
-        if v:
-            out.append((r.width, v))
-    return out
+        for run in (run for p in r.rbdc for run in p.runs):
+            if (x := narrow_speed(run)) is not None:
+                found.setdefault((cpu_kind(run), r.width), []).append(x)
+    return [(kind, w, v) for (kind, w), v in sorted(found.items())]
 
 
 def coupling_section(rungs: list[Rung], out: Path) -> list[str]:
@@ -180,11 +182,14 @@ def coupling_section(rungs: list[Rung], out: Path) -> list[str]:
             "FLOP/s of the narrow stages (the parts) over the target stage's in the same run (`summary.csv`'s "
             "per-stage walls): below 1, a narrow FLOP costs more wall-clock than a full one.",
             "",
-            "| width | RBDC runs | narrow ÷ target FLOP/s, median (range) |",
-            "|---|---|---|",
+            "| CPU kind | width | RBDC runs | narrow ÷ target FLOP/s, median (range) |",
+            "|---|---|---|---|",
         ]
-        md += [f"| {w} | {len(v)} | {statistics.median(v):.2f} ({min(v):.2f}–{max(v):.2f}) |" for w, v in fast]
-        md += ["", _trend([(w, statistics.median(v)) for w, v in fast], "The median narrow ÷ target FLOP/s"), ""]
+        md += [f"| {k} | {w} | {len(v)} | {statistics.median(v):.2f} ({min(v):.2f}–{max(v):.2f}) |" for k, w, v in fast]
+        md += [""]
+        for kind in dict.fromkeys(k for k, _, _ in fast):
+            med = [(w, statistics.median(v)) for k, w, v in fast if k == kind]
+            md += [t, ""] if (t := _trend(med, f"On {kind} the median narrow ÷ target FLOP/s")) else []
     return md
 
 

@@ -22,7 +22,10 @@ from .study import (
     PAPER_SAVING,
     Point,
     estimate_text,
+    matched_pairs,
     over_budgets_text,
+    pair_over_series,
+    pair_text,
     recipe_value,
     saving_with_interval,
     series,
@@ -102,6 +105,7 @@ def panel_section(points: dict, panel: dict, savings: dict, verdict: list[str]) 
         md.append("")
     md += _head_to_head(points, panel)
     verdict += [_verdict_line(name, panel, savings[name], together[name]) for name in fresh if savings.get(name)]
+    verdict += pair_verdicts(points, panel)
     return md
 
 
@@ -151,7 +155,8 @@ def _diff_cells(a: Point, b: Point) -> str:
 
 
 def _head_to_head(points: dict, panel: dict) -> list[str]:
-    """Every pair of series of the panel at the same budget (equal FLOPs within 2%), RBDC first."""
+    """Every pair of series of the panel at the same budget (equal FLOPs within 2%), RBDC first; a pair matched at
+    two or more budgets also over those budgets, as one Welch contrast (:func:`.study.pair_over_series`)."""
     names = panel["series"]
     lines = [
         f"### Head to head at equal FLOPs ({panel['title']})",
@@ -162,16 +167,30 @@ def _head_to_head(points: dict, panel: dict) -> list[str]:
     n = 0
     for i, a_name in enumerate(names):
         for b_name in names[i + 1 :]:
-            for a in series(points, a_name):
-                for b in series(points, b_name):
-                    if a.budget != b.budget or abs(a.flops_mean / b.flops_mean - 1) > 0.02:
-                        continue
-                    lines.append(
-                        f"| {a.point} | {b.point} | {_budget(a.budget)} | {a.flops_mean / b.flops_mean:.3f} |"
-                        f" {_diff_cells(a, b)} |"
-                    )
-                    n += 1
+            matched = matched_pairs(points, a_name, b_name)
+            for a, b in matched:
+                lines.append(
+                    f"| {a.point} | {b.point} | {_budget(a.budget)} | {a.flops_mean / b.flops_mean:.3f} |"
+                    f" {_diff_cells(a, b)} |"
+                )
+            n += len(matched)
+            if both := pair_over_series(points, a_name, b_name):
+                g = both["gap"].gap
+                lines.append(
+                    f"| {a_name} | {b_name} | mean over {', '.join(_budget(a.budget) for a, _ in matched)} | "
+                    f"{statistics.mean(a.flops_mean / b.flops_mean for a, b in matched):.3f} | "
+                    f"{pm(g.gap, g.hi - g.gap)}, {p_value(both['gap'].p, stated=True)} | "
+                    f"{'yes' if g.lo > 0 or g.hi < 0 else 'no'} |"
+                )
     return lines + [""] if n else []
+
+
+def pair_verdicts(points: dict, panel: dict) -> list[str]:
+    """The verdict's head-to-head lines of a panel: its first series against each other one over their shared
+    budgets (the paper's "wins over growth methods at equal FLOPs", and the ablations' question)."""
+    first, *others = panel["series"]
+    found = [o for b in others if (o := pair_over_series(points, first, b))]
+    return [f"- **Head to head** ({panel['title']}): {'; '.join(pair_text(o) for o in found)}."] if found else []
 
 
 def tuning_section(study: Study, root: Path) -> list[str]:
