@@ -19,31 +19,42 @@ CI = REPO / "configs" / "recipes" / "ci"
 SCRATCH = {1: (50.0, 1e12), 2: (60.0, 2e12), 4: (70.0, 4e12)}  # top-1 rises 10 points per doubling of FLOPs
 
 
+def _study_file(tmp_path: Path, points: list[dict], report: dict) -> Path:
+    """A study file named tiny, 3 seeds, with these points and report section."""
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "tiny", "seeds": [0, 1, 2], "points": points, "report": report}))
+    return path
+
+
+def _write_recipes(study, runs: Path) -> None:
+    """Each existing run's recipe.yaml as rbdc train writes it: the study's recipe for that run."""
+    for r in study.runs:
+        d = r.run_dir(runs)
+        if d.is_dir():
+            (d / "recipe.yaml").write_text(
+                recipes.dump(recipes.resolve(r.recipe, list(r.overrides), seed=r.seed, name=r.name))
+            )
+
+
 def _fake_study(tmp_path: Path, rbdc_top1=(64.0, 65.0, 66.0), rbdc_set=None) -> tuple:
-    study_file = tmp_path / "s.yaml"
-    study_file.write_text(
-        yaml.safe_dump(
+    study_file = _study_file(
+        tmp_path,
+        [
+            {"id": "scratch", "recipe": str(CI / "scratch.yaml"), "budgets": [1, 2, 4]},
+            {"id": "rbdc", "recipe": str(CI / "rbdc.yaml"), "budgets": [2], "set": rbdc_set or {}},
             {
-                "name": "tiny",
-                "seeds": [0, 1, 2],
-                "points": [
-                    {"id": "scratch", "recipe": str(CI / "scratch.yaml"), "budgets": [1, 2, 4]},
-                    {"id": "rbdc", "recipe": str(CI / "rbdc.yaml"), "budgets": [2], "set": rbdc_set or {}},
-                    {
-                        "id": "rbdc-r{rbdc.ratio}",
-                        "recipe": str(CI / "rbdc.yaml"),
-                        "budgets": [2],
-                        "grid": {"rbdc.ratio": [1.0, 3.0]},
-                    },
-                ],
-                "report": {
-                    "title": "tiny study",
-                    "panels": [{"title": "ViT", "baseline": "scratch", "series": ["rbdc"]}],
-                    "ratio": {"key": "rbdc.ratio", "budget": 2, "points": ["rbdc-r1", "rbdc", "rbdc-r3"]},
-                    "compare": [{"title": "Ablation", "reference": "rbdc", "budget": 2, "points": ["rbdc-r1"]}],
-                },
-            }
-        )
+                "id": "rbdc-r{rbdc.ratio}",
+                "recipe": str(CI / "rbdc.yaml"),
+                "budgets": [2],
+                "grid": {"rbdc.ratio": [1.0, 3.0]},
+            },
+        ],
+        {
+            "title": "tiny study",
+            "panels": [{"title": "ViT", "baseline": "scratch", "series": ["rbdc"]}],
+            "ratio": {"key": "rbdc.ratio", "budget": 2, "points": ["rbdc-r1", "rbdc", "rbdc-r3"]},
+            "compare": [{"title": "Ablation", "reference": "rbdc", "budget": 2, "points": ["rbdc-r1"]}],
+        },
     )
     root = tmp_path / "runs" / "tiny"
     for b, (top1, flops) in SCRATCH.items():
@@ -55,14 +66,9 @@ def _fake_study(tmp_path: Path, rbdc_top1=(64.0, 65.0, 66.0), rbdc_set=None) -> 
         ("rbdc-r3", 3.0, (63.0, 63.5, 64.0)),
     ):
         for s, t in enumerate(tops):
-            d = make_run(root.parent, f"tiny/{point}/b2", "rbdc", s, t, 2e12)
+            make_run(root.parent, f"tiny/{point}/b2", "rbdc", s, t, 2e12)
     study = load_study(study_file)
-    for r in study.runs:  # each run's recipe.yaml as rbdc train writes it: the study's recipe for that run
-        d = r.run_dir(root.parent)
-        if d.is_dir():
-            (d / "recipe.yaml").write_text(
-                recipes.dump(recipes.resolve(r.recipe, list(r.overrides), seed=r.seed, name=r.name))
-            )
+    _write_recipes(study, root.parent)
     return study, root
 
 
@@ -537,25 +543,19 @@ def test_an_ablation_panel_reads_as_one_head_to_head_contrast_in_verdict_and_hea
     from rbdc.report import headline
     from rbdc.report.saving import pair_over_budgets
 
-    study_file = tmp_path / "s.yaml"
-    study_file.write_text(
-        yaml.safe_dump(
-            {
-                "name": "tiny",
-                "seeds": [0, 1, 2],
-                "points": [
-                    {"id": "scratch", "recipe": str(CI / "scratch.yaml"), "budgets": [1, 2, 4]},
-                    {"id": "rbdc", "recipe": str(CI / "rbdc.yaml"), "budgets": [1, 2]},
-                    {"id": "alt", "recipe": str(CI / "rbdc.yaml"), "budgets": [1, 2], "set": {"rbdc.ratio": 3.0}},
-                ],
-                "report": {
-                    "panels": [
-                        {"title": "ViT", "baseline": "scratch", "series": ["rbdc"]},
-                        {"title": "Ablation", "baseline": "scratch", "series": ["rbdc", "alt"]},
-                    ]
-                },
-            }
-        )
+    study_file = _study_file(
+        tmp_path,
+        [
+            {"id": "scratch", "recipe": str(CI / "scratch.yaml"), "budgets": [1, 2, 4]},
+            {"id": "rbdc", "recipe": str(CI / "rbdc.yaml"), "budgets": [1, 2]},
+            {"id": "alt", "recipe": str(CI / "rbdc.yaml"), "budgets": [1, 2], "set": {"rbdc.ratio": 3.0}},
+        ],
+        {
+            "panels": [
+                {"title": "ViT", "baseline": "scratch", "series": ["rbdc"]},
+                {"title": "Ablation", "baseline": "scratch", "series": ["rbdc", "alt"]},
+            ]
+        },
     )
     root = tmp_path / "runs" / "tiny"
     tops = {("rbdc", 1): (55.0, 56.0, 57.0), ("rbdc", 2): (64.0, 65.0, 66.0)}
@@ -567,10 +567,7 @@ def test_an_ablation_panel_reads_as_one_head_to_head_contrast_in_verdict_and_hea
         for s, t in enumerate(values):
             make_run(root.parent, f"tiny/{point}/b{b}", "rbdc", s, t, SCRATCH[b][1])
     study = load_study(study_file)
-    for r in study.runs:
-        (r.run_dir(root.parent) / "recipe.yaml").write_text(
-            recipes.dump(recipes.resolve(r.recipe, list(r.overrides), seed=r.seed, name=r.name))
-        )
+    _write_recipes(study, root.parent)
     md = build(study, root, tmp_path / "out" / "tiny")["md"].read_text()
     g = pair_over_budgets([(tops["rbdc", b], tops["alt", b]) for b in (1, 2)])
     text = f"rbdc − alt over budgets 1, 2: top-1 {g.gap.gap:+.2f} ± {g.gap.hi - g.gap.gap:.2f} at equal FLOPs, p = "
