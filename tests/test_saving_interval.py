@@ -137,8 +137,6 @@ def test_p_value_of_a_saving():
 
 
 def test_gap_at_equal_flops_is_welch_at_a_budget():
-    from scipy import stats
-
     scratch, method = _study(np.random.default_rng(6), 3, 0.0)
     g = sv.gap_at_equal_flops(scratch, method, BUDGETS[2])  # at a budget the curve is that budget's mean
     welch = stats.ttest_ind(method, scratch[2][1], equal_var=False).confidence_interval(0.95)

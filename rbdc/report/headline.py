@@ -17,7 +17,7 @@ from rbdc.studies.tuning import is_trial_point
 from .fmt import budget as _budget
 from .fmt import signed_pct
 from .cost import saving_text
-from .study import OUTSIDE, PAPER_SAVING, pair_over_series, pair_text
+from .study import OUTSIDE, PAPER_SAVING, first_against_others, pair_text
 
 TITLE = "## Headline"
 START = "<!-- headline: written by `python -m benchmarks.make_reports` from {source}; edits here are overwritten -->"
@@ -69,16 +69,10 @@ def _models(spec: dict, savings: dict) -> list[str]:
 
 def _ablations(spec: dict, points: dict, savings: dict) -> list[tuple[dict, str]]:
     """Each panel beyond the model panels (an ablation or anchor on a scratch already shown) with its first series
-    head to head with each other one over their shared budgets (:func:`.study.pair_over_series`)."""
+    head to head with each other one (:func:`.study.first_against_others`)."""
     models = [pn["title"] for pn in _model_panels(spec, savings)]
-    out = []
-    for pn in spec.get("panels", []):
-        if pn["title"] not in models and pn["series"]:
-            first, *others = pn["series"]
-            found = [o for b in others if (o := pair_over_series(points, first, b))]
-            if found:
-                out.append((pn, "; ".join(pair_text(o) for o in found)))
-    return out
+    found = [(pn, first_against_others(points, pn)) for pn in spec.get("panels", []) if pn["title"] not in models]
+    return [(pn, "; ".join(pair_text(o) for o in pairs)) for pn, pairs in found if pairs]
 
 
 def _span(values: list[float]) -> str:

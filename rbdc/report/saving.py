@@ -256,10 +256,7 @@ def over_budgets(scratch: Scratch, points: Sequence[tuple[Sequence[float], float
     k = len(used)
     gap = (sum(means) + sum(c * d.means[j] for j, c in coef.items())) / k
     parts = [(u / k**2, n - 1.0) for u, n in terms] + [((c / k) ** 2 * d.u[j], d.n[j] - 1.0) for j, c in coef.items()]
-    var = sum(v for v, _ in parts)
-    dof = var**2 / sum(v**2 / f for v, f in parts if v > 0) if var > 0 else math.inf
-    p = float(2 * special.stdtr(dof, -abs(gap) / math.sqrt(var))) if var > 0 else float(abs(gap) <= 1e-9)
-    return OverBudgets(_gap(float(gap), math.sqrt(var), float(dof)), p, tuple(used))
+    return _contrast(gap, parts, tuple(used))
 
 
 def pair_over_budgets(pairs: Sequence[tuple[Sequence[float], Sequence[float]]]) -> OverBudgets | None:
@@ -273,10 +270,16 @@ def pair_over_budgets(pairs: Sequence[tuple[Sequence[float], Sequence[float]]]) 
     k = len(pairs)
     gap = sum(statistics.mean(a) - statistics.mean(b) for a, b in pairs) / k
     parts = [(statistics.variance(g) / len(g) / k**2, len(g) - 1.0) for pair in pairs for g in pair]
+    return _contrast(gap, parts, tuple(range(k)))
+
+
+def _contrast(gap: float, parts: list[tuple[float, float]], used: tuple[int, ...]) -> OverBudgets:
+    """Welch's test of a contrast of independent group means: ``parts`` holds each group's variance term
+    (coefficient^2 x s^2 / n) and its dof (n - 1); Welch-Satterthwaite dof for the sum, two-sided p of "it is 0"."""
     var = sum(v for v, _ in parts)
     dof = var**2 / sum(v**2 / f for v, f in parts if v > 0) if var > 0 else math.inf
     p = float(2 * special.stdtr(dof, -abs(gap) / math.sqrt(var))) if var > 0 else float(abs(gap) <= 1e-9)
-    return OverBudgets(_gap(float(gap), math.sqrt(var), float(dof)), p, tuple(range(k)))
+    return OverBudgets(_gap(float(gap), math.sqrt(var), float(dof)), p, used)
 
 
 def _gap(gap: float, se: float, dof: float) -> Gap:

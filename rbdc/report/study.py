@@ -173,13 +173,21 @@ def matched_pairs(points: dict, a_name: str, b_name: str) -> list[tuple[Point, P
     ]
 
 
-def pair_over_series(points: dict, a_name: str, b_name: str) -> dict | None:
-    """Two series head to head over their shared budgets (:func:`rbdc.report.saving.pair_over_budgets`, one Welch
-    contrast): ``gap`` (top-1 a − b, mean over the budgets, at equal FLOPs), ``pairs``. None below two shared
-    budgets (the per-budget row says it all) or with a one-seed group."""
-    pairs = matched_pairs(points, a_name, b_name)
+def pair_contrast(a_name: str, b_name: str, pairs: list[tuple[Point, Point]]) -> dict | None:
+    """Two series head to head over ``pairs`` (:func:`matched_pairs`) as one Welch contrast
+    (:func:`rbdc.report.saving.pair_over_budgets`): ``gap`` (top-1 a − b, mean over the budgets, at equal FLOPs),
+    ``pairs``. None below two shared budgets (the per-budget row says it all) or with a one-seed group."""
     both = pair_over_budgets([(a.top1, b.top1) for a, b in pairs]) if len(pairs) > 1 else None
     return None if both is None else {"a": a_name, "b": b_name, "gap": both, "pairs": pairs}
+
+
+def first_against_others(points: dict, panel: dict) -> list[dict]:
+    """A panel's first series head to head with each other one over their shared budgets (:func:`pair_contrast`):
+    the paper's "wins over growth methods at equal FLOPs", and an ablation panel's question."""
+    if not panel["series"]:
+        return []
+    first, *others = panel["series"]
+    return [o for b in others if (o := pair_contrast(first, b, matched_pairs(points, first, b)))]
 
 
 def pair_text(o: dict) -> str:

@@ -22,9 +22,10 @@ from .study import (
     PAPER_SAVING,
     Point,
     estimate_text,
+    first_against_others,
     matched_pairs,
     over_budgets_text,
-    pair_over_series,
+    pair_contrast,
     pair_text,
     recipe_value,
     saving_with_interval,
@@ -156,7 +157,7 @@ def _diff_cells(a: Point, b: Point) -> str:
 
 def _head_to_head(points: dict, panel: dict) -> list[str]:
     """Every pair of series of the panel at the same budget (equal FLOPs within 2%), RBDC first; a pair matched at
-    two or more budgets also over those budgets, as one Welch contrast (:func:`.study.pair_over_series`)."""
+    two or more budgets also over those budgets, as one Welch contrast (:func:`.study.pair_contrast`)."""
     names = panel["series"]
     lines = [
         f"### Head to head at equal FLOPs ({panel['title']})",
@@ -174,7 +175,7 @@ def _head_to_head(points: dict, panel: dict) -> list[str]:
                     f" {_diff_cells(a, b)} |"
                 )
             n += len(matched)
-            if both := pair_over_series(points, a_name, b_name):
+            if both := pair_contrast(a_name, b_name, matched):
                 g = both["gap"].gap
                 lines.append(
                     f"| {a_name} | {b_name} | mean over {', '.join(_budget(a.budget) for a, _ in matched)} | "
@@ -186,10 +187,8 @@ def _head_to_head(points: dict, panel: dict) -> list[str]:
 
 
 def pair_verdicts(points: dict, panel: dict) -> list[str]:
-    """The verdict's head-to-head lines of a panel: its first series against each other one over their shared
-    budgets (the paper's "wins over growth methods at equal FLOPs", and the ablations' question)."""
-    first, *others = panel["series"]
-    found = [o for b in others if (o := pair_over_series(points, first, b))]
+    """The verdict's head-to-head line of a panel (:func:`.study.first_against_others`)."""
+    found = first_against_others(points, panel)
     return [f"- **Head to head** ({panel['title']}): {'; '.join(pair_text(o) for o in found)}."] if found else []
 
 
