@@ -536,42 +536,104 @@ def test_two_series_head_to_head_over_their_shared_budgets_in_one_contrast():
     assert "mean over" not in "\n".join(_head_to_head(one, {"title": "T", "series": ["d1", "hc"]}))
 
 
-def test_an_ablation_panel_reads_as_one_head_to_head_contrast_in_verdict_and_headline(tmp_path):
-    """The fair study's question "independent parts or one source?" is its ablation panel: RBDC d1 against the
-    copies ablation and HyperCloning over b8-b32. Its first series against each other one, over their shared
-    budgets, is one verdict line and one headline sentence, with the interval of saving.pair_over_budgets."""
-    from rbdc.report import headline
-    from rbdc.report.saving import pair_over_budgets
+ABLATION_TOPS = {
+    ("rbdc", 1): (55.0, 56.0, 57.0),
+    ("rbdc", 2): (64.0, 65.0, 66.0),
+    ("alt", 1): (53.0, 53.5, 54.0),
+    ("alt", 2): (62.0, 62.4, 63.1),
+    ("one", 1): (55.2, 55.9, 56.4),
+    ("one", 2): (64.2, 64.6, 65.7),
+}
 
+
+def _ablation_study(tmp_path, asks=None) -> tuple:
+    """A model panel (scratch, rbdc) and an ablation panel of three series (rbdc, alt, one) at budgets 1 and 2, its
+    ``asks`` as given; every run of ABLATION_TOPS finished."""
+    ablation = {"title": "Ablation", "baseline": "scratch", "series": ["rbdc", "alt", "one"]}
     study_file = _study_file(
         tmp_path,
         [
             {"id": "scratch", "recipe": str(CI / "scratch.yaml"), "budgets": [1, 2, 4]},
             {"id": "rbdc", "recipe": str(CI / "rbdc.yaml"), "budgets": [1, 2]},
             {"id": "alt", "recipe": str(CI / "rbdc.yaml"), "budgets": [1, 2], "set": {"rbdc.ratio": 3.0}},
+            {"id": "one", "recipe": str(CI / "rbdc.yaml"), "budgets": [1, 2], "set": {"rbdc.ratio": 1.0}},
         ],
         {
             "panels": [
                 {"title": "ViT", "baseline": "scratch", "series": ["rbdc"]},
-                {"title": "Ablation", "baseline": "scratch", "series": ["rbdc", "alt"]},
+                ablation | ({"asks": asks} if asks is not None else {}),
             ]
         },
     )
     root = tmp_path / "runs" / "tiny"
-    tops = {("rbdc", 1): (55.0, 56.0, 57.0), ("rbdc", 2): (64.0, 65.0, 66.0)}
-    tops |= {("alt", 1): (53.0, 53.5, 54.0), ("alt", 2): (62.0, 62.4, 63.1)}
     for b, (top1, flops) in SCRATCH.items():
         for s in range(3):
             make_run(root.parent, f"tiny/scratch/b{b}", "scratch", s, top1 + (s - 1) * 0.1, flops)
-    for (point, b), values in tops.items():
+    for (point, b), values in ABLATION_TOPS.items():
         for s, t in enumerate(values):
             make_run(root.parent, f"tiny/{point}/b{b}", "rbdc", s, t, SCRATCH[b][1])
     study = load_study(study_file)
     _write_recipes(study, root.parent)
+    return study, root
+
+
+def _pair_text(a: str, b: str):
+    """The words of a over b at budgets 1 and 2 from ABLATION_TOPS, up to the p-value, and its Welch contrast."""
+    from rbdc.report.saving import pair_over_budgets
+
+    g = pair_over_budgets([(ABLATION_TOPS[a, k], ABLATION_TOPS[b, k]) for k in (1, 2)])
+    return f"{a} − {b} over budgets 1, 2: top-1 {g.gap.gap:+.2f} ± {g.gap.hi - g.gap.gap:.2f} at equal FLOPs, p ", g
+
+
+def test_an_ablation_panel_reads_as_one_head_to_head_contrast_in_verdict_and_headline(tmp_path):
+    """The fair study's question "independent parts or one source?" is its ablation panel: RBDC d1 against the
+    copies ablation and HyperCloning over b8-b32. Without ``asks``, its first series against each other one, over
+    their shared budgets, is one verdict line and one headline sentence, with the interval of
+    saving.pair_over_budgets."""
+    from rbdc.report import headline
+
+    study, root = _ablation_study(tmp_path)
     md = build(study, root, tmp_path / "out" / "tiny")["md"].read_text()
-    g = pair_over_budgets([(tops["rbdc", b], tops["alt", b]) for b in (1, 2)])
-    text = f"rbdc − alt over budgets 1, 2: top-1 {g.gap.gap:+.2f} ± {g.gap.hi - g.gap.gap:.2f} at equal FLOPs, p = "
-    assert g.gap.lo > 0 and f"- **Head to head** (Ablation): {text}" in md.split("## Verdict")[1]
-    assert "(rbdc ahead beyond seed noise)" in md.split("## Verdict")[1]
+    text, g = _pair_text("rbdc", "alt")
+    verdict = md.split("## Verdict")[1]
+    assert g.gap.lo > 0 and f"- **Head to head** (Ablation): {text}" in verdict
+    assert "(rbdc ahead beyond seed noise)" in verdict
     assert f"Head to head (Ablation): {text}" in headline.extract(md)[0]
+    assert f"; {_pair_text('rbdc', 'one')[0]}" in verdict and _pair_text("alt", "one")[0] not in verdict
     assert "Head to head (ViT)" not in md  # a one-series model panel has no pair
+
+
+def test_an_ablation_panel_that_asks_its_questions_answers_each_pair_in_words(tmp_path):
+    """RBDC against HyperCloning differs in two ways at once; the copies ablation shares one with each. A panel's
+    ``asks`` names the pairs that separate them (here alt − one, which first-against-others never tests) and the
+    question each answers: the verdict and the headline give those pairs, in that order, after their words."""
+    from rbdc.report import headline
+
+    asks = [
+        {"a": "alt", "b": "one", "question": "block-diagonal or symmetric"},
+        {"a": "rbdc", "b": "alt", "question": "independent or copied"},
+    ]
+    study, root = _ablation_study(tmp_path, asks)
+    md = build(study, root, tmp_path / "out" / "tiny")["md"].read_text()
+    first, second = (_pair_text("alt", "one")[0], _pair_text("rbdc", "alt")[0])
+    verdict = md.split("## Verdict")[1]
+    assert f"- **Head to head** (Ablation): block-diagonal or symmetric: {first}" in verdict
+    assert f"; independent or copied: {second}" in verdict
+    assert _pair_text("rbdc", "one")[0] not in verdict  # not asked: only in the head-to-head table
+    assert "| rbdc | one | mean over 1, 2 |" in md
+    assert f"Head to head (Ablation): block-diagonal or symmetric: {first}" in headline.extract(md)[0]
+
+
+@pytest.mark.parametrize(
+    "asks, field",
+    [
+        ([{"a": "rbdc", "b": "scratch", "question": "q"}], r"report.panels\[1\].asks\[0\].b: 'scratch' is not one"),
+        ([{"a": "rbdc", "b": "alt"}], r"report.panels\[1\].asks\[0\] must be \{a: SERIES"),
+        ([{"a": "rbdc", "b": "alt", "question": " "}], r"report.panels\[1\].asks\[0\]: a and b must differ"),
+        ([{"a": "one", "b": "one", "question": "q"}], r"report.panels\[1\].asks\[0\]: a and b must differ"),
+    ],
+)
+def test_an_ask_outside_its_panel_or_without_its_question_is_refused_by_name(tmp_path, asks, field):
+    study, root = _ablation_study(tmp_path, asks)
+    with pytest.raises(UserError, match=field):
+        build(study, root, tmp_path / "out" / "tiny")

@@ -17,7 +17,7 @@ from rbdc.studies.tuning import is_trial_point
 from .fmt import budget as _budget
 from .fmt import signed_pct
 from .cost import saving_text
-from .study import OUTSIDE, PAPER_SAVING, first_against_others, pair_text
+from .study import OUTSIDE, PAPER_SAVING, panel_pairs, pair_text
 
 TITLE = "## Headline"
 START = "<!-- headline: written by `python -m benchmarks.make_reports` from {source}; edits here are overwritten -->"
@@ -68,10 +68,10 @@ def _models(spec: dict, savings: dict) -> list[str]:
 
 
 def _ablations(spec: dict, points: dict, savings: dict) -> list[tuple[dict, str]]:
-    """Each panel beyond the model panels (an ablation or anchor on a scratch already shown) with its first series
-    head to head with each other one (:func:`.study.first_against_others`)."""
+    """Each panel beyond the model panels (an ablation or anchor on a scratch already shown) with its head-to-head
+    pairs in words (:func:`.study.panel_pairs`)."""
     models = [pn["title"] for pn in _model_panels(spec, savings)]
-    found = [(pn, first_against_others(points, pn)) for pn in spec.get("panels", []) if pn["title"] not in models]
+    found = [(pn, panel_pairs(points, pn)) for pn in spec.get("panels", []) if pn["title"] not in models]
     return [(pn, "; ".join(pair_text(o) for o in pairs)) for pn, pairs in found if pairs]
 
 

@@ -181,18 +181,24 @@ def pair_contrast(a_name: str, b_name: str, pairs: list[tuple[Point, Point]]) ->
     return None if both is None else {"a": a_name, "b": b_name, "gap": both, "pairs": pairs}
 
 
-def first_against_others(points: dict, panel: dict) -> list[dict]:
-    """A panel's first series head to head with each other one over their shared budgets (:func:`pair_contrast`):
-    the paper's "wins over growth methods at equal FLOPs", and an ablation panel's question."""
+def panel_pairs(points: dict, panel: dict) -> list[dict]:
+    """A panel's head-to-head contrasts over shared budgets (:func:`pair_contrast`), each with its ``question``: the
+    pairs its ``asks`` names (an ablation separating two causes asks one question per pair), else its first series
+    against each other one (the paper's "wins over growth methods at equal FLOPs"; ``question`` None)."""
     if not panel["series"]:
         return []
     first, *others = panel["series"]
-    return [o for b in others if (o := pair_contrast(first, b, matched_pairs(points, first, b)))]
+    asks = panel.get("asks") or [{"a": first, "b": b, "question": None} for b in others]
+    return [
+        o | {"question": q["question"]}
+        for q in asks
+        if (o := pair_contrast(q["a"], q["b"], matched_pairs(points, q["a"], q["b"])))
+    ]
 
 
 def pair_text(o: dict) -> str:
     """``vit-rbdc-d1 − vit-hypercloning over budgets 8, 16, 32: top-1 -0.80 ± 0.62 at equal FLOPs, p = 0.012
-    (vit-hypercloning ahead beyond seed noise)``."""
+    (vit-hypercloning ahead beyond seed noise)``, after ``question: `` where the pair answers one."""
     g = o["gap"].gap
     words = (
         f"{o['a']} ahead beyond seed noise"
@@ -202,7 +208,8 @@ def pair_text(o: dict) -> str:
         else "not distinguishable"
     )
     return (
-        f"{o['a']} − {o['b']} over budgets {', '.join(_budget(a.budget) for a, _ in o['pairs'])}: top-1 "
+        (f"{o['question']}: " if o.get("question") else "")
+        + f"{o['a']} − {o['b']} over budgets {', '.join(_budget(a.budget) for a, _ in o['pairs'])}: top-1 "
         f"{g.gap:+.2f} ± {g.hi - g.gap:.2f} at equal FLOPs, {p_value(o['gap'].p, stated=True)} ({words})"
     )
 
@@ -366,4 +373,19 @@ def read_report_spec(study: Study) -> dict:
             f"{study.path}: report names point(s) {bad} that the study does not define "
             f"(points: {', '.join(study.points)})"
         )
+    for i, panel in enumerate(spec.get("panels", [])):
+        _check_asks(study.path, f"report.panels[{i}]", panel)
     return spec
+
+
+def _check_asks(path: Path, where: str, panel: dict) -> None:
+    """A panel's ``asks``: each a pair of two of its series and the question the pair answers, in words."""
+    for j, q in enumerate(panel.get("asks") or []):
+        field = f"{where}.asks[{j}]"
+        if not isinstance(q, dict) or set(q) != {"a", "b", "question"}:
+            raise UserError(f"{path}: {field} must be {{a: SERIES, b: SERIES, question: WORDS}}, got {q!r}")
+        for k in ("a", "b"):
+            if q[k] not in panel["series"]:
+                raise UserError(f"{path}: {field}.{k}: {q[k]!r} is not one of the panel's series {panel['series']}")
+        if q["a"] == q["b"] or not isinstance(q["question"], str) or not q["question"].strip():
+            raise UserError(f"{path}: {field}: a and b must differ and question must say in words what they ask")

@@ -22,7 +22,7 @@ from .study import (
     PAPER_SAVING,
     Point,
     estimate_text,
-    first_against_others,
+    panel_pairs,
     matched_pairs,
     over_budgets_text,
     pair_contrast,
@@ -187,8 +187,8 @@ def _head_to_head(points: dict, panel: dict) -> list[str]:
 
 
 def pair_verdicts(points: dict, panel: dict) -> list[str]:
-    """The verdict's head-to-head line of a panel (:func:`.study.first_against_others`)."""
-    found = first_against_others(points, panel)
+    """The verdict's head-to-head line of a panel (:func:`.study.panel_pairs`)."""
+    found = panel_pairs(points, panel)
     return [f"- **Head to head** ({panel['title']}): {'; '.join(pair_text(o) for o in found)}."] if found else []
 
 
