@@ -17,7 +17,7 @@ from rbdc.studies.tuning import is_trial_point
 from .fmt import budget as _budget
 from .fmt import signed_pct
 from .cost import saving_text
-from .study import OUTSIDE, PAPER_SAVING, panel_pairs, pair_text
+from .study import OUTSIDE, PAPER_SAVING, pair_text, panel_pairs
 
 TITLE = "## Headline"
 START = "<!-- headline: written by `python -m benchmarks.make_reports` from {source}; edits here are overwritten -->"
