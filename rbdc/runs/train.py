@@ -44,15 +44,16 @@ def run_recipe(
     d = Dist.init()
     if not d.main:
         log = lambda *a, **k: None  # noqa: E731
-    if dry_run:
-        _dry_run(rec, log, estimate)
-        return None
-    run = Run(rec, output, d, log, allow_mixed)
-    run.plan()
-    with _one_writer(run, d, wait, log):
-        run.prepare()
-        with _failures_recorded(run):
-            return run.execute()
+    with d.closed_after(every_rank_raises=(runlock.RunHeld,)):
+        if dry_run:
+            _dry_run(rec, log, estimate)
+            return None
+        run = Run(rec, output, d, log, allow_mixed)
+        run.plan()
+        with _one_writer(run, d, wait, log):
+            run.prepare()
+            with _failures_recorded(run):
+                return run.execute()
 
 
 def _dry_run(rec: dict, log, estimate: bool | str) -> None:

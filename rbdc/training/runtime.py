@@ -3,6 +3,7 @@ streams (saved in and restored from checkpoints) and its peak memory."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import resource
@@ -39,6 +40,24 @@ class Dist:
         if torch.cuda.is_available():
             torch.cuda.set_device(local)
         return cls(dist.get_rank(), dist.get_world_size(), local)
+
+    @contextlib.contextmanager
+    def closed_after(self, every_rank_raises: tuple[type[BaseException], ...] = ()):
+        """Destroy the process group when the block ends on every rank alike: it returned, or raised one of
+        ``every_rank_raises`` (an outcome rank 0 broadcast). Without it gloo's worker threads die in interpreter
+        teardown, and a rank can abort (SIGABRT, "terminate called without an active exception") instead of exiting
+        with its code. Another error is left alone: the other ranks may wait in a collective, where destroying would
+        hang (torchtitan does the same)."""
+        try:
+            yield
+        except every_rank_raises:
+            self._destroy()
+            raise
+        self._destroy()
+
+    def _destroy(self) -> None:
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def peak_mem_mb(device: torch.device) -> float:
