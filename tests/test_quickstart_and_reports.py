@@ -38,12 +38,40 @@ def test_quickstart_trains_both_runs_side_by_side_on_equal_flops(tmp_path, capsy
         == 0
     )
     out = capsys.readouterr().out
-    assert "side by side, 1 thread each" in out and "| ~" in out  # progress lines with the time left
+    assert "side by side, 1 thread each" in out and "  [" in out  # progress lines (their words: below)
     r, s = _results(tmp_path, "rbdc-d1"), _results(tmp_path, "scratch")
     step = 64 * train_flops_per_image("rbdc_vit_nano_patch4_32", 32, num_classes=10)  # one optimizer step of scratch
     assert abs(r["total_train_flops"] - s["total_train_flops"]) <= step
     for p in ("rbdc-d1", "scratch"):  # each run trained in its own one-thread process
         assert '"threads": 1' in (tmp_path / "quickstart" / p / "seed0" / "command.txt").read_text()
+
+
+def test_the_quickstart_progress_gives_each_runs_share_and_the_time_left_at_the_slowest_pace(tmp_path, capsys):
+    """A tick before any run has finished an epoch says when the time left will be known; later ticks give each
+    run's share of its planned FLOPs and the time left at the slowest run's pace. (The quickstart's own runs are too
+    short for this: scratch finishes its one epoch at its end.)"""
+    import threading
+
+    from rbdc.quickstart import _report_progress
+    from rbdc.runs.summary import write_summary
+
+    dirs = {"rbdc-d1": tmp_path / "r", "scratch": tmp_path / "s"}
+    for d in dirs.values():
+        d.mkdir()
+    stop, ticks = threading.Event(), []
+
+    def at_second_tick(every):  # 2 ticks, no sleeping; both runs have finished an epoch by the second
+        if len(ticks) == 1:
+            write_summary(dirs["rbdc-d1"] / "summary.csv", [{"stage": "a", "cum_train_flops": 30.0}])
+            write_summary(dirs["scratch"] / "summary.csv", [{"stage": "s", "cum_train_flops": 50.0}])
+        ticks.append(every)
+        return len(ticks) > 2
+
+    stop.wait = at_second_tick
+    _report_progress(dirs, {"rbdc-d1": 100.0, "scratch": 100.0}, stop, every=0.5)
+    first, second = capsys.readouterr().out.splitlines()
+    assert "rbdc-d1 0%, scratch 0% | time left: after 1 epoch" in first
+    assert "rbdc-d1 30%, scratch 50% | ~" in second and second.endswith(" left")
 
 
 def test_warm_cache_decodes_once_then_reads_the_cache(tmp_path, monkeypatch):

@@ -77,14 +77,31 @@ def test_a_rank_destroys_its_process_group_when_every_rank_ends_alike(tmp_path, 
     assert gloo_group.is_initialized() is not destroyed
 
 
-def test_a_rank_of_a_held_run_leaves_with_its_process_group_destroyed(tmp_path, gloo_group, monkeypatch):
-    """`rbdc train` under torchrun: the held outcome reaches every rank, and each destroys its group before exit 75
-    (the CI failure this fixes: one rank aborted in teardown, 1 time in 12 on a 2-core machine)."""
+@pytest.mark.parametrize("outcome", ["held", "preempted"])
+def test_a_rank_that_stops_like_every_other_leaves_with_its_process_group_destroyed(
+    tmp_path, gloo_group, monkeypatch, outcome
+):
+    """`rbdc train` under torchrun: a held run (rank 0 broadcasts it) or a preemption (its flag is all-reduced) stops
+    every rank alike, and each destroys its group before its exit code (75, 144). The CI failure this fixes: one rank
+    aborted in gloo's teardown instead, 1 time in 12 on a 2-core machine."""
+    from rbdc.training import engine, preempt
     from rbdc.training.runtime import Dist
 
     monkeypatch.setattr(train.Dist, "init", classmethod(lambda cls: Dist(rank=0, world=2)))
-    with runlock.hold(_run_dir(tmp_path)), pytest.raises(runlock.RunHeld):
-        train.run_recipe(SCRATCH, str(tmp_path), ONE_EPOCH, **QUIET)
+    if outcome == "held":
+        with runlock.hold(_run_dir(tmp_path)), pytest.raises(runlock.RunHeld):
+            train.run_recipe(SCRATCH, str(tmp_path), ONE_EPOCH, **QUIET)
+    else:
+        real = engine.train_step
+
+        def step_then_stop(*a, **k):
+            preempt.request("SIGUSR1")
+            return real(*a, **k)
+
+        monkeypatch.setattr(engine, "train_step", step_then_stop)
+        monkeypatch.setitem(preempt._state, "requested", None)
+        with pytest.raises(preempt.Preempted):
+            train.run_recipe(SCRATCH, str(tmp_path), ONE_EPOCH, **QUIET)
     assert not gloo_group.is_initialized()
 
 
@@ -100,7 +117,7 @@ def test_wait_waits_for_the_holder(tmp_path, monkeypatch):
 
     t = threading.Thread(target=holder)
     t.start()
-    got.wait(10)
+    assert got.wait(60), "the holder thread never took the lock"
     threading.Timer(0.5, release.set).start()
     t0 = time.time()
     assert train.run_recipe(SCRATCH, str(tmp_path), ONE_EPOCH, wait=True, log=lambda *a, **k: None)

@@ -44,7 +44,8 @@ def run_recipe(
     d = Dist.init()
     if not d.main:
         log = lambda *a, **k: None  # noqa: E731
-    with d.closed_after(every_rank_raises=(runlock.RunHeld,)):
+    # every rank alike: the lock's outcome (rank 0 broadcasts it) and a preemption (its flag is all-reduced)
+    with d.closed_after(every_rank_raises=(runlock.RunHeld, preempt.Preempted)):
         if dry_run:
             _dry_run(rec, log, estimate)
             return None
