@@ -44,10 +44,10 @@ class Dist:
     @contextlib.contextmanager
     def closed_after(self, every_rank_raises: tuple[type[BaseException], ...] = ()):
         """Destroy the process group when the block ends on every rank alike: it returned, or raised one of
-        ``every_rank_raises`` (an outcome rank 0 broadcast). Without it gloo's worker threads die in interpreter
-        teardown, and a rank can abort (SIGABRT, "terminate called without an active exception") instead of exiting
-        with its code. Another error is left alone: the other ranks may wait in a collective, where destroying would
-        hang (torchtitan does the same)."""
+        ``every_rank_raises`` (an outcome every rank shares: broadcast or all-reduced). Without it gloo's worker
+        threads die in interpreter teardown, and a rank can abort (SIGABRT, "terminate called without an active
+        exception") instead of exiting with its code. Another error is left alone: the other ranks may wait in a
+        collective, where destroying would hang (torchtitan does the same)."""
         try:
             yield
         except every_rank_raises:
