@@ -62,6 +62,24 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def preempt_after(monkeypatch, n: int) -> None:
+    """Ask for a stop (as a signal's handler does) right after the n-th optimizer step of the process; the request is
+    cleared when the test ends."""
+    from rbdc.training import engine, preempt
+
+    real, calls = engine.train_step, {"n": 0}
+
+    def counting(*a, **k):
+        out = real(*a, **k)
+        calls["n"] += 1
+        if calls["n"] == n:
+            preempt.request("SIGUSR1")
+        return out
+
+    monkeypatch.setattr(engine, "train_step", counting)
+    monkeypatch.setitem(preempt._state, "requested", None)
+
+
 def interrupt_after(monkeypatch, n: int) -> None:
     """Simulate a preemption: raise KeyboardInterrupt right after the n-th epoch's checkpoint and summary write."""
     from rbdc.runs import rundir

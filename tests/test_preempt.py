@@ -11,26 +11,12 @@ import time
 
 import pytest
 import torch
-from conftest import CI, QUIET  # tests/conftest.py
+from conftest import CI, QUIET, preempt_after  # tests/conftest.py
 from safetensors.torch import load_file
 
-from rbdc.training import engine, preempt
+from rbdc.training import preempt
 from rbdc.runs import rundir, train
 from rbdc.cli import main
-
-
-def _stop_after(monkeypatch, n: int) -> None:
-    """Ask for a stop (as a signal's handler does) right after the n-th optimizer step of the process."""
-    real, calls = engine.train_step, {"n": 0}
-
-    def counting(*a, **k):
-        out = real(*a, **k)
-        calls["n"] += 1
-        if calls["n"] == n:
-            preempt.request("SIGUSR1")
-        return out
-
-    monkeypatch.setattr(engine, "train_step", counting)
 
 
 def _untimed(d):
@@ -49,7 +35,7 @@ def test_a_preempted_run_checkpoints_inside_the_epoch_and_resumes_to_the_uninter
 ):
     reference, results = ci_reference(protocol)
     recipe = str(CI / f"{protocol}.yaml")
-    _stop_after(monkeypatch, stop_at)
+    preempt_after(monkeypatch, stop_at)
     with pytest.raises(preempt.Preempted, match="preempted by SIGUSR1 .* at step"):
         train.run_recipe(recipe, str(tmp_path), [], **QUIET)
     monkeypatch.undo()

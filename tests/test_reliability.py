@@ -13,7 +13,7 @@ import time
 
 import pytest
 import yaml
-from conftest import CI, QUIET, interrupt_after  # tests/conftest.py
+from conftest import CI, QUIET, interrupt_after, preempt_after  # tests/conftest.py
 
 from rbdc.runs import rundir, runlock, train
 from rbdc.cli import main
@@ -84,7 +84,7 @@ def test_a_rank_that_stops_like_every_other_leaves_with_its_process_group_destro
     """`rbdc train` under torchrun: a held run (rank 0 broadcasts it) or a preemption (its flag is all-reduced) stops
     every rank alike, and each destroys its group before its exit code (75, 144). The CI failure this fixes: one rank
     aborted in gloo's teardown instead, 1 time in 12 on a 2-core machine."""
-    from rbdc.training import engine, preempt
+    from rbdc.training import preempt
     from rbdc.training.runtime import Dist
 
     monkeypatch.setattr(train.Dist, "init", classmethod(lambda cls: Dist(rank=0, world=2)))
@@ -92,14 +92,7 @@ def test_a_rank_that_stops_like_every_other_leaves_with_its_process_group_destro
         with runlock.hold(_run_dir(tmp_path)), pytest.raises(runlock.RunHeld):
             train.run_recipe(SCRATCH, str(tmp_path), ONE_EPOCH, **QUIET)
     else:
-        real = engine.train_step
-
-        def step_then_stop(*a, **k):
-            preempt.request("SIGUSR1")
-            return real(*a, **k)
-
-        monkeypatch.setattr(engine, "train_step", step_then_stop)
-        monkeypatch.setitem(preempt._state, "requested", None)
+        preempt_after(monkeypatch, 1)
         with pytest.raises(preempt.Preempted):
             train.run_recipe(SCRATCH, str(tmp_path), ONE_EPOCH, **QUIET)
     assert not gloo_group.is_initialized()
