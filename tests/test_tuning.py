@@ -104,7 +104,7 @@ def _finish(out, run, top1=None, failed=False):
     if failed:
         (d / rundir.FAILED).write_text(json.dumps({"reason": "diverged"}))
     else:
-        (d / rundir.RESULTS).write_text(json.dumps({"eval_top1": top1}))
+        (d / rundir.RESULTS).write_text(json.dumps({"eval_top1": top1, "total_train_flops": 1e12, "wall_s": 1.0}))
 
 
 def test_each_point_runs_at_its_best_trial_by_mean_holdout_top1_over_seeds_and_budgets(tmp_path):
@@ -217,4 +217,67 @@ def test_the_report_names_each_points_tuned_setting_in_one_line_near_its_top(tmp
             _finish(out, r, 50.0 + int(r.point[-1]) + r.seed)  # trial 2 wins by a point everywhere
     line = tuned_settings(load_study(path, out), out / "t")[0]
     assert line.startswith("**Tuned settings**")
-    assert line.endswith(": r rbdc.narrow_lr_scale=2.0 (trial 2); s lr_base=0.002 (trial 2).")
+    # s's winner is the largest lr_base its grid tried, r's sets a key only one trial sets: no grid, no edge
+    assert ": r rbdc.narrow_lr_scale=2.0 (trial 2); s lr_base=0.002 (trial 2, the largest lr_base tried)." in line
+    assert line.endswith("may be tuned less well than the others.")
+
+
+@pytest.mark.parametrize(
+    "chosen, edges",
+    [
+        ({"lr_base": 4e-3}, ["largest lr_base tried"]),
+        ({"lr_base": 1e-3}, ["smallest lr_base tried"]),
+        ({"lr_base": 2e-3}, []),
+        ({"lr_base": 2e-3, "warmup_epochs": 0.5}, []),
+        ({"lr_base": 4e-3, "x": 1}, ["largest lr_base tried"]),
+    ],
+)
+def test_a_tuned_value_at_the_end_of_its_grid_is_named_as_the_edge(chosen, edges):
+    from rbdc.studies.tuning import Trial, Tuning, grid_edges
+
+    grid = [{"lr_base": 1e-3}, {"lr_base": 2e-3}, {"lr_base": 4e-3}, {"lr_base": 2e-3, "warmup_epochs": 0.5}]
+    tune = Tuning({}, [0], [8.0], {"p": [Trial("p", i + 1, o) for i, o in enumerate(grid)]})
+    assert grid_edges(tune, "p", chosen) == edges
+
+
+def test_a_new_trial_that_moves_a_points_setting_stops_the_study_before_it_reuses_the_old_runs(
+    tmp_path, monkeypatch, capsys
+):
+    """A trial added to a study whose tuned points already ran: the trials run first; if the new one wins, the
+    points' finished runs were made at the old setting and are refused (or moved aside with --rerun-changed), never
+    counted as done."""
+    from rbdc.studies import study as study_mod
+
+    out = tmp_path / "runs"
+    path = _study(tmp_path)
+    for r in load_study(path, out).runs:  # trial 1 wins for s, its point has run at lr_base=0.001
+        if "/tune/" in r.name:
+            _finish(out, r, 60.0 - int(r.point[-1]))
+    old = next(r for r in load_study(path, out).runs if r.point == "s")
+    assert "lr_base=0.001" in old.overrides
+    old.run_dir(out).mkdir(parents=True)
+    rec = recipes.resolve(old.recipe, list(old.overrides), seed=old.seed, name=old.name)
+    (old.run_dir(out) / rundir.RECIPE).write_text(recipes.dump(rec))
+    _finish(out, old, 40.0)
+    trials = {"s": [*TRIALS["s"], {"lr_base": 4e-3}], "r": [*TRIALS["r"], {"lr_base": 4e-3}]}
+    path = _study(tmp_path, {"set": {"data.holdout": 0.2}, "seeds": [0, 1], "budgets": [1, 2], "trials": trials})
+    trained = []
+
+    def fake_run_local(study, output, runs, *a, **k):  # trial 3 wins everywhere; the points' runs are recorded
+        for r in runs:
+            if r.status(output) not in ("pending", "started"):
+                continue
+            if "/tune/" in r.name:
+                _finish(output, r, 70.0)
+            else:
+                trained.append(r.name)
+        return []
+
+    monkeypatch.setattr(study_mod, "run_local", fake_run_local)
+    assert main(["study", str(path), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "changed  t/s/b3 seed 0: lr_base" in err and "--rerun-changed" in err and not trained
+    assert (old.run_dir(out) / rundir.RESULTS).is_file()  # kept where it was
+    assert main(["study", str(path), "-o", str(out), "--rerun-changed"]) == 0
+    assert sorted(trained) == ["t/r/b3", "t/s/b3"] and not old.run_dir(out).exists()
+    assert len(list((out / "superseded").rglob(rundir.RESULTS))) == 1

@@ -229,19 +229,27 @@ def tuned_settings(study: Study, root: Path) -> list[str]:
     tune = study.tuning
     if tune is None:
         return []
-    named = []
+    named, at_edge = [], False
     for pid in tune.trials:
         rows = tuning.scores(tune, pid, trial_dir(study.name, root.parent))
         if any(r["score"] is None for r in rows):
             named.append(f"{pid} not tuned yet")
             continue
         best = tuning.best_row(rows)
-        named.append(f"{pid} {', '.join(f'{k}={v}' for k, v in best['overrides'].items())} (trial {best['trial']})")
-    return [
+        edges = tuning.grid_edges(tune, pid, best["overrides"])
+        at_edge = at_edge or bool(edges)
+        settings = ", ".join(f"{k}={v}" for k, v in best["overrides"].items())
+        named.append(f"{pid} {settings} (trial {best['trial']}{''.join(f', the {e}' for e in edges)})")
+    line = (
         "**Tuned settings** (each point's best trial on the held-out split, never on val; every trial under "
-        "'Tuning on a held-out split'): " + "; ".join(named) + ".",
-        "",
-    ]
+        "'Tuning on a held-out split'): " + "; ".join(named) + "."
+    )
+    if at_edge:  # the grid did not bracket the optimum: say which way that may bias the comparison
+        line += (
+            " A setting that is the largest (or smallest) value tried may be beaten by one past the grid: that point "
+            "may be tuned less well than the others."
+        )
+    return [line, ""]
 
 
 def coupled_table(points: dict, spec: dict) -> list[str]:

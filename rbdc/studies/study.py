@@ -205,16 +205,21 @@ def _refuse_changed(changed: dict[StudyRun, list[str]], output: Path) -> None:
     )
 
 
+def _settle_changed(runs: list[StudyRun], output: Path, rerun_changed: bool) -> None:
+    """Refuse (or, with ``--rerun-changed``, move aside) the runs made with other settings than the study asks."""
+    changed = changed_runs(runs, output)
+    if changed and not rerun_changed:
+        _refuse_changed(changed, output)
+    supersede(changed, output)
+
+
 def cmd_study(args) -> int:
     output = Path(args.output or os.environ.get("RBDC_OUT", "runs")).resolve()
     study = load_study(args.study, output)
     runs = _selected(study, args.only)
     if args.list or args.dry_run:
         return _list_runs(study, runs, output, args.jobs or study.jobs, args.threads or study.threads)
-    changed = changed_runs(runs, output)
-    if changed and not args.rerun_changed:
-        _refuse_changed(changed, output)
-    supersede(changed, output)
+    _settle_changed(runs, output, args.rerun_changed)
     if args.slurm or args.executor:
         return _submit_runs(study, runs, output, args)
     t0 = time.time()
@@ -227,6 +232,7 @@ def cmd_study(args) -> int:
         for pid, why in study.choices.items():
             print(f"{pid}: {why}")
         runs = _selected(study, args.only)
+        _settle_changed(runs, output, args.rerun_changed)  # a new trial may have moved a point's tuned setting
         failed += run_local(
             study,
             output,

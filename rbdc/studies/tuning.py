@@ -132,6 +132,22 @@ def best_row(rows: list[dict]) -> dict | None:
     return max((r for r in rows if r["score"] is not None), key=lambda r: (r["score"], -r["trial"]), default=None)
 
 
+def grid_edges(tuning: Tuning, pid: str, overrides: dict) -> list[str]:
+    """Where a chosen trial sits at the edge of the point's grid: per numeric key of ``overrides`` that the point's
+    trials set to two or more values, "largest <key> tried" or "smallest <key> tried" when the chosen value is the
+    extreme one. The held-out score may still rise past that edge, so the report says so."""
+    edges = []
+    for key, value in overrides.items():
+        tried = {t.overrides[key] for t in tuning.trials[pid] if isinstance(t.overrides.get(key), (int, float))}
+        if len(tried) < 2 or not isinstance(value, (int, float)):
+            continue
+        if value == max(tried):
+            edges.append(f"largest {key} tried")
+        elif value == min(tried):
+            edges.append(f"smallest {key} tried")
+    return edges
+
+
 def choice(tuning: Tuning, pid: str, run_dir) -> tuple[Trial | None, str]:
     """The best trial of ``pid`` and a one-line account, or (None, what is still missing)."""
     rows = scores(tuning, pid, run_dir)
