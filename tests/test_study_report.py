@@ -637,3 +637,23 @@ def test_an_ask_outside_its_panel_or_without_its_question_is_refused_by_name(tmp
     study, root = _ablation_study(tmp_path, asks)
     with pytest.raises(UserError, match=field):
         build(study, root, tmp_path / "out" / "tiny")
+
+
+@pytest.mark.parametrize(
+    "edges, said",
+    [
+        ({}, ""),
+        ({"x": ["largest lr_base tried"]}, ""),  # not a point the headline speaks of
+        ({"r": ["largest lr_base tried"]}, " Tuning caveat: r ran at the largest lr_base tried; a value past"),
+        (
+            {"r": ["largest lr_base tried"], "c": ["largest lr_base tried"], "s": ["smallest lr_base tried"]},
+            " Tuning caveat: s ran at the smallest lr_base tried; r and c ran at the largest lr_base tried; a value",
+        ),
+    ],
+)
+def test_the_headline_names_the_points_it_shows_that_were_tuned_at_their_grids_edge(edges, said):
+    from rbdc.report import headline
+
+    panels = [{"title": "ViT", "baseline": "s", "series": ["r"]}, {"title": "A", "baseline": "s", "series": ["r", "c"]}]
+    caveat = headline._tuning_caveat(panels, edges)
+    assert caveat.startswith(said) and bool(caveat) == bool(said)

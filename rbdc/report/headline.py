@@ -79,8 +79,24 @@ def _span(values: list[float]) -> str:
     return f"{signed_pct(min(values))} to {signed_pct(max(values))}"
 
 
-def lines(spec: dict, points: dict, savings: dict, costs: list, out_name: str) -> list[str]:
-    """The three lines (Markdown; links relative to the report's folder); empty without a saving of the method."""
+def _tuning_caveat(panels: list[dict], edges: dict[str, list[str]]) -> str:
+    """A sentence naming the points of ``panels`` (series and baselines) tuned at the edge of their grid."""
+    by_edge: dict[str, list[str]] = {}
+    for name in dict.fromkeys(n for pn in panels for n in (pn["baseline"], *pn["series"])):
+        for edge in edges.get(name, ()):
+            by_edge.setdefault(edge, []).append(name)
+    if not by_edge:
+        return ""
+    said = [f"{', '.join(ns[:-1])} and {ns[-1]}" if len(ns) > 1 else ns[0] for ns in by_edge.values()]
+    parts = [f"{who} ran at the {edge}" for who, edge in zip(said, by_edge)]
+    return f" Tuning caveat: {'; '.join(parts)}; a value past the grid may do better."
+
+
+def lines(
+    spec: dict, points: dict, savings: dict, costs: list, out_name: str, edges: dict[str, list[str]] | None = None
+) -> list[str]:
+    """The three lines (Markdown; links relative to the report's folder); empty without a saving of the method.
+    ``edges``: per tuned point, where its chosen setting sits at its grid's edge (named in a caveat)."""
     rows = subject(spec, savings)
     if not rows:
         return []
@@ -102,6 +118,8 @@ def lines(spec: dict, points: dict, savings: dict, costs: list, out_name: str) -
         f"{OUTSIDE.get(s['status'], '')}. The paper's 30% lies outside {n - paper} of the "
         f"{n} interval" + ("s" if n != 1 else "") + "."
     ) + "".join(f" Head to head ({pn['title']}): {text}." for pn, text in _ablations(spec, points, savings))
+    panels = _model_panels(spec, savings) + [pn for pn, _ in _ablations(spec, points, savings)]
+    first += _tuning_caveat(panels, edges or {})
     names = {name for name, _, _ in rows}
     mine = [c for _, c in costs if c.point.point in names]  # the subject's points of the model panels, as above
     target = [c.target["saving"] for c in mine]
@@ -122,8 +140,8 @@ def lines(spec: dict, points: dict, savings: dict, costs: list, out_name: str) -
     return [first, second, third]
 
 
-def section(spec: dict, points: dict, savings: dict, costs: list, out) -> list[str]:
-    found = lines(spec, points, savings, costs, out.name)
+def section(spec: dict, points: dict, savings: dict, costs: list, out, edges: dict | None = None) -> list[str]:
+    found = lines(spec, points, savings, costs, out.name, edges)
     return [TITLE, "", *(x for line in found for x in (line, ""))] if found else []
 
 

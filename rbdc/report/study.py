@@ -268,7 +268,8 @@ def build(study: Study, root: Path, out: Path, project: Path | None = None) -> d
         panels += sec.panel_section(points, panel, savings, verdict)
     costs = cost.costs(points, spec, savings)
     md = _opening(study, spec, points, root, out, Path.cwd() if project is None else project)
-    md += headline.section(spec, points, savings, costs, out)
+    edges = {pid: chosen[1] for pid, chosen in sec.tuned_choices(study, root).items() if chosen}
+    md += headline.section(spec, points, savings, costs, out, edges)
     if study_figures.has_panel_runs(points, spec):
         md += [f"![Fig. 2: top-1 vs training FLOPs]({out.name}-fig2.png)", "", study_figures.FIG2_NOTE, ""]
     md += sec.tuned_settings(study, root)  # after Fig. 2: the headline (copied into the README) ends at the figure

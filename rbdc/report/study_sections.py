@@ -223,20 +223,29 @@ def tuning_section(study: Study, root: Path) -> list[str]:
     return md + [""]
 
 
+def tuned_choices(study: Study, root: Path) -> dict[str, tuple[dict, list[str]] | None]:
+    """Per tuned point: its best trial's row and where that trial sits at its grid's edge
+    (:func:`rbdc.studies.tuning.grid_edges`), or None while a trial is unfinished."""
+    tune = study.tuning
+    found: dict[str, tuple[dict, list[str]] | None] = {}
+    for pid in tune.trials if tune else ():
+        rows = tuning.scores(tune, pid, trial_dir(study.name, root.parent))
+        best = None if any(r["score"] is None for r in rows) else tuning.best_row(rows)
+        found[pid] = None if best is None else (best, tuning.grid_edges(tune, pid, best["overrides"]))
+    return found
+
+
 def tuned_settings(study: Study, root: Path) -> list[str]:
     """One line near the top of the report naming the setting each tuned point runs at (the trial the tuning
     section marks 'used'), so a reader need not find the bold cells of its table."""
-    tune = study.tuning
-    if tune is None:
+    if study.tuning is None:
         return []
     named, at_edge = [], False
-    for pid in tune.trials:
-        rows = tuning.scores(tune, pid, trial_dir(study.name, root.parent))
-        if any(r["score"] is None for r in rows):
+    for pid, chosen in tuned_choices(study, root).items():
+        if chosen is None:
             named.append(f"{pid} not tuned yet")
             continue
-        best = tuning.best_row(rows)
-        edges = tuning.grid_edges(tune, pid, best["overrides"])
+        best, edges = chosen
         at_edge = at_edge or bool(edges)
         settings = ", ".join(f"{k}={v}" for k, v in best["overrides"].items())
         named.append(f"{pid} {settings} (trial {best['trial']}{''.join(f', the {e}' for e in edges)})")
