@@ -228,14 +228,16 @@ def test_the_report_names_each_points_tuned_setting_in_one_line_near_its_top(tmp
         ({"lr_base": 4e-3}, ["largest lr_base tried"]),
         ({"lr_base": 1e-3}, ["smallest lr_base tried"]),
         ({"lr_base": 2e-3}, []),
-        ({"lr_base": 2e-3, "warmup_epochs": 0.5}, []),
-        ({"lr_base": 4e-3, "x": 1}, ["largest lr_base tried"]),
+        ({"lr_base": 2e-3, "amp": False}, []),
+        ({"lr_base": 4e-3, "amp": True}, ["largest lr_base tried"]),  # a switch has no edge
+        ({"lr_base": 1e-3, "warmup_epochs": 0.5}, ["smallest lr_base tried"]),  # a key one trial sets: no grid
     ],
 )
 def test_a_tuned_value_at_the_end_of_its_grid_is_named_as_the_edge(chosen, edges):
     from rbdc.studies.tuning import Trial, Tuning, grid_edges
 
-    grid = [{"lr_base": 1e-3}, {"lr_base": 2e-3}, {"lr_base": 4e-3}, {"lr_base": 2e-3, "warmup_epochs": 0.5}]
+    grid = [{"lr_base": 1e-3}, {"lr_base": 2e-3}, {"lr_base": 4e-3, "amp": True}, {"lr_base": 2e-3, "amp": False}]
+    grid.append({"lr_base": 1e-3, "warmup_epochs": 0.5})
     tune = Tuning({}, [0], [8.0], {"p": [Trial("p", i + 1, o) for i, o in enumerate(grid)]})
     assert grid_edges(tune, "p", chosen) == edges
 

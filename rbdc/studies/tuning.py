@@ -136,10 +136,14 @@ def grid_edges(tuning: Tuning, pid: str, overrides: dict) -> list[str]:
     """Where a chosen trial sits at the edge of the point's grid: per numeric key of ``overrides`` that the point's
     trials set to two or more values, "largest <key> tried" or "smallest <key> tried" when the chosen value is the
     extreme one. The held-out score may still rise past that edge, so the report says so."""
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)  # a switch has no edge
+
     edges = []
     for key, value in overrides.items():
-        tried = {t.overrides[key] for t in tuning.trials[pid] if isinstance(t.overrides.get(key), (int, float))}
-        if len(tried) < 2 or not isinstance(value, (int, float)):
+        tried = {t.overrides[key] for t in tuning.trials[pid] if number(t.overrides.get(key))}
+        if len(tried) < 2 or not number(value):
             continue
         if value == max(tried):
             edges.append(f"largest {key} tried")
