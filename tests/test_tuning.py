@@ -194,7 +194,7 @@ def test_a_tuning_budget_with_no_step_for_a_level_stops_the_study_in_one_line(tm
 
 
 def test_the_report_names_every_trial_its_held_out_scores_and_the_one_each_point_uses(tmp_path):
-    from rbdc.report.study_sections import tuning_section as _tuning_section
+    from rbdc.report.study_tuning import tuning_section as _tuning_section
 
     path, out = _study(tmp_path), tmp_path / "runs"
     assert "| s | 1 | lr_base=0.001 | – | – | – |  |" in "\n".join(_tuning_section(load_study(path, out), out / "t"))
@@ -208,7 +208,7 @@ def test_the_report_names_every_trial_its_held_out_scores_and_the_one_each_point
 
 
 def test_the_report_names_each_points_tuned_setting_in_one_line_near_its_top(tmp_path):
-    from rbdc.report.study_sections import tuned_settings
+    from rbdc.report.study_tuning import tuned_settings
 
     path, out = _study(tmp_path), tmp_path / "runs"
     assert tuned_settings(load_study(path, out), out / "t")[0].endswith(": r not tuned yet; s not tuned yet.")

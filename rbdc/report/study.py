@@ -256,7 +256,7 @@ def build(study: Study, root: Path, out: Path, project: Path | None = None) -> d
     """Write ``<out>.md`` and the figures ``<out>-fig2.png``, ``-fig3.png``, ``-saving.png``. The report names the
     study file relative to ``project`` (default: the current working directory, where ``rbdc study --report`` runs),
     so its command reads as one types it there; make_reports passes the checkout."""
-    from . import cost, headline, study_figures, study_sections as sec  # a cycle: they import this module's types
+    from . import cost, headline, study_figures, study_sections as sec, study_tuning  # a cycle: they import its types
 
     spec = read_report_spec(study)
     points = collect(study, root)
@@ -268,14 +268,15 @@ def build(study: Study, root: Path, out: Path, project: Path | None = None) -> d
         panels += sec.panel_section(points, panel, savings, verdict)
     costs = cost.costs(points, spec, savings)
     md = _opening(study, spec, points, root, out, Path.cwd() if project is None else project)
-    edges = {pid: chosen[1] for pid, chosen in sec.tuned_choices(study, root).items() if chosen}
+    edges = {pid: chosen[1] for pid, chosen in study_tuning.tuned_choices(study, root).items() if chosen}
     md += headline.section(spec, points, savings, costs, out, edges)
     if study_figures.has_panel_runs(points, spec):
         md += [f"![Fig. 2: top-1 vs training FLOPs]({out.name}-fig2.png)", "", study_figures.FIG2_NOTE, ""]
-    md += sec.tuned_settings(study, root)  # after Fig. 2: the headline (copied into the README) ends at the figure
+    # after Fig. 2: the headline (copied into the README) ends at the figure
+    md += study_tuning.tuned_settings(study, root)
     md += panels
     md += cost.section(costs)
-    md += sec.tuning_section(study, root)
+    md += study_tuning.tuning_section(study, root)
     md += sec.coupled_table(points, spec)
     if spec.get("ratio"):
         md += sec.ratio_section(points, spec["ratio"], out)

@@ -1,5 +1,6 @@
-"""The tables of a study report: each Fig. 2 panel with its savings and head-to-head pairs, the tuning trials, the
-coupled models before training, Fig. 3's ratio, the comparisons against a reference point, and where the runs ran."""
+"""The tables of a study report: each Fig. 2 panel with its savings and head-to-head pairs, the coupled models
+before training, Fig. 3's ratio, the comparisons against a reference point, and where the runs ran (the tuning parts:
+:mod:`.study_tuning`)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,12 @@ import statistics
 from pathlib import Path
 
 from rbdc.runs import rundir
-from rbdc.studies import tuning
 from rbdc.recipe import load_yaml
-from rbdc.studies.spec import Study, trial_dir
+from rbdc.studies.spec import Study
 from rbdc.units import human_flops
 
 from .fmt import budget as _budget
-from .fmt import opt, p_value, pm
+from .fmt import p_value, pm
 from .stats import welch
 from .study import (
     BOUND,
@@ -190,75 +190,6 @@ def pair_verdicts(points: dict, panel: dict) -> list[str]:
     """The verdict's head-to-head line of a panel (:func:`.study.panel_pairs`)."""
     found = panel_pairs(points, panel)
     return [f"- **Head to head** ({panel['title']}): {'; '.join(pair_text(o) for o in found)}."] if found else []
-
-
-def tuning_section(study: Study, root: Path) -> list[str]:
-    """Each tuned point's trials, their held-out top-1 per budget and score, and the trial its runs use."""
-    tune = study.tuning
-    if tune is None:
-        return []
-    split = ", ".join(f"{k}={v}" for k, v in tune.split.items())
-    budgets = [_budget(b) for b in tune.budgets]
-    md = [
-        "## Tuning on a held-out split",
-        "",
-        f"Every tuned point had {len(next(iter(tune.trials.values())))} trials, each at budgets "
-        f"{', '.join(budgets)} with seeds {', '.join(map(str, tune.seeds))}, trained on train minus the held-out "
-        f"part ({split}) and scored on that part, never on val (where every number above is measured). Score: the "
-        f"held-out top-1 averaged over seeds, then over budgets (a diverged run scores 0); the best score wins, "
-        f"ties go to the earlier trial.",
-        "",
-        "| point | trial | settings | " + " | ".join(f"held-out top-1 b{b}" for b in budgets) + " | score | used |",
-        "|---|---|---|" + "---|" * len(budgets) + "---|---|",
-    ]
-    for pid in tune.trials:
-        rows = tuning.scores(tune, pid, trial_dir(study.name, root.parent))
-        best = tuning.best_row(rows)
-        done = all(r["score"] is not None for r in rows)
-        for r in rows:
-            cells = [opt(r["per_budget"][b]) for b in tune.budgets]
-            used = "**yes**" if done and r is best else ""
-            settings = ", ".join(f"{k}={v}" for k, v in r["overrides"].items())
-            md.append(f"| {pid} | {r['trial']} | {settings} | {' | '.join(cells)} | {opt(r['score'])} | {used} |")
-    return md + [""]
-
-
-def tuned_choices(study: Study, root: Path) -> dict[str, tuple[dict, list[str]] | None]:
-    """Per tuned point: its best trial's row and where that trial sits at its grid's edge
-    (:func:`rbdc.studies.tuning.grid_edges`), or None while a trial is unfinished."""
-    tune = study.tuning
-    found: dict[str, tuple[dict, list[str]] | None] = {}
-    for pid in tune.trials if tune else ():
-        rows = tuning.scores(tune, pid, trial_dir(study.name, root.parent))
-        best = None if any(r["score"] is None for r in rows) else tuning.best_row(rows)
-        found[pid] = None if best is None else (best, tuning.grid_edges(tune, pid, best["overrides"]))
-    return found
-
-
-def tuned_settings(study: Study, root: Path) -> list[str]:
-    """One line near the top of the report naming the setting each tuned point runs at (the trial the tuning
-    section marks 'used'), so a reader need not find the bold cells of its table."""
-    if study.tuning is None:
-        return []
-    named, at_edge = [], False
-    for pid, chosen in tuned_choices(study, root).items():
-        if chosen is None:
-            named.append(f"{pid} not tuned yet")
-            continue
-        best, edges = chosen
-        at_edge = at_edge or bool(edges)
-        settings = ", ".join(f"{k}={v}" for k, v in best["overrides"].items())
-        named.append(f"{pid} {settings} (trial {best['trial']}{''.join(f', the {e}' for e in edges)})")
-    line = (
-        "**Tuned settings** (each point's best trial on the held-out split, never on val; every trial under "
-        "'Tuning on a held-out split'): " + "; ".join(named) + "."
-    )
-    if at_edge:  # the grid did not bracket the optimum: say which way that may bias the comparison
-        line += (
-            " A setting that is the largest (or smallest) value tried may be beaten by one past the grid: that point "
-            "may be tuned less well than the others."
-        )
-    return [line, ""]
 
 
 def coupled_table(points: dict, spec: dict) -> list[str]:
