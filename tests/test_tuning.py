@@ -208,14 +208,16 @@ def test_the_report_names_every_trial_its_held_out_scores_and_the_one_each_point
 
 
 def test_the_report_names_each_points_tuned_setting_in_one_line_near_its_top(tmp_path):
-    from rbdc.report.study_tuning import tuned_settings
+    from rbdc.report.study_tuning import tuned_choices, tuned_settings
 
     path, out = _study(tmp_path), tmp_path / "runs"
-    assert tuned_settings(load_study(path, out), out / "t")[0].endswith(": r not tuned yet; s not tuned yet.")
+    assert tuned_settings(tuned_choices(load_study(path, out), out / "t"))[0].endswith(
+        ": r not tuned yet; s not tuned yet."
+    )
     for r in load_study(path, out).runs:
         if "/tune/" in r.name:
             _finish(out, r, 50.0 + int(r.point[-1]) + r.seed)  # trial 2 wins by a point everywhere
-    line = tuned_settings(load_study(path, out), out / "t")[0]
+    line = tuned_settings(tuned_choices(load_study(path, out), out / "t"))[0]
     assert line.startswith("**Tuned settings**")
     # s's winner is the largest lr_base its grid tried, r's sets a key only one trial sets: no grid, no edge
     assert ": r rbdc.narrow_lr_scale=2.0 (trial 2); s lr_base=0.002 (trial 2, the largest lr_base tried)." in line

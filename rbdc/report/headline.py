@@ -105,6 +105,7 @@ def lines(
     below = sum(s["hi"] < 0 for _, _, s in rows)
     paper = sum(s["lo"] <= PAPER_SAVING <= s["hi"] for _, _, s in rows)
     name, p, s = max(rows, key=lambda r: r[2]["lo"])
+    ablations = _ablations(spec, points, savings)  # their pairs' tests, computed once for the text and the caveat
     its = f"its {n} point" + ("s" if n != 1 else "")
     found = (
         f"above zero at {above} and below zero at {below} of {its}"
@@ -117,8 +118,8 @@ def lines(
         f"demonstrated saving is {name} at budget {_budget(p.budget)}: {saving_text(s)}"
         f"{OUTSIDE.get(s['status'], '')}. The paper's 30% lies outside {n - paper} of the "
         f"{n} interval" + ("s" if n != 1 else "") + "."
-    ) + "".join(f" Head to head ({pn['title']}): {text}." for pn, text in _ablations(spec, points, savings))
-    panels = _model_panels(spec, savings) + [pn for pn, _ in _ablations(spec, points, savings)]
+    ) + "".join(f" Head to head ({pn['title']}): {text}." for pn, text in ablations)
+    panels = _model_panels(spec, savings) + [pn for pn, _ in ablations]
     first += _tuning_caveat(panels, edges or {})
     names = {name for name, _, _ in rows}
     mine = [c for _, c in costs if c.point.point in names]  # the subject's points of the model panels, as above

@@ -268,12 +268,13 @@ def build(study: Study, root: Path, out: Path, project: Path | None = None) -> d
         panels += sec.panel_section(points, panel, savings, verdict)
     costs = cost.costs(points, spec, savings)
     md = _opening(study, spec, points, root, out, Path.cwd() if project is None else project)
-    edges = {pid: chosen[1] for pid, chosen in study_tuning.tuned_choices(study, root).items() if chosen}
+    choices = study_tuning.tuned_choices(study, root)  # read once: the headline's caveat and the settings line
+    edges = {pid: chosen[1] for pid, chosen in choices.items() if chosen}
     md += headline.section(spec, points, savings, costs, out, edges)
     if study_figures.has_panel_runs(points, spec):
         md += [f"![Fig. 2: top-1 vs training FLOPs]({out.name}-fig2.png)", "", study_figures.FIG2_NOTE, ""]
     # after Fig. 2: the headline (copied into the README) ends at the figure
-    md += study_tuning.tuned_settings(study, root)
+    md += study_tuning.tuned_settings(choices)
     md += panels
     md += cost.section(costs)
     md += study_tuning.tuning_section(study, root)

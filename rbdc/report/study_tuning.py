@@ -55,13 +55,14 @@ def tuned_choices(study: Study, root: Path) -> dict[str, tuple[dict, list[str]] 
     return found
 
 
-def tuned_settings(study: Study, root: Path) -> list[str]:
+def tuned_settings(choices: dict[str, tuple[dict, list[str]] | None]) -> list[str]:
     """One line near the top of the report naming the setting each tuned point runs at (the trial the tuning
-    section marks 'used'), so a reader need not find the bold cells of its table."""
-    if study.tuning is None:
+    section marks 'used'), so a reader need not find the bold cells of its table; ``choices`` from
+    :func:`tuned_choices` (empty: the study tunes nothing)."""
+    if not choices:
         return []
     named, at_edge = [], False
-    for pid, chosen in tuned_choices(study, root).items():
+    for pid, chosen in choices.items():
         if chosen is None:
             named.append(f"{pid} not tuned yet")
             continue
