@@ -585,6 +585,15 @@ def _pair_text(a: str, b: str):
     return f"{a} − {b} over budgets 1, 2: top-1 {g.gap.gap:+.2f} ± {g.gap.hi - g.gap.gap:.2f} at equal FLOPs, p ", g
 
 
+def _short_words(a: str, b: str) -> str:
+    """The headline's short form of a over b (who is ahead by how much, or the difference), up to the p-value."""
+    g = _pair_text(a, b)[1].gap
+    half = f"{g.hi - g.gap:.2f}"
+    if g.lo > 0 or g.hi < 0:
+        return f"{a if g.lo > 0 else b} ahead by {abs(g.gap):.2f} ± {half}, p "
+    return f"not distinguishable ({a} − {b}: {g.gap:+.2f} ± {half}, p "
+
+
 def test_an_ablation_panel_reads_as_one_head_to_head_contrast_in_verdict_and_headline(tmp_path):
     """The fair study's question "independent parts or one source?" is its ablation panel: RBDC d1 against the
     copies ablation and HyperCloning over b8-b32. Without ``asks``, its first series against each other one, over
@@ -598,7 +607,8 @@ def test_an_ablation_panel_reads_as_one_head_to_head_contrast_in_verdict_and_hea
     verdict = md.split("## Verdict")[1]
     assert g.gap.lo > 0 and f"- **Head to head** (Ablation): {text}" in verdict
     assert "(rbdc ahead beyond seed noise)" in verdict
-    assert f"Head to head (Ablation): {text}" in headline.extract(md)[0]
+    said = f"Head to head (Ablation): top-1 at equal FLOPs over budgets 1, 2: {_short_words('rbdc', 'alt')}"
+    assert said in headline.extract(md)[0] and "rbdc ahead by" in said
     assert f"; {_pair_text('rbdc', 'one')[0]}" in verdict and _pair_text("alt", "one")[0] not in verdict
     assert "Head to head (ViT)" not in md  # a one-series model panel has no pair
 
@@ -621,7 +631,11 @@ def test_an_ablation_panel_that_asks_its_questions_answers_each_pair_in_words(tm
     assert f"; independent or copied: {second}" in verdict
     assert _pair_text("rbdc", "one")[0] not in verdict  # not asked: only in the head-to-head table
     assert "| rbdc | one | mean over 1, 2 |" in md
-    assert f"Head to head (Ablation): block-diagonal or symmetric: {first}" in headline.extract(md)[0]
+    said = (
+        "Head to head (Ablation): top-1 at equal FLOPs over budgets 1, 2: block-diagonal or symmetric: "
+        f"{_short_words('alt', 'one')}"
+    )
+    assert said in headline.extract(md)[0] and f"; independent or copied: {_short_words('rbdc', 'alt')}" in md
 
 
 @pytest.mark.parametrize(
@@ -657,3 +671,33 @@ def test_the_headline_names_the_points_it_shows_that_were_tuned_at_their_grids_e
     panels = [{"title": "ViT", "baseline": "s", "series": ["r"]}, {"title": "A", "baseline": "s", "series": ["r", "c"]}]
     caveat = headline._tuning_caveat(panels, edges)
     assert caveat.startswith(said) and bool(caveat) == bool(said)
+
+
+def _pair(a: str, b: str, gap: float, half: float, p: float, budgets: tuple) -> dict:
+    from types import SimpleNamespace as NS
+
+    g = NS(gap=NS(gap=gap, lo=gap - half, hi=gap + half), p=p)
+    return {"a": a, "b": b, "gap": g, "pairs": [(NS(budget=k), None) for k in budgets], "question": None}
+
+
+@pytest.mark.parametrize(
+    "pairs, said",
+    [
+        (  # shared budgets said once; the one ahead named with the size of its lead
+            [_pair("r", "h", -0.69, 0.49, 0.009, (8, 16)), _pair("c", "h", 0.51, 0.53, 0.058, (8, 16))],
+            "top-1 at equal FLOPs over budgets 8, 16: h ahead by 0.69 ± 0.49, p = 0.009; "
+            "not distinguishable (c − h: +0.51 ± 0.53, p = 0.058)",
+        ),
+        (  # budgets that differ are said per pair
+            [_pair("r", "h", 1.2, 0.5, 0.0001, (8, 16)), _pair("c", "h", 0.1, 0.5, 0.6, (8,))],
+            "top-1 at equal FLOPs: r ahead by 1.20 ± 0.50, p < 0.001 over budgets 8, 16; "
+            "not distinguishable (c − h: +0.10 ± 0.50, p = 0.600) over budgets 8",
+        ),
+    ],
+)
+def test_the_headline_says_each_pair_in_short_words_naming_who_is_ahead(pairs, said):
+    """The README's first line holds the head-to-head pairs: the short form names the side ahead and by how much
+    (the verdict's long form keeps the signed difference), the shared budgets once."""
+    from rbdc.report import headline
+
+    assert headline._pairs_text(pairs) == said

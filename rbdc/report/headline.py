@@ -15,9 +15,9 @@ from rbdc.errors import UserError
 from rbdc.studies.tuning import is_trial_point
 
 from .fmt import budget as _budget
-from .fmt import signed_pct
+from .fmt import p_value, signed_pct
 from .cost import saving_text
-from .study import OUTSIDE, PAPER_SAVING, pair_text, panel_pairs
+from .study import OUTSIDE, PAPER_SAVING, panel_pairs
 
 TITLE = "## Headline"
 START = "<!-- headline: written by `python -m benchmarks.make_reports` from {source}; edits here are overwritten -->"
@@ -69,10 +69,34 @@ def _models(spec: dict, savings: dict) -> list[str]:
 
 def _ablations(spec: dict, points: dict, savings: dict) -> list[tuple[dict, str]]:
     """Each panel beyond the model panels (an ablation or anchor on a scratch already shown) with its head-to-head
-    pairs in words (:func:`.study.panel_pairs`)."""
+    pairs in the headline's words (:func:`_pairs_text`)."""
     models = [pn["title"] for pn in _model_panels(spec, savings)]
     found = [(pn, panel_pairs(points, pn)) for pn in spec.get("panels", []) if pn["title"] not in models]
-    return [(pn, "; ".join(pair_text(o) for o in pairs)) for pn, pairs in found if pairs]
+    return [(pn, _pairs_text(pairs)) for pn, pairs in found if pairs]
+
+
+def _budgets(o: dict) -> str:
+    return f"over budgets {', '.join(_budget(a.budget) for a, _ in o['pairs'])}"
+
+
+def _pairs_text(pairs: list[dict]) -> str:
+    """The headline's short form of a panel's pairs (the verdict keeps the long form, :func:`.study.pair_text`):
+    who is ahead and by how much, or "not distinguishable" with the difference; the budgets said once where every
+    pair shares them. E.g. ``top-1 at equal FLOPs over budgets 8, 16, 32: RBDC or HyperCloning: vit-hypercloning
+    ahead by 0.69 ± 0.49, p = 0.009; ...``."""
+    shared = len({_budgets(o) for o in pairs}) == 1
+    said = []
+    for o in pairs:
+        g, p = o["gap"].gap, p_value(o["gap"].p, stated=True)
+        half = f"{g.hi - g.gap:.2f}"
+        words = (
+            f"{o['a'] if g.lo > 0 else o['b']} ahead by {abs(g.gap):.2f} ± {half}, {p}"
+            if g.lo > 0 or g.hi < 0
+            else f"not distinguishable ({o['a']} − {o['b']}: {g.gap:+.2f} ± {half}, {p})"
+        )
+        question = f"{o['question']}: " if o.get("question") else ""
+        said.append(question + words + ("" if shared else f" {_budgets(o)}"))
+    return f"top-1 at equal FLOPs{' ' + _budgets(pairs[0]) if shared else ''}: {'; '.join(said)}"
 
 
 def _span(values: list[float]) -> str:

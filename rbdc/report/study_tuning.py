@@ -33,11 +33,10 @@ def tuning_section(study: Study, root: Path) -> list[str]:
     ]
     for pid in tune.trials:
         rows = tuning.scores(tune, pid, trial_dir(study.name, root.parent))
-        best = tuning.best_row(rows)
-        done = all(r["score"] is not None for r in rows)
+        best = tuning.chosen_row(rows)
         for r in rows:
             cells = [opt(r["per_budget"][b]) for b in tune.budgets]
-            used = "**yes**" if done and r is best else ""
+            used = "**yes**" if r is best else ""
             settings = ", ".join(f"{k}={v}" for k, v in r["overrides"].items())
             md.append(f"| {pid} | {r['trial']} | {settings} | {' | '.join(cells)} | {opt(r['score'])} | {used} |")
     return md + [""]
@@ -50,7 +49,7 @@ def tuned_choices(study: Study, root: Path) -> dict[str, tuple[dict, list[str]] 
     found: dict[str, tuple[dict, list[str]] | None] = {}
     for pid in tune.trials if tune else ():
         rows = tuning.scores(tune, pid, trial_dir(study.name, root.parent))
-        best = None if any(r["score"] is None for r in rows) else tuning.best_row(rows)
+        best = tuning.chosen_row(rows)
         found[pid] = None if best is None else (best, tuning.grid_edges(tune, pid, best["overrides"]))
     return found
 

@@ -132,6 +132,12 @@ def best_row(rows: list[dict]) -> dict | None:
     return max((r for r in rows if r["score"] is not None), key=lambda r: (r["score"], -r["trial"]), default=None)
 
 
+def chosen_row(rows: list[dict]) -> dict | None:
+    """The row a point's runs use: :func:`best_row` once every trial has its score, None before (a trial still
+    running may win). The study's runs, the report's table and its settings line all decide through here."""
+    return None if any(r["score"] is None for r in rows) else best_row(rows)
+
+
 def grid_edges(tuning: Tuning, pid: str, overrides: dict) -> list[str]:
     """Where a chosen trial sits at the edge of the point's grid: per numeric key of ``overrides`` that the point's
     trials set to two or more values, "largest <key> tried" or "smallest <key> tried" when the chosen value is the
@@ -158,6 +164,6 @@ def choice(tuning: Tuning, pid: str, run_dir) -> tuple[Trial | None, str]:
     missing = [r["trial"] for r in rows if r["score"] is None]
     if missing:
         return None, f"awaiting tuning: trial(s) {', '.join(map(str, missing))} of {len(rows)} unfinished"
-    best = best_row(rows)
+    best = chosen_row(rows)
     trial = tuning.trials[pid][best["trial"] - 1]
     return trial, f"tuned: trial {trial.index} {trial.overrides} (holdout top-1 {best['score']:.2f})"
