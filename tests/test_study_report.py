@@ -145,11 +145,14 @@ def test_a_rewrite_that_fails_midway_leaves_the_previous_report_whole(tmp_path, 
 
 
 def test_an_unfinished_study_says_what_is_missing_and_skips_failed_runs(tmp_path):
+    """A point below 3 finished seeds (the fewest whose interval coverage is tested) is listed as unfinished and
+    counted nowhere else: no table row, no interval, no place on scratch's curve."""
     study, root = _fake_study(tmp_path)
     (root / "rbdc" / "b2" / "seed2" / "failed.json").write_text(json.dumps({"reason": "diverged"}))
     md = build(study, root, tmp_path / "out" / "tiny")["md"].read_text()
-    assert "**Incomplete**: 1 runs not finished yet: rbdc b2 (1)" in md
-    assert "| rbdc | 2 | 2 of 3 |" in md
+    assert "**Incomplete**: 1 runs not finished yet: rbdc b2 (1; its 2 finished not counted yet)" in md
+    assert "| rbdc | rbdc | 2 |" not in md and "| scratch | scratch | 2 | 3 |" in md
+    assert "| rbdc | 2 | 2 | 10.0 |" in md  # the cost section counts what was spent
 
 
 def test_a_report_naming_an_unknown_point_is_refused(tmp_path):

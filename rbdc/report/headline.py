@@ -38,7 +38,7 @@ def _scale(spec: dict, points: dict, savings: dict) -> str:
     """Dataset, image size, models, budgets, seeds and runs of the study, from its runs; the tuning trials' runs
     are counted apart (their seeds and budgets are not the reported points')."""
     trials = sum(p.n for p in points.values() if is_trial_point(p.point))
-    done = [p for p in points.values() if p.n and not is_trial_point(p.point)]
+    done = [p for p in points.values() if p.shown and not is_trial_point(p.point)]
     first = done[0].runs[0].results
     size = f" at {first['img_size']} px" if first.get("img_size") else ""
     models = " and ".join(_models(spec, savings))
@@ -80,10 +80,10 @@ def _budgets(o: dict) -> str:
 
 
 def _pairs_text(pairs: list[dict]) -> str:
-    """The headline's short form of a panel's pairs (the verdict keeps the long form, :func:`.study.pair_text`):
-    who is ahead and by how much, or "not distinguishable" with the difference; the budgets said once where every
-    pair shares them. E.g. ``top-1 at equal FLOPs over budgets 8, 16, 32: RBDC or HyperCloning: vit-hypercloning
-    ahead by 0.69 ± 0.49, p = 0.009; ...``."""
+    """The headline's short form of a panel's pairs (the verdict keeps the long form,
+    :func:`.study_sections.pair_text`): who is ahead and by how much, or "not distinguishable" with the difference;
+    the budgets said once where every pair shares them. E.g. ``top-1 at equal FLOPs over budgets 8, 16, 32: RBDC or
+    HyperCloning: vit-hypercloning ahead by 0.69 ± 0.49, p = 0.009; ...``."""
     shared = len({_budgets(o) for o in pairs}) == 1
     said = []
     for o in pairs:

@@ -27,6 +27,7 @@ from rbdc.errors import UserError
 from rbdc.files import atomic_write_bytes
 from rbdc.studies.spec import load_study
 
+from .saving import enough_seeds
 from .study import Point, collect, saving_with_interval, series
 
 # (study name, scratch point, RBDC point): one rung each, in the order of the ladder
@@ -170,7 +171,7 @@ def rungs(studies: dict, ladder=LADDER) -> list[Rung]:
             rung.expected[pid] = (sum(p.n for p in ps), sum(p.expected_seeds for p in ps))
         for p in rung.rbdc:
             s = saving_with_interval(rung.scratch, p) if len(rung.scratch) >= 2 else None
-            interval = s is not None and min(x.n for x in [p, *rung.scratch]) >= 2  # as saving_with_interval
+            interval = s is not None and enough_seeds(*(x.top1 for x in [p, *rung.scratch]))  # as saving_with_interval
             rung.rows.append(Row(width, p, bpp(rung, p.budget), s, interval))
         out.append(rung)
     return sorted(out, key=lambda r: r.width)
