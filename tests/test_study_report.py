@@ -704,3 +704,10 @@ def test_the_headline_says_each_pair_in_short_words_naming_who_is_ahead(pairs, s
     from rbdc.report import headline
 
     assert headline._pairs_text(pairs) == said
+
+
+@pytest.mark.parametrize("v, said", [(0.118, "+11.8%"), (-0.0004, "+0.0%"), (0.0, "+0.0%"), (-0.25, "-25.0%")])
+def test_a_percentage_that_rounds_to_zero_has_no_minus_sign(v, said):
+    from rbdc.report.fmt import signed_pct
+
+    assert signed_pct(v) == said

@@ -38,8 +38,10 @@ def opt(v: float | None, digits: int = 2) -> str:
 
 
 def signed_pct(v: float, digits: int = 1) -> str:
-    """A fraction as a signed percentage: 0.118 -> ``+11.8%``."""
-    return f"{100 * v:+.{digits}f}%"
+    """A fraction as a signed percentage: 0.118 -> ``+11.8%``; a value that rounds to zero is ``+0.0%`` (a bound
+    of -0.0001% at the edge of scratch's range must not read as "-0.0%")."""
+    x = round(100 * v, digits)
+    return f"{x if x != 0 else 0.0:+.{digits}f}%"
 
 
 def rel(path, base) -> str:

@@ -29,6 +29,7 @@ from scipy.optimize import OptimizeWarning, curve_fit
 
 from rbdc.errors import UserError
 
+from .fmt import signed_pct
 from .stats import matched_flops
 
 ALPHA = 0.05
@@ -67,7 +68,7 @@ class SavingInterval:
 
     def text(self) -> str:
         """``[+5.1%, +20.0%]``, or a one-sided bound ``≥ +5.1%`` / ``≤ +20.0%`` where an end is open."""
-        lo, hi = f"{self.lo:+.1%}", f"{self.hi:+.1%}"
+        lo, hi = signed_pct(self.lo), signed_pct(self.hi)
         if self.lo_open and self.hi_open:
             return f"unbounded (every saving scratch's range can measure, {lo} to {hi}, is accepted)"
         return f"≥ {lo}" if self.hi_open else f"≤ {hi}" if self.lo_open else f"[{lo}, {hi}]"

@@ -130,10 +130,9 @@ def panel_section(points: dict, panel: dict, savings: dict, verdict: list[str]) 
             s = saving_with_interval(scratch, p)
             if name in fresh:
                 savings.setdefault(name, []).append((p, s))
-            bound = {"matched": "", **BOUND}.get(s["status"], "")
             md.append(
                 f"| {p.point} | {_budget(p.budget)} | {_seeds(p)} | {_top1(p)} | "
-                f"{human_flops(p.flops_mean / (1 - s['saving']))} | {bound}{100 * s['saving']:.1f}% | "
+                f"{human_flops(p.flops_mean / (1 - s['saving']))} | {estimate_text(s)} | "
                 f"{s['text']} | {_spread(s['spread'])} | {p_value(s['p30'])} |"
             )
     md.append("")
