@@ -711,3 +711,18 @@ def test_a_percentage_that_rounds_to_zero_has_no_minus_sign(v, said):
     from rbdc.report.fmt import signed_pct
 
     assert signed_pct(v) == said
+
+
+def test_fig2s_window_reaches_the_scratch_budgets_that_bracket_each_compared_point():
+    """ResNet-18 d1 at b16 (71.3) lies between scratch's b16 (69.8) and b32 (72.2): its saving is read on the
+    segment up to b32, so the zoomed panel must reach b32, not stop half a step past the compared points."""
+    from rbdc.report.study_figures import _window
+
+    def pt(b, flops, mean):
+        return Point("x", b, "p", [mean - 0.1, mean, mean + 0.1], [flops] * 3, [0, 1, 2], [], 3)
+
+    scratch = [pt(4, 8.3, 59.2), pt(8, 16.6, 64.9), pt(16, 33.2, 69.8), pt(32, 66.4, 72.2)]
+    near = [("d1", [pt(8, 16.6, 66.9), pt(16, 33.2, 71.3)])]
+    lo, hi = _window(scratch, near)
+    assert hi >= 66.4 and lo <= 16.6 / 1.2 and lo > 8.3  # b32 inside; b4 (below every compared point) outside
+    assert _window(scratch, [("d", [pt(16, 33.2, 80.0)])])[1] == pytest.approx(66.4 * 1.2)  # above the whole curve

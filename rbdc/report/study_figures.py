@@ -107,15 +107,16 @@ def _slot(j: int, n: int) -> int:
 
 
 def _window(scratch: list[Point], near: list[tuple[str, list[Point]]]) -> tuple[float, float]:
-    """The panel's FLOPs range: the compared series (scratch without them) and half a budget step beyond; where a
-    compared point lies above (below) scratch's whole curve, out to scratch's last (first) budget, so the figure
-    shows why its saving is a bound."""
+    """The panel's FLOPs range: the compared series (scratch without them) and half a budget step beyond, widened to
+    the scratch budgets that bracket each compared point's top-1 on scratch's curve (the first at or above it, the
+    last at or below it, in FLOPs order), so the figure shows where its saving is read; a point above (below)
+    scratch's whole curve reaches scratch's last (first) budget, which shows why its saving is a bound."""
     compared = [p for n, ps in near for p in ps] or scratch
     lo, hi = min(p.flops_mean for p in compared) / 1.45, max(p.flops_mean for p in compared) * 1.45
-    if scratch and any(p.mean > max(s.mean for s in scratch) for p in compared):
-        hi = max(hi, max(s.flops_mean for s in scratch) * 1.2)
-    if scratch and any(p.mean < min(s.mean for s in scratch) for p in compared):
-        lo = min(lo, min(s.flops_mean for s in scratch) / 1.2)
+    for p in compared if scratch else ():
+        up = next((s for s in scratch if s.mean >= p.mean), scratch[-1])
+        down = next((s for s in reversed(scratch) if s.mean <= p.mean), scratch[0])
+        hi, lo = max(hi, up.flops_mean * 1.2), min(lo, down.flops_mean / 1.2)
     return lo, hi
 
 
