@@ -127,15 +127,13 @@ def scores(tuning: Tuning, pid: str, run_dir) -> list[dict]:
     return rows
 
 
-def best_row(rows: list[dict]) -> dict | None:
-    """The best-scoring row of :func:`scores` (ties: the earlier trial); None while none has a score."""
-    return max((r for r in rows if r["score"] is not None), key=lambda r: (r["score"], -r["trial"]), default=None)
-
-
 def chosen_row(rows: list[dict]) -> dict | None:
-    """The row a point's runs use: :func:`best_row` once every trial has its score, None before (a trial still
-    running may win). The study's runs, the report's table and its settings line all decide through here."""
-    return None if any(r["score"] is None for r in rows) else best_row(rows)
+    """The row a point's runs use: the best score of :func:`scores` (ties: the earlier trial) once every trial has
+    its score, None before (a trial still running may win). The study's runs, the report's table and its settings
+    line all decide through here."""
+    if any(r["score"] is None for r in rows):
+        return None
+    return max(rows, key=lambda r: (r["score"], -r["trial"]), default=None)
 
 
 def grid_edges(tuning: Tuning, pid: str, overrides: dict) -> list[str]:
