@@ -5,6 +5,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -204,8 +205,10 @@ def test_an_edited_study_stops_before_training_and_rerun_changed_moves_the_old_r
     assert (run.run_dir(out) / rundir.RESULTS).read_text() == before  # nothing trained
     assert main(["study", str(path), "-o", str(out), "--list"]) == 0
     out_text = capsys.readouterr().out
-    assert "changed  tiny/scratch seed 0: lr_base" in out_text
-    assert "2 runs: 2 done" in out_text and "nothing left to train" in out_text  # --list counts and times the rest
+    assert "changed  tiny/scratch seed 0: made with other lr_base" in out_text
+    assert not re.search(r"^done", out_text, re.M)  # not "done" beside the settings it was not made with
+    assert "2 runs: 2 changed" in out_text and "nothing left to train" in out_text  # --list counts and times the rest
+    assert "if the 2 changed run(s) are rerun (--rerun-changed)" in out_text
     from rbdc.report.study import collect
 
     assert collect(load_study(path), out / "tiny")[("scratch", None)].n == 0  # the report never counts them

@@ -257,21 +257,27 @@ def cmd_study(args) -> int:
 
 def _list_runs(study: Study, runs: list[StudyRun], output: Path, jobs: int, threads: int) -> int:
     """``--list`` / ``--dry-run``: every run with its status, planned FLOPs and overrides, the study's choices, the
-    changed runs, the count per status and the training left, in FLOPs and in hours here. Plans every run, so a
-    broken point shows here."""
-    left, counts = [], collections.Counter()
+    count per status and the training left, in FLOPs and in hours here. A run made with other settings than the study
+    now asks is listed as ``changed`` with the keys that differ, never as done at the settings it shows. Plans every
+    run, so a broken point shows here."""
+    left, counts, changed = [], collections.Counter(), changed_runs(runs, output)
     for r in runs:
         c, status = _checked_plan(r), r.status(output)
+        if r in changed:
+            status = "changed"
         counts[status] += 1
-        if status != "done":
+        if status not in ("done", "changed"):
             left.append((r, c))
         print(f"{status:8s} {r.name} seed {r.seed}  {human_flops(c)}  [{' '.join(r.overrides)}]")
     for pid, why in study.choices.items():
         print(f"{pid}: {why}")
-    for r, keys in changed_runs(runs, output).items():
-        print(f"changed  {r.name} seed {r.seed}: {', '.join(keys)} (--rerun-changed reruns it)")
+    for r, keys in changed.items():
+        print(f"changed  {r.name} seed {r.seed}: made with other {', '.join(keys)} (--rerun-changed reruns it)")
     print(f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     print(f"{human_flops(sum(c for _, c in left))} of training left -> {output}")
+    if changed:
+        redo = sum(_checked_plan(r) for r in changed)
+        print(f"plus {human_flops(redo)} if the {len(changed)} changed run(s) are rerun (--rerun-changed)")
     print(eta.eta_text(runs, left, output, jobs, threads))
     return 0
 
