@@ -18,6 +18,7 @@ from .fmt import budget as _budget
 from .fmt import p_value, signed_pct
 from .cost import saving_text
 from .study import OUTSIDE, PAPER_SAVING, panel_pairs
+from .study_sections import ahead
 
 TITLE = "## Headline"
 START = "<!-- headline: written by `python -m benchmarks.make_reports` from {source}; edits here are overwritten -->"
@@ -87,11 +88,11 @@ def _pairs_text(pairs: list[dict]) -> str:
     shared = len({_budgets(o) for o in pairs}) == 1
     said = []
     for o in pairs:
-        g, p = o["gap"].gap, p_value(o["gap"].p, stated=True)
+        g, p, who = o["gap"].gap, p_value(o["gap"].p, stated=True), ahead(o)
         half = f"{g.hi - g.gap:.2f}"
         words = (
-            f"{o['a'] if g.lo > 0 else o['b']} ahead by {abs(g.gap):.2f} ± {half}, {p}"
-            if g.lo > 0 or g.hi < 0
+            f"{who} ahead by {abs(g.gap):.2f} ± {half}, {p}"
+            if who
             else f"not distinguishable ({o['a']} − {o['b']}: {g.gap:+.2f} ± {half}, {p})"
         )
         question = f"{o['question']}: " if o.get("question") else ""

@@ -34,17 +34,18 @@ from .study import (
 )
 
 
+def ahead(o: dict) -> str | None:
+    """The side of a head-to-head pair ``o`` ahead beyond seed noise (its top-1 gap's interval excludes 0), or None.
+    The one place that decides it: the verdict's long form and the README's short form both say it."""
+    g = o["gap"].gap
+    return o["a"] if g.lo > 0 else o["b"] if g.hi < 0 else None
+
+
 def pair_text(o: dict) -> str:
     """``vit-rbdc-d1 − vit-hypercloning over budgets 8, 16, 32: top-1 -0.80 ± 0.62 at equal FLOPs, p = 0.012
     (vit-hypercloning ahead beyond seed noise)``, after ``question: `` where the pair answers one."""
-    g = o["gap"].gap
-    words = (
-        f"{o['a']} ahead beyond seed noise"
-        if g.lo > 0
-        else f"{o['b']} ahead beyond seed noise"
-        if g.hi < 0
-        else "not distinguishable"
-    )
+    g, who = o["gap"].gap, ahead(o)
+    words = f"{who} ahead beyond seed noise" if who else "not distinguishable"
     return (
         (f"{o['question']}: " if o.get("question") else "")
         + f"{o['a']} − {o['b']} over budgets {', '.join(_budget(a.budget) for a, _ in o['pairs'])}: top-1 "
