@@ -371,7 +371,7 @@ def test_balloon_finetune_coupled_backbone(det, tmp_path, small_balloon):
     assert launch["backbone"] == str(run / "final.safetensors") and launch["wall_s"] > 0
     assert launch["code"] == code_version() and len(launch["code"]["commit"]) == 40  # what replays the run
     if not torch.cuda.is_available():
-        assert set(launch["cpu"]) == {"capability", "bf16_fast"}
+        assert set(launch["cpu"]) == {"capability", "bf16_fast", "model"}
     log = next(work.glob("*/*.log")).read_text()
     assert "RBDCViT: loaded" in log and "MISSING" not in log and "UNEXPECTED" not in log
 

@@ -250,3 +250,7 @@ def test_a_run_records_its_cpu_and_how_bf16_matmuls_ran_there(tmp_path, capsys, 
     from rbdc.runs.run import _env_info
 
     assert "bf16_matmul" not in _env_info(torch.device("cpu"), "fp32")["cpu"]  # only bf16 runs have a bf16 path
+    from rbdc.cost import machine
+
+    kind = machine.cpu_kind()  # the model, not only the capability: AVX512 spans machines 3x apart in speed
+    assert _env_info(torch.device("cpu"), "fp32")["cpu"]["model"] == f"{kind['name']} ({kind['family_model']})"

@@ -59,6 +59,18 @@ def test_runs_of_another_cpu_kind_or_thread_count_or_mixed_kinds_do_not_count(tm
     assert "no finished run of this study on this CPU kind (AVX2, 1 thread(s) per run)" in text and "--estimate" in text
 
 
+def test_a_run_that_recorded_another_cpu_model_does_not_count_one_without_a_model_does(tmp_path):
+    """One capability spans machines up to 3x apart: where a run named its CPU model, only that model counts here;
+    an older run that recorded the capability alone counts on a machine of that capability (the best guess)."""
+    here = {**HERE, "model": "AMD EPYC (26-2)"}
+    runs = [_run("a", s) for s in range(3)]
+    _finish(tmp_path, runs[0], 100.0, 1.0, cpu={**HERE, "model": "Intel Xeon (6-207)"})
+    assert eta.speeds(runs, tmp_path, here, threads=1) == {}
+    _finish(tmp_path, runs[1], 100.0, 10.0, cpu=HERE)
+    _finish(tmp_path, runs[2], 100.0, 10.0, cpu=here)
+    assert eta.speeds(runs, tmp_path, here, threads=1) == {"a": [200.0, 20.0, 2]}
+
+
 def test_rough_time():
     assert [eta.rough_time(s) for s in (5, 600, 5400, 93600)] == ["1 min", "10 min", "1.5 h", "26.0 h"]
 

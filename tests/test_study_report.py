@@ -219,22 +219,43 @@ def test_the_flops_saving_is_counted_over_the_whole_pipeline_and_over_the_target
     assert "| +29.3% [" in row and "| +64.6% [" in row and row.endswith("| 50% |")
 
 
+def _record_cpu(root: Path, pattern: str, **cpu) -> None:
+    from rbdc.runs import rundir
+
+    for d in sorted(root.glob(pattern)):
+        rundir.append_command(d, "rbdc train ...", {"cpu": {"bf16_fast": True, **cpu}})
+
+
 def test_the_wall_clock_saving_at_equal_top1_comes_from_the_runs_own_walls(tmp_path):
     """Every run took 600 s, each of rbdc's 3 stages 200 s. Scratch's runs: 21e12 FLOPs in 5400 s; rbdc's: 2e12 in
     600 s, so rho = 1.1667 and the wall saving is 1 - (1 - 0.2929) * 1.1667 = +17.5%. At the full model's speed
     inside the same run (its L1: 1e12 FLOPs in 200 s), rho = 1.5: 1 - 0.7071 * 1.5 = -6.1%. Its narrow stages ran
     at 0.5 x the coupled stage's FLOP/s."""
     study, root = _fake_study(tmp_path)
+    _record_cpu(root, "*/b*/seed*", capability="AVX512", model="AMD EPYC (26-2)")
     md = build(study, root, tmp_path / "out" / "tiny")["md"].read_text()
-    row = _row(md, "| rbdc | scratch | 2 | not recorded |")
+    row = _row(md, "| rbdc | scratch | 2 | AMD EPYC (26-2) AVX512 |")
     assert "| 10.0 (10.0–10.0) | 0.50 | 1.50 (1.50–1.50) | -6.1% [" in row
     assert "| 1.17 (1.17–1.17) | +17.5% [" in row
-    from rbdc.runs import rundir  # rbdc's runs on a CPU kind scratch never ran on: no comparison with scratch's runs
-
-    for d in sorted((root / "rbdc" / "b2").iterdir()):
-        rundir.append_command(d, "rbdc train ...", {"cpu": {"capability": "AVX2", "bf16_fast": False}})
+    _record_cpu(root, "rbdc/b2/seed*", capability="AVX512", model="Intel Xeon (6-207)")  # resumed on another CPU
     md = build(study, root, tmp_path / "out" / "tiny")["md"].read_text()
-    assert _row(md, "| rbdc | scratch | 2 | AVX2 |").endswith("| – | – (no scratch run on AVX2) |")
+    row = _row(md, "| rbdc | scratch | 2 | AMD EPYC (26-2) AVX512 + Intel Xeon (6-207) AVX512 |")
+    assert row.endswith("| – | – (no scratch run on AMD EPYC (26-2) AVX512 + Intel Xeon (6-207) AVX512) |")
+
+
+def test_walls_are_compared_with_scratchs_runs_only_where_both_recorded_the_cpu_model(tmp_path):
+    """One capability spans machines up to 3x apart (Zen 4, Zen 5 and an AMX Xeon all read AVX512): runs that
+    recorded only the capability, or no CPU, get no comparison with scratch's runs; the one inside each run stays."""
+    study, root = _fake_study(tmp_path)
+    md = build(study, root, tmp_path / "out" / "tiny")["md"].read_text()
+    row = _row(md, "| rbdc | scratch | 2 | not recorded |")
+    assert "| -6.1% [" in row and row.endswith(
+        "| – | – (CPU model not recorded, so scratch's runs may have run on another machine) |"
+    )
+    _record_cpu(root, "*/b*/seed*", capability="AVX512")
+    md = build(study, root, tmp_path / "out" / "tiny")["md"].read_text()
+    row = _row(md, "| rbdc | scratch | 2 | AVX512 |")
+    assert "| -6.1% [" in row and "+17.5%" not in row and "CPU model not recorded" in row
 
 
 def test_the_coupled_models_parts_are_its_parents_in_the_manifest(tmp_path):

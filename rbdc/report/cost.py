@@ -4,10 +4,11 @@ wall-clock on the CPU that ran the runs, from the runs' own per-stage walls; plu
 
 Wall-clock at equal top-1: scratch's wall to reach the point's top-1 is the matched FLOPs at a measured speed of the
 full model, two ways: the speed the run's own target stage reached (same run, same load on the cores), or the speed
-of scratch's runs on the same CPU kind (all their FLOPs over all their walls). The wall saving is then
-``1 - (1 - s) * rho`` for the FLOPs saving ``s``, ``rho`` = the point's seconds per FLOP over the reference's; its
-interval is the FLOPs saving's test-inversion interval carried through that map at the mean ``rho`` (the map is
-monotone), and ``rho``'s range over the point's runs is shown beside it.
+of scratch's runs on the same CPU model (all their FLOPs over all their walls; runs that recorded only the CPU's
+capability, before the model was recorded, are not compared: AVX512 alone spans machines up to 3x apart). The wall
+saving is then ``1 - (1 - s) * rho`` for the FLOPs saving ``s``, ``rho`` = the point's seconds per FLOP over the
+reference's; its interval is the FLOPs saving's test-inversion interval carried through that map at the mean ``rho``
+(the map is monotone), and ``rho``'s range over the point's runs is shown beside it.
 """
 
 from __future__ import annotations
@@ -24,10 +25,24 @@ from .fmt import budget as _budget
 from .study import Point, estimate_text, saving_with_interval, series
 
 
+def cpu_name(cpu: dict) -> str:
+    """A recorded CPU (a run's ``command.txt``): its model and capability, or the capability alone where the run
+    predates recording the model."""
+    return f"{cpu['model']} {cpu['capability']}" if cpu.get("model") else cpu["capability"]
+
+
 def cpu_kind(run) -> str:
-    """The CPU capability the run's ``command.txt`` records (several when it was resumed elsewhere)."""
-    caps = sorted({e["cpu"]["capability"] for e in rundir.recorded_envs(run.path) if e.get("cpu")})
-    return " + ".join(caps) if caps else "not recorded"
+    """The CPU the run's ``command.txt`` records: its model and capability, e.g. ``AMD EPYC (26-2) AVX512``, or the
+    capability alone where the run predates recording the model (several when it was resumed elsewhere)."""
+    names = sorted({cpu_name(e["cpu"]) for e in rundir.recorded_envs(run.path) if e.get("cpu")})
+    return " + ".join(names) if names else "not recorded"
+
+
+def cpu_model_recorded(run) -> bool:
+    """Whether every start of the run recorded its CPU's model: only then do two runs' walls compare (one
+    capability, e.g. AVX512, spans machines up to 3x apart in speed)."""
+    cpus = [e.get("cpu") for e in rundir.recorded_envs(run.path)]
+    return bool(cpus) and all(c and c.get("model") for c in cpus)
 
 
 def target_flops(run) -> float:
@@ -78,7 +93,7 @@ def _own_rho(runs) -> float | None:
 @dataclass
 class Cost:
     """One point's cost against its panel's scratch. rho: the point's seconds per FLOP over the reference's (the
-    full model's speed inside the same runs, or scratch's own runs on the same CPU kind); a wall saving is a dict
+    full model's speed inside the same runs, or scratch's own runs on the same CPU model); a wall saving is a dict
     like a FLOPs saving (saving, lo, hi, status), None where not comparable (``why``)."""
 
     point: Point
@@ -90,7 +105,7 @@ class Cost:
     speed: float | None  # median narrow stages' FLOP/s over the target's
     rho_own: list[float]  # per run, against its own target stages
     wall_own: dict | None
-    rho_runs: list[float]  # per run, against scratch's runs on the same CPU kind
+    rho_runs: list[float]  # per run, against scratch's runs on the same CPU model
     wall_runs: dict | None
     why: str = ""
 
@@ -100,14 +115,22 @@ def _wall_saving(s: dict, rho: float) -> dict:
     return {"saving": f(s["saving"]), "lo": f(s["lo"]), "hi": f(s["hi"]), "status": s["status"]}
 
 
+def _by_count(runs) -> list[str]:
+    """The CPU kinds of ``runs``, the most common first."""
+    kinds = [cpu_kind(r) for r in runs]
+    return sorted(set(kinds), key=lambda k: (-kinds.count(k), k))
+
+
 def point_cost(scratch: list[Point], p: Point, whole: dict) -> Cost:
     share = statistics.mean(target_flops(r) / float(r.results["total_train_flops"]) for r in p.runs)
     target = saving_with_interval(scratch, p, statistics.mean(target_flops(r) for r in p.runs))
     speeds = [v for v in (narrow_speed(r) for r in p.runs) if v is not None]
     timed = [r for r in p.runs if r.results.get("wall_s")]
-    kinds = sorted({cpu_kind(r) for r in timed}, key=lambda k: (-sum(cpu_kind(r) == k for r in timed), k))
-    by_kind = {k: [r for s in scratch for r in s.runs if r.results.get("wall_s") and cpu_kind(r) == k] for k in kinds}
-    kind = next((k for k in kinds if by_kind[k]), kinds[0] if kinds else "not recorded")
+    # only runs that named their CPU model compare with scratch's runs, and only with scratch's runs on that model
+    named = [r for r in timed if cpu_model_recorded(r)]
+    refs = [r for s in scratch for r in s.runs if r.results.get("wall_s") and cpu_model_recorded(r)]
+    kinds = _by_count(named)
+    kind = next((k for k in kinds if any(cpu_kind(r) == k for r in refs)), None)
     own = [v for v in (_own_rho([r]) for r in timed) if v is not None]
     rho = _own_rho(timed) if own else None
     c = Cost(
@@ -115,7 +138,7 @@ def point_cost(scratch: list[Point], p: Point, whole: dict) -> Cost:
         whole,
         target,
         share,
-        kind,
+        kind or next(iter(kinds or _by_count(timed)), "not recorded"),
         [float(r.results["wall_s"]) for r in timed],
         statistics.median(speeds) if speeds else None,
         own,
@@ -125,13 +148,15 @@ def point_cost(scratch: list[Point], p: Point, whole: dict) -> Cost:
     )
     if not timed:
         c.why = "no wall recorded"
-    elif not by_kind[kind]:
-        c.why = f"no scratch run on {kind}"
+    elif not named:
+        c.why = "CPU model not recorded, so scratch's runs may have run on another machine"
+    elif kind is None:
+        c.why = f"no scratch run on {c.kind}"
     else:
-        mine = [r for r in timed if cpu_kind(r) == kind]
-        if len(mine) < len(timed):  # the others ran on a CPU kind scratch never ran on
+        mine = [r for r in named if cpu_kind(r) == kind]
+        if len(mine) < len(timed):  # the others ran on another CPU or did not name it
             c.kind = f"{kind} ({len(mine)} of {len(timed)} runs)"
-        rate = _rate(by_kind[kind])
+        rate = _rate([r for r in refs if cpu_kind(r) == kind])
         c.rho_runs = [rate / _rate([r]) for r in mine]
         c.wall_runs = _wall_saving(whole, rate / _rate(mine))
     return c
@@ -198,7 +223,9 @@ def section(rows: list[tuple[str, Cost]]) -> list[str]:
         "**Wall-clock** on the CPU that ran the runs (training time in `results.json` and per stage in "
         "`summary.csv`; evaluation and coupling left out), at equal top-1, two ways. *Own speed*: scratch would "
         "train the target model at the FLOP/s the run's own target stage reached (same run, same load). *Scratch's "
-        "runs*: at the FLOP/s of scratch's runs on the same CPU kind (all their FLOPs over all their walls). "
+        "runs*: at the FLOP/s of scratch's runs on the same CPU model (all their FLOPs over all their walls); a run "
+        "that recorded only its CPU's capability (before runs recorded the model) is not compared, since one "
+        "capability (AVX512) spans machines up to 3x apart in speed. "
         "Saving = 1 − (1 − s) ρ for the FLOPs saving s, ρ = the point's seconds per FLOP over the reference's "
         "(mean, and range over its runs); the interval carries the FLOPs interval at the mean ρ. Narrow ÷ target: "
         "the FLOP/s of the stages below the target's width over the target stage's (median over runs). The runs "

@@ -13,6 +13,7 @@ from rbdc.recipe import load_yaml
 from rbdc.studies.spec import Study
 from rbdc.units import human_flops
 
+from .cost import cpu_name
 from .fmt import budget as _budget
 from .fmt import p_value, pm
 from .saving import enough_seeds
@@ -334,8 +335,8 @@ def _cpu_path(env: dict, amp: str) -> tuple[str, str] | None:
     if not cpu:
         return None
     if amp != "bf16":
-        return cpu["capability"], "- (fp32 run)"
-    return cpu["capability"], cpu.get("bf16_matmul") or ("onednn" if cpu.get("bf16_fast") else "torch fallback")
+        return cpu_name(cpu), "- (fp32 run)"
+    return cpu_name(cpu), cpu.get("bf16_matmul") or ("onednn" if cpu.get("bf16_fast") else "torch fallback")
 
 
 def hardware_section(points: dict, study: Study) -> list[str]:
@@ -356,7 +357,8 @@ def hardware_section(points: dict, study: Study) -> list[str]:
     lines = [
         "## Where the runs ran",
         "",
-        "The CPU each run's `command.txt` records: torch's capability and, for bf16 runs, how autocast's "
+        "The CPU each run's `command.txt` records: its model (runs made since the model was recorded) and "
+        "torch's capability, and, for bf16 runs, how autocast's "
         "matmuls ran: `onednn` kernels, or `fp32-rounded` (rbdc/training/bf16.py: fp32 GEMMs of bf16-rounded "
         "operands, "
         "rounded to bf16, equal to oneDNN's up to the fp32 summation order; what CPUs without bf16 kernels "

@@ -25,10 +25,14 @@ def _key(run: StudyRun) -> str:
 
 
 def _same_kind(run_dir: Path, cpu: dict, threads: int) -> bool:
-    """Every invocation of the run was on this CPU kind, the last one with ``threads`` threads."""
+    """Every invocation of the run was on this CPU kind (its model too, where the run recorded one; an older run's
+    capability alone is the best guess there is), the last one with ``threads`` threads."""
     envs = rundir.recorded_envs(run_dir)
     same = bool(envs) and all(
-        e.get("cpu") and all(e["cpu"].get(k) == cpu[k] for k in ("capability", "bf16_fast")) for e in envs
+        e.get("cpu")
+        and all(e["cpu"].get(k) == cpu[k] for k in ("capability", "bf16_fast"))
+        and e["cpu"].get("model", cpu.get("model")) == cpu.get("model")
+        for e in envs
     )
     return same and rundir.recorded_threads(run_dir) == threads
 
