@@ -50,8 +50,7 @@ DET_STUDIES = {
 HEADLINE = (
     "imagenette32-fair",
     "Source: the study with equal tuning for every protocol and 5 seeds "
-    "([imagenette32-fair](reports/imagenette32-fair.md)); the points still running are listed at its top (the "
-    "headline counts finished points only); the earlier 3-seed study, where only scratch was tuned: "
+    "([imagenette32-fair](reports/imagenette32-fair.md)); the earlier 3-seed study, where only scratch was tuned: "
     "[imagenette32](reports/imagenette32.md).",
 )
 README = REPO / "README.md"
