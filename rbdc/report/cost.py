@@ -31,18 +31,19 @@ def cpu_name(cpu: dict) -> str:
     return f"{cpu['model']} {cpu['capability']}" if cpu.get("model") else cpu["capability"]
 
 
+def _cpu_record(run) -> tuple[str, bool]:
+    """What the run's ``command.txt`` records of its CPU, read once: :func:`cpu_kind`'s text, and whether every start
+    recorded the CPU's model (only then do two runs' walls compare: one capability, e.g. AVX512, spans machines up
+    to 3x apart in speed)."""
+    cpus = [e.get("cpu") for e in rundir.recorded_envs(run.path)]
+    names = sorted({cpu_name(c) for c in cpus if c})
+    return (" + ".join(names) if names else "not recorded"), bool(cpus) and all(c and c.get("model") for c in cpus)
+
+
 def cpu_kind(run) -> str:
     """The CPU the run's ``command.txt`` records: its model and capability, e.g. ``AMD EPYC (26-2) AVX512``, or the
     capability alone where the run predates recording the model (several when it was resumed elsewhere)."""
-    names = sorted({cpu_name(e["cpu"]) for e in rundir.recorded_envs(run.path) if e.get("cpu")})
-    return " + ".join(names) if names else "not recorded"
-
-
-def cpu_model_recorded(run) -> bool:
-    """Whether every start of the run recorded its CPU's model: only then do two runs' walls compare (one
-    capability, e.g. AVX512, spans machines up to 3x apart in speed)."""
-    cpus = [e.get("cpu") for e in rundir.recorded_envs(run.path)]
-    return bool(cpus) and all(c and c.get("model") for c in cpus)
+    return _cpu_record(run)[0]
 
 
 def target_flops(run) -> float:
@@ -115,9 +116,8 @@ def _wall_saving(s: dict, rho: float) -> dict:
     return {"saving": f(s["saving"]), "lo": f(s["lo"]), "hi": f(s["hi"]), "status": s["status"]}
 
 
-def _by_count(runs) -> list[str]:
-    """The CPU kinds of ``runs``, the most common first."""
-    kinds = [cpu_kind(r) for r in runs]
+def _by_count(kinds: list[str]) -> list[str]:
+    """The distinct CPU kinds of ``kinds``, the most common first."""
     return sorted(set(kinds), key=lambda k: (-kinds.count(k), k))
 
 
@@ -126,11 +126,17 @@ def point_cost(scratch: list[Point], p: Point, whole: dict) -> Cost:
     target = saving_with_interval(scratch, p, statistics.mean(target_flops(r) for r in p.runs))
     speeds = [v for v in (narrow_speed(r) for r in p.runs) if v is not None]
     timed = [r for r in p.runs if r.results.get("wall_s")]
+    ref_runs = [r for s in scratch for r in s.runs if r.results.get("wall_s")]
+    cpu = {r.path: _cpu_record(r) for r in timed + ref_runs}  # (kind, model recorded) of each run
+
+    def kind_of(r) -> str:
+        return cpu[r.path][0]
+
     # only runs that named their CPU model compare with scratch's runs, and only with scratch's runs on that model
-    named = [r for r in timed if cpu_model_recorded(r)]
-    refs = [r for s in scratch for r in s.runs if r.results.get("wall_s") and cpu_model_recorded(r)]
-    kinds = _by_count(named)
-    kind = next((k for k in kinds if any(cpu_kind(r) == k for r in refs)), None)
+    named = [r for r in timed if cpu[r.path][1]]
+    refs = [r for r in ref_runs if cpu[r.path][1]]
+    kinds, ref_kinds = _by_count([kind_of(r) for r in named]), {kind_of(r) for r in refs}
+    kind = next((k for k in kinds if k in ref_kinds), None)
     own = [v for v in (_own_rho([r]) for r in timed) if v is not None]
     rho = _own_rho(timed) if own else None
     c = Cost(
@@ -138,7 +144,7 @@ def point_cost(scratch: list[Point], p: Point, whole: dict) -> Cost:
         whole,
         target,
         share,
-        kind or next(iter(kinds or _by_count(timed)), "not recorded"),
+        kind or next(iter(kinds or _by_count([kind_of(r) for r in timed])), "not recorded"),
         [float(r.results["wall_s"]) for r in timed],
         statistics.median(speeds) if speeds else None,
         own,
@@ -153,10 +159,10 @@ def point_cost(scratch: list[Point], p: Point, whole: dict) -> Cost:
     elif kind is None:
         c.why = f"no scratch run on {c.kind}"
     else:
-        mine = [r for r in named if cpu_kind(r) == kind]
+        mine = [r for r in named if kind_of(r) == kind]
         if len(mine) < len(timed):  # the others ran on another CPU or did not name it
             c.kind = f"{kind} ({len(mine)} of {len(timed)} runs)"
-        rate = _rate([r for r in refs if cpu_kind(r) == kind])
+        rate = _rate([r for r in refs if kind_of(r) == kind])
         c.rho_runs = [rate / _rate([r]) for r in mine]
         c.wall_runs = _wall_saving(whole, rate / _rate(mine))
     return c

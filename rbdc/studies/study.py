@@ -260,11 +260,11 @@ def _list_runs(study: Study, runs: list[StudyRun], output: Path, jobs: int, thre
     count per status and the training left, in FLOPs and in hours here. A run made with other settings than the study
     now asks is listed as ``changed`` with the keys that differ, never as done at the settings it shows. Plans every
     run, so a broken point shows here."""
-    left, counts, changed = [], collections.Counter(), changed_runs(runs, output)
+    left, counts, changed, redo = [], collections.Counter(), changed_runs(runs, output), 0.0
     for r in runs:
         c, status = _checked_plan(r), r.status(output)
         if r in changed:
-            status = "changed"
+            status, redo = "changed", redo + c
         counts[status] += 1
         if status not in ("done", "changed"):
             left.append((r, c))
@@ -276,7 +276,6 @@ def _list_runs(study: Study, runs: list[StudyRun], output: Path, jobs: int, thre
     print(f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     print(f"{human_flops(sum(c for _, c in left))} of training left -> {output}")
     if changed:
-        redo = sum(_checked_plan(r) for r in changed)
         print(f"plus {human_flops(redo)} if the {len(changed)} changed run(s) are rerun (--rerun-changed)")
     print(eta.eta_text(runs, left, output, jobs, threads))
     return 0
